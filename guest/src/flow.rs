@@ -1,0 +1,388 @@
+//! The refresh-and-retry routine. At most one refresh per call, at most one
+//! resend: there is no path that loops.
+
+use crate::keys::Keys;
+use crate::rekey::oauth2::types::{
+    Request, Response, SendError, Settings, Strategy, TransportError,
+};
+use crate::token::{self, Outcome};
+use std::time::Duration;
+
+/// Attempts at the token endpoint for retryable failures (5xx, 429, transport).
+pub const TOKEN_ATTEMPTS: u32 = 3;
+/// First backoff; doubles per attempt unless the server sends `Retry-After`.
+pub const BACKOFF: Duration = Duration::from_millis(200);
+
+/// Everything the routine needs from outside.
+pub trait Effects {
+    fn http_send(&mut self, req: &Request) -> Result<Response, TransportError>;
+    fn emit_update_keys(&mut self, keys: &str) -> Result<(), String>;
+    fn acquire_lease(&mut self) -> Result<Option<String>, String>;
+    fn release_lease(&mut self);
+    fn now_unix(&self) -> u64;
+    fn sleep(&mut self, d: Duration);
+}
+
+pub fn send(
+    fx: &mut impl Effects,
+    settings: &Settings,
+    stored: Option<&str>,
+    req: &Request,
+) -> Result<Response, SendError> {
+    validate(settings)?;
+    let keys = match stored.map(Keys::parse).transpose() {
+        Err(e) => return Err(SendError::InvalidKeys(e)),
+        Ok(None) => return Err(not_authenticated("no keys are stored for this credential")),
+        Ok(Some(k)) if k.is_empty() => {
+            return Err(not_authenticated("no keys are stored for this credential"));
+        }
+        Ok(Some(k)) => k,
+    };
+
+    let refresh_first = keys.access_token().is_none()
+        || match settings.strategy {
+            Strategy::OnAuthFailure => false,
+            Strategy::EveryRequest => true,
+            Strategy::BeforeExpiry(margin) => keys.expires_within(fx.now_unix(), margin.into()),
+        };
+    let (keys, refreshed) = if refresh_first {
+        (refresh(fx, settings, &keys)?, true)
+    } else {
+        (keys, false)
+    };
+
+    let resp = send_with_token(fx, req, &keys)?;
+    if !is_rejected(settings, resp.status) {
+        return Ok(resp);
+    }
+    if refreshed {
+        return Err(SendError::RejectedAfterRefresh(resp));
+    }
+    let keys = refresh(fx, settings, &keys)?;
+    let resp = send_with_token(fx, req, &keys)?;
+    if is_rejected(settings, resp.status) {
+        return Err(SendError::RejectedAfterRefresh(resp));
+    }
+    Ok(resp)
+}
+
+fn not_authenticated(why: &str) -> SendError {
+    SendError::NotAuthenticated(format!("{why}: please authenticate"))
+}
+
+fn validate(settings: &Settings) -> Result<(), SendError> {
+    let url = settings.token_url.as_str();
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(SendError::InvalidSettings(
+            "token URL must be an absolute http(s) URL".into(),
+        ));
+    }
+    if settings.client_id.is_empty() {
+        return Err(SendError::InvalidSettings("client id is empty".into()));
+    }
+    Ok(())
+}
+
+fn is_rejected(settings: &Settings, status: u16) -> bool {
+    if settings.rejected_statuses.is_empty() {
+        status == 401
+    } else {
+        settings.rejected_statuses.contains(&status)
+    }
+}
+
+/// The caller's request with our bearer token in place of any `Authorization`.
+fn send_with_token(
+    fx: &mut impl Effects,
+    req: &Request,
+    keys: &Keys,
+) -> Result<Response, SendError> {
+    let token = keys
+        .access_token()
+        .ok_or_else(|| SendError::TokenEndpoint("token set has no access_token".into()))?;
+    let mut headers: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("authorization"))
+        .cloned()
+        .collect();
+    headers.push(("authorization".into(), format!("Bearer {token}")));
+    let authed = Request {
+        method: req.method.clone(),
+        url: req.url.clone(),
+        headers,
+        body: req.body.clone(),
+    };
+    fx.http_send(&authed).map_err(SendError::Transport)
+}
+
+/// Gets a token set newer than `stale`: under the host's refresh lease, either
+/// adopts one another worker stored meanwhile, or spends the refresh token and
+/// persists the merged result before anyone may use it.
+fn refresh(fx: &mut impl Effects, settings: &Settings, stale: &Keys) -> Result<Keys, SendError> {
+    let current = fx.acquire_lease().map_err(SendError::LeaseUnavailable)?;
+    let result = refresh_under_lease(fx, settings, stale, current);
+    // On success the host ended the lease when the keys became durable; on
+    // adoption or failure we end it here. Ending it twice is harmless.
+    if !matches!(result, Ok((_, Spent::Persisted))) {
+        fx.release_lease();
+    }
+    result.map(|(keys, _)| keys)
+}
+
+enum Spent {
+    Adopted,
+    Persisted,
+}
+
+fn refresh_under_lease(
+    fx: &mut impl Effects,
+    settings: &Settings,
+    stale: &Keys,
+    current: Option<String>,
+) -> Result<(Keys, Spent), SendError> {
+    let base = match current {
+        None => stale.clone(),
+        Some(json) => {
+            let current = Keys::parse(&json).map_err(SendError::InvalidKeys)?;
+            if current.access_token().is_some() && current.access_token() != stale.access_token() {
+                return Ok((current, Spent::Adopted));
+            }
+            current
+        }
+    };
+    let refresh_token = base
+        .refresh_token()
+        .ok_or_else(|| not_authenticated("no refresh token is stored for this credential"))?;
+    let response = exchange(fx, settings, refresh_token)?;
+    let merged = base.merged(response, fx.now_unix());
+    fx.emit_update_keys(&merged.to_json())
+        .map_err(SendError::KeysNotPersisted)?;
+    Ok((merged, Spent::Persisted))
+}
+
+/// POSTs the refresh request, retrying only what may succeed on a second try.
+fn exchange(
+    fx: &mut impl Effects,
+    settings: &Settings,
+    refresh_token: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, SendError> {
+    let req = token::refresh_request(settings, refresh_token);
+    let mut last_failure = String::new();
+    let mut delay = BACKOFF;
+    for attempt in 1..=TOKEN_ATTEMPTS {
+        if attempt > 1 {
+            fx.sleep(delay);
+            delay *= 2;
+        }
+        match fx.http_send(&req) {
+            Ok(resp) => match token::classify(&resp) {
+                Outcome::Tokens(map) => return Ok(map),
+                Outcome::Fail(e) => return Err(e),
+                Outcome::Retry { reason, retry_after } => {
+                    last_failure = reason;
+                    if let Some(after) = retry_after {
+                        delay = after;
+                    }
+                }
+            },
+            Err(TransportError::Timeout) => last_failure = "token endpoint timed out".into(),
+            Err(TransportError::Connect(m)) | Err(TransportError::Other(m)) => {
+                last_failure = format!("token endpoint unreachable: {m}");
+            }
+            Err(TransportError::TooLarge(n)) => {
+                return Err(SendError::TokenEndpoint(format!(
+                    "token response exceeded the host's cap of {n} bytes"
+                )));
+            }
+            Err(TransportError::InvalidRequest(m)) => {
+                return Err(SendError::InvalidSettings(format!("token request: {m}")));
+            }
+        }
+    }
+    Err(SendError::TokenEndpoint(format!(
+        "{last_failure} ({TOKEN_ATTEMPTS} attempts)"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rekey::oauth2::types::ClientAuth;
+    use std::collections::VecDeque;
+
+    /// Scripted effects: answers in order, records what was sent.
+    #[derive(Default)]
+    struct Script {
+        answers: VecDeque<Result<Response, TransportError>>,
+        sent: Vec<Request>,
+        emitted: Vec<String>,
+        emit_fails: bool,
+        stored_now: Option<String>,
+        leases: u32,
+        releases: u32,
+        slept: Vec<Duration>,
+    }
+
+    impl Effects for Script {
+        fn http_send(&mut self, req: &Request) -> Result<Response, TransportError> {
+            self.sent.push(req.clone());
+            self.answers.pop_front().expect("unexpected request")
+        }
+        fn emit_update_keys(&mut self, keys: &str) -> Result<(), String> {
+            if self.emit_fails {
+                return Err("disk full".into());
+            }
+            self.emitted.push(keys.into());
+            Ok(())
+        }
+        fn acquire_lease(&mut self) -> Result<Option<String>, String> {
+            self.leases += 1;
+            Ok(self.stored_now.clone())
+        }
+        fn release_lease(&mut self) {
+            self.releases += 1;
+        }
+        fn now_unix(&self) -> u64 {
+            1_000
+        }
+        fn sleep(&mut self, d: Duration) {
+            self.slept.push(d);
+        }
+    }
+
+    fn ok(status: u16, body: &str) -> Result<Response, TransportError> {
+        Ok(Response { status, headers: vec![], body: body.into() })
+    }
+
+    fn settings(strategy: Strategy) -> Settings {
+        Settings {
+            token_url: "http://127.0.0.1:9/token".into(),
+            client_id: "id".into(),
+            client_secret: Some("secret".into()),
+            client_auth: ClientAuth::ClientSecretPost,
+            scope: None,
+            extra_params: vec![],
+            strategy,
+            rejected_statuses: vec![],
+        }
+    }
+
+    fn api() -> Request {
+        Request {
+            method: "POST".into(),
+            url: "http://127.0.0.1:9/api".into(),
+            headers: vec![("Authorization".into(), "Bearer caller".into())],
+            body: b"payload".to_vec(),
+        }
+    }
+
+    const KEYS: &str = r#"{"access_token":"a1","refresh_token":"r1","expires_at":1500}"#;
+
+    fn bearer(req: &Request) -> &str {
+        let auth: Vec<_> = req.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).collect();
+        assert_eq!(auth.len(), 1, "exactly one authorization header");
+        &auth[0].1
+    }
+
+    #[test]
+    fn refresh_on_401_then_retry_once() {
+        let mut fx = Script {
+            answers: [ok(401, ""), ok(200, r#"{"access_token":"a2","expires_in":60}"#), ok(200, "hi")].into(),
+            ..Default::default()
+        };
+        let resp = send(&mut fx, &settings(Strategy::OnAuthFailure), Some(KEYS), &api()).unwrap();
+        assert_eq!(resp.body, b"hi");
+        assert_eq!(bearer(&fx.sent[0]), "Bearer a1");
+        assert_eq!(bearer(&fx.sent[2]), "Bearer a2");
+        assert_eq!(fx.sent[2].body, b"payload");
+        let stored = Keys::parse(&fx.emitted[0]).unwrap();
+        assert_eq!(stored.refresh_token(), Some("r1"));
+        assert_eq!(stored.expires_at(), Some(1060));
+        assert_eq!((fx.leases, fx.releases), (1, 0));
+    }
+
+    #[test]
+    fn rejected_after_refresh_is_final() {
+        let mut fx = Script {
+            answers: [ok(401, ""), ok(200, r#"{"access_token":"a2"}"#), ok(401, "no")].into(),
+            ..Default::default()
+        };
+        let err = send(&mut fx, &settings(Strategy::OnAuthFailure), Some(KEYS), &api()).unwrap_err();
+        assert!(matches!(err, SendError::RejectedAfterRefresh(Response { status: 401, .. })));
+        assert_eq!(fx.sent.len(), 3);
+    }
+
+    #[test]
+    fn emit_failure_stops_before_the_retry() {
+        let mut fx = Script {
+            answers: [ok(401, ""), ok(200, r#"{"access_token":"a2"}"#)].into(),
+            emit_fails: true,
+            ..Default::default()
+        };
+        let err = send(&mut fx, &settings(Strategy::OnAuthFailure), Some(KEYS), &api()).unwrap_err();
+        assert!(matches!(err, SendError::KeysNotPersisted(_)));
+        assert_eq!(fx.sent.len(), 2);
+        assert_eq!(fx.releases, 1);
+    }
+
+    #[test]
+    fn adopts_keys_another_worker_stored() {
+        let mut fx = Script {
+            answers: [ok(401, ""), ok(200, "hi")].into(),
+            stored_now: Some(r#"{"access_token":"a9","refresh_token":"r9"}"#.into()),
+            ..Default::default()
+        };
+        send(&mut fx, &settings(Strategy::OnAuthFailure), Some(KEYS), &api()).unwrap();
+        assert_eq!(bearer(&fx.sent[1]), "Bearer a9");
+        assert!(fx.emitted.is_empty());
+        assert_eq!(fx.releases, 1);
+    }
+
+    #[test]
+    fn strategies_decide_the_first_refresh() {
+        let token = r#"{"access_token":"a2","expires_in":600}"#;
+        for (strategy, refreshes) in [
+            (Strategy::EveryRequest, true),
+            (Strategy::BeforeExpiry(600), true),
+            (Strategy::BeforeExpiry(60), false),
+            (Strategy::OnAuthFailure, false),
+        ] {
+            let mut fx = Script { answers: [ok(200, token), ok(200, "hi")].into(), ..Default::default() };
+            send(&mut fx, &settings(strategy), Some(KEYS), &api()).unwrap();
+            assert_eq!(fx.emitted.len(), usize::from(refreshes));
+        }
+    }
+
+    #[test]
+    fn token_endpoint_retries_5xx_not_4xx() {
+        let mut fx = Script {
+            answers: [ok(401, ""), ok(503, ""), Err(TransportError::Timeout), ok(200, r#"{"access_token":"a2"}"#), ok(200, "")].into(),
+            ..Default::default()
+        };
+        send(&mut fx, &settings(Strategy::OnAuthFailure), Some(KEYS), &api()).unwrap();
+        assert_eq!(fx.slept, [BACKOFF, BACKOFF * 2]);
+
+        let mut fx = Script {
+            answers: [ok(401, ""), ok(400, r#"{"error":"invalid_grant"}"#)].into(),
+            ..Default::default()
+        };
+        let err = send(&mut fx, &settings(Strategy::OnAuthFailure), Some(KEYS), &api()).unwrap_err();
+        assert!(matches!(err, SendError::ReauthorizationRequired(_)));
+        assert_eq!(fx.sent.len(), 2);
+
+        let mut fx = Script { answers: [ok(401, ""), ok(500, ""), ok(502, ""), ok(503, "")].into(), ..Default::default() };
+        let err = send(&mut fx, &settings(Strategy::OnAuthFailure), Some(KEYS), &api()).unwrap_err();
+        assert!(matches!(err, SendError::TokenEndpoint(m) if m.contains("3 attempts")));
+    }
+
+    #[test]
+    fn nothing_stored_means_please_authenticate() {
+        let mut fx = Script::default();
+        for stored in [None, Some("{}"), Some(r#"{"access_token":"","refresh_token":""}"#)] {
+            let err = send(&mut fx, &settings(Strategy::OnAuthFailure), stored, &api()).unwrap_err();
+            assert!(matches!(err, SendError::NotAuthenticated(m) if m.contains("please authenticate")));
+        }
+        assert!(fx.sent.is_empty());
+    }
+}

@@ -1,0 +1,148 @@
+//! The stored token set: a JSON object kept whole, as the provider sent it.
+
+use serde_json::{Map, Value};
+
+/// A token set. Deliberately no `Debug` that shows values: it holds secrets.
+#[derive(Clone, PartialEq)]
+pub struct Keys(Map<String, Value>);
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Keys {
+    /// Parses a stored set. Errors name the problem, never the content
+    /// (serde_json's syntax errors carry only a position).
+    pub fn parse(json: &str) -> Result<Keys, String> {
+        match serde_json::from_str::<Value>(json) {
+            Ok(Value::Object(map)) => Ok(Keys(map)),
+            Ok(_) => Err("stored keys are not a JSON object".into()),
+            Err(e) => Err(format!("stored keys are not valid JSON ({e})")),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn access_token(&self) -> Option<&str> {
+        self.str_field("access_token")
+    }
+
+    pub fn refresh_token(&self) -> Option<&str> {
+        self.str_field("refresh_token")
+    }
+
+    /// Unix seconds at which the access token expires, when known.
+    pub fn expires_at(&self) -> Option<u64> {
+        number(self.0.get("expires_at")?)
+    }
+
+    /// True when the access token expires within `margin` seconds of `now`.
+    /// Unknown expiry counts as not expiring: the API's rejection will tell.
+    pub fn expires_within(&self, now: u64, margin: u64) -> bool {
+        self.expires_at()
+            .is_some_and(|at| at <= now.saturating_add(margin))
+    }
+
+    /// The token response laid over the stored set: every field the provider
+    /// sent wins, everything else (the old refresh token when none came back,
+    /// instance_url, id_token, ...) is kept. `expires_at` is recomputed from
+    /// `expires_in`, or dropped when the response does not say.
+    pub fn merged(&self, response: Map<String, Value>, now: u64) -> Keys {
+        let mut merged = self.0.clone();
+        merged.remove("expires_at");
+        let expires_in = response.get("expires_in").and_then(number);
+        for (k, v) in response {
+            // A null or empty refresh_token is "none sent", not "forget it".
+            if k == "refresh_token" && !v.as_str().is_some_and(|s| !s.is_empty()) {
+                continue;
+            }
+            merged.insert(k, v);
+        }
+        if let Some(secs) = expires_in {
+            merged.insert("expires_at".into(), Value::from(now.saturating_add(secs)));
+        }
+        Keys(merged)
+    }
+
+    pub fn to_json(&self) -> String {
+        Value::Object(self.0.clone()).to_string()
+    }
+
+    fn str_field(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// Seconds as providers send them: a number, or a numeric string (some do).
+fn number(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn merge_keeps_old_refresh_token_and_provider_fields() {
+        let stored = Keys::parse(
+            r#"{"access_token":"a1","refresh_token":"r1","instance_url":"https://x","expires_at":5}"#,
+        )
+        .unwrap();
+        let merged = stored.merged(obj(json!({"access_token":"a2","expires_in":"60","id_token":"i"})), 100);
+        assert_eq!(merged.access_token(), Some("a2"));
+        assert_eq!(merged.refresh_token(), Some("r1"));
+        assert_eq!(merged.expires_at(), Some(160));
+        assert_eq!(merged.0["instance_url"], "https://x");
+        assert_eq!(merged.0["id_token"], "i");
+    }
+
+    #[test]
+    fn merge_takes_rotated_refresh_token_and_drops_unknown_expiry() {
+        let stored = Keys::parse(r#"{"access_token":"a1","refresh_token":"r1","expires_at":5}"#).unwrap();
+        let merged = stored.merged(obj(json!({"access_token":"a2","refresh_token":"r2"})), 100);
+        assert_eq!(merged.refresh_token(), Some("r2"));
+        assert_eq!(merged.expires_at(), None);
+        let kept = stored.merged(obj(json!({"access_token":"a2","refresh_token":null})), 100);
+        assert_eq!(kept.refresh_token(), Some("r1"));
+    }
+
+    #[test]
+    fn parse_errors_never_echo_content() {
+        let err = Keys::parse(r#"{"access_token": "sekrit-value"#).unwrap_err();
+        assert!(!err.contains("sekrit"), "{err}");
+        assert!(Keys::parse(r#"["sekrit"]"#).unwrap_err().contains("not a JSON object"));
+    }
+
+    #[test]
+    fn debug_shows_field_names_only() {
+        let keys = Keys::parse(r#"{"access_token":"sekrit"}"#).unwrap();
+        assert_eq!(format!("{keys:?}"), r#"{"access_token"}"#);
+    }
+
+    #[test]
+    fn expiry_margin() {
+        let keys = Keys::parse(r#"{"expires_at":100}"#).unwrap();
+        assert!(!keys.expires_within(80, 10));
+        assert!(keys.expires_within(90, 10));
+        assert!(!Keys::parse("{}").unwrap().expires_within(u64::MAX, 0));
+    }
+}

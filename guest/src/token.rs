@@ -1,0 +1,219 @@
+//! The token endpoint exchange (RFC 6749 §6): building the refresh request and
+//! reading what comes back.
+
+use crate::rekey::oauth2::types::{
+    ClientAuth, OauthError, Request, Response, SendError, Settings,
+};
+use base64::Engine as _;
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+/// Token responses are small; anything larger is not one.
+pub const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+/// Upper bound on a honoured `Retry-After`, so one call cannot stall for minutes.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The §5.2 error codes: the grant or client is unusable, a person must act.
+const REAUTHORIZE: [&str; 6] = [
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+];
+
+/// The refresh request: form body, JSON accepted, client authentication as configured.
+pub fn refresh_request(settings: &Settings, refresh_token: &str) -> Request {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", "refresh_token");
+    form.append_pair("refresh_token", refresh_token);
+    if let Some(scope) = settings.scope.as_deref().filter(|s| !s.is_empty()) {
+        form.append_pair("scope", scope);
+    }
+    for (k, v) in &settings.extra_params {
+        form.append_pair(k, v);
+    }
+    let mut headers = vec![
+        ("content-type".into(), "application/x-www-form-urlencoded".into()),
+        ("accept".into(), "application/json".into()),
+    ];
+    match (&settings.client_auth, settings.client_secret.as_deref()) {
+        (ClientAuth::ClientSecretBasic, Some(secret)) => {
+            // §2.3.1: both parts are form-urlencoded before base64.
+            let pair = format!("{}:{}", form_encode(&settings.client_id), form_encode(secret));
+            let b64 = base64::engine::general_purpose::STANDARD.encode(pair);
+            headers.push(("authorization".into(), format!("Basic {b64}")));
+        }
+        (ClientAuth::ClientSecretPost, Some(secret)) => {
+            form.append_pair("client_id", &settings.client_id);
+            form.append_pair("client_secret", secret);
+        }
+        // A public client identifies itself and nothing more.
+        (_, None) => {
+            form.append_pair("client_id", &settings.client_id);
+        }
+    }
+    Request {
+        method: "POST".into(),
+        url: settings.token_url.clone(),
+        headers,
+        body: form.finish().into_bytes(),
+    }
+}
+
+fn form_encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// What one token endpoint answer means.
+pub enum Outcome {
+    /// A usable token response (has a non-empty `access_token`).
+    Tokens(Map<String, Value>),
+    /// Worth another attempt (5xx, 429), after `retry_after` if the server said.
+    Retry { reason: String, retry_after: Option<Duration> },
+    /// Final.
+    Fail(SendError),
+}
+
+pub fn classify(resp: &Response) -> Outcome {
+    let status = resp.status;
+    if status == 429 || (500..600).contains(&status) {
+        return Outcome::Retry {
+            reason: format!("token endpoint answered {status}"),
+            retry_after: retry_after(resp),
+        };
+    }
+    if resp.body.len() > MAX_TOKEN_RESPONSE {
+        return Outcome::Fail(SendError::TokenEndpoint(format!(
+            "token response of {} bytes exceeds {MAX_TOKEN_RESPONSE}",
+            resp.body.len()
+        )));
+    }
+    let body = serde_json::from_slice::<Value>(&resp.body).ok();
+    let object = match body {
+        Some(Value::Object(map)) => Some(map),
+        _ => None,
+    };
+    if let Some(code) = object.as_ref().and_then(oauth_error_code) {
+        return Outcome::Fail(if REAUTHORIZE.contains(&code.as_str()) {
+            SendError::ReauthorizationRequired(OauthError { status, code })
+        } else {
+            SendError::TokenEndpoint(format!("token endpoint answered {status} with error {code}"))
+        });
+    }
+    if !(200..300).contains(&status) {
+        return Outcome::Fail(SendError::TokenEndpoint(format!(
+            "token endpoint answered {status}"
+        )));
+    }
+    match object {
+        None => Outcome::Fail(SendError::TokenEndpoint(
+            "token response is not a JSON object".into(),
+        )),
+        Some(map) if has_access_token(&map) => Outcome::Tokens(map),
+        Some(_) => Outcome::Fail(SendError::TokenEndpoint(
+            "token response has no access_token".into(),
+        )),
+    }
+}
+
+fn has_access_token(map: &Map<String, Value>) -> bool {
+    map.get("access_token")
+        .and_then(Value::as_str)
+        .is_some_and(|s| !s.is_empty())
+}
+
+/// The `error` code, kept only if it looks like one (§5.2: printable ASCII,
+/// short), so that no provider text of unknown content travels further.
+fn oauth_error_code(map: &Map<String, Value>) -> Option<String> {
+    let code = map.get("error")?.as_str()?;
+    let plausible = !code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    Some(if plausible { code.into() } else { "unrecognised".into() })
+}
+
+/// `Retry-After` in delta-seconds (the HTTP-date form is ignored), bounded.
+fn retry_after(resp: &Response) -> Option<Duration> {
+    let (_, v) = resp
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))?;
+    let secs: u64 = v.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rekey::oauth2::types::Strategy;
+
+    pub fn settings(auth: ClientAuth) -> Settings {
+        Settings {
+            token_url: "http://127.0.0.1:1/token".into(),
+            client_id: "app id".into(),
+            client_secret: Some("s&cret".into()),
+            client_auth: auth,
+            scope: Some("read write".into()),
+            extra_params: vec![("format".into(), "json".into())],
+            strategy: Strategy::OnAuthFailure,
+            rejected_statuses: vec![],
+        }
+    }
+
+    fn resp(status: u16, body: &str) -> Response {
+        Response { status, headers: vec![], body: body.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn post_auth_puts_credentials_in_the_form() {
+        let req = refresh_request(&settings(ClientAuth::ClientSecretPost), "r t");
+        let body = String::from_utf8(req.body).unwrap();
+        assert_eq!(
+            body,
+            "grant_type=refresh_token&refresh_token=r+t&scope=read+write&format=json&client_id=app+id&client_secret=s%26cret"
+        );
+        assert!(!req.headers.iter().any(|(k, _)| k == "authorization"));
+    }
+
+    #[test]
+    fn basic_auth_urlencodes_then_base64s() {
+        let req = refresh_request(&settings(ClientAuth::ClientSecretBasic), "rt");
+        let auth = &req.headers.iter().find(|(k, _)| k == "authorization").unwrap().1;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.strip_prefix("Basic ").unwrap())
+            .unwrap();
+        assert_eq!(decoded, b"app+id:s%26cret");
+        assert!(!String::from_utf8(req.body).unwrap().contains("client_secret"));
+    }
+
+    #[test]
+    fn classification() {
+        assert!(matches!(classify(&resp(200, r#"{"access_token":"a"}"#)), Outcome::Tokens(_)));
+        assert!(matches!(classify(&resp(503, "")), Outcome::Retry { .. }));
+        assert!(matches!(
+            classify(&resp(400, r#"{"error":"invalid_grant"}"#)),
+            Outcome::Fail(SendError::ReauthorizationRequired(OauthError { status: 400, .. }))
+        ));
+        assert!(matches!(
+            classify(&resp(200, r#"{"error":"invalid_grant"}"#)),
+            Outcome::Fail(SendError::ReauthorizationRequired(_))
+        ));
+        assert!(matches!(classify(&resp(400, "nope")), Outcome::Fail(SendError::TokenEndpoint(_))));
+        assert!(matches!(classify(&resp(200, "<html>")), Outcome::Fail(SendError::TokenEndpoint(_))));
+        assert!(matches!(classify(&resp(200, r#"{"token_type":"bearer"}"#)), Outcome::Fail(SendError::TokenEndpoint(_))));
+    }
+
+    #[test]
+    fn retry_after_is_bounded() {
+        let mut r = resp(429, "");
+        r.headers.push(("Retry-After".into(), "3600".into()));
+        match classify(&r) {
+            Outcome::Retry { retry_after, .. } => assert_eq!(retry_after, Some(MAX_RETRY_AFTER)),
+            _ => panic!("429 must be retried"),
+        }
+    }
+}

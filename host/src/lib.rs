@@ -1,0 +1,66 @@
+//! rekey host: runs the rekey component (OAuth2 refresh-and-retry) in
+//! wasmtime and supplies its imports with real HTTP and a durable store.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use rekey::{Rekey, Request, SqliteStore};
+//! use std::sync::Arc;
+//!
+//! let rekey = Rekey::new(rekey::Config::default())?;
+//! let store = Arc::new(SqliteStore::open("rekey.db")?);
+//! let resp = rekey
+//!     .send(store, "crm", Request::get("https://api.example.com/v1/me"))
+//!     .await?;
+//! println!("{}", resp.status);
+//! # Ok(()) }
+//! ```
+
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "client",
+        path: "../wit",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+mod error;
+mod http;
+mod lease;
+pub mod observe;
+pub mod provider;
+mod runtime;
+mod secret;
+pub mod settings;
+pub mod store;
+
+pub use bindings::rekey::oauth2::types::{Request, Response, TransportError};
+pub use error::Error;
+pub use http::HttpConfig;
+pub use runtime::{Config, Rekey};
+pub use secret::Secret;
+pub use settings::{ClientAuth, ClientSecret, Settings, Strategy};
+pub use store::{Credential, KeyStore, MemoryStore, SqliteStore, StoreError};
+
+/// The guest component, built by `build.rs` from `guest/`.
+pub const GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rekey_guest.wasm"));
+
+impl Request {
+    pub fn new(method: &str, url: &str) -> Self {
+        Request { method: method.into(), url: url.into(), headers: Vec::new(), body: Vec::new() }
+    }
+
+    pub fn get(url: &str) -> Self {
+        Self::new("GET", url)
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+}

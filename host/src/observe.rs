@@ -1,0 +1,83 @@
+//! What a call did, as events a host can log or show. Events carry no secrets:
+//! URLs are cut to scheme, host and path; keys are described, never shown.
+
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exchange {
+    /// The protected API (the caller's request or its retry).
+    Api,
+    TokenEndpoint,
+}
+
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// One `http-send` finished: a status, or why there was none.
+    Http {
+        credential: &'a str,
+        exchange: Exchange,
+        method: &'a str,
+        target: &'a str,
+        outcome: Result<u16, &'a str>,
+        elapsed: Duration,
+    },
+    /// `emit-update-keys` made a new token set durable.
+    KeysPersisted {
+        credential: &'a str,
+        version: u64,
+        /// The provider sent a new refresh token (rotation) and it was stored.
+        refresh_token_rotated: bool,
+    },
+    KeysNotPersisted { credential: &'a str, reason: &'a str },
+    /// The guest took the refresh lease (after waiting this long for it).
+    LeaseAcquired { credential: &'a str, waited: Duration },
+}
+
+pub trait Observer: Send + Sync + 'static {
+    fn event(&self, event: &Event<'_>);
+}
+
+/// Logs every event at `debug` through `tracing` (the CLI's `-v`).
+pub struct TracingObserver;
+
+impl Observer for TracingObserver {
+    fn event(&self, event: &Event<'_>) {
+        match event {
+            Event::Http { credential, exchange, method, target, outcome, elapsed } => match outcome {
+                Ok(status) => tracing::debug!(credential, ?exchange, method, target, status, ?elapsed, "http exchange"),
+                Err(error) => tracing::debug!(credential, ?exchange, method, target, error, ?elapsed, "http exchange failed"),
+            },
+            Event::KeysPersisted { credential, version, refresh_token_rotated } => {
+                tracing::debug!(credential, version, refresh_token_rotated, "keys persisted")
+            }
+            Event::KeysNotPersisted { credential, reason } => {
+                tracing::warn!(credential, reason, "keys not persisted")
+            }
+            Event::LeaseAcquired { credential, waited } => {
+                tracing::debug!(credential, ?waited, "refresh lease acquired")
+            }
+        }
+    }
+}
+
+/// `scheme://host[:port]/path`: the query and userinfo may hold secrets.
+pub fn loggable_target(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{}{}{}", u.scheme(), u.host_str().unwrap_or(""), port, u.path())
+        }
+        Err(_) => "(invalid URL)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn targets_lose_query_and_userinfo() {
+        assert_eq!(
+            super::loggable_target("https://u:pw@api.example:8443/v1/me?access_token=abc"),
+            "https://api.example:8443/v1/me"
+        );
+    }
+}

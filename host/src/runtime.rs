@@ -1,0 +1,239 @@
+//! Compiling the component once and running one call per `Store`.
+
+use crate::bindings::rekey::oauth2::types::{self as wit, Request, Response, TransportError};
+use crate::bindings::{Client, ClientImports, ClientPre};
+use crate::error::{Error, describe_transport};
+use crate::http::{HttpClient, HttpConfig};
+use crate::lease::{LeaseGuard, Leases};
+use crate::observe::{Event, Exchange, Observer, TracingObserver, loggable_target};
+use crate::secret::Secret;
+use crate::store::KeyStore;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// How often the epoch advances; the call deadline is counted in these.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+#[derive(Clone)]
+pub struct Config {
+    pub http: HttpConfig,
+    /// Linear memory a call may grow to.
+    pub memory_limit_bytes: usize,
+    /// Wall-clock bound on one call, network waits included; past it the
+    /// guest traps at its next instruction.
+    pub call_timeout: Duration,
+    /// How long a call waits for another call's refresh to finish.
+    pub lease_timeout: Duration,
+    pub observer: Arc<dyn Observer>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: HttpConfig::default(),
+            memory_limit_bytes: 32 * 1024 * 1024,
+            call_timeout: Duration::from_secs(120),
+            lease_timeout: Duration::from_secs(30),
+            observer: Arc::new(TracingObserver),
+        }
+    }
+}
+
+/// A loaded rekey component. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Rekey {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    pre: ClientPre<CallState>,
+    http: HttpClient,
+    leases: Leases,
+    config: Config,
+}
+
+impl Rekey {
+    /// Compiles the embedded guest component.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        Self::from_component_bytes(config, crate::GUEST_WASM)
+    }
+
+    pub fn from_component_bytes(config: Config, wasm: &[u8]) -> anyhow::Result<Self> {
+        let mut wasm_config = wasmtime::Config::new();
+        wasm_config.epoch_interruption(true);
+        let engine = Engine::new(&wasm_config)?;
+        let component = Component::new(&engine, wasm)?;
+        let mut linker = Linker::<CallState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Client::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let pre = ClientPre::new(linker.instantiate_pre(&component)?)?;
+        start_epoch_ticker(&engine);
+        Ok(Rekey {
+            inner: Arc::new(Inner {
+                http: HttpClient::new(&config.http)?,
+                engine,
+                pre,
+                leases: Leases::default(),
+                config,
+            }),
+        })
+    }
+
+    /// Sends `req` for the credential `name` in `store`, refreshing and
+    /// persisting as its settings say.
+    pub async fn send(
+        &self,
+        store: Arc<dyn KeyStore>,
+        name: &str,
+        req: Request,
+    ) -> Result<Response, Error> {
+        let credential = store.load(name)?;
+        let settings = credential.settings.to_wit().map_err(Error::InvalidSettings)?;
+        let inner = &self.inner;
+        let state = CallState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(inner.config.memory_limit_bytes)
+                .instances(4)
+                .build(),
+            credential: name.to_owned(),
+            token_url: settings.token_url.clone(),
+            store,
+            http: inner.http.clone(),
+            observer: inner.config.observer.clone(),
+            leases: inner.leases.clone(),
+            lease_timeout: inner.config.lease_timeout,
+            lease: None,
+            refresh_token_before: None,
+        };
+        let mut wstore = Store::new(&inner.engine, state);
+        wstore.limiter(|s| &mut s.limits);
+        let ticks = inner.config.call_timeout.as_millis() / EPOCH_TICK.as_millis();
+        wstore.set_epoch_deadline(ticks.max(1) as u64);
+        wstore.epoch_deadline_trap();
+
+        let component_failed = |e: wasmtime::Error| Error::Component(format!("{e:#}"));
+        let client = inner.pre.instantiate_async(&mut wstore).await.map_err(component_failed)?;
+        let keys = credential.keys.as_ref().map(Secret::expose);
+        let result = client
+            .call_send_authorized(&mut wstore, &settings, keys, &req)
+            .await
+            .map_err(component_failed)?;
+        result.map_err(Error::from)
+    }
+}
+
+/// Advances the epoch while the engine lives; the thread ends at the first
+/// tick after the last handle to the engine is dropped.
+fn start_epoch_ticker(engine: &Engine) {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("rekey-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawn the epoch ticker");
+}
+
+/// Everything one call's imports need. Dropped with the `Store`, which ends
+/// any lease the call still holds, whether it returned or trapped.
+struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    credential: String,
+    token_url: String,
+    store: Arc<dyn KeyStore>,
+    http: HttpClient,
+    observer: Arc<dyn Observer>,
+    leases: Leases,
+    lease_timeout: Duration,
+    lease: Option<LeaseGuard>,
+    /// The refresh token stored when the lease was taken, to tell rotation.
+    refresh_token_before: Option<Secret>,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wit::Host for CallState {}
+
+impl ClientImports for CallState {
+    async fn http_send(&mut self, req: Request) -> Result<Response, TransportError> {
+        let exchange = if req.url == self.token_url { Exchange::TokenEndpoint } else { Exchange::Api };
+        let method = req.method.clone();
+        let target = loggable_target(&req.url);
+        let started = Instant::now();
+        let result = self.http.send(req).await;
+        let failure = result.as_ref().err().map(describe_transport);
+        self.observer.event(&Event::Http {
+            credential: &self.credential,
+            exchange,
+            method: &method,
+            target: &target,
+            outcome: result.as_ref().map(|r| r.status).map_err(|_| failure.as_deref().unwrap_or("")),
+            elapsed: started.elapsed(),
+        });
+        result
+    }
+
+    async fn emit_update_keys(&mut self, keys: String) -> Result<(), String> {
+        let keys = Secret::new(keys);
+        let saved = self.store.save_keys(&self.credential, &keys);
+        match saved {
+            Ok(version) => {
+                let rotated = refresh_token(&keys).is_some_and(|new| {
+                    self.refresh_token_before.as_ref().is_none_or(|old| old.expose() != new.expose())
+                });
+                self.observer.event(&Event::KeysPersisted {
+                    credential: &self.credential,
+                    version,
+                    refresh_token_rotated: rotated,
+                });
+                // Durable: others may now refresh from what we stored.
+                self.lease = None;
+                Ok(())
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                self.observer.event(&Event::KeysNotPersisted { credential: &self.credential, reason: &reason });
+                Err(reason)
+            }
+        }
+    }
+
+    async fn acquire_refresh_lease(&mut self) -> Result<Option<String>, String> {
+        if self.lease.is_none() {
+            let started = Instant::now();
+            let guard = tokio::time::timeout(self.lease_timeout, self.leases.acquire(&self.credential))
+                .await
+                .map_err(|_| format!("another refresh held it for more than {:?}", self.lease_timeout))?;
+            self.lease = Some(guard);
+            self.observer.event(&Event::LeaseAcquired { credential: &self.credential, waited: started.elapsed() });
+        }
+        let current = self.store.load(&self.credential).map_err(|e| e.to_string())?;
+        self.refresh_token_before = current.keys.as_ref().and_then(refresh_token);
+        Ok(current.keys.map(|k| k.expose().to_owned()))
+    }
+
+    async fn release_refresh_lease(&mut self) {
+        self.lease = None;
+    }
+}
+
+fn refresh_token(keys: &Secret) -> Option<Secret> {
+    let value: serde_json::Value = serde_json::from_str(keys.expose()).ok()?;
+    value.get("refresh_token")?.as_str().map(Secret::new)
+}

@@ -1,0 +1,131 @@
+//! A credential's settings as the store keeps them, and their conversion to
+//! the WIT `settings` the guest receives.
+
+use crate::bindings::rekey::oauth2::types as wit;
+use crate::secret::Secret;
+use serde::{Deserialize, Serialize};
+
+/// Where the client secret comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientSecret {
+    /// Stored with the credential.
+    Literal(Secret),
+    /// Read from this environment variable at each call, so the store never
+    /// holds it (e.g. `SALESFORCE_SECRET`).
+    Env(String),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic (`client_secret_basic`), the RFC 6749 default.
+    #[default]
+    Basic,
+    /// In the form body (`client_secret_post`).
+    Post,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    #[default]
+    OnAuthFailure,
+    EveryRequest,
+    BeforeExpiry,
+}
+
+fn default_margin() -> u32 {
+    60
+}
+
+fn default_rejected() -> Vec<u16> {
+    vec![401]
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub token_url: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<ClientSecret>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    #[serde(default)]
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub extra_params: Vec<(String, String)>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Seconds before expiry at which `before-expiry` refreshes.
+    #[serde(default = "default_margin")]
+    pub expiry_margin_secs: u32,
+    #[serde(default = "default_rejected")]
+    pub rejected_statuses: Vec<u16>,
+}
+
+impl Settings {
+    pub fn new(token_url: impl Into<String>, client_id: impl Into<String>) -> Self {
+        Settings {
+            token_url: token_url.into(),
+            client_id: client_id.into(),
+            client_secret: None,
+            client_auth: ClientAuth::default(),
+            scope: None,
+            extra_params: Vec::new(),
+            strategy: Strategy::default(),
+            expiry_margin_secs: default_margin(),
+            rejected_statuses: default_rejected(),
+        }
+    }
+
+    /// The WIT settings for one call, with an environment secret resolved now.
+    pub(crate) fn to_wit(&self) -> Result<wit::Settings, String> {
+        let client_secret = match &self.client_secret {
+            None => None,
+            Some(ClientSecret::Literal(s)) => Some(s.expose().to_owned()),
+            Some(ClientSecret::Env(var)) => Some(std::env::var(var).map_err(|_| {
+                format!("environment variable {var} (the client secret) is not set")
+            })?),
+        };
+        Ok(wit::Settings {
+            token_url: self.token_url.clone(),
+            client_id: self.client_id.clone(),
+            client_secret,
+            client_auth: match self.client_auth {
+                ClientAuth::Basic => wit::ClientAuth::ClientSecretBasic,
+                ClientAuth::Post => wit::ClientAuth::ClientSecretPost,
+            },
+            scope: self.scope.clone(),
+            extra_params: self.extra_params.clone(),
+            strategy: match self.strategy {
+                Strategy::OnAuthFailure => wit::Strategy::OnAuthFailure,
+                Strategy::EveryRequest => wit::Strategy::EveryRequest,
+                Strategy::BeforeExpiry => wit::Strategy::BeforeExpiry(self.expiry_margin_secs),
+            },
+            rejected_statuses: self.rejected_statuses.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_json_round_trips_and_debug_redacts() {
+        let mut s = Settings::new("https://idp/token", "app");
+        s.client_secret = Some(ClientSecret::Literal(Secret::new("hunter2")));
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Settings>(&json).unwrap(), s);
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn env_secret_missing_names_the_variable_only() {
+        let mut s = Settings::new("https://idp/token", "app");
+        s.client_secret = Some(ClientSecret::Env("REKEY_TEST_SURELY_UNSET".into()));
+        let err = s.to_wit().unwrap_err();
+        assert!(err.contains("REKEY_TEST_SURELY_UNSET"), "{err}");
+    }
+}

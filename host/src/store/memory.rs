@@ -1,0 +1,73 @@
+//! An in-memory store, for embedders that persist elsewhere and for benchmarks.
+
+use super::{Credential, KeyStore, StoreError, now_unix, validate_keys};
+use crate::secret::Secret;
+use crate::settings::Settings;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct MemoryStore {
+    credentials: Mutex<BTreeMap<String, Credential>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<String, Credential>) -> R) -> R {
+        // A panic elsewhere cannot leave a half-written credential: every
+        // mutation below is a single insert or field store.
+        let mut map = self.credentials.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut map)
+    }
+}
+
+impl KeyStore for MemoryStore {
+    fn load(&self, name: &str) -> Result<Credential, StoreError> {
+        self.with(|m| m.get(name).cloned())
+            .ok_or_else(|| StoreError::UnknownCredential(name.into()))
+    }
+
+    fn save_keys(&self, name: &str, keys: &Secret) -> Result<u64, StoreError> {
+        validate_keys(keys)?;
+        self.with(|m| {
+            let c = m
+                .get_mut(name)
+                .ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
+            c.keys = Some(keys.clone());
+            c.version += 1;
+            c.updated_at = now_unix();
+            Ok(c.version)
+        })
+    }
+
+    fn put(&self, name: &str, settings: &Settings, keys: Option<&Secret>) -> Result<(), StoreError> {
+        if let Some(k) = keys {
+            validate_keys(k)?;
+        }
+        self.with(|m| {
+            let version = m.get(name).map_or(0, |c| c.version + 1);
+            m.insert(
+                name.into(),
+                Credential {
+                    name: name.into(),
+                    settings: settings.clone(),
+                    keys: keys.cloned(),
+                    version,
+                    updated_at: now_unix(),
+                },
+            );
+        });
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<Credential>, StoreError> {
+        Ok(self.with(|m| m.values().cloned().collect()))
+    }
+
+    fn remove(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.with(|m| m.remove(name).is_some()))
+    }
+}

@@ -1,0 +1,209 @@
+//! The default store: one SQLite file, WAL, `synchronous=FULL`, every write in
+//! its own transaction, so `save_keys` returning `Ok` means it is on disk.
+
+use super::{Credential, KeyStore, StoreError, json_position, now_unix, validate_keys};
+use crate::secret::Secret;
+use crate::settings::Settings;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS credentials (
+    name       TEXT PRIMARY KEY NOT NULL,
+    settings   TEXT NOT NULL,
+    keys       TEXT,
+    version    INTEGER NOT NULL DEFAULT 0,
+    updated_at INTEGER NOT NULL
+) STRICT;
+";
+
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`, waiting up to 5 s for
+    /// a lock another process holds.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with_busy_timeout(path, Duration::from_secs(5))
+    }
+
+    pub fn open_with_busy_timeout(path: impl AsRef<Path>, busy: Duration) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let unusable = |e: rusqlite::Error| StoreError::Unusable {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let conn = Connection::open(&path).map_err(unusable)?;
+        conn.busy_timeout(busy).map_err(unusable)?;
+        // journal_mode is the first statement that reads the file: a file that
+        // is not a database fails here, with SQLite's own words.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(unusable)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(unusable)?;
+        conn.execute_batch(SCHEMA).map_err(unusable)?;
+        Ok(SqliteStore { path, conn: Mutex::new(conn) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A poisoned lock only means another call panicked; the connection
+        // itself is transactional and still consistent.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unusable(&self, e: rusqlite::Error) -> StoreError {
+        StoreError::Unusable { path: self.path.display().to_string(), reason: e.to_string() }
+    }
+}
+
+fn row_to_credential(
+    name: String,
+    settings: String,
+    keys: Option<String>,
+    version: i64,
+    updated_at: i64,
+) -> Result<Credential, StoreError> {
+    let settings: Settings = serde_json::from_str(&settings).map_err(|e| StoreError::Corrupt {
+        name: name.clone(),
+        reason: format!("settings: {}", json_position(&e)),
+    })?;
+    Ok(Credential {
+        name,
+        settings,
+        keys: keys.map(Secret::new),
+        version: version.max(0) as u64,
+        updated_at,
+    })
+}
+
+type Row = (String, String, Option<String>, i64, i64);
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+impl KeyStore for SqliteStore {
+    fn load(&self, name: &str) -> Result<Credential, StoreError> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT name, settings, keys, version, updated_at FROM credentials WHERE name = ?1",
+                [name],
+                read_row,
+            )
+            .optional()
+            .map_err(|e| self.unusable(e))?
+            .ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
+        let (name, settings, keys, version, updated_at) = row;
+        row_to_credential(name, settings, keys, version, updated_at)
+    }
+
+    fn save_keys(&self, name: &str, keys: &Secret) -> Result<u64, StoreError> {
+        validate_keys(keys)?;
+        let mut conn = self.conn();
+        let write = |e: rusqlite::Error| StoreError::Write(e.to_string());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(write)?;
+        let version: Option<i64> = tx
+            .query_row(
+                "UPDATE credentials SET keys = ?2, version = version + 1, updated_at = ?3
+                 WHERE name = ?1 RETURNING version",
+                params![name, keys.expose(), now_unix()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(write)?;
+        let version = version.ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
+        tx.commit().map_err(write)?;
+        Ok(version as u64)
+    }
+
+    fn put(&self, name: &str, settings: &Settings, keys: Option<&Secret>) -> Result<(), StoreError> {
+        if let Some(k) = keys {
+            validate_keys(k)?;
+        }
+        let settings = serde_json::to_string(settings).expect("settings serialize");
+        self.conn()
+            .execute(
+                "INSERT INTO credentials (name, settings, keys, version, updated_at)
+                 VALUES (?1, ?2, ?3, 0, ?4)
+                 ON CONFLICT (name) DO UPDATE SET settings = ?2, keys = ?3,
+                     version = version + 1, updated_at = ?4",
+                params![name, settings, keys.map(Secret::expose), now_unix()],
+            )
+            .map_err(|e| StoreError::Write(e.to_string()))?;
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<Credential>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT name, settings, keys, version, updated_at FROM credentials ORDER BY name")
+            .map_err(|e| self.unusable(e))?;
+        let rows = stmt
+            .query_map([], read_row)
+            .map_err(|e| self.unusable(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.unusable(e))?;
+        rows.into_iter()
+            .map(|(n, s, k, v, u)| row_to_credential(n, s, k, v, u))
+            .collect()
+    }
+
+    fn remove(&self, name: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM credentials WHERE name = ?1", [name])
+            .map_err(|e| StoreError::Write(e.to_string()))?;
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_with_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("s.db")).unwrap();
+        let settings = Settings::new("http://127.0.0.1/token", "app");
+        store.put("c", &settings, Some(&Secret::new(r#"{"access_token":"a"}"#))).unwrap();
+        assert_eq!(store.save_keys("c", &Secret::new(r#"{"access_token":"b"}"#)).unwrap(), 1);
+        let reopened = SqliteStore::open(dir.path().join("s.db")).unwrap();
+        let c = reopened.load("c").unwrap();
+        assert_eq!(c.keys.unwrap().expose(), r#"{"access_token":"b"}"#);
+        assert_eq!(c.version, 1);
+        assert_eq!(c.settings, settings);
+    }
+
+    #[test]
+    fn rejects_non_object_keys_and_unknown_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("s.db")).unwrap();
+        assert!(matches!(store.load("nope"), Err(StoreError::UnknownCredential(_))));
+        assert!(matches!(
+            store.save_keys("nope", &Secret::new("{}")),
+            Err(StoreError::UnknownCredential(_))
+        ));
+        let settings = Settings::new("http://127.0.0.1/token", "app");
+        let err = store.put("c", &settings, Some(&Secret::new("[1, \"tok\"]"))).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidKeys(_)));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garbage.db");
+        std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+        let err = SqliteStore::open(&path).err().expect("garbage must not open");
+        assert!(err.to_string().contains("not a database"), "{err}");
+    }
+}
