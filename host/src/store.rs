@@ -69,3 +69,74 @@ pub(crate) fn now_unix() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+/// Turns a token response (as a provider or an authorization-code exchange
+/// returned it) into keys to store: a JSON object holding at least an access
+/// or a refresh token, with `expires_at` added from `expires_in`.
+pub fn keys_from_token_response(json: &str) -> Result<Secret, StoreError> {
+    let mut map = match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(map)) => map,
+        Ok(_) => return Err(StoreError::InvalidKeys("not an object".into())),
+        Err(e) => return Err(StoreError::InvalidKeys(json_position(&e))),
+    };
+    let has = |k: &str| map.get(k).and_then(|v| v.as_str()).is_some_and(|s| !s.is_empty());
+    if !has("access_token") && !has("refresh_token") {
+        return Err(StoreError::InvalidKeys("it holds neither access_token nor refresh_token".into()));
+    }
+    if !map.contains_key("expires_at") {
+        let expires_in = map.get("expires_in").and_then(|v| match v {
+            serde_json::Value::Number(n) => n.as_i64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        });
+        if let Some(secs) = expires_in {
+            map.insert("expires_at".into(), (now_unix() + secs).into());
+        }
+    }
+    Ok(Secret::new(serde_json::Value::Object(map).to_string()))
+}
+
+/// Fields of a token set that are safe to show; every other value is redacted
+/// (tokens, and provider fields we cannot vouch for).
+const SHOWABLE: [&str; 7] =
+    ["token_type", "expires_in", "expires_at", "scope", "instance_url", "issued_at", "ext_expires_in"];
+
+/// A token set with every value but the harmless ones replaced by `[redacted]`.
+pub fn redacted_keys(keys: &Secret) -> serde_json::Value {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str(keys.expose()) else {
+        return serde_json::Value::String("[unreadable]".into());
+    };
+    map.into_iter()
+        .map(|(k, v)| {
+            let v = if SHOWABLE.contains(&k.as_str()) { v } else { "[redacted]".into() };
+            (k, v)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_adds_expiry_and_rejects_tokenless_sets() {
+        let keys = keys_from_token_response(r#"{"access_token":"a","expires_in":"60"}"#).unwrap();
+        let v: serde_json::Value = serde_json::from_str(keys.expose()).unwrap();
+        assert!(v["expires_at"].as_i64().unwrap() >= now_unix() + 59);
+        assert!(keys_from_token_response(r#"{"token_type":"bearer"}"#).is_err());
+        let err = keys_from_token_response("{\"access_token\": \"secret-tok").unwrap_err();
+        assert!(!err.to_string().contains("secret-tok"), "{err}");
+    }
+
+    #[test]
+    fn redaction_keeps_only_harmless_fields() {
+        let shown = redacted_keys(&Secret::new(
+            r#"{"access_token":"a","refresh_token":"r","scope":"api","custom":"x"}"#,
+        ));
+        assert_eq!(
+            shown,
+            serde_json::json!({"access_token":"[redacted]","refresh_token":"[redacted]","scope":"api","custom":"[redacted]"})
+        );
+    }
+}

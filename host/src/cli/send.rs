@@ -1,0 +1,76 @@
+//! `rekey send`: a curl-like request through the component.
+
+use super::Failure;
+use rekey::{Config, KeyStore, Rekey, Request};
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The stored credential to use.
+    credential: String,
+    /// The URL to request.
+    url: String,
+    /// HTTP method (default GET, or POST with a body).
+    #[arg(short = 'X', long = "request")]
+    method: Option<String>,
+    /// A request header, `Name: value`; repeatable. Any Authorization is replaced.
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Request body; `@FILE` reads a file, `@-` standard input.
+    #[arg(short = 'd', long = "data")]
+    data: Option<String>,
+    /// Print the status line and response headers before the body.
+    #[arg(short = 'i', long = "include")]
+    include: bool,
+    /// Exit 22 when the response status is 400 or above (like curl -f).
+    #[arg(short = 'f', long = "fail")]
+    fail: bool,
+}
+
+pub async fn run(store: Arc<dyn KeyStore>, args: Args) -> Result<i32, Failure> {
+    let body = match args.data.as_deref() {
+        None => Vec::new(),
+        Some("@-") => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| Failure::new(2, format!("cannot read the body from stdin: {e}")))?;
+            buf
+        }
+        Some(d) => match d.strip_prefix('@') {
+            Some(path) => std::fs::read(path)
+                .map_err(|e| Failure::new(2, format!("cannot read the body from {path}: {e}")))?,
+            None => d.as_bytes().to_vec(),
+        },
+    };
+    let method = args
+        .method
+        .unwrap_or_else(|| if args.data.is_some() { "POST" } else { "GET" }.into());
+    let mut req = Request::new(&method, &args.url).body(body);
+    for h in &args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| Failure::new(2, "a header must look like `Name: value`"))?;
+        req = req.header(name.trim(), value.trim());
+    }
+    if args.data.is_some() && !req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        req = req.header("content-type", "application/x-www-form-urlencoded");
+    }
+
+    let rekey = Rekey::new(Config::default())
+        .map_err(|e| Failure::new(8, format!("cannot load the rekey component: {e:#}")))?;
+    let resp = rekey.send(store, &args.credential, req).await?;
+
+    let mut out = std::io::stdout().lock();
+    if args.include {
+        let _ = writeln!(out, "HTTP {}", resp.status);
+        for (k, v) in &resp.headers {
+            let _ = writeln!(out, "{k}: {v}");
+        }
+        let _ = writeln!(out);
+    }
+    let _ = out.write_all(&resp.body);
+    let _ = out.flush();
+    Ok(if args.fail && resp.status >= 400 { 22 } else { 0 })
+}
