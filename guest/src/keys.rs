@@ -16,10 +16,17 @@ impl Keys {
     /// Parses a stored set. Errors name the problem, never the content
     /// (serde_json's syntax errors carry only a position).
     pub fn parse(json: &str) -> Result<Keys, String> {
-        match serde_json::from_str::<Value>(json) {
+        // from_slice, like the token parser: one parser instantiation, not two.
+        match serde_json::from_slice::<Value>(json.as_bytes()) {
             Ok(Value::Object(map)) => Ok(Keys(map)),
             Ok(_) => Err("stored keys are not a JSON object".into()),
-            Err(e) => Err(format!("stored keys are not valid JSON ({e})")),
+            // Position only: it is all a person needs, and it keeps serde_json's
+            // table of messages out of the component.
+            Err(e) => Err(format!(
+                "stored keys are not valid JSON (line {} column {})",
+                e.line(),
+                e.column()
+            )),
         }
     }
 
@@ -51,8 +58,8 @@ impl Keys {
     /// sent wins, everything else (the old refresh token when none came back,
     /// instance_url, id_token, ...) is kept. `expires_at` is recomputed from
     /// `expires_in`, or dropped when the response does not say.
-    pub fn merged(&self, response: Map<String, Value>, now: u64) -> Keys {
-        let mut merged = self.0.clone();
+    pub fn merged(self, response: Map<String, Value>, now: u64) -> Keys {
+        let mut merged = self.0;
         merged.remove("expires_at");
         let expires_in = response.get("expires_in").and_then(number);
         for (k, v) in response {
@@ -80,10 +87,11 @@ impl Keys {
     }
 }
 
-/// Seconds as providers send them: a number, or a numeric string (some do).
+/// Seconds as providers send them: a whole number, or a numeric string (some
+/// do). Fractions are not seconds anyone sends; they count as unknown.
 fn number(v: &Value) -> Option<u64> {
     match v {
-        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
+        Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
@@ -121,7 +129,7 @@ mod tests {
         let merged = stored.merged(obj(json!({"access_token":"a2","refresh_token":"r2"})), 100);
         assert_eq!(merged.refresh_token(), Some("r2"));
         assert_eq!(merged.expires_at(), None);
-        let kept = stored.merged(obj(json!({"access_token":"a2","refresh_token":null})), 100);
+        let kept = Keys::parse(r#"{"access_token":"a1","refresh_token":"r1"}"#).unwrap().merged(obj(json!({"access_token":"a2","refresh_token":null})), 100);
         assert_eq!(kept.refresh_token(), Some("r1"));
     }
 

@@ -4,6 +4,7 @@
 //! reads like the routine it implements and can be unit-tested natively; this
 //! file only binds it to the WIT imports and export.
 
+mod basic_auth;
 mod flow;
 mod keys;
 mod token;

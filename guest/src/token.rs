@@ -4,7 +4,7 @@
 use crate::rekey::oauth2::types::{
     ClientAuth, OauthError, Request, Response, SendError, Settings,
 };
-use base64::Engine as _;
+use crate::basic_auth;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -40,10 +40,8 @@ pub fn refresh_request(settings: &Settings, refresh_token: &str) -> Request {
     ];
     match (&settings.client_auth, settings.client_secret.as_deref()) {
         (ClientAuth::ClientSecretBasic, Some(secret)) => {
-            // §2.3.1: both parts are form-urlencoded before base64.
-            let pair = format!("{}:{}", form_encode(&settings.client_id), form_encode(secret));
-            let b64 = base64::engine::general_purpose::STANDARD.encode(pair);
-            headers.push(("authorization".into(), format!("Basic {b64}")));
+            let value = basic_auth::header_value(&settings.client_id, secret);
+            headers.push(("authorization".into(), value));
         }
         (ClientAuth::ClientSecretPost, Some(secret)) => {
             form.append_pair("client_id", &settings.client_id);
@@ -60,10 +58,6 @@ pub fn refresh_request(settings: &Settings, refresh_token: &str) -> Request {
         headers,
         body: form.finish().into_bytes(),
     }
-}
-
-fn form_encode(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// What one token endpoint answer means.
@@ -167,6 +161,8 @@ mod tests {
     fn resp(status: u16, body: &str) -> Response {
         Response { status, headers: vec![], body: body.as_bytes().to_vec() }
     }
+
+    use base64::Engine as _;
 
     #[test]
     fn post_auth_puts_credentials_in_the_form() {
