@@ -42,6 +42,7 @@ impl Error {
             Error::TokenEndpoint(_) | Error::LeaseUnavailable(_) => 4,
             Error::RejectedAfterRefresh(_) => 5,
             Error::Transport(_) => 6,
+            Error::Store(StoreError::UnknownCredential(_)) => 2,
             Error::KeysNotPersisted(_) | Error::Store(_) => 7,
             Error::InvalidSettings(_) | Error::InvalidKeys(_) => 2,
             Error::Component(_) => 8,

@@ -124,7 +124,7 @@ impl Provider {
     }
 
     /// `/api/<path>`: 200 with a valid token, 401 otherwise. `/api/reject`
-    /// always answers 401.
+    /// always answers 401; `/api/big` answers 2 MiB.
     pub fn api_url(&self, path: &str) -> String {
         format!("http://{}/api/{}", self.addr, path.trim_start_matches('/'))
     }
@@ -318,6 +318,9 @@ async fn api(
             "",
         )
             .into_response();
+    }
+    if path == "big" {
+        return vec![b'x'; 2 * 1024 * 1024].into_response();
     }
     let call = s.stats.api_calls;
     axum::Json(json!({ "ok": true, "path": path, "method": method.as_str(), "bytes": body.len(), "call": call }))

@@ -1,1 +1,147 @@
+//! Shared harness for the end-to-end scenarios: a loopback provider, a real
+//! SQLite store in a temporary directory, the real host and guest, and the
+//! real `rekey` binary. Nothing here stands in for either side of the sandbox.
 
+use rekey::observe::{Event, Exchange, Observer};
+use rekey::provider::{Provider, ProviderConfig};
+use rekey::store::keys_from_token_response;
+use rekey::{ClientAuth, ClientSecret, Config, KeyStore, Rekey, Secret, Settings, SqliteStore, Strategy};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// One scenario's world.
+pub struct Fixture {
+    pub provider: Arc<Provider>,
+    pub store: Arc<SqliteStore>,
+    pub rekey: Rekey,
+    pub events: Arc<Recorder>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub async fn new(provider: ProviderConfig) -> Fixture {
+        Self::with(provider, Config::default(), Duration::from_secs(5)).await
+    }
+
+    /// With host settings and the store's busy timeout chosen by the test.
+    pub async fn with(provider: ProviderConfig, mut config: Config, busy: Duration) -> Fixture {
+        let provider = Provider::start(provider).await.expect("start the provider");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(
+            SqliteStore::open_with_busy_timeout(dir.path().join("rekey.db"), busy).expect("open the store"),
+        );
+        let events = Arc::new(Recorder::default());
+        config.observer = events.clone();
+        let rekey = Rekey::new(config).expect("load the component");
+        Fixture { provider, store, rekey, events, dir }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("rekey.db")
+    }
+
+    pub fn store_dyn(&self) -> Arc<dyn KeyStore> {
+        self.store.clone()
+    }
+
+    /// Settings that match the provider's client, with this strategy and auth.
+    pub fn settings(&self, strategy: Strategy, auth: ClientAuth) -> Settings {
+        let mut s = Settings::new(self.provider.token_url(), self.provider.config().client_id.clone());
+        s.client_secret = Some(ClientSecret::Literal(Secret::new(self.provider.config().client_secret.clone())));
+        s.client_auth = auth;
+        s.strategy = strategy;
+        s
+    }
+
+    /// Authorises at the provider and stores the credential; returns the
+    /// first token response.
+    pub fn add_credential(&self, name: &str, settings: &Settings) -> serde_json::Value {
+        let first = self.provider.authorize();
+        let keys = keys_from_token_response(&first.to_string()).expect("token response imports");
+        self.store.put(name, settings, Some(&keys)).expect("store the credential");
+        first
+    }
+
+    /// The stored keys as JSON.
+    pub fn stored_keys(&self, name: &str) -> serde_json::Value {
+        let keys = self.store.load(name).expect("credential").keys.expect("keys stored");
+        serde_json::from_str(keys.expose()).expect("stored keys are JSON")
+    }
+
+    pub fn stored_raw(&self, name: &str) -> (Option<Secret>, u64) {
+        let c = self.store.load(name).expect("credential");
+        (c.keys, c.version)
+    }
+}
+
+/// Counts what crossed the sandbox boundary, as the host observed it.
+#[derive(Default)]
+pub struct Recorder {
+    log: Mutex<Vec<String>>,
+}
+
+impl Recorder {
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut self.log.lock().unwrap())
+    }
+}
+
+impl Observer for Recorder {
+    fn event(&self, event: &Event<'_>) {
+        let line = match event {
+            Event::Http { exchange: Exchange::Api, outcome, .. } => format!("api {outcome:?}"),
+            Event::Http { exchange: Exchange::TokenEndpoint, outcome, .. } => format!("token {outcome:?}"),
+            Event::KeysPersisted { refresh_token_rotated, .. } => format!("persisted rotated={refresh_token_rotated}"),
+            Event::KeysNotPersisted { .. } => "not persisted".into(),
+            Event::LeaseAcquired { .. } => "lease".into(),
+        };
+        self.log.lock().unwrap().push(line);
+    }
+}
+
+/// A provider config with this access-token lifetime.
+pub fn provider_with_ttl(ttl: Duration) -> ProviderConfig {
+    ProviderConfig { access_ttl: ttl, ..ProviderConfig::default() }
+}
+
+pub fn str_field<'a>(v: &'a serde_json::Value, name: &str) -> &'a str {
+    v[name].as_str().unwrap_or_else(|| panic!("field {name} missing"))
+}
+
+/// The `rekey` binary of this workspace, built once per test process.
+pub fn rekey_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let status = Command::new(env!("CARGO"))
+            .current_dir(root)
+            .args(["build", "--quiet", "--package", "rekey", "--bin", "rekey"])
+            .status()
+            .expect("run cargo build for the rekey binary");
+        assert!(status.success(), "building the rekey binary failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        target.join("debug").join("rekey")
+    })
+}
+
+/// Runs the CLI against a store; stdin is empty.
+pub fn rekey_cli(store: &Path, args: &[&str]) -> Output {
+    rekey_cli_env(store, args, &[])
+}
+
+pub fn rekey_cli_env(store: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(rekey_bin());
+    cmd.arg("--store").arg(store).args(args).stdin(std::process::Stdio::null());
+    cmd.env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run rekey")
+}
+
+/// stdout and stderr together, for "never printed" checks.
+pub fn all_output(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
