@@ -12,7 +12,10 @@ fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir.parent().expect("host/ sits in the workspace");
     for watched in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
     }
 
     let cargo = env("CARGO");
@@ -21,7 +24,14 @@ fn main() {
     let target_dir = guest_target_dir(workspace);
     let status = Command::new(&cargo)
         .current_dir(workspace)
-        .args(["build", "--quiet", "--package", "rekey-guest", "--profile", "guest"])
+        .args([
+            "build",
+            "--quiet",
+            "--package",
+            "rekey-guest",
+            "--profile",
+            "guest",
+        ])
         .args(["--target", TARGET, "--target-dir"])
         .arg(&target_dir)
         // The outer build's flags and wrappers (clippy, coverage) are for the host.
@@ -37,7 +47,10 @@ fn main() {
     if !status.success() {
         fail("building the rekey guest component failed (see the errors above)");
     }
-    let wasm = target_dir.join(TARGET).join("guest").join("rekey_guest.wasm");
+    let wasm = target_dir
+        .join(TARGET)
+        .join("guest")
+        .join("rekey_guest.wasm");
     let out = PathBuf::from(env("OUT_DIR")).join("rekey_guest.wasm");
     std::fs::copy(&wasm, &out).expect("copy the guest component into OUT_DIR");
 }

@@ -17,22 +17,45 @@ async fn on_401_refreshes_persists_and_retries_once() {
     let f = Fixture::new(provider_with_ttl(SHORT)).await;
     let first = f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
 
-    let resp = f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap();
+    let resp = f
+        .rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(f.events.take(), ["api Ok(200)"]);
 
     expire(SHORT).await;
-    let resp = f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap();
+    let resp = f
+        .rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(
         f.events.take(),
-        ["api Ok(401)", "lease", "token Ok(200)", "persisted rotated=true", "api Ok(200)"]
+        [
+            "api Ok(401)",
+            "lease",
+            "token Ok(200)",
+            "persisted rotated=true",
+            "api Ok(200)"
+        ]
     );
     let stats = f.provider.stats();
-    assert_eq!((stats.api_calls, stats.api_unauthorized, stats.token_calls), (3, 1, 1));
+    assert_eq!(
+        (stats.api_calls, stats.api_unauthorized, stats.token_calls),
+        (3, 1, 1)
+    );
     let stored = f.stored_keys("c");
-    assert_ne!(str_field(&stored, "refresh_token"), str_field(&first, "refresh_token"));
-    assert!(f.provider.refresh_token_is_live(str_field(&stored, "refresh_token")));
+    assert_ne!(
+        str_field(&stored, "refresh_token"),
+        str_field(&first, "refresh_token")
+    );
+    assert!(
+        f.provider
+            .refresh_token_is_live(str_field(&stored, "refresh_token"))
+    );
     assert_eq!(f.stored_raw("c").1, 1);
 }
 
@@ -41,11 +64,18 @@ async fn every_request_refreshes_before_each_call() {
     let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
     f.add_credential("c", &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
     for _ in 0..3 {
-        let resp = f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap();
+        let resp = f
+            .rekey
+            .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+            .await
+            .unwrap();
         assert_eq!(resp.status, 200);
     }
     let stats = f.provider.stats();
-    assert_eq!((stats.token_calls, stats.api_calls, stats.api_unauthorized), (3, 3, 0));
+    assert_eq!(
+        (stats.token_calls, stats.api_calls, stats.api_unauthorized),
+        (3, 3, 0)
+    );
     assert_eq!(f.stored_raw("c").1, 3);
 }
 
@@ -57,12 +87,21 @@ async fn before_expiry_refreshes_inside_the_margin_without_a_401() {
     settings.expiry_margin_secs = 2;
     f.add_credential("c", &settings);
 
-    f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap();
+    f.rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap();
     assert_eq!(f.provider.stats().token_calls, 0, "fresh token: no refresh");
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap();
+    f.rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap();
     let stats = f.provider.stats();
-    assert_eq!((stats.token_calls, stats.api_calls, stats.api_unauthorized), (1, 2, 0));
+    assert_eq!(
+        (stats.token_calls, stats.api_calls, stats.api_unauthorized),
+        (1, 2, 0)
+    );
     assert!(f.stored_keys("c")["expires_at"].as_u64().is_some());
 }
 
@@ -72,12 +111,18 @@ async fn rotation_leaves_the_last_refresh_token_in_the_store() {
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Post));
     for _ in 0..4 {
         expire(SHORT).await;
-        f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap();
+        f.rekey
+            .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+            .await
+            .unwrap();
     }
     let stats = f.provider.stats();
     assert_eq!(stats.refreshes_granted, 4);
     assert_eq!((stats.reused_refresh_tokens, stats.invalid_grant), (0, 0));
-    assert!(f.provider.refresh_token_is_live(str_field(&f.stored_keys("c"), "refresh_token")));
+    assert!(
+        f.provider
+            .refresh_token_is_live(str_field(&f.stored_keys("c"), "refresh_token"))
+    );
     assert_eq!(f.stored_raw("c").1, 4);
 }
 
@@ -85,27 +130,46 @@ async fn rotation_leaves_the_last_refresh_token_in_the_store() {
 async fn a_response_without_refresh_token_keeps_the_old_one_and_every_other_field() {
     let mut config = provider_with_ttl(SHORT);
     config.rotate_refresh_tokens = false;
-    config.extra_token_fields.insert("instance_url".into(), json!("https://eu42.example"));
+    config
+        .extra_token_fields
+        .insert("instance_url".into(), json!("https://eu42.example"));
     let f = Fixture::new(config).await;
     let first = f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
     f.provider.omit_refresh_token(true);
 
     expire(SHORT).await;
-    f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap();
+    f.rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap();
     let stored = f.stored_keys("c");
     assert_ne!(stored["access_token"], first["access_token"]);
     assert_eq!(stored["refresh_token"], first["refresh_token"]);
-    assert_eq!(stored["id_token"], first["id_token"], "fields the response lacks are kept");
+    assert_eq!(
+        stored["id_token"], first["id_token"],
+        "fields the response lacks are kept"
+    );
     assert_eq!(stored["instance_url"], "https://eu42.example");
     assert_eq!(stored["scope"], "api");
-    assert_eq!(f.events.take().last().map(String::as_str), Some("api Ok(200)"));
+    assert_eq!(
+        f.events.take().last().map(String::as_str),
+        Some("api Ok(200)")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_again_after_a_fresh_token_fails_without_looping() {
     let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
-    let err = f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("reject"))).await.unwrap_err();
+    let err = f
+        .rekey
+        .send(
+            f.store_dyn(),
+            "c",
+            Request::get(&f.provider.api_url("reject")),
+        )
+        .await
+        .unwrap_err();
     match &err {
         Error::RejectedAfterRefresh(resp) => assert_eq!(resp.status, 401),
         other => panic!("expected rejected-after-refresh, got {other}"),
@@ -120,16 +184,33 @@ async fn invalid_grant_asks_for_reauthorisation_and_keeps_the_keys() {
     let f = Fixture::new(provider_with_ttl(SHORT)).await;
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
     let before = f.stored_raw("c");
-    f.provider.force_token_responses([(400, r#"{"error":"invalid_grant","error_description":"grant revoked"}"#.into())]);
+    f.provider.force_token_responses([(
+        400,
+        r#"{"error":"invalid_grant","error_description":"grant revoked"}"#.into(),
+    )]);
 
     expire(SHORT).await;
-    let err = f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap_err();
-    assert!(matches!(&err, Error::ReauthorizationRequired { status: 400, code } if code == "invalid_grant"), "{err}");
+    let err = f
+        .rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::ReauthorizationRequired { status: 400, code } if code == "invalid_grant"),
+        "{err}"
+    );
     assert!(err.needs_authorization());
     assert!(err.to_string().contains("re-authorisation needed"));
-    assert!(!err.to_string().contains("grant revoked"), "provider text is not carried");
+    assert!(
+        !err.to_string().contains("grant revoked"),
+        "provider text is not carried"
+    );
     let stats = f.provider.stats();
-    assert_eq!((stats.token_calls, stats.api_calls), (1, 1), "no retry of a 4xx, no resend");
+    assert_eq!(
+        (stats.token_calls, stats.api_calls),
+        (1, 1),
+        "no retry of a 4xx, no resend"
+    );
     assert_eq!(f.stored_raw("c"), before);
 }
 
@@ -139,33 +220,71 @@ async fn token_endpoint_5xx_is_retried_and_4xx_is_not() {
     f.add_credential("c", &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
 
     f.provider.force_token_responses([(503, String::new())]);
-    let resp = f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap();
+    let resp = f
+        .rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(f.provider.stats().token_calls, 2);
 
-    f.provider.force_token_responses([(400, "bad request".into())]);
-    let err = f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap_err();
+    f.provider
+        .force_token_responses([(400, "bad request".into())]);
+    let err = f
+        .rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::TokenEndpoint(_)), "{err}");
     assert_eq!(f.provider.stats().token_calls, 3);
 
-    f.provider.force_token_responses([(500, String::new()), (502, String::new()), (429, String::new())]);
-    let err = f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap_err();
+    f.provider.force_token_responses([
+        (500, String::new()),
+        (502, String::new()),
+        (429, String::new()),
+    ]);
+    let err = f
+        .rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("3 attempts"), "{err}");
     assert_eq!(f.provider.stats().token_calls, 6);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_provider_checks_each_client_authentication_method() {
-    for (method, other) in [(ClientAuth::Basic, ClientAuth::Post), (ClientAuth::Post, ClientAuth::Basic)] {
+    for (method, other) in [
+        (ClientAuth::Basic, ClientAuth::Post),
+        (ClientAuth::Post, ClientAuth::Basic),
+    ] {
         let mut config = provider_with_ttl(Duration::from_secs(60));
         config.client_auth = Some(method);
         let f = Fixture::new(config).await;
         f.add_credential("right", &f.settings(Strategy::EveryRequest, method));
         f.add_credential("wrong", &f.settings(Strategy::EveryRequest, other));
 
-        f.rekey.send(f.store_dyn(), "right", Request::get(&f.provider.api_url("me"))).await.unwrap();
-        let err = f.rekey.send(f.store_dyn(), "wrong", Request::get(&f.provider.api_url("me"))).await.unwrap_err();
-        assert!(matches!(&err, Error::ReauthorizationRequired { code, .. } if code == "invalid_client"), "{err}");
+        f.rekey
+            .send(
+                f.store_dyn(),
+                "right",
+                Request::get(&f.provider.api_url("me")),
+            )
+            .await
+            .unwrap();
+        let err = f
+            .rekey
+            .send(
+                f.store_dyn(),
+                "wrong",
+                Request::get(&f.provider.api_url("me")),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::ReauthorizationRequired { code, .. } if code == "invalid_client"),
+            "{err}"
+        );
         let stats = f.provider.stats();
         assert_eq!((stats.basic_auth_calls, stats.post_auth_calls), (1, 1));
         assert_eq!(stats.refreshes_granted, 1, "{method:?}");
@@ -179,13 +298,20 @@ async fn scope_and_extra_parameters_reach_the_token_endpoint() {
     settings.scope = Some("api offline_access".into());
     settings.extra_params = vec![("format".into(), "json".into())];
     f.add_credential("c", &settings);
-    f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap();
+    f.rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap();
     let form = f.provider.last_token_form();
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     assert_eq!(get("grant_type"), Some("refresh_token"));
     assert_eq!(get("scope"), Some("api offline_access"));
     assert_eq!(get("format"), Some("json"));
-    assert_eq!(get("client_secret"), None, "basic auth keeps the secret out of the body");
+    assert_eq!(
+        get("client_secret"),
+        None,
+        "basic auth keeps the secret out of the body"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -206,20 +332,33 @@ async fn a_post_body_arrives_byte_identical_on_the_retry() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unwritable_store_stops_before_the_retry_and_keeps_the_old_keys() {
-    let f = Fixture::with(provider_with_ttl(SHORT), Config::default(), Duration::from_millis(200)).await;
+    let f = Fixture::with(
+        provider_with_ttl(SHORT),
+        Config::default(),
+        Duration::from_millis(200),
+    )
+    .await;
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
     let before = f.stored_raw("c");
 
     // Another process holds the write lock for the whole call.
     let blocker = hold_write_lock(&f.store_path());
     expire(SHORT).await;
-    let err = f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap_err();
+    let err = f
+        .rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap_err();
     drop(blocker);
 
     assert!(matches!(err, Error::KeysNotPersisted(_)), "{err}");
     assert!(err.to_string().contains("not retried"));
     let stats = f.provider.stats();
-    assert_eq!((stats.api_calls, stats.token_calls), (1, 1), "the request was not resent");
+    assert_eq!(
+        (stats.api_calls, stats.token_calls),
+        (1, 1),
+        "the request was not resent"
+    );
     assert_eq!(f.stored_raw("c"), before);
     assert!(f.events.take().contains(&"not persisted".to_string()));
 }
@@ -249,7 +388,11 @@ fn hold_write_lock(path: &std::path::Path) -> impl Drop + use<> {
         .expect("python3 holds the lock");
     let mut child = Held(child);
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.0.stdout.as_mut().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
     assert_eq!(line.trim(), "locked");
     child
 }
@@ -257,14 +400,35 @@ fn hold_write_lock(path: &std::path::Path) -> impl Drop + use<> {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_keys_means_please_authenticate() {
     let f = Fixture::new(provider_with_ttl(SHORT)).await;
-    f.store.put("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic), None).unwrap();
-    let err = f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap_err();
+    f.store
+        .put(
+            "c",
+            &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic),
+            None,
+        )
+        .unwrap();
+    let err = f
+        .rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NotAuthenticated(_)));
     assert!(err.to_string().contains("please authenticate"));
     assert_eq!(f.provider.stats().api_calls, 0);
 
-    let err = f.rekey.send(f.store_dyn(), "nobody", Request::get(&f.provider.api_url("me"))).await.unwrap_err();
-    assert!(err.to_string().contains("no credential named \"nobody\""), "{err}");
+    let err = f
+        .rekey
+        .send(
+            f.store_dyn(),
+            "nobody",
+            Request::get(&f.provider.api_url("me")),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no credential named \"nobody\""),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -279,13 +443,21 @@ async fn unusable_token_responses_are_clear_errors_that_change_nothing() {
     ];
     for (body, expected) in cases {
         f.provider.force_token_responses([(200, body.to_string())]);
-        let err = f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap_err();
+        let err = f
+            .rekey
+            .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains(expected), "{err}");
         assert!(!err.to_string().contains("at_truncated"));
     }
     let huge = format!(r#"{{"access_token":"a","pad":"{}"}}"#, "x".repeat(100_000));
     f.provider.force_token_responses([(200, huge)]);
-    let err = f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap_err();
+    let err = f
+        .rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("exceeds"), "{err}");
     assert_eq!(f.stored_raw("c"), before);
     assert_eq!(f.provider.stats().api_calls, 0);
@@ -294,13 +466,28 @@ async fn unusable_token_responses_are_clear_errors_that_change_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_api_responses_are_cut_off_by_the_host() {
     let config = Config {
-        http: HttpConfig { max_response_bytes: 1024 * 1024, ..HttpConfig::default() },
+        http: HttpConfig {
+            max_response_bytes: 1024 * 1024,
+            ..HttpConfig::default()
+        },
         ..Config::default()
     };
-    let f = Fixture::with(provider_with_ttl(Duration::from_secs(60)), config, Duration::from_secs(5)).await;
+    let f = Fixture::with(
+        provider_with_ttl(Duration::from_secs(60)),
+        config,
+        Duration::from_secs(5),
+    )
+    .await;
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
-    let err = f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("big"))).await.unwrap_err();
-    assert!(matches!(err, Error::Transport(TransportError::TooLarge(1_048_576))), "{err}");
+    let err = f
+        .rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("big")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Transport(TransportError::TooLarge(1_048_576))),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -315,7 +502,11 @@ async fn garbage_stored_keys_are_a_clear_error() {
         .status()
         .unwrap();
     assert!(status.success());
-    let err = f.rekey.send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me"))).await.unwrap_err();
+    let err = f
+        .rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidKeys(_)), "{err}");
     assert!(err.to_string().contains("not valid JSON"), "{err}");
     assert!(!err.to_string().contains("tok_partial"));

@@ -179,7 +179,10 @@ fn exchange(
             Ok(resp) => match token::classify(&resp) {
                 Outcome::Tokens(map) => return Ok(map),
                 Outcome::Fail(e) => return Err(e),
-                Outcome::Retry { reason, retry_after } => {
+                Outcome::Retry {
+                    reason,
+                    retry_after,
+                } => {
                     last_failure = reason;
                     if let Some(after) = retry_after {
                         delay = after;
@@ -252,7 +255,11 @@ mod tests {
     }
 
     fn ok(status: u16, body: &str) -> Result<Response, TransportError> {
-        Ok(Response { status, headers: vec![], body: body.into() })
+        Ok(Response {
+            status,
+            headers: vec![],
+            body: body.into(),
+        })
     }
 
     fn settings(strategy: Strategy) -> Settings {
@@ -280,7 +287,11 @@ mod tests {
     const KEYS: &str = r#"{"access_token":"a1","refresh_token":"r1","expires_at":1500}"#;
 
     fn bearer(req: &Request) -> &str {
-        let auth: Vec<_> = req.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).collect();
+        let auth: Vec<_> = req
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .collect();
         assert_eq!(auth.len(), 1, "exactly one authorization header");
         &auth[0].1
     }
@@ -288,10 +299,21 @@ mod tests {
     #[test]
     fn refresh_on_401_then_retry_once() {
         let mut fx = Script {
-            answers: [ok(401, ""), ok(200, r#"{"access_token":"a2","expires_in":60}"#), ok(200, "hi")].into(),
+            answers: [
+                ok(401, ""),
+                ok(200, r#"{"access_token":"a2","expires_in":60}"#),
+                ok(200, "hi"),
+            ]
+            .into(),
             ..Default::default()
         };
-        let resp = send(&mut fx, &settings(Strategy::OnAuthFailure), Some(KEYS), &api()).unwrap();
+        let resp = send(
+            &mut fx,
+            &settings(Strategy::OnAuthFailure),
+            Some(KEYS),
+            &api(),
+        )
+        .unwrap();
         assert_eq!(resp.body, b"hi");
         assert_eq!(bearer(&fx.sent[0]), "Bearer a1");
         assert_eq!(bearer(&fx.sent[2]), "Bearer a2");
@@ -305,11 +327,25 @@ mod tests {
     #[test]
     fn rejected_after_refresh_is_final() {
         let mut fx = Script {
-            answers: [ok(401, ""), ok(200, r#"{"access_token":"a2"}"#), ok(401, "no")].into(),
+            answers: [
+                ok(401, ""),
+                ok(200, r#"{"access_token":"a2"}"#),
+                ok(401, "no"),
+            ]
+            .into(),
             ..Default::default()
         };
-        let err = send(&mut fx, &settings(Strategy::OnAuthFailure), Some(KEYS), &api()).unwrap_err();
-        assert!(matches!(err, SendError::RejectedAfterRefresh(Response { status: 401, .. })));
+        let err = send(
+            &mut fx,
+            &settings(Strategy::OnAuthFailure),
+            Some(KEYS),
+            &api(),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            SendError::RejectedAfterRefresh(Response { status: 401, .. })
+        ));
         assert_eq!(fx.sent.len(), 3);
     }
 
@@ -320,7 +356,13 @@ mod tests {
             emit_fails: true,
             ..Default::default()
         };
-        let err = send(&mut fx, &settings(Strategy::OnAuthFailure), Some(KEYS), &api()).unwrap_err();
+        let err = send(
+            &mut fx,
+            &settings(Strategy::OnAuthFailure),
+            Some(KEYS),
+            &api(),
+        )
+        .unwrap_err();
         assert!(matches!(err, SendError::KeysNotPersisted(_)));
         assert_eq!(fx.sent.len(), 2);
         assert_eq!(fx.releases, 1);
@@ -333,7 +375,13 @@ mod tests {
             stored_now: Some(r#"{"access_token":"a9","refresh_token":"r9"}"#.into()),
             ..Default::default()
         };
-        send(&mut fx, &settings(Strategy::OnAuthFailure), Some(KEYS), &api()).unwrap();
+        send(
+            &mut fx,
+            &settings(Strategy::OnAuthFailure),
+            Some(KEYS),
+            &api(),
+        )
+        .unwrap();
         assert_eq!(bearer(&fx.sent[1]), "Bearer a9");
         assert!(fx.emitted.is_empty());
         assert_eq!(fx.releases, 1);
@@ -348,7 +396,10 @@ mod tests {
             (Strategy::BeforeExpiry(60), false),
             (Strategy::OnAuthFailure, false),
         ] {
-            let mut fx = Script { answers: [ok(200, token), ok(200, "hi")].into(), ..Default::default() };
+            let mut fx = Script {
+                answers: [ok(200, token), ok(200, "hi")].into(),
+                ..Default::default()
+            };
             send(&mut fx, &settings(strategy), Some(KEYS), &api()).unwrap();
             assert_eq!(fx.emitted.len(), usize::from(refreshes));
         }
@@ -357,31 +408,66 @@ mod tests {
     #[test]
     fn token_endpoint_retries_5xx_not_4xx() {
         let mut fx = Script {
-            answers: [ok(401, ""), ok(503, ""), Err(TransportError::Timeout), ok(200, r#"{"access_token":"a2"}"#), ok(200, "")].into(),
+            answers: [
+                ok(401, ""),
+                ok(503, ""),
+                Err(TransportError::Timeout),
+                ok(200, r#"{"access_token":"a2"}"#),
+                ok(200, ""),
+            ]
+            .into(),
             ..Default::default()
         };
-        send(&mut fx, &settings(Strategy::OnAuthFailure), Some(KEYS), &api()).unwrap();
+        send(
+            &mut fx,
+            &settings(Strategy::OnAuthFailure),
+            Some(KEYS),
+            &api(),
+        )
+        .unwrap();
         assert_eq!(fx.slept, [BACKOFF, BACKOFF * 2]);
 
         let mut fx = Script {
             answers: [ok(401, ""), ok(400, r#"{"error":"invalid_grant"}"#)].into(),
             ..Default::default()
         };
-        let err = send(&mut fx, &settings(Strategy::OnAuthFailure), Some(KEYS), &api()).unwrap_err();
+        let err = send(
+            &mut fx,
+            &settings(Strategy::OnAuthFailure),
+            Some(KEYS),
+            &api(),
+        )
+        .unwrap_err();
         assert!(matches!(err, SendError::ReauthorizationRequired(_)));
         assert_eq!(fx.sent.len(), 2);
 
-        let mut fx = Script { answers: [ok(401, ""), ok(500, ""), ok(502, ""), ok(503, "")].into(), ..Default::default() };
-        let err = send(&mut fx, &settings(Strategy::OnAuthFailure), Some(KEYS), &api()).unwrap_err();
+        let mut fx = Script {
+            answers: [ok(401, ""), ok(500, ""), ok(502, ""), ok(503, "")].into(),
+            ..Default::default()
+        };
+        let err = send(
+            &mut fx,
+            &settings(Strategy::OnAuthFailure),
+            Some(KEYS),
+            &api(),
+        )
+        .unwrap_err();
         assert!(matches!(err, SendError::TokenEndpoint(m) if m.contains("3 attempts")));
     }
 
     #[test]
     fn nothing_stored_means_please_authenticate() {
         let mut fx = Script::default();
-        for stored in [None, Some("{}"), Some(r#"{"access_token":"","refresh_token":""}"#)] {
-            let err = send(&mut fx, &settings(Strategy::OnAuthFailure), stored, &api()).unwrap_err();
-            assert!(matches!(err, SendError::NotAuthenticated(m) if m.contains("please authenticate")));
+        for stored in [
+            None,
+            Some("{}"),
+            Some(r#"{"access_token":"","refresh_token":""}"#),
+        ] {
+            let err =
+                send(&mut fx, &settings(Strategy::OnAuthFailure), stored, &api()).unwrap_err();
+            assert!(
+                matches!(err, SendError::NotAuthenticated(m) if m.contains("please authenticate"))
+            );
         }
         assert!(fx.sent.is_empty());
     }

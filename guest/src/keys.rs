@@ -64,7 +64,7 @@ impl Keys {
         let expires_in = response.get("expires_in").and_then(number);
         for (k, v) in response {
             // A null or empty refresh_token is "none sent", not "forget it".
-            if k == "refresh_token" && !v.as_str().is_some_and(|s| !s.is_empty()) {
+            if k == "refresh_token" && v.as_str().is_none_or(str::is_empty) {
                 continue;
             }
             merged.insert(k, v);
@@ -115,7 +115,10 @@ mod tests {
             r#"{"access_token":"a1","refresh_token":"r1","instance_url":"https://x","expires_at":5}"#,
         )
         .unwrap();
-        let merged = stored.merged(obj(json!({"access_token":"a2","expires_in":"60","id_token":"i"})), 100);
+        let merged = stored.merged(
+            obj(json!({"access_token":"a2","expires_in":"60","id_token":"i"})),
+            100,
+        );
         assert_eq!(merged.access_token(), Some("a2"));
         assert_eq!(merged.refresh_token(), Some("r1"));
         assert_eq!(merged.expires_at(), Some(160));
@@ -125,11 +128,14 @@ mod tests {
 
     #[test]
     fn merge_takes_rotated_refresh_token_and_drops_unknown_expiry() {
-        let stored = Keys::parse(r#"{"access_token":"a1","refresh_token":"r1","expires_at":5}"#).unwrap();
+        let stored =
+            Keys::parse(r#"{"access_token":"a1","refresh_token":"r1","expires_at":5}"#).unwrap();
         let merged = stored.merged(obj(json!({"access_token":"a2","refresh_token":"r2"})), 100);
         assert_eq!(merged.refresh_token(), Some("r2"));
         assert_eq!(merged.expires_at(), None);
-        let kept = Keys::parse(r#"{"access_token":"a1","refresh_token":"r1"}"#).unwrap().merged(obj(json!({"access_token":"a2","refresh_token":null})), 100);
+        let kept = Keys::parse(r#"{"access_token":"a1","refresh_token":"r1"}"#)
+            .unwrap()
+            .merged(obj(json!({"access_token":"a2","refresh_token":null})), 100);
         assert_eq!(kept.refresh_token(), Some("r1"));
     }
 
@@ -137,7 +143,11 @@ mod tests {
     fn parse_errors_never_echo_content() {
         let err = Keys::parse(r#"{"access_token": "sekrit-value"#).unwrap_err();
         assert!(!err.contains("sekrit"), "{err}");
-        assert!(Keys::parse(r#"["sekrit"]"#).unwrap_err().contains("not a JSON object"));
+        assert!(
+            Keys::parse(r#"["sekrit"]"#)
+                .unwrap_err()
+                .contains("not a JSON object")
+        );
     }
 
     #[test]

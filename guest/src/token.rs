@@ -1,10 +1,8 @@
 //! The token endpoint exchange (RFC 6749 §6): building the refresh request and
 //! reading what comes back.
 
-use crate::rekey::oauth2::types::{
-    ClientAuth, OauthError, Request, Response, SendError, Settings,
-};
 use crate::basic_auth;
+use crate::rekey::oauth2::types::{ClientAuth, OauthError, Request, Response, SendError, Settings};
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -35,7 +33,10 @@ pub fn refresh_request(settings: &Settings, refresh_token: &str) -> Request {
         form.append_pair(k, v);
     }
     let mut headers = vec![
-        ("content-type".into(), "application/x-www-form-urlencoded".into()),
+        (
+            "content-type".into(),
+            "application/x-www-form-urlencoded".into(),
+        ),
         ("accept".into(), "application/json".into()),
     ];
     match (&settings.client_auth, settings.client_secret.as_deref()) {
@@ -65,7 +66,10 @@ pub enum Outcome {
     /// A usable token response (has a non-empty `access_token`).
     Tokens(Map<String, Value>),
     /// Worth another attempt (5xx, 429), after `retry_after` if the server said.
-    Retry { reason: String, retry_after: Option<Duration> },
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// Final.
     Fail(SendError),
 }
@@ -93,7 +97,9 @@ pub fn classify(resp: &Response) -> Outcome {
         return Outcome::Fail(if REAUTHORIZE.contains(&code.as_str()) {
             SendError::ReauthorizationRequired(OauthError { status, code })
         } else {
-            SendError::TokenEndpoint(format!("token endpoint answered {status} with error {code}"))
+            SendError::TokenEndpoint(format!(
+                "token endpoint answered {status} with error {code}"
+            ))
         });
     }
     if !(200..300).contains(&status) {
@@ -127,7 +133,11 @@ fn oauth_error_code(map: &Map<String, Value>) -> Option<String> {
         && code
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    Some(if plausible { code.into() } else { "unrecognised".into() })
+    Some(if plausible {
+        code.into()
+    } else {
+        "unrecognised".into()
+    })
 }
 
 /// `Retry-After` in delta-seconds (the HTTP-date form is ignored), bounded.
@@ -159,7 +169,11 @@ mod tests {
     }
 
     fn resp(status: u16, body: &str) -> Response {
-        Response { status, headers: vec![], body: body.as_bytes().to_vec() }
+        Response {
+            status,
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+        }
     }
 
     use base64::Engine as _;
@@ -178,29 +192,53 @@ mod tests {
     #[test]
     fn basic_auth_urlencodes_then_base64s() {
         let req = refresh_request(&settings(ClientAuth::ClientSecretBasic), "rt");
-        let auth = &req.headers.iter().find(|(k, _)| k == "authorization").unwrap().1;
+        let auth = &req
+            .headers
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .unwrap()
+            .1;
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth.strip_prefix("Basic ").unwrap())
             .unwrap();
         assert_eq!(decoded, b"app+id:s%26cret");
-        assert!(!String::from_utf8(req.body).unwrap().contains("client_secret"));
+        assert!(
+            !String::from_utf8(req.body)
+                .unwrap()
+                .contains("client_secret")
+        );
     }
 
     #[test]
     fn classification() {
-        assert!(matches!(classify(&resp(200, r#"{"access_token":"a"}"#)), Outcome::Tokens(_)));
+        assert!(matches!(
+            classify(&resp(200, r#"{"access_token":"a"}"#)),
+            Outcome::Tokens(_)
+        ));
         assert!(matches!(classify(&resp(503, "")), Outcome::Retry { .. }));
         assert!(matches!(
             classify(&resp(400, r#"{"error":"invalid_grant"}"#)),
-            Outcome::Fail(SendError::ReauthorizationRequired(OauthError { status: 400, .. }))
+            Outcome::Fail(SendError::ReauthorizationRequired(OauthError {
+                status: 400,
+                ..
+            }))
         ));
         assert!(matches!(
             classify(&resp(200, r#"{"error":"invalid_grant"}"#)),
             Outcome::Fail(SendError::ReauthorizationRequired(_))
         ));
-        assert!(matches!(classify(&resp(400, "nope")), Outcome::Fail(SendError::TokenEndpoint(_))));
-        assert!(matches!(classify(&resp(200, "<html>")), Outcome::Fail(SendError::TokenEndpoint(_))));
-        assert!(matches!(classify(&resp(200, r#"{"token_type":"bearer"}"#)), Outcome::Fail(SendError::TokenEndpoint(_))));
+        assert!(matches!(
+            classify(&resp(400, "nope")),
+            Outcome::Fail(SendError::TokenEndpoint(_))
+        ));
+        assert!(matches!(
+            classify(&resp(200, "<html>")),
+            Outcome::Fail(SendError::TokenEndpoint(_))
+        ));
+        assert!(matches!(
+            classify(&resp(200, r#"{"token_type":"bearer"}"#)),
+            Outcome::Fail(SendError::TokenEndpoint(_))
+        ));
     }
 
     #[test]

@@ -9,7 +9,11 @@ use rekey::{KeyStore, SqliteStore};
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "rekey", version, about = "OAuth2 refresh-and-retry in a WebAssembly sandbox")]
+#[command(
+    name = "rekey",
+    version,
+    about = "OAuth2 refresh-and-retry in a WebAssembly sandbox"
+)]
 pub struct Args {
     /// Credential store: a SQLite file path or `sqlite:PATH`.
     #[arg(long, global = true, env = "REKEY_STORE", default_value = "rekey.db")]
@@ -41,7 +45,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        Failure { code, message: message.into() }
+        Failure {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -67,7 +74,10 @@ pub async fn run(args: Args) -> Result<i32, Failure> {
 
 fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, Failure> {
     if url.contains("://") {
-        return Err(Failure::new(2, format!("unsupported store URL scheme in {url:?}: use a file path or sqlite:PATH")));
+        return Err(Failure::new(
+            2,
+            format!("unsupported store URL scheme in {url:?}: use a file path or sqlite:PATH"),
+        ));
     }
     let path = url.strip_prefix("sqlite:").unwrap_or(url);
     Ok(Arc::new(SqliteStore::open(path)?))
@@ -78,7 +88,11 @@ pub fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
         1 => "rekey=debug,warn",
-        _ => "trace",
+        // Everything, but the compiler's own passes: they see only wasm code
+        // and would print millions of lines per compile.
+        _ => {
+            "trace,cranelift_codegen=warn,cranelift_frontend=warn,regalloc2=warn,wasmtime_internal_cranelift=info"
+        }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()

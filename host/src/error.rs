@@ -59,9 +59,10 @@ impl From<SendError> for Error {
     fn from(e: SendError) -> Self {
         match e {
             SendError::NotAuthenticated(m) => Error::NotAuthenticated(m),
-            SendError::ReauthorizationRequired(o) => {
-                Error::ReauthorizationRequired { status: o.status, code: o.code }
-            }
+            SendError::ReauthorizationRequired(o) => Error::ReauthorizationRequired {
+                status: o.status,
+                code: o.code,
+            },
             SendError::TokenEndpoint(m) => Error::TokenEndpoint(m),
             SendError::RejectedAfterRefresh(r) => Error::RejectedAfterRefresh(r),
             SendError::Transport(t) => Error::Transport(t),

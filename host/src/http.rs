@@ -44,7 +44,10 @@ impl HttpClient {
             .connect_timeout(config.connect_timeout)
             .timeout(config.total_timeout)
             .build()?;
-        Ok(HttpClient { client, max_response_bytes: config.max_response_bytes })
+        Ok(HttpClient {
+            client,
+            max_response_bytes: config.max_response_bytes,
+        })
     }
 
     pub async fn send(&self, req: Request) -> Result<Response, TransportError> {
@@ -53,18 +56,25 @@ impl HttpClient {
         let url = reqwest::Url::parse(&req.url)
             .map_err(|e| TransportError::InvalidRequest(format!("invalid URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(TransportError::InvalidRequest("URL scheme must be http or https".into()));
+            return Err(TransportError::InvalidRequest(
+                "URL scheme must be http or https".into(),
+            ));
         }
         let mut builder = self.client.request(method, url);
         for (name, value) in &req.headers {
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| TransportError::InvalidRequest("invalid header name".into()))?;
             // Never echo a value: this may be the Authorization header.
-            let value = reqwest::header::HeaderValue::from_str(value)
-                .map_err(|_| TransportError::InvalidRequest(format!("invalid value for header {name}")))?;
+            let value = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+                TransportError::InvalidRequest(format!("invalid value for header {name}"))
+            })?;
             builder = builder.header(name, value);
         }
-        let mut resp = builder.body(req.body).send().await.map_err(transport_error)?;
+        let mut resp = builder
+            .body(req.body)
+            .send()
+            .await
+            .map_err(transport_error)?;
 
         let cap = self.max_response_bytes;
         if resp.content_length().is_some_and(|n| n > cap) {
@@ -74,7 +84,12 @@ impl HttpClient {
         let headers = resp
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
@@ -83,7 +98,11 @@ impl HttpClient {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Response { status, headers, body })
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 }
 

@@ -47,7 +47,12 @@ pub const GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rekey_gu
 
 impl Request {
     pub fn new(method: &str, url: &str) -> Self {
-        Request { method: method.into(), url: url.into(), headers: Vec::new(), body: Vec::new() }
+        Request {
+            method: method.into(),
+            url: url.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     pub fn get(url: &str) -> Self {

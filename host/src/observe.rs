@@ -28,9 +28,15 @@ pub enum Event<'a> {
         /// The provider sent a new refresh token (rotation) and it was stored.
         refresh_token_rotated: bool,
     },
-    KeysNotPersisted { credential: &'a str, reason: &'a str },
+    KeysNotPersisted {
+        credential: &'a str,
+        reason: &'a str,
+    },
     /// The guest took the refresh lease (after waiting this long for it).
-    LeaseAcquired { credential: &'a str, waited: Duration },
+    LeaseAcquired {
+        credential: &'a str,
+        waited: Duration,
+    },
 }
 
 pub trait Observer: Send + Sync + 'static {
@@ -43,11 +49,38 @@ pub struct TracingObserver;
 impl Observer for TracingObserver {
     fn event(&self, event: &Event<'_>) {
         match event {
-            Event::Http { credential, exchange, method, target, outcome, elapsed } => match outcome {
-                Ok(status) => tracing::debug!(credential, ?exchange, method, target, status, ?elapsed, "http exchange"),
-                Err(error) => tracing::debug!(credential, ?exchange, method, target, error, ?elapsed, "http exchange failed"),
+            Event::Http {
+                credential,
+                exchange,
+                method,
+                target,
+                outcome,
+                elapsed,
+            } => match outcome {
+                Ok(status) => tracing::debug!(
+                    credential,
+                    ?exchange,
+                    method,
+                    target,
+                    status,
+                    ?elapsed,
+                    "http exchange"
+                ),
+                Err(error) => tracing::debug!(
+                    credential,
+                    ?exchange,
+                    method,
+                    target,
+                    error,
+                    ?elapsed,
+                    "http exchange failed"
+                ),
             },
-            Event::KeysPersisted { credential, version, refresh_token_rotated } => {
+            Event::KeysPersisted {
+                credential,
+                version,
+                refresh_token_rotated,
+            } => {
                 tracing::debug!(credential, version, refresh_token_rotated, "keys persisted")
             }
             Event::KeysNotPersisted { credential, reason } => {
@@ -65,7 +98,13 @@ pub fn loggable_target(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(u) => {
             let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-            format!("{}://{}{}{}", u.scheme(), u.host_str().unwrap_or(""), port, u.path())
+            format!(
+                "{}://{}{}{}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                port,
+                u.path()
+            )
         }
         Err(_) => "(invalid URL)".into(),
     }

@@ -167,18 +167,26 @@ impl Provider {
     /// Whether `refresh_token` could still be exchanged.
     pub fn refresh_token_is_live(&self, refresh_token: &str) -> bool {
         let s = self.lock();
-        s.refresh.get(refresh_token).is_some_and(|r| {
-            !r.spent && s.grants.get(&r.grant).is_some_and(|g| !g.revoked)
-        })
+        s.refresh
+            .get(refresh_token)
+            .is_some_and(|r| !r.spent && s.grants.get(&r.grant).is_some_and(|g| !g.revoked))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ProviderState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn issue(&self, s: &mut ProviderState, grant: u64, with_refresh: bool) -> serde_json::Map<String, Value> {
+    fn issue(
+        &self,
+        s: &mut ProviderState,
+        grant: u64,
+        with_refresh: bool,
+    ) -> serde_json::Map<String, Value> {
         let access = format!("at_{}", random_hex());
-        s.access.insert(access.clone(), (grant, Instant::now() + self.config.access_ttl));
+        s.access.insert(
+            access.clone(),
+            (grant, Instant::now() + self.config.access_ttl),
+        );
         let mut body = serde_json::Map::new();
         body.insert("access_token".into(), json!(access));
         body.insert("token_type".into(), json!("Bearer"));
@@ -186,7 +194,13 @@ impl Provider {
         body.insert("scope".into(), json!("api"));
         if with_refresh {
             let refresh = format!("rt_{}", random_hex());
-            s.refresh.insert(refresh.clone(), RefreshToken { grant, spent: false });
+            s.refresh.insert(
+                refresh.clone(),
+                RefreshToken {
+                    grant,
+                    spent: false,
+                },
+            );
             body.insert("refresh_token".into(), json!(refresh));
         }
         for (k, v) in &self.config.extra_token_fields {
@@ -197,8 +211,12 @@ impl Provider {
 }
 
 fn random_hex() -> String {
-    let a = std::collections::hash_map::RandomState::new().build_hasher().finish();
-    let b = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let a = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let b = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
     format!("{a:016x}{b:016x}")
 }
 
@@ -207,17 +225,25 @@ fn oauth_error(status: StatusCode, code: &str) -> Response {
 }
 
 /// Which client authentication was presented, and the client it names.
-fn client_of(headers: &HeaderMap, form: &HashMap<String, String>) -> Option<(ClientAuth, String, String)> {
+fn client_of(
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Option<(ClientAuth, String, String)> {
     if let Some(basic) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
     {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(basic).ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(basic)
+            .ok()?;
         let decoded = String::from_utf8(decoded).ok()?;
         let (id, secret) = decoded.split_once(':')?;
         let unescape = |s: &str| -> String {
-            form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+            form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
         };
         return Some((ClientAuth::Basic, unescape(id), unescape(secret)));
     }
@@ -227,8 +253,9 @@ fn client_of(headers: &HeaderMap, form: &HashMap<String, String>) -> Option<(Cli
 }
 
 async fn token(State(p): State<Arc<Provider>>, headers: HeaderMap, body: Bytes) -> Response {
-    let pairs: Vec<(String, String)> =
-        form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(&body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
     let form: HashMap<String, String> = pairs.iter().cloned().collect();
     let mut guard = p.lock();
     let s = &mut *guard;
@@ -246,7 +273,10 @@ async fn token(State(p): State<Arc<Provider>>, headers: HeaderMap, body: Bytes) 
         ClientAuth::Basic => s.stats.basic_auth_calls += 1,
         ClientAuth::Post => s.stats.post_auth_calls += 1,
     }
-    let wrong_method = p.config.client_auth.is_some_and(|required| required != method);
+    let wrong_method = p
+        .config
+        .client_auth
+        .is_some_and(|required| required != method);
     if wrong_method || id != p.config.client_id || secret != p.config.client_secret {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }

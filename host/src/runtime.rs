@@ -92,7 +92,10 @@ impl Rekey {
         req: Request,
     ) -> Result<Response, Error> {
         let credential = store.load(name)?;
-        let settings = credential.settings.to_wit().map_err(Error::InvalidSettings)?;
+        let settings = credential
+            .settings
+            .to_wit()
+            .map_err(Error::InvalidSettings)?;
         let inner = &self.inner;
         let state = CallState {
             wasi: WasiCtx::builder().build(),
@@ -118,7 +121,11 @@ impl Rekey {
         wstore.epoch_deadline_trap();
 
         let component_failed = |e: wasmtime::Error| Error::Component(format!("{e:#}"));
-        let client = inner.pre.instantiate_async(&mut wstore).await.map_err(component_failed)?;
+        let client = inner
+            .pre
+            .instantiate_async(&mut wstore)
+            .await
+            .map_err(component_failed)?;
         let keys = credential.keys.as_ref().map(Secret::expose);
         let result = client
             .call_send_authorized(&mut wstore, &settings, keys, &req)
@@ -164,7 +171,10 @@ struct CallState {
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -172,7 +182,11 @@ impl wit::Host for CallState {}
 
 impl ClientImports for CallState {
     async fn http_send(&mut self, req: Request) -> Result<Response, TransportError> {
-        let exchange = if req.url == self.token_url { Exchange::TokenEndpoint } else { Exchange::Api };
+        let exchange = if req.url == self.token_url {
+            Exchange::TokenEndpoint
+        } else {
+            Exchange::Api
+        };
         let method = req.method.clone();
         let target = loggable_target(&req.url);
         let started = Instant::now();
@@ -183,7 +197,10 @@ impl ClientImports for CallState {
             exchange,
             method: &method,
             target: &target,
-            outcome: result.as_ref().map(|r| r.status).map_err(|_| failure.as_deref().unwrap_or("")),
+            outcome: result
+                .as_ref()
+                .map(|r| r.status)
+                .map_err(|_| failure.as_deref().unwrap_or("")),
             elapsed: started.elapsed(),
         });
         result
@@ -195,7 +212,9 @@ impl ClientImports for CallState {
         match saved {
             Ok(version) => {
                 let rotated = refresh_token(&keys).is_some_and(|new| {
-                    self.refresh_token_before.as_ref().is_none_or(|old| old.expose() != new.expose())
+                    self.refresh_token_before
+                        .as_ref()
+                        .is_none_or(|old| old.expose() != new.expose())
                 });
                 self.observer.event(&Event::KeysPersisted {
                     credential: &self.credential,
@@ -208,7 +227,10 @@ impl ClientImports for CallState {
             }
             Err(e) => {
                 let reason = e.to_string();
-                self.observer.event(&Event::KeysNotPersisted { credential: &self.credential, reason: &reason });
+                self.observer.event(&Event::KeysNotPersisted {
+                    credential: &self.credential,
+                    reason: &reason,
+                });
                 Err(reason)
             }
         }
@@ -217,13 +239,25 @@ impl ClientImports for CallState {
     async fn acquire_refresh_lease(&mut self) -> Result<Option<String>, String> {
         if self.lease.is_none() {
             let started = Instant::now();
-            let guard = tokio::time::timeout(self.lease_timeout, self.leases.acquire(&self.credential))
-                .await
-                .map_err(|_| format!("another refresh held it for more than {:?}", self.lease_timeout))?;
+            let guard =
+                tokio::time::timeout(self.lease_timeout, self.leases.acquire(&self.credential))
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "another refresh held it for more than {:?}",
+                            self.lease_timeout
+                        )
+                    })?;
             self.lease = Some(guard);
-            self.observer.event(&Event::LeaseAcquired { credential: &self.credential, waited: started.elapsed() });
+            self.observer.event(&Event::LeaseAcquired {
+                credential: &self.credential,
+                waited: started.elapsed(),
+            });
         }
-        let current = self.store.load(&self.credential).map_err(|e| e.to_string())?;
+        let current = self
+            .store
+            .load(&self.credential)
+            .map_err(|e| e.to_string())?;
         self.refresh_token_before = current.keys.as_ref().and_then(refresh_token);
         Ok(current.keys.map(|k| k.expose().to_owned()))
     }

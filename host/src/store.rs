@@ -43,7 +43,8 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Replaces the keys of an existing credential; returns the new version.
     fn save_keys(&self, name: &str, keys: &Secret) -> Result<u64, StoreError>;
     /// Creates or replaces a credential (settings and keys).
-    fn put(&self, name: &str, settings: &Settings, keys: Option<&Secret>) -> Result<(), StoreError>;
+    fn put(&self, name: &str, settings: &Settings, keys: Option<&Secret>)
+    -> Result<(), StoreError>;
     fn list(&self) -> Result<Vec<Credential>, StoreError>;
     /// True when something was removed.
     fn remove(&self, name: &str) -> Result<bool, StoreError>;
@@ -79,9 +80,15 @@ pub fn keys_from_token_response(json: &str) -> Result<Secret, StoreError> {
         Ok(_) => return Err(StoreError::InvalidKeys("not an object".into())),
         Err(e) => return Err(StoreError::InvalidKeys(json_position(&e))),
     };
-    let has = |k: &str| map.get(k).and_then(|v| v.as_str()).is_some_and(|s| !s.is_empty());
+    let has = |k: &str| {
+        map.get(k)
+            .and_then(|v| v.as_str())
+            .is_some_and(|s| !s.is_empty())
+    };
     if !has("access_token") && !has("refresh_token") {
-        return Err(StoreError::InvalidKeys("it holds neither access_token nor refresh_token".into()));
+        return Err(StoreError::InvalidKeys(
+            "it holds neither access_token nor refresh_token".into(),
+        ));
     }
     if !map.contains_key("expires_at") {
         let expires_in = map.get("expires_in").and_then(|v| match v {
@@ -98,8 +105,15 @@ pub fn keys_from_token_response(json: &str) -> Result<Secret, StoreError> {
 
 /// Fields of a token set that are safe to show; every other value is redacted
 /// (tokens, and provider fields we cannot vouch for).
-const SHOWABLE: [&str; 7] =
-    ["token_type", "expires_in", "expires_at", "scope", "instance_url", "issued_at", "ext_expires_in"];
+const SHOWABLE: [&str; 7] = [
+    "token_type",
+    "expires_in",
+    "expires_at",
+    "scope",
+    "instance_url",
+    "issued_at",
+    "ext_expires_in",
+];
 
 /// A token set with every value but the harmless ones replaced by `[redacted]`.
 pub fn redacted_keys(keys: &Secret) -> serde_json::Value {
@@ -108,7 +122,11 @@ pub fn redacted_keys(keys: &Secret) -> serde_json::Value {
     };
     map.into_iter()
         .map(|(k, v)| {
-            let v = if SHOWABLE.contains(&k.as_str()) { v } else { "[redacted]".into() };
+            let v = if SHOWABLE.contains(&k.as_str()) {
+                v
+            } else {
+                "[redacted]".into()
+            };
             (k, v)
         })
         .collect::<serde_json::Map<_, _>>()

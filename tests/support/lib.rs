@@ -5,7 +5,9 @@
 use rekey::observe::{Event, Exchange, Observer};
 use rekey::provider::{Provider, ProviderConfig};
 use rekey::store::keys_from_token_response;
-use rekey::{ClientAuth, ClientSecret, Config, KeyStore, Rekey, Secret, Settings, SqliteStore, Strategy};
+use rekey::{
+    ClientAuth, ClientSecret, Config, KeyStore, Rekey, Secret, Settings, SqliteStore, Strategy,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -30,12 +32,19 @@ impl Fixture {
         let provider = Provider::start(provider).await.expect("start the provider");
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(
-            SqliteStore::open_with_busy_timeout(dir.path().join("rekey.db"), busy).expect("open the store"),
+            SqliteStore::open_with_busy_timeout(dir.path().join("rekey.db"), busy)
+                .expect("open the store"),
         );
         let events = Arc::new(Recorder::default());
         config.observer = events.clone();
         let rekey = Rekey::new(config).expect("load the component");
-        Fixture { provider, store, rekey, events, dir }
+        Fixture {
+            provider,
+            store,
+            rekey,
+            events,
+            dir,
+        }
     }
 
     pub fn store_path(&self) -> PathBuf {
@@ -48,8 +57,13 @@ impl Fixture {
 
     /// Settings that match the provider's client, with this strategy and auth.
     pub fn settings(&self, strategy: Strategy, auth: ClientAuth) -> Settings {
-        let mut s = Settings::new(self.provider.token_url(), self.provider.config().client_id.clone());
-        s.client_secret = Some(ClientSecret::Literal(Secret::new(self.provider.config().client_secret.clone())));
+        let mut s = Settings::new(
+            self.provider.token_url(),
+            self.provider.config().client_id.clone(),
+        );
+        s.client_secret = Some(ClientSecret::Literal(Secret::new(
+            self.provider.config().client_secret.clone(),
+        )));
         s.client_auth = auth;
         s.strategy = strategy;
         s
@@ -60,13 +74,20 @@ impl Fixture {
     pub fn add_credential(&self, name: &str, settings: &Settings) -> serde_json::Value {
         let first = self.provider.authorize();
         let keys = keys_from_token_response(&first.to_string()).expect("token response imports");
-        self.store.put(name, settings, Some(&keys)).expect("store the credential");
+        self.store
+            .put(name, settings, Some(&keys))
+            .expect("store the credential");
         first
     }
 
     /// The stored keys as JSON.
     pub fn stored_keys(&self, name: &str) -> serde_json::Value {
-        let keys = self.store.load(name).expect("credential").keys.expect("keys stored");
+        let keys = self
+            .store
+            .load(name)
+            .expect("credential")
+            .keys
+            .expect("keys stored");
         serde_json::from_str(keys.expose()).expect("stored keys are JSON")
     }
 
@@ -91,9 +112,20 @@ impl Recorder {
 impl Observer for Recorder {
     fn event(&self, event: &Event<'_>) {
         let line = match event {
-            Event::Http { exchange: Exchange::Api, outcome, .. } => format!("api {outcome:?}"),
-            Event::Http { exchange: Exchange::TokenEndpoint, outcome, .. } => format!("token {outcome:?}"),
-            Event::KeysPersisted { refresh_token_rotated, .. } => format!("persisted rotated={refresh_token_rotated}"),
+            Event::Http {
+                exchange: Exchange::Api,
+                outcome,
+                ..
+            } => format!("api {outcome:?}"),
+            Event::Http {
+                exchange: Exchange::TokenEndpoint,
+                outcome,
+                ..
+            } => format!("token {outcome:?}"),
+            Event::KeysPersisted {
+                refresh_token_rotated,
+                ..
+            } => format!("persisted rotated={refresh_token_rotated}"),
             Event::KeysNotPersisted { .. } => "not persisted".into(),
             Event::LeaseAcquired { .. } => "lease".into(),
         };
@@ -103,11 +135,16 @@ impl Observer for Recorder {
 
 /// A provider config with this access-token lifetime.
 pub fn provider_with_ttl(ttl: Duration) -> ProviderConfig {
-    ProviderConfig { access_ttl: ttl, ..ProviderConfig::default() }
+    ProviderConfig {
+        access_ttl: ttl,
+        ..ProviderConfig::default()
+    }
 }
 
 pub fn str_field<'a>(v: &'a serde_json::Value, name: &str) -> &'a str {
-    v[name].as_str().unwrap_or_else(|| panic!("field {name} missing"))
+    v[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("field {name} missing"))
 }
 
 /// The `rekey` binary of this workspace, built once per test process.
@@ -121,7 +158,8 @@ pub fn rekey_bin() -> &'static Path {
             .status()
             .expect("run cargo build for the rekey binary");
         assert!(status.success(), "building the rekey binary failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
         target.join("debug").join("rekey")
     })
 }
@@ -133,7 +171,10 @@ pub fn rekey_cli(store: &Path, args: &[&str]) -> Output {
 
 pub fn rekey_cli_env(store: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(rekey_bin());
-    cmd.arg("--store").arg(store).args(args).stdin(std::process::Stdio::null());
+    cmd.arg("--store")
+        .arg(store)
+        .args(args)
+        .stdin(std::process::Stdio::null());
     cmd.env_remove("RUST_LOG");
     for (k, v) in env {
         cmd.env(k, v);
@@ -143,5 +184,9 @@ pub fn rekey_cli_env(store: &Path, args: &[&str], env: &[(&str, &str)]) -> Outpu
 
 /// stdout and stderr together, for "never printed" checks.
 pub fn all_output(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

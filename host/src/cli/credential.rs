@@ -78,8 +78,15 @@ pub fn run(store: &dyn KeyStore, cmd: Command) -> Result<i32, Failure> {
         }
         Command::List => {
             for c in store.list()? {
-                let state = if c.keys.is_some() { "keys stored" } else { "no keys" };
-                println!("{}\t{}\tv{}\t{}", c.name, c.settings.token_url, c.version, state);
+                let state = if c.keys.is_some() {
+                    "keys stored"
+                } else {
+                    "no keys"
+                };
+                println!(
+                    "{}\t{}\tv{}\t{}",
+                    c.name, c.settings.token_url, c.version, state
+                );
             }
             Ok(0)
         }
@@ -124,7 +131,10 @@ fn add(store: &dyn KeyStore, a: AddArgs) -> Result<i32, Failure> {
         settings.rejected_statuses = a.rejected_statuses;
     }
     if !(settings.token_url.starts_with("https://") || settings.token_url.starts_with("http://")) {
-        return Err(Failure::new(2, "--token-url must be an absolute http(s) URL"));
+        return Err(Failure::new(
+            2,
+            "--token-url must be an absolute http(s) URL",
+        ));
     }
 
     let keys = match a.keys.as_deref() {
@@ -132,7 +142,10 @@ fn add(store: &dyn KeyStore, a: AddArgs) -> Result<i32, Failure> {
         Some(source) => {
             let text = read_source(source)?;
             Some(keys_from_token_response(&text).map_err(|e| {
-                Failure::new(2, format!("the keys from {} are unusable: {e}", source_name(source)))
+                Failure::new(
+                    2,
+                    format!("the keys from {} are unusable: {e}", source_name(source)),
+                )
             })?)
         }
     };
@@ -147,7 +160,12 @@ fn read_source(source: &str) -> Result<String, Failure> {
     } else {
         std::fs::read_to_string(source).map(|t| text = t)
     };
-    read.map_err(|e| Failure::new(2, format!("cannot read keys from {}: {e}", source_name(source))))?;
+    read.map_err(|e| {
+        Failure::new(
+            2,
+            format!("cannot read keys from {}: {e}", source_name(source)),
+        )
+    })?;
     Ok(text)
 }
 
@@ -182,5 +200,8 @@ fn describe(c: &rekey::Credential) -> serde_json::Value {
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("JSON value serializes"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON value serializes")
+    );
 }

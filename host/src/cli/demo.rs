@@ -8,7 +8,10 @@ use super::Failure;
 use rekey::observe::{Event, Exchange, Observer};
 use rekey::provider::{Provider, ProviderConfig};
 use rekey::store::keys_from_token_response;
-use rekey::{ClientAuth, ClientSecret, Config, KeyStore, Rekey, Request, Secret, Settings, SqliteStore, Strategy};
+use rekey::{
+    ClientAuth, ClientSecret, Config, KeyStore, Rekey, Request, Secret, Settings, SqliteStore,
+    Strategy,
+};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,16 +31,32 @@ struct Timeline {
 impl Timeline {
     fn line(&self, text: &str) {
         let _one_at_a_time = self.last_line.lock();
-        println!("[{:6.2}s] {text}", self.started.get_or_init(Instant::now).elapsed().as_secs_f64());
+        println!(
+            "[{:6.2}s] {text}",
+            self.started
+                .get_or_init(Instant::now)
+                .elapsed()
+                .as_secs_f64()
+        );
     }
 }
 
 impl Observer for Timeline {
     fn event(&self, event: &Event<'_>) {
         match event {
-            Event::Http { exchange: Exchange::Api, method, target, outcome, .. } => {
+            Event::Http {
+                exchange: Exchange::Api,
+                method,
+                target,
+                outcome,
+                ..
+            } => {
                 let path = target.splitn(4, '/').nth(3).unwrap_or("");
-                let retry = if self.api_in_call.fetch_add(1, Ordering::SeqCst) > 0 { " (retry)" } else { "" };
+                let retry = if self.api_in_call.fetch_add(1, Ordering::SeqCst) > 0 {
+                    " (retry)"
+                } else {
+                    ""
+                };
                 let result = match outcome {
                     Ok(401) => "401 token rejected".to_string(),
                     Ok(s) => s.to_string(),
@@ -45,14 +64,24 @@ impl Observer for Timeline {
                 };
                 self.line(&format!("  → {method} /{path}{retry}  ← {result}"));
             }
-            Event::Http { exchange: Exchange::TokenEndpoint, outcome, .. } => {
+            Event::Http {
+                exchange: Exchange::TokenEndpoint,
+                outcome,
+                ..
+            } => {
                 let result = match outcome {
                     Ok(s) => s.to_string(),
                     Err(e) => format!("failed: {e}"),
                 };
-                self.line(&format!("  ↻ refresh: POST /token grant_type=refresh_token  ← {result}"));
+                self.line(&format!(
+                    "  ↻ refresh: POST /token grant_type=refresh_token  ← {result}"
+                ));
             }
-            Event::KeysPersisted { version, refresh_token_rotated, .. } => {
+            Event::KeysPersisted {
+                version,
+                refresh_token_rotated,
+                ..
+            } => {
                 self.persisted.fetch_add(1, Ordering::SeqCst);
                 let rotation = if *refresh_token_rotated {
                     self.rotations.fetch_add(1, Ordering::SeqCst);
@@ -64,18 +93,24 @@ impl Observer for Timeline {
                     "  ✔ keys persisted (v{version}, {rotation}; access_token=[redacted] refresh_token=[redacted])"
                 ));
             }
-            Event::KeysNotPersisted { reason, .. } => self.line(&format!("  ✘ keys NOT persisted: {reason}")),
+            Event::KeysNotPersisted { reason, .. } => {
+                self.line(&format!("  ✘ keys NOT persisted: {reason}"))
+            }
             Event::LeaseAcquired { .. } => {}
         }
     }
 }
 
 pub async fn run() -> Result<i32, Failure> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| Failure::new(1, format!("demo: {what}: {e}"));
-    let provider = Provider::start(ProviderConfig::default()).await.map_err(|e| fail("start the provider", &e))?;
+    let fail =
+        |what: &str, e: &dyn std::fmt::Display| Failure::new(1, format!("demo: {what}: {e}"));
+    let provider = Provider::start(ProviderConfig::default())
+        .await
+        .map_err(|e| fail("start the provider", &e))?;
     let dir = tempfile::tempdir().map_err(|e| fail("create a temporary store", &e))?;
-    let store: Arc<dyn KeyStore> =
-        Arc::new(SqliteStore::open(dir.path().join("demo.db")).map_err(|e| fail("open the store", &e))?);
+    let store: Arc<dyn KeyStore> = Arc::new(
+        SqliteStore::open(dir.path().join("demo.db")).map_err(|e| fail("open the store", &e))?,
+    );
     let timeline = Arc::new(Timeline {
         started: std::sync::OnceLock::new(),
         api_in_call: AtomicU32::new(0),
@@ -83,12 +118,21 @@ pub async fn run() -> Result<i32, Failure> {
         rotations: AtomicU32::new(0),
         last_line: Mutex::new(()),
     });
-    let config = Config { observer: timeline.clone(), ..Config::default() };
+    let config = Config {
+        observer: timeline.clone(),
+        ..Config::default()
+    };
     let rekey = Rekey::new(config).map_err(|e| fail("load the component", &e))?;
 
-    println!("rekey demo: provider {} issues 2 s access tokens and rotates refresh tokens;", provider.token_url());
+    println!(
+        "rekey demo: provider {} issues 2 s access tokens and rotates refresh tokens;",
+        provider.token_url()
+    );
     println!("a reused refresh token is refused (invalid_grant) and revokes the grant.");
-    println!("store: {} (temporary)\n", dir.path().join("demo.db").display());
+    println!(
+        "store: {} (temporary)\n",
+        dir.path().join("demo.db").display()
+    );
 
     let mut sent = 0;
     let mut failed = 0;
@@ -98,23 +142,40 @@ pub async fn run() -> Result<i32, Failure> {
         ("before-expiry", Strategy::BeforeExpiry),
     ] {
         let mut settings = Settings::new(provider.token_url(), provider.config().client_id.clone());
-        settings.client_secret = Some(ClientSecret::Literal(Secret::new(provider.config().client_secret.clone())));
+        settings.client_secret = Some(ClientSecret::Literal(Secret::new(
+            provider.config().client_secret.clone(),
+        )));
         settings.client_auth = ClientAuth::Basic;
         settings.strategy = strategy;
         settings.expiry_margin_secs = 1;
         let keys = keys_from_token_response(&provider.authorize().to_string())
             .map_err(|e| fail("import the first token set", &e))?;
-        store.put(name, &settings, Some(&keys)).map_err(|e| fail("store the credential", &e))?;
-        let margin = if strategy == Strategy::BeforeExpiry { ", margin 1 s" } else { "" };
-        println!("── strategy {name}{margin}: credential stored (v0), {REQUESTS_PER_STRATEGY} requests {} ms apart", SPACING.as_millis());
+        store
+            .put(name, &settings, Some(&keys))
+            .map_err(|e| fail("store the credential", &e))?;
+        let margin = if strategy == Strategy::BeforeExpiry {
+            ", margin 1 s"
+        } else {
+            ""
+        };
+        println!(
+            "── strategy {name}{margin}: credential stored (v0), {REQUESTS_PER_STRATEGY} requests {} ms apart",
+            SPACING.as_millis()
+        );
 
         for i in 1..=REQUESTS_PER_STRATEGY {
             timeline.api_in_call.store(0, Ordering::SeqCst);
             timeline.line(&format!("request {i}"));
-            let req = Request::new("POST", &provider.api_url("orders")).header("content-type", "application/json").body(format!("{{\"order\":{i}}}"));
+            let req = Request::new("POST", &provider.api_url("orders"))
+                .header("content-type", "application/json")
+                .body(format!("{{\"order\":{i}}}"));
             sent += 1;
             match rekey.send(store.clone(), name, req).await {
-                Ok(resp) => timeline.line(&format!("  = {} {}", resp.status, String::from_utf8_lossy(&resp.body))),
+                Ok(resp) => timeline.line(&format!(
+                    "  = {} {}",
+                    resp.status,
+                    String::from_utf8_lossy(&resp.body)
+                )),
                 Err(e) => {
                     failed += 1;
                     timeline.line(&format!("  = error: {e}"));
@@ -127,9 +188,17 @@ pub async fn run() -> Result<i32, Failure> {
             .keys
             .as_ref()
             .and_then(|k| serde_json::from_str::<serde_json::Value>(k.expose()).ok())
-            .and_then(|v| v["refresh_token"].as_str().map(|rt| provider.refresh_token_is_live(rt)))
+            .and_then(|v| {
+                v["refresh_token"]
+                    .as_str()
+                    .map(|rt| provider.refresh_token_is_live(rt))
+            })
             .unwrap_or(false);
-        println!("   store now at v{}; its refresh token is live at the provider: {}\n", stored.version, if live { "yes" } else { "NO" });
+        println!(
+            "   store now at v{}; its refresh token is live at the provider: {}\n",
+            stored.version,
+            if live { "yes" } else { "NO" }
+        );
         if !live {
             failed += 1;
         }
@@ -137,10 +206,23 @@ pub async fn run() -> Result<i32, Failure> {
 
     println!("── no keys stored: what a host sees before anyone has authorised");
     let mut settings = Settings::new(provider.token_url(), provider.config().client_id.clone());
-    settings.client_secret = Some(ClientSecret::Literal(Secret::new(provider.config().client_secret.clone())));
-    store.put("unauthorised", &settings, None).map_err(|e| fail("store the credential", &e))?;
-    match rekey.send(store.clone(), "unauthorised", Request::get(&provider.api_url("orders"))).await {
-        Err(e) if e.needs_authorization() => println!("   error (exit code {}): {e}\n", e.exit_code()),
+    settings.client_secret = Some(ClientSecret::Literal(Secret::new(
+        provider.config().client_secret.clone(),
+    )));
+    store
+        .put("unauthorised", &settings, None)
+        .map_err(|e| fail("store the credential", &e))?;
+    match rekey
+        .send(
+            store.clone(),
+            "unauthorised",
+            Request::get(&provider.api_url("orders")),
+        )
+        .await
+    {
+        Err(e) if e.needs_authorization() => {
+            println!("   error (exit code {}): {e}\n", e.exit_code())
+        }
         other => {
             failed += 1;
             println!("   UNEXPECTED: {:?}\n", other.map(|r| r.status));
@@ -150,14 +232,23 @@ pub async fn run() -> Result<i32, Failure> {
     let stats = provider.stats();
     println!("summary");
     println!("  requests sent            {sent} ({failed} failed)");
-    println!("  API calls (incl. retries) {}, of them 401: {}", stats.api_calls, stats.api_unauthorized);
-    println!("  token endpoint calls     {} ({} refreshes granted)", stats.token_calls, stats.refreshes_granted);
+    println!(
+        "  API calls (incl. retries) {}, of them 401: {}",
+        stats.api_calls, stats.api_unauthorized
+    );
+    println!(
+        "  token endpoint calls     {} ({} refreshes granted)",
+        stats.token_calls, stats.refreshes_granted
+    );
     println!(
         "  keys persisted           {} ({} with a rotated refresh token)",
         timeline.persisted.load(Ordering::SeqCst),
         timeline.rotations.load(Ordering::SeqCst)
     );
-    println!("  invalid_grant            {} (reused refresh tokens: {})", stats.invalid_grant, stats.reused_refresh_tokens);
+    println!(
+        "  invalid_grant            {} (reused refresh tokens: {})",
+        stats.invalid_grant, stats.reused_refresh_tokens
+    );
     if failed > 0 || stats.invalid_grant > 0 {
         return Err(Failure::new(1, "demo: something went wrong (see above)"));
     }

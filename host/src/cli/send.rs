@@ -54,7 +54,12 @@ pub async fn run(store: Arc<dyn KeyStore>, args: Args) -> Result<i32, Failure> {
             .ok_or_else(|| Failure::new(2, "a header must look like `Name: value`"))?;
         req = req.header(name.trim(), value.trim());
     }
-    if args.data.is_some() && !req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+    if args.data.is_some()
+        && !req
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
         req = req.header("content-type", "application/x-www-form-urlencoded");
     }
 
@@ -72,5 +77,9 @@ pub async fn run(store: Arc<dyn KeyStore>, args: Args) -> Result<i32, Failure> {
     }
     let _ = out.write_all(&resp.body);
     let _ = out.flush();
-    Ok(if args.fail && resp.status >= 400 { 22 } else { 0 })
+    Ok(if args.fail && resp.status >= 400 {
+        22
+    } else {
+        0
+    })
 }

@@ -43,7 +43,12 @@ impl KeyStore for MemoryStore {
         })
     }
 
-    fn put(&self, name: &str, settings: &Settings, keys: Option<&Secret>) -> Result<(), StoreError> {
+    fn put(
+        &self,
+        name: &str,
+        settings: &Settings,
+        keys: Option<&Secret>,
+    ) -> Result<(), StoreError> {
         if let Some(k) = keys {
             validate_keys(k)?;
         }

@@ -31,7 +31,10 @@ impl SqliteStore {
         Self::open_with_busy_timeout(path, Duration::from_secs(5))
     }
 
-    pub fn open_with_busy_timeout(path: impl AsRef<Path>, busy: Duration) -> Result<Self, StoreError> {
+    pub fn open_with_busy_timeout(
+        path: impl AsRef<Path>,
+        busy: Duration,
+    ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let unusable = |e: rusqlite::Error| StoreError::Unusable {
             path: path.display().to_string(),
@@ -41,10 +44,15 @@ impl SqliteStore {
         conn.busy_timeout(busy).map_err(unusable)?;
         // journal_mode is the first statement that reads the file: a file that
         // is not a database fails here, with SQLite's own words.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(unusable)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(unusable)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(unusable)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(unusable)?;
         conn.execute_batch(SCHEMA).map_err(unusable)?;
-        Ok(SqliteStore { path, conn: Mutex::new(conn) })
+        Ok(SqliteStore {
+            path,
+            conn: Mutex::new(conn),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -58,7 +66,10 @@ impl SqliteStore {
     }
 
     fn unusable(&self, e: rusqlite::Error) -> StoreError {
-        StoreError::Unusable { path: self.path.display().to_string(), reason: e.to_string() }
+        StoreError::Unusable {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        }
     }
 }
 
@@ -125,7 +136,12 @@ impl KeyStore for SqliteStore {
         Ok(version as u64)
     }
 
-    fn put(&self, name: &str, settings: &Settings, keys: Option<&Secret>) -> Result<(), StoreError> {
+    fn put(
+        &self,
+        name: &str,
+        settings: &Settings,
+        keys: Option<&Secret>,
+    ) -> Result<(), StoreError> {
         if let Some(k) = keys {
             validate_keys(k)?;
         }
@@ -145,7 +161,9 @@ impl KeyStore for SqliteStore {
     fn list(&self) -> Result<Vec<Credential>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT name, settings, keys, version, updated_at FROM credentials ORDER BY name")
+            .prepare(
+                "SELECT name, settings, keys, version, updated_at FROM credentials ORDER BY name",
+            )
             .map_err(|e| self.unusable(e))?;
         let rows = stmt
             .query_map([], read_row)
@@ -175,8 +193,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("s.db")).unwrap();
         let settings = Settings::new("http://127.0.0.1/token", "app");
-        store.put("c", &settings, Some(&Secret::new(r#"{"access_token":"a"}"#))).unwrap();
-        assert_eq!(store.save_keys("c", &Secret::new(r#"{"access_token":"b"}"#)).unwrap(), 1);
+        store
+            .put(
+                "c",
+                &settings,
+                Some(&Secret::new(r#"{"access_token":"a"}"#)),
+            )
+            .unwrap();
+        assert_eq!(
+            store
+                .save_keys("c", &Secret::new(r#"{"access_token":"b"}"#))
+                .unwrap(),
+            1
+        );
         let reopened = SqliteStore::open(dir.path().join("s.db")).unwrap();
         let c = reopened.load("c").unwrap();
         assert_eq!(c.keys.unwrap().expose(), r#"{"access_token":"b"}"#);
@@ -188,13 +217,18 @@ mod tests {
     fn rejects_non_object_keys_and_unknown_names() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("s.db")).unwrap();
-        assert!(matches!(store.load("nope"), Err(StoreError::UnknownCredential(_))));
+        assert!(matches!(
+            store.load("nope"),
+            Err(StoreError::UnknownCredential(_))
+        ));
         assert!(matches!(
             store.save_keys("nope", &Secret::new("{}")),
             Err(StoreError::UnknownCredential(_))
         ));
         let settings = Settings::new("http://127.0.0.1/token", "app");
-        let err = store.put("c", &settings, Some(&Secret::new("[1, \"tok\"]"))).unwrap_err();
+        let err = store
+            .put("c", &settings, Some(&Secret::new("[1, \"tok\"]")))
+            .unwrap_err();
         assert!(matches!(err, StoreError::InvalidKeys(_)));
     }
 
@@ -203,7 +237,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("garbage.db");
         std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
-        let err = SqliteStore::open(&path).err().expect("garbage must not open");
+        let err = SqliteStore::open(&path)
+            .err()
+            .expect("garbage must not open");
         assert!(err.to_string().contains("not a database"), "{err}");
     }
 }

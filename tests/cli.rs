@@ -1,0 +1,322 @@
+//! The `rekey` binary as a user runs it: import, show, send, errors, and that
+//! no secret is ever printed, even at the most verbose log level.
+
+use rekey::{ClientAuth, KeyStore, SqliteStore, Strategy};
+use rekey_scenarios::*;
+use std::time::Duration;
+
+const TTL: Duration = Duration::from_secs(1);
+
+/// Adds credential `c` through the CLI from a token-response file.
+fn cli_add(f: &Fixture, first: &serde_json::Value, extra: &[&str]) {
+    let keys = f.dir.path().join("first.json");
+    std::fs::write(&keys, first.to_string()).unwrap();
+    let (url, id, secret) = (
+        f.provider.token_url(),
+        f.provider.config().client_id.clone(),
+        f.provider.config().client_secret.clone(),
+    );
+    let mut args = vec![
+        "credential",
+        "add",
+        "c",
+        "--token-url",
+        &url,
+        "--client-id",
+        &id,
+        "--client-secret",
+        &secret,
+        "--keys",
+        keys.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = rekey_cli(&f.store_path(), &args);
+    assert!(out.status.success(), "{}", all_output(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_appears_in_any_output_at_the_most_verbose_level() {
+    let f = Fixture::new(provider_with_ttl(TTL)).await;
+    let first = f.provider.authorize();
+    cli_add(&f, &first, &["--client-auth", "post"]);
+    let store = f.store_path();
+    // `-vv` is the CLI's most verbose level (everything but the compiler's passes).
+    let verbose: &[(&str, &str)] = &[];
+
+    let mut outputs = Vec::new();
+    for args in [
+        &["credential", "show", "c"][..],
+        &["credential", "list"],
+        &["-vv", "send", "-i", "c"],
+    ] {
+        let mut args = args.to_vec();
+        let url = f.provider.api_url("me");
+        if args.contains(&"send") {
+            tokio::time::sleep(TTL + Duration::from_millis(150)).await;
+            args.push(&url);
+        }
+        let out = rekey_cli_env(&store, &args, verbose);
+        assert!(out.status.success(), "{args:?}: {}", all_output(&out));
+        outputs.push(all_output(&out));
+    }
+    // A failing refresh, verbosely: the error path must not leak either.
+    f.provider
+        .force_token_responses([(400, r#"{"error":"invalid_grant"}"#.into())]);
+    tokio::time::sleep(TTL + Duration::from_millis(150)).await;
+    let out = rekey_cli_env(
+        &store,
+        &["-vv", "send", "c", &f.provider.api_url("me")],
+        verbose,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", all_output(&out));
+    outputs.push(all_output(&out));
+
+    let stored = f.stored_keys("c");
+    assert_ne!(
+        stored["access_token"], first["access_token"],
+        "a refresh happened"
+    );
+    let secrets = [
+        str_field(&first, "access_token"),
+        str_field(&first, "refresh_token"),
+        str_field(&first, "id_token"),
+        str_field(&stored, "access_token"),
+        str_field(&stored, "refresh_token"),
+        &f.provider.config().client_secret,
+    ];
+    let all = outputs.concat();
+    assert!(all.contains("TRACE"), "trace logging was on");
+    assert!(
+        all.contains("keys persisted"),
+        "rekey's own events were logged"
+    );
+    for secret in secrets {
+        assert!(!all.contains(secret), "a secret leaked into CLI output");
+    }
+    assert!(outputs[0].contains("[redacted]"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_prints_the_response_and_refreshes_through_the_cli() {
+    let f = Fixture::new(provider_with_ttl(TTL)).await;
+    let first = f.provider.authorize();
+    cli_add(&f, &first, &["--strategy", "every-request"]);
+    let out = rekey_cli(
+        &f.store_path(),
+        &[
+            "send",
+            "c",
+            &f.provider.api_url("orders"),
+            "-d",
+            "{\"n\":1}",
+            "-H",
+            "Content-Type: application/json",
+        ],
+    );
+    assert!(out.status.success(), "{}", all_output(&out));
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            body["ok"].as_bool(),
+            body["method"].as_str(),
+            body["bytes"].as_u64()
+        ),
+        (Some(true), Some("POST"), Some(7))
+    );
+    assert_eq!(f.provider.stats().refreshes_granted, 1);
+
+    let out = rekey_cli(
+        &f.store_path(),
+        &["send", "--fail", "c", &f.provider.api_url("reject")],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", all_output(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("again with a freshly refreshed token"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn environment_secrets_are_read_at_call_time() {
+    let f = Fixture::new(provider_with_ttl(TTL)).await;
+    let first = f.provider.authorize();
+    let keys = f.dir.path().join("first.json");
+    std::fs::write(&keys, first.to_string()).unwrap();
+    let out = rekey_cli(
+        &f.store_path(),
+        &[
+            "credential",
+            "add",
+            "c",
+            "--token-url",
+            &f.provider.token_url(),
+            "--client-id",
+            "rekey-demo",
+            "--client-secret-env",
+            "MY_APP_SECRET",
+            "--strategy",
+            "every-request",
+            "--keys",
+            keys.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", all_output(&out));
+    let url = f.provider.api_url("me");
+    let out = rekey_cli(&f.store_path(), &["send", "c", &url]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MY_APP_SECRET"));
+    let out = rekey_cli_env(
+        &f.store_path(),
+        &["send", "c", &url],
+        &[("MY_APP_SECRET", "demo-client-secret")],
+    );
+    assert!(out.status.success(), "{}", all_output(&out));
+    let stored = SqliteStore::open(f.store_path())
+        .unwrap()
+        .load("c")
+        .unwrap();
+    let settings_json = serde_json::to_string(&stored.settings).unwrap();
+    assert!(
+        !settings_json.contains("demo-client-secret"),
+        "the store never held the secret"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let f = Fixture::new(provider_with_ttl(TTL)).await;
+    let store = f.store_path();
+    let dir = f.dir.path();
+    let add = |keys: &std::path::Path| {
+        rekey_cli(
+            &store,
+            &[
+                "credential",
+                "add",
+                "c",
+                "--token-url",
+                "http://127.0.0.1:9/token",
+                "--client-id",
+                "x",
+                "--keys",
+                keys.to_str().unwrap(),
+            ],
+        )
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // Malformed token JSON: says where, never echoes it.
+    let malformed = dir.join("malformed.json");
+    std::fs::write(&malformed, r#"{"access_token": "at_SECRET_PART"#).unwrap();
+    let out = add(&malformed);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unusable") && stderr(&out).contains("line 1"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("at_SECRET_PART"));
+
+    // Valid JSON without any token.
+    let tokenless = dir.join("tokenless.json");
+    std::fs::write(&tokenless, r#"{"token_type":"Bearer"}"#).unwrap();
+    let out = add(&tokenless);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("neither access_token nor refresh_token"));
+
+    // A missing keys file.
+    let out = add(&dir.join("absent.json"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot read keys"));
+    assert!(
+        SqliteStore::open(&store)
+            .unwrap()
+            .list()
+            .unwrap()
+            .is_empty(),
+        "nothing was stored"
+    );
+
+    // An unknown credential.
+    let out = rekey_cli(&store, &["send", "nobody", "http://127.0.0.1:9/"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no credential named \"nobody\""),
+        "{}",
+        stderr(&out)
+    );
+
+    // A store file that is not a database is reported, not overwritten.
+    let garbage = dir.join("garbage.db");
+    let bytes: Vec<u8> = (0..16_384u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&garbage, &bytes).unwrap();
+    let out = rekey_cli(&garbage, &["credential", "list"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert!(stderr(&out).contains("not a database"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&garbage).unwrap(), bytes);
+
+    // A credential without keys: please authenticate.
+    let out = rekey_cli(
+        &store,
+        &[
+            "credential",
+            "add",
+            "c",
+            "--token-url",
+            "http://127.0.0.1:9/token",
+            "--client-id",
+            "x",
+        ],
+    );
+    assert!(out.status.success());
+    let out = rekey_cli(&store, &["send", "c", "http://127.0.0.1:9/"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("please authenticate"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_can_be_listed_shown_and_removed() {
+    let f = Fixture::new(provider_with_ttl(TTL)).await;
+    let first = f.provider.authorize();
+    cli_add(
+        &f,
+        &first,
+        &[
+            "--scope",
+            "api",
+            "--param",
+            "format=json",
+            "--strategy",
+            "before-expiry",
+            "--expiry-margin",
+            "30",
+        ],
+    );
+    let out = rekey_cli(&f.store_path(), &["credential", "show", "c"]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["settings"]["strategy"], "before-expiry");
+    assert_eq!(shown["settings"]["expiry_margin_secs"], 30);
+    assert_eq!(shown["settings"]["extra_params"][0][1], "json");
+    assert_eq!(shown["settings"]["client_secret"], "[redacted]");
+    assert_eq!(shown["keys"]["refresh_token"], "[redacted]");
+    assert_eq!(shown["keys"]["scope"], "api");
+    let out = rekey_cli(&f.store_path(), &["credential", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("c\t"));
+    assert!(
+        rekey_cli(&f.store_path(), &["credential", "remove", "c"])
+            .status
+            .success()
+    );
+    assert_eq!(
+        rekey_cli(&f.store_path(), &["credential", "remove", "c"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn the_settings_struct_is_what_the_store_keeps() {
+    // Guards the CLI's `show` against silently dropping a new setting.
+    let s = rekey::Settings::new("http://x/token", "id");
+    let fields = serde_json::to_value(&s).unwrap().as_object().unwrap().len();
+    assert_eq!(fields, 9);
+    let _ = (Strategy::OnAuthFailure, ClientAuth::Basic);
+}
