@@ -22,6 +22,13 @@ pub struct Args {
     /// Secrets are never logged at any level.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Cache compiled native code here between runs (default
+    /// $XDG_CACHE_HOME/rekey or ~/.cache/rekey).
+    #[arg(long, global = true, env = "REKEY_CACHE_DIR")]
+    cache_dir: Option<std::path::PathBuf>,
+    /// Compile the component at every start instead.
+    #[arg(long, global = true)]
+    no_cache: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,7 +75,14 @@ pub async fn run(args: Args) -> Result<i32, Failure> {
     match args.command {
         Command::Demo => demo::run().await,
         Command::Credential(cmd) => credential::run(open_store(&args.store)?.as_ref(), cmd),
-        Command::Send(send) => send::run(open_store(&args.store)?, send).await,
+        Command::Send(send) => {
+            let cache_dir = if args.no_cache {
+                None
+            } else {
+                args.cache_dir.or_else(rekey::cache::default_dir)
+            };
+            send::run(open_store(&args.store)?, cache_dir, send).await
+        }
     }
 }
 

@@ -24,6 +24,7 @@ pub mod bindings {
     });
 }
 
+pub mod cache;
 mod error;
 mod http;
 mod lease;

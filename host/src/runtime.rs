@@ -2,16 +2,22 @@
 
 use crate::bindings::rekey::oauth2::types::{self as wit, Request, Response, TransportError};
 use crate::bindings::{Client, ClientImports, ClientPre};
+use crate::cache::{self, Origin};
 use crate::error::{Error, describe_transport};
 use crate::http::{HttpClient, HttpConfig};
 use crate::lease::{LeaseGuard, Leases};
 use crate::observe::{Event, Exchange, Observer, TracingObserver, loggable_target};
 use crate::secret::Secret;
 use crate::store::KeyStore;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use tokio::sync::Semaphore;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// How often the epoch advances; the call deadline is counted in these.
@@ -28,6 +34,13 @@ pub struct Config {
     /// How long a call waits for another call's refresh to finish.
     pub lease_timeout: Duration,
     pub observer: Arc<dyn Observer>,
+    /// Pre-allocate instance slots for this many concurrent calls (the
+    /// pooling allocator: instantiation in microseconds). Further calls wait
+    /// for a slot. `None`: allocate on demand.
+    pub pooling: Option<u32>,
+    /// Where compiled native code is cached between processes; `None`
+    /// compiles at every start. See [`crate::cache`].
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -38,6 +51,8 @@ impl Default for Config {
             call_timeout: Duration::from_secs(120),
             lease_timeout: Duration::from_secs(30),
             observer: Arc::new(TracingObserver),
+            pooling: Some(128),
+            cache_dir: None,
         }
     }
 }
@@ -50,6 +65,9 @@ pub struct Rekey {
 
 struct Inner {
     engine: Engine,
+    origin: Origin,
+    /// Bounds concurrent calls to the pool's slots.
+    slots: Option<Semaphore>,
     pre: ClientPre<CallState>,
     http: HttpClient,
     leases: Leases,
@@ -65,8 +83,12 @@ impl Rekey {
     pub fn from_component_bytes(config: Config, wasm: &[u8]) -> anyhow::Result<Self> {
         let mut wasm_config = wasmtime::Config::new();
         wasm_config.epoch_interruption(true);
+        if let Some(slots) = config.pooling {
+            wasm_config.allocation_strategy(pooling(slots, config.memory_limit_bytes));
+        }
         let engine = Engine::new(&wasm_config)?;
-        let component = Component::new(&engine, wasm)?;
+        let (component, origin) =
+            cache::load_or_compile(&engine, wasm, config.cache_dir.as_deref())?;
         let mut linker = Linker::<CallState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Client::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
@@ -75,12 +97,19 @@ impl Rekey {
         Ok(Rekey {
             inner: Arc::new(Inner {
                 http: HttpClient::new(&config.http)?,
+                slots: config.pooling.map(|n| Semaphore::new(n as usize)),
                 engine,
+                origin,
                 pre,
                 leases: Leases::default(),
                 config,
             }),
         })
+    }
+
+    /// Whether the component was compiled or loaded from the cache.
+    pub fn origin(&self) -> Origin {
+        self.inner.origin
     }
 
     /// Sends `req` for the credential `name` in `store`, refreshing and
@@ -96,6 +125,45 @@ impl Rekey {
             .settings
             .to_wit()
             .map_err(Error::InvalidSettings)?;
+        let _slot = self.slot().await?;
+        let mut wstore = self.new_store(name, &settings.token_url, store);
+        let component_failed = |e: wasmtime::Error| Error::Component(format!("{e:#}"));
+        let client = self
+            .inner
+            .pre
+            .instantiate_async(&mut wstore)
+            .await
+            .map_err(component_failed)?;
+        let keys = credential.keys.as_ref().map(Secret::expose);
+        let result = client
+            .call_send_authorized(&mut wstore, &settings, keys, &req)
+            .await
+            .map_err(component_failed)?;
+        result.map_err(Error::from)
+    }
+
+    /// Instantiates the component in a fresh `Store` and drops it: the
+    /// per-call fixed cost, for benchmarks.
+    #[doc(hidden)]
+    pub async fn instantiate_only(&self) -> anyhow::Result<()> {
+        let _slot = self.slot().await?;
+        let mut wstore = self.new_store("", "", Arc::new(crate::MemoryStore::new()));
+        self.inner.pre.instantiate_async(&mut wstore).await?;
+        Ok(())
+    }
+
+    async fn slot(&self) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, Error> {
+        match &self.inner.slots {
+            None => Ok(None),
+            Some(s) => s
+                .acquire()
+                .await
+                .map(Some)
+                .map_err(|_| Error::Component("runtime shut down".into())),
+        }
+    }
+
+    fn new_store(&self, name: &str, token_url: &str, store: Arc<dyn KeyStore>) -> Store<CallState> {
         let inner = &self.inner;
         let state = CallState {
             wasi: WasiCtx::builder().build(),
@@ -105,7 +173,7 @@ impl Rekey {
                 .instances(4)
                 .build(),
             credential: name.to_owned(),
-            token_url: settings.token_url.clone(),
+            token_url: token_url.to_owned(),
             store,
             http: inner.http.clone(),
             observer: inner.config.observer.clone(),
@@ -119,20 +187,21 @@ impl Rekey {
         let ticks = inner.config.call_timeout.as_millis() / EPOCH_TICK.as_millis();
         wstore.set_epoch_deadline(ticks.max(1) as u64);
         wstore.epoch_deadline_trap();
-
-        let component_failed = |e: wasmtime::Error| Error::Component(format!("{e:#}"));
-        let client = inner
-            .pre
-            .instantiate_async(&mut wstore)
-            .await
-            .map_err(component_failed)?;
-        let keys = credential.keys.as_ref().map(Secret::expose);
-        let result = client
-            .call_send_authorized(&mut wstore, &settings, keys, &req)
-            .await
-            .map_err(component_failed)?;
-        result.map_err(Error::from)
+        wstore
     }
+}
+
+/// Slots for `n` concurrent instances of our component (3 core instances:
+/// the module and wit-component's shim and fixup; 1 memory; 1 table each).
+fn pooling(n: u32, memory_limit: usize) -> InstanceAllocationStrategy {
+    let mut p = PoolingAllocationConfig::default();
+    p.total_component_instances(n)
+        .total_core_instances(n * 4)
+        .total_memories(n)
+        .total_tables(n * 2)
+        .total_stacks(n)
+        .max_memory_size(memory_limit);
+    InstanceAllocationStrategy::Pooling(p)
 }
 
 /// Advances the epoch while the engine lives; the thread ends at the first

@@ -3,6 +3,7 @@
 use super::Failure;
 use rekey::{Config, KeyStore, Rekey, Request};
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(clap::Args)]
@@ -28,7 +29,11 @@ pub struct Args {
     fail: bool,
 }
 
-pub async fn run(store: Arc<dyn KeyStore>, args: Args) -> Result<i32, Failure> {
+pub async fn run(
+    store: Arc<dyn KeyStore>,
+    cache_dir: Option<PathBuf>,
+    args: Args,
+) -> Result<i32, Failure> {
     let body = match args.data.as_deref() {
         None => Vec::new(),
         Some("@-") => {
@@ -63,7 +68,13 @@ pub async fn run(store: Arc<dyn KeyStore>, args: Args) -> Result<i32, Failure> {
         req = req.header("content-type", "application/x-www-form-urlencoded");
     }
 
-    let rekey = Rekey::new(Config::default())
+    // One call: no instance pool to set up; the compiled code comes from the cache.
+    let config = Config {
+        pooling: None,
+        cache_dir,
+        ..Config::default()
+    };
+    let rekey = Rekey::new(config)
         .map_err(|e| Failure::new(8, format!("cannot load the rekey component: {e:#}")))?;
     let resp = rekey.send(store, &args.credential, req).await?;
 

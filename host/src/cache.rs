@@ -1,0 +1,181 @@
+//! Precompiled-component cache: compiling the guest takes hundreds of
+//! milliseconds, loading native code we compiled earlier takes about one.
+//!
+//! Loading a `.cwasm` runs its machine code, so a file is used only if this
+//! process could have written it: the key covers the wasm bytes and the
+//! engine's compatibility hash, and the directory and file must belong to
+//! our user and be writable by nobody else (the rule ssh applies to ~/.ssh).
+//! Anything else is ignored and the component compiled afresh.
+
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// How the component was obtained, for diagnostics and benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Compiled,
+    CompiledAndCached,
+    LoadedFromCache,
+}
+
+pub fn load_or_compile(
+    engine: &Engine,
+    wasm: &[u8],
+    dir: Option<&Path>,
+) -> anyhow::Result<(Component, Origin)> {
+    let Some(dir) = dir else {
+        return Ok((Component::new(engine, wasm)?, Origin::Compiled));
+    };
+    let path = dir.join(format!("rekey-{}.cwasm", cache_key(engine, wasm)));
+    if let Err(why) = ensure_private_dir(dir) {
+        tracing::warn!(dir = %dir.display(), why, "component cache unusable; compiling");
+        return Ok((Component::new(engine, wasm)?, Origin::Compiled));
+    }
+    if is_ours(&path) {
+        // SAFETY: the file is a regular file owned by us in a directory only
+        // we can write, under a name derived from these exact wasm bytes and
+        // this engine's configuration; wasmtime re-checks its header.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(c) => return Ok((c, Origin::LoadedFromCache)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "stale component cache entry; recompiling")
+            }
+        }
+    }
+    let native = engine.precompile_component(wasm)?;
+    // SAFETY: `native` was produced just now by this engine.
+    let component = unsafe { Component::deserialize(engine, &native)? };
+    match write_atomically(&path, &native) {
+        Ok(()) => Ok((component, Origin::CompiledAndCached)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not write the component cache");
+            Ok((component, Origin::Compiled))
+        }
+    }
+}
+
+/// The default cache directory: `$XDG_CACHE_HOME/rekey` or `~/.cache/rekey`.
+pub fn default_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("rekey"))
+}
+
+fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
+    struct ShaHasher(Sha256);
+    impl std::hash::Hasher for ShaHasher {
+        fn finish(&self) -> u64 {
+            unreachable!("only written to")
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut h = ShaHasher(Sha256::new());
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
+    h.0.update(Sha256::digest(wasm));
+    h.0.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn ensure_private_dir(dir: &Path) -> Result<(), String> {
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create it: {e}"))?;
+    }
+    let meta = fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+    if !meta.is_dir() {
+        return Err("not a directory".into());
+    }
+    if meta.uid() != euid() || meta.mode() & 0o022 != 0 {
+        return Err("not owned by this user, or writable by others".into());
+    }
+    Ok(())
+}
+
+fn is_ours(path: &Path) -> bool {
+    fs::symlink_metadata(path)
+        .is_ok_and(|m| m.is_file() && m.uid() == euid() && m.mode() & 0o077 == 0)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> Engine {
+        Engine::default()
+    }
+
+    #[test]
+    fn second_load_comes_from_the_cache_and_foreign_files_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let engine = engine();
+        let (_, first) = load_or_compile(&engine, crate::GUEST_WASM, Some(&cache)).unwrap();
+        assert_eq!(first, Origin::CompiledAndCached);
+        let (_, second) = load_or_compile(&engine, crate::GUEST_WASM, Some(&cache)).unwrap();
+        assert_eq!(second, Origin::LoadedFromCache);
+
+        // A file others could have written is never loaded.
+        let entry = fs::read_dir(&cache)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        fs::set_permissions(&entry, fs::Permissions::from_mode(0o666)).unwrap();
+        let (_, third) = load_or_compile(&engine, crate::GUEST_WASM, Some(&cache)).unwrap();
+        assert_eq!(
+            third,
+            Origin::CompiledAndCached,
+            "rewritten with safe permissions"
+        );
+
+        // Garbage under the right name is detected and replaced.
+        fs::write(&entry, b"not native code").unwrap();
+        let (_, fourth) = load_or_compile(&engine, crate::GUEST_WASM, Some(&cache)).unwrap();
+        assert_eq!(fourth, Origin::CompiledAndCached);
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let (_, origin) = load_or_compile(&engine(), crate::GUEST_WASM, Some(dir.path())).unwrap();
+        assert_eq!(origin, Origin::Compiled);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
