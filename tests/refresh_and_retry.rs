@@ -331,7 +331,40 @@ async fn a_post_body_arrives_byte_identical_on_the_retry() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unwritable_store_stops_before_the_retry_and_keeps_the_old_keys() {
+async fn a_failing_keys_write_stops_before_the_retry_and_keeps_the_old_keys() {
+    let f = Fixture::new(provider_with_ttl(SHORT)).await;
+    f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
+    let before = f.stored_raw("c");
+    // The store refuses exactly the write of new keys (leases still work),
+    // the way a full disk or a revoked grant on the database would.
+    sql(
+        &f.store_path(),
+        "CREATE TRIGGER refuse BEFORE UPDATE OF keys ON credentials BEGIN SELECT RAISE(ABORT, 'disk quota exceeded'); END",
+    );
+
+    expire(SHORT).await;
+    let err = f
+        .rekey
+        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::KeysNotPersisted(_)), "{err}");
+    assert!(
+        err.to_string().contains("not retried") && err.to_string().contains("disk quota exceeded"),
+        "{err}"
+    );
+    let stats = f.provider.stats();
+    assert_eq!(
+        (stats.api_calls, stats.token_calls),
+        (1, 1),
+        "the request was not resent"
+    );
+    assert_eq!(f.stored_raw("c"), before);
+    assert!(f.events.take().contains(&"not persisted".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_another_process_has_locked_spends_nothing() {
     let f = Fixture::with(
         provider_with_ttl(SHORT),
         Config::default(),
@@ -341,7 +374,8 @@ async fn an_unwritable_store_stops_before_the_retry_and_keeps_the_old_keys() {
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
     let before = f.stored_raw("c");
 
-    // Another process holds the write lock for the whole call.
+    // Another process holds the write lock for the whole call: no lease can
+    // be taken, so the refresh token is not spent at all.
     let blocker = hold_write_lock(&f.store_path());
     expire(SHORT).await;
     let err = f
@@ -351,16 +385,22 @@ async fn an_unwritable_store_stops_before_the_retry_and_keeps_the_old_keys() {
         .unwrap_err();
     drop(blocker);
 
-    assert!(matches!(err, Error::KeysNotPersisted(_)), "{err}");
-    assert!(err.to_string().contains("not retried"));
+    assert!(matches!(err, Error::LeaseUnavailable(_)), "{err}");
+    assert!(err.to_string().contains("locked"), "{err}");
     let stats = f.provider.stats();
-    assert_eq!(
-        (stats.api_calls, stats.token_calls),
-        (1, 1),
-        "the request was not resent"
-    );
+    assert_eq!((stats.api_calls, stats.token_calls), (1, 0));
     assert_eq!(f.stored_raw("c"), before);
-    assert!(f.events.take().contains(&"not persisted".to_string()));
+}
+
+/// Runs SQL on the store from another process (python's sqlite3).
+fn sql(path: &std::path::Path, statement: &str) {
+    let status = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()"])
+        .arg(path)
+        .arg(statement)
+        .status()
+        .expect("python3");
+    assert!(status.success());
 }
 
 /// Holds SQLite's write lock on `path` from a second connection until dropped.
@@ -495,13 +535,10 @@ async fn garbage_stored_keys_are_a_clear_error() {
     let f = Fixture::new(provider_with_ttl(SHORT)).await;
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
     // Written behind the host's back, as a broken migration might.
-    let conn_path = f.store_path();
-    let status = std::process::Command::new("python3")
-        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE credentials SET keys='{\\\"access_token\\\": \\\"tok_partial'\"); c.commit()"])
-        .arg(&conn_path)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sql(
+        &f.store_path(),
+        r#"UPDATE credentials SET keys = '{"access_token": "tok_partial'"#,
+    );
     let err = f
         .rekey
         .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))

@@ -5,7 +5,7 @@ mod demo;
 mod send;
 
 use clap::{Parser, Subcommand};
-use rekey::{KeyStore, SqliteStore};
+use rekey::KeyStore;
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -15,7 +15,8 @@ use std::sync::Arc;
     about = "OAuth2 refresh-and-retry in a WebAssembly sandbox"
 )]
 pub struct Args {
-    /// Credential store: a SQLite file path or `sqlite:PATH`.
+    /// Credential store: a SQLite file (`PATH` or `sqlite:PATH`), or a
+    /// PostgreSQL database (`postgres://user@host/db`) shared by a fleet.
     #[arg(long, global = true, env = "REKEY_STORE", default_value = "rekey.db")]
     store: String,
     /// More log output on stderr (-v: rekey's events, -vv: everything).
@@ -74,27 +75,33 @@ impl From<rekey::StoreError> for Failure {
 pub async fn run(args: Args) -> Result<i32, Failure> {
     match args.command {
         Command::Demo => demo::run().await,
-        Command::Credential(cmd) => credential::run(open_store(&args.store)?.as_ref(), cmd),
+        // Store calls block (a PostgreSQL client runs its own runtime): keep
+        // them off the async threads.
+        Command::Credential(cmd) => {
+            blocking(move || credential::run(open_store(&args.store)?.as_ref(), cmd)).await
+        }
         Command::Send(send) => {
             let cache_dir = if args.no_cache {
                 None
             } else {
                 args.cache_dir.or_else(rekey::cache::default_dir)
             };
-            send::run(open_store(&args.store)?, cache_dir, send).await
+            let store = blocking(move || open_store(&args.store)).await?;
+            send::run(store, cache_dir, send).await
         }
     }
 }
 
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, Failure> + Send + 'static,
+) -> Result<R, Failure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(Failure::new(1, format!("internal error: {e}"))))
+}
+
 fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, Failure> {
-    if url.contains("://") {
-        return Err(Failure::new(
-            2,
-            format!("unsupported store URL scheme in {url:?}: use a file path or sqlite:PATH"),
-        ));
-    }
-    let path = url.strip_prefix("sqlite:").unwrap_or(url);
-    Ok(Arc::new(SqliteStore::open(path)?))
+    Ok(rekey::store::open(url)?)
 }
 
 pub fn init_logging(verbose: u8) {

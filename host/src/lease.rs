@@ -1,24 +1,110 @@
 //! The refresh lease: at most one refresh per credential at a time, so a
-//! rotating refresh token is never spent twice. This is the in-process part
-//! (single-flight between concurrent calls of one `Rekey`).
+//! rotating refresh token is never spent twice.
+//!
+//! Two layers: an in-process async mutex per credential (single-flight among
+//! the concurrent calls of one `Rekey`, no store traffic while waiting), then
+//! the store's lease (exclusive across processes and machines, with a TTL so
+//! a worker that dies holding it cannot wedge the credential).
 
+use crate::store::{KeyStore, StoreError, call_store};
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
-pub type LeaseGuard = OwnedMutexGuard<()>;
+/// Between polls of a lease another process holds.
+const POLL: Duration = Duration::from_millis(40);
 
 #[derive(Clone, Default)]
 pub struct Leases {
     by_credential: Arc<Mutex<HashMap<String, Arc<AsyncMutex<()>>>>>,
 }
 
+/// A lease one call holds.
+pub struct HeldLease {
+    _in_process: OwnedMutexGuard<()>,
+    holder: String,
+    /// The credential's version when the lease was taken: the write that ends
+    /// the lease is a compare-and-set against it.
+    pub version: u64,
+}
+
 impl Leases {
-    pub async fn acquire(&self, credential: &str) -> LeaseGuard {
+    /// Waits up to `wait` for the lease of `credential`, taking it for `ttl`.
+    pub async fn acquire(
+        &self,
+        store: &Arc<dyn KeyStore>,
+        credential: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<HeldLease, String> {
+        let started = Instant::now();
         let lock = {
             let mut map = self.by_credential.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(credential.to_owned()).or_default().clone()
         };
-        lock.lock_owned().await
+        let in_process = tokio::time::timeout(wait, lock.lock_owned())
+            .await
+            .map_err(|_| format!("another call in this process held it for more than {wait:?}"))?;
+        let holder = format!("{}-{:016x}", std::process::id(), random());
+        loop {
+            let (name, who) = (credential.to_owned(), holder.clone());
+            let taken = call_store(store, move |s| s.try_lease(&name, &who, ttl))
+                .await
+                .map_err(|e| e.to_string())?;
+            if taken {
+                return Ok(HeldLease {
+                    _in_process: in_process,
+                    holder,
+                    version: 0,
+                });
+            }
+            if started.elapsed() >= wait {
+                return Err(format!("another worker held it for more than {wait:?}"));
+            }
+            // Jitter so that waiting processes do not poll in lockstep.
+            tokio::time::sleep(POLL + Duration::from_millis(random() % 40)).await;
+        }
     }
+}
+
+impl HeldLease {
+    /// Extends the lease by `ttl`; false if it expired and someone else has it.
+    pub async fn renew(
+        &self,
+        store: &Arc<dyn KeyStore>,
+        credential: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let (name, who) = (credential.to_owned(), self.holder.clone());
+        call_store(store, move |s| s.try_lease(&name, &who, ttl)).await
+    }
+
+    pub async fn release(self, store: &Arc<dyn KeyStore>, credential: &str) {
+        let (name, who) = (credential.to_owned(), self.holder.clone());
+        if let Err(e) = call_store(store, move |s| s.release_lease(&name, &who)).await {
+            // Harmless: the lease runs out by itself.
+            tracing::warn!(credential, error = %e, "could not release the refresh lease");
+        }
+    }
+
+    /// For a call that ends without `release` (trap, cancellation): release
+    /// in the background; the TTL covers a failure.
+    pub fn release_detached(self, store: Arc<dyn KeyStore>, credential: String) {
+        let holder = self.holder.clone();
+        let release = move || {
+            let _ = store.release_lease(&credential, &holder);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn_blocking(release)),
+            Err(_) => release(),
+        }
+    }
+}
+
+fn random() -> u64 {
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }

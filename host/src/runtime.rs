@@ -5,10 +5,10 @@ use crate::bindings::{Client, ClientImports, ClientPre};
 use crate::cache::{self, Origin};
 use crate::error::{Error, describe_transport};
 use crate::http::{HttpClient, HttpConfig};
-use crate::lease::{LeaseGuard, Leases};
+use crate::lease::{HeldLease, Leases};
 use crate::observe::{Event, Exchange, Observer, TracingObserver, loggable_target};
 use crate::secret::Secret;
-use crate::store::KeyStore;
+use crate::store::{KeyStore, call_store};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,8 +31,13 @@ pub struct Config {
     /// Wall-clock bound on one call, network waits included; past it the
     /// guest traps at its next instruction.
     pub call_timeout: Duration,
-    /// How long a call waits for another call's refresh to finish.
+    /// How long a call waits for another worker's refresh to finish.
     pub lease_timeout: Duration,
+    /// How long a refresh lease lasts unless renewed; it is renewed before
+    /// each token-endpoint attempt, so it must cover one attempt (the HTTP
+    /// total timeout) plus a backoff. A worker that dies holding it delays
+    /// the others by at most this.
+    pub lease_ttl: Duration,
     pub observer: Arc<dyn Observer>,
     /// Pre-allocate instance slots for this many concurrent calls (the
     /// pooling allocator: instantiation in microseconds). Further calls wait
@@ -49,7 +54,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             memory_limit_bytes: 32 * 1024 * 1024,
             call_timeout: Duration::from_secs(120),
-            lease_timeout: Duration::from_secs(30),
+            lease_timeout: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(40),
             observer: Arc::new(TracingObserver),
             pooling: Some(128),
             cache_dir: None,
@@ -120,7 +126,10 @@ impl Rekey {
         name: &str,
         req: Request,
     ) -> Result<Response, Error> {
-        let credential = store.load(name)?;
+        let credential = {
+            let name = name.to_owned();
+            call_store(&store, move |s| s.load(&name)).await?
+        };
         let settings = credential
             .settings
             .to_wit()
@@ -139,6 +148,7 @@ impl Rekey {
             .call_send_authorized(&mut wstore, &settings, keys, &req)
             .await
             .map_err(component_failed)?;
+        wstore.data_mut().end_lease().await;
         result.map_err(Error::from)
     }
 
@@ -179,6 +189,7 @@ impl Rekey {
             observer: inner.config.observer.clone(),
             leases: inner.leases.clone(),
             lease_timeout: inner.config.lease_timeout,
+            lease_ttl: inner.config.lease_ttl,
             lease: None,
             refresh_token_before: None,
         };
@@ -233,7 +244,8 @@ struct CallState {
     observer: Arc<dyn Observer>,
     leases: Leases,
     lease_timeout: Duration,
-    lease: Option<LeaseGuard>,
+    lease_ttl: Duration,
+    lease: Option<HeldLease>,
     /// The refresh token stored when the lease was taken, to tell rotation.
     refresh_token_before: Option<Secret>,
 }
@@ -249,6 +261,23 @@ impl WasiView for CallState {
 
 impl wit::Host for CallState {}
 
+impl CallState {
+    async fn end_lease(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release(&self.store, &self.credential).await;
+        }
+    }
+}
+
+impl Drop for CallState {
+    fn drop(&mut self) {
+        // Only after a trap or cancellation: `send` ends leases itself.
+        if let Some(lease) = self.lease.take() {
+            lease.release_detached(self.store.clone(), std::mem::take(&mut self.credential));
+        }
+    }
+}
+
 impl ClientImports for CallState {
     async fn http_send(&mut self, req: Request) -> Result<Response, TransportError> {
         let exchange = if req.url == self.token_url {
@@ -256,6 +285,25 @@ impl ClientImports for CallState {
         } else {
             Exchange::Api
         };
+        if let (Exchange::TokenEndpoint, Some(lease)) = (exchange, &self.lease) {
+            // Spend the refresh token only while the lease is still ours.
+            match lease
+                .renew(&self.store, &self.credential, self.lease_ttl)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(TransportError::Other(
+                        "the refresh lease ran out and another worker took it; not spending the refresh token".into(),
+                    ));
+                }
+                Err(e) => {
+                    return Err(TransportError::Other(format!(
+                        "cannot renew the refresh lease: {e}"
+                    )));
+                }
+            }
+        }
         let method = req.method.clone();
         let target = loggable_target(&req.url);
         let started = Instant::now();
@@ -277,7 +325,11 @@ impl ClientImports for CallState {
 
     async fn emit_update_keys(&mut self, keys: String) -> Result<(), String> {
         let keys = Secret::new(keys);
-        let saved = self.store.save_keys(&self.credential, &keys);
+        let expected = self.lease.as_ref().map(|l| l.version);
+        let saved = {
+            let (name, keys) = (self.credential.clone(), keys.clone());
+            call_store(&self.store, move |s| s.save_keys(&name, &keys, expected)).await
+        };
         match saved {
             Ok(version) => {
                 let rotated = refresh_token(&keys).is_some_and(|new| {
@@ -291,7 +343,7 @@ impl ClientImports for CallState {
                     refresh_token_rotated: rotated,
                 });
                 // Durable: others may now refresh from what we stored.
-                self.lease = None;
+                self.end_lease().await;
                 Ok(())
             }
             Err(e) => {
@@ -308,31 +360,34 @@ impl ClientImports for CallState {
     async fn acquire_refresh_lease(&mut self) -> Result<Option<String>, String> {
         if self.lease.is_none() {
             let started = Instant::now();
-            let guard =
-                tokio::time::timeout(self.lease_timeout, self.leases.acquire(&self.credential))
-                    .await
-                    .map_err(|_| {
-                        format!(
-                            "another refresh held it for more than {:?}",
-                            self.lease_timeout
-                        )
-                    })?;
-            self.lease = Some(guard);
+            let lease = self
+                .leases
+                .acquire(
+                    &self.store,
+                    &self.credential,
+                    self.lease_ttl,
+                    self.lease_timeout,
+                )
+                .await?;
+            self.lease = Some(lease);
             self.observer.event(&Event::LeaseAcquired {
                 credential: &self.credential,
                 waited: started.elapsed(),
             });
         }
-        let current = self
-            .store
-            .load(&self.credential)
+        let name = self.credential.clone();
+        let current = call_store(&self.store, move |s| s.load(&name))
+            .await
             .map_err(|e| e.to_string())?;
+        if let Some(lease) = &mut self.lease {
+            lease.version = current.version;
+        }
         self.refresh_token_before = current.keys.as_ref().and_then(refresh_token);
         Ok(current.keys.map(|k| k.expose().to_owned()))
     }
 
     async fn release_refresh_lease(&mut self) {
-        self.lease = None;
+        self.end_lease().await;
     }
 }
 

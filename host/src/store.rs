@@ -2,10 +2,15 @@
 //! grows with every persisted refresh.
 
 mod memory;
+mod postgres;
 mod sqlite;
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::secret::Secret;
 use crate::settings::Settings;
@@ -34,20 +39,87 @@ pub enum StoreError {
     InvalidKeys(String),
     #[error("store write failed: {0}")]
     Write(String),
+    #[error("credential {0:?} was changed by another worker meanwhile; nothing was overwritten")]
+    Conflict(String),
 }
 
 /// A credential store. Implementations must make `save_keys` durable before
 /// returning `Ok`: the caller is about to spend what it just saved.
+///
+/// Methods block (disk, network); the host calls them from blocking threads
+/// unless [`KeyStore::blocking`] says they are instant.
 pub trait KeyStore: Send + Sync + 'static {
     fn load(&self, name: &str) -> Result<Credential, StoreError>;
     /// Replaces the keys of an existing credential; returns the new version.
-    fn save_keys(&self, name: &str, keys: &Secret) -> Result<u64, StoreError>;
+    /// With `expected_version`, only if the stored version is still that one
+    /// (compare-and-set), else [`StoreError::Conflict`].
+    fn save_keys(
+        &self,
+        name: &str,
+        keys: &Secret,
+        expected_version: Option<u64>,
+    ) -> Result<u64, StoreError>;
     /// Creates or replaces a credential (settings and keys).
     fn put(&self, name: &str, settings: &Settings, keys: Option<&Secret>)
     -> Result<(), StoreError>;
     fn list(&self) -> Result<Vec<Credential>, StoreError>;
     /// True when something was removed.
     fn remove(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Takes (or, for the same `holder`, extends) the refresh lease of `name`
+    /// for `ttl`. False while another holder's lease is unexpired. A store
+    /// shared by processes must make this exclusive across them; the default
+    /// (always true) suits stores only one process uses, where the host's
+    /// in-process single-flight already suffices.
+    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let _ = (name, holder, ttl);
+        Ok(true)
+    }
+
+    /// Ends `holder`'s lease of `name`, if it still has it.
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let _ = (name, holder);
+        Ok(())
+    }
+
+    /// False for stores whose calls never wait (memory): the host then calls
+    /// them inline instead of on a blocking thread.
+    fn blocking(&self) -> bool {
+        true
+    }
+}
+
+/// Runs a store operation where it may block: on a blocking thread, unless
+/// the store says its calls are instant.
+pub(crate) async fn call_store<R: Send + 'static>(
+    store: &Arc<dyn KeyStore>,
+    op: impl FnOnce(&dyn KeyStore) -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    if !store.blocking() {
+        return op(store.as_ref());
+    }
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || op(store.as_ref()))
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Write(format!("store task failed: {e}"))))
+}
+
+/// Opens a store by URL: `sqlite:PATH` or a plain path (SQLite), or
+/// `postgres://…` / `postgresql://…` (PostgreSQL). Blocks: call it outside
+/// async code or on a blocking thread.
+pub fn open(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresStore::connect(url)?));
+    }
+    if url.contains("://") {
+        return Err(StoreError::Unusable {
+            path: url.split("://").next().unwrap_or("").to_owned() + "://…",
+            reason: "unsupported store URL: use a path, sqlite:PATH or postgres://…".into(),
+        });
+    }
+    Ok(Arc::new(SqliteStore::open(
+        url.strip_prefix("sqlite:").unwrap_or(url),
+    )?))
 }
 
 /// Checks that `keys` is a JSON object without echoing any of it.

@@ -30,12 +30,20 @@ impl KeyStore for MemoryStore {
             .ok_or_else(|| StoreError::UnknownCredential(name.into()))
     }
 
-    fn save_keys(&self, name: &str, keys: &Secret) -> Result<u64, StoreError> {
+    fn save_keys(
+        &self,
+        name: &str,
+        keys: &Secret,
+        expected_version: Option<u64>,
+    ) -> Result<u64, StoreError> {
         validate_keys(keys)?;
         self.with(|m| {
             let c = m
                 .get_mut(name)
                 .ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
+            if expected_version.is_some_and(|v| v != c.version) {
+                return Err(StoreError::Conflict(name.into()));
+            }
             c.keys = Some(keys.clone());
             c.version += 1;
             c.updated_at = now_unix();
@@ -74,5 +82,9 @@ impl KeyStore for MemoryStore {
 
     fn remove(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self.with(|m| m.remove(name).is_some()))
+    }
+
+    fn blocking(&self) -> bool {
+        false
     }
 }

@@ -17,7 +17,19 @@ CREATE TABLE IF NOT EXISTS credentials (
     version    INTEGER NOT NULL DEFAULT 0,
     updated_at INTEGER NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS leases (
+    name          TEXT PRIMARY KEY NOT NULL,
+    holder        TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+) STRICT;
 ";
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -115,25 +127,68 @@ impl KeyStore for SqliteStore {
         row_to_credential(name, settings, keys, version, updated_at)
     }
 
-    fn save_keys(&self, name: &str, keys: &Secret) -> Result<u64, StoreError> {
+    fn save_keys(
+        &self,
+        name: &str,
+        keys: &Secret,
+        expected_version: Option<u64>,
+    ) -> Result<u64, StoreError> {
         validate_keys(keys)?;
         let mut conn = self.conn();
         let write = |e: rusqlite::Error| StoreError::Write(e.to_string());
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(write)?;
-        let version: Option<i64> = tx
+        let current: Option<i64> = tx
             .query_row(
-                "UPDATE credentials SET keys = ?2, version = version + 1, updated_at = ?3
-                 WHERE name = ?1 RETURNING version",
-                params![name, keys.expose(), now_unix()],
+                "SELECT version FROM credentials WHERE name = ?1",
+                [name],
                 |r| r.get(0),
             )
             .optional()
             .map_err(write)?;
-        let version = version.ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
+        let current = current.ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
+        if expected_version.is_some_and(|v| v as i64 != current) {
+            return Err(StoreError::Conflict(name.into()));
+        }
+        tx.execute(
+            "UPDATE credentials SET keys = ?2, version = ?3, updated_at = ?4 WHERE name = ?1",
+            params![name, keys.expose(), current + 1, now_unix()],
+        )
+        .map_err(write)?;
         tx.commit().map_err(write)?;
-        Ok(version as u64)
+        Ok(current as u64 + 1)
+    }
+
+    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let write = |e: rusqlite::Error| StoreError::Write(e.to_string());
+        // IMMEDIATE takes SQLite's write lock first, so check-and-take is one
+        // step for every process on this machine.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(write)?;
+        let now = now_millis();
+        let taken = tx
+            .execute(
+                "INSERT INTO leases (name, holder, expires_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms
+                 WHERE leases.expires_at_ms <= ?4 OR leases.holder = excluded.holder",
+                params![name, holder, now + ttl.as_millis() as i64, now],
+            )
+            .map_err(write)?;
+        tx.commit().map_err(write)?;
+        Ok(taken == 1)
+    }
+
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
+                [name, holder],
+            )
+            .map_err(|e| StoreError::Write(e.to_string()))?;
+        Ok(())
     }
 
     fn put(
@@ -202,9 +257,14 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .save_keys("c", &Secret::new(r#"{"access_token":"b"}"#))
+                .save_keys("c", &Secret::new(r#"{"access_token":"b"}"#), Some(0))
                 .unwrap(),
             1
+        );
+        let stale = store.save_keys("c", &Secret::new(r#"{"access_token":"x"}"#), Some(0));
+        assert!(
+            matches!(stale, Err(StoreError::Conflict(_))),
+            "compare-and-set refuses a stale writer"
         );
         let reopened = SqliteStore::open(dir.path().join("s.db")).unwrap();
         let c = reopened.load("c").unwrap();
@@ -222,7 +282,7 @@ mod tests {
             Err(StoreError::UnknownCredential(_))
         ));
         assert!(matches!(
-            store.save_keys("nope", &Secret::new("{}")),
+            store.save_keys("nope", &Secret::new("{}"), None),
             Err(StoreError::UnknownCredential(_))
         ));
         let settings = Settings::new("http://127.0.0.1/token", "app");
@@ -230,6 +290,26 @@ mod tests {
             .put("c", &settings, Some(&Secret::new("[1, \"tok\"]")))
             .unwrap_err();
         assert!(matches!(err, StoreError::InvalidKeys(_)));
+    }
+
+    #[test]
+    fn the_lease_is_exclusive_until_released_or_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SqliteStore::open(dir.path().join("s.db")).unwrap();
+        let b = SqliteStore::open(dir.path().join("s.db")).unwrap();
+        let ttl = Duration::from_millis(300);
+        assert!(a.try_lease("c", "a", ttl).unwrap());
+        assert!(!b.try_lease("c", "b", ttl).unwrap(), "held by a");
+        assert!(a.try_lease("c", "a", ttl).unwrap(), "a may extend its own");
+        a.release_lease("c", "a").unwrap();
+        assert!(b.try_lease("c", "b", ttl).unwrap(), "free after release");
+        std::thread::sleep(ttl + Duration::from_millis(50));
+        assert!(a.try_lease("c", "a", ttl).unwrap(), "free after expiry");
+        b.release_lease("c", "b").unwrap();
+        assert!(
+            !b.try_lease("c", "b", ttl).unwrap(),
+            "b's late release did not free a's lease"
+        );
     }
 
     #[test]

@@ -1,0 +1,207 @@
+// rekey's conformance peer: npm oidc-provider (OpenID Certified) on loopback,
+// configured for refresh-token tests. tests/oidc_provider.rs starts it.
+//
+//   node server.mjs [--port N] [--access-token-ttl SECONDS] [--clients JSON]
+//
+// Each option may come from the environment instead: OIDC_PORT (default 0, an
+// ephemeral port), OIDC_ACCESS_TOKEN_TTL (default 2), OIDC_CLIENTS (a JSON
+// array of {client_id, client_secret, token_endpoint_auth_method?,
+// redirect_uris?}; default: one client_secret_basic and one
+// client_secret_post client). OIDC_VERBOSE=1 lets oidc-provider's own
+// development notices through to stderr.
+//
+// Listens on 127.0.0.1 only. Once listening it prints one JSON line on stdout,
+// {"port": N, "issuer": "http://127.0.0.1:N"}, and nothing else ever goes to
+// stdout. It exits when its stdin closes, on SIGTERM/SIGINT, or after
+// OIDC_MAX_LIFETIME seconds (default 600), so it never outlives its test.
+//
+// Besides the provider's routes (/auth, /token, /me, /interaction/...), GET
+// /_stats answers counters the test checks, per client_id:
+//   code_exchanges, refreshes      successful token endpoint grants
+//   auth_seen {basic, post, none}  how the client authenticated at /token on those
+//   grant_errors {code: n}         token endpoint errors (e.g. invalid_grant)
+//   grants_revoked                 grants revoked (e.g. for a reused refresh token)
+//   userinfo_ok, userinfo_rejected /me answers 200 and 401 (by the bearer token's client)
+// and globally server_errors and userinfo_rejected_unknown (401 for a token
+// never issued here).
+
+import { createServer } from 'node:http';
+import { parseArgs } from 'node:util';
+
+// oidc-provider prints development notices with console.info (stdout, which
+// carries our one JSON line) and console.warn, some at import time: silence
+// them before importing it. Errors we report ourselves go to stderr.
+const verbose = Boolean(process.env.OIDC_VERBOSE);
+const toStderr = (...args) => console.error(...args);
+console.info = verbose ? toStderr : () => {};
+console.warn = verbose ? toStderr : () => {};
+console.log = toStderr;
+
+const { default: Provider } = await import('oidc-provider');
+
+const { values: argv } = parseArgs({
+  options: {
+    port: { type: 'string' },
+    'access-token-ttl': { type: 'string' },
+    clients: { type: 'string' },
+  },
+});
+
+function fail(message) {
+  process.stderr.write(`server.mjs: ${message}\n`);
+  process.exit(2);
+}
+
+const port = Number(argv.port ?? process.env.OIDC_PORT ?? 0);
+const accessTokenTtl = Number(argv['access-token-ttl'] ?? process.env.OIDC_ACCESS_TOKEN_TTL ?? 2);
+const maxLifetime = Number(process.env.OIDC_MAX_LIFETIME ?? 600);
+if (!Number.isInteger(port) || port < 0 || port > 65535) fail('--port must be 0..65535');
+if (!Number.isInteger(accessTokenTtl) || accessTokenTtl < 1) fail('--access-token-ttl must be a whole number of seconds >= 1');
+
+const DEFAULT_REDIRECT_URI = 'http://127.0.0.1/rekey-callback';
+const clientsJson = argv.clients ?? process.env.OIDC_CLIENTS;
+let clients = [
+  { client_id: 'rekey-basic', client_secret: 'rekey-basic-secret', token_endpoint_auth_method: 'client_secret_basic' },
+  { client_id: 'rekey-post', client_secret: 'rekey-post-secret', token_endpoint_auth_method: 'client_secret_post' },
+];
+if (clientsJson) {
+  try {
+    clients = JSON.parse(clientsJson);
+  } catch {
+    fail('--clients / OIDC_CLIENTS is not valid JSON');
+  }
+  if (!Array.isArray(clients) || clients.length === 0) fail('--clients must be a non-empty JSON array');
+}
+clients = clients.map((c) => ({
+  client_id: c.client_id,
+  client_secret: c.client_secret,
+  token_endpoint_auth_method: c.token_endpoint_auth_method ?? 'client_secret_basic',
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+  redirect_uris: c.redirect_uris ?? [DEFAULT_REDIRECT_URI],
+}));
+
+const stats = { clients: {}, server_errors: 0, userinfo_rejected_unknown: 0 };
+function statsFor(clientId) {
+  const id = clientId ?? '(unknown client)';
+  stats.clients[id] ??= {
+    code_exchanges: 0,
+    refreshes: 0,
+    auth_seen: { basic: 0, post: 0, none: 0 },
+    grant_errors: {},
+    grants_revoked: 0,
+    userinfo_ok: 0,
+    userinfo_rejected: 0,
+  };
+  return stats.clients[id];
+}
+// Access token value (opaque: its jti) -> client, to attribute /me rejections.
+const accessTokenClient = new Map();
+
+function bearerToken(ctx) {
+  const m = /^bearer\s+(\S+)$/i.exec(ctx.get('authorization') ?? '');
+  return m?.[1];
+}
+
+function tokenEndpointClientId(ctx) {
+  return ctx.oidc?.client?.clientId ?? ctx.oidc?.body?.client_id;
+}
+
+function createProvider(issuer) {
+  const provider = new Provider(issuer, {
+    clients,
+    clockTolerance: 0,
+    rotateRefreshToken: true,
+    // Refresh tokens for every client allowed the refresh_token grant, whatever
+    // the scope (the default wants offline_access, which the test asks for too).
+    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+    ttl: {
+      AccessToken: accessTokenTtl,
+      AuthorizationCode: 60,
+      IdToken: 3600,
+      RefreshToken: 3600,
+      Grant: 3600,
+      Interaction: 600,
+      Session: 3600,
+    },
+    cookies: { keys: ['rekey-conformance-test-only'] },
+    findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
+    features: { devInteractions: { enabled: true } },
+  });
+
+  provider.on('grant.success', (ctx) => {
+    const s = statsFor(tokenEndpointClientId(ctx));
+    const grantType = ctx.oidc.params?.grant_type;
+    if (grantType === 'refresh_token') s.refreshes += 1;
+    if (grantType === 'authorization_code') s.code_exchanges += 1;
+    if (/^basic\s/i.test(ctx.get('authorization') ?? '')) s.auth_seen.basic += 1;
+    else if (ctx.oidc.body?.client_secret !== undefined) s.auth_seen.post += 1;
+    else s.auth_seen.none += 1;
+  });
+  provider.on('grant.error', (ctx, err) => {
+    const s = statsFor(tokenEndpointClientId(ctx));
+    const code = err.error ?? 'unknown';
+    s.grant_errors[code] = (s.grant_errors[code] ?? 0) + 1;
+  });
+  provider.on('grant.revoked', (ctx) => {
+    statsFor(tokenEndpointClientId(ctx)).grants_revoked += 1;
+  });
+  provider.on('access_token.saved', (token) => {
+    accessTokenClient.set(token.jti, token.clientId);
+  });
+  provider.on('server_error', (ctx, err) => {
+    stats.server_errors += 1;
+    process.stderr.write(`server.mjs: server_error on ${ctx.method} ${ctx.path}: ${err?.message}\n`);
+  });
+  // Count /me answers by the client the presented token was issued to.
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.oidc?.route !== 'userinfo') return;
+    if (ctx.status === 200) {
+      statsFor(ctx.oidc.client?.clientId).userinfo_ok += 1;
+    } else if (ctx.status === 401) {
+      const clientId = accessTokenClient.get(bearerToken(ctx));
+      if (clientId) statsFor(clientId).userinfo_rejected += 1;
+      else stats.userinfo_rejected_unknown += 1;
+    }
+  });
+  return provider;
+}
+
+let handler = (_req, res) => {
+  res.statusCode = 503;
+  res.end();
+};
+const server = createServer((req, res) => {
+  if (req.method === 'GET' && req.url === '/_stats') {
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify(stats));
+    return;
+  }
+  handler(req, res);
+});
+
+function shutdown(code = 0) {
+  server.close();
+  process.exit(code);
+}
+process.on('SIGTERM', () => shutdown(0));
+process.on('SIGINT', () => shutdown(0));
+process.stdin.on('end', () => shutdown(0));
+process.stdin.on('close', () => shutdown(0));
+process.stdin.on('error', () => shutdown(0));
+process.stdin.resume();
+setTimeout(() => {
+  process.stderr.write(`server.mjs: exiting after OIDC_MAX_LIFETIME=${maxLifetime}s\n`);
+  shutdown(1);
+}, maxLifetime * 1000).unref();
+
+server.on('error', (err) => fail(`cannot listen: ${err.message}`));
+// Loopback only, never any other address.
+server.listen(port, '127.0.0.1', () => {
+  const { port: chosen } = server.address();
+  const issuer = `http://127.0.0.1:${chosen}`;
+  const provider = createProvider(issuer);
+  handler = provider.callback();
+  process.stdout.write(`${JSON.stringify({ port: chosen, issuer })}\n`);
+});

@@ -1,0 +1,907 @@
+//! rekey against a real authorization server: npm `oidc-provider` (OpenID
+//! Certified), run on loopback by `tests/oidc/server.mjs` under Node.js.
+//!
+//! Every credential starts from a real authorization-code flow
+//! (`tests/oidc/authorize.mjs` drives the provider's login and consent pages)
+//! and is imported with `rekey credential add`; then `rekey send` calls the
+//! provider's userinfo endpoint across several access-token expiries, for each
+//! strategy with both client authentication methods, all at once. The
+//! provider's own counters (GET /_stats) say what it saw: every refresh
+//! granted, none refused, each client authenticated as configured.
+//!
+//! A second scenario revokes a grant behind rekey's back (by reusing a rotated
+//! refresh token, which oidc-provider treats as theft) and checks that rekey
+//! reports "re-authorisation needed" (exit 3) and leaves the stored keys alone.
+//!
+//! Skipped, loudly, only when `node` is absent (and fails instead when
+//! REKEY_REQUIRE_PEERS is set, as CI does); `npm ci` runs in tests/oidc when
+//! its node_modules is missing.
+
+use rekey::{KeyStore, SqliteStore};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+/// Access-token lifetime configured at the provider, in seconds.
+const ACCESS_TOKEN_TTL: u64 = 2;
+/// How many access-token expiries each matrix scenario lives through.
+const EXPIRIES: u64 = 5;
+/// A pause after which any access token issued before it has expired at the
+/// provider (its `exp` is whole seconds, `clockTolerance` is 0).
+const PAST_EXPIRY: Duration = Duration::from_millis(ACCESS_TOKEN_TTL * 1000 + 250);
+const STRATEGIES: [&str; 3] = ["on-auth-failure", "every-request", "before-expiry"];
+const AUTH_METHODS: [&str; 2] = ["basic", "post"];
+const EXIT_REAUTHORIZE: i32 = 3;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn oidc_dir() -> PathBuf {
+    workspace().join("tests").join("oidc")
+}
+
+/// One OAuth client registered at the provider, and how rekey uses it.
+#[derive(Clone)]
+struct Client {
+    id: String,
+    /// Reserved characters on purpose (any VSCHAR is allowed, RFC 6749
+    /// Appendix A; oidc-provider refuses others): both client authentication
+    /// methods must encode them as RFC 6749 §2.3.1 says.
+    secret: String,
+    /// `basic` or `post`, as `rekey credential add --client-auth` spells it.
+    auth: &'static str,
+    strategy: &'static str,
+}
+
+impl Client {
+    fn new(id: &str, auth: &'static str, strategy: &'static str) -> Client {
+        Client {
+            id: id.into(),
+            secret: format!("{id}:s3cr&t +%/?="),
+            auth,
+            strategy,
+        }
+    }
+
+    fn registration(&self) -> Value {
+        let method = if self.auth == "basic" {
+            "client_secret_basic"
+        } else {
+            "client_secret_post"
+        };
+        json!({
+            "client_id": self.id,
+            "client_secret": self.secret,
+            "token_endpoint_auth_method": method,
+        })
+    }
+}
+
+/// CI sets REKEY_REQUIRE_PEERS: a missing peer is a failure there, not a skip.
+fn peers_required() -> bool {
+    std::env::var("REKEY_REQUIRE_PEERS").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `node` present (else `None`: skip), and the provider's packages installed.
+fn prerequisites() -> Option<()> {
+    match Command::new("node").arg("--version").output() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && peers_required() => {
+            panic!(
+                "node not found on PATH, and REKEY_REQUIRE_PEERS is set: install Node.js (>= 20)"
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!();
+            eprintln!("==================================================================");
+            eprintln!("SKIPPED: node not found on PATH, so the oidc-provider conformance");
+            eprintln!("scenarios (tests/oidc_provider.rs) did NOT run. Install Node.js");
+            eprintln!("(>= 20) to run them.");
+            eprintln!("==================================================================");
+            eprintln!();
+            return None;
+        }
+        Err(e) => panic!("cannot run node --version: {e}"),
+        Ok(out) => assert!(out.status.success(), "node --version failed"),
+    }
+    let dir = oidc_dir();
+    if !dir
+        .join("node_modules/oidc-provider/package.json")
+        .is_file()
+    {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("run npm ci in tests/oidc");
+        assert!(status.success(), "npm ci in tests/oidc failed");
+    }
+    Some(())
+}
+
+/// The `rekey` binary, built once for this test run.
+fn rekey_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let ws = workspace();
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "-q", "-p", "rekey", "--bin", "rekey"])
+            .current_dir(&ws);
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            build.arg("--release");
+            "release"
+        };
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p rekey --bin rekey failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|p| if p.is_relative() { ws.join(p) } else { p })
+            .unwrap_or_else(|| ws.join("target"));
+        let bin = target
+            .join(profile)
+            .join(format!("rekey{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.is_file(), "no rekey binary at {}", bin.display());
+        bin
+    })
+}
+
+/// server.mjs, ended (by its pid) when dropped; it also exits by itself when
+/// its stdin closes, so it cannot outlive the test process.
+struct Peer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    port: u16,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Peer {
+    fn start(clients: &[&Client]) -> Peer {
+        let registrations: Vec<Value> = clients.iter().map(|c| c.registration()).collect();
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .current_dir(oidc_dir())
+            .env("OIDC_PORT", "0")
+            .env("OIDC_ACCESS_TOKEN_TTL", ACCESS_TOKEN_TTL.to_string())
+            .env("OIDC_CLIENTS", Value::from(registrations).to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start node tests/oidc/server.mjs");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr_pipe = child.stderr.take().expect("piped stderr");
+        let stdin = child.stdin.take();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut peer = Peer {
+            child,
+            stdin,
+            port: 0,
+            stderr: stderr.clone(),
+        };
+
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                stderr
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let announced: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        peer.port = announced["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|&p| p != 0)
+            .unwrap_or_else(|| {
+                panic!(
+                    "server.mjs announced no port; its stderr:\n{}",
+                    peer.stderr_text()
+                )
+            });
+        peer
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer())
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn get_json(&self, path: &str) -> Value {
+        let (status, body) =
+            http(self.port, "GET", path, &[], "").unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(status, 200, "GET {path}");
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("GET {path} answered no JSON"))
+    }
+
+    /// A refresh at the token endpoint outside rekey (client_secret_post,
+    /// which oidc-provider accepts from every client): status and the JSON.
+    fn refresh(&self, client: &Client, refresh_token: &str) -> Result<(u16, Value), String> {
+        let body = form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", &client.id),
+            ("client_secret", &client.secret),
+        ]);
+        let headers = [
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("accept", "application/json"),
+        ];
+        let (status, body) = http(self.port, "POST", "/token", &headers, &body)?;
+        Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.0 exchange with 127.0.0.1:`port`: status and body.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String), String> {
+    let io = |e: std::io::Error| format!("{method} {path}: {e}");
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(io)?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.0\r\nhost: 127.0.0.1:{port}\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).map_err(io)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).map_err(io)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{method} {path}: truncated response"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{method} {path}: no status line"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// application/x-www-form-urlencoded.
+fn form(pairs: &[(&str, &str)]) -> String {
+    let encode = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                    (b as char).to_string()
+                }
+                b' ' => "+".into(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The authorization-code flow for `client`: the first token response (JSON).
+fn authorize(peer: &Peer, client: &Client, login: &str) -> Result<String, String> {
+    let out = Command::new("node")
+        .arg("authorize.mjs")
+        .current_dir(oidc_dir())
+        .args([
+            "--issuer",
+            &peer.issuer(),
+            "--client-id",
+            &client.id,
+            "--auth",
+            client.auth,
+            "--login",
+            login,
+        ])
+        .env("OIDC_CLIENT_SECRET", &client.secret)
+        .output()
+        .map_err(|e| format!("cannot run authorize.mjs: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{}: authorize.mjs failed: {}",
+            client.id,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// What one `rekey` process did.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn rekey(store: &Path, args: &[&str]) -> Result<Run, String> {
+    let out = Command::new(rekey_bin())
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run rekey: {e}"))?;
+    Ok(Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// `rekey credential add` for `client`, starting from the token response in `keys`.
+fn add_credential(store: &Path, peer: &Peer, client: &Client, keys: &Path) -> Result<(), String> {
+    let token_url = peer.url("/token");
+    let keys = keys.to_string_lossy();
+    let run = rekey(
+        store,
+        &[
+            "credential",
+            "add",
+            &client.id,
+            "--token-url",
+            &token_url,
+            "--client-id",
+            &client.id,
+            "--client-secret",
+            &client.secret,
+            "--client-auth",
+            client.auth,
+            "--strategy",
+            client.strategy,
+            "--expiry-margin",
+            "1",
+            "--keys",
+            &keys,
+        ],
+    )?;
+    if run.code != 0 {
+        return Err(format!(
+            "{}: credential add exited {}: {}",
+            client.id,
+            run.code,
+            run.stderr.trim()
+        ));
+    }
+    Ok(())
+}
+
+/// The stored keys (exact JSON text) and version of credential `name`.
+fn stored(store: &Path, name: &str) -> Result<(String, u64), String> {
+    let credential = SqliteStore::open(store)
+        .and_then(|s| s.load(name))
+        .map_err(|e| format!("{name}: cannot load the credential: {e}"))?;
+    let keys = credential
+        .keys
+        .ok_or_else(|| format!("{name}: no keys stored"))?;
+    Ok((keys.expose().to_owned(), credential.version))
+}
+
+fn parse_keys(name: &str, json: &str) -> Result<Value, String> {
+    serde_json::from_str::<Value>(json)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| format!("{name}: keys are not a JSON object"))
+}
+
+fn str_field<'a>(keys: &'a Value, field: &str) -> Option<&'a str> {
+    keys.get(field)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// The token set holds what a relying party needs to keep (named, never shown).
+fn check_token_set(name: &str, what: &str, keys: &Value) -> Result<(), String> {
+    for field in [
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "scope",
+        "token_type",
+    ] {
+        if str_field(keys, field).is_none() {
+            return Err(format!("{name}: {what} has no {field}"));
+        }
+    }
+    if str_field(keys, "id_token").is_some_and(|t| t.split('.').count() != 3) {
+        return Err(format!("{name}: {what} has an id_token that is not a JWT"));
+    }
+    let scope = str_field(keys, "scope").unwrap_or_default();
+    for wanted in ["openid", "offline_access"] {
+        if !scope.split(' ').any(|s| s == wanted) {
+            return Err(format!(
+                "{name}: {what} has scope {scope:?}, without {wanted}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Fails when any of `secrets` appears in what a rekey process printed.
+fn check_no_leak(name: &str, run: &Run, secrets: &[String]) -> Result<(), String> {
+    for secret in secrets.iter().filter(|s| s.len() >= 8) {
+        if run.stdout.contains(secret.as_str()) || run.stderr.contains(secret.as_str()) {
+            return Err(format!(
+                "{name}: rekey printed a token or the client secret"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Remembers the tokens and secret of a credential, for leak checks.
+fn remember_tokens(secrets: &mut Vec<String>, keys: &Value) {
+    for field in ["access_token", "refresh_token", "id_token"] {
+        if let Some(t) = str_field(keys, field).filter(|t| !secrets.iter().any(|s| s == t)) {
+            secrets.push(t.to_owned());
+        }
+    }
+}
+
+/// Authorises `client`, imports its first token set; returns the token set.
+fn enrol(
+    peer: &Peer,
+    store: &Path,
+    dir: &Path,
+    client: &Client,
+    login: &str,
+) -> Result<Value, String> {
+    let first_json = authorize(peer, client, login)?;
+    let first = parse_keys(&client.id, &first_json)?;
+    check_token_set(&client.id, "the code exchange's token response", &first)?;
+    if first["expires_in"].as_u64() != Some(ACCESS_TOKEN_TTL) {
+        return Err(format!(
+            "{}: expires_in is not the configured {ACCESS_TOKEN_TTL} s",
+            client.id
+        ));
+    }
+    let keys_file = dir.join(format!("{}.keys.json", client.id));
+    std::fs::write(&keys_file, &first_json)
+        .map_err(|e| format!("write {}: {e}", keys_file.display()))?;
+    add_credential(store, peer, client, &keys_file)?;
+    std::fs::remove_file(&keys_file).map_err(|e| format!("remove {}: {e}", keys_file.display()))?;
+    Ok(first)
+}
+
+/// `rekey send NAME <peer>/me`: must exit 0 and print `login`'s userinfo.
+fn send_userinfo(
+    peer: &Peer,
+    store: &Path,
+    client: &Client,
+    login: &str,
+    secrets: &[String],
+) -> Result<(), String> {
+    let name = &client.id;
+    let run = rekey(store, &["send", name, &peer.url("/me")])?;
+    check_no_leak(name, &run, secrets)?;
+    if run.code != 0 {
+        return Err(format!(
+            "{name}: rekey send exited {}: {}",
+            run.code,
+            run.stderr.trim()
+        ));
+    }
+    let userinfo: Value = serde_json::from_str(run.stdout.trim()).unwrap_or(Value::Null);
+    if userinfo["sub"].as_str() != Some(login) {
+        let shown: String = run.stdout.chars().take(200).collect();
+        return Err(format!(
+            "{name}: rekey send printed no userinfo with sub {login:?}: {shown:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// What a matrix scenario leaves for the provider-side checks.
+struct Report {
+    client: Client,
+    sends: u64,
+    version: u64,
+    refresh_token: String,
+}
+
+/// One strategy with one client authentication method, across EXPIRIES
+/// access-token expiries.
+fn refresh_scenario(
+    peer: &Peer,
+    store: &Path,
+    dir: &Path,
+    client: &Client,
+) -> Result<Report, String> {
+    let name = &client.id;
+    let login = format!("user-{name}");
+    let first = enrol(peer, store, dir, client, &login)?;
+    let mut secrets = vec![client.secret.clone()];
+    remember_tokens(&mut secrets, &first);
+
+    let mut sends = 0;
+    // Each send comes after the access token it would use has expired.
+    for _ in 0..EXPIRIES {
+        std::thread::sleep(PAST_EXPIRY);
+        send_userinfo(peer, store, client, &login, &secrets)?;
+        sends += 1;
+        let (keys, _) = stored(store, name)?;
+        remember_tokens(&mut secrets, &parse_keys(name, &keys)?);
+    }
+
+    let (keys, version) = stored(store, name)?;
+    let keys = parse_keys(name, &keys)?;
+    check_token_set(name, "the stored token set", &keys)?;
+    if keys["expires_at"].as_u64().is_none() {
+        return Err(format!("{name}: the stored token set has no expires_at"));
+    }
+    let refresh_token = str_field(&keys, "refresh_token")
+        .unwrap_or_default()
+        .to_owned();
+    if Some(refresh_token.as_str()) == str_field(&first, "refresh_token") {
+        return Err(format!(
+            "{name}: the stored refresh token is still the first one: no rotation was kept"
+        ));
+    }
+    Ok(Report {
+        client: client.clone(),
+        sends,
+        version,
+        refresh_token,
+    })
+}
+
+/// The grant dies behind rekey's back: rekey must say a person has to
+/// re-authorise, exit 3, and leave the stored keys as they were.
+fn revoked_grant_scenario(
+    peer: &Peer,
+    store: &Path,
+    dir: &Path,
+    client: &Client,
+) -> Result<(), String> {
+    let name = &client.id;
+    let login = format!("user-{name}");
+    let first = enrol(peer, store, dir, client, &login)?;
+    let first_refresh_token = str_field(&first, "refresh_token")
+        .unwrap_or_default()
+        .to_owned();
+    let mut secrets = vec![client.secret.clone()];
+    remember_tokens(&mut secrets, &first);
+
+    // The first access token expires; rekey refreshes (and the provider rotates).
+    std::thread::sleep(PAST_EXPIRY);
+    send_userinfo(peer, store, client, &login, &secrets)?;
+    let (keys, _) = stored(store, name)?;
+    let keys = parse_keys(name, &keys)?;
+    remember_tokens(&mut secrets, &keys);
+    if str_field(&keys, "refresh_token") == Some(first_refresh_token.as_str()) {
+        return Err(format!(
+            "{name}: rekey did not store a rotated refresh token"
+        ));
+    }
+
+    // Reusing the rotated-out refresh token revokes the whole grant.
+    let (status, answer) = peer.refresh(client, &first_refresh_token)?;
+    if status != 400 || answer["error"] != "invalid_grant" {
+        return Err(format!(
+            "{name}: reusing a rotated refresh token answered {status} {}, not 400 invalid_grant",
+            answer["error"]
+        ));
+    }
+
+    let (before, version_before) = stored(store, name)?;
+    std::thread::sleep(PAST_EXPIRY);
+    let run = rekey(store, &["send", name, &peer.url("/me")])?;
+    check_no_leak(name, &run, &secrets)?;
+    if run.code != EXIT_REAUTHORIZE {
+        return Err(format!(
+            "{name}: rekey send after the grant was revoked exited {}, not {EXIT_REAUTHORIZE}: {}",
+            run.code,
+            run.stderr.trim()
+        ));
+    }
+    for wanted in ["re-authorisation needed", "invalid_grant"] {
+        if !run.stderr.contains(wanted) {
+            return Err(format!(
+                "{name}: stderr lacks {wanted:?}: {}",
+                run.stderr.trim()
+            ));
+        }
+    }
+    if !run.stdout.is_empty() {
+        return Err(format!("{name}: a failed send printed something on stdout"));
+    }
+    let (after, version_after) = stored(store, name)?;
+    if after != before || version_after != version_before {
+        return Err(format!(
+            "{name}: the refused refresh changed the stored keys (v{version_before} -> v{version_after})"
+        ));
+    }
+    Ok(())
+}
+
+fn count(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// The provider's view of one matrix scenario.
+fn check_provider_saw(report: &Report, stats: &Value) -> Result<String, String> {
+    let c = &report.client;
+    let name = &c.id;
+    let s = &stats["clients"][name];
+    if !s.is_object() {
+        return Err(format!("{name}: the provider has no record of this client"));
+    }
+    let errors = s["grant_errors"].as_object().cloned().unwrap_or_default();
+    if !errors.is_empty() {
+        return Err(format!(
+            "{name}: the token endpoint reported errors: {}",
+            Value::from(errors)
+        ));
+    }
+    let refreshes = count(&s["refreshes"]);
+    let rejected = count(&s["userinfo_rejected"]);
+    let (used, other) = if c.auth == "basic" {
+        ("basic", "post")
+    } else {
+        ("post", "basic")
+    };
+    let expect = |ok: bool, what: String| {
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{name}: {what}"))
+        }
+    };
+    expect(
+        count(&s["code_exchanges"]) == 1,
+        format!("{} code exchanges, not 1", s["code_exchanges"]),
+    )?;
+    expect(
+        count(&s["auth_seen"][used]) == refreshes + 1
+            && count(&s["auth_seen"][other]) == 0
+            && count(&s["auth_seen"]["none"]) == 0,
+        format!(
+            "client authentication at the token endpoint was {}, not all {used}",
+            s["auth_seen"]
+        ),
+    )?;
+    expect(
+        refreshes == report.version,
+        format!(
+            "the provider granted {refreshes} refreshes but the store is at v{}",
+            report.version
+        ),
+    )?;
+    expect(
+        count(&s["userinfo_ok"]) == report.sends,
+        format!(
+            "the userinfo endpoint answered 200 {} times for {} sends",
+            s["userinfo_ok"], report.sends
+        ),
+    )?;
+    // Every send found its access token expired (the pause outlasts the TTL,
+    // and expires_at is reckoned no earlier than the provider's exp), so each
+    // strategy refreshed exactly once per send: on-auth-failure after the API
+    // said 401, the others before the API ever saw the token.
+    expect(
+        report.sends == EXPIRIES && refreshes == report.sends,
+        format!(
+            "{refreshes} refreshes for {} sends across {EXPIRIES} expiries",
+            report.sends
+        ),
+    )?;
+    let expected_rejections = if c.strategy == "on-auth-failure" {
+        report.sends
+    } else {
+        0
+    };
+    expect(
+        rejected == expected_rejections,
+        format!(
+            "{}: the API rejected {rejected} expired tokens, expected {expected_rejections}",
+            c.strategy
+        ),
+    )?;
+    Ok(format!(
+        "{:<16} {:<5}  {} sends, {refreshes} refreshes ({rejected} after a 401), store at v{}",
+        c.strategy, c.auth, report.sends, report.version
+    ))
+}
+
+/// A scenario thread's result; a panic in it counts as a failure.
+fn joined<T>(r: std::thread::Result<Result<T, String>>) -> Result<T, String> {
+    r.unwrap_or_else(|_| Err("a scenario thread panicked".to_owned()))
+}
+
+#[test]
+fn rekey_against_oidc_provider() {
+    if prerequisites().is_none() {
+        return;
+    }
+    rekey_bin();
+
+    let matrix: Vec<Client> = STRATEGIES
+        .iter()
+        .flat_map(|&strategy| {
+            AUTH_METHODS
+                .iter()
+                .map(move |&auth| Client::new(&format!("rekey-{strategy}-{auth}"), auth, strategy))
+        })
+        .collect();
+    let revoked = Client::new("rekey-revoked-grant", "basic", "on-auth-failure");
+    let peer = Peer::start(&matrix.iter().chain([&revoked]).collect::<Vec<_>>());
+
+    let discovery = peer.get_json("/.well-known/openid-configuration");
+    assert_eq!(discovery["issuer"], peer.issuer());
+    assert_eq!(discovery["token_endpoint"], peer.url("/token"));
+    assert_eq!(discovery["userinfo_endpoint"], peer.url("/me"));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("rekey.db");
+    let started = Instant::now();
+    let (reports, revoked_result) = std::thread::scope(|s| {
+        let (peer, store, dir) = (&peer, store.as_path(), dir.path());
+        let handles: Vec<_> = matrix
+            .iter()
+            .map(|c| s.spawn(move || refresh_scenario(peer, store, dir, c)))
+            .collect();
+        let negative = s.spawn(|| revoked_grant_scenario(peer, store, dir, &revoked));
+        let reports: Vec<Result<Report, String>> =
+            handles.into_iter().map(|h| joined(h.join())).collect();
+        (reports, joined(negative.join()))
+    });
+    let elapsed = started.elapsed();
+
+    let mut failures = Vec::new();
+    let mut summary = Vec::new();
+    let stats = peer.get_json("/_stats");
+    let reports: Vec<Report> = reports
+        .into_iter()
+        .filter_map(|r| r.map_err(|e| failures.push(e)).ok())
+        .collect();
+    for report in &reports {
+        match check_provider_saw(report, &stats) {
+            Ok(line) => summary.push(line),
+            Err(e) => failures.push(e),
+        }
+    }
+    match revoked_result {
+        Ok(()) => {
+            let s = &stats["clients"][&revoked.id];
+            if s["grant_errors"] != json!({"invalid_grant": 2}) || count(&s["grants_revoked"]) == 0
+            {
+                failures.push(format!(
+                    "{}: expected the grant revoked and exactly 2 invalid_grant (the reuse, then rekey's refresh); the provider saw errors {} and {} revocations",
+                    revoked.id, s["grant_errors"], s["grants_revoked"]
+                ));
+            }
+            summary.push(format!(
+                "{:<22}  revoked grant -> exit 3, keys untouched",
+                revoked.id
+            ));
+        }
+        Err(e) => failures.push(e),
+    }
+    let known: Vec<&str> = matrix
+        .iter()
+        .chain([&revoked])
+        .map(|c| c.id.as_str())
+        .collect();
+    for id in stats["clients"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        if !known.contains(&id.as_str()) {
+            failures.push(format!("the provider saw token endpoint traffic from {id}"));
+        }
+    }
+    if count(&stats["server_errors"]) != 0 {
+        failures.push(format!(
+            "the provider had {} server errors",
+            stats["server_errors"]
+        ));
+    }
+
+    // The store ends with the newest refresh token: the provider still honours
+    // it (a stale, rotated-out one would be invalid_grant).
+    for report in &reports {
+        match peer.refresh(&report.client, &report.refresh_token) {
+            Ok((200, answer)) if str_field(&answer, "access_token").is_some() => {}
+            Ok((status, answer)) => failures.push(format!(
+                "{}: the stored refresh token was refused: {status} {}",
+                report.client.id, answer["error"]
+            )),
+            Err(e) => failures.push(e),
+        }
+    }
+
+    eprintln!("oidc-provider scenarios ({:.1} s):", elapsed.as_secs_f64());
+    for line in &summary {
+        eprintln!("  {line}");
+    }
+    let server_stderr = peer.stderr_text();
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n  {}\nserver.mjs stderr:\n{server_stderr}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+}
+
+/// Known bug, kept as a reproduction: rekey's refresh lease is per process, so
+/// several `rekey send` processes refreshing one credential at once all spend
+/// the same refresh token. oidc-provider takes the second use for a stolen
+/// token and revokes the grant; every later send exits 3. Run with
+/// `cargo test --test oidc_provider -- --ignored`.
+#[test]
+#[ignore = "known bug: no cross-process refresh lease; concurrent `rekey send` processes get the grant revoked"]
+fn concurrent_processes_share_one_refresh() {
+    if prerequisites().is_none() {
+        return;
+    }
+    rekey_bin();
+    let client = Client::new("rekey-concurrent", "basic", "every-request");
+    let peer = Peer::start(&[&client]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("rekey.db");
+    let login = format!("user-{}", client.id);
+    enrol(&peer, &store, dir.path(), &client, &login).unwrap_or_else(|e| panic!("{e}"));
+
+    // every-request: each process refreshes first, all at the same moment.
+    let url = peer.url("/me");
+    let runs: Vec<Result<Run, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| rekey(&store, &["send", &client.id, &url])))
+            .collect();
+        handles.into_iter().map(|h| joined(h.join())).collect()
+    });
+    let codes: Vec<i32> = runs
+        .iter()
+        .map(|r| r.as_ref().map_or(-1, |r| r.code))
+        .collect();
+    let stats = peer.get_json("/_stats");
+    let errors = &stats["clients"][&client.id]["grant_errors"];
+    assert!(
+        codes.iter().all(|&c| c == 0) && errors.as_object().is_some_and(|m| m.is_empty()),
+        "concurrent sends exited {codes:?}; the token endpoint reported {errors}"
+    );
+}
