@@ -867,13 +867,11 @@ fn rekey_against_oidc_provider() {
     );
 }
 
-/// Known bug, kept as a reproduction: rekey's refresh lease is per process, so
-/// several `rekey send` processes refreshing one credential at once all spend
-/// the same refresh token. oidc-provider takes the second use for a stolen
-/// token and revokes the grant; every later send exits 3. Run with
-/// `cargo test --test oidc_provider -- --ignored`.
+/// Several `rekey send` processes refreshing one credential at once: without
+/// the cross-process lease they all spent the same refresh token, and
+/// oidc-provider, taking the second use for a stolen token, revoked the grant
+/// (every later send exited 3). With it, one refreshes and the others adopt.
 #[test]
-#[ignore = "known bug: no cross-process refresh lease; concurrent `rekey send` processes get the grant revoked"]
 fn concurrent_processes_share_one_refresh() {
     if prerequisites().is_none() {
         return;

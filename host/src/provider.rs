@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use crate::settings::ClientAuth;
 
+/// Requests kept in the API log; enough for any scenario, bounded for load runs.
+const API_LOG_LIMIT: usize = 1000;
+
 #[derive(Clone, Debug)]
 pub struct ProviderConfig {
     pub client_id: String,
@@ -85,6 +88,7 @@ struct ProviderState {
     forced_token_responses: VecDeque<(u16, String)>,
     last_token_form: Vec<(String, String)>,
     api_log: Vec<ApiRequest>,
+    refresh_times: Vec<Instant>,
     stats: Stats,
     next_grant: u64,
     omit_refresh_token: bool,
@@ -157,6 +161,11 @@ impl Provider {
 
     pub fn api_log(&self) -> Vec<ApiRequest> {
         self.lock().api_log.clone()
+    }
+
+    /// When each refresh was granted, in order.
+    pub fn refresh_times(&self) -> Vec<Instant> {
+        self.lock().refresh_times.clone()
     }
 
     /// The form fields of the last token request.
@@ -307,6 +316,7 @@ async fn token(State(p): State<Arc<Provider>>, headers: HeaderMap, body: Bytes) 
         rt.spent = true;
     }
     s.stats.refreshes_granted += 1;
+    s.refresh_times.push(Instant::now());
     let mut body = p.issue(s, grant, rotate);
     if s.omit_refresh_token {
         body.remove("refresh_token");
@@ -334,12 +344,14 @@ async fn api(
             Instant::now() < *until && s.grants.get(grant).is_some_and(|g| !g.revoked)
         });
     let authorized = valid && path != "reject";
-    s.api_log.push(ApiRequest {
-        method: method.to_string(),
-        path: path.clone(),
-        body: body.to_vec(),
-        authorized,
-    });
+    if s.api_log.len() < API_LOG_LIMIT {
+        s.api_log.push(ApiRequest {
+            method: method.to_string(),
+            path: path.clone(),
+            body: body.to_vec(),
+            authorized,
+        });
+    }
     if !authorized {
         s.stats.api_unauthorized += 1;
         return (

@@ -13,6 +13,17 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+pub mod postgres;
+
+/// A peer the scenarios need is missing: skip loudly, or fail where every
+/// peer is required (`REKEY_REQUIRE_PEERS=1`, as `.ci/run` sets).
+pub fn missing_peer(what: &str) {
+    if std::env::var_os("REKEY_REQUIRE_PEERS").is_some() {
+        panic!("{what} (REKEY_REQUIRE_PEERS is set, so this fails instead of skipping)");
+    }
+    eprintln!("\n==================== SKIPPED: {what} ====================\n");
+}
+
 /// One scenario's world.
 pub struct Fixture {
     pub provider: Arc<Provider>,

@@ -1,0 +1,293 @@
+//! Many workers, one credential. Worker processes (tests/support/worker.rs)
+//! share a credential through a real store, SQLite or PostgreSQL, against a
+//! provider with 1-second tokens, refresh-token rotation and reuse detection
+//! (a reused refresh token revokes the grant). Bounded in count and time;
+//! loopback only.
+
+use rekey::provider::{Provider, ProviderConfig};
+use rekey::store::keys_from_token_response;
+use rekey::{ClientAuth, ClientSecret, KeyStore, Request, Secret, Settings, Strategy};
+use rekey_scenarios::*;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TTL: Duration = Duration::from_secs(1);
+const PROCESSES: usize = 4;
+const CONCURRENCY: usize = 16;
+
+/// The fleet runs load the machine; one at a time.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Fleet {
+    provider: Arc<Provider>,
+    store_url: String,
+    cache: tempfile::TempDir,
+}
+
+impl Fleet {
+    async fn new(store_url: &str) -> Fleet {
+        let provider = Provider::start(ProviderConfig {
+            access_ttl: TTL,
+            ..ProviderConfig::default()
+        })
+        .await
+        .expect("provider");
+        let mut settings = Settings::new(provider.token_url(), provider.config().client_id.clone());
+        settings.client_secret = Some(ClientSecret::Literal(Secret::new(
+            provider.config().client_secret.clone(),
+        )));
+        settings.client_auth = ClientAuth::Basic;
+        settings.strategy = Strategy::OnAuthFailure;
+        let keys = keys_from_token_response(&provider.authorize().to_string()).unwrap();
+        let url = store_url.to_owned();
+        blocking(move || {
+            rekey::store::open(&url)
+                .unwrap()
+                .put("fleet", &settings, Some(&keys))
+                .unwrap()
+        })
+        .await;
+        let fleet = Fleet {
+            provider,
+            store_url: store_url.into(),
+            cache: tempfile::tempdir().unwrap(),
+        };
+        // Compile the component once; the workers load it from the cache.
+        let warm = fleet.worker(&[
+            "send",
+            &fleet.store_url,
+            "fleet",
+            "http://127.0.0.1:9/",
+            "1",
+            "0",
+            "1000",
+        ]);
+        assert!(warm.wait_with_output().unwrap().status.success());
+        fleet
+    }
+
+    fn worker(&self, args: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_rekey-fleet-worker"))
+            .args(args)
+            .env("REKEY_CACHE_DIR", self.cache.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a worker")
+    }
+
+    /// Runs the fleet for `duration`; returns (requests, failed, first errors).
+    async fn run(&self, duration: Duration, lease_ttl: Duration) -> (u64, u64, Vec<String>) {
+        let api = self.provider.api_url("me");
+        let (ms, ttl_ms) = (
+            duration.as_millis().to_string(),
+            lease_ttl.as_millis().to_string(),
+        );
+        let children: Vec<Child> = (0..PROCESSES)
+            .map(|_| {
+                self.worker(&[
+                    "send",
+                    &self.store_url,
+                    "fleet",
+                    &api,
+                    &CONCURRENCY.to_string(),
+                    &ms,
+                    &ttl_ms,
+                ])
+            })
+            .collect();
+        let outputs = blocking(move || {
+            children
+                .into_iter()
+                .map(|c| c.wait_with_output().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let (mut requests, mut failed, mut errors) = (0, 0, Vec::new());
+        for out in outputs {
+            assert!(
+                out.status.success(),
+                "worker failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let report: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("worker report");
+            requests += report["requests"].as_u64().unwrap();
+            failed += report["failed"].as_u64().unwrap();
+            errors.extend(
+                report["errors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.to_string()),
+            );
+        }
+        (requests, failed, errors)
+    }
+
+    async fn stored_refresh_token(&self) -> String {
+        let url = self.store_url.clone();
+        let keys = blocking(move || {
+            rekey::store::open(&url)
+                .unwrap()
+                .load("fleet")
+                .unwrap()
+                .keys
+                .unwrap()
+        })
+        .await;
+        let keys: serde_json::Value = serde_json::from_str(keys.expose()).unwrap();
+        str_field(&keys, "refresh_token").to_owned()
+    }
+}
+
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// 64 concurrent requests from 4 processes across at least 10 expiries.
+async fn stress(store_url: &str, label: &str) {
+    let _one_at_a_time = HEAVY.lock().await;
+    let fleet = Fleet::new(store_url).await;
+    let duration = Duration::from_secs(12);
+    let started = Instant::now();
+    let (requests, failed, errors) = fleet.run(duration, Duration::from_secs(10)).await;
+    let stats = fleet.provider.stats();
+    let times = fleet.provider.refresh_times();
+    // Each refresh makes a token that lives TTL; a second refresh for the same
+    // expiry would follow the first within moments.
+    let doubled = times
+        .windows(2)
+        .filter(|w| w[1] - w[0] < TTL.mul_f64(0.9))
+        .count();
+    let expiries_hit = times.len() - doubled;
+    println!(
+        "fleet on {label}: {PROCESSES} processes x {CONCURRENCY} concurrent for {:.1} s: requests {requests}, failed {failed}, \
+         token-endpoint calls {}, refreshes {}, invalid_grant {}, reused refresh tokens {}, expiries hit {expiries_hit}, \
+         refreshes per expiry {:.2}",
+        started.elapsed().as_secs_f64(),
+        stats.token_calls,
+        stats.refreshes_granted,
+        stats.invalid_grant,
+        stats.reused_refresh_tokens,
+        times.len() as f64 / expiries_hit.max(1) as f64,
+    );
+    assert_eq!(failed, 0, "failed requests: {errors:?}");
+    assert_eq!((stats.invalid_grant, stats.reused_refresh_tokens), (0, 0));
+    assert_eq!(
+        stats.token_calls as usize,
+        times.len(),
+        "every token-endpoint call was a granted refresh"
+    );
+    assert_eq!(doubled, 0, "one token-endpoint call per expiry");
+    assert!(
+        expiries_hit >= 10,
+        "only {expiries_hit} expiries in the run"
+    );
+    assert!(requests >= 1000, "the fleet sent only {requests} requests");
+    assert!(
+        fleet
+            .provider
+            .refresh_token_is_live(&fleet.stored_refresh_token().await)
+    );
+}
+
+/// A worker dies (SIGKILL) holding the lease: the others wait out its TTL,
+/// then refresh once, and nothing is lost.
+async fn killed_lease_holder(store_url: &str) {
+    let _one_at_a_time = HEAVY.lock().await;
+    let fleet = Fleet::new(store_url).await;
+    let lease_ttl = Duration::from_secs(3);
+    let mut doomed = fleet.worker(&[
+        "hold-lease",
+        &fleet.store_url,
+        "fleet",
+        &lease_ttl.as_millis().to_string(),
+    ]);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(doomed.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    let leased_at = Instant::now();
+    doomed.kill().expect("SIGKILL the lease holder");
+    doomed.wait().unwrap();
+
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    let (requests, failed, errors) = fleet.run(Duration::from_secs(5), lease_ttl).await;
+    let stats = fleet.provider.stats();
+    let times = fleet.provider.refresh_times();
+    let first = times
+        .first()
+        .expect("someone refreshed")
+        .duration_since(leased_at);
+    println!(
+        "killed lease holder: requests {requests}, failed {failed}, refreshes {}, first refresh {:.2} s after the dead worker took the lease (TTL {} s)",
+        times.len(),
+        first.as_secs_f64(),
+        lease_ttl.as_secs()
+    );
+    assert_eq!(failed, 0, "failed requests: {errors:?}");
+    assert!(
+        first >= lease_ttl - Duration::from_millis(100),
+        "nobody refreshed while the dead worker's lease was live"
+    );
+    assert_eq!((stats.invalid_grant, stats.reused_refresh_tokens), (0, 0));
+    assert!(
+        fleet
+            .provider
+            .refresh_token_is_live(&fleet.stored_refresh_token().await)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    stress(
+        &format!("sqlite:{}", dir.path().join("fleet.db").display()),
+        "SQLite",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_on_postgres() {
+    let Some(pg) = postgres::start() else { return };
+    stress(&pg.url, "PostgreSQL").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_lease_holder_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    killed_lease_holder(&format!("sqlite:{}", dir.path().join("fleet.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_lease_holder_on_postgres() {
+    let Some(pg) = postgres::start() else { return };
+    killed_lease_holder(&pg.url).await;
+}
+
+/// In one process: 64 concurrent sends hit one expiry; one refresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_calls_in_one_process_refresh_once() {
+    let f = Fixture::new(provider_with_ttl(TTL)).await;
+    f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    let calls: Vec<_> = (0..64)
+        .map(|_| {
+            let (rekey, store, url) = (f.rekey.clone(), f.store_dyn(), f.provider.api_url("me"));
+            tokio::spawn(async move { rekey.send(store, "c", Request::get(&url)).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().status, 200);
+    }
+    let stats = f.provider.stats();
+    assert_eq!(stats.token_calls, 1);
+    assert_eq!(stats.invalid_grant, 0);
+    let _: &dyn KeyStore = f.store.as_ref();
+}

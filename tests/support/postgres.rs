@@ -1,0 +1,119 @@
+//! A throwaway PostgreSQL server on loopback, from the machine's own
+//! binaries (Debian's `postgresql` package; `.ci/run` installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Postgres {
+    pub url: String,
+    bin: PathBuf,
+    data: tempfile::TempDir,
+    as_postgres: bool,
+}
+
+/// Starts a server, or says loudly why not (and fails under `REKEY_REQUIRE_PEERS`).
+pub fn start() -> Option<Postgres> {
+    let Some(bin) = find_bin() else {
+        crate::missing_peer(
+            "PostgreSQL (initdb) not found: install Debian's `postgresql` (as .ci/run does)",
+        );
+        return None;
+    };
+    // initdb refuses to run as root: use the package's `postgres` account.
+    let as_postgres = running_as_root();
+    let data = tempfile::Builder::new()
+        .prefix("rekey-pg")
+        .tempdir()
+        .expect("temp dir");
+    if as_postgres {
+        run(Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(data.path()));
+    }
+    let port = free_port();
+    let pg = Postgres {
+        url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        bin,
+        data,
+        as_postgres,
+    };
+    let dir = pg.data.path().display().to_string();
+    run(&mut pg.cmd(
+        "initdb",
+        &["-D", &dir, "-A", "trust", "-U", "postgres", "--no-sync"],
+    ));
+    let options = format!("-p {port} -k {dir} -c listen_addresses=127.0.0.1");
+    let log = format!("{dir}/server.log");
+    run(&mut pg.cmd(
+        "pg_ctl",
+        &["-D", &dir, "-o", &options, "-l", &log, "-w", "start"],
+    ));
+    Some(pg)
+}
+
+impl Postgres {
+    fn cmd(&self, tool: &str, args: &[&str]) -> Command {
+        let exe = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe).args(args);
+            c
+        } else {
+            let mut c = Command::new(exe);
+            c.args(args);
+            c
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let dir = self.data.path().display().to_string();
+        let _ = self
+            .cmd("pg_ctl", &["-D", &dir, "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+fn find_bin() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .or_else(|| which("initdb").and_then(|p| p.parent().map(Path::to_path_buf)))
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(tool))
+        .find(|p| p.exists())
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("run a PostgreSQL tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
