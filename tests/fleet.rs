@@ -291,3 +291,50 @@ async fn concurrent_calls_in_one_process_refresh_once() {
     assert_eq!(stats.invalid_grant, 0);
     let _: &dyn KeyStore = f.store.as_ref();
 }
+
+/// The CLI on a PostgreSQL store: import, send with a refresh, show.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_works_on_postgres() {
+    let Some(pg) = postgres::start() else { return };
+    let provider = Provider::start(ProviderConfig {
+        access_ttl: TTL,
+        ..ProviderConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("first.json");
+    std::fs::write(&keys, provider.authorize().to_string()).unwrap();
+    let store = std::path::PathBuf::from(&pg.url);
+    let (token_url, api) = (provider.token_url(), provider.api_url("me"));
+    let out = blocking(move || {
+        let add = rekey_cli(
+            &store,
+            &[
+                "credential",
+                "add",
+                "pg",
+                "--token-url",
+                &token_url,
+                "--client-id",
+                "rekey-demo",
+                "--client-secret",
+                "demo-client-secret",
+                "--strategy",
+                "every-request",
+                "--keys",
+                keys.to_str().unwrap(),
+            ],
+        );
+        assert!(add.status.success(), "{}", all_output(&add));
+        let send = rekey_cli(&store, &["send", "pg", &api]);
+        (send, rekey_cli(&store, &["credential", "show", "pg"]))
+    })
+    .await;
+    assert!(out.0.status.success(), "{}", all_output(&out.0));
+    assert!(String::from_utf8_lossy(&out.0.stdout).contains("\"ok\":true"));
+    let shown: serde_json::Value = serde_json::from_slice(&out.1.stdout).unwrap();
+    assert_eq!(shown["version"], 1);
+    assert_eq!(shown["keys"]["refresh_token"], "[redacted]");
+    assert_eq!(provider.stats().refreshes_granted, 1);
+}

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS rekey_leases (
 pub struct PostgresStore {
     /// Where, for messages: the URL without its password.
     target: String,
-    client: Mutex<Client>,
+    /// Always `Some` until dropped (see `Drop`).
+    client: Mutex<Option<Client>>,
 }
 
 impl PostgresStore {
@@ -52,18 +53,38 @@ impl PostgresStore {
             .map_err(unusable)?;
         Ok(PostgresStore {
             target: target.clone(),
-            client: Mutex::new(client),
+            client: Mutex::new(Some(client)),
         })
     }
 
-    fn client(&self) -> std::sync::MutexGuard<'_, Client> {
-        self.client.lock().unwrap_or_else(|p| p.into_inner())
+    fn with<R>(&self, op: impl FnOnce(&mut Client) -> R) -> R {
+        let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        op(guard
+            .as_mut()
+            .expect("the client lives until the store is dropped"))
     }
 
     fn unusable(&self, e: postgres::Error) -> StoreError {
         StoreError::Unusable {
             path: self.target.clone(),
             reason: describe(&e),
+        }
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Closing the connection blocks on the client's own runtime, which
+        // panics on an async thread: close it on a plain thread instead.
+        let client = self
+            .client
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(client) = client
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let _ = std::thread::spawn(move || drop(client)).join();
         }
     }
 }
@@ -76,7 +97,10 @@ fn write(e: postgres::Error) -> StoreError {
 fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
@@ -109,14 +133,12 @@ fn to_credential(row: &postgres::Row) -> Result<Credential, StoreError> {
     })
 }
 
+const SELECT: &str = "SELECT name, settings, keys, version, updated_at FROM rekey_credentials";
+
 impl KeyStore for PostgresStore {
     fn load(&self, name: &str) -> Result<Credential, StoreError> {
         let row = self
-            .client()
-            .query_opt(
-                "SELECT name, settings, keys, version, updated_at FROM rekey_credentials WHERE name = $1",
-                &[&name],
-            )
+            .with(|c| c.query_opt(&format!("{SELECT} WHERE name = $1"), &[&name]))
             .map_err(|e| self.unusable(e))?
             .ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
         to_credential(&row)
@@ -130,25 +152,26 @@ impl KeyStore for PostgresStore {
     ) -> Result<u64, StoreError> {
         validate_keys(keys)?;
         let expected = expected_version.map(|v| v as i64);
-        let mut client = self.client();
-        let row = client
-            .query_opt(
-                "UPDATE rekey_credentials SET keys = $2, version = version + 1, updated_at = $3
-                 WHERE name = $1 AND ($4::BIGINT IS NULL OR version = $4) RETURNING version",
-                &[&name, &keys.expose(), &now_unix(), &expected],
-            )
-            .map_err(write)?;
-        if let Some(row) = row {
-            return Ok(row.get::<_, i64>(0) as u64);
-        }
-        let exists = client
-            .query_opt("SELECT 1 FROM rekey_credentials WHERE name = $1", &[&name])
-            .map_err(write)?
-            .is_some();
-        Err(if exists {
-            StoreError::Conflict(name.into())
-        } else {
-            StoreError::UnknownCredential(name.into())
+        self.with(|c| {
+            let row = c
+                .query_opt(
+                    "UPDATE rekey_credentials SET keys = $2, version = version + 1, updated_at = $3
+                     WHERE name = $1 AND ($4::BIGINT IS NULL OR version = $4) RETURNING version",
+                    &[&name, &keys.expose(), &now_unix(), &expected],
+                )
+                .map_err(write)?;
+            if let Some(row) = row {
+                return Ok(row.get::<_, i64>(0) as u64);
+            }
+            let exists = c
+                .query_opt("SELECT 1 FROM rekey_credentials WHERE name = $1", &[&name])
+                .map_err(write)?
+                .is_some();
+            Err(if exists {
+                StoreError::Conflict(name.into())
+            } else {
+                StoreError::UnknownCredential(name.into())
+            })
         })
     }
 
@@ -162,20 +185,20 @@ impl KeyStore for PostgresStore {
             validate_keys(k)?;
         }
         let settings = serde_json::to_string(settings).expect("settings serialize");
-        self.client()
-            .execute(
+        self.with(|c| {
+            c.execute(
                 "INSERT INTO rekey_credentials (name, settings, keys, version, updated_at) VALUES ($1, $2, $3, 0, $4)
                  ON CONFLICT (name) DO UPDATE SET settings = $2, keys = $3,
                      version = rekey_credentials.version + 1, updated_at = $4",
                 &[&name, &settings, &keys.map(Secret::expose), &now_unix()],
             )
-            .map_err(write)?;
+        })
+        .map_err(write)?;
         Ok(())
     }
 
     fn list(&self) -> Result<Vec<Credential>, StoreError> {
-        self.client()
-            .query("SELECT name, settings, keys, version, updated_at FROM rekey_credentials ORDER BY name", &[])
+        self.with(|c| c.query(&format!("{SELECT} ORDER BY name"), &[]))
             .map_err(|e| self.unusable(e))?
             .iter()
             .map(to_credential)
@@ -184,8 +207,7 @@ impl KeyStore for PostgresStore {
 
     fn remove(&self, name: &str) -> Result<bool, StoreError> {
         let n = self
-            .client()
-            .execute("DELETE FROM rekey_credentials WHERE name = $1", &[&name])
+            .with(|c| c.execute("DELETE FROM rekey_credentials WHERE name = $1", &[&name]))
             .map_err(write)?;
         Ok(n > 0)
     }
@@ -193,26 +215,28 @@ impl KeyStore for PostgresStore {
     fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
         let ttl_ms = ttl.as_millis() as i64;
         let row = self
-            .client()
-            .query_opt(
-                "INSERT INTO rekey_leases (name, holder, expires_at)
-                 VALUES ($1, $2, clock_timestamp() + $3::BIGINT * INTERVAL '1 millisecond')
-                 ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-                 WHERE rekey_leases.expires_at <= clock_timestamp() OR rekey_leases.holder = EXCLUDED.holder
-                 RETURNING holder",
-                &[&name, &holder, &ttl_ms],
-            )
+            .with(|c| {
+                c.query_opt(
+                    "INSERT INTO rekey_leases (name, holder, expires_at)
+                     VALUES ($1, $2, clock_timestamp() + $3::BIGINT * INTERVAL '1 millisecond')
+                     ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+                     WHERE rekey_leases.expires_at <= clock_timestamp() OR rekey_leases.holder = EXCLUDED.holder
+                     RETURNING holder",
+                    &[&name, &holder, &ttl_ms],
+                )
+            })
             .map_err(write)?;
         Ok(row.is_some())
     }
 
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        self.client()
-            .execute(
+        self.with(|c| {
+            c.execute(
                 "DELETE FROM rekey_leases WHERE name = $1 AND holder = $2",
                 &[&name, &holder],
             )
-            .map_err(write)?;
+        })
+        .map_err(write)?;
         Ok(())
     }
 }
