@@ -9,6 +9,8 @@ use std::process::Command;
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
+    // First, so that a missing target is the only thing cargo shows.
+    require_target();
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir.parent().expect("host/ sits in the workspace");
     for watched in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.lock"] {
@@ -19,7 +21,6 @@ fn main() {
     }
 
     let cargo = env("CARGO");
-    require_target();
 
     let target_dir = guest_target_dir(workspace);
     let status = Command::new(&cargo)
