@@ -6,7 +6,7 @@
 
 use rekey::provider::{Provider, ProviderConfig};
 use rekey::store::keys_from_token_response;
-use rekey::{ClientAuth, ClientSecret, KeyStore, Request, Secret, Settings, Strategy};
+use rekey::{ClientAuth, ClientSecret, Request, Secret, Settings, Strategy};
 use rekey_scenarios::*;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -289,7 +289,6 @@ async fn concurrent_calls_in_one_process_refresh_once() {
     let stats = f.provider.stats();
     assert_eq!(stats.token_calls, 1);
     assert_eq!(stats.invalid_grant, 0);
-    let _: &dyn KeyStore = f.store.as_ref();
 }
 
 /// The CLI on a PostgreSQL store: import, send with a refresh, show.

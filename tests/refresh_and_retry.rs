@@ -17,20 +17,12 @@ async fn on_401_refreshes_persists_and_retries_once() {
     let f = Fixture::new(provider_with_ttl(SHORT)).await;
     let first = f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
 
-    let resp = f
-        .rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap();
+    let resp = f.get("c", "me").await.unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(f.events.take(), ["api Ok(200)"]);
 
     expire(SHORT).await;
-    let resp = f
-        .rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap();
+    let resp = f.get("c", "me").await.unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(
         f.events.take(),
@@ -64,11 +56,7 @@ async fn every_request_refreshes_before_each_call() {
     let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
     f.add_credential("c", &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
     for _ in 0..3 {
-        let resp = f
-            .rekey
-            .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-            .await
-            .unwrap();
+        let resp = f.get("c", "me").await.unwrap();
         assert_eq!(resp.status, 200);
     }
     let stats = f.provider.stats();
@@ -87,16 +75,10 @@ async fn before_expiry_refreshes_inside_the_margin_without_a_401() {
     settings.expiry_margin_secs = 2;
     f.add_credential("c", &settings);
 
-    f.rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap();
+    f.get("c", "me").await.unwrap();
     assert_eq!(f.provider.stats().token_calls, 0, "fresh token: no refresh");
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    f.rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap();
+    f.get("c", "me").await.unwrap();
     let stats = f.provider.stats();
     assert_eq!(
         (stats.token_calls, stats.api_calls, stats.api_unauthorized),
@@ -111,10 +93,7 @@ async fn rotation_leaves_the_last_refresh_token_in_the_store() {
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Post));
     for _ in 0..4 {
         expire(SHORT).await;
-        f.rekey
-            .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-            .await
-            .unwrap();
+        f.get("c", "me").await.unwrap();
     }
     let stats = f.provider.stats();
     assert_eq!(stats.refreshes_granted, 4);
@@ -138,10 +117,7 @@ async fn a_response_without_refresh_token_keeps_the_old_one_and_every_other_fiel
     f.provider.omit_refresh_token(true);
 
     expire(SHORT).await;
-    f.rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap();
+    f.get("c", "me").await.unwrap();
     let stored = f.stored_keys("c");
     assert_ne!(stored["access_token"], first["access_token"]);
     assert_eq!(stored["refresh_token"], first["refresh_token"]);
@@ -161,15 +137,7 @@ async fn a_response_without_refresh_token_keeps_the_old_one_and_every_other_fiel
 async fn rejected_again_after_a_fresh_token_fails_without_looping() {
     let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
-    let err = f
-        .rekey
-        .send(
-            f.store_dyn(),
-            "c",
-            Request::get(&f.provider.api_url("reject")),
-        )
-        .await
-        .unwrap_err();
+    let err = f.get("c", "reject").await.unwrap_err();
     match &err {
         Error::RejectedAfterRefresh(resp) => assert_eq!(resp.status, 401),
         other => panic!("expected rejected-after-refresh, got {other}"),
@@ -190,11 +158,7 @@ async fn invalid_grant_asks_for_reauthorisation_and_keeps_the_keys() {
     )]);
 
     expire(SHORT).await;
-    let err = f
-        .rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap_err();
+    let err = f.get("c", "me").await.unwrap_err();
     assert!(
         matches!(&err, Error::ReauthorizationRequired { status: 400, code } if code == "invalid_grant"),
         "{err}"
@@ -220,21 +184,13 @@ async fn token_endpoint_5xx_is_retried_and_4xx_is_not() {
     f.add_credential("c", &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
 
     f.provider.force_token_responses([(503, String::new())]);
-    let resp = f
-        .rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap();
+    let resp = f.get("c", "me").await.unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(f.provider.stats().token_calls, 2);
 
     f.provider
         .force_token_responses([(400, "bad request".into())]);
-    let err = f
-        .rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap_err();
+    let err = f.get("c", "me").await.unwrap_err();
     assert!(matches!(err, Error::TokenEndpoint(_)), "{err}");
     assert_eq!(f.provider.stats().token_calls, 3);
 
@@ -243,11 +199,7 @@ async fn token_endpoint_5xx_is_retried_and_4xx_is_not() {
         (502, String::new()),
         (429, String::new()),
     ]);
-    let err = f
-        .rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap_err();
+    let err = f.get("c", "me").await.unwrap_err();
     assert!(err.to_string().contains("3 attempts"), "{err}");
     assert_eq!(f.provider.stats().token_calls, 6);
 }
@@ -264,23 +216,8 @@ async fn the_provider_checks_each_client_authentication_method() {
         f.add_credential("right", &f.settings(Strategy::EveryRequest, method));
         f.add_credential("wrong", &f.settings(Strategy::EveryRequest, other));
 
-        f.rekey
-            .send(
-                f.store_dyn(),
-                "right",
-                Request::get(&f.provider.api_url("me")),
-            )
-            .await
-            .unwrap();
-        let err = f
-            .rekey
-            .send(
-                f.store_dyn(),
-                "wrong",
-                Request::get(&f.provider.api_url("me")),
-            )
-            .await
-            .unwrap_err();
+        f.get("right", "me").await.unwrap();
+        let err = f.get("wrong", "me").await.unwrap_err();
         assert!(
             matches!(&err, Error::ReauthorizationRequired { code, .. } if code == "invalid_client"),
             "{err}"
@@ -298,10 +235,7 @@ async fn scope_and_extra_parameters_reach_the_token_endpoint() {
     settings.scope = Some("api offline_access".into());
     settings.extra_params = vec![("format".into(), "json".into())];
     f.add_credential("c", &settings);
-    f.rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap();
+    f.get("c", "me").await.unwrap();
     let form = f.provider.last_token_form();
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     assert_eq!(get("grant_type"), Some("refresh_token"));
@@ -343,11 +277,7 @@ async fn a_failing_keys_write_stops_before_the_retry_and_keeps_the_old_keys() {
     );
 
     expire(SHORT).await;
-    let err = f
-        .rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap_err();
+    let err = f.get("c", "me").await.unwrap_err();
     assert!(matches!(err, Error::KeysNotPersisted(_)), "{err}");
     assert!(
         err.to_string().contains("not retried") && err.to_string().contains("disk quota exceeded"),
@@ -378,11 +308,7 @@ async fn a_store_another_process_has_locked_spends_nothing() {
     // be taken, so the refresh token is not spent at all.
     let blocker = hold_write_lock(&f.store_path());
     expire(SHORT).await;
-    let err = f
-        .rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap_err();
+    let err = f.get("c", "me").await.unwrap_err();
     drop(blocker);
 
     assert!(matches!(err, Error::LeaseUnavailable(_)), "{err}");
@@ -447,24 +373,12 @@ async fn no_keys_means_please_authenticate() {
             None,
         )
         .unwrap();
-    let err = f
-        .rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap_err();
+    let err = f.get("c", "me").await.unwrap_err();
     assert!(matches!(err, Error::NotAuthenticated(_)));
     assert!(err.to_string().contains("please authenticate"));
     assert_eq!(f.provider.stats().api_calls, 0);
 
-    let err = f
-        .rekey
-        .send(
-            f.store_dyn(),
-            "nobody",
-            Request::get(&f.provider.api_url("me")),
-        )
-        .await
-        .unwrap_err();
+    let err = f.get("nobody", "me").await.unwrap_err();
     assert!(
         err.to_string().contains("no credential named \"nobody\""),
         "{err}"
@@ -483,21 +397,13 @@ async fn unusable_token_responses_are_clear_errors_that_change_nothing() {
     ];
     for (body, expected) in cases {
         f.provider.force_token_responses([(200, body.to_string())]);
-        let err = f
-            .rekey
-            .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-            .await
-            .unwrap_err();
+        let err = f.get("c", "me").await.unwrap_err();
         assert!(err.to_string().contains(expected), "{err}");
         assert!(!err.to_string().contains("at_truncated"));
     }
     let huge = format!(r#"{{"access_token":"a","pad":"{}"}}"#, "x".repeat(100_000));
     f.provider.force_token_responses([(200, huge)]);
-    let err = f
-        .rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap_err();
+    let err = f.get("c", "me").await.unwrap_err();
     assert!(err.to_string().contains("exceeds"), "{err}");
     assert_eq!(f.stored_raw("c"), before);
     assert_eq!(f.provider.stats().api_calls, 0);
@@ -519,11 +425,7 @@ async fn oversized_api_responses_are_cut_off_by_the_host() {
     )
     .await;
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
-    let err = f
-        .rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("big")))
-        .await
-        .unwrap_err();
+    let err = f.get("c", "big").await.unwrap_err();
     assert!(
         matches!(err, Error::Transport(TransportError::TooLarge(1_048_576))),
         "{err}"
@@ -539,11 +441,7 @@ async fn garbage_stored_keys_are_a_clear_error() {
         &f.store_path(),
         r#"UPDATE credentials SET keys = '{"access_token": "tok_partial'"#,
     );
-    let err = f
-        .rekey
-        .send(f.store_dyn(), "c", Request::get(&f.provider.api_url("me")))
-        .await
-        .unwrap_err();
+    let err = f.get("c", "me").await.unwrap_err();
     assert!(matches!(err, Error::InvalidKeys(_)), "{err}");
     assert!(err.to_string().contains("not valid JSON"), "{err}");
     assert!(!err.to_string().contains("tok_partial"));

@@ -91,6 +91,17 @@ impl Fixture {
         first
     }
 
+    /// `GET /api/<path>` through rekey with credential `name`.
+    pub async fn get(&self, name: &str, path: &str) -> Result<rekey::Response, rekey::Error> {
+        self.rekey
+            .send(
+                self.store_dyn(),
+                name,
+                rekey::Request::get(&self.provider.api_url(path)),
+            )
+            .await
+    }
+
     /// The stored keys as JSON.
     pub fn stored_keys(&self, name: &str) -> serde_json::Value {
         let keys = self
