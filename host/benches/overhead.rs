@@ -164,7 +164,7 @@ fn expire_access_token(store: &dyn KeyStore, name: &str) {
     let refresh = keys["refresh_token"].as_str().expect("refresh token");
     let reset = serde_json::json!({ "access_token": "expired", "refresh_token": refresh });
     store
-        .save_keys(name, &Secret::new(reset.to_string()))
+        .save_keys(name, &Secret::new(reset.to_string()), None)
         .expect("reset keys");
 }
 
