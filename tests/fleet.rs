@@ -142,6 +142,13 @@ impl Fleet {
     }
 }
 
+/// The figures go straight to stderr, past libtest's capture, so a passing
+/// run shows them too (CI logs).
+fn report(line: String) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
@@ -162,7 +169,7 @@ async fn stress(store_url: &str, label: &str) {
         .filter(|w| w[1] - w[0] < TTL.mul_f64(0.9))
         .count();
     let expiries_hit = times.len() - doubled;
-    println!(
+    report(format!(
         "fleet on {label}: {PROCESSES} processes x {CONCURRENCY} concurrent for {:.1} s: requests {requests}, failed {failed}, \
          token-endpoint calls {}, refreshes {}, invalid_grant {}, reused refresh tokens {}, expiries hit {expiries_hit}, \
          refreshes per expiry {:.2}",
@@ -172,7 +179,7 @@ async fn stress(store_url: &str, label: &str) {
         stats.invalid_grant,
         stats.reused_refresh_tokens,
         times.len() as f64 / expiries_hit.max(1) as f64,
-    );
+    ));
     assert_eq!(failed, 0, "failed requests: {errors:?}");
     assert_eq!((stats.invalid_grant, stats.reused_refresh_tokens), (0, 0));
     assert_eq!(
@@ -195,7 +202,7 @@ async fn stress(store_url: &str, label: &str) {
 
 /// A worker dies (SIGKILL) holding the lease: the others wait out its TTL,
 /// then refresh once, and nothing is lost.
-async fn killed_lease_holder(store_url: &str) {
+async fn killed_lease_holder(store_url: &str, label: &str) {
     let _one_at_a_time = HEAVY.lock().await;
     let fleet = Fleet::new(store_url).await;
     let lease_ttl = Duration::from_secs(3);
@@ -224,12 +231,12 @@ async fn killed_lease_holder(store_url: &str) {
         .first()
         .expect("someone refreshed")
         .duration_since(leased_at);
-    println!(
-        "killed lease holder: requests {requests}, failed {failed}, refreshes {}, first refresh {:.2} s after the dead worker took the lease (TTL {} s)",
+    report(format!(
+        "killed lease holder on {label}: requests {requests}, failed {failed}, refreshes {}, first refresh {:.2} s after the dead worker took the lease (TTL {} s)",
         times.len(),
         first.as_secs_f64(),
         lease_ttl.as_secs()
-    );
+    ));
     assert_eq!(failed, 0, "failed requests: {errors:?}");
     assert!(
         first >= lease_ttl - Duration::from_millis(100),
@@ -262,13 +269,17 @@ async fn fleet_on_postgres() {
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_lease_holder_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    killed_lease_holder(&format!("sqlite:{}", dir.path().join("fleet.db").display())).await;
+    killed_lease_holder(
+        &format!("sqlite:{}", dir.path().join("fleet.db").display()),
+        "SQLite",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_lease_holder_on_postgres() {
     let Some(pg) = postgres::start() else { return };
-    killed_lease_holder(&pg.url).await;
+    killed_lease_holder(&pg.url, "PostgreSQL").await;
 }
 
 /// In one process: 64 concurrent sends hit one expiry; one refresh.

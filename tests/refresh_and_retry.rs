@@ -446,3 +446,47 @@ async fn garbage_stored_keys_are_a_clear_error() {
     assert!(err.to_string().contains("not valid JSON"), "{err}");
     assert!(!err.to_string().contains("tok_partial"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_are_returned_not_followed() {
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
+    f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
+    let resp = f.get("c", "redirect").await.unwrap();
+    assert_eq!(resp.status, 302);
+    assert!(
+        resp.headers
+            .iter()
+            .any(|(k, v)| k == "location" && v == "/api/me")
+    );
+    assert_eq!(
+        f.provider.stats().api_calls,
+        1,
+        "the bearer token was not carried to another URL"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_api_hits_the_total_timeout() {
+    let config = Config {
+        http: HttpConfig {
+            total_timeout: Duration::from_millis(300),
+            ..HttpConfig::default()
+        },
+        ..Config::default()
+    };
+    let f = Fixture::with(
+        provider_with_ttl(Duration::from_secs(60)),
+        config,
+        Duration::from_secs(5),
+    )
+    .await;
+    f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
+    let started = std::time::Instant::now();
+    let err = f.get("c", "slow").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Transport(TransportError::Timeout)),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(err.exit_code(), 6);
+}

@@ -128,7 +128,8 @@ impl Provider {
     }
 
     /// `/api/<path>`: 200 with a valid token, 401 otherwise. `/api/reject`
-    /// always answers 401; `/api/big` answers 2 MiB.
+    /// always answers 401; `/api/big` answers 2 MiB; `/api/redirect` answers
+    /// 302 to `/api/me`; `/api/slow` starts answering after 2 s.
     pub fn api_url(&self, path: &str) -> String {
         format!("http://{}/api/{}", self.addr, path.trim_start_matches('/'))
     }
@@ -331,6 +332,9 @@ async fn api(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if path == "slow" {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let mut guard = p.lock();
     let s = &mut *guard;
     s.stats.api_calls += 1;
@@ -361,8 +365,10 @@ async fn api(
         )
             .into_response();
     }
-    if path == "big" {
-        return vec![b'x'; 2 * 1024 * 1024].into_response();
+    match path.as_str() {
+        "big" => return vec![b'x'; 2 * 1024 * 1024].into_response(),
+        "redirect" => return (StatusCode::FOUND, [(header::LOCATION, "/api/me")]).into_response(),
+        _ => {}
     }
     let call = s.stats.api_calls;
     axum::Json(json!({ "ok": true, "path": path, "method": method.as_str(), "bytes": body.len(), "call": call }))
