@@ -1,5 +1,11 @@
-//! The refresh-and-retry routine. At most one refresh per call, at most one
-//! resend: there is no path that loops.
+//! The refresh-and-retry routine. At most one token exchange per call, and a
+//! bounded number of resends: no path loops.
+//!
+//! A call that loses a race to another worker adopts that worker's stored
+//! token instead of spending its own refresh token. An adopted token may
+//! itself have expired while the call waited for the lease, so a rejection
+//! after adopting leads to another renewal (adopt again, or exchange), at most
+//! [`RENEWALS`] in all; a rejection after the call's own exchange is final.
 
 use crate::keys::Keys;
 use crate::rekey::oauth2::types::{
@@ -12,6 +18,8 @@ use std::time::Duration;
 pub const TOKEN_ATTEMPTS: u32 = 3;
 /// First backoff; doubles per attempt unless the server sends `Retry-After`.
 pub const BACKOFF: Duration = Duration::from_millis(200);
+/// Newer token sets (adopted or exchanged) one call may try: one resend each.
+pub const RENEWALS: u32 = 3;
 
 /// Everything the routine needs from outside.
 pub trait Effects {
@@ -45,25 +53,23 @@ pub fn send(
             Strategy::EveryRequest => true,
             Strategy::BeforeExpiry(margin) => keys.expires_within(fx.now_unix(), margin.into()),
         };
-    let (keys, refreshed) = if refresh_first {
-        (refresh(fx, settings, &keys)?, true)
+    let (mut keys, mut origin, mut renewals) = if refresh_first {
+        let (keys, origin) = refresh(fx, settings, &keys)?;
+        (keys, Some(origin), 1)
     } else {
-        (keys, false)
+        (keys, None, 0)
     };
-
-    let resp = send_with_token(fx, req, &keys)?;
-    if !is_rejected(settings, resp.status) {
-        return Ok(resp);
+    loop {
+        let resp = send_with_token(fx, req, &keys)?;
+        if !is_rejected(settings, resp.status) {
+            return Ok(resp);
+        }
+        if origin == Some(Origin::Exchanged) || renewals == RENEWALS {
+            return Err(SendError::RejectedAfterRefresh(resp));
+        }
+        (keys, origin) = refresh(fx, settings, &keys).map(|(k, o)| (k, Some(o)))?;
+        renewals += 1;
     }
-    if refreshed {
-        return Err(SendError::RejectedAfterRefresh(resp));
-    }
-    let keys = refresh(fx, settings, &keys)?;
-    let resp = send_with_token(fx, req, &keys)?;
-    if is_rejected(settings, resp.status) {
-        return Err(SendError::RejectedAfterRefresh(resp));
-    }
-    Ok(resp)
 }
 
 fn not_authenticated(why: &str) -> SendError {
@@ -119,20 +125,28 @@ fn send_with_token(
 /// Gets a token set newer than `stale`: under the host's refresh lease, either
 /// adopts one another worker stored meanwhile, or spends the refresh token and
 /// persists the merged result before anyone may use it.
-fn refresh(fx: &mut impl Effects, settings: &Settings, stale: &Keys) -> Result<Keys, SendError> {
+fn refresh(
+    fx: &mut impl Effects,
+    settings: &Settings,
+    stale: &Keys,
+) -> Result<(Keys, Origin), SendError> {
     let current = fx.acquire_lease().map_err(SendError::LeaseUnavailable)?;
     let result = refresh_under_lease(fx, settings, stale, current);
     // On success the host ended the lease when the keys became durable; on
     // adoption or failure we end it here. Ending it twice is harmless.
-    if !matches!(result, Ok((_, Spent::Persisted))) {
+    if !matches!(result, Ok((_, Origin::Exchanged))) {
         fx.release_lease();
     }
-    result.map(|(keys, _)| keys)
+    result
 }
 
-enum Spent {
+/// Where a newer token set came from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Origin {
+    /// Another worker stored it meanwhile.
     Adopted,
-    Persisted,
+    /// This call exchanged the refresh token and persisted the result.
+    Exchanged,
 }
 
 fn refresh_under_lease(
@@ -140,13 +154,13 @@ fn refresh_under_lease(
     settings: &Settings,
     stale: &Keys,
     current: Option<String>,
-) -> Result<(Keys, Spent), SendError> {
+) -> Result<(Keys, Origin), SendError> {
     let base = match current {
         None => stale.clone(),
         Some(json) => {
             let current = Keys::parse(&json).map_err(SendError::InvalidKeys)?;
             if current.access_token().is_some() && current.access_token() != stale.access_token() {
-                return Ok((current, Spent::Adopted));
+                return Ok((current, Origin::Adopted));
             }
             current
         }
@@ -158,7 +172,7 @@ fn refresh_under_lease(
     let merged = base.merged(response, fx.now_unix());
     fx.emit_update_keys(&merged.to_json())
         .map_err(SendError::KeysNotPersisted)?;
-    Ok((merged, Spent::Persisted))
+    Ok((merged, Origin::Exchanged))
 }
 
 /// POSTs the refresh request, retrying only what may succeed on a second try.
@@ -385,6 +399,86 @@ mod tests {
         assert_eq!(bearer(&fx.sent[1]), "Bearer a9");
         assert!(fx.emitted.is_empty());
         assert_eq!(fx.releases, 1);
+    }
+
+    #[test]
+    fn an_adopted_token_that_expired_meanwhile_is_renewed_not_fatal() {
+        let mut fx = Script {
+            // stale a1 → 401; adopt a9 (another worker's) → 401 (expired while
+            // waiting); the store still holds a9, so exchange → a2 → 200.
+            answers: [
+                ok(401, ""),
+                ok(401, ""),
+                ok(200, r#"{"access_token":"a2"}"#),
+                ok(200, "hi"),
+            ]
+            .into(),
+            stored_now: Some(r#"{"access_token":"a9","refresh_token":"r9"}"#.into()),
+            ..Default::default()
+        };
+        send(
+            &mut fx,
+            &settings(Strategy::OnAuthFailure),
+            Some(KEYS),
+            &api(),
+        )
+        .unwrap();
+        assert_eq!(bearer(&fx.sent[1]), "Bearer a9");
+        let form = String::from_utf8(fx.sent[2].body.clone()).unwrap();
+        assert!(
+            form.contains("refresh_token=r9"),
+            "spends the newest refresh token"
+        );
+        assert_eq!(bearer(&fx.sent[3]), "Bearer a2");
+        assert_eq!(fx.emitted.len(), 1);
+    }
+
+    #[test]
+    fn renewals_are_bounded_even_when_every_adopted_token_fails() {
+        // Another worker keeps storing tokens the API rejects: adopt, adopt, adopt, stop.
+        let answers = [ok(401, ""), ok(401, ""), ok(401, ""), ok(401, "")].into();
+        let mut fx = AdoptEachTime(
+            Script {
+                answers,
+                ..Default::default()
+            },
+            0,
+        );
+        let stored = r#"{"access_token":"a0","refresh_token":"r0"}"#;
+        let err = send(
+            &mut fx,
+            &settings(Strategy::OnAuthFailure),
+            Some(stored),
+            &api(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, SendError::RejectedAfterRefresh(_)));
+        assert_eq!(fx.0.sent.len(), 1 + RENEWALS as usize);
+        assert!(fx.0.emitted.is_empty(), "nothing spent");
+    }
+
+    /// Each lease shows a token set newer than the last.
+    struct AdoptEachTime(Script, u32);
+
+    impl Effects for AdoptEachTime {
+        fn http_send(&mut self, req: &Request) -> Result<Response, TransportError> {
+            self.0.http_send(req)
+        }
+        fn emit_update_keys(&mut self, keys: &str) -> Result<(), String> {
+            self.0.emit_update_keys(keys)
+        }
+        fn acquire_lease(&mut self) -> Result<Option<String>, String> {
+            self.1 += 1;
+            Ok(Some(format!(
+                r#"{{"access_token":"a{}","refresh_token":"r"}}"#,
+                self.1
+            )))
+        }
+        fn release_lease(&mut self) {}
+        fn now_unix(&self) -> u64 {
+            1_000
+        }
+        fn sleep(&mut self, _: Duration) {}
     }
 
     #[test]
