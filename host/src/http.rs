@@ -2,7 +2,7 @@
 //! bounded in time and size.
 
 use crate::bindings::rekey::oauth2::types::{Request, Response, TransportError};
-use std::sync::Once;
+use std::sync::{Arc, Once, OnceLock};
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -24,30 +24,39 @@ impl Default for HttpConfig {
     }
 }
 
-/// A pooled client shared by every call of one [`crate::Rekey`].
+/// A pooled client shared by every call of one [`crate::Rekey`]. Built on
+/// first use: building it reads and parses the system's CA bundle (~1.7 ms),
+/// which a `Rekey` that is created but never sends should not pay.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: reqwest::Client,
-    max_response_bytes: u64,
+    client: Arc<OnceLock<Result<reqwest::Client, String>>>,
+    config: HttpConfig,
 }
 
 static CRYPTO: Once = Once::new();
 
 impl HttpClient {
-    pub fn new(config: &HttpConfig) -> anyhow::Result<Self> {
-        // reqwest is built without a default crypto provider; ring is ours.
-        CRYPTO.call_once(|| {
-            let _ = rustls::crypto::ring::default_provider().install_default();
+    pub fn new(config: &HttpConfig) -> Self {
+        HttpClient {
+            client: Arc::new(OnceLock::new()),
+            config: config.clone(),
+        }
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, TransportError> {
+        let built = self.client.get_or_init(|| {
+            // reqwest is built without a default crypto provider; ring is ours.
+            CRYPTO.call_once(|| {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            });
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(self.config.connect_timeout)
+                .timeout(self.config.total_timeout)
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))
         });
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.total_timeout)
-            .build()?;
-        Ok(HttpClient {
-            client,
-            max_response_bytes: config.max_response_bytes,
-        })
+        built.as_ref().map_err(|e| TransportError::Other(e.clone()))
     }
 
     pub async fn send(&self, req: Request) -> Result<Response, TransportError> {
@@ -60,7 +69,7 @@ impl HttpClient {
                 "URL scheme must be http or https".into(),
             ));
         }
-        let mut builder = self.client.request(method, url);
+        let mut builder = self.client()?.request(method, url);
         for (name, value) in &req.headers {
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| TransportError::InvalidRequest("invalid header name".into()))?;
@@ -76,7 +85,7 @@ impl HttpClient {
             .await
             .map_err(transport_error)?;
 
-        let cap = self.max_response_bytes;
+        let cap = self.config.max_response_bytes;
         if resp.content_length().is_some_and(|n| n > cap) {
             return Err(TransportError::TooLarge(cap));
         }
