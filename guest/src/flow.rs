@@ -298,6 +298,11 @@ mod tests {
         }
     }
 
+    /// The API request with the stored `KEYS`.
+    fn run(fx: &mut impl Effects, strategy: Strategy) -> Result<Response, SendError> {
+        send(fx, &settings(strategy), Some(KEYS), &api())
+    }
+
     const KEYS: &str = r#"{"access_token":"a1","refresh_token":"r1","expires_at":1500}"#;
 
     fn bearer(req: &Request) -> &str {
@@ -321,13 +326,7 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let resp = send(
-            &mut fx,
-            &settings(Strategy::OnAuthFailure),
-            Some(KEYS),
-            &api(),
-        )
-        .unwrap();
+        let resp = run(&mut fx, Strategy::OnAuthFailure).unwrap();
         assert_eq!(resp.body, b"hi");
         assert_eq!(bearer(&fx.sent[0]), "Bearer a1");
         assert_eq!(bearer(&fx.sent[2]), "Bearer a2");
@@ -349,13 +348,7 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let err = send(
-            &mut fx,
-            &settings(Strategy::OnAuthFailure),
-            Some(KEYS),
-            &api(),
-        )
-        .unwrap_err();
+        let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(
             err,
             SendError::RejectedAfterRefresh(Response { status: 401, .. })
@@ -370,13 +363,7 @@ mod tests {
             emit_fails: true,
             ..Default::default()
         };
-        let err = send(
-            &mut fx,
-            &settings(Strategy::OnAuthFailure),
-            Some(KEYS),
-            &api(),
-        )
-        .unwrap_err();
+        let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(err, SendError::KeysNotPersisted(_)));
         assert_eq!(fx.sent.len(), 2);
         assert_eq!(fx.releases, 1);
@@ -389,13 +376,7 @@ mod tests {
             stored_now: Some(r#"{"access_token":"a9","refresh_token":"r9"}"#.into()),
             ..Default::default()
         };
-        send(
-            &mut fx,
-            &settings(Strategy::OnAuthFailure),
-            Some(KEYS),
-            &api(),
-        )
-        .unwrap();
+        run(&mut fx, Strategy::OnAuthFailure).unwrap();
         assert_eq!(bearer(&fx.sent[1]), "Bearer a9");
         assert!(fx.emitted.is_empty());
         assert_eq!(fx.releases, 1);
@@ -416,13 +397,7 @@ mod tests {
             stored_now: Some(r#"{"access_token":"a9","refresh_token":"r9"}"#.into()),
             ..Default::default()
         };
-        send(
-            &mut fx,
-            &settings(Strategy::OnAuthFailure),
-            Some(KEYS),
-            &api(),
-        )
-        .unwrap();
+        run(&mut fx, Strategy::OnAuthFailure).unwrap();
         assert_eq!(bearer(&fx.sent[1]), "Bearer a9");
         let form = String::from_utf8(fx.sent[2].body.clone()).unwrap();
         assert!(
@@ -494,7 +469,7 @@ mod tests {
                 answers: [ok(200, token), ok(200, "hi")].into(),
                 ..Default::default()
             };
-            send(&mut fx, &settings(strategy), Some(KEYS), &api()).unwrap();
+            run(&mut fx, strategy).unwrap();
             assert_eq!(fx.emitted.len(), usize::from(refreshes));
         }
     }
@@ -512,26 +487,14 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        send(
-            &mut fx,
-            &settings(Strategy::OnAuthFailure),
-            Some(KEYS),
-            &api(),
-        )
-        .unwrap();
+        run(&mut fx, Strategy::OnAuthFailure).unwrap();
         assert_eq!(fx.slept, [BACKOFF, BACKOFF * 2]);
 
         let mut fx = Script {
             answers: [ok(401, ""), ok(400, r#"{"error":"invalid_grant"}"#)].into(),
             ..Default::default()
         };
-        let err = send(
-            &mut fx,
-            &settings(Strategy::OnAuthFailure),
-            Some(KEYS),
-            &api(),
-        )
-        .unwrap_err();
+        let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(err, SendError::ReauthorizationRequired(_)));
         assert_eq!(fx.sent.len(), 2);
 
@@ -539,13 +502,7 @@ mod tests {
             answers: [ok(401, ""), ok(500, ""), ok(502, ""), ok(503, "")].into(),
             ..Default::default()
         };
-        let err = send(
-            &mut fx,
-            &settings(Strategy::OnAuthFailure),
-            Some(KEYS),
-            &api(),
-        )
-        .unwrap_err();
+        let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(err, SendError::TokenEndpoint(m) if m.contains("3 attempts")));
     }
 
