@@ -78,15 +78,34 @@ fn not_authenticated(why: &str) -> SendError {
 
 fn validate(settings: &Settings) -> Result<(), SendError> {
     let url = settings.token_url.as_str();
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
+    let plain = url.strip_prefix("http://");
+    if !url.starts_with("https://") && !plain.is_some_and(is_loopback_authority) {
+        // RFC 6749 §3.2: the refresh token and client secret need TLS.
         return Err(SendError::InvalidSettings(
-            "token URL must be an absolute http(s) URL".into(),
+            "token URL must be https:// (http:// only on loopback)".into(),
         ));
     }
     if settings.client_id.is_empty() {
         return Err(SendError::InvalidSettings("client id is empty".into()));
     }
     Ok(())
+}
+
+/// Whether `rest` (a URL after `http://`) names a loopback host.
+fn is_loopback_authority(rest: &str) -> bool {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    let octets: Vec<&str> = host.split('.').collect();
+    let ipv4_loopback = octets.len() == 4
+        && octets[0] == "127"
+        && octets
+            .iter()
+            .all(|o| !o.is_empty() && o.len() <= 3 && o.bytes().all(|b| b.is_ascii_digit()));
+    host == "localhost" || host == "::1" || ipv4_loopback
 }
 
 fn is_rejected(settings: &Settings, status: u16) -> bool {
@@ -187,7 +206,7 @@ fn exchange(
     for attempt in 1..=TOKEN_ATTEMPTS {
         if attempt > 1 {
             fx.sleep(delay);
-            delay *= 2;
+            delay = (delay * 2).min(token::MAX_RETRY_AFTER);
         }
         match fx.http_send(&req) {
             Ok(resp) => match token::classify(&resp) {
@@ -199,7 +218,7 @@ fn exchange(
                 } => {
                     last_failure = reason;
                     if let Some(after) = retry_after {
-                        delay = after;
+                        delay = after.min(token::MAX_RETRY_AFTER);
                     }
                 }
             },
@@ -215,6 +234,7 @@ fn exchange(
             Err(TransportError::InvalidRequest(m)) => {
                 return Err(SendError::InvalidSettings(format!("token request: {m}")));
             }
+            Err(TransportError::Refused(m)) => return Err(SendError::LeaseUnavailable(m)),
         }
     }
     Err(SendError::TokenEndpoint(format!(
@@ -504,6 +524,38 @@ mod tests {
         };
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(err, SendError::TokenEndpoint(m) if m.contains("3 attempts")));
+    }
+
+    #[test]
+    fn a_refused_token_request_is_final() {
+        // The host refuses to spend (lease lost, deadline near): no retry.
+        let refused = Err(TransportError::Refused("lease lost".into()));
+        let mut fx = Script {
+            answers: [ok(401, ""), refused].into(),
+            ..Default::default()
+        };
+        let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
+        assert!(matches!(err, SendError::LeaseUnavailable(m) if m == "lease lost"));
+        assert_eq!(fx.sent.len(), 2);
+        assert!(fx.slept.is_empty());
+    }
+
+    #[test]
+    fn plain_http_token_urls_only_on_loopback() {
+        for (url, ok) in [
+            ("https://idp.example/token", true),
+            ("http://127.0.0.1:8080/token", true),
+            ("http://localhost/token", true),
+            ("http://[::1]:9/token", true),
+            ("http://idp.example/token", false),
+            ("http://127.0.0.1.evil.example/token", false),
+            ("http://user@idp.example/token?x=127.0.0.1", false),
+            ("ftp://127.0.0.1/token", false),
+        ] {
+            let mut s = settings(Strategy::OnAuthFailure);
+            s.token_url = url.into();
+            assert_eq!(validate(&s).is_ok(), ok, "{url}");
+        }
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub(crate) fn describe_transport(e: &TransportError) -> String {
         TransportError::Connect(m) => format!("could not connect: {m}"),
         TransportError::TooLarge(cap) => format!("response body exceeds the cap of {cap} bytes"),
         TransportError::InvalidRequest(m) => format!("invalid request: {m}"),
+        TransportError::Refused(m) => format!("not sent: {m}"),
         TransportError::Other(m) => m.clone(),
     }
 }

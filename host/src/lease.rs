@@ -78,7 +78,7 @@ impl HeldLease {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let (name, who) = (credential.to_owned(), self.holder.clone());
-        call_store(store, move |s| s.try_lease(&name, &who, ttl)).await
+        call_store(store, move |s| s.renew_lease(&name, &who, ttl)).await
     }
 
     pub async fn release(self, store: &Arc<dyn KeyStore>, credential: &str) {

@@ -22,6 +22,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// How often the epoch advances; the call deadline is counted in these.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Time kept in hand after a token exchange, to persist its result.
+const SPEND_MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Config {
@@ -87,6 +89,13 @@ impl Rekey {
     }
 
     pub fn from_component_bytes(config: Config, wasm: &[u8]) -> anyhow::Result<Self> {
+        if config.lease_ttl <= config.http.total_timeout {
+            anyhow::bail!(
+                "lease_ttl ({:?}) must exceed the HTTP total timeout ({:?}): the lease is renewed once per token-endpoint attempt",
+                config.lease_ttl,
+                config.http.total_timeout
+            );
+        }
         let mut wasm_config = wasmtime::Config::new();
         wasm_config.epoch_interruption(true);
         if let Some(slots) = config.pooling {
@@ -191,6 +200,8 @@ impl Rekey {
             lease_timeout: inner.config.lease_timeout,
             lease_ttl: inner.config.lease_ttl,
             lease: None,
+            deadline: Instant::now() + inner.config.call_timeout,
+            http_total_timeout: inner.config.http.total_timeout,
             refresh_token_before: None,
         };
         let mut wstore = Store::new(&inner.engine, state);
@@ -253,6 +264,9 @@ struct CallState {
     lease_timeout: Duration,
     lease_ttl: Duration,
     lease: Option<HeldLease>,
+    /// When the epoch deadline traps this call.
+    deadline: Instant,
+    http_total_timeout: Duration,
     /// The refresh token stored when the lease was taken, to tell rotation.
     refresh_token_before: Option<Secret>,
 }
@@ -269,6 +283,28 @@ impl WasiView for CallState {
 impl wit::Host for CallState {}
 
 impl CallState {
+    /// A refresh token goes out only while this call still holds the lease
+    /// and can outlive the exchange: a trap after the provider rotated the
+    /// token but before it was persisted would lose the new one.
+    async fn may_spend_refresh_token(&mut self) -> Result<(), TransportError> {
+        if Instant::now() + self.http_total_timeout + SPEND_MARGIN > self.deadline {
+            return Err(TransportError::Refused(
+                "too little of the call's time is left to exchange and persist a refresh token"
+                    .into(),
+            ));
+        }
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        match lease.renew(&self.store, &self.credential, self.lease_ttl).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(TransportError::Refused(
+                "the refresh lease ran out and another worker may have refreshed; not spending the refresh token".into(),
+            )),
+            Err(e) => Err(TransportError::Refused(format!("cannot renew the refresh lease: {e}"))),
+        }
+    }
+
     async fn end_lease(&mut self) {
         if let Some(lease) = self.lease.take() {
             lease.release(&self.store, &self.credential).await;
@@ -292,24 +328,8 @@ impl ClientImports for CallState {
         } else {
             Exchange::Api
         };
-        if let (Exchange::TokenEndpoint, Some(lease)) = (exchange, &self.lease) {
-            // Spend the refresh token only while the lease is still ours.
-            match lease
-                .renew(&self.store, &self.credential, self.lease_ttl)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(TransportError::Other(
-                        "the refresh lease ran out and another worker took it; not spending the refresh token".into(),
-                    ));
-                }
-                Err(e) => {
-                    return Err(TransportError::Other(format!(
-                        "cannot renew the refresh lease: {e}"
-                    )));
-                }
-            }
+        if exchange == Exchange::TokenEndpoint {
+            self.may_spend_refresh_token().await?;
         }
         let method = req.method.clone();
         let target = loggable_target(&req.url);

@@ -59,7 +59,9 @@ pub trait KeyStore: Send + Sync + 'static {
         keys: &Secret,
         expected_version: Option<u64>,
     ) -> Result<u64, StoreError>;
-    /// Creates or replaces a credential (settings and keys).
+    /// Creates a credential, or replaces its settings. Keys given replace the
+    /// stored ones (and bump the version); none given keeps them, so editing
+    /// settings never drops a live refresh token or upsets a refresh in flight.
     fn put(&self, name: &str, settings: &Settings, keys: Option<&Secret>)
     -> Result<(), StoreError>;
     fn list(&self) -> Result<Vec<Credential>, StoreError>;
@@ -72,6 +74,14 @@ pub trait KeyStore: Send + Sync + 'static {
     /// (always true) suits stores only one process uses, where the host's
     /// in-process single-flight already suffices.
     fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let _ = (name, holder, ttl);
+        Ok(true)
+    }
+
+    /// Extends `holder`'s lease of `name` by `ttl` only if `holder` still has
+    /// it: false if it ran out and anyone else took it, even if they have
+    /// released it since (the stored keys may have moved on).
+    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
         let _ = (name, holder, ttl);
         Ok(true)
     }

@@ -63,6 +63,11 @@ fn send(
     let store = rekey::store::open(store_url).expect("open the store");
     let config = Config {
         lease_ttl,
+        // The lease must outlast one token-endpoint attempt.
+        http: rekey::HttpConfig {
+            total_timeout: lease_ttl / 2,
+            ..Default::default()
+        },
         pooling: Some(concurrency as u32),
         cache_dir: std::env::var_os("REKEY_CACHE_DIR").map(Into::into),
         ..Config::default()

@@ -61,17 +61,17 @@ impl KeyStore for MemoryStore {
             validate_keys(k)?;
         }
         self.with(|m| {
-            let version = m.get(name).map_or(0, |c| c.version + 1);
-            m.insert(
-                name.into(),
-                Credential {
-                    name: name.into(),
-                    settings: settings.clone(),
-                    keys: keys.cloned(),
-                    version,
-                    updated_at: now_unix(),
-                },
-            );
+            let old = m.get(name);
+            let version = old.map_or(0, |c| c.version + u64::from(keys.is_some()));
+            let keys = keys.cloned().or_else(|| old.and_then(|c| c.keys.clone()));
+            let credential = Credential {
+                name: name.into(),
+                settings: settings.clone(),
+                keys,
+                version,
+                updated_at: now_unix(),
+            };
+            m.insert(name.into(), credential);
         });
         Ok(())
     }

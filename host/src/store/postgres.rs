@@ -188,8 +188,9 @@ impl KeyStore for PostgresStore {
         self.with(|c| {
             c.execute(
                 "INSERT INTO rekey_credentials (name, settings, keys, version, updated_at) VALUES ($1, $2, $3, 0, $4)
-                 ON CONFLICT (name) DO UPDATE SET settings = $2, keys = $3,
-                     version = rekey_credentials.version + 1, updated_at = $4",
+                 ON CONFLICT (name) DO UPDATE SET settings = $2, keys = COALESCE($3, rekey_credentials.keys),
+                     version = rekey_credentials.version + CASE WHEN $3::TEXT IS NULL THEN 0 ELSE 1 END,
+                     updated_at = $4",
                 &[&name, &settings, &keys.map(Secret::expose), &now_unix()],
             )
         })
@@ -227,6 +228,20 @@ impl KeyStore for PostgresStore {
             })
             .map_err(write)?;
         Ok(row.is_some())
+    }
+
+    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let ttl_ms = ttl.as_millis() as i64;
+        let n = self
+            .with(|c| {
+                c.execute(
+                    "UPDATE rekey_leases SET expires_at = clock_timestamp() + $3::BIGINT * INTERVAL '1 millisecond'
+                     WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp()",
+                    &[&name, &holder, &ttl_ms],
+                )
+            })
+            .map_err(write)?;
+        Ok(n == 1)
     }
 
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {

@@ -24,6 +24,21 @@ CREATE TABLE IF NOT EXISTS leases (
 ) STRICT;
 ";
 
+/// The file holds tokens: create it readable by its owner only. SQLite gives
+/// its -wal and -shm files the database file's permissions.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other.map(drop),
+    }
+}
+
 fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -52,6 +67,10 @@ impl SqliteStore {
             path: path.display().to_string(),
             reason: e.to_string(),
         };
+        create_private(&path).map_err(|e| StoreError::Unusable {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         let conn = Connection::open(&path).map_err(unusable)?;
         conn.busy_timeout(busy).map_err(unusable)?;
         // journal_mode is the first statement that reads the file: a file that
@@ -181,6 +200,18 @@ impl KeyStore for SqliteStore {
         Ok(taken == 1)
     }
 
+    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = now_millis();
+        let renewed = self
+            .conn()
+            .execute(
+                "UPDATE leases SET expires_at_ms = ?3 WHERE name = ?1 AND holder = ?2 AND expires_at_ms > ?4",
+                params![name, holder, now + ttl.as_millis() as i64, now],
+            )
+            .map_err(|e| StoreError::Write(e.to_string()))?;
+        Ok(renewed == 1)
+    }
+
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         self.conn()
             .execute(
@@ -205,8 +236,8 @@ impl KeyStore for SqliteStore {
             .execute(
                 "INSERT INTO credentials (name, settings, keys, version, updated_at)
                  VALUES (?1, ?2, ?3, 0, ?4)
-                 ON CONFLICT (name) DO UPDATE SET settings = ?2, keys = ?3,
-                     version = version + 1, updated_at = ?4",
+                 ON CONFLICT (name) DO UPDATE SET settings = ?2, keys = COALESCE(?3, keys),
+                     version = version + (?3 IS NOT NULL), updated_at = ?4",
                 params![name, settings, keys.map(Secret::expose), now_unix()],
             )
             .map_err(|e| StoreError::Write(e.to_string()))?;
@@ -271,6 +302,47 @@ mod tests {
         assert_eq!(c.keys.unwrap().expose(), r#"{"access_token":"b"}"#);
         assert_eq!(c.version, 1);
         assert_eq!(c.settings, settings);
+    }
+
+    #[test]
+    fn the_store_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("s.db")).unwrap();
+        store
+            .put(
+                "c",
+                &Settings::new("http://127.0.0.1/token", "app"),
+                Some(&Secret::new("{}")),
+            )
+            .unwrap();
+        for file in ["s.db", "s.db-wal"] {
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{file} is {mode:o}");
+        }
+    }
+
+    #[test]
+    fn editing_settings_keeps_the_keys_and_their_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("s.db")).unwrap();
+        let settings = Settings::new("http://127.0.0.1/token", "app");
+        store
+            .put(
+                "c",
+                &settings,
+                Some(&Secret::new(r#"{"refresh_token":"r"}"#)),
+            )
+            .unwrap();
+        store
+            .put("c", &Settings::new("http://127.0.0.1/token", "other"), None)
+            .unwrap();
+        let c = store.load("c").unwrap();
+        assert_eq!(c.keys.unwrap().expose(), r#"{"refresh_token":"r"}"#);
+        assert_eq!((c.version, c.settings.client_id.as_str()), (0, "other"));
     }
 
     #[test]
