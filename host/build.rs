@@ -26,15 +26,21 @@ fn main() {
     let status = Command::new(&cargo)
         .current_dir(workspace)
         .args([
-            "build",
+            "rustc",
             "--quiet",
             "--package",
             "rekey-guest",
+            "--lib",
+            "--crate-type",
+            "cdylib",
             "--profile",
             "guest",
         ])
         .args(["--target", TARGET, "--target-dir"])
         .arg(&target_dir)
+        // The guest is no_std and needs no WASI adapter; the default one
+        // would merge its own WASI version (0.2.x) over the 0.2.0 we import.
+        .args(["--", "-C", "link-arg=--wasi-adapter=none"])
         // The outer build's flags and wrappers (clippy, coverage) are for the host.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")

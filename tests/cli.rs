@@ -160,7 +160,11 @@ async fn environment_secrets_are_read_at_call_time() {
     assert!(out.status.success(), "{}", all_output(&out));
     let url = f.provider.api_url("me");
     let out = rekey_cli(&f.store_path(), &["send", "c", &url]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "a missing secret variable is a settings problem"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("MY_APP_SECRET"));
     let out = rekey_cli_env(
         &f.store_path(),

@@ -142,7 +142,7 @@ async fn rejected_again_after_a_fresh_token_fails_without_looping() {
         Error::RejectedAfterRefresh(resp) => assert_eq!(resp.status, 401),
         other => panic!("expected rejected-after-refresh, got {other}"),
     }
-    assert_eq!(err.exit_code(), 5);
+    assert_eq!(err.category(), rekey::Category::RejectedByApi);
     let stats = f.provider.stats();
     assert_eq!((stats.api_calls, stats.token_calls), (2, 1));
 }
@@ -194,14 +194,22 @@ async fn token_endpoint_5xx_is_retried_and_4xx_is_not() {
     assert!(matches!(err, Error::TokenEndpoint(_)), "{err}");
     assert_eq!(f.provider.stats().token_calls, 3);
 
+    // 503 and 429 say the request was not processed: backoff, 3 attempts.
     f.provider.force_token_responses([
-        (500, String::new()),
-        (502, String::new()),
+        (503, String::new()),
         (429, String::new()),
+        (503, String::new()),
     ]);
     let err = f.get("c", "me").await.unwrap_err();
     assert!(err.to_string().contains("3 attempts"), "{err}");
     assert_eq!(f.provider.stats().token_calls, 6);
+
+    // A 500 may have rotated the token: one prompt retry, then in doubt.
+    f.provider
+        .force_token_responses([(500, String::new()), (502, String::new())]);
+    let err = f.get("c", "me").await.unwrap_err();
+    assert!(matches!(err, Error::RefreshInDoubt(_)), "{err}");
+    assert_eq!(f.provider.stats().token_calls, 8);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -219,7 +227,7 @@ async fn the_provider_checks_each_client_authentication_method() {
         f.get("right", "me").await.unwrap();
         let err = f.get("wrong", "me").await.unwrap_err();
         assert!(
-            matches!(&err, Error::ReauthorizationRequired { code, .. } if code == "invalid_client"),
+            matches!(&err, Error::SettingsRejected { code, .. } if code == "invalid_client"),
             "{err}"
         );
         let stats = f.provider.stats();
@@ -488,5 +496,5 @@ async fn a_slow_api_hits_the_total_timeout() {
         "{err}"
     );
     assert!(started.elapsed() < Duration::from_millis(1500));
-    assert_eq!(err.exit_code(), 6);
+    assert_eq!(err.category(), rekey::Category::Transport);
 }

@@ -4,6 +4,9 @@
 //! general engine costs the component about 5 KB for these dozen lines. The
 //! tests check it against that crate and the RFC's vectors.
 
+use alloc::format;
+use alloc::string::String;
+
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// The header value: both parts form-urlencoded, joined by `:`, base64.

@@ -5,27 +5,37 @@
 //! token instead of spending its own refresh token. An adopted token may
 //! itself have expired while the call waited for the lease, so a rejection
 //! after adopting leads to another renewal (adopt again, or exchange), at most
-//! [`RENEWALS`] in all; a rejection after the call's own exchange is final.
+//! [`RENEWALS`] in all; a rejection after the call's own exchange is final,
+//! and so is one of a token obtained moments ago ([`FRESH_WINDOW`]): a URL
+//! that always answers 401 must not turn every call into a refresh.
 
+use crate::challenge;
 use crate::keys::Keys;
 use crate::rekey::oauth2::types::{
-    Request, Response, SendError, Settings, Strategy, TransportError,
+    Lease, Request, Response, ScopeChallenge, SendError, Settings, Strategy, TransportError,
 };
 use crate::token::{self, Outcome};
-use std::time::Duration;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
 
-/// Attempts at the token endpoint for retryable failures (5xx, 429, transport).
+/// Attempts at the token endpoint for failures that provably spent nothing
+/// (no connection, 429, 503).
 pub const TOKEN_ATTEMPTS: u32 = 3;
 /// First backoff; doubles per attempt unless the server sends `Retry-After`.
 pub const BACKOFF: Duration = Duration::from_millis(200);
 /// Newer token sets (adopted or exchanged) one call may try: one resend each.
 pub const RENEWALS: u32 = 3;
+/// A token obtained this recently (seconds) is not refreshed again when the
+/// API rejects it; capped at half the token's lifetime when that is known.
+pub const FRESH_WINDOW: u64 = 30;
 
 /// Everything the routine needs from outside.
 pub trait Effects {
     fn http_send(&mut self, req: &Request) -> Result<Response, TransportError>;
     fn emit_update_keys(&mut self, keys: &str) -> Result<(), String>;
-    fn acquire_lease(&mut self) -> Result<Option<String>, String>;
+    fn acquire_lease(&mut self) -> Result<Lease, String>;
     fn release_lease(&mut self);
     fn now_unix(&self) -> u64;
     fn sleep(&mut self, d: Duration);
@@ -64,7 +74,14 @@ pub fn send(
         if !is_rejected(settings, resp.status) {
             return Ok(resp);
         }
-        if origin == Some(Origin::Exchanged) || renewals == RENEWALS {
+        if let Some(scope) = challenge::insufficient_scope(&resp) {
+            return Err(SendError::InsufficientScope(ScopeChallenge {
+                scope,
+                response: resp,
+            }));
+        }
+        let fresh = origin.is_none() && is_fresh(&keys, fx.now_unix());
+        if origin == Some(Origin::Exchanged) || renewals == RENEWALS || fresh {
             return Err(SendError::RejectedAfterRefresh(resp));
         }
         (keys, origin) = refresh(fx, settings, &keys).map(|(k, o)| (k, Some(o)))?;
@@ -74,6 +91,19 @@ pub fn send(
 
 fn not_authenticated(why: &str) -> SendError {
     SendError::NotAuthenticated(format!("{why}: please authenticate"))
+}
+
+/// Whether the stored token was obtained so recently that its rejection
+/// cannot be expiry.
+fn is_fresh(keys: &Keys, now: u64) -> bool {
+    let Some(at) = keys.refreshed_at() else {
+        return false;
+    };
+    let window = match keys.lifetime() {
+        Some(life) => FRESH_WINDOW.min(life / 2),
+        None => FRESH_WINDOW,
+    };
+    now < at.saturating_add(window)
 }
 
 fn validate(settings: &Settings) -> Result<(), SendError> {
@@ -149,8 +179,8 @@ fn refresh(
     settings: &Settings,
     stale: &Keys,
 ) -> Result<(Keys, Origin), SendError> {
-    let current = fx.acquire_lease().map_err(SendError::LeaseUnavailable)?;
-    let result = refresh_under_lease(fx, settings, stale, current);
+    let lease = fx.acquire_lease().map_err(SendError::LeaseUnavailable)?;
+    let result = refresh_under_lease(fx, settings, stale, lease);
     // On success the host ended the lease when the keys became durable; on
     // adoption or failure we end it here. Ending it twice is harmless.
     if !matches!(result, Ok((_, Origin::Exchanged))) {
@@ -172,9 +202,9 @@ fn refresh_under_lease(
     fx: &mut impl Effects,
     settings: &Settings,
     stale: &Keys,
-    current: Option<String>,
+    lease: Lease,
 ) -> Result<(Keys, Origin), SendError> {
-    let base = match current {
+    let base = match lease.keys {
         None => stale.clone(),
         Some(json) => {
             let current = Keys::parse(&json).map_err(SendError::InvalidKeys)?;
@@ -184,6 +214,15 @@ fn refresh_under_lease(
             current
         }
     };
+    if lease.in_doubt {
+        // Spending a refresh token that may already be spent could make a
+        // provider with reuse detection revoke the whole grant.
+        return Err(SendError::RefreshInDoubt(
+            "an earlier refresh of this credential was sent but its result was never stored; \
+             not spending the stored refresh token again"
+                .into(),
+        ));
+    }
     let refresh_token = base
         .refresh_token()
         .ok_or_else(|| not_authenticated("no refresh token is stored for this credential"))?;
@@ -194,52 +233,125 @@ fn refresh_under_lease(
     Ok((merged, Origin::Exchanged))
 }
 
+/// One failed token-endpoint attempt.
+struct Failure {
+    reason: String,
+    /// The request may have been processed (timeout, reset, a 5xx other than
+    /// 503): the refresh token may be spent.
+    maybe_processed: bool,
+    retry_after: Option<Duration>,
+}
+
 /// POSTs the refresh request, retrying only what may succeed on a second try.
+///
+/// Failures that provably spent nothing are retried with backoff. After one
+/// that may have been processed, exactly one prompt retry follows (a provider
+/// with a grace period for the just-rotated token then answers again); if
+/// that fails too, or answers `invalid_grant`, the refresh is in doubt.
 fn exchange(
     fx: &mut impl Effects,
     settings: &Settings,
     refresh_token: &str,
 ) -> Result<serde_json::Map<String, serde_json::Value>, SendError> {
     let req = token::refresh_request(settings, refresh_token);
-    let mut last_failure = String::new();
+    let mut attempts_left = TOKEN_ATTEMPTS;
+    let mut attempts = 0;
+    let mut in_doubt = false;
     let mut delay = BACKOFF;
-    for attempt in 1..=TOKEN_ATTEMPTS {
-        if attempt > 1 {
+    loop {
+        if attempts > 0 {
             fx.sleep(delay);
             delay = (delay * 2).min(token::MAX_RETRY_AFTER);
         }
-        match fx.http_send(&req) {
-            Ok(resp) => match token::classify(&resp) {
-                Outcome::Tokens(map) => return Ok(map),
-                Outcome::Fail(e) => return Err(e),
-                Outcome::Retry {
-                    reason,
-                    retry_after,
-                } => {
-                    last_failure = reason;
-                    if let Some(after) = retry_after {
-                        delay = after.min(token::MAX_RETRY_AFTER);
+        attempts += 1;
+        attempts_left -= 1;
+        let failure = match attempt(fx, &req) {
+            Ok(tokens) => return Ok(tokens),
+            Err(Ok(final_error)) => {
+                return Err(match final_error {
+                    SendError::ReauthorizationRequired(e) if in_doubt => {
+                        SendError::RefreshInDoubt(format!(
+                            "the token endpoint answered {} after an earlier attempt went unanswered: \
+                             that attempt most likely rotated the refresh token and its answer was lost",
+                            e.code
+                        ))
                     }
-                }
-            },
-            Err(TransportError::Timeout) => last_failure = "token endpoint timed out".into(),
-            Err(TransportError::Connect(m)) | Err(TransportError::Other(m)) => {
-                last_failure = format!("token endpoint unreachable: {m}");
+                    SendError::LeaseUnavailable(m) if in_doubt => {
+                        SendError::RefreshInDoubt(format!(
+                            "the retry after an unanswered attempt was not sent ({m}): \
+                         the refresh token may be spent"
+                        ))
+                    }
+                    other => other,
+                });
             }
-            Err(TransportError::TooLarge(n)) => {
-                return Err(SendError::TokenEndpoint(format!(
-                    "token response exceeded the host's cap of {n} bytes"
-                )));
-            }
-            Err(TransportError::InvalidRequest(m)) => {
-                return Err(SendError::InvalidSettings(format!("token request: {m}")));
-            }
-            Err(TransportError::Refused(m)) => return Err(SendError::LeaseUnavailable(m)),
+            Err(Err(failure)) => failure,
+        };
+        if in_doubt {
+            return Err(SendError::RefreshInDoubt(format!(
+                "{} on the retry after an unanswered attempt ({attempts} attempts): \
+                 the refresh token may be spent",
+                failure.reason
+            )));
+        }
+        if failure.maybe_processed {
+            in_doubt = true;
+            attempts_left = 1;
+            delay = BACKOFF;
+        } else if let Some(after) = failure.retry_after {
+            delay = after.min(token::MAX_RETRY_AFTER);
+        }
+        if attempts_left == 0 {
+            return Err(SendError::TokenEndpoint(format!(
+                "{} ({attempts} attempts)",
+                failure.reason
+            )));
         }
     }
-    Err(SendError::TokenEndpoint(format!(
-        "{last_failure} ({TOKEN_ATTEMPTS} attempts)"
-    )))
+}
+
+/// One attempt: the tokens, a final error (`Err(Ok)`), or a failure worth
+/// another attempt (`Err(Err)`).
+fn attempt(
+    fx: &mut impl Effects,
+    req: &Request,
+) -> Result<serde_json::Map<String, serde_json::Value>, Result<SendError, Failure>> {
+    let failure = |reason: String, maybe_processed: bool| Failure {
+        reason,
+        maybe_processed,
+        retry_after: None,
+    };
+    Err(Err(match fx.http_send(req) {
+        Ok(resp) => match token::classify(&resp) {
+            Outcome::Tokens(map) => return Ok(map),
+            Outcome::Fail(e) => return Err(Ok(e)),
+            Outcome::Retry {
+                reason,
+                retry_after,
+                maybe_processed,
+            } => Failure {
+                reason,
+                maybe_processed,
+                retry_after,
+            },
+        },
+        Err(TransportError::Connect(m)) => {
+            failure(format!("token endpoint unreachable: {m}"), false)
+        }
+        Err(TransportError::Timeout) => failure("token endpoint timed out".into(), true),
+        Err(TransportError::Other(m)) => failure(format!("token exchange failed: {m}"), true),
+        Err(TransportError::TooLarge(n)) => {
+            return Err(Ok(SendError::TokenEndpoint(format!(
+                "token response exceeded the host's cap of {n} bytes"
+            ))));
+        }
+        Err(TransportError::InvalidRequest(m)) => {
+            return Err(Ok(SendError::InvalidSettings(format!(
+                "token request: {m}"
+            ))));
+        }
+        Err(TransportError::Refused(m)) => return Err(Ok(SendError::LeaseUnavailable(m))),
+    }))
 }
 
 #[cfg(test)]
@@ -247,6 +359,7 @@ mod tests {
     use super::*;
     use crate::rekey::oauth2::types::ClientAuth;
     use std::collections::VecDeque;
+    use std::string::ToString;
 
     /// Scripted effects: answers in order, records what was sent.
     #[derive(Default)]
@@ -256,6 +369,8 @@ mod tests {
         emitted: Vec<String>,
         emit_fails: bool,
         stored_now: Option<String>,
+        in_doubt: bool,
+        now: u64,
         leases: u32,
         releases: u32,
         slept: Vec<Duration>,
@@ -273,15 +388,18 @@ mod tests {
             self.emitted.push(keys.into());
             Ok(())
         }
-        fn acquire_lease(&mut self) -> Result<Option<String>, String> {
+        fn acquire_lease(&mut self) -> Result<Lease, String> {
             self.leases += 1;
-            Ok(self.stored_now.clone())
+            Ok(Lease {
+                keys: self.stored_now.clone(),
+                in_doubt: self.in_doubt,
+            })
         }
         fn release_lease(&mut self) {
             self.releases += 1;
         }
         fn now_unix(&self) -> u64 {
-            1_000
+            if self.now == 0 { 1_000 } else { self.now }
         }
         fn sleep(&mut self, d: Duration) {
             self.slept.push(d);
@@ -462,12 +580,15 @@ mod tests {
         fn emit_update_keys(&mut self, keys: &str) -> Result<(), String> {
             self.0.emit_update_keys(keys)
         }
-        fn acquire_lease(&mut self) -> Result<Option<String>, String> {
+        fn acquire_lease(&mut self) -> Result<Lease, String> {
             self.1 += 1;
-            Ok(Some(format!(
-                r#"{{"access_token":"a{}","refresh_token":"r"}}"#,
-                self.1
-            )))
+            Ok(Lease {
+                keys: Some(format!(
+                    r#"{{"access_token":"a{}","refresh_token":"r"}}"#,
+                    self.1
+                )),
+                in_doubt: false,
+            })
         }
         fn release_lease(&mut self) {}
         fn now_unix(&self) -> u64 {
@@ -508,6 +629,21 @@ mod tests {
             ..Default::default()
         };
         run(&mut fx, Strategy::OnAuthFailure).unwrap();
+        // 503 spent nothing: backoff; a timeout may have: one prompt retry.
+        assert_eq!(fx.slept, [BACKOFF, BACKOFF]);
+
+        let mut fx = Script {
+            answers: [
+                ok(401, ""),
+                Err(TransportError::Connect("refused".into())),
+                ok(503, ""),
+                ok(200, r#"{"access_token":"a2"}"#),
+                ok(200, ""),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        run(&mut fx, Strategy::OnAuthFailure).unwrap();
         assert_eq!(fx.slept, [BACKOFF, BACKOFF * 2]);
 
         let mut fx = Script {
@@ -519,11 +655,207 @@ mod tests {
         assert_eq!(fx.sent.len(), 2);
 
         let mut fx = Script {
-            answers: [ok(401, ""), ok(500, ""), ok(502, ""), ok(503, "")].into(),
+            answers: [
+                ok(401, ""),
+                ok(503, ""),
+                Err(TransportError::Connect("refused".into())),
+                ok(429, ""),
+            ]
+            .into(),
             ..Default::default()
         };
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(err, SendError::TokenEndpoint(m) if m.contains("3 attempts")));
+    }
+
+    /// A token request that may have been processed (and so rotated the
+    /// refresh token) gets exactly one prompt retry.
+    #[test]
+    fn an_unanswered_refresh_is_retried_once_then_in_doubt() {
+        let lost = [
+            ok(502, ""),
+            ok(500, ""),
+            ok(504, ""),
+            Err(TransportError::Timeout),
+            Err(TransportError::Other("connection reset".into())),
+        ];
+        for first in lost {
+            // A provider with a grace period answers the prompt retry.
+            let mut fx = Script {
+                answers: [
+                    ok(401, ""),
+                    first.clone(),
+                    ok(200, r#"{"access_token":"a2"}"#),
+                    ok(200, "hi"),
+                ]
+                .into(),
+                ..Default::default()
+            };
+            run(&mut fx, Strategy::OnAuthFailure).unwrap();
+            assert_eq!(fx.slept, [BACKOFF]);
+            assert_eq!(fx.emitted.len(), 1);
+
+            // A strict provider: the retry meets a spent token.
+            let mut fx = Script {
+                answers: [
+                    ok(401, ""),
+                    first.clone(),
+                    ok(400, r#"{"error":"invalid_grant"}"#),
+                ]
+                .into(),
+                ..Default::default()
+            };
+            let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
+            assert!(
+                matches!(&err, SendError::RefreshInDoubt(m) if m.contains("invalid_grant")),
+                "{err:?}"
+            );
+
+            // Unanswered twice: stop, in doubt, after two token requests.
+            let mut fx = Script {
+                answers: [ok(401, ""), first.clone(), ok(503, "")].into(),
+                ..Default::default()
+            };
+            let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
+            assert!(matches!(err, SendError::RefreshInDoubt(_)), "{err:?}");
+            assert_eq!(fx.sent.len(), 3);
+            assert!(fx.emitted.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_unanswered_refresh_on_the_last_attempt_still_gets_its_retry() {
+        let mut fx = Script {
+            answers: [
+                ok(401, ""),
+                ok(503, ""),
+                ok(429, ""),
+                Err(TransportError::Timeout),
+                ok(200, r#"{"access_token":"a2"}"#),
+                ok(200, "hi"),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        run(&mut fx, Strategy::OnAuthFailure).unwrap();
+        assert_eq!(fx.sent.len(), 6);
+    }
+
+    #[test]
+    fn a_lease_inherited_in_doubt_spends_nothing() {
+        let mut fx = Script {
+            answers: [ok(401, "")].into(),
+            stored_now: Some(KEYS.into()),
+            in_doubt: true,
+            ..Default::default()
+        };
+        let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
+        assert!(matches!(err, SendError::RefreshInDoubt(_)), "{err:?}");
+        assert_eq!(fx.sent.len(), 1, "no token request");
+        assert_eq!(fx.releases, 1);
+
+        // The vanished holder's keys did arrive after all: use them.
+        let mut fx = Script {
+            answers: [ok(401, ""), ok(200, "hi")].into(),
+            stored_now: Some(r#"{"access_token":"a9","refresh_token":"r9"}"#.into()),
+            in_doubt: true,
+            ..Default::default()
+        };
+        run(&mut fx, Strategy::OnAuthFailure).unwrap();
+        assert_eq!(bearer(&fx.sent[1]), "Bearer a9");
+    }
+
+    #[test]
+    fn insufficient_scope_is_not_expiry() {
+        let mut challenge = Response {
+            status: 401,
+            headers: vec![(
+                "WWW-Authenticate".into(),
+                r#"Bearer error="insufficient_scope", scope="orders:write""#.into(),
+            )],
+            body: vec![],
+        };
+        let mut fx = Script {
+            answers: [Ok(challenge.clone())].into(),
+            ..Default::default()
+        };
+        let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
+        assert!(
+            matches!(&err, SendError::InsufficientScope(c) if c.scope.as_deref() == Some("orders:write")),
+            "{err:?}"
+        );
+        assert_eq!((fx.sent.len(), fx.leases), (1, 0));
+
+        challenge.headers[0].1 = r#"Bearer error="invalid_token""#.into();
+        let mut fx = Script {
+            answers: [
+                Ok(challenge),
+                ok(200, r#"{"access_token":"a2"}"#),
+                ok(200, "hi"),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        run(&mut fx, Strategy::OnAuthFailure).unwrap();
+        assert_eq!(fx.emitted.len(), 1);
+    }
+
+    #[test]
+    fn a_token_minted_moments_ago_is_not_refreshed_again() {
+        // Refreshed at 990 with a one-hour lifetime; rejected at 1000.
+        let fresh = r#"{"access_token":"a1","refresh_token":"r1","expires_in":3600,"rekey_refreshed_at":990}"#;
+        let mut fx = Script {
+            answers: [ok(401, "")].into(),
+            ..Default::default()
+        };
+        let err = send(
+            &mut fx,
+            &settings(Strategy::OnAuthFailure),
+            Some(fresh),
+            &api(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, SendError::RejectedAfterRefresh(_)));
+        assert_eq!((fx.sent.len(), fx.leases), (1, 0));
+
+        // 31 s later, or with a lifetime so short that half of it has passed,
+        // the rejection is expiry: refresh.
+        for (now, keys) in [
+            (1_021, fresh.to_string()),
+            (
+                1_000,
+                fresh.replace(r#""expires_in":3600"#, r#""expires_in":2"#),
+            ),
+        ] {
+            let mut fx = Script {
+                answers: [
+                    ok(401, ""),
+                    ok(200, r#"{"access_token":"a2"}"#),
+                    ok(200, "hi"),
+                ]
+                .into(),
+                now,
+                ..Default::default()
+            };
+            send(
+                &mut fx,
+                &settings(Strategy::OnAuthFailure),
+                Some(&keys),
+                &api(),
+            )
+            .unwrap();
+            assert_eq!(fx.emitted.len(), 1, "now={now}");
+        }
+    }
+
+    #[test]
+    fn settings_errors_are_not_reauthorization() {
+        let mut fx = Script {
+            answers: [ok(401, ""), ok(401, r#"{"error":"invalid_client"}"#)].into(),
+            ..Default::default()
+        };
+        let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
+        assert!(matches!(err, SendError::SettingsRejected(e) if e.code == "invalid_client"));
     }
 
     #[test]

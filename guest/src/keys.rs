@@ -1,13 +1,19 @@
 //! The stored token set: a JSON object kept whole, as the provider sent it.
 
+use alloc::format;
+use alloc::string::{String, ToString};
 use serde_json::{Map, Value};
+
+/// When this token set was obtained (Unix seconds), written by the guest on
+/// every merge: a rejection of a token minted moments ago is not expiry.
+pub const REFRESHED_AT: &str = "rekey_refreshed_at";
 
 /// A token set. Deliberately no `Debug` that shows values: it holds secrets.
 #[derive(Clone, PartialEq)]
 pub struct Keys(Map<String, Value>);
 
-impl std::fmt::Debug for Keys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_set().entries(self.0.keys()).finish()
     }
 }
@@ -47,6 +53,16 @@ impl Keys {
         number(self.0.get("expires_at")?)
     }
 
+    /// The access token's lifetime in seconds, as the provider last said.
+    pub fn lifetime(&self) -> Option<u64> {
+        number(self.0.get("expires_in")?)
+    }
+
+    /// When this set was obtained by a refresh, when the guest knows.
+    pub fn refreshed_at(&self) -> Option<u64> {
+        number(self.0.get(REFRESHED_AT)?)
+    }
+
     /// True when the access token expires within `margin` seconds of `now`.
     /// Unknown expiry counts as not expiring: the API's rejection will tell.
     pub fn expires_within(&self, now: u64, margin: u64) -> bool {
@@ -57,14 +73,17 @@ impl Keys {
     /// The token response laid over the stored set: every field the provider
     /// sent wins, everything else (the old refresh token when none came back,
     /// instance_url, id_token, ...) is kept. `expires_at` is recomputed from
-    /// `expires_in`, or dropped when the response does not say.
+    /// `expires_in` and the clock only (a provider-sent `expires_at` could
+    /// force a refresh on every call), or dropped when the response does not
+    /// say; `rekey_refreshed_at` is set to `now`.
     pub fn merged(self, response: Map<String, Value>, now: u64) -> Keys {
         let mut merged = self.0;
         merged.remove("expires_at");
         let expires_in = response.get("expires_in").and_then(number);
         for (k, v) in response {
             // A null or empty refresh_token is "none sent", not "forget it".
-            if k == "refresh_token" && v.as_str().is_none_or(str::is_empty) {
+            let unsent_refresh = k == "refresh_token" && v.as_str().is_none_or(str::is_empty);
+            if unsent_refresh || k == "expires_at" || k == REFRESHED_AT {
                 continue;
             }
             merged.insert(k, v);
@@ -72,6 +91,7 @@ impl Keys {
         if let Some(secs) = expires_in {
             merged.insert("expires_at".into(), Value::from(now.saturating_add(secs)));
         }
+        merged.insert(REFRESHED_AT.into(), Value::from(now));
         Keys(merged)
     }
 
@@ -124,6 +144,22 @@ mod tests {
         assert_eq!(merged.expires_at(), Some(160));
         assert_eq!(merged.0["instance_url"], "https://x");
         assert_eq!(merged.0["id_token"], "i");
+    }
+
+    #[test]
+    fn merge_ignores_a_provider_expires_at_and_stamps_the_refresh() {
+        let stored = Keys::parse(r#"{"access_token":"a1","refresh_token":"r1"}"#).unwrap();
+        let merged = stored.merged(
+            obj(json!({"access_token":"a2","expires_at":0,"rekey_refreshed_at":1})),
+            100,
+        );
+        assert_eq!(merged.expires_at(), None);
+        assert_eq!(merged.refreshed_at(), Some(100));
+        let timed = Keys::parse("{}").unwrap().merged(
+            obj(json!({"access_token":"a","expires_in":10,"expires_at":0})),
+            100,
+        );
+        assert_eq!(timed.expires_at(), Some(110));
     }
 
     #[test]

@@ -1,56 +1,68 @@
-//! The rekey component: OAuth2 refresh-and-retry against two host imports.
+//! The rekey component: OAuth2 refresh-and-retry against the host interface.
 //!
 //! `flow` is the state machine, written against the [`flow::Effects`] trait so it
 //! reads like the routine it implements and can be unit-tested natively; this
 //! file only binds it to the WIT imports and export.
+//!
+//! `no_std` in the component (std natively, for the tests): see Cargo.toml.
+
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
 
 mod basic_auth;
+mod challenge;
 mod flow;
 mod keys;
 mod token;
 
 wit_bindgen::generate!({
-    world: "client",
+    world: "refresher",
     path: "../wit",
+    // The two WASI clock interfaces are ours to bind: no wasi crate (and so
+    // no std) is pulled in for them.
+    generate_all,
 });
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use alloc::string::String;
+use core::time::Duration;
+use exports::rekey::oauth2::client::Guest;
+use rekey::oauth2::host;
+use rekey::oauth2::types::{Lease, Request, Response, SendError, Settings, TransportError};
+use wasi::clocks::{monotonic_clock, wall_clock};
 
-/// The real effects: the host's imports plus the WASI clocks.
+#[cfg(target_arch = "wasm32")]
+mod wasm_rt;
+
+/// The real effects: the host interface plus the WASI clocks.
 struct HostEffects;
 
 impl flow::Effects for HostEffects {
     fn http_send(&mut self, req: &Request) -> Result<Response, TransportError> {
-        http_send(req)
+        host::http_send(req)
     }
     fn emit_update_keys(&mut self, keys: &str) -> Result<(), String> {
-        emit_update_keys(keys)
+        host::emit_update_keys(keys)
     }
-    fn acquire_lease(&mut self) -> Result<Option<String>, String> {
-        acquire_refresh_lease()
+    fn acquire_lease(&mut self) -> Result<Lease, String> {
+        host::acquire_refresh_lease()
     }
     fn release_lease(&mut self) {
-        release_refresh_lease()
+        host::release_refresh_lease()
     }
     fn now_unix(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        wall_clock::now().seconds
     }
     fn sleep(&mut self, d: Duration) {
-        std::thread::sleep(d)
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        monotonic_clock::subscribe_duration(nanos).block();
     }
 }
 
 struct Component;
 
 impl Guest for Component {
-    fn send_authorized(
-        settings: Settings,
-        keys: Option<String>,
-        req: Request,
-    ) -> Result<Response, SendError> {
+    fn send(settings: Settings, keys: Option<String>, req: Request) -> Result<Response, SendError> {
         flow::send(&mut HostEffects, &settings, keys.as_deref(), &req)
     }
 }

@@ -3,19 +3,23 @@
 
 use crate::basic_auth;
 use crate::rekey::oauth2::types::{ClientAuth, OauthError, Request, Response, SendError, Settings};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use core::time::Duration;
 use serde_json::{Map, Value};
-use std::time::Duration;
 
 /// Token responses are small; anything larger is not one.
 pub const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 /// Upper bound on a honoured `Retry-After`, so one call cannot stall for minutes.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// The §5.2 error codes: the grant or client is unusable, a person must act.
-const REAUTHORIZE: [&str; 6] = [
+/// The §5.2 codes that say the credential's settings are wrong (the client,
+/// its grant types, the scope or the request as configured), not the grant:
+/// re-authorising would not help, fixing the settings would.
+const SETTINGS_WRONG: [&str; 5] = [
     "invalid_request",
     "invalid_client",
-    "invalid_grant",
     "unauthorized_client",
     "unsupported_grant_type",
     "invalid_scope",
@@ -69,6 +73,10 @@ pub enum Outcome {
     Retry {
         reason: String,
         retry_after: Option<Duration>,
+        /// The server may have processed the request (and so rotated the
+        /// refresh token) before failing: any 5xx but 503. 429 and 503 say
+        /// it was not processed.
+        maybe_processed: bool,
     },
     /// Final.
     Fail(SendError),
@@ -80,6 +88,7 @@ pub fn classify(resp: &Response) -> Outcome {
         return Outcome::Retry {
             reason: format!("token endpoint answered {status}"),
             retry_after: retry_after(resp),
+            maybe_processed: !matches!(status, 429 | 503),
         };
     }
     if resp.body.len() > MAX_TOKEN_RESPONSE {
@@ -94,8 +103,10 @@ pub fn classify(resp: &Response) -> Outcome {
         _ => None,
     };
     if let Some(code) = object.as_ref().and_then(oauth_error_code) {
-        return Outcome::Fail(if REAUTHORIZE.contains(&code.as_str()) {
+        return Outcome::Fail(if code == "invalid_grant" {
             SendError::ReauthorizationRequired(OauthError { status, code })
+        } else if SETTINGS_WRONG.contains(&code.as_str()) {
+            SendError::SettingsRejected(OauthError { status, code })
         } else {
             SendError::TokenEndpoint(format!(
                 "token endpoint answered {status} with error {code}"
@@ -226,6 +237,31 @@ mod tests {
         assert!(matches!(
             classify(&resp(200, r#"{"error":"invalid_grant"}"#)),
             Outcome::Fail(SendError::ReauthorizationRequired(_))
+        ));
+        for code in SETTINGS_WRONG {
+            let body = format!(r#"{{"error":"{code}"}}"#);
+            assert!(matches!(
+                classify(&resp(401, &body)),
+                Outcome::Fail(SendError::SettingsRejected(OauthError { status: 401, code: c })) if c == code
+            ));
+        }
+        assert!(matches!(
+            classify(&resp(400, r#"{"error":"invalid_grantx"}"#)),
+            Outcome::Fail(SendError::TokenEndpoint(_))
+        ));
+        assert!(matches!(
+            classify(&resp(502, "")),
+            Outcome::Retry {
+                maybe_processed: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(&resp(429, "")),
+            Outcome::Retry {
+                maybe_processed: false,
+                ..
+            }
         ));
         assert!(matches!(
             classify(&resp(400, "nope")),

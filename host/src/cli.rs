@@ -2,7 +2,10 @@
 
 mod credential;
 mod demo;
+mod exit;
 mod send;
+
+pub use exit::Exit;
 
 use clap::{Parser, Subcommand};
 use rekey::KeyStore;
@@ -48,11 +51,11 @@ enum Command {
 /// A failure the CLI reports: one line, and the exit code for it.
 pub struct Failure {
     pub message: String,
-    pub code: i32,
+    pub code: Exit,
 }
 
 impl Failure {
-    pub fn new(code: i32, message: impl Into<String>) -> Self {
+    pub fn new(code: Exit, message: impl Into<String>) -> Self {
         Failure {
             code,
             message: message.into(),
@@ -62,7 +65,7 @@ impl Failure {
 
 impl From<rekey::Error> for Failure {
     fn from(e: rekey::Error) -> Self {
-        Failure::new(e.exit_code(), e.to_string())
+        Failure::new(e.category().into(), e.to_string())
     }
 }
 
@@ -72,7 +75,7 @@ impl From<rekey::StoreError> for Failure {
     }
 }
 
-pub async fn run(args: Args) -> Result<i32, Failure> {
+pub async fn run(args: Args) -> Result<Exit, Failure> {
     match args.command {
         Command::Demo => demo::run().await,
         // Store calls block (a PostgreSQL client runs its own runtime): keep
@@ -97,7 +100,7 @@ async fn blocking<R: Send + 'static>(
 ) -> Result<R, Failure> {
     tokio::task::spawn_blocking(f)
         .await
-        .unwrap_or_else(|e| Err(Failure::new(1, format!("internal error: {e}"))))
+        .unwrap_or_else(|e| Err(Failure::new(Exit::Failed, format!("internal error: {e}"))))
 }
 
 fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, Failure> {

@@ -15,16 +15,24 @@
 //! # Ok(()) }
 //! ```
 
-pub mod bindings {
+/// Generated from `wit/`: the `rekey:oauth2@0.2.0` types are re-exported
+/// below; the rest is the host's own business.
+mod bindings {
     wasmtime::component::bindgen!({
-        world: "client",
+        world: "refresher",
         path: "../wit",
         imports: { default: async },
         exports: { default: async },
+        // The clocks come from wasmtime-wasi.
+        with: {
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+        },
     });
 }
 
 pub mod cache;
+mod call;
 mod error;
 mod http;
 mod lease;
@@ -35,8 +43,10 @@ mod secret;
 pub mod settings;
 pub mod store;
 
-pub use bindings::rekey::oauth2::types::{Request, Response, TransportError};
-pub use error::Error;
+pub use bindings::rekey::oauth2::types::{
+    OauthError, Request, Response, ScopeChallenge, TransportError,
+};
+pub use error::{Category, Error};
 pub use http::HttpConfig;
 pub use runtime::{Config, Rekey};
 pub use secret::Secret;

@@ -12,10 +12,10 @@ fn main() {
         .build()
         .expect("start the tokio runtime");
     let code = match runtime.block_on(cli::run(args)) {
-        Ok(code) => code,
+        Ok(code) => code.code(),
         Err(e) => {
             eprintln!("rekey: {}", e.message);
-            e.code
+            e.code.code()
         }
     };
     std::process::exit(code);

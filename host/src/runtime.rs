@@ -1,29 +1,28 @@
 //! Compiling the component once and running one call per `Store`.
 
-use crate::bindings::rekey::oauth2::types::{self as wit, Request, Response, TransportError};
-use crate::bindings::{Client, ClientImports, ClientPre};
+use crate::bindings::RefresherPre;
+use crate::bindings::rekey::oauth2::{host, types};
 use crate::cache::{self, Origin};
-use crate::error::{Error, describe_transport};
+use crate::call::CallState;
+use crate::error::Error;
 use crate::http::{HttpClient, HttpConfig};
-use crate::lease::{HeldLease, Leases};
-use crate::observe::{Event, Exchange, Observer, TracingObserver, loggable_target};
+use crate::lease::Leases;
+use crate::observe::{Observer, TracingObserver};
 use crate::secret::Secret;
 use crate::store::{KeyStore, call_store};
+use crate::{Request, Response};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{
-    Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder,
+    Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::WasiCtx;
 
 /// How often the epoch advances; the call deadline is counted in these.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// Time kept in hand after a token exchange, to persist its result.
-const SPEND_MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Config {
@@ -76,7 +75,7 @@ struct Inner {
     origin: Origin,
     /// Bounds concurrent calls to the pool's slots.
     slots: Option<Semaphore>,
-    pre: ClientPre<CallState>,
+    pre: RefresherPre<CallState>,
     http: HttpClient,
     leases: Leases,
     config: Config,
@@ -105,9 +104,12 @@ impl Rekey {
         let (component, origin) =
             cache::load_or_compile(&engine, wasm, config.cache_dir.as_deref())?;
         let mut linker = Linker::<CallState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        Client::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-        let pre = ClientPre::new(linker.instantiate_pre(&component)?)?;
+        // Exactly what the component imports: the clocks (and the pollable
+        // its sleeps wait on) and rekey's host interface.
+        add_clocks_to_linker(&mut linker)?;
+        types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let pre = RefresherPre::new(linker.instantiate_pre(&component)?)?;
         start_epoch_ticker(&engine);
         Ok(Rekey {
             inner: Arc::new(Inner {
@@ -154,7 +156,8 @@ impl Rekey {
             .map_err(component_failed)?;
         let keys = credential.keys.as_ref().map(Secret::expose);
         let result = client
-            .call_send_authorized(&mut wstore, &settings, keys, &req)
+            .rekey_oauth2_client()
+            .call_send(&mut wstore, &settings, keys, &req)
             .await
             .map_err(component_failed)?;
         wstore.data_mut().end_lease().await;
@@ -213,6 +216,24 @@ impl Rekey {
     }
 }
 
+/// The WASI the component imports, and nothing more: a call can read the
+/// clocks and sleep, and has no files, sockets, environment or stdio.
+fn add_clocks_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::p2::bindings::{clocks, io};
+    clocks::wall_clock::add_to_linker::<_, WasiClocks>(linker, CallState::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(linker, CallState::clocks)?;
+    io::poll::add_to_linker::<_, HasTable>(linker, |s| &mut s.table)?;
+    Ok(())
+}
+
+/// `wasi:io/poll` needs only the resource table its pollables live in.
+struct HasTable;
+
+impl wasmtime::component::HasData for HasTable {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
 /// Slots for `n` concurrent instances of our component (3 core instances:
 /// the module and wit-component's shim and fixup; 1 memory; 1 table each).
 fn pooling(n: u32, memory_limit: usize) -> InstanceAllocationStrategy {
@@ -247,178 +268,4 @@ fn start_epoch_ticker(engine: &Engine) {
             }
         })
         .expect("spawn the epoch ticker");
-}
-
-/// Everything one call's imports need. Dropped with the `Store`, which ends
-/// any lease the call still holds, whether it returned or trapped.
-struct CallState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limits: StoreLimits,
-    credential: String,
-    token_url: String,
-    store: Arc<dyn KeyStore>,
-    http: HttpClient,
-    observer: Arc<dyn Observer>,
-    leases: Leases,
-    lease_timeout: Duration,
-    lease_ttl: Duration,
-    lease: Option<HeldLease>,
-    /// When the epoch deadline traps this call.
-    deadline: Instant,
-    http_total_timeout: Duration,
-    /// The refresh token stored when the lease was taken, to tell rotation.
-    refresh_token_before: Option<Secret>,
-}
-
-impl WasiView for CallState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl wit::Host for CallState {}
-
-impl CallState {
-    /// A refresh token goes out only while this call still holds the lease
-    /// and can outlive the exchange: a trap after the provider rotated the
-    /// token but before it was persisted would lose the new one.
-    async fn may_spend_refresh_token(&mut self) -> Result<(), TransportError> {
-        if Instant::now() + self.http_total_timeout + SPEND_MARGIN > self.deadline {
-            return Err(TransportError::Refused(
-                "too little of the call's time is left to exchange and persist a refresh token"
-                    .into(),
-            ));
-        }
-        let Some(lease) = &self.lease else {
-            return Ok(());
-        };
-        match lease.renew(&self.store, &self.credential, self.lease_ttl).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(TransportError::Refused(
-                "the refresh lease ran out and another worker may have refreshed; not spending the refresh token".into(),
-            )),
-            Err(e) => Err(TransportError::Refused(format!("cannot renew the refresh lease: {e}"))),
-        }
-    }
-
-    async fn end_lease(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.release(&self.store, &self.credential).await;
-        }
-    }
-}
-
-impl Drop for CallState {
-    fn drop(&mut self) {
-        // Only after a trap or cancellation: `send` ends leases itself.
-        if let Some(lease) = self.lease.take() {
-            lease.release_detached(self.store.clone(), std::mem::take(&mut self.credential));
-        }
-    }
-}
-
-impl ClientImports for CallState {
-    async fn http_send(&mut self, req: Request) -> Result<Response, TransportError> {
-        let exchange = if req.url == self.token_url {
-            Exchange::TokenEndpoint
-        } else {
-            Exchange::Api
-        };
-        if exchange == Exchange::TokenEndpoint {
-            self.may_spend_refresh_token().await?;
-        }
-        let method = req.method.clone();
-        let target = loggable_target(&req.url);
-        let started = Instant::now();
-        let result = self.http.send(req).await;
-        let failure = result.as_ref().err().map(describe_transport);
-        self.observer.event(&Event::Http {
-            credential: &self.credential,
-            exchange,
-            method: &method,
-            target: &target,
-            outcome: result
-                .as_ref()
-                .map(|r| r.status)
-                .map_err(|_| failure.as_deref().unwrap_or("")),
-            elapsed: started.elapsed(),
-        });
-        result
-    }
-
-    async fn emit_update_keys(&mut self, keys: String) -> Result<(), String> {
-        let keys = Secret::new(keys);
-        let expected = self.lease.as_ref().map(|l| l.version);
-        let saved = {
-            let (name, keys) = (self.credential.clone(), keys.clone());
-            call_store(&self.store, move |s| s.save_keys(&name, &keys, expected)).await
-        };
-        match saved {
-            Ok(version) => {
-                let rotated = refresh_token(&keys).is_some_and(|new| {
-                    self.refresh_token_before
-                        .as_ref()
-                        .is_none_or(|old| old.expose() != new.expose())
-                });
-                self.observer.event(&Event::KeysPersisted {
-                    credential: &self.credential,
-                    version,
-                    refresh_token_rotated: rotated,
-                });
-                // Durable: others may now refresh from what we stored.
-                self.end_lease().await;
-                Ok(())
-            }
-            Err(e) => {
-                let reason = e.to_string();
-                self.observer.event(&Event::KeysNotPersisted {
-                    credential: &self.credential,
-                    reason: &reason,
-                });
-                Err(reason)
-            }
-        }
-    }
-
-    async fn acquire_refresh_lease(&mut self) -> Result<Option<String>, String> {
-        if self.lease.is_none() {
-            let started = Instant::now();
-            let lease = self
-                .leases
-                .acquire(
-                    &self.store,
-                    &self.credential,
-                    self.lease_ttl,
-                    self.lease_timeout,
-                )
-                .await?;
-            self.lease = Some(lease);
-            self.observer.event(&Event::LeaseAcquired {
-                credential: &self.credential,
-                waited: started.elapsed(),
-            });
-        }
-        let name = self.credential.clone();
-        let current = call_store(&self.store, move |s| s.load(&name))
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(lease) = &mut self.lease {
-            lease.version = current.version;
-        }
-        self.refresh_token_before = current.keys.as_ref().and_then(refresh_token);
-        Ok(current.keys.map(|k| k.expose().to_owned()))
-    }
-
-    async fn release_refresh_lease(&mut self) {
-        self.end_lease().await;
-    }
-}
-
-fn refresh_token(keys: &Secret) -> Option<Secret> {
-    let value: serde_json::Value = serde_json::from_str(keys.expose()).ok()?;
-    value.get("refresh_token")?.as_str().map(Secret::new)
 }

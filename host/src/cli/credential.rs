@@ -1,6 +1,6 @@
 //! `rekey credential add|show|list|remove`.
 
-use super::Failure;
+use super::{Exit, Failure};
 use rekey::settings::{ClientAuth, ClientSecret, Settings, Strategy};
 use rekey::store::{keys_from_token_response, redacted_keys};
 use rekey::{KeyStore, Secret};
@@ -68,13 +68,13 @@ enum StrategyArg {
     BeforeExpiry,
 }
 
-pub fn run(store: &dyn KeyStore, cmd: Command) -> Result<i32, Failure> {
+pub fn run(store: &dyn KeyStore, cmd: Command) -> Result<Exit, Failure> {
     match cmd {
         Command::Add(args) => add(store, args),
         Command::Show { name } => {
             let c = store.load(&name)?;
             print_json(&describe(&c));
-            Ok(0)
+            Ok(Exit::Ok)
         }
         Command::List => {
             for c in store.list()? {
@@ -88,11 +88,11 @@ pub fn run(store: &dyn KeyStore, cmd: Command) -> Result<i32, Failure> {
                     c.name, c.settings.token_url, c.version, state
                 );
             }
-            Ok(0)
+            Ok(Exit::Ok)
         }
         Command::Remove { name } => {
             if store.remove(&name)? {
-                Ok(0)
+                Ok(Exit::Ok)
             } else {
                 Err(rekey::StoreError::UnknownCredential(name).into())
             }
@@ -100,7 +100,7 @@ pub fn run(store: &dyn KeyStore, cmd: Command) -> Result<i32, Failure> {
     }
 }
 
-fn add(store: &dyn KeyStore, a: AddArgs) -> Result<i32, Failure> {
+fn add(store: &dyn KeyStore, a: AddArgs) -> Result<Exit, Failure> {
     let mut settings = Settings::new(a.token_url, a.client_id);
     settings.client_secret = match (a.client_secret, a.client_secret_env) {
         (Some(s), _) => Some(ClientSecret::Literal(Secret::new(s))),
@@ -118,7 +118,12 @@ fn add(store: &dyn KeyStore, a: AddArgs) -> Result<i32, Failure> {
         .map(|p| {
             p.split_once('=')
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .ok_or_else(|| Failure::new(2, format!("--param {p:?} must look like KEY=VALUE")))
+                .ok_or_else(|| {
+                    Failure::new(
+                        Exit::BadInput,
+                        format!("--param {p:?} must look like KEY=VALUE"),
+                    )
+                })
         })
         .collect::<Result<_, _>>()?;
     settings.strategy = match a.strategy {
@@ -132,7 +137,7 @@ fn add(store: &dyn KeyStore, a: AddArgs) -> Result<i32, Failure> {
     }
     if !(settings.token_url.starts_with("https://") || settings.token_url.starts_with("http://")) {
         return Err(Failure::new(
-            2,
+            Exit::BadInput,
             "--token-url must be an absolute http(s) URL",
         ));
     }
@@ -143,14 +148,14 @@ fn add(store: &dyn KeyStore, a: AddArgs) -> Result<i32, Failure> {
             let text = read_source(source)?;
             Some(keys_from_token_response(&text).map_err(|e| {
                 Failure::new(
-                    2,
+                    Exit::BadInput,
                     format!("the keys from {} are unusable: {e}", source_name(source)),
                 )
             })?)
         }
     };
     store.put(&a.name, &settings, keys.as_ref())?;
-    Ok(0)
+    Ok(Exit::Ok)
 }
 
 fn read_source(source: &str) -> Result<String, Failure> {
@@ -162,7 +167,7 @@ fn read_source(source: &str) -> Result<String, Failure> {
     };
     read.map_err(|e| {
         Failure::new(
-            2,
+            Exit::BadInput,
             format!("cannot read keys from {}: {e}", source_name(source)),
         )
     })?;

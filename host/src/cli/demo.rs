@@ -4,7 +4,7 @@
 //! host across several expiries, with each strategy; every exchange that
 //! crosses the sandbox boundary is printed as it happens.
 
-use super::Failure;
+use super::{Exit, Failure};
 use rekey::observe::{Event, Exchange, Observer};
 use rekey::provider::{Provider, ProviderConfig};
 use rekey::store::keys_from_token_response;
@@ -101,9 +101,10 @@ impl Observer for Timeline {
     }
 }
 
-pub async fn run() -> Result<i32, Failure> {
-    let fail =
-        |what: &str, e: &dyn std::fmt::Display| Failure::new(1, format!("demo: {what}: {e}"));
+pub async fn run() -> Result<Exit, Failure> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        Failure::new(Exit::Failed, format!("demo: {what}: {e}"))
+    };
     let provider = Provider::start(ProviderConfig::default())
         .await
         .map_err(|e| fail("start the provider", &e))?;
@@ -221,7 +222,10 @@ pub async fn run() -> Result<i32, Failure> {
         .await
     {
         Err(e) if e.needs_authorization() => {
-            println!("   error (exit code {}): {e}\n", e.exit_code())
+            println!(
+                "   error (exit code {}): {e}\n",
+                super::Exit::from(e.category()).code()
+            )
         }
         other => {
             failed += 1;
@@ -250,7 +254,10 @@ pub async fn run() -> Result<i32, Failure> {
         stats.invalid_grant, stats.reused_refresh_tokens
     );
     if failed > 0 || stats.invalid_grant > 0 {
-        return Err(Failure::new(1, "demo: something went wrong (see above)"));
+        return Err(Failure::new(
+            Exit::Failed,
+            "demo: something went wrong (see above)",
+        ));
     }
-    Ok(0)
+    Ok(Exit::Ok)
 }

@@ -1,6 +1,6 @@
 //! `rekey send`: a curl-like request through the component.
 
-use super::Failure;
+use super::{Exit, Failure};
 use rekey::{Config, KeyStore, Rekey, Request};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -33,19 +33,26 @@ pub async fn run(
     store: Arc<dyn KeyStore>,
     cache_dir: Option<PathBuf>,
     args: Args,
-) -> Result<i32, Failure> {
+) -> Result<Exit, Failure> {
     let body = match args.data.as_deref() {
         None => Vec::new(),
         Some("@-") => {
             let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .map_err(|e| Failure::new(2, format!("cannot read the body from stdin: {e}")))?;
+            std::io::stdin().read_to_end(&mut buf).map_err(|e| {
+                Failure::new(
+                    Exit::BadInput,
+                    format!("cannot read the body from stdin: {e}"),
+                )
+            })?;
             buf
         }
         Some(d) => match d.strip_prefix('@') {
-            Some(path) => std::fs::read(path)
-                .map_err(|e| Failure::new(2, format!("cannot read the body from {path}: {e}")))?,
+            Some(path) => std::fs::read(path).map_err(|e| {
+                Failure::new(
+                    Exit::BadInput,
+                    format!("cannot read the body from {path}: {e}"),
+                )
+            })?,
             None => d.as_bytes().to_vec(),
         },
     };
@@ -56,7 +63,7 @@ pub async fn run(
     for h in &args.headers {
         let (name, value) = h
             .split_once(':')
-            .ok_or_else(|| Failure::new(2, "a header must look like `Name: value`"))?;
+            .ok_or_else(|| Failure::new(Exit::BadInput, "a header must look like `Name: value`"))?;
         req = req.header(name.trim(), value.trim());
     }
     if args.data.is_some()
@@ -74,13 +81,17 @@ pub async fn run(
         cache_dir,
         ..Config::default()
     };
-    let rekey = Rekey::new(config)
-        .map_err(|e| Failure::new(8, format!("cannot load the rekey component: {e:#}")))?;
+    let rekey = Rekey::new(config).map_err(|e| {
+        Failure::new(
+            Exit::Component,
+            format!("cannot load the rekey component: {e:#}"),
+        )
+    })?;
     let resp = rekey.send(store, &args.credential, req).await?;
 
     let mut out = std::io::stdout().lock();
     if args.include {
-        let _ = writeln!(out, "HTTP {}", resp.status);
+        let _ = writeln!(out, "{}", status_line(resp.status));
         for (k, v) in &resp.headers {
             let _ = writeln!(out, "{k}: {v}");
         }
@@ -89,8 +100,18 @@ pub async fn run(
     let _ = out.write_all(&resp.body);
     let _ = out.flush();
     Ok(if args.fail && resp.status >= 400 {
-        22
+        Exit::HttpError
     } else {
-        0
+        Exit::Ok
     })
+}
+
+/// `HTTP/1.1 200 OK`, as curl -i prints it (the reason phrase is the
+/// standard one: the host does not keep the server's).
+fn status_line(status: u16) -> String {
+    let reason = reqwest::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!("HTTP/1.1 {status} {reason}").trim_end().to_owned()
 }

@@ -1,0 +1,198 @@
+//! The host side of the WIT for one call: its state and the `host`
+//! interface's functions (HTTP, persistence, the refresh lease).
+
+use crate::bindings::rekey::oauth2::host::Host;
+use crate::bindings::rekey::oauth2::types::{
+    self as wit, Lease, Request, Response, TransportError,
+};
+use crate::error::describe_transport;
+use crate::http::HttpClient;
+use crate::lease::{HeldLease, Leases};
+use crate::observe::{Event, Exchange, Observer, loggable_target};
+use crate::secret::Secret;
+use crate::store::{KeyStore, call_store};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Time kept in hand after a token exchange, to persist its result.
+const SPEND_MARGIN: Duration = Duration::from_secs(1);
+
+/// Everything one call's imports need. Dropped with the `Store`, which ends
+/// any lease the call still holds, whether it returned or trapped.
+pub(crate) struct CallState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) credential: String,
+    pub(crate) token_url: String,
+    pub(crate) store: Arc<dyn KeyStore>,
+    pub(crate) http: HttpClient,
+    pub(crate) observer: Arc<dyn Observer>,
+    pub(crate) leases: Leases,
+    pub(crate) lease_timeout: Duration,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) lease: Option<HeldLease>,
+    /// When the epoch deadline traps this call.
+    pub(crate) deadline: Instant,
+    pub(crate) http_total_timeout: Duration,
+    /// The refresh token stored when the lease was taken, to tell rotation.
+    pub(crate) refresh_token_before: Option<Secret>,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wit::Host for CallState {}
+
+impl CallState {
+    /// A refresh token goes out only while this call still holds the lease
+    /// and can outlive the exchange: a trap after the provider rotated the
+    /// token but before it was persisted would lose the new one.
+    async fn may_spend_refresh_token(&mut self) -> Result<(), TransportError> {
+        if Instant::now() + self.http_total_timeout + SPEND_MARGIN > self.deadline {
+            return Err(TransportError::Refused(
+                "too little of the call's time is left to exchange and persist a refresh token"
+                    .into(),
+            ));
+        }
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        match lease.renew(&self.store, &self.credential, self.lease_ttl).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(TransportError::Refused(
+                "the refresh lease ran out and another worker may have refreshed; not spending the refresh token".into(),
+            )),
+            Err(e) => Err(TransportError::Refused(format!("cannot renew the refresh lease: {e}"))),
+        }
+    }
+
+    pub(crate) async fn end_lease(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release(&self.store, &self.credential).await;
+        }
+    }
+}
+
+impl Drop for CallState {
+    fn drop(&mut self) {
+        // Only after a trap or cancellation: `send` ends leases itself.
+        if let Some(lease) = self.lease.take() {
+            lease.release_detached(self.store.clone(), std::mem::take(&mut self.credential));
+        }
+    }
+}
+
+impl Host for CallState {
+    async fn http_send(&mut self, req: Request) -> Result<Response, TransportError> {
+        let exchange = if req.url == self.token_url {
+            Exchange::TokenEndpoint
+        } else {
+            Exchange::Api
+        };
+        if exchange == Exchange::TokenEndpoint {
+            self.may_spend_refresh_token().await?;
+        }
+        let method = req.method.clone();
+        let target = loggable_target(&req.url);
+        let started = Instant::now();
+        let result = self.http.send(req).await;
+        let failure = result.as_ref().err().map(describe_transport);
+        self.observer.event(&Event::Http {
+            credential: &self.credential,
+            exchange,
+            method: &method,
+            target: &target,
+            outcome: result
+                .as_ref()
+                .map(|r| r.status)
+                .map_err(|_| failure.as_deref().unwrap_or("")),
+            elapsed: started.elapsed(),
+        });
+        result
+    }
+
+    async fn emit_update_keys(&mut self, keys: String) -> Result<(), String> {
+        let keys = Secret::new(keys);
+        let expected = self.lease.as_ref().map(|l| l.version);
+        let saved = {
+            let (name, keys) = (self.credential.clone(), keys.clone());
+            call_store(&self.store, move |s| s.save_keys(&name, &keys, expected)).await
+        };
+        match saved {
+            Ok(version) => {
+                let rotated = refresh_token(&keys).is_some_and(|new| {
+                    self.refresh_token_before
+                        .as_ref()
+                        .is_none_or(|old| old.expose() != new.expose())
+                });
+                self.observer.event(&Event::KeysPersisted {
+                    credential: &self.credential,
+                    version,
+                    refresh_token_rotated: rotated,
+                });
+                // Durable: others may now refresh from what we stored.
+                self.end_lease().await;
+                Ok(())
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                self.observer.event(&Event::KeysNotPersisted {
+                    credential: &self.credential,
+                    reason: &reason,
+                });
+                Err(reason)
+            }
+        }
+    }
+
+    async fn acquire_refresh_lease(&mut self) -> Result<Lease, String> {
+        if self.lease.is_none() {
+            let started = Instant::now();
+            let lease = self
+                .leases
+                .acquire(
+                    &self.store,
+                    &self.credential,
+                    self.lease_ttl,
+                    self.lease_timeout,
+                )
+                .await?;
+            self.lease = Some(lease);
+            self.observer.event(&Event::LeaseAcquired {
+                credential: &self.credential,
+                waited: started.elapsed(),
+            });
+        }
+        let name = self.credential.clone();
+        let current = call_store(&self.store, move |s| s.load(&name))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(lease) = &mut self.lease {
+            lease.version = current.version;
+        }
+        self.refresh_token_before = current.keys.as_ref().and_then(refresh_token);
+        Ok(Lease {
+            keys: current.keys.map(|k| k.expose().to_owned()),
+            in_doubt: false,
+        })
+    }
+
+    async fn release_refresh_lease(&mut self) {
+        self.end_lease().await;
+    }
+}
+
+fn refresh_token(keys: &Secret) -> Option<Secret> {
+    let value: serde_json::Value = serde_json::from_str(keys.expose()).ok()?;
+    value.get("refresh_token")?.as_str().map(Secret::new)
+}
