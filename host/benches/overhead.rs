@@ -1,7 +1,7 @@
 //! `cargo bench -p rekey --bench overhead`: what the sandbox costs, measured
 //! in one run against the same requests sent natively (issue 5).
 //!
-//! Everything talks to the loopback provider of `rekey::provider` (the same
+//! Everything talks to the loopback provider of `rekey-testkit` (the same
 //! server in the same process for both sides, so its bookkeeping cancels out),
 //! both sides use one reqwest client built like `host/src/http.rs` builds its
 //! own, and rekey reads keys from a `MemoryStore` so the store is not what is
@@ -15,8 +15,8 @@
 
 use rekey::cache::Origin;
 use rekey::observe::{Event, Observer};
-use rekey::provider::{Provider, ProviderConfig};
-use rekey::{ClientSecret, Config, KeyStore, MemoryStore, Rekey, Request, Secret, Settings};
+use rekey::{Config, KeyStore, MemoryStore, Rekey, Request, Settings, TokenSet};
+use rekey_testkit::{Provider, ProviderConfig};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,7 +168,7 @@ fn expire_access_token(store: &dyn KeyStore, name: &str) {
     let refresh = keys["refresh_token"].as_str().expect("refresh token");
     let reset = serde_json::json!({ "access_token": "expired", "refresh_token": refresh });
     store
-        .save_keys(name, &Secret::new(reset.to_string()), None)
+        .save_keys(name, &TokenSet::stored(reset.to_string()), None)
         .expect("reset keys");
 }
 
@@ -491,14 +491,10 @@ async fn run(cache_dir: std::path::PathBuf, cold: Option<ColdStart>, workers: us
     .expect("start the provider");
     let api: Arc<str> = provider.api_url("me").into();
 
-    let mut settings = Settings::new(provider.token_url(), provider.config().client_id.clone());
-    settings.client_secret = Some(ClientSecret::Literal(Secret::new(
-        provider.config().client_secret.clone(),
-    )));
-    let authorize = || {
-        rekey::store::keys_from_token_response(&provider.authorize().to_string())
-            .expect("token response")
-    };
+    let client = provider.client();
+    let settings =
+        Settings::new(client.token_url, client.client_id).with_secret(client.client_secret);
+    let authorize = || TokenSet::import(&provider.authorize().to_string()).expect("token response");
     let memory: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
     memory
         .put("warm", &settings, Some(&authorize()))
@@ -824,7 +820,7 @@ async fn run(cache_dir: std::path::PathBuf, cold: Option<ColdStart>, workers: us
             .join(" "),
     );
     println!(
-        "server: rekey::provider on 127.0.0.1 (HTTP/1.1, keep-alive), shared by both sides; \
+        "server: rekey-testkit provider on 127.0.0.1 (HTTP/1.1, keep-alive), shared by both sides; \
          store: MemoryStore; observer: no-op; refresh tokens rotate"
     );
     println!(

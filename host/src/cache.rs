@@ -67,6 +67,15 @@ pub fn default_dir() -> Option<PathBuf> {
     Some(base.join("rekey"))
 }
 
+/// The SHA-256 of `bytes` in lower-case hex (how other hosts check they run
+/// the very component this crate embeds).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
     struct ShaHasher(Sha256);
     impl std::hash::Hasher for ShaHasher {

@@ -11,6 +11,7 @@ use crate::lease::{HeldLease, Leases};
 use crate::observe::{Event, Exchange, Observer, loggable_target};
 use crate::secret::Secret;
 use crate::store::{KeyStore, call_store};
+use crate::token_set::TokenSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::StoreLimits;
@@ -122,7 +123,7 @@ impl Host for CallState {
     }
 
     async fn emit_update_keys(&mut self, keys: String) -> Result<(), String> {
-        let keys = Secret::new(keys);
+        let keys = TokenSet::stored(keys);
         let expected = self.lease.as_ref().map(|l| l.version);
         let saved = {
             let (name, keys) = (self.credential.clone(), keys.clone());
@@ -130,7 +131,7 @@ impl Host for CallState {
         };
         match saved {
             Ok(version) => {
-                let rotated = refresh_token(&keys).is_some_and(|new| {
+                let rotated = keys.refresh_token().is_some_and(|new| {
                     self.refresh_token_before
                         .as_ref()
                         .is_none_or(|old| old.expose() != new.expose())
@@ -180,7 +181,7 @@ impl Host for CallState {
         if let Some(lease) = &mut self.lease {
             lease.version = current.version;
         }
-        self.refresh_token_before = current.keys.as_ref().and_then(refresh_token);
+        self.refresh_token_before = current.keys.as_ref().and_then(TokenSet::refresh_token);
         Ok(Lease {
             keys: current.keys.map(|k| k.expose().to_owned()),
             in_doubt: false,
@@ -190,9 +191,4 @@ impl Host for CallState {
     async fn release_refresh_lease(&mut self) {
         self.end_lease().await;
     }
-}
-
-fn refresh_token(keys: &Secret) -> Option<Secret> {
-    let value: serde_json::Value = serde_json::from_str(keys.expose()).ok()?;
-    value.get("refresh_token")?.as_str().map(Secret::new)
 }

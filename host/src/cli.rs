@@ -46,6 +46,16 @@ enum Command {
     Send(send::Args),
     /// Run a self-contained demo against an embedded OAuth2 provider.
     Demo,
+    /// Write the rekey component (.wasm), byte for byte the one this binary
+    /// runs, for other hosts (Node.js, Python, wasi:http runtimes).
+    Component {
+        /// Write it here (default: standard output, unless it is a terminal).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Print its SHA-256 instead.
+        #[arg(long)]
+        sha256: bool,
+    },
 }
 
 /// A failure the CLI reports: one line, and the exit code for it.
@@ -78,6 +88,7 @@ impl From<rekey::StoreError> for Failure {
 pub async fn run(args: Args) -> Result<Exit, Failure> {
     match args.command {
         Command::Demo => demo::run().await,
+        Command::Component { out, sha256 } => component(out, sha256),
         // Store calls block (a PostgreSQL client runs its own runtime): keep
         // them off the async threads.
         Command::Credential(cmd) => {
@@ -93,6 +104,27 @@ pub async fn run(args: Args) -> Result<Exit, Failure> {
             send::run(store, cache_dir, send).await
         }
     }
+}
+
+fn component(out: Option<std::path::PathBuf>, sha256: bool) -> Result<Exit, Failure> {
+    use std::io::{IsTerminal, Write};
+    let wasm = rekey::GUEST_WASM;
+    if sha256 {
+        println!("{}", rekey::cache::sha256_hex(wasm));
+        return Ok(Exit::Ok);
+    }
+    let written = match &out {
+        Some(path) => std::fs::write(path, wasm),
+        None if std::io::stdout().is_terminal() => {
+            return Err(Failure::new(
+                Exit::BadInput,
+                "refusing to write binary to a terminal: use --out FILE or a redirect",
+            ));
+        }
+        None => std::io::stdout().lock().write_all(wasm),
+    };
+    written.map_err(|e| Failure::new(Exit::Failed, format!("cannot write the component: {e}")))?;
+    Ok(Exit::Ok)
 }
 
 async fn blocking<R: Send + 'static>(
@@ -119,8 +151,12 @@ pub fn init_logging(verbose: u8) {
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours only for a person at a terminal who has not asked for none.
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
 }

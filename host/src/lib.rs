@@ -37,11 +37,11 @@ mod error;
 mod http;
 mod lease;
 pub mod observe;
-pub mod provider;
 mod runtime;
 mod secret;
 pub mod settings;
 pub mod store;
+mod token_set;
 
 pub use bindings::rekey::oauth2::types::{
     OauthError, Request, Response, ScopeChallenge, TransportError,
@@ -52,6 +52,7 @@ pub use runtime::{Config, Rekey};
 pub use secret::Secret;
 pub use settings::{ClientAuth, ClientSecret, Settings, Strategy};
 pub use store::{Credential, KeyStore, MemoryStore, SqliteStore, StoreError};
+pub use token_set::{TokenSet, TokenSetError};
 
 /// The guest component, built by `build.rs` from `guest/`.
 pub const GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rekey_guest.wasm"));

@@ -8,8 +8,8 @@ use crate::error::Error;
 use crate::http::{HttpClient, HttpConfig};
 use crate::lease::Leases;
 use crate::observe::{Observer, TracingObserver};
-use crate::secret::Secret;
 use crate::store::{KeyStore, call_store};
+use crate::token_set::TokenSet;
 use crate::{Request, Response};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -154,7 +154,7 @@ impl Rekey {
             .instantiate_async(&mut wstore)
             .await
             .map_err(component_failed)?;
-        let keys = credential.keys.as_ref().map(Secret::expose);
+        let keys = credential.keys.as_ref().map(TokenSet::expose);
         let result = client
             .rekey_oauth2_client()
             .call_send(&mut wstore, &settings, keys, &req)

@@ -79,6 +79,24 @@ impl Settings {
         }
     }
 
+    /// With a client secret stored with the credential.
+    pub fn with_secret(mut self, secret: impl Into<String>) -> Self {
+        self.client_secret = Some(ClientSecret::Literal(Secret::new(secret)));
+        self
+    }
+
+    /// With this client authentication.
+    pub fn with_auth(mut self, auth: ClientAuth) -> Self {
+        self.client_auth = auth;
+        self
+    }
+
+    /// With this refresh strategy.
+    pub fn with_strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
     /// The WIT settings for one call, with an environment secret resolved now.
     pub(crate) fn to_wit(&self) -> Result<wit::Settings, String> {
         let client_secret = match &self.client_secret {

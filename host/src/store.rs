@@ -2,25 +2,29 @@
 //! grows with every persisted refresh.
 
 mod memory;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::secret::Secret;
 use crate::settings::Settings;
+use crate::token_set::TokenSet;
+
+pub(crate) use crate::token_set::json_position;
 
 #[derive(Clone, Debug)]
 pub struct Credential {
     pub name: String,
     pub settings: Settings,
-    /// The token set as a JSON object; none until someone authenticates.
-    pub keys: Option<Secret>,
+    /// The token set; none until someone authenticates.
+    pub keys: Option<TokenSet>,
     /// Starts at 0; +1 on every write of keys.
     pub version: u64,
     /// Unix seconds of the last write.
@@ -56,14 +60,18 @@ pub trait KeyStore: Send + Sync + 'static {
     fn save_keys(
         &self,
         name: &str,
-        keys: &Secret,
+        keys: &TokenSet,
         expected_version: Option<u64>,
     ) -> Result<u64, StoreError>;
     /// Creates a credential, or replaces its settings. Keys given replace the
     /// stored ones (and bump the version); none given keeps them, so editing
     /// settings never drops a live refresh token or upsets a refresh in flight.
-    fn put(&self, name: &str, settings: &Settings, keys: Option<&Secret>)
-    -> Result<(), StoreError>;
+    fn put(
+        &self,
+        name: &str,
+        settings: &Settings,
+        keys: Option<&TokenSet>,
+    ) -> Result<(), StoreError>;
     fn list(&self) -> Result<Vec<Credential>, StoreError>;
     /// True when something was removed.
     fn remove(&self, name: &str) -> Result<bool, StoreError>;
@@ -119,7 +127,13 @@ pub(crate) async fn call_store<R: Send + 'static>(
 /// async code or on a blocking thread.
 pub fn open(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
         return Ok(Arc::new(PostgresStore::connect(url)?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(StoreError::Unusable {
+            path: "postgres://…".into(),
+            reason: "this build of rekey has no PostgreSQL support (feature `postgres`)".into(),
+        });
     }
     if url.contains("://") {
         return Err(StoreError::Unusable {
@@ -132,111 +146,13 @@ pub fn open(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
     )?))
 }
 
-/// Checks that `keys` is a JSON object without echoing any of it.
-pub fn validate_keys(keys: &Secret) -> Result<(), StoreError> {
-    match serde_json::from_str::<serde_json::Value>(keys.expose()) {
-        Ok(serde_json::Value::Object(_)) => Ok(()),
-        Ok(_) => Err(StoreError::InvalidKeys("not an object".into())),
-        Err(e) => Err(StoreError::InvalidKeys(json_position(&e))),
-    }
+/// Checks what a store is given: a JSON object, without echoing any of it.
+pub(crate) fn validate_keys(keys: &TokenSet) -> Result<(), StoreError> {
+    keys.check()
+        .map_err(|e| StoreError::InvalidKeys(e.to_string()))
 }
 
-/// A serde_json error as a position only: typed errors can quote values.
-pub(crate) fn json_position(e: &serde_json::Error) -> String {
-    format!("invalid JSON at line {} column {}", e.line(), e.column())
-}
-
+/// Unix seconds, for `updated_at`.
 pub(crate) fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Turns a token response (as a provider or an authorization-code exchange
-/// returned it) into keys to store: a JSON object holding at least an access
-/// or a refresh token, with `expires_at` added from `expires_in`.
-pub fn keys_from_token_response(json: &str) -> Result<Secret, StoreError> {
-    let mut map = match serde_json::from_str::<serde_json::Value>(json) {
-        Ok(serde_json::Value::Object(map)) => map,
-        Ok(_) => return Err(StoreError::InvalidKeys("not an object".into())),
-        Err(e) => return Err(StoreError::InvalidKeys(json_position(&e))),
-    };
-    let has = |k: &str| {
-        map.get(k)
-            .and_then(|v| v.as_str())
-            .is_some_and(|s| !s.is_empty())
-    };
-    if !has("access_token") && !has("refresh_token") {
-        return Err(StoreError::InvalidKeys(
-            "it holds neither access_token nor refresh_token".into(),
-        ));
-    }
-    if !map.contains_key("expires_at") {
-        let expires_in = map.get("expires_in").and_then(|v| match v {
-            serde_json::Value::Number(n) => n.as_i64(),
-            serde_json::Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        });
-        if let Some(secs) = expires_in {
-            map.insert("expires_at".into(), (now_unix() + secs).into());
-        }
-    }
-    Ok(Secret::new(serde_json::Value::Object(map).to_string()))
-}
-
-/// Fields of a token set that are safe to show; every other value is redacted
-/// (tokens, and provider fields we cannot vouch for).
-const SHOWABLE: [&str; 7] = [
-    "token_type",
-    "expires_in",
-    "expires_at",
-    "scope",
-    "instance_url",
-    "issued_at",
-    "ext_expires_in",
-];
-
-/// A token set with every value but the harmless ones replaced by `[redacted]`.
-pub fn redacted_keys(keys: &Secret) -> serde_json::Value {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str(keys.expose()) else {
-        return serde_json::Value::String("[unreadable]".into());
-    };
-    map.into_iter()
-        .map(|(k, v)| {
-            let v = if SHOWABLE.contains(&k.as_str()) {
-                v
-            } else {
-                "[redacted]".into()
-            };
-            (k, v)
-        })
-        .collect::<serde_json::Map<_, _>>()
-        .into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn import_adds_expiry_and_rejects_tokenless_sets() {
-        let keys = keys_from_token_response(r#"{"access_token":"a","expires_in":"60"}"#).unwrap();
-        let v: serde_json::Value = serde_json::from_str(keys.expose()).unwrap();
-        assert!(v["expires_at"].as_i64().unwrap() >= now_unix() + 59);
-        assert!(keys_from_token_response(r#"{"token_type":"bearer"}"#).is_err());
-        let err = keys_from_token_response("{\"access_token\": \"secret-tok").unwrap_err();
-        assert!(!err.to_string().contains("secret-tok"), "{err}");
-    }
-
-    #[test]
-    fn redaction_keeps_only_harmless_fields() {
-        let shown = redacted_keys(&Secret::new(
-            r#"{"access_token":"a","refresh_token":"r","scope":"api","custom":"x"}"#,
-        ));
-        assert_eq!(
-            shown,
-            serde_json::json!({"access_token":"[redacted]","refresh_token":"[redacted]","scope":"api","custom":"[redacted]"})
-        );
-    }
+    crate::token_set::now_unix() as i64
 }

@@ -2,8 +2,7 @@
 
 use super::{Exit, Failure};
 use rekey::settings::{ClientAuth, ClientSecret, Settings, Strategy};
-use rekey::store::{keys_from_token_response, redacted_keys};
-use rekey::{KeyStore, Secret};
+use rekey::{KeyStore, Secret, TokenSet};
 use serde_json::json;
 use std::io::Read;
 
@@ -146,7 +145,7 @@ fn add(store: &dyn KeyStore, a: AddArgs) -> Result<Exit, Failure> {
         None => None,
         Some(source) => {
             let text = read_source(source)?;
-            Some(keys_from_token_response(&text).map_err(|e| {
+            Some(TokenSet::import(&text).map_err(|e| {
                 Failure::new(
                     Exit::BadInput,
                     format!("the keys from {} are unusable: {e}", source_name(source)),
@@ -200,7 +199,7 @@ fn describe(c: &rekey::Credential) -> serde_json::Value {
             "expiry_margin_secs": s.expiry_margin_secs,
             "rejected_statuses": s.rejected_statuses,
         },
-        "keys": c.keys.as_ref().map(redacted_keys),
+        "keys": c.keys.as_ref().map(TokenSet::redacted),
     })
 }
 

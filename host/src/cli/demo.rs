@@ -6,12 +6,10 @@
 
 use super::{Exit, Failure};
 use rekey::observe::{Event, Exchange, Observer};
-use rekey::provider::{Provider, ProviderConfig};
-use rekey::store::keys_from_token_response;
 use rekey::{
-    ClientAuth, ClientSecret, Config, KeyStore, Rekey, Request, Secret, Settings, SqliteStore,
-    Strategy,
+    ClientAuth, Config, KeyStore, Rekey, Request, Settings, SqliteStore, Strategy, TokenSet,
 };
+use rekey_testkit::{Provider, ProviderConfig};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -142,14 +140,13 @@ pub async fn run() -> Result<Exit, Failure> {
         ("every-request", Strategy::EveryRequest),
         ("before-expiry", Strategy::BeforeExpiry),
     ] {
-        let mut settings = Settings::new(provider.token_url(), provider.config().client_id.clone());
-        settings.client_secret = Some(ClientSecret::Literal(Secret::new(
-            provider.config().client_secret.clone(),
-        )));
-        settings.client_auth = ClientAuth::Basic;
-        settings.strategy = strategy;
+        let client = provider.client();
+        let mut settings = Settings::new(client.token_url, client.client_id)
+            .with_secret(client.client_secret)
+            .with_auth(ClientAuth::Basic)
+            .with_strategy(strategy);
         settings.expiry_margin_secs = 1;
-        let keys = keys_from_token_response(&provider.authorize().to_string())
+        let keys = TokenSet::import(&provider.authorize().to_string())
             .map_err(|e| fail("import the first token set", &e))?;
         store
             .put(name, &settings, Some(&keys))
@@ -206,10 +203,9 @@ pub async fn run() -> Result<Exit, Failure> {
     }
 
     println!("── no keys stored: what a host sees before anyone has authorised");
-    let mut settings = Settings::new(provider.token_url(), provider.config().client_id.clone());
-    settings.client_secret = Some(ClientSecret::Literal(Secret::new(
-        provider.config().client_secret.clone(),
-    )));
+    let client = provider.client();
+    let settings =
+        Settings::new(client.token_url, client.client_id).with_secret(client.client_secret);
     store
         .put("unauthorised", &settings, None)
         .map_err(|e| fail("store the credential", &e))?;

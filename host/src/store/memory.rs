@@ -1,8 +1,8 @@
 //! An in-memory store, for embedders that persist elsewhere and for benchmarks.
 
 use super::{Credential, KeyStore, StoreError, now_unix, validate_keys};
-use crate::secret::Secret;
 use crate::settings::Settings;
+use crate::token_set::TokenSet;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -33,7 +33,7 @@ impl KeyStore for MemoryStore {
     fn save_keys(
         &self,
         name: &str,
-        keys: &Secret,
+        keys: &TokenSet,
         expected_version: Option<u64>,
     ) -> Result<u64, StoreError> {
         validate_keys(keys)?;
@@ -55,7 +55,7 @@ impl KeyStore for MemoryStore {
         &self,
         name: &str,
         settings: &Settings,
-        keys: Option<&Secret>,
+        keys: Option<&TokenSet>,
     ) -> Result<(), StoreError> {
         if let Some(k) = keys {
             validate_keys(k)?;

@@ -7,8 +7,8 @@
 //! host does), never from inside async code.
 
 use super::{Credential, KeyStore, StoreError, json_position, now_unix, validate_keys};
-use crate::secret::Secret;
 use crate::settings::Settings;
+use crate::token_set::TokenSet;
 use postgres::{Client, NoTls};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -127,7 +127,7 @@ fn to_credential(row: &postgres::Row) -> Result<Credential, StoreError> {
     Ok(Credential {
         name,
         settings,
-        keys: keys.map(Secret::new),
+        keys: keys.map(TokenSet::stored),
         version: version.max(0) as u64,
         updated_at: row.get(4),
     })
@@ -147,7 +147,7 @@ impl KeyStore for PostgresStore {
     fn save_keys(
         &self,
         name: &str,
-        keys: &Secret,
+        keys: &TokenSet,
         expected_version: Option<u64>,
     ) -> Result<u64, StoreError> {
         validate_keys(keys)?;
@@ -179,7 +179,7 @@ impl KeyStore for PostgresStore {
         &self,
         name: &str,
         settings: &Settings,
-        keys: Option<&Secret>,
+        keys: Option<&TokenSet>,
     ) -> Result<(), StoreError> {
         if let Some(k) = keys {
             validate_keys(k)?;
@@ -191,7 +191,7 @@ impl KeyStore for PostgresStore {
                  ON CONFLICT (name) DO UPDATE SET settings = $2, keys = COALESCE($3, rekey_credentials.keys),
                      version = rekey_credentials.version + CASE WHEN $3::TEXT IS NULL THEN 0 ELSE 1 END,
                      updated_at = $4",
-                &[&name, &settings, &keys.map(Secret::expose), &now_unix()],
+                &[&name, &settings, &keys.map(TokenSet::expose), &now_unix()],
             )
         })
         .map_err(write)?;

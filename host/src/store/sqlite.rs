@@ -2,8 +2,8 @@
 //! its own transaction, so `save_keys` returning `Ok` means it is on disk.
 
 use super::{Credential, KeyStore, StoreError, json_position, now_unix, validate_keys};
-use crate::secret::Secret;
 use crate::settings::Settings;
+use crate::token_set::TokenSet;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -118,7 +118,7 @@ fn row_to_credential(
     Ok(Credential {
         name,
         settings,
-        keys: keys.map(Secret::new),
+        keys: keys.map(TokenSet::stored),
         version: version.max(0) as u64,
         updated_at,
     })
@@ -149,7 +149,7 @@ impl KeyStore for SqliteStore {
     fn save_keys(
         &self,
         name: &str,
-        keys: &Secret,
+        keys: &TokenSet,
         expected_version: Option<u64>,
     ) -> Result<u64, StoreError> {
         validate_keys(keys)?;
@@ -226,7 +226,7 @@ impl KeyStore for SqliteStore {
         &self,
         name: &str,
         settings: &Settings,
-        keys: Option<&Secret>,
+        keys: Option<&TokenSet>,
     ) -> Result<(), StoreError> {
         if let Some(k) = keys {
             validate_keys(k)?;
@@ -238,7 +238,7 @@ impl KeyStore for SqliteStore {
                  VALUES (?1, ?2, ?3, 0, ?4)
                  ON CONFLICT (name) DO UPDATE SET settings = ?2, keys = COALESCE(?3, keys),
                      version = version + (?3 IS NOT NULL), updated_at = ?4",
-                params![name, settings, keys.map(Secret::expose), now_unix()],
+                params![name, settings, keys.map(TokenSet::expose), now_unix()],
             )
             .map_err(|e| StoreError::Write(e.to_string()))?;
         Ok(())
@@ -283,16 +283,16 @@ mod tests {
             .put(
                 "c",
                 &settings,
-                Some(&Secret::new(r#"{"access_token":"a"}"#)),
+                Some(&TokenSet::stored(r#"{"access_token":"a"}"#)),
             )
             .unwrap();
         assert_eq!(
             store
-                .save_keys("c", &Secret::new(r#"{"access_token":"b"}"#), Some(0))
+                .save_keys("c", &TokenSet::stored(r#"{"access_token":"b"}"#), Some(0))
                 .unwrap(),
             1
         );
-        let stale = store.save_keys("c", &Secret::new(r#"{"access_token":"x"}"#), Some(0));
+        let stale = store.save_keys("c", &TokenSet::stored(r#"{"access_token":"x"}"#), Some(0));
         assert!(
             matches!(stale, Err(StoreError::Conflict(_))),
             "compare-and-set refuses a stale writer"
@@ -313,7 +313,7 @@ mod tests {
             .put(
                 "c",
                 &Settings::new("http://127.0.0.1/token", "app"),
-                Some(&Secret::new("{}")),
+                Some(&TokenSet::stored("{}")),
             )
             .unwrap();
         for file in ["s.db", "s.db-wal"] {
@@ -334,7 +334,7 @@ mod tests {
             .put(
                 "c",
                 &settings,
-                Some(&Secret::new(r#"{"refresh_token":"r"}"#)),
+                Some(&TokenSet::stored(r#"{"refresh_token":"r"}"#)),
             )
             .unwrap();
         store
@@ -354,12 +354,12 @@ mod tests {
             Err(StoreError::UnknownCredential(_))
         ));
         assert!(matches!(
-            store.save_keys("nope", &Secret::new("{}"), None),
+            store.save_keys("nope", &TokenSet::stored("{}"), None),
             Err(StoreError::UnknownCredential(_))
         ));
         let settings = Settings::new("http://127.0.0.1/token", "app");
         let err = store
-            .put("c", &settings, Some(&Secret::new("[1, \"tok\"]")))
+            .put("c", &settings, Some(&TokenSet::stored("[1, \"tok\"]")))
             .unwrap_err();
         assert!(matches!(err, StoreError::InvalidKeys(_)));
     }

@@ -1,14 +1,13 @@
-//! Many workers, one credential. Worker processes (tests/support/worker.rs)
+//! Many workers, one credential. Worker processes (`fleet_worker.rs`)
 //! share a credential through a real store, SQLite or PostgreSQL, against a
 //! provider with 1-second tokens, refresh-token rotation and reuse detection
 //! (a reused refresh token revokes the grant). Bounded in count and time;
 //! loopback only.
 
-use rekey::provider::{Provider, ProviderConfig};
-use rekey::store::keys_from_token_response;
-use rekey::{ClientAuth, ClientSecret, Request, Secret, Settings, Strategy};
-use rekey_scenarios::*;
-use std::process::{Child, Command, Stdio};
+use crate::support::*;
+use rekey::{ClientAuth, Request, Strategy};
+use rekey_testkit::{Provider, ProviderConfig};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,13 +32,8 @@ impl Fleet {
         })
         .await
         .expect("provider");
-        let mut settings = Settings::new(provider.token_url(), provider.config().client_id.clone());
-        settings.client_secret = Some(ClientSecret::Literal(Secret::new(
-            provider.config().client_secret.clone(),
-        )));
-        settings.client_auth = ClientAuth::Basic;
-        settings.strategy = Strategy::OnAuthFailure;
-        let keys = keys_from_token_response(&provider.authorize().to_string()).unwrap();
+        let settings = client_settings(&provider, Strategy::OnAuthFailure, ClientAuth::Basic);
+        let keys = first_token_set(&provider);
         let url = store_url.to_owned();
         blocking(move || {
             rekey::store::open(&url)
@@ -68,13 +62,7 @@ impl Fleet {
     }
 
     fn worker(&self, args: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_rekey-fleet-worker"))
-            .args(args)
-            .env("REKEY_CACHE_DIR", self.cache.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start a worker")
+        crate::fleet_worker::spawn(args, self.cache.path())
     }
 
     /// Runs the fleet for `duration`; returns (requests, failed, first errors).
@@ -111,8 +99,10 @@ impl Fleet {
                 "worker failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            let report: serde_json::Value =
-                serde_json::from_slice(&out.stdout).expect("worker report");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let report: serde_json::Value = crate::fleet_worker::line_after(&stdout, "REPORT ")
+                .and_then(|l| serde_json::from_str(l).ok())
+                .unwrap_or_else(|| panic!("no worker report in: {stdout}"));
             requests += report["requests"].as_u64().unwrap();
             failed += report["failed"].as_u64().unwrap();
             errors.extend(
@@ -212,13 +202,13 @@ async fn killed_lease_holder(store_url: &str, label: &str) {
         "fleet",
         &lease_ttl.as_millis().to_string(),
     ]);
+    let mut reader = std::io::BufReader::new(doomed.stdout.as_mut().unwrap());
     let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(doomed.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "held");
+    while line.trim() != "HELD" {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        assert!(n > 0, "the lease holder ended before taking the lease");
+    }
     let leased_at = Instant::now();
     doomed.kill().expect("SIGKILL the lease holder");
     doomed.wait().unwrap();

@@ -14,7 +14,7 @@ pub struct Postgres {
 /// Starts a server, or says loudly why not (and fails under `REKEY_REQUIRE_PEERS`).
 pub fn start() -> Option<Postgres> {
     let Some(bin) = find_bin() else {
-        crate::missing_peer(
+        super::missing_peer(
             "PostgreSQL (initdb) not found: install Debian's `postgresql` (as .ci/run does)",
         );
         return None;

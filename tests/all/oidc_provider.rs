@@ -23,7 +23,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// Access-token lifetime configured at the provider, in seconds.
@@ -38,7 +38,11 @@ const AUTH_METHODS: [&str; 2] = ["basic", "post"];
 const EXIT_REAUTHORIZE: i32 = 3;
 
 fn workspace() -> PathBuf {
+    // This test binary belongs to host/; the peers live at the top.
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ sits in the workspace")
+        .to_path_buf()
 }
 
 fn oidc_dir() -> PathBuf {
@@ -123,33 +127,9 @@ fn prerequisites() -> Option<()> {
     Some(())
 }
 
-/// The `rekey` binary, built once for this test run.
+/// The `rekey` binary cargo built for these tests.
 fn rekey_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let ws = workspace();
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .args(["build", "-q", "-p", "rekey", "--bin", "rekey"])
-            .current_dir(&ws);
-        let profile = if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            build.arg("--release");
-            "release"
-        };
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p rekey --bin rekey failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|p| if p.is_relative() { ws.join(p) } else { p })
-            .unwrap_or_else(|| ws.join("target"));
-        let bin = target
-            .join(profile)
-            .join(format!("rekey{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.is_file(), "no rekey binary at {}", bin.display());
-        bin
-    })
+    Path::new(env!("CARGO_BIN_EXE_rekey"))
 }
 
 /// server.mjs, ended (by its pid) when dropped; it also exits by itself when

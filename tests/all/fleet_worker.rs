@@ -1,19 +1,47 @@
-//! One worker of a fleet, for tests/fleet.rs.
+//! One worker process of a fleet, for `fleet.rs`: this test binary started
+//! again ([`spawn`]) with the worker's arguments in `REKEY_FLEET_WORKER`
+//! (separated by newlines), running only the ignored test below.
 //!
-//! `rekey-fleet-worker send STORE_URL CREDENTIAL API_URL CONCURRENCY DURATION_MS LEASE_TTL_MS`
+//! `send STORE_URL CREDENTIAL API_URL CONCURRENCY DURATION_MS LEASE_TTL_MS`
 //!   runs CONCURRENCY tasks sending through one `Rekey` until DURATION_MS has
-//!   passed; prints `{"requests":N,"failed":F,"errors":[...]}`.
-//! `rekey-fleet-worker hold-lease STORE_URL CREDENTIAL LEASE_TTL_MS`
-//!   takes the credential's refresh lease through the store, prints `held`,
+//!   passed; prints `REPORT {"requests":N,"failed":F,"errors":[...]}`.
+//! `hold-lease STORE_URL CREDENTIAL LEASE_TTL_MS`
+//!   takes the credential's refresh lease through the store, prints `HELD`,
 //!   and sleeps until killed.
 
 use rekey::{Config, Rekey, Request};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+/// Starts a worker process with these arguments; stdout and stderr piped.
+pub fn spawn(args: &[&str], cache_dir: &std::path::Path) -> Child {
+    Command::new(std::env::current_exe().expect("this test binary"))
+        .args(["--ignored", "--exact", "fleet_worker::worker_process"])
+        .args(["--nocapture", "--test-threads=1", "-q"])
+        .env("REKEY_FLEET_WORKER", args.join("\n"))
+        .env("REKEY_CACHE_DIR", cache_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a worker")
+}
+
+/// The line a worker prints with `prefix`, from its whole stdout.
+pub fn line_after<'a>(stdout: &'a str, prefix: &str) -> Option<&'a str> {
+    stdout.lines().find_map(|l| l.strip_prefix(prefix))
+}
+
+/// Not a check: the entry point of a worker process (ignored, so a normal
+/// run skips it; [`spawn`] runs it with `--ignored`).
+#[test]
+#[ignore = "a fleet worker process, started by fleet.rs"]
+fn worker_process() {
+    let Ok(spec) = std::env::var("REKEY_FLEET_WORKER") else {
+        return;
+    };
+    let args: Vec<String> = spec.split('\n').map(str::to_owned).collect();
     let arg = |i: usize| {
         args.get(i)
             .unwrap_or_else(|| panic!("missing argument {i}: see the usage at the top"))
@@ -42,7 +70,7 @@ fn hold_lease(store_url: &str, credential: &str, ttl: Duration) {
             .expect("try_lease"),
         "lease was not free"
     );
-    println!("held");
+    println!("HELD");
     loop {
         std::thread::sleep(Duration::from_secs(60));
     }
@@ -113,5 +141,5 @@ fn send(
         "failed": errors.len(),
         "errors": errors.iter().take(5).collect::<Vec<_>>(),
     });
-    println!("{report}");
+    println!("REPORT {report}");
 }

@@ -3,14 +3,11 @@
 //! real `rekey` binary. Nothing here stands in for either side of the sandbox.
 
 use rekey::observe::{Event, Exchange, Observer};
-use rekey::provider::{Provider, ProviderConfig};
-use rekey::store::keys_from_token_response;
-use rekey::{
-    ClientAuth, ClientSecret, Config, KeyStore, Rekey, Secret, Settings, SqliteStore, Strategy,
-};
+use rekey::{ClientAuth, Config, KeyStore, Rekey, Settings, SqliteStore, Strategy, TokenSet};
+use rekey_testkit::{Provider, ProviderConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub mod postgres;
@@ -68,23 +65,14 @@ impl Fixture {
 
     /// Settings that match the provider's client, with this strategy and auth.
     pub fn settings(&self, strategy: Strategy, auth: ClientAuth) -> Settings {
-        let mut s = Settings::new(
-            self.provider.token_url(),
-            self.provider.config().client_id.clone(),
-        );
-        s.client_secret = Some(ClientSecret::Literal(Secret::new(
-            self.provider.config().client_secret.clone(),
-        )));
-        s.client_auth = auth;
-        s.strategy = strategy;
-        s
+        client_settings(&self.provider, strategy, auth)
     }
 
     /// Authorises at the provider and stores the credential; returns the
     /// first token response.
     pub fn add_credential(&self, name: &str, settings: &Settings) -> serde_json::Value {
         let first = self.provider.authorize();
-        let keys = keys_from_token_response(&first.to_string()).expect("token response imports");
+        let keys = TokenSet::import(&first.to_string()).expect("token response imports");
         self.store
             .put(name, settings, Some(&keys))
             .expect("store the credential");
@@ -113,10 +101,25 @@ impl Fixture {
         serde_json::from_str(keys.expose()).expect("stored keys are JSON")
     }
 
-    pub fn stored_raw(&self, name: &str) -> (Option<Secret>, u64) {
+    pub fn stored_raw(&self, name: &str) -> (Option<TokenSet>, u64) {
         let c = self.store.load(name).expect("credential");
         (c.keys, c.version)
     }
+}
+
+/// Settings for the provider's client: the one place scenarios, the fleet and
+/// benches build them.
+pub fn client_settings(provider: &Provider, strategy: Strategy, auth: ClientAuth) -> Settings {
+    let client = provider.client();
+    Settings::new(client.token_url, client.client_id)
+        .with_secret(client.client_secret)
+        .with_auth(auth)
+        .with_strategy(strategy)
+}
+
+/// A new grant at the provider, imported as a first token set.
+pub fn first_token_set(provider: &Provider) -> TokenSet {
+    TokenSet::import(&provider.authorize().to_string()).expect("token response imports")
 }
 
 /// Counts what crossed the sandbox boundary, as the host observed it.
@@ -169,21 +172,9 @@ pub fn str_field<'a>(v: &'a serde_json::Value, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("field {name} missing"))
 }
 
-/// The `rekey` binary of this workspace, built once per test process.
+/// The `rekey` binary cargo built for these tests.
 pub fn rekey_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let status = Command::new(env!("CARGO"))
-            .current_dir(root)
-            .args(["build", "--quiet", "--package", "rekey", "--bin", "rekey"])
-            .status()
-            .expect("run cargo build for the rekey binary");
-        assert!(status.success(), "building the rekey binary failed");
-        let target =
-            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-        target.join("debug").join("rekey")
-    })
+    Path::new(env!("CARGO_BIN_EXE_rekey"))
 }
 
 /// Runs the CLI against a store; stdin is empty.

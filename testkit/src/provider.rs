@@ -17,7 +17,26 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::settings::ClientAuth;
+/// A client authentication method (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic (`client_secret_basic`).
+    Basic,
+    /// In the form body (`client_secret_post`).
+    Post,
+}
+
+/// What happens to a refresh the provider has already granted (and so
+/// rotated): the answer is lost on the way back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LostAnswer {
+    /// Answer this status instead (e.g. 502 from a gateway).
+    Status(u16),
+    /// Send the headers, then cut the connection mid-body.
+    Reset,
+    /// Answer only after this long (past the client's timeout).
+    Hang(Duration),
+}
 
 /// Requests kept in the API log; enough for any scenario, bounded for load runs.
 const API_LOG_LIMIT: usize = 1000;
@@ -33,6 +52,10 @@ pub struct ProviderConfig {
     pub rotate_refresh_tokens: bool,
     /// Fields added to every token response (e.g. `instance_url`).
     pub extra_token_fields: serde_json::Map<String, Value>,
+    /// A rotated refresh token still works this long after it was spent
+    /// (Okta, Auth0, Cognito and others have such a grace period); zero is
+    /// strict reuse detection: a spent token revokes the grant.
+    pub grace_period: Duration,
 }
 
 impl Default for ProviderConfig {
@@ -44,8 +67,17 @@ impl Default for ProviderConfig {
             access_ttl: Duration::from_secs(2),
             rotate_refresh_tokens: true,
             extra_token_fields: serde_json::Map::new(),
+            grace_period: Duration::ZERO,
         }
     }
+}
+
+/// The confidential client the provider accepts.
+#[derive(Clone, Debug)]
+pub struct TestClient {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: String,
 }
 
 /// What the provider saw; read with [`Provider::stats`].
@@ -69,6 +101,25 @@ pub struct ApiRequest {
     pub path: String,
     pub body: Vec<u8>,
     pub authorized: bool,
+    /// Why the token was refused, when it was.
+    pub refused: Option<Refusal>,
+}
+
+/// Why the protected API refused a request: tests assert on the cause, not
+/// only on the count (a token can expire between mint and use on a loaded
+/// machine; that is not the same failure as a stale token being sent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No bearer token.
+    Missing,
+    /// A token this provider never issued.
+    Unknown,
+    /// Issued, and past its lifetime.
+    Expired,
+    /// Issued for a grant since revoked.
+    Revoked,
+    /// `/api/reject` refuses every token.
+    AlwaysRejects,
 }
 
 struct Grant {
@@ -77,7 +128,9 @@ struct Grant {
 
 struct RefreshToken {
     grant: u64,
-    spent: bool,
+    /// When it was exchanged (rotation on): reuse after the grace period is
+    /// reuse.
+    spent_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -92,6 +145,7 @@ struct ProviderState {
     stats: Stats,
     next_grant: u64,
     omit_refresh_token: bool,
+    lost_answers: VecDeque<LostAnswer>,
 }
 
 pub struct Provider {
@@ -112,6 +166,7 @@ impl Provider {
         let app = axum::Router::new()
             .route("/token", post(token))
             .route("/api/{*path}", any(api))
+            .nest("/_testkit", crate::admin::routes())
             .with_state(provider.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -121,6 +176,20 @@ impl Provider {
 
     pub fn config(&self) -> &ProviderConfig {
         &self.config
+    }
+
+    /// The client this provider accepts, as a credential would name it.
+    pub fn client(&self) -> TestClient {
+        TestClient {
+            token_url: self.token_url(),
+            client_id: self.config.client_id.clone(),
+            client_secret: self.config.client_secret.clone(),
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     pub fn token_url(&self) -> String {
@@ -151,6 +220,18 @@ impl Provider {
         self.lock().forced_token_responses.extend(responses);
     }
 
+    /// The next granted refreshes lose their answers this way, in order.
+    pub fn lose_answers(&self, faults: impl IntoIterator<Item = LostAnswer>) {
+        self.lock().lost_answers.extend(faults);
+    }
+
+    /// Revokes every grant (as an administrator or a password change would).
+    pub fn revoke_all(&self) {
+        for g in self.lock().grants.values_mut() {
+            g.revoked = true;
+        }
+    }
+
     /// Refresh responses without `refresh_token` from now on.
     pub fn omit_refresh_token(&self, omit: bool) {
         self.lock().omit_refresh_token = omit;
@@ -177,9 +258,9 @@ impl Provider {
     /// Whether `refresh_token` could still be exchanged.
     pub fn refresh_token_is_live(&self, refresh_token: &str) -> bool {
         let s = self.lock();
-        s.refresh
-            .get(refresh_token)
-            .is_some_and(|r| !r.spent && s.grants.get(&r.grant).is_some_and(|g| !g.revoked))
+        s.refresh.get(refresh_token).is_some_and(|r| {
+            r.spent_at.is_none() && s.grants.get(&r.grant).is_some_and(|g| !g.revoked)
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ProviderState> {
@@ -208,7 +289,7 @@ impl Provider {
                 refresh.clone(),
                 RefreshToken {
                     grant,
-                    spent: false,
+                    spent_at: None,
                 },
             );
             body.insert("refresh_token".into(), json!(refresh));
@@ -263,7 +344,42 @@ fn client_of(
 }
 
 async fn token(State(p): State<Arc<Provider>>, headers: HeaderMap, body: Bytes) -> Response {
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(&body)
+    let (body, lost) = match grant_refresh(&p, &headers, &body) {
+        Ok(granted) => granted,
+        Err(refused) => return refused,
+    };
+    match lost {
+        None => axum::Json(Value::Object(body)).into_response(),
+        Some(LostAnswer::Status(status)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            (status, "upstream failed").into_response()
+        }
+        Some(LostAnswer::Hang(d)) => {
+            tokio::time::sleep(d).await;
+            axum::Json(Value::Object(body)).into_response()
+        }
+        Some(LostAnswer::Reset) => {
+            // A body that fails after the headers: the connection is cut.
+            let broken =
+                futures_util::stream::once(async { Err::<Bytes, _>(std::io::Error::other("cut")) });
+            (
+                [(header::CONTENT_LENGTH, "1000")],
+                axum::body::Body::from_stream(broken),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Checks and grants a refresh (under the state lock, nothing awaited): the
+/// new token set and how its answer is to be lost, if it is.
+#[allow(clippy::result_large_err)]
+fn grant_refresh(
+    p: &Provider,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(serde_json::Map<String, Value>, Option<LostAnswer>), Response> {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     let form: HashMap<String, String> = pairs.iter().cloned().collect();
@@ -273,11 +389,11 @@ async fn token(State(p): State<Arc<Provider>>, headers: HeaderMap, body: Bytes) 
     s.last_token_form = pairs;
     if let Some((status, body)) = s.forced_token_responses.pop_front() {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        return Err((status, [(header::CONTENT_TYPE, "application/json")], body).into_response());
     }
 
-    let Some((method, id, secret)) = client_of(&headers, &form) else {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    let Some((method, id, secret)) = client_of(headers, &form) else {
+        return Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"));
     };
     match method {
         ClientAuth::Basic => s.stats.basic_auth_calls += 1,
@@ -288,41 +404,46 @@ async fn token(State(p): State<Arc<Provider>>, headers: HeaderMap, body: Bytes) 
         .client_auth
         .is_some_and(|required| required != method);
     if wrong_method || id != p.config.client_id || secret != p.config.client_secret {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+        return Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"));
     }
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
+        return Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+        ));
     }
     let presented = form.get("refresh_token").cloned().unwrap_or_default();
     let Some(rt) = s.refresh.get_mut(&presented) else {
         s.stats.invalid_grant += 1;
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+        return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"));
     };
     let grant = rt.grant;
-    if rt.spent {
+    let reused = rt
+        .spent_at
+        .is_some_and(|at| at.elapsed() >= p.config.grace_period);
+    if reused {
         // Reuse detection: someone replayed a rotated token. Kill the grant.
         s.stats.reused_refresh_tokens += 1;
         s.stats.invalid_grant += 1;
         if let Some(g) = s.grants.get_mut(&grant) {
             g.revoked = true;
         }
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+        return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"));
     }
     if s.grants.get(&grant).is_none_or(|g| g.revoked) {
         s.stats.invalid_grant += 1;
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+        return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"));
     }
-    let rotate = p.config.rotate_refresh_tokens;
-    if rotate {
-        rt.spent = true;
+    // A response without a refresh token means "keep using yours": the
+    // presented one stays live (as at providers that do not rotate).
+    let rotate = p.config.rotate_refresh_tokens && !s.omit_refresh_token;
+    if rotate && rt.spent_at.is_none() {
+        rt.spent_at = Some(Instant::now());
     }
     s.stats.refreshes_granted += 1;
     s.refresh_times.push(Instant::now());
-    let mut body = p.issue(s, grant, rotate);
-    if s.omit_refresh_token {
-        body.remove("refresh_token");
-    }
-    axum::Json(Value::Object(body)).into_response()
+    let body = p.issue(s, grant, rotate);
+    Ok((body, s.lost_answers.pop_front()))
 }
 
 async fn api(
@@ -342,18 +463,29 @@ async fn api(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let valid = token
-        .and_then(|t| s.access.get(t))
-        .is_some_and(|(grant, until)| {
-            Instant::now() < *until && s.grants.get(grant).is_some_and(|g| !g.revoked)
-        });
-    let authorized = valid && path != "reject";
+    let refused = match token.map(|t| s.access.get(t)) {
+        None => Some(Refusal::Missing),
+        Some(None) => Some(Refusal::Unknown),
+        Some(Some((grant, until))) => {
+            if s.grants.get(grant).is_none_or(|g| g.revoked) {
+                Some(Refusal::Revoked)
+            } else if Instant::now() >= *until {
+                Some(Refusal::Expired)
+            } else if path == "reject" {
+                Some(Refusal::AlwaysRejects)
+            } else {
+                None
+            }
+        }
+    };
+    let authorized = refused.is_none();
     if s.api_log.len() < API_LOG_LIMIT {
         s.api_log.push(ApiRequest {
             method: method.to_string(),
             path: path.clone(),
             body: body.to_vec(),
             authorized,
+            refused,
         });
     }
     if !authorized {

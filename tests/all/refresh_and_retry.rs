@@ -1,8 +1,8 @@
 //! The routine end to end: real host, real guest, real HTTP on loopback, a
 //! real SQLite file. Each scenario checks what the provider and the store saw.
 
+use crate::support::*;
 use rekey::{ClientAuth, Config, Error, HttpConfig, KeyStore, Request, Strategy, TransportError};
-use rekey_scenarios::*;
 use serde_json::json;
 use std::time::Duration;
 
@@ -214,12 +214,13 @@ async fn token_endpoint_5xx_is_retried_and_4xx_is_not() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_provider_checks_each_client_authentication_method() {
-    for (method, other) in [
-        (ClientAuth::Basic, ClientAuth::Post),
-        (ClientAuth::Post, ClientAuth::Basic),
+    use rekey_testkit::ClientAuth as Required;
+    for (required, method, other) in [
+        (Required::Basic, ClientAuth::Basic, ClientAuth::Post),
+        (Required::Post, ClientAuth::Post, ClientAuth::Basic),
     ] {
         let mut config = provider_with_ttl(Duration::from_secs(60));
-        config.client_auth = Some(method);
+        config.client_auth = Some(required);
         let f = Fixture::new(config).await;
         f.add_credential("right", &f.settings(Strategy::EveryRequest, method));
         f.add_credential("wrong", &f.settings(Strategy::EveryRequest, other));

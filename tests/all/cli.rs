@@ -1,8 +1,8 @@
 //! The `rekey` binary as a user runs it: import, show, send, errors, and that
 //! no secret is ever printed, even at the most verbose log level.
 
+use crate::support::*;
 use rekey::{KeyStore, SqliteStore};
-use rekey_scenarios::*;
 use std::time::Duration;
 
 const TTL: Duration = Duration::from_secs(1);

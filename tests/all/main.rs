@@ -1,0 +1,16 @@
+//! rekey's end-to-end scenarios: one test binary, so wasmtime is linked once.
+//! Everything runs for real: the `rekey` host library and binary, the guest
+//! component, HTTP on loopback against the test kit's provider or
+//! oidc-provider, SQLite files and PostgreSQL servers. Nothing stands in for
+//! either side of the sandbox.
+//!
+//! `cargo test --test scenarios [filter]`; e.g. `fleet::` or `oidc_provider::`.
+
+mod support;
+
+mod cli;
+mod component;
+mod fleet;
+mod fleet_worker;
+mod oidc_provider;
+mod refresh_and_retry;
