@@ -1,0 +1,60 @@
+// Transpiles the rekey component into gen/ with the pinned jco, twice:
+//   gen/sync  synchronous imports, for the worker-thread path (Node >= 20)
+//   gen/jspi  the host's functions and pollable.block as async imports and
+//             `send` as an async export, for JSPI (Node >= 24)
+// and records the component's SHA-256 in gen/build-info.json, so a test can
+// check it is byte-identical to the one the Rust host embeds.
+//
+//   node scripts/build.mjs [path/to/rekey_guest.wasm]     (or $REKEY_WASM)
+
+import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+// Only a convenience for this project's development machines; CI passes REKEY_WASM.
+const DEV_FALLBACK = '/tmp/rekey-dev/rekey_guest.wasm';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const wasmPath = resolve(process.argv[2] ?? process.env.REKEY_WASM ?? DEV_FALLBACK);
+const gen = join(root, 'gen');
+// jco's package.json is not in its exports map: find it where npm puts it.
+const jcoPackage = join(root, 'node_modules', '@bytecodealliance', 'jco', 'package.json');
+const jcoVersion = JSON.parse(await readFile(jcoPackage, 'utf8')).version;
+const jcoBin = join(dirname(jcoPackage), 'dist', 'jco.js');
+
+let wasm;
+try {
+  wasm = await readFile(wasmPath);
+} catch (err) {
+  console.error(`build: cannot read the component at ${wasmPath} (${err.code}); set REKEY_WASM or pass its path`);
+  process.exit(2);
+}
+const sha256 = createHash('sha256').update(wasm).digest('hex');
+
+const HOST = 'rekey:oauth2/host@0.2.0';
+const common = ['--instantiation', 'async', '--name', 'rekey', '--no-wasi-shim', '--quiet'];
+const variants = {
+  sync: [],
+  jspi: [
+    '--async-mode', 'jspi',
+    '--async-imports',
+    `${HOST}#http-send`, `${HOST}#emit-update-keys`,
+    `${HOST}#acquire-refresh-lease`, `${HOST}#release-refresh-lease`,
+    'wasi:io/poll@0.2.0#[method]pollable.block',
+    '--async-exports', 'rekey:oauth2/client@0.2.0#send',
+  ],
+};
+
+await rm(gen, { recursive: true, force: true });
+for (const [name, extra] of Object.entries(variants)) {
+  const out = join(gen, name);
+  await mkdir(out, { recursive: true });
+  execFileSync(process.execPath, [jcoBin, 'transpile', wasmPath, '-o', out, ...common, ...extra], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+}
+const info = { wasmSha256: sha256, wasmBytes: wasm.length, jco: jcoVersion, builtFrom: wasmPath };
+await writeFile(join(gen, 'build-info.json'), `${JSON.stringify(info, null, 2)}\n`);
+console.log(`build: gen/{sync,jspi} from ${wasmPath} (${wasm.length} bytes, sha256 ${sha256}) with jco ${jcoVersion}`);

@@ -1,0 +1,66 @@
+// The JSPI path (Node >= 24): the component runs on the calling thread; its
+// host imports are async functions, and JSPI suspends the wasm stack while
+// they await, so the event loop (other calls, the user's callbacks) keeps
+// running. Each call takes an instance from a pool.
+
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { compileCoreModules, importResult, moduleLookup, sendErrorOf } from './core-modules.js';
+import { ComponentError } from './errors.js';
+import { InstancePool } from './instance-pool.js';
+import { wasiClockImports } from './wasi-clocks.js';
+
+export function jspiAvailable() {
+  return typeof WebAssembly.Suspending === 'function' && typeof WebAssembly.promising === 'function';
+}
+
+export async function createJspiEngine({ genDir, poolSize }) {
+  if (!jspiAvailable()) {
+    throw new Error(`this Node.js (${process.version}) has no JSPI (WebAssembly.Suspending): use mode 'worker'`);
+  }
+  const dir = join(genDir, 'jspi');
+  const { instantiate } = await import(pathToFileURL(join(dir, 'rekey.js')).href);
+  const getCoreModule = moduleLookup(await compileCoreModules(dir));
+
+  const pool = new InstancePool(poolSize, async () => {
+    // The imports act on whichever call the instance serves now.
+    const slot = { host: null };
+    const through = (name) => async (...args) => importResult(await slot.host[name](...args));
+    const root = await instantiate(getCoreModule, {
+      'rekey:oauth2/types': {},
+      'rekey:oauth2/host': {
+        httpSend: through('httpSend'),
+        emitUpdateKeys: through('emitUpdateKeys'),
+        acquireRefreshLease: through('acquireRefreshLease'),
+        releaseRefreshLease: through('releaseRefreshLease'),
+      },
+      ...wasiClockImports('async'),
+    });
+    return { slot, send: root.client.send };
+  });
+
+  return {
+    mode: 'jspi',
+    async call(settings, keys, request, host) {
+      const instance = await pool.take();
+      instance.slot.host = host;
+      let outcome;
+      try {
+        outcome = { ok: true, value: await instance.send(settings, keys, request) };
+      } catch (thrown) {
+        const sendError = sendErrorOf(thrown);
+        outcome = sendError ? { ok: false, error: sendError } : { trap: thrown };
+      }
+      instance.slot.host = null;
+      if (!('trap' in outcome)) {
+        pool.put(instance);
+        return outcome;
+      }
+      pool.discard(instance);
+      throw new ComponentError(`trapped (${outcome.trap?.message ?? String(outcome.trap)})`);
+    },
+    close() {
+      pool.drain();
+    },
+  };
+}

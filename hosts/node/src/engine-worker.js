@@ -1,0 +1,114 @@
+// The worker path (Node >= 20, no JSPI): the component's imports are
+// synchronous, so each instance runs in its own worker thread and blocks
+// there, while this (the calling) thread serves its imports asynchronously:
+// real HTTP, the user's async callbacks and the in-process lease all stay on
+// the caller's event loop, which never blocks. One worker serves one call at
+// a time; a pool of them serves concurrent calls.
+
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { MessageChannel, Worker } from 'node:worker_threads';
+import { compileCoreModules } from './core-modules.js';
+import { ComponentError } from './errors.js';
+import { InstancePool } from './instance-pool.js';
+
+const WORKER_URL = new URL('./worker.js', import.meta.url);
+
+export async function createWorkerEngine({ genDir, poolSize, callTimeoutMs }) {
+  const dir = join(genDir, 'sync');
+  const genModuleUrl = pathToFileURL(join(dir, 'rekey.js')).href;
+  const modules = await compileCoreModules(dir);
+
+  const pool = new InstancePool(poolSize, () => startWorker(genModuleUrl, modules), (w) => w.terminate());
+
+  return {
+    mode: 'worker',
+    async call(settings, keys, request, host) {
+      const worker = await pool.take();
+      let answer;
+      try {
+        answer = await worker.run({ type: 'call', settings, keys, request }, host, callTimeoutMs);
+      } catch (err) {
+        pool.discard(worker);
+        throw err;
+      }
+      pool.put(worker);
+      if (answer.trap !== undefined) throw new ComponentError(`trapped (${answer.trap})`);
+      return answer.ok ? { ok: true, value: answer.value } : { ok: false, error: answer.error };
+    },
+    close() {
+      pool.drain();
+    },
+  };
+}
+
+function startWorker(genModuleUrl, modules) {
+  const signal = new SharedArrayBuffer(4);
+  const flag = new Int32Array(signal);
+  const { port1: replies, port2: workerReplies } = new MessageChannel();
+  const worker = new Worker(WORKER_URL, {
+    workerData: { genModuleUrl, modules, replies: workerReplies, signal },
+    transferList: [workerReplies],
+  });
+  worker.unref(); // an idle pool must not keep the process alive
+  replies.unref();
+
+  let current = null; // {host, resolve, reject} of the call in progress
+
+  const answerImport = (result) => {
+    replies.postMessage(result);
+    Atomics.store(flag, 0, 1);
+    Atomics.notify(flag, 0);
+  };
+
+  const fail = (err) => {
+    const call = current;
+    current = null;
+    call?.reject(err);
+  };
+
+  return new Promise((resolveStart, rejectStart) => {
+    worker.on('message', (msg) => {
+      if (msg.type === 'ready') {
+        resolveStart(handle);
+      } else if (msg.type === 'host') {
+        const host = current?.host;
+        if (!host) return;
+        // CallHost methods never throw: each resolves to the import's result.
+        host[msg.op](...msg.args).then(answerImport);
+      } else if (msg.type === 'done') {
+        const call = current;
+        current = null;
+        call?.resolve(msg);
+      }
+    });
+    worker.on('error', (err) => {
+      rejectStart(err);
+      fail(new ComponentError(`the worker thread failed (${err?.name ?? 'error'})`));
+    });
+    worker.on('exit', () => fail(new ComponentError('the worker thread exited')));
+
+    const handle = {
+      run(message, host, timeoutMs) {
+        return new Promise((resolve, reject) => {
+          worker.ref();
+          const timer = setTimeout(() => {
+            // Past its deadline a call is stopped where it stands; the lease
+            // it may hold ends with the call (the caller's `finally`).
+            fail(new ComponentError(`the call ran past its ${timeoutMs} ms limit`));
+          }, timeoutMs);
+          const settle = (fn) => (value) => {
+            clearTimeout(timer);
+            worker.unref();
+            fn(value);
+          };
+          current = { host, resolve: settle(resolve), reject: settle(reject) };
+          worker.postMessage(message);
+        });
+      },
+      terminate() {
+        worker.terminate();
+      },
+    };
+  });
+}

@@ -1,0 +1,175 @@
+// `http-send`: one real HTTP exchange with Node's own http/https modules.
+// No redirects are followed, the exchange is bounded in time and size, and
+// failures map onto the WIT `transport-error` cases. Error texts name the
+// failure, never the URL (its query may carry secrets).
+
+import http from 'node:http';
+import https from 'node:https';
+
+export const DEFAULT_HTTP = Object.freeze({
+  connectTimeoutMs: 10_000,
+  /** The whole exchange, body included. */
+  totalTimeoutMs: 30_000,
+  maxResponseBytes: 4 * 1024 * 1024,
+});
+
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+// Field values: visible ASCII, space, tab and obs-text; never CR, LF or NUL.
+const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+
+
+const fail = (tag, val) => ({ tag, ...(val === undefined ? {} : { val }) });
+
+export class HttpClient {
+  /** @param {Partial<typeof DEFAULT_HTTP>} options */
+  constructor(options = {}) {
+    this.options = { ...DEFAULT_HTTP, ...options };
+    // Kept-alive sockets for API requests (the warm path)...
+    this.agents = {
+      'http:': new http.Agent({ keepAlive: true }),
+      'https:': new https.Agent({ keepAlive: true }),
+    };
+  }
+
+  close() {
+    for (const agent of Object.values(this.agents)) agent.destroy();
+  }
+
+  /**
+   * @param {{method: string, url: string, headers: [string, string][], body: Uint8Array}} req
+   * @param {{freshConnection?: boolean}} how  ...but a fresh connection for a
+   *   token request: a kept-alive socket the server closed meanwhile would make
+   *   a refresh look "maybe arrived" (in doubt) when it never left.
+   * @returns {Promise<{ok: true, value: object} | {ok: false, error: object}>}
+   */
+  send(req, { freshConnection = false } = {}) {
+    const built = buildRequest(req);
+    if (built.error) return Promise.resolve({ ok: false, error: built.error });
+    const { url, headers } = built;
+    const { connectTimeoutMs, totalTimeoutMs, maxResponseBytes } = this.options;
+    const module = url.protocol === 'https:' ? https : http;
+
+    return new Promise((resolve) => {
+      let settled = false;
+      let connected = false;
+      const timers = [];
+      const finish = (result) => {
+        if (settled) return;
+        settled = true;
+        for (const t of timers) clearTimeout(t);
+        resolve(result);
+      };
+      const abort = (error) => {
+        finish({ ok: false, error });
+        request.destroy();
+      };
+
+      let request;
+      try {
+        request = module.request(url, {
+          method: req.method,
+          headers,
+          agent: freshConnection ? false : this.agents[url.protocol],
+        });
+      } catch (err) {
+        finish({ ok: false, error: fail('invalid-request', `cannot build the request (${err.code ?? err.name})`) });
+        return;
+      }
+
+      timers.push(setTimeout(() => abort(fail('timeout')), totalTimeoutMs));
+      const connectTimer = setTimeout(() => { if (!connected) abort(fail('timeout')); }, connectTimeoutMs);
+      timers.push(connectTimer);
+      request.on('socket', (socket) => {
+        const ready = () => { connected = true; clearTimeout(connectTimer); };
+        // A kept-alive socket arrives connected; a new one is ready after
+        // connect (http) or after the TLS handshake (https).
+        if (!socket.connecting) ready();
+        else socket.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', ready);
+      });
+
+      request.on('error', (err) => {
+        // Before the TCP connection (and for https the TLS handshake)
+        // completed, nothing of the request was sent.
+        if (!connected) finish({ ok: false, error: fail('connect', connectMessage(err)) });
+        else finish({ ok: false, error: fail('other', `connection failed mid-exchange (${err.code ?? err.name})`) });
+      });
+
+      request.on('response', (res) => {
+        const declared = Number(res.headers['content-length']);
+        if (Number.isFinite(declared) && declared > maxResponseBytes) {
+          abort(fail('too-large', BigInt(maxResponseBytes)));
+          return;
+        }
+        const chunks = [];
+        let size = 0;
+        res.on('data', (chunk) => {
+          size += chunk.length;
+          if (size > maxResponseBytes) abort(fail('too-large', BigInt(maxResponseBytes)));
+          else chunks.push(chunk);
+        });
+        res.on('error', (err) => {
+          finish({ ok: false, error: fail('other', `response failed mid-body (${err.code ?? err.name})`) });
+        });
+        res.on('aborted', () => {
+          finish({ ok: false, error: fail('other', 'the connection closed mid-body') });
+        });
+        res.on('end', () => {
+          const headerPairs = [];
+          for (let i = 0; i < res.rawHeaders.length; i += 2) {
+            headerPairs.push([res.rawHeaders[i].toLowerCase(), res.rawHeaders[i + 1]]);
+          }
+          const body = Buffer.concat(chunks, size);
+          finish({
+            ok: true,
+            value: {
+              status: res.statusCode,
+              headers: headerPairs,
+              body: new Uint8Array(body.buffer, body.byteOffset, body.byteLength),
+            },
+          });
+        });
+      });
+
+      request.end(req.body.byteLength > 0 ? req.body : undefined);
+    });
+  }
+}
+
+/** Validates the request and adds `Host` and `Content-Length`, which the guest never sets. */
+function buildRequest(req) {
+  let url;
+  try {
+    url = new URL(req.url);
+  } catch {
+    return { error: fail('invalid-request', 'invalid URL') };
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    return { error: fail('invalid-request', 'URL scheme must be http or https') };
+  }
+  if (!TOKEN.test(req.method)) return { error: fail('invalid-request', 'invalid HTTP method') };
+  // A flat [name, value, name, value, ...] list keeps order and duplicates.
+  const headers = [];
+  let hasHost = false;
+  for (const [name, value] of req.headers) {
+    if (!TOKEN.test(name)) return { error: fail('invalid-request', 'invalid header name') };
+    // Never echo a value: this may be the Authorization header.
+    if (!FIELD_VALUE.test(value)) return { error: fail('invalid-request', `invalid value for header ${name}`) };
+    const lower = name.toLowerCase();
+    // The body's length is ours to state; a caller's could only disagree.
+    if (lower === 'content-length' || lower === 'transfer-encoding') continue;
+    if (lower === 'host') hasHost = true;
+    headers.push(name, value);
+  }
+  if (!hasHost) headers.unshift('Host', url.host);
+  headers.push('Content-Length', String(req.body.byteLength));
+  return { url, headers };
+}
+
+function connectMessage(err) {
+  switch (err.code) {
+    case 'ENOTFOUND': case 'EAI_NONAME': case 'EAI_FAIL': return 'the host name did not resolve (ENOTFOUND)';
+    case 'EAI_AGAIN': return 'name resolution failed temporarily (EAI_AGAIN)';
+    case 'ECONNREFUSED': return 'connection refused (ECONNREFUSED)';
+    default: return `${err.code?.startsWith('ERR_TLS') || /SSL|TLS|CERT/.test(err.code ?? '') ? 'TLS handshake failed' : 'connection failed'} (${err.code ?? err.name})`;
+  }
+}

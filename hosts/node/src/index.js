@@ -1,0 +1,28 @@
+// @rekey/node: OAuth2 refresh-and-retry for Node.js, run by the rekey
+// WebAssembly component (rekey:oauth2@0.2.0).
+
+export { Rekey } from './rekey.js';
+export { FileStore } from './file-store.js';
+export { Secret, TokenSet } from './secret.js';
+export { RekeyResponse } from './wit-values.js';
+export { keysFromTokenResponse } from './token-response.js';
+export { jspiAvailable } from './engine-jspi.js';
+export {
+  Category,
+  RekeyError,
+  NotAuthenticated,
+  ReauthorizationRequired,
+  SettingsRejected,
+  TokenEndpointError,
+  RefreshInDoubt,
+  RejectedAfterRefresh,
+  InsufficientScope,
+  TransportError,
+  KeysNotPersisted,
+  LeaseUnavailable,
+  InvalidSettings,
+  InvalidKeys,
+  InvalidRequest,
+  StoreError,
+  ComponentError,
+} from './errors.js';

@@ -1,0 +1,127 @@
+// Converting between what a Node developer passes and the WIT values the
+// component takes (jco's representation: camelCase records, `{tag, val}`
+// variants, Uint8Array bodies, header lists as [name, value] pairs).
+
+import { InvalidRequest, InvalidSettings } from './errors.js';
+import { reveal } from './secret.js';
+
+const CLIENT_AUTH = { basic: 'client-secret-basic', post: 'client-secret-post' };
+const STRATEGIES = ['on-auth-failure', 'every-request', 'before-expiry'];
+const DEFAULT_EXPIRY_MARGIN_SECS = 60;
+
+/**
+ * @param {import('../index.js').Settings} s
+ * @returns the WIT `settings` record
+ */
+export function toWitSettings(s) {
+  if (s === null || typeof s !== 'object') throw new InvalidSettings('settings must be an object');
+  const string = (name, value, optional = false) => {
+    if (optional && value === undefined) return undefined;
+    if (typeof value !== 'string' || value === '') throw new InvalidSettings(`${name} must be a non-empty string`);
+    return value;
+  };
+  const clientAuth = CLIENT_AUTH[s.clientAuth ?? 'basic'];
+  if (!clientAuth) throw new InvalidSettings("clientAuth must be 'basic' or 'post'");
+  const strategyName = s.strategy ?? 'on-auth-failure';
+  if (!STRATEGIES.includes(strategyName)) throw new InvalidSettings(`strategy must be one of ${STRATEGIES.join(', ')}`);
+  const margin = s.expiryMarginSecs ?? DEFAULT_EXPIRY_MARGIN_SECS;
+  if (!Number.isInteger(margin) || margin < 0 || margin > 0xffffffff) throw new InvalidSettings('expiryMarginSecs must be a whole number of seconds');
+  const rejected = s.rejectedStatuses ?? [401];
+  if (!Array.isArray(rejected) || !rejected.every((n) => Number.isInteger(n) && n >= 100 && n <= 599)) {
+    throw new InvalidSettings('rejectedStatuses must be a list of HTTP statuses');
+  }
+  return {
+    tokenUrl: string('tokenUrl', s.tokenUrl),
+    clientId: string('clientId', s.clientId),
+    // Not checked with `string()`: its message must not depend on a secret.
+    clientSecret: s.clientSecret === undefined ? undefined : String(reveal(s.clientSecret)),
+    clientAuth,
+    scope: string('scope', s.scope, true),
+    extraParams: pairs(s.extraParams ?? [], (m) => new InvalidSettings(`extraParams ${m}`)),
+    strategy: strategyName === 'before-expiry' ? { tag: strategyName, val: margin } : { tag: strategyName },
+    rejectedStatuses: Uint16Array.from(rejected),
+  };
+}
+
+/**
+ * @param {import('../index.js').RequestInit} r
+ * @returns the WIT `request` record
+ */
+export function toWitRequest(r) {
+  if (r === null || typeof r !== 'object') throw new InvalidRequest('request must be an object');
+  if (typeof r.url !== 'string' && !(r.url instanceof URL)) throw new InvalidRequest('url must be a string or URL');
+  const method = r.method ?? 'GET';
+  if (typeof method !== 'string') throw new InvalidRequest('method must be a string');
+  return {
+    method: method.toUpperCase(),
+    url: String(r.url),
+    headers: pairs(r.headers ?? [], (m) => new InvalidRequest(`headers ${m}`)),
+    body: toBytes(r.body),
+  };
+}
+
+function toBytes(body) {
+  if (body === undefined || body === null) return new Uint8Array(0);
+  if (typeof body === 'string') return new TextEncoder().encode(body);
+  if (body instanceof Uint8Array) return body;
+  if (body instanceof ArrayBuffer) return new Uint8Array(body);
+  if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+  throw new InvalidRequest('body must be a string, Uint8Array, Buffer or ArrayBuffer');
+}
+
+/** Header-like input (object, Headers, Map or [name, value] pairs) as string pairs. */
+function pairs(input, error) {
+  const entries = Array.isArray(input) ? input
+    : typeof input?.entries === 'function' ? [...input.entries()]
+      : typeof input === 'object' ? Object.entries(input) : null;
+  if (!entries) throw error('must be an object or a list of [name, value] pairs');
+  return entries.map((entry) => {
+    if (!Array.isArray(entry) || entry.length !== 2) throw error('must be [name, value] pairs');
+    return [String(entry[0]), String(entry[1])];
+  });
+}
+
+/** The keys as the JSON text the component takes. */
+export function keysJson(keys) {
+  if (keys === undefined || keys === null) return undefined;
+  if (typeof keys === 'string') return keys;
+  if (typeof keys.toJSONString === 'function') return keys.toJSONString();
+  return JSON.stringify(keys);
+}
+
+/** A response from the API, with the helpers a caller expects. */
+export class RekeyResponse {
+  constructor({ status, headers, body }) {
+    this.status = status;
+    /** [name, value] pairs in order, names lower-case; duplicates kept. */
+    this.headers = headers;
+    /** @type {Uint8Array} */
+    this.body = body;
+  }
+
+  get ok() {
+    return this.status >= 200 && this.status < 300;
+  }
+
+  /** The first value of a header, or undefined. */
+  header(name) {
+    const lower = name.toLowerCase();
+    return this.headers.find(([k]) => k === lower)?.[1];
+  }
+
+  text() {
+    return new TextDecoder().decode(this.body);
+  }
+
+  json() {
+    return JSON.parse(this.text());
+  }
+
+  /** A standard WHATWG `Response`. */
+  toResponse() {
+    const nullBody = [101, 103, 204, 205, 304].includes(this.status);
+    const headers = new Headers();
+    for (const [k, v] of this.headers) headers.append(k, v);
+    return new Response(nullBody ? null : this.body, { status: this.status, headers });
+  }
+}

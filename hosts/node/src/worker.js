@@ -1,0 +1,56 @@
+// One worker thread of the worker path: it owns one component instance whose
+// imports are synchronous. Each import posts its arguments to the main
+// thread and parks this thread on Atomics.wait until the main thread (which
+// does the HTTP, the persistence and the lease, and runs the user's async
+// callbacks) has posted the answer on `replies` and flipped `signal`.
+
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
+import { importResult, moduleLookup, sendErrorOf } from './core-modules.js';
+import { wasiClockImports } from './wasi-clocks.js';
+
+const { genModuleUrl, modules, replies, signal } = workerData;
+const flag = new Int32Array(signal);
+const { instantiate } = await import(genModuleUrl);
+
+function hostCall(op, args) {
+  Atomics.store(flag, 0, 0);
+  parentPort.postMessage({ type: 'host', op, args });
+  while (Atomics.load(flag, 0) === 0) Atomics.wait(flag, 0, 0);
+  return importResult(receiveMessageOnPort(replies).message);
+}
+
+async function newInstance() {
+  const root = await instantiate(moduleLookup(modules), {
+    'rekey:oauth2/types': {},
+    'rekey:oauth2/host': {
+      httpSend: (req) => hostCall('httpSend', [req]),
+      emitUpdateKeys: (keys) => hostCall('emitUpdateKeys', [keys]),
+      acquireRefreshLease: () => hostCall('acquireRefreshLease', []),
+      releaseRefreshLease: () => hostCall('releaseRefreshLease', []),
+    },
+    ...wasiClockImports('sync'),
+  });
+  return root.client;
+}
+
+let client = await newInstance();
+
+parentPort.on('message', async ({ type, settings, keys, request }) => {
+  if (type !== 'call') return;
+  let answer;
+  try {
+    answer = { type: 'done', ok: true, value: client.send(settings, keys, request) };
+  } catch (thrown) {
+    const sendError = sendErrorOf(thrown);
+    if (sendError) {
+      answer = { type: 'done', ok: false, error: sendError };
+    } else {
+      answer = { type: 'done', trap: thrown?.message ?? String(thrown) };
+      // A trapped instance is never reused.
+      client = await newInstance();
+    }
+  }
+  parentPort.postMessage(answer);
+});
+
+parentPort.postMessage({ type: 'ready' });

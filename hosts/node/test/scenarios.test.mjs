@@ -1,0 +1,347 @@
+// The shared scenario list (issue #9 §4): the real component, real HTTP on
+// loopback, the testkit provider; nothing mocked across the wasm boundary.
+// Test names are the scenario ids of the README's table.
+
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { test } from 'node:test';
+import { inspect } from 'node:util';
+import {
+  KeysNotPersisted, ReauthorizationRequired, RejectedAfterRefresh, Secret, SettingsRejected, TransportError,
+} from '../src/index.js';
+import {
+  REJECTED_ACCESS_TOKEN, eventually, imported, rekey, tempStore, untilExpired,
+} from './support/harness.mjs';
+import { startTestkit } from './support/testkit.mjs';
+
+async function withProvider(args, body) {
+  const provider = await startTestkit(args);
+  try {
+    return await body(provider);
+  } finally {
+    await provider.stop();
+  }
+}
+
+const stored = async (store, credential) => JSON.parse(await store.load(credential));
+
+test('on-401-refresh-and-retry', () => withProvider([], async (p) => {
+  const rk = await rekey();
+  const store = await tempStore();
+  const first = await p.authorize();
+  await store.save('crm', imported(first, { access_token: REJECTED_ACCESS_TOKEN }));
+
+  const res = await rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api('orders') } });
+
+  assert.equal(res.status, 200);
+  assert.equal(res.json().ok, true);
+  const stats = await p.stats();
+  assert.equal(stats.api_unauthorized, 1);
+  assert.equal(stats.api_calls, 2);
+  assert.equal(stats.refreshes_granted, 1);
+  const keys = await stored(store, 'crm');
+  assert.notEqual(keys.access_token, REJECTED_ACCESS_TOKEN);
+  assert.notEqual(keys.refresh_token, first.refresh_token, 'the provider rotates: the new refresh token is stored');
+  assert.equal(keys.id_token, first.id_token, 'fields the refresh did not send are kept');
+  assert.ok(keys.expires_at > Date.now() / 1000, 'expires_at is added');
+  assert.equal(await p.refreshTokenLive(keys.refresh_token), true);
+}));
+
+test('every-request', () => withProvider([], async (p) => {
+  const rk = await rekey();
+  const store = await tempStore();
+  await store.save('crm', imported(await p.authorize()));
+  const settings = p.settings({ strategy: 'every-request' });
+
+  for (let i = 0; i < 3; i += 1) {
+    const res = await rk.send({ credential: 'crm', store, settings, request: { url: p.api(`item/${i}`) } });
+    assert.equal(res.status, 200);
+  }
+
+  const stats = await p.stats();
+  assert.equal(stats.refreshes_granted, 3, 'one refresh before each request');
+  assert.equal(stats.api_unauthorized, 0);
+  assert.equal(stats.api_calls, 3);
+  assert.equal(await p.refreshTokenLive((await stored(store, 'crm')).refresh_token), true);
+}));
+
+test('before-expiry', () => withProvider(['--access-ttl-ms', '6000'], async (p) => {
+  const rk = await rekey();
+  const store = await tempStore();
+  await store.save('crm', imported(await p.authorize()));
+  const margin = 3;
+  const settings = p.settings({ strategy: 'before-expiry', expiryMarginSecs: margin });
+  const send = () => rk.send({ credential: 'crm', store, settings, request: { url: p.api('me') } });
+
+  // Well outside the margin: no refresh.
+  assert.equal((await send()).status, 200);
+  assert.equal((await p.stats()).token_calls, 0);
+
+  // Inside the margin but not expired: refreshed before the request, never a 401.
+  const { expires_at: expiresAt } = await stored(store, 'crm');
+  await eventually(() => Date.now() / 1000 > expiresAt - margin + 0.2, { what: 'the expiry margin' });
+  assert.equal((await send()).status, 200);
+
+  const stats = await p.stats();
+  assert.equal(stats.refreshes_granted, 1);
+  assert.equal(stats.api_unauthorized, 0);
+  assert.ok((await stored(store, 'crm')).expires_at > expiresAt);
+}));
+
+test('rotation-5-refreshes', () => withProvider(['--access-ttl-ms', '2000'], async (p) => {
+  const rk = await rekey();
+  const store = await tempStore();
+  await store.save('crm', imported(await p.authorize()));
+  const seen = new Set();
+
+  await eventually(async () => {
+    const res = await rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api('poll') } });
+    assert.equal(res.status, 200);
+    seen.add((await stored(store, 'crm')).refresh_token);
+    return (await p.stats()).refreshes_granted >= 5;
+  }, { timeoutMs: 60_000, everyMs: 250, what: '5 refreshes' });
+
+  const stats = await p.stats();
+  assert.equal(stats.reused_refresh_tokens, 0);
+  assert.equal(stats.invalid_grant, 0);
+  assert.equal(stats.token_calls, stats.refreshes_granted, 'every token call was a granted refresh');
+  assert.ok(seen.size >= 6, `a new refresh token per refresh (saw ${seen.size})`);
+  assert.equal(await p.refreshTokenLive((await stored(store, 'crm')).refresh_token), true);
+}));
+
+test('response-without-refresh-token-keeps-old', () => withProvider(['--no-rotate'], async (p) => {
+  const rk = await rekey();
+  const store = await tempStore();
+  const first = await p.authorize();
+  await store.save('crm', imported(first, { access_token: REJECTED_ACCESS_TOKEN }));
+  await p.omitRefreshToken(true);
+
+  const res = await rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api('x') } });
+
+  assert.equal(res.status, 200);
+  assert.equal(await p.stats().then((s) => s.refreshes_granted), 1);
+  const keys = await stored(store, 'crm');
+  assert.equal(keys.refresh_token, first.refresh_token);
+  assert.notEqual(keys.access_token, REJECTED_ACCESS_TOKEN);
+  assert.equal(await p.refreshTokenLive(keys.refresh_token), true);
+}));
+
+test('rejected-after-fresh-token', () => withProvider([], async (p) => {
+  const rk = await rekey();
+  const store = await tempStore();
+  await store.save('crm', imported(await p.authorize()));
+
+  const err = await rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api('reject') } })
+    .then(() => assert.fail('the API always rejects'), (e) => e);
+
+  assert.ok(err instanceof RejectedAfterRefresh, String(err));
+  assert.equal(err.category, 'rejected-by-api');
+  assert.equal(err.response.status, 401);
+  const stats = await p.stats();
+  assert.equal(stats.api_calls, 2, 'the request and one retry: no loop');
+  assert.equal(stats.token_calls, 1);
+}));
+
+test('invalid-grant', () => withProvider([], async (p) => {
+  const rk = await rekey();
+  const store = await tempStore();
+  await store.save('crm', imported(await p.authorize(), { access_token: REJECTED_ACCESS_TOKEN }));
+  const before = await store.load('crm');
+  await p.revokeAll();
+
+  const err = await rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api('x') } })
+    .then(() => assert.fail('the grant is revoked'), (e) => e);
+
+  assert.ok(err instanceof ReauthorizationRequired, String(err));
+  assert.equal(err.category, 'needs-authorization');
+  assert.equal(err.code, 'invalid_grant');
+  assert.equal(await store.load('crm'), before, 'the stored keys are byte-identical');
+  assert.equal((await p.stats()).api_calls, 1);
+}));
+
+test('503-then-200', () => withProvider([], async (p) => {
+  const rk = await rekey();
+  const store = await tempStore();
+  await store.save('crm', imported(await p.authorize(), { access_token: REJECTED_ACCESS_TOKEN }));
+  await p.forceTokenResponses([[503, '{"error":"temporarily_unavailable"}']]);
+
+  const res = await rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api('x') } });
+
+  assert.equal(res.status, 200);
+  const stats = await p.stats();
+  assert.equal(stats.refreshes_granted, 1);
+  assert.equal(stats.token_calls, 2, 'the 503 and the retried refresh');
+  assert.equal(await p.refreshTokenLive((await stored(store, 'crm')).refresh_token), true);
+}));
+
+for (const method of ['basic', 'post']) {
+  test(`client-auth-${method}`, () => withProvider(['--client-auth', method], async (p) => {
+    const rk = await rekey();
+    const store = await tempStore();
+    await store.save('crm', imported(await p.authorize(), { access_token: REJECTED_ACCESS_TOKEN }));
+    const send = (clientAuth) => rk.send({
+      credential: 'crm', store, settings: p.settings({ clientAuth }), request: { url: p.api('x') },
+    });
+
+    // The other method is refused by the provider: a settings problem, keys untouched.
+    const before = await store.load('crm');
+    const err = await send(method === 'basic' ? 'post' : 'basic').then(() => assert.fail('wrong client auth'), (e) => e);
+    assert.ok(err instanceof SettingsRejected, String(err));
+    assert.equal(err.code, 'invalid_client');
+    assert.equal(await store.load('crm'), before);
+
+    assert.equal((await send(method)).status, 200);
+    const stats = await p.stats();
+    assert.equal(stats.refreshes_granted, 1);
+    assert.equal(stats[`${method}_auth_calls`], 1);
+    const form = Object.fromEntries(await p.lastTokenForm());
+    assert.equal(form.grant_type, 'refresh_token');
+    assert.equal('client_secret' in form, method === 'post');
+  }));
+}
+
+test('post-body-identical-on-retry', () => withProvider([], async (p) => {
+  const rk = await rekey();
+  const store = await tempStore();
+  await store.save('crm', imported(await p.authorize(), { access_token: REJECTED_ACCESS_TOKEN }));
+  const body = randomBytes(64 * 1024);
+
+  const res = await rk.send({
+    credential: 'crm', store, settings: p.settings(),
+    request: { method: 'POST', url: p.api('upload'), headers: { 'content-type': 'application/octet-stream' }, body },
+  });
+
+  assert.equal(res.status, 200);
+  const log = await p.apiLog();
+  assert.equal(log.length, 2);
+  assert.deepEqual(log.map((e) => [e.method, e.authorized]), [['POST', false], ['POST', true]]);
+  for (const entry of log) assert.ok(Buffer.from(entry.body_base64, 'base64').equals(body), 'byte-identical body');
+}));
+
+test('keys-callback-failure-stops-before-retry', () => withProvider([], async (p) => {
+  const rk = await rekey();
+  const first = await p.authorize();
+  let calls = 0;
+
+  const err = await rk.send({
+    settings: p.settings(),
+    keys: imported(first, { access_token: REJECTED_ACCESS_TOKEN }),
+    request: { url: p.api('x') },
+    onUpdateKeys: async () => {
+      calls += 1;
+      await new Promise((r) => setTimeout(r, 20));
+      throw new Error('disk full');
+    },
+  }).then(() => assert.fail('persistence failed'), (e) => e);
+
+  assert.ok(err instanceof KeysNotPersisted, String(err));
+  assert.equal(err.category, 'store');
+  assert.equal(calls, 1);
+  const stats = await p.stats();
+  assert.equal(stats.api_calls, 1, 'the request is not resent with keys that are not durable');
+  assert.equal(stats.refreshes_granted, 1);
+}));
+
+test('16-concurrent-one-refresh', () => withProvider(['--access-ttl-ms', '2000'], async (p) => {
+  const rk = await rekey();
+  const store = await tempStore();
+  await store.save('crm', imported(await p.authorize()));
+  const send = (i) => rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api(`c/${i}`) } });
+  assert.equal((await send('warm')).status, 200);
+  await untilExpired((await stored(store, 'crm')).expires_at);
+
+  const results = await Promise.all(Array.from({ length: 16 }, (_, i) => send(i)));
+
+  assert.deepEqual(results.map((r) => r.status), Array(16).fill(200));
+  const stats = await p.stats();
+  assert.equal(stats.refreshes_granted, 1, 'one expiry, one refresh');
+  assert.equal(stats.token_calls, 1);
+  assert.equal(stats.invalid_grant, 0);
+  assert.equal(stats.reused_refresh_tokens, 0);
+  assert.equal(await p.refreshTokenLive((await stored(store, 'crm')).refresh_token), true);
+}));
+
+test('no-secret-in-output', () => withProvider([], async (p) => {
+  const rk = await rekey();
+  const store = await tempStore();
+  const secrets = new Set([p.client_secret]);
+  const remember = (keys) => { for (const f of ['access_token', 'refresh_token', 'id_token']) if (keys[f]) secrets.add(keys[f]); };
+  const printed = [];
+  const original = { out: process.stdout.write, err: process.stderr.write };
+  const capture = (chunk, ...rest) => { printed.push(String(chunk)); return true; };
+  const outcomes = [];
+
+  // Everything a caller would print: events (logged), each result's and error's
+  // message, String(), JSON and inspect(), and the keys given to onUpdateKeys.
+  const record = async (label, run) => {
+    try {
+      const res = await run();
+      outcomes.push(`${label}: ${res.status} ${inspect(res)}`);
+    } catch (err) {
+      outcomes.push(`${label}: ${err.message} ${String(err)} ${err.stack} ${inspect(err, { depth: 5 })} ${JSON.stringify(err)}`);
+    }
+  };
+  const onEvent = (event) => console.log('rekey event', event);
+  const settings = p.settings({ clientSecret: new Secret(p.client_secret), clientAuth: 'post' });
+  // Each step its own grant, stored with an access token the API refuses.
+  const grant = async (credential) => {
+    const first = await p.authorize();
+    remember(first);
+    const keys = imported(first, { access_token: REJECTED_ACCESS_TOKEN });
+    if (credential) await store.save(credential, keys);
+    return keys;
+  };
+  const send = (credential, extra) => rk.send({ credential, store, settings, request: { url: p.api('a') }, onEvent, ...extra });
+  const persisted = (keys) => { remember(keys.expose()); console.log('persisted', keys, `${keys}`, JSON.stringify(keys)); };
+  await grant('refresh');
+  await grant('rejected');
+  await grant('settings');
+  await grant('revoked');
+  const callbackKeys = await grant();
+
+  process.stdout.write = capture;
+  process.stderr.write = capture;
+  try {
+    console.log('settings', settings, String(settings.clientSecret), JSON.stringify(settings));
+    await record('refresh', () => send('refresh', { onUpdateKeys: persisted }));
+    await record('rejected', () => send('rejected', { request: { url: p.api('reject') }, onUpdateKeys: persisted }));
+    await record('keys failure', () => rk.send({ settings, keys: callbackKeys, request: { url: p.api('b') }, onEvent,
+      onUpdateKeys: (keys) => { remember(keys.expose()); throw new Error(`cannot write ${JSON.stringify(keys.expose())}`); } }));
+    await record('settings rejected', () => send('settings', { settings: { ...settings, clientId: 'someone-else' } }));
+    await p.revokeAll();
+    await record('invalid grant', () => send('revoked'));
+    await record('transport', () => send('refresh', { request: { url: 'http://127.0.0.1:9/closed' } }));
+  } finally {
+    process.stdout.write = original.out;
+    process.stderr.write = original.err;
+  }
+  for (const c of ['refresh', 'rejected']) remember(await stored(store, c));
+
+  const everything = [...printed, ...outcomes].join('\n');
+  // The run must have exercised what it claims to check.
+  assert.match(everything, /persisted TokenSet\(access_token/);
+  assert.match(everything, /refresh: 200/);
+  assert.match(everything, /KeysNotPersisted/);
+  assert.match(everything, /RejectedAfterRefresh/);
+  assert.match(everything, /SettingsRejected/);
+  assert.match(everything, /ReauthorizationRequired/);
+  assert.match(everything, /could not connect/);
+  assert.ok(secrets.size >= 12, `collected ${secrets.size} secrets`);
+  for (const secret of secrets) {
+    assert.ok(!everything.includes(secret), `a secret (${secret.slice(0, 3)}…) appears in the output`);
+  }
+}));
+
+// Not in the shared list: what a transport failure looks like to a caller.
+test('transport-error-is-typed', async () => {
+  const rk = await rekey();
+  const err = await rk.send({
+    settings: { tokenUrl: 'http://127.0.0.1:9/token', clientId: 'c' },
+    keys: { access_token: 'a', refresh_token: 'r' },
+    request: { url: 'http://127.0.0.1:9/closed' },
+    onUpdateKeys: () => {},
+  }).then(() => assert.fail('port 9 is closed'), (e) => e);
+  assert.ok(err instanceof TransportError, String(err));
+  assert.equal(err.kind, 'connect');
+  assert.equal(err.category, 'transport');
+});

@@ -1,0 +1,149 @@
+"""``http-send``: one real HTTP exchange over ``http.client``: no redirects,
+bounded in time (connect and total) and in response size. Failures raise
+:class:`TransportError` with the WIT case as ``kind``; messages never carry
+the URL's query or a header value."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import TransportError
+from .model import Request, Response
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    connect_timeout: float = 10.0
+    #: The whole exchange, body included.
+    total_timeout: float = 30.0
+    #: Larger response bodies fail with ``too-large`` instead of filling memory.
+    max_response_bytes: int = 4 * 1024 * 1024
+
+
+_tls_lock = threading.Lock()
+_tls_context: Optional[ssl.SSLContext] = None
+
+
+def _tls() -> ssl.SSLContext:
+    # Built on first https use: loading the CA bundle costs milliseconds.
+    global _tls_context
+    with _tls_lock:
+        if _tls_context is None:
+            _tls_context = ssl.create_default_context()
+        return _tls_context
+
+
+def send(req: Request, config: HttpConfig) -> Response:
+    deadline = time.monotonic() + config.total_timeout
+    conn, target = _connection(req, config)
+    try:
+        _connect(conn)
+        # Kept: http.client drops conn.sock when the server closes after answering.
+        sock = conn.sock
+        sock.settimeout(_remaining(deadline))
+        try:
+            _write(conn, req, target)
+            resp = conn.getresponse()
+            return _read(sock, resp, deadline, config.max_response_bytes)
+        except (socket.timeout, TimeoutError):
+            raise TransportError("timeout") from None
+        except TransportError:
+            raise
+        except (OSError, http.client.HTTPException) as e:
+            # Reset, broken pipe, a malformed answer: the request may have arrived.
+            raise TransportError("other", _describe(e)) from None
+    finally:
+        conn.close()
+
+
+def _connection(req: Request, config: HttpConfig):
+    if not _TOKEN.match(req.method or ""):
+        raise TransportError("invalid-request", "invalid HTTP method")
+    try:
+        url = urllib.parse.urlsplit(req.url)
+        port = url.port
+    except ValueError:
+        raise TransportError("invalid-request", "invalid URL") from None
+    if url.scheme not in ("http", "https"):
+        raise TransportError("invalid-request", "URL scheme must be http or https")
+    if not url.hostname:
+        raise TransportError("invalid-request", "URL has no host")
+    target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    timeout = config.connect_timeout
+    if url.scheme == "https":
+        conn = http.client.HTTPSConnection(url.hostname, port, timeout=timeout, context=_tls())
+    else:
+        conn = http.client.HTTPConnection(url.hostname, port, timeout=timeout)
+    return conn, target
+
+
+def _connect(conn: http.client.HTTPConnection) -> None:
+    """DNS, TCP and TLS: a failure here means the request provably never left."""
+    try:
+        conn.connect()
+    except (socket.timeout, TimeoutError):
+        raise TransportError("timeout") from None
+    except (OSError, ssl.SSLError) as e:  # gaierror, refused, unreachable, handshake
+        raise TransportError("connect", _describe(e)) from None
+
+
+def _write(conn: http.client.HTTPConnection, req: Request, target: str) -> None:
+    names = {name.lower() for name, _ in req.headers}
+    try:
+        conn.putrequest(req.method, target, skip_host="host" in names, skip_accept_encoding=True)
+        for name, value in req.headers:
+            if name.lower() in ("content-length", "transfer-encoding"):
+                continue  # framing is ours: it follows the body actually sent
+            if not _TOKEN.match(name):
+                raise TransportError("invalid-request", "invalid header name")
+            if any(c in value for c in "\r\n\0"):
+                # Never echo the value: it may be the Authorization header.
+                raise TransportError("invalid-request", f"invalid value for header {name}")
+            conn.putheader(name, value)
+        if req.body or req.method.upper() in ("POST", "PUT", "PATCH"):
+            conn.putheader("Content-Length", str(len(req.body)))
+        conn.endheaders(bytes(req.body) if req.body else None)
+    except (http.client.InvalidURL, ValueError, UnicodeEncodeError):
+        raise TransportError("invalid-request", "the request line or a header cannot be encoded") from None
+
+
+def _read(sock: socket.socket, resp: http.client.HTTPResponse, deadline: float, cap: int) -> Response:
+    length = resp.getheader("content-length")
+    if length is not None and length.isdigit() and int(length) > cap:
+        raise TransportError("too-large", cap)
+    headers = [(k.lower(), v) for k, v in resp.getheaders()]
+    body = bytearray()
+    while True:
+        sock.settimeout(_remaining(deadline))
+        chunk = resp.read1(_CHUNK) if not resp.isclosed() else b""
+        if not chunk:
+            break
+        body += chunk
+        if len(body) > cap:
+            raise TransportError("too-large", cap)
+    return Response(resp.status, headers, bytes(body))
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TransportError("timeout")
+    return left
+
+
+def _describe(e: BaseException) -> str:
+    # The exception's own words name no URL (http.client never puts one in);
+    # its class tells refused from reset from DNS.
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -1,0 +1,125 @@
+"""The plain-Python values a caller passes in and gets back."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from .secret import Secret
+
+
+class ClientAuth(enum.Enum):
+    """How the client authenticates at the token endpoint (RFC 6749 §2.3.1)."""
+
+    BASIC = "client-secret-basic"
+    POST = "client-secret-post"
+
+
+@dataclass(frozen=True)
+class OnAuthFailure:
+    """Refresh only after the API rejects the access token (the standard way)."""
+
+
+@dataclass(frozen=True)
+class EveryRequest:
+    """Refresh before every request."""
+
+
+@dataclass(frozen=True)
+class BeforeExpiry:
+    """Refresh when the access token expires within ``margin_secs``; still
+    refreshes when the API rejects it."""
+
+    margin_secs: int = 60
+
+
+Strategy = Union[OnAuthFailure, EveryRequest, BeforeExpiry]
+
+
+@dataclass
+class Settings:
+    """A credential's settings (the WIT ``settings`` record)."""
+
+    token_url: str
+    client_id: str
+    client_secret: Optional[Secret] = None
+    client_auth: ClientAuth = ClientAuth.BASIC
+    scope: Optional[str] = None
+    extra_params: list[tuple[str, str]] = field(default_factory=list)
+    strategy: Strategy = field(default_factory=OnAuthFailure)
+    #: Statuses that mean "token rejected"; empty means [401].
+    rejected_statuses: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Accept a plain str, keep a Secret: the dataclass repr stays safe.
+        if self.client_secret is not None and not isinstance(self.client_secret, Secret):
+            self.client_secret = Secret(self.client_secret)
+
+
+@dataclass
+class Request:
+    """One HTTP request. rekey adds ``Authorization`` itself and replaces any
+    the caller set; ``Host`` and ``Content-Length`` come from the body/URL."""
+
+    method: str
+    url: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    @classmethod
+    def get(cls, url: str, headers: Optional[list[tuple[str, str]]] = None) -> "Request":
+        return cls("GET", url, list(headers or []))
+
+    @classmethod
+    def post(cls, url: str, body: bytes, headers: Optional[list[tuple[str, str]]] = None) -> "Request":
+        return cls("POST", url, list(headers or []), bytes(body))
+
+    def __repr__(self) -> str:
+        # Header values may be API keys; the URL's query may hold secrets too.
+        names = [name for name, _ in self.headers]
+        return f"Request(method={self.method!r}, url={_url_without_query(self.url)!r}, header_names={names!r}, body_len={len(self.body)})"
+
+
+@dataclass
+class Response:
+    """The API's answer. Header names are lower-case, order and duplicates kept."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> Optional[str]:
+        """The first value of header ``name`` (case-insensitive), if any."""
+        name = name.lower()
+        return next((v for k, v in self.headers if k == name), None)
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        # A body can echo anything the API holds; show its size only.
+        return f"Response(status={self.status}, headers={len(self.headers)}, body_len={len(self.body)})"
+
+
+def _url_without_query(url: str) -> str:
+    return url.split("?", 1)[0].split("#", 1)[0]
+
+
+def keys_from_token_response(token_response: "str | dict", now: "float | None" = None) -> str:
+    """A token set to store from the provider's authorization-code answer:
+    the whole response plus ``expires_at`` (Unix seconds) from ``expires_in``,
+    as the guest does for the sets it emits, so ``BeforeExpiry`` can tell."""
+    import time
+
+    keys = json.loads(token_response) if isinstance(token_response, str) else dict(token_response)
+    if not isinstance(keys, dict) or not (keys.get("access_token") or keys.get("refresh_token")):
+        raise ValueError("a token response must be a JSON object with an access or a refresh token")
+    expires_in = keys.get("expires_in")
+    if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool):
+        keys["expires_at"] = int((time.time() if now is None else now) + expires_in)
+    return json.dumps(keys)

@@ -1,0 +1,103 @@
+"""Between plain Python and wasmtime-py's component values for
+``rekey:oauth2@0.2.0``: records are ``Record`` objects with kebab-case
+attributes; variants whose cases cannot be told apart by Python type are
+``Variant(tag, payload)``; ``option``/``result`` are untagged when their cases
+have distinct types (``None``/value; for ``result<response, send-error>`` a
+``Record`` is ok and a ``Variant`` is err)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from wasmtime.component import Record, Variant
+
+from . import errors
+from .model import BeforeExpiry, EveryRequest, OnAuthFailure, Request, Response, Settings
+
+
+def _record(**fields: Any) -> Record:
+    r = Record()
+    for name, value in fields.items():
+        setattr(r, name.replace("_", "-"), value)
+    return r
+
+
+def settings(s: Settings) -> Record:
+    if isinstance(s.strategy, OnAuthFailure):
+        strategy = Variant("on-auth-failure")
+    elif isinstance(s.strategy, EveryRequest):
+        strategy = Variant("every-request")
+    elif isinstance(s.strategy, BeforeExpiry):
+        strategy = Variant("before-expiry", int(s.strategy.margin_secs))
+    else:
+        raise errors.InvalidSettings(f"unknown strategy {type(s.strategy).__name__}")
+    return _record(
+        token_url=s.token_url,
+        client_id=s.client_id,
+        client_secret=s.client_secret.expose() if s.client_secret is not None else None,
+        client_auth=s.client_auth.value,
+        scope=s.scope,
+        extra_params=[(str(k), str(v)) for k, v in s.extra_params],
+        strategy=strategy,
+        rejected_statuses=[int(x) for x in s.rejected_statuses],
+    )
+
+
+def request(r: Request) -> Record:
+    return _record(
+        method=r.method,
+        url=r.url,
+        headers=[(str(k), str(v)) for k, v in r.headers],
+        body=bytes(r.body),
+    )
+
+
+def request_from(rec: Record) -> Request:
+    return Request(rec.method, rec.url, list(rec.headers), rec.body)
+
+
+def response(r: Response) -> Record:
+    return _record(status=r.status, headers=r.headers, body=r.body)
+
+
+def response_from(rec: Record) -> Response:
+    return Response(rec.status, list(rec.headers), rec.body)
+
+
+def lease(keys: Optional[str], in_doubt: bool = False) -> Record:
+    return _record(keys=keys, in_doubt=in_doubt)
+
+
+def transport_error(e: errors.TransportError) -> Variant:
+    if e.kind == "timeout":
+        return Variant("timeout")
+    if e.kind == "too-large":
+        return Variant("too-large", int(e.detail))
+    return Variant(e.kind, str(e.detail))
+
+
+def send_error(v: Variant) -> errors.RekeyError:
+    """The typed exception for one ``send-error`` case."""
+    tag, p = v.tag, v.payload
+    simple = {
+        "not-authenticated": errors.NotAuthenticated,
+        "token-endpoint": errors.TokenEndpointError,
+        "refresh-in-doubt": errors.RefreshInDoubt,
+        "keys-not-persisted": errors.KeysNotPersisted,
+        "lease-unavailable": errors.LeaseUnavailable,
+        "invalid-settings": errors.InvalidSettings,
+        "invalid-keys": errors.InvalidKeys,
+    }
+    if tag in simple:
+        return simple[tag](p)
+    if tag == "reauthorization-required":
+        return errors.ReauthorizationRequired(p.status, p.code)
+    if tag == "settings-rejected":
+        return errors.SettingsRejected(p.status, p.code)
+    if tag == "rejected-after-refresh":
+        return errors.RejectedAfterRefresh(response_from(p))
+    if tag == "insufficient-scope":
+        return errors.InsufficientScope(p.scope, response_from(p.response))
+    if tag == "transport":
+        return errors.TransportError(p.tag, p.payload)
+    return errors.ComponentError(f"unknown send-error case {tag!r}")

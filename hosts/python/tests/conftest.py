@@ -1,0 +1,136 @@
+"""The testkit provider (a loopback OAuth2 provider + protected API, the
+binary in $REKEY_TESTKIT) and the component ($REKEY_WASM)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import time
+import urllib.parse
+
+import pytest
+
+import rekey
+
+
+def _required_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.exit(f"{name} is not set (see hosts/python/ci.sh)", returncode=2)
+    return value
+
+
+class Provider:
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen(
+            [_required_env("REKEY_TESTKIT"), *args],
+            stdin=subprocess.PIPE,  # the testkit exits when this closes
+            stdout=subprocess.PIPE,
+        )
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the testkit exited before announcing itself: {self.proc.wait()}")
+        info = json.loads(line)
+        self.base_url = info["base_url"]
+        self.token_url = info["token_url"]
+        self.api_url = info["api_url"]
+        self.client_id = info["client_id"]
+        self.client_secret = info["client_secret"]
+        self.issued: set[str] = set()  # every token seen, for the secrecy checks
+
+    def settings(self, **overrides) -> rekey.Settings:
+        fields = dict(token_url=self.token_url, client_id=self.client_id, client_secret=self.client_secret)
+        fields.update(overrides)
+        return rekey.Settings(**fields)
+
+    def admin(self, method: str, path: str, body=None):
+        url = urllib.parse.urlsplit(self.base_url)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            conn.request(method, f"/_testkit/{path}", body=payload, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            assert resp.status == 200, f"testkit {path}: HTTP {resp.status}"
+            return json.loads(data) if data else None
+        finally:
+            conn.close()
+
+    def authorize(self) -> dict:
+        """A new grant's first token response."""
+        tokens = self.admin("POST", "authorize")
+        self.issued.update(v for k, v in tokens.items() if k.endswith("_token"))
+        return tokens
+
+    def stats(self) -> dict:
+        return self.admin("GET", "stats")
+
+    def api_log(self) -> list:
+        return self.admin("GET", "api-log")
+
+    def refresh_token_live(self, token: str) -> bool:
+        return self.admin("POST", "refresh-token-live", {"refresh_token": token})["live"]
+
+    def api_status(self, access_token: str) -> int:
+        """One direct API call with this token (counts in the stats)."""
+        url = urllib.parse.urlsplit(self.api_url)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        try:
+            conn.request("GET", url.path + "probe", headers={"Authorization": f"Bearer {access_token}"})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        finally:
+            conn.close()
+
+    def wait_until_expired(self, access_token: str, limit: float = 60.0) -> None:
+        """Polls the API until it rejects the token: no assumption about how
+        fast this machine is."""
+        give_up = time.monotonic() + limit
+        while self.api_status(access_token) != 401:
+            assert time.monotonic() < give_up, "the access token never expired"
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def delta(after: dict, before: dict) -> dict:
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+@pytest.fixture
+def provider_factory():
+    started: list[Provider] = []
+
+    def start(*args: str) -> Provider:
+        p = Provider(*args)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.close()
+
+
+@pytest.fixture
+def provider(provider_factory) -> Provider:
+    """Default provider: 2 s tokens, strict rotation, reuse detection."""
+    return provider_factory()
+
+
+@pytest.fixture(scope="session")
+def client() -> rekey.Rekey:
+    return rekey.Rekey(_required_env("REKEY_WASM"), expected_sha256=os.environ.get("REKEY_WASM_SHA256"))
+
+
+def tokens_in(keys_json: str) -> set[str]:
+    keys = json.loads(keys_json)
+    return {v for k, v in keys.items() if k.endswith("_token") and isinstance(v, str)}

@@ -1,0 +1,77 @@
+"""no-secret-in-output: every way rekey can talk (logs at DEBUG, stdout and
+stderr, exception messages and reprs, the reprs of its values) across
+success, refresh, and each failure kind, with no token or client secret."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import rekey
+from conftest import tokens_in
+from rekey import EveryRequest, FileStore, Request
+
+
+def test_no_secret_in_output(client, provider, tmp_path, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    secrets = {provider.client_secret}
+    said: list[str] = []  # every exception message and repr, every value's repr
+    kinds: set[str] = set()
+
+    def attempt(**kwargs) -> None:
+        try:
+            resp = client.send(**kwargs)
+            said.append(repr(resp))
+        except rekey.RekeyError as e:
+            kinds.add(type(e).__name__)
+            said.extend([str(e), repr(e), repr(getattr(e, "response", None))])
+
+    tokens = provider.authorize()
+    store = FileStore(tmp_path / "keys.json")
+    store.save(rekey.keys_from_token_response(tokens))
+    settings = provider.settings()
+    said += [repr(settings), repr(store), repr(rekey.Secret(tokens["access_token"]))]
+
+    # a refresh on 401, then an API that always rejects
+    provider.wait_until_expired(tokens["access_token"])
+    attempt(settings=settings, request=Request.get(provider.api_url + "me"), store=store)
+    attempt(settings=settings, request=Request.get(provider.api_url + "reject"), store=store)
+    secrets |= tokens_in(store.load())
+    # a callback that fails quoting what it was given
+    offered: list[str] = []
+
+    def failing(keys: str) -> None:
+        offered.append(keys)
+        raise OSError(f"cannot write {keys}")
+
+    attempt(settings=provider.settings(strategy=EveryRequest()), request=Request.get(provider.api_url + "me"),
+            keys=store.load(), on_update_keys=failing)
+    for keys in offered:
+        secrets |= tokens_in(keys)
+    # the token endpoint's answers lost after it rotated the token (in doubt), on a grant of its own
+    other = FileStore(tmp_path / "other.json")
+    other.save(rekey.keys_from_token_response(provider.authorize()))
+    provider.admin("POST", "lose-answers", [{"reset": True}, {"reset": True}])
+    attempt(settings=provider.settings(strategy=EveryRequest()), request=Request.get(provider.api_url + "me"), store=other)
+    secrets |= tokens_in(other.load())
+    # the wrong client secret, then a revoked grant
+    attempt(settings=provider.settings(client_secret="wrong-" + provider.client_secret, strategy=EveryRequest()),
+            request=Request.get(provider.api_url + "me"), store=store)
+    provider.admin("POST", "revoke-all")
+    attempt(settings=provider.settings(strategy=EveryRequest()), request=Request.get(provider.api_url + "me"), store=store)
+    # a request with its own credentials in a header and the query
+    attempt(settings=settings, request=Request.get("http://127.0.0.1:9/x?key=" + tokens["refresh_token"],
+            [("X-Api-Key", tokens["access_token"])]), store=store)
+    said.append(repr(Request.get(provider.api_url + "?key=" + tokens["refresh_token"], [("X-Api-Key", tokens["access_token"])])))
+
+    secrets |= provider.issued | tokens_in(store.load())
+    out, err = capsys.readouterr()
+    logged = [r.getMessage() for r in caplog.records]
+    everything = "\n".join(said + logged + [out, err])
+    assert len(logged) >= 5 and len(said) >= 15  # the checks saw real output
+    assert len(secrets) >= 6
+    assert kinds == {"RejectedAfterRefresh", "KeysNotPersisted", "RefreshInDoubt", "SettingsRejected",
+                     "ReauthorizationRequired", "TransportError"}
+    leaked = sorted(s for s in secrets if s in everything)
+    assert leaked == [], "secrets appeared in rekey's output"

@@ -1,0 +1,292 @@
+"""The §4 scenario list, one test per id, against the testkit provider over
+real HTTP on loopback; the component runs for real, nothing is mocked across
+the wasm boundary. Counts come from the provider's own stats, as deltas."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import threading
+
+import pytest
+
+import rekey
+from conftest import delta, tokens_in
+from rekey import BeforeExpiry, ClientAuth, EveryRequest, FileStore, Request
+
+
+def stored(store: FileStore) -> dict:
+    return json.loads(store.load())
+
+
+def new_store(tmp_path, tokens: dict, name: str = "keys.json") -> FileStore:
+    store = FileStore(tmp_path / name)
+    store.save(rekey.keys_from_token_response(tokens))
+    return store
+
+
+def test_loads_the_expected_component(client):
+    expected = os.environ.get("REKEY_WASM_SHA256")
+    if not expected:
+        pytest.skip("REKEY_WASM_SHA256 not set")
+    assert client.component_sha256 == expected.lower()
+    with pytest.raises(ValueError, match="SHA-256"):
+        rekey.Rekey(os.environ["REKEY_WASM"], expected_sha256="0" * 64)
+
+
+def test_on_401_refresh_and_retry(client, provider, tmp_path):
+    tokens = provider.authorize()
+    store = new_store(tmp_path, tokens)
+    provider.wait_until_expired(tokens["access_token"])
+    before = provider.stats()
+
+    resp = client.send(provider.settings(), Request.get(provider.api_url + "orders"), store=store)
+
+    assert resp.status == 200
+    d = delta(provider.stats(), before)
+    assert (d["api_calls"], d["api_unauthorized"], d["token_calls"], d["refreshes_granted"]) == (2, 1, 1, 1)
+    keys = stored(store)
+    assert keys["access_token"] != tokens["access_token"]
+    assert keys["refresh_token"] != tokens["refresh_token"]
+    assert keys["id_token"] == tokens["id_token"]  # kept from the stored set
+    assert isinstance(keys["expires_at"], int)
+    assert provider.refresh_token_live(keys["refresh_token"])
+
+
+def test_every_request(client, provider_factory, tmp_path):
+    provider = provider_factory("--access-ttl-ms", "600000")
+    store = new_store(tmp_path, provider.authorize())
+    settings = provider.settings(strategy=EveryRequest())
+    before = provider.stats()
+    refresh_tokens = []
+    for _ in range(3):
+        assert client.send(settings, Request.get(provider.api_url + "me"), store=store).status == 200
+        refresh_tokens.append(stored(store)["refresh_token"])
+
+    d = delta(provider.stats(), before)
+    assert (d["refreshes_granted"], d["api_calls"], d["api_unauthorized"]) == (3, 3, 0)
+    assert len(set(refresh_tokens)) == 3  # each rotation persisted
+    assert d["reused_refresh_tokens"] == 0
+
+
+def test_before_expiry(client, provider_factory, tmp_path):
+    provider = provider_factory("--access-ttl-ms", "600000")  # expires_in 600
+    tokens = provider.authorize()
+    store = new_store(tmp_path, tokens)
+
+    before = provider.stats()
+    margin_beyond_lifetime = provider.settings(strategy=BeforeExpiry(3600))
+    assert client.send(margin_beyond_lifetime, Request.get(provider.api_url + "me"), store=store).status == 200
+    d = delta(provider.stats(), before)
+    assert (d["refreshes_granted"], d["api_calls"], d["api_unauthorized"]) == (1, 1, 0)
+    assert stored(store)["access_token"] != tokens["access_token"]
+
+    before = provider.stats()
+    margin_within_lifetime = provider.settings(strategy=BeforeExpiry(60))
+    assert client.send(margin_within_lifetime, Request.get(provider.api_url + "me"), store=store).status == 200
+    d = delta(provider.stats(), before)
+    assert (d["token_calls"], d["api_calls"]) == (0, 1)
+
+
+def test_rotation_5_refreshes(client, provider, tmp_path):
+    tokens = provider.authorize()
+    store = new_store(tmp_path, tokens)
+    before = provider.stats()
+    seen = {tokens["refresh_token"]}
+    for _ in range(5):
+        provider.wait_until_expired(stored(store)["access_token"])
+        assert client.send(provider.settings(), Request.get(provider.api_url + "me"), store=store).status == 200
+        seen.add(stored(store)["refresh_token"])
+
+    d = delta(provider.stats(), before)
+    assert d["refreshes_granted"] >= 5
+    assert (d["reused_refresh_tokens"], d["invalid_grant"]) == (0, 0)
+    assert len(seen) == 6
+    assert provider.refresh_token_live(stored(store)["refresh_token"])
+
+
+def test_response_without_refresh_token_keeps_old(client, provider_factory, tmp_path):
+    # A provider that does not rotate may leave refresh_token out of its answer.
+    provider = provider_factory("--access-ttl-ms", "600000", "--no-rotate")
+    tokens = provider.authorize()
+    store = new_store(tmp_path, tokens)
+    provider.admin("POST", "omit-refresh-token", True)
+
+    resp = client.send(provider.settings(strategy=EveryRequest()), Request.get(provider.api_url + "me"), store=store)
+
+    assert resp.status == 200
+    keys = stored(store)
+    assert keys["access_token"] != tokens["access_token"]
+    assert keys["refresh_token"] == tokens["refresh_token"]
+    assert provider.refresh_token_live(keys["refresh_token"])
+    # ...and the kept one still works for the next refresh.
+    before = provider.stats()
+    assert client.send(provider.settings(strategy=EveryRequest()), Request.get(provider.api_url + "me"), store=store).status == 200
+    assert delta(provider.stats(), before)["refreshes_granted"] == 1
+
+
+def test_rejected_after_fresh_token(client, provider, tmp_path):
+    store = new_store(tmp_path, provider.authorize())
+    before = provider.stats()
+
+    with pytest.raises(rekey.RejectedAfterRefresh) as caught:
+        client.send(provider.settings(), Request.get(provider.api_url + "reject"), store=store)
+
+    assert caught.value.response.status == 401
+    assert caught.value.response.header("www-authenticate") is not None
+    assert caught.value.category is rekey.Category.REJECTED_BY_API
+    d = delta(provider.stats(), before)
+    assert (d["api_calls"], d["token_calls"], d["refreshes_granted"]) == (2, 1, 1)
+
+
+def test_invalid_grant(client, provider, tmp_path):
+    store = new_store(tmp_path, provider.authorize())
+    provider.admin("POST", "revoke-all")
+    with open(store.path, "rb") as f:
+        before_bytes = f.read()
+    before = provider.stats()
+
+    with pytest.raises(rekey.ReauthorizationRequired) as caught:
+        client.send(provider.settings(), Request.get(provider.api_url + "me"), store=store)
+
+    assert caught.value.code == "invalid_grant"
+    assert caught.value.needs_authorization
+    with open(store.path, "rb") as f:
+        assert f.read() == before_bytes
+    assert delta(provider.stats(), before)["invalid_grant"] == 1
+
+
+def test_503_then_200(client, provider_factory, tmp_path):
+    provider = provider_factory("--access-ttl-ms", "600000")
+    store = new_store(tmp_path, provider.authorize())
+    provider.admin("POST", "force-token-responses", [[503, '{"error":"temporarily_unavailable"}']])
+    before = provider.stats()
+
+    resp = client.send(provider.settings(strategy=EveryRequest()), Request.get(provider.api_url + "me"), store=store)
+
+    assert resp.status == 200
+    d = delta(provider.stats(), before)
+    assert (d["token_calls"], d["refreshes_granted"], d["invalid_grant"]) == (2, 1, 0)
+
+
+@pytest.mark.parametrize(
+    "method", [ClientAuth.BASIC, ClientAuth.POST], ids=["client-auth-basic", "client-auth-post"]
+)
+def test_client_auth(client, provider_factory, tmp_path, method):
+    required = "basic" if method is ClientAuth.BASIC else "post"
+    provider = provider_factory("--access-ttl-ms", "600000", "--client-auth", required)
+    store = new_store(tmp_path, provider.authorize())
+    before = provider.stats()
+
+    resp = client.send(provider.settings(client_auth=method, strategy=EveryRequest()), Request.get(provider.api_url + "me"), store=store)
+
+    assert resp.status == 200
+    d = delta(provider.stats(), before)
+    assert d["refreshes_granted"] == 1
+    assert (d["basic_auth_calls"], d["post_auth_calls"]) == ((1, 0) if required == "basic" else (0, 1))
+    other = ClientAuth.POST if method is ClientAuth.BASIC else ClientAuth.BASIC
+    with pytest.raises(rekey.SettingsRejected) as caught:
+        client.send(provider.settings(client_auth=other, strategy=EveryRequest()), Request.get(provider.api_url + "me"), store=store)
+    assert caught.value.code == "invalid_client"
+
+
+def test_post_body_identical_on_retry(client, provider, tmp_path):
+    tokens = provider.authorize()
+    store = new_store(tmp_path, tokens)
+    body = bytes(range(256)) + random.Random(9).randbytes(64 * 1024)
+    provider.wait_until_expired(tokens["access_token"])
+    logged = len(provider.api_log())
+
+    req = Request.post(provider.api_url + "upload", body, [("Content-Type", "application/octet-stream")])
+    assert client.send(provider.settings(), req, store=store).status == 200
+
+    first, retry = provider.api_log()[logged:]
+    assert (first["method"], first["authorized"], retry["method"], retry["authorized"]) == ("POST", False, "POST", True)
+    assert base64.b64decode(first["body_base64"]) == body
+    assert base64.b64decode(retry["body_base64"]) == body
+
+
+def test_keys_callback_failure_stops_before_retry(client, provider):
+    tokens = provider.authorize()
+    keys = rekey.keys_from_token_response(tokens)
+    provider.wait_until_expired(tokens["access_token"])
+    offered = []
+
+    def on_update_keys(new_keys: str) -> None:
+        offered.append(new_keys)
+        raise OSError(f"disk full while writing {new_keys}")
+
+    before = provider.stats()
+    with pytest.raises(rekey.KeysNotPersisted) as caught:
+        client.send(provider.settings(), Request.get(provider.api_url + "me"), keys=keys, on_update_keys=on_update_keys)
+
+    d = delta(provider.stats(), before)
+    assert (d["api_calls"], d["token_calls"], d["refreshes_granted"]) == (1, 1, 1)
+    assert len(offered) == 1
+    assert caught.value.category is rekey.Category.STORE
+    assert "disk full" in str(caught.value)
+    for token in tokens_in(offered[0]):  # the callback's message quoted them
+        assert token not in str(caught.value)
+
+
+def test_16_concurrent_one_refresh(client, provider_factory, tmp_path):
+    provider = provider_factory("--access-ttl-ms", "5000")  # outlives 16 calls on a loaded machine
+    tokens = provider.authorize()
+    store = new_store(tmp_path, tokens)
+    provider.wait_until_expired(tokens["access_token"])
+    before = provider.stats()
+    start = threading.Barrier(16)
+    results: list = []
+
+    def one() -> None:
+        start.wait()
+        try:
+            results.append(client.send(provider.settings(), Request.get(provider.api_url + "me"), store=FileStore(store.path)).status)
+        except Exception as e:  # collected, asserted below
+            results.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert results == [200] * 16
+    d = delta(provider.stats(), before)
+    assert (d["refreshes_granted"], d["token_calls"], d["invalid_grant"], d["reused_refresh_tokens"]) == (1, 1, 0, 0)
+    assert provider.refresh_token_live(stored(store)["refresh_token"])
+
+
+def test_16_concurrent_one_refresh_with_callbacks(client, provider_factory):
+    """The same, with keys and on_update_keys instead of a store: calls naming
+    one credential share its lease and adopt what the first one persisted."""
+    provider = provider_factory("--access-ttl-ms", "5000")
+    tokens = provider.authorize()
+    keys = rekey.keys_from_token_response(tokens)
+    provider.wait_until_expired(tokens["access_token"])
+    persisted: list[str] = []
+    before = provider.stats()
+    start = threading.Barrier(16)
+    results: list = []
+
+    def one() -> None:
+        start.wait()
+        try:
+            resp = client.send(provider.settings(), Request.get(provider.api_url + "me"), keys=keys,
+                               on_update_keys=persisted.append, credential="crm")
+            results.append(resp.status)
+        except Exception as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert results == [200] * 16
+    assert len(persisted) == 1
+    d = delta(provider.stats(), before)
+    assert (d["refreshes_granted"], d["invalid_grant"], d["reused_refresh_tokens"]) == (1, 0, 0)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs every non-Rust host's scenario list against the component the Rust
+# host embeds (byte for byte: `rekey component` writes it) and the test kit's
+# provider. Called by the README's test command after `cargo test`.
+# A host whose runtime is missing (node, python3) is skipped loudly, or fails
+# under REKEY_REQUIRE_PEERS=1 (as .ci/run sets).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=target/hosts
+mkdir -p "$out"
+cargo build --quiet -p rekey-testkit -p rekey --bins
+cargo run --quiet -p rekey -- component --out "$out/rekey_guest.wasm"
+export REKEY_WASM="$PWD/$out/rekey_guest.wasm"
+export REKEY_WASM_SHA256="$(cargo run --quiet -p rekey -- component --sha256)"
+export REKEY_TESTKIT="$PWD/target/debug/rekey-testkit"
+
+missing() {
+    if [ -n "${REKEY_REQUIRE_PEERS:-}" ]; then
+        echo "hosts/test.sh: $1 is missing (REKEY_REQUIRE_PEERS is set, so this fails)" >&2
+        exit 1
+    fi
+    echo "==================== SKIPPED: $1 is missing ====================" >&2
+}
+
+failed=0
+if command -v node >/dev/null && command -v npm >/dev/null; then
+    echo "== Node.js host"
+    hosts/node/ci.sh || failed=1
+else
+    missing "Node.js (node, npm)"
+fi
+if command -v python3 >/dev/null; then
+    echo "== Python host"
+    hosts/python/ci.sh || failed=1
+else
+    missing "Python 3"
+fi
+if [ "$failed" -ne 0 ]; then
+    echo "hosts/test.sh: a host's scenarios failed (see above)" >&2
+    exit 1
+fi
+echo "hosts: all scenarios passed"
