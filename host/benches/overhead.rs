@@ -357,20 +357,9 @@ fn cold_start(cache: &Path) -> ColdStart {
     }
 }
 
-/// The engine `Rekey::new` makes for `pooling: Some(128)` (runtime.rs).
+/// The engine `Rekey::new` makes with the default config (pooling, 128 slots).
 fn pooled_engine() -> wasmtime::Engine {
-    let n = 128;
-    let mut pool = wasmtime::PoolingAllocationConfig::default();
-    pool.total_component_instances(n)
-        .total_core_instances(n * 4)
-        .total_memories(n)
-        .total_tables(n * 2)
-        .total_stacks(n)
-        .max_memory_size(Config::default().memory_limit_bytes);
-    let mut cfg = wasmtime::Config::new();
-    cfg.epoch_interruption(true);
-    cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
-    wasmtime::Engine::new(&cfg).expect("engine")
+    wasmtime::Engine::new(&rekey::engine_config(&Config::default())).expect("engine")
 }
 
 async fn instantiations(rekey: &Rekey, n: usize) -> Summary {

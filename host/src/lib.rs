@@ -48,7 +48,7 @@ pub use bindings::rekey::oauth2::types::{
 };
 pub use error::{Category, Error};
 pub use http::HttpConfig;
-pub use runtime::{Config, Rekey};
+pub use runtime::{Config, Rekey, engine_config};
 pub use secret::Secret;
 pub use settings::{ClientAuth, ClientSecret, Settings, Strategy};
 pub use store::{Credential, KeyStore, MemoryStore, SqliteStore, StoreError};

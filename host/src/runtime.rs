@@ -95,12 +95,7 @@ impl Rekey {
                 config.http.total_timeout
             );
         }
-        let mut wasm_config = wasmtime::Config::new();
-        wasm_config.epoch_interruption(true);
-        if let Some(slots) = config.pooling {
-            wasm_config.allocation_strategy(pooling(slots, config.memory_limit_bytes));
-        }
-        let engine = Engine::new(&wasm_config)?;
+        let engine = Engine::new(&engine_config(&config))?;
         let (component, origin) =
             cache::load_or_compile(&engine, wasm, config.cache_dir.as_deref())?;
         let mut linker = Linker::<CallState>::new(&engine);
@@ -232,6 +227,18 @@ struct HasTable;
 
 impl wasmtime::component::HasData for HasTable {
     type Data<'a> = &'a mut ResourceTable;
+}
+
+/// The wasmtime configuration [`Rekey::new`] builds its engine with, for
+/// benchmarks that must measure exactly that engine.
+#[doc(hidden)]
+pub fn engine_config(config: &Config) -> wasmtime::Config {
+    let mut wasm_config = wasmtime::Config::new();
+    wasm_config.epoch_interruption(true);
+    if let Some(slots) = config.pooling {
+        wasm_config.allocation_strategy(pooling(slots, config.memory_limit_bytes));
+    }
+    wasm_config
 }
 
 /// Slots for `n` concurrent instances of our component (3 core instances:
