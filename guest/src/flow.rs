@@ -121,9 +121,19 @@ fn validate(settings: &Settings) -> Result<(), SendError> {
     Ok(())
 }
 
-/// Whether `rest` (a URL after `http://`) names a loopback host.
+/// Whether `rest` (a URL after `http://`) names a loopback host. Stricter
+/// than a WHATWG parser, never looser (a differential test holds it to the
+/// `url` crate the Rust host sends with): an authority with a backslash
+/// (read as `/`), a percent sign, whitespace or a control character is
+/// refused outright rather than interpreted.
 fn is_loopback_authority(rest: &str) -> bool {
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority
+        .bytes()
+        .any(|b| b == b'\\' || b == b'%' || b <= b' ' || b == 0x7f)
+    {
+        return false;
+    }
     let host = authority.rsplit('@').next().unwrap_or("");
     let host = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
@@ -887,6 +897,61 @@ mod tests {
             let mut s = settings(Strategy::OnAuthFailure);
             s.token_url = url.into();
             assert_eq!(validate(&s).is_ok(), ok, "{url}");
+        }
+    }
+
+    /// Whether the host (the `url` crate, WHATWG rules) would send this URL
+    /// to another machine: it parses, and its host is not loopback. (A URL
+    /// that does not parse is never sent.) The guest may refuse more, never
+    /// accept such a URL.
+    fn host_sends_elsewhere(rest: &str) -> bool {
+        let Ok(u) = url::Url::parse(&format!("http://{rest}")) else {
+            return false;
+        };
+        !match u.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        }
+    }
+
+    #[test]
+    fn the_loopback_check_never_accepts_what_the_host_parser_does_not() {
+        for rest in [
+            "192.0.2.2:18081\\@127.0.0.1/token",
+            "127.0.0.1\\@192.0.2.2/",
+            "192.0.2.2\t@127.0.0.1/",
+            "192.0.2.2\n@127.0.0.1/",
+            "127.0.0.1:80@192.0.2.2/",
+            "%31%32%37.0.0.1/",
+            "[::ffff:192.0.2.2]/",
+            "localhost.example/",
+            "127.0.0.1./",
+            "user:pw@127.0.0.1:9/token",
+            "[::1]:9/",
+            "localhost:8080/",
+        ] {
+            assert!(
+                !(is_loopback_authority(rest) && host_sends_elsewhere(rest)),
+                "guest accepts {rest:?}, which the host would send elsewhere"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        #[test]
+        fn loopback_check_differential(
+            head in "(127\\.0\\.0\\.1|localhost|\\[::1\\]|192\\.0\\.2\\.2)?",
+            tail in "[0-9a-z.:@\\\\/\\[\\]%\t\n#?]{0,24}",
+        ) {
+            let rest = format!("{head}{tail}");
+            proptest::prop_assert!(
+                !(is_loopback_authority(&rest) && host_sends_elsewhere(&rest)),
+                "guest accepts {:?}, which the host would send elsewhere",
+                rest
+            );
         }
     }
 

@@ -48,8 +48,9 @@ pub enum Error {
         "refresh in doubt: {0}; if the provider rotated the refresh token, a person must authorise again"
     )]
     RefreshInDoubt(String),
-    /// The API rejected the request again with a freshly refreshed token.
-    #[error("the API rejected the request (HTTP {}) again with a freshly refreshed token", .0.status)]
+    /// The API rejected a freshly refreshed token (this call's, or one
+    /// obtained moments ago): another refresh cannot help.
+    #[error("the API rejected the request (HTTP {}) with a freshly refreshed token; another refresh cannot help", .0.status)]
     RejectedAfterRefresh(Response),
     /// The API wants a scope the token lacks.
     #[error("the API refused the token for lacking scope{}", scope.as_ref().map(|s| format!(" (it asks for {s:?})")).unwrap_or_default())]

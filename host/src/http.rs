@@ -51,6 +51,9 @@ impl HttpClient {
             });
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                // Never the environment's proxies: `http_proxy` would carry
+                // tokens and client secrets to whatever listens there.
+                .no_proxy()
                 .connect_timeout(self.config.connect_timeout)
                 .timeout(self.config.total_timeout)
                 .build()
@@ -67,6 +70,15 @@ impl HttpClient {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(TransportError::InvalidRequest(
                 "URL scheme must be http or https".into(),
+            ));
+        }
+        // The sandbox's boundary: whatever the guest decided, nothing rekey
+        // sends (every request carries a bearer token, a refresh token or a
+        // client secret) leaves in clear text but to this machine. Checked
+        // on the URL exactly as it is sent.
+        if url.scheme() == "http" && !is_loopback(&url) {
+            return Err(TransportError::Refused(
+                "credentials go over plain http:// only to loopback; use https://".into(),
             ));
         }
         let mut builder = self.client()?.request(method, url);
@@ -115,6 +127,16 @@ impl HttpClient {
     }
 }
 
+/// Whether the URL's host (as this client will connect to it) is loopback.
+pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 /// reqwest's messages name the URL, which may carry secrets in its query:
 /// keep its own words without it, plus the causes (which never name it).
 fn transport_error(e: reqwest::Error) -> TransportError {
@@ -134,5 +156,56 @@ fn transport_error(e: reqwest::Error) -> TransportError {
         TransportError::Connect(message)
     } else {
         TransportError::Other(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(url: &str) -> Request {
+        Request {
+            method: "POST".into(),
+            url: url.into(),
+            headers: vec![("authorization".into(), "Basic c2VjcmV0".into())],
+            body: b"grant_type=refresh_token&refresh_token=r".to_vec(),
+        }
+    }
+
+    /// The host decides with the parser it sends with: what it would send to
+    /// another machine in clear text is refused before any connection.
+    #[tokio::test]
+    async fn plain_http_goes_only_to_loopback_as_the_sending_parser_reads_it() {
+        let client = HttpClient::new(&HttpConfig::default());
+        for url in [
+            // WHATWG reads `\` as `/`: the host is 192.0.2.2, not 127.0.0.1.
+            "http://192.0.2.2:18081\\@127.0.0.1/token",
+            "http://127.0.0.1.example/token",
+            "http://localhost.example/token",
+            "http://127.0.0.1@192.0.2.2/token",
+            "http://[::ffff:192.0.2.2]/token",
+            "http://192.0.2.2/token?x=127.0.0.1",
+            "http://0x7f000001.example/token",
+        ] {
+            let result = client.send(post(url)).await;
+            assert!(
+                matches!(result, Err(TransportError::Refused(_))),
+                "{url}: {result:?}"
+            );
+        }
+        for (url, loopback) in [
+            ("http://127.0.0.1:9/", true),
+            ("http://127.1.2.3/", true),
+            ("http://[::1]:9/", true),
+            ("http://localhost/", true),
+            ("http://LOCALHOST./", false),
+            ("http://0x7f000001/", true),
+            ("http://2130706433/", true),
+            ("http://%31%32%37.0.0.1/", true),
+            ("http://127.0.0.1\t/", true),
+        ] {
+            let parsed = reqwest::Url::parse(url).unwrap();
+            assert_eq!(is_loopback(&parsed), loopback, "{url}");
+        }
     }
 }

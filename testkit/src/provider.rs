@@ -197,7 +197,8 @@ impl Provider {
     }
 
     /// `/api/<path>`: 200 with a valid token, 401 otherwise. `/api/reject`
-    /// always answers 401; `/api/big` answers 2 MiB; `/api/redirect` answers
+    /// always answers 401; `/api/scoped` answers a valid token 401
+    /// `insufficient_scope` (scope "api admin"); `/api/big` answers 2 MiB; `/api/redirect` answers
     /// 302 to `/api/me`; `/api/slow` starts answering after 2 s.
     pub fn api_url(&self, path: &str) -> String {
         format!("http://{}/api/{}", self.addr, path.trim_start_matches('/'))
@@ -500,6 +501,19 @@ async fn api(
     match path.as_str() {
         "big" => return vec![b'x'; 2 * 1024 * 1024].into_response(),
         "redirect" => return (StatusCode::FOUND, [(header::LOCATION, "/api/me")]).into_response(),
+        // A valid token without the scope this resource needs (RFC 6750
+        // §3.1), answered 401 as some APIs do: a refresh cannot help.
+        "scoped" => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(
+                    header::WWW_AUTHENTICATE,
+                    r#"Bearer error="insufficient_scope", scope="api admin""#,
+                )],
+                "",
+            )
+                .into_response();
+        }
         _ => {}
     }
     let call = s.stats.api_calls;

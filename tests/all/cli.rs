@@ -130,7 +130,46 @@ async fn send_prints_the_response_and_refreshes_through_the_cli() {
         &["send", "--fail", "c", &f.provider.api_url("reject")],
     );
     assert_eq!(out.status.code(), Some(5), "{}", all_output(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("again with a freshly refreshed token"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("with a freshly refreshed token"));
+}
+
+/// Proxies from the environment are not used: `http_proxy` would otherwise
+/// carry the bearer token, refresh token and client secret to whatever
+/// listens there.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_variables_do_not_carry_tokens_away() {
+    let f = Fixture::new(provider_with_ttl(TTL)).await;
+    let first = f.provider.authorize();
+    cli_add(&f, &first, &["--strategy", "every-request"]);
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let proxy = format!("http://{}", trap.local_addr().unwrap());
+    let vars: Vec<(&str, &str)> = [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ]
+    .into_iter()
+    .map(|v| (v, proxy.as_str()))
+    .collect();
+    let out = rekey_cli_env(
+        &f.store_path(),
+        &["send", "c", &f.provider.api_url("me")],
+        &vars,
+    );
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert_eq!(
+        f.provider.stats().refreshes_granted,
+        1,
+        "the refresh went to the provider"
+    );
+    assert!(
+        trap.accept().is_err(),
+        "rekey connected to the proxy from the environment"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

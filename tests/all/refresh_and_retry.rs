@@ -147,6 +147,41 @@ async fn rejected_again_after_a_fresh_token_fails_without_looping() {
     assert_eq!((stats.api_calls, stats.token_calls), (2, 1));
 }
 
+/// A URL that always answers 401 costs one refresh, not one per call: a
+/// token minted moments ago is not refreshed again (no refresh storm).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_url_that_always_answers_401_costs_at_most_one_refresh() {
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
+    f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
+    for _ in 0..5 {
+        let err = f.get("c", "reject").await.unwrap_err();
+        assert!(matches!(err, Error::RejectedAfterRefresh(_)), "{err}");
+    }
+    let stats = f.provider.stats();
+    assert_eq!((stats.api_calls, stats.token_calls), (6, 1));
+    // The token is still good where it is allowed.
+    assert_eq!(f.get("c", "me").await.unwrap().status, 200);
+}
+
+/// A token that lacks scope is not an expired one: no refresh, a typed error
+/// naming the scope the API wants.
+#[tokio::test(flavor = "multi_thread")]
+async fn insufficient_scope_is_reported_without_a_refresh() {
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
+    f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
+    let err = f.get("c", "scoped").await.unwrap_err();
+    match &err {
+        Error::InsufficientScope { scope, response } => {
+            assert_eq!(scope.as_deref(), Some("api admin"));
+            assert_eq!(response.status, 401);
+        }
+        other => panic!("expected insufficient scope, got {other}"),
+    }
+    assert_eq!(err.category(), rekey::Category::RejectedByApi);
+    let stats = f.provider.stats();
+    assert_eq!((stats.api_calls, stats.token_calls), (1, 0));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_grant_asks_for_reauthorisation_and_keeps_the_keys() {
     let f = Fixture::new(provider_with_ttl(SHORT)).await;
