@@ -416,6 +416,14 @@ mod tests {
         }
     }
 
+    /// Effects that answer these, in order, and otherwise default.
+    fn script<const N: usize>(answers: [Result<Response, TransportError>; N]) -> Script {
+        Script {
+            answers: answers.into(),
+            ..Default::default()
+        }
+    }
+
     fn ok(status: u16, body: &str) -> Result<Response, TransportError> {
         Ok(Response {
             status,
@@ -465,15 +473,11 @@ mod tests {
 
     #[test]
     fn refresh_on_401_then_retry_once() {
-        let mut fx = Script {
-            answers: [
-                ok(401, ""),
-                ok(200, r#"{"access_token":"a2","expires_in":60}"#),
-                ok(200, "hi"),
-            ]
-            .into(),
-            ..Default::default()
-        };
+        let mut fx = script([
+            ok(401, ""),
+            ok(200, r#"{"access_token":"a2","expires_in":60}"#),
+            ok(200, "hi"),
+        ]);
         let resp = run(&mut fx, Strategy::OnAuthFailure).unwrap();
         assert_eq!(resp.body, b"hi");
         assert_eq!(bearer(&fx.sent[0]), "Bearer a1");
@@ -487,15 +491,11 @@ mod tests {
 
     #[test]
     fn rejected_after_refresh_is_final() {
-        let mut fx = Script {
-            answers: [
-                ok(401, ""),
-                ok(200, r#"{"access_token":"a2"}"#),
-                ok(401, "no"),
-            ]
-            .into(),
-            ..Default::default()
-        };
+        let mut fx = script([
+            ok(401, ""),
+            ok(200, r#"{"access_token":"a2"}"#),
+            ok(401, "no"),
+        ]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(
             err,
@@ -616,10 +616,7 @@ mod tests {
             (Strategy::BeforeExpiry(60), false),
             (Strategy::OnAuthFailure, false),
         ] {
-            let mut fx = Script {
-                answers: [ok(200, token), ok(200, "hi")].into(),
-                ..Default::default()
-            };
+            let mut fx = script([ok(200, token), ok(200, "hi")]);
             run(&mut fx, strategy).unwrap();
             assert_eq!(fx.emitted.len(), usize::from(refreshes));
         }
@@ -627,53 +624,38 @@ mod tests {
 
     #[test]
     fn token_endpoint_retries_5xx_not_4xx() {
-        let mut fx = Script {
-            answers: [
-                ok(401, ""),
-                ok(503, ""),
-                Err(TransportError::Timeout),
-                ok(200, r#"{"access_token":"a2"}"#),
-                ok(200, ""),
-            ]
-            .into(),
-            ..Default::default()
-        };
+        let mut fx = script([
+            ok(401, ""),
+            ok(503, ""),
+            Err(TransportError::Timeout),
+            ok(200, r#"{"access_token":"a2"}"#),
+            ok(200, ""),
+        ]);
         run(&mut fx, Strategy::OnAuthFailure).unwrap();
         // 503 spent nothing: backoff; a timeout may have: one prompt retry.
         assert_eq!(fx.slept, [BACKOFF, BACKOFF]);
 
-        let mut fx = Script {
-            answers: [
-                ok(401, ""),
-                Err(TransportError::Connect("refused".into())),
-                ok(503, ""),
-                ok(200, r#"{"access_token":"a2"}"#),
-                ok(200, ""),
-            ]
-            .into(),
-            ..Default::default()
-        };
+        let mut fx = script([
+            ok(401, ""),
+            Err(TransportError::Connect("refused".into())),
+            ok(503, ""),
+            ok(200, r#"{"access_token":"a2"}"#),
+            ok(200, ""),
+        ]);
         run(&mut fx, Strategy::OnAuthFailure).unwrap();
         assert_eq!(fx.slept, [BACKOFF, BACKOFF * 2]);
 
-        let mut fx = Script {
-            answers: [ok(401, ""), ok(400, r#"{"error":"invalid_grant"}"#)].into(),
-            ..Default::default()
-        };
+        let mut fx = script([ok(401, ""), ok(400, r#"{"error":"invalid_grant"}"#)]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(err, SendError::ReauthorizationRequired(_)));
         assert_eq!(fx.sent.len(), 2);
 
-        let mut fx = Script {
-            answers: [
-                ok(401, ""),
-                ok(503, ""),
-                Err(TransportError::Connect("refused".into())),
-                ok(429, ""),
-            ]
-            .into(),
-            ..Default::default()
-        };
+        let mut fx = script([
+            ok(401, ""),
+            ok(503, ""),
+            Err(TransportError::Connect("refused".into())),
+            ok(429, ""),
+        ]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(err, SendError::TokenEndpoint(m) if m.contains("3 attempts")));
     }
@@ -691,30 +673,22 @@ mod tests {
         ];
         for first in lost {
             // A provider with a grace period answers the prompt retry.
-            let mut fx = Script {
-                answers: [
-                    ok(401, ""),
-                    first.clone(),
-                    ok(200, r#"{"access_token":"a2"}"#),
-                    ok(200, "hi"),
-                ]
-                .into(),
-                ..Default::default()
-            };
+            let mut fx = script([
+                ok(401, ""),
+                first.clone(),
+                ok(200, r#"{"access_token":"a2"}"#),
+                ok(200, "hi"),
+            ]);
             run(&mut fx, Strategy::OnAuthFailure).unwrap();
             assert_eq!(fx.slept, [BACKOFF]);
             assert_eq!(fx.emitted.len(), 1);
 
             // A strict provider: the retry meets a spent token.
-            let mut fx = Script {
-                answers: [
-                    ok(401, ""),
-                    first.clone(),
-                    ok(400, r#"{"error":"invalid_grant"}"#),
-                ]
-                .into(),
-                ..Default::default()
-            };
+            let mut fx = script([
+                ok(401, ""),
+                first.clone(),
+                ok(400, r#"{"error":"invalid_grant"}"#),
+            ]);
             let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
             assert!(
                 matches!(&err, SendError::RefreshInDoubt(m) if m.contains("invalid_grant")),
@@ -722,10 +696,7 @@ mod tests {
             );
 
             // Unanswered twice: stop, in doubt, after two token requests.
-            let mut fx = Script {
-                answers: [ok(401, ""), first.clone(), ok(503, "")].into(),
-                ..Default::default()
-            };
+            let mut fx = script([ok(401, ""), first.clone(), ok(503, "")]);
             let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
             assert!(matches!(err, SendError::RefreshInDoubt(_)), "{err:?}");
             assert_eq!(fx.sent.len(), 3);
@@ -735,18 +706,14 @@ mod tests {
 
     #[test]
     fn an_unanswered_refresh_on_the_last_attempt_still_gets_its_retry() {
-        let mut fx = Script {
-            answers: [
-                ok(401, ""),
-                ok(503, ""),
-                ok(429, ""),
-                Err(TransportError::Timeout),
-                ok(200, r#"{"access_token":"a2"}"#),
-                ok(200, "hi"),
-            ]
-            .into(),
-            ..Default::default()
-        };
+        let mut fx = script([
+            ok(401, ""),
+            ok(503, ""),
+            ok(429, ""),
+            Err(TransportError::Timeout),
+            ok(200, r#"{"access_token":"a2"}"#),
+            ok(200, "hi"),
+        ]);
         run(&mut fx, Strategy::OnAuthFailure).unwrap();
         assert_eq!(fx.sent.len(), 6);
     }
@@ -785,10 +752,7 @@ mod tests {
             )],
             body: vec![],
         };
-        let mut fx = Script {
-            answers: [Ok(challenge.clone())].into(),
-            ..Default::default()
-        };
+        let mut fx = script([Ok(challenge.clone())]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(
             matches!(&err, SendError::InsufficientScope(c) if c.scope.as_deref() == Some("orders:write")),
@@ -797,15 +761,11 @@ mod tests {
         assert_eq!((fx.sent.len(), fx.leases), (1, 0));
 
         challenge.headers[0].1 = r#"Bearer error="invalid_token""#.into();
-        let mut fx = Script {
-            answers: [
-                Ok(challenge),
-                ok(200, r#"{"access_token":"a2"}"#),
-                ok(200, "hi"),
-            ]
-            .into(),
-            ..Default::default()
-        };
+        let mut fx = script([
+            Ok(challenge),
+            ok(200, r#"{"access_token":"a2"}"#),
+            ok(200, "hi"),
+        ]);
         run(&mut fx, Strategy::OnAuthFailure).unwrap();
         assert_eq!(fx.emitted.len(), 1);
     }
@@ -814,10 +774,7 @@ mod tests {
     fn a_token_minted_moments_ago_is_not_refreshed_again() {
         // Refreshed at 990 with a one-hour lifetime; rejected at 1000.
         let fresh = r#"{"access_token":"a1","refresh_token":"r1","expires_in":3600,"rekey_refreshed_at":990}"#;
-        let mut fx = Script {
-            answers: [ok(401, "")].into(),
-            ..Default::default()
-        };
+        let mut fx = script([ok(401, "")]);
         let err = send(
             &mut fx,
             &settings(Strategy::OnAuthFailure),
@@ -860,10 +817,7 @@ mod tests {
 
     #[test]
     fn settings_errors_are_not_reauthorization() {
-        let mut fx = Script {
-            answers: [ok(401, ""), ok(401, r#"{"error":"invalid_client"}"#)].into(),
-            ..Default::default()
-        };
+        let mut fx = script([ok(401, ""), ok(401, r#"{"error":"invalid_client"}"#)]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(err, SendError::SettingsRejected(e) if e.code == "invalid_client"));
     }
@@ -872,10 +826,7 @@ mod tests {
     fn a_refused_token_request_is_final() {
         // The host refuses to spend (lease lost, deadline near): no retry.
         let refused = Err(TransportError::Refused("lease lost".into()));
-        let mut fx = Script {
-            answers: [ok(401, ""), refused].into(),
-            ..Default::default()
-        };
+        let mut fx = script([ok(401, ""), refused]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(err, SendError::LeaseUnavailable(m) if m == "lease lost"));
         assert_eq!(fx.sent.len(), 2);

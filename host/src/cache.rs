@@ -18,11 +18,16 @@ use wasmtime::component::Component;
 /// How the component was obtained, for diagnostics and benchmarks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
+    /// Compiled now; no cache directory was given.
     Compiled,
+    /// Compiled now and written to the cache.
     CompiledAndCached,
+    /// Loaded precompiled from the cache.
     LoadedFromCache,
 }
 
+/// The component for `engine`: from `cache_dir` when a trustworthy entry for
+/// these exact bytes and this engine exists, else compiled (and cached).
 pub fn load_or_compile(
     engine: &Engine,
     wasm: &[u8],

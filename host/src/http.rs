@@ -6,7 +6,9 @@ use std::sync::{Arc, Once, OnceLock};
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
+/// Bounds on every HTTP exchange the host makes for the guest.
 pub struct HttpConfig {
+    /// Until the connection (TLS included) is up.
     pub connect_timeout: Duration,
     /// The whole exchange, body included.
     pub total_timeout: Duration,

@@ -3,43 +3,61 @@
 
 use std::time::Duration;
 
+/// Which kind of endpoint an exchange went to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exchange {
     /// The protected API (the caller's request or its retry).
     Api,
+    /// The credential's token endpoint (a refresh).
     TokenEndpoint,
 }
 
+/// Something a call did. Every field is safe to log.
 #[derive(Debug)]
 pub enum Event<'a> {
     /// One `http-send` finished: a status, or why there was none.
     Http {
+        /// The credential's name.
         credential: &'a str,
+        /// API or token endpoint.
         exchange: Exchange,
+        /// The HTTP method.
         method: &'a str,
+        /// `scheme://host[:port]/path`, no query or userinfo.
         target: &'a str,
+        /// The status, or why there was none.
         outcome: Result<u16, &'a str>,
+        /// How long the exchange took.
         elapsed: Duration,
     },
     /// `emit-update-keys` made a new token set durable.
     KeysPersisted {
+        /// The credential's name.
         credential: &'a str,
+        /// The credential's version after the write.
         version: u64,
         /// The provider sent a new refresh token (rotation) and it was stored.
         refresh_token_rotated: bool,
     },
+    /// `emit-update-keys` failed: the call stops before its retry.
     KeysNotPersisted {
+        /// The credential's name.
         credential: &'a str,
+        /// The store's error, secret-free.
         reason: &'a str,
     },
     /// The guest took the refresh lease (after waiting this long for it).
     LeaseAcquired {
+        /// The credential's name.
         credential: &'a str,
+        /// How long the call waited for it.
         waited: Duration,
     },
 }
 
+/// Receives every [`Event`] of every call, synchronously: keep it cheap.
 pub trait Observer: Send + Sync + 'static {
+    /// One event.
     fn event(&self, event: &Event<'_>);
 }
 

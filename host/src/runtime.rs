@@ -24,8 +24,10 @@ use wasmtime_wasi::WasiCtx;
 /// How often the epoch advances; the call deadline is counted in these.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// How a [`Rekey`] runs calls.
 #[derive(Clone)]
 pub struct Config {
+    /// Timeouts and size cap of every HTTP exchange.
     pub http: HttpConfig,
     /// Linear memory a call may grow to.
     pub memory_limit_bytes: usize,
@@ -39,6 +41,7 @@ pub struct Config {
     /// total timeout) plus a backoff. A worker that dies holding it delays
     /// the others by at most this.
     pub lease_ttl: Duration,
+    /// Receives every exchange and persistence event (the CLI logs them).
     pub observer: Arc<dyn Observer>,
     /// Pre-allocate instance slots for this many concurrent calls (the
     /// pooling allocator: instantiation in microseconds). Further calls wait
@@ -87,6 +90,7 @@ impl Rekey {
         Self::from_component_bytes(config, crate::GUEST_WASM)
     }
 
+    /// Compiles (or loads from the cache) another build of the component.
     pub fn from_component_bytes(config: Config, wasm: &[u8]) -> anyhow::Result<Self> {
         if config.lease_ttl <= config.http.total_timeout {
             anyhow::bail!(

@@ -16,6 +16,7 @@ pub enum ClientSecret {
     Env(String),
 }
 
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
@@ -28,10 +29,14 @@ pub enum ClientAuth {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+/// When the refresh token is exchanged.
 pub enum Strategy {
+    /// After the API rejects the access token (the standard way).
     #[default]
     OnAuthFailure,
+    /// Before every request (providers that want the refresh token exercised).
     EveryRequest,
+    /// When the token expires within `expiry_margin_secs`; still on rejection.
     BeforeExpiry,
 }
 
@@ -44,27 +49,37 @@ fn default_rejected() -> Vec<u16> {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A credential's settings: where and how to refresh.
 pub struct Settings {
+    /// The token endpoint: https, or http on loopback only.
     pub token_url: String,
+    /// The OAuth client id.
     pub client_id: String,
+    /// None for public clients.
     #[serde(default)]
     pub client_secret: Option<ClientSecret>,
+    /// How the secret is presented.
     #[serde(default)]
     pub client_auth: ClientAuth,
+    /// `scope` sent with each refresh.
     #[serde(default)]
     pub scope: Option<String>,
+    /// Extra form parameters for the refresh (e.g. `format=json`).
     #[serde(default)]
     pub extra_params: Vec<(String, String)>,
+    /// When to refresh.
     #[serde(default)]
     pub strategy: Strategy,
     /// Seconds before expiry at which `before-expiry` refreshes.
     #[serde(default = "default_margin")]
     pub expiry_margin_secs: u32,
+    /// Statuses that mean "token rejected" (default 401).
     #[serde(default = "default_rejected")]
     pub rejected_statuses: Vec<u16>,
 }
 
 impl Settings {
+    /// Defaults for everything but the endpoint and the client id.
     pub fn new(token_url: impl Into<String>, client_id: impl Into<String>) -> Self {
         Settings {
             token_url: token_url.into(),

@@ -19,9 +19,12 @@ use crate::token_set::TokenSet;
 
 pub(crate) use crate::token_set::json_position;
 
+/// One stored credential.
 #[derive(Clone, Debug)]
 pub struct Credential {
+    /// Its name (what `send` is called with).
     pub name: String,
+    /// Where and how to refresh.
     pub settings: Settings,
     /// The token set; none until someone authenticates.
     pub keys: Option<TokenSet>,
@@ -31,18 +34,35 @@ pub struct Credential {
     pub updated_at: i64,
 }
 
+/// Why a store operation failed. Messages never hold keys or secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// No credential of that name.
     #[error("no credential named {0:?} (see `rekey credential list`)")]
     UnknownCredential(String),
+    /// The store cannot be opened or read.
     #[error("the store {path} cannot be used: {reason}")]
-    Unusable { path: String, reason: String },
+    Unusable {
+        /// The store's path or URL, without a password.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A stored credential cannot be read back.
     #[error("credential {name:?} is damaged in the store: {reason}")]
-    Corrupt { name: String, reason: String },
+    Corrupt {
+        /// The credential's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Keys given to the store are not a JSON object.
     #[error("keys must be a JSON object: {0}")]
     InvalidKeys(String),
+    /// A write failed (busy, disk full, connection lost).
     #[error("store write failed: {0}")]
     Write(String),
+    /// A compare-and-set found a newer version.
     #[error("credential {0:?} was changed by another worker meanwhile; nothing was overwritten")]
     Conflict(String),
 }
@@ -53,6 +73,7 @@ pub enum StoreError {
 /// Methods block (disk, network); the host calls them from blocking threads
 /// unless [`KeyStore::blocking`] says they are instant.
 pub trait KeyStore: Send + Sync + 'static {
+    /// The credential `name`, as stored now.
     fn load(&self, name: &str) -> Result<Credential, StoreError>;
     /// Replaces the keys of an existing credential; returns the new version.
     /// With `expected_version`, only if the stored version is still that one
@@ -72,6 +93,7 @@ pub trait KeyStore: Send + Sync + 'static {
         settings: &Settings,
         keys: Option<&TokenSet>,
     ) -> Result<(), StoreError>;
+    /// Every credential, by name.
     fn list(&self) -> Result<Vec<Credential>, StoreError>;
     /// True when something was removed.
     fn remove(&self, name: &str) -> Result<bool, StoreError>;

@@ -83,7 +83,7 @@ pub async fn run(
     };
     let rekey = Rekey::new(config).map_err(|e| {
         Failure::new(
-            Exit::Component,
+            Exit::Failure(rekey::Category::Component),
             format!("cannot load the rekey component: {e:#}"),
         )
     })?;
