@@ -41,11 +41,13 @@ pub fn load_or_compile(
         tracing::warn!(dir = %dir.display(), why, "component cache unusable; compiling");
         return Ok((Component::new(engine, wasm)?, Origin::Compiled));
     }
-    if is_ours(&path) {
-        // SAFETY: the file is a regular file owned by us in a directory only
-        // we can write, under a name derived from these exact wasm bytes and
+    if let Some(native) = read_ours(&path) {
+        // SAFETY: the bytes come from a regular file, opened without
+        // following links and checked through that same descriptor: owned by
+        // us, readable by nobody else, in a directory tree only we (or root)
+        // can write, under a name derived from these exact wasm bytes and
         // this engine's configuration; wasmtime re-checks its header.
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        match unsafe { Component::deserialize(engine, &native) } {
             Ok(c) => return Ok((c, Origin::LoadedFromCache)),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "stale component cache entry; recompiling")
@@ -121,12 +123,40 @@ fn ensure_private_dir(dir: &Path) -> Result<(), String> {
     if meta.uid() != euid() || meta.mode() & 0o022 != 0 {
         return Err("not owned by this user, or writable by others".into());
     }
+    // Whoever can write an ancestor can swap the whole directory: each must
+    // be ours or root's, and writable by others only with the sticky bit
+    // (as /tmp is), which keeps them from renaming our entries.
+    let absolute = dir.canonicalize().map_err(|e| e.to_string())?;
+    for ancestor in absolute.ancestors().skip(1) {
+        let m = fs::metadata(ancestor).map_err(|e| e.to_string())?;
+        let owner_ok = m.uid() == euid() || m.uid() == 0;
+        let sticky = m.mode() & 0o1000 != 0;
+        if !owner_ok || (m.mode() & 0o022 != 0 && !sticky) {
+            return Err(format!(
+                "{} can be written by another user",
+                ancestor.display()
+            ));
+        }
+    }
     Ok(())
 }
 
-fn is_ours(path: &Path) -> bool {
-    fs::symlink_metadata(path)
-        .is_ok_and(|m| m.is_file() && m.uid() == euid() && m.mode() & 0o077 == 0)
+/// The entry's bytes, if it is one we could have written: opened without
+/// following a link, then checked through the open descriptor (no second
+/// lookup of the path that another process could race).
+fn read_ours(path: &Path) -> Option<Vec<u8>> {
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let m = file.metadata().ok()?;
+    if !(m.is_file() && m.uid() == euid() && m.mode() & 0o077 == 0) {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(m.len() as usize);
+    std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
+    Some(bytes)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -182,6 +212,46 @@ mod tests {
         fs::write(&entry, b"not native code").unwrap();
         let (_, fourth) = load_or_compile(&engine, crate::GUEST_WASM, Some(&cache)).unwrap();
         assert_eq!(fourth, Origin::CompiledAndCached);
+    }
+
+    #[test]
+    fn a_planted_link_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let engine = engine();
+        load_or_compile(&engine, crate::GUEST_WASM, Some(&cache)).unwrap();
+        let entry = fs::read_dir(&cache)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        // Our own valid entry, moved away and linked back: a link is refused
+        // even when what it points to would pass.
+        let elsewhere = dir.path().join("elsewhere.cwasm");
+        fs::rename(&entry, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &entry).unwrap();
+        let (_, origin) = load_or_compile(&engine, crate::GUEST_WASM, Some(&cache)).unwrap();
+        assert_eq!(origin, Origin::CompiledAndCached);
+        assert!(
+            fs::symlink_metadata(&entry).unwrap().is_file(),
+            "the link was replaced"
+        );
+    }
+
+    #[test]
+    fn a_parent_others_can_write_makes_the_cache_unusable() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let cache = open.join("rekey");
+        let (_, origin) = load_or_compile(&engine(), crate::GUEST_WASM, Some(&cache)).unwrap();
+        assert_eq!(origin, Origin::Compiled);
+        // With the sticky bit (as /tmp has), others cannot swap our entries.
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        let (_, origin) = load_or_compile(&engine(), crate::GUEST_WASM, Some(&cache)).unwrap();
+        assert_eq!(origin, Origin::CompiledAndCached);
     }
 
     #[test]

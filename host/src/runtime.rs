@@ -50,6 +50,9 @@ pub struct Config {
     /// Where compiled native code is cached between processes; `None`
     /// compiles at every start. See [`crate::cache`].
     pub cache_dir: Option<PathBuf>,
+    /// Larger request bodies are refused before the call (they are copied
+    /// into the component's memory, and again for a retry).
+    pub max_request_bytes: usize,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             observer: Arc::new(TracingObserver),
             pooling: Some(128),
             cache_dir: None,
+            max_request_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -78,6 +82,8 @@ struct Inner {
     origin: Origin,
     /// Bounds concurrent calls to the pool's slots.
     slots: Option<Semaphore>,
+    /// Bounds one credential's concurrent calls to its share of the slots.
+    shares: Shares,
     pre: RefresherPre<CallState>,
     http: HttpClient,
     leases: Leases,
@@ -114,6 +120,7 @@ impl Rekey {
             inner: Arc::new(Inner {
                 http: HttpClient::new(&config.http),
                 slots: config.pooling.map(|n| Semaphore::new(n as usize)),
+                shares: Shares::new(config.pooling),
                 engine,
                 origin,
                 pre,
@@ -130,7 +137,24 @@ impl Rekey {
 
     /// Sends `req` for the credential `name` in `store`, refreshing and
     /// persisting as its settings say.
+    ///
+    /// The call runs on a task of its own: a caller that stops waiting (a
+    /// dropped future, an embedder's timeout) does not cut a refresh short
+    /// between the provider's rotation and the durable write of its result.
     pub async fn send(
+        &self,
+        store: Arc<dyn KeyStore>,
+        name: &str,
+        req: Request,
+    ) -> Result<Response, Error> {
+        check_request(&req, self.inner.config.max_request_bytes)?;
+        let (this, name) = (self.clone(), name.to_owned());
+        tokio::spawn(async move { this.call(store, &name, req).await })
+            .await
+            .unwrap_or_else(|e| Err(Error::Component(format!("the call's task failed: {e}"))))
+    }
+
+    async fn call(
         &self,
         store: Arc<dyn KeyStore>,
         name: &str,
@@ -144,6 +168,9 @@ impl Rekey {
             .settings
             .to_wit()
             .map_err(Error::InvalidSettings)?;
+        // A credential's calls (which may all wait on its lease) take at most
+        // its share of the slots, so the others' calls never starve.
+        let _share = self.inner.shares.acquire(name).await;
         let _slot = self.slot().await?;
         let mut wstore = self.new_store(name, &settings.token_url, store);
         let component_failed = |e: wasmtime::Error| Error::Component(format!("{e:#}"));
@@ -212,6 +239,58 @@ impl Rekey {
         wstore.set_epoch_deadline(ticks.max(1) as u64);
         wstore.epoch_deadline_trap();
         wstore
+    }
+}
+
+/// Refuses what cannot be sent before a slot is taken: a method or URL the
+/// HTTP client would reject, or a body over the limit.
+fn check_request(req: &Request, max_body: usize) -> Result<(), Error> {
+    if reqwest::Method::from_bytes(req.method.as_bytes()).is_err() {
+        return Err(Error::InvalidRequest("invalid HTTP method".into()));
+    }
+    match reqwest::Url::parse(&req.url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        Ok(_) => {
+            return Err(Error::InvalidRequest(
+                "URL scheme must be http or https".into(),
+            ));
+        }
+        Err(e) => return Err(Error::InvalidRequest(format!("invalid URL: {e}"))),
+    }
+    if req.body.len() > max_body {
+        return Err(Error::InvalidRequest(format!(
+            "request too large: the body is {} bytes, the limit is {max_body}",
+            req.body.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Per-credential shares of the instance slots: a credential whose calls
+/// all wait on its refresh lease (a hanging token endpoint) holds at most
+/// three quarters of them.
+struct Shares {
+    per_credential: usize,
+    by_name: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Shares {
+    fn new(slots: Option<u32>) -> Self {
+        let n = slots.map_or(usize::MAX >> 4, |n| n as usize);
+        Shares {
+            per_credential: (n - n / 4).max(1),
+            by_name: Default::default(),
+        }
+    }
+
+    async fn acquire(&self, name: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let sem = {
+            let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(name.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_credential)))
+                .clone()
+        };
+        sem.acquire_owned().await.ok()
     }
 }
 

@@ -112,6 +112,50 @@ impl Settings {
         self
     }
 
+    /// What can be checked before anything is sent: the token URL must be
+    /// https (plain http only on loopback, as the URL parser that sends it
+    /// reads the host), the client id non-empty, and no extra parameter may
+    /// take a name the refresh request itself sets.
+    pub fn check(&self) -> Result<(), String> {
+        let url = url::Url::parse(&self.token_url)
+            .map_err(|e| format!("the token URL is not a URL: {e}"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if crate::http::is_loopback(&url) => {}
+            "http" => {
+                return Err("the token URL must be https:// (http:// only on loopback)".into());
+            }
+            _ => return Err("the token URL must be an https:// URL".into()),
+        }
+        if self.client_id.is_empty() {
+            return Err("the client id is empty".into());
+        }
+        const RESERVED: [&str; 5] = [
+            "grant_type",
+            "refresh_token",
+            "client_id",
+            "client_secret",
+            "scope",
+        ];
+        if let Some((k, _)) = self
+            .extra_params
+            .iter()
+            .find(|(k, _)| RESERVED.contains(&k.as_str()))
+        {
+            return Err(format!(
+                "the extra parameter {k:?} would override what the refresh request sets itself"
+            ));
+        }
+        if self
+            .rejected_statuses
+            .iter()
+            .any(|s| !(400..600).contains(s))
+        {
+            return Err("a \"token rejected\" status must be a 4xx or 5xx".into());
+        }
+        Ok(())
+    }
+
     /// The WIT settings for one call, with an environment secret resolved now.
     pub(crate) fn to_wit(&self) -> Result<wit::Settings, String> {
         let client_secret = match &self.client_secret {
@@ -152,6 +196,34 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Settings>(&json).unwrap(), s);
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn check_refuses_what_cannot_work_before_anything_is_sent() {
+        let ok = Settings::new("https://idp.example/token", "app");
+        assert!(ok.check().is_ok());
+        assert!(
+            Settings::new("http://127.0.0.1:9/token", "app")
+                .check()
+                .is_ok()
+        );
+        for bad in [
+            Settings::new("http://idp.example/token", "app"),
+            Settings::new("http://192.0.2.2:18081\\@127.0.0.1/token", "app"),
+            Settings::new("ftp://idp.example/token", "app"),
+            Settings::new("token", "app"),
+            Settings::new("https://idp.example/token", ""),
+            Settings {
+                extra_params: vec![("grant_type".into(), "password".into())],
+                ..ok.clone()
+            },
+            Settings {
+                rejected_statuses: vec![200],
+                ..ok.clone()
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -168,6 +168,24 @@ pub fn open(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
     )?))
 }
 
+/// Credential names: 1 to 64 of `A-Z a-z 0-9 . _ -`, starting with a letter
+/// or digit (printed raw by `list`, used in file names by other hosts).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err("a credential name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit".into())
+    }
+}
+
 /// Checks what a store is given: a JSON object, without echoing any of it.
 pub(crate) fn validate_keys(keys: &TokenSet) -> Result<(), StoreError> {
     keys.check()

@@ -6,7 +6,8 @@
 //!
 //! Options: `--access-ttl-ms N` (default 2000), `--client-auth basic|post`
 //! (default: either), `--no-rotate`, `--grace-ms N` (rotated tokens stay
-//! valid this long; default 0, strict reuse detection).
+//! valid this long; default 0, strict reuse detection), `--token-delay-ms N`
+//! (answer each granted refresh only after N ms).
 
 use rekey_testkit::{ClientAuth, Provider, ProviderConfig};
 use std::io::{Read, Write};
@@ -58,6 +59,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<ProviderConfig, Strin
         match arg.as_str() {
             "--access-ttl-ms" => config.access_ttl = Duration::from_millis(number(&value(&arg)?)?),
             "--grace-ms" => config.grace_period = Duration::from_millis(number(&value(&arg)?)?),
+            "--token-delay-ms" => {
+                config.token_delay = Duration::from_millis(number(&value(&arg)?)?)
+            }
             "--no-rotate" => config.rotate_refresh_tokens = false,
             "--client-auth" => {
                 config.client_auth = Some(match value(&arg)?.as_str() {

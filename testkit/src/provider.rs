@@ -56,6 +56,9 @@ pub struct ProviderConfig {
     /// (Okta, Auth0, Cognito and others have such a grace period); zero is
     /// strict reuse detection: a spent token revokes the grant.
     pub grace_period: Duration,
+    /// Every granted refresh is answered only after this long (a slow
+    /// token endpoint; the refresh is granted, and rotated, at once).
+    pub token_delay: Duration,
 }
 
 impl Default for ProviderConfig {
@@ -68,6 +71,7 @@ impl Default for ProviderConfig {
             rotate_refresh_tokens: true,
             extra_token_fields: serde_json::Map::new(),
             grace_period: Duration::ZERO,
+            token_delay: Duration::ZERO,
         }
     }
 }
@@ -349,6 +353,9 @@ async fn token(State(p): State<Arc<Provider>>, headers: HeaderMap, body: Bytes) 
         Ok(granted) => granted,
         Err(refused) => return refused,
     };
+    if !p.config.token_delay.is_zero() {
+        tokio::time::sleep(p.config.token_delay).await;
+    }
     match lost {
         None => axum::Json(Value::Object(body)).into_response(),
         Some(LostAnswer::Status(status)) => {

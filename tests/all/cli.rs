@@ -358,3 +358,150 @@ async fn credentials_can_be_listed_shown_and_removed() {
         Some(2)
     );
 }
+
+/// Hostile or careless input to `credential add|set` and `send` gets a clear
+/// error (exit 2) before anything is stored or sent, and loses nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_input_is_checked_and_keys_are_never_replaced_silently() {
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
+    let store = f.store_path();
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let add = |name: &str, token_url: &str| {
+        rekey_cli(
+            &store,
+            &[
+                "credential",
+                "add",
+                name,
+                "--token-url",
+                token_url,
+                "--client-id",
+                "x",
+            ],
+        )
+    };
+    // Names: no empty ones, no control characters, no escape sequences.
+    for name in ["", "a\nb", "\u{1b}[31mred", "../x", &"n".repeat(65)] {
+        let out = add(name, "https://idp.example/token");
+        assert_eq!(out.status.code(), Some(2), "{name:?}: {}", stderr(&out));
+    }
+    // The token URL rules hold at `add`, not first at `send`.
+    for url in [
+        "http://idp.example/token",
+        "http://192.0.2.2:18081\\@127.0.0.1/token",
+        "ftp://idp.example/token",
+        "token",
+    ] {
+        let out = add("c", url);
+        assert_eq!(out.status.code(), Some(2), "{url}: {}", stderr(&out));
+        assert!(stderr(&out).contains("token URL"), "{}", stderr(&out));
+    }
+    let out = rekey_cli(
+        &store,
+        &[
+            "credential",
+            "add",
+            "c",
+            "--token-url",
+            "https://idp.example/token",
+            "--client-id",
+            "x",
+            "--param",
+            "grant_type=password",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        SqliteStore::open(&store)
+            .unwrap()
+            .list()
+            .unwrap()
+            .is_empty(),
+        "nothing was stored"
+    );
+
+    // A stored credential whose keys rotated: `add` of the same name is
+    // refused, so the original file cannot replace the live refresh token.
+    cli_add(
+        &f,
+        &f.provider.authorize(),
+        &["--strategy", "every-request"],
+    );
+    let out = rekey_cli(&store, &["send", "c", &f.provider.api_url("me")]);
+    assert!(out.status.success(), "{}", all_output(&out));
+    let rotated = f.stored_raw("c");
+    let first = f.dir.path().join("first.json");
+    let out = rekey_cli(
+        &store,
+        &[
+            "credential",
+            "add",
+            "c",
+            "--token-url",
+            &f.provider.token_url(),
+            "--client-id",
+            "rekey-demo",
+            "--keys",
+            first.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("credential set"), "{}", stderr(&out));
+    assert_eq!(f.stored_raw("c"), rotated, "the stored keys are untouched");
+
+    // `set` changes only what it names: the secret, strategy and keys stay.
+    let secret_file = f.dir.path().join("secret");
+    std::fs::write(
+        &secret_file,
+        format!("{}\n", f.provider.config().client_secret),
+    )
+    .unwrap();
+    let out = rekey_cli(
+        &store,
+        &[
+            "credential",
+            "set",
+            "c",
+            "--scope",
+            "api",
+            "--client-secret-file",
+            secret_file.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let c = SqliteStore::open(&store).unwrap().load("c").unwrap();
+    assert_eq!(c.settings.scope.as_deref(), Some("api"));
+    assert_eq!(c.settings.strategy, rekey::Strategy::EveryRequest);
+    assert!(c.settings.client_secret.is_some());
+    assert_eq!((c.keys, c.version), rotated);
+    let out = rekey_cli(&store, &["send", "c", &f.provider.api_url("me")]);
+    assert!(
+        out.status.success(),
+        "the secret from the file works: {}",
+        all_output(&out)
+    );
+
+    // Requests that cannot be sent: exit 2, nothing sent.
+    let calls = f.provider.stats().api_calls;
+    let big = f.dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; 9 * 1024 * 1024]).unwrap();
+    let body = format!("@{}", big.display());
+    for args in [
+        vec!["send", "c", "http://127.0.0.1:9/", "-X", "GET\nX"],
+        vec!["send", "c", "not a url"],
+        vec!["send", "c", &f.provider.api_url("me"), "-d", &body],
+    ] {
+        let out = rekey_cli(&store, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+    let out = rekey_cli(
+        &store,
+        &["send", "c", &f.provider.api_url("me"), "-d", &body],
+    );
+    assert!(
+        stderr(&out).contains("request too large"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(f.provider.stats().api_calls, calls, "nothing was sent");
+}

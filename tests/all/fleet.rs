@@ -134,7 +134,7 @@ impl Fleet {
 
 /// The figures go straight to stderr, past libtest's capture, so a passing
 /// run shows them too (CI logs).
-fn report(line: String) {
+pub(crate) fn report(line: String) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }

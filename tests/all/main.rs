@@ -14,3 +14,5 @@ mod fleet;
 mod fleet_worker;
 mod oidc_provider;
 mod refresh_and_retry;
+mod reliability;
+mod store_contract;

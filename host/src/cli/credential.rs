@@ -1,15 +1,19 @@
-//! `rekey credential add|show|list|remove`.
+//! `rekey credential add|set|show|list|remove`.
 
 use super::{Exit, Failure};
 use rekey::settings::{ClientAuth, ClientSecret, Settings, Strategy};
+use rekey::store::check_name;
 use rekey::{KeyStore, Secret, TokenSet};
 use serde_json::json;
 use std::io::Read;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Store a credential: where and how to refresh, and its first token set.
+    /// Store a new credential: where and how to refresh, and its first token set.
     Add(AddArgs),
+    /// Change some settings of a stored credential (the others, and its
+    /// keys, are kept), or replace its keys with `--keys`.
+    Set(SetArgs),
     /// Show a credential with every secret redacted.
     Show { name: String },
     /// List stored credentials.
@@ -21,37 +25,78 @@ pub enum Command {
 #[derive(clap::Args)]
 pub struct AddArgs {
     name: String,
-    /// The provider's token endpoint.
-    #[arg(long)]
-    token_url: String,
-    #[arg(long)]
-    client_id: String,
-    /// The client secret, stored with the credential.
-    #[arg(long, conflicts_with = "client_secret_env")]
-    client_secret: Option<String>,
-    /// Read the client secret from this environment variable at each call instead.
-    #[arg(long)]
-    client_secret_env: Option<String>,
-    /// How to present the client secret at the token endpoint.
-    #[arg(long, value_enum, default_value = "basic")]
-    client_auth: AuthArg,
-    /// `scope` sent with each refresh.
-    #[arg(long)]
-    scope: Option<String>,
-    /// An extra form parameter for the refresh, `KEY=VALUE` (e.g. format=json); repeatable.
-    #[arg(long = "param")]
-    params: Vec<String>,
-    #[arg(long, value_enum, default_value = "on-auth-failure")]
-    strategy: StrategyArg,
-    /// With before-expiry: refresh when the token expires within this many seconds.
-    #[arg(long, default_value_t = 60)]
-    expiry_margin: u32,
-    /// A status that means "token rejected"; repeatable (default 401).
-    #[arg(long = "rejected-status")]
-    rejected_statuses: Vec<u16>,
+    #[command(flatten)]
+    settings: SettingsArgs,
     /// The token response to start from (JSON), from a file or `-` for stdin.
     #[arg(long)]
     keys: Option<String>,
+    /// Replace an existing credential of this name (its settings; and its
+    /// keys, if `--keys` is given). Without it an existing name is refused:
+    /// the stored keys may hold a rotated refresh token that the original
+    /// file no longer has.
+    #[arg(long)]
+    replace: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SetArgs {
+    name: String,
+    #[command(flatten)]
+    settings: SettingsArgs,
+    /// Replace the stored keys with this token response (a file or `-`).
+    #[arg(long)]
+    keys: Option<String>,
+}
+
+/// Settings as options: `add` needs the token URL and client id; `set`
+/// changes only what is given.
+#[derive(clap::Args)]
+struct SettingsArgs {
+    /// The provider's token endpoint (https://; http:// only on loopback).
+    #[arg(long)]
+    token_url: Option<String>,
+    /// The OAuth client id.
+    #[arg(long)]
+    client_id: Option<String>,
+    /// The client secret, stored with the credential. Other users can read it
+    /// in the process list while this command runs: prefer
+    /// --client-secret-env or --client-secret-file.
+    #[arg(long, group = "secret")]
+    client_secret: Option<String>,
+    /// Read the client secret from this environment variable at each call
+    /// (only the variable's name is stored).
+    #[arg(long, group = "secret")]
+    client_secret_env: Option<String>,
+    /// Read the client secret from this file now (its first line) and store it.
+    #[arg(long, group = "secret")]
+    client_secret_file: Option<std::path::PathBuf>,
+    /// No client secret (a public client).
+    #[arg(long, group = "secret")]
+    public_client: bool,
+    /// How to present the client secret at the token endpoint (default basic).
+    #[arg(long, value_enum)]
+    client_auth: Option<AuthArg>,
+    /// `scope` sent with each refresh.
+    #[arg(long)]
+    scope: Option<String>,
+    /// An extra form parameter for the refresh, `KEY=VALUE` (e.g. format=json);
+    /// repeatable; given at all, they replace the stored ones.
+    #[arg(long = "param")]
+    params: Vec<String>,
+    /// With `set`: drop the stored extra parameters.
+    #[arg(long, conflicts_with = "params")]
+    no_params: bool,
+    /// When to refresh (default on-auth-failure).
+    #[arg(long, value_enum)]
+    strategy: Option<StrategyArg>,
+    /// With before-expiry: refresh when the token expires within this many
+    /// seconds (default 60).
+    #[arg(long)]
+    expiry_margin: Option<u32>,
+    /// A status that means "token rejected"; repeatable (default 401); given
+    /// at all, they replace the stored ones.
+    #[arg(long = "rejected-status")]
+    rejected_statuses: Vec<u16>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -70,6 +115,7 @@ enum StrategyArg {
 pub fn run(store: &dyn KeyStore, cmd: Command) -> Result<Exit, Failure> {
     match cmd {
         Command::Add(args) => add(store, args),
+        Command::Set(args) => set(store, args),
         Command::Show { name } => {
             let c = store.load(&name)?;
             print_json(&describe(&c));
@@ -84,7 +130,10 @@ pub fn run(store: &dyn KeyStore, cmd: Command) -> Result<Exit, Failure> {
                 };
                 println!(
                     "{}\t{}\tv{}\t{}",
-                    c.name, c.settings.token_url, c.version, state
+                    c.name.escape_debug(),
+                    c.settings.token_url.escape_debug(),
+                    c.version,
+                    state
                 );
             }
             Ok(Exit::Ok)
@@ -99,62 +148,121 @@ pub fn run(store: &dyn KeyStore, cmd: Command) -> Result<Exit, Failure> {
     }
 }
 
-fn add(store: &dyn KeyStore, a: AddArgs) -> Result<Exit, Failure> {
-    let mut settings = Settings::new(a.token_url, a.client_id);
-    settings.client_secret = match (a.client_secret, a.client_secret_env) {
-        (Some(s), _) => Some(ClientSecret::Literal(Secret::new(s))),
-        (None, Some(var)) => Some(ClientSecret::Env(var)),
-        (None, None) => None,
-    };
-    settings.client_auth = match a.client_auth {
-        AuthArg::Basic => ClientAuth::Basic,
-        AuthArg::Post => ClientAuth::Post,
-    };
-    settings.scope = a.scope;
-    settings.extra_params = a
-        .params
-        .iter()
-        .map(|p| {
-            p.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .ok_or_else(|| {
-                    Failure::new(
-                        Exit::BadInput,
-                        format!("--param {p:?} must look like KEY=VALUE"),
-                    )
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    settings.strategy = match a.strategy {
-        StrategyArg::OnAuthFailure => Strategy::OnAuthFailure,
-        StrategyArg::EveryRequest => Strategy::EveryRequest,
-        StrategyArg::BeforeExpiry => Strategy::BeforeExpiry,
-    };
-    settings.expiry_margin_secs = a.expiry_margin;
-    if !a.rejected_statuses.is_empty() {
-        settings.rejected_statuses = a.rejected_statuses;
-    }
-    if !(settings.token_url.starts_with("https://") || settings.token_url.starts_with("http://")) {
-        return Err(Failure::new(
-            Exit::BadInput,
-            "--token-url must be an absolute http(s) URL",
-        ));
-    }
+fn bad(message: impl Into<String>) -> Failure {
+    Failure::new(Exit::BadInput, message)
+}
 
-    let keys = match a.keys.as_deref() {
-        None => None,
-        Some(source) => {
-            let text = read_source(source)?;
-            Some(TokenSet::import(&text).map_err(|e| {
-                Failure::new(
-                    Exit::BadInput,
-                    format!("the keys from {} are unusable: {e}", source_name(source)),
-                )
-            })?)
-        }
+fn add(store: &dyn KeyStore, a: AddArgs) -> Result<Exit, Failure> {
+    check_name(&a.name).map_err(bad)?;
+    let (Some(token_url), Some(client_id)) = (&a.settings.token_url, &a.settings.client_id) else {
+        return Err(bad("a new credential needs --token-url and --client-id"));
     };
+    let exists = match store.load(&a.name) {
+        Ok(_) => true,
+        Err(rekey::StoreError::UnknownCredential(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if exists && !a.replace {
+        return Err(bad(format!(
+            "credential {:?} exists: `rekey credential set {0} …` changes its settings and keeps its keys; `add --replace` replaces it",
+            a.name
+        )));
+    }
+    let mut settings = Settings::new(token_url.clone(), client_id.clone());
+    a.settings.apply(&mut settings)?;
+    let keys = a.keys.as_deref().map(import_keys).transpose()?;
     store.put(&a.name, &settings, keys.as_ref())?;
     Ok(Exit::Ok)
+}
+
+fn set(store: &dyn KeyStore, a: SetArgs) -> Result<Exit, Failure> {
+    let mut settings = store.load(&a.name)?.settings;
+    a.settings.apply(&mut settings)?;
+    let keys = a.keys.as_deref().map(import_keys).transpose()?;
+    store.put(&a.name, &settings, keys.as_ref())?;
+    Ok(Exit::Ok)
+}
+
+impl SettingsArgs {
+    /// Lays what was given over `s`, then checks the result.
+    fn apply(self, s: &mut Settings) -> Result<(), Failure> {
+        if let Some(url) = self.token_url {
+            s.token_url = url;
+        }
+        if let Some(id) = self.client_id {
+            s.client_id = id;
+        }
+        if let Some(secret) = self.client_secret {
+            s.client_secret = Some(ClientSecret::Literal(Secret::new(secret)));
+        } else if let Some(var) = self.client_secret_env {
+            s.client_secret = Some(ClientSecret::Env(var));
+        } else if let Some(path) = self.client_secret_file {
+            s.client_secret = Some(ClientSecret::Literal(read_secret_file(&path)?));
+        } else if self.public_client {
+            s.client_secret = None;
+        }
+        if let Some(auth) = self.client_auth {
+            s.client_auth = match auth {
+                AuthArg::Basic => ClientAuth::Basic,
+                AuthArg::Post => ClientAuth::Post,
+            };
+        }
+        if self.scope.is_some() {
+            s.scope = self.scope;
+        }
+        if self.no_params {
+            s.extra_params.clear();
+        } else if !self.params.is_empty() {
+            s.extra_params = self
+                .params
+                .iter()
+                .map(|p| {
+                    p.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .ok_or_else(|| bad(format!("--param {p:?} must look like KEY=VALUE")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(strategy) = self.strategy {
+            s.strategy = match strategy {
+                StrategyArg::OnAuthFailure => Strategy::OnAuthFailure,
+                StrategyArg::EveryRequest => Strategy::EveryRequest,
+                StrategyArg::BeforeExpiry => Strategy::BeforeExpiry,
+            };
+        }
+        if let Some(margin) = self.expiry_margin {
+            s.expiry_margin_secs = margin;
+        }
+        if !self.rejected_statuses.is_empty() {
+            s.rejected_statuses = self.rejected_statuses;
+        }
+        s.check().map_err(bad)
+    }
+}
+
+/// The secret on the file's first line (a trailing newline is not part of it).
+fn read_secret_file(path: &std::path::Path) -> Result<Secret, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        bad(format!(
+            "cannot read the client secret from {}: {e}",
+            path.display()
+        ))
+    })?;
+    let secret = text.lines().next().unwrap_or("");
+    if secret.is_empty() {
+        return Err(bad(format!("{} holds no client secret", path.display())));
+    }
+    Ok(Secret::new(secret))
+}
+
+fn import_keys(source: &str) -> Result<TokenSet, Failure> {
+    let text = read_source(source)?;
+    TokenSet::import(&text).map_err(|e| {
+        bad(format!(
+            "the keys from {} are unusable: {e}",
+            source_name(source)
+        ))
+    })
 }
 
 fn read_source(source: &str) -> Result<String, Failure> {

@@ -3,15 +3,32 @@
 use super::{Credential, KeyStore, StoreError, now_unix, validate_keys};
 use crate::settings::Settings;
 use crate::token_set::TokenSet;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+/// Credentials and leases in this process only: lost when it exits.
 #[derive(Default)]
 pub struct MemoryStore {
     credentials: Mutex<BTreeMap<String, Credential>>,
+    leases: Mutex<HashMap<String, Lease>>,
+}
+
+/// A refresh lease, with the same semantics as SQLite's `leases` row.
+struct Lease {
+    holder: String,
+    /// None: a ttl too long for `Instant` to express, i.e. never.
+    expires: Option<Instant>,
+}
+
+impl Lease {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|at| at > now)
+    }
 }
 
 impl MemoryStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
@@ -21,6 +38,11 @@ impl MemoryStore {
         // mutation below is a single insert or field store.
         let mut map = self.credentials.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut map)
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
+        // Every mutation is a single insert, field store or remove.
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -82,6 +104,45 @@ impl KeyStore for MemoryStore {
 
     fn remove(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self.with(|m| m.remove(name).is_some()))
+    }
+
+    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut leases = self.leases();
+        if leases
+            .get(name)
+            .is_some_and(|l| l.holder != holder && l.live(now))
+        {
+            return Ok(false);
+        }
+        let lease = Lease {
+            holder: holder.into(),
+            expires: now.checked_add(ttl),
+        };
+        leases.insert(name.into(), lease);
+        Ok(true)
+    }
+
+    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        match self.leases().get_mut(name) {
+            // An expired lease is not renewed even if nobody took it, as in
+            // SQLite and PostgreSQL: the host sees one behaviour on every store.
+            Some(l) if l.holder == holder && l.live(now) => {
+                l.expires = now.checked_add(ttl);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut leases = self.leases();
+        // Only its own: a late release must not free a successor's lease.
+        if leases.get(name).is_some_and(|l| l.holder == holder) {
+            leases.remove(name);
+        }
+        Ok(())
     }
 
     fn blocking(&self) -> bool {

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS rekey_leases (
 );
 ";
 
+/// A store in PostgreSQL tables `rekey_credentials` and `rekey_leases`.
 pub struct PostgresStore {
     /// Where, for messages: the URL without its password.
     target: String,
@@ -45,11 +46,12 @@ impl PostgresStore {
             reason: describe(&e),
         };
         let mut client = Client::connect(url, NoTls).map_err(unusable)?;
-        // Many workers may start at once; serialise the CREATEs.
+        // Many workers may start at once; serialise the CREATEs. The batch is
+        // one transaction: a transaction-level lock is held until its commit,
+        // where an unlock inside it would let the next worker in before the
+        // tables are visible (its CREATE then fails on a duplicate key).
         client
-            .batch_execute(&format!(
-                "SELECT pg_advisory_lock(7412); {SCHEMA} SELECT pg_advisory_unlock(7412);"
-            ))
+            .batch_execute(&format!("SELECT pg_advisory_xact_lock(7412); {SCHEMA}"))
             .map_err(unusable)?;
         Ok(PostgresStore {
             target: target.clone(),

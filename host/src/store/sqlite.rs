@@ -46,6 +46,7 @@ fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// A store in one SQLite file, shareable by the processes of one machine.
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
@@ -58,6 +59,7 @@ impl SqliteStore {
         Self::open_with_busy_timeout(path, Duration::from_secs(5))
     }
 
+    /// As [`SqliteStore::open`], waiting up to `busy` for another process's lock.
     pub fn open_with_busy_timeout(
         path: impl AsRef<Path>,
         busy: Duration,
@@ -86,6 +88,7 @@ impl SqliteStore {
         })
     }
 
+    /// The file this store was opened at.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -1,0 +1,273 @@
+//! The printed report: a Markdown table of rekey against native with the
+//! targets and verdicts, and where the differences go.
+
+use crate::measure::{Summary, cpu_model, mib};
+use crate::startup::{ColdStart, Instantiation};
+use crate::throughput::{self, RSS_AT, Throughput};
+
+const WARM_RATIO_TARGET: f64 = 1.10;
+const INSTANTIATE_TARGET_US: f64 = 10.0;
+const PRECOMPILED_TARGET_MS: f64 = 2.0;
+const COMPONENT_TARGET_BYTES: usize = 150_000;
+
+/// Everything one run measured.
+pub struct Results {
+    pub warm: [Summary; 2],
+    pub warm_sqlite: Summary,
+    pub near: [Summary; 2],
+    pub refresh: [Summary; 2],
+    pub throughput: Throughput,
+    pub instantiation: Instantiation,
+    pub cold: ColdStart,
+    pub pool: u32,
+    pub api_logged: usize,
+    pub load_before: String,
+    pub load_after: String,
+    pub workers: usize,
+}
+
+pub fn print(r: &Results) {
+    let [w_rekey, w_native] = r.warm;
+    let [r_rekey, r_native] = r.refresh;
+    let inst = &r.instantiation;
+    let cold = &r.cold;
+    println!();
+    println!("rekey overhead: rekey (wasmtime component) vs the same requests sent natively");
+    println!(
+        "machine: {} ({} CPUs, {} tokio workers); load average before/after: {} / {}",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, usize::from),
+        r.workers,
+        r.load_before,
+        r.load_after,
+    );
+    println!(
+        "server: rekey-testkit provider on 127.0.0.1 (HTTP/1.1, keep-alive), shared by both sides; \
+         store: MemoryStore; observer: no-op; refresh tokens rotate"
+    );
+    println!(
+        "samples: warm {} per side, refresh {} per side, throughput {}×{:?} per side and level, \
+         instantiate {} / {}",
+        w_rekey.n,
+        r_rekey.n,
+        throughput::RUNS,
+        throughput::RUN,
+        inst.pooled.n,
+        inst.on_demand.n
+    );
+    println!();
+    table(r).print();
+    println!();
+    println!("where the warm-path difference goes (medians):");
+    println!(
+        "  rekey − native:                        {:7.1} µs",
+        w_rekey.median - w_native.median
+    );
+    println!(
+        "  instantiate_only (Store + instance):   {:7.1} µs  (of which WasiCtx::builder().build(): {:.1} µs)",
+        inst.pooled.median, inst.wasi.median
+    );
+    println!(
+        "  rest (store load, guest run, canonical-ABI copies, host http-send extras): {:.1} µs",
+        w_rekey.median - w_native.median - inst.pooled.median
+    );
+    println!(
+        "  refresh path, rekey − native:          {:7.1} µs",
+        r_rekey.median - r_native.median
+    );
+    println!(
+        "precompiled Rekey::new pieces (medians, rebuilt alone with the library's functions):"
+    );
+    println!(
+        "  Rekey::new from cache {:.2} ms (fastest {:.2}) = Engine::new(engine_config) with pooling {:.2} ms \
+         + cache::load_or_compile (key, checks, deserialize) {:.2} ms + linker/instantiate_pre/ticker; \
+         the reqwest client ({:.2} ms, mostly parsing the system CA bundle) is built lazily, on the first send",
+        cold.load_ms, cold.load_min_ms, cold.engine_ms, cold.cache_load_ms, cold.http_client_ms,
+    );
+    println!("provider api_log entries at the end: {}", r.api_logged);
+}
+
+fn table(r: &Results) -> Table {
+    let [w_rekey, w_native] = r.warm;
+    let [n_rekey, n_native] = r.near;
+    let [r_rekey, r_native] = r.refresh;
+    let inst = &r.instantiation;
+    let pool = r.pool;
+    let mut t = Table { rows: Vec::new() };
+    t.latency("1. warm request", w_rekey, w_native);
+    t.compare(
+        "1. warm request, SqliteStore, median µs",
+        r.warm_sqlite.median,
+        w_native.median,
+        1,
+        "(extra)",
+        "",
+    );
+    let near_ratio = n_rekey.median / n_native.median;
+    t.compare(
+        "1. warm request, ~1 ms server, median µs",
+        n_rekey.median,
+        n_native.median,
+        1,
+        &format!("(extra) ≤ {WARM_RATIO_TARGET:.2}"),
+        &verdict(near_ratio, WARM_RATIO_TARGET, ""),
+    );
+    t.latency("2. 401→refresh→retry", r_rekey, r_native);
+    for (c, [rk, nt]) in &r.throughput.levels {
+        t.compare(&format!("3. throughput c={c}, req/s"), *rk, *nt, 0, "", "");
+    }
+    for (stat, v) in [("median", inst.pooled.median), ("mean", inst.pooled.mean)] {
+        t.alone(
+            &format!("4. instantiate, pooling({pool}), {stat} µs"),
+            format!("{v:.1}"),
+            &format!("≤ {INSTANTIATE_TARGET_US:.0}"),
+            &verdict(v, INSTANTIATE_TARGET_US, " µs"),
+        );
+    }
+    for (stat, v) in [
+        ("median", inst.on_demand.median),
+        ("mean", inst.on_demand.mean),
+    ] {
+        t.alone(
+            &format!("4. instantiate, on demand, {stat} µs"),
+            format!("{v:.1}"),
+            "",
+            "",
+        );
+    }
+    let cold = &r.cold;
+    t.alone(
+        "5. Rekey::new compiling, median ms",
+        format!("{:.1}", cold.compile_ms),
+        "",
+        "",
+    );
+    t.alone(
+        "5. Rekey::new precompiled, median ms",
+        format!("{:.2}", cold.load_ms),
+        &format!("≤ {PRECOMPILED_TARGET_MS:.0}"),
+        &verdict(cold.load_ms, PRECOMPILED_TARGET_MS, " ms"),
+    );
+    let size = rekey::GUEST_WASM.len();
+    t.alone(
+        "5. guest component, bytes",
+        size.to_string(),
+        &format!("≤ {COMPONENT_TARGET_BYTES}"),
+        &if size <= COMPONENT_TARGET_BYTES {
+            "met".to_owned()
+        } else {
+            format!("missed by {} bytes", size - COMPONENT_TARGET_BYTES)
+        },
+    );
+    match &r.throughput.rss {
+        [Some(rk), Some(nt)] => t.row([
+            &format!("6. peak RSS during c={RSS_AT}, MiB (before)"),
+            &format!("{:.1} ({:.1})", mib(rk.peak_kib), mib(rk.before_kib)),
+            &format!("{:.1} ({:.1})", mib(nt.peak_kib), mib(nt.before_kib)),
+            &format!("{:.2}", rk.peak_kib as f64 / nt.peak_kib as f64),
+            "",
+            "",
+        ]),
+        _ => t.row([
+            &format!("6. peak RSS during c={RSS_AT}"),
+            "n/a",
+            "n/a",
+            "",
+            "",
+            "/proc/self/clear_refs unusable",
+        ]),
+    }
+    t
+}
+
+fn verdict(value: f64, target: f64, unit: &str) -> String {
+    if value <= target {
+        "met".into()
+    } else {
+        format!("missed by {:.2}{unit}", value - target)
+    }
+}
+
+struct Table {
+    rows: Vec<[String; 6]>,
+}
+
+impl Table {
+    fn row(&mut self, cells: [&str; 6]) {
+        self.rows.push(cells.map(str::to_owned));
+    }
+
+    /// A measure of rekey alone.
+    fn alone(&mut self, measure: &str, rekey: String, target: &str, verdict: &str) {
+        self.row([measure, &rekey, "", "", target, verdict]);
+    }
+
+    /// rekey and native with `decimals`, and their ratio.
+    fn compare(
+        &mut self,
+        measure: &str,
+        rekey: f64,
+        native: f64,
+        decimals: usize,
+        target: &str,
+        verdict: &str,
+    ) {
+        self.row([
+            measure,
+            &format!("{rekey:.decimals$}"),
+            &format!("{native:.decimals$}"),
+            &format!("{:.2}", rekey / native),
+            target,
+            verdict,
+        ]);
+    }
+
+    /// Median and mean against the warm-ratio target, and p99.
+    fn latency(&mut self, what: &str, rekey: Summary, native: Summary) {
+        for (stat, r, n) in [
+            ("median", rekey.median, native.median),
+            ("mean", rekey.mean, native.mean),
+        ] {
+            self.compare(
+                &format!("{what}, {stat} µs"),
+                r,
+                n,
+                1,
+                &format!("≤ {WARM_RATIO_TARGET:.2}"),
+                &verdict(r / n, WARM_RATIO_TARGET, ""),
+            );
+        }
+        self.compare(&format!("{what}, p99 µs"), rekey.p99, native.p99, 1, "", "");
+    }
+
+    /// A Markdown table, padded so it also reads as plain text.
+    fn print(&self) {
+        let header = [
+            "measure",
+            "rekey",
+            "native",
+            "rekey/native",
+            "target",
+            "verdict",
+        ];
+        let mut width = header.map(str::len);
+        for r in &self.rows {
+            for (w, c) in width.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let line = |cells: &[String; 6]| {
+            let padded: Vec<String> = cells
+                .iter()
+                .zip(width)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            println!("| {} |", padded.join(" | "));
+        };
+        line(&header.map(str::to_owned));
+        line(&width.map(|w| "-".repeat(w)));
+        for r in &self.rows {
+            line(r);
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! No grant is lost by rekey: calls that the caller abandons, credentials
+//! that hang, processes that are told to stop.
+
+use crate::fleet::report;
+use crate::support::*;
+use rekey::{ClientAuth, Config, Request, Strategy};
+use rekey_testkit::ProviderConfig;
+use std::time::Duration;
+
+/// A slow token endpoint: every granted refresh is answered after this.
+const SLOW: Duration = Duration::from_secs(3);
+
+fn slow_provider() -> ProviderConfig {
+    ProviderConfig {
+        access_ttl: Duration::from_secs(60),
+        token_delay: SLOW,
+        ..ProviderConfig::default()
+    }
+}
+
+/// An embedder's timeout drops the `send` future while the refresh is in
+/// flight: the provider has rotated the refresh token, and the new one must
+/// still reach the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_call_still_persists_its_refresh() {
+    let f = Fixture::new(slow_provider()).await;
+    f.add_credential("c", &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
+    let abandoned = tokio::time::timeout(Duration::from_millis(300), f.get("c", "me")).await;
+    assert!(
+        abandoned.is_err(),
+        "the call should still be waiting on the token endpoint"
+    );
+    assert_eq!(
+        f.provider.stats().refreshes_granted,
+        1,
+        "the provider rotated"
+    );
+
+    // The call goes on without its caller: poll until its keys are durable.
+    let deadline = std::time::Instant::now() + SLOW * 4;
+    loop {
+        let stored = f.stored_keys("c");
+        if f.provider
+            .refresh_token_is_live(str_field(&stored, "refresh_token"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated refresh token never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(f.get("c", "me").await.unwrap().status, 200);
+    assert_eq!(f.provider.stats().reused_refresh_tokens, 0);
+}
+
+/// Calls stuck behind one credential's hanging refresh do not take every
+/// instance slot: another credential's call goes through meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_credential_does_not_starve_the_others() {
+    let config = Config {
+        pooling: Some(4),
+        ..Config::default()
+    };
+    let f = Fixture::with(slow_provider(), config, Duration::from_secs(5)).await;
+    f.add_credential(
+        "busy",
+        &f.settings(Strategy::EveryRequest, ClientAuth::Basic),
+    );
+    f.add_credential(
+        "idle",
+        &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic),
+    );
+    let stuck: Vec<_> = (0..8)
+        .map(|_| {
+            let (rekey, store, url) = (f.rekey.clone(), f.store_dyn(), f.provider.api_url("me"));
+            tokio::spawn(async move { rekey.send(store, "busy", Request::get(&url)).await })
+        })
+        .collect();
+    // Wait until the first refresh is in flight (granted, answer delayed).
+    while f.provider.stats().refreshes_granted == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let other = f
+        .get("idle", "me")
+        .await
+        .expect("the idle credential's call");
+    assert_eq!(other.status, 200);
+    assert!(
+        stuck.iter().all(|t| !t.is_finished()),
+        "the busy credential's calls were meant to be still waiting (token delay {SLOW:?})"
+    );
+    for t in stuck {
+        assert_eq!(t.await.unwrap().unwrap().status, 200);
+    }
+}
+
+/// What a run of signalled `rekey send` processes amounted to.
+struct Kills {
+    sent: usize,
+    /// Processes that the signal ended (the rest finished their call first).
+    ended_by_signal: usize,
+    credentials: Vec<String>,
+}
+
+/// Runs `rekey send` (every-request: a refresh each time) `per_credential`
+/// times for each of four new credentials, signalling each process with
+/// `signo` at a random moment from start-up to after its refresh, the four
+/// credentials at once.
+fn kill_loop(f: &Fixture, label: &str, signo: i32, per_credential: usize) -> Kills {
+    let cache = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..4).map(|i| format!("{label}{i}")).collect();
+    for name in &names {
+        f.add_credential(name, &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
+    }
+    // Compile the component into the cache once, unhurried.
+    let warm = send_process(f, &names[0], cache.path())
+        .wait_with_output()
+        .unwrap();
+    assert!(warm.status.success(), "{}", all_output(&warm));
+    let ended: usize = std::thread::scope(|s| {
+        let workers: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let cache = cache.path();
+                s.spawn(move || {
+                    let mut seed = 0x9e37_79b9_7f4a_7c15_u64
+                        ^ ((i as u64) << 32)
+                        ^ u64::from(std::process::id());
+                    let mut ended = 0;
+                    for _ in 0..per_credential {
+                        let mut child = send_process(f, name, cache);
+                        // xorshift
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        std::thread::sleep(Duration::from_millis(seed % 450));
+                        // SAFETY: signalling our own child, which has not been reaped.
+                        unsafe { libc::kill(child.id() as i32, signo) };
+                        let status = child.wait().unwrap();
+                        if std::os::unix::process::ExitStatusExt::signal(&status).is_some() {
+                            ended += 1;
+                        }
+                    }
+                    ended
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    Kills {
+        sent: per_credential * names.len(),
+        ended_by_signal: ended,
+        credentials: names,
+    }
+}
+
+fn send_process(f: &Fixture, name: &str, cache: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(rekey_bin())
+        .arg("--store")
+        .arg(f.store_path())
+        .args(["send", name, &f.provider.api_url("me")])
+        .env("REKEY_CACHE_DIR", cache)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start rekey send")
+}
+
+/// Whether each credential's stored refresh token still works at the provider.
+fn lost_grants(f: &Fixture, credentials: &[String]) -> usize {
+    credentials
+        .iter()
+        .filter(|name| {
+            let stored = f.stored_keys(name);
+            !f.provider
+                .refresh_token_is_live(str_field(&stored, "refresh_token"))
+        })
+        .count()
+}
+
+fn delayed_refreshes() -> ProviderConfig {
+    ProviderConfig {
+        access_ttl: Duration::from_secs(60),
+        token_delay: Duration::from_millis(150),
+        ..ProviderConfig::default()
+    }
+}
+
+/// SIGTERM and SIGINT at random moments of refresh loops: `rekey send`
+/// finishes the call in flight first, so no rotated token is ever lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_and_sigint_never_lose_a_grant() {
+    let f = Fixture::new(delayed_refreshes()).await;
+    let (term, int) = tokio::task::block_in_place(|| {
+        (
+            kill_loop(&f, "term", libc::SIGTERM, 25),
+            kill_loop(&f, "int", libc::SIGINT, 25),
+        )
+    });
+    let stats = f.provider.stats();
+    report(format!(
+        "signals: {} SIGTERM + {} SIGINT at random moments of `rekey send` refresh loops ({} of the processes ended by the signal itself, the rest finished first); {} refreshes granted; invalid_grant {}, reused refresh tokens {}",
+        term.sent,
+        int.sent,
+        term.ended_by_signal + int.ended_by_signal,
+        stats.refreshes_granted,
+        stats.invalid_grant,
+        stats.reused_refresh_tokens
+    ));
+    assert!(term.sent + int.sent >= 200);
+    assert_eq!(lost_grants(&f, &term.credentials), 0, "{stats:?}");
+    assert_eq!(lost_grants(&f, &int.credentials), 0, "{stats:?}");
+    assert_eq!((stats.invalid_grant, stats.reused_refresh_tokens), (0, 0));
+}
