@@ -13,16 +13,18 @@
 //! refresh token, which oidc-provider treats as theft) and checks that rekey
 //! reports "re-authorisation needed" (exit 3) and leaves the stored keys alone.
 //!
-//! Skipped, loudly, only when `node` is absent (and fails instead when
-//! REKEY_REQUIRE_PEERS is set, as CI does); `npm ci` runs in tests/oidc when
-//! its node_modules is missing.
+//! The peer is `support::peers::node()`: skipped, loudly, only when Node.js
+//! (>= 20) is absent (a failure instead under REKEY_REQUIRE_PEERS, as in CI);
+//! it runs `npm ci` in tests/oidc once when needed.
 
+use crate::support::peers::{self, Node};
+use crate::support::{all_output, rekey_cli};
 use rekey::{KeyStore, SqliteStore};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -36,18 +38,6 @@ const PAST_EXPIRY: Duration = Duration::from_millis(ACCESS_TOKEN_TTL * 1000 + 25
 const STRATEGIES: [&str; 3] = ["on-auth-failure", "every-request", "before-expiry"];
 const AUTH_METHODS: [&str; 2] = ["basic", "post"];
 const EXIT_REAUTHORIZE: i32 = 3;
-
-fn workspace() -> PathBuf {
-    // This test binary belongs to host/; the peers live at the top.
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ sits in the workspace")
-        .to_path_buf()
-}
-
-fn oidc_dir() -> PathBuf {
-    workspace().join("tests").join("oidc")
-}
 
 /// One OAuth client registered at the provider, and how rekey uses it.
 #[derive(Clone)]
@@ -86,55 +76,10 @@ impl Client {
     }
 }
 
-/// CI sets REKEY_REQUIRE_PEERS: a missing peer is a failure there, not a skip.
-fn peers_required() -> bool {
-    std::env::var("REKEY_REQUIRE_PEERS").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
-/// `node` present (else `None`: skip), and the provider's packages installed.
-fn prerequisites() -> Option<()> {
-    match Command::new("node").arg("--version").output() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && peers_required() => {
-            panic!(
-                "node not found on PATH, and REKEY_REQUIRE_PEERS is set: install Node.js (>= 20)"
-            )
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!();
-            eprintln!("==================================================================");
-            eprintln!("SKIPPED: node not found on PATH, so the oidc-provider conformance");
-            eprintln!("scenarios (tests/oidc_provider.rs) did NOT run. Install Node.js");
-            eprintln!("(>= 20) to run them.");
-            eprintln!("==================================================================");
-            eprintln!();
-            return None;
-        }
-        Err(e) => panic!("cannot run node --version: {e}"),
-        Ok(out) => assert!(out.status.success(), "node --version failed"),
-    }
-    let dir = oidc_dir();
-    if !dir
-        .join("node_modules/oidc-provider/package.json")
-        .is_file()
-    {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("run npm ci in tests/oidc");
-        assert!(status.success(), "npm ci in tests/oidc failed");
-    }
-    Some(())
-}
-
-/// The `rekey` binary cargo built for these tests.
-fn rekey_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_rekey"))
-}
-
 /// server.mjs, ended (by its pid) when dropped; it also exits by itself when
 /// its stdin closes, so it cannot outlive the test process.
 struct Peer {
+    node: Node,
     child: Child,
     stdin: Option<ChildStdin>,
     port: u16,
@@ -142,11 +87,10 @@ struct Peer {
 }
 
 impl Peer {
-    fn start(clients: &[&Client]) -> Peer {
+    fn start(node: &Node, clients: &[&Client]) -> Peer {
         let registrations: Vec<Value> = clients.iter().map(|c| c.registration()).collect();
-        let mut child = Command::new("node")
-            .arg("server.mjs")
-            .current_dir(oidc_dir())
+        let mut child = node
+            .script("server.mjs")
             .env("OIDC_PORT", "0")
             .env("OIDC_ACCESS_TOKEN_TTL", ACCESS_TOKEN_TTL.to_string())
             .env("OIDC_CLIENTS", Value::from(registrations).to_string())
@@ -160,6 +104,7 @@ impl Peer {
         let stdin = child.stdin.take();
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut peer = Peer {
+            node: node.clone(),
             child,
             stdin,
             port: 0,
@@ -223,12 +168,12 @@ impl Peer {
     /// A refresh at the token endpoint outside rekey (client_secret_post,
     /// which oidc-provider accepts from every client): status and the JSON.
     fn refresh(&self, client: &Client, refresh_token: &str) -> Result<(u16, Value), String> {
-        let body = form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-            ("client_id", &client.id),
-            ("client_secret", &client.secret),
-        ]);
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "refresh_token")
+            .append_pair("refresh_token", refresh_token)
+            .append_pair("client_id", &client.id)
+            .append_pair("client_secret", &client.secret)
+            .finish();
         let headers = [
             ("content-type", "application/x-www-form-urlencoded"),
             ("accept", "application/json"),
@@ -283,31 +228,11 @@ fn http(
     Ok((status, body.to_owned()))
 }
 
-/// application/x-www-form-urlencoded.
-fn form(pairs: &[(&str, &str)]) -> String {
-    let encode = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                    (b as char).to_string()
-                }
-                b' ' => "+".into(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// The authorization-code flow for `client`: the first token response (JSON).
 fn authorize(peer: &Peer, client: &Client, login: &str) -> Result<String, String> {
-    let out = Command::new("node")
-        .arg("authorize.mjs")
-        .current_dir(oidc_dir())
+    let out = peer
+        .node
+        .script("authorize.mjs")
         .args([
             "--issuer",
             &peer.issuer(),
@@ -331,32 +256,11 @@ fn authorize(peer: &Peer, client: &Client, login: &str) -> Result<String, String
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// What one `rekey` process did.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn rekey(store: &Path, args: &[&str]) -> Result<Run, String> {
-    let out = Command::new(rekey_bin())
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run rekey: {e}"))?;
-    Ok(Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
-}
-
 /// `rekey credential add` for `client`, starting from the token response in `keys`.
 fn add_credential(store: &Path, peer: &Peer, client: &Client, keys: &Path) -> Result<(), String> {
     let token_url = peer.url("/token");
     let keys = keys.to_string_lossy();
-    let run = rekey(
+    let out = rekey_cli(
         store,
         &[
             "credential",
@@ -377,13 +281,13 @@ fn add_credential(store: &Path, peer: &Peer, client: &Client, keys: &Path) -> Re
             "--keys",
             &keys,
         ],
-    )?;
-    if run.code != 0 {
+    );
+    if !out.status.success() {
         return Err(format!(
             "{}: credential add exited {}: {}",
             client.id,
-            run.code,
-            run.stderr.trim()
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
     Ok(())
@@ -441,9 +345,10 @@ fn check_token_set(name: &str, what: &str, keys: &Value) -> Result<(), String> {
 }
 
 /// Fails when any of `secrets` appears in what a rekey process printed.
-fn check_no_leak(name: &str, run: &Run, secrets: &[String]) -> Result<(), String> {
+fn check_no_leak(name: &str, out: &Output, secrets: &[String]) -> Result<(), String> {
+    let printed = all_output(out);
     for secret in secrets.iter().filter(|s| s.len() >= 8) {
-        if run.stdout.contains(secret.as_str()) || run.stderr.contains(secret.as_str()) {
+        if printed.contains(secret.as_str()) {
             return Err(format!(
                 "{name}: rekey printed a token or the client secret"
             ));
@@ -495,18 +400,19 @@ fn send_userinfo(
     secrets: &[String],
 ) -> Result<(), String> {
     let name = &client.id;
-    let run = rekey(store, &["send", name, &peer.url("/me")])?;
-    check_no_leak(name, &run, secrets)?;
-    if run.code != 0 {
+    let out = rekey_cli(store, &["send", name, &peer.url("/me")]);
+    check_no_leak(name, &out, secrets)?;
+    if !out.status.success() {
         return Err(format!(
             "{name}: rekey send exited {}: {}",
-            run.code,
-            run.stderr.trim()
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let userinfo: Value = serde_json::from_str(run.stdout.trim()).unwrap_or(Value::Null);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let userinfo: Value = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
     if userinfo["sub"].as_str() != Some(login) {
-        let shown: String = run.stdout.chars().take(200).collect();
+        let shown: String = stdout.chars().take(200).collect();
         return Err(format!(
             "{name}: rekey send printed no userinfo with sub {login:?}: {shown:?}"
         ));
@@ -608,24 +514,25 @@ fn revoked_grant_scenario(
 
     let (before, version_before) = stored(store, name)?;
     std::thread::sleep(PAST_EXPIRY);
-    let run = rekey(store, &["send", name, &peer.url("/me")])?;
-    check_no_leak(name, &run, &secrets)?;
-    if run.code != EXIT_REAUTHORIZE {
+    let out = rekey_cli(store, &["send", name, &peer.url("/me")]);
+    check_no_leak(name, &out, &secrets)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() != Some(EXIT_REAUTHORIZE) {
         return Err(format!(
             "{name}: rekey send after the grant was revoked exited {}, not {EXIT_REAUTHORIZE}: {}",
-            run.code,
-            run.stderr.trim()
+            out.status,
+            stderr.trim()
         ));
     }
     for wanted in ["re-authorisation needed", "invalid_grant"] {
-        if !run.stderr.contains(wanted) {
+        if !stderr.contains(wanted) {
             return Err(format!(
                 "{name}: stderr lacks {wanted:?}: {}",
-                run.stderr.trim()
+                stderr.trim()
             ));
         }
     }
-    if !run.stdout.is_empty() {
+    if !out.stdout.is_empty() {
         return Err(format!("{name}: a failed send printed something on stdout"));
     }
     let (after, version_after) = stored(store, name)?;
@@ -733,10 +640,7 @@ fn joined<T>(r: std::thread::Result<Result<T, String>>) -> Result<T, String> {
 
 #[test]
 fn rekey_against_oidc_provider() {
-    if prerequisites().is_none() {
-        return;
-    }
-    rekey_bin();
+    let Some(node) = peers::node() else { return };
 
     let matrix: Vec<Client> = STRATEGIES
         .iter()
@@ -747,7 +651,7 @@ fn rekey_against_oidc_provider() {
         })
         .collect();
     let revoked = Client::new("rekey-revoked-grant", "basic", "on-auth-failure");
-    let peer = Peer::start(&matrix.iter().chain([&revoked]).collect::<Vec<_>>());
+    let peer = Peer::start(&node, &matrix.iter().chain([&revoked]).collect::<Vec<_>>());
 
     let discovery = peer.get_json("/.well-known/openid-configuration");
     assert_eq!(discovery["issuer"], peer.issuer());
@@ -853,12 +757,9 @@ fn rekey_against_oidc_provider() {
 /// (every later send exited 3). With it, one refreshes and the others adopt.
 #[test]
 fn concurrent_processes_share_one_refresh() {
-    if prerequisites().is_none() {
-        return;
-    }
-    rekey_bin();
+    let Some(node) = peers::node() else { return };
     let client = Client::new("rekey-concurrent", "basic", "every-request");
-    let peer = Peer::start(&[&client]);
+    let peer = Peer::start(&node, &[&client]);
     let dir = tempfile::tempdir().expect("temp dir");
     let store = dir.path().join("rekey.db");
     let login = format!("user-{}", client.id);
@@ -866,20 +767,19 @@ fn concurrent_processes_share_one_refresh() {
 
     // every-request: each process refreshes first, all at the same moment.
     let url = peer.url("/me");
-    let runs: Vec<Result<Run, String>> = std::thread::scope(|s| {
+    let codes: Vec<Option<i32>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..3)
-            .map(|_| s.spawn(|| rekey(&store, &["send", &client.id, &url])))
+            .map(|_| s.spawn(|| rekey_cli(&store, &["send", &client.id, &url])))
             .collect();
-        handles.into_iter().map(|h| joined(h.join())).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().ok().and_then(|out| out.status.code()))
+            .collect()
     });
-    let codes: Vec<i32> = runs
-        .iter()
-        .map(|r| r.as_ref().map_or(-1, |r| r.code))
-        .collect();
     let stats = peer.get_json("/_stats");
     let errors = &stats["clients"][&client.id]["grant_errors"];
     assert!(
-        codes.iter().all(|&c| c == 0) && errors.as_object().is_some_and(|m| m.is_empty()),
+        codes.iter().all(|&c| c == Some(0)) && errors.as_object().is_some_and(|m| m.is_empty()),
         "concurrent sends exited {codes:?}; the token endpoint reported {errors}"
     );
 }

@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod peers;
 pub mod postgres;
 
 /// A peer the scenarios need is missing: skip loudly, or fail where every

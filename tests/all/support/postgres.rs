@@ -1,7 +1,7 @@
 //! A throwaway PostgreSQL server on loopback, from the machine's own
-//! binaries (Debian's `postgresql` package; `.ci/run` installs it).
+//! binaries (found by `super::peers::postgres`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 pub struct Postgres {
@@ -13,12 +13,7 @@ pub struct Postgres {
 
 /// Starts a server, or says loudly why not (and fails under `REKEY_REQUIRE_PEERS`).
 pub fn start() -> Option<Postgres> {
-    let Some(bin) = find_bin() else {
-        super::missing_peer(
-            "PostgreSQL (initdb) not found: install Debian's `postgresql` (as .ci/run does)",
-        );
-        return None;
-    };
+    let bin = super::peers::postgres()?;
     // initdb refuses to run as root: use the package's `postgres` account.
     let as_postgres = running_as_root();
     let data = tempfile::Builder::new()
@@ -73,24 +68,6 @@ impl Drop for Postgres {
             .cmd("pg_ctl", &["-D", &dir, "-m", "immediate", "stop"])
             .output();
     }
-}
-
-fn find_bin() -> Option<PathBuf> {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| Some(e.ok()?.path().join("bin")))
-        .filter(|bin| bin.join("initdb").exists())
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .or_else(|| which("initdb").and_then(|p| p.parent().map(Path::to_path_buf)))
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(tool))
-        .find(|p| p.exists())
 }
 
 fn running_as_root() -> bool {
