@@ -54,7 +54,7 @@ pub use http::HttpConfig;
 pub use runtime::{Config, Rekey, engine_config};
 pub use secret::Secret;
 pub use settings::{ClientAuth, ClientSecret, Settings, Strategy};
-pub use store::{Credential, KeyStore, MemoryStore, SqliteStore, StoreError};
+pub use store::{Credential, DeadGrant, KeyStore, MemoryStore, SqliteStore, StoreError};
 pub use token_set::{TokenSet, TokenSetError};
 
 /// The guest component, built by `build.rs` from `guest/`.

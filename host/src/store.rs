@@ -32,6 +32,22 @@ pub struct Credential {
     pub version: u64,
     /// Unix seconds of the last write.
     pub updated_at: i64,
+    /// The grant is dead: the token endpoint refused the refresh token.
+    /// Calls fail fast, without touching the network, until new keys are put.
+    pub needs_authorization: Option<DeadGrant>,
+    /// A refresh was begun ([`KeyStore::begin_refresh`]) and its keys never
+    /// saved: the stored refresh token may be spent. Until keys are saved or
+    /// put, or [`KeyStore::clear_refresh_in_doubt`] is called, no call spends it.
+    pub refresh_in_doubt: bool,
+}
+
+/// Why and since when a credential needs a person to authorise again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadGrant {
+    /// The OAuth error code, e.g. `invalid_grant`.
+    pub code: String,
+    /// Unix seconds when it was recorded.
+    pub at: i64,
 }
 
 /// Why a store operation failed. Messages never hold keys or secrets.
@@ -116,9 +132,35 @@ pub trait KeyStore: Send + Sync + 'static {
         Ok(true)
     }
 
-    /// Ends `holder`'s lease of `name`, if it still has it.
+    /// Ends `holder`'s lease of `name`, if it still has it. A refresh mark
+    /// ([`KeyStore::begin_refresh`]) outlives the lease.
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         let _ = (name, holder);
+        Ok(())
+    }
+
+    /// Like [`KeyStore::renew_lease`], and, when it returns true, also marks
+    /// that a refresh request of `name` is about to leave: from then on the
+    /// stored refresh token may be spent. The mark stays, whatever happens to
+    /// the lease, until keys are saved (`save_keys`, or `put` with keys) or
+    /// [`KeyStore::clear_refresh_in_doubt`]; meanwhile `load` reports
+    /// `refresh_in_doubt` and the host lets no call spend the token again.
+    /// The default (no mark) suits stores that cannot keep one.
+    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.renew_lease(name, holder, ttl)
+    }
+
+    /// Forgets the refresh mark of `name` (an operator decided to try the
+    /// stored refresh token again).
+    fn clear_refresh_in_doubt(&self, name: &str) -> Result<(), StoreError> {
+        let _ = name;
+        Ok(())
+    }
+
+    /// Records that the grant of `name` is dead (the token endpoint answered
+    /// `code`), so later calls fail fast; cleared when keys are put.
+    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<(), StoreError> {
+        let _ = (name, code);
         Ok(())
     }
 

@@ -92,6 +92,8 @@ impl KeyStore for MemoryStore {
                 keys,
                 version,
                 updated_at: now_unix(),
+                needs_authorization: None,
+                refresh_in_doubt: false,
             };
             m.insert(name.into(), credential);
         });

@@ -132,6 +132,8 @@ fn to_credential(row: &postgres::Row) -> Result<Credential, StoreError> {
         keys: keys.map(TokenSet::stored),
         version: version.max(0) as u64,
         updated_at: row.get(4),
+        needs_authorization: None,
+        refresh_in_doubt: false,
     })
 }
 

@@ -124,6 +124,8 @@ fn row_to_credential(
         keys: keys.map(TokenSet::stored),
         version: version.max(0) as u64,
         updated_at,
+        needs_authorization: None,
+        refresh_in_doubt: false,
     })
 }
 
