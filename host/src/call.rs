@@ -10,7 +10,7 @@ use crate::http::HttpClient;
 use crate::lease::{HeldLease, Leases};
 use crate::observe::{Event, Exchange, Observer, loggable_target};
 use crate::secret::Secret;
-use crate::store::{KeyStore, call_store};
+use crate::store::{Credential, KeyStore, StoreError, call_store};
 use crate::token_set::TokenSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Time kept in hand after a token exchange, to persist its result.
 const SPEND_MARGIN: Duration = Duration::from_secs(1);
+/// Longest pause between attempts to save refreshed keys.
+const MAX_WRITE_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a call waits for a predecessor's unfinished refresh to land.
+const IN_DOUBT_WAIT: Duration = Duration::from_secs(2);
 
 /// Everything one call's imports need. Dropped with the `Store`, which ends
 /// any lease the call still holds, whether it returned or trapped.
@@ -39,6 +43,7 @@ pub(crate) struct CallState {
     /// When the epoch deadline traps this call.
     pub(crate) deadline: Instant,
     pub(crate) http_total_timeout: Duration,
+    pub(crate) keys_write_retry: Duration,
     /// The refresh token stored when the lease was taken, to tell rotation.
     pub(crate) refresh_token_before: Option<Secret>,
 }
@@ -66,15 +71,70 @@ impl CallState {
             ));
         }
         let Some(lease) = &self.lease else {
-            return Ok(());
+            return Err(TransportError::Refused(
+                "no refresh lease is held: a refresh token is never sent without one".into(),
+            ));
         };
-        match lease.renew(&self.store, &self.credential, self.lease_ttl).await {
+        match lease
+            .begin_refresh(&self.store, &self.credential, self.lease_ttl)
+            .await
+        {
             Ok(true) => Ok(()),
             Ok(false) => Err(TransportError::Refused(
                 "the refresh lease ran out and another worker may have refreshed; not spending the refresh token".into(),
             )),
             Err(e) => Err(TransportError::Refused(format!("cannot renew the refresh lease: {e}"))),
         }
+    }
+
+    /// Saves the merged keys: the provider has already rotated, so a failed
+    /// write is retried (with backoff, the lease renewed) for as long as the
+    /// call's deadline allows. A conflict is final: newer keys are stored.
+    async fn save_with_retries(&mut self, keys: &TokenSet) -> Result<u64, StoreError> {
+        let expected = self.lease.as_ref().map(|l| l.version);
+        let give_up = (Instant::now() + self.keys_write_retry).min(self.deadline - SPEND_MARGIN);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let (name, k) = (self.credential.clone(), keys.clone());
+            let err = match call_store(&self.store, move |s| s.save_keys(&name, &k, expected)).await
+            {
+                Ok(version) => return Ok(version),
+                Err(e @ (StoreError::Write(_) | StoreError::Unusable { .. })) => e,
+                Err(e) => return Err(e),
+            };
+            if Instant::now() + backoff > give_up {
+                return Err(err);
+            }
+            tracing::warn!(credential = %self.credential, error = %err, "keys write failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_WRITE_BACKOFF);
+            if let Some(lease) = &self.lease {
+                // Keeping the lease keeps others waiting rather than finding
+                // the refresh in doubt; losing it is no reason to stop: the
+                // compare-and-set and the refresh mark protect the keys.
+                let _ = lease
+                    .renew(&self.store, &self.credential, self.lease_ttl)
+                    .await;
+            }
+        }
+    }
+
+    /// A predecessor began a refresh and never saved its keys: it may still
+    /// (a stalled write). Waits a little for that, then reports what is
+    /// stored; the guest adopts newer keys or reports the refresh in doubt.
+    async fn wait_for_unfinished_refresh(
+        &mut self,
+        mut current: Credential,
+    ) -> Result<Credential, String> {
+        let until = Instant::now() + IN_DOUBT_WAIT;
+        while current.refresh_in_doubt && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let name = self.credential.clone();
+            current = call_store(&self.store, move |s| s.load(&name))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(current)
     }
 
     pub(crate) async fn end_lease(&mut self) {
@@ -124,12 +184,7 @@ impl Host for CallState {
 
     async fn emit_update_keys(&mut self, keys: String) -> Result<(), String> {
         let keys = TokenSet::stored(keys);
-        let expected = self.lease.as_ref().map(|l| l.version);
-        let saved = {
-            let (name, keys) = (self.credential.clone(), keys.clone());
-            call_store(&self.store, move |s| s.save_keys(&name, &keys, expected)).await
-        };
-        match saved {
+        match self.save_with_retries(&keys).await {
             Ok(version) => {
                 let rotated = keys.refresh_token().is_some_and(|new| {
                     self.refresh_token_before
@@ -146,7 +201,9 @@ impl Host for CallState {
                 Ok(())
             }
             Err(e) => {
-                let reason = e.to_string();
+                let reason = format!(
+                    "{e}; the provider may have rotated the refresh token, so the stored one may be spent: the credential is marked refresh-in-doubt"
+                );
                 self.observer.event(&Event::KeysNotPersisted {
                     credential: &self.credential,
                     reason: &reason,
@@ -178,13 +235,18 @@ impl Host for CallState {
         let current = call_store(&self.store, move |s| s.load(&name))
             .await
             .map_err(|e| e.to_string())?;
+        let current = if current.refresh_in_doubt {
+            self.wait_for_unfinished_refresh(current).await?
+        } else {
+            current
+        };
         if let Some(lease) = &mut self.lease {
             lease.version = current.version;
         }
         self.refresh_token_before = current.keys.as_ref().and_then(TokenSet::refresh_token);
         Ok(Lease {
             keys: current.keys.map(|k| k.expose().to_owned()),
-            in_doubt: false,
+            in_doubt: current.refresh_in_doubt,
         })
     }
 

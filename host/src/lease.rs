@@ -70,7 +70,19 @@ impl Leases {
 }
 
 impl HeldLease {
-    /// Extends the lease by `ttl`; false if it expired and someone else has it.
+    /// Extends the lease by `ttl` and marks a refresh request as leaving
+    /// (durably, before it leaves); false if the lease ran out.
+    pub async fn begin_refresh(
+        &self,
+        store: &Arc<dyn KeyStore>,
+        credential: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let (name, who) = (credential.to_owned(), self.holder.clone());
+        call_store(store, move |s| s.begin_refresh(&name, &who, ttl)).await
+    }
+
+    /// Extends the lease by `ttl`; false if it ran out.
     pub async fn renew(
         &self,
         store: &Arc<dyn KeyStore>,
@@ -93,9 +105,15 @@ impl HeldLease {
     /// in the background; the TTL covers a failure.
     pub fn release_detached(self, store: Arc<dyn KeyStore>, credential: String) {
         let holder = self.holder.clone();
+        let instant = !store.blocking();
         let release = move || {
             let _ = store.release_lease(&credential, &holder);
         };
+        // An instant store releases at once, before the in-process lock this
+        // lease holds is dropped: the next call then finds the lease free.
+        if instant {
+            return release();
+        }
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => drop(handle.spawn_blocking(release)),
             Err(_) => release(),

@@ -1,6 +1,7 @@
 //! Compiling the component once and running one call per `Store`.
 
 use crate::bindings::RefresherPre;
+use crate::bindings::rekey::oauth2::types::SendError;
 use crate::bindings::rekey::oauth2::{host, types};
 use crate::cache::{self, Origin};
 use crate::call::CallState;
@@ -50,6 +51,9 @@ pub struct Config {
     /// Where compiled native code is cached between processes; `None`
     /// compiles at every start. See [`crate::cache`].
     pub cache_dir: Option<PathBuf>,
+    /// How long a failed write of refreshed keys is retried (within the
+    /// call's deadline): the provider has already rotated the refresh token.
+    pub keys_write_retry: Duration,
     /// Larger request bodies are refused before the call (they are copied
     /// into the component's memory, and again for a retry).
     pub max_request_bytes: usize,
@@ -67,6 +71,7 @@ impl Default for Config {
             pooling: Some(128),
             cache_dir: None,
             max_request_bytes: 8 * 1024 * 1024,
+            keys_write_retry: Duration::from_secs(30),
         }
     }
 }
@@ -164,6 +169,13 @@ impl Rekey {
             let name = name.to_owned();
             call_store(&store, move |s| s.load(&name)).await?
         };
+        if let Some(dead) = &credential.needs_authorization {
+            // Recorded by an earlier call: spend no request on a dead grant.
+            return Err(Error::NotAuthenticated(format!(
+                "re-authorisation needed: the token endpoint answered {} (recorded at Unix time {}); store new keys for {name:?} to clear this",
+                dead.code, dead.at
+            )));
+        }
         let settings = credential
             .settings
             .to_wit()
@@ -186,7 +198,18 @@ impl Rekey {
             .call_send(&mut wstore, &settings, keys, &req)
             .await
             .map_err(component_failed)?;
-        wstore.data_mut().end_lease().await;
+        let state = wstore.data_mut();
+        state.end_lease().await;
+        if let Err(SendError::ReauthorizationRequired(e)) = &result {
+            let (owned, code) = (name.to_owned(), e.code.clone());
+            let recorded = call_store(&state.store, move |s| {
+                s.mark_needs_authorization(&owned, &code)
+            })
+            .await;
+            if let Err(e) = recorded {
+                tracing::warn!(credential = name, error = %e, "could not record the dead grant");
+            }
+        }
         result.map_err(Error::from)
     }
 
@@ -231,6 +254,7 @@ impl Rekey {
             lease: None,
             deadline: Instant::now() + inner.config.call_timeout,
             http_total_timeout: inner.config.http.total_timeout,
+            keys_write_retry: inner.config.keys_write_retry,
             refresh_token_before: None,
         };
         let mut wstore = Store::new(&inner.engine, state);

@@ -310,7 +310,11 @@ async fn a_post_body_arrives_byte_identical_on_the_retry() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_keys_write_stops_before_the_retry_and_keeps_the_old_keys() {
-    let f = Fixture::new(provider_with_ttl(SHORT)).await;
+    let config = Config {
+        keys_write_retry: Duration::from_millis(600),
+        ..Config::default()
+    };
+    let f = Fixture::with(provider_with_ttl(SHORT), config, Duration::from_secs(5)).await;
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
     let before = f.stored_raw("c");
     // The store refuses exactly the write of new keys (leases still work),
@@ -363,7 +367,7 @@ async fn a_store_another_process_has_locked_spends_nothing() {
 }
 
 /// Runs SQL on the store from another process (python's sqlite3).
-fn sql(path: &std::path::Path, statement: &str) {
+pub(crate) fn sql(path: &std::path::Path, statement: &str) {
     let status = std::process::Command::new("python3")
         .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()"])
         .arg(path)

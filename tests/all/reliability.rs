@@ -2,6 +2,7 @@
 //! that hang, processes that are told to stop.
 
 use crate::fleet::report;
+use crate::refresh_and_retry::sql;
 use crate::support::*;
 use rekey::{ClientAuth, Config, Request, Strategy};
 use rekey_testkit::ProviderConfig;
@@ -216,4 +217,141 @@ async fn sigterm_and_sigint_never_lose_a_grant() {
     assert_eq!(lost_grants(&f, &term.credentials), 0, "{stats:?}");
     assert_eq!(lost_grants(&f, &int.credentials), 0, "{stats:?}");
     assert_eq!((stats.invalid_grant, stats.reused_refresh_tokens), (0, 0));
+}
+
+/// The keys write fails for a while after the provider rotated (a locked or
+/// full store): the call keeps the merged keys and retries the write, so the
+/// rotated refresh token is not lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keys_write_that_fails_for_a_while_is_retried_until_it_lands() {
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
+    f.add_credential("c", &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
+    let path = f.store_path();
+    sql(
+        &path,
+        "CREATE TRIGGER refuse BEFORE UPDATE OF keys ON credentials BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    );
+    let call = {
+        let (rekey, store, url) = (f.rekey.clone(), f.store_dyn(), f.provider.api_url("me"));
+        tokio::spawn(async move { rekey.send(store, "c", Request::get(&url)).await })
+    };
+    // The provider has rotated; the write is failing. Then the store recovers.
+    while f.provider.stats().refreshes_granted == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sql(&path, "DROP TRIGGER refuse");
+    let resp = call
+        .await
+        .unwrap()
+        .expect("the call succeeds once the write lands");
+    assert_eq!(resp.status, 200);
+    let stored = f.stored_keys("c");
+    assert!(
+        f.provider
+            .refresh_token_is_live(str_field(&stored, "refresh_token"))
+    );
+    assert!(f.events.take().iter().any(|e| e.starts_with("persisted")));
+}
+
+/// After `invalid_grant` the credential is recorded as dead: later sends
+/// fail fast without touching the network, until new keys are stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_grant_is_recorded_and_not_retried() {
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
+    f.add_credential("c", &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
+    f.provider.revoke_all();
+    let err = f.get("c", "me").await.unwrap_err();
+    assert!(
+        matches!(err, rekey::Error::ReauthorizationRequired { .. }),
+        "{err}"
+    );
+    let before = f.provider.stats();
+    for _ in 0..3 {
+        let err = f.get("c", "me").await.unwrap_err();
+        assert!(err.needs_authorization(), "{err}");
+        assert!(err.to_string().contains("invalid_grant"), "{err}");
+    }
+    let after = f.provider.stats();
+    assert_eq!(
+        (after.api_calls, after.token_calls),
+        (before.api_calls, before.token_calls),
+        "no request spent on a dead grant"
+    );
+    let c = rekey::KeyStore::load(f.store.as_ref(), "c").unwrap();
+    assert_eq!(
+        c.needs_authorization.map(|d| d.code).as_deref(),
+        Some("invalid_grant")
+    );
+
+    // A person authorised again: new keys clear the record.
+    let keys = first_token_set(&f.provider);
+    rekey::KeyStore::put(f.store.as_ref(), "c", &c.settings, Some(&keys)).unwrap();
+    assert_eq!(f.get("c", "me").await.unwrap().status, 200);
+}
+
+/// The provider rotates, then its answer is lost (a gateway's 502, a reset
+/// connection, a timeout). With a grace period for the just-rotated token
+/// the prompt retry recovers and nothing fails; at a strict provider the
+/// call fails with the distinct "refresh in doubt", never a silent
+/// `invalid_grant` later.
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_token_responses_retry_once_then_report_in_doubt() {
+    use rekey_testkit::LostAnswer;
+    let faults = [
+        ("502", LostAnswer::Status(502)),
+        ("reset", LostAnswer::Reset),
+        ("timeout", LostAnswer::Hang(Duration::from_secs(3))),
+    ];
+    for (grace, label) in [
+        (Duration::from_secs(30), "grace"),
+        (Duration::ZERO, "strict"),
+    ] {
+        for (fault_label, fault) in faults {
+            let provider = ProviderConfig {
+                access_ttl: Duration::from_secs(60),
+                grace_period: grace,
+                ..ProviderConfig::default()
+            };
+            let config = Config {
+                http: rekey::HttpConfig {
+                    total_timeout: Duration::from_secs(1),
+                    ..Default::default()
+                },
+                ..Config::default()
+            };
+            let f = Fixture::with(provider, config, Duration::from_secs(5)).await;
+            f.add_credential("c", &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
+            f.provider.lose_answers([fault]);
+            let result = f.get("c", "me").await;
+            let case = format!("{label} provider, {fault_label} after rotating");
+            if grace.is_zero() {
+                let err = result.expect_err(&case);
+                assert!(
+                    matches!(err, rekey::Error::RefreshInDoubt(_)),
+                    "{case}: {err}"
+                );
+                assert_eq!(err.category(), rekey::Category::RefreshInDoubt);
+                // Later calls say the same, and spend nothing.
+                let calls = f.provider.stats().token_calls;
+                let again = f.get("c", "me").await.expect_err(&case);
+                assert!(
+                    matches!(again, rekey::Error::RefreshInDoubt(_)),
+                    "{case}: {again}"
+                );
+                assert_eq!(f.provider.stats().token_calls, calls, "{case}");
+            } else {
+                assert_eq!(result.expect(&case).status, 200, "{case}");
+                let stored = f.stored_keys("c");
+                assert!(
+                    f.provider
+                        .refresh_token_is_live(str_field(&stored, "refresh_token")),
+                    "{case}: the store ends on the live refresh token"
+                );
+                assert_eq!(f.provider.stats().reused_refresh_tokens, 0, "{case}");
+            }
+            let expected_calls = 2; // the lost one and one prompt retry
+            assert_eq!(f.provider.stats().token_calls, expected_calls, "{case}");
+        }
+    }
 }

@@ -46,6 +46,12 @@ pub struct SetArgs {
     /// Replace the stored keys with this token response (a file or `-`).
     #[arg(long)]
     keys: Option<String>,
+    /// Let the next refresh spend the stored refresh token although an
+    /// earlier refresh may already have spent it (`refresh in doubt`): right
+    /// for providers without rotation or with a grace period for the old
+    /// token; at one with strict reuse detection it may end the grant.
+    #[arg(long)]
+    retry_refresh: bool,
 }
 
 /// Settings as options: `add` needs the token URL and client id; `set`
@@ -123,11 +129,7 @@ pub fn run(store: &dyn KeyStore, cmd: Command) -> Result<Exit, Failure> {
         }
         Command::List => {
             for c in store.list()? {
-                let state = if c.keys.is_some() {
-                    "keys stored"
-                } else {
-                    "no keys"
-                };
+                let state = state(&c);
                 println!(
                     "{}\t{}\tv{}\t{}",
                     c.name.escape_debug(),
@@ -180,7 +182,23 @@ fn set(store: &dyn KeyStore, a: SetArgs) -> Result<Exit, Failure> {
     a.settings.apply(&mut settings)?;
     let keys = a.keys.as_deref().map(import_keys).transpose()?;
     store.put(&a.name, &settings, keys.as_ref())?;
+    if a.retry_refresh {
+        store.clear_refresh_in_doubt(&a.name)?;
+    }
     Ok(Exit::Ok)
+}
+
+/// One line on what a credential can do now.
+fn state(c: &rekey::Credential) -> String {
+    match (&c.needs_authorization, c.refresh_in_doubt, &c.keys) {
+        (Some(dead), _, _) => format!(
+            "needs authorization ({} at Unix time {})",
+            dead.code, dead.at
+        ),
+        (None, true, _) => "refresh in doubt".into(),
+        (None, false, Some(_)) => "keys stored".into(),
+        (None, false, None) => "no keys".into(),
+    }
 }
 
 impl SettingsArgs {
@@ -295,6 +313,7 @@ fn describe(c: &rekey::Credential) -> serde_json::Value {
     json!({
         "name": c.name,
         "version": c.version,
+        "state": state(c),
         "updated_at": c.updated_at,
         "settings": {
             "token_url": s.token_url,
