@@ -23,6 +23,7 @@ pub fn routes() -> axum::Router<Arc<Provider>> {
         .route("/lose-answers", post(lose_answers))
         .route("/omit-refresh-token", post(omit_refresh_token))
         .route("/revoke-all", post(revoke_all))
+        .route("/expire-access-tokens", post(expire_access_tokens))
         .route("/refresh-token-live", post(refresh_token_live))
 }
 
@@ -45,6 +46,8 @@ pub fn stats_json(s: &Stats) -> Value {
         "post_auth_calls": s.post_auth_calls,
         "api_calls": s.api_calls,
         "api_unauthorized": s.api_unauthorized,
+        "api_refused_expired": s.api_refused_expired,
+        "api_refused_unknown_or_revoked": s.api_refused_unknown_or_revoked,
     })
 }
 
@@ -108,6 +111,10 @@ async fn lose_answers(
 /// Body: `true` or `false`.
 async fn omit_refresh_token(State(p): Shared, Json(omit): Json<bool>) {
     p.omit_refresh_token(omit);
+}
+
+async fn expire_access_tokens(State(p): Shared) {
+    p.expire_access_tokens();
 }
 
 async fn revoke_all(State(p): Shared) {

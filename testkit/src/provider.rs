@@ -96,6 +96,12 @@ pub struct Stats {
     pub post_auth_calls: u32,
     pub api_calls: u32,
     pub api_unauthorized: u32,
+    /// API refusals of tokens past their lifetime (as on a loaded machine,
+    /// where a fresh 1-second token can expire on its way).
+    pub api_refused_expired: u32,
+    /// API refusals of tokens never issued or of revoked grants: a client
+    /// that sends those has a bug.
+    pub api_refused_unknown_or_revoked: u32,
 }
 
 /// One API request as received.
@@ -228,6 +234,16 @@ impl Provider {
     /// The next granted refreshes lose their answers this way, in order.
     pub fn lose_answers(&self, faults: impl IntoIterator<Item = LostAnswer>) {
         self.lock().lost_answers.extend(faults);
+    }
+
+    /// Ends every access token issued so far (as if their lifetime had run
+    /// out): a test gets its expiry without waiting, and later tokens keep
+    /// the configured lifetime.
+    pub fn expire_access_tokens(&self) {
+        let now = Instant::now();
+        for (_, until) in self.lock().access.values_mut() {
+            *until = (*until).min(now);
+        }
     }
 
     /// Revokes every grant (as an administrator or a password change would).
@@ -487,6 +503,11 @@ async fn api(
         }
     };
     let authorized = refused.is_none();
+    match refused {
+        Some(Refusal::Expired) => s.stats.api_refused_expired += 1,
+        Some(Refusal::Unknown | Refusal::Revoked) => s.stats.api_refused_unknown_or_revoked += 1,
+        _ => {}
+    }
     if s.api_log.len() < API_LOG_LIMIT {
         s.api_log.push(ApiRequest {
             method: method.to_string(),
