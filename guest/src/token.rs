@@ -118,21 +118,31 @@ pub fn classify(resp: &Response) -> Outcome {
             "token endpoint answered {status}"
         )));
     }
-    match object {
-        None => Outcome::Fail(SendError::TokenEndpoint(
+    let Some(map) = object else {
+        return Outcome::Fail(SendError::TokenEndpoint(
             "token response is not a JSON object".into(),
-        )),
-        Some(map) if has_access_token(&map) => Outcome::Tokens(map),
-        Some(_) => Outcome::Fail(SendError::TokenEndpoint(
+        ));
+    };
+    match map.get("access_token").and_then(Value::as_str) {
+        None | Some("") => Outcome::Fail(SendError::TokenEndpoint(
             "token response has no access_token".into(),
         )),
+        // Stored, it would break every later request (a header with CR/LF
+        // or spaces): refuse it now, while the old keys are still stored.
+        Some(t) if !is_b64token(t) => Outcome::Fail(SendError::TokenEndpoint(
+            "token response's access_token has characters a bearer token cannot carry".into(),
+        )),
+        Some(_) => Outcome::Tokens(map),
     }
 }
 
-fn has_access_token(map: &Map<String, Value>) -> bool {
-    map.get("access_token")
-        .and_then(Value::as_str)
-        .is_some_and(|s| !s.is_empty())
+/// RFC 6750 §2.1: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_b64token(t: &str) -> bool {
+    let body = t.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
 /// The `error` code, kept only if it looks like one (§5.2: printable ASCII,
@@ -275,6 +285,17 @@ mod tests {
             classify(&resp(200, r#"{"token_type":"bearer"}"#)),
             Outcome::Fail(SendError::TokenEndpoint(_))
         ));
+        for bad in ["a b", "a\r\nX-Injected: 1", "a,b", "=", "\u00e9"] {
+            let body = serde_json::json!({ "access_token": bad }).to_string();
+            assert!(
+                matches!(classify(&resp(200, &body)), Outcome::Fail(SendError::TokenEndpoint(_))),
+                "{bad:?}"
+            );
+        }
+        for good in ["abc", "a.b-c_d~e+f/g==", "A1"] {
+            let body = serde_json::json!({ "access_token": good }).to_string();
+            assert!(matches!(classify(&resp(200, &body)), Outcome::Tokens(_)), "{good:?}");
+        }
     }
 
     #[test]
