@@ -285,16 +285,22 @@ mod tests {
             classify(&resp(200, r#"{"token_type":"bearer"}"#)),
             Outcome::Fail(SendError::TokenEndpoint(_))
         ));
-        for bad in ["a b", "a\r\nX-Injected: 1", "a,b", "=", "\u00e9"] {
+        for bad in ["a b", "a\r\nX-Injected: 1", "a,b", "=", "\u{e9}"] {
             let body = serde_json::json!({ "access_token": bad }).to_string();
             assert!(
-                matches!(classify(&resp(200, &body)), Outcome::Fail(SendError::TokenEndpoint(_))),
+                matches!(
+                    classify(&resp(200, &body)),
+                    Outcome::Fail(SendError::TokenEndpoint(_))
+                ),
                 "{bad:?}"
             );
         }
         for good in ["abc", "a.b-c_d~e+f/g==", "A1"] {
             let body = serde_json::json!({ "access_token": good }).to_string();
-            assert!(matches!(classify(&resp(200, &body)), Outcome::Tokens(_)), "{good:?}");
+            assert!(
+                matches!(classify(&resp(200, &body)), Outcome::Tokens(_)),
+                "{good:?}"
+            );
         }
     }
 
