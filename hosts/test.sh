@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every non-Rust host's scenario list against the component the Rust
-# host embeds (byte for byte: `rekey component` writes it) and the test kit's
-# provider. Called by the README's test command after `cargo test`.
+# Runs every other host's scenario list against the component the Rust host
+# embeds (byte for byte: `rekey component` writes it) and the test kit's
+# provider: Node.js, Python, and the edge proxy under `wasmtime serve`.
+# Called by the README's test command after `cargo test`.
 # A host whose runtime is missing (node, python3) is skipped loudly, or fails
 # under REKEY_REQUIRE_PEERS=1 (as .ci/run sets).
 set -euo pipefail
@@ -35,6 +36,12 @@ if command -v python3 >/dev/null; then
     hosts/python/ci.sh || failed=1
 else
     missing "Python 3"
+fi
+if command -v python3 >/dev/null; then
+    echo "== the edge proxy under wasmtime serve"
+    edge/test.sh || failed=1
+else
+    missing "Python 3 (the edge scenarios' driver)"
 fi
 if [ "$failed" -ne 0 ]; then
     echo "hosts/test.sh: a host's scenarios failed (see above)" >&2

