@@ -142,10 +142,12 @@ pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
 /// reqwest's messages name the URL, which may carry secrets in its query:
 /// keep its own words without it, plus the causes (which never name it).
 fn transport_error(e: reqwest::Error) -> TransportError {
-    if e.is_timeout() {
+    // A connect timeout is a connect failure: nothing was sent, so a refresh
+    // retried after it cannot be a reuse.
+    let connect = e.is_connect();
+    if e.is_timeout() && !connect {
         return TransportError::Timeout;
     }
-    let connect = e.is_connect();
     let e = e.without_url();
     let mut message = e.to_string();
     let mut cause = std::error::Error::source(&e);
@@ -172,6 +174,50 @@ mod tests {
             headers: vec![("authorization".into(), "Basic c2VjcmV0".into())],
             body: b"grant_type=refresh_token&refresh_token=r".to_vec(),
         }
+    }
+
+    /// A listener whose accept queue is full: the kernel drops further SYNs,
+    /// so a connect to it times out without ever connecting.
+    fn full_listener() -> (std::net::TcpListener, Vec<std::net::TcpStream>) {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket calls on a descriptor we own; checked below.
+        let listener = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as _;
+            addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            assert_eq!(libc::bind(fd, (&raw const addr).cast(), len), 0);
+            assert_eq!(libc::listen(fd, 0), 0);
+            std::net::TcpListener::from_raw_fd(fd)
+        };
+        let addr = listener.local_addr().unwrap();
+        let mut fill = Vec::new();
+        while fill.len() < 8 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => fill.push(s),
+                Err(_) => break,
+            }
+        }
+        (listener, fill)
+    }
+
+    /// A connect timeout means nothing was sent: `connect`, not `timeout`
+    /// (which would make a refresh look possibly spent).
+    #[tokio::test]
+    async fn a_connect_timeout_is_a_connect_failure() {
+        let (listener, _fill) = full_listener();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let client = HttpClient::new(&HttpConfig {
+            connect_timeout: Duration::from_millis(300),
+            ..HttpConfig::default()
+        });
+        let result = client.send(post(&url)).await;
+        assert!(
+            matches!(result, Err(TransportError::Connect(_))),
+            "{result:?}"
+        );
     }
 
     /// The host decides with the parser it sends with: what it would send to
