@@ -20,6 +20,21 @@ fn main() {
         );
     }
 
+    // A component built elsewhere (a reproducible build, a release pipeline)
+    // instead of building the guest here.
+    println!("cargo:rerun-if-env-changed=REKEY_PREBUILT_GUEST");
+    if let Some(prebuilt) = std::env::var_os("REKEY_PREBUILT_GUEST") {
+        println!(
+            "cargo:rerun-if-changed={}",
+            PathBuf::from(&prebuilt).display()
+        );
+        let out = PathBuf::from(env("OUT_DIR")).join("rekey_guest.wasm");
+        if let Err(e) = std::fs::copy(&prebuilt, &out) {
+            fail(&format!("REKEY_PREBUILT_GUEST: {e}"));
+        }
+        return;
+    }
+
     let cargo = env("CARGO");
 
     let target_dir = guest_target_dir(workspace);

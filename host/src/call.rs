@@ -5,10 +5,11 @@ use crate::bindings::rekey::oauth2::host::Host;
 use crate::bindings::rekey::oauth2::types::{
     self as wit, Lease, Request, Response, TransportError,
 };
-use crate::error::describe_transport;
+use crate::error::{Error, describe_transport};
 use crate::http::HttpClient;
 use crate::lease::{HeldLease, Leases};
 use crate::observe::{Event, Exchange, Observer, loggable_target};
+use crate::origins::{self, Pattern};
 use crate::secret::Secret;
 use crate::store::{Credential, KeyStore, StoreError, call_store};
 use crate::token_set::TokenSet;
@@ -46,6 +47,50 @@ pub(crate) struct CallState {
     pub(crate) keys_write_retry: Duration,
     /// The refresh token stored when the lease was taken, to tell rotation.
     pub(crate) refresh_token_before: Option<Secret>,
+    /// Where this credential's token may go.
+    pub(crate) destinations: Destinations,
+}
+
+/// The API origins a credential's token may be sent to, parsed once per call.
+#[derive(Default)]
+pub(crate) struct Destinations {
+    patterns: Vec<Pattern>,
+    instance: Option<url::Url>,
+}
+
+impl Destinations {
+    /// From the credential's settings and, if allowed, its token set's
+    /// `instance_url`.
+    pub(crate) fn of(c: &Credential) -> Result<Destinations, Error> {
+        let patterns = c
+            .settings
+            .api_origins
+            .iter()
+            .map(|o| Pattern::parse(o))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::InvalidSettings)?;
+        let instance = c
+            .settings
+            .allow_instance_url
+            .then(|| c.keys.as_ref().and_then(TokenSet::instance_url))
+            .flatten()
+            .and_then(|u| url::Url::parse(&u).ok())
+            .filter(|u| u.scheme() == "https");
+        Ok(Destinations { patterns, instance })
+    }
+
+    /// Refuses a URL the token may not go to, naming what is allowed.
+    pub(crate) fn check(&self, url: &str, credential: &str) -> Result<(), Error> {
+        let parsed =
+            url::Url::parse(url).map_err(|e| Error::InvalidRequest(format!("invalid URL: {e}")))?;
+        if origins::allows(&self.patterns, self.instance.as_ref(), &parsed) {
+            return Ok(());
+        }
+        Err(Error::InvalidRequest(format!(
+            "{} is not an API origin of credential {credential:?}, so its token is not sent there (see `rekey credential show`)",
+            parsed.origin().ascii_serialization()
+        )))
+    }
 }
 
 impl WasiView for CallState {
@@ -160,8 +205,13 @@ impl Host for CallState {
         } else {
             Exchange::Api
         };
-        if exchange == Exchange::TokenEndpoint {
-            self.may_spend_refresh_token().await?;
+        match exchange {
+            Exchange::TokenEndpoint => self.may_spend_refresh_token().await?,
+            // The host's own check, whatever the guest sends.
+            Exchange::Api => self
+                .destinations
+                .check(&req.url, &self.credential)
+                .map_err(|e| TransportError::Refused(e.to_string()))?,
         }
         let method = req.method.clone();
         let target = loggable_target(&req.url);

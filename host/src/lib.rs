@@ -40,6 +40,7 @@ mod error;
 mod http;
 mod lease;
 pub mod observe;
+mod origins;
 mod runtime;
 mod secret;
 pub mod settings;

@@ -4,7 +4,7 @@ use crate::bindings::RefresherPre;
 use crate::bindings::rekey::oauth2::types::SendError;
 use crate::bindings::rekey::oauth2::{host, types};
 use crate::cache::{self, Origin};
-use crate::call::CallState;
+use crate::call::{CallState, Destinations};
 use crate::error::Error;
 use crate::http::{HttpClient, HttpConfig};
 use crate::lease::Leases;
@@ -180,11 +180,14 @@ impl Rekey {
             .settings
             .to_wit()
             .map_err(Error::InvalidSettings)?;
+        let destinations = Destinations::of(&credential)?;
+        destinations.check(&req.url, name)?;
         // A credential's calls (which may all wait on its lease) take at most
         // its share of the slots, so the others' calls never starve.
         let _share = self.inner.shares.acquire(name).await;
         let _slot = self.slot().await?;
         let mut wstore = self.new_store(name, &settings.token_url, store);
+        wstore.data_mut().destinations = destinations;
         let component_failed = |e: wasmtime::Error| Error::Component(format!("{e:#}"));
         let client = self
             .inner
@@ -256,6 +259,7 @@ impl Rekey {
             http_total_timeout: inner.config.http.total_timeout,
             keys_write_retry: inner.config.keys_write_retry,
             refresh_token_before: None,
+            destinations: Destinations::default(),
         };
         let mut wstore = Store::new(&inner.engine, state);
         wstore.limiter(|s| &mut s.limits);

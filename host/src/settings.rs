@@ -76,6 +76,14 @@ pub struct Settings {
     /// Statuses that mean "token rejected" (default 401).
     #[serde(default = "default_rejected")]
     pub rejected_statuses: Vec<u16>,
+    /// The origins the access token may be sent to (`https://api.example.com`,
+    /// `https://*.example.com` for subdomains). Empty: not bound.
+    #[serde(default)]
+    pub api_origins: Vec<String>,
+    /// Also the origin of the token set's `instance_url` (Salesforce hands
+    /// out one per org).
+    #[serde(default)]
+    pub allow_instance_url: bool,
 }
 
 impl Settings {
@@ -91,6 +99,8 @@ impl Settings {
             strategy: Strategy::default(),
             expiry_margin_secs: default_margin(),
             rejected_statuses: default_rejected(),
+            api_origins: Vec::new(),
+            allow_instance_url: false,
         }
     }
 
@@ -145,6 +155,9 @@ impl Settings {
             return Err(format!(
                 "the extra parameter {k:?} would override what the refresh request sets itself"
             ));
+        }
+        for origin in &self.api_origins {
+            crate::origins::Pattern::parse(origin)?;
         }
         if self
             .rejected_statuses

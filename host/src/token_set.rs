@@ -83,6 +83,12 @@ impl TokenSet {
         non_empty_str(&map, "refresh_token").map(Secret::new)
     }
 
+    /// The `instance_url` the provider sent (Salesforce: the org's API host).
+    pub fn instance_url(&self) -> Option<String> {
+        let map = parse_object(self.0.expose()).ok()?;
+        non_empty_str(&map, "instance_url").map(str::to_owned)
+    }
+
     /// The set with every value but the harmless ones replaced by `[redacted]`.
     pub fn redacted(&self) -> Value {
         let Ok(map) = parse_object(self.0.expose()) else {

@@ -505,3 +505,40 @@ async fn credential_input_is_checked_and_keys_are_never_replaced_silently() {
     );
     assert_eq!(f.provider.stats().api_calls, calls, "nothing was sent");
 }
+
+/// A credential bound to API origins sends its token nowhere else: a request
+/// to another origin is refused (exit 2) before anything leaves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bound_credential_sends_its_token_only_to_its_origins() {
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
+    let api = f.provider.api_url("me");
+    let origin = api.trim_end_matches("/api/me").to_owned();
+    cli_add(&f, &f.provider.authorize(), &["--api-origin", &origin]);
+    let out = rekey_cli(&f.store_path(), &["send", "c", &api]);
+    assert!(out.status.success(), "{}", all_output(&out));
+
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let elsewhere = format!("http://{}/steal", trap.local_addr().unwrap());
+    let calls = f.provider.stats().api_calls;
+    for url in [elsewhere.as_str(), "https://evil.example/me"] {
+        let out = rekey_cli(&f.store_path(), &["send", "c", url]);
+        assert_eq!(out.status.code(), Some(2), "{url}: {}", all_output(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not an API origin"),
+            "{}",
+            all_output(&out)
+        );
+    }
+    assert!(trap.accept().is_err(), "nothing reached the other origin");
+    assert_eq!(f.provider.stats().api_calls, calls);
+
+    // Unbinding is explicit.
+    let out = rekey_cli(
+        &f.store_path(),
+        &["credential", "set", "c", "--any-api-origin"],
+    );
+    assert!(out.status.success(), "{}", all_output(&out));
+    let out = rekey_cli(&f.store_path(), &["credential", "show", "c"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not bound"));
+}

@@ -4,7 +4,7 @@
 use crate::fleet::report;
 use crate::refresh_and_retry::sql;
 use crate::support::*;
-use rekey::{ClientAuth, Config, Request, Strategy};
+use rekey::{ClientAuth, Config, KeyStore, Request, Strategy};
 use rekey_testkit::ProviderConfig;
 use std::time::Duration;
 
@@ -354,4 +354,79 @@ async fn lost_token_responses_retry_once_then_report_in_doubt() {
             assert_eq!(f.provider.stats().token_calls, expected_calls, "{case}");
         }
     }
+}
+
+/// SIGKILL at random moments of refresh loops. Nothing can save a rotated
+/// token whose process dies before writing it, but rekey must never make it
+/// worse: a successor never spends a refresh token that may be spent (0
+/// reused at the provider, 0 `invalid_grant`), and every loss shows as
+/// "refresh in doubt" on the credential. The losses are counted and printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_losses_stay_inside_the_rotation_window_and_say_so() {
+    let f = Fixture::new(delayed_refreshes()).await;
+    let store = f.store_dyn();
+    let (mut kills, mut doubts, mut lost) = (0, 0, 0);
+    tokio::task::block_in_place(|| {
+        let cache = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..4).map(|i| format!("kill{i}")).collect();
+        for name in &names {
+            f.add_credential(name, &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
+        }
+        let warm = send_process(&f, &names[0], cache.path())
+            .wait_with_output()
+            .unwrap();
+        assert!(warm.status.success(), "{}", all_output(&warm));
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ u64::from(std::process::id());
+        for round in 0..50 {
+            let children: Vec<_> = names
+                .iter()
+                .map(|n| send_process(&f, n, cache.path()))
+                .collect();
+            for mut child in children {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                std::thread::sleep(Duration::from_millis(seed % 120));
+                child.kill().expect("SIGKILL");
+                child.wait().unwrap();
+                kills += 1;
+            }
+            for name in &names {
+                let c = store.load(name).unwrap();
+                let stored = f.stored_keys(name);
+                let live = f
+                    .provider
+                    .refresh_token_is_live(str_field(&stored, "refresh_token"));
+                if c.refresh_in_doubt {
+                    doubts += 1;
+                }
+                if !live {
+                    // The kill landed between the provider's rotation and the
+                    // write: the credential must say so.
+                    assert!(
+                        c.refresh_in_doubt,
+                        "round {round}: {name} lost its grant silently"
+                    );
+                    lost += 1;
+                    let keys = first_token_set(&f.provider);
+                    store.put(name, &c.settings, Some(&keys)).unwrap();
+                } else if c.refresh_in_doubt {
+                    // Marked, but the stored token was never spent (the
+                    // request had not reached the provider): try it again.
+                    store.clear_refresh_in_doubt(name).unwrap();
+                }
+            }
+        }
+    });
+    let stats = f.provider.stats();
+    report(format!(
+        "SIGKILL: {kills} kills at random moments of `rekey send` refresh loops; {} refreshes granted; {doubts} left a refresh in doubt, {lost} of them had lost their rotated token (killed between the provider's rotation and the write); reused refresh tokens {}, invalid_grant {}",
+        stats.refreshes_granted, stats.reused_refresh_tokens, stats.invalid_grant
+    ));
+    assert!(kills >= 200);
+    assert_eq!(
+        (stats.reused_refresh_tokens, stats.invalid_grant),
+        (0, 0),
+        "a spent refresh token was sent again"
+    );
 }

@@ -103,6 +103,18 @@ struct SettingsArgs {
     /// at all, they replace the stored ones.
     #[arg(long = "rejected-status")]
     rejected_statuses: Vec<u16>,
+    /// An origin the access token may be sent to, e.g.
+    /// https://api.example.com or https://*.example.com (subdomains);
+    /// repeatable; given at all, they replace the stored ones. Without any,
+    /// the token goes to whatever URL `send` is given.
+    #[arg(long = "api-origin")]
+    api_origins: Vec<String>,
+    /// With `set`: unbind the credential from its API origins.
+    #[arg(long, conflicts_with = "api_origins")]
+    any_api_origin: bool,
+    /// Also allow the origin of the token set's `instance_url` (Salesforce).
+    #[arg(long)]
+    allow_instance_url: Option<bool>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -174,6 +186,12 @@ fn add(store: &dyn KeyStore, a: AddArgs) -> Result<Exit, Failure> {
     a.settings.apply(&mut settings)?;
     let keys = a.keys.as_deref().map(import_keys).transpose()?;
     store.put(&a.name, &settings, keys.as_ref())?;
+    if settings.api_origins.is_empty() {
+        eprintln!(
+            "rekey: warning: {:?} is not bound to API origins, so its token goes to any URL `send` is given; bind it with `rekey credential set {0} --api-origin https://…`",
+            a.name
+        );
+    }
     Ok(Exit::Ok)
 }
 
@@ -254,6 +272,14 @@ impl SettingsArgs {
         if !self.rejected_statuses.is_empty() {
             s.rejected_statuses = self.rejected_statuses;
         }
+        if self.any_api_origin {
+            s.api_origins.clear();
+        } else if !self.api_origins.is_empty() {
+            s.api_origins = self.api_origins;
+        }
+        if let Some(allow) = self.allow_instance_url {
+            s.allow_instance_url = allow;
+        }
         s.check().map_err(bad)
     }
 }
@@ -325,6 +351,8 @@ fn describe(c: &rekey::Credential) -> serde_json::Value {
             "strategy": s.strategy,
             "expiry_margin_secs": s.expiry_margin_secs,
             "rejected_statuses": s.rejected_statuses,
+            "api_origins": if s.api_origins.is_empty() { json!("any (not bound)") } else { json!(s.api_origins) },
+            "allow_instance_url": s.allow_instance_url,
         },
         "keys": c.keys.as_ref().map(TokenSet::redacted),
     })
