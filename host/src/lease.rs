@@ -78,8 +78,7 @@ impl HeldLease {
         credential: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let (name, who) = (credential.to_owned(), self.holder.clone());
-        call_store(store, move |s| s.begin_refresh(&name, &who, ttl)).await
+        self.extend(store, credential, ttl, true).await
     }
 
     /// Extends the lease by `ttl`; false if it ran out.
@@ -89,8 +88,25 @@ impl HeldLease {
         credential: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        self.extend(store, credential, ttl, false).await
+    }
+
+    async fn extend(
+        &self,
+        store: &Arc<dyn KeyStore>,
+        credential: &str,
+        ttl: Duration,
+        refreshing: bool,
+    ) -> Result<bool, StoreError> {
         let (name, who) = (credential.to_owned(), self.holder.clone());
-        call_store(store, move |s| s.renew_lease(&name, &who, ttl)).await
+        call_store(store, move |s| {
+            if refreshing {
+                s.begin_refresh(&name, &who, ttl)
+            } else {
+                s.renew_lease(&name, &who, ttl)
+            }
+        })
+        .await
     }
 
     pub async fn release(self, store: &Arc<dyn KeyStore>, credential: &str) {
