@@ -49,6 +49,39 @@ pub(crate) struct CallState {
     pub(crate) refresh_token_before: Option<Secret>,
     /// Where this credential's token may go.
     pub(crate) destinations: Destinations,
+    /// What this call's token requests may have done to the refresh token.
+    pub(crate) refresh_spend: Spend,
+}
+
+/// Whether this call's token requests may have spent the refresh token: the
+/// store's refresh mark (set before each request) is lifted at the end of a
+/// call whose every answer proved it was not (the guest classifies the same
+/// answers to decide on retries; the host needs the fact for its store).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Spend {
+    /// No token request was sent.
+    #[default]
+    None,
+    /// Every answer said the token was not used: no connection, 429, 503,
+    /// any other 4xx.
+    NotSpent,
+    /// An answer may have come after a rotation (2xx, other 5xx, timeout,
+    /// reset): only saved keys lift the mark.
+    MaybeSpent,
+}
+
+impl Spend {
+    fn of(result: &Result<Response, TransportError>) -> Spend {
+        match result {
+            Ok(r) if r.status == 429 || r.status == 503 => Spend::NotSpent,
+            Ok(r) if (400..500).contains(&r.status) => Spend::NotSpent,
+            Ok(_) => Spend::MaybeSpent,
+            Err(TransportError::Connect(_))
+            | Err(TransportError::Refused(_))
+            | Err(TransportError::InvalidRequest(_)) => Spend::NotSpent,
+            Err(_) => Spend::MaybeSpent,
+        }
+    }
 }
 
 /// The API origins a credential's token may be sent to, parsed once per call.
@@ -139,14 +172,26 @@ impl CallState {
         let expected = self.lease.as_ref().map(|l| l.version);
         let give_up = (Instant::now() + self.keys_write_retry).min(self.deadline - SPEND_MARGIN);
         let mut backoff = Duration::from_millis(100);
+        let mut retried = false;
         loop {
             let (name, k) = (self.credential.clone(), keys.clone());
-            let err = match call_store(&self.store, move |s| s.save_keys(&name, &k, expected)).await
-            {
+            let saved = call_store(&self.store, move |s| s.save_keys(&name, &k, expected)).await;
+            let err = match saved {
                 Ok(version) => return Ok(version),
                 Err(e @ (StoreError::Write(_) | StoreError::Unusable { .. })) => e,
+                // An earlier attempt that reported failure may have landed
+                // after all (a stalled connection): our keys are stored.
+                Err(e @ StoreError::Conflict(_)) if retried => {
+                    let name = self.credential.clone();
+                    let now = call_store(&self.store, move |s| s.load(&name)).await;
+                    return match now {
+                        Ok(c) if c.keys.as_ref() == Some(keys) => Ok(c.version),
+                        _ => Err(e),
+                    };
+                }
                 Err(e) => return Err(e),
             };
+            retried = true;
             if Instant::now() + backoff > give_up {
                 return Err(err);
             }
@@ -182,7 +227,20 @@ impl CallState {
         Ok(current)
     }
 
+    /// Lifts the refresh mark this call set, if no answer of its token
+    /// requests could have come after a rotation.
+    async fn settle_refresh_mark(&mut self) {
+        if std::mem::take(&mut self.refresh_spend) != Spend::NotSpent {
+            return;
+        }
+        let name = self.credential.clone();
+        if let Err(e) = call_store(&self.store, move |s| s.clear_refresh_in_doubt(&name)).await {
+            tracing::warn!(credential = %self.credential, error = %e, "could not lift the refresh mark");
+        }
+    }
+
     pub(crate) async fn end_lease(&mut self) {
+        self.settle_refresh_mark().await;
         if let Some(lease) = self.lease.take() {
             lease.release(&self.store, &self.credential).await;
         }
@@ -217,6 +275,9 @@ impl Host for CallState {
         let target = loggable_target(&req.url);
         let started = Instant::now();
         let result = self.http.send(req).await;
+        if exchange == Exchange::TokenEndpoint {
+            self.refresh_spend = self.refresh_spend.max(Spend::of(&result));
+        }
         let failure = result.as_ref().err().map(describe_transport);
         self.observer.event(&Event::Http {
             credential: &self.credential,

@@ -226,6 +226,38 @@ impl Rekey {
         Ok(())
     }
 
+    /// Runs one function of the component's `authorize` export (the first
+    /// token set, see [`crate::authorize`]) in a fresh instance bounded by
+    /// `timeout`. Kept apart from `send`: no credential is loaded and no
+    /// token endpoint is declared to `http-send`, because none of these
+    /// requests spends a refresh token (so none needs the refresh lease);
+    /// the host's own checks on every URL still apply.
+    pub(crate) async fn run_authorize<T>(
+        &self,
+        name: &str,
+        timeout: Duration,
+        f: impl AsyncFnOnce(
+            &crate::bindings::exports::rekey::oauth2::authorize::Guest,
+            &mut Store<CallState>,
+        ) -> wasmtime::Result<T>,
+    ) -> Result<T, Error> {
+        let _slot = self.slot().await?;
+        let mut wstore = self.new_store(name, "", Arc::new(crate::MemoryStore::new()));
+        wstore.data_mut().deadline = Instant::now() + timeout;
+        let ticks = timeout.as_millis() / EPOCH_TICK.as_millis();
+        wstore.set_epoch_deadline(ticks.max(1) as u64);
+        let failed = |e: wasmtime::Error| Error::Component(format!("{e:#}"));
+        let instance = self
+            .inner
+            .pre
+            .instantiate_async(&mut wstore)
+            .await
+            .map_err(failed)?;
+        f(instance.rekey_oauth2_authorize(), &mut wstore)
+            .await
+            .map_err(failed)
+    }
+
     async fn slot(&self) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, Error> {
         match &self.inner.slots {
             None => Ok(None),
@@ -260,6 +292,7 @@ impl Rekey {
             keys_write_retry: inner.config.keys_write_retry,
             refresh_token_before: None,
             destinations: Destinations::default(),
+            refresh_spend: Default::default(),
         };
         let mut wstore = Store::new(&inner.engine, state);
         wstore.limiter(|s| &mut s.limits);

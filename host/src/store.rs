@@ -33,7 +33,8 @@ pub struct Credential {
     /// Unix seconds of the last write.
     pub updated_at: i64,
     /// The grant is dead: the token endpoint refused the refresh token.
-    /// Calls fail fast, without touching the network, until new keys are put.
+    /// Calls fail fast, without touching the network, until new keys are put
+    /// or saved ([`KeyStore::mark_needs_authorization`]).
     pub needs_authorization: Option<DeadGrant>,
     /// A refresh was begun ([`KeyStore::begin_refresh`]) and its keys never
     /// saved: the stored refresh token may be spent. Until keys are saved or
@@ -143,22 +144,29 @@ pub trait KeyStore: Send + Sync + 'static {
     /// that a refresh request of `name` is about to leave: from then on the
     /// stored refresh token may be spent. The mark stays, whatever happens to
     /// the lease, until keys are saved (`save_keys`, or `put` with keys) or
-    /// [`KeyStore::clear_refresh_in_doubt`]; meanwhile `load` reports
-    /// `refresh_in_doubt` and the host lets no call spend the token again.
+    /// [`KeyStore::clear_refresh_in_doubt`]; meanwhile `load` and `list`
+    /// report `refresh_in_doubt` and the host lets no call spend the token
+    /// again. A `save_keys` refused ([`StoreError::Conflict`]) keeps it; a
+    /// `put` without keys (a settings edit) keeps it. Renewal and mark are
+    /// one durable write: the mark is stored before this returns true.
     /// The default (no mark) suits stores that cannot keep one.
     fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.renew_lease(name, holder, ttl)
     }
 
     /// Forgets the refresh mark of `name` (an operator decided to try the
-    /// stored refresh token again).
+    /// stored refresh token again); nothing else changes, leases included.
+    /// [`StoreError::UnknownCredential`] for a name not stored.
     fn clear_refresh_in_doubt(&self, name: &str) -> Result<(), StoreError> {
         let _ = name;
         Ok(())
     }
 
     /// Records that the grant of `name` is dead (the token endpoint answered
-    /// `code`), so later calls fail fast; cleared when keys are put.
+    /// `code`), at the current Unix second, so later calls fail fast. Cleared
+    /// by new keys (`put` with keys, a successful `save_keys`); a settings
+    /// edit or a refused `save_keys` keeps it. Recording again replaces it.
+    /// [`StoreError::UnknownCredential`] for a name not stored.
     fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<(), StoreError> {
         let _ = (name, code);
         Ok(())

@@ -8,6 +8,7 @@
 
 mod support;
 
+mod authorize;
 mod cli;
 mod component;
 mod fleet;
@@ -16,3 +17,4 @@ mod oidc_provider;
 mod refresh_and_retry;
 mod reliability;
 mod store_contract;
+mod store_faults;

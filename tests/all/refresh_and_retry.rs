@@ -436,24 +436,29 @@ async fn no_keys_means_please_authenticate() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unusable_token_responses_are_clear_errors_that_change_nothing() {
     let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
-    f.add_credential("c", &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
-    let before = f.stored_raw("c");
+    let huge = format!(r#"{{"access_token":"a","pad":"{}"}}"#, "x".repeat(100_000));
     let cases = [
         ("<html>oops</html>", "not a JSON object"),
         (r#"{"token_type":"Bearer"}"#, "no access_token"),
         (r#"{"access_token": "at_truncated"#, "not a JSON object"),
+        (huge.as_str(), "exceeds"),
     ];
-    for (body, expected) in cases {
+    for (i, (body, expected)) in cases.into_iter().enumerate() {
+        let name = format!("c{i}");
+        f.add_credential(
+            &name,
+            &f.settings(Strategy::EveryRequest, ClientAuth::Basic),
+        );
+        let before = f.stored_raw(&name);
         f.provider.force_token_responses([(200, body.to_string())]);
-        let err = f.get("c", "me").await.unwrap_err();
+        let err = f.get(&name, "me").await.unwrap_err();
         assert!(err.to_string().contains(expected), "{err}");
         assert!(!err.to_string().contains("at_truncated"));
+        assert_eq!(f.stored_raw(&name), before);
+        // A 200 may have rotated the refresh token: it is not spent again.
+        let c = f.store.load(&name).unwrap();
+        assert!(c.refresh_in_doubt, "{name}");
     }
-    let huge = format!(r#"{{"access_token":"a","pad":"{}"}}"#, "x".repeat(100_000));
-    f.provider.force_token_responses([(200, huge)]);
-    let err = f.get("c", "me").await.unwrap_err();
-    assert!(err.to_string().contains("exceeds"), "{err}");
-    assert_eq!(f.stored_raw("c"), before);
     assert_eq!(f.provider.stats().api_calls, 0);
 }
 

@@ -6,6 +6,7 @@ use crate::refresh_and_retry::sql;
 use crate::support::*;
 use rekey::{ClientAuth, Config, KeyStore, Request, Strategy};
 use rekey_testkit::ProviderConfig;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A slow token endpoint: every granted refresh is answered after this.
@@ -364,69 +365,267 @@ async fn lost_token_responses_retry_once_then_report_in_doubt() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_losses_stay_inside_the_rotation_window_and_say_so() {
     let f = Fixture::new(delayed_refreshes()).await;
-    let store = f.store_dyn();
-    let (mut kills, mut doubts, mut lost) = (0, 0, 0);
-    tokio::task::block_in_place(|| {
-        let cache = tempfile::tempdir().unwrap();
-        let names: Vec<String> = (0..4).map(|i| format!("kill{i}")).collect();
-        for name in &names {
-            f.add_credential(name, &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
-        }
+    let names: Vec<String> = (0..4).map(|i| format!("kill{i}")).collect();
+    for name in &names {
+        f.add_credential(name, &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let counts: Vec<(usize, usize, usize)> = tokio::task::block_in_place(|| {
         let warm = send_process(&f, &names[0], cache.path())
             .wait_with_output()
             .unwrap();
         assert!(warm.status.success(), "{}", all_output(&warm));
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ u64::from(std::process::id());
-        for round in 0..50 {
-            let children: Vec<_> = names
+        // How long one whole send takes here: kills land anywhere in it.
+        let started = std::time::Instant::now();
+        assert!(
+            send_process(&f, &names[0], cache.path())
+                .wait()
+                .unwrap()
+                .success()
+        );
+        let span = (started.elapsed().as_millis() as u64 * 13 / 10).max(50);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = names
                 .iter()
-                .map(|n| send_process(&f, n, cache.path()))
+                .enumerate()
+                .map(|(i, name)| {
+                    let (f, cache) = (&f, cache.path());
+                    s.spawn(move || {
+                        let store = f.store_dyn();
+                        let mut seed = 0x2545_f491_4f6c_dd1d_u64
+                            ^ ((i as u64) << 40)
+                            ^ u64::from(std::process::id());
+                        let (mut kills, mut doubts, mut lost) = (0, 0, 0);
+                        for round in 0..50 {
+                            let mut child = send_process(f, name, cache);
+                            seed ^= seed << 13;
+                            seed ^= seed >> 7;
+                            seed ^= seed << 17;
+                            std::thread::sleep(Duration::from_millis(seed % span));
+                            child.kill().expect("SIGKILL");
+                            child.wait().unwrap();
+                            kills += 1;
+                            // A dead holder's lease keeps the others waiting
+                            // its TTL (40 s); let that time pass at once.
+                            sql(
+                                &f.store_path(),
+                                &format!(
+                                    "UPDATE leases SET expires_at_ms = 0 WHERE name = '{name}'"
+                                ),
+                            );
+                            let c = store.load(name).unwrap();
+                            let stored = f.stored_keys(name);
+                            let live = f
+                                .provider
+                                .refresh_token_is_live(str_field(&stored, "refresh_token"));
+                            doubts += usize::from(c.refresh_in_doubt);
+                            if !live {
+                                // Killed between the provider's rotation and
+                                // the write: the credential must say so.
+                                assert!(
+                                    c.refresh_in_doubt,
+                                    "round {round}: {name} lost its grant silently"
+                                );
+                                lost += 1;
+                                let keys = first_token_set(&f.provider);
+                                store.put(name, &c.settings, Some(&keys)).unwrap();
+                            } else if c.refresh_in_doubt {
+                                // Marked, but the stored token was never
+                                // spent (the request had not arrived).
+                                store.clear_refresh_in_doubt(name).unwrap();
+                            }
+                        }
+                        (kills, doubts, lost)
+                    })
+                })
                 .collect();
-            for mut child in children {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                std::thread::sleep(Duration::from_millis(seed % 120));
-                child.kill().expect("SIGKILL");
-                child.wait().unwrap();
-                kills += 1;
-            }
-            for name in &names {
-                let c = store.load(name).unwrap();
-                let stored = f.stored_keys(name);
-                let live = f
-                    .provider
-                    .refresh_token_is_live(str_field(&stored, "refresh_token"));
-                if c.refresh_in_doubt {
-                    doubts += 1;
-                }
-                if !live {
-                    // The kill landed between the provider's rotation and the
-                    // write: the credential must say so.
-                    assert!(
-                        c.refresh_in_doubt,
-                        "round {round}: {name} lost its grant silently"
-                    );
-                    lost += 1;
-                    let keys = first_token_set(&f.provider);
-                    store.put(name, &c.settings, Some(&keys)).unwrap();
-                } else if c.refresh_in_doubt {
-                    // Marked, but the stored token was never spent (the
-                    // request had not reached the provider): try it again.
-                    store.clear_refresh_in_doubt(name).unwrap();
-                }
-            }
-        }
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        })
     });
+    let (kills, doubts, lost) = counts
+        .iter()
+        .fold((0, 0, 0), |a, c| (a.0 + c.0, a.1 + c.1, a.2 + c.2));
     let stats = f.provider.stats();
     report(format!(
         "SIGKILL: {kills} kills at random moments of `rekey send` refresh loops; {} refreshes granted; {doubts} left a refresh in doubt, {lost} of them had lost their rotated token (killed between the provider's rotation and the write); reused refresh tokens {}, invalid_grant {}",
         stats.refreshes_granted, stats.reused_refresh_tokens, stats.invalid_grant
     ));
     assert!(kills >= 200);
+    assert!(
+        stats.refreshes_granted > 20,
+        "the kills must land during refreshes too"
+    );
     assert_eq!(
         (stats.reused_refresh_tokens, stats.invalid_grant),
         (0, 0),
         "a spent refresh token was sent again"
+    );
+}
+
+/// A store that misbehaves on the first write of new keys, the ways real
+/// ones do: the write commits but its answer is lost, or it stalls.
+struct FaultyStore {
+    inner: Arc<rekey::SqliteStore>,
+    fault: Fault,
+    struck: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Commits, then reports a failure (a connection reset after COMMIT).
+    CommitThenFail,
+    /// Stalls this long, then commits (a frozen connection that recovers).
+    Stall(Duration),
+}
+
+impl KeyStore for FaultyStore {
+    fn load(&self, name: &str) -> Result<rekey::Credential, rekey::StoreError> {
+        self.inner.load(name)
+    }
+    fn save_keys(
+        &self,
+        name: &str,
+        keys: &rekey::TokenSet,
+        expected: Option<u64>,
+    ) -> Result<u64, rekey::StoreError> {
+        let first = !self.struck.swap(true, std::sync::atomic::Ordering::SeqCst);
+        match (first, self.fault) {
+            (true, Fault::CommitThenFail) => {
+                self.inner.save_keys(name, keys, expected)?;
+                Err(rekey::StoreError::Write("connection reset".into()))
+            }
+            (true, Fault::Stall(d)) => {
+                std::thread::sleep(d);
+                self.inner.save_keys(name, keys, expected)
+            }
+            _ => self.inner.save_keys(name, keys, expected),
+        }
+    }
+    fn put(
+        &self,
+        name: &str,
+        settings: &rekey::Settings,
+        keys: Option<&rekey::TokenSet>,
+    ) -> Result<(), rekey::StoreError> {
+        self.inner.put(name, settings, keys)
+    }
+    fn list(&self) -> Result<Vec<rekey::Credential>, rekey::StoreError> {
+        self.inner.list()
+    }
+    fn remove(&self, name: &str) -> Result<bool, rekey::StoreError> {
+        self.inner.remove(name)
+    }
+    fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, rekey::StoreError> {
+        self.inner.try_lease(name, holder, ttl)
+    }
+    fn renew_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, rekey::StoreError> {
+        self.inner.renew_lease(name, holder, ttl)
+    }
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), rekey::StoreError> {
+        self.inner.release_lease(name, holder)
+    }
+    fn begin_refresh(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, rekey::StoreError> {
+        self.inner.begin_refresh(name, holder, ttl)
+    }
+    fn clear_refresh_in_doubt(&self, name: &str) -> Result<(), rekey::StoreError> {
+        self.inner.clear_refresh_in_doubt(name)
+    }
+    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<(), rekey::StoreError> {
+        self.inner.mark_needs_authorization(name, code)
+    }
+}
+
+fn faulty(f: &Fixture, fault: Fault) -> Arc<dyn KeyStore> {
+    Arc::new(FaultyStore {
+        inner: f.store.clone(),
+        fault,
+        struck: Default::default(),
+    })
+}
+
+/// The write of new keys committed but its answer was lost: the retry finds
+/// a conflict with *our own* keys, which is success, not a failed call.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_that_landed_although_it_reported_failure_counts() {
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
+    f.add_credential("c", &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
+    let store = faulty(&f, Fault::CommitThenFail);
+    let resp = f
+        .rekey
+        .send(store, "c", Request::get(&f.provider.api_url("me")))
+        .await
+        .expect("the call succeeds");
+    assert_eq!(resp.status, 200);
+    let stored = f.stored_keys("c");
+    assert!(
+        f.provider
+            .refresh_token_is_live(str_field(&stored, "refresh_token"))
+    );
+    assert!(
+        !KeyStore::load(f.store.as_ref(), "c")
+            .unwrap()
+            .refresh_in_doubt
+    );
+}
+
+/// Worker A's write stalls past its lease; worker B takes the lease over and
+/// finds A's refresh in flight: B spends nothing (it waits for A's write, or
+/// reports the refresh in doubt). The grant survives; no token is reused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_write_never_lets_a_successor_spend_the_rotated_token() {
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
+    f.add_credential("c", &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
+    let short_lease = || Config {
+        lease_ttl: Duration::from_secs(2),
+        http: rekey::HttpConfig {
+            total_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    // Two workers: separate `Rekey`s share only the store (as processes do).
+    let a = rekey::Rekey::new(short_lease()).unwrap();
+    let b = rekey::Rekey::new(short_lease()).unwrap();
+    let url = f.provider.api_url("me");
+    let stalled = faulty(&f, Fault::Stall(Duration::from_secs(3)));
+    let first = {
+        let url = url.clone();
+        tokio::spawn(async move { a.send(stalled, "c", Request::get(&url)).await })
+    };
+    while f.provider.stats().refreshes_granted == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = b.send(f.store_dyn(), "c", Request::get(&url)).await;
+    let first = first.await.unwrap();
+    let stats = f.provider.stats();
+    assert_eq!(
+        (stats.reused_refresh_tokens, stats.invalid_grant),
+        (0, 0),
+        "B spent A's rotated token: {first:?} / {second:?}"
+    );
+    assert_eq!(first.expect("A's call lands its write").status, 200);
+    match second {
+        Ok(r) => assert_eq!(r.status, 200),
+        Err(e) => assert!(matches!(e, rekey::Error::RefreshInDoubt(_)), "{e}"),
+    }
+    let stored = f.stored_keys("c");
+    assert!(
+        f.provider
+            .refresh_token_is_live(str_field(&stored, "refresh_token"))
     );
 }

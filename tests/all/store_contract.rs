@@ -5,11 +5,17 @@
 //!
 //! Lease checks never rest on a short lease *not* having expired: exclusivity
 //! uses long leases, expiry is awaited by polling with a generous deadline.
+//!
+//! Then the refresh mark (`begin_refresh`, `refresh_in_doubt`) and the dead
+//! grant (`mark_needs_authorization`, `needs_authorization`): who sets them,
+//! what outlives what, what clears them. Last, checks of one backend each:
+//! stores created by the previous schema open and keep their credentials.
 
 use crate::support::postgres::Postgres;
 use rekey::settings::ClientSecret;
 use rekey::{
-    ClientAuth, Credential, KeyStore, MemoryStore, Settings, StoreError, Strategy, TokenSet,
+    ClientAuth, Credential, DeadGrant, KeyStore, MemoryStore, Settings, StoreError, Strategy,
+    TokenSet,
 };
 use std::sync::{Arc, Barrier, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -130,7 +136,20 @@ contract!(
     an_expired_lease_can_be_taken,
     a_late_release_never_frees_the_successors_lease,
     renew_fails_after_a_takeover_even_once_released,
+    a_huge_ttl_never_expires_and_never_overflows,
     concurrent_compare_and_set_loses_no_update,
+    begin_refresh_marks_only_for_the_holder,
+    begin_refresh_needs_a_live_lease,
+    begin_refresh_extends_the_holders_lease,
+    the_refresh_mark_outlives_release_expiry_and_takeover,
+    a_successful_save_clears_the_refresh_mark,
+    a_conflicting_save_keeps_both_marks,
+    put_with_keys_clears_both_marks_a_settings_edit_keeps_them,
+    clear_refresh_in_doubt_clears_only_the_mark,
+    a_dead_grant_is_recorded_with_code_and_time,
+    a_successful_save_clears_a_dead_grant,
+    list_reports_both_marks,
+    a_removed_credential_comes_back_without_marks,
 );
 
 // ---- fixtures ----
@@ -180,6 +199,32 @@ fn state(c: &Credential) -> (String, Settings, Option<String>, u64) {
         c.keys.as_ref().map(|k| k.expose().to_owned()),
         c.version,
     )
+}
+
+/// The refresh mark and the dead grant's code, as a credential reports them.
+fn marks(c: &Credential) -> (bool, Option<String>) {
+    (
+        c.refresh_in_doubt,
+        c.needs_authorization.as_ref().map(|d| d.code.clone()),
+    )
+}
+
+/// The marks of `name`, read through a new handle (another worker's view).
+fn marks_of(s: &Subject, name: &str) -> (bool, Option<String>) {
+    marks(&s.store().load(name).unwrap())
+}
+
+fn in_doubt(s: &Subject, name: &str) -> bool {
+    marks_of(s, name).0
+}
+
+/// A credential whose refresh `holder` began (and holds the lease of).
+fn begun(s: &Subject, store: &dyn KeyStore, base: &str, holder: &str) -> String {
+    let name = s.credential(base);
+    assert!(store.try_lease(&name, holder, LONG).unwrap());
+    assert!(store.begin_refresh(&name, holder, LONG).unwrap());
+    assert!(in_doubt(s, &name), "begin_refresh set the mark");
+    name
 }
 
 fn unix_now() -> i64 {
@@ -234,6 +279,11 @@ fn put_then_load_round_trips(s: &Subject) {
     for want in &expected {
         let got = reader.load(&want.0).unwrap();
         assert_eq!(&state(&got), want, "read back through another handle");
+        assert_eq!(
+            marks(&got),
+            (false, None),
+            "a new credential carries no mark"
+        );
         assert!(
             (before..=after).contains(&got.updated_at),
             "updated_at {} outside {before}..={after}",
@@ -566,6 +616,27 @@ fn renew_fails_after_a_takeover_even_once_released(s: &Subject) {
     assert!(a.try_lease(&x, "A", LONG).unwrap(), "A may take it anew");
 }
 
+fn a_huge_ttl_never_expires_and_never_overflows(s: &Subject) {
+    let (a, b) = (s.store(), s.store());
+    for (i, ttl) in [
+        Duration::MAX,
+        Duration::from_millis(u64::MAX),
+        Duration::from_secs(i64::MAX as u64),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = s.credential(&format!("x{i}"));
+        assert!(a.try_lease(&x, "A", ttl).unwrap(), "{ttl:?}");
+        assert!(!b.try_lease(&x, "B", LONG).unwrap(), "{ttl:?}: A holds it");
+        assert!(a.renew_lease(&x, "A", ttl).unwrap(), "{ttl:?}: renewed");
+        assert!(a.begin_refresh(&x, "A", ttl).unwrap(), "{ttl:?}: begun");
+        assert!(!b.try_lease(&x, "B", LONG).unwrap(), "{ttl:?}: A holds it");
+        a.release_lease(&x, "A").unwrap();
+        assert!(b.try_lease(&x, "B", ttl).unwrap(), "{ttl:?}: released");
+    }
+}
+
 // ---- concurrency ----
 
 fn concurrent_compare_and_set_loses_no_update(s: &Subject) {
@@ -610,6 +681,397 @@ fn concurrent_compare_and_set_loses_no_update(s: &Subject) {
         (total, total),
         "an update was lost"
     );
+}
+
+// ---- the refresh mark ----
+
+fn begin_refresh_marks_only_for_the_holder(s: &Subject) {
+    let (a, b) = (s.store(), s.store());
+    let (x, free) = (s.credential("x"), s.credential("free"));
+
+    assert!(
+        !a.begin_refresh(&free, "A", LONG).unwrap(),
+        "nobody holds it"
+    );
+    assert!(!in_doubt(s, &free), "no lease, no mark");
+    assert!(
+        b.try_lease(&free, "B", LONG).unwrap(),
+        "begin_refresh on a free lease does not take it"
+    );
+
+    assert!(a.try_lease(&x, "A", LONG).unwrap());
+    assert!(
+        !b.begin_refresh(&x, "B", LONG).unwrap(),
+        "B does not hold it"
+    );
+    assert!(!in_doubt(s, &x), "B's refused begin_refresh left no mark");
+    assert!(!b.try_lease(&x, "B", LONG).unwrap(), "and gave B nothing");
+    assert!(a.begin_refresh(&x, "A", LONG).unwrap(), "A holds it");
+    assert!(in_doubt(s, &x), "seen through another handle");
+    assert!(a.renew_lease(&x, "A", LONG).unwrap(), "A still holds it");
+    let c = b.load(&x).unwrap();
+    assert_eq!(
+        (stored_n(&c), c.version),
+        (0, 0),
+        "the mark is not a write of keys"
+    );
+}
+
+fn begin_refresh_needs_a_live_lease(s: &Subject) {
+    let (a, b) = (s.store(), s.store());
+    let (released, taken_over) = (s.credential("released"), s.credential("taken-over"));
+
+    assert!(a.try_lease(&released, "A", LONG).unwrap());
+    a.release_lease(&released, "A").unwrap();
+    assert!(!a.begin_refresh(&released, "A", LONG).unwrap(), "released");
+    assert!(!in_doubt(s, &released));
+
+    take_over_expired(a.as_ref(), b.as_ref(), &taken_over);
+    assert!(
+        !a.begin_refresh(&taken_over, "A", LONG).unwrap(),
+        "B took it over"
+    );
+    assert!(!in_doubt(s, &taken_over));
+    b.release_lease(&taken_over, "B").unwrap();
+    assert!(
+        !a.begin_refresh(&taken_over, "A", LONG).unwrap(),
+        "the keys may have moved on while B held it"
+    );
+    assert!(!in_doubt(s, &taken_over));
+}
+
+fn begin_refresh_extends_the_holders_lease(s: &Subject) {
+    // As in the_holder_extends_its_own_lease: long enough that begin_refresh
+    // cannot arrive after the first lease ran out.
+    const FIRST: Duration = Duration::from_secs(3);
+    let (a, b) = (s.store(), s.store());
+    let x = s.credential("x");
+    let started = Instant::now();
+    assert!(a.try_lease(&x, "A", FIRST).unwrap());
+    assert!(a.begin_refresh(&x, "A", LONG).unwrap());
+    std::thread::sleep((FIRST + Duration::from_millis(500)).saturating_sub(started.elapsed()));
+    assert!(
+        !b.try_lease(&x, "B", LONG).unwrap(),
+        "begin_refresh extended the lease"
+    );
+}
+
+fn the_refresh_mark_outlives_release_expiry_and_takeover(s: &Subject) {
+    let (a, b) = (s.store(), s.store());
+
+    let released = begun(s, a.as_ref(), "released", "A");
+    a.release_lease(&released, "A").unwrap();
+    assert!(in_doubt(s, &released), "release keeps the mark");
+    assert!(b.try_lease(&released, "B", LONG).unwrap());
+    assert!(
+        b.load(&released).unwrap().refresh_in_doubt,
+        "the next holder sees it"
+    );
+
+    // Taken long, then shortened by begin_refresh itself: the lease is
+    // surely live when the mark is set, and runs out soon after.
+    let expired = s.credential("expired");
+    assert!(a.try_lease(&expired, "A", LONG).unwrap());
+    assert!(a.begin_refresh(&expired, "A", SHORT).unwrap());
+    eventually("B takes A's expired lease", || {
+        b.try_lease(&expired, "B", LONG).unwrap()
+    });
+    assert!(
+        b.load(&expired).unwrap().refresh_in_doubt,
+        "expiry and takeover keep the mark; the next holder sees it"
+    );
+    b.release_lease(&expired, "B").unwrap();
+    assert!(
+        in_doubt(s, &expired),
+        "and so does the next holder's release"
+    );
+}
+
+fn a_successful_save_clears_the_refresh_mark(s: &Subject) {
+    let (a, b) = (s.store(), s.store());
+    let with_lease = begun(s, a.as_ref(), "by-holder", "A");
+    let v = a.load(&with_lease).unwrap().version;
+    assert_eq!(a.save_keys(&with_lease, &keys(1), Some(v)).unwrap(), v + 1);
+    assert!(!in_doubt(s, &with_lease), "compare-and-set save");
+
+    let unconditional = begun(s, a.as_ref(), "unconditional", "A");
+    b.save_keys(&unconditional, &keys(1), None).unwrap();
+    assert!(
+        !in_doubt(s, &unconditional),
+        "any successful save, by anyone, with or without an expected version"
+    );
+}
+
+fn a_conflicting_save_keeps_both_marks(s: &Subject) {
+    let a = s.store();
+    let x = begun(s, a.as_ref(), "x", "A");
+    a.mark_needs_authorization(&x, "invalid_grant").unwrap();
+    let before = a.load(&x).unwrap();
+    for stale in [before.version + 1, before.version + 5] {
+        let refused = a.save_keys(&x, &keys(9), Some(stale));
+        assert!(
+            matches!(&refused, Err(StoreError::Conflict(_))),
+            "{refused:?}"
+        );
+    }
+    let after = s.store().load(&x).unwrap();
+    assert_eq!(state(&after), state(&before));
+    assert_eq!(marks(&after), (true, Some("invalid_grant".into())));
+}
+
+fn put_with_keys_clears_both_marks_a_settings_edit_keeps_them(s: &Subject) {
+    let a = s.store();
+    let x = begun(s, a.as_ref(), "x", "A");
+    a.mark_needs_authorization(&x, "invalid_grant").unwrap();
+
+    a.put(&x, &env_settings(), None).unwrap();
+    assert_eq!(
+        marks_of(s, &x),
+        (true, Some("invalid_grant".into())),
+        "a settings edit keeps both"
+    );
+
+    a.put(&x, &literal_settings(), Some(&keys(5))).unwrap();
+    let c = s.store().load(&x).unwrap();
+    assert_eq!(marks(&c), (false, None), "new keys clear both");
+    assert_eq!((stored_n(&c), c.version), (5, 1));
+}
+
+fn clear_refresh_in_doubt_clears_only_the_mark(s: &Subject) {
+    let (a, b) = (s.store(), s.store());
+    let x = begun(s, a.as_ref(), "x", "A");
+    a.mark_needs_authorization(&x, "invalid_grant").unwrap();
+    let before = state(&a.load(&x).unwrap());
+
+    b.clear_refresh_in_doubt(&x).unwrap();
+    let c = s.store().load(&x).unwrap();
+    assert_eq!(marks(&c), (false, Some("invalid_grant".into())));
+    assert_eq!(state(&c), before, "keys and version untouched");
+    assert!(!b.try_lease(&x, "B", LONG).unwrap(), "A's lease untouched");
+    b.clear_refresh_in_doubt(&x).unwrap();
+    assert!(!in_doubt(s, &x), "clearing twice is harmless");
+
+    let unknown = s.name("never-added");
+    assert!(matches!(
+        b.clear_refresh_in_doubt(&unknown),
+        Err(StoreError::UnknownCredential(n)) if n == unknown
+    ));
+}
+
+// ---- the dead grant ----
+
+fn a_dead_grant_is_recorded_with_code_and_time(s: &Subject) {
+    let (a, b) = (s.store(), s.store());
+    let x = s.credential("x");
+    let before_state = state(&a.load(&x).unwrap());
+    let before = unix_now();
+    a.mark_needs_authorization(&x, "invalid_grant").unwrap();
+    let after = unix_now();
+    let c = b.load(&x).unwrap();
+    let Some(DeadGrant { code, at }) = c.needs_authorization.clone() else {
+        panic!("no dead grant recorded: {c:?}");
+    };
+    assert_eq!(code, "invalid_grant");
+    assert!(
+        (before..=after).contains(&at),
+        "at {at} outside {before}..={after}"
+    );
+    assert_eq!(state(&c), before_state, "keys and version untouched");
+    assert!(!c.refresh_in_doubt, "the refresh mark untouched");
+
+    a.mark_needs_authorization(&x, "unauthorized_client")
+        .unwrap();
+    assert_eq!(marks_of(s, &x).1.as_deref(), Some("unauthorized_client"));
+
+    let unknown = s.name("never-added");
+    assert!(matches!(
+        a.mark_needs_authorization(&unknown, "invalid_grant"),
+        Err(StoreError::UnknownCredential(n)) if n == unknown
+    ));
+    assert!(
+        matches!(b.load(&unknown), Err(StoreError::UnknownCredential(_))),
+        "marking an unknown name created nothing"
+    );
+}
+
+fn a_successful_save_clears_a_dead_grant(s: &Subject) {
+    let (a, b) = (s.store(), s.store());
+    let x = s.credential("x");
+    a.mark_needs_authorization(&x, "invalid_grant").unwrap();
+    let v = a.load(&x).unwrap().version;
+    b.save_keys(&x, &keys(1), Some(v)).unwrap();
+    assert_eq!(marks_of(s, &x), (false, None), "compare-and-set save");
+
+    a.mark_needs_authorization(&x, "invalid_grant").unwrap();
+    b.save_keys(&x, &keys(2), None).unwrap();
+    assert_eq!(marks_of(s, &x), (false, None), "unconditional save");
+}
+
+fn list_reports_both_marks(s: &Subject) {
+    let a = s.store();
+    let plain = s.credential("plain");
+    let doubt = begun(s, a.as_ref(), "doubt", "A");
+    let dead = s.credential("dead");
+    a.mark_needs_authorization(&dead, "invalid_grant").unwrap();
+    let both = begun(s, a.as_ref(), "both", "A");
+    a.mark_needs_authorization(&both, "invalid_client").unwrap();
+
+    let mut listed: Vec<_> = s
+        .store()
+        .list()
+        .unwrap()
+        .iter()
+        .filter(|c| c.name.starts_with(&s.prefix))
+        .map(|c| (c.name.clone(), marks(c)))
+        .collect();
+    listed.sort();
+    let mut expected = vec![
+        (plain, (false, None)),
+        (doubt, (true, None)),
+        (dead.clone(), (false, Some("invalid_grant".into()))),
+        (both, (true, Some("invalid_client".into()))),
+    ];
+    expected.sort();
+    assert_eq!(listed, expected);
+    let at = |c: &Credential| c.needs_authorization.as_ref().map(|d| d.at);
+    let listed_dead = s.store().list().unwrap();
+    let listed_dead = listed_dead.iter().find(|c| c.name == dead).unwrap();
+    assert_eq!(
+        at(listed_dead),
+        at(&a.load(&dead).unwrap()),
+        "list and load agree"
+    );
+}
+
+fn a_removed_credential_comes_back_without_marks(s: &Subject) {
+    let a = s.store();
+    let x = begun(s, a.as_ref(), "x", "A");
+    a.mark_needs_authorization(&x, "invalid_grant").unwrap();
+    assert!(a.remove(&x).unwrap());
+    a.put(&x, &literal_settings(), None).unwrap();
+    assert_eq!(marks_of(s, &x), (false, None));
+}
+
+// ---- stores of the previous schema ----
+
+/// The credential an old store holds.
+const OLD_KEYS: &str = r#"{"access_token":"old-at","refresh_token":"old-rt","n":3}"#;
+
+/// What every backend must read back from an old store, and then do with it.
+fn check_migrated(store: &dyn KeyStore, reopened: &dyn KeyStore) {
+    let c = store.load("old").unwrap();
+    assert_eq!(c.settings, literal_settings());
+    assert_eq!(c.keys.as_ref().map(|k| k.expose()), Some(OLD_KEYS));
+    assert_eq!((c.version, c.updated_at), (3, 1_700_000_000));
+    assert_eq!(marks(&c), (false, None), "old credentials carry no mark");
+    assert_eq!(store.list().unwrap().len(), 1);
+
+    // The old lease row is live and A's: the new operations work on it.
+    assert!(
+        !store.try_lease("old", "B", LONG).unwrap(),
+        "the old lease held"
+    );
+    assert!(store.begin_refresh("old", "A", LONG).unwrap());
+    store
+        .mark_needs_authorization("old", "invalid_grant")
+        .unwrap();
+    assert_eq!(
+        marks(&reopened.load("old").unwrap()),
+        (true, Some("invalid_grant".into()))
+    );
+    assert_eq!(reopened.save_keys("old", &keys(4), Some(3)).unwrap(), 4);
+    assert_eq!(marks(&store.load("old").unwrap()), (false, None));
+}
+
+#[test]
+fn sqlite_opens_a_store_of_the_previous_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        // The schema as the first release created it, verbatim.
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE IF NOT EXISTS credentials (
+                name       TEXT PRIMARY KEY NOT NULL,
+                settings   TEXT NOT NULL,
+                keys       TEXT,
+                version    INTEGER NOT NULL DEFAULT 0,
+                updated_at INTEGER NOT NULL
+            ) STRICT;
+            CREATE TABLE IF NOT EXISTS leases (
+                name          TEXT PRIMARY KEY NOT NULL,
+                holder        TEXT NOT NULL,
+                expires_at_ms INTEGER NOT NULL
+            ) STRICT;",
+        )
+        .unwrap();
+        old.execute(
+            "INSERT INTO credentials VALUES ('old', ?1, ?2, 3, 1700000000)",
+            [
+                serde_json::to_string(&literal_settings()).unwrap(),
+                OLD_KEYS.into(),
+            ],
+        )
+        .unwrap();
+        let live_until = (unix_now() + 3600) * 1000;
+        old.execute("INSERT INTO leases VALUES ('old', 'A', ?1)", [live_until])
+            .unwrap();
+    }
+    // Two at once, as a machine's workers would: both migrate, neither fails.
+    let opened: Vec<_> = (0..2)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || rekey::SqliteStore::open(path))
+        })
+        .collect();
+    let mut opened = opened.into_iter().map(|t| t.join().unwrap().unwrap());
+    let (store, reopened) = (opened.next().unwrap(), opened.next().unwrap());
+    check_migrated(&store, &reopened);
+}
+
+#[test]
+fn postgres_opens_a_store_of_the_previous_schema() {
+    let Some(server) = shared_postgres() else {
+        return;
+    };
+    // A database of its own on the shared server: the others hold new tables.
+    let mut admin = ::postgres::Client::connect(&server.url, ::postgres::NoTls).unwrap();
+    admin.batch_execute("CREATE DATABASE old_schema").unwrap();
+    let url = format!("{}/old_schema", server.url.rsplit_once('/').unwrap().0);
+    let mut old = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    // The schema as the first release created it, verbatim.
+    old.batch_execute(
+        "CREATE TABLE IF NOT EXISTS rekey_credentials (
+            name       TEXT PRIMARY KEY,
+            settings   TEXT NOT NULL,
+            keys       TEXT,
+            version    BIGINT NOT NULL DEFAULT 0,
+            updated_at BIGINT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS rekey_leases (
+            name       TEXT PRIMARY KEY,
+            holder     TEXT NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL
+        );
+        INSERT INTO rekey_leases VALUES ('old', 'A', now() + INTERVAL '1 hour');",
+    )
+    .unwrap();
+    let settings = serde_json::to_string(&literal_settings()).unwrap();
+    old.execute(
+        "INSERT INTO rekey_credentials VALUES ('old', $1, $2, 3, 1700000000)",
+        &[&settings, &OLD_KEYS],
+    )
+    .unwrap();
+    drop(old);
+    let opened: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || rekey::store::open(&url))
+        })
+        .collect();
+    let mut opened = opened.into_iter().map(|t| t.join().unwrap().unwrap());
+    let (store, reopened) = (opened.next().unwrap(), opened.next().unwrap());
+    check_migrated(store.as_ref(), reopened.as_ref());
 }
 
 // ---- PostgreSQL only ----

@@ -1,6 +1,6 @@
 //! An in-memory store, for embedders that persist elsewhere and for benchmarks.
 
-use super::{Credential, KeyStore, StoreError, now_unix, validate_keys};
+use super::{Credential, DeadGrant, KeyStore, StoreError, now_unix, validate_keys};
 use crate::settings::Settings;
 use crate::token_set::TokenSet;
 use std::collections::{BTreeMap, HashMap};
@@ -69,6 +69,9 @@ impl KeyStore for MemoryStore {
             c.keys = Some(keys.clone());
             c.version += 1;
             c.updated_at = now_unix();
+            // Saved keys settle any refresh in doubt and revive a dead grant.
+            c.refresh_in_doubt = false;
+            c.needs_authorization = None;
             Ok(c.version)
         })
     }
@@ -85,6 +88,11 @@ impl KeyStore for MemoryStore {
         self.with(|m| {
             let old = m.get(name);
             let version = old.map_or(0, |c| c.version + u64::from(keys.is_some()));
+            // New keys start afresh; a settings edit keeps the marks.
+            let (needs_authorization, refresh_in_doubt) = match (keys, old) {
+                (None, Some(c)) => (c.needs_authorization.clone(), c.refresh_in_doubt),
+                _ => (None, false),
+            };
             let keys = keys.cloned().or_else(|| old.and_then(|c| c.keys.clone()));
             let credential = Credential {
                 name: name.into(),
@@ -92,8 +100,8 @@ impl KeyStore for MemoryStore {
                 keys,
                 version,
                 updated_at: now_unix(),
-                needs_authorization: None,
-                refresh_in_doubt: false,
+                needs_authorization,
+                refresh_in_doubt,
             };
             m.insert(name.into(), credential);
         });
@@ -145,6 +153,49 @@ impl KeyStore for MemoryStore {
             leases.remove(name);
         }
         Ok(())
+    }
+
+    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        // The lease map stays locked while the mark is set, so no takeover
+        // slips between the renewal and the mark (lock order: leases, then
+        // credentials; nothing takes them the other way round).
+        let now = Instant::now();
+        let mut leases = self.leases();
+        match leases.get_mut(name) {
+            Some(l) if l.holder == holder && l.live(now) => {
+                l.expires = now.checked_add(ttl);
+                self.with(|m| {
+                    if let Some(c) = m.get_mut(name) {
+                        c.refresh_in_doubt = true;
+                    }
+                });
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn clear_refresh_in_doubt(&self, name: &str) -> Result<(), StoreError> {
+        self.with(|m| match m.get_mut(name) {
+            Some(c) => {
+                c.refresh_in_doubt = false;
+                Ok(())
+            }
+            None => Err(StoreError::UnknownCredential(name.into())),
+        })
+    }
+
+    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<(), StoreError> {
+        self.with(|m| match m.get_mut(name) {
+            Some(c) => {
+                c.needs_authorization = Some(DeadGrant {
+                    code: code.into(),
+                    at: now_unix(),
+                });
+                Ok(())
+            }
+            None => Err(StoreError::UnknownCredential(name.into())),
+        })
     }
 
     fn blocking(&self) -> bool {

@@ -1,7 +1,7 @@
 //! The default store: one SQLite file, WAL, `synchronous=FULL`, every write in
 //! its own transaction, so `save_keys` returning `Ok` means it is on disk.
 
-use super::{Credential, KeyStore, StoreError, json_position, now_unix, validate_keys};
+use super::{Credential, DeadGrant, KeyStore, StoreError, json_position, now_unix, validate_keys};
 use crate::settings::Settings;
 use crate::token_set::TokenSet;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -11,11 +11,14 @@ use std::time::Duration;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS credentials (
-    name       TEXT PRIMARY KEY NOT NULL,
-    settings   TEXT NOT NULL,
-    keys       TEXT,
-    version    INTEGER NOT NULL DEFAULT 0,
-    updated_at INTEGER NOT NULL
+    name             TEXT PRIMARY KEY NOT NULL,
+    settings         TEXT NOT NULL,
+    keys             TEXT,
+    version          INTEGER NOT NULL DEFAULT 0,
+    updated_at       INTEGER NOT NULL,
+    refresh_in_doubt INTEGER NOT NULL DEFAULT 0,
+    dead_grant_code  TEXT,
+    dead_grant_at    INTEGER
 ) STRICT;
 CREATE TABLE IF NOT EXISTS leases (
     name          TEXT PRIMARY KEY NOT NULL,
@@ -23,6 +26,42 @@ CREATE TABLE IF NOT EXISTS leases (
     expires_at_ms INTEGER NOT NULL
 ) STRICT;
 ";
+
+/// Columns added since the first schema: a store created before them gets
+/// them at open (`ALTER TABLE … ADD COLUMN`), keeping its credentials.
+const ADDED_COLUMNS: [(&str, &str); 3] = [
+    ("refresh_in_doubt", "INTEGER NOT NULL DEFAULT 0"),
+    ("dead_grant_code", "TEXT"),
+    ("dead_grant_at", "INTEGER"),
+];
+
+fn missing_columns(conn: &Connection) -> rusqlite::Result<Vec<(&'static str, &'static str)>> {
+    let present = conn
+        .prepare("SELECT name FROM pragma_table_info('credentials')")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ADDED_COLUMNS
+        .into_iter()
+        .filter(|(column, _)| !present.iter().any(|p| p == column))
+        .collect())
+}
+
+/// Brings an older store's tables up to [`SCHEMA`].
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    // The common case, an up-to-date store, takes no write lock.
+    if missing_columns(conn)?.is_empty() {
+        return Ok(());
+    }
+    // Under the write lock, looked at again: another process opening the
+    // same old store may have added them meanwhile.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for (column, declaration) in missing_columns(&tx)? {
+        tx.execute_batch(&format!(
+            "ALTER TABLE credentials ADD COLUMN {column} {declaration}"
+        ))?;
+    }
+    tx.commit()
+}
 
 /// The file holds tokens: create it readable by its owner only. SQLite gives
 /// its -wal and -shm files the database file's permissions.
@@ -45,6 +84,16 @@ fn now_millis() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// When a lease taken at `now` for `ttl` runs out; a ttl too long to count
+/// in milliseconds saturates (never), where a cast would wrap into the past.
+fn expiry_millis(now: i64, ttl: Duration) -> i64 {
+    now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Extends a live lease of its holder: ?3 the new expiry, ?4 now.
+const RENEW: &str = "UPDATE leases SET expires_at_ms = ?3
+     WHERE name = ?1 AND holder = ?2 AND expires_at_ms > ?4";
 
 /// A store in one SQLite file, shareable by the processes of one machine.
 pub struct SqliteStore {
@@ -73,7 +122,7 @@ impl SqliteStore {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let conn = Connection::open(&path).map_err(unusable)?;
+        let mut conn = Connection::open(&path).map_err(unusable)?;
         conn.busy_timeout(busy).map_err(unusable)?;
         // journal_mode is the first statement that reads the file: a file that
         // is not a database fails here, with SQLite's own words.
@@ -82,6 +131,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(unusable)?;
         conn.execute_batch(SCHEMA).map_err(unusable)?;
+        migrate(&mut conn).map_err(unusable)?;
         Ok(SqliteStore {
             path,
             conn: Mutex::new(conn),
@@ -107,32 +157,52 @@ impl SqliteStore {
     }
 }
 
-fn row_to_credential(
+/// The columns `read_row` reads, in its order.
+const COLUMNS: &str =
+    "name, settings, keys, version, updated_at, refresh_in_doubt, dead_grant_code, dead_grant_at";
+
+struct Row {
     name: String,
     settings: String,
     keys: Option<String>,
     version: i64,
     updated_at: i64,
-) -> Result<Credential, StoreError> {
-    let settings: Settings = serde_json::from_str(&settings).map_err(|e| StoreError::Corrupt {
-        name: name.clone(),
-        reason: format!("settings: {}", json_position(&e)),
-    })?;
-    Ok(Credential {
-        name,
-        settings,
-        keys: keys.map(TokenSet::stored),
-        version: version.max(0) as u64,
-        updated_at,
-        needs_authorization: None,
-        refresh_in_doubt: false,
+    refresh_in_doubt: bool,
+    dead_grant_code: Option<String>,
+    dead_grant_at: Option<i64>,
+}
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        name: r.get(0)?,
+        settings: r.get(1)?,
+        keys: r.get(2)?,
+        version: r.get(3)?,
+        updated_at: r.get(4)?,
+        refresh_in_doubt: r.get::<_, i64>(5)? != 0,
+        dead_grant_code: r.get(6)?,
+        dead_grant_at: r.get(7)?,
     })
 }
 
-type Row = (String, String, Option<String>, i64, i64);
-
-fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+fn row_to_credential(row: Row) -> Result<Credential, StoreError> {
+    let settings: Settings =
+        serde_json::from_str(&row.settings).map_err(|e| StoreError::Corrupt {
+            name: row.name.clone(),
+            reason: format!("settings: {}", json_position(&e)),
+        })?;
+    Ok(Credential {
+        name: row.name,
+        settings,
+        keys: row.keys.map(TokenSet::stored),
+        version: row.version.max(0) as u64,
+        updated_at: row.updated_at,
+        needs_authorization: row.dead_grant_code.map(|code| DeadGrant {
+            code,
+            at: row.dead_grant_at.unwrap_or(0),
+        }),
+        refresh_in_doubt: row.refresh_in_doubt,
+    })
 }
 
 impl KeyStore for SqliteStore {
@@ -140,15 +210,14 @@ impl KeyStore for SqliteStore {
         let row = self
             .conn()
             .query_row(
-                "SELECT name, settings, keys, version, updated_at FROM credentials WHERE name = ?1",
+                &format!("SELECT {COLUMNS} FROM credentials WHERE name = ?1"),
                 [name],
                 read_row,
             )
             .optional()
             .map_err(|e| self.unusable(e))?
             .ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
-        let (name, settings, keys, version, updated_at) = row;
-        row_to_credential(name, settings, keys, version, updated_at)
+        row_to_credential(row)
     }
 
     fn save_keys(
@@ -176,7 +245,10 @@ impl KeyStore for SqliteStore {
             return Err(StoreError::Conflict(name.into()));
         }
         tx.execute(
-            "UPDATE credentials SET keys = ?2, version = ?3, updated_at = ?4 WHERE name = ?1",
+            // Saved keys settle a refresh in doubt and revive a dead grant.
+            "UPDATE credentials SET keys = ?2, version = ?3, updated_at = ?4,
+                 refresh_in_doubt = 0, dead_grant_code = NULL, dead_grant_at = NULL
+             WHERE name = ?1",
             params![name, keys.expose(), current + 1, now_unix()],
         )
         .map_err(write)?;
@@ -198,7 +270,7 @@ impl KeyStore for SqliteStore {
                 "INSERT INTO leases (name, holder, expires_at_ms) VALUES (?1, ?2, ?3)
                  ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms
                  WHERE leases.expires_at_ms <= ?4 OR leases.holder = excluded.holder",
-                params![name, holder, now + ttl.as_millis() as i64, now],
+                params![name, holder, expiry_millis(now, ttl), now],
             )
             .map_err(write)?;
         tx.commit().map_err(write)?;
@@ -209,10 +281,7 @@ impl KeyStore for SqliteStore {
         let now = now_millis();
         let renewed = self
             .conn()
-            .execute(
-                "UPDATE leases SET expires_at_ms = ?3 WHERE name = ?1 AND holder = ?2 AND expires_at_ms > ?4",
-                params![name, holder, now + ttl.as_millis() as i64, now],
-            )
+            .execute(RENEW, params![name, holder, expiry_millis(now, ttl), now])
             .map_err(|e| StoreError::Write(e.to_string()))?;
         Ok(renewed == 1)
     }
@@ -224,6 +293,57 @@ impl KeyStore for SqliteStore {
                 [name, holder],
             )
             .map_err(|e| StoreError::Write(e.to_string()))?;
+        Ok(())
+    }
+
+    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let write = |e: rusqlite::Error| StoreError::Write(e.to_string());
+        // Renewal and mark commit together (synchronous=FULL): the mark is on
+        // disk before the refresh request leaves, and only a holder sets it.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(write)?;
+        let now = now_millis();
+        let renewed = tx
+            .execute(RENEW, params![name, holder, expiry_millis(now, ttl), now])
+            .map_err(write)?;
+        if renewed == 1 {
+            tx.execute(
+                "UPDATE credentials SET refresh_in_doubt = 1 WHERE name = ?1",
+                [name],
+            )
+            .map_err(write)?;
+        }
+        tx.commit().map_err(write)?;
+        Ok(renewed == 1)
+    }
+
+    fn clear_refresh_in_doubt(&self, name: &str) -> Result<(), StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE credentials SET refresh_in_doubt = 0 WHERE name = ?1",
+                [name],
+            )
+            .map_err(|e| StoreError::Write(e.to_string()))?;
+        if n == 0 {
+            return Err(StoreError::UnknownCredential(name.into()));
+        }
+        Ok(())
+    }
+
+    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<(), StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE credentials SET dead_grant_code = ?2, dead_grant_at = ?3 WHERE name = ?1",
+                params![name, code, now_unix()],
+            )
+            .map_err(|e| StoreError::Write(e.to_string()))?;
+        if n == 0 {
+            return Err(StoreError::UnknownCredential(name.into()));
+        }
         Ok(())
     }
 
@@ -239,10 +359,15 @@ impl KeyStore for SqliteStore {
         let settings = serde_json::to_string(settings).expect("settings serialize");
         self.conn()
             .execute(
+                // New keys start afresh (no refresh in doubt, no dead
+                // grant); a settings edit keeps both marks.
                 "INSERT INTO credentials (name, settings, keys, version, updated_at)
                  VALUES (?1, ?2, ?3, 0, ?4)
                  ON CONFLICT (name) DO UPDATE SET settings = ?2, keys = COALESCE(?3, keys),
-                     version = version + (?3 IS NOT NULL), updated_at = ?4",
+                     version = version + (?3 IS NOT NULL), updated_at = ?4,
+                     refresh_in_doubt = CASE WHEN ?3 IS NULL THEN refresh_in_doubt ELSE 0 END,
+                     dead_grant_code = CASE WHEN ?3 IS NULL THEN dead_grant_code END,
+                     dead_grant_at = CASE WHEN ?3 IS NULL THEN dead_grant_at END",
                 params![name, settings, keys.map(TokenSet::expose), now_unix()],
             )
             .map_err(|e| StoreError::Write(e.to_string()))?;
@@ -252,18 +377,14 @@ impl KeyStore for SqliteStore {
     fn list(&self) -> Result<Vec<Credential>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
-                "SELECT name, settings, keys, version, updated_at FROM credentials ORDER BY name",
-            )
+            .prepare(&format!("SELECT {COLUMNS} FROM credentials ORDER BY name"))
             .map_err(|e| self.unusable(e))?;
         let rows = stmt
             .query_map([], read_row)
             .map_err(|e| self.unusable(e))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.unusable(e))?;
-        rows.into_iter()
-            .map(|(n, s, k, v, u)| row_to_credential(n, s, k, v, u))
-            .collect()
+        rows.into_iter().map(row_to_credential).collect()
     }
 
     fn remove(&self, name: &str) -> Result<bool, StoreError> {
@@ -374,19 +495,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = SqliteStore::open(dir.path().join("s.db")).unwrap();
         let b = SqliteStore::open(dir.path().join("s.db")).unwrap();
-        let ttl = Duration::from_millis(300);
-        assert!(a.try_lease("c", "a", ttl).unwrap());
-        assert!(!b.try_lease("c", "b", ttl).unwrap(), "held by a");
-        assert!(a.try_lease("c", "a", ttl).unwrap(), "a may extend its own");
+        // Exclusivity on a lease no test outlives: a short one may run out
+        // before the next line on a loaded machine.
+        let long = Duration::from_secs(120);
+        assert!(a.try_lease("c", "a", long).unwrap());
+        assert!(!b.try_lease("c", "b", long).unwrap(), "held by a");
+        assert!(a.try_lease("c", "a", long).unwrap(), "a may extend its own");
         a.release_lease("c", "a").unwrap();
-        assert!(b.try_lease("c", "b", ttl).unwrap(), "free after release");
-        std::thread::sleep(ttl + Duration::from_millis(50));
-        assert!(a.try_lease("c", "a", ttl).unwrap(), "free after expiry");
+        let short = Duration::from_millis(300);
+        assert!(b.try_lease("c", "b", short).unwrap(), "free after release");
+        // Expiry is awaited, not timed: poll with a generous deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !a.try_lease("c", "a", long).unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never free after expiry"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         b.release_lease("c", "b").unwrap();
         assert!(
-            !b.try_lease("c", "b", ttl).unwrap(),
+            !b.try_lease("c", "b", long).unwrap(),
             "b's late release did not free a's lease"
         );
+    }
+
+    #[test]
+    fn a_huge_ttl_saturates_instead_of_wrapping() {
+        assert_eq!(expiry_millis(1_000, Duration::MAX), i64::MAX);
+        assert_eq!(
+            expiry_millis(i64::MAX - 1, Duration::from_secs(1)),
+            i64::MAX
+        );
+        assert_eq!(expiry_millis(1_000, Duration::from_millis(500)), 1_500);
     }
 
     #[test]

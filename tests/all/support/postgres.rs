@@ -6,6 +6,8 @@ use std::process::Command;
 
 pub struct Postgres {
     pub url: String,
+    /// Where it listens, on 127.0.0.1; the same after a restart.
+    pub port: u16,
     bin: PathBuf,
     data: tempfile::TempDir,
     as_postgres: bool,
@@ -28,6 +30,7 @@ pub fn start() -> Option<Postgres> {
     let port = free_port();
     let pg = Postgres {
         url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        port,
         bin,
         data,
         as_postgres,
@@ -37,16 +40,35 @@ pub fn start() -> Option<Postgres> {
         "initdb",
         &["-D", &dir, "-A", "trust", "-U", "postgres", "--no-sync"],
     ));
-    let options = format!("-p {port} -k {dir} -c listen_addresses=127.0.0.1");
-    let log = format!("{dir}/server.log");
-    run(&mut pg.cmd(
-        "pg_ctl",
-        &["-D", &dir, "-o", &options, "-l", &log, "-w", "start"],
-    ));
+    pg.start_again();
     Some(pg)
 }
 
 impl Postgres {
+    /// Stops the server as an operator's restart would (`-m fast`: open
+    /// connections are terminated), waiting until it is down.
+    pub fn stop(&self) {
+        let dir = self.data.path().display().to_string();
+        run(&mut self.cmd("pg_ctl", &["-D", &dir, "-m", "fast", "-w", "stop"]));
+    }
+
+    /// Starts the (stopped) server again, same port and data; returns once
+    /// it accepts connections.
+    pub fn start_again(&self) {
+        let dir = self.data.path().display().to_string();
+        let options = format!("-p {} -k {dir} -c listen_addresses=127.0.0.1", self.port);
+        let log = format!("{dir}/server.log");
+        run(&mut self.cmd(
+            "pg_ctl",
+            &["-D", &dir, "-o", &options, "-l", &log, "-w", "start"],
+        ));
+    }
+
+    pub fn restart(&self) {
+        self.stop();
+        self.start_again();
+    }
+
     fn cmd(&self, tool: &str, args: &[&str]) -> Command {
         let exe = self.bin.join(tool);
         if self.as_postgres {
