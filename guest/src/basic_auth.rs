@@ -1,4 +1,5 @@
-//! `Authorization: Basic` for client_secret_basic (RFC 6749 §2.3.1).
+//! `Authorization: Basic` for client_secret_basic (RFC 6749 §2.3.1), and
+//! base64url for PKCE.
 //!
 //! Encode-only base64 (RFC 4648 §4) written out here: the `base64` crate's
 //! general engine costs the component about 5 KB for these dozen lines. The
@@ -20,6 +21,18 @@ fn form_encode(s: &str) -> String {
 }
 
 fn base64(input: &[u8]) -> String {
+    encode(input, ALPHABET, true)
+}
+
+/// base64url without padding (RFC 4648 §5; RFC 7636 Appendix A), for the
+/// `state` and the PKCE verifier and challenge.
+pub fn base64url(input: &[u8]) -> String {
+    encode(input, URL_ALPHABET, false)
+}
+
+const URL_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn encode(input: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
         let b = [
@@ -30,8 +43,8 @@ fn base64(input: &[u8]) -> String {
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
+                out.push(alphabet[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else if pad {
                 out.push('=');
             }
         }
@@ -65,6 +78,15 @@ mod tests {
         for len in 0..bytes.len() {
             let expected = base64::engine::general_purpose::STANDARD.encode(&bytes[..len]);
             assert_eq!(base64(&bytes[..len]), expected);
+        }
+    }
+
+    #[test]
+    fn base64url_agrees_with_the_base64_crate() {
+        let bytes: Vec<u8> = (0..=255u8).rev().cycle().take(300).collect();
+        for len in 0..bytes.len() {
+            let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..len]);
+            assert_eq!(base64url(&bytes[..len]), expected);
         }
     }
 

@@ -154,6 +154,186 @@ mod tests {
     }
 
     #[test]
+    fn quoted_values_are_unescaped_and_names_and_schemes_case_folded() {
+        for (c, expected) in [
+            (r#"Bearer error="insufficient\_scope""#, Some(None)),
+            (r#"Bearer error="\insufficient_scope""#, Some(None)),
+            (
+                r#"BEARER ERROR = "insufficient_scope" , Scope = "\"q\" \\ r""#,
+                Some(Some(r#""q" \ r"#)),
+            ),
+            (
+                "Bearer\terror=insufficient_scope,\tscope=a/b",
+                Some(Some("a/b")),
+            ),
+            (
+                "Bearer ,, error=insufficient_scope,,scope=x",
+                Some(Some("x")),
+            ),
+            (
+                r#"Bearer scope="", error="insufficient_scope""#,
+                Some(Some("")),
+            ),
+            // A value that is not a token or a quoted string voids the header.
+            (r#"Bearer error=insufficient_scope, scope=(x)"#, None),
+            (r#"Bearer scope=(x), error=insufficient_scope"#, None),
+            (r#"Bearer error="#, None),
+            (r#"Bearer error="insufficient_scope\"#, None),
+            // The scheme is a whole word, and parameters belong to their scheme.
+            (r#"Bearerx error="insufficient_scope""#, None),
+            (
+                r#"Basic error="insufficient_scope", Bearer realm="r""#,
+                None,
+            ),
+            (
+                r#"Basic realm="x", Bearer error="insufficient_scope""#,
+                Some(None),
+            ),
+            // "error" and "scope" exactly.
+            (r#"Bearer errors="insufficient_scope""#, None),
+            (r#"Bearer error="insufficient_scopes""#, None),
+            (
+                r#"Bearer error="insufficient_scope", scopes="x""#,
+                Some(None),
+            ),
+        ] {
+            assert_eq!(
+                insufficient_scope(&resp(c)),
+                expected.map(|s| s.map(String::from)),
+                "{c}"
+            );
+        }
+        // Only WWW-Authenticate carries challenges, and any one of several may.
+        let mut r = resp(r#"Bearer error="invalid_token""#);
+        r.headers[0].0 = "Proxy-Authenticate".into();
+        r.headers.push((
+            "x-www-authenticate".into(),
+            r#"Bearer error="insufficient_scope""#.into(),
+        ));
+        assert_eq!(insufficient_scope(&r), None);
+        r.headers.push((
+            "www-authenticate".into(),
+            r#"Bearer error="insufficient_scope", scope="s""#.into(),
+        ));
+        assert_eq!(insufficient_scope(&r), Some(Some("s".into())));
+    }
+
+    /// An auth-param to render: name, value (and which characters to escape
+    /// needlessly), and whether to write a token value bare.
+    type Param = (String, (String, Vec<bool>), bool);
+
+    /// A quoted-string holding `v`, with `"` and `\` escaped, and the
+    /// characters `also` says escaped too (a quoted-pair may escape any).
+    fn quoted(v: &str, also: &[bool]) -> String {
+        let mut out = String::from("\"");
+        for (i, c) in v.chars().enumerate() {
+            if c == '"' || c == '\\' || (c.is_ascii() && also.get(i).copied().unwrap_or(false)) {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+        out
+    }
+
+    #[test]
+    fn any_well_formed_challenge_list_is_read_as_written() {
+        use proptest::prelude::*;
+        let value = (
+            "[ -~\t\u{e9}]{0,12}",
+            proptest::collection::vec(any::<bool>(), 12),
+        );
+        let token = "[A-Za-z0-9!#$%&'*+.^_`|~/-]{1,8}";
+        let param = (
+            prop_oneof![
+                Just("realm".to_string()),
+                Just("error_description".into()),
+                token
+            ],
+            value.clone(),
+            any::<bool>(),
+        );
+        let params = proptest::collection::vec(param, 0..3);
+        let other = (
+            prop_oneof![Just("Basic"), Just("Newauth"), Just("DPoP")],
+            params.clone(),
+        );
+        let error = prop_oneof![
+            Just("insufficient_scope".to_string()),
+            Just("invalid_token".to_string()),
+            Just("Insufficient_Scope".to_string()),
+        ];
+        let sep = prop_oneof![Just(","), Just(", "), Just(" ,\t"), Just(",,")];
+        let case = (
+            proptest::option::of(other.clone()),
+            (
+                proptest::option::of(error),
+                proptest::option::of(value),
+                params,
+            ),
+            proptest::option::of(other),
+            (sep, any::<bool>(), any::<bool>()),
+        );
+        crate::proptests::check(
+            "any_well_formed_challenge_list_is_read_as_written",
+            2_000,
+            case,
+            |(before, (error, scope, mut extra), after, (sep, upper, token68))| {
+                let render = |(name, (v, also), as_token): &Param| {
+                    let is_token = !v.is_empty() && v.bytes().all(is_tchar);
+                    let v = if *as_token && is_token {
+                        v.clone()
+                    } else {
+                        quoted(v, also)
+                    };
+                    format!("{name} = {v}")
+                };
+                let challenge = |scheme: &str, params: &[Param]| {
+                    let params: Vec<String> = params.iter().map(render).collect();
+                    format!("{scheme} {}", params.join(sep))
+                };
+                // Extra parameters named like the ones that matter are not extra.
+                extra.retain(|(n, _, _)| {
+                    !n.eq_ignore_ascii_case("error") && !n.eq_ignore_ascii_case("scope")
+                });
+                let mut bearer = extra.clone();
+                if let Some(e) = &error {
+                    bearer.push((
+                        if upper {
+                            "ERROR".into()
+                        } else {
+                            "error".into()
+                        },
+                        (e.clone(), vec![]),
+                        true,
+                    ));
+                }
+                if let Some((v, also)) = &scope {
+                    bearer.insert(0, ("Scope".into(), (v.clone(), also.clone()), false));
+                }
+                let mut list = Vec::new();
+                if let Some((s, p)) = &before {
+                    list.push(challenge(s, p));
+                }
+                if token68 {
+                    // A token68 challenge first: its scheme is all it shows.
+                    list.push("Negotiate abc".into());
+                }
+                list.push(challenge(if upper { "BEARER" } else { "Bearer" }, &bearer));
+                if let Some((s, p)) = &after {
+                    list.push(challenge(s, p));
+                }
+                let header = list.join(sep);
+                let expected = (error.as_deref() == Some("insufficient_scope"))
+                    .then(|| scope.as_ref().map(|(v, _)| v.clone()));
+                let got = insufficient_scope(&resp(&header));
+                proptest::prop_assert_eq!(got, expected, "{}", header);
+                Ok(())
+            },
+        );
+    }
+
+    #[test]
     fn finds_the_bearer_challenge_among_others() {
         let r = resp(r#"Basic realm="x", Bearer error="insufficient_scope", scope="a b""#);
         assert_eq!(insufficient_scope(&r), Some(Some("a b".into())));

@@ -10,10 +10,13 @@
 
 extern crate alloc;
 
+mod authorize;
 mod basic_auth;
 mod challenge;
 mod flow;
 mod keys;
+#[cfg(test)]
+mod proptests;
 mod token;
 
 wit_bindgen::generate!({
@@ -25,7 +28,9 @@ wit_bindgen::generate!({
 });
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::time::Duration;
+use exports::rekey::oauth2::authorize::{Authorization, AuthorizeError, DeviceGrant, Pending};
 use exports::rekey::oauth2::client::Guest;
 use rekey::oauth2::host;
 use rekey::oauth2::types::{Lease, Request, Response, SendError, Settings, TransportError};
@@ -59,11 +64,59 @@ impl flow::Effects for HostEffects {
     }
 }
 
+impl authorize::Effects for HostEffects {
+    fn http_send(&mut self, req: &Request) -> Result<Response, TransportError> {
+        host::http_send(req)
+    }
+    fn now_unix(&self) -> u64 {
+        wall_clock::now().seconds
+    }
+    fn sleep(&mut self, d: Duration) {
+        flow::Effects::sleep(self, d)
+    }
+}
+
 struct Component;
 
 impl Guest for Component {
     fn send(settings: Settings, keys: Option<String>, req: Request) -> Result<Response, SendError> {
         flow::send(&mut HostEffects, &settings, keys.as_deref(), &req)
+    }
+}
+
+impl exports::rekey::oauth2::authorize::Guest for Component {
+    fn begin(
+        settings: Settings,
+        authorization: Authorization,
+        entropy: Vec<u8>,
+    ) -> Result<Pending, AuthorizeError> {
+        authorize::begin(&settings, &authorization, &entropy)
+    }
+
+    fn finish(
+        settings: Settings,
+        authorization: Authorization,
+        pending: Pending,
+        query: String,
+    ) -> Result<String, AuthorizeError> {
+        authorize::finish(
+            &mut HostEffects,
+            &settings,
+            &authorization,
+            &pending,
+            &query,
+        )
+    }
+
+    fn device_start(
+        settings: Settings,
+        authorization: Authorization,
+    ) -> Result<DeviceGrant, AuthorizeError> {
+        authorize::device_start(&mut HostEffects, &settings, &authorization)
+    }
+
+    fn device_poll(settings: Settings, grant: DeviceGrant) -> Result<String, AuthorizeError> {
+        authorize::device_poll(&mut HostEffects, &settings, &grant)
     }
 }
 

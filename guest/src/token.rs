@@ -305,6 +305,70 @@ mod tests {
     }
 
     #[test]
+    fn token_responses_up_to_exactly_64_kib_are_read() {
+        let mut body = br#"{"access_token":"a"}"#.to_vec();
+        body.resize(64 * 1024, b' ');
+        let mut r = resp(200, "");
+        r.body = body;
+        assert!(matches!(classify(&r), Outcome::Tokens(_)));
+        r.body.push(b' ');
+        assert!(matches!(
+            classify(&r),
+            Outcome::Fail(SendError::TokenEndpoint(m)) if m.contains("65537 bytes exceeds 65536")
+        ));
+    }
+
+    #[test]
+    fn only_plausible_error_codes_travel_on() {
+        let longest = "x".repeat(64);
+        for (code, kept) in [
+            ("temporarily_unavailable", "temporarily_unavailable"),
+            ("A-b.9_z", "A-b.9_z"),
+            (longest.as_str(), longest.as_str()),
+            (&*"x".repeat(65), "unrecognised"),
+            ("", "unrecognised"),
+            ("bad grant", "unrecognised"),
+            ("bad,grant", "unrecognised"),
+            ("caf\u{e9}", "unrecognised"),
+            ("a\r\nb", "unrecognised"),
+        ] {
+            let body = serde_json::json!({ "error": code, "error_description": "sekrit" });
+            match classify(&resp(400, &body.to_string())) {
+                Outcome::Fail(SendError::TokenEndpoint(m)) => {
+                    assert_eq!(m, format!("token endpoint answered 400 with error {kept}"));
+                }
+                _ => panic!("{code:?}"),
+            }
+        }
+        // A non-string `error` is no OAuth error: the status decides.
+        assert!(matches!(
+            classify(&resp(200, r#"{"error":5,"access_token":"a"}"#)),
+            Outcome::Tokens(_)
+        ));
+    }
+
+    #[test]
+    fn an_empty_scope_is_not_sent() {
+        let mut s = settings(ClientAuth::ClientSecretPost);
+        s.scope = Some(String::new());
+        let body = String::from_utf8(refresh_request(&s, "rt").body).unwrap();
+        assert!(!body.contains("scope"), "{body}");
+        s.client_secret = None;
+        s.client_auth = ClientAuth::ClientSecretBasic;
+        let req = refresh_request(&s, "rt");
+        let body = String::from_utf8(req.body).unwrap();
+        assert_eq!(
+            body,
+            "grant_type=refresh_token&refresh_token=rt&format=json&client_id=app+id"
+        );
+        assert!(!req.headers.iter().any(|(k, _)| k == "authorization"));
+        assert_eq!(
+            (req.method.as_str(), req.url.as_str()),
+            ("POST", "http://127.0.0.1:1/token")
+        );
+    }
+
+    #[test]
     fn retry_after_is_bounded() {
         let mut r = resp(429, "");
         r.headers.push(("Retry-After".into(), "3600".into()));

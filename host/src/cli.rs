@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod authorize;
 mod credential;
 mod demo;
 mod exit;
@@ -37,6 +38,8 @@ pub struct Args {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Add, show, list or remove stored credentials.
@@ -44,6 +47,9 @@ enum Command {
     Credential(credential::Command),
     /// Send one HTTP request with a credential, curl-style.
     Send(send::Args),
+    /// Get a credential's first token set: authorization code with PKCE
+    /// through a loopback redirect, or the device grant (`--device`).
+    Authorize(authorize::Args),
     /// Run a self-contained demo against an embedded OAuth2 provider.
     Demo,
     /// Write the rekey component (.wasm), byte for byte the one this binary
@@ -93,6 +99,15 @@ pub async fn run(args: Args) -> Result<Exit, Failure> {
         // them off the async threads.
         Command::Credential(cmd) => {
             blocking(move || credential::run(open_store(&args.store)?.as_ref(), cmd)).await
+        }
+        Command::Authorize(authorize) => {
+            let cache_dir = if args.no_cache {
+                None
+            } else {
+                args.cache_dir.or_else(rekey::cache::default_dir)
+            };
+            let store = blocking(move || open_store(&args.store)).await?;
+            authorize::run(store, cache_dir, authorize).await
         }
         Command::Send(send) => {
             let cache_dir = if args.no_cache {

@@ -34,6 +34,7 @@ mod bindings {
     });
 }
 
+pub mod authorize;
 pub mod cache;
 mod call;
 mod error;

@@ -76,6 +76,21 @@ pub struct Settings {
     /// Statuses that mean "token rejected" (default 401).
     #[serde(default = "default_rejected")]
     pub rejected_statuses: Vec<u16>,
+    /// The authorization endpoint, for `rekey authorize` (the code grant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_url: Option<String>,
+    /// The device authorization endpoint (RFC 8628), for `rekey authorize --device`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_url: Option<String>,
+    /// Extra parameters of the authorization request (e.g. Google's
+    /// `access_type=offline`, `prompt=consent`). A `scope` here is the scope
+    /// asked for at authorisation (else `scope` is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auth_params: Vec<(String, String)>,
+    /// The issuer, when known (discovery, presets): the redirect's `iss`
+    /// must name it when present (RFC 9207).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
     /// The origins the access token may be sent to (`https://api.example.com`,
     /// `https://*.example.com` for subdomains). Empty: not bound.
     #[serde(default)]
@@ -99,6 +114,10 @@ impl Settings {
             strategy: Strategy::default(),
             expiry_margin_secs: default_margin(),
             rejected_statuses: default_rejected(),
+            authorization_url: None,
+            device_url: None,
+            auth_params: Vec::new(),
+            issuer: None,
             api_origins: Vec::new(),
             allow_instance_url: false,
         }
@@ -158,6 +177,14 @@ impl Settings {
         }
         for origin in &self.api_origins {
             crate::origins::Pattern::parse(origin)?;
+        }
+        for (what, url) in [
+            ("authorization URL", &self.authorization_url),
+            ("device authorization URL", &self.device_url),
+        ] {
+            if let Some(url) = url {
+                crate::authorize::check_endpoint(what, url)?;
+            }
         }
         if self
             .rejected_statuses

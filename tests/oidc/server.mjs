@@ -6,7 +6,7 @@
 // Each option may come from the environment instead: OIDC_PORT (default 0, an
 // ephemeral port), OIDC_ACCESS_TOKEN_TTL (default 2), OIDC_CLIENTS (a JSON
 // array of {client_id, client_secret, token_endpoint_auth_method?,
-// redirect_uris?}; default: one client_secret_basic and one
+// redirect_uris?, grant_types?, application_type?}; default: one client_secret_basic and one
 // client_secret_post client). OIDC_VERBOSE=1 lets oidc-provider's own
 // development notices through to stderr.
 //
@@ -14,6 +14,7 @@
 // {"port": N, "issuer": "http://127.0.0.1:N"}, and nothing else ever goes to
 // stdout. It exits when its stdin closes, on SIGTERM/SIGINT, or after
 // OIDC_MAX_LIFETIME seconds (default 600), so it never outlives its test.
+// OIDC_DEVICE_CODE_TTL sets the device codes' lifetime (default 600 s).
 //
 // Besides the provider's routes (/auth, /token, /me, /interaction/...), GET
 // /_stats answers counters the test checks, per client_id:
@@ -55,6 +56,8 @@ function fail(message) {
 const port = Number(argv.port ?? process.env.OIDC_PORT ?? 0);
 const accessTokenTtl = Number(argv['access-token-ttl'] ?? process.env.OIDC_ACCESS_TOKEN_TTL ?? 2);
 const maxLifetime = Number(process.env.OIDC_MAX_LIFETIME ?? 600);
+// Lifetime of device codes (RFC 8628), for the expiry scenario.
+const deviceCodeTtl = Number(process.env.OIDC_DEVICE_CODE_TTL ?? 600);
 if (!Number.isInteger(port) || port < 0 || port > 65535) fail('--port must be 0..65535');
 if (!Number.isInteger(accessTokenTtl) || accessTokenTtl < 1) fail('--access-token-ttl must be a whole number of seconds >= 1');
 
@@ -76,9 +79,11 @@ clients = clients.map((c) => ({
   client_id: c.client_id,
   client_secret: c.client_secret,
   token_endpoint_auth_method: c.token_endpoint_auth_method ?? 'client_secret_basic',
-  grant_types: ['authorization_code', 'refresh_token'],
+  grant_types: c.grant_types ?? ['authorization_code', 'refresh_token'],
   response_types: ['code'],
   redirect_uris: c.redirect_uris ?? [DEFAULT_REDIRECT_URI],
+  // 'native': a loopback redirect URI matches on any port (RFC 8252 §7.3).
+  ...(c.application_type ? { application_type: c.application_type } : {}),
 }));
 
 const stats = { clients: {}, server_errors: 0, userinfo_rejected_unknown: 0 };
@@ -118,6 +123,7 @@ function createProvider(issuer) {
     ttl: {
       AccessToken: accessTokenTtl,
       AuthorizationCode: 60,
+      DeviceCode: deviceCodeTtl,
       IdToken: 3600,
       RefreshToken: 3600,
       Grant: 3600,
@@ -126,7 +132,9 @@ function createProvider(issuer) {
     },
     cookies: { keys: ['rekey-conformance-test-only'] },
     findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
-    features: { devInteractions: { enabled: true } },
+    // deviceFlow: RFC 8628 at /device/auth (user pages at /device); clients
+    // that list its grant type may use it.
+    features: { devInteractions: { enabled: true }, deviceFlow: { enabled: true } },
   });
 
   provider.on('grant.success', (ctx) => {

@@ -58,9 +58,30 @@ pub struct SetArgs {
 /// changes only what is given.
 #[derive(clap::Args)]
 struct SettingsArgs {
+    /// Start from a provider preset (host/presets.json): salesforce,
+    /// microsoft, google, github, or oidc (with --issuer). Every other
+    /// option overrides what it sets.
+    #[arg(long)]
+    provider: Option<String>,
+    /// Discover the token, authorization and device endpoints from this
+    /// issuer's /.well-known/openid-configuration (or RFC 8414
+    /// /.well-known/oauth-authorization-server).
+    #[arg(long)]
+    issuer: Option<String>,
     /// The provider's token endpoint (https://; http:// only on loopback).
     #[arg(long)]
     token_url: Option<String>,
+    /// The authorization endpoint, for `rekey authorize`.
+    #[arg(long)]
+    authorization_url: Option<String>,
+    /// The device authorization endpoint, for `rekey authorize --device`.
+    #[arg(long)]
+    device_url: Option<String>,
+    /// An extra authorization request parameter, `KEY=VALUE` (e.g.
+    /// scope=openid offline_access, prompt=consent); repeatable; given at
+    /// all, they replace the stored ones.
+    #[arg(long = "auth-param")]
+    auth_params: Vec<String>,
     /// The OAuth client id.
     #[arg(long)]
     client_id: Option<String>,
@@ -136,7 +157,7 @@ pub fn run(store: &dyn KeyStore, cmd: Command) -> Result<Exit, Failure> {
         Command::Set(args) => set(store, args),
         Command::Show { name } => {
             let c = store.load(&name)?;
-            print_json(&describe(&c));
+            print_json(&describe_all(&c));
             Ok(Exit::Ok)
         }
         Command::List => {
@@ -168,9 +189,20 @@ fn bad(message: impl Into<String>) -> Failure {
 
 fn add(store: &dyn KeyStore, a: AddArgs) -> Result<Exit, Failure> {
     check_name(&a.name).map_err(bad)?;
-    let (Some(token_url), Some(client_id)) = (&a.settings.token_url, &a.settings.client_id) else {
-        return Err(bad("a new credential needs --token-url and --client-id"));
+    let Some(client_id) = &a.settings.client_id else {
+        return Err(bad(
+            "a new credential needs --client-id, and --token-url (or --provider or --issuer)",
+        ));
     };
+    let has_endpoint = a.settings.token_url.is_some()
+        || a.settings.provider.is_some()
+        || a.settings.issuer.is_some();
+    if !has_endpoint {
+        return Err(bad(
+            "a new credential needs --token-url (or --provider or --issuer) and --client-id",
+        ));
+    }
+    let token_url = &a.settings.token_url.clone().unwrap_or_default();
     let exists = match store.load(&a.name) {
         Ok(_) => true,
         Err(rekey::StoreError::UnknownCredential(_)) => false,
@@ -183,6 +215,7 @@ fn add(store: &dyn KeyStore, a: AddArgs) -> Result<Exit, Failure> {
         )));
     }
     let mut settings = Settings::new(token_url.clone(), client_id.clone());
+    a.settings.endpoints(&mut settings)?;
     a.settings.apply(&mut settings)?;
     let keys = a.keys.as_deref().map(import_keys).transpose()?;
     store.put(&a.name, &settings, keys.as_ref())?;
@@ -197,6 +230,7 @@ fn add(store: &dyn KeyStore, a: AddArgs) -> Result<Exit, Failure> {
 
 fn set(store: &dyn KeyStore, a: SetArgs) -> Result<Exit, Failure> {
     let mut settings = store.load(&a.name)?.settings;
+    a.settings.endpoints(&mut settings)?;
     a.settings.apply(&mut settings)?;
     let keys = a.keys.as_deref().map(import_keys).transpose()?;
     store.put(&a.name, &settings, keys.as_ref())?;
@@ -221,6 +255,45 @@ fn state(c: &rekey::Credential) -> String {
 
 impl SettingsArgs {
     /// Lays what was given over `s`, then checks the result.
+    /// A preset, then what discovery finds, then the endpoint options given:
+    /// everything `apply` sets is laid over that.
+    fn endpoints(&self, s: &mut Settings) -> Result<(), Failure> {
+        let issuer = self.issuer.clone();
+        if let Some(name) = &self.provider {
+            let preset = rekey::authorize::preset(name).map_err(bad)?;
+            preset.apply(s);
+            if preset.discover && issuer.is_none() {
+                return Err(bad(format!(
+                    "--provider {name} needs --issuer (its endpoints are discovered)"
+                )));
+            }
+        }
+        if let Some(issuer) = issuer {
+            let found = tokio::runtime::Handle::current()
+                .block_on(rekey::authorize::discover(&issuer))
+                .map_err(|e| Failure::new(Exit::Failure(e.category()), e.to_string()))?;
+            found.apply(s);
+        }
+        if let Some(url) = &self.authorization_url {
+            s.authorization_url = Some(url.clone());
+        }
+        if let Some(url) = &self.device_url {
+            s.device_url = Some(url.clone());
+        }
+        if !self.auth_params.is_empty() {
+            s.auth_params = self
+                .auth_params
+                .iter()
+                .map(|p| {
+                    p.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .ok_or_else(|| bad(format!("--auth-param {p:?} must look like KEY=VALUE")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(())
+    }
+
     fn apply(self, s: &mut Settings) -> Result<(), Failure> {
         if let Some(url) = self.token_url {
             s.token_url = url;
@@ -356,6 +429,26 @@ fn describe(c: &rekey::Credential) -> serde_json::Value {
         },
         "keys": c.keys.as_ref().map(TokenSet::redacted),
     })
+}
+
+/// `describe`, plus the authorization settings where there are any.
+fn describe_all(c: &rekey::Credential) -> serde_json::Value {
+    let mut v = describe(c);
+    let s = &c.settings;
+    let shown = &mut v["settings"];
+    if let Some(url) = &s.authorization_url {
+        shown["authorization_url"] = json!(url);
+    }
+    if let Some(url) = &s.device_url {
+        shown["device_url"] = json!(url);
+    }
+    if !s.auth_params.is_empty() {
+        shown["auth_params"] = json!(s.auth_params);
+    }
+    if let Some(issuer) = &s.issuer {
+        shown["issuer"] = json!(issuer);
+    }
+    v
 }
 
 fn print_json(v: &serde_json::Value) {

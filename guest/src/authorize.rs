@@ -1,0 +1,998 @@
+//! The first token set: the authorization code grant with PKCE through a
+//! loopback redirect (RFC 6749 §4.1, RFC 7636, RFC 8252 §7.3, RFC 9207), and
+//! the device authorization grant (RFC 8628).
+//!
+//! Written against [`Effects`] (HTTP, the clock, sleeping), like `flow`, so
+//! the tests script every answer. Randomness comes in as an argument: the
+//! component imports no `wasi:random`.
+
+use crate::basic_auth;
+use crate::exports::rekey::oauth2::authorize::{
+    Authorization, AuthorizeError, DeviceGrant, Pending,
+};
+use crate::flow::is_loopback_authority;
+use crate::rekey::oauth2::types::{
+    ClientAuth, OauthError, Request, Response, SendError, Settings, TransportError,
+};
+use crate::token::{self, Outcome};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use core::time::Duration;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// What the flows need from outside.
+pub trait Effects {
+    fn http_send(&mut self, req: &Request) -> Result<Response, TransportError>;
+    fn now_unix(&self) -> u64;
+    fn sleep(&mut self, d: Duration);
+}
+
+/// Random bytes `begin` needs: 16 for `state`, 32 for the PKCE verifier.
+pub const ENTROPY: usize = 48;
+/// RFC 8628 §3.2: the polling interval when the server names none.
+pub const DEFAULT_INTERVAL: u32 = 5;
+/// RFC 8628 §3.5: `slow_down` adds this many seconds to the interval.
+pub const SLOW_DOWN: u32 = 5;
+/// Longest a device grant is polled, whatever the server says.
+pub const MAX_DEVICE_LIFETIME: u32 = 3600;
+/// Failed polls in a row (no connection, 5xx) before giving up.
+pub const POLL_FAILURES: u32 = 4;
+/// Attempts at a token or device endpoint request that provably did nothing.
+const ATTEMPTS: u32 = 3;
+const BACKOFF: Duration = Duration::from_millis(200);
+const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// Parameters of the authorization request the guest sets itself.
+const RESERVED_AUTH: [&str; 7] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+];
+
+/// Form fields the token requests set themselves (extra parameters with
+/// these names are not sent).
+const RESERVED_TOKEN: [&str; 8] = [
+    "grant_type",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "device_code",
+    "client_id",
+    "client_secret",
+    "scope",
+];
+
+fn invalid(m: impl Into<String>) -> AuthorizeError {
+    AuthorizeError::InvalidSettings(m.into())
+}
+
+/// https://, or http:// on loopback only (RFC 6749 §3.1, §3.2).
+fn secure_url(url: &str) -> bool {
+    url.starts_with("https://")
+        || url
+            .strip_prefix("http://")
+            .is_some_and(is_loopback_authority)
+}
+
+fn check_endpoint(what: &str, url: &str) -> Result<(), AuthorizeError> {
+    if !secure_url(url) || url.contains('#') {
+        return Err(invalid(format!(
+            "the {what} must be an https:// URL without a fragment (http:// only on loopback)"
+        )));
+    }
+    Ok(())
+}
+
+fn check_client(settings: &Settings) -> Result<(), AuthorizeError> {
+    check_endpoint("token URL", &settings.token_url)?;
+    if settings.client_id.is_empty() {
+        return Err(invalid("the client id is empty"));
+    }
+    Ok(())
+}
+
+/// Starts the code grant: `state`, the PKCE pair, and the authorization URL.
+pub fn begin(
+    settings: &Settings,
+    auth: &Authorization,
+    entropy: &[u8],
+) -> Result<Pending, AuthorizeError> {
+    check_client(settings)?;
+    let endpoint = auth
+        .authorization_url
+        .as_deref()
+        .ok_or_else(|| invalid("no authorization endpoint is configured"))?;
+    check_endpoint("authorization URL", endpoint)?;
+    let redirect = auth.redirect_uri.as_str();
+    if !redirect
+        .strip_prefix("http://")
+        .is_some_and(is_loopback_authority)
+        || redirect.contains(['#', '?'])
+    {
+        return Err(invalid(
+            "the redirect URI must be http:// on loopback (RFC 8252 §7.3), without query or fragment",
+        ));
+    }
+    if let Some((k, _)) = auth
+        .auth_params
+        .iter()
+        .find(|(k, _)| RESERVED_AUTH.contains(&k.as_str()))
+    {
+        return Err(invalid(format!(
+            "the authorization parameter {k:?} would override what rekey sets itself"
+        )));
+    }
+    if entropy.len() < ENTROPY {
+        return Err(invalid(format!(
+            "{} random bytes given, {ENTROPY} needed",
+            entropy.len()
+        )));
+    }
+    let state = basic_auth::base64url(&entropy[..16]);
+    let code_verifier = basic_auth::base64url(&entropy[16..48]);
+    let challenge = basic_auth::base64url(&Sha256::digest(code_verifier.as_bytes()));
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("response_type", "code");
+    query.append_pair("client_id", &settings.client_id);
+    query.append_pair("redirect_uri", redirect);
+    if let Some(scope) = auth.scope.as_deref().filter(|s| !s.is_empty()) {
+        query.append_pair("scope", scope);
+    }
+    query.append_pair("state", &state);
+    query.append_pair("code_challenge", &challenge);
+    query.append_pair("code_challenge_method", "S256");
+    for (k, v) in &auth.auth_params {
+        query.append_pair(k, v);
+    }
+    let joiner = if endpoint.contains('?') { '&' } else { '?' };
+    Ok(Pending {
+        url: format!("{endpoint}{joiner}{}", query.finish()),
+        state,
+        code_verifier,
+    })
+}
+
+/// Equal without an early exit on the first differing byte.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// An OAuth error code as it may travel on (§5.2 charset, short), or
+/// `unrecognised`: no provider text of unknown content goes further.
+fn plausible_code(code: &str) -> String {
+    let ok = !code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        code.into()
+    } else {
+        "unrecognised".into()
+    }
+}
+
+/// Checks the redirect and exchanges its code.
+pub fn finish(
+    fx: &mut impl Effects,
+    settings: &Settings,
+    auth: &Authorization,
+    pending: &Pending,
+    query: &str,
+) -> Result<String, AuthorizeError> {
+    check_client(settings)?;
+    let mut state = None;
+    let mut code = None;
+    let mut iss = None;
+    let mut error = None;
+    let mut repeated = false;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let slot = match k.as_ref() {
+            "state" => &mut state,
+            "code" => &mut code,
+            "iss" => &mut iss,
+            "error" => &mut error,
+            _ => continue,
+        };
+        // RFC 6749 §3.1: parameters must not be repeated.
+        repeated |= slot.is_some();
+        *slot = Some(v.into_owned());
+    }
+    // State first: a redirect that is not ours says nothing, error or not.
+    if repeated || !state.is_some_and(|s| same(&s, &pending.state)) {
+        return Err(AuthorizeError::StateMismatch);
+    }
+    if let (Some(iss), Some(expected)) = (iss.as_deref(), auth.issuer.as_deref())
+        && iss != expected
+    {
+        return Err(AuthorizeError::IssuerMismatch);
+    }
+    match error.as_deref() {
+        Some("access_denied") => return Err(AuthorizeError::AccessDenied),
+        Some(e) => return Err(AuthorizeError::ProviderError(plausible_code(e))),
+        None => {}
+    }
+    let code = code
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| AuthorizeError::ProviderError("no_code".into()))?;
+    let req = token_request(
+        settings,
+        &settings.token_url,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", &auth.redirect_uri),
+            ("code_verifier", &pending.code_verifier),
+        ],
+    );
+    exchange(fx, &req)
+}
+
+/// A POST to a token (or device) endpoint: the given fields, the settings'
+/// extra parameters, and the client authentication as configured.
+fn token_request(settings: &Settings, url: &str, fields: &[(&str, &str)]) -> Request {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in fields {
+        form.append_pair(k, v);
+    }
+    for (k, v) in &settings.extra_params {
+        if !RESERVED_TOKEN.contains(&k.as_str()) {
+            form.append_pair(k, v);
+        }
+    }
+    let mut headers = vec![
+        (
+            "content-type".into(),
+            "application/x-www-form-urlencoded".into(),
+        ),
+        ("accept".into(), "application/json".into()),
+    ];
+    match (&settings.client_auth, settings.client_secret.as_deref()) {
+        (ClientAuth::ClientSecretBasic, Some(secret)) => {
+            let value = basic_auth::header_value(&settings.client_id, secret);
+            headers.push(("authorization".into(), value));
+        }
+        (ClientAuth::ClientSecretPost, Some(secret)) => {
+            form.append_pair("client_id", &settings.client_id);
+            form.append_pair("client_secret", secret);
+        }
+        (_, None) => {
+            form.append_pair("client_id", &settings.client_id);
+        }
+    }
+    Request {
+        method: "POST".into(),
+        url: url.into(),
+        headers,
+        body: form.finish().into_bytes(),
+    }
+}
+
+/// One answer of a token endpoint, as the grants need it.
+enum Answer {
+    /// A usable token response: the body, as sent.
+    Tokens(String),
+    /// An OAuth error code (RFC 6749 §5.2, RFC 8628 §3.5).
+    Error(u16, String),
+    /// Worth another attempt: the request provably did nothing (429, 503,
+    /// no connection), or (`maybe_processed`) it may have.
+    Retry {
+        reason: String,
+        maybe_processed: bool,
+    },
+    /// Final.
+    Fail(AuthorizeError),
+}
+
+fn read_answer(result: Result<Response, TransportError>) -> Answer {
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(TransportError::Connect(m)) => {
+            return Answer::Retry {
+                reason: format!("endpoint unreachable: {m}"),
+                maybe_processed: false,
+            };
+        }
+        Err(e @ (TransportError::Timeout | TransportError::Other(_))) => {
+            let reason = match &e {
+                TransportError::Other(m) => format!("exchange failed: {m}"),
+                _ => "endpoint timed out".into(),
+            };
+            return Answer::Retry {
+                reason,
+                maybe_processed: true,
+            };
+        }
+        Err(e) => return Answer::Fail(AuthorizeError::Transport(e)),
+    };
+    let code = error_code(&resp);
+    match token::classify(&resp) {
+        Outcome::Tokens(_) => match String::from_utf8(resp.body) {
+            Ok(body) => Answer::Tokens(body),
+            Err(_) => Answer::Fail(AuthorizeError::Endpoint(
+                "token response is not UTF-8".into(),
+            )),
+        },
+        Outcome::Retry {
+            reason,
+            maybe_processed,
+            ..
+        } => Answer::Retry {
+            reason,
+            maybe_processed,
+        },
+        Outcome::Fail(e) => match (code, e) {
+            (Some(code), _) => Answer::Error(resp.status, code),
+            (None, SendError::TokenEndpoint(m)) => Answer::Fail(AuthorizeError::Endpoint(m)),
+            (None, _) => Answer::Fail(AuthorizeError::Endpoint("unusable answer".into())),
+        },
+    }
+}
+
+/// The `error` of a JSON error body, when there is one.
+fn error_code(resp: &Response) -> Option<String> {
+    if resp.body.len() > token::MAX_TOKEN_RESPONSE {
+        return None;
+    }
+    match serde_json::from_slice::<Value>(&resp.body).ok()? {
+        Value::Object(map) => Some(plausible_code(map.get("error")?.as_str()?)),
+        _ => None,
+    }
+}
+
+fn rejected(status: u16, code: String) -> AuthorizeError {
+    match code.as_str() {
+        "access_denied" => AuthorizeError::AccessDenied,
+        "expired_token" => AuthorizeError::Expired,
+        _ => AuthorizeError::Rejected(OauthError { status, code }),
+    }
+}
+
+/// Sends a request that must not be repeated once it may have been
+/// processed (a code is single use): retried only when it provably did
+/// nothing.
+fn exchange(fx: &mut impl Effects, req: &Request) -> Result<String, AuthorizeError> {
+    let mut delay = BACKOFF;
+    for attempt in 1..=ATTEMPTS {
+        match read_answer(fx.http_send(req)) {
+            Answer::Tokens(body) => return Ok(body),
+            Answer::Error(status, code) => return Err(rejected(status, code)),
+            Answer::Fail(e) => return Err(e),
+            Answer::Retry {
+                reason,
+                maybe_processed,
+            } => {
+                if maybe_processed || attempt == ATTEMPTS {
+                    return Err(AuthorizeError::Endpoint(format!(
+                        "{reason} ({attempt} attempts)"
+                    )));
+                }
+            }
+        }
+        fx.sleep(delay);
+        delay *= 2;
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Starts the device grant (RFC 8628 §3.1, §3.2).
+pub fn device_start(
+    fx: &mut impl Effects,
+    settings: &Settings,
+    auth: &Authorization,
+) -> Result<DeviceGrant, AuthorizeError> {
+    check_client(settings)?;
+    let url = auth
+        .device_url
+        .as_deref()
+        .ok_or_else(|| invalid("no device authorization endpoint is configured"))?;
+    check_endpoint("device authorization URL", url)?;
+    let mut fields = vec![];
+    if let Some(scope) = auth.scope.as_deref().filter(|s| !s.is_empty()) {
+        fields.push(("scope", scope));
+    }
+    let req = token_request(settings, url, &fields);
+    let body = exchange_device(fx, &req)?;
+    parse_device_grant(&body)
+}
+
+/// The device authorization request changes nothing at the server until a
+/// person acts, so any failure may be retried.
+fn exchange_device(
+    fx: &mut impl Effects,
+    req: &Request,
+) -> Result<Map<String, Value>, AuthorizeError> {
+    let mut delay = BACKOFF;
+    for attempt in 1..=ATTEMPTS {
+        let result = fx.http_send(req);
+        let reason = match result {
+            Ok(resp) if (200..300).contains(&resp.status) && error_code(&resp).is_none() => {
+                return match serde_json::from_slice::<Value>(&resp.body) {
+                    Ok(Value::Object(map)) if resp.body.len() <= token::MAX_TOKEN_RESPONSE => {
+                        Ok(map)
+                    }
+                    _ => Err(AuthorizeError::Endpoint(
+                        "device authorization response is not a JSON object".into(),
+                    )),
+                };
+            }
+            Ok(resp) if resp.status == 429 || resp.status >= 500 => {
+                format!("device authorization endpoint answered {}", resp.status)
+            }
+            Ok(resp) => {
+                return Err(match error_code(&resp) {
+                    Some(code) => rejected(resp.status, code),
+                    None => AuthorizeError::Endpoint(format!(
+                        "device authorization endpoint answered {}",
+                        resp.status
+                    )),
+                });
+            }
+            Err(TransportError::Connect(m)) => format!("endpoint unreachable: {m}"),
+            Err(TransportError::Timeout) => "endpoint timed out".into(),
+            Err(TransportError::Other(m)) => format!("exchange failed: {m}"),
+            Err(e) => return Err(AuthorizeError::Transport(e)),
+        };
+        if attempt == ATTEMPTS {
+            return Err(AuthorizeError::Endpoint(format!(
+                "{reason} ({attempt} attempts)"
+            )));
+        }
+        fx.sleep(delay);
+        delay *= 2;
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Shown to a person: printable ASCII only (no terminal escapes).
+fn showable(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 2048 && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+fn seconds(v: Option<&Value>) -> Option<u64> {
+    match v? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn parse_device_grant(map: &Map<String, Value>) -> Result<DeviceGrant, AuthorizeError> {
+    let text = |k: &str| map.get(k).and_then(Value::as_str).map(ToString::to_string);
+    let bad = |m: &str| AuthorizeError::Endpoint(format!("device authorization response {m}"));
+    let device_code = text("device_code")
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| bad("has no device_code"))?;
+    let user_code = text("user_code")
+        .filter(|c| showable(c))
+        .ok_or_else(|| bad("has no usable user_code"))?;
+    // Google still spells it verification_url.
+    let verification_uri = text("verification_uri")
+        .or_else(|| text("verification_url"))
+        .filter(|u| showable(u) && (u.starts_with("https://") || u.starts_with("http://")))
+        .ok_or_else(|| bad("has no usable verification_uri"))?;
+    let verification_uri_complete = text("verification_uri_complete")
+        .filter(|u| showable(u) && (u.starts_with("https://") || u.starts_with("http://")));
+    let expires_in = seconds(map.get("expires_in"))
+        .filter(|&s| s > 0)
+        .ok_or_else(|| bad("has no expires_in"))?
+        .min(u64::from(MAX_DEVICE_LIFETIME)) as u32;
+    let interval = seconds(map.get("interval"))
+        .filter(|&s| s > 0)
+        .map_or(DEFAULT_INTERVAL, |s| s.min(60) as u32);
+    Ok(DeviceGrant {
+        user_code,
+        verification_uri,
+        verification_uri_complete,
+        expires_in,
+        interval,
+        device_code,
+    })
+}
+
+/// Polls until the person approves (the token response), refuses, or the
+/// code expires (RFC 8628 §3.4, §3.5).
+pub fn device_poll(
+    fx: &mut impl Effects,
+    settings: &Settings,
+    grant: &DeviceGrant,
+) -> Result<String, AuthorizeError> {
+    check_client(settings)?;
+    let lifetime = grant.expires_in.clamp(1, MAX_DEVICE_LIFETIME);
+    let deadline = fx.now_unix().saturating_add(u64::from(lifetime));
+    let mut interval = if grant.interval == 0 {
+        DEFAULT_INTERVAL
+    } else {
+        grant.interval
+    };
+    let req = token_request(
+        settings,
+        &settings.token_url,
+        &[
+            ("grant_type", DEVICE_GRANT),
+            ("device_code", &grant.device_code),
+        ],
+    );
+    let mut failures = 0;
+    loop {
+        if fx.now_unix().saturating_add(u64::from(interval)) > deadline {
+            return Err(AuthorizeError::Expired);
+        }
+        fx.sleep(Duration::from_secs(interval.into()));
+        match read_answer(fx.http_send(&req)) {
+            Answer::Tokens(body) => return Ok(body),
+            Answer::Error(_, code) if code == "authorization_pending" => failures = 0,
+            Answer::Error(_, code) if code == "slow_down" => {
+                failures = 0;
+                interval = interval.saturating_add(SLOW_DOWN);
+            }
+            Answer::Error(status, code) => return Err(rejected(status, code)),
+            Answer::Fail(e) => return Err(e),
+            Answer::Retry { reason, .. } => {
+                // §3.5: back off on failures; a lost answer only costs the
+                // person another approval.
+                failures += 1;
+                if failures == POLL_FAILURES {
+                    return Err(AuthorizeError::Endpoint(format!(
+                        "{reason} ({failures} polls in a row)"
+                    )));
+                }
+                interval = interval.saturating_mul(2).min(60);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rekey::oauth2::types::Strategy;
+    use base64::Engine as _;
+    use std::collections::VecDeque;
+    use std::vec::Vec;
+
+    #[derive(Default)]
+    struct Script {
+        answers: VecDeque<Result<Response, TransportError>>,
+        sent: Vec<Request>,
+        now: u64,
+        slept: Vec<u64>,
+    }
+
+    impl Effects for Script {
+        fn http_send(&mut self, req: &Request) -> Result<Response, TransportError> {
+            self.sent.push(req.clone());
+            self.answers.pop_front().expect("unexpected request")
+        }
+        fn now_unix(&self) -> u64 {
+            1_000 + self.now
+        }
+        fn sleep(&mut self, d: Duration) {
+            self.now += d.as_secs();
+            self.slept.push(d.as_secs());
+        }
+    }
+
+    fn script<const N: usize>(answers: [Result<Response, TransportError>; N]) -> Script {
+        Script {
+            answers: answers.into(),
+            ..Default::default()
+        }
+    }
+
+    fn ok(status: u16, body: &str) -> Result<Response, TransportError> {
+        Ok(Response {
+            status,
+            headers: vec![],
+            body: body.into(),
+        })
+    }
+
+    fn settings(auth: ClientAuth) -> Settings {
+        Settings {
+            token_url: "https://idp.example/token".into(),
+            client_id: "app id".into(),
+            client_secret: Some("s&cret".into()),
+            client_auth: auth,
+            scope: None,
+            extra_params: vec![("format".into(), "json".into())],
+            strategy: Strategy::OnAuthFailure,
+            rejected_statuses: vec![],
+        }
+    }
+
+    fn authorization() -> Authorization {
+        Authorization {
+            authorization_url: Some("https://idp.example/authorize?tenant=x".into()),
+            device_url: Some("https://idp.example/device".into()),
+            redirect_uri: "http://127.0.0.1:4711/callback".into(),
+            scope: Some("openid offline_access".into()),
+            auth_params: vec![("prompt".into(), "consent".into())],
+            issuer: Some("https://idp.example".into()),
+        }
+    }
+
+    fn entropy() -> Vec<u8> {
+        (0..48u8).collect()
+    }
+
+    fn query(url: &str) -> Vec<(String, String)> {
+        let q = url.split_once('?').unwrap().1;
+        form_urlencoded::parse(q.as_bytes()).into_owned().collect()
+    }
+
+    fn form(req: &Request) -> Vec<(String, String)> {
+        form_urlencoded::parse(&req.body).into_owned().collect()
+    }
+
+    const TOKENS: &str = r#"{"access_token":"a1","refresh_token":"r1","expires_in":60}"#;
+
+    #[test]
+    fn the_authorization_url_carries_state_and_an_s256_challenge() {
+        let p = begin(
+            &settings(ClientAuth::ClientSecretBasic),
+            &authorization(),
+            &entropy(),
+        )
+        .unwrap();
+        assert!(
+            p.url
+                .starts_with("https://idp.example/authorize?tenant=x&response_type=code&")
+        );
+        let q = query(&p.url);
+        let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("client_id"), Some("app id"));
+        assert_eq!(get("redirect_uri"), Some("http://127.0.0.1:4711/callback"));
+        assert_eq!(get("scope"), Some("openid offline_access"));
+        assert_eq!(get("prompt"), Some("consent"));
+        assert_eq!(get("code_challenge_method"), Some("S256"));
+        assert_eq!(get("state"), Some(p.state.as_str()));
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        assert_eq!(p.state, b64.encode(&entropy()[..16]));
+        assert_eq!(p.code_verifier, b64.encode(&entropy()[16..48]));
+        assert_eq!(
+            p.code_verifier.len(),
+            43,
+            "RFC 7636 §4.1: 43..128 characters"
+        );
+        let challenge = b64.encode(<sha2::Sha256 as sha2::Digest>::digest(&p.code_verifier));
+        assert_eq!(get("code_challenge"), Some(challenge.as_str()));
+        assert!(
+            !p.url.contains(&p.code_verifier),
+            "the verifier stays secret"
+        );
+    }
+
+    #[test]
+    fn rfc7636_appendix_b_vector() {
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let challenge = basic_auth::base64url(&Sha256::digest(verifier.as_bytes()));
+        assert_eq!(challenge, "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+    }
+
+    #[test]
+    fn begin_refuses_settings_that_cannot_work() {
+        let s = settings(ClientAuth::ClientSecretBasic);
+        type Mutation = Box<dyn Fn(&mut Authorization)>;
+        let cases: Vec<Mutation> = vec![
+            Box::new(|a| a.authorization_url = None),
+            Box::new(|a| a.authorization_url = Some("http://idp.example/authorize".into())),
+            Box::new(|a| a.redirect_uri = "http://idp.example/callback".into()),
+            Box::new(|a| a.redirect_uri = "https://127.0.0.1/callback".into()),
+            Box::new(|a| a.redirect_uri = "http://127.0.0.1:9/callback#x".into()),
+            Box::new(|a| a.auth_params.push(("state".into(), "fixed".into()))),
+            Box::new(|a| {
+                a.auth_params
+                    .push(("code_challenge_method".into(), "plain".into()))
+            }),
+        ];
+        for mutate in cases {
+            let mut a = authorization();
+            mutate(&mut a);
+            assert!(matches!(
+                begin(&s, &a, &entropy()),
+                Err(AuthorizeError::InvalidSettings(_))
+            ));
+        }
+        assert!(matches!(
+            begin(&s, &authorization(), &[0; 47]),
+            Err(AuthorizeError::InvalidSettings(_))
+        ));
+    }
+
+    fn pending() -> Pending {
+        begin(
+            &settings(ClientAuth::ClientSecretBasic),
+            &authorization(),
+            &entropy(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_code_is_exchanged_with_the_verifier_and_client_auth() {
+        for auth in [ClientAuth::ClientSecretBasic, ClientAuth::ClientSecretPost] {
+            let p = pending();
+            let mut fx = script([ok(200, TOKENS)]);
+            let q = format!("code=c%2B1&state={}&iss=https%3A%2F%2Fidp.example", p.state);
+            let body = finish(&mut fx, &settings(auth), &authorization(), &p, &q).unwrap();
+            assert_eq!(body, TOKENS);
+            let f = form(&fx.sent[0]);
+            let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+            assert_eq!(get("grant_type"), Some("authorization_code"));
+            assert_eq!(get("code"), Some("c+1"));
+            assert_eq!(get("redirect_uri"), Some("http://127.0.0.1:4711/callback"));
+            assert_eq!(get("code_verifier"), Some(p.code_verifier.as_str()));
+            assert_eq!(get("format"), Some("json"));
+            let basic = fx.sent[0].headers.iter().any(|(k, _)| k == "authorization");
+            assert_eq!(basic, matches!(auth, ClientAuth::ClientSecretBasic));
+            assert_eq!(get("client_secret").is_some(), !basic);
+            assert_eq!(fx.sent[0].url, "https://idp.example/token");
+        }
+    }
+
+    #[test]
+    fn a_redirect_that_is_not_ours_exchanges_nothing() {
+        let p = pending();
+        let s = settings(ClientAuth::ClientSecretBasic);
+        let a = authorization();
+        let st = &p.state;
+        for (q, expected) in [
+            ("code=c".to_string(), AuthorizeError::StateMismatch),
+            ("code=c&state=wrong".into(), AuthorizeError::StateMismatch),
+            (format!("code=c&state={st}x"), AuthorizeError::StateMismatch),
+            (
+                format!("code=c&state={st}&state={st}"),
+                AuthorizeError::StateMismatch,
+            ),
+            (
+                "error=access_denied&state=wrong".into(),
+                AuthorizeError::StateMismatch,
+            ),
+            (
+                format!("error=access_denied&state={st}"),
+                AuthorizeError::AccessDenied,
+            ),
+            (
+                format!("error=invalid_scope&error_description=secret+text&state={st}"),
+                AuthorizeError::ProviderError("invalid_scope".into()),
+            ),
+            (
+                format!("error=%3Cscript%3E&state={st}"),
+                AuthorizeError::ProviderError("unrecognised".into()),
+            ),
+            (
+                format!("state={st}"),
+                AuthorizeError::ProviderError("no_code".into()),
+            ),
+            (
+                format!("code=c&state={st}&iss=https%3A%2F%2Fevil.example"),
+                AuthorizeError::IssuerMismatch,
+            ),
+            (
+                format!("error=access_denied&state={st}&iss=https%3A%2F%2Fevil.example"),
+                AuthorizeError::IssuerMismatch,
+            ),
+        ] {
+            let mut fx = Script::default();
+            let err = finish(&mut fx, &s, &a, &p, &q).unwrap_err();
+            assert_eq!(format!("{err:?}"), format!("{expected:?}"), "{q}");
+            assert!(fx.sent.is_empty(), "{q}: nothing exchanged");
+        }
+        // No issuer configured: `iss` is not checked; none sent: fine too.
+        let mut a = authorization();
+        a.issuer = None;
+        let mut fx = script([ok(200, TOKENS)]);
+        finish(&mut fx, &s, &a, &p, &format!("code=c&state={st}&iss=x")).unwrap();
+        let mut fx = script([ok(200, TOKENS)]);
+        finish(
+            &mut fx,
+            &s,
+            &authorization(),
+            &p,
+            &format!("code=c&state={st}"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn code_exchange_answers_are_classified() {
+        let p = pending();
+        let s = settings(ClientAuth::ClientSecretBasic);
+        let q = format!("code=c&state={}", p.state);
+        let run = |answers: Vec<Result<Response, TransportError>>| {
+            let mut fx = Script {
+                answers: answers.into(),
+                ..Default::default()
+            };
+            let r = finish(&mut fx, &s, &authorization(), &p, &q);
+            (r, fx.sent.len())
+        };
+        let (r, n) = run(vec![ok(400, r#"{"error":"invalid_grant"}"#)]);
+        assert!(
+            matches!(r, Err(AuthorizeError::Rejected(OauthError { status: 400, ref code })) if code == "invalid_grant")
+        );
+        assert_eq!(n, 1);
+        let (r, _) = run(vec![ok(401, r#"{"error":"invalid_client"}"#)]);
+        assert!(matches!(r, Err(AuthorizeError::Rejected(e)) if e.code == "invalid_client"));
+        // Provably not processed: retried.
+        let (r, n) = run(vec![
+            ok(503, ""),
+            Err(TransportError::Connect("refused".into())),
+            ok(200, TOKENS),
+        ]);
+        assert!(r.is_ok());
+        assert_eq!(n, 3);
+        // May have been processed: a code is single use, so never again.
+        for lost in [ok(502, ""), Err(TransportError::Timeout)] {
+            let (r, n) = run(vec![lost]);
+            assert!(matches!(r, Err(AuthorizeError::Endpoint(_))));
+            assert_eq!(n, 1);
+        }
+        let (r, _) = run(vec![ok(200, r#"{"token_type":"bearer"}"#)]);
+        assert!(matches!(r, Err(AuthorizeError::Endpoint(_))));
+        let (r, _) = run(vec![Err(TransportError::Refused("no".into()))]);
+        assert!(matches!(r, Err(AuthorizeError::Transport(_))));
+    }
+
+    const DEVICE: &str = r#"{"device_code":"dc","user_code":"WDJB-MJHT","verification_uri":"https://idp.example/device","verification_uri_complete":"https://idp.example/device?user_code=WDJB-MJHT","expires_in":600,"interval":5}"#;
+
+    fn grant() -> DeviceGrant {
+        let mut fx = script([ok(200, DEVICE)]);
+        device_start(
+            &mut fx,
+            &settings(ClientAuth::ClientSecretPost),
+            &authorization(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_device_grant_starts_with_the_client_and_scope() {
+        let mut fx = script([ok(503, ""), ok(200, DEVICE)]);
+        let g = device_start(
+            &mut fx,
+            &settings(ClientAuth::ClientSecretPost),
+            &authorization(),
+        )
+        .unwrap();
+        assert_eq!(
+            (g.user_code.as_str(), g.device_code.as_str()),
+            ("WDJB-MJHT", "dc")
+        );
+        assert_eq!((g.expires_in, g.interval), (600, 5));
+        assert_eq!(fx.sent[1].url, "https://idp.example/device");
+        let f = form(&fx.sent[1]);
+        assert!(f.contains(&("scope".into(), "openid offline_access".into())));
+        assert!(f.contains(&("client_id".into(), "app id".into())));
+
+        // Google's spelling; no interval means 5 s.
+        let google = r#"{"device_code":"dc","user_code":"ABC","verification_url":"https://www.google.com/device","expires_in":"1800"}"#;
+        let mut fx = script([ok(200, google)]);
+        let g = device_start(
+            &mut fx,
+            &settings(ClientAuth::ClientSecretPost),
+            &authorization(),
+        )
+        .unwrap();
+        assert_eq!(
+            (g.verification_uri.as_str(), g.interval, g.expires_in),
+            ("https://www.google.com/device", 5, 1800)
+        );
+
+        for bad in [
+            r#"{"user_code":"ABC","verification_uri":"https://x","expires_in":5}"#,
+            r#"{"device_code":"d","user_code":"A\u001b[2J","verification_uri":"https://x","expires_in":5}"#,
+            r#"{"device_code":"d","user_code":"A","verification_uri":"javascript:x","expires_in":5}"#,
+        ] {
+            let mut fx = script([ok(200, bad)]);
+            let r = device_start(
+                &mut fx,
+                &settings(ClientAuth::ClientSecretPost),
+                &authorization(),
+            );
+            assert!(matches!(r, Err(AuthorizeError::Endpoint(_))), "{bad}");
+        }
+        let mut fx = script([ok(400, r#"{"error":"invalid_client"}"#)]);
+        let r = device_start(
+            &mut fx,
+            &settings(ClientAuth::ClientSecretPost),
+            &authorization(),
+        );
+        assert!(matches!(r, Err(AuthorizeError::Rejected(e)) if e.code == "invalid_client"));
+        let mut a = authorization();
+        a.device_url = None;
+        assert!(matches!(
+            device_start(
+                &mut Script::default(),
+                &settings(ClientAuth::ClientSecretPost),
+                &a
+            ),
+            Err(AuthorizeError::InvalidSettings(_))
+        ));
+    }
+
+    const PENDING: &str = r#"{"error":"authorization_pending"}"#;
+    const SLOW: &str = r#"{"error":"slow_down"}"#;
+
+    #[test]
+    fn polling_waits_the_interval_and_slow_down_adds_five_seconds() {
+        let mut fx = script([
+            ok(400, PENDING),
+            ok(400, SLOW),
+            ok(400, PENDING),
+            ok(400, SLOW),
+            ok(200, TOKENS),
+        ]);
+        let body = device_poll(&mut fx, &settings(ClientAuth::ClientSecretPost), &grant()).unwrap();
+        assert_eq!(body, TOKENS);
+        assert_eq!(fx.slept, [5, 5, 10, 10, 15]);
+        let f = form(&fx.sent[0]);
+        assert!(f.contains(&("grant_type".into(), DEVICE_GRANT.into())));
+        assert!(f.contains(&("device_code".into(), "dc".into())));
+    }
+
+    #[test]
+    fn polling_ends_cleanly_on_refusal_and_expiry() {
+        let s = settings(ClientAuth::ClientSecretPost);
+        let mut fx = script([ok(400, PENDING), ok(400, r#"{"error":"access_denied"}"#)]);
+        assert!(matches!(
+            device_poll(&mut fx, &s, &grant()),
+            Err(AuthorizeError::AccessDenied)
+        ));
+        let mut fx = script([ok(400, r#"{"error":"expired_token"}"#)]);
+        assert!(matches!(
+            device_poll(&mut fx, &s, &grant()),
+            Err(AuthorizeError::Expired)
+        ));
+        // GitHub answers 200 with the error in the body.
+        let mut fx = script([ok(200, r#"{"error":"expired_token"}"#)]);
+        assert!(matches!(
+            device_poll(&mut fx, &s, &grant()),
+            Err(AuthorizeError::Expired)
+        ));
+
+        // The code's lifetime runs out without an answer: stop, no extra poll.
+        let mut g = grant();
+        g.expires_in = 12;
+        let mut fx = script([ok(400, PENDING), ok(400, PENDING)]);
+        assert!(matches!(
+            device_poll(&mut fx, &s, &g),
+            Err(AuthorizeError::Expired)
+        ));
+        assert_eq!(fx.sent.len(), 2);
+
+        let mut fx = script([ok(400, r#"{"error":"invalid_grant"}"#)]);
+        assert!(
+            matches!(device_poll(&mut fx, &s, &grant()), Err(AuthorizeError::Rejected(e)) if e.code == "invalid_grant")
+        );
+    }
+
+    #[test]
+    fn polling_backs_off_on_failures_and_gives_up() {
+        let s = settings(ClientAuth::ClientSecretPost);
+        let mut fx = script([
+            Err(TransportError::Timeout),
+            ok(503, ""),
+            ok(400, PENDING),
+            ok(200, TOKENS),
+        ]);
+        device_poll(&mut fx, &s, &grant()).unwrap();
+        assert_eq!(fx.slept, [5, 10, 20, 20]);
+        let mut fx = script([ok(500, ""), ok(500, ""), ok(500, ""), ok(500, "")]);
+        assert!(matches!(
+            device_poll(&mut fx, &s, &grant()),
+            Err(AuthorizeError::Endpoint(_))
+        ));
+    }
+}

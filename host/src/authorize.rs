@@ -1,0 +1,707 @@
+//! The first token set: the authorization code grant with PKCE through a
+//! loopback redirect, and the device authorization grant. The component
+//! decides (the authorization URL, `state`, PKCE, checking the redirect, the
+//! code exchange, polling); this module supplies its effects: random bytes,
+//! the loopback listener (RFC 8252 §7.3), discovery, and storing the token
+//! response it returns as the credential's keys ([`TokenSet::import`]).
+//!
+//! ```no_run
+//! # async fn demo(rekey: rekey::Rekey, store: std::sync::Arc<dyn rekey::KeyStore>) -> Result<(), rekey::authorize::AuthorizeError> {
+//! use rekey::authorize::CodeOptions;
+//! let keys = rekey
+//!     .authorize_code(&store.load("crm").unwrap().settings, &CodeOptions::default(), |url| {
+//!         eprintln!("open {url}");
+//!     })
+//!     .await?;
+//! # let _ = keys; Ok(()) }
+//! ```
+
+use crate::bindings::exports::rekey::oauth2::authorize::{
+    Authorization, AuthorizeError as WitError, DeviceGrant,
+};
+use crate::bindings::rekey::oauth2::types as wit;
+use crate::error::{Category, Error, describe_transport};
+use crate::runtime::Rekey;
+use crate::settings::{ClientAuth, Settings, Strategy};
+use crate::token_set::TokenSet;
+use serde::Deserialize;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long the code grant waits for the redirect unless told otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The redirect URI when none is configured: a free port is chosen.
+pub const DEFAULT_REDIRECT_URI: &str = "http://127.0.0.1/callback";
+/// Bound on one component call that makes network requests.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound on reading one request at the loopback listener.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest request head the listener reads.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Why authorisation stored nothing. Messages never carry a token, code,
+/// verifier, secret or provider text.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizeError {
+    /// The settings cannot work for this grant.
+    #[error("cannot authorise: {0}")]
+    InvalidSettings(String),
+    /// The person (or the provider for them) refused.
+    #[error("authorisation was refused (access_denied); nothing was stored")]
+    AccessDenied,
+    /// The redirect's `state` was missing or not this request's.
+    #[error(
+        "the redirect's state does not match this authorisation request (a stale or forged redirect); nothing was exchanged or stored"
+    )]
+    StateMismatch,
+    /// The redirect's `iss` named another issuer (RFC 9207).
+    #[error(
+        "the redirect's iss names another issuer than the credential's (RFC 9207 mix-up); nothing was exchanged or stored"
+    )]
+    IssuerMismatch,
+    /// The provider answered the authorisation request with an error.
+    #[error("the provider answered the authorisation request with error {0}; nothing was stored")]
+    ProviderError(String),
+    /// The device code expired before anyone approved it.
+    #[error("the device code expired before it was approved; nothing was stored")]
+    Expired,
+    /// No redirect arrived in time.
+    #[error("no redirect arrived within {0} s; nothing was stored (run `rekey authorize` again)")]
+    Timeout(u64),
+    /// The token or device endpoint refused the request.
+    #[error(
+        "the token endpoint refused the request with {code} (HTTP {status}); nothing was stored"
+    )]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// The OAuth error code.
+        code: String,
+    },
+    /// The token or device endpoint failed, or answered something unusable.
+    #[error("the token endpoint failed: {0}")]
+    Endpoint(String),
+    /// A request could not be sent.
+    #[error("request failed: {0}")]
+    Transport(String),
+    /// Discovery (`/.well-known/...`) failed.
+    #[error("discovery failed: {0}")]
+    Discovery(String),
+    /// The loopback listener could not be set up or read.
+    #[error("the loopback redirect listener failed: {0}")]
+    Listener(String),
+    /// The store, the component or the token set failed.
+    #[error(transparent)]
+    Host(#[from] Error),
+}
+
+impl AuthorizeError {
+    /// Who can fix this.
+    pub fn category(&self) -> Category {
+        match self {
+            AuthorizeError::InvalidSettings(_) | AuthorizeError::Discovery(_) => {
+                Category::SettingsWrong
+            }
+            AuthorizeError::Rejected { code, .. } if code != "invalid_grant" => {
+                Category::SettingsWrong
+            }
+            AuthorizeError::AccessDenied
+            | AuthorizeError::StateMismatch
+            | AuthorizeError::IssuerMismatch
+            | AuthorizeError::ProviderError(_)
+            | AuthorizeError::Expired
+            | AuthorizeError::Timeout(_)
+            | AuthorizeError::Rejected { .. } => Category::NeedsAuthorization,
+            AuthorizeError::Endpoint(_) => Category::TokenEndpoint,
+            AuthorizeError::Transport(_) | AuthorizeError::Listener(_) => Category::Transport,
+            AuthorizeError::Host(e) => e.category(),
+        }
+    }
+}
+
+impl From<WitError> for AuthorizeError {
+    fn from(e: WitError) -> Self {
+        match e {
+            WitError::InvalidSettings(m) => AuthorizeError::InvalidSettings(m),
+            WitError::AccessDenied => AuthorizeError::AccessDenied,
+            WitError::StateMismatch => AuthorizeError::StateMismatch,
+            WitError::IssuerMismatch => AuthorizeError::IssuerMismatch,
+            WitError::ProviderError(c) => AuthorizeError::ProviderError(c),
+            WitError::Expired => AuthorizeError::Expired,
+            WitError::Rejected(e) => AuthorizeError::Rejected {
+                status: e.status,
+                code: e.code,
+            },
+            WitError::Endpoint(m) => AuthorizeError::Endpoint(m),
+            WitError::Transport(t) => AuthorizeError::Transport(describe_transport(&t)),
+        }
+    }
+}
+
+/// How the code grant runs.
+#[derive(Clone, Debug)]
+pub struct CodeOptions {
+    /// Where the provider sends the browser back; the host listens there.
+    /// `http://127.0.0.1/callback` (no port: a free one is chosen, as RFC
+    /// 8252 §7.3 lets native clients) unless the provider wants an exact,
+    /// registered URI.
+    pub redirect_uri: Option<String>,
+    /// How long to wait for the redirect.
+    pub timeout: Duration,
+}
+
+impl Default for CodeOptions {
+    fn default() -> Self {
+        CodeOptions {
+            redirect_uri: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// What a person needs to approve a device grant.
+#[derive(Clone)]
+pub struct DevicePrompt {
+    /// The code to type in.
+    pub user_code: String,
+    /// Where to type it in.
+    pub verification_uri: String,
+    /// The same with the code filled in, when the server gives one.
+    pub verification_uri_complete: Option<String>,
+    /// Seconds the code stays valid.
+    pub expires_in: u32,
+    /// Seconds between polls.
+    pub interval: u32,
+}
+
+/// https://, or http:// on loopback only; no fragment.
+pub(crate) fn check_endpoint(what: &str, url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("the {what} is not a URL: {e}"))?;
+    let ok = match parsed.scheme() {
+        "https" => true,
+        "http" => crate::http::is_loopback(&parsed),
+        _ => false,
+    };
+    if !ok || parsed.fragment().is_some() {
+        return Err(format!(
+            "the {what} must be https:// without a fragment (http:// only on loopback)"
+        ));
+    }
+    Ok(())
+}
+
+/// The component's `authorization` record for these settings.
+fn authorization(settings: &Settings, redirect_uri: String) -> Authorization {
+    let scope = settings
+        .auth_params
+        .iter()
+        .find(|(k, _)| k == "scope")
+        .map(|(_, v)| v.clone())
+        .or_else(|| settings.scope.clone());
+    Authorization {
+        authorization_url: settings.authorization_url.clone(),
+        device_url: settings.device_url.clone(),
+        redirect_uri,
+        scope,
+        auth_params: settings
+            .auth_params
+            .iter()
+            .filter(|(k, _)| k != "scope")
+            .cloned()
+            .collect(),
+        issuer: settings.issuer.clone(),
+    }
+}
+
+/// Random bytes from the operating system, through the TLS stack's CSPRNG.
+fn entropy() -> Result<Vec<u8>, AuthorizeError> {
+    let mut bytes = vec![0u8; 48];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| AuthorizeError::InvalidSettings("no random bytes available".into()))?;
+    Ok(bytes)
+}
+
+fn wit_settings(settings: &Settings) -> Result<wit::Settings, AuthorizeError> {
+    settings.to_wit().map_err(AuthorizeError::InvalidSettings)
+}
+
+impl Rekey {
+    /// The authorization code grant with PKCE: binds the loopback listener,
+    /// hands the authorization URL to `show` (print it, open a browser),
+    /// waits for the redirect, and exchanges the code. Returns the token
+    /// response as a first token set; the caller stores it.
+    pub async fn authorize_code(
+        &self,
+        settings: &Settings,
+        options: &CodeOptions,
+        show: impl FnOnce(&str),
+    ) -> Result<TokenSet, AuthorizeError> {
+        let wsettings = wit_settings(settings)?;
+        let configured = options
+            .redirect_uri
+            .as_deref()
+            .unwrap_or(DEFAULT_REDIRECT_URI);
+        let listener = Listener::bind(configured).await?;
+        let auth = authorization(settings, listener.redirect_uri.clone());
+        let bytes = entropy()?;
+        let pending = self
+            .run_authorize("authorize", CALL_TIMEOUT, async |g, s| {
+                g.call_begin(s, &wsettings, &auth, &bytes).await
+            })
+            .await??;
+        show(&pending.url);
+        let deadline = Instant::now() + options.timeout;
+        let (mut stream, query) = listener
+            .wait(deadline)
+            .await?
+            .ok_or(AuthorizeError::Timeout(options.timeout.as_secs()))?;
+        let result = self
+            .run_authorize("authorize", CALL_TIMEOUT, async |g, s| {
+                g.call_finish(s, &wsettings, &auth, &pending, &query).await
+            })
+            .await
+            .map_err(AuthorizeError::from)
+            .and_then(|r| r.map_err(AuthorizeError::from))
+            .and_then(|body| {
+                TokenSet::import(&body).map_err(|e| {
+                    AuthorizeError::Endpoint(format!("the token response is unusable: {e}"))
+                })
+            });
+        let page = match &result {
+            Ok(_) => "rekey: authorised. You can close this window.".to_owned(),
+            Err(e) => format!("rekey: authorisation failed: {e}"),
+        };
+        respond(&mut stream, result.is_ok(), &page).await;
+        result
+    }
+
+    /// Starts the device authorization grant: what a person must see.
+    pub async fn authorize_device(
+        &self,
+        settings: &Settings,
+        show: impl FnOnce(&DevicePrompt),
+    ) -> Result<TokenSet, AuthorizeError> {
+        let wsettings = wit_settings(settings)?;
+        let auth = authorization(settings, String::new());
+        let grant: DeviceGrant = self
+            .run_authorize("authorize", CALL_TIMEOUT, async |g, s| {
+                g.call_device_start(s, &wsettings, &auth).await
+            })
+            .await??;
+        show(&DevicePrompt {
+            user_code: grant.user_code.clone(),
+            verification_uri: grant.verification_uri.clone(),
+            verification_uri_complete: grant.verification_uri_complete.clone(),
+            expires_in: grant.expires_in,
+            interval: grant.interval,
+        });
+        let bound = Duration::from_secs(u64::from(grant.expires_in)) + CALL_TIMEOUT;
+        let body = self
+            .run_authorize("authorize", bound, async |g, s| {
+                g.call_device_poll(s, &wsettings, &grant).await
+            })
+            .await??;
+        TokenSet::import(&body)
+            .map_err(|e| AuthorizeError::Endpoint(format!("the token response is unusable: {e}")))
+    }
+}
+
+/// The loopback listener the redirect arrives at.
+struct Listener {
+    listener: TcpListener,
+    /// As sent in the authorization request, with the port bound.
+    redirect_uri: String,
+    path: String,
+}
+
+impl Listener {
+    async fn bind(configured: &str) -> Result<Listener, AuthorizeError> {
+        let bad = |m: &str| AuthorizeError::InvalidSettings(format!("redirect URI: {m}"));
+        let url = url::Url::parse(configured).map_err(|_| bad("not a URL"))?;
+        if url.scheme() != "http" || !crate::http::is_loopback(&url) {
+            return Err(bad(
+                "must be http:// on loopback (127.0.0.1, [::1] or localhost)",
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("must have no query or fragment"));
+        }
+        // localhost is bound as 127.0.0.1 (RFC 8252 §8.3 prefers the literal).
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+            Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+            _ => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        };
+        let port = url.port().unwrap_or(0);
+        let listener = TcpListener::bind((host, port)).await.map_err(|e| {
+            AuthorizeError::Listener(format!("cannot listen on {host}:{port}: {e}"))
+        })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| AuthorizeError::Listener(e.to_string()))?
+            .port();
+        let mut redirect = url.clone();
+        let _ = redirect.set_port(Some(bound));
+        Ok(Listener {
+            listener,
+            redirect_uri: redirect.to_string(),
+            path: url.path().to_owned(),
+        })
+    }
+
+    /// The first request for the redirect path (its stream, to answer after
+    /// the exchange, and its raw query), or `None` at the deadline. Other
+    /// paths (a browser's /favicon.ico) are answered 404 and waited past.
+    async fn wait(&self, deadline: Instant) -> Result<Option<(TcpStream, String)>, AuthorizeError> {
+        loop {
+            let accepted = tokio::time::timeout_at(deadline.into(), self.listener.accept()).await;
+            let Ok(accepted) = accepted else {
+                return Ok(None);
+            };
+            let (mut stream, _) = accepted.map_err(|e| AuthorizeError::Listener(e.to_string()))?;
+            let Some(target) = read_target(&mut stream).await else {
+                continue;
+            };
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            if path != self.path {
+                respond_status(&mut stream, "404 Not Found", "not found").await;
+                continue;
+            }
+            return Ok(Some((stream, query.to_owned())));
+        }
+    }
+}
+
+/// The request target of a `GET`, or `None` for anything else (answered).
+async fn read_target(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 2048];
+    let read = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+            let n = stream.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Some(())
+    };
+    tokio::time::timeout(READ_TIMEOUT, read).await.ok()??;
+    let line = head.split(|&b| b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?.trim_end();
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next()?, parts.next()?);
+    if method != "GET" {
+        respond_status(stream, "405 Method Not Allowed", "GET only").await;
+        return None;
+    }
+    Some(target.to_owned())
+}
+
+async fn respond(stream: &mut TcpStream, ok: bool, message: &str) {
+    let status = if ok { "200 OK" } else { "400 Bad Request" };
+    respond_status(stream, status, message).await;
+}
+
+async fn respond_status(stream: &mut TcpStream, status: &str, message: &str) {
+    let body = format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>rekey</title></head><body><p>{}</p></body></html>\n",
+        html_escape(message)
+    );
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(READ_TIMEOUT, stream.write_all(response.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// What discovery found (RFC 8414; OpenID Connect Discovery 1.0).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// The issuer the metadata names (equal to the one asked for).
+    pub issuer: String,
+    /// `token_endpoint`.
+    pub token_url: String,
+    /// `authorization_endpoint`, when the server has one.
+    pub authorization_url: Option<String>,
+    /// `device_authorization_endpoint`, when the server has one.
+    pub device_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    issuer: String,
+    token_endpoint: String,
+    authorization_endpoint: Option<String>,
+    device_authorization_endpoint: Option<String>,
+}
+
+/// Reads the authorization server's metadata: OpenID Connect's
+/// `/.well-known/openid-configuration`, else RFC 8414's
+/// `/.well-known/oauth-authorization-server` (inserted before the issuer's
+/// path). The metadata must name the issuer asked for, and its endpoints
+/// must be https (http only on loopback).
+pub async fn discover(issuer: &str) -> Result<Endpoints, AuthorizeError> {
+    let fail = |m: String| AuthorizeError::Discovery(m);
+    let issuer = issuer.trim_end_matches('/');
+    check_endpoint("issuer", issuer).map_err(fail)?;
+    let url = url::Url::parse(issuer).map_err(|e| fail(e.to_string()))?;
+    if url.query().is_some() {
+        return Err(fail("the issuer must have no query".into()));
+    }
+    let origin = url.origin().ascii_serialization();
+    let path = url.path().trim_end_matches('/');
+    let candidates = [
+        format!("{issuer}/.well-known/openid-configuration"),
+        format!("{origin}/.well-known/oauth-authorization-server{path}"),
+    ];
+    // reqwest is built without a default crypto provider; ring is ours.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| fail(format!("cannot build the HTTP client: {e}")))?;
+    let mut tried = Vec::new();
+    for candidate in candidates {
+        let answer = client
+            .get(&candidate)
+            .header("accept", "application/json")
+            .send()
+            .await;
+        let resp = match answer {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => {
+                tried.push(format!("{candidate}: HTTP {}", r.status().as_u16()));
+                continue;
+            }
+            Err(e) => {
+                tried.push(format!("{candidate}: {}", e.without_url()));
+                continue;
+            }
+        };
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| fail(format!("{candidate}: {}", e.without_url())))?;
+        let meta: Metadata = serde_json::from_slice(&body).map_err(|e| {
+            fail(format!(
+                "{candidate} is not authorization server metadata: {}",
+                crate::token_set::json_position(&e)
+            ))
+        })?;
+        if meta.issuer.trim_end_matches('/') != issuer {
+            return Err(fail(format!(
+                "{candidate} names the issuer {:?}, not {issuer:?}",
+                meta.issuer
+            )));
+        }
+        for (what, u) in [
+            ("token endpoint", Some(&meta.token_endpoint)),
+            (
+                "authorization endpoint",
+                meta.authorization_endpoint.as_ref(),
+            ),
+            (
+                "device authorization endpoint",
+                meta.device_authorization_endpoint.as_ref(),
+            ),
+        ] {
+            if let Some(u) = u {
+                check_endpoint(what, u).map_err(fail)?;
+            }
+        }
+        return Ok(Endpoints {
+            issuer: meta.issuer,
+            token_url: meta.token_endpoint,
+            authorization_url: meta.authorization_endpoint,
+            device_url: meta.device_authorization_endpoint,
+        });
+    }
+    Err(fail(format!("no metadata found ({})", tried.join("; "))))
+}
+
+/// Provider presets: endpoints, client authentication, required parameters
+/// and strategy, as DATA (`host/presets.json`, reviewed as one file).
+const PRESETS: &str = include_str!("../presets.json");
+
+/// One provider preset.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preset {
+    /// What it is for, for `--help` and errors.
+    pub description: String,
+    /// The issuer, for discovery or the `iss` check.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Discover the endpoints from the issuer (generic OIDC).
+    #[serde(default)]
+    pub discover: bool,
+    /// The token endpoint.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// The authorization endpoint.
+    #[serde(default)]
+    pub authorization_url: Option<String>,
+    /// The device authorization endpoint.
+    #[serde(default)]
+    pub device_url: Option<String>,
+    /// Client authentication at the token endpoint.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+    /// Scope sent with each refresh.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Extra token request parameters.
+    #[serde(default)]
+    pub extra_params: Vec<(String, String)>,
+    /// Extra authorization request parameters (a `scope` here is asked for at authorisation).
+    #[serde(default)]
+    pub auth_params: Vec<(String, String)>,
+    /// When to refresh.
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
+}
+
+/// Every preset, by name.
+pub fn presets() -> std::collections::BTreeMap<String, Preset> {
+    serde_json::from_str(PRESETS).expect("host/presets.json is valid (tested)")
+}
+
+/// The preset `name`, or an error listing the known ones.
+pub fn preset(name: &str) -> Result<Preset, String> {
+    let all = presets();
+    all.get(&name.to_ascii_lowercase()).cloned().ok_or_else(|| {
+        format!(
+            "unknown provider {name:?}; known: {}",
+            all.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+impl Preset {
+    /// Lays the preset over `s` (explicit settings are applied after it).
+    pub fn apply(&self, s: &mut Settings) {
+        if let Some(v) = &self.token_url {
+            s.token_url = v.clone();
+        }
+        if let Some(v) = &self.authorization_url {
+            s.authorization_url = Some(v.clone());
+        }
+        if let Some(v) = &self.device_url {
+            s.device_url = Some(v.clone());
+        }
+        if let Some(v) = &self.issuer {
+            s.issuer = Some(v.clone());
+        }
+        if let Some(v) = self.client_auth {
+            s.client_auth = v;
+        }
+        if self.scope.is_some() {
+            s.scope = self.scope.clone();
+        }
+        if !self.extra_params.is_empty() {
+            s.extra_params = self.extra_params.clone();
+        }
+        if !self.auth_params.is_empty() {
+            s.auth_params = self.auth_params.clone();
+        }
+        if let Some(v) = self.strategy {
+            s.strategy = v;
+        }
+    }
+}
+
+impl Endpoints {
+    /// Lays what discovery found over `s`.
+    pub fn apply(&self, s: &mut Settings) {
+        s.token_url = self.token_url.clone();
+        s.issuer = Some(self.issuer.clone());
+        if self.authorization_url.is_some() {
+            s.authorization_url = self.authorization_url.clone();
+        }
+        if self.device_url.is_some() {
+            s.device_url = self.device_url.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_parses_and_makes_usable_settings() {
+        let all = presets();
+        for name in ["salesforce", "microsoft", "google", "github", "oidc"] {
+            let p = all.get(name).unwrap_or_else(|| panic!("preset {name}"));
+            let mut s = Settings::new("https://placeholder.example/token", "id");
+            p.apply(&mut s);
+            if p.discover {
+                assert!(p.token_url.is_none(), "{name}: discovered, not fixed");
+                continue;
+            }
+            s.check().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(s.authorization_url.is_some(), "{name}");
+        }
+        let sf = &all["salesforce"];
+        assert_eq!(sf.strategy, Some(Strategy::OnAuthFailure));
+        assert!(sf.extra_params.contains(&("format".into(), "json".into())));
+        assert_eq!(all["microsoft"].strategy, Some(Strategy::EveryRequest));
+        let ms_scope = &all["microsoft"]
+            .auth_params
+            .iter()
+            .find(|(k, _)| k == "scope")
+            .unwrap()
+            .1;
+        assert!(ms_scope.split(' ').any(|s| s == "offline_access"));
+        let g = &all["google"].auth_params;
+        assert!(g.contains(&("access_type".into(), "offline".into())));
+        assert!(g.contains(&("prompt".into(), "consent".into())));
+        assert!(preset("nope").unwrap_err().contains("salesforce"));
+    }
+
+    #[test]
+    fn the_authorization_scope_comes_from_auth_params_first() {
+        let mut s = Settings::new("https://idp/token", "id");
+        s.scope = Some("refresh".into());
+        assert_eq!(
+            authorization(&s, String::new()).scope.as_deref(),
+            Some("refresh")
+        );
+        s.auth_params = vec![
+            ("scope".into(), "api".into()),
+            ("prompt".into(), "consent".into()),
+        ];
+        let a = authorization(&s, String::new());
+        assert_eq!(a.scope.as_deref(), Some("api"));
+        assert_eq!(a.auth_params, [("prompt".to_owned(), "consent".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn the_listener_takes_a_free_port_and_keeps_the_path() {
+        let l = Listener::bind("http://127.0.0.1/cb").await.unwrap();
+        assert!(l.redirect_uri.starts_with("http://127.0.0.1:"));
+        assert!(l.redirect_uri.ends_with("/cb"));
+        assert!(!l.redirect_uri.contains(":0/"));
+        for bad in [
+            "https://127.0.0.1/cb",
+            "http://example.com/cb",
+            "http://127.0.0.1/cb?x=1",
+        ] {
+            assert!(Listener::bind(bad).await.is_err(), "{bad}");
+        }
+    }
+}
