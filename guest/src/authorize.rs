@@ -12,7 +12,7 @@ use crate::exports::rekey::oauth2::authorize::{
 };
 use crate::flow::is_loopback_authority;
 use crate::rekey::oauth2::types::{
-    ClientAuth, OauthError, Request, Response, SendError, Settings, TransportError,
+    OauthError, Request, Response, SendError, Settings, TransportError,
 };
 use crate::token::{self, Outcome};
 use alloc::format;
@@ -53,19 +53,6 @@ const RESERVED_AUTH: [&str; 7] = [
     "state",
     "code_challenge",
     "code_challenge_method",
-];
-
-/// Form fields the token requests set themselves (extra parameters with
-/// these names are not sent).
-const RESERVED_TOKEN: [&str; 8] = [
-    "grant_type",
-    "code",
-    "redirect_uri",
-    "code_verifier",
-    "device_code",
-    "client_id",
-    "client_secret",
-    "scope",
 ];
 
 fn invalid(m: impl Into<String>) -> AuthorizeError {
@@ -225,7 +212,7 @@ pub fn finish(
     let code = code
         .filter(|c| !c.is_empty())
         .ok_or_else(|| AuthorizeError::ProviderError("no_code".into()))?;
-    let req = token_request(
+    let req = token::form_post(
         settings,
         &settings.token_url,
         &[
@@ -236,46 +223,6 @@ pub fn finish(
         ],
     );
     exchange(fx, &req)
-}
-
-/// A POST to a token (or device) endpoint: the given fields, the settings'
-/// extra parameters, and the client authentication as configured.
-fn token_request(settings: &Settings, url: &str, fields: &[(&str, &str)]) -> Request {
-    let mut form = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in fields {
-        form.append_pair(k, v);
-    }
-    for (k, v) in &settings.extra_params {
-        if !RESERVED_TOKEN.contains(&k.as_str()) {
-            form.append_pair(k, v);
-        }
-    }
-    let mut headers = vec![
-        (
-            "content-type".into(),
-            "application/x-www-form-urlencoded".into(),
-        ),
-        ("accept".into(), "application/json".into()),
-    ];
-    match (&settings.client_auth, settings.client_secret.as_deref()) {
-        (ClientAuth::ClientSecretBasic, Some(secret)) => {
-            let value = basic_auth::header_value(&settings.client_id, secret);
-            headers.push(("authorization".into(), value));
-        }
-        (ClientAuth::ClientSecretPost, Some(secret)) => {
-            form.append_pair("client_id", &settings.client_id);
-            form.append_pair("client_secret", secret);
-        }
-        (_, None) => {
-            form.append_pair("client_id", &settings.client_id);
-        }
-    }
-    Request {
-        method: "POST".into(),
-        url: url.into(),
-        headers,
-        body: form.finish().into_bytes(),
-    }
 }
 
 /// One answer of a token endpoint, as the grants need it.
@@ -401,7 +348,7 @@ pub fn device_start(
     if let Some(scope) = auth.scope.as_deref().filter(|s| !s.is_empty()) {
         fields.push(("scope", scope));
     }
-    let req = token_request(settings, url, &fields);
+    let req = token::form_post(settings, url, &fields);
     let body = exchange_device(fx, &req)?;
     parse_device_grant(&body)
 }
@@ -515,7 +462,7 @@ pub fn device_poll(
     } else {
         grant.interval
     };
-    let req = token_request(
+    let req = token::form_post(
         settings,
         &settings.token_url,
         &[
@@ -556,6 +503,7 @@ pub fn device_poll(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rekey::oauth2::types::ClientAuth;
     use crate::rekey::oauth2::types::Strategy;
     use base64::Engine as _;
     use std::collections::VecDeque;

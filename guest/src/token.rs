@@ -25,16 +25,44 @@ const SETTINGS_WRONG: [&str; 5] = [
     "invalid_scope",
 ];
 
-/// The refresh request: form body, JSON accepted, client authentication as configured.
+/// Form fields the token requests set themselves: extra parameters with
+/// these names are not sent (the host refuses them in settings too).
+const RESERVED: [&str; 9] = [
+    "grant_type",
+    "refresh_token",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "device_code",
+    "client_id",
+    "client_secret",
+    "scope",
+];
+
+/// The refresh request (RFC 6749 §6).
 pub fn refresh_request(settings: &Settings, refresh_token: &str) -> Request {
-    let mut form = form_urlencoded::Serializer::new(String::new());
-    form.append_pair("grant_type", "refresh_token");
-    form.append_pair("refresh_token", refresh_token);
+    let mut fields = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+    ];
     if let Some(scope) = settings.scope.as_deref().filter(|s| !s.is_empty()) {
-        form.append_pair("scope", scope);
+        fields.push(("scope", scope));
+    }
+    form_post(settings, &settings.token_url, &fields)
+}
+
+/// A POST to a token (or device) endpoint: the given fields, the settings'
+/// extra parameters, JSON accepted, and the client authentication as
+/// configured.
+pub fn form_post(settings: &Settings, url: &str, fields: &[(&str, &str)]) -> Request {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in fields {
+        form.append_pair(k, v);
     }
     for (k, v) in &settings.extra_params {
-        form.append_pair(k, v);
+        if !RESERVED.contains(&k.as_str()) {
+            form.append_pair(k, v);
+        }
     }
     let mut headers = vec![
         (
@@ -59,7 +87,7 @@ pub fn refresh_request(settings: &Settings, refresh_token: &str) -> Request {
     }
     Request {
         method: "POST".into(),
-        url: settings.token_url.clone(),
+        url: url.into(),
         headers,
         body: form.finish().into_bytes(),
     }
