@@ -803,6 +803,10 @@ struct Case {
     token: Vec<TokAns>,
     leases: Vec<(LeaseAns, bool)>,
     emits: Vec<bool>,
+    /// After its script, the API rejects every token (else it answers 200).
+    api_rejects: bool,
+    /// After their script, leases show a set another worker just stored.
+    peers_refresh: bool,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -814,9 +818,10 @@ fn case() -> impl Strategy<Value = Case> {
         proptest::collection::vec(tok_ans(), 0..6),
         proptest::collection::vec(lease_ans(), 0..5),
         proptest::collection::vec(proptest::bool::weighted(0.9), 0..4),
+        (proptest::bool::weighted(0.3), proptest::bool::weighted(0.3)),
     )
         .prop_map(
-            |(strategy, also_403, stored, api, token, leases, emits)| Case {
+            |(
                 strategy,
                 also_403,
                 stored,
@@ -824,6 +829,17 @@ fn case() -> impl Strategy<Value = Case> {
                 token,
                 leases,
                 emits,
+                (api_rejects, peers_refresh),
+            )| Case {
+                strategy,
+                also_403,
+                stored,
+                api,
+                token,
+                leases,
+                emits,
+                api_rejects,
+                peers_refresh,
             },
         )
 }
@@ -873,8 +889,9 @@ enum Ev {
 }
 
 /// A host that answers from the case's scripts (then with defaults: the API
-/// answers 200, the token endpoint is unreachable, the lease shows the store,
-/// emits succeed), keeps a store and the lease, and records everything.
+/// answers 200 or rejects everything, the token endpoint is unreachable, the
+/// lease shows the store or a peer's newer set, emits succeed), keeps a store
+/// and the lease, and records everything.
 struct Fake {
     api: VecDeque<ApiAns>,
     token: VecDeque<TokAns>,
@@ -883,6 +900,8 @@ struct Fake {
     store: Option<String>,
     lease_held: bool,
     workers: u32,
+    api_rejects: bool,
+    peers_refresh: bool,
     events: Vec<Ev>,
 }
 
@@ -896,6 +915,8 @@ impl Fake {
             store: case.stored.clone(),
             lease_held: false,
             workers: 0,
+            api_rejects: case.api_rejects,
+            peers_refresh: case.peers_refresh,
             events: vec![],
         }
     }
@@ -932,7 +953,7 @@ impl Effects for Fake {
                 .api
                 .pop_front()
                 .unwrap_or(ApiAns::Status {
-                    status: 200,
+                    status: if self.api_rejects { 401 } else { 200 },
                     scope: false,
                 })
                 .answer();
@@ -959,7 +980,15 @@ impl Effects for Fake {
     }
 
     fn acquire_lease(&mut self) -> Result<Lease, String> {
-        let (ans, in_doubt) = self.leases.pop_front().unwrap_or((LeaseAns::Store, false));
+        let peer = LeaseAns::Newer {
+            refresh: true,
+            fresh: true,
+        };
+        let (ans, in_doubt) = match self.leases.pop_front() {
+            Some(scripted) => scripted,
+            None if self.peers_refresh => (peer, false),
+            None => (LeaseAns::Store, false),
+        };
         let keys = match ans {
             LeaseAns::Fail => {
                 self.events.push(Ev::Acquire(Err("lease busy".into())));
