@@ -183,6 +183,14 @@ mod tests {
         Engine::default()
     }
 
+    /// The one file in the cache directory.
+    fn only_entry(cache: &Path) -> PathBuf {
+        let mut entries = fs::read_dir(cache).unwrap().map(|e| e.unwrap().path());
+        let entry = entries.next().expect("a cache entry");
+        assert!(entries.next().is_none(), "one entry only");
+        entry
+    }
+
     #[test]
     fn second_load_comes_from_the_cache_and_foreign_files_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
@@ -194,12 +202,7 @@ mod tests {
         assert_eq!(second, Origin::LoadedFromCache);
 
         // A file others could have written is never loaded.
-        let entry = fs::read_dir(&cache)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let entry = only_entry(&cache);
         fs::set_permissions(&entry, fs::Permissions::from_mode(0o666)).unwrap();
         let (_, third) = load_or_compile(&engine, crate::GUEST_WASM, Some(&cache)).unwrap();
         assert_eq!(
@@ -220,12 +223,7 @@ mod tests {
         let cache = dir.path().join("cache");
         let engine = engine();
         load_or_compile(&engine, crate::GUEST_WASM, Some(&cache)).unwrap();
-        let entry = fs::read_dir(&cache)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let entry = only_entry(&cache);
         // Our own valid entry, moved away and linked back: a link is refused
         // even when what it points to would pass.
         let elsewhere = dir.path().join("elsewhere.cwasm");

@@ -142,6 +142,22 @@ fn component(out: Option<std::path::PathBuf>, sha256: bool) -> Result<Exit, Fail
     Ok(Exit::Ok)
 }
 
+/// The runtime for one CLI call: no instance pool to set up, the compiled
+/// code from the cache.
+fn rekey_for_one_call(cache_dir: Option<std::path::PathBuf>) -> Result<rekey::Rekey, Failure> {
+    let config = rekey::Config {
+        pooling: None,
+        cache_dir,
+        ..rekey::Config::default()
+    };
+    rekey::Rekey::new(config).map_err(|e| {
+        Failure::new(
+            Exit::Failure(rekey::Category::Component),
+            format!("cannot load the rekey component: {e:#}"),
+        )
+    })
+}
+
 async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, Failure> + Send + 'static,
 ) -> Result<R, Failure> {

@@ -236,10 +236,15 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Checks what a store is given: a JSON object, without echoing any of it.
-pub(crate) fn validate_keys(keys: &TokenSet) -> Result<(), StoreError> {
-    keys.check()
-        .map_err(|e| StoreError::InvalidKeys(e.to_string()))
+/// Checks what a store is given (if anything): a JSON object, without
+/// echoing any of it.
+pub(crate) fn validate_keys(keys: Option<&TokenSet>) -> Result<(), StoreError> {
+    match keys {
+        Some(k) => k
+            .check()
+            .map_err(|e| StoreError::InvalidKeys(e.to_string())),
+        None => Ok(()),
+    }
 }
 
 /// Unix seconds, for `updated_at`.

@@ -4,8 +4,8 @@
 //! stderr; nothing secret is printed at all.
 
 use super::{Exit, Failure};
+use rekey::KeyStore;
 use rekey::authorize::{AuthorizeError, CodeOptions, DevicePrompt};
-use rekey::{Config, KeyStore, Rekey};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,17 +41,7 @@ pub async fn run(
         let (store, name) = (store.clone(), name.clone());
         super::blocking(move || Ok(store.load(&name)?)).await?
     };
-    let config = Config {
-        pooling: None,
-        cache_dir,
-        ..Config::default()
-    };
-    let rekey = Rekey::new(config).map_err(|e| {
-        Failure::new(
-            Exit::Failure(rekey::Category::Component),
-            format!("cannot load the rekey component: {e:#}"),
-        )
-    })?;
+    let rekey = super::rekey_for_one_call(cache_dir)?;
     let settings = &credential.settings;
     let result = if args.device {
         rekey.authorize_device(settings, show_device).await

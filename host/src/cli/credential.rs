@@ -22,14 +22,22 @@ pub enum Command {
     Remove { name: String },
 }
 
+/// What `add` and `set` both take.
 #[derive(clap::Args)]
-pub struct AddArgs {
+struct CredentialArgs {
     name: String,
     #[command(flatten)]
     settings: SettingsArgs,
-    /// The token response to start from (JSON), from a file or `-` for stdin.
+    /// A token response to store as the credential's keys (JSON), from a
+    /// file or `-` for stdin.
     #[arg(long)]
     keys: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct AddArgs {
+    #[command(flatten)]
+    credential: CredentialArgs,
     /// Replace an existing credential of this name (its settings; and its
     /// keys, if `--keys` is given). Without it an existing name is refused:
     /// the stored keys may hold a rotated refresh token that the original
@@ -40,12 +48,8 @@ pub struct AddArgs {
 
 #[derive(clap::Args)]
 pub struct SetArgs {
-    name: String,
     #[command(flatten)]
-    settings: SettingsArgs,
-    /// Replace the stored keys with this token response (a file or `-`).
-    #[arg(long)]
-    keys: Option<String>,
+    credential: CredentialArgs,
     /// Let the next refresh spend the stored refresh token although an
     /// earlier refresh may already have spent it (`refresh in doubt`): right
     /// for providers without rotation or with a grace period for the old
@@ -187,7 +191,8 @@ fn bad(message: impl Into<String>) -> Failure {
     Failure::new(Exit::BadInput, message)
 }
 
-fn add(store: &dyn KeyStore, a: AddArgs) -> Result<Exit, Failure> {
+fn add(store: &dyn KeyStore, args: AddArgs) -> Result<Exit, Failure> {
+    let (a, replace) = (args.credential, args.replace);
     check_name(&a.name).map_err(bad)?;
     let Some(client_id) = &a.settings.client_id else {
         return Err(bad(
@@ -208,7 +213,7 @@ fn add(store: &dyn KeyStore, a: AddArgs) -> Result<Exit, Failure> {
         Err(rekey::StoreError::UnknownCredential(_)) => false,
         Err(e) => return Err(e.into()),
     };
-    if exists && !a.replace {
+    if exists && !replace {
         return Err(bad(format!(
             "credential {:?} exists: `rekey credential set {0} …` changes its settings and keeps its keys; `add --replace` replaces it",
             a.name
@@ -228,13 +233,14 @@ fn add(store: &dyn KeyStore, a: AddArgs) -> Result<Exit, Failure> {
     Ok(Exit::Ok)
 }
 
-fn set(store: &dyn KeyStore, a: SetArgs) -> Result<Exit, Failure> {
+fn set(store: &dyn KeyStore, args: SetArgs) -> Result<Exit, Failure> {
+    let (a, retry_refresh) = (args.credential, args.retry_refresh);
     let mut settings = store.load(&a.name)?.settings;
     a.settings.endpoints(&mut settings)?;
     a.settings.apply(&mut settings)?;
     let keys = a.keys.as_deref().map(import_keys).transpose()?;
     store.put(&a.name, &settings, keys.as_ref())?;
-    if a.retry_refresh {
+    if retry_refresh {
         store.clear_refresh_in_doubt(&a.name)?;
     }
     Ok(Exit::Ok)

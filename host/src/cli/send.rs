@@ -1,7 +1,7 @@
 //! `rekey send`: a curl-like request through the component.
 
 use super::{Exit, Failure};
-use rekey::{Config, KeyStore, Rekey, Request};
+use rekey::{KeyStore, Request};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,18 +75,7 @@ pub async fn run(
         req = req.header("content-type", "application/x-www-form-urlencoded");
     }
 
-    // One call: no instance pool to set up; the compiled code comes from the cache.
-    let config = Config {
-        pooling: None,
-        cache_dir,
-        ..Config::default()
-    };
-    let rekey = Rekey::new(config).map_err(|e| {
-        Failure::new(
-            Exit::Failure(rekey::Category::Component),
-            format!("cannot load the rekey component: {e:#}"),
-        )
-    })?;
+    let rekey = super::rekey_for_one_call(cache_dir)?;
     let resp = rekey.send(store, &args.credential, req).await?;
 
     let mut out = std::io::stdout().lock();

@@ -58,7 +58,7 @@ impl KeyStore for MemoryStore {
         keys: &TokenSet,
         expected_version: Option<u64>,
     ) -> Result<u64, StoreError> {
-        validate_keys(keys)?;
+        validate_keys(Some(keys))?;
         self.with(|m| {
             let c = m
                 .get_mut(name)
@@ -82,9 +82,7 @@ impl KeyStore for MemoryStore {
         settings: &Settings,
         keys: Option<&TokenSet>,
     ) -> Result<(), StoreError> {
-        if let Some(k) = keys {
-            validate_keys(k)?;
-        }
+        validate_keys(keys)?;
         self.with(|m| {
             let old = m.get(name);
             let version = old.map_or(0, |c| c.version + u64::from(keys.is_some()));

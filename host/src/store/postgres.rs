@@ -540,7 +540,7 @@ impl KeyStore for PostgresStore {
         keys: &TokenSet,
         expected_version: Option<u64>,
     ) -> Result<u64, StoreError> {
-        validate_keys(keys)?;
+        validate_keys(Some(keys))?;
         let (name, keys) = (name.to_owned(), keys.expose().to_owned());
         let expected = expected_version.map(|v| v as i64);
         self.call(Kind::Write, move |c, attempt| {
@@ -567,9 +567,7 @@ impl KeyStore for PostgresStore {
         settings: &Settings,
         keys: Option<&TokenSet>,
     ) -> Result<(), StoreError> {
-        if let Some(k) = keys {
-            validate_keys(k)?;
-        }
+        validate_keys(keys)?;
         let settings = serde_json::to_string(settings).expect("settings serialize");
         let name = name.to_owned();
         let keys = keys.map(|k| k.expose().to_owned());

@@ -143,6 +143,35 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Runs `f` in one IMMEDIATE transaction and commits it. IMMEDIATE
+    /// takes SQLite's write lock first, so a check-and-write is one step for
+    /// every process on this machine.
+    fn immediate<R>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(write)?;
+        let result = f(&tx)?;
+        tx.commit().map_err(write)?;
+        Ok(result)
+    }
+
+    /// One UPDATE of the credential `name`; unknown if it touched no row.
+    fn update_credential(
+        &self,
+        name: &str,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<(), StoreError> {
+        match self.conn().execute(sql, params).map_err(write)? {
+            0 => Err(StoreError::UnknownCredential(name.into())),
+            _ => Ok(()),
+        }
+    }
+
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A poisoned lock only means another call panicked; the connection
         // itself is transactional and still consistent.
@@ -205,6 +234,10 @@ fn row_to_credential(row: Row) -> Result<Credential, StoreError> {
     })
 }
 
+fn write(e: rusqlite::Error) -> StoreError {
+    StoreError::Write(e.to_string())
+}
+
 impl KeyStore for SqliteStore {
     fn load(&self, name: &str) -> Result<Credential, StoreError> {
         let row = self
@@ -226,44 +259,34 @@ impl KeyStore for SqliteStore {
         keys: &TokenSet,
         expected_version: Option<u64>,
     ) -> Result<u64, StoreError> {
-        validate_keys(keys)?;
-        let mut conn = self.conn();
-        let write = |e: rusqlite::Error| StoreError::Write(e.to_string());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(write)?;
-        let current: Option<i64> = tx
-            .query_row(
-                "SELECT version FROM credentials WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(write)?;
-        let current = current.ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
-        if expected_version.is_some_and(|v| v as i64 != current) {
-            return Err(StoreError::Conflict(name.into()));
-        }
-        tx.execute(
-            // Saved keys settle a refresh in doubt and revive a dead grant.
-            "UPDATE credentials SET keys = ?2, version = ?3, updated_at = ?4,
+        validate_keys(Some(keys))?;
+        self.immediate(|tx| {
+            let current: Option<i64> = tx
+                .query_row(
+                    "SELECT version FROM credentials WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(write)?;
+            let current = current.ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
+            if expected_version.is_some_and(|v| v as i64 != current) {
+                return Err(StoreError::Conflict(name.into()));
+            }
+            tx.execute(
+                // Saved keys settle a refresh in doubt and revive a dead grant.
+                "UPDATE credentials SET keys = ?2, version = ?3, updated_at = ?4,
                  refresh_in_doubt = 0, dead_grant_code = NULL, dead_grant_at = NULL
              WHERE name = ?1",
-            params![name, keys.expose(), current + 1, now_unix()],
-        )
-        .map_err(write)?;
-        tx.commit().map_err(write)?;
-        Ok(current as u64 + 1)
+                params![name, keys.expose(), current + 1, now_unix()],
+            )
+            .map_err(write)?;
+            Ok(current as u64 + 1)
+        })
     }
 
     fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
-        let write = |e: rusqlite::Error| StoreError::Write(e.to_string());
-        // IMMEDIATE takes SQLite's write lock first, so check-and-take is one
-        // step for every process on this machine.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(write)?;
+        self.immediate(|tx| {
         let now = now_millis();
         let taken = tx
             .execute(
@@ -273,8 +296,8 @@ impl KeyStore for SqliteStore {
                 params![name, holder, expiry_millis(now, ttl), now],
             )
             .map_err(write)?;
-        tx.commit().map_err(write)?;
         Ok(taken == 1)
+        })
     }
 
     fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -297,54 +320,38 @@ impl KeyStore for SqliteStore {
     }
 
     fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
-        let write = |e: rusqlite::Error| StoreError::Write(e.to_string());
         // Renewal and mark commit together (synchronous=FULL): the mark is on
         // disk before the refresh request leaves, and only a holder sets it.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(write)?;
-        let now = now_millis();
-        let renewed = tx
-            .execute(RENEW, params![name, holder, expiry_millis(now, ttl), now])
-            .map_err(write)?;
-        if renewed == 1 {
-            tx.execute(
-                "UPDATE credentials SET refresh_in_doubt = 1 WHERE name = ?1",
-                [name],
-            )
-            .map_err(write)?;
-        }
-        tx.commit().map_err(write)?;
-        Ok(renewed == 1)
+        self.immediate(|tx| {
+            let now = now_millis();
+            let renewed = tx
+                .execute(RENEW, params![name, holder, expiry_millis(now, ttl), now])
+                .map_err(write)?;
+            if renewed == 1 {
+                tx.execute(
+                    "UPDATE credentials SET refresh_in_doubt = 1 WHERE name = ?1",
+                    [name],
+                )
+                .map_err(write)?;
+            }
+            Ok(renewed == 1)
+        })
     }
 
     fn clear_refresh_in_doubt(&self, name: &str) -> Result<(), StoreError> {
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE credentials SET refresh_in_doubt = 0 WHERE name = ?1",
-                [name],
-            )
-            .map_err(|e| StoreError::Write(e.to_string()))?;
-        if n == 0 {
-            return Err(StoreError::UnknownCredential(name.into()));
-        }
-        Ok(())
+        self.update_credential(
+            name,
+            "UPDATE credentials SET refresh_in_doubt = 0 WHERE name = ?1",
+            params![name],
+        )
     }
 
     fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<(), StoreError> {
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE credentials SET dead_grant_code = ?2, dead_grant_at = ?3 WHERE name = ?1",
-                params![name, code, now_unix()],
-            )
-            .map_err(|e| StoreError::Write(e.to_string()))?;
-        if n == 0 {
-            return Err(StoreError::UnknownCredential(name.into()));
-        }
-        Ok(())
+        self.update_credential(
+            name,
+            "UPDATE credentials SET dead_grant_code = ?2, dead_grant_at = ?3 WHERE name = ?1",
+            params![name, code, now_unix()],
+        )
     }
 
     fn put(
@@ -353,9 +360,7 @@ impl KeyStore for SqliteStore {
         settings: &Settings,
         keys: Option<&TokenSet>,
     ) -> Result<(), StoreError> {
-        if let Some(k) = keys {
-            validate_keys(k)?;
-        }
+        validate_keys(keys)?;
         let settings = serde_json::to_string(settings).expect("settings serialize");
         self.conn()
             .execute(
@@ -398,37 +403,9 @@ impl KeyStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    //! What only SQLite has; the KeyStore contract itself runs on every
+    //! backend in tests/all/store_contract.rs.
     use super::*;
-
-    #[test]
-    fn keys_round_trip_with_versions() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("s.db")).unwrap();
-        let settings = Settings::new("http://127.0.0.1/token", "app");
-        store
-            .put(
-                "c",
-                &settings,
-                Some(&TokenSet::stored(r#"{"access_token":"a"}"#)),
-            )
-            .unwrap();
-        assert_eq!(
-            store
-                .save_keys("c", &TokenSet::stored(r#"{"access_token":"b"}"#), Some(0))
-                .unwrap(),
-            1
-        );
-        let stale = store.save_keys("c", &TokenSet::stored(r#"{"access_token":"x"}"#), Some(0));
-        assert!(
-            matches!(stale, Err(StoreError::Conflict(_))),
-            "compare-and-set refuses a stale writer"
-        );
-        let reopened = SqliteStore::open(dir.path().join("s.db")).unwrap();
-        let c = reopened.load("c").unwrap();
-        assert_eq!(c.keys.unwrap().expose(), r#"{"access_token":"b"}"#);
-        assert_eq!(c.version, 1);
-        assert_eq!(c.settings, settings);
-    }
 
     #[test]
     fn the_store_file_is_private() {
@@ -449,85 +426,6 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o077, 0, "{file} is {mode:o}");
         }
-    }
-
-    #[test]
-    fn editing_settings_keeps_the_keys_and_their_version() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("s.db")).unwrap();
-        let settings = Settings::new("http://127.0.0.1/token", "app");
-        store
-            .put(
-                "c",
-                &settings,
-                Some(&TokenSet::stored(r#"{"refresh_token":"r"}"#)),
-            )
-            .unwrap();
-        store
-            .put("c", &Settings::new("http://127.0.0.1/token", "other"), None)
-            .unwrap();
-        let c = store.load("c").unwrap();
-        assert_eq!(c.keys.unwrap().expose(), r#"{"refresh_token":"r"}"#);
-        assert_eq!((c.version, c.settings.client_id.as_str()), (0, "other"));
-    }
-
-    #[test]
-    fn rejects_non_object_keys_and_unknown_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("s.db")).unwrap();
-        assert!(matches!(
-            store.load("nope"),
-            Err(StoreError::UnknownCredential(_))
-        ));
-        assert!(matches!(
-            store.save_keys("nope", &TokenSet::stored("{}"), None),
-            Err(StoreError::UnknownCredential(_))
-        ));
-        let settings = Settings::new("http://127.0.0.1/token", "app");
-        let err = store
-            .put("c", &settings, Some(&TokenSet::stored("[1, \"tok\"]")))
-            .unwrap_err();
-        assert!(matches!(err, StoreError::InvalidKeys(_)));
-    }
-
-    #[test]
-    fn the_lease_is_exclusive_until_released_or_expired() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = SqliteStore::open(dir.path().join("s.db")).unwrap();
-        let b = SqliteStore::open(dir.path().join("s.db")).unwrap();
-        // Exclusivity on a lease no test outlives: a short one may run out
-        // before the next line on a loaded machine.
-        let long = Duration::from_secs(120);
-        assert!(a.try_lease("c", "a", long).unwrap());
-        assert!(!b.try_lease("c", "b", long).unwrap(), "held by a");
-        assert!(a.try_lease("c", "a", long).unwrap(), "a may extend its own");
-        a.release_lease("c", "a").unwrap();
-        let short = Duration::from_millis(300);
-        assert!(b.try_lease("c", "b", short).unwrap(), "free after release");
-        // Expiry is awaited, not timed: poll with a generous deadline.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !a.try_lease("c", "a", long).unwrap() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never free after expiry"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        b.release_lease("c", "b").unwrap();
-        assert!(
-            !b.try_lease("c", "b", long).unwrap(),
-            "b's late release did not free a's lease"
-        );
-    }
-
-    #[test]
-    fn a_huge_ttl_saturates_instead_of_wrapping() {
-        assert_eq!(expiry_millis(1_000, Duration::MAX), i64::MAX);
-        assert_eq!(
-            expiry_millis(i64::MAX - 1, Duration::from_secs(1)),
-            i64::MAX
-        );
-        assert_eq!(expiry_millis(1_000, Duration::from_millis(500)), 1_500);
     }
 
     #[test]
