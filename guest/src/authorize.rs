@@ -76,6 +76,13 @@ fn check_endpoint(what: &str, url: &str) -> Result<(), AuthorizeError> {
     Ok(())
 }
 
+/// An endpoint the grant needs: configured, and https (http on loopback).
+fn configured<'a>(url: Option<&'a str>, what: &str) -> Result<&'a str, AuthorizeError> {
+    let url = url.ok_or_else(|| invalid(format!("no {what} is configured")))?;
+    check_endpoint(what, url)?;
+    Ok(url)
+}
+
 fn check_client(settings: &Settings) -> Result<(), AuthorizeError> {
     check_endpoint("token URL", &settings.token_url)?;
     if settings.client_id.is_empty() {
@@ -91,11 +98,7 @@ pub fn begin(
     entropy: &[u8],
 ) -> Result<Pending, AuthorizeError> {
     check_client(settings)?;
-    let endpoint = auth
-        .authorization_url
-        .as_deref()
-        .ok_or_else(|| invalid("no authorization endpoint is configured"))?;
-    check_endpoint("authorization URL", endpoint)?;
+    let endpoint = configured(auth.authorization_url.as_deref(), "authorization URL")?;
     let redirect = auth.redirect_uri.as_str();
     if !redirect
         .strip_prefix("http://")
@@ -339,11 +342,7 @@ pub fn device_start(
     auth: &Authorization,
 ) -> Result<DeviceGrant, AuthorizeError> {
     check_client(settings)?;
-    let url = auth
-        .device_url
-        .as_deref()
-        .ok_or_else(|| invalid("no device authorization endpoint is configured"))?;
-    check_endpoint("device authorization URL", url)?;
+    let url = configured(auth.device_url.as_deref(), "device authorization URL")?;
     let mut fields = vec![];
     if let Some(scope) = auth.scope.as_deref().filter(|s| !s.is_empty()) {
         fields.push(("scope", scope));
