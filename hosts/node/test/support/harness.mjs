@@ -45,7 +45,3 @@ export async function eventually(check, { timeoutMs = 20_000, everyMs = 50, what
   }
 }
 
-/** Waits until the wall clock passes `expiresAt` (Unix seconds) by `slackMs`. */
-export function untilExpired(expiresAt, slackMs = 300) {
-  return eventually(() => Date.now() > expiresAt * 1000 + slackMs, { what: 'the access token to expire' });
-}

@@ -52,6 +52,9 @@ export async function startTestkit(args = []) {
     loseAnswers: (list) => admin('POST', 'lose-answers', list),
     omitRefreshToken: (on) => admin('POST', 'omit-refresh-token', on),
     revokeAll: () => admin('POST', 'revoke-all'),
+    // Ends every access token issued so far, now: an expiry without waiting
+    // on clocks (expires_at has whole-second precision).
+    expireAccessTokens: () => admin('POST', 'expire-access-tokens'),
     refreshTokenLive: async (token) => (await admin('POST', 'refresh-token-live', { refresh_token: token })).live,
     async stop() {
       child.stdin.end();
