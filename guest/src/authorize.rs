@@ -503,47 +503,9 @@ pub fn device_poll(
 mod tests {
     use super::*;
     use crate::rekey::oauth2::types::ClientAuth;
-    use crate::rekey::oauth2::types::Strategy;
+    use crate::testing::{self, Script, ok, script, secs};
     use base64::Engine as _;
-    use std::collections::VecDeque;
     use std::vec::Vec;
-
-    #[derive(Default)]
-    struct Script {
-        answers: VecDeque<Result<Response, TransportError>>,
-        sent: Vec<Request>,
-        now: u64,
-        slept: Vec<u64>,
-    }
-
-    impl Effects for Script {
-        fn http_send(&mut self, req: &Request) -> Result<Response, TransportError> {
-            self.sent.push(req.clone());
-            self.answers.pop_front().expect("unexpected request")
-        }
-        fn now_unix(&self) -> u64 {
-            1_000 + self.now
-        }
-        fn sleep(&mut self, d: Duration) {
-            self.now += d.as_secs();
-            self.slept.push(d.as_secs());
-        }
-    }
-
-    fn script<const N: usize>(answers: [Result<Response, TransportError>; N]) -> Script {
-        Script {
-            answers: answers.into(),
-            ..Default::default()
-        }
-    }
-
-    fn ok(status: u16, body: &str) -> Result<Response, TransportError> {
-        Ok(Response {
-            status,
-            headers: vec![],
-            body: body.into(),
-        })
-    }
 
     fn settings(auth: ClientAuth) -> Settings {
         Settings {
@@ -551,10 +513,8 @@ mod tests {
             client_id: "app id".into(),
             client_secret: Some("s&cret".into()),
             client_auth: auth,
-            scope: None,
             extra_params: vec![("format".into(), "json".into())],
-            strategy: Strategy::OnAuthFailure,
-            rejected_statuses: vec![],
+            ..testing::settings()
         }
     }
 
@@ -731,7 +691,7 @@ mod tests {
                 AuthorizeError::IssuerMismatch,
             ),
         ] {
-            let mut fx = Script::default();
+            let mut fx = script([]);
             let err = finish(&mut fx, &s, &a, &p, &q).unwrap_err();
             assert_eq!(format!("{err:?}"), format!("{expected:?}"), "{q}");
             assert!(fx.sent.is_empty(), "{q}: nothing exchanged");
@@ -758,10 +718,7 @@ mod tests {
         let s = settings(ClientAuth::ClientSecretBasic);
         let q = format!("code=c&state={}", p.state);
         let run = |answers: Vec<Result<Response, TransportError>>| {
-            let mut fx = Script {
-                answers: answers.into(),
-                ..Default::default()
-            };
+            let mut fx = script(answers);
             let r = finish(&mut fx, &s, &authorization(), &p, &q);
             (r, fx.sent.len())
         };
@@ -794,25 +751,24 @@ mod tests {
 
     const DEVICE: &str = r#"{"device_code":"dc","user_code":"WDJB-MJHT","verification_uri":"https://idp.example/device","verification_uri_complete":"https://idp.example/device?user_code=WDJB-MJHT","expires_in":600,"interval":5}"#;
 
-    fn grant() -> DeviceGrant {
-        let mut fx = script([ok(200, DEVICE)]);
+    /// Starts the device grant with the test settings (secret in the form).
+    fn start_device(fx: &mut Script) -> Result<DeviceGrant, AuthorizeError> {
         device_start(
-            &mut fx,
+            fx,
             &settings(ClientAuth::ClientSecretPost),
             &authorization(),
         )
-        .unwrap()
+    }
+
+    fn grant() -> DeviceGrant {
+        let mut fx = script([ok(200, DEVICE)]);
+        start_device(&mut fx).unwrap()
     }
 
     #[test]
     fn the_device_grant_starts_with_the_client_and_scope() {
         let mut fx = script([ok(503, ""), ok(200, DEVICE)]);
-        let g = device_start(
-            &mut fx,
-            &settings(ClientAuth::ClientSecretPost),
-            &authorization(),
-        )
-        .unwrap();
+        let g = start_device(&mut fx).unwrap();
         assert_eq!(
             (g.user_code.as_str(), g.device_code.as_str()),
             ("WDJB-MJHT", "dc")
@@ -826,12 +782,7 @@ mod tests {
         // Google's spelling; no interval means 5 s.
         let google = r#"{"device_code":"dc","user_code":"ABC","verification_url":"https://www.google.com/device","expires_in":"1800"}"#;
         let mut fx = script([ok(200, google)]);
-        let g = device_start(
-            &mut fx,
-            &settings(ClientAuth::ClientSecretPost),
-            &authorization(),
-        )
-        .unwrap();
+        let g = start_device(&mut fx).unwrap();
         assert_eq!(
             (g.verification_uri.as_str(), g.interval, g.expires_in),
             ("https://www.google.com/device", 5, 1800)
@@ -843,28 +794,16 @@ mod tests {
             r#"{"device_code":"d","user_code":"A","verification_uri":"javascript:x","expires_in":5}"#,
         ] {
             let mut fx = script([ok(200, bad)]);
-            let r = device_start(
-                &mut fx,
-                &settings(ClientAuth::ClientSecretPost),
-                &authorization(),
-            );
+            let r = start_device(&mut fx);
             assert!(matches!(r, Err(AuthorizeError::Endpoint(_))), "{bad}");
         }
         let mut fx = script([ok(400, r#"{"error":"invalid_client"}"#)]);
-        let r = device_start(
-            &mut fx,
-            &settings(ClientAuth::ClientSecretPost),
-            &authorization(),
-        );
+        let r = start_device(&mut fx);
         assert!(matches!(r, Err(AuthorizeError::Rejected(e)) if e.code == "invalid_client"));
         let mut a = authorization();
         a.device_url = None;
         assert!(matches!(
-            device_start(
-                &mut Script::default(),
-                &settings(ClientAuth::ClientSecretPost),
-                &a
-            ),
+            device_start(&mut script([]), &settings(ClientAuth::ClientSecretPost), &a),
             Err(AuthorizeError::InvalidSettings(_))
         ));
     }
@@ -883,7 +822,7 @@ mod tests {
         ]);
         let body = device_poll(&mut fx, &settings(ClientAuth::ClientSecretPost), &grant()).unwrap();
         assert_eq!(body, TOKENS);
-        assert_eq!(fx.slept, [5, 5, 10, 10, 15]);
+        assert_eq!(fx.slept, secs([5, 5, 10, 10, 15]));
         let f = form(&fx.sent[0]);
         assert!(f.contains(&("grant_type".into(), DEVICE_GRANT.into())));
         assert!(f.contains(&("device_code".into(), "dc".into())));
@@ -935,7 +874,7 @@ mod tests {
             ok(200, TOKENS),
         ]);
         device_poll(&mut fx, &s, &grant()).unwrap();
-        assert_eq!(fx.slept, [5, 10, 20, 20]);
+        assert_eq!(fx.slept, secs([5, 10, 20, 20]));
         let mut fx = script([ok(500, ""), ok(500, ""), ok(500, ""), ok(500, "")]);
         assert!(matches!(
             device_poll(&mut fx, &s, &grant()),

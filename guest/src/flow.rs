@@ -367,81 +367,13 @@ fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rekey::oauth2::types::ClientAuth;
-    use std::collections::VecDeque;
+    use crate::testing::{self, Script, ok, script};
     use std::string::ToString;
-
-    /// Scripted effects: answers in order, records what was sent.
-    #[derive(Default)]
-    struct Script {
-        answers: VecDeque<Result<Response, TransportError>>,
-        sent: Vec<Request>,
-        emitted: Vec<String>,
-        emit_fails: bool,
-        stored_now: Option<String>,
-        in_doubt: bool,
-        now: u64,
-        leases: u32,
-        releases: u32,
-        slept: Vec<Duration>,
-    }
-
-    impl Effects for Script {
-        fn http_send(&mut self, req: &Request) -> Result<Response, TransportError> {
-            self.sent.push(req.clone());
-            self.answers.pop_front().expect("unexpected request")
-        }
-        fn emit_update_keys(&mut self, keys: &str) -> Result<(), String> {
-            if self.emit_fails {
-                return Err("disk full".into());
-            }
-            self.emitted.push(keys.into());
-            Ok(())
-        }
-        fn acquire_lease(&mut self) -> Result<Lease, String> {
-            self.leases += 1;
-            Ok(Lease {
-                keys: self.stored_now.clone(),
-                in_doubt: self.in_doubt,
-            })
-        }
-        fn release_lease(&mut self) {
-            self.releases += 1;
-        }
-        fn now_unix(&self) -> u64 {
-            if self.now == 0 { 1_000 } else { self.now }
-        }
-        fn sleep(&mut self, d: Duration) {
-            self.slept.push(d);
-        }
-    }
-
-    /// Effects that answer these, in order, and otherwise default.
-    fn script<const N: usize>(answers: [Result<Response, TransportError>; N]) -> Script {
-        Script {
-            answers: answers.into(),
-            ..Default::default()
-        }
-    }
-
-    fn ok(status: u16, body: &str) -> Result<Response, TransportError> {
-        Ok(Response {
-            status,
-            headers: vec![],
-            body: body.into(),
-        })
-    }
 
     fn settings(strategy: Strategy) -> Settings {
         Settings {
-            token_url: "http://127.0.0.1:9/token".into(),
-            client_id: "id".into(),
-            client_secret: Some("secret".into()),
-            client_auth: ClientAuth::ClientSecretPost,
-            scope: None,
-            extra_params: vec![],
             strategy,
-            rejected_statuses: vec![],
+            ..testing::settings()
         }
     }
 
@@ -459,7 +391,21 @@ mod tests {
         send(fx, &settings(strategy), Some(KEYS), &api())
     }
 
+    /// The API request with these stored keys, refreshed on rejection.
+    fn run_stored(fx: &mut impl Effects, stored: Option<&str>) -> Result<Response, SendError> {
+        send(fx, &settings(Strategy::OnAuthFailure), stored, &api())
+    }
+
     const KEYS: &str = r#"{"access_token":"a1","refresh_token":"r1","expires_at":1500}"#;
+    /// A token response: a new access token, the refresh token kept.
+    const A2: &str = r#"{"access_token":"a2"}"#;
+    /// Keys another worker stored meanwhile.
+    const A9: &str = r#"{"access_token":"a9","refresh_token":"r9"}"#;
+
+    /// The API rejects the token, the exchange mints a2, the resend is answered.
+    fn refreshed_and_answered() -> [Result<Response, TransportError>; 3] {
+        [ok(401, ""), ok(200, A2), ok(200, "hi")]
+    }
 
     fn bearer(req: &Request) -> &str {
         let auth: Vec<_> = req
@@ -491,11 +437,7 @@ mod tests {
 
     #[test]
     fn rejected_after_refresh_is_final() {
-        let mut fx = script([
-            ok(401, ""),
-            ok(200, r#"{"access_token":"a2"}"#),
-            ok(401, "no"),
-        ]);
+        let mut fx = script([ok(401, ""), ok(200, A2), ok(401, "no")]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(
             err,
@@ -506,11 +448,7 @@ mod tests {
 
     #[test]
     fn emit_failure_stops_before_the_retry() {
-        let mut fx = Script {
-            answers: [ok(401, ""), ok(200, r#"{"access_token":"a2"}"#)].into(),
-            emit_fails: true,
-            ..Default::default()
-        };
+        let mut fx = script([ok(401, ""), ok(200, A2)]).failing_emits();
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(err, SendError::KeysNotPersisted(_)));
         assert_eq!(fx.sent.len(), 2);
@@ -519,11 +457,7 @@ mod tests {
 
     #[test]
     fn adopts_keys_another_worker_stored() {
-        let mut fx = Script {
-            answers: [ok(401, ""), ok(200, "hi")].into(),
-            stored_now: Some(r#"{"access_token":"a9","refresh_token":"r9"}"#.into()),
-            ..Default::default()
-        };
+        let mut fx = script([ok(401, ""), ok(200, "hi")]).lease_shows(A9);
         run(&mut fx, Strategy::OnAuthFailure).unwrap();
         assert_eq!(bearer(&fx.sent[1]), "Bearer a9");
         assert!(fx.emitted.is_empty());
@@ -532,19 +466,9 @@ mod tests {
 
     #[test]
     fn an_adopted_token_that_expired_meanwhile_is_renewed_not_fatal() {
-        let mut fx = Script {
-            // stale a1 → 401; adopt a9 (another worker's) → 401 (expired while
-            // waiting); the store still holds a9, so exchange → a2 → 200.
-            answers: [
-                ok(401, ""),
-                ok(401, ""),
-                ok(200, r#"{"access_token":"a2"}"#),
-                ok(200, "hi"),
-            ]
-            .into(),
-            stored_now: Some(r#"{"access_token":"a9","refresh_token":"r9"}"#.into()),
-            ..Default::default()
-        };
+        // stale a1 → 401; adopt a9 (another worker's) → 401 (expired while
+        // waiting); the store still holds a9, so exchange → a2 → 200.
+        let mut fx = script([ok(401, ""), ok(401, ""), ok(200, A2), ok(200, "hi")]).lease_shows(A9);
         run(&mut fx, Strategy::OnAuthFailure).unwrap();
         assert_eq!(bearer(&fx.sent[1]), "Bearer a9");
         let form = String::from_utf8(fx.sent[2].body.clone()).unwrap();
@@ -559,22 +483,12 @@ mod tests {
     #[test]
     fn renewals_are_bounded_even_when_every_adopted_token_fails() {
         // Another worker keeps storing tokens the API rejects: adopt, adopt, adopt, stop.
-        let answers = [ok(401, ""), ok(401, ""), ok(401, ""), ok(401, "")].into();
         let mut fx = AdoptEachTime(
-            Script {
-                answers,
-                ..Default::default()
-            },
+            script([ok(401, ""), ok(401, ""), ok(401, ""), ok(401, "")]),
             0,
         );
         let stored = r#"{"access_token":"a0","refresh_token":"r0"}"#;
-        let err = send(
-            &mut fx,
-            &settings(Strategy::OnAuthFailure),
-            Some(stored),
-            &api(),
-        )
-        .unwrap_err();
+        let err = run_stored(&mut fx, Some(stored)).unwrap_err();
         assert!(matches!(err, SendError::RejectedAfterRefresh(_)));
         assert_eq!(fx.0.sent.len(), 1 + RENEWALS as usize);
         assert!(fx.0.emitted.is_empty(), "nothing spent");
@@ -624,38 +538,28 @@ mod tests {
 
     #[test]
     fn token_endpoint_retries_5xx_not_4xx() {
-        let mut fx = script([
-            ok(401, ""),
-            ok(503, ""),
-            Err(TransportError::Timeout),
-            ok(200, r#"{"access_token":"a2"}"#),
-            ok(200, ""),
-        ]);
-        run(&mut fx, Strategy::OnAuthFailure).unwrap();
         // 503 spent nothing: backoff; a timeout may have: one prompt retry.
-        assert_eq!(fx.slept, [BACKOFF, BACKOFF]);
-
-        let mut fx = script([
-            ok(401, ""),
-            Err(TransportError::Connect("refused".into())),
-            ok(503, ""),
-            ok(200, r#"{"access_token":"a2"}"#),
-            ok(200, ""),
-        ]);
-        run(&mut fx, Strategy::OnAuthFailure).unwrap();
-        assert_eq!(fx.slept, [BACKOFF, BACKOFF * 2]);
+        let refused = || Err(TransportError::Connect("refused".into()));
+        for (first, second, slept) in [
+            (
+                ok(503, ""),
+                Err(TransportError::Timeout),
+                [BACKOFF, BACKOFF],
+            ),
+            (refused(), ok(503, ""), [BACKOFF, BACKOFF * 2]),
+        ] {
+            let mut fx = script([ok(401, ""), first, second, ok(200, A2), ok(200, "")]);
+            run(&mut fx, Strategy::OnAuthFailure).unwrap();
+            assert_eq!(fx.slept, slept);
+            assert_eq!(fx.emitted.len(), 1);
+        }
 
         let mut fx = script([ok(401, ""), ok(400, r#"{"error":"invalid_grant"}"#)]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(err, SendError::ReauthorizationRequired(_)));
         assert_eq!(fx.sent.len(), 2);
 
-        let mut fx = script([
-            ok(401, ""),
-            ok(503, ""),
-            Err(TransportError::Connect("refused".into())),
-            ok(429, ""),
-        ]);
+        let mut fx = script([ok(401, ""), ok(503, ""), refused(), ok(429, "")]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(err, SendError::TokenEndpoint(m) if m.contains("3 attempts")));
     }
@@ -673,12 +577,7 @@ mod tests {
         ];
         for first in lost {
             // A provider with a grace period answers the prompt retry.
-            let mut fx = script([
-                ok(401, ""),
-                first.clone(),
-                ok(200, r#"{"access_token":"a2"}"#),
-                ok(200, "hi"),
-            ]);
+            let mut fx = script([ok(401, ""), first.clone(), ok(200, A2), ok(200, "hi")]);
             run(&mut fx, Strategy::OnAuthFailure).unwrap();
             assert_eq!(fx.slept, [BACKOFF]);
             assert_eq!(fx.emitted.len(), 1);
@@ -711,7 +610,7 @@ mod tests {
             ok(503, ""),
             ok(429, ""),
             Err(TransportError::Timeout),
-            ok(200, r#"{"access_token":"a2"}"#),
+            ok(200, A2),
             ok(200, "hi"),
         ]);
         run(&mut fx, Strategy::OnAuthFailure).unwrap();
@@ -720,24 +619,16 @@ mod tests {
 
     #[test]
     fn a_lease_inherited_in_doubt_spends_nothing() {
-        let mut fx = Script {
-            answers: [ok(401, "")].into(),
-            stored_now: Some(KEYS.into()),
-            in_doubt: true,
-            ..Default::default()
-        };
+        let mut fx = script([ok(401, "")]).lease_shows(KEYS).in_doubt();
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(err, SendError::RefreshInDoubt(_)), "{err:?}");
         assert_eq!(fx.sent.len(), 1, "no token request");
         assert_eq!(fx.releases, 1);
 
         // The vanished holder's keys did arrive after all: use them.
-        let mut fx = Script {
-            answers: [ok(401, ""), ok(200, "hi")].into(),
-            stored_now: Some(r#"{"access_token":"a9","refresh_token":"r9"}"#.into()),
-            in_doubt: true,
-            ..Default::default()
-        };
+        let mut fx = script([ok(401, ""), ok(200, "hi")])
+            .lease_shows(A9)
+            .in_doubt();
         run(&mut fx, Strategy::OnAuthFailure).unwrap();
         assert_eq!(bearer(&fx.sent[1]), "Bearer a9");
     }
@@ -761,11 +652,7 @@ mod tests {
         assert_eq!((fx.sent.len(), fx.leases), (1, 0));
 
         challenge.headers[0].1 = r#"Bearer error="invalid_token""#.into();
-        let mut fx = script([
-            Ok(challenge),
-            ok(200, r#"{"access_token":"a2"}"#),
-            ok(200, "hi"),
-        ]);
+        let mut fx = script([Ok(challenge), ok(200, A2), ok(200, "hi")]);
         run(&mut fx, Strategy::OnAuthFailure).unwrap();
         assert_eq!(fx.emitted.len(), 1);
     }
@@ -775,13 +662,7 @@ mod tests {
         // Refreshed at 990 with a one-hour lifetime; rejected at 1000.
         let fresh = r#"{"access_token":"a1","refresh_token":"r1","expires_in":3600,"rekey_refreshed_at":990}"#;
         let mut fx = script([ok(401, "")]);
-        let err = send(
-            &mut fx,
-            &settings(Strategy::OnAuthFailure),
-            Some(fresh),
-            &api(),
-        )
-        .unwrap_err();
+        let err = run_stored(&mut fx, Some(fresh)).unwrap_err();
         assert!(matches!(err, SendError::RejectedAfterRefresh(_)));
         assert_eq!((fx.sent.len(), fx.leases), (1, 0));
 
@@ -794,23 +675,8 @@ mod tests {
                 fresh.replace(r#""expires_in":3600"#, r#""expires_in":2"#),
             ),
         ] {
-            let mut fx = Script {
-                answers: [
-                    ok(401, ""),
-                    ok(200, r#"{"access_token":"a2"}"#),
-                    ok(200, "hi"),
-                ]
-                .into(),
-                now,
-                ..Default::default()
-            };
-            send(
-                &mut fx,
-                &settings(Strategy::OnAuthFailure),
-                Some(&keys),
-                &api(),
-            )
-            .unwrap();
+            let mut fx = script(refreshed_and_answered()).at(now);
+            run_stored(&mut fx, Some(&keys)).unwrap();
             assert_eq!(fx.emitted.len(), 1, "now={now}");
         }
     }
@@ -842,18 +708,8 @@ mod tests {
         if let Some(life) = lifetime {
             keys["expires_in"] = life.into();
         }
-        let mut fx = Script {
-            answers: [
-                ok(401, ""),
-                ok(200, r#"{"access_token":"a2"}"#),
-                ok(200, "hi"),
-            ]
-            .into(),
-            now,
-            ..Default::default()
-        };
-        let settings = settings(Strategy::OnAuthFailure);
-        match send(&mut fx, &settings, Some(&keys.to_string()), &api()) {
+        let mut fx = script(refreshed_and_answered()).at(now);
+        match run_stored(&mut fx, Some(&keys.to_string())) {
             Ok(_) => {
                 assert_eq!((fx.leases, fx.emitted.len()), (1, 1));
                 true
@@ -1058,9 +914,8 @@ mod tests {
                 1,
             ),
         ] {
-            let mut fx = Script::default();
-            let err =
-                send(&mut fx, &settings(Strategy::OnAuthFailure), stored, &api()).unwrap_err();
+            let mut fx = script([]);
+            let err = run_stored(&mut fx, stored).unwrap_err();
             let expected = format!("{why} for this credential: please authenticate");
             assert!(
                 matches!(&err, SendError::NotAuthenticated(m) if *m == expected),

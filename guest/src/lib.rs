@@ -17,6 +17,8 @@ mod flow;
 mod keys;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod testing;
 mod token;
 
 wit_bindgen::generate!({

@@ -809,39 +809,20 @@ struct Case {
     peers_refresh: bool,
 }
 
-fn case() -> impl Strategy<Value = Case> {
-    (
-        strategy(),
-        any::<bool>(),
-        stored_keys(),
-        proptest::collection::vec(api_ans(), 0..6),
-        proptest::collection::vec(tok_ans(), 0..6),
-        proptest::collection::vec(lease_ans(), 0..5),
-        proptest::collection::vec(proptest::bool::weighted(0.9), 0..4),
-        (proptest::bool::weighted(0.3), proptest::bool::weighted(0.3)),
-    )
-        .prop_map(
-            |(
-                strategy,
-                also_403,
-                stored,
-                api,
-                token,
-                leases,
-                emits,
-                (api_rejects, peers_refresh),
-            )| Case {
-                strategy,
-                also_403,
-                stored,
-                api,
-                token,
-                leases,
-                emits,
-                api_rejects,
-                peers_refresh,
-            },
-        )
+prop_compose! {
+    fn case()(
+        strategy in strategy(),
+        also_403 in any::<bool>(),
+        stored in stored_keys(),
+        api in proptest::collection::vec(api_ans(), 0..6),
+        token in proptest::collection::vec(tok_ans(), 0..6),
+        leases in proptest::collection::vec(lease_ans(), 0..5),
+        emits in proptest::collection::vec(proptest::bool::weighted(0.9), 0..4),
+        api_rejects in proptest::bool::weighted(0.3),
+        peers_refresh in proptest::bool::weighted(0.3),
+    ) -> Case {
+        Case { strategy, also_403, stored, api, token, leases, emits, api_rejects, peers_refresh }
+    }
 }
 
 impl Case {

@@ -537,41 +537,32 @@ pub async fn discover(issuer: &str) -> Result<Endpoints, AuthorizeError> {
 /// and strategy, as DATA (`host/presets.json`, reviewed as one file).
 const PRESETS: &str = include_str!("../presets.json");
 
-/// One provider preset.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One provider preset. Each field may be left out: a preset sets only what
+/// its provider needs (the tests check every one has a description).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Preset {
     /// What it is for, for `--help` and errors.
     pub description: String,
     /// The issuer, for discovery or the `iss` check.
-    #[serde(default)]
     pub issuer: Option<String>,
     /// Discover the endpoints from the issuer (generic OIDC).
-    #[serde(default)]
     pub discover: bool,
     /// The token endpoint.
-    #[serde(default)]
     pub token_url: Option<String>,
     /// The authorization endpoint.
-    #[serde(default)]
     pub authorization_url: Option<String>,
     /// The device authorization endpoint.
-    #[serde(default)]
     pub device_url: Option<String>,
     /// Client authentication at the token endpoint.
-    #[serde(default)]
     pub client_auth: Option<ClientAuth>,
     /// Scope sent with each refresh.
-    #[serde(default)]
     pub scope: Option<String>,
     /// Extra token request parameters.
-    #[serde(default)]
     pub extra_params: Vec<(String, String)>,
     /// Extra authorization request parameters (a `scope` here is asked for at authorisation).
-    #[serde(default)]
     pub auth_params: Vec<(String, String)>,
     /// When to refresh.
-    #[serde(default)]
     pub strategy: Option<Strategy>,
 }
 
@@ -645,6 +636,9 @@ mod tests {
     #[test]
     fn every_preset_parses_and_makes_usable_settings() {
         let all = presets();
+        for (name, p) in &all {
+            assert!(!p.description.is_empty(), "{name}: no description");
+        }
         for name in ["salesforce", "microsoft", "google", "github", "oidc"] {
             let p = all.get(name).unwrap_or_else(|| panic!("preset {name}"));
             let mut s = Settings::new("https://placeholder.example/token", "id");

@@ -92,6 +92,12 @@ impl From<rekey::StoreError> for Failure {
 }
 
 pub async fn run(args: Args) -> Result<Exit, Failure> {
+    // Where the commands that run the component cache its compiled code.
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        args.cache_dir.or_else(rekey::cache::default_dir)
+    };
     match args.command {
         Command::Demo => demo::run().await,
         Command::Component { out, sha256 } => component(out, sha256),
@@ -101,20 +107,10 @@ pub async fn run(args: Args) -> Result<Exit, Failure> {
             blocking(move || credential::run(open_store(&args.store)?.as_ref(), cmd)).await
         }
         Command::Authorize(authorize) => {
-            let cache_dir = if args.no_cache {
-                None
-            } else {
-                args.cache_dir.or_else(rekey::cache::default_dir)
-            };
             let store = blocking(move || open_store(&args.store)).await?;
             authorize::run(store, cache_dir, authorize).await
         }
         Command::Send(send) => {
-            let cache_dir = if args.no_cache {
-                None
-            } else {
-                args.cache_dir.or_else(rekey::cache::default_dir)
-            };
             let store = blocking(move || open_store(&args.store)).await?;
             send::run(store, cache_dir, send).await
         }

@@ -69,44 +69,30 @@ impl Leases {
     }
 }
 
+/// A holder's calls that extend its lease by `ttl` (false if it ran out):
+/// one signature and body, each through its own store method.
+macro_rules! extending_calls {
+    ($($(#[$doc:meta])* fn $method:ident => KeyStore::$store_method:ident;)+) => {$(
+        $(#[$doc])*
+        pub async fn $method(
+            &self,
+            store: &Arc<dyn KeyStore>,
+            credential: &str,
+            ttl: Duration,
+        ) -> Result<bool, StoreError> {
+            let (name, who) = (credential.to_owned(), self.holder.clone());
+            call_store(store, move |s| s.$store_method(&name, &who, ttl)).await
+        }
+    )+};
+}
+
 impl HeldLease {
-    /// Extends the lease by `ttl` and marks a refresh request as leaving
-    /// (durably, before it leaves); false if the lease ran out.
-    pub async fn begin_refresh(
-        &self,
-        store: &Arc<dyn KeyStore>,
-        credential: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.extend(store, credential, ttl, true).await
-    }
-
-    /// Extends the lease by `ttl`; false if it ran out.
-    pub async fn renew(
-        &self,
-        store: &Arc<dyn KeyStore>,
-        credential: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.extend(store, credential, ttl, false).await
-    }
-
-    async fn extend(
-        &self,
-        store: &Arc<dyn KeyStore>,
-        credential: &str,
-        ttl: Duration,
-        refreshing: bool,
-    ) -> Result<bool, StoreError> {
-        let (name, who) = (credential.to_owned(), self.holder.clone());
-        call_store(store, move |s| {
-            if refreshing {
-                s.begin_refresh(&name, &who, ttl)
-            } else {
-                s.renew_lease(&name, &who, ttl)
-            }
-        })
-        .await
+    extending_calls! {
+        /// Extends the lease by `ttl` and marks a refresh request as leaving
+        /// (durably, before it leaves); false if the lease ran out.
+        fn begin_refresh => KeyStore::begin_refresh;
+        /// Extends the lease by `ttl`; false if it ran out.
+        fn renew => KeyStore::renew_lease;
     }
 
     pub async fn release(self, store: &Arc<dyn KeyStore>, credential: &str) {

@@ -287,15 +287,7 @@ impl SettingsArgs {
             s.device_url = Some(url.clone());
         }
         if !self.auth_params.is_empty() {
-            s.auth_params = self
-                .auth_params
-                .iter()
-                .map(|p| {
-                    p.split_once('=')
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .ok_or_else(|| bad(format!("--auth-param {p:?} must look like KEY=VALUE")))
-                })
-                .collect::<Result<_, _>>()?;
+            s.auth_params = key_values("--auth-param", &self.auth_params)?;
         }
         Ok(())
     }
@@ -328,15 +320,7 @@ impl SettingsArgs {
         if self.no_params {
             s.extra_params.clear();
         } else if !self.params.is_empty() {
-            s.extra_params = self
-                .params
-                .iter()
-                .map(|p| {
-                    p.split_once('=')
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .ok_or_else(|| bad(format!("--param {p:?} must look like KEY=VALUE")))
-                })
-                .collect::<Result<_, _>>()?;
+            s.extra_params = key_values("--param", &self.params)?;
         }
         if let Some(strategy) = self.strategy {
             s.strategy = match strategy {
@@ -361,6 +345,17 @@ impl SettingsArgs {
         }
         s.check().map_err(bad)
     }
+}
+
+/// The `KEY=VALUE` arguments given to `flag`, split at the first `=`.
+fn key_values(flag: &str, args: &[String]) -> Result<Vec<(String, String)>, Failure> {
+    args.iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| bad(format!("{flag} {p:?} must look like KEY=VALUE")))
+        })
+        .collect()
 }
 
 /// The secret on the file's first line (a trailing newline is not part of it).
