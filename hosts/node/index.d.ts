@@ -22,6 +22,17 @@ export interface Settings {
   expiryMarginSecs?: number;
   /** Statuses that mean "token rejected" (default [401]). */
   rejectedStatuses?: number[];
+  /** Authorization endpoint (https; http only on loopback), for `authorizeCode`. */
+  authorizationUrl?: string;
+  /** Device authorization endpoint (RFC 8628), for `authorizeDevice`. */
+  deviceUrl?: string;
+  /** The issuer a redirect's `iss` must name when it carries one (RFC 9207); unset: not checked. */
+  issuer?: string;
+  /**
+   * Extra authorization request parameters, e.g. [['prompt', 'consent']]; a
+   * `scope` here is the scope asked for at authorisation (default: `scope`).
+   */
+  authParams?: Array<[string, string]> | Record<string, string>;
 }
 
 export type HeadersInput = Array<[string, string]> | Record<string, string> | Headers | Map<string, string>;
@@ -53,7 +64,8 @@ export interface KeyStore {
 export interface RekeyEvent {
   credential?: string;
   type: 'http' | 'lease-acquired' | 'keys-persisted' | 'keys-not-persisted';
-  exchange?: 'api' | 'token-endpoint';
+  /** 'device-authorization': the device grant's start (RFC 8628 §3.1). */
+  exchange?: 'api' | 'token-endpoint' | 'device-authorization';
   method?: string;
   /** Scheme, host and path only. */
   target?: string;
@@ -120,12 +132,78 @@ export class RekeyResponse {
   toResponse(): Response;
 }
 
+/** Where the first token set goes: a store, or a callback (or both: the store first). */
+interface AuthorizeCommon {
+  /** The credential's settings, with `authorizationUrl` (code grant) or `deviceUrl` (device grant). */
+  settings: Settings;
+  /** Receives the token set (`store.save(credential, json)`); durable when it resolves. */
+  store?: KeyStore;
+  /** Receives the token set (after `store.save`); durable when it resolves. Required without a store. */
+  onUpdateKeys?: (keys: TokenSet) => void | Promise<void>;
+  /** Receives each exchange (never token, code or verifier values) and `keys-persisted`. */
+  onEvent?: (event: RekeyEvent) => void;
+}
+
+export interface AuthorizeCodeOptions extends AuthorizeCommon {
+  /**
+   * Shows the authorization URL: print it, or `openBrowser(url)`. Not awaited
+   * (the browser comes back to the listener meanwhile); a rejection ends the flow.
+   */
+  onUrl: (url: string) => void | Promise<unknown>;
+  /** How long to wait for the redirect (default 300 000 ms). */
+  timeoutMs?: number;
+  /**
+   * The loopback URI to listen on (default http://127.0.0.1/callback on a free
+   * port; give a port when the provider wants an exact, registered URI).
+   */
+  redirectUri?: string;
+  /** Stops waiting for the redirect (rejects with the signal's reason). */
+  signal?: AbortSignal;
+}
+
+export interface AuthorizeDeviceOptions extends AuthorizeCommon {
+  /** Shows the user code and where to enter it; awaited before polling starts. */
+  onUserCode: (device: DeviceAuthorization) => void | Promise<void>;
+}
+
+/** A started code grant: the URL to open. The state and PKCE verifier stay inside. */
+export class PendingAuthorization {
+  readonly url: string;
+  readonly redirectUri: string;
+}
+
+/** A started device grant: what a person needs. The device code stays inside. */
+export class DeviceAuthorization {
+  readonly userCode: string;
+  readonly verificationUri: string;
+  readonly verificationUriComplete?: string;
+  /** Seconds the code stays valid. */
+  readonly expiresIn: number;
+  /** Seconds between polls. */
+  readonly interval: number;
+}
+
 export class Rekey {
   static load(options?: RekeyOptions): Promise<Rekey>;
   readonly mode: 'jspi' | 'worker';
   readonly wasmSha256: string;
   send(options: SendOptions): Promise<RekeyResponse>;
   fetcher(options: SendWithStore | SendWithKeys): (input: string | URL | Request, init?: globalThis.RequestInit) => Promise<Response>;
+  /**
+   * The authorization code grant with PKCE through a loopback redirect; stores
+   * the token response as the credential's keys (with `expires_at`) and resolves to them.
+   */
+  authorizeCode(credential: string, options: AuthorizeCodeOptions): Promise<TokenSet>;
+  /** The device authorization grant (RFC 8628); stores and resolves to the keys. */
+  authorizeDevice(credential: string, options: AuthorizeDeviceOptions): Promise<TokenSet>;
+  /** The code grant's first step, for a caller with its own loopback listener at `redirectUri`. */
+  beginAuthorization(settings: Settings, options: { redirectUri: string; onEvent?: (event: RekeyEvent) => void }): Promise<PendingAuthorization>;
+  /** Checks the redirect (its query, or the whole URL) and exchanges the code; returns the keys to store (stores nothing). */
+  finishAuthorization(settings: Settings, pending: PendingAuthorization, query: string | URL | URLSearchParams, options?: { onEvent?: (event: RekeyEvent) => void }): Promise<TokenSet>;
+  /** The device grant's start. */
+  startDeviceAuthorization(settings: Settings, options?: { onEvent?: (event: RekeyEvent) => void }): Promise<DeviceAuthorization>;
+  /** Polls until approval, refusal or expiry; returns the keys to store (stores nothing). */
+  pollDeviceAuthorization(settings: Settings, device: DeviceAuthorization, options?: { onEvent?: (event: RekeyEvent) => void }): Promise<TokenSet>;
   close(): void;
 }
 
@@ -151,6 +229,14 @@ export class TokenSet {
 }
 
 export function keysFromTokenResponse(response: string | Keys, nowMs?: number): Keys;
+/**
+ * A first token set from a token response, as the Rust host imports one: an
+ * object with an access or refresh token, a sender's `expires_at` dropped,
+ * `expires_at` from `expires_in` and the clock. Throws TokenEndpointError.
+ */
+export function importTokenResponse(json: string, nowMs?: number): TokenSet;
+/** Asks the desktop to open `url` (xdg-open, open, start); false when there is no opener. */
+export function openBrowser(url: string): Promise<boolean>;
 export function jspiAvailable(): boolean;
 
 export const Category: {
@@ -188,3 +274,16 @@ export class InvalidKeys extends RekeyError {}
 export class InvalidRequest extends RekeyError {}
 export class StoreError extends RekeyError {}
 export class ComponentError extends RekeyError {}
+
+// The first token set's failures (besides InvalidSettings, TokenEndpointError,
+// TransportError and StoreError).
+export class AccessDenied extends RekeyError {}
+export class StateMismatch extends RekeyError {}
+export class IssuerMismatch extends RekeyError {}
+/** The provider answered the authorisation request with another error (or `no_code`). */
+export class AuthorizationProviderError extends RekeyError { code: string }
+export class DeviceCodeExpired extends RekeyError {}
+export class AuthorizationTimeout extends RekeyError { timeoutMs: number }
+/** The token or device endpoint refused: `invalid_grant` needs authorisation, others are settings. */
+export class AuthorizationRejected extends RekeyError { status: number; code: string }
+export class ListenerError extends RekeyError {}

@@ -5,7 +5,8 @@
 #   REKEY_WASM_SHA256  its expected SHA-256 (the tests assert the package loads exactly it)
 #   REKEY_TESTKIT      path to the rekey-testkit binary
 # Works on a brand-new Debian machine with python3 (>= 3.11); installs
-# python3-venv with apt-get if the venv module is missing.
+# python3-venv with apt-get if the venv module is missing. The authorisation
+# scenarios also need Node.js (>= 20) with npm, for the oidc-provider peer.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -27,6 +28,15 @@ if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
     echo "== installing python3-venv"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+
+# The oidc-provider peer of the authorisation scenarios (tests/test_authorize.py
+# runs tests/oidc/server.mjs under Node.js), installed as hosts/node/ci.sh does;
+# without node they skip loudly (fail under REKEY_REQUIRE_PEERS=1).
+if command -v npm >/dev/null && [ -f ../../tests/oidc/package-lock.json ] \
+    && [ ! -d ../../tests/oidc/node_modules/oidc-provider ]; then
+    echo "== oidc-provider peer (npm ci in tests/oidc)"
+    (cd ../../tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 echo "== venv (.venv) with pinned requirements"

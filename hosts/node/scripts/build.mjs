@@ -1,7 +1,8 @@
 // Transpiles the rekey component into gen/ with the pinned jco, twice:
 //   gen/sync  synchronous imports, for the worker-thread path (Node >= 20)
 //   gen/jspi  the host's functions and pollable.block as async imports and
-//             `send` as an async export, for JSPI (Node >= 24)
+//             `send` and the `authorize` functions as async exports, for
+//             JSPI (Node >= 24)
 // and records the component's SHA-256 in gen/build-info.json, so a test can
 // check it is byte-identical to the one the Rust host embeds.
 //
@@ -34,6 +35,7 @@ try {
 const sha256 = createHash('sha256').update(wasm).digest('hex');
 
 const HOST = 'rekey:oauth2/host@0.2.0';
+const AUTHORIZE = 'rekey:oauth2/authorize@0.2.0';
 const common = ['--instantiation', 'async', '--name', 'rekey', '--no-wasi-shim', '--quiet'];
 const variants = {
   sync: [],
@@ -44,6 +46,7 @@ const variants = {
     `${HOST}#acquire-refresh-lease`, `${HOST}#release-refresh-lease`,
     'wasi:io/poll@0.2.0#[method]pollable.block',
     '--async-exports', 'rekey:oauth2/client@0.2.0#send',
+    `${AUTHORIZE}#begin`, `${AUTHORIZE}#finish`, `${AUTHORIZE}#device-start`, `${AUTHORIZE}#device-poll`,
   ],
 };
 

@@ -155,7 +155,8 @@ export function loggableTarget(url) {
   }
 }
 
-function describeFailure(err) {
+/** What failed, by name and code only: an error's message may quote what it was given. */
+export function describeFailure(err) {
   if (err instanceof Error) return err.code ? `${err.name} ${err.code}` : err.name;
   return typeof err;
 }

@@ -36,3 +36,17 @@ export function sendErrorOf(thrown) {
     ? thrown.payload
     : undefined;
 }
+
+/**
+ * The component's exports by the name the engines call them: `send` (the
+ * `client` interface) and the `authorize` interface's four functions.
+ */
+export function exportsOf(root) {
+  return {
+    send: root.client.send,
+    begin: root.authorize.begin,
+    finish: root.authorize.finish,
+    deviceStart: root.authorize.deviceStart,
+    devicePoll: root.authorize.devicePoll,
+  };
+}

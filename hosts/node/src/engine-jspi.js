@@ -5,7 +5,7 @@
 
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { compileCoreModules, importResult, moduleLookup, sendErrorOf } from './core-modules.js';
+import { compileCoreModules, exportsOf, importResult, moduleLookup, sendErrorOf } from './core-modules.js';
 import { ComponentError } from './errors.js';
 import { InstancePool } from './instance-pool.js';
 import { wasiClockImports } from './wasi-clocks.js';
@@ -36,17 +36,21 @@ export async function createJspiEngine({ genDir, poolSize }) {
       },
       ...wasiClockImports('async'),
     });
-    return { slot, send: root.client.send };
+    return { slot, exports: exportsOf(root) };
   });
 
-  return {
+  const engine = {
     mode: 'jspi',
-    async call(settings, keys, request, host) {
+    call(settings, keys, request, host) {
+      return engine.invoke('send', [settings, keys, request], host);
+    },
+    /** Runs one export (see exportsOf) with `host` serving its imports (no time bound here). */
+    async invoke(op, args, host) {
       const instance = await pool.take();
       instance.slot.host = host;
       let outcome;
       try {
-        outcome = { ok: true, value: await instance.send(settings, keys, request) };
+        outcome = { ok: true, value: await instance.exports[op](...args) };
       } catch (thrown) {
         const sendError = sendErrorOf(thrown);
         outcome = sendError ? { ok: false, error: sendError } : { trap: thrown };
@@ -63,4 +67,5 @@ export async function createJspiEngine({ genDir, poolSize }) {
       pool.drain();
     },
   };
+  return engine;
 }

@@ -21,13 +21,21 @@ export async function createWorkerEngine({ genDir, poolSize, callTimeoutMs }) {
 
   const pool = new InstancePool(poolSize, () => startWorker(genModuleUrl, modules), (w) => w.terminate());
 
-  return {
+  const engine = {
     mode: 'worker',
-    async call(settings, keys, request, host) {
+    call(settings, keys, request, host) {
+      return engine.invoke('send', [settings, keys, request], host);
+    },
+    /**
+     * Runs one export (`send`, `begin`, `finish`, `deviceStart`,
+     * `devicePoll`) with `host` serving its imports, bounded by `timeoutMs`
+     * (default: the call timeout).
+     */
+    async invoke(op, args, host, { timeoutMs = callTimeoutMs } = {}) {
       const worker = await pool.take();
       let answer;
       try {
-        answer = await worker.run({ type: 'call', settings, keys, request }, host, callTimeoutMs);
+        answer = await worker.run({ type: 'call', op, args }, host, timeoutMs);
       } catch (err) {
         pool.discard(worker);
         throw err;
@@ -40,6 +48,7 @@ export async function createWorkerEngine({ genDir, poolSize, callTimeoutMs }) {
       pool.drain();
     },
   };
+  return engine;
 }
 
 function startWorker(genModuleUrl, modules) {

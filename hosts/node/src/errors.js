@@ -179,3 +179,89 @@ export function fromSendError(e, toResponse) {
     default: return new ComponentError(`unknown send-error case ${JSON.stringify(e.tag)}`);
   }
 }
+
+// The first token set (`authorizeCode`, `authorizeDevice`): one class per
+// WIT `authorize-error` case that is not a send-error's, plus the host's own
+// (the redirect timeout, the loopback listener). Messages say what happened
+// and that nothing was stored; never a code, verifier, token or provider text.
+
+/** The person (or the provider for them) refused: `access_denied`. */
+export class AccessDenied extends withCategory(Category.NEEDS_AUTHORIZATION) {
+  constructor() {
+    super('authorisation was refused (access_denied); nothing was stored');
+  }
+}
+
+/** The redirect's `state` was missing or not this request's (CSRF, a stale tab). */
+export class StateMismatch extends withCategory(Category.NEEDS_AUTHORIZATION) {
+  constructor() {
+    super("the redirect's state does not match this authorisation request (a stale or forged redirect); nothing was exchanged or stored");
+  }
+}
+
+/** The redirect's `iss` named another issuer (RFC 9207 mix-up). */
+export class IssuerMismatch extends withCategory(Category.NEEDS_AUTHORIZATION) {
+  constructor() {
+    super("the redirect's iss names another issuer than the credential's (RFC 9207 mix-up); nothing was exchanged or stored");
+  }
+}
+
+/** The provider answered the authorisation request with another OAuth error (`code`), or with no code (`no_code`). */
+export class AuthorizationProviderError extends withCategory(Category.NEEDS_AUTHORIZATION) {
+  constructor(code) {
+    super(`the provider answered the authorisation request with error ${code}; nothing was stored`);
+    this.code = code;
+  }
+}
+
+/** The device code expired before anyone approved it. */
+export class DeviceCodeExpired extends withCategory(Category.NEEDS_AUTHORIZATION) {
+  constructor() {
+    super('the device code expired before it was approved; nothing was stored');
+  }
+}
+
+/** No redirect arrived at the loopback listener in time. */
+export class AuthorizationTimeout extends withCategory(Category.NEEDS_AUTHORIZATION) {
+  constructor(timeoutMs) {
+    super(`no redirect arrived within ${timeoutMs / 1000} s; nothing was stored (authorise again)`);
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+/**
+ * The token or device endpoint refused the request (RFC 6749 §5.2):
+ * `invalid_grant` (a code expired or used: authorise again) or the client's
+ * settings (`invalid_client`, ...).
+ */
+export class AuthorizationRejected extends RekeyError {
+  constructor({ status, code }) {
+    super(`the token endpoint refused the request with ${code} (HTTP ${status}); nothing was stored`);
+    this.status = status;
+    this.code = code;
+    this.category = code === 'invalid_grant' ? Category.NEEDS_AUTHORIZATION : Category.SETTINGS_WRONG;
+  }
+}
+
+/** The loopback redirect listener could not be set up. */
+export class ListenerError extends withCategory(Category.TRANSPORT) {
+  constructor(detail) {
+    super(`the loopback redirect listener failed: ${detail}`);
+  }
+}
+
+/** The typed error for a WIT `authorize-error`. */
+export function fromAuthorizeError(e) {
+  switch (e.tag) {
+    case 'invalid-settings': return new InvalidSettings(e.val);
+    case 'access-denied': return new AccessDenied();
+    case 'state-mismatch': return new StateMismatch();
+    case 'issuer-mismatch': return new IssuerMismatch();
+    case 'provider-error': return new AuthorizationProviderError(e.val);
+    case 'expired': return new DeviceCodeExpired();
+    case 'rejected': return new AuthorizationRejected(e.val);
+    case 'endpoint': return new TokenEndpointError(e.val);
+    case 'transport': return new TransportError(e.val);
+    default: return new ComponentError(`unknown authorize-error case ${JSON.stringify(e.tag)}`);
+  }
+}

@@ -6,6 +6,7 @@ export { FileStore } from './file-store.js';
 export { Secret, TokenSet } from './secret.js';
 export { RekeyResponse } from './wit-values.js';
 export { keysFromTokenResponse } from './token-response.js';
+export { DeviceAuthorization, PendingAuthorization, importTokenResponse, openBrowser } from './authorize.js';
 export { jspiAvailable } from './engine-jspi.js';
 export {
   Category,
@@ -25,4 +26,12 @@ export {
   InvalidRequest,
   StoreError,
   ComponentError,
+  AccessDenied,
+  StateMismatch,
+  IssuerMismatch,
+  AuthorizationProviderError,
+  DeviceCodeExpired,
+  AuthorizationTimeout,
+  AuthorizationRejected,
+  ListenerError,
 } from './errors.js';

@@ -3,10 +3,16 @@
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CallHost, tokenSetOf } from './call-host.js';
+import {
+  AuthorizeHost, DEFAULT_REDIRECT_URI, DEFAULT_TIMEOUT_MS, DeviceAuthorization, PendingAuthorization,
+  RedirectListener, entropy, hiddenParts, importTokenResponse, waitForRedirect, witAuthorization,
+} from './authorize.js';
+import { CallHost, describeFailure, tokenSetOf } from './call-host.js';
 import { createJspiEngine, jspiAvailable } from './engine-jspi.js';
 import { createWorkerEngine } from './engine-worker.js';
-import { ComponentError, InvalidRequest, RekeyError, StoreError, fromSendError } from './errors.js';
+import {
+  ComponentError, InvalidRequest, RekeyError, StoreError, fromAuthorizeError, fromSendError,
+} from './errors.js';
 import { HttpClient } from './http.js';
 import { Leases } from './leases.js';
 import { RekeyResponse, keysJson, toWitRequest, toWitSettings } from './wit-values.js';
@@ -120,6 +126,179 @@ export class Rekey {
     };
   }
 
+  // The first token set: the component's `authorize` interface, with this
+  // host's effects (random bytes, the loopback listener, HTTP, the store).
+
+  /**
+   * The authorization code grant with PKCE (RFC 6749 §4.1, RFC 7636 S256)
+   * through a loopback redirect (RFC 8252 §7.3): listens on
+   * `http://127.0.0.1:<free port>/callback` (or `redirectUri`), hands the
+   * authorization URL to `onUrl`, waits for the redirect, lets the component
+   * check it (state, iss, error) and exchange the code, stores the token
+   * response as the credential's keys, and only then tells the browser.
+   * @param {string} credential
+   * @param {import('../index.js').AuthorizeCodeOptions} o
+   * @returns {Promise<import('./secret.js').TokenSet>} the keys stored
+   */
+  async authorizeCode(credential, o = {}) {
+    const persist = this.#authorizePersistence(credential, o);
+    if (typeof o.onUrl !== 'function') {
+      throw new InvalidRequest('onUrl(url) must be a function that shows the authorization URL (print it, or openBrowser)');
+    }
+    const timeoutMs = o.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw new InvalidRequest('timeoutMs must be a positive number');
+    const listener = await RedirectListener.bind(o.redirectUri ?? DEFAULT_REDIRECT_URI);
+    try {
+      const pending = await this.#begin(o.settings, listener.redirectUri, credential, o.onEvent);
+      let urlFailed;
+      const failed = new Promise((_, reject) => { urlFailed = reject; });
+      failed.catch(() => {});
+      // Not awaited: a browser may only come back once the listener answers.
+      const shown = o.onUrl(pending.url);
+      if (typeof shown?.then === 'function') shown.then(undefined, urlFailed);
+      const redirect = await waitForRedirect(listener, { timeoutMs, signal: o.signal, failed });
+      let keys;
+      try {
+        keys = await this.#finish(o.settings, pending, redirect.query, credential, o.onEvent);
+        await persist(keys);
+      } catch (err) {
+        await redirect.answer(false, `rekey: authorisation failed: ${err instanceof RekeyError ? err.message : 'an internal error'}`);
+        throw err;
+      }
+      await redirect.answer(true, 'rekey: authorised. You can close this window.');
+      return keys;
+    } finally {
+      listener.close();
+    }
+  }
+
+  /**
+   * The device authorization grant (RFC 8628): starts it, hands the user code
+   * and verification URI to `onUserCode` (awaited), polls at the server's
+   * interval (5 s more after each `slow_down`) until a person approves,
+   * refuses or the code expires, and stores the token response as the
+   * credential's keys.
+   * @param {string} credential
+   * @param {import('../index.js').AuthorizeDeviceOptions} o
+   * @returns {Promise<import('./secret.js').TokenSet>} the keys stored
+   */
+  async authorizeDevice(credential, o = {}) {
+    const persist = this.#authorizePersistence(credential, o);
+    if (typeof o.onUserCode !== 'function') {
+      throw new InvalidRequest('onUserCode(device) must be a function that shows the user code and verification URI');
+    }
+    const device = await this.#startDevice(o.settings, credential, o.onEvent);
+    await o.onUserCode(device);
+    const keys = await this.#pollDevice(o.settings, device, credential, o.onEvent);
+    await persist(keys);
+    return keys;
+  }
+
+  /**
+   * The code grant's first step alone, for a caller with its own redirect
+   * listener: the authorization URL (state, PKCE S256) for `redirectUri`.
+   * @param {import('../index.js').Settings} settings
+   * @param {{redirectUri: string, onEvent?: Function}} o
+   */
+  async beginAuthorization(settings, { redirectUri, onEvent } = {}) {
+    if (typeof redirectUri !== 'string') {
+      throw new InvalidRequest('redirectUri must be the loopback URI your listener has, e.g. http://127.0.0.1:8765/callback');
+    }
+    return this.#begin(settings, redirectUri, undefined, onEvent);
+  }
+
+  /**
+   * The code grant's second step alone: checks the redirect's query (state,
+   * iss, error) and exchanges the code. Stores nothing: returns the keys to
+   * store (the token response with `expires_at`).
+   * @param {import('../index.js').Settings} settings
+   * @param {PendingAuthorization} pending
+   * @param {string|URL|URLSearchParams} query  the redirect's query (or the whole URL)
+   */
+  async finishAuthorization(settings, pending, query, { onEvent } = {}) {
+    return this.#finish(settings, pending, query, undefined, onEvent);
+  }
+
+  /** The device grant's first step alone (RFC 8628 §3.1). */
+  async startDeviceAuthorization(settings, { onEvent } = {}) {
+    return this.#startDevice(settings, undefined, onEvent);
+  }
+
+  /** The device grant's polling alone; returns the keys to store. */
+  async pollDeviceAuthorization(settings, device, { onEvent } = {}) {
+    return this.#pollDevice(settings, device, undefined, onEvent);
+  }
+
+  async #begin(settings, redirectUri, credential, onEvent) {
+    const wsettings = toWitSettings(settings);
+    const auth = witAuthorization(settings, redirectUri);
+    const pending = await this.#authorizeCall('begin', [wsettings, auth, entropy()], { settings: wsettings, credential, onEvent });
+    return new PendingAuthorization(pending, auth);
+  }
+
+  async #finish(settings, pendingAuthorization, query, credential, onEvent) {
+    const wsettings = toWitSettings(settings);
+    const { pending, authorization } = hiddenParts(pendingAuthorization, PendingAuthorization);
+    const body = await this.#authorizeCall('finish', [wsettings, authorization, pending, rawQuery(query)], { settings: wsettings, credential, onEvent });
+    return importTokenResponse(body);
+  }
+
+  async #startDevice(settings, credential, onEvent) {
+    const wsettings = toWitSettings(settings);
+    const auth = witAuthorization(settings, '');
+    const grant = await this.#authorizeCall('deviceStart', [wsettings, auth], { settings: wsettings, credential, onEvent });
+    return new DeviceAuthorization(grant, auth);
+  }
+
+  async #pollDevice(settings, device, credential, onEvent) {
+    const wsettings = toWitSettings(settings);
+    const { grant } = hiddenParts(device, DeviceAuthorization);
+    // Polling lasts as long as the code lives.
+    const timeoutMs = grant.expiresIn * 1000 + this.#options.callTimeoutMs;
+    const body = await this.#authorizeCall('devicePoll', [wsettings, grant], { settings: wsettings, credential, onEvent, timeoutMs });
+    return importTokenResponse(body);
+  }
+
+  async #authorizeCall(op, args, { settings, credential, onEvent, timeoutMs }) {
+    const host = new AuthorizeHost({
+      http: this.#http,
+      tokenUrl: settings.tokenUrl,
+      credential,
+      onEvent: onEvent ?? this.#options.onEvent,
+    });
+    const outcome = await this.#engine.invoke(op, args, host, { timeoutMs: timeoutMs ?? this.#options.callTimeoutMs });
+    if (!outcome.ok) throw fromAuthorizeError(outcome.error);
+    return outcome.value;
+  }
+
+  /** Where the first token set goes: the store, then onUpdateKeys (both durable before the flow ends). */
+  #authorizePersistence(credential, o) {
+    if (typeof credential !== 'string' || credential === '') throw new InvalidRequest('a credential name must be a non-empty string');
+    if (o === null || typeof o !== 'object') throw new InvalidRequest('options must be an object');
+    if (!o.store && typeof o.onUpdateKeys !== 'function') {
+      throw new InvalidRequest('pass a store, or an onUpdateKeys callback (the new keys must go somewhere durable)');
+    }
+    toWitSettings(o.settings); // settings that cannot work fail before anything starts
+    return async (keys) => {
+      const json = keys.toJSONString();
+      try {
+        if (o.store) await o.store.save(credential, json);
+        await o.onUpdateKeys?.(keys);
+      } catch (err) {
+        // The callback's own message may quote what it was given: name it only.
+        throw new StoreError(`the keys of ${JSON.stringify(credential)} could not be saved (${describeFailure(err)}); nothing else was changed`);
+      }
+      // Without a store, a later refresh's lease hands over this set (see #callbackPersistence).
+      if (!o.store) this.#lastPersisted.set(credential, json);
+      const onEvent = o.onEvent ?? this.#options.onEvent;
+      try {
+        onEvent?.({ credential, type: 'keys-persisted' });
+      } catch {
+        // An observer must not change the outcome.
+      }
+    };
+  }
+
   /** Stops the worker threads and closes idle connections. */
   close() {
     this.#engine.close();
@@ -149,6 +328,15 @@ export class Rekey {
       },
     };
   }
+}
+
+/** The redirect's raw query (without `?`), from a string, URL or URLSearchParams. */
+function rawQuery(query) {
+  if (query instanceof URL) return query.search.slice(1);
+  if (query instanceof URLSearchParams) return query.toString();
+  if (typeof query !== 'string') throw new InvalidRequest('the redirect query must be a string, URL or URLSearchParams');
+  if (/^https?:\/\//i.test(query)) return new URL(query).search.slice(1);
+  return query.startsWith('?') ? query.slice(1) : query;
 }
 
 async function loadFromStore(store, credential) {

@@ -70,7 +70,7 @@ function toBytes(body) {
 }
 
 /** Header-like input (object, Headers, Map or [name, value] pairs) as string pairs. */
-function pairs(input, error) {
+export function pairs(input, error) {
   const entries = Array.isArray(input) ? input
     : typeof input?.entries === 'function' ? [...input.entries()]
       : typeof input === 'object' ? Object.entries(input) : null;

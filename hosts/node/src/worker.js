@@ -5,7 +5,7 @@
 // callbacks) has posted the answer on `replies` and flipped `signal`.
 
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
-import { importResult, moduleLookup, sendErrorOf } from './core-modules.js';
+import { exportsOf, importResult, moduleLookup, sendErrorOf } from './core-modules.js';
 import { wasiClockImports } from './wasi-clocks.js';
 
 const { genModuleUrl, modules, replies, signal } = workerData;
@@ -30,16 +30,16 @@ async function newInstance() {
     },
     ...wasiClockImports('sync'),
   });
-  return root.client;
+  return exportsOf(root);
 }
 
-let client = await newInstance();
+let component = await newInstance();
 
-parentPort.on('message', async ({ type, settings, keys, request }) => {
+parentPort.on('message', async ({ type, op, args }) => {
   if (type !== 'call') return;
   let answer;
   try {
-    answer = { type: 'done', ok: true, value: client.send(settings, keys, request) };
+    answer = { type: 'done', ok: true, value: component[op](...args) };
   } catch (thrown) {
     const sendError = sendErrorOf(thrown);
     if (sendError) {
@@ -47,7 +47,7 @@ parentPort.on('message', async ({ type, settings, keys, request }) => {
     } else {
       answer = { type: 'done', trap: thrown?.message ?? String(thrown) };
       // A trapped instance is never reused.
-      client = await newInstance();
+      component = await newInstance();
     }
   }
   parentPort.postMessage(answer);

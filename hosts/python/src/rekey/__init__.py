@@ -10,21 +10,30 @@
                       store=FileStore("crm-token.json"))
 """
 
+from .authorize import DeviceAuthorization, PendingAuthorization, import_token_response
 from .client import Rekey
 from .errors import (
+    AccessDenied,
+    AuthorizationProviderError,
+    AuthorizationRejected,
+    AuthorizationTimeout,
     Category,
     ComponentError,
+    DeviceCodeExpired,
     InsufficientScope,
     InvalidKeys,
     InvalidSettings,
+    IssuerMismatch,
     KeysNotPersisted,
     LeaseUnavailable,
+    ListenerError,
     NotAuthenticated,
     ReauthorizationRequired,
     RefreshInDoubt,
     RejectedAfterRefresh,
     RekeyError,
     SettingsRejected,
+    StateMismatch,
     StoreError,
     TokenEndpointError,
     TransportError,
@@ -51,4 +60,7 @@ __all__ = [
     "TokenEndpointError", "RefreshInDoubt", "RejectedAfterRefresh", "InsufficientScope",
     "TransportError", "KeysNotPersisted", "LeaseUnavailable", "InvalidSettings", "InvalidKeys",
     "StoreError", "ComponentError", "keys_from_token_response",
+    "PendingAuthorization", "DeviceAuthorization", "import_token_response", "AccessDenied", "StateMismatch",
+    "IssuerMismatch", "AuthorizationProviderError", "DeviceCodeExpired", "AuthorizationTimeout",
+    "AuthorizationRejected", "ListenerError",
 ]

@@ -9,15 +9,27 @@ import logging
 import os
 import time
 import urllib.parse
-from typing import Callable, Hashable, Optional
+from typing import Any, Callable, Hashable, Optional
 
 from wasmtime.component import Record
 
 from . import errors, http, wit
+from .authorize import (
+    DEFAULT_REDIRECT_URI,
+    DEFAULT_TIMEOUT,
+    ENTROPY_BYTES,
+    AuthorizeImports,
+    DeviceAuthorization,
+    PendingAuthorization,
+    RedirectListener,
+    import_token_response,
+    respond,
+)
 from .http import HttpConfig
 from .lease import HeldLease, Leases
 from .model import Request, Response, Settings
 from .runtime import Runtime
+from .secret import Secret
 from .stores import CallbackStore, KeyStore, LatestKeys
 
 log = logging.getLogger("rekey")
@@ -105,6 +117,161 @@ class Rekey:
         if isinstance(result, Record):
             return wit.response_from(result)
         raise wit.send_error(result)
+
+    # The first token set: the component's ``authorize`` interface, with this
+    # host's effects (random bytes, the loopback listener, HTTP, the store).
+
+    def authorize_code(
+        self,
+        settings: Settings,
+        *,
+        on_url: Callable[[str], Any],
+        store: Optional[KeyStore] = None,
+        on_update_keys: Optional[Callable[[str], None]] = None,
+        credential: Optional[str] = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        redirect_uri: Optional[str] = None,
+    ) -> Secret:
+        """The authorization code grant with PKCE (RFC 6749 §4.1, RFC 7636
+        S256) through a loopback redirect (RFC 8252 §7.3).
+
+        Listens on ``http://127.0.0.1:<free port>/callback`` (or
+        ``redirect_uri``), calls ``on_url(url)`` with the authorization URL
+        (print it, or ``webbrowser.open``; it must return promptly), waits up
+        to ``timeout`` seconds for the redirect, lets the component check it
+        (state, iss, error) and exchange the code, stores the token response
+        as the credential's keys (``store.save``, then ``on_update_keys``;
+        both durable when they return), and only then answers the browser.
+        Returns the keys stored (a :class:`Secret` of the JSON). Raises a
+        :class:`errors.RekeyError`; nothing is stored then."""
+        persist = self._authorize_persistence(store, on_update_keys, credential)
+        if not callable(on_url):
+            raise TypeError("on_url(url) must be callable: it shows the authorization URL")
+        if not timeout > 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        listener = RedirectListener(redirect_uri or DEFAULT_REDIRECT_URI)
+        try:
+            pending = self.begin_authorization(settings, listener.redirect_uri)
+            on_url(pending.url)
+            got = listener.wait(time.monotonic() + timeout)
+            if got is None:
+                raise errors.AuthorizationTimeout(timeout)
+            conn, query = got
+            try:
+                keys = self.finish_authorization(settings, pending, query)
+                persist(keys.expose())
+            except errors.RekeyError as e:
+                respond(conn, "400 Bad Request", f"rekey: authorisation failed: {e}")
+                raise
+            except BaseException:
+                respond(conn, "400 Bad Request", "rekey: authorisation failed: an internal error")
+                raise
+            respond(conn, "200 OK", "rekey: authorised. You can close this window.")
+            return keys
+        finally:
+            listener.close()
+
+    def authorize_device(
+        self,
+        settings: Settings,
+        *,
+        on_user_code: Callable[[DeviceAuthorization], Any],
+        store: Optional[KeyStore] = None,
+        on_update_keys: Optional[Callable[[str], None]] = None,
+        credential: Optional[str] = None,
+    ) -> Secret:
+        """The device authorization grant (RFC 8628): starts it, calls
+        ``on_user_code(device)`` (show ``device.user_code`` and
+        ``device.verification_uri``), then polls at the server's interval
+        (5 s more after each ``slow_down``) until a person approves, refuses
+        or the code expires, and stores the token response as the
+        credential's keys. Returns the keys stored (a :class:`Secret`).
+
+        The polling runs in one component call on this thread; while the
+        component sleeps between polls, other threads' calls on this ``Rekey``
+        wait (see the README)."""
+        persist = self._authorize_persistence(store, on_update_keys, credential)
+        if not callable(on_user_code):
+            raise TypeError("on_user_code(device) must be callable: it shows the user code")
+        device = self.start_device_authorization(settings)
+        on_user_code(device)
+        keys = self.poll_device_authorization(settings, device)
+        persist(keys.expose())
+        return keys
+
+    def begin_authorization(self, settings: Settings, redirect_uri: str) -> PendingAuthorization:
+        """The code grant's first step alone, for a caller with its own
+        loopback listener at ``redirect_uri``: the authorization URL (state,
+        PKCE S256)."""
+        auth = wit.authorization(settings, redirect_uri)
+        imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings.token_url)
+        result = self._runtime.call("begin", imports, (wit.settings(settings), auth, os.urandom(ENTROPY_BYTES)))
+        if isinstance(result, Record):
+            return PendingAuthorization(result, auth)
+        raise wit.authorize_error(result)
+
+    def finish_authorization(self, settings: Settings, pending: PendingAuthorization, query: str) -> Secret:
+        """The code grant's second step alone: checks the redirect (its raw
+        query, or the whole redirect URL) for state, iss and error, and
+        exchanges the code. Stores nothing: returns the keys to store (the
+        token response with ``expires_at``)."""
+        if not isinstance(pending, PendingAuthorization):
+            raise TypeError("pending must be what begin_authorization returned")
+        if query.startswith(("http://", "https://")):
+            query = urllib.parse.urlsplit(query).query
+        query = query[1:] if query.startswith("?") else query
+        imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings.token_url)
+        result = self._runtime.call(
+            "finish", imports, (wit.settings(settings), pending._authorization, pending._pending, query)
+        )
+        if isinstance(result, str):
+            return Secret(import_token_response(result))
+        raise wit.authorize_error(result)
+
+    def start_device_authorization(self, settings: Settings) -> DeviceAuthorization:
+        """The device grant's first step alone (RFC 8628 §3.1)."""
+        imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings.token_url)
+        result = self._runtime.call("device-start", imports, (wit.settings(settings), wit.authorization(settings, "")))
+        if isinstance(result, Record):
+            return DeviceAuthorization(result)
+        raise wit.authorize_error(result)
+
+    def poll_device_authorization(self, settings: Settings, device: DeviceAuthorization) -> Secret:
+        """The device grant's polling alone; returns the keys to store."""
+        if not isinstance(device, DeviceAuthorization):
+            raise TypeError("device must be what start_device_authorization returned")
+        imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings.token_url)
+        # Polling lasts as long as the code lives.
+        timeout = device.expires_in + self.call_timeout
+        result = self._runtime.call(
+            "device-poll", imports, (wit.settings(settings), wit.device_grant(device._grant)), timeout
+        )
+        if isinstance(result, str):
+            return Secret(import_token_response(result))
+        raise wit.authorize_error(result)
+
+    def _authorize_persistence(self, store, on_update_keys, credential) -> Callable[[str], None]:
+        """Where the first token set goes: the store, then the callback."""
+        if store is None and on_update_keys is None:
+            raise TypeError("pass store= or on_update_keys= (the new keys must go somewhere durable)")
+
+        def persist(keys: str) -> None:
+            try:
+                if store is not None:
+                    store.save(keys)
+                if on_update_keys is not None:
+                    on_update_keys(keys)
+            except Exception as e:
+                # Its own message may quote what it was given: its type only.
+                raise errors.StoreError(
+                    f"the new keys could not be saved ({type(e).__name__}); nothing else was changed"
+                ) from None
+            if store is None and credential is not None:
+                # Later callback sends of this credential adopt this set, not an older one.
+                self._latest.put(("credential", credential), keys)
+            log.info("authorised: the new keys are stored")
+
+        return persist
 
 
 class CallState:

@@ -182,3 +182,95 @@ def describe_transport(kind: str, detail) -> str:
         "invalid-request": lambda: f"invalid request: {detail}",
         "refused": lambda: f"not sent: {detail}",
     }.get(kind, lambda: str(detail))()
+
+
+# The first token set (``Rekey.authorize_code``, ``authorize_device``): one
+# exception per WIT ``authorize-error`` case that is not a send-error's, plus
+# the host's own (the redirect timeout, the loopback listener). Besides these,
+# authorisation raises InvalidSettings, TokenEndpointError, TransportError and
+# StoreError. Messages say nothing was stored; never a code, verifier, token
+# or provider text.
+
+
+class AccessDenied(RekeyError):
+    """The person (or the provider for them) refused: ``access_denied``."""
+
+    category = Category.NEEDS_AUTHORIZATION
+
+    def __init__(self) -> None:
+        super().__init__("authorisation was refused (access_denied); nothing was stored")
+
+
+class StateMismatch(RekeyError):
+    """The redirect's ``state`` was missing or not this request's (CSRF, a stale tab)."""
+
+    category = Category.NEEDS_AUTHORIZATION
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the redirect's state does not match this authorisation request (a stale or forged redirect); "
+            "nothing was exchanged or stored"
+        )
+
+
+class IssuerMismatch(RekeyError):
+    """The redirect's ``iss`` named another issuer (RFC 9207 mix-up)."""
+
+    category = Category.NEEDS_AUTHORIZATION
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the redirect's iss names another issuer than the credential's (RFC 9207 mix-up); "
+            "nothing was exchanged or stored"
+        )
+
+
+class AuthorizationProviderError(RekeyError):
+    """The provider answered the authorisation request with another OAuth error
+    (``code``), or with no code at all (``no_code``)."""
+
+    category = Category.NEEDS_AUTHORIZATION
+
+    def __init__(self, code: str):
+        super().__init__(f"the provider answered the authorisation request with error {code}; nothing was stored")
+        self.code = code
+
+
+class DeviceCodeExpired(RekeyError):
+    category = Category.NEEDS_AUTHORIZATION
+
+    def __init__(self) -> None:
+        super().__init__("the device code expired before it was approved; nothing was stored")
+
+
+class AuthorizationTimeout(RekeyError):
+    """No redirect arrived at the loopback listener in time."""
+
+    category = Category.NEEDS_AUTHORIZATION
+
+    def __init__(self, timeout: float):
+        super().__init__(f"no redirect arrived within {timeout:g} s; nothing was stored (authorise again)")
+        self.timeout = timeout
+
+
+class AuthorizationRejected(_OAuthError):
+    """The token or device endpoint refused the request (RFC 6749 §5.2):
+    ``invalid_grant`` (a code expired or used: authorise again) or the client's
+    settings (``invalid_client``, ...)."""
+
+    def __init__(self, status: int, code: str):
+        super().__init__(
+            f"the token endpoint refused the request with {code} (HTTP {status}); nothing was stored",
+            status,
+            code,
+        )
+        self.category = Category.NEEDS_AUTHORIZATION if code == "invalid_grant" else Category.SETTINGS_WRONG
+
+
+class ListenerError(RekeyError):
+    """The loopback redirect listener could not be set up or read."""
+
+    category = Category.TRANSPORT
+
+    def __init__(self, detail: str):
+        super().__init__(f"the loopback redirect listener failed: {detail}")

@@ -51,6 +51,15 @@ class Settings:
     strategy: Strategy = field(default_factory=OnAuthFailure)
     #: Statuses that mean "token rejected"; empty means [401].
     rejected_statuses: list[int] = field(default_factory=list)
+    #: The authorization endpoint (https; http only on loopback), for ``authorize_code``.
+    authorization_url: Optional[str] = None
+    #: The device authorization endpoint (RFC 8628), for ``authorize_device``.
+    device_url: Optional[str] = None
+    #: The issuer a redirect's ``iss`` must name when it carries one (RFC 9207); None: not checked.
+    issuer: Optional[str] = None
+    #: Extra authorization request parameters, e.g. ``[("prompt", "consent")]``; a
+    #: ``scope`` here is the scope asked for at authorisation (default: ``scope``).
+    auth_params: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Accept a plain str, keep a Secret: the dataclass repr stays safe.

@@ -7,27 +7,44 @@ wasmtime-py 50 converts component values with module-level mutable state
 it at once can corrupt each other's conversions. All Python-side work on the
 component therefore runs under one lock; the imports release it while they
 wait on the network, the store or the lease, so concurrent calls overlap
-exactly where they spend their time."""
+exactly where they spend their time.
+
+The only WASI the component imports (``wasi:clocks`` wall-clock ``now`` and
+monotonic-clock ``subscribe-duration``, and ``wasi:io/poll``'s pollable
+``block``, for the guest's sleeps: token-endpoint backoff, and the device
+grant's polling intervals, minutes in all) is served here in
+Python rather than by wasmtime's WASI, so a sleeping guest releases the lock
+too; no other WASI (files, environment, sockets, random) is linked at all."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
-from wasmtime import Config, Engine, Store, Trap, WasiConfig, WasmtimeError
-from wasmtime.component import Component, Linker, Record, Variant
+from wasmtime import Config, Engine, Store, Trap, WasmtimeError
+from wasmtime.component import Component, Linker, Record, ResourceHost, ResourceType, Variant
 
 from .errors import ComponentError
 
 HOST_INTERFACE = "rekey:oauth2/host@0.2.0"
 CLIENT_INTERFACE = "rekey:oauth2/client@0.2.0"
+AUTHORIZE_INTERFACE = "rekey:oauth2/authorize@0.2.0"
+AUTHORIZE_FUNCTIONS = ("begin", "finish", "device-start", "device-poll")
 EPOCH_TICK = 0.05  # seconds; the call deadline is counted in these
 
-# The imports of the call running on this thread (a call never leaves its thread).
+# The call running on this thread (a call never leaves its thread): its
+# imports, the runtime's `unlocked`, and its pollables (rep -> deadline).
 _current = threading.local()
+
+POLL_INTERFACE = "wasi:io/poll@0.2.0"
+MONOTONIC_CLOCK_INTERFACE = "wasi:clocks/monotonic-clock@0.2.0"
+WALL_CLOCK_INTERFACE = "wasi:clocks/wall-clock@0.2.0"
+#: The host resource type id of `wasi:io/poll.pollable`.
+POLLABLE = 1
 
 
 class Imports:
@@ -53,14 +70,17 @@ class Runtime:
         send = found and self.component.get_export_index("send", found)
         if send is None:
             raise ComponentError(f"the component does not export {CLIENT_INTERFACE}#send")
-        self._send = send
+        #: export name -> index: "send", and the authorize interface's functions
+        self._exports = {"send": send}
+        authorize = self.component.get_export_index(AUTHORIZE_INTERFACE)
+        for name in AUTHORIZE_FUNCTIONS:
+            index = authorize and self.component.get_export_index(name, authorize)
+            if index is not None:
+                self._exports[name] = index
         _start_epoch_ticker(self.engine)
 
     def _link(self) -> Linker:
         linker = Linker(self.engine)
-        # wasi:clocks and wasi:io/poll (the guest sleeps between token
-        # retries); its WASI context below has no files, env, args or stdio.
-        linker.add_wasip2()
         imports: dict[str, Callable[..., Any]] = {
             # Module-level lookups, not bound methods: wasmtime-py keeps these
             # functions in a global table, which would otherwise keep this
@@ -74,6 +94,14 @@ class Runtime:
             with root.add_instance(HOST_INTERFACE) as host:
                 for name, func in imports.items():
                     host.add_func(name, func)
+            # The clocks and the sleep (see the module's docstring).
+            with root.add_instance(POLL_INTERFACE) as poll:
+                poll.add_resource("pollable", ResourceType.host(POLLABLE), _drop_pollable)
+                poll.add_func("[method]pollable.block", _block)
+            with root.add_instance(MONOTONIC_CLOCK_INTERFACE) as monotonic:
+                monotonic.add_func("subscribe-duration", _subscribe_duration)
+            with root.add_instance(WALL_CLOCK_INTERFACE) as wall:
+                wall.add_func("now", _wall_clock_now)
         return linker
 
     @contextmanager
@@ -88,22 +116,71 @@ class Runtime:
     def call_send(self, imports: Imports, settings: Record, keys: Optional[str], req: Record) -> Any:
         """Runs ``client.send`` in a fresh instance: a ``Record`` (the
         response) or a ``Variant`` (the send-error)."""
+        return self.call("send", imports, (settings, keys, req))
+
+    def call(self, export: str, imports: Imports, args: tuple, timeout: Optional[float] = None) -> Any:
+        """Runs one export (``send``, or ``begin``, ``finish``, ``device-start``,
+        ``device-poll`` of the authorize interface) in a fresh instance,
+        trapped at ``timeout`` (default: the call timeout); returns what it
+        returns (the ok value, or a ``Variant`` for the error case)."""
+        index = self._exports.get(export)
+        if index is None:
+            raise ComponentError(f"the component does not export {export!r} (an older component?)")
         with self.lock:
             _current.imports = imports
+            _current.unlocked = self.unlocked
+            _current.pollables = {}
             try:
                 store = Store(self.engine)
-                store.set_wasi(WasiConfig())
                 store.set_limits(memory_size=self.memory_limit_bytes)
-                store.set_epoch_deadline(max(1, int(self.call_timeout / EPOCH_TICK)))
+                bound = self.call_timeout if timeout is None else timeout
+                store.set_epoch_deadline(max(1, int(bound / EPOCH_TICK)))
                 instance = self.linker.instantiate(store, self.component)
-                send = instance.get_func(store, self._send)
-                if send is None:
-                    raise ComponentError(f"{CLIENT_INTERFACE}#send is not a function")
-                return send(store, settings, keys, req)
+                func = instance.get_func(store, index)
+                if func is None:
+                    raise ComponentError(f"the component's {export!r} is not a function")
+                return func(store, *args)
             except (WasmtimeError, Trap) as e:
                 raise ComponentError(_first_line(str(e))) from None
             finally:
                 _current.imports = None
+                _current.unlocked = None
+                _current.pollables = {}
+
+
+_pollable_reps = itertools.count(1)
+#: How ``pollable.block`` waits (a module attribute, so a test can watch it).
+_sleep = time.sleep
+
+
+def _subscribe_duration(_ctx, nanoseconds: int) -> ResourceHost:
+    """``monotonic-clock.subscribe-duration``: a pollable ready that long from now."""
+    rep = next(_pollable_reps) & 0xFFFFFFFF
+    _current.pollables[rep] = time.monotonic() + nanoseconds / 1e9
+    return ResourceHost.own(rep, POLLABLE)
+
+
+def _block(ctx, pollable) -> None:
+    """``pollable.block``: sleeps until the pollable is ready, without the lock."""
+    deadline = _current.pollables.get(pollable.to_host(ctx).rep)
+    left = (deadline or 0.0) - time.monotonic()
+    if left > 0:
+        with _current.unlocked():
+            _sleep(left)
+
+
+def _drop_pollable(_ctx, rep: int) -> None:
+    # May run when a store is collected, on any thread.
+    getattr(_current, "pollables", {}).pop(rep, None)
+
+
+def _wall_clock_now(_ctx) -> Record:
+    """``wall-clock.now``: a ``datetime`` record."""
+    ns = time.time_ns()
+    now = Record()
+    now.seconds = ns // 1_000_000_000
+    now.nanoseconds = ns % 1_000_000_000
+    return now
 
 
 def _first_line(message: str) -> str:

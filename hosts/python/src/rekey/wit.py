@@ -101,3 +101,63 @@ def send_error(v: Variant) -> errors.RekeyError:
     if tag == "transport":
         return errors.TransportError(p.tag, p.payload)
     return errors.ComponentError(f"unknown send-error case {tag!r}")
+
+
+def authorization(
+    s: Settings,
+    redirect_uri: str,
+) -> Record:
+    """The ``authorization`` record for a credential's settings: the scope
+    asked for is ``auth_params``' ``scope`` when there is one, else
+    ``settings.scope`` (as the Rust host does)."""
+    params = [(str(k), str(v)) for k, v in s.auth_params]
+    scope = next((v for k, v in params if k == "scope"), s.scope)
+    return _record(
+        authorization_url=s.authorization_url,
+        device_url=s.device_url,
+        redirect_uri=redirect_uri,
+        scope=scope,
+        auth_params=[(k, v) for k, v in params if k != "scope"],
+        issuer=s.issuer,
+    )
+
+
+def pending(url: str, state: str, code_verifier: str) -> Record:
+    return _record(url=url, state=state, code_verifier=code_verifier)
+
+
+def device_grant(fields: dict) -> Record:
+    return _record(**fields)
+
+
+def device_grant_fields(rec: Record) -> dict:
+    return {
+        name.replace("-", "_"): getattr(rec, name)
+        for name in (
+            "user-code", "verification-uri", "verification-uri-complete", "expires-in", "interval", "device-code",
+        )
+    }
+
+
+def authorize_error(v: Variant) -> errors.RekeyError:
+    """The typed exception for one ``authorize-error`` case."""
+    tag, p = v.tag, v.payload
+    if tag == "invalid-settings":
+        return errors.InvalidSettings(p)
+    if tag == "access-denied":
+        return errors.AccessDenied()
+    if tag == "state-mismatch":
+        return errors.StateMismatch()
+    if tag == "issuer-mismatch":
+        return errors.IssuerMismatch()
+    if tag == "provider-error":
+        return errors.AuthorizationProviderError(p)
+    if tag == "expired":
+        return errors.DeviceCodeExpired()
+    if tag == "rejected":
+        return errors.AuthorizationRejected(p.status, p.code)
+    if tag == "endpoint":
+        return errors.TokenEndpointError(p)
+    if tag == "transport":
+        return errors.TransportError(p.tag, p.payload)
+    return errors.ComponentError(f"unknown authorize-error case {tag!r}")

@@ -1,0 +1,355 @@
+// The first token set: the effects the component's `authorize` interface
+// needs from this host (see wit/rekey.wit). The component decides (the
+// authorization URL with state and PKCE S256, checking the redirect's state,
+// iss and error, the code exchange, device polling with slow_down); this
+// module supplies random bytes, the loopback redirect listener (RFC 8252
+// §7.3), HTTP for the component's requests, and turns the token response it
+// returns into the stored token set exactly as the Rust host does
+// (`TokenSet::import`).
+
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import { isLoopback, loggableTarget } from './call-host.js';
+import { AuthorizationTimeout, InvalidSettings, ListenerError, TokenEndpointError } from './errors.js';
+import { TokenSet } from './secret.js';
+import { pairs } from './wit-values.js';
+
+/** How long the code grant waits for the redirect unless told otherwise. */
+export const DEFAULT_TIMEOUT_MS = 300_000;
+/** The redirect URI when none is given: a free port is chosen. */
+export const DEFAULT_REDIRECT_URI = 'http://127.0.0.1/callback';
+/** Random bytes `begin` takes: 16 make the state, 32 the PKCE verifier. */
+const ENTROPY_BYTES = 48;
+/** Bound on reading one request at the loopback listener. */
+const READ_TIMEOUT_MS = 10_000;
+
+/** Random bytes from the operating system's CSPRNG, for `begin`. */
+export function entropy() {
+  return new Uint8Array(randomBytes(ENTROPY_BYTES));
+}
+
+/**
+ * The component's `authorization` record from a credential's settings: the
+ * authorization scope is `authParams`' `scope` when there is one, else the
+ * settings' `scope` (as the Rust host does).
+ * @param {import('../index.js').Settings} s
+ * @param {string} redirectUri
+ */
+export function witAuthorization(s, redirectUri) {
+  const optional = (name) => {
+    const v = s[name];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== 'string' || v === '') throw new InvalidSettings(`${name} must be a non-empty string`);
+    return v;
+  };
+  const params = pairs(s.authParams ?? [], (m) => new InvalidSettings(`authParams ${m}`));
+  const scope = params.find(([k]) => k === 'scope');
+  return {
+    authorizationUrl: optional('authorizationUrl'),
+    deviceUrl: optional('deviceUrl'),
+    redirectUri,
+    scope: scope ? scope[1] : optional('scope'),
+    authParams: params.filter(([k]) => k !== 'scope'),
+    issuer: optional('issuer'),
+  };
+}
+
+// RFC 6750 §2.1 b64token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
+
+/** Seconds as providers send them: a whole number, or a numeric string. */
+function seconds(v) {
+  if (typeof v === 'number') return Number.isInteger(v) && v >= 0 ? v : undefined;
+  if (typeof v === 'string' && /^\+?\d+$/.test(v.trim())) return Number(v.trim());
+  return undefined;
+}
+
+/**
+ * A first token set, from the token response an authorization-code or
+ * device exchange returned (the Rust host's `TokenSet::import`): a JSON object
+ * holding an access or a refresh token; an access token must be an RFC 6750
+ * b64token; a sender's `expires_at` and `rekey_refreshed_at` are dropped and
+ * `expires_at` is computed from `expires_in` and the clock only. Errors never
+ * quote the response.
+ * @param {string} json
+ * @param {number} [nowMs]
+ * @returns {TokenSet}
+ */
+export function importTokenResponse(json, nowMs = Date.now()) {
+  const unusable = (why) => new TokenEndpointError(`the token response is unusable: ${why}`);
+  let fields;
+  try {
+    fields = JSON.parse(json);
+  } catch {
+    throw unusable('invalid JSON');
+  }
+  if (fields === null || typeof fields !== 'object' || Array.isArray(fields)) throw unusable('not a JSON object');
+  const nonEmpty = (k) => (typeof fields[k] === 'string' && fields[k] !== '' ? fields[k] : undefined);
+  const access = nonEmpty('access_token');
+  if (access === undefined && nonEmpty('refresh_token') === undefined) {
+    throw unusable('it holds neither access_token nor refresh_token');
+  }
+  if (access !== undefined && !B64TOKEN.test(access)) {
+    throw unusable('access_token has characters a bearer token cannot carry (RFC 6750 b64token)');
+  }
+  delete fields.expires_at;
+  delete fields.rekey_refreshed_at;
+  const secs = seconds(fields.expires_in);
+  if (secs !== undefined) {
+    fields.expires_at = Math.min(Math.floor(nowMs / 1000) + secs, Number.MAX_SAFE_INTEGER);
+  }
+  return new TokenSet(fields);
+}
+
+// What a started grant keeps out of sight (util.inspect, JSON, logs): the
+// PKCE verifier and the device code.
+const hidden = new WeakMap();
+
+/** A started authorization code grant (`beginAuthorization`). */
+export class PendingAuthorization {
+  constructor(pending, authorization) {
+    /** The authorization request: open it in a browser. */
+    this.url = pending.url;
+    /** Where the provider sends the browser back (the listener's address). */
+    this.redirectUri = authorization.redirectUri;
+    hidden.set(this, { pending, authorization });
+    Object.freeze(this);
+  }
+}
+
+/** A started device grant (`startDeviceAuthorization`): what a person needs. */
+export class DeviceAuthorization {
+  constructor(grant, authorization) {
+    /** Show it: the code the person types in. */
+    this.userCode = grant.userCode;
+    /** Show it: where the person types it in. */
+    this.verificationUri = grant.verificationUri;
+    /** The same with the code filled in, when the server gives one. */
+    this.verificationUriComplete = grant.verificationUriComplete;
+    /** Seconds the code stays valid. */
+    this.expiresIn = grant.expiresIn;
+    /** Seconds between polls the server asks for. */
+    this.interval = grant.interval;
+    hidden.set(this, { grant, authorization });
+    Object.freeze(this);
+  }
+}
+
+/** The component's records behind a PendingAuthorization or DeviceAuthorization. */
+export function hiddenParts(started, Kind) {
+  const parts = started instanceof Kind ? hidden.get(started) : undefined;
+  if (!parts) throw new TypeError(`expected a ${Kind.name} from this package`);
+  return parts;
+}
+
+/**
+ * The `host` interface for an `authorize` call: only `http-send` is used
+ * (nothing is stored by the component, no refresh token is spent, so no
+ * lease). Each request goes over a fresh connection, only to https or to
+ * plain http on loopback.
+ */
+export class AuthorizeHost {
+  constructor({ http: client, tokenUrl, credential, onEvent }) {
+    this.http = client;
+    this.tokenUrl = tokenUrl;
+    this.credential = credential;
+    this.onEvent = onEvent;
+  }
+
+  async httpSend(req) {
+    let parsed;
+    try {
+      parsed = new URL(req.url);
+    } catch {
+      parsed = undefined; // http.send reports the invalid URL
+    }
+    if (parsed?.protocol === 'http:' && !isLoopback(parsed.hostname)) {
+      return { ok: false, error: { tag: 'refused', val: 'plain http is allowed on loopback only' } };
+    }
+    const started = performance.now();
+    const result = await this.http.send(req, { freshConnection: true });
+    this.event({
+      type: 'http',
+      exchange: req.url === this.tokenUrl ? 'token-endpoint' : 'device-authorization',
+      method: req.method,
+      target: loggableTarget(req.url),
+      ...(result.ok ? { status: result.value.status } : { error: result.error.tag }),
+      elapsedMs: performance.now() - started,
+    });
+    return result;
+  }
+
+  async emitUpdateKeys() {
+    return { ok: false, error: 'authorisation stores nothing through the component' };
+  }
+
+  async acquireRefreshLease() {
+    return { ok: false, error: 'authorisation spends no refresh token' };
+  }
+
+  async releaseRefreshLease() {
+    return { ok: true };
+  }
+
+  end() {}
+
+  event(event) {
+    if (!this.onEvent) return;
+    try {
+      this.onEvent({ credential: this.credential, ...event });
+    } catch {
+      // An observer must not change the outcome.
+    }
+  }
+}
+
+/**
+ * The loopback listener the redirect arrives at (RFC 8252 §7.3): bound to
+ * the redirect URI's loopback address (`localhost` as 127.0.0.1), on its port
+ * or a free one. The first GET of the redirect path is kept to be answered
+ * after the code exchange; other paths are answered 404, other methods 405.
+ */
+export class RedirectListener {
+  #server;
+  #path;
+  #taken = false;
+  #take;
+  #first;
+
+  /** @param {string} configured  e.g. http://127.0.0.1/callback (no port: a free one) */
+  static async bind(configured) {
+    const bad = (m) => new InvalidSettings(`redirect URI: ${m}`);
+    let url;
+    try {
+      url = new URL(configured);
+    } catch {
+      throw bad('not a URL');
+    }
+    if (url.protocol !== 'http:' || !isLoopback(url.hostname)) {
+      throw bad('must be http:// on loopback (127.0.0.1, [::1] or localhost)');
+    }
+    if (configured.includes('?') || configured.includes('#')) throw bad('must have no query or fragment');
+    const literal = url.hostname.replace(/^\[|\]$/g, '');
+    const host = literal === '::1' || /^127\.\d+\.\d+\.\d+$/.test(literal) ? literal : '127.0.0.1';
+    const server = http.createServer();
+    server.headersTimeout = READ_TIMEOUT_MS;
+    server.requestTimeout = READ_TIMEOUT_MS;
+    await new Promise((resolve, reject) => {
+      server.once('error', (err) => reject(new ListenerError(`cannot listen on ${host}:${url.port || 0} (${err.code ?? err.name})`)));
+      server.listen(Number(url.port || 0), host, resolve);
+    });
+    url.port = String(server.address().port);
+    return new RedirectListener(server, url.pathname, url.href);
+  }
+
+  constructor(server, path, redirectUri) {
+    this.#server = server;
+    this.#path = path;
+    /** As sent in the authorization request, with the bound port. */
+    this.redirectUri = redirectUri;
+    this.#first = new Promise((resolve) => { this.#take = resolve; });
+    server.on('request', (req, res) => this.#request(req, res));
+  }
+
+  /** Resolves with the first redirect: its raw query and `answer(ok, message)` (a promise). */
+  next() {
+    return this.#first;
+  }
+
+  close() {
+    this.#server.close();
+    this.#server.closeAllConnections();
+  }
+
+  #request(req, res) {
+    if (req.method !== 'GET') {
+      page(res, 405, 'GET only');
+      return;
+    }
+    const target = req.url ?? '';
+    const q = target.indexOf('?');
+    const path = q < 0 ? target : target.slice(0, q);
+    if (path !== this.#path || this.#taken) {
+      page(res, 404, 'not found');
+      return;
+    }
+    this.#taken = true;
+    this.#take({ query: q < 0 ? '' : target.slice(q + 1), answer: (ok, message) => page(res, ok ? 200 : 400, message) });
+  }
+}
+
+/** Answers with a small HTML page; resolves once it is handed to the OS (or the connection is gone). */
+function page(res, status, message) {
+  const done = new Promise((resolve) => {
+    res.once('finish', resolve);
+    res.once('close', resolve);
+  });
+  const body = `<!DOCTYPE html><html><head><meta charset="utf-8"><title>rekey</title></head><body><p>${escapeHtml(message)}</p></body></html>\n`;
+  res.writeHead(status, {
+    'content-type': 'text/html; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'no-store',
+    connection: 'close',
+  });
+  res.end(body);
+  return done;
+}
+
+function escapeHtml(s) {
+  return s.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;').replaceAll('"', '&quot;');
+}
+
+/**
+ * Waits for the listener's first redirect, at most `timeoutMs`; rejects
+ * early when `signal` aborts or `failed` rejects (the caller's onUrl failed).
+ */
+export async function waitForRedirect(listener, { timeoutMs, signal, failed }) {
+  let timer;
+  let onAbort;
+  const racers = [
+    listener.next(),
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new AuthorizationTimeout(timeoutMs)), timeoutMs);
+    }),
+  ];
+  if (failed) racers.push(failed);
+  if (signal) {
+    racers.push(new Promise((_, reject) => {
+      onAbort = () => reject(signal.reason ?? new Error('aborted'));
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
+    }));
+  }
+  try {
+    return await Promise.race(racers);
+  } finally {
+    clearTimeout(timer);
+    if (onAbort) signal.removeEventListener('abort', onAbort);
+  }
+}
+
+/**
+ * Asks the desktop to open `url` (`xdg-open`, `open` on macOS, `start` on
+ * Windows), as `rekey authorize` does. Resolves false when there is no
+ * opener; never rejects. For `authorizeCode({ onUrl })`.
+ */
+export function openBrowser(url) {
+  const [cmd, args] = process.platform === 'darwin' ? ['open', [url]]
+    : process.platform === 'win32' ? ['cmd', ['/c', 'start', '""', url.replaceAll('&', '^&')]]
+      : ['xdg-open', [url]];
+  return new Promise((resolve) => {
+    let child;
+    try {
+      child = spawn(cmd, args, { stdio: 'ignore', detached: true });
+    } catch {
+      resolve(false);
+      return;
+    }
+    child.once('error', () => resolve(false));
+    child.once('spawn', () => {
+      child.unref();
+      resolve(true);
+    });
+  });
+}

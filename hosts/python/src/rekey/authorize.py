@@ -1,0 +1,305 @@
+"""The first token set: what the component's ``authorize`` interface needs from
+this host (see ``wit/rekey.wit``). The component decides (the authorization
+URL with state and PKCE S256, checking the redirect's state, iss and error,
+the code exchange, device polling with slow_down); this module supplies random
+bytes, the loopback redirect listener (RFC 8252 §7.3), HTTP for the
+component's requests, and turns the token response it returns into the stored
+token set exactly as the Rust host does (``TokenSet::import``)."""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+import json
+import logging
+import re
+import socket
+import time
+import urllib.parse
+from typing import Any, Optional
+
+from wasmtime.component import Record
+
+from . import errors, http, wit
+from .http import HttpConfig
+from .model import Request
+
+log = logging.getLogger("rekey")
+
+#: How long ``authorize_code`` waits for the redirect unless told otherwise (seconds).
+DEFAULT_TIMEOUT = 300.0
+#: The redirect URI when none is given: a free port is chosen.
+DEFAULT_REDIRECT_URI = "http://127.0.0.1/callback"
+#: Random bytes ``begin`` takes: 16 make the state, 32 the PKCE verifier.
+ENTROPY_BYTES = 48
+#: Bound on reading one request at the loopback listener (seconds).
+READ_TIMEOUT = 10.0
+#: Longest request head the listener reads.
+MAX_HEAD = 16 * 1024
+
+_B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 §2.1
+_U64_MAX = 2**64 - 1
+
+
+def import_token_response(token_response: str, now: Optional[float] = None) -> str:
+    """A first token set (JSON text) from the token response an
+    authorization-code or device exchange returned, as the Rust host imports
+    one: a JSON object holding an access or a refresh token; an access token
+    must be an RFC 6750 b64token; a sender's ``expires_at`` and
+    ``rekey_refreshed_at`` are dropped and ``expires_at`` is computed from
+    ``expires_in`` (whole seconds, or a numeric string) and the clock only.
+    Raises :class:`errors.TokenEndpointError`, never quoting the response."""
+
+    def unusable(why: str) -> errors.TokenEndpointError:
+        return errors.TokenEndpointError(f"the token response is unusable: {why}")
+
+    try:
+        fields = json.loads(token_response)
+    except ValueError as e:
+        raise unusable(f"invalid JSON at line {getattr(e, 'lineno', '?')} column {getattr(e, 'colno', '?')}") from None
+    if not isinstance(fields, dict):
+        raise unusable("not a JSON object")
+
+    def non_empty(k: str) -> Optional[str]:
+        v = fields.get(k)
+        return v if isinstance(v, str) and v else None
+
+    access = non_empty("access_token")
+    if access is None and non_empty("refresh_token") is None:
+        raise unusable("it holds neither access_token nor refresh_token")
+    if access is not None and not _B64TOKEN.match(access):
+        raise unusable("access_token has characters a bearer token cannot carry (RFC 6750 b64token)")
+    fields.pop("expires_at", None)
+    fields.pop("rekey_refreshed_at", None)
+    secs = _seconds(fields.get("expires_in"))
+    if secs is not None:
+        fields["expires_at"] = min(int(time.time() if now is None else now) + secs, _U64_MAX)
+    return json.dumps(fields)
+
+
+def _seconds(v: Any) -> Optional[int]:
+    """Seconds as providers send them: a whole number or a numeric string."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v if 0 <= v <= _U64_MAX else None
+    if isinstance(v, str) and re.fullmatch(r"\+?[0-9]+", v.strip()):
+        n = int(v.strip())
+        return n if n <= _U64_MAX else None
+    return None
+
+
+class PendingAuthorization:
+    """A started code grant (``Rekey.begin_authorization``): ``url`` to open
+    and the ``redirect_uri`` it returns to. The state and PKCE verifier stay
+    inside (``repr`` shows neither)."""
+
+    __slots__ = ("url", "redirect_uri", "_pending", "_authorization")
+
+    def __init__(self, pending: Record, authorization: Record):
+        self.url: str = pending.url
+        self.redirect_uri: str = getattr(authorization, "redirect-uri")
+        self._pending = wit.pending(pending.url, pending.state, getattr(pending, "code-verifier"))
+        self._authorization = authorization
+
+    def __repr__(self) -> str:
+        return f"PendingAuthorization(redirect_uri={self.redirect_uri!r})"
+
+    def __reduce__(self):
+        raise TypeError("a PendingAuthorization holds a secret and cannot be pickled")
+
+
+class DeviceAuthorization:
+    """A started device grant (``Rekey.start_device_authorization``): what a
+    person needs. The device code stays inside (``repr`` leaves it out)."""
+
+    __slots__ = ("user_code", "verification_uri", "verification_uri_complete", "expires_in", "interval", "_grant")
+
+    def __init__(self, grant: Record):
+        fields = wit.device_grant_fields(grant)
+        #: Show it: the code the person types in.
+        self.user_code: str = fields["user_code"]
+        #: Show it: where the person types it in.
+        self.verification_uri: str = fields["verification_uri"]
+        #: The same with the code filled in, when the server gives one.
+        self.verification_uri_complete: Optional[str] = fields["verification_uri_complete"]
+        #: Seconds the code stays valid.
+        self.expires_in: int = fields["expires_in"]
+        #: Seconds between polls the server asks for.
+        self.interval: int = fields["interval"]
+        self._grant = fields
+
+    def __repr__(self) -> str:
+        return (
+            f"DeviceAuthorization(user_code={self.user_code!r}, verification_uri={self.verification_uri!r}, "
+            f"expires_in={self.expires_in}, interval={self.interval})"
+        )
+
+    def __reduce__(self):
+        raise TypeError("a DeviceAuthorization holds a secret and cannot be pickled")
+
+
+class AuthorizeImports:
+    """The ``host`` interface for an authorize call: only ``http-send`` is used
+    (the component stores nothing and spends no refresh token, so there is no
+    lease). Requests go only to https, or to plain http on loopback."""
+
+    def __init__(self, unlocked, config: HttpConfig, token_url: str):
+        self._unlocked = unlocked
+        self._config = config
+        self._token_url = token_url
+
+    def http_send(self, rec: Record):
+        req = wit.request_from(rec)
+        url = urllib.parse.urlsplit(req.url)
+        if url.scheme == "http" and not is_loopback(url.hostname or ""):
+            return wit.transport_error(errors.TransportError("refused", "plain http is allowed on loopback only"))
+        kind = "token" if req.url == self._token_url else "device"
+        started = time.monotonic()
+        try:
+            with self._unlocked():
+                resp = http.send(req, self._config)
+        except errors.TransportError as e:
+            _log_exchange(req, kind, e.kind, started)
+            return wit.transport_error(e)
+        except Exception as e:  # a bug here must not trap the guest
+            _log_exchange(req, kind, "other", started)
+            return wit.transport_error(errors.TransportError("other", type(e).__name__))
+        _log_exchange(req, kind, resp.status, started)
+        return wit.response(resp)
+
+    def emit_update_keys(self, keys: str) -> Optional[str]:
+        return "authorisation stores nothing through the component"
+
+    def acquire_refresh_lease(self):
+        return "authorisation spends no refresh token"
+
+    def release_refresh_lease(self) -> None:
+        return None
+
+
+def _log_exchange(req: Request, kind: str, outcome, started: float) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        url = urllib.parse.urlsplit(req.url)
+        target = f"{url.scheme}://{url.netloc.rpartition('@')[2]}{url.path}"  # no userinfo, no query
+        log.debug("%s %s %s -> %s (%.1f ms)", kind, req.method, target, outcome, (time.monotonic() - started) * 1e3)
+
+
+def is_loopback(host: str) -> bool:
+    h = host.strip("[]").lower()
+    if h == "localhost" or h.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+class RedirectListener:
+    """The loopback listener the redirect arrives at (RFC 8252 §7.3): bound to
+    the redirect URI's loopback address (``localhost`` as 127.0.0.1), on its
+    port or a free one. ``wait`` returns the first GET of the redirect path
+    (its connection, to answer after the code exchange, and its raw query);
+    other paths are answered 404, other methods 405."""
+
+    def __init__(self, configured: str):
+        def bad(m: str) -> errors.InvalidSettings:
+            return errors.InvalidSettings(f"redirect URI: {m}")
+
+        try:
+            url = urllib.parse.urlsplit(configured)
+            port = url.port or 0
+        except ValueError:
+            raise bad("not a URL") from None
+        host = url.hostname or ""
+        if url.scheme != "http" or not is_loopback(host):
+            raise bad("must be http:// on loopback (127.0.0.1, [::1] or localhost)")
+        if "?" in configured or "#" in configured:
+            raise bad("must have no query or fragment")
+        try:
+            ip = ipaddress.ip_address(host)
+            address = str(ip)
+        except ValueError:
+            address = "127.0.0.1"  # RFC 8252 §8.3 prefers the literal
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._sock.bind((address, port))
+            self._sock.listen(16)
+        except OSError as e:
+            self._sock.close()
+            raise errors.ListenerError(f"cannot listen on {address}:{port} ({type(e).__name__})") from None
+        bound = self._sock.getsockname()[1]
+        netloc = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        self._path = url.path or "/"
+        #: As sent in the authorization request, with the bound port.
+        self.redirect_uri = urllib.parse.urlunsplit(("http", netloc, self._path, "", ""))
+
+    def wait(self, deadline: float) -> Optional[tuple[socket.socket, str]]:
+        """The first request for the redirect path, or None at ``deadline``
+        (``time.monotonic()``)."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._sock.settimeout(left)
+            try:
+                conn, _ = self._sock.accept()
+            except (socket.timeout, TimeoutError):
+                return None
+            except OSError as e:
+                raise errors.ListenerError(type(e).__name__) from None
+            target = _read_target(conn, min(READ_TIMEOUT, max(0.1, deadline - time.monotonic())))
+            if target is None:
+                continue
+            path, _, query = target.partition("?")
+            if path != self._path:
+                respond(conn, "404 Not Found", "not found")
+                continue
+            return conn, query
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _read_target(conn: socket.socket, timeout: float) -> Optional[str]:
+    """The request target of a GET; None for anything else (answered and closed)."""
+    head = b""
+    try:
+        conn.settimeout(timeout)
+        while b"\r\n\r\n" not in head and len(head) < MAX_HEAD:
+            chunk = conn.recv(2048)
+            if not chunk:
+                break
+            head += chunk
+    except OSError:
+        conn.close()
+        return None
+    parts = head.split(b"\n", 1)[0].decode("latin-1").strip().split(" ")
+    if len(parts) < 2:
+        conn.close()
+        return None
+    if parts[0] != "GET":
+        respond(conn, "405 Method Not Allowed", "GET only")
+        return None
+    return parts[1]
+
+
+def respond(conn: socket.socket, status: str, message: str) -> None:
+    """A small HTML page, then the connection closes."""
+    body = (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>rekey</title></head>'
+        f"<body><p>{html.escape(message)}</p></body></html>\n"
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {len(body)}\r\n"
+        "cache-control: no-store\r\nconnection: close\r\n\r\n"
+    ).encode()
+    try:
+        conn.settimeout(READ_TIMEOUT)
+        conn.sendall(head + body)
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    finally:
+        conn.close()

@@ -1,0 +1,541 @@
+"""The first token set through the component's ``authorize`` interface, end to
+end against oidc-provider (``tests/oidc/server.mjs``; ``tests/oidc/follow.mjs``
+plays the browser through its login, consent and device pages, as the Rust
+scenarios in ``tests/all/authorize.rs`` do): the code grant with PKCE through
+this host's loopback listener, then refreshes of the stored keys with every
+strategy; the device grant, then a refresh; denied consent, a forged redirect
+(wrong state), no redirect in time, a denied device code. Against small
+scripted endpoints: the PKCE verifier the exchange sends matches the
+challenge, ``slow_down`` makes the polls further apart, an expired device
+code ends the polling, and the polls' sleeps leave other threads' calls
+running. Nothing secret
+(code, verifier, device code, tokens, client secret) in any log line,
+exception, page or repr. Verdicts never depend on timing: waits poll.
+
+oidc-provider runs under Node.js from ``tests/oidc`` (``npm ci`` there; ci.sh
+does it). Without it these scenarios skip loudly, or fail under
+``REKEY_REQUIRE_PEERS=1``."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import http.server
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import rekey
+from rekey import BeforeExpiry, ClientAuth, EveryRequest, FileStore, MemoryStore, OnAuthFailure, Request, Settings
+
+OIDC_DIR = Path(__file__).resolve().parents[3] / "tests" / "oidc"
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+EXPIRIES = 3
+
+
+def _node() -> str:
+    """The node binary, or a loud skip (a failure under REKEY_REQUIRE_PEERS=1)."""
+    node = shutil.which("node")
+    why = None
+    if node is None:
+        why = "node is not on PATH"
+    elif int(subprocess.run([node, "-p", "process.versions.node.split('.')[0]"], capture_output=True,
+                            text=True).stdout.strip() or 0) < 20:
+        why = "node is older than 20"
+    elif not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
+        why = f"oidc-provider is not installed in {OIDC_DIR} (run npm ci there)"
+    if why:
+        message = f"SKIPPED: {why}, so the oidc-provider authorisation scenarios did NOT run"
+        if os.environ.get("REKEY_REQUIRE_PEERS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return node
+
+
+def secret_of(client_id: str) -> str:
+    """Reserved characters on purpose, as the Rust scenarios use."""
+    return f"{client_id}:s3cr&t +%/?="
+
+
+class Oidc:
+    """server.mjs with 2-second access tokens and these clients, each native (a
+    loopback redirect on any port) and allowed the code, refresh and device grants."""
+
+    def __init__(self, node: str, clients: list[tuple[str, str]]):
+        self.node = node
+        registrations = [
+            {
+                "client_id": cid,
+                "client_secret": secret_of(cid),
+                "token_endpoint_auth_method": f"client_secret_{auth}",
+                "application_type": "native",
+                "redirect_uris": ["http://127.0.0.1/callback"],
+                "grant_types": ["authorization_code", "refresh_token", DEVICE_GRANT],
+            }
+            for cid, auth in clients
+        ]
+        env = dict(os.environ, OIDC_PORT="0", OIDC_ACCESS_TOKEN_TTL="2", OIDC_MAX_LIFETIME="300",
+                   OIDC_CLIENTS=json.dumps(registrations))
+        self.proc = subprocess.Popen([node, str(OIDC_DIR / "server.mjs")], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"server.mjs exited before announcing itself: {self.proc.wait()}")
+        self.issuer = json.loads(line)["issuer"]
+
+    def settings(self, client_id: str, auth: str, **extra) -> Settings:
+        fields = dict(
+            token_url=f"{self.issuer}/token",
+            authorization_url=f"{self.issuer}/auth",
+            device_url=f"{self.issuer}/device/auth",
+            issuer=self.issuer,
+            client_id=client_id,
+            client_secret=secret_of(client_id),
+            client_auth=ClientAuth.BASIC if auth == "basic" else ClientAuth.POST,
+            auth_params=[("scope", "openid offline_access")],
+        )
+        fields.update(extra)
+        return Settings(**fields)
+
+    def stats(self, client_id: str):
+        """The provider's counters for one client (None: it never saw the client)."""
+        url = urllib.parse.urlsplit(self.issuer)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        try:
+            conn.request("GET", "/_stats")
+            return json.loads(conn.getresponse().read())["clients"].get(client_id)
+        finally:
+            conn.close()
+
+    def follow(self, *args: str) -> subprocess.Popen:
+        """follow.mjs, the browser, started (``browse`` waits for its answer)."""
+        return subprocess.Popen([self.node, str(OIDC_DIR / "follow.mjs"), *args], stdout=subprocess.PIPE)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def browse(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, "follow.mjs failed (see its stderr above)"
+    return json.loads(out)
+
+
+@pytest.fixture
+def oidc():
+    node = _node()
+    started: list[Oidc] = []
+
+    def start(clients: list[tuple[str, str]]) -> Oidc:
+        o = Oidc(node, clients)
+        started.append(o)
+        return o
+
+    yield start
+    for o in started:
+        o.close()
+
+
+def assert_no_secret(texts: list[str], secrets, what: str) -> None:
+    everything = "\n".join(texts)
+    for s in secrets:
+        if isinstance(s, str) and len(s) >= 8:
+            assert s not in everything, f"{what} shows a secret value"
+
+
+def tokens_of(keys: dict) -> list[str]:
+    return [keys[f] for f in ("access_token", "refresh_token", "id_token") if keys.get(f)]
+
+
+def said(e: BaseException) -> str:
+    return f"{e} {e!r}"
+
+
+def refresh_until(client, oidc_peer: Oidc, settings, store, client_id: str, login: str, refreshes: int) -> None:
+    """Calls userinfo with the stored keys until the provider counted
+    ``refreshes`` refreshes; every call must succeed as ``login``."""
+    give_up = time.monotonic() + 90
+    while True:
+        resp = client.send(settings, Request.get(f"{oidc_peer.issuer}/me"), store=store)
+        assert resp.status == 200, resp
+        assert resp.json()["sub"] == login
+        if oidc_peer.stats(client_id)["refreshes"] >= refreshes:
+            return
+        assert time.monotonic() < give_up, f"{client_id}: fewer than {refreshes} refreshes"
+        time.sleep(0.25)  # pacing, not a verdict
+
+
+def test_authorize_code_then_refresh_with_every_strategy(client, oidc, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    clients = [
+        ("az-on-auth-failure", "basic", OnAuthFailure()),
+        ("az-every-request", "post", EveryRequest()),
+        ("az-before-expiry", "basic", BeforeExpiry(1)),
+    ]
+    peer = oidc([(cid, auth) for cid, auth, _ in clients])
+    shown: list[str] = []
+
+    def run(cid: str, auth: str, strategy) -> list[str]:
+        store = FileStore(tmp_path / f"{cid}.json")
+        login = f"user-{cid}"
+        settings = peer.settings(cid, auth, strategy=strategy)
+        seen: dict = {}
+
+        def on_url(url: str) -> None:
+            seen["url"] = url
+            seen["browser"] = peer.follow("--url", url, "--login", login)
+
+        before = int(time.time())
+        keys = client.authorize_code(settings, on_url=on_url, store=store, timeout=60)
+        after = int(time.time()) + 1
+        page = browse(seen["browser"])
+
+        url = urllib.parse.urlsplit(seen["url"])
+        q = dict(urllib.parse.parse_qsl(url.query))
+        assert f"{url.scheme}://{url.netloc}{url.path}" == f"{peer.issuer}/auth"
+        assert (q["response_type"], q["client_id"], q["code_challenge_method"]) == ("code", cid, "S256")
+        assert len(q["code_challenge"]) == 43 and len(q["state"]) == 22
+        assert q["scope"] == "openid offline_access"
+        assert q["redirect_uri"].startswith("http://127.0.0.1:") and q["redirect_uri"].endswith("/callback")
+        assert ":0/" not in q["redirect_uri"]
+        # The listener answered the browser after the keys were stored.
+        assert page["redirect"] == q["redirect_uri"]
+        assert page["status"] == 200, page["body"]
+        assert "authorised" in page["body"]
+        assert page["code"]
+
+        stored = json.loads(store.load())
+        assert stored == json.loads(keys.expose()), "the returned keys are the stored ones"
+        for f in ("access_token", "refresh_token", "id_token", "scope", "token_type", "expires_in", "expires_at"):
+            assert f in stored, f"{cid}: the stored set has no {f}"
+        assert before + stored["expires_in"] <= stored["expires_at"] <= after + stored["expires_in"]
+        assert "rekey_refreshed_at" not in stored, "a first set was not obtained by a refresh"
+
+        refresh_until(client, peer, settings, store, cid, login, EXPIRIES)
+        stats = peer.stats(cid)
+        assert stats["code_exchanges"] == 1, stats
+        assert stats["grant_errors"] == {}, stats
+        assert stats["grants_revoked"] == 0, stats
+        assert stats["auth_seen"][auth] == stats["refreshes"] + 1, f"{cid}: every grant authenticated with {auth}"
+        last = json.loads(store.load())
+        assert last["refresh_token"] != stored["refresh_token"], "rotated and persisted"
+        shown.extend([page["body"], repr(keys), str(keys)])
+        return [page["code"], secret_of(cid), *tokens_of(stored), *tokens_of(last)]
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        secrets = [s for f in [pool.submit(run, *c) for c in clients] for s in f.result()]
+    assert "token POST" in caplog.text, "the code exchange is logged"
+    assert_no_secret([caplog.text, *shown], secrets, "the code grant")
+
+
+def test_authorize_denied_consent_is_access_denied(client, oidc, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    peer = oidc([("az-denied", "basic")])
+    store = FileStore(tmp_path / "keys.json")
+    browser = {}
+    with pytest.raises(rekey.AccessDenied) as caught:
+        client.authorize_code(peer.settings("az-denied", "basic"), store=store,
+                              on_url=lambda url: browser.setdefault("p", peer.follow("--url", url, "--deny")))
+    assert caught.value.category is rekey.Category.NEEDS_AUTHORIZATION
+    assert "access_denied" in str(caught.value)
+    page = browse(browser["p"])
+    assert page["status"] == 400 and "access_denied" in page["body"]
+    assert store.load() is None
+    assert (peer.stats("az-denied") or {}).get("code_exchanges", 0) == 0
+    assert_no_secret([caplog.text, said(caught.value), page["body"]], [secret_of("az-denied")], "the denial")
+
+
+def test_authorize_wrong_state_is_refused_before_any_exchange(client, oidc, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    peer = oidc([("az-state", "basic")])
+    store = FileStore(tmp_path / "keys.json")
+    forged = "forged-code-value-0123456789"
+    hit: dict = {}
+
+    def forge(url: str) -> None:
+        # Another page (or process) reaches the listener first with a code of its own.
+        redirect = urllib.parse.urlsplit(dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["redirect_uri"])
+
+        def get() -> None:
+            conn = http.client.HTTPConnection(redirect.hostname, redirect.port, timeout=30)
+            conn.request("GET", f"{redirect.path}?code={forged}&state=not-ours")
+            resp = conn.getresponse()
+            hit.update(status=resp.status, body=resp.read().decode())
+            conn.close()
+
+        hit["thread"] = threading.Thread(target=get)
+        hit["thread"].start()
+
+    with pytest.raises(rekey.StateMismatch) as caught:
+        client.authorize_code(peer.settings("az-state", "basic"), store=store, on_url=forge)
+    hit["thread"].join(30)
+    assert hit["status"] == 400 and "state does not match" in hit["body"]
+    assert store.load() is None
+    assert peer.stats("az-state") is None, "nothing reached the token endpoint"
+    assert_no_secret([caplog.text, said(caught.value), hit["body"]], [forged, secret_of("az-state")], "the refusal")
+
+
+def test_authorize_redirect_timeout_and_the_listener_closes(client, tmp_path):
+    store = FileStore(tmp_path / "keys.json")
+    settings = Settings(token_url="http://127.0.0.1:9/token", client_id="t", authorization_url="http://127.0.0.1:9/auth")
+    shown = []
+    with pytest.raises(rekey.AuthorizationTimeout) as caught:
+        client.authorize_code(settings, store=store, on_url=shown.append, timeout=0.2)
+    assert caught.value.category is rekey.Category.NEEDS_AUTHORIZATION
+    assert "no redirect arrived within 0.2 s" in str(caught.value)
+    assert store.load() is None
+    redirect = urllib.parse.urlsplit(dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(shown[0]).query))["redirect_uri"])
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((redirect.hostname, redirect.port), timeout=5)
+    # A redirect URI off loopback is refused before anything starts.
+    with pytest.raises(rekey.InvalidSettings):
+        client.authorize_code(settings, store=store, on_url=shown.append, redirect_uri="http://example.com/callback")
+    assert len(shown) == 1
+
+
+def test_authorize_device_then_refresh_and_a_denied_one(client, oidc, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    peer = oidc([("az-device", "basic"), ("az-device-denied", "post")])
+
+    def approve() -> list[str]:
+        store = FileStore(tmp_path / "device.json")
+        settings = peer.settings("az-device", "basic")
+        seen: dict = {}
+
+        def on_user_code(device: rekey.DeviceAuthorization) -> None:
+            seen["device"] = device
+            seen["browser"] = peer.follow("--url", device.verification_uri, "--user-code", device.user_code,
+                                          "--login", "user-az-device")
+
+        keys = client.authorize_device(settings, store=store, on_user_code=on_user_code)
+        device = seen["device"]
+        assert device.verification_uri.startswith(peer.issuer)
+        assert device.user_code.strip() and device.expires_in > 0 and device.interval > 0
+        assert "device_code" not in repr(device) and "_grant" not in repr(device)
+        assert isinstance(browse(seen["browser"])["page"], str)
+        stored = json.loads(store.load())
+        assert stored == json.loads(keys.expose())
+        for f in ("access_token", "refresh_token", "expires_at"):
+            assert f in stored, f
+        refresh_until(client, peer, settings, store, "az-device", "user-az-device", 1)
+        last = json.loads(store.load())
+        assert last["refresh_token"] != stored["refresh_token"]
+        return [secret_of("az-device"), *tokens_of(stored), *tokens_of(last), device._grant["device_code"]]
+
+    def deny() -> list[str]:
+        saved = []
+        browser = {}
+        with pytest.raises(rekey.AccessDenied) as caught:
+            client.authorize_device(
+                peer.settings("az-device-denied", "post"),
+                on_update_keys=saved.append,
+                on_user_code=lambda d: browser.setdefault(
+                    "p", peer.follow("--url", d.verification_uri, "--user-code", d.user_code, "--deny")),
+            )
+        browse(browser["p"])
+        assert saved == []
+        return [said(caught.value)]
+
+    with ThreadPoolExecutor(2) as pool:
+        approved, denied = pool.submit(approve), pool.submit(deny)
+        secrets, texts = approved.result(), denied.result()
+    assert "device POST" in caplog.text, "the device authorization request is logged"
+    assert_no_secret([caplog.text, *texts], [*secrets, secret_of("az-device-denied")], "the device grant")
+
+
+class Scripted:
+    """A scripted endpoint on loopback: ``answer(path, form, n)`` returns (status, json)."""
+
+    def __init__(self, answer):
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                data = self.rfile.read(int(self.headers.get("content-length") or 0)).decode()
+                form = dict(urllib.parse.parse_qsl(data))
+                outer.requests.append({"path": self.path, "form": form, "at": time.monotonic()})
+                status, body = answer(self.path, form, len(outer.requests))
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.send_header("connection", "close")
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_authorize_low_level_steps_pkce_verifier_matches_and_is_never_shown(client, caplog):
+    caplog.set_level(logging.DEBUG)
+    tokens = {"access_token": "scripted-access-token", "refresh_token": "scripted-refresh-token",
+              "expires_in": "60", "expires_at": 0, "token_type": "Bearer"}
+    scripted = Scripted(lambda path, form, n: (200, tokens) if n == 1
+                        else (400, {"error": "invalid_grant", "error_description": "code already used"}))
+    try:
+        settings = Settings(token_url=f"{scripted.base}/token", authorization_url=f"{scripted.base}/auth?tenant=x",
+                            client_id="app", client_secret="scripted-client-secret", client_auth=ClientAuth.POST)
+        redirect_uri = "http://127.0.0.1:8765/cb"
+        pending = client.begin_authorization(settings, redirect_uri)
+        assert isinstance(pending, rekey.PendingAuthorization) and pending.redirect_uri == redirect_uri
+        q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(pending.url).query))
+        assert q["tenant"] == "x"
+
+        with pytest.raises(rekey.StateMismatch) as wrong:
+            client.finish_authorization(settings, pending, "?code=scripted-code-value&state=other")
+        assert scripted.requests == [], "a wrong state sends nothing"
+
+        keys = client.finish_authorization(settings, pending, f"{redirect_uri}?code=scripted-code-value&state={q['state']}")
+        form = scripted.requests[0]["form"]
+        assert (form["grant_type"], form["code"], form["redirect_uri"]) == ("authorization_code", "scripted-code-value", redirect_uri)
+        assert form["client_secret"] == "scripted-client-secret"
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(form["code_verifier"].encode()).digest()).rstrip(b"=").decode()
+        assert challenge == q["code_challenge"], "PKCE S256: the verifier sent hashes to the challenge shown"
+        assert len(form["code_verifier"]) == 43
+        k = json.loads(keys.expose())
+        assert k["access_token"] == "scripted-access-token"
+        assert abs(k["expires_at"] - (time.time() + 60)) < 5, "the sender's expires_at is dropped, computed from expires_in"
+
+        with pytest.raises(rekey.AuthorizationRejected) as again:
+            client.finish_authorization(settings, pending, f"code=scripted-code-value&state={q['state']}")
+        assert (again.value.code, again.value.category) == ("invalid_grant", rekey.Category.NEEDS_AUTHORIZATION)
+        assert "already used" not in str(again.value), "no provider text"
+
+        shown = [caplog.text, said(wrong.value), said(again.value), repr(pending), str(pending), repr(keys), str(keys)]
+        assert_no_secret(shown, [form["code_verifier"], "scripted-code-value", "scripted-client-secret",
+                                 "scripted-access-token", "scripted-refresh-token"], "the low-level steps")
+    finally:
+        scripted.close()
+
+
+def test_authorize_slow_down_makes_the_device_polls_five_seconds_further_apart(client):
+    def answer(path, form, n):
+        if path == "/device":
+            return 200, {"device_code": "scripted-device-code", "user_code": "ABCD-EFGH",
+                         "verification_uri": "http://127.0.0.1/activate", "expires_in": 60, "interval": 1}
+        if n == 2:
+            return 400, {"error": "slow_down"}
+        return 200, {"access_token": "scripted-access-token", "refresh_token": "scripted-refresh-token", "expires_in": 60}
+
+    scripted = Scripted(answer)
+    try:
+        store = MemoryStore()
+        codes = []
+        keys = client.authorize_device(
+            Settings(token_url=f"{scripted.base}/token", device_url=f"{scripted.base}/device", client_id="s"),
+            store=store, on_user_code=lambda d: codes.append(d.user_code))
+        assert codes == ["ABCD-EFGH"]
+        assert json.loads(store.load()) == json.loads(keys.expose())
+        assert json.loads(store.load())["refresh_token"] == "scripted-refresh-token"
+        polls = [r for r in scripted.requests if r["path"] == "/token"]
+        assert len(polls) == 2 and polls[0]["form"]["device_code"] == "scripted-device-code"
+        # Interval 1 s, then 6 s after slow_down (a lower bound only: slower is fine).
+        assert polls[1]["at"] - polls[0]["at"] >= 5.8
+    finally:
+        scripted.close()
+
+
+def test_authorize_an_expired_device_code_ends_the_polling_cleanly(client):
+    def device(expires_in: int):
+        return 200, {"device_code": "scripted-device-code", "user_code": "ABCD",
+                     "verification_uri": "http://127.0.0.1/activate", "expires_in": expires_in, "interval": 1}
+
+    # The server says so (expired_token) ...
+    scripted = Scripted(lambda path, form, n: device(60) if path == "/device" else (400, {"error": "expired_token"}))
+    try:
+        settings = Settings(token_url=f"{scripted.base}/token", device_url=f"{scripted.base}/device", client_id="e")
+        with pytest.raises(rekey.DeviceCodeExpired) as caught:
+            client.authorize_device(settings, on_update_keys=lambda k: pytest.fail("nothing to store"),
+                                    on_user_code=lambda d: None)
+        assert caught.value.category is rekey.Category.NEEDS_AUTHORIZATION
+        assert len([r for r in scripted.requests if r["path"] == "/token"]) == 1
+        assert "scripted-device-code" not in said(caught.value)
+    finally:
+        scripted.close()
+    # ... or its expires_in runs out while the person has not acted.
+    scripted = Scripted(lambda path, form, n: device(2) if path == "/device" else (400, {"error": "authorization_pending"}))
+    try:
+        settings = Settings(token_url=f"{scripted.base}/token", device_url=f"{scripted.base}/device", client_id="e")
+        with pytest.raises(rekey.DeviceCodeExpired):
+            client.authorize_device(settings, on_update_keys=lambda k: pytest.fail("nothing to store"),
+                                    on_user_code=lambda d: None)
+    finally:
+        scripted.close()
+
+
+def test_authorize_device_polls_sleep_without_the_component_lock(client, provider, monkeypatch):
+    """While the component sleeps between device polls (seconds to minutes),
+    other threads' calls run: the sleep is served in Python, outside the
+    component lock. The guest's sleep here ends when the test says, so the
+    verdict does not depend on timing: a send made while it sleeps must
+    finish first."""
+    import rekey.runtime
+
+    asleep = threading.Event()
+    wake = threading.Event()
+    woken_by_test: list[bool] = []
+
+    def sleep(_seconds: float) -> None:
+        asleep.set()
+        woken_by_test.append(wake.wait(30))
+
+    monkeypatch.setattr(rekey.runtime, "_sleep", sleep)
+    scripted = Scripted(lambda path, form, n: (200, {"device_code": "d", "user_code": "U", "verification_uri": "http://127.0.0.1/a",
+                                                     "expires_in": 60, "interval": 5}) if path == "/device"
+                        else (200, {"access_token": "scripted-access-token", "expires_in": 60}))
+    try:
+        settings = Settings(token_url=f"{scripted.base}/token", device_url=f"{scripted.base}/device", client_id="s")
+        result = {}
+        thread = threading.Thread(target=lambda: result.update(
+            keys=client.authorize_device(settings, store=MemoryStore(), on_user_code=lambda d: None)))
+        thread.start()
+        assert asleep.wait(30), "the device poll never slept"
+        store = MemoryStore(rekey.keys_from_token_response(provider.authorize()))
+        resp = client.send(provider.settings(), Request.get(provider.api_url + "me"), store=store)
+        wake.set()
+        thread.join(30)
+        assert resp.status == 200
+        assert woken_by_test == [True], "the send had to wait for the device poll's sleep"
+        assert json.loads(result["keys"].expose())["access_token"] == "scripted-access-token"
+    finally:
+        wake.set()
+        scripted.close()
+
+
+def test_import_token_response_as_the_rust_host_does():
+    keys = json.loads(rekey.import_token_response(
+        '{"access_token":"a.b-c_d~e+f/g==","expires_in":"60","expires_at":0,"rekey_refreshed_at":5,"id_token":"i"}',
+        now=1_000_000_000))
+    assert keys == {"access_token": "a.b-c_d~e+f/g==", "expires_in": "60", "id_token": "i", "expires_at": 1_000_000_060}
+    assert "expires_at" not in json.loads(rekey.import_token_response('{"refresh_token":"r","expires_in":1.5}'))
+    for bad in ['{"token_type":"bearer"}', '{"access_token":"sekrit with space"}', '{"access_token":"sekrit\\r\\nX: 1"}',
+                '["sekrit"]', '{"access_token": "sekrit']:
+        with pytest.raises(rekey.TokenEndpointError) as caught:
+            rekey.import_token_response(bad)
+        assert "sekrit" not in said(caught.value), bad
