@@ -7,6 +7,7 @@
 //! our user and be writable by nobody else (the rule ssh applies to ~/.ssh).
 //! Anything else is ignored and the component compiled afresh.
 
+use crate::private_fs;
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Write;
@@ -103,11 +104,6 @@ fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
         .collect()
 }
 
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
 fn ensure_private_dir(dir: &Path) -> Result<(), String> {
     if !dir.exists() {
         fs::DirBuilder::new()
@@ -120,38 +116,20 @@ fn ensure_private_dir(dir: &Path) -> Result<(), String> {
     if !meta.is_dir() {
         return Err("not a directory".into());
     }
-    if meta.uid() != euid() || meta.mode() & 0o022 != 0 {
+    if meta.uid() != private_fs::euid() || private_fs::writable_by_others(&meta) {
         return Err("not owned by this user, or writable by others".into());
     }
-    // Whoever can write an ancestor can swap the whole directory: each must
-    // be ours or root's, and writable by others only with the sticky bit
-    // (as /tmp is), which keeps them from renaming our entries.
-    let absolute = dir.canonicalize().map_err(|e| e.to_string())?;
-    for ancestor in absolute.ancestors().skip(1) {
-        let m = fs::metadata(ancestor).map_err(|e| e.to_string())?;
-        let owner_ok = m.uid() == euid() || m.uid() == 0;
-        let sticky = m.mode() & 0o1000 != 0;
-        if !owner_ok || (m.mode() & 0o022 != 0 && !sticky) {
-            return Err(format!(
-                "{} can be written by another user",
-                ancestor.display()
-            ));
-        }
-    }
-    Ok(())
+    // Whoever can write an ancestor can swap the whole directory.
+    private_fs::check_ancestors(dir)
 }
 
 /// The entry's bytes, if it is one we could have written: opened without
 /// following a link, then checked through the open descriptor (no second
 /// lookup of the path that another process could race).
 fn read_ours(path: &Path) -> Option<Vec<u8>> {
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
+    let mut file = private_fs::open_nofollow(path).ok()?;
     let m = file.metadata().ok()?;
-    if !(m.is_file() && m.uid() == euid() && m.mode() & 0o077 == 0) {
+    if private_fs::file_problem(&m).is_some() {
         return None;
     }
     let mut bytes = Vec::with_capacity(m.len() as usize);

@@ -8,7 +8,7 @@ use crate::bindings::rekey::oauth2::types::{
 use crate::error::{Error, describe_transport};
 use crate::http::HttpClient;
 use crate::lease::{HeldLease, Leases};
-use crate::observe::{Event, Exchange, Observer, loggable_target};
+use crate::observe::{Event, Exchange, Observer, loggable_url};
 use crate::origins::{self, Pattern};
 use crate::secret::Secret;
 use crate::store::{Credential, KeyStore, StoreError, call_store};
@@ -112,11 +112,10 @@ impl Destinations {
         Ok(Destinations { patterns, instance })
     }
 
-    /// Refuses a URL the token may not go to, naming what is allowed.
-    pub(crate) fn check(&self, url: &str, credential: &str) -> Result<(), Error> {
-        let parsed =
-            url::Url::parse(url).map_err(|e| Error::InvalidRequest(format!("invalid URL: {e}")))?;
-        if origins::allows(&self.patterns, self.instance.as_ref(), &parsed) {
+    /// Refuses a URL the token may not go to, naming what is allowed. The
+    /// URL is the one parsed for sending (`http::parse_url`).
+    pub(crate) fn check(&self, parsed: &url::Url, credential: &str) -> Result<(), Error> {
+        if origins::allows(&self.patterns, self.instance.as_ref(), parsed) {
             return Ok(());
         }
         Err(Error::InvalidRequest(format!(
@@ -153,10 +152,15 @@ impl CallState {
                 "no refresh lease is held: a refresh token is never sent without one".into(),
             ));
         };
-        match lease
+        let marked = lease
             .begin_refresh(&self.store, &self.credential, self.lease_ttl)
-            .await
-        {
+            .await;
+        if !matches!(marked, Ok(true)) {
+            // Nothing leaves: a mark that may have been stored anyway (the
+            // store failed after its commit) is this call's to lift.
+            self.refresh_spend = self.refresh_spend.max(Spend::NotSpent);
+        }
+        match marked {
             Ok(true) => Ok(()),
             Ok(false) => Err(TransportError::Refused(
                 "the refresh lease ran out and another worker may have refreshed; not spending the refresh token".into(),
@@ -233,6 +237,17 @@ impl CallState {
         if std::mem::take(&mut self.refresh_spend) != Spend::NotSpent {
             return;
         }
+        // Only while the lease is still this call's: a successor that took
+        // an expired lease may have set a mark of its own.
+        let Some(lease) = &self.lease else { return };
+        if !matches!(
+            lease
+                .renew(&self.store, &self.credential, self.lease_ttl)
+                .await,
+            Ok(true)
+        ) {
+            return;
+        }
         let name = self.credential.clone();
         if let Err(e) = call_store(&self.store, move |s| s.clear_refresh_in_doubt(&name)).await {
             tracing::warn!(credential = %self.credential, error = %e, "could not lift the refresh mark");
@@ -263,18 +278,19 @@ impl Host for CallState {
         } else {
             Exchange::Api
         };
+        let url = crate::http::parse_url(&req.url)?;
         match exchange {
             Exchange::TokenEndpoint => self.may_spend_refresh_token().await?,
             // The host's own check, whatever the guest sends.
             Exchange::Api => self
                 .destinations
-                .check(&req.url, &self.credential)
+                .check(&url, &self.credential)
                 .map_err(|e| TransportError::Refused(e.to_string()))?,
         }
         let method = req.method.clone();
-        let target = loggable_target(&req.url);
+        let target = loggable_url(&url);
         let started = Instant::now();
-        let result = self.http.send(req).await;
+        let result = self.http.send_to(url, req).await;
         if exchange == Exchange::TokenEndpoint {
             self.refresh_spend = self.refresh_spend.max(Spend::of(&result));
         }

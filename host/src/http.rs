@@ -2,7 +2,7 @@
 //! bounded in time and size.
 
 use crate::bindings::rekey::oauth2::types::{Request, Response, TransportError};
-use std::sync::{Arc, Once, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -35,8 +35,6 @@ pub struct HttpClient {
     config: HttpConfig,
 }
 
-static CRYPTO: Once = Once::new();
-
 impl HttpClient {
     pub fn new(config: &HttpConfig) -> Self {
         HttpClient {
@@ -47,11 +45,10 @@ impl HttpClient {
 
     fn client(&self) -> Result<&reqwest::Client, TransportError> {
         let built = self.client.get_or_init(|| {
-            // reqwest is built without a default crypto provider; ring is ours.
-            CRYPTO.call_once(|| {
-                let _ = rustls::crypto::ring::default_provider().install_default();
-            });
+            let tls =
+                crate::tls::client_config().map_err(|e| format!("cannot configure TLS: {e}"))?;
             reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
                 .redirect(reqwest::redirect::Policy::none())
                 // Never the environment's proxies: `http_proxy` would carry
                 // tokens and client secrets to whatever listens there.
@@ -64,16 +61,15 @@ impl HttpClient {
         built.as_ref().map_err(|e| TransportError::Other(e.clone()))
     }
 
-    pub async fn send(&self, req: Request) -> Result<Response, TransportError> {
+    /// Sends `req` to `url`, which [`parse_url`] made of `req.url` (parsed
+    /// once: every check of the host is made on the URL it sends to).
+    pub(crate) async fn send_to(
+        &self,
+        url: reqwest::Url,
+        req: Request,
+    ) -> Result<Response, TransportError> {
         let method = reqwest::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| TransportError::InvalidRequest("invalid HTTP method".into()))?;
-        let url = reqwest::Url::parse(&req.url)
-            .map_err(|e| TransportError::InvalidRequest(format!("invalid URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(TransportError::InvalidRequest(
-                "URL scheme must be http or https".into(),
-            ));
-        }
         // The sandbox's boundary: whatever the guest decided, nothing rekey
         // sends (every request carries a bearer token, a refresh token or a
         // client secret) leaves in clear text but to this machine. Checked
@@ -127,6 +123,18 @@ impl HttpClient {
             body,
         })
     }
+}
+
+/// `url` as the client will send to it: http or https only.
+pub(crate) fn parse_url(url: &str) -> Result<reqwest::Url, TransportError> {
+    let url = reqwest::Url::parse(url)
+        .map_err(|e| TransportError::InvalidRequest(format!("invalid URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(TransportError::InvalidRequest(
+            "URL scheme must be http or https".into(),
+        ));
+    }
+    Ok(url)
 }
 
 /// Whether the URL's host (as this client will connect to it) is loopback.
@@ -213,7 +221,7 @@ mod tests {
             connect_timeout: Duration::from_millis(300),
             ..HttpConfig::default()
         });
-        let result = client.send(post(&url)).await;
+        let result = client.send_to(parse_url(&url).unwrap(), post(&url)).await;
         assert!(
             matches!(result, Err(TransportError::Connect(_))),
             "{result:?}"
@@ -235,7 +243,7 @@ mod tests {
             "http://192.0.2.2/token?x=127.0.0.1",
             "http://0x7f000001.example/token",
         ] {
-            let result = client.send(post(url)).await;
+            let result = client.send_to(parse_url(url).unwrap(), post(url)).await;
             assert!(
                 matches!(result, Err(TransportError::Refused(_))),
                 "{url}: {result:?}"

@@ -37,16 +37,20 @@ mod bindings {
 pub mod authorize;
 pub mod cache;
 mod call;
+mod detach;
 mod error;
 mod http;
 mod lease;
 pub mod observe;
 mod origins;
+mod private_fs;
 mod runtime;
 mod secret;
 pub mod settings;
 pub mod store;
+mod tls;
 mod token_set;
+mod warm;
 
 pub use bindings::rekey::oauth2::types::{
     OauthError, Request, Response, ScopeChallenge, TransportError,

@@ -8,7 +8,9 @@ use tokio::signal::unix::{SignalKind, signal};
 fn main() {
     let args = cli::Args::parse();
     cli::init_logging(args.verbose);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One command, one call at a time: no worker threads to start (store
+    // operations still run on blocking threads).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("start the tokio runtime");

@@ -114,18 +114,24 @@ impl Observer for TracingObserver {
 /// `scheme://host[:port]/path`: the query and userinfo may hold secrets.
 pub fn loggable_target(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(u) => {
-            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-            format!(
-                "{}://{}{}{}",
-                u.scheme(),
-                u.host_str().unwrap_or(""),
-                port,
-                u.path()
-            )
-        }
+        Ok(u) => loggable_url(&u),
         Err(_) => "(invalid URL)".into(),
     }
+}
+
+/// [`loggable_target`] of a parsed URL.
+pub(crate) fn loggable_url(u: &reqwest::Url) -> String {
+    use std::fmt::Write;
+    let (host, path) = (u.host_str().unwrap_or(""), u.path());
+    let mut s = String::with_capacity(u.scheme().len() + 3 + host.len() + 6 + path.len());
+    s.push_str(u.scheme());
+    s.push_str("://");
+    s.push_str(host);
+    if let Some(port) = u.port() {
+        let _ = write!(s, ":{port}");
+    }
+    s.push_str(path);
+    s
 }
 
 #[cfg(test)]

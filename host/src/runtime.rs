@@ -1,19 +1,22 @@
 //! Compiling the component once and running one call per `Store`.
 
 use crate::bindings::RefresherPre;
-use crate::bindings::rekey::oauth2::types::SendError;
+use crate::bindings::rekey::oauth2::types::{SendError, TransportError};
 use crate::bindings::rekey::oauth2::{host, types};
 use crate::cache::{self, Origin};
 use crate::call::{CallState, Destinations};
-use crate::error::Error;
+use crate::detach::Detached;
+use crate::error::{Error, describe_transport};
 use crate::http::{HttpClient, HttpConfig};
 use crate::lease::Leases;
 use crate::observe::{Observer, TracingObserver};
 use crate::store::{KeyStore, call_store};
 use crate::token_set::TokenSet;
+use crate::warm::{self, Warm, WarmInstances};
 use crate::{Request, Response};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -90,6 +93,10 @@ struct Inner {
     /// Bounds one credential's concurrent calls to its share of the slots.
     shares: Shares,
     pre: RefresherPre<CallState>,
+    /// Instances kept between one credential's calls (see [`crate::warm`]).
+    warm: WarmInstances,
+    /// Instances created so far, for tests of reuse.
+    instantiated: AtomicU64,
     http: HttpClient,
     leases: Leases,
     config: Config,
@@ -126,6 +133,8 @@ impl Rekey {
                 http: HttpClient::new(&config.http),
                 slots: config.pooling.map(|n| Semaphore::new(n as usize)),
                 shares: Shares::new(config.pooling),
+                warm: WarmInstances::new(idle_instances(config.pooling)),
+                instantiated: AtomicU64::new(0),
                 engine,
                 origin,
                 pre,
@@ -143,20 +152,21 @@ impl Rekey {
     /// Sends `req` for the credential `name` in `store`, refreshing and
     /// persisting as its settings say.
     ///
-    /// The call runs on a task of its own: a caller that stops waiting (a
-    /// dropped future, an embedder's timeout) does not cut a refresh short
-    /// between the provider's rotation and the durable write of its result.
+    /// A caller that stops waiting (a dropped future, an embedder's timeout)
+    /// does not cut the call short: it finishes on the runtime, so a refresh
+    /// is never cut between the provider's rotation and the durable write of
+    /// its result (see [`crate::detach`]).
     pub async fn send(
         &self,
         store: Arc<dyn KeyStore>,
         name: &str,
         req: Request,
     ) -> Result<Response, Error> {
-        check_request(&req, self.inner.config.max_request_bytes)?;
+        let url = check_request(&req, self.inner.config.max_request_bytes)?;
         let (this, name) = (self.clone(), name.to_owned());
-        tokio::spawn(async move { this.call(store, &name, req).await })
+        Detached::new(async move { this.call(store, &name, req, url).await })
+            .ok_or_else(|| Error::Component("rekey calls run on a tokio runtime".into()))?
             .await
-            .unwrap_or_else(|e| Err(Error::Component(format!("the call's task failed: {e}"))))
     }
 
     async fn call(
@@ -164,6 +174,7 @@ impl Rekey {
         store: Arc<dyn KeyStore>,
         name: &str,
         req: Request,
+        url: reqwest::Url,
     ) -> Result<Response, Error> {
         let credential = {
             let name = name.to_owned();
@@ -181,27 +192,32 @@ impl Rekey {
             .to_wit()
             .map_err(Error::InvalidSettings)?;
         let destinations = Destinations::of(&credential)?;
-        destinations.check(&req.url, name)?;
+        destinations.check(&url, name)?;
         // A credential's calls (which may all wait on its lease) take at most
         // its share of the slots, so the others' calls never starve.
         let _share = self.inner.shares.acquire(name).await;
         let _slot = self.slot().await?;
-        let mut wstore = self.new_store(name, &settings.token_url, store);
-        wstore.data_mut().destinations = destinations;
-        let component_failed = |e: wasmtime::Error| Error::Component(format!("{e:#}"));
-        let client = self
-            .inner
-            .pre
-            .instantiate_async(&mut wstore)
-            .await
-            .map_err(component_failed)?;
+        let key = warm::Key::new(&store, name);
+        let mut state = self.new_state(name, &settings.token_url, store);
+        state.destinations = destinations;
+        let mut warm = match self.inner.warm.take(&key) {
+            Some(mut warm) => {
+                // Nothing of the last call's host state carries over.
+                *warm.store.data_mut() = state;
+                warm.store.set_epoch_deadline(self.call_ticks());
+                warm
+            }
+            None => self.instantiate(state).await?,
+        };
         let keys = credential.keys.as_ref().map(TokenSet::expose);
-        let result = client
+        let result = warm
+            .client
             .rekey_oauth2_client()
-            .call_send(&mut wstore, &settings, keys, &req)
+            .call_send(&mut warm.store, &settings, keys, &req)
             .await
-            .map_err(component_failed)?;
-        let state = wstore.data_mut();
+            // A trapped instance is dropped here, never reused.
+            .map_err(|e| Error::Component(format!("{e:#}")))?;
+        let state = warm.store.data_mut();
         state.end_lease().await;
         if let Err(SendError::ReauthorizationRequired(e)) = &result {
             let (owned, code) = (name.to_owned(), e.code.clone());
@@ -213,7 +229,37 @@ impl Rekey {
                 tracing::warn!(credential = name, error = %e, "could not record the dead grant");
             }
         }
+        self.inner.warm.put(key, warm);
         result.map_err(Error::from)
+    }
+
+    /// A new instance in a new `Store` holding `state`.
+    async fn instantiate(&self, state: CallState) -> Result<Warm, Error> {
+        let mut store = self.new_store(state);
+        let client = self
+            .inner
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| Error::Component(format!("{e:#}")))?;
+        self.inner.instantiated.fetch_add(1, Ordering::Relaxed);
+        Ok(Warm {
+            store,
+            client,
+            calls: 0,
+        })
+    }
+
+    /// How many instances this `Rekey` has created: calls of one credential
+    /// reuse an instance (see [`crate::warm`]). For tests.
+    #[doc(hidden)]
+    pub fn instances_created(&self) -> u64 {
+        self.inner.instantiated.load(Ordering::Relaxed)
+    }
+
+    fn call_ticks(&self) -> u64 {
+        let ticks = self.inner.config.call_timeout.as_millis() / EPOCH_TICK.as_millis();
+        (ticks.max(1)).try_into().unwrap_or(u64::MAX)
     }
 
     /// Instantiates the component in a fresh `Store` and drops it: the
@@ -221,8 +267,11 @@ impl Rekey {
     #[doc(hidden)]
     pub async fn instantiate_only(&self) -> anyhow::Result<()> {
         let _slot = self.slot().await?;
-        let mut wstore = self.new_store("", "", Arc::new(crate::MemoryStore::new()));
-        self.inner.pre.instantiate_async(&mut wstore).await?;
+        let state = self.new_state("", "", Arc::new(crate::MemoryStore::new()));
+        self.inner
+            .pre
+            .instantiate_async(&mut self.new_store(state))
+            .await?;
         Ok(())
     }
 
@@ -242,7 +291,8 @@ impl Rekey {
         ) -> wasmtime::Result<T>,
     ) -> Result<T, Error> {
         let _slot = self.slot().await?;
-        let mut wstore = self.new_store(name, "", Arc::new(crate::MemoryStore::new()));
+        let state = self.new_state(name, "", Arc::new(crate::MemoryStore::new()));
+        let mut wstore = self.new_store(state);
         wstore.data_mut().deadline = Instant::now() + timeout;
         let ticks = timeout.as_millis() / EPOCH_TICK.as_millis();
         wstore.set_epoch_deadline(ticks.max(1) as u64);
@@ -269,9 +319,10 @@ impl Rekey {
         }
     }
 
-    fn new_store(&self, name: &str, token_url: &str, store: Arc<dyn KeyStore>) -> Store<CallState> {
+    /// The host state of one call.
+    fn new_state(&self, name: &str, token_url: &str, store: Arc<dyn KeyStore>) -> CallState {
         let inner = &self.inner;
-        let state = CallState {
+        CallState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
@@ -293,38 +344,36 @@ impl Rekey {
             refresh_token_before: None,
             destinations: Destinations::default(),
             refresh_spend: Default::default(),
-        };
-        let mut wstore = Store::new(&inner.engine, state);
+        }
+    }
+
+    fn new_store(&self, state: CallState) -> Store<CallState> {
+        let mut wstore = Store::new(&self.inner.engine, state);
         wstore.limiter(|s| &mut s.limits);
-        let ticks = inner.config.call_timeout.as_millis() / EPOCH_TICK.as_millis();
-        wstore.set_epoch_deadline(ticks.max(1) as u64);
+        wstore.set_epoch_deadline(self.call_ticks());
         wstore.epoch_deadline_trap();
         wstore
     }
 }
 
 /// Refuses what cannot be sent before a slot is taken: a method or URL the
-/// HTTP client would reject, or a body over the limit.
-fn check_request(req: &Request, max_body: usize) -> Result<(), Error> {
+/// HTTP client would reject, or a body over the limit. The URL as it will
+/// be sent.
+fn check_request(req: &Request, max_body: usize) -> Result<reqwest::Url, Error> {
     if reqwest::Method::from_bytes(req.method.as_bytes()).is_err() {
         return Err(Error::InvalidRequest("invalid HTTP method".into()));
     }
-    match reqwest::Url::parse(&req.url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-        Ok(_) => {
-            return Err(Error::InvalidRequest(
-                "URL scheme must be http or https".into(),
-            ));
-        }
-        Err(e) => return Err(Error::InvalidRequest(format!("invalid URL: {e}"))),
-    }
+    let url = crate::http::parse_url(&req.url).map_err(|e| match e {
+        TransportError::InvalidRequest(m) => Error::InvalidRequest(m),
+        other => Error::InvalidRequest(describe_transport(&other)),
+    })?;
     if req.body.len() > max_body {
         return Err(Error::InvalidRequest(format!(
             "request too large: the body is {} bytes, the limit is {max_body}",
             req.body.len()
         )));
     }
-    Ok(())
+    Ok(url)
 }
 
 /// Per-credential shares of the instance slots: a credential whose calls
@@ -385,14 +434,22 @@ pub fn engine_config(config: &Config) -> wasmtime::Config {
     wasm_config
 }
 
-/// Slots for `n` concurrent instances of our component (3 core instances:
-/// the module and wit-component's shim and fixup; 1 memory; 1 table each).
+/// How many idle instances are kept warm: as many as calls may run at once
+/// (so every concurrent call of a busy credential finds one).
+fn idle_instances(pooling: Option<u32>) -> usize {
+    pooling.map_or(64, |n| n as usize)
+}
+
+/// Slots for `n` concurrent calls and the idle instances kept beside them
+/// (3 core instances: the module and wit-component's shim and fixup; 1
+/// memory; 1 table each). Only running calls need a stack.
 fn pooling(n: u32, memory_limit: usize) -> InstanceAllocationStrategy {
+    let instances = n.saturating_add(idle_instances(Some(n)) as u32);
     let mut p = PoolingAllocationConfig::default();
-    p.total_component_instances(n)
-        .total_core_instances(n * 4)
-        .total_memories(n)
-        .total_tables(n * 2)
+    p.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(4))
+        .total_memories(instances)
+        .total_tables(instances.saturating_mul(2))
         .total_stacks(n)
         .max_memory_size(memory_limit)
         // Reset a slot by rewriting the few pages a call dirtied (found with

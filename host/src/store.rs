@@ -195,8 +195,10 @@ pub(crate) async fn call_store<R: Send + 'static>(
 }
 
 /// Opens a store by URL: `sqlite:PATH` or a plain path (SQLite), or
-/// `postgres://…` / `postgresql://…` (PostgreSQL). Blocks: call it outside
-/// async code or on a blocking thread.
+/// `postgres://…` / `postgresql://…` (PostgreSQL; TLS as its `sslmode`
+/// says). A libpq key/value string (`host=db user=x password=…`) is refused,
+/// not taken as a file name, and not echoed: it may hold a password. Blocks:
+/// call it outside async code or on a blocking thread.
 pub fn open(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         #[cfg(feature = "postgres")]
@@ -207,15 +209,54 @@ pub fn open(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
             reason: "this build of rekey has no PostgreSQL support (feature `postgres`)".into(),
         });
     }
-    if url.contains("://") {
+    if let Some((scheme, _)) = url.split_once("://") {
+        let plain = scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
         return Err(StoreError::Unusable {
-            path: url.split("://").next().unwrap_or("").to_owned() + "://…",
+            path: if plain {
+                format!("{scheme}://…")
+            } else {
+                "(not shown)".into()
+            },
             reason: "unsupported store URL: use a path, sqlite:PATH or postgres://…".into(),
         });
     }
-    Ok(Arc::new(SqliteStore::open(
-        url.strip_prefix("sqlite:").unwrap_or(url),
-    )?))
+    let path = match url.strip_prefix("sqlite:") {
+        Some(path) => path,
+        None if looks_like_key_value(url) => {
+            return Err(StoreError::Unusable {
+                path: "(not shown: it may hold a password)".into(),
+                reason: "this is not a path but a libpq key/value connection string \
+                         (`host=… dbname=…`), which rekey does not take: give PostgreSQL as a \
+                         URL, postgres://USER@HOST/DB?sslmode=verify-full&sslrootcert=CA.pem \
+                         (a file name with '=' in it as ./NAME or sqlite:NAME)"
+                    .into(),
+            });
+        }
+        None => url,
+    };
+    Ok(Arc::new(SqliteStore::open(path)?))
+}
+
+/// A libpq key/value connection string rather than a path: it starts with
+/// `keyword=` (`host=db …`, `dbname = x`), or holds whitespace-separated
+/// `keyword=` words (`/tmp/x password=y`). A path of that shape can still be
+/// given as `./NAME` or `sqlite:NAME`.
+fn looks_like_key_value(s: &str) -> bool {
+    fn keyword(w: &str) -> bool {
+        w.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    }
+    let starts_with_pair = s
+        .split_once('=')
+        .is_some_and(|(key, _)| keyword(key.trim()));
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let has_pair_word = words.len() > 1
+        && words
+            .iter()
+            .any(|w| w.split_once('=').is_some_and(|(key, _)| keyword(key)));
+    starts_with_pair || has_pair_word
 }
 
 /// Credential names: 1 to 64 of `A-Z a-z 0-9 . _ -`, starting with a letter
@@ -250,4 +291,44 @@ pub(crate) fn validate_keys(keys: Option<&TokenSet>) -> Result<(), StoreError> {
 /// Unix seconds, for `updated_at`.
 pub(crate) fn now_unix() -> i64 {
     crate::token_set::now_unix() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_key_value;
+
+    #[test]
+    fn libpq_key_value_strings_are_told_from_paths() {
+        for kv in [
+            "host=db user=x password=y dbname=z",
+            "dbname=z",
+            "  host = db port=5432",
+            "password='a b' host=db",
+            "/tmp/x.db password=y",
+            "rekey.db host=db",
+        ] {
+            assert!(looks_like_key_value(kv), "{kv:?}");
+        }
+        for path in [
+            "rekey.db",
+            "./a=b.db",
+            "/var/lib/rekey/a=b.db",
+            "/home/me/My Stores/rekey.db",
+            "stores/2024 = old.db",
+            "",
+        ] {
+            assert!(!looks_like_key_value(path), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_value_string_is_refused_without_echoing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = format!("{}/host=db user=x password=hunter2", dir.path().display());
+        // Starting with a path, it is still refused: a word is keyword=value.
+        let err = super::open(&kv).err().expect("refused");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("key/value"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }

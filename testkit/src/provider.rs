@@ -158,10 +158,14 @@ struct ProviderState {
     lost_answers: VecDeque<LostAnswer>,
 }
 
+/// What [`Provider::before_refresh_answer`] runs.
+type RefreshHook = Arc<dyn Fn(u32) + Send + Sync>;
+
 pub struct Provider {
     config: ProviderConfig,
     addr: SocketAddr,
     state: Mutex<ProviderState>,
+    before_refresh_answer: Mutex<Option<RefreshHook>>,
 }
 
 impl Provider {
@@ -172,6 +176,7 @@ impl Provider {
             config,
             addr: listener.local_addr()?,
             state: Mutex::new(ProviderState::default()),
+            before_refresh_answer: Mutex::new(None),
         });
         let app = axum::Router::new()
             .route("/token", post(token))
@@ -234,6 +239,18 @@ impl Provider {
     /// The next granted refreshes lose their answers this way, in order.
     pub fn lose_answers(&self, faults: impl IntoIterator<Item = LostAnswer>) {
         self.lock().lost_answers.extend(faults);
+    }
+
+    /// Runs `hook` after each granted refresh, once the refresh token is
+    /// rotated and before the answer leaves, with the refresh's number (1 for
+    /// the first this provider granted). It runs on a blocking thread and the
+    /// answer waits for it, so a test acts at exactly that moment (fills a
+    /// disk, stops a database) without sleeping. Replaces an earlier hook.
+    pub fn before_refresh_answer(&self, hook: impl Fn(u32) + Send + Sync + 'static) {
+        *self
+            .before_refresh_answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
     }
 
     /// Ends every access token issued so far (as if their lifetime had run
@@ -365,10 +382,19 @@ fn client_of(
 }
 
 async fn token(State(p): State<Arc<Provider>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (body, lost) = match grant_refresh(&p, &headers, &body) {
+    let (body, lost, number) = match grant_refresh(&p, &headers, &body) {
         Ok(granted) => granted,
         Err(refused) => return refused,
     };
+    let hook = p
+        .before_refresh_answer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(hook) = hook {
+        // A hook that panics has said so on stderr; the answer still leaves.
+        let _ = tokio::task::spawn_blocking(move || hook(number)).await;
+    }
     if !p.config.token_delay.is_zero() {
         tokio::time::sleep(p.config.token_delay).await;
     }
@@ -396,13 +422,14 @@ async fn token(State(p): State<Arc<Provider>>, headers: HeaderMap, body: Bytes) 
 }
 
 /// Checks and grants a refresh (under the state lock, nothing awaited): the
-/// new token set and how its answer is to be lost, if it is.
-#[allow(clippy::result_large_err)]
+/// new token set, how its answer is to be lost, if it is, and the refresh's
+/// number (1 for the first granted).
+#[allow(clippy::result_large_err, clippy::type_complexity)]
 fn grant_refresh(
     p: &Provider,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<(serde_json::Map<String, Value>, Option<LostAnswer>), Response> {
+) -> Result<(serde_json::Map<String, Value>, Option<LostAnswer>, u32), Response> {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
@@ -467,7 +494,7 @@ fn grant_refresh(
     s.stats.refreshes_granted += 1;
     s.refresh_times.push(Instant::now());
     let body = p.issue(s, grant, rotate);
-    Ok((body, s.lost_answers.pop_front()))
+    Ok((body, s.lost_answers.pop_front(), s.stats.refreshes_granted))
 }
 
 async fn api(

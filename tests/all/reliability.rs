@@ -463,7 +463,8 @@ async fn sigkill_losses_stay_inside_the_rotation_window_and_say_so() {
 }
 
 /// A store that misbehaves on the first write of new keys, the ways real
-/// ones do: the write commits but its answer is lost, or it stalls.
+/// ones do: the write commits but its answer is lost, or it stalls; or on
+/// the first refresh mark, whose write commits but reports failure.
 struct FaultyStore {
     inner: Arc<rekey::SqliteStore>,
     fault: Fault,
@@ -476,6 +477,10 @@ enum Fault {
     CommitThenFail,
     /// Stalls this long, then commits (a frozen connection that recovers).
     Stall(Duration),
+    /// The first `begin_refresh` commits (lease renewed, refresh mark set),
+    /// then reports a failure: the server went down between its COMMIT and
+    /// the reply, and the store's retry on a new connection found no server.
+    MarkCommitsThenFails,
 }
 
 impl KeyStore for FaultyStore {
@@ -488,6 +493,9 @@ impl KeyStore for FaultyStore {
         keys: &rekey::TokenSet,
         expected: Option<u64>,
     ) -> Result<u64, rekey::StoreError> {
+        if matches!(self.fault, Fault::MarkCommitsThenFails) {
+            return self.inner.save_keys(name, keys, expected);
+        }
         let first = !self.struck.swap(true, std::sync::atomic::Ordering::SeqCst);
         match (first, self.fault) {
             (true, Fault::CommitThenFail) => {
@@ -540,7 +548,16 @@ impl KeyStore for FaultyStore {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, rekey::StoreError> {
-        self.inner.begin_refresh(name, holder, ttl)
+        let marked = self.inner.begin_refresh(name, holder, ttl);
+        if matches!(self.fault, Fault::MarkCommitsThenFails)
+            && !self.struck.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            marked?;
+            return Err(rekey::StoreError::Write(
+                "connection closed; then cannot connect: Connection refused".into(),
+            ));
+        }
+        marked
     }
     fn clear_refresh_in_doubt(&self, name: &str) -> Result<(), rekey::StoreError> {
         self.inner.clear_refresh_in_doubt(name)
@@ -627,5 +644,48 @@ async fn a_stalled_write_never_lets_a_successor_spend_the_rotated_token() {
     assert!(
         f.provider
             .refresh_token_is_live(str_field(&stored, "refresh_token"))
+    );
+}
+
+/// The refresh mark's write commits but reports failure (a PostgreSQL
+/// restart between its COMMIT and the reply, the retry on a new connection
+/// refused): the host then sends no token request, so the stored refresh
+/// token is provably unspent, and the call fails as lease-unavailable. The
+/// mark must not outlive that call: the next call, the store healthy again,
+/// refreshes as usual instead of reporting "refresh in doubt" until an
+/// operator runs `credential set --retry-refresh`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_mark_that_reported_failure_does_not_strand_the_credential_in_doubt() {
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
+    f.add_credential("c", &f.settings(Strategy::EveryRequest, ClientAuth::Basic));
+    let store = faulty(&f, Fault::MarkCommitsThenFails);
+    let url = f.provider.api_url("me");
+    let first = f
+        .rekey
+        .send(store.clone(), "c", Request::get(&url))
+        .await
+        .expect_err("the refresh mark could not be confirmed");
+    assert!(
+        matches!(first, rekey::Error::LeaseUnavailable(_)),
+        "{first:?}"
+    );
+    assert_eq!(
+        f.provider.stats().token_calls,
+        0,
+        "no token request was sent"
+    );
+    let second = f.rekey.send(store, "c", Request::get(&url)).await;
+    let stats = f.provider.stats();
+    assert_eq!((stats.reused_refresh_tokens, stats.invalid_grant), (0, 0));
+    assert_eq!(
+        second
+            .expect("the refresh token was never sent: the next call may spend it")
+            .status,
+        200
+    );
+    assert!(
+        !KeyStore::load(f.store.as_ref(), "c")
+            .unwrap()
+            .refresh_in_doubt
     );
 }

@@ -2,9 +2,12 @@
 //! its own transaction, so `save_keys` returning `Ok` means it is on disk.
 
 use super::{Credential, DeadGrant, KeyStore, StoreError, json_position, now_unix, validate_keys};
+use crate::private_fs::{self, FileProblem};
 use crate::settings::Settings;
 use crate::token_set::TokenSet;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use std::fs::File;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -63,18 +66,138 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-/// The file holds tokens: create it readable by its owner only. SQLite gives
-/// its -wal and -shm files the database file's permissions.
-fn create_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        other => other.map(drop),
+/// Opens the store file as only its owner could have made it, or says why
+/// not (no secrets in it: paths, uids and modes). Like ssh with `~/.ssh`: its
+/// directory must be ours or root's and writable by nobody else (SQLite
+/// creates the -wal and -shm files there by name, so even a sticky shared
+/// directory such as /tmp would let another user plant them), each directory
+/// above it ours or root's and writable by others only if sticky; the file is
+/// not a link, is ours, and nobody else may write it. A new file is made 0600
+/// without following links (`O_CREAT | O_EXCL | O_NOFOLLOW`), and every check
+/// is made on the open descriptor. A file others may only read is made 0600
+/// (with a warning). Returns the descriptor, to be held while SQLite opens
+/// the returned path, which resolves no link.
+fn open_private(path: &Path) -> Result<(File, PathBuf), String> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| "not a file name".to_owned())?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = parent
+        .canonicalize()
+        .map_err(|e| format!("its directory {}: {e}", parent.display()))?;
+    let d = std::fs::metadata(&dir).map_err(|e| format!("its directory {}: {e}", dir.display()))?;
+    let (shown_dir, mode) = (dir.display(), d.mode() & 0o7777);
+    if !private_fs::ours_or_roots(&d) {
+        return Err(format!(
+            "its directory {shown_dir} belongs to another user (uid {}), who could replace the \
+             store: keep it in a directory of your own",
+            d.uid()
+        ));
+    }
+    if private_fs::writable_by_others(&d) && mode & 0o1000 != 0 {
+        return Err(format!(
+            "its directory {shown_dir} is shared (mode {mode:04o}): another user could plant \
+             the store's -wal or -shm file there, and SQLite would use it: keep the store in a \
+             directory only you can write"
+        ));
+    }
+    if private_fs::writable_by_others(&d) {
+        return Err(format!(
+            "its directory {shown_dir} can be written by other users (mode {mode:04o}), who \
+             could replace the store: chmod go-w {shown_dir}, or keep the store elsewhere"
+        ));
+    }
+    private_fs::check_ancestors(&dir)
+        .map_err(|why| format!("{why}: keep the store where only you (and root) can write"))?;
+    let real = dir.join(name);
+    let shown = path.display();
+    let file = match private_fs::open_nofollow(&real) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match private_fs::create_new_private(&real) {
+                // Created meanwhile by another process: judge what is there.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    private_fs::open_nofollow(&real)
+                }
+                created => created,
+            }
+        }
+        other => other,
+    }
+    .map_err(|e| {
+        if private_fs::is_link_refused(&e) {
+            "it is a symbolic link; rekey does not follow links to its store (one planted \
+             there could send the tokens elsewhere): give the path of the file itself"
+                .to_owned()
+        } else {
+            e.to_string()
+        }
+    })?;
+    let m = file.metadata().map_err(|e| e.to_string())?;
+    match private_fs::file_problem(&m) {
+        None => {}
+        Some(FileProblem::NotRegular) => return Err("it is not a regular file".into()),
+        Some(FileProblem::Foreign(uid)) => {
+            return Err(format!(
+                "it belongs to another user (uid {uid}; you are uid {}), who could read or \
+                 rewrite its tokens and settings: use a store of your own",
+                private_fs::euid()
+            ));
+        }
+        Some(FileProblem::WritableByOthers(mode)) => {
+            return Err(format!(
+                "it can be written by other users (mode {mode:04o}), who could have rewritten \
+                 its token URLs: if you trust what is in it, chmod 600 {shown}"
+            ));
+        }
+        Some(FileProblem::ReadableByOthers(mode)) => {
+            // Ours, and nobody else could write it: close it from now on.
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| {
+                    format!("{shown} can be read by other users and chmod 600 failed: {e}")
+                })?;
+            tracing::warn!(
+                path = %shown,
+                mode = format!("{mode:04o}"),
+                "the store could be read by other users; it is now 0600 (replace its secrets if anyone may have read them)"
+            );
+            tighten_sidecars(&real);
+        }
+    }
+    Ok((file, real))
+}
+
+/// A store that was readable by others may have -wal and -shm files that
+/// still are (SQLite gives them the database's mode when it creates them).
+fn tighten_sidecars(real: &Path) {
+    for suffix in ["-wal", "-shm"] {
+        let mut name = real.as_os_str().to_owned();
+        name.push(suffix);
+        if let Ok(f) = private_fs::open_nofollow(Path::new(&name))
+            && let Ok(m) = f.metadata()
+            && matches!(
+                private_fs::file_problem(&m),
+                Some(FileProblem::ReadableByOthers(_))
+            )
+        {
+            let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+        }
+    }
+}
+
+/// Whether `path` still names the file behind `checked`: what SQLite opened
+/// by name is what was checked, unless the directory entry changed meanwhile.
+fn still_names(path: &Path, checked: &File) -> Result<(), String> {
+    let (now, then) = (
+        std::fs::symlink_metadata(path).map_err(|e| e.to_string())?,
+        checked.metadata().map_err(|e| e.to_string())?,
+    );
+    if (now.dev(), now.ino()) == (then.dev(), then.ino()) {
+        Ok(())
+    } else {
+        Err("the file was replaced while it was being opened; nothing was read from it".into())
     }
 }
 
@@ -114,15 +237,24 @@ impl SqliteStore {
         busy: Duration,
     ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let unusable = |e: rusqlite::Error| StoreError::Unusable {
+        let refused = |reason: String| StoreError::Unusable {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            reason,
         };
-        create_private(&path).map_err(|e| StoreError::Unusable {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let mut conn = Connection::open(&path).map_err(unusable)?;
+        let unusable = |e: rusqlite::Error| refused(e.to_string());
+        let (checked, real) = open_private(&path).map_err(refused)?;
+        // No CREATE: the file exists (checked, and held open); if it vanished
+        // meanwhile SQLite must not make one with default permissions. No
+        // URI: a name is a name. NOFOLLOW: SQLite refuses a link anywhere in
+        // `real` (none, as resolved above, unless one was swapped in).
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(&real, flags).map_err(unusable)?;
+        // SQLite has opened the file by name; it reads nothing before the
+        // first statement. The name must still lead to what was checked.
+        still_names(&real, &checked).map_err(refused)?;
+        drop(checked);
         conn.busy_timeout(busy).map_err(unusable)?;
         // journal_mode is the first statement that reads the file: a file that
         // is not a database fails here, with SQLite's own words.
