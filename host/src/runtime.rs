@@ -10,7 +10,7 @@ use crate::error::{Error, describe_transport};
 use crate::http::{HttpClient, HttpConfig};
 use crate::lease::Leases;
 use crate::observe::{Observer, TracingObserver};
-use crate::store::{KeyStore, call_store};
+use crate::store::{KeyStore, call_store, load_credential};
 use crate::token_set::TokenSet;
 use crate::warm::{self, Warm, WarmInstances};
 use crate::{Request, Response};
@@ -176,10 +176,7 @@ impl Rekey {
         req: Request,
         url: reqwest::Url,
     ) -> Result<Response, Error> {
-        let credential = {
-            let name = name.to_owned();
-            call_store(&store, move |s| s.load(&name)).await?
-        };
+        let credential = load_credential(&store, name).await?;
         if let Some(dead) = &credential.needs_authorization {
             // Recorded by an earlier call: spend no request on a dead grant.
             return Err(Error::NotAuthenticated(format!(

@@ -172,11 +172,32 @@ pub trait KeyStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The credential `name`, if the store can answer without waiting (a
+    /// cached copy it has confirmed is current): the host then skips the
+    /// blocking thread [`KeyStore::load`] runs on. `None`: call `load`.
+    fn load_now(&self, name: &str) -> Option<Result<Credential, StoreError>> {
+        let _ = name;
+        None
+    }
+
     /// False for stores whose calls never wait (memory): the host then calls
     /// them inline instead of on a blocking thread.
     fn blocking(&self) -> bool {
         true
     }
+}
+
+/// Loads `name` as a call starts: without the blocking-thread hop when the
+/// store can answer at once.
+pub(crate) async fn load_credential(
+    store: &Arc<dyn KeyStore>,
+    name: &str,
+) -> Result<Credential, StoreError> {
+    if let Some(found) = store.load_now(name) {
+        return found;
+    }
+    let name = name.to_owned();
+    call_store(store, move |s| s.load(&name)).await
 }
 
 /// Runs a store operation where it may block: on a blocking thread, unless

@@ -6,6 +6,7 @@ use crate::private_fs::{self, FileProblem};
 use crate::settings::Settings;
 use crate::token_set::TokenSet;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -222,6 +223,35 @@ const RENEW: &str = "UPDATE leases SET expires_at_ms = ?3
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Credentials as last read, each with the database state it was read
+    /// in: a call's first read is then a cheap check instead of a query.
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+/// A credential read at a [`Seen`] state of the database.
+struct Cached {
+    seen: Seen,
+    credential: Credential,
+}
+
+/// What has changed the database: `PRAGMA data_version` moves when another
+/// connection (another process, another `SqliteStore`) commits, and the
+/// connection's total changes move with each of its own writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    data_version: i64,
+    own_changes: u64,
+}
+
+impl Seen {
+    fn now(conn: &Connection) -> rusqlite::Result<Seen> {
+        Ok(Seen {
+            data_version: conn
+                .prepare_cached("PRAGMA data_version")?
+                .query_row([], |r| r.get(0))?,
+            own_changes: conn.total_changes(),
+        })
+    }
 }
 
 impl SqliteStore {
@@ -267,6 +297,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             path,
             conn: Mutex::new(conn),
+            cache: Mutex::new(HashMap::new()),
         })
     }
 
@@ -304,6 +335,17 @@ impl SqliteStore {
         }
     }
 
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached copy of `name`, if the database is still as it was read.
+    fn cached(&self, name: &str, seen: Seen) -> Option<Credential> {
+        let cache = self.cache();
+        let hit = cache.get(name).filter(|c| c.seen == seen)?;
+        Some(hit.credential.clone())
+    }
+
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A poisoned lock only means another call panicked; the connection
         // itself is transactional and still consistent.
@@ -321,6 +363,10 @@ impl SqliteStore {
 /// The columns `read_row` reads, in its order.
 const COLUMNS: &str =
     "name, settings, keys, version, updated_at, refresh_in_doubt, dead_grant_code, dead_grant_at";
+
+/// One credential by name (a constant, so the statement is prepared once).
+const SELECT_ONE: &str = "SELECT name, settings, keys, version, updated_at, refresh_in_doubt, \
+    dead_grant_code, dead_grant_at FROM credentials WHERE name = ?1";
 
 struct Row {
     name: String,
@@ -372,17 +418,39 @@ fn write(e: rusqlite::Error) -> StoreError {
 
 impl KeyStore for SqliteStore {
     fn load(&self, name: &str) -> Result<Credential, StoreError> {
-        let row = self
-            .conn()
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM credentials WHERE name = ?1"),
-                [name],
-                read_row,
-            )
-            .optional()
-            .map_err(|e| self.unusable(e))?
-            .ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
-        row_to_credential(row)
+        let conn = self.conn();
+        let seen = Seen::now(&conn).map_err(|e| self.unusable(e))?;
+        if let Some(credential) = self.cached(name, seen) {
+            return Ok(credential);
+        }
+        let row = conn
+            .prepare_cached(SELECT_ONE)
+            .and_then(|mut stmt| stmt.query_row([name], read_row).optional())
+            .map_err(|e| self.unusable(e))?;
+        let Some(row) = row else {
+            self.cache().remove(name);
+            return Err(StoreError::UnknownCredential(name.into()));
+        };
+        let credential = row_to_credential(row)?;
+        // Read after `seen`: a commit in between makes the next check miss.
+        self.cache().insert(
+            name.to_owned(),
+            Cached {
+                seen,
+                credential: credential.clone(),
+            },
+        );
+        Ok(credential)
+    }
+
+    /// A cached copy confirmed current by `PRAGMA data_version` (a read of
+    /// the WAL index, which does not wait for writers) and the connection's
+    /// own change count; `None` if another thread holds the connection or
+    /// nothing current is cached.
+    fn load_now(&self, name: &str) -> Option<Result<Credential, StoreError>> {
+        let conn = self.conn.try_lock().ok()?;
+        let seen = Seen::now(&conn).ok()?;
+        self.cached(name, seen).map(Ok)
     }
 
     fn save_keys(
@@ -538,6 +606,55 @@ mod tests {
     //! What only SQLite has; the KeyStore contract itself runs on every
     //! backend in tests/all/store_contract.rs.
     use super::*;
+
+    fn keys(access: &str) -> TokenSet {
+        TokenSet::stored(format!(r#"{{"access_token":"{access}"}}"#))
+    }
+
+    fn access_token(c: &Credential) -> String {
+        let keys: serde_json::Value =
+            serde_json::from_str(c.keys.as_ref().unwrap().expose()).unwrap();
+        keys["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// The read cache never hides a write: this store's own, or another
+    /// connection's (another process would be the same to SQLite).
+    #[test]
+    fn cached_reads_see_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (a, b) = (
+            SqliteStore::open(&path).unwrap(),
+            SqliteStore::open(&path).unwrap(),
+        );
+        let settings = Settings::new("http://127.0.0.1/token", "app");
+        a.put("c", &settings, Some(&keys("one"))).unwrap();
+        assert!(
+            a.load_now("c").is_none(),
+            "nothing read yet, nothing cached"
+        );
+        assert_eq!(access_token(&a.load("c").unwrap()), "one");
+        let hit = a.load_now("c").expect("a current cached copy").unwrap();
+        assert_eq!(access_token(&hit), "one");
+
+        let v = a.load("c").unwrap().version;
+        b.save_keys("c", &keys("two"), Some(v)).unwrap();
+        assert!(a.load_now("c").is_none(), "another connection committed");
+        assert_eq!(access_token(&a.load("c").unwrap()), "two");
+
+        a.save_keys("c", &keys("three"), Some(v + 1)).unwrap();
+        assert!(a.load_now("c").is_none(), "this connection wrote");
+        assert_eq!(access_token(&a.load("c").unwrap()), "three");
+
+        b.remove("c").unwrap();
+        assert!(a.load_now("c").is_none());
+        assert!(matches!(a.load("c"), Err(StoreError::UnknownCredential(_))));
+    }
+
+    #[test]
+    fn the_one_row_query_reads_the_columns_read_row_expects() {
+        assert!(SELECT_ONE.contains(COLUMNS), "{SELECT_ONE}");
+    }
 
     #[test]
     fn the_store_file_is_private() {
