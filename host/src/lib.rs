@@ -37,7 +37,6 @@ mod bindings {
 pub mod authorize;
 pub mod cache;
 mod call;
-mod detach;
 mod error;
 mod http;
 mod lease;

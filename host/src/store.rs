@@ -1,6 +1,7 @@
 //! Where credentials live: settings, the current token set and a version that
 //! grows with every persisted refresh.
 
+mod columns;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -84,6 +85,9 @@ pub enum StoreError {
     Conflict(String),
 }
 
+/// What a store operation returns.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
 /// A credential store. Implementations must make `save_keys` durable before
 /// returning `Ok`: the caller is about to spend what it just saved.
 ///
@@ -91,36 +95,26 @@ pub enum StoreError {
 /// unless [`KeyStore::blocking`] says they are instant.
 pub trait KeyStore: Send + Sync + 'static {
     /// The credential `name`, as stored now.
-    fn load(&self, name: &str) -> Result<Credential, StoreError>;
+    fn load(&self, name: &str) -> Result<Credential>;
     /// Replaces the keys of an existing credential; returns the new version.
     /// With `expected_version`, only if the stored version is still that one
     /// (compare-and-set), else [`StoreError::Conflict`].
-    fn save_keys(
-        &self,
-        name: &str,
-        keys: &TokenSet,
-        expected_version: Option<u64>,
-    ) -> Result<u64, StoreError>;
+    fn save_keys(&self, name: &str, keys: &TokenSet, expected_version: Option<u64>) -> Result<u64>;
     /// Creates a credential, or replaces its settings. Keys given replace the
     /// stored ones (and bump the version); none given keeps them, so editing
     /// settings never drops a live refresh token or upsets a refresh in flight.
-    fn put(
-        &self,
-        name: &str,
-        settings: &Settings,
-        keys: Option<&TokenSet>,
-    ) -> Result<(), StoreError>;
+    fn put(&self, name: &str, settings: &Settings, keys: Option<&TokenSet>) -> Result<()>;
     /// Every credential, by name.
-    fn list(&self) -> Result<Vec<Credential>, StoreError>;
+    fn list(&self) -> Result<Vec<Credential>>;
     /// True when something was removed.
-    fn remove(&self, name: &str) -> Result<bool, StoreError>;
+    fn remove(&self, name: &str) -> Result<bool>;
 
     /// Takes (or, for the same `holder`, extends) the refresh lease of `name`
     /// for `ttl`. False while another holder's lease is unexpired. A store
     /// shared by processes must make this exclusive across them; the default
     /// (always true) suits stores only one process uses, where the host's
     /// in-process single-flight already suffices.
-    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         let _ = (name, holder, ttl);
         Ok(true)
     }
@@ -128,14 +122,14 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Extends `holder`'s lease of `name` by `ttl` only if `holder` still has
     /// it: false if it ran out and anyone else took it, even if they have
     /// released it since (the stored keys may have moved on).
-    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         let _ = (name, holder, ttl);
         Ok(true)
     }
 
     /// Ends `holder`'s lease of `name`, if it still has it. A refresh mark
     /// ([`KeyStore::begin_refresh`]) outlives the lease.
-    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+    fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
         let _ = (name, holder);
         Ok(())
     }
@@ -150,14 +144,14 @@ pub trait KeyStore: Send + Sync + 'static {
     /// `put` without keys (a settings edit) keeps it. Renewal and mark are
     /// one durable write: the mark is stored before this returns true.
     /// The default (no mark) suits stores that cannot keep one.
-    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         self.renew_lease(name, holder, ttl)
     }
 
     /// Forgets the refresh mark of `name` (an operator decided to try the
     /// stored refresh token again); nothing else changes, leases included.
     /// [`StoreError::UnknownCredential`] for a name not stored.
-    fn clear_refresh_in_doubt(&self, name: &str) -> Result<(), StoreError> {
+    fn clear_refresh_in_doubt(&self, name: &str) -> Result<()> {
         let _ = name;
         Ok(())
     }
@@ -167,7 +161,7 @@ pub trait KeyStore: Send + Sync + 'static {
     /// by new keys (`put` with keys, a successful `save_keys`); a settings
     /// edit or a refused `save_keys` keeps it. Recording again replaces it.
     /// [`StoreError::UnknownCredential`] for a name not stored.
-    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<(), StoreError> {
+    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<()> {
         let _ = (name, code);
         Ok(())
     }
@@ -175,7 +169,7 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The credential `name`, if the store can answer without waiting (a
     /// cached copy it has confirmed is current): the host then skips the
     /// blocking thread [`KeyStore::load`] runs on. `None`: call `load`.
-    fn load_now(&self, name: &str) -> Option<Result<Credential, StoreError>> {
+    fn load_now(&self, name: &str) -> Option<Result<Credential>> {
         let _ = name;
         None
     }
@@ -189,10 +183,7 @@ pub trait KeyStore: Send + Sync + 'static {
 
 /// Loads `name` as a call starts: without the blocking-thread hop when the
 /// store can answer at once.
-pub(crate) async fn load_credential(
-    store: &Arc<dyn KeyStore>,
-    name: &str,
-) -> Result<Credential, StoreError> {
+pub(crate) async fn load_credential(store: &Arc<dyn KeyStore>, name: &str) -> Result<Credential> {
     if let Some(found) = store.load_now(name) {
         return found;
     }
@@ -204,8 +195,8 @@ pub(crate) async fn load_credential(
 /// the store says its calls are instant.
 pub(crate) async fn call_store<R: Send + 'static>(
     store: &Arc<dyn KeyStore>,
-    op: impl FnOnce(&dyn KeyStore) -> Result<R, StoreError> + Send + 'static,
-) -> Result<R, StoreError> {
+    op: impl FnOnce(&dyn KeyStore) -> Result<R> + Send + 'static,
+) -> Result<R> {
     if !store.blocking() {
         return op(store.as_ref());
     }
@@ -220,7 +211,7 @@ pub(crate) async fn call_store<R: Send + 'static>(
 /// says). A libpq key/value string (`host=db user=x password=…`) is refused,
 /// not taken as a file name, and not echoed: it may hold a password. Blocks:
 /// call it outside async code or on a blocking thread.
-pub fn open(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+pub fn open(url: &str) -> Result<Arc<dyn KeyStore>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         #[cfg(feature = "postgres")]
         return Ok(Arc::new(PostgresStore::connect(url)?));
@@ -298,14 +289,18 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Checks what a store is given (if anything): a JSON object, without
-/// echoing any of it.
-pub(crate) fn validate_keys(keys: Option<&TokenSet>) -> Result<(), StoreError> {
-    match keys {
-        Some(k) => k
-            .check()
-            .map_err(|e| StoreError::InvalidKeys(e.to_string())),
-        None => Ok(()),
+/// Checks keys a store is given: a JSON object. The error echoes none of it.
+pub(crate) fn check_keys(keys: &TokenSet) -> Result<()> {
+    keys.check()
+        .map_err(|e| StoreError::InvalidKeys(e.to_string()))
+}
+
+/// The compare-and-set of [`KeyStore::save_keys`]: the version it writes
+/// over `stored`, if that is still the `expected` one (when one is given).
+pub(crate) fn next_version(name: &str, stored: u64, expected: Option<u64>) -> Result<u64> {
+    match expected {
+        Some(v) if v != stored => Err(StoreError::Conflict(name.into())),
+        _ => Ok(stored + 1),
     }
 }
 

@@ -22,7 +22,7 @@ use crate::bindings::Refresher;
 use crate::call::CallState;
 use crate::store::KeyStore;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use wasmtime::Store;
 
 /// Calls one instance serves before it is retired.
@@ -33,25 +33,63 @@ pub(crate) struct Warm {
     pub(crate) store: Store<CallState>,
     pub(crate) client: Refresher,
     pub(crate) calls: u32,
+    /// When it was last put back, for evicting the least recently used.
+    last_used: u64,
 }
 
-/// Which calls may share an instance: one credential of one store.
-#[derive(Clone, PartialEq, Eq, Hash)]
+impl Warm {
+    pub(crate) fn new(store: Store<CallState>, client: Refresher) -> Warm {
+        Warm {
+            store,
+            client,
+            calls: 0,
+            last_used: 0,
+        }
+    }
+}
+
+/// Which calls may share an instance: one credential of one store. The
+/// store is held weakly: an idle instance does not keep a store the
+/// application dropped (its connections) alive, yet the allocation stays, so
+/// no later store can take its address and inherit its instances.
+#[derive(Clone)]
 pub(crate) struct Key {
-    store: usize,
+    address: usize,
+    store: Weak<dyn KeyStore>,
     name: String,
 }
 
 impl Key {
     pub(crate) fn new(store: &Arc<dyn KeyStore>, name: &str) -> Key {
         Key {
-            store: Arc::as_ptr(store).cast::<()>() as usize,
+            address: Arc::as_ptr(store).cast::<()>() as usize,
+            store: Arc::downgrade(store),
             name: name.to_owned(),
         }
     }
+
+    fn store_dropped(&self) -> bool {
+        self.store.strong_count() == 0
+    }
 }
 
-/// Idle instances by credential, at most `cap` in all. They hold pool slots
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.address == other.address && self.name == other.name
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.address.hash(h);
+        self.name.hash(h);
+    }
+}
+
+/// Idle instances by credential, at most `cap` in all; when full, the least
+/// recently used goes. They hold pool slots (and each its last fiber stack)
 /// beyond the calls' own (see `runtime::pooling`).
 pub(crate) struct WarmInstances {
     cap: usize,
@@ -62,6 +100,39 @@ pub(crate) struct WarmInstances {
 struct Idle {
     by_key: HashMap<Key, Vec<Warm>>,
     count: usize,
+    clock: u64,
+}
+
+impl Idle {
+    /// Drops the instances of stores the application dropped, else the
+    /// least recently used one; false if there is nothing to drop.
+    fn evict(&mut self) -> bool {
+        let before = self.count;
+        self.by_key.retain(|key, _| !key.store_dropped());
+        self.count = self.by_key.values().map(Vec::len).sum();
+        if self.count < before {
+            return true;
+        }
+        let oldest = self
+            .by_key
+            .iter()
+            .flat_map(|(key, list)| {
+                list.iter()
+                    .enumerate()
+                    .map(move |(i, w)| (w.last_used, key, i))
+            })
+            .min_by_key(|(used, _, _)| *used)
+            .map(|(_, key, i)| (key.clone(), i));
+        let Some((key, i)) = oldest else { return false };
+        if let Some(list) = self.by_key.get_mut(&key) {
+            drop(list.swap_remove(i));
+            if list.is_empty() {
+                self.by_key.remove(&key);
+            }
+        }
+        self.count -= 1;
+        true
+    }
 }
 
 impl WarmInstances {
@@ -91,17 +162,21 @@ impl WarmInstances {
         warm
     }
 
-    /// Keeps an instance whose call returned normally, unless it is worn
-    /// out or the idle set is full (then it is dropped, freeing its slot).
-    pub(crate) fn put(&self, key: Key, mut warm: Warm) {
+    /// Keeps an instance whose call returned normally (its `Store` holding
+    /// `parked`, a host state with no store and no secrets), unless it is
+    /// worn out; a full idle set makes room by eviction.
+    pub(crate) fn put(&self, key: Key, mut warm: Warm, parked: CallState) {
+        *warm.store.data_mut() = parked;
         warm.calls += 1;
-        if warm.calls >= MAX_CALLS {
+        if warm.calls >= MAX_CALLS || self.cap == 0 {
             return;
         }
         let mut idle = self.idle();
-        if idle.count >= self.cap {
+        if idle.count >= self.cap && !idle.evict() {
             return;
         }
+        idle.clock += 1;
+        warm.last_used = idle.clock;
         idle.count += 1;
         idle.by_key.entry(key).or_default().push(warm);
     }

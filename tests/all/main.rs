@@ -17,6 +17,7 @@ mod full_disk;
 mod oidc_provider;
 mod refresh_and_retry;
 mod reliability;
+mod runtime_edges;
 mod store_contract;
 mod store_faults;
 mod store_files;

@@ -5,8 +5,8 @@
 //! server in the same process for both sides, so its bookkeeping cancels out).
 //! rekey runs on the engine `Rekey::new` builds from `Config::default()`
 //! (only the observer, a no-op, and the cache directory differ); the native
-//! side uses a reqwest client built like `host/src/http.rs` builds its own
-//! (`native.rs`). rekey reads keys from a `MemoryStore` so the store is not
+//! side uses a reqwest client with the same options as `host/src/http.rs`
+//! and reqwest's own TLS set-up (`native.rs`). rekey reads keys from a `MemoryStore` so the store is not
 //! what is measured (extra rows: `SqliteStore`, and a server of the bench's
 //! own that takes ~1 ms, like a nearby real API). It prints a table and never
 //! fails on timing; it panics only if a request does not do what it should.
@@ -18,12 +18,13 @@
 //! - `sides.rs`: rekey's configuration and the warm request on either side
 //! - `native.rs`: the native baseline's client and refresh
 //! - `measure.rs`: rotation of the sides, summaries, peak RSS, the machine
-//! - `latency.rs`, `throughput.rs`, `startup.rs`: the measures
+//! - `latency.rs`, `throughput.rs`, `startup.rs`, `process.rs`: the measures
 //! - `report.rs`: the table and the notes under it
 
 mod latency;
 mod measure;
 mod native;
+mod process;
 mod report;
 mod sides;
 mod startup;
@@ -135,6 +136,22 @@ async fn run(cache_dir: PathBuf, cold: Option<ColdStart>, workers: usize) {
     eprintln!("overhead: instantiation…");
     let instantiation = startup::instantiation(&cache_dir).await;
 
+    // 7. `rekey send` as a process against curl.
+    eprintln!(
+        "overhead: `rekey send` process vs curl ({} pairs)…",
+        process::PAIRS
+    );
+    let target = process::Target {
+        base_url: provider.base_url(),
+        api_url: api.to_string(),
+        token_url: provider.token_url(),
+        client_id: provider.config().client_id.clone(),
+        keys: provider.authorize(),
+    };
+    let process = tokio::task::spawn_blocking(move || process::measure(&target))
+        .await
+        .expect("process measure");
+
     report::print(&report::Results {
         warm: [w_rekey, w_native],
         warm_sqlite: w_sqlite,
@@ -142,6 +159,7 @@ async fn run(cache_dir: PathBuf, cold: Option<ColdStart>, workers: usize) {
         refresh,
         throughput,
         instantiation,
+        process,
         cold,
         pool: default_pool(),
         api_logged: provider.api_log().len(),

@@ -2,6 +2,7 @@
 //! targets and verdicts, and where the differences go.
 
 use crate::measure::{Summary, cpu_model, mib};
+use crate::process::{self, Process};
 use crate::startup::{ColdStart, Instantiation};
 use crate::throughput::{self, RSS_AT, Throughput};
 
@@ -11,6 +12,7 @@ const NEAR_RATIO_TARGET: f64 = 1.05;
 const SQLITE_VS_MEMORY_TARGET: f64 = 1.15;
 const REFRESH_RATIO_TARGET: f64 = 1.5;
 const THROUGHPUT_RATIO_TARGET: f64 = 0.8;
+const PROCESS_RATIO_TARGET: f64 = 1.10;
 const INSTANTIATE_TARGET_US: f64 = 10.0;
 const PRECOMPILED_TARGET_MS: f64 = 2.0;
 const COMPONENT_TARGET_BYTES: usize = 150_000;
@@ -23,6 +25,7 @@ pub struct Results {
     pub refresh: [Summary; 2],
     pub throughput: Throughput,
     pub instantiation: Instantiation,
+    pub process: Process,
     pub cold: ColdStart,
     pub pool: u32,
     pub api_logged: usize,
@@ -88,11 +91,18 @@ pub fn print(r: &Results) {
     println!(
         "  Rekey::new from cache {:.2} ms (fastest {:.2}) = Engine::new(engine_config) with pooling {:.2} ms \
          + cache::load_or_compile (key, checks, deserialize) {:.2} ms + linker/instantiate_pre/ticker; \
-         the reqwest client ({:.2} ms, mostly parsing the system CA bundle) is built lazily, on the first send",
+         a reqwest client built with reqwest's own TLS set-up costs {:.2} ms (parsing the system's CA \
+         certificates); rekey's loads them at its first TLS handshake instead",
         cold.load_ms, cold.load_min_ms, cold.engine_ms, cold.cache_load_ms, cold.http_client_ms,
     );
     println!("provider api_log entries at the end: {}", r.api_logged);
-    println!("`rekey send` as a process against curl: python3 host/benches/send_process.py");
+    if let Process::Measured { curl, .. } = &r.process {
+        println!(
+            "7. `rekey send` (this bench's release binary, SQLite store, cached component) vs {curl} \
+             with the same Bearer token, {} pairs in alternating order; peak RSS under GNU time",
+            process::PAIRS
+        );
+    }
 }
 
 fn table(r: &Results) -> Table {
@@ -204,6 +214,26 @@ fn table(r: &Results) -> Table {
             "",
             "/proc/self/clear_refs unusable",
         ]),
+    }
+    match &r.process {
+        Process::Measured {
+            wall_ms: [rk, curl],
+            rss_mib,
+            ..
+        } => {
+            t.compare(
+                "7. `rekey send` process vs curl, median ms",
+                *rk,
+                *curl,
+                2,
+                &format!("≤ {PROCESS_RATIO_TARGET:.2}"),
+                &verdict(rk / curl, PROCESS_RATIO_TARGET, ""),
+            );
+            if let Some([rk, curl]) = rss_mib {
+                t.compare("7. peak RSS of one process, MiB", *rk, *curl, 1, "", "");
+            }
+        }
+        Process::Skipped(why) => t.row(["7. `rekey send` process vs curl", "", "", "", "", why]),
     }
     t
 }

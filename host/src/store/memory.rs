@@ -1,6 +1,8 @@
 //! An in-memory store, for embedders that persist elsewhere and for benchmarks.
 
-use super::{Credential, DeadGrant, KeyStore, StoreError, now_unix, validate_keys};
+use super::{
+    Credential, DeadGrant, KeyStore, Result, StoreError, check_keys, next_version, now_unix,
+};
 use crate::settings::Settings;
 use crate::token_set::TokenSet;
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +42,12 @@ impl MemoryStore {
         f(&mut map)
     }
 
+    /// Changes the credential `name` in place; unknown if there is none.
+    fn update(&self, name: &str, change: impl FnOnce(&mut Credential)) -> Result<()> {
+        self.with(|m| m.get_mut(name).map(change))
+            .ok_or_else(|| StoreError::UnknownCredential(name.into()))
+    }
+
     fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
         // Every mutation is a single insert, field store or remove.
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
@@ -47,27 +55,19 @@ impl MemoryStore {
 }
 
 impl KeyStore for MemoryStore {
-    fn load(&self, name: &str) -> Result<Credential, StoreError> {
+    fn load(&self, name: &str) -> Result<Credential> {
         self.with(|m| m.get(name).cloned())
             .ok_or_else(|| StoreError::UnknownCredential(name.into()))
     }
 
-    fn save_keys(
-        &self,
-        name: &str,
-        keys: &TokenSet,
-        expected_version: Option<u64>,
-    ) -> Result<u64, StoreError> {
-        validate_keys(Some(keys))?;
+    fn save_keys(&self, name: &str, keys: &TokenSet, expected_version: Option<u64>) -> Result<u64> {
+        check_keys(keys)?;
         self.with(|m| {
             let c = m
                 .get_mut(name)
                 .ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
-            if expected_version.is_some_and(|v| v != c.version) {
-                return Err(StoreError::Conflict(name.into()));
-            }
+            c.version = next_version(name, c.version, expected_version)?;
             c.keys = Some(keys.clone());
-            c.version += 1;
             c.updated_at = now_unix();
             // Saved keys settle any refresh in doubt and revive a dead grant.
             c.refresh_in_doubt = false;
@@ -76,13 +76,10 @@ impl KeyStore for MemoryStore {
         })
     }
 
-    fn put(
-        &self,
-        name: &str,
-        settings: &Settings,
-        keys: Option<&TokenSet>,
-    ) -> Result<(), StoreError> {
-        validate_keys(keys)?;
+    fn put(&self, name: &str, settings: &Settings, keys: Option<&TokenSet>) -> Result<()> {
+        if let Some(keys) = keys {
+            check_keys(keys)?;
+        }
         self.with(|m| {
             let old = m.get(name);
             let version = old.map_or(0, |c| c.version + u64::from(keys.is_some()));
@@ -106,15 +103,15 @@ impl KeyStore for MemoryStore {
         Ok(())
     }
 
-    fn list(&self) -> Result<Vec<Credential>, StoreError> {
+    fn list(&self) -> Result<Vec<Credential>> {
         Ok(self.with(|m| m.values().cloned().collect()))
     }
 
-    fn remove(&self, name: &str) -> Result<bool, StoreError> {
+    fn remove(&self, name: &str) -> Result<bool> {
         Ok(self.with(|m| m.remove(name).is_some()))
     }
 
-    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         let now = Instant::now();
         let mut leases = self.leases();
         if leases
@@ -131,7 +128,7 @@ impl KeyStore for MemoryStore {
         Ok(true)
     }
 
-    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         let now = Instant::now();
         match self.leases().get_mut(name) {
             // An expired lease is not renewed even if nobody took it, as in
@@ -144,7 +141,7 @@ impl KeyStore for MemoryStore {
         }
     }
 
-    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+    fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
         let mut leases = self.leases();
         // Only its own: a late release must not free a successor's lease.
         if leases.get(name).is_some_and(|l| l.holder == holder) {
@@ -153,7 +150,7 @@ impl KeyStore for MemoryStore {
         Ok(())
     }
 
-    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         // The lease map stays locked while the mark is set, so no takeover
         // slips between the renewal and the mark (lock order: leases, then
         // credentials; nothing takes them the other way round).
@@ -173,27 +170,16 @@ impl KeyStore for MemoryStore {
         }
     }
 
-    fn clear_refresh_in_doubt(&self, name: &str) -> Result<(), StoreError> {
-        self.with(|m| match m.get_mut(name) {
-            Some(c) => {
-                c.refresh_in_doubt = false;
-                Ok(())
-            }
-            None => Err(StoreError::UnknownCredential(name.into())),
-        })
+    fn clear_refresh_in_doubt(&self, name: &str) -> Result<()> {
+        self.update(name, |c| c.refresh_in_doubt = false)
     }
 
-    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<(), StoreError> {
-        self.with(|m| match m.get_mut(name) {
-            Some(c) => {
-                c.needs_authorization = Some(DeadGrant {
-                    code: code.into(),
-                    at: now_unix(),
-                });
-                Ok(())
-            }
-            None => Err(StoreError::UnknownCredential(name.into())),
-        })
+    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<()> {
+        let dead = DeadGrant {
+            code: code.into(),
+            at: now_unix(),
+        };
+        self.update(name, |c| c.needs_authorization = Some(dead))
     }
 
     fn blocking(&self) -> bool {

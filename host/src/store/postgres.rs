@@ -32,18 +32,20 @@
 //! query, any case or encoding) and every form of it is cut out of the
 //! `postgres` crate's messages too.
 
-use super::{Credential, DeadGrant, KeyStore, StoreError, json_position, now_unix, validate_keys};
+use super::columns::{self, Columns, keys_json, settings_json};
+use super::{Credential, KeyStore, Result, StoreError, now_unix};
 use crate::settings::Settings;
+use crate::tls::{CertCheck, Presented};
 use crate::token_set::TokenSet;
 use percent_encoding::percent_decode_str;
 use postgres::config::SslMode as PgSslMode;
 use postgres::{Client, Config, NoTls};
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, RootCertStore};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -174,17 +176,14 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://` or `postgresql://`; TLS as its
     /// `sslmode` says, plain TCP without one: see the module's doc) and
     /// creates the tables if needed, or adds what an older version's lack.
-    pub fn connect(url: &str) -> Result<Self, StoreError> {
+    pub fn connect(url: &str) -> Result<Self> {
         Self::connect_with_call_timeout(url, Self::DEFAULT_CALL_TIMEOUT)
     }
 
     /// As [`PostgresStore::connect`], with every call (this one included)
     /// bounded by `call_timeout`; the connection's own timeouts derive from
     /// it. Keep it below the host's lease TTL.
-    pub fn connect_with_call_timeout(
-        url: &str,
-        call_timeout: Duration,
-    ) -> Result<Self, StoreError> {
+    pub fn connect_with_call_timeout(url: &str, call_timeout: Duration) -> Result<Self> {
         let mut target = Target::of(url);
         let configured = configure(url, call_timeout);
         if let Ok((config, _)) = &configured
@@ -221,7 +220,7 @@ impl PostgresStore {
         &self,
         kind: Kind,
         op: impl FnMut(&mut Client, Attempt) -> Result<R, Fail> + Send + 'static,
-    ) -> Result<R, StoreError> {
+    ) -> Result<R> {
         let deadline = Instant::now() + self.call_timeout;
         let (reply, answer) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |session: &mut Session| {
@@ -355,7 +354,7 @@ impl Session {
         kind: Kind,
         deadline: Instant,
         mut op: impl FnMut(&mut Client, Attempt) -> Result<R, Fail>,
-    ) -> Result<R, StoreError> {
+    ) -> Result<R> {
         let first = match self.client_before(deadline) {
             Ok(c) => op(c, Attempt::First),
             Err(reason) => return Err(self.error(kind, reason)),
@@ -652,7 +651,7 @@ impl SslParams {
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier: Arc<dyn ServerCertVerifier> = match verify {
-            Verify::Nothing => Arc::new(Unverified(provider.clone())),
+            Verify::Nothing => unverified(provider.clone()),
             Verify::Chain | Verify::ChainAndHost => {
                 let Some(rootcert) = &self.rootcert else {
                     return Err(format!(
@@ -667,7 +666,7 @@ impl SslParams {
                     .map_err(|e| format!("sslrootcert: {e}"))?;
                 match verify {
                     Verify::ChainAndHost => webpki,
-                    _ => Arc::new(AnyHostName(webpki)),
+                    _ => any_host_name(provider.clone(), webpki),
                 }
             }
         };
@@ -716,128 +715,44 @@ fn load_roots(rootcert: &std::ffi::OsStr) -> Result<RootCertStore, String> {
 /// `prefer`, and `require` without `sslrootcert`: any certificate is taken
 /// (libpq's meaning: encrypted against listeners, not against a server that
 /// impersonates). The handshake's signatures are still checked.
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+fn unverified(provider: Arc<CryptoProvider>) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(CertCheck::new("any certificate", provider, |_| {
         Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    }))
 }
 
 /// `verify-ca`: the chain is verified in full (rustls checks the name last,
 /// once the chain has passed); only a name mismatch is forgiven.
-#[derive(Debug)]
-struct AnyHostName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyHostName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
+fn any_host_name(
+    provider: Arc<CryptoProvider>,
+    chain: Arc<WebPkiServerVerifier>,
+) -> Arc<dyn ServerCertVerifier> {
+    let check = move |presented: &Presented<'_>| match presented.verify_with(chain.as_ref()) {
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => Ok(ServerCertVerified::assertion()),
+        other => other,
+    };
+    Arc::new(CertCheck::new("chain only", provider, check))
 }
 
-const SELECT: &str = "SELECT name, settings, keys, version, updated_at,
-    refresh_in_doubt, dead_grant_code, dead_grant_at FROM rekey_credentials";
+/// Credentials, all columns ([`columns::NAMES`]); a WHERE or ORDER BY follows.
+fn select(rest: &str) -> String {
+    format!("SELECT {} FROM rekey_credentials {rest}", columns::NAMES)
+}
 
-fn to_credential(row: &postgres::Row) -> Result<Credential, StoreError> {
-    let name: String = row.get(0);
-    let settings: String = row.get(1);
-    let settings: Settings = serde_json::from_str(&settings).map_err(|e| StoreError::Corrupt {
-        name: name.clone(),
-        reason: format!("settings: {}", json_position(&e)),
-    })?;
-    let keys: Option<String> = row.get(2);
-    let version: i64 = row.get(3);
-    let dead_grant_code: Option<String> = row.get(6);
-    let dead_grant_at: Option<i64> = row.get(7);
-    Ok(Credential {
-        name,
-        settings,
-        keys: keys.map(TokenSet::stored),
-        version: version.max(0) as u64,
+fn to_credential(row: &postgres::Row) -> Result<Credential> {
+    Columns {
+        name: row.get(0),
+        settings: row.get(1),
+        keys: row.get(2),
+        version: row.get(3),
         updated_at: row.get(4),
-        needs_authorization: dead_grant_code.map(|code| DeadGrant {
-            code,
-            at: dead_grant_at.unwrap_or(0),
-        }),
         refresh_in_doubt: row.get(5),
-    })
+        dead_grant_code: row.get(6),
+        dead_grant_at: row.get(7),
+    }
+    .into_credential()
 }
 
 /// A lease's ttl in milliseconds, for `$3::BIGINT * INTERVAL '1 millisecond'`.
@@ -900,24 +815,18 @@ const PUT: &str = concat!(
 );
 
 impl KeyStore for PostgresStore {
-    fn load(&self, name: &str) -> Result<Credential, StoreError> {
+    fn load(&self, name: &str) -> Result<Credential> {
         let name = name.to_owned();
         self.call(Kind::Read, move |c, _| {
             let row = c
-                .query_opt(&format!("{SELECT} WHERE name = $1"), &[&name])?
+                .query_opt(&select("WHERE name = $1"), &[&name])?
                 .ok_or_else(|| StoreError::UnknownCredential(name.clone()))?;
             Ok(to_credential(&row)?)
         })
     }
 
-    fn save_keys(
-        &self,
-        name: &str,
-        keys: &TokenSet,
-        expected_version: Option<u64>,
-    ) -> Result<u64, StoreError> {
-        validate_keys(Some(keys))?;
-        let (name, keys) = (name.to_owned(), keys.expose().to_owned());
+    fn save_keys(&self, name: &str, keys: &TokenSet, expected_version: Option<u64>) -> Result<u64> {
+        let (name, keys) = (name.to_owned(), keys_json(keys)?.to_owned());
         let expected = expected_version.map(|v| v as i64);
         self.call(Kind::Write, move |c, attempt| {
             let retry = attempt == Attempt::Retry;
@@ -937,16 +846,9 @@ impl KeyStore for PostgresStore {
         })
     }
 
-    fn put(
-        &self,
-        name: &str,
-        settings: &Settings,
-        keys: Option<&TokenSet>,
-    ) -> Result<(), StoreError> {
-        validate_keys(keys)?;
-        let settings = serde_json::to_string(settings).expect("settings serialize");
-        let name = name.to_owned();
-        let keys = keys.map(|k| k.expose().to_owned());
+    fn put(&self, name: &str, settings: &Settings, keys: Option<&TokenSet>) -> Result<()> {
+        let keys = keys.map(keys_json).transpose()?.map(str::to_owned);
+        let (name, settings) = (name.to_owned(), settings_json(settings));
         self.call(Kind::Write, move |c, attempt| {
             let retry = attempt == Attempt::Retry;
             c.execute(PUT, &[&name, &settings, &keys, &now_unix(), &retry])?;
@@ -954,16 +856,16 @@ impl KeyStore for PostgresStore {
         })
     }
 
-    fn list(&self) -> Result<Vec<Credential>, StoreError> {
+    fn list(&self) -> Result<Vec<Credential>> {
         self.call(Kind::Read, |c, _| {
-            c.query(&format!("{SELECT} ORDER BY name"), &[])?
+            c.query(&select("ORDER BY name"), &[])?
                 .iter()
                 .map(|row| to_credential(row).map_err(Fail::from))
                 .collect()
         })
     }
 
-    fn remove(&self, name: &str) -> Result<bool, StoreError> {
+    fn remove(&self, name: &str) -> Result<bool> {
         let name = name.to_owned();
         self.call(Kind::Write, move |c, attempt| {
             let n = c.execute("DELETE FROM rekey_credentials WHERE name = $1", &[&name])?;
@@ -976,7 +878,7 @@ impl KeyStore for PostgresStore {
         })
     }
 
-    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         let (name, holder, ttl_ms) = (name.to_owned(), holder.to_owned(), ttl_millis(ttl));
         // Safe to retry: taking one's own lease again only extends it.
         self.call(Kind::Write, move |c, _| {
@@ -992,14 +894,14 @@ impl KeyStore for PostgresStore {
         })
     }
 
-    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         let (name, holder, ttl_ms) = (name.to_owned(), holder.to_owned(), ttl_millis(ttl));
         self.call(Kind::Write, move |c, _| {
             Ok(c.execute(RENEW, &[&name, &holder, &ttl_ms])? == 1)
         })
     }
 
-    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+    fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
         let (name, holder) = (name.to_owned(), holder.to_owned());
         self.call(Kind::Write, move |c, _| {
             c.execute(
@@ -1010,7 +912,7 @@ impl KeyStore for PostgresStore {
         })
     }
 
-    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         let (name, holder, ttl_ms) = (name.to_owned(), holder.to_owned(), ttl_millis(ttl));
         // One statement, so the renewal and the mark commit together, before
         // the refresh request leaves; a data-modifying WITH always runs in
@@ -1029,7 +931,7 @@ impl KeyStore for PostgresStore {
         })
     }
 
-    fn clear_refresh_in_doubt(&self, name: &str) -> Result<(), StoreError> {
+    fn clear_refresh_in_doubt(&self, name: &str) -> Result<()> {
         let name = name.to_owned();
         self.call(Kind::Write, move |c, _| {
             let n = c.execute(
@@ -1043,7 +945,7 @@ impl KeyStore for PostgresStore {
         })
     }
 
-    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<(), StoreError> {
+    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<()> {
         let (name, code) = (name.to_owned(), code.to_owned());
         self.call(Kind::Write, move |c, _| {
             let n = c.execute(
@@ -1060,9 +962,13 @@ impl KeyStore for PostgresStore {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{PgSslMode, SslParams, Target, Tls, take_ssl_params};
+    use super::{
+        CertificateError, PgSslMode, RootCertStore, ServerCertVerifier, SslParams, Target, Tls,
+        WebPkiServerVerifier, take_ssl_params,
+    };
 
     /// Each form of a password in a URL: how the URL is shown, and the
     /// secrets (as written, as decoded) no message may hold.
@@ -1211,6 +1117,36 @@ mod tests {
         }
         let err = mode(Some("verify_full"), None).unwrap_err();
         assert!(err.contains("sslmode must be"), "{err}");
+    }
+
+    /// verify-ca (and require with sslrootcert) takes a certificate made out
+    /// to another host if its chain holds; prefer and require take anything.
+    #[test]
+    fn each_verifier_forgives_what_its_sslmode_allows() {
+        use crate::tls::test_certs::{CA, DB_EXAMPLE, OTHER_CA, at, der};
+        use rustls::pki_types::ServerName;
+        let provider = || Arc::new(rustls::crypto::ring::default_provider());
+        let any_host_name_under = |ca: &str| {
+            let mut roots = RootCertStore::empty();
+            roots.add(der(ca)).unwrap();
+            let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .unwrap();
+            super::any_host_name(provider(), chain)
+        };
+        let verdict = |verifier: &dyn ServerCertVerifier, cert: &str| {
+            let name = ServerName::try_from("elsewhere.example").unwrap();
+            verifier.verify_server_cert(&der(cert), &[], &name, &[], at())
+        };
+        assert!(verdict(&*any_host_name_under(CA), DB_EXAMPLE).is_ok());
+        let err = verdict(&*any_host_name_under(OTHER_CA), DB_EXAMPLE).unwrap_err();
+        assert_eq!(
+            err,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        );
+        let unverified = super::unverified(provider());
+        assert!(verdict(&*unverified, OTHER_CA).is_ok());
+        assert!(format!("{unverified:?}").contains("any certificate"));
     }
 
     #[test]

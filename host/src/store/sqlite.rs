@@ -1,7 +1,8 @@
 //! The default store: one SQLite file, WAL, `synchronous=FULL`, every write in
 //! its own transaction, so `save_keys` returning `Ok` means it is on disk.
 
-use super::{Credential, DeadGrant, KeyStore, StoreError, json_position, now_unix, validate_keys};
+use super::columns::{self, Columns, keys_json, settings_json};
+use super::{Credential, KeyStore, Result, StoreError, next_version, now_unix};
 use crate::private_fs::{self, FileProblem};
 use crate::settings::Settings;
 use crate::token_set::TokenSet;
@@ -257,15 +258,12 @@ impl Seen {
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`, waiting up to 5 s for
     /// a lock another process holds.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with_busy_timeout(path, Duration::from_secs(5))
     }
 
     /// As [`SqliteStore::open`], waiting up to `busy` for another process's lock.
-    pub fn open_with_busy_timeout(
-        path: impl AsRef<Path>,
-        busy: Duration,
-    ) -> Result<Self, StoreError> {
+    pub fn open_with_busy_timeout(path: impl AsRef<Path>, busy: Duration) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let refused = |reason: String| StoreError::Unusable {
             path: path.display().to_string(),
@@ -309,10 +307,7 @@ impl SqliteStore {
     /// Runs `f` in one IMMEDIATE transaction and commits it. IMMEDIATE
     /// takes SQLite's write lock first, so a check-and-write is one step for
     /// every process on this machine.
-    fn immediate<R>(
-        &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
+    fn immediate<R>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R>) -> Result<R> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -328,7 +323,7 @@ impl SqliteStore {
         name: &str,
         sql: &str,
         params: impl rusqlite::Params,
-    ) -> Result<(), StoreError> {
+    ) -> Result<()> {
         match self.conn().execute(sql, params).map_err(write)? {
             0 => Err(StoreError::UnknownCredential(name.into())),
             _ => Ok(()),
@@ -360,27 +355,13 @@ impl SqliteStore {
     }
 }
 
-/// The columns `read_row` reads, in its order.
-const COLUMNS: &str =
-    "name, settings, keys, version, updated_at, refresh_in_doubt, dead_grant_code, dead_grant_at";
-
-/// One credential by name (a constant, so the statement is prepared once).
+/// One credential by name (a constant, so the statement is prepared once),
+/// reading [`columns::NAMES`].
 const SELECT_ONE: &str = "SELECT name, settings, keys, version, updated_at, refresh_in_doubt, \
     dead_grant_code, dead_grant_at FROM credentials WHERE name = ?1";
 
-struct Row {
-    name: String,
-    settings: String,
-    keys: Option<String>,
-    version: i64,
-    updated_at: i64,
-    refresh_in_doubt: bool,
-    dead_grant_code: Option<String>,
-    dead_grant_at: Option<i64>,
-}
-
-fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    Ok(Row {
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Columns> {
+    Ok(Columns {
         name: r.get(0)?,
         settings: r.get(1)?,
         keys: r.get(2)?,
@@ -392,32 +373,12 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     })
 }
 
-fn row_to_credential(row: Row) -> Result<Credential, StoreError> {
-    let settings: Settings =
-        serde_json::from_str(&row.settings).map_err(|e| StoreError::Corrupt {
-            name: row.name.clone(),
-            reason: format!("settings: {}", json_position(&e)),
-        })?;
-    Ok(Credential {
-        name: row.name,
-        settings,
-        keys: row.keys.map(TokenSet::stored),
-        version: row.version.max(0) as u64,
-        updated_at: row.updated_at,
-        needs_authorization: row.dead_grant_code.map(|code| DeadGrant {
-            code,
-            at: row.dead_grant_at.unwrap_or(0),
-        }),
-        refresh_in_doubt: row.refresh_in_doubt,
-    })
-}
-
 fn write(e: rusqlite::Error) -> StoreError {
     StoreError::Write(e.to_string())
 }
 
 impl KeyStore for SqliteStore {
-    fn load(&self, name: &str) -> Result<Credential, StoreError> {
+    fn load(&self, name: &str) -> Result<Credential> {
         let conn = self.conn();
         let seen = Seen::now(&conn).map_err(|e| self.unusable(e))?;
         if let Some(credential) = self.cached(name, seen) {
@@ -431,7 +392,7 @@ impl KeyStore for SqliteStore {
             self.cache().remove(name);
             return Err(StoreError::UnknownCredential(name.into()));
         };
-        let credential = row_to_credential(row)?;
+        let credential = row.into_credential()?;
         // Read after `seen`: a commit in between makes the next check miss.
         self.cache().insert(
             name.to_owned(),
@@ -444,48 +405,44 @@ impl KeyStore for SqliteStore {
     }
 
     /// A cached copy confirmed current by `PRAGMA data_version` (a read of
-    /// the WAL index, which does not wait for writers) and the connection's
-    /// own change count; `None` if another thread holds the connection or
-    /// nothing current is cached.
-    fn load_now(&self, name: &str) -> Option<Result<Credential, StoreError>> {
+    /// the WAL index, which does not wait for ordinary writers) and the
+    /// connection's own change count; `None` if another thread holds the
+    /// connection or nothing current is cached. Runs on the caller's async
+    /// thread: while another process holds the WAL index's read marks (WAL
+    /// recovery after a crash), SQLite's own retries park that thread for
+    /// as long, up to ~10 s, as a blocking-thread read would wait too.
+    fn load_now(&self, name: &str) -> Option<Result<Credential>> {
         let conn = self.conn.try_lock().ok()?;
         let seen = Seen::now(&conn).ok()?;
         self.cached(name, seen).map(Ok)
     }
 
-    fn save_keys(
-        &self,
-        name: &str,
-        keys: &TokenSet,
-        expected_version: Option<u64>,
-    ) -> Result<u64, StoreError> {
-        validate_keys(Some(keys))?;
+    fn save_keys(&self, name: &str, keys: &TokenSet, expected_version: Option<u64>) -> Result<u64> {
+        let keys = keys_json(keys)?;
         self.immediate(|tx| {
-            let current: Option<i64> = tx
+            let stored: i64 = tx
                 .query_row(
                     "SELECT version FROM credentials WHERE name = ?1",
                     [name],
                     |r| r.get(0),
                 )
                 .optional()
-                .map_err(write)?;
-            let current = current.ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
-            if expected_version.is_some_and(|v| v as i64 != current) {
-                return Err(StoreError::Conflict(name.into()));
-            }
+                .map_err(write)?
+                .ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
+            let version = next_version(name, stored as u64, expected_version)?;
             tx.execute(
                 // Saved keys settle a refresh in doubt and revive a dead grant.
                 "UPDATE credentials SET keys = ?2, version = ?3, updated_at = ?4,
                  refresh_in_doubt = 0, dead_grant_code = NULL, dead_grant_at = NULL
              WHERE name = ?1",
-                params![name, keys.expose(), current + 1, now_unix()],
+                params![name, keys, version as i64, now_unix()],
             )
             .map_err(write)?;
-            Ok(current as u64 + 1)
+            Ok(version)
         })
     }
 
-    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         self.immediate(|tx| {
         let now = now_millis();
         let taken = tx
@@ -500,7 +457,7 @@ impl KeyStore for SqliteStore {
         })
     }
 
-    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         let now = now_millis();
         let renewed = self
             .conn()
@@ -509,7 +466,7 @@ impl KeyStore for SqliteStore {
         Ok(renewed == 1)
     }
 
-    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+    fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
         self.conn()
             .execute(
                 "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
@@ -519,7 +476,7 @@ impl KeyStore for SqliteStore {
         Ok(())
     }
 
-    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         // Renewal and mark commit together (synchronous=FULL): the mark is on
         // disk before the refresh request leaves, and only a holder sets it.
         self.immediate(|tx| {
@@ -538,7 +495,7 @@ impl KeyStore for SqliteStore {
         })
     }
 
-    fn clear_refresh_in_doubt(&self, name: &str) -> Result<(), StoreError> {
+    fn clear_refresh_in_doubt(&self, name: &str) -> Result<()> {
         self.update_credential(
             name,
             "UPDATE credentials SET refresh_in_doubt = 0 WHERE name = ?1",
@@ -546,7 +503,7 @@ impl KeyStore for SqliteStore {
         )
     }
 
-    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<(), StoreError> {
+    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<()> {
         self.update_credential(
             name,
             "UPDATE credentials SET dead_grant_code = ?2, dead_grant_at = ?3 WHERE name = ?1",
@@ -554,14 +511,8 @@ impl KeyStore for SqliteStore {
         )
     }
 
-    fn put(
-        &self,
-        name: &str,
-        settings: &Settings,
-        keys: Option<&TokenSet>,
-    ) -> Result<(), StoreError> {
-        validate_keys(keys)?;
-        let settings = serde_json::to_string(settings).expect("settings serialize");
+    fn put(&self, name: &str, settings: &Settings, keys: Option<&TokenSet>) -> Result<()> {
+        let keys = keys.map(keys_json).transpose()?;
         self.conn()
             .execute(
                 // New keys start afresh (no refresh in doubt, no dead
@@ -573,26 +524,29 @@ impl KeyStore for SqliteStore {
                      refresh_in_doubt = CASE WHEN ?3 IS NULL THEN refresh_in_doubt ELSE 0 END,
                      dead_grant_code = CASE WHEN ?3 IS NULL THEN dead_grant_code END,
                      dead_grant_at = CASE WHEN ?3 IS NULL THEN dead_grant_at END",
-                params![name, settings, keys.map(TokenSet::expose), now_unix()],
+                params![name, settings_json(settings), keys, now_unix()],
             )
             .map_err(|e| StoreError::Write(e.to_string()))?;
         Ok(())
     }
 
-    fn list(&self) -> Result<Vec<Credential>, StoreError> {
+    fn list(&self) -> Result<Vec<Credential>> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!("SELECT {COLUMNS} FROM credentials ORDER BY name"))
+            .prepare(&format!(
+                "SELECT {} FROM credentials ORDER BY name",
+                columns::NAMES
+            ))
             .map_err(|e| self.unusable(e))?;
         let rows = stmt
             .query_map([], read_row)
             .map_err(|e| self.unusable(e))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.unusable(e))?;
-        rows.into_iter().map(row_to_credential).collect()
+        rows.into_iter().map(Columns::into_credential).collect()
     }
 
-    fn remove(&self, name: &str) -> Result<bool, StoreError> {
+    fn remove(&self, name: &str) -> Result<bool> {
         let n = self
             .conn()
             .execute("DELETE FROM credentials WHERE name = ?1", [name])
@@ -653,7 +607,7 @@ mod tests {
 
     #[test]
     fn the_one_row_query_reads_the_columns_read_row_expects() {
-        assert!(SELECT_ONE.contains(COLUMNS), "{SELECT_ONE}");
+        assert!(SELECT_ONE.contains(columns::NAMES), "{SELECT_ONE}");
     }
 
     #[test]
