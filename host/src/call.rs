@@ -51,6 +51,9 @@ pub(crate) struct CallState {
     pub(crate) destinations: Destinations,
     /// What this call's token requests may have done to the refresh token.
     pub(crate) refresh_spend: Spend,
+    /// Set once a refresh begins: the call then finishes whatever its
+    /// caller does.
+    pub(crate) must_finish: crate::drive::MustFinish,
 }
 
 /// Whether this call's token requests may have spent the refresh token: the
@@ -341,6 +344,7 @@ impl Host for CallState {
     }
 
     async fn acquire_refresh_lease(&mut self) -> Result<Lease, String> {
+        self.must_finish.set();
         if self.lease.is_none() {
             let started = Instant::now();
             let lease = self

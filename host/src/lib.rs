@@ -37,6 +37,7 @@ mod bindings {
 pub mod authorize;
 pub mod cache;
 mod call;
+mod drive;
 mod error;
 mod http;
 mod lease;

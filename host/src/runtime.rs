@@ -5,6 +5,7 @@ use crate::bindings::rekey::oauth2::types::{SendError, TransportError};
 use crate::bindings::rekey::oauth2::{host, types};
 use crate::cache::{self, Origin};
 use crate::call::{CallState, Destinations};
+use crate::drive::{MustFinish, drive};
 use crate::error::{Error, describe_transport};
 use crate::http::{HttpClient, HttpConfig};
 use crate::lease::Leases;
@@ -154,12 +155,11 @@ impl Rekey {
     /// Sends `req` for the credential `name` in `store`, refreshing and
     /// persisting as its settings say.
     ///
-    /// The call runs on a task of its own: a caller that stops waiting (a
-    /// dropped future, an embedder's timeout) or stops polling does not cut
-    /// a refresh short or stall it, lease held, between the provider's
-    /// rotation and the durable write of its result. (Polling the call in
-    /// the caller's task saved ~15 µs on loopback but let a caller that
-    /// holds the future unpolled do exactly that.)
+    /// A caller that stops waiting (a dropped future, an embedder's timeout)
+    /// or stops polling does not cut a refresh short or stall it, lease
+    /// held, between the provider's rotation and the durable write of its
+    /// result: once a call refreshes, a task of its own drives it too (see
+    /// [`crate::drive`]).
     pub async fn send(
         &self,
         store: Arc<dyn KeyStore>,
@@ -167,10 +167,13 @@ impl Rekey {
         req: Request,
     ) -> Result<Response, Error> {
         let url = check_request(&req, self.inner.config.max_request_bytes)?;
-        let (this, name) = (self.clone(), name.to_owned());
-        tokio::spawn(async move { this.call(store, &name, req, url).await })
-            .await
-            .unwrap_or_else(|e| Err(Error::Component(format!("the call's task failed: {e}"))))
+        let must_finish = MustFinish::default();
+        let (this, name, flag) = (self.clone(), name.to_owned(), must_finish.clone());
+        drive(
+            async move { this.call(store, &name, req, url, flag).await },
+            must_finish,
+        )
+        .await
     }
 
     async fn call(
@@ -179,6 +182,7 @@ impl Rekey {
         name: &str,
         req: Request,
         url: reqwest::Url,
+        must_finish: MustFinish,
     ) -> Result<Response, Error> {
         let credential = load_credential(&store, name).await?;
         if let Some(dead) = &credential.needs_authorization {
@@ -201,6 +205,7 @@ impl Rekey {
         let key = warm::Key::new(&store, name);
         let mut state = self.new_state(name, &settings.token_url, store);
         state.destinations = destinations;
+        state.must_finish = must_finish;
         let mut warm = match self.inner.warm.take(&key) {
             Some(mut warm) => {
                 // Nothing of the last call's host state carries over.
@@ -342,6 +347,7 @@ impl Rekey {
             refresh_token_before: None,
             destinations: Destinations::default(),
             refresh_spend: Default::default(),
+            must_finish: MustFinish::default(),
         }
     }
 
