@@ -12,7 +12,7 @@ use crate::exports::rekey::oauth2::authorize::{
 };
 use crate::flow::is_loopback_authority;
 use crate::rekey::oauth2::types::{
-    OauthError, Request, Response, SendError, Settings, TransportError,
+    OauthError, Purpose, Request, Response, SendError, Settings, TransportError,
 };
 use crate::token::{self, Outcome};
 use alloc::format;
@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 /// What the flows need from outside.
 pub trait Effects {
-    fn http_send(&mut self, req: &Request) -> Result<Response, TransportError>;
+    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError>;
     fn now_unix(&self) -> u64;
     fn sleep(&mut self, d: Duration);
 }
@@ -314,7 +314,7 @@ fn rejected(status: u16, code: String) -> AuthorizeError {
 fn exchange(fx: &mut impl Effects, req: &Request) -> Result<String, AuthorizeError> {
     let mut delay = BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        match read_answer(fx.http_send(req)) {
+        match read_answer(fx.http_send(Purpose::TokenEndpoint, req)) {
             Answer::Tokens(body) => return Ok(body),
             Answer::Error(status, code) => return Err(rejected(status, code)),
             Answer::Fail(e) => return Err(e),
@@ -360,7 +360,7 @@ fn exchange_device(
 ) -> Result<Map<String, Value>, AuthorizeError> {
     let mut delay = BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        let result = fx.http_send(req);
+        let result = fx.http_send(Purpose::DeviceEndpoint, req);
         let reason = match result {
             Ok(resp) if (200..300).contains(&resp.status) && error_code(&resp).is_none() => {
                 return match serde_json::from_slice::<Value>(&resp.body) {
@@ -475,7 +475,7 @@ pub fn device_poll(
             return Err(AuthorizeError::Expired);
         }
         fx.sleep(Duration::from_secs(interval.into()));
-        match read_answer(fx.http_send(&req)) {
+        match read_answer(fx.http_send(Purpose::TokenEndpoint, &req)) {
             Answer::Tokens(body) => return Ok(body),
             Answer::Error(_, code) if code == "authorization_pending" => failures = 0,
             Answer::Error(_, code) if code == "slow_down" => {

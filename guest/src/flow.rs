@@ -2,17 +2,21 @@
 //! bounded number of resends: no path loops.
 //!
 //! A call that loses a race to another worker adopts that worker's stored
-//! token instead of spending its own refresh token. An adopted token may
-//! itself have expired while the call waited for the lease, so a rejection
-//! after adopting leads to another renewal (adopt again, or exchange), at most
-//! [`RENEWALS`] in all; a rejection after the call's own exchange is final,
-//! and so is one of a token obtained moments ago ([`FRESH_WINDOW`]): a URL
-//! that always answers 401 must not turn every call into a refresh.
+//! token instead of spending its own refresh token (the fleet protocol in
+//! [`crate::fleet`]). An adopted token may itself have expired while the call
+//! waited for the lease, so a rejection after adopting leads to another
+//! renewal (adopt again, or exchange), at most [`RENEWALS`] in all; a
+//! rejection after the call's own exchange is final, and so is one of a token
+//! obtained moments ago ([`FRESH_WINDOW`]): a URL that always answers 401 must
+//! not turn every call into a refresh.
 
 use crate::challenge;
+pub use crate::effects::Effects;
+use crate::fleet::{self, Held, Renewal, Timing};
 use crate::keys::Keys;
+use crate::origins;
 use crate::rekey::oauth2::types::{
-    Lease, Request, Response, ScopeChallenge, SendError, Settings, Strategy, TransportError,
+    Purpose, Request, Response, ScopeChallenge, SendError, Settings, Strategy, TransportError,
 };
 use crate::token::{self, Outcome};
 use alloc::format;
@@ -31,24 +35,15 @@ pub const RENEWALS: u32 = 3;
 /// API rejects it; capped at half the token's lifetime when that is known.
 pub const FRESH_WINDOW: u64 = 30;
 
-/// Everything the routine needs from outside.
-pub trait Effects {
-    fn http_send(&mut self, req: &Request) -> Result<Response, TransportError>;
-    fn emit_update_keys(&mut self, keys: &str) -> Result<(), String>;
-    fn acquire_lease(&mut self) -> Result<Lease, String>;
-    fn release_lease(&mut self);
-    fn now_unix(&self) -> u64;
-    fn sleep(&mut self, d: Duration);
-}
-
 pub fn send(
     fx: &mut impl Effects,
     settings: &Settings,
-    stored: Option<&str>,
     req: &Request,
 ) -> Result<Response, SendError> {
     validate(settings)?;
-    let keys = match stored.map(Keys::parse).transpose() {
+    let stored = fleet::read(fx)?;
+    fleet::check_alive(&stored.data)?;
+    let keys = match stored.data.keys.as_deref().map(Keys::parse).transpose() {
         Err(e) => return Err(SendError::InvalidKeys(e)),
         Ok(None) => return Err(not_authenticated("no keys are stored for this credential")),
         Ok(Some(k)) if k.is_empty() => {
@@ -56,6 +51,7 @@ pub fn send(
         }
         Ok(Some(k)) => k,
     };
+    let timing = Timing::of(&settings.fleet);
 
     let refresh_first = keys.access_token().is_none()
         || match settings.strategy {
@@ -64,13 +60,13 @@ pub fn send(
             Strategy::BeforeExpiry(margin) => keys.expires_within(fx.now_unix(), margin.into()),
         };
     let (mut keys, mut origin, mut renewals) = if refresh_first {
-        let (keys, origin) = refresh(fx, settings, &keys)?;
+        let (keys, origin) = refresh(fx, settings, timing, &keys)?;
         (keys, Some(origin), 1)
     } else {
         (keys, None, 0)
     };
     loop {
-        let resp = send_with_token(fx, req, &keys)?;
+        let resp = send_with_token(fx, settings, req, &keys)?;
         if !is_rejected(settings, resp.status) {
             return Ok(resp);
         }
@@ -84,12 +80,12 @@ pub fn send(
         if origin == Some(Origin::Exchanged) || renewals == RENEWALS || fresh {
             return Err(SendError::RejectedAfterRefresh(resp));
         }
-        (keys, origin) = refresh(fx, settings, &keys).map(|(k, o)| (k, Some(o)))?;
+        (keys, origin) = refresh(fx, settings, timing, &keys).map(|(k, o)| (k, Some(o)))?;
         renewals += 1;
     }
 }
 
-fn not_authenticated(why: &str) -> SendError {
+pub(crate) fn not_authenticated(why: &str) -> SendError {
     SendError::NotAuthenticated(format!("{why}: please authenticate"))
 }
 
@@ -107,46 +103,17 @@ fn is_fresh(keys: &Keys, now: u64) -> bool {
 }
 
 fn validate(settings: &Settings) -> Result<(), SendError> {
-    let url = settings.token_url.as_str();
-    let plain = url.strip_prefix("http://");
-    if !url.starts_with("https://") && !plain.is_some_and(is_loopback_authority) {
-        // RFC 6749 §3.2: the refresh token and client secret need TLS.
-        return Err(SendError::InvalidSettings(
-            "token URL must be https:// (http:// only on loopback)".into(),
-        ));
-    }
+    // RFC 6749 §3.2: the refresh token and client secret need TLS.
+    origins::check_transport(&settings.token_url, "token URL")
+        .map_err(SendError::InvalidSettings)?;
     if settings.client_id.is_empty() {
         return Err(SendError::InvalidSettings("client id is empty".into()));
     }
+    origins::check_patterns(&settings.api_origins).map_err(SendError::InvalidSettings)?;
     Ok(())
 }
 
-/// Whether `rest` (a URL after `http://`) names a loopback host. Stricter
-/// than a WHATWG parser, never looser (a differential test holds it to the
-/// `url` crate the Rust host sends with): an authority with a backslash
-/// (read as `/`), a percent sign, whitespace or a control character is
-/// refused outright rather than interpreted.
-pub(crate) fn is_loopback_authority(rest: &str) -> bool {
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority
-        .bytes()
-        .any(|b| b == b'\\' || b == b'%' || b <= b' ' || b == 0x7f)
-    {
-        return false;
-    }
-    let host = authority.rsplit('@').next().unwrap_or("");
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.split(':').next().unwrap_or(""),
-    };
-    let octets: Vec<&str> = host.split('.').collect();
-    let ipv4_loopback = octets.len() == 4
-        && octets[0] == "127"
-        && octets
-            .iter()
-            .all(|o| !o.is_empty() && o.len() <= 3 && o.bytes().all(|b| b.is_ascii_digit()));
-    host == "localhost" || host == "::1" || ipv4_loopback
-}
+pub(crate) use crate::origins::is_loopback_authority;
 
 fn is_rejected(settings: &Settings, status: u16) -> bool {
     if settings.rejected_statuses.is_empty() {
@@ -156,12 +123,20 @@ fn is_rejected(settings: &Settings, status: u16) -> bool {
     }
 }
 
-/// The caller's request with our bearer token in place of any `Authorization`.
+/// The caller's request with our bearer token in place of any `Authorization`,
+/// only to where the token may go.
 fn send_with_token(
     fx: &mut impl Effects,
+    settings: &Settings,
     req: &Request,
     keys: &Keys,
 ) -> Result<Response, SendError> {
+    let instance = settings
+        .allow_instance_url
+        .then(|| keys.str_field("instance_url"))
+        .flatten();
+    origins::check_api_url(&req.url, &settings.api_origins, instance)
+        .map_err(SendError::InvalidSettings)?;
     let token = keys
         .access_token()
         .ok_or_else(|| SendError::TokenEndpoint("token set has no access_token".into()))?;
@@ -178,25 +153,8 @@ fn send_with_token(
         headers,
         body: req.body.clone(),
     };
-    fx.http_send(&authed).map_err(SendError::Transport)
-}
-
-/// Gets a token set newer than `stale`: under the host's refresh lease, either
-/// adopts one another worker stored meanwhile, or spends the refresh token and
-/// persists the merged result before anyone may use it.
-fn refresh(
-    fx: &mut impl Effects,
-    settings: &Settings,
-    stale: &Keys,
-) -> Result<(Keys, Origin), SendError> {
-    let lease = fx.acquire_lease().map_err(SendError::LeaseUnavailable)?;
-    let result = refresh_under_lease(fx, settings, stale, lease);
-    // On success the host ended the lease when the keys became durable; on
-    // adoption or failure we end it here. Ending it twice is harmless.
-    if !matches!(result, Ok((_, Origin::Exchanged))) {
-        fx.release_lease();
-    }
-    result
+    fx.http_send(Purpose::Api, &authed)
+        .map_err(SendError::Transport)
 }
 
 /// Where a newer token set came from.
@@ -208,39 +166,47 @@ enum Origin {
     Exchanged,
 }
 
-fn refresh_under_lease(
+/// Gets a token set newer than `stale`: adopts one another worker stored
+/// meanwhile, or, holding the lease, spends the refresh token and persists
+/// the merged result before anyone may use it.
+fn refresh(
     fx: &mut impl Effects,
     settings: &Settings,
+    timing: Timing,
     stale: &Keys,
-    lease: Lease,
 ) -> Result<(Keys, Origin), SendError> {
-    let base = match lease.keys {
-        None => stale.clone(),
-        Some(json) => {
-            let current = Keys::parse(&json).map_err(SendError::InvalidKeys)?;
-            if current.access_token().is_some() && current.access_token() != stale.access_token() {
-                return Ok((current, Origin::Adopted));
-            }
-            current
-        }
+    let (mut held, base) = match fleet::acquire(fx, timing, stale)? {
+        Renewal::Adopt(keys) => return Ok((keys, Origin::Adopted)),
+        Renewal::Exchange(held, base) => (held, base),
     };
-    if lease.in_doubt {
-        // Spending a refresh token that may already be spent could make a
-        // provider with reuse detection revoke the whole grant.
-        return Err(SendError::RefreshInDoubt(
-            "an earlier refresh of this credential was sent but its result was never stored; \
-             not spending the stored refresh token again"
-                .into(),
+    // `acquire` takes the lease only for keys with a refresh token.
+    let Some(refresh_token) = base.refresh_token() else {
+        held.release(fx, false);
+        return Err(not_authenticated(
+            "no refresh token is stored for this credential",
         ));
+    };
+    let exchanged = exchange(fx, settings, &mut held, refresh_token);
+    match exchanged.result {
+        Ok(response) => {
+            let merged = base.merged(response, fx.now_unix());
+            if let Err(e) = held.store_keys(fx, &merged) {
+                // The mark stays: successors find the refresh in doubt at
+                // once rather than after the lease runs out.
+                held.release(fx, true);
+                return Err(e);
+            }
+            Ok((merged, Origin::Exchanged))
+        }
+        Err(SendError::ReauthorizationRequired(e)) if !exchanged.maybe_spent => {
+            held.record_dead(fx, &e.code);
+            Err(SendError::ReauthorizationRequired(e))
+        }
+        Err(e) => {
+            held.release(fx, exchanged.maybe_spent);
+            Err(e)
+        }
     }
-    let refresh_token = base
-        .refresh_token()
-        .ok_or_else(|| not_authenticated("no refresh token is stored for this credential"))?;
-    let response = exchange(fx, settings, refresh_token)?;
-    let merged = base.merged(response, fx.now_unix());
-    fx.emit_update_keys(&merged.to_json())
-        .map_err(SendError::KeysNotPersisted)?;
-    Ok((merged, Origin::Exchanged))
 }
 
 /// One failed token-endpoint attempt.
@@ -252,7 +218,27 @@ struct Failure {
     retry_after: Option<Duration>,
 }
 
-/// POSTs the refresh request, retrying only what may succeed on a second try.
+/// What the exchange gave, and whether any of its answers may have come
+/// after the provider used the refresh token.
+struct Exchanged {
+    result: Result<serde_json::Map<String, serde_json::Value>, SendError>,
+    maybe_spent: bool,
+}
+
+/// Whether an answer leaves the refresh token possibly spent: everything
+/// but no connection, a refusal to send, 429, 503 and other 4xx.
+fn may_have_spent(answer: &Result<Response, TransportError>) -> bool {
+    match answer {
+        Ok(r) => !(r.status == 429 || r.status == 503 || (400..500).contains(&r.status)),
+        Err(TransportError::Connect(_))
+        | Err(TransportError::Refused(_))
+        | Err(TransportError::InvalidRequest(_)) => false,
+        Err(_) => true,
+    }
+}
+
+/// POSTs the refresh request, retrying only what may succeed on a second try,
+/// renewing the lease and the mark before every retry.
 ///
 /// Failures that provably spent nothing are retried with backoff. After one
 /// that may have been processed, exactly one prompt retry follows (a provider
@@ -261,9 +247,24 @@ struct Failure {
 fn exchange(
     fx: &mut impl Effects,
     settings: &Settings,
+    held: &mut Held,
     refresh_token: &str,
-) -> Result<serde_json::Map<String, serde_json::Value>, SendError> {
+) -> Exchanged {
     let req = token::refresh_request(settings, refresh_token);
+    let mut maybe_spent = false;
+    let result = exchange_attempts(fx, &req, held, &mut maybe_spent);
+    Exchanged {
+        result,
+        maybe_spent,
+    }
+}
+
+fn exchange_attempts(
+    fx: &mut impl Effects,
+    req: &Request,
+    held: &mut Held,
+    maybe_spent: &mut bool,
+) -> Result<serde_json::Map<String, serde_json::Value>, SendError> {
     let mut attempts_left = TOKEN_ATTEMPTS;
     let mut attempts = 0;
     let mut in_doubt = false;
@@ -272,10 +273,26 @@ fn exchange(
         if attempts > 0 {
             fx.sleep(delay);
             delay = (delay * 2).min(token::MAX_RETRY_AFTER);
+            if let Err(lost) = held.write_lease(fx) {
+                let why = match lost {
+                    fleet::Lost::Conflict => {
+                        "the credential's record changed under this call".into()
+                    }
+                    fleet::Lost::Store(m) => format!("cannot renew the refresh lease: {m}"),
+                };
+                return Err(if in_doubt {
+                    SendError::RefreshInDoubt(format!(
+                        "the retry after an unanswered attempt was not sent ({why}): \
+                         the refresh token may be spent"
+                    ))
+                } else {
+                    SendError::LeaseUnavailable(why)
+                });
+            }
         }
         attempts += 1;
         attempts_left -= 1;
-        let failure = match attempt(fx, &req) {
+        let failure = match attempt(fx, req, maybe_spent) {
             Ok(tokens) => return Ok(tokens),
             Err(Ok(final_error)) => {
                 return Err(match final_error {
@@ -325,13 +342,16 @@ fn exchange(
 fn attempt(
     fx: &mut impl Effects,
     req: &Request,
+    maybe_spent: &mut bool,
 ) -> Result<serde_json::Map<String, serde_json::Value>, Result<SendError, Failure>> {
     let failure = |reason: String, maybe_processed: bool| Failure {
         reason,
         maybe_processed,
         retry_after: None,
     };
-    Err(Err(match fx.http_send(req) {
+    let answer = fx.http_send(Purpose::TokenEndpoint, req);
+    *maybe_spent |= may_have_spent(&answer);
+    Err(Err(match answer {
         Ok(resp) => match token::classify(&resp) {
             Outcome::Tokens(map) => return Ok(map),
             Outcome::Fail(e) => return Err(Ok(e)),
@@ -387,13 +407,15 @@ mod tests {
     }
 
     /// The API request with the stored `KEYS`.
-    fn run(fx: &mut impl Effects, strategy: Strategy) -> Result<Response, SendError> {
-        send(fx, &settings(strategy), Some(KEYS), &api())
+    fn run(fx: &mut Script, strategy: Strategy) -> Result<Response, SendError> {
+        fx.record.data.keys = Some(KEYS.into());
+        send(fx, &settings(strategy), &api())
     }
 
     /// The API request with these stored keys, refreshed on rejection.
-    fn run_stored(fx: &mut impl Effects, stored: Option<&str>) -> Result<Response, SendError> {
-        send(fx, &settings(Strategy::OnAuthFailure), stored, &api())
+    fn run_stored(fx: &mut Script, stored: Option<&str>) -> Result<Response, SendError> {
+        fx.record.data.keys = stored.map(Into::into);
+        send(fx, &settings(Strategy::OnAuthFailure), &api())
     }
 
     const KEYS: &str = r#"{"access_token":"a1","refresh_token":"r1","expires_at":1500}"#;
@@ -461,7 +483,8 @@ mod tests {
         run(&mut fx, Strategy::OnAuthFailure).unwrap();
         assert_eq!(bearer(&fx.sent[1]), "Bearer a9");
         assert!(fx.emitted.is_empty());
-        assert_eq!(fx.releases, 1);
+        // Adopting takes no lease: nothing is written.
+        assert_eq!((fx.leases, fx.releases, fx.record.version), (0, 0, 2));
     }
 
     #[test]
@@ -487,38 +510,51 @@ mod tests {
             script([ok(401, ""), ok(401, ""), ok(401, ""), ok(401, "")]),
             0,
         );
-        let stored = r#"{"access_token":"a0","refresh_token":"r0"}"#;
-        let err = run_stored(&mut fx, Some(stored)).unwrap_err();
+        fx.0.record.data.keys = Some(r#"{"access_token":"a0","refresh_token":"r0"}"#.into());
+        let err = send(&mut fx, &settings(Strategy::OnAuthFailure), &api()).unwrap_err();
         assert!(matches!(err, SendError::RejectedAfterRefresh(_)));
         assert_eq!(fx.0.sent.len(), 1 + RENEWALS as usize);
         assert!(fx.0.emitted.is_empty(), "nothing spent");
     }
 
-    /// Each lease shows a token set newer than the last.
+    /// Each read at a renewal shows a token set newer than the last.
     struct AdoptEachTime(Script, u32);
 
     impl Effects for AdoptEachTime {
-        fn http_send(&mut self, req: &Request) -> Result<Response, TransportError> {
-            self.0.http_send(req)
+        fn http_send(
+            &mut self,
+            purpose: Purpose,
+            req: &Request,
+        ) -> Result<Response, TransportError> {
+            self.0.http_send(purpose, req)
         }
-        fn emit_update_keys(&mut self, keys: &str) -> Result<(), String> {
-            self.0.emit_update_keys(keys)
-        }
-        fn acquire_lease(&mut self) -> Result<Lease, String> {
+        fn read_record(&mut self) -> Result<crate::rekey::oauth2::types::StoredRecord, String> {
             self.1 += 1;
-            Ok(Lease {
-                keys: Some(format!(
+            if self.1 > 1 {
+                self.0.record.version += 1;
+                self.0.record.data.keys = Some(format!(
                     r#"{{"access_token":"a{}","refresh_token":"r"}}"#,
                     self.1
-                )),
-                in_doubt: false,
-            })
+                ));
+            }
+            self.0.read_record()
         }
-        fn release_lease(&mut self) {}
-        fn now_unix(&self) -> u64 {
-            1_000
+        fn write_record(
+            &mut self,
+            expected: u64,
+            record: &crate::rekey::oauth2::types::CredentialRecord,
+        ) -> Result<u64, crate::rekey::oauth2::types::WriteError> {
+            self.0.write_record(expected, record)
         }
-        fn sleep(&mut self, _: Duration) {}
+        fn now_ms(&self) -> u64 {
+            self.0.now_ms()
+        }
+        fn sleep(&mut self, d: Duration) {
+            self.0.sleep(d)
+        }
+        fn random_u64(&mut self) -> u64 {
+            self.0.random_u64()
+        }
     }
 
     #[test]
@@ -623,7 +659,8 @@ mod tests {
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(err, SendError::RefreshInDoubt(_)), "{err:?}");
         assert_eq!(fx.sent.len(), 1, "no token request");
-        assert_eq!(fx.releases, 1);
+        assert_eq!((fx.leases, fx.releases), (0, 0), "nothing written");
+        assert!(fx.record.data.refresh_mark.is_some(), "the mark stays");
 
         // The vanished holder's keys did arrive after all: use them.
         let mut fx = script([ok(401, ""), ok(200, "hi")])
@@ -911,7 +948,7 @@ mod tests {
             (
                 Some(r#"{"access_token":"","refresh_token":""}"#),
                 "no refresh token is stored",
-                1,
+                0,
             ),
         ] {
             let mut fx = script([]);

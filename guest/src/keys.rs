@@ -99,7 +99,7 @@ impl Keys {
         Value::Object(self.0.clone()).to_string()
     }
 
-    fn str_field(&self, name: &str) -> Option<&str> {
+    pub(crate) fn str_field(&self, name: &str) -> Option<&str> {
         self.0
             .get(name)
             .and_then(Value::as_str)

@@ -1,8 +1,9 @@
 //! The rekey component: OAuth2 refresh-and-retry against the host interface.
 //!
-//! `flow` is the state machine, written against the [`flow::Effects`] trait so it
-//! reads like the routine it implements and can be unit-tested natively; this
-//! file only binds it to the WIT imports and export.
+//! `flow` is the routine and `fleet` the protocol on the credential's record,
+//! both written against the [`effects::Effects`] trait, so they read like what
+//! they implement and run natively in unit tests and the fleet simulator; this
+//! file only binds them to the WIT imports and exports.
 //!
 //! `no_std` in the component (std natively, for the tests): see Cargo.toml.
 
@@ -13,8 +14,11 @@ extern crate alloc;
 mod authorize;
 mod basic_auth;
 mod challenge;
+mod effects;
+mod fleet;
 mod flow;
 mod keys;
+mod origins;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -27,6 +31,8 @@ wit_bindgen::generate!({
     // The two WASI clock interfaces are ours to bind: no wasi crate (and so
     // no std) is pulled in for them.
     generate_all,
+    // The protocol compares a record it wrote with the one read back.
+    additional_derives: [PartialEq],
 });
 
 use alloc::string::String;
@@ -35,54 +41,63 @@ use core::time::Duration;
 use exports::rekey::oauth2::authorize::{Authorization, AuthorizeError, DeviceGrant, Pending};
 use exports::rekey::oauth2::client::Guest;
 use rekey::oauth2::host;
-use rekey::oauth2::types::{Lease, Request, Response, SendError, Settings, TransportError};
+use rekey::oauth2::types::{
+    CredentialRecord, Purpose, Request, Response, SendError, Settings, StoredRecord,
+    TransportError, WriteError,
+};
 use wasi::clocks::{monotonic_clock, wall_clock};
+use wasi::random::random;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm_rt;
 
-/// The real effects: the host interface plus the WASI clocks.
+/// The real effects: the host interface, the WASI clocks and randomness.
 struct HostEffects;
 
-impl flow::Effects for HostEffects {
-    fn http_send(&mut self, req: &Request) -> Result<Response, TransportError> {
-        host::http_send(req)
+impl effects::Effects for HostEffects {
+    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError> {
+        host::http_send(purpose, req)
     }
-    fn emit_update_keys(&mut self, keys: &str) -> Result<(), String> {
-        host::emit_update_keys(keys)
+    fn read_record(&mut self) -> Result<StoredRecord, String> {
+        host::read_record()
     }
-    fn acquire_lease(&mut self) -> Result<Lease, String> {
-        host::acquire_refresh_lease()
+    fn write_record(
+        &mut self,
+        expected: u64,
+        record: &CredentialRecord,
+    ) -> Result<u64, WriteError> {
+        host::emit_update_keys(expected, record)
     }
-    fn release_lease(&mut self) {
-        host::release_refresh_lease()
-    }
-    fn now_unix(&self) -> u64 {
-        wall_clock::now().seconds
+    fn now_ms(&self) -> u64 {
+        let now = wall_clock::now();
+        now.seconds * 1000 + u64::from(now.nanoseconds / 1_000_000)
     }
     fn sleep(&mut self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         monotonic_clock::subscribe_duration(nanos).block();
     }
+    fn random_u64(&mut self) -> u64 {
+        random::get_random_u64()
+    }
 }
 
 impl authorize::Effects for HostEffects {
-    fn http_send(&mut self, req: &Request) -> Result<Response, TransportError> {
-        host::http_send(req)
+    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError> {
+        host::http_send(purpose, req)
     }
     fn now_unix(&self) -> u64 {
         wall_clock::now().seconds
     }
     fn sleep(&mut self, d: Duration) {
-        flow::Effects::sleep(self, d)
+        effects::Effects::sleep(self, d)
     }
 }
 
 struct Component;
 
 impl Guest for Component {
-    fn send(settings: Settings, keys: Option<String>, req: Request) -> Result<Response, SendError> {
-        flow::send(&mut HostEffects, &settings, keys.as_deref(), &req)
+    fn send(settings: Settings, req: Request) -> Result<Response, SendError> {
+        flow::send(&mut HostEffects, &settings, &req)
     }
 }
 

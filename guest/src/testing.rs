@@ -1,10 +1,12 @@
 //! Test doubles shared by the unit tests of `flow` and `authorize`: scripted
-//! effects and the responses they answer with.
+//! effects over an in-memory record, and the responses they answer with.
 
+use crate::authorize;
+use crate::effects::Effects;
 use crate::rekey::oauth2::types::{
-    ClientAuth, Lease, Request, Response, Settings, Strategy, TransportError,
+    ClientAuth, CredentialRecord, FleetTiming, Purpose, RefreshMark, Request, Response, Settings,
+    StoredRecord, Strategy, TransportError, WriteError,
 };
-use crate::{authorize, flow};
 use core::time::Duration;
 use std::collections::VecDeque;
 use std::string::String;
@@ -14,19 +16,24 @@ use std::vec::Vec;
 const START: u64 = 1_000;
 
 /// Scripted effects: answers in order, records what was sent, stored and
-/// slept. The clock moves only by whole seconds slept, like the device
-/// grant's polling; the lease shows what [`Script::lease_shows`] set.
+/// slept, and keeps the credential's record in memory. The clock moves only
+/// by what is slept.
 pub struct Script {
     answers: VecDeque<Result<Response, TransportError>>,
     pub sent: Vec<Request>,
+    pub purposes: Vec<Purpose>,
+    /// Every token set written, in order.
     pub emitted: Vec<String>,
     emit_fails: bool,
-    stored_now: Option<String>,
-    in_doubt: bool,
-    now: u64,
+    pub record: StoredRecord,
+    /// Applied while the first request is in flight: another worker's doing.
+    meanwhile: Option<CredentialRecord>,
+    now_ms: u64,
+    /// Writes that took the lease, and writes that ended it without keys.
     pub leases: u32,
     pub releases: u32,
     pub slept: Vec<Duration>,
+    random: u64,
 }
 
 /// Effects that answer these, in order, and otherwise default.
@@ -34,83 +41,146 @@ pub fn script(answers: impl IntoIterator<Item = Result<Response, TransportError>
     Script {
         answers: answers.into_iter().collect(),
         sent: Vec::new(),
+        purposes: Vec::new(),
         emitted: Vec::new(),
         emit_fails: false,
-        stored_now: None,
-        in_doubt: false,
-        now: START,
+        record: StoredRecord {
+            version: 1,
+            data: empty_record(),
+        },
+        meanwhile: None,
+        now_ms: START * 1000,
         leases: 0,
         releases: 0,
         slept: Vec::new(),
+        random: 0x5eed,
+    }
+}
+
+pub fn empty_record() -> CredentialRecord {
+    CredentialRecord {
+        keys: None,
+        lease: None,
+        refresh_mark: None,
+        dead_grant: None,
     }
 }
 
 impl Script {
-    /// The clock reads `now` (before any sleep).
+    /// The clock reads `now` (Unix seconds, before any sleep).
     pub fn at(mut self, now: u64) -> Self {
-        self.now = now;
+        self.now_ms = now * 1000;
         self
     }
 
-    /// The lease shows these keys: another worker stored them meanwhile.
+    /// The record holds these keys.
+    pub fn stored(mut self, keys: Option<&str>) -> Self {
+        self.record.data.keys = keys.map(String::from);
+        self
+    }
+
+    /// While the first request is in flight, another worker stores these keys.
     pub fn lease_shows(mut self, keys: &str) -> Self {
-        self.stored_now = Some(keys.into());
+        let mut next = self.meanwhile.take().unwrap_or_else(empty_record);
+        next.keys = Some(keys.into());
+        self.meanwhile = Some(next);
         self
     }
 
-    /// The lease comes with an unfinished refresh of a vanished holder.
+    /// While the first request is in flight, another worker begins a refresh
+    /// and vanishes: its mark stays, its lease runs out.
     pub fn in_doubt(mut self) -> Self {
-        self.in_doubt = true;
+        let mut next = self
+            .meanwhile
+            .take()
+            .unwrap_or_else(|| self.record.data.clone());
+        next.refresh_mark = Some(RefreshMark {
+            holder: "vanished".into(),
+            at_ms: 1,
+        });
+        self.meanwhile = Some(next);
         self
     }
 
-    /// Every keys write fails.
+    /// Every write of new keys fails.
     pub fn failing_emits(mut self) -> Self {
         self.emit_fails = true;
         self
     }
 }
 
-impl flow::Effects for Script {
-    fn http_send(&mut self, req: &Request) -> Result<Response, TransportError> {
+impl Effects for Script {
+    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError> {
+        if let Some(mut next) = self.meanwhile.take() {
+            if next.keys.is_none() {
+                next.keys = self.record.data.keys.clone();
+            }
+            self.record = StoredRecord {
+                version: self.record.version + 1,
+                data: next,
+            };
+        }
         self.sent.push(req.clone());
+        self.purposes.push(purpose);
         self.answers.pop_front().expect("unexpected request")
     }
-    fn emit_update_keys(&mut self, keys: &str) -> Result<(), String> {
-        if self.emit_fails {
-            return Err("disk full".into());
+    fn read_record(&mut self) -> Result<StoredRecord, String> {
+        Ok(self.record.clone())
+    }
+    fn write_record(
+        &mut self,
+        expected: u64,
+        record: &CredentialRecord,
+    ) -> Result<u64, WriteError> {
+        let old = &self.record.data;
+        let new_keys = record.keys != old.keys;
+        if self.emit_fails && new_keys {
+            return Err(WriteError::Failed("disk full".into()));
         }
-        self.emitted.push(keys.into());
-        Ok(())
+        if expected != self.record.version {
+            return Err(WriteError::Conflict);
+        }
+        let holder = |r: &CredentialRecord| r.lease.as_ref().map(|l| l.holder.clone());
+        if record.lease.is_some() && holder(record) != holder(old) {
+            self.leases += 1;
+        }
+        if record.lease.is_none() && old.lease.is_some() && !new_keys {
+            self.releases += 1;
+        }
+        if new_keys {
+            self.emitted.extend(record.keys.clone());
+        }
+        self.record = StoredRecord {
+            version: expected + 1,
+            data: record.clone(),
+        };
+        Ok(expected + 1)
     }
-    fn acquire_lease(&mut self) -> Result<Lease, String> {
-        self.leases += 1;
-        Ok(Lease {
-            keys: self.stored_now.clone(),
-            in_doubt: self.in_doubt,
-        })
-    }
-    fn release_lease(&mut self) {
-        self.releases += 1;
-    }
-    fn now_unix(&self) -> u64 {
-        self.now
+    fn now_ms(&self) -> u64 {
+        self.now_ms
     }
     fn sleep(&mut self, d: Duration) {
-        self.now += d.as_secs();
+        self.now_ms += d.as_millis() as u64;
         self.slept.push(d);
+    }
+    fn random_u64(&mut self) -> u64 {
+        self.random = self
+            .random
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1);
+        self.random
     }
 }
 
 impl authorize::Effects for Script {
-    fn http_send(&mut self, req: &Request) -> Result<Response, TransportError> {
-        flow::Effects::http_send(self, req)
+    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError> {
+        Effects::http_send(self, purpose, req)
     }
     fn now_unix(&self) -> u64 {
-        flow::Effects::now_unix(self)
+        Effects::now_unix(self)
     }
     fn sleep(&mut self, d: Duration) {
-        flow::Effects::sleep(self, d)
+        Effects::sleep(self, d)
     }
 }
 
@@ -126,6 +196,12 @@ pub fn settings() -> Settings {
         extra_params: vec![],
         strategy: Strategy::OnAuthFailure,
         rejected_statuses: vec![],
+        api_origins: vec![],
+        allow_instance_url: false,
+        fleet: FleetTiming {
+            lease_ttl_ms: 0,
+            lease_wait_ms: 0,
+        },
     }
 }
 

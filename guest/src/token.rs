@@ -206,6 +206,9 @@ mod tests {
 
     pub fn settings(auth: ClientAuth) -> Settings {
         Settings {
+            api_origins: vec![],
+            allow_instance_url: false,
+            fleet: crate::testing::settings().fleet,
             token_url: "http://127.0.0.1:1/token".into(),
             client_id: "app id".into(),
             client_secret: Some("s&cret".into()),

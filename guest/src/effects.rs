@@ -1,0 +1,29 @@
+//! Everything the routine needs from outside: the WIT imports, as a trait so
+//! the protocol runs natively in unit tests and in the fleet simulator.
+
+use crate::rekey::oauth2::types::{
+    CredentialRecord, Purpose, Request, Response, StoredRecord, TransportError, WriteError,
+};
+use alloc::string::String;
+use core::time::Duration;
+
+pub trait Effects {
+    /// One HTTP exchange (`host.http-send`).
+    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError>;
+    /// The credential's record and version (`host.read-record`).
+    fn read_record(&mut self) -> Result<StoredRecord, String>;
+    /// The conditional, durable write (`host.emit-update-keys`).
+    fn write_record(&mut self, expected: u64, record: &CredentialRecord)
+    -> Result<u64, WriteError>;
+    /// Wall-clock Unix milliseconds (`wasi:clocks/wall-clock`).
+    fn now_ms(&self) -> u64;
+    /// Waits (`wasi:clocks/monotonic-clock` + `wasi:io/poll`).
+    fn sleep(&mut self, d: Duration);
+    /// A random number (`wasi:random`), for holder ids and jitter.
+    fn random_u64(&mut self) -> u64;
+
+    /// Wall-clock Unix seconds.
+    fn now_unix(&self) -> u64 {
+        self.now_ms() / 1000
+    }
+}

@@ -1,0 +1,302 @@
+//! The fleet protocol on one versioned record per credential: at most one
+//! worker spends a refresh token, and its result is either stored or the
+//! credential is marked "in doubt" — never silently lost.
+//!
+//! 1. A worker whose token was rejected reads the record: newer keys than the
+//!    ones it used are adopted, spending nothing.
+//! 2. Otherwise, if no live lease and no refresh mark is stored, one
+//!    conditional write takes the lease (holder id from `wasi:random`, TTL
+//!    from the clock) and sets the refresh mark: from then on the stored
+//!    refresh token may be spent. A live lease is waited for, with jittered
+//!    backoff, bounded.
+//! 3. Before every further token request the holder renews lease and mark
+//!    with a conditional write on the version it holds: a holder that lost
+//!    the record (an operator's edit) never spends again.
+//! 4. The merged keys, the cleared lease and the cleared mark are one
+//!    conditional write on the holder's version (fencing: nobody else can
+//!    have written while the mark stood, so a late holder still lands, and a
+//!    holder whose record was changed never overwrites it).
+//! 5. A worker that finds a mark without a live lease never spends the
+//!    maybe-used token: "refresh in doubt". A grant the token endpoint
+//!    declared dead is recorded, and later calls fail fast without a request.
+
+use crate::effects::Effects;
+use crate::keys::Keys;
+use crate::rekey::oauth2::types::{
+    CredentialRecord, DeadGrant, FleetTiming, Lease, OauthError, RefreshMark, SendError,
+    StoredRecord, WriteError,
+};
+use alloc::format;
+use alloc::string::String;
+use core::time::Duration;
+
+/// Defaults for a zero in [`FleetTiming`].
+pub const DEFAULT_LEASE_TTL_MS: u64 = 40_000;
+pub const DEFAULT_LEASE_WAIT_MS: u64 = 60_000;
+/// First pause while another worker holds the lease; doubles up to [`MAX_POLL`].
+pub const FIRST_POLL: Duration = Duration::from_millis(25);
+pub const MAX_POLL: Duration = Duration::from_millis(800);
+/// Attempts at a keys write that fails outright (the provider has rotated:
+/// giving up loses the new refresh token, so it is worth waiting for).
+pub const KEYS_WRITE_ATTEMPTS: u32 = 6;
+/// Conditional writes lost to other workers in a row before a call gives up
+/// on taking the lease (each loss means the record moved on; re-read).
+const MAX_CONFLICTS: u32 = 64;
+
+/// The timing with defaults in place of zeros.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub ttl_ms: u64,
+    pub wait_ms: u64,
+}
+
+impl Timing {
+    pub fn of(t: &FleetTiming) -> Timing {
+        let or = |v: u32, d: u64| if v == 0 { d } else { u64::from(v) };
+        Timing {
+            ttl_ms: or(t.lease_ttl_ms, DEFAULT_LEASE_TTL_MS),
+            wait_ms: or(t.lease_wait_ms, DEFAULT_LEASE_WAIT_MS),
+        }
+    }
+}
+
+/// Reads the record, as the protocol needs it.
+pub fn read(fx: &mut impl Effects) -> Result<StoredRecord, SendError> {
+    fx.read_record().map_err(|e| {
+        SendError::StoreUnavailable(format!("cannot read the credential's record: {e}"))
+    })
+}
+
+/// Fails fast on a grant the token endpoint declared dead.
+pub fn check_alive(record: &CredentialRecord) -> Result<(), SendError> {
+    match &record.dead_grant {
+        Some(dead) => Err(SendError::ReauthorizationRequired(OauthError {
+            status: 400,
+            code: dead.code.clone(),
+        })),
+        None => Ok(()),
+    }
+}
+
+/// What a worker whose token was rejected gets from the record.
+pub enum Renewal {
+    /// Another worker stored newer keys meanwhile: use them.
+    Adopt(Keys),
+    /// This call holds the lease and the mark: spend `keys`' refresh token.
+    Exchange(Held, Keys),
+}
+
+/// Adopts newer keys than `stale`, or takes the lease and the refresh mark.
+pub fn acquire(fx: &mut impl Effects, timing: Timing, stale: &Keys) -> Result<Renewal, SendError> {
+    let holder = format!("{:016x}", fx.random_u64());
+    let mut waited = Duration::ZERO;
+    let mut poll = FIRST_POLL;
+    let mut conflicts = 0;
+    loop {
+        let stored = read(fx)?;
+        let record = &stored.data;
+        check_alive(record)?;
+        let current = match &record.keys {
+            Some(json) => Keys::parse(json).map_err(SendError::InvalidKeys)?,
+            None => {
+                return Err(crate::flow::not_authenticated(
+                    "no keys are stored for this credential",
+                ));
+            }
+        };
+        if current.access_token().is_some() && current.access_token() != stale.access_token() {
+            return Ok(Renewal::Adopt(current));
+        }
+        let now = fx.now_ms();
+        let lease_live = record.lease.as_ref().is_some_and(|l| l.until_ms > now);
+        if !lease_live {
+            if let Some(mark) = &record.refresh_mark {
+                return Err(in_doubt(mark, now));
+            }
+            if current.refresh_token().is_none() {
+                return Err(crate::flow::not_authenticated(
+                    "no refresh token is stored for this credential",
+                ));
+            }
+            let mut held = Held {
+                holder: holder.clone(),
+                ttl_ms: timing.ttl_ms,
+                version: stored.version,
+                record: stored.data.clone(),
+            };
+            match held.write_lease(fx) {
+                Ok(()) => return Ok(Renewal::Exchange(held, current)),
+                Err(Lost::Conflict) if conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                    continue;
+                }
+                Err(Lost::Conflict) => {
+                    return Err(SendError::LeaseUnavailable(
+                        "the credential's record kept changing under this call".into(),
+                    ));
+                }
+                Err(Lost::Store(m)) => {
+                    return Err(SendError::StoreUnavailable(format!(
+                        "cannot take the refresh lease: {m}"
+                    )));
+                }
+            }
+        }
+        if waited >= Duration::from_millis(timing.wait_ms) {
+            return Err(SendError::LeaseUnavailable(format!(
+                "another worker held the refresh lease for more than {} ms",
+                timing.wait_ms
+            )));
+        }
+        // Jitter, so that waiting workers do not poll in lockstep.
+        let jitter = Duration::from_millis(fx.random_u64() % (poll.as_millis() as u64 + 1));
+        let pause = poll / 2 + jitter;
+        fx.sleep(pause);
+        waited += pause;
+        poll = (poll * 2).min(MAX_POLL);
+    }
+}
+
+fn in_doubt(mark: &RefreshMark, now_ms: u64) -> SendError {
+    SendError::RefreshInDoubt(format!(
+        "a refresh of this credential began {} s ago and its result was never stored; \
+         the stored refresh token may be spent, so it is not spent again \
+         (check with the provider, then clear the mark or authorise again)",
+        now_ms.saturating_sub(mark.at_ms) / 1000
+    ))
+}
+
+/// Why a holder's conditional write did not land.
+pub enum Lost {
+    /// Someone else wrote the record: this call no longer holds it.
+    Conflict,
+    /// The store failed (nothing written, or unknown and not found written).
+    Store(String),
+}
+
+/// The lease, held: the version this call last wrote and what it wrote.
+pub struct Held {
+    holder: String,
+    ttl_ms: u64,
+    version: u64,
+    record: CredentialRecord,
+}
+
+impl Held {
+    /// Takes, or renews, the lease with the refresh mark set: the next token
+    /// request may spend the stored refresh token.
+    pub fn write_lease(&mut self, fx: &mut impl Effects) -> Result<(), Lost> {
+        let now = fx.now_ms();
+        let mark_at = match &self.record.refresh_mark {
+            Some(m) if m.holder == self.holder => m.at_ms,
+            _ => now,
+        };
+        let next = CredentialRecord {
+            keys: self.record.keys.clone(),
+            lease: Some(Lease {
+                holder: self.holder.clone(),
+                until_ms: now.saturating_add(self.ttl_ms),
+            }),
+            refresh_mark: Some(RefreshMark {
+                holder: self.holder.clone(),
+                at_ms: mark_at,
+            }),
+            dead_grant: None,
+        };
+        self.write(fx, next)
+    }
+
+    /// Stores the merged keys and ends lease and mark in one write. A write
+    /// that fails outright is retried (the provider has rotated: the new
+    /// refresh token exists nowhere else); one that conflicts is final.
+    pub fn store_keys(&mut self, fx: &mut impl Effects, keys: &Keys) -> Result<(), SendError> {
+        let json = keys.to_json();
+        let next = CredentialRecord {
+            keys: Some(json),
+            lease: None,
+            refresh_mark: None,
+            dead_grant: None,
+        };
+        let mut pause = Duration::from_millis(100);
+        let mut last = String::new();
+        for attempt in 0..KEYS_WRITE_ATTEMPTS {
+            if attempt > 0 {
+                fx.sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            match self.write(fx, next.clone()) {
+                Ok(()) => return Ok(()),
+                Err(Lost::Conflict) => {
+                    return Err(SendError::KeysNotPersisted(
+                        "the credential's record was changed by someone else while this call \
+                         refreshed (an operator's edit?): the new keys were not written over it, \
+                         and the refresh token this call spent is gone"
+                            .into(),
+                    ));
+                }
+                Err(Lost::Store(m)) => last = m,
+            }
+        }
+        Err(SendError::KeysNotPersisted(format!(
+            "{last}; the provider may have rotated the refresh token, so the stored one may be \
+             spent: the credential stays marked refresh-in-doubt"
+        )))
+    }
+
+    /// Ends the lease. `spent_maybe`: an answer may have come after the
+    /// provider used the refresh token, so the mark stays (the credential is
+    /// in doubt); otherwise it is lifted too. Best effort: a failure leaves
+    /// the lease to run out.
+    pub fn release(mut self, fx: &mut impl Effects, spent_maybe: bool) {
+        let next = CredentialRecord {
+            keys: self.record.keys.clone(),
+            lease: None,
+            refresh_mark: if spent_maybe {
+                self.record.refresh_mark.clone()
+            } else {
+                None
+            },
+            dead_grant: None,
+        };
+        let _ = self.write(fx, next);
+    }
+
+    /// Records that the grant is dead and ends lease and mark: the token
+    /// endpoint refused the refresh token itself, so nothing was spent.
+    pub fn record_dead(mut self, fx: &mut impl Effects, code: &str) {
+        let next = CredentialRecord {
+            keys: self.record.keys.clone(),
+            lease: None,
+            refresh_mark: None,
+            dead_grant: Some(DeadGrant {
+                code: code.into(),
+                at: fx.now_unix(),
+            }),
+        };
+        let _ = self.write(fx, next);
+    }
+
+    /// One conditional write on the held version. An unknown outcome is
+    /// resolved by reading: the write landed if the record is exactly it.
+    fn write(&mut self, fx: &mut impl Effects, next: CredentialRecord) -> Result<(), Lost> {
+        match fx.write_record(self.version, &next) {
+            Ok(version) => {
+                self.version = version;
+                self.record = next;
+                Ok(())
+            }
+            Err(WriteError::Conflict) => Err(Lost::Conflict),
+            Err(WriteError::Failed(m)) => Err(Lost::Store(m)),
+            Err(WriteError::Unknown(m)) => match fx.read_record() {
+                Ok(now) if now.data == next => {
+                    self.version = now.version;
+                    self.record = next;
+                    Ok(())
+                }
+                Ok(now) if now.version == self.version => Err(Lost::Store(m)),
+                Ok(_) => Err(Lost::Conflict),
+                Err(_) => Err(Lost::Store(m)),
+            },
+        }
+    }
+}
