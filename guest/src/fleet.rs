@@ -4,14 +4,16 @@
 //!
 //! 1. A worker whose token was rejected reads the record: newer keys than the
 //!    ones it used are adopted, spending nothing.
-//! 2. Otherwise, if no live lease and no refresh mark is stored, one
+//! 2. Otherwise, if no live lease and no refresh mark is stored, a
 //!    conditional write takes the lease (holder id from `wasi:random`, TTL
-//!    from the clock) and sets the refresh mark: from then on the stored
-//!    refresh token may be spent. A live lease is waited for, with jittered
-//!    backoff, bounded.
-//! 3. Before every further token request the holder renews lease and mark
-//!    with a conditional write on the version it holds: a holder that lost
-//!    the record (an operator's edit) never spends again.
+//!    from the clock). A live lease is waited for, with jittered backoff,
+//!    bounded.
+//! 3. Right before every token request, the holder renews the lease and sets
+//!    the refresh mark in one conditional write on the version it holds: from
+//!    then on the stored refresh token may be spent, and a holder that lost
+//!    the record (its lease ran out and was taken, an operator's edit) never
+//!    spends. A worker that dies between 2 and 3 leaves only a lease, which
+//!    runs out: nothing is in doubt.
 //! 4. The merged keys, the cleared lease and the cleared mark are one
 //!    conditional write on the holder's version (fencing: nobody else can
 //!    have written while the mark stood, so a late holder still lands, and a
@@ -124,7 +126,7 @@ pub fn acquire(fx: &mut impl Effects, timing: Timing, stale: &Keys) -> Result<Re
                 version: stored.version,
                 record: stored.data.clone(),
             };
-            match held.write_lease(fx) {
+            match held.write(fx, held.next(fx.now_ms(), false)) {
                 Ok(()) => return Ok(Renewal::Exchange(held, current)),
                 Err(Lost::Conflict) if conflicts < MAX_CONFLICTS => {
                     conflicts += 1;
@@ -183,27 +185,32 @@ pub struct Held {
 }
 
 impl Held {
-    /// Takes, or renews, the lease with the refresh mark set: the next token
-    /// request may spend the stored refresh token.
-    pub fn write_lease(&mut self, fx: &mut impl Effects) -> Result<(), Lost> {
-        let now = fx.now_ms();
+    /// Renews the lease and sets the refresh mark, right before a token
+    /// request: from now on the stored refresh token may be spent.
+    pub fn mark(&mut self, fx: &mut impl Effects) -> Result<(), Lost> {
+        let next = self.next(fx.now_ms(), true);
+        self.write(fx, next)
+    }
+
+    /// The record with this call's lease renewed from `now`, and its mark
+    /// (kept from its first setting) when `marked`.
+    fn next(&self, now: u64, marked: bool) -> CredentialRecord {
         let mark_at = match &self.record.refresh_mark {
             Some(m) if m.holder == self.holder => m.at_ms,
             _ => now,
         };
-        let next = CredentialRecord {
+        CredentialRecord {
             keys: self.record.keys.clone(),
             lease: Some(Lease {
                 holder: self.holder.clone(),
                 until_ms: now.saturating_add(self.ttl_ms),
             }),
-            refresh_mark: Some(RefreshMark {
+            refresh_mark: marked.then(|| RefreshMark {
                 holder: self.holder.clone(),
                 at_ms: mark_at,
             }),
             dead_grant: None,
-        };
-        self.write(fx, next)
+        }
     }
 
     /// Stores the merged keys and ends lease and mark in one write. A write
@@ -276,27 +283,31 @@ impl Held {
         let _ = self.write(fx, next);
     }
 
-    /// One conditional write on the held version. An unknown outcome is
-    /// resolved by reading: the write landed if the record is exactly it.
+    /// One conditional write on the held version. Any failure is resolved
+    /// by reading the record back: a store may have committed a write whose
+    /// answer was lost (whatever it reported), and the write landed exactly
+    /// when the record is what this holder wrote (its holder id is unique).
     fn write(&mut self, fx: &mut impl Effects, next: CredentialRecord) -> Result<(), Lost> {
-        match fx.write_record(self.version, &next) {
+        let why = match fx.write_record(self.version, &next) {
             Ok(version) => {
                 self.version = version;
                 self.record = next;
+                return Ok(());
+            }
+            Err(WriteError::Conflict) => None,
+            Err(WriteError::Failed(m) | WriteError::Unknown(m)) => Some(m),
+        };
+        match fx.read_record() {
+            Ok(now) if now.version > self.version && now.data == next => {
+                self.version = now.version;
+                self.record = next;
                 Ok(())
             }
-            Err(WriteError::Conflict) => Err(Lost::Conflict),
-            Err(WriteError::Failed(m)) => Err(Lost::Store(m)),
-            Err(WriteError::Unknown(m)) => match fx.read_record() {
-                Ok(now) if now.data == next => {
-                    self.version = now.version;
-                    self.record = next;
-                    Ok(())
-                }
-                Ok(now) if now.version == self.version => Err(Lost::Store(m)),
-                Ok(_) => Err(Lost::Conflict),
-                Err(_) => Err(Lost::Store(m)),
-            },
+            Ok(now) if now.version != self.version => Err(Lost::Conflict),
+            Ok(_) => Err(Lost::Store(why.unwrap_or_else(|| {
+                "the store reported a conflict on an unchanged record".into()
+            }))),
+            Err(e) => Err(Lost::Store(why.unwrap_or(e))),
         }
     }
 }

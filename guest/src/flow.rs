@@ -273,7 +273,9 @@ fn exchange_attempts(
         if attempts > 0 {
             fx.sleep(delay);
             delay = (delay * 2).min(token::MAX_RETRY_AFTER);
-            if let Err(lost) = held.write_lease(fx) {
+        }
+        {
+            if let Err(lost) = held.mark(fx) {
                 let why = match lost {
                     fleet::Lost::Conflict => {
                         "the credential's record changed under this call".into()

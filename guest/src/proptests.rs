@@ -54,29 +54,6 @@ fn response(status: u16, headers: Vec<(String, String)>, body: impl Into<Vec<u8>
     }
 }
 
-/// `SendError` has no `PartialEq`; its `Debug` form is exact enough.
-fn same<T: core::fmt::Debug>(a: &T, b: &T) -> bool {
-    format!("{a:?}") == format!("{b:?}")
-}
-
-fn kind(e: &SendError) -> &'static str {
-    match e {
-        SendError::NotAuthenticated(_) => "NotAuthenticated",
-        SendError::ReauthorizationRequired(_) => "ReauthorizationRequired",
-        SendError::SettingsRejected(_) => "SettingsRejected",
-        SendError::TokenEndpoint(_) => "TokenEndpoint",
-        SendError::RefreshInDoubt(_) => "RefreshInDoubt",
-        SendError::RejectedAfterRefresh(_) => "RejectedAfterRefresh",
-        SendError::InsufficientScope(_) => "InsufficientScope",
-        SendError::Transport(_) => "Transport",
-        SendError::KeysNotPersisted(_) => "KeysNotPersisted",
-        SendError::LeaseUnavailable(_) => "LeaseUnavailable",
-        SendError::StoreUnavailable(_) => "StoreUnavailable",
-        SendError::InvalidSettings(_) => "InvalidSettings",
-        SendError::InvalidKeys(_) => "InvalidKeys",
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Token-response classification
 // ---------------------------------------------------------------------------

@@ -73,12 +73,6 @@ impl Script {
         self
     }
 
-    /// The record holds these keys.
-    pub fn stored(mut self, keys: Option<&str>) -> Self {
-        self.record.data.keys = keys.map(String::from);
-        self
-    }
-
     /// While the first request is in flight, another worker stores these keys.
     pub fn lease_shows(mut self, keys: &str) -> Self {
         let mut next = self.meanwhile.take().unwrap_or_else(empty_record);
