@@ -13,14 +13,13 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::settings::Settings;
 use crate::token_set::TokenSet;
 
 pub(crate) use crate::token_set::json_position;
 
-/// One stored credential.
+/// One stored credential: its settings and its record.
 #[derive(Clone, Debug)]
 pub struct Credential {
     /// Its name (what `send` is called with).
@@ -29,18 +28,76 @@ pub struct Credential {
     pub settings: Settings,
     /// The token set; none until someone authenticates.
     pub keys: Option<TokenSet>,
-    /// Starts at 0; +1 on every write of keys.
+    /// Starts at 0; +1 on every write of the record.
     pub version: u64,
     /// Unix seconds of the last write.
     pub updated_at: i64,
     /// The grant is dead: the token endpoint refused the refresh token.
-    /// Calls fail fast, without touching the network, until new keys are put
-    /// or saved ([`KeyStore::mark_needs_authorization`]).
+    /// Calls fail fast, without touching the network, until new keys are put.
     pub needs_authorization: Option<DeadGrant>,
-    /// A refresh was begun ([`KeyStore::begin_refresh`]) and its keys never
-    /// saved: the stored refresh token may be spent. Until keys are saved or
-    /// put, or [`KeyStore::clear_refresh_in_doubt`] is called, no call spends it.
-    pub refresh_in_doubt: bool,
+    /// The refresh lease, as the component last wrote it.
+    pub lease: Option<Lease>,
+    /// A refresh request may have left and its result is not stored (see
+    /// [`Credential::refresh_in_doubt`]).
+    pub refresh_mark: Option<RefreshMark>,
+}
+
+impl Credential {
+    /// The component's record of this credential (all but its settings).
+    pub fn record(&self) -> Record {
+        Record {
+            keys: self.keys.clone(),
+            lease: self.lease.clone(),
+            refresh_mark: self.refresh_mark.clone(),
+            dead_grant: self.needs_authorization.clone(),
+        }
+    }
+
+    /// A refresh began and its keys were never stored, and nobody holds the
+    /// lease any more (at `now_ms`, wall-clock Unix milliseconds): the stored
+    /// refresh token may be spent, so no call spends it until new keys are
+    /// put or an operator clears the mark ([`KeyStore::clear_refresh_in_doubt`]).
+    pub fn refresh_in_doubt_at(&self, now_ms: u64) -> bool {
+        self.refresh_mark.is_some() && !self.lease.as_ref().is_some_and(|l| l.until_ms > now_ms)
+    }
+
+    /// [`Credential::refresh_in_doubt_at`] now.
+    pub fn refresh_in_doubt(&self) -> bool {
+        self.refresh_in_doubt_at(now_ms())
+    }
+}
+
+/// Everything the component's fleet protocol keeps for a credential
+/// (`credential-record` in `wit/rekey.wit`): written only whole, by a
+/// compare-and-swap on the version ([`KeyStore::write_record`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Record {
+    /// The token set.
+    pub keys: Option<TokenSet>,
+    /// Who may refresh now.
+    pub lease: Option<Lease>,
+    /// A refresh request may have left under this holder.
+    pub refresh_mark: Option<RefreshMark>,
+    /// The token endpoint declared the grant dead.
+    pub dead_grant: Option<DeadGrant>,
+}
+
+/// The refresh lease: one holder at a time may refresh.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Random, unique per call.
+    pub holder: String,
+    /// Wall-clock Unix milliseconds after which the lease is free.
+    pub until_ms: u64,
+}
+
+/// A refresh request may have left under `holder`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefreshMark {
+    /// The lease holder that set it.
+    pub holder: String,
+    /// Wall-clock Unix milliseconds when it was set.
+    pub at_ms: u64,
 }
 
 /// Why and since when a credential needs a person to authorise again.
@@ -77,10 +134,15 @@ pub enum StoreError {
     /// Keys given to the store are not a JSON object.
     #[error("keys must be a JSON object: {0}")]
     InvalidKeys(String),
-    /// A write failed (busy, disk full, connection lost).
+    /// A write failed (busy, disk full, connection lost before COMMIT):
+    /// nothing was written.
     #[error("store write failed: {0}")]
     Write(String),
-    /// A compare-and-set found a newer version.
+    /// A write may or may not have landed (the connection broke after
+    /// COMMIT was sent): read the record to know.
+    #[error("store write outcome unknown: {0}")]
+    Unknown(String),
+    /// A compare-and-swap found another version.
     #[error("credential {0:?} was changed by another worker meanwhile; nothing was overwritten")]
     Conflict(String),
 }
@@ -88,82 +150,51 @@ pub enum StoreError {
 /// What a store operation returns.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// A credential store. Implementations must make `save_keys` durable before
-/// returning `Ok`: the caller is about to spend what it just saved.
+/// A credential store: settings for the host, and for the component one
+/// record per credential with a version ([`Record`], `docs/record-store.md`).
+/// The component runs the whole fleet protocol on that record; a store only
+/// keeps what it is given, atomically and durably. Every backend uses the
+/// same tables as the Node.js and Python hosts, so workers in all three
+/// languages can share a credential.
 ///
 /// Methods block (disk, network); the host calls them from blocking threads
 /// unless [`KeyStore::blocking`] says they are instant.
 pub trait KeyStore: Send + Sync + 'static {
     /// The credential `name`, as stored now.
     fn load(&self, name: &str) -> Result<Credential>;
-    /// Replaces the keys of an existing credential; returns the new version.
-    /// With `expected_version`, only if the stored version is still that one
-    /// (compare-and-set), else [`StoreError::Conflict`].
-    fn save_keys(&self, name: &str, keys: &TokenSet, expected_version: Option<u64>) -> Result<u64>;
+    /// Replaces the record of `name` if its version is still `expected`, and
+    /// returns the new version (`expected + 1`) once the write is durable:
+    /// the component may spend what it just wrote. Else
+    /// [`StoreError::Conflict`] and nothing changes. [`StoreError::Write`]
+    /// when nothing was written, [`StoreError::Unknown`] when the store
+    /// cannot tell.
+    fn write_record(&self, name: &str, expected: u64, record: &Record) -> Result<u64>;
     /// Creates a credential, or replaces its settings. Keys given replace the
-    /// stored ones (and bump the version); none given keeps them, so editing
-    /// settings never drops a live refresh token or upsets a refresh in flight.
+    /// stored ones and start afresh (no lease, mark or dead grant; version
+    /// + 1); none given keeps the record as it is, so editing settings never
+    /// drops a live refresh token or upsets a refresh in flight.
     fn put(&self, name: &str, settings: &Settings, keys: Option<&TokenSet>) -> Result<()>;
     /// Every credential, by name.
     fn list(&self) -> Result<Vec<Credential>>;
     /// True when something was removed.
     fn remove(&self, name: &str) -> Result<bool>;
 
-    /// Takes (or, for the same `holder`, extends) the refresh lease of `name`
-    /// for `ttl`. False while another holder's lease is unexpired. A store
-    /// shared by processes must make this exclusive across them; the default
-    /// (always true) suits stores only one process uses, where the host's
-    /// in-process single-flight already suffices.
-    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        let _ = (name, holder, ttl);
-        Ok(true)
-    }
-
-    /// Extends `holder`'s lease of `name` by `ttl` only if `holder` still has
-    /// it: false if it ran out and anyone else took it, even if they have
-    /// released it since (the stored keys may have moved on).
-    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        let _ = (name, holder, ttl);
-        Ok(true)
-    }
-
-    /// Ends `holder`'s lease of `name`, if it still has it. A refresh mark
-    /// ([`KeyStore::begin_refresh`]) outlives the lease.
-    fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
-        let _ = (name, holder);
-        Ok(())
-    }
-
-    /// Like [`KeyStore::renew_lease`], and, when it returns true, also marks
-    /// that a refresh request of `name` is about to leave: from then on the
-    /// stored refresh token may be spent. The mark stays, whatever happens to
-    /// the lease, until keys are saved (`save_keys`, or `put` with keys) or
-    /// [`KeyStore::clear_refresh_in_doubt`]; meanwhile `load` and `list`
-    /// report `refresh_in_doubt` and the host lets no call spend the token
-    /// again. A `save_keys` refused ([`StoreError::Conflict`]) keeps it; a
-    /// `put` without keys (a settings edit) keeps it. Renewal and mark are
-    /// one durable write: the mark is stored before this returns true.
-    /// The default (no mark) suits stores that cannot keep one.
-    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        self.renew_lease(name, holder, ttl)
-    }
-
-    /// Forgets the refresh mark of `name` (an operator decided to try the
-    /// stored refresh token again); nothing else changes, leases included.
-    /// [`StoreError::UnknownCredential`] for a name not stored.
+    /// Forgets the refresh mark (and any lease) of `name`: an operator
+    /// checked with the provider and decided to try the stored refresh token
+    /// again. [`StoreError::UnknownCredential`] for a name not stored.
     fn clear_refresh_in_doubt(&self, name: &str) -> Result<()> {
-        let _ = name;
-        Ok(())
-    }
-
-    /// Records that the grant of `name` is dead (the token endpoint answered
-    /// `code`), at the current Unix second, so later calls fail fast. Cleared
-    /// by new keys (`put` with keys, a successful `save_keys`); a settings
-    /// edit or a refused `save_keys` keeps it. Recording again replaces it.
-    /// [`StoreError::UnknownCredential`] for a name not stored.
-    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<()> {
-        let _ = (name, code);
-        Ok(())
+        loop {
+            let c = self.load(name)?;
+            let record = Record {
+                lease: None,
+                refresh_mark: None,
+                ..c.record()
+            };
+            match self.write_record(name, c.version, &record) {
+                Err(StoreError::Conflict(_)) => continue,
+                other => return other.map(drop),
+            }
+        }
     }
 
     /// The credential `name`, if the store can answer without waiting (a
@@ -295,13 +326,21 @@ pub(crate) fn check_keys(keys: &TokenSet) -> Result<()> {
         .map_err(|e| StoreError::InvalidKeys(e.to_string()))
 }
 
-/// The compare-and-set of [`KeyStore::save_keys`]: the version it writes
-/// over `stored`, if that is still the `expected` one (when one is given).
-pub(crate) fn next_version(name: &str, stored: u64, expected: Option<u64>) -> Result<u64> {
-    match expected {
-        Some(v) if v != stored => Err(StoreError::Conflict(name.into())),
-        _ => Ok(stored + 1),
+/// The compare-and-swap of [`KeyStore::write_record`]: the version it
+/// writes over `stored`, if that is still the `expected` one.
+pub(crate) fn next_version(name: &str, stored: u64, expected: u64) -> Result<u64> {
+    if expected == stored {
+        Ok(stored + 1)
+    } else {
+        Err(StoreError::Conflict(name.into()))
     }
+}
+
+/// Wall-clock Unix milliseconds, as the component's lease and mark count.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Unix seconds, for `updated_at`.

@@ -1,32 +1,16 @@
-//! An in-memory store, for embedders that persist elsewhere and for benchmarks.
+//! An in-memory store, for embedders that persist elsewhere, for one
+//! process, and for benchmarks.
 
-use super::{
-    Credential, DeadGrant, KeyStore, Result, StoreError, check_keys, next_version, now_unix,
-};
+use super::{Credential, KeyStore, Record, Result, StoreError, check_keys, next_version, now_unix};
 use crate::settings::Settings;
 use crate::token_set::TokenSet;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-/// Credentials and leases in this process only: lost when it exits.
+/// Credentials in this process only: lost when it exits.
 #[derive(Default)]
 pub struct MemoryStore {
     credentials: Mutex<BTreeMap<String, Credential>>,
-    leases: Mutex<HashMap<String, Lease>>,
-}
-
-/// A refresh lease, with the same semantics as SQLite's `leases` row.
-struct Lease {
-    holder: String,
-    /// None: a ttl too long for `Instant` to express, i.e. never.
-    expires: Option<Instant>,
-}
-
-impl Lease {
-    fn live(&self, now: Instant) -> bool {
-        self.expires.is_none_or(|at| at > now)
-    }
 }
 
 impl MemoryStore {
@@ -37,20 +21,10 @@ impl MemoryStore {
 
     fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<String, Credential>) -> R) -> R {
         // A panic elsewhere cannot leave a half-written credential: every
-        // mutation below is a single insert or field store.
+        // mutation below is a single insert or a set of field stores made
+        // after every check.
         let mut map = self.credentials.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut map)
-    }
-
-    /// Changes the credential `name` in place; unknown if there is none.
-    fn update(&self, name: &str, change: impl FnOnce(&mut Credential)) -> Result<()> {
-        self.with(|m| m.get_mut(name).map(change))
-            .ok_or_else(|| StoreError::UnknownCredential(name.into()))
-    }
-
-    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
-        // Every mutation is a single insert, field store or remove.
-        self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -60,18 +34,20 @@ impl KeyStore for MemoryStore {
             .ok_or_else(|| StoreError::UnknownCredential(name.into()))
     }
 
-    fn save_keys(&self, name: &str, keys: &TokenSet, expected_version: Option<u64>) -> Result<u64> {
-        check_keys(keys)?;
+    fn write_record(&self, name: &str, expected: u64, record: &Record) -> Result<u64> {
+        if let Some(keys) = &record.keys {
+            check_keys(keys)?;
+        }
         self.with(|m| {
             let c = m
                 .get_mut(name)
                 .ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
-            c.version = next_version(name, c.version, expected_version)?;
-            c.keys = Some(keys.clone());
+            c.version = next_version(name, c.version, expected)?;
+            c.keys = record.keys.clone();
+            c.lease = record.lease.clone();
+            c.refresh_mark = record.refresh_mark.clone();
+            c.needs_authorization = record.dead_grant.clone();
             c.updated_at = now_unix();
-            // Saved keys settle any refresh in doubt and revive a dead grant.
-            c.refresh_in_doubt = false;
-            c.needs_authorization = None;
             Ok(c.version)
         })
     }
@@ -81,22 +57,24 @@ impl KeyStore for MemoryStore {
             check_keys(keys)?;
         }
         self.with(|m| {
-            let old = m.get(name);
-            let version = old.map_or(0, |c| c.version + u64::from(keys.is_some()));
-            // New keys start afresh; a settings edit keeps the marks.
-            let (needs_authorization, refresh_in_doubt) = match (keys, old) {
-                (None, Some(c)) => (c.needs_authorization.clone(), c.refresh_in_doubt),
-                _ => (None, false),
-            };
-            let keys = keys.cloned().or_else(|| old.and_then(|c| c.keys.clone()));
-            let credential = Credential {
-                name: name.into(),
-                settings: settings.clone(),
-                keys,
-                version,
-                updated_at: now_unix(),
-                needs_authorization,
-                refresh_in_doubt,
+            let credential = match (m.remove(name), keys) {
+                // A settings edit keeps the record as it is.
+                (Some(old), None) => Credential {
+                    settings: settings.clone(),
+                    updated_at: now_unix(),
+                    ..old
+                },
+                // New keys start afresh.
+                (old, keys) => Credential {
+                    name: name.into(),
+                    settings: settings.clone(),
+                    keys: keys.cloned(),
+                    version: old.map_or(0, |c| c.version + 1),
+                    updated_at: now_unix(),
+                    needs_authorization: None,
+                    lease: None,
+                    refresh_mark: None,
+                },
             };
             m.insert(name.into(), credential);
         });
@@ -109,77 +87,6 @@ impl KeyStore for MemoryStore {
 
     fn remove(&self, name: &str) -> Result<bool> {
         Ok(self.with(|m| m.remove(name).is_some()))
-    }
-
-    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        let now = Instant::now();
-        let mut leases = self.leases();
-        if leases
-            .get(name)
-            .is_some_and(|l| l.holder != holder && l.live(now))
-        {
-            return Ok(false);
-        }
-        let lease = Lease {
-            holder: holder.into(),
-            expires: now.checked_add(ttl),
-        };
-        leases.insert(name.into(), lease);
-        Ok(true)
-    }
-
-    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        let now = Instant::now();
-        match self.leases().get_mut(name) {
-            // An expired lease is not renewed even if nobody took it, as in
-            // SQLite and PostgreSQL: the host sees one behaviour on every store.
-            Some(l) if l.holder == holder && l.live(now) => {
-                l.expires = now.checked_add(ttl);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
-        let mut leases = self.leases();
-        // Only its own: a late release must not free a successor's lease.
-        if leases.get(name).is_some_and(|l| l.holder == holder) {
-            leases.remove(name);
-        }
-        Ok(())
-    }
-
-    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        // The lease map stays locked while the mark is set, so no takeover
-        // slips between the renewal and the mark (lock order: leases, then
-        // credentials; nothing takes them the other way round).
-        let now = Instant::now();
-        let mut leases = self.leases();
-        match leases.get_mut(name) {
-            Some(l) if l.holder == holder && l.live(now) => {
-                l.expires = now.checked_add(ttl);
-                self.with(|m| {
-                    if let Some(c) = m.get_mut(name) {
-                        c.refresh_in_doubt = true;
-                    }
-                });
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    fn clear_refresh_in_doubt(&self, name: &str) -> Result<()> {
-        self.update(name, |c| c.refresh_in_doubt = false)
-    }
-
-    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<()> {
-        let dead = DeadGrant {
-            code: code.into(),
-            at: now_unix(),
-        };
-        self.update(name, |c| c.needs_authorization = Some(dead))
     }
 
     fn blocking(&self) -> bool {
