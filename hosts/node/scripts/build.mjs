@@ -1,5 +1,5 @@
 // Transpiles the rekey component into gen/ with the pinned jco, twice:
-//   gen/sync  synchronous imports, for the worker-thread path (Node >= 20)
+//   gen/sync  synchronous imports, for the worker-thread path (Node >= 22)
 //   gen/jspi  the host's functions and pollable.block as async imports and
 //             `send` and the `authorize` functions as async exports, for
 //             JSPI (Node >= 24)
@@ -34,18 +34,17 @@ try {
 }
 const sha256 = createHash('sha256').update(wasm).digest('hex');
 
-const HOST = 'rekey:oauth2/host@0.2.0';
-const AUTHORIZE = 'rekey:oauth2/authorize@0.2.0';
+const HOST = 'rekey:oauth2/host@0.3.0';
+const AUTHORIZE = 'rekey:oauth2/authorize@0.3.0';
 const common = ['--instantiation', 'async', '--name', 'rekey', '--no-wasi-shim', '--quiet'];
 const variants = {
   sync: [],
   jspi: [
     '--async-mode', 'jspi',
     '--async-imports',
-    `${HOST}#http-send`, `${HOST}#emit-update-keys`,
-    `${HOST}#acquire-refresh-lease`, `${HOST}#release-refresh-lease`,
+    `${HOST}#http-send`, `${HOST}#read-record`, `${HOST}#emit-update-keys`,
     'wasi:io/poll@0.2.0#[method]pollable.block',
-    '--async-exports', 'rekey:oauth2/client@0.2.0#send',
+    '--async-exports', 'rekey:oauth2/client@0.3.0#send',
     `${AUTHORIZE}#begin`, `${AUTHORIZE}#finish`, `${AUTHORIZE}#device-start`, `${AUTHORIZE}#device-poll`,
   ],
 };

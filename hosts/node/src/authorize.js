@@ -10,7 +10,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
-import { isLoopback, loggableTarget } from './call-host.js';
+import { isLoopback } from './boundary.js';
 import { AuthorizationTimeout, InvalidSettings, ListenerError, TokenEndpointError } from './errors.js';
 import { TokenSet } from './secret.js';
 import { pairs } from './wit-values.js';
@@ -141,67 +141,6 @@ export function hiddenParts(started, Kind) {
   const parts = started instanceof Kind ? hidden.get(started) : undefined;
   if (!parts) throw new TypeError(`expected a ${Kind.name} from this package`);
   return parts;
-}
-
-/**
- * The `host` interface for an `authorize` call: only `http-send` is used
- * (nothing is stored by the component, no refresh token is spent, so no
- * lease). Each request goes over a fresh connection, only to https or to
- * plain http on loopback.
- */
-export class AuthorizeHost {
-  constructor({ http: client, tokenUrl, credential, onEvent }) {
-    this.http = client;
-    this.tokenUrl = tokenUrl;
-    this.credential = credential;
-    this.onEvent = onEvent;
-  }
-
-  async httpSend(req) {
-    let parsed;
-    try {
-      parsed = new URL(req.url);
-    } catch {
-      parsed = undefined; // http.send reports the invalid URL
-    }
-    if (parsed?.protocol === 'http:' && !isLoopback(parsed.hostname)) {
-      return { ok: false, error: { tag: 'refused', val: 'plain http is allowed on loopback only' } };
-    }
-    const started = performance.now();
-    const result = await this.http.send(req, { freshConnection: true });
-    this.event({
-      type: 'http',
-      exchange: req.url === this.tokenUrl ? 'token-endpoint' : 'device-authorization',
-      method: req.method,
-      target: loggableTarget(req.url),
-      ...(result.ok ? { status: result.value.status } : { error: result.error.tag }),
-      elapsedMs: performance.now() - started,
-    });
-    return result;
-  }
-
-  async emitUpdateKeys() {
-    return { ok: false, error: 'authorisation stores nothing through the component' };
-  }
-
-  async acquireRefreshLease() {
-    return { ok: false, error: 'authorisation spends no refresh token' };
-  }
-
-  async releaseRefreshLease() {
-    return { ok: true };
-  }
-
-  end() {}
-
-  event(event) {
-    if (!this.onEvent) return;
-    try {
-      this.onEvent({ credential: this.credential, ...event });
-    } catch {
-      // An observer must not change the outcome.
-    }
-  }
 }
 
 /**

@@ -1,46 +1,57 @@
-// The WIT `host` interface for one `send` call: HTTP, persistence and the
-// refresh lease, acting on that call's credential. Engine-agnostic: every
-// method is async and returns {ok, value} or {ok: false, error} with the WIT
-// error payload, which the JSPI and worker engines turn into the import's
-// result. Never throws.
+// The WIT `host` interface for one call, acting on that call's credential:
+// HTTP (with the boundary checks as a second line behind the component's),
+// and the record store (`read-record`, `emit-update-keys` as a conditional
+// write). Effects only: the component runs the whole fleet protocol on the
+// record and classifies every answer. Engine-agnostic: every method is
+// async and resolves to {ok, value} or {ok: false, error} with the WIT
+// payload, which the JSPI and worker engines turn into the import's result.
+// Never throws.
 
-import { LeaseTimeout } from './leases.js';
-import { TokenSet } from './secret.js';
+import { loggableTarget, refusal } from './boundary.js';
+import { StoreError } from './errors.js';
+import { fromWit, toWit } from './record.js';
+import { WriteUnknown } from './stores/base.js';
 
-/** Time kept in hand after a token exchange, to persist its result. */
+/** Time kept in hand after a token exchange, to store its result. */
 const SPEND_MARGIN_MS = 1_000;
+const PURPOSES = ['api', 'token-endpoint', 'device-endpoint'];
 
 export class CallHost {
-  #lease = null; // release function while this call holds the refresh lease
+  #instanceUrl; // the https instance_url of the keys last seen, when allowed
 
   /**
    * @param {object} o
-   * @param {string|symbol} o.credential  single-flight key (a symbol: private to this call)
-   * @param {string} o.tokenUrl
+   * @param {string} [o.credential]  the credential's name, for events
+   * @param {string} [o.record]  the record's name in `store`
+   * @param {{read: Function, write: Function}} [o.store]  none: an authorize call (no record)
+   * @param {{tokenUrl: string, apiOrigins: string[], allowInstanceUrl: boolean}} o.settings  the WIT settings
    * @param {import('./http.js').HttpClient} o.http
-   * @param {import('./leases.js').Leases} o.leases
-   * @param {() => Promise<string|undefined>} o.loadKeys  the keys stored now
-   * @param {(json: string) => Promise<void>} o.saveKeys  durable when it resolves
-   * @param {(credential: string) => Promise<() => void> | undefined} [o.acquireStoreLease]
-   * @param {number} o.leaseTimeoutMs
    * @param {number} o.deadline  epoch ms after which no refresh token is spent
-   * @param {(event: object) => void} o.onEvent
+   * @param {(event: object) => void} [o.onEvent]
    */
   constructor(o) {
     Object.assign(this, o);
   }
 
-  async httpSend(req) {
-    const toTokenEndpoint = req.url === this.tokenUrl;
-    if (toTokenEndpoint) {
-      const refusal = this.#refuseTokenRequest(req.url);
-      if (refusal) return { ok: false, error: { tag: 'refused', val: refusal } };
+  async httpSend(purpose, req) {
+    const kind = typeof purpose === 'string' ? purpose : PURPOSES[purpose];
+    const why = refusal(kind, req.url, {
+      tokenUrl: this.settings.tokenUrl,
+      apiOrigins: this.settings.apiOrigins ?? [],
+      instanceUrl: this.settings.allowInstanceUrl ? this.#instanceUrl : undefined,
+    }) ?? (kind === 'token-endpoint' ? this.#tooLate() : undefined);
+    if (why) {
+      this.#event({ type: 'http', exchange: kind, method: req.method, target: loggableTarget(req.url), error: 'refused' });
+      return { ok: false, error: { tag: 'refused', val: why } };
     }
     const started = performance.now();
-    const result = await this.http.send(req, { freshConnection: toTokenEndpoint });
+    // A token request goes over a fresh connection: a kept-alive socket the
+    // server closed meanwhile would make a refresh look "maybe arrived" (in
+    // doubt) when it never left.
+    const result = await this.http.send(req, { freshConnection: kind !== 'api' });
     this.#event({
       type: 'http',
-      exchange: toTokenEndpoint ? 'token-endpoint' : 'api',
+      exchange: kind,
       method: req.method,
       target: loggableTarget(req.url),
       ...(result.ok ? { status: result.value.status } : { error: result.error.tag }),
@@ -49,119 +60,81 @@ export class CallHost {
     return result;
   }
 
-  async emitUpdateKeys(json) {
+  async readRecord() {
+    if (!this.store) return { ok: false, error: 'this call has no credential record' };
+    let stored;
     try {
-      await this.saveKeys(json);
+      stored = await this.store.read(this.record);
     } catch (err) {
-      // The callback's own message may quote what it was given: name it only.
-      const reason = `the keys could not be saved (${describeFailure(err)})`;
-      this.#event({ type: 'keys-not-persisted', reason });
-      return { ok: false, error: reason };
+      return { ok: false, error: `the store failed (${describeFailure(err)})` };
     }
-    this.#event({ type: 'keys-persisted' });
-    // Durable: others may now refresh from what was stored.
-    this.#endLease();
-    return { ok: true };
+    if (!stored) return { ok: false, error: `no credential named ${JSON.stringify(this.record)} in the store` };
+    this.#saw(stored.data.keys);
+    return { ok: true, value: toWit(stored) };
   }
 
-  async acquireRefreshLease() {
-    if (!this.#lease) {
-      const started = performance.now();
-      let release;
-      try {
-        release = await this.leases.acquire(this.credential, this.leaseTimeoutMs);
-      } catch (err) {
-        return { ok: false, error: err instanceof LeaseTimeout ? err.message : `the lease failed (${describeFailure(err)})` };
-      }
-      if (this.acquireStoreLease) {
-        try {
-          const releaseStore = await this.acquireStoreLease(this.credential);
-          const releaseLocal = release;
-          release = () => { try { releaseStore?.(); } finally { releaseLocal(); } };
-        } catch (err) {
-          release();
-          return { ok: false, error: `the store's lease could not be taken (${describeFailure(err)})` };
-        }
-      }
-      this.#lease = release;
-      this.#event({ type: 'lease-acquired', waitedMs: performance.now() - started });
-    }
+  async emitUpdateKeys(expectedVersion, witData) {
+    if (!this.store) return { ok: false, error: { tag: 'failed', val: 'this call has no credential record' } };
+    let data;
     try {
-      const keys = await this.loadKeys();
-      return { ok: true, value: { keys, inDoubt: false } };
+      data = fromWit(witData);
     } catch (err) {
-      return { ok: false, error: `the stored keys could not be re-read (${describeFailure(err)})` };
+      return { ok: false, error: { tag: 'failed', val: `the record cannot be stored (${err.message})` } };
     }
-  }
-
-  async releaseRefreshLease() {
-    this.#endLease();
-    return { ok: true };
-  }
-
-  /** Ends any lease still held: the call returned, failed or trapped. */
-  end() {
-    this.#endLease();
-  }
-
-  #endLease() {
-    const release = this.#lease;
-    this.#lease = null;
-    release?.();
-  }
-
-  // A refresh token goes out only where it may (https, or plain http on
-  // loopback: RFC 6749 §3.2) and only while the call can still persist the
-  // answer: a timeout after the provider rotated the token would lose it.
-  #refuseTokenRequest(url) {
-    let parsed;
+    let version;
     try {
-      parsed = new URL(url);
-    } catch {
-      return undefined; // http.send reports the invalid URL
+      version = await this.store.write(this.record, Number(expectedVersion), data);
+    } catch (err) {
+      const reason = `the store failed (${describeFailure(err)})`;
+      this.#event({ type: 'write-failed', reason });
+      return { ok: false, error: { tag: err instanceof WriteUnknown ? 'unknown' : 'failed', val: reason } };
     }
-    if (parsed.protocol === 'http:' && !isLoopback(parsed.hostname)) {
-      return 'the token endpoint is plain http on a host that is not loopback';
+    if (version === false) {
+      this.#event({ type: 'write-conflict' });
+      return { ok: false, error: { tag: 'conflict' } };
     }
+    this.#saw(data.keys);
+    this.#event({ type: 'record-written', version, keysChanged: data.keys !== null });
+    return { ok: true, value: BigInt(version) };
+  }
+
+  // Not while too little of the call's time is left to exchange the refresh
+  // token and store the answer: stopped mid-exchange, the call would leave
+  // the credential in doubt.
+  #tooLate() {
     if (Date.now() + this.http.options.totalTimeoutMs + SPEND_MARGIN_MS > this.deadline) {
-      return "too little of the call's time is left to exchange and persist a refresh token";
+      return "too little of the call's time is left to exchange a refresh token and store the answer";
     }
     return undefined;
   }
 
+  #saw(keys) {
+    if (!this.settings.allowInstanceUrl || !keys) return;
+    try {
+      const url = JSON.parse(keys).instance_url;
+      this.#instanceUrl = typeof url === 'string' ? url : undefined;
+    } catch {
+      this.#instanceUrl = undefined;
+    }
+  }
+
   #event(event) {
     if (!this.onEvent) return;
-    const credential = typeof this.credential === 'string' ? this.credential : undefined;
     try {
-      this.onEvent({ credential, ...event });
+      this.onEvent({ credential: this.credential, ...event });
     } catch {
       // An observer must not change the outcome of a call.
     }
   }
 }
 
-export function isLoopback(hostname) {
-  const h = hostname.replace(/^\[|\]$/g, '').toLowerCase();
-  return h === 'localhost' || h.endsWith('.localhost') || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h);
-}
-
-/** Scheme, host and path only: a query may carry secrets. */
-export function loggableTarget(url) {
-  try {
-    const u = new URL(url);
-    return `${u.protocol}//${u.host}${u.pathname}`;
-  } catch {
-    return '(invalid URL)';
-  }
-}
-
-/** What failed, by name and code only: an error's message may quote what it was given. */
+/**
+ * What failed: this package's store errors by their message (written to
+ * hold no value), anything else by name and code only (a foreign message,
+ * e.g. a custom store's or a callback's, may quote what it was given).
+ */
 export function describeFailure(err) {
+  if (err instanceof StoreError || err instanceof WriteUnknown) return err.detail ?? err.message;
   if (err instanceof Error) return err.code ? `${err.name} ${err.code}` : err.name;
   return typeof err;
-}
-
-/** Wraps emitted keys for a user callback: printing it shows no value. */
-export function tokenSetOf(json) {
-  return new TokenSet(JSON.parse(json));
 }

@@ -8,7 +8,7 @@ import { pathToFileURL } from 'node:url';
 import { compileCoreModules, exportsOf, importResult, moduleLookup, sendErrorOf } from './core-modules.js';
 import { ComponentError } from './errors.js';
 import { InstancePool } from './instance-pool.js';
-import { wasiClockImports } from './wasi-clocks.js';
+import { wasiImports } from './wasi.js';
 
 export function jspiAvailable() {
   return typeof WebAssembly.Suspending === 'function' && typeof WebAssembly.promising === 'function';
@@ -30,19 +30,18 @@ export async function createJspiEngine({ genDir, poolSize }) {
       'rekey:oauth2/types': {},
       'rekey:oauth2/host': {
         httpSend: through('httpSend'),
+        readRecord: through('readRecord'),
         emitUpdateKeys: through('emitUpdateKeys'),
-        acquireRefreshLease: through('acquireRefreshLease'),
-        releaseRefreshLease: through('releaseRefreshLease'),
       },
-      ...wasiClockImports('async'),
+      ...wasiImports('async'),
     });
     return { slot, exports: exportsOf(root) };
   });
 
   const engine = {
     mode: 'jspi',
-    call(settings, keys, request, host) {
-      return engine.invoke('send', [settings, keys, request], host);
+    call(settings, request, host) {
+      return engine.invoke('send', [settings, request], host);
     },
     /** Runs one export (see exportsOf) with `host` serving its imports (no time bound here). */
     async invoke(op, args, host) {

@@ -1,8 +1,8 @@
-// The worker path (Node >= 20, no JSPI): the component's imports are
+// The worker path (Node 22, or forced: no JSPI): the component's imports are
 // synchronous, so each instance runs in its own worker thread and blocks
 // there, while this (the calling) thread serves its imports asynchronously:
-// real HTTP, the user's async callbacks and the in-process lease all stay on
-// the caller's event loop, which never blocks. One worker serves one call at
+// real HTTP, the record store and the user's async callbacks all stay on the
+// caller's event loop, which never blocks. One worker serves one call at
 // a time; a pool of them serves concurrent calls.
 
 import { join } from 'node:path';
@@ -23,8 +23,8 @@ export async function createWorkerEngine({ genDir, poolSize, callTimeoutMs }) {
 
   const engine = {
     mode: 'worker',
-    call(settings, keys, request, host) {
-      return engine.invoke('send', [settings, keys, request], host);
+    call(settings, request, host) {
+      return engine.invoke('send', [settings, request], host);
     },
     /**
      * Runs one export (`send`, `begin`, `finish`, `deviceStart`,
@@ -102,8 +102,9 @@ function startWorker(genModuleUrl, modules) {
         return new Promise((resolve, reject) => {
           worker.ref();
           const timer = setTimeout(() => {
-            // Past its deadline a call is stopped where it stands; the lease
-            // it may hold ends with the call (the caller's `finally`).
+            // Past its deadline a call is stopped where it stands; a lease it
+            // holds in the record runs out (the component refuses to begin
+            // a token exchange this close to the deadline).
             fail(new ComponentError(`the call ran past its ${timeoutMs} ms limit`));
           }, timeoutMs);
           const settle = (fn) => (value) => {

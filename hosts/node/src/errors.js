@@ -136,10 +136,23 @@ export class InvalidRequest extends withCategory(Category.BAD_INPUT) {
   }
 }
 
-/** The store could not load the credential's keys. */
+/** The record store failed (an operator function, opening a store, or a read or write). */
 export class StoreError extends withCategory(Category.STORE) {
   constructor(detail) {
-    super(`the key store failed: ${detail}`);
+    super(`the record store failed: ${detail}`);
+    /** What failed, without the prefix; never a value. */
+    this.detail = detail;
+  }
+}
+
+/** The component could not read or write the credential's record; nothing was spent. */
+export class StoreUnavailable extends withCategory(Category.STORE) {
+  constructor(detail) {
+    super(`the credential's record store is unavailable: ${detail}`);
+  }
+
+  get retryable() {
+    return true;
   }
 }
 
@@ -174,6 +187,7 @@ export function fromSendError(e, toResponse) {
     case 'transport': return new TransportError(e.val);
     case 'keys-not-persisted': return new KeysNotPersisted(e.val);
     case 'lease-unavailable': return new LeaseUnavailable(e.val);
+    case 'store-unavailable': return new StoreUnavailable(e.val);
     case 'invalid-settings': return new InvalidSettings(e.val);
     case 'invalid-keys': return new InvalidKeys(e.val);
     default: return new ComponentError(`unknown send-error case ${JSON.stringify(e.tag)}`);

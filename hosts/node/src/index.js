@@ -1,8 +1,11 @@
 // @rekey/node: OAuth2 refresh-and-retry for Node.js, run by the rekey
-// WebAssembly component (rekey:oauth2@0.2.0).
+// WebAssembly component (rekey:oauth2@0.3.0).
 
 export { Rekey } from './rekey.js';
-export { FileStore } from './file-store.js';
+export { MemoryStore } from './stores/memory.js';
+export { SqliteStore } from './stores/sqlite.js';
+export { PostgresStore } from './stores/postgres.js';
+export { WriteUnknown } from './stores/base.js';
 export { Secret, TokenSet } from './secret.js';
 export { RekeyResponse } from './wit-values.js';
 export { keysFromTokenResponse } from './token-response.js';
@@ -25,6 +28,7 @@ export {
   InvalidKeys,
   InvalidRequest,
   StoreError,
+  StoreUnavailable,
   ComponentError,
   AccessDenied,
   StateMismatch,

@@ -4,35 +4,39 @@ import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  AuthorizeHost, DEFAULT_REDIRECT_URI, DEFAULT_TIMEOUT_MS, DeviceAuthorization, PendingAuthorization,
+  DEFAULT_REDIRECT_URI, DEFAULT_TIMEOUT_MS, DeviceAuthorization, PendingAuthorization,
   RedirectListener, entropy, hiddenParts, importTokenResponse, waitForRedirect, witAuthorization,
 } from './authorize.js';
-import { CallHost, describeFailure, tokenSetOf } from './call-host.js';
+import { CallHost, describeFailure } from './call-host.js';
 import { createJspiEngine, jspiAvailable } from './engine-jspi.js';
 import { createWorkerEngine } from './engine-worker.js';
 import {
-  ComponentError, InvalidRequest, RekeyError, StoreError, fromAuthorizeError, fromSendError,
+  ComponentError, InvalidRequest, StoreError, fromAuthorizeError, fromSendError,
 } from './errors.js';
 import { HttpClient } from './http.js';
-import { Leases } from './leases.js';
+import { CallbackStore } from './stores/memory.js';
 import { RekeyResponse, keysJson, toWitRequest, toWitSettings } from './wit-values.js';
 
 const PACKAGE_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 const DEFAULTS = Object.freeze({
   mode: 'auto',
-  /** Wall-clock bound on one call; no refresh token is spent too close to it. */
+  /**
+   * Wall-clock bound on one call (worker path: the call is stopped there);
+   * no refresh token is spent too close to it. Above the component's lease
+   * wait (60 s by default) plus a token exchange.
+   */
   callTimeoutMs: 120_000,
-  /** How long a call waits for another call's refresh to finish. */
-  leaseTimeoutMs: 60_000,
 });
+
+/** The record name of a callback-style call without a credential name. */
+const PRIVATE = 'this call';
 
 export class Rekey {
   #engine;
   #http;
-  #leases = new Leases();
-  /** credential -> the keys this process persisted last (callback mode) */
-  #lastPersisted = new Map();
+  /** The callback style's records (one process only), by credential name. */
+  #callbackRecords = new CallbackStore();
   #options;
 
   constructor(engine, http, options, buildInfo) {
@@ -78,32 +82,44 @@ export class Rekey {
   async send(o) {
     const settings = toWitSettings(o.settings);
     const request = toWitRequest(o.request);
-    const credential = o.credential ?? Symbol('private to this call');
-    if (o.store && typeof credential !== 'string') throw new InvalidRequest('a store needs a credential name');
-    if (!o.store && typeof o.onUpdateKeys !== 'function') {
-      throw new InvalidRequest('pass a store, or keys with an onUpdateKeys callback (refreshed keys must go somewhere durable)');
-    }
-    const persistence = o.store ? this.#storePersistence(o.store, credential, o.onUpdateKeys) : this.#callbackPersistence(o, credential);
-    const keys = o.store ? await loadFromStore(o.store, credential) : keysJson(o.keys);
-
+    const { store, record } = await this.#recordOf(o);
     const host = new CallHost({
-      credential,
-      tokenUrl: settings.tokenUrl,
+      credential: typeof o.credential === 'string' ? o.credential : undefined,
+      record,
+      store,
+      settings,
       http: this.#http,
-      leases: this.#leases,
-      leaseTimeoutMs: this.#options.leaseTimeoutMs,
       deadline: Date.now() + this.#options.callTimeoutMs,
       onEvent: o.onEvent ?? this.#options.onEvent,
-      ...persistence,
     });
-    let outcome;
-    try {
-      outcome = await this.#engine.call(settings, keys, request, host);
-    } finally {
-      host.end();
-    }
+    const outcome = await this.#engine.call(settings, request, host);
     if (!outcome.ok) throw fromSendError(outcome.error, (r) => new RekeyResponse(r));
     return new RekeyResponse(outcome.value);
+  }
+
+  /** The record a call runs on: the store's, or the callback style's. */
+  async #recordOf(o) {
+    if (o.store) {
+      if (typeof o.credential !== 'string' || o.credential === '') throw new InvalidRequest('a store needs a credential name');
+      if (typeof o.store.read !== 'function' || typeof o.store.write !== 'function') {
+        throw new InvalidRequest('a store has read(name) and write(name, expectedVersion, data): see README');
+      }
+      if (o.keys !== undefined || o.onUpdateKeys !== undefined) {
+        throw new InvalidRequest('pass a store, or keys with onUpdateKeys, not both: the store holds the keys');
+      }
+      return { store: o.store, record: o.credential };
+    }
+    if (typeof o.onUpdateKeys !== 'function') {
+      throw new InvalidRequest('pass a store, or keys with an onUpdateKeys callback (refreshed keys must go somewhere durable)');
+    }
+    const keys = keysJson(o.keys) ?? null;
+    if (typeof o.credential === 'string' && o.credential !== '') {
+      await this.#callbackRecords.seed(o.credential, keys);
+      return { store: this.#callbackRecords.forCall(o.onUpdateKeys), record: o.credential };
+    }
+    const own = new CallbackStore();
+    await own.seed(PRIVATE, keys);
+    return { store: own.forCall(o.onUpdateKeys), record: PRIVATE };
   }
 
   /**
@@ -260,13 +276,16 @@ export class Rekey {
   }
 
   async #authorizeCall(op, args, { settings, credential, onEvent, timeoutMs }) {
-    const host = new AuthorizeHost({
-      http: this.#http,
-      tokenUrl: settings.tokenUrl,
+    const bound = timeoutMs ?? this.#options.callTimeoutMs;
+    // No record: the component stores nothing and spends no refresh token here.
+    const host = new CallHost({
       credential,
+      settings,
+      http: this.#http,
+      deadline: Date.now() + bound,
       onEvent: onEvent ?? this.#options.onEvent,
     });
-    const outcome = await this.#engine.invoke(op, args, host, { timeoutMs: timeoutMs ?? this.#options.callTimeoutMs });
+    const outcome = await this.#engine.invoke(op, args, host, { timeoutMs: bound });
     if (!outcome.ok) throw fromAuthorizeError(outcome.error);
     return outcome.value;
   }
@@ -278,18 +297,25 @@ export class Rekey {
     if (!o.store && typeof o.onUpdateKeys !== 'function') {
       throw new InvalidRequest('pass a store, or an onUpdateKeys callback (the new keys must go somewhere durable)');
     }
+    if (o.store && (typeof o.store.create !== 'function' || typeof o.store.putKeys !== 'function')) {
+      throw new InvalidRequest('the store must have create(name, {settings, keys}) and putKeys(name, keys) (the built-in stores do)');
+    }
     toWitSettings(o.settings); // settings that cannot work fail before anything starts
     return async (keys) => {
       const json = keys.toJSONString();
       try {
-        if (o.store) await o.store.save(credential, json);
+        // A new credential gets its settings column; an existing one new keys
+        // (any lease, refresh mark or dead grant of the old grant ends).
+        if (o.store && !(await o.store.create(credential, { settings: o.settings, keys: json }))) {
+          await o.store.putKeys(credential, json);
+        }
         await o.onUpdateKeys?.(keys);
       } catch (err) {
         // The callback's own message may quote what it was given: name it only.
         throw new StoreError(`the keys of ${JSON.stringify(credential)} could not be saved (${describeFailure(err)}); nothing else was changed`);
       }
-      // Without a store, a later refresh's lease hands over this set (see #callbackPersistence).
-      if (!o.store) this.#lastPersisted.set(credential, json);
+      // Without a store, later sends of this credential in this process start from this set.
+      if (!o.store) await this.#callbackRecords.seed(credential, json, { replace: true });
       const onEvent = o.onEvent ?? this.#options.onEvent;
       try {
         onEvent?.({ credential, type: 'keys-persisted' });
@@ -304,30 +330,6 @@ export class Rekey {
     this.#engine.close();
     this.#http.close();
   }
-
-  #storePersistence(store, credential, onUpdateKeys) {
-    return {
-      loadKeys: () => loadFromStore(store, credential),
-      saveKeys: async (json) => {
-        await store.save(credential, json);
-        await onUpdateKeys?.(tokenSetOf(json));
-      },
-      acquireStoreLease: typeof store.acquireLease === 'function' ? (c) => store.acquireLease(c) : undefined,
-    };
-  }
-
-  #callbackPersistence(o, credential) {
-    return {
-      // Without a store to re-read, the lease hands over what this process
-      // persisted last for the credential: a call that lost the race adopts
-      // the winner's tokens instead of spending a rotated refresh token.
-      loadKeys: async () => (o.loadKeys ? keysJson(await o.loadKeys()) : this.#lastPersisted.get(credential)),
-      saveKeys: async (json) => {
-        await o.onUpdateKeys(tokenSetOf(json));
-        if (typeof credential === 'string') this.#lastPersisted.set(credential, json);
-      },
-    };
-  }
 }
 
 /** The redirect's raw query (without `?`), from a string, URL or URLSearchParams. */
@@ -337,13 +339,4 @@ function rawQuery(query) {
   if (typeof query !== 'string') throw new InvalidRequest('the redirect query must be a string, URL or URLSearchParams');
   if (/^https?:\/\//i.test(query)) return new URL(query).search.slice(1);
   return query.startsWith('?') ? query.slice(1) : query;
-}
-
-async function loadFromStore(store, credential) {
-  try {
-    return keysJson(await store.load(credential));
-  } catch (err) {
-    if (err instanceof RekeyError) throw err;
-    throw new StoreError(`cannot load the keys of ${JSON.stringify(credential)} (${err?.code ?? err?.name ?? 'error'})`);
-  }
 }

@@ -3,7 +3,7 @@
 // variants, Uint8Array bodies, header lists as [name, value] pairs).
 
 import { InvalidRequest, InvalidSettings } from './errors.js';
-import { reveal } from './secret.js';
+import { Secret, reveal } from './secret.js';
 
 const CLIENT_AUTH = { basic: 'client-secret-basic', post: 'client-secret-post' };
 const STRATEGIES = ['on-auth-failure', 'every-request', 'before-expiry'];
@@ -30,17 +30,41 @@ export function toWitSettings(s) {
   if (!Array.isArray(rejected) || !rejected.every((n) => Number.isInteger(n) && n >= 100 && n <= 599)) {
     throw new InvalidSettings('rejectedStatuses must be a list of HTTP statuses');
   }
+  const origins = s.apiOrigins ?? [];
+  if (!Array.isArray(origins) || !origins.every((o) => typeof o === 'string')) {
+    throw new InvalidSettings('apiOrigins must be a list of origins like https://api.example.com or https://*.example.com');
+  }
+  const fleet = s.fleet ?? {};
+  const ms = (name) => {
+    const v = fleet[name] ?? 0;
+    if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new InvalidSettings(`fleet.${name} must be a whole number of milliseconds (0: the default)`);
+    return v;
+  };
   return {
     tokenUrl: string('tokenUrl', s.tokenUrl),
     clientId: string('clientId', s.clientId),
     // Not checked with `string()`: its message must not depend on a secret.
-    clientSecret: s.clientSecret === undefined ? undefined : String(reveal(s.clientSecret)),
+    clientSecret: clientSecretOf(s.clientSecret),
     clientAuth,
     scope: string('scope', s.scope, true),
     extraParams: pairs(s.extraParams ?? [], (m) => new InvalidSettings(`extraParams ${m}`)),
     strategy: strategyName === 'before-expiry' ? { tag: strategyName, val: margin } : { tag: strategyName },
     rejectedStatuses: Uint16Array.from(rejected),
+    apiOrigins: [...origins],
+    allowInstanceUrl: s.allowInstanceUrl === true,
+    fleet: { leaseTtlMs: ms('leaseTtlMs'), leaseWaitMs: ms('leaseWaitMs') },
   };
+}
+
+/** A client secret: a string, a Secret, or `{ env: 'VAR' }` read at each call. */
+function clientSecretOf(v) {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === 'object' && !(v instanceof Secret) && typeof v.env === 'string') {
+    const value = process.env[v.env];
+    if (value === undefined) throw new InvalidSettings(`the client secret's environment variable ${v.env} is not set`);
+    return value;
+  }
+  return String(reveal(v));
 }
 
 /**

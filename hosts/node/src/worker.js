@@ -1,12 +1,11 @@
 // One worker thread of the worker path: it owns one component instance whose
 // imports are synchronous. Each import posts its arguments to the main
 // thread and parks this thread on Atomics.wait until the main thread (which
-// does the HTTP, the persistence and the lease, and runs the user's async
-// callbacks) has posted the answer on `replies` and flipped `signal`.
+// does the HTTP and the record store, and runs the user's async callbacks) has posted the answer on `replies` and flipped `signal`.
 
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { exportsOf, importResult, moduleLookup, sendErrorOf } from './core-modules.js';
-import { wasiClockImports } from './wasi-clocks.js';
+import { wasiImports } from './wasi.js';
 
 const { genModuleUrl, modules, replies, signal } = workerData;
 const flag = new Int32Array(signal);
@@ -23,12 +22,11 @@ async function newInstance() {
   const root = await instantiate(moduleLookup(modules), {
     'rekey:oauth2/types': {},
     'rekey:oauth2/host': {
-      httpSend: (req) => hostCall('httpSend', [req]),
-      emitUpdateKeys: (keys) => hostCall('emitUpdateKeys', [keys]),
-      acquireRefreshLease: () => hostCall('acquireRefreshLease', []),
-      releaseRefreshLease: () => hostCall('releaseRefreshLease', []),
+      httpSend: (purpose, req) => hostCall('httpSend', [purpose, req]),
+      readRecord: () => hostCall('readRecord', []),
+      emitUpdateKeys: (expectedVersion, data) => hostCall('emitUpdateKeys', [expectedVersion, data]),
     },
-    ...wasiClockImports('sync'),
+    ...wasiImports('sync'),
   });
   return exportsOf(root);
 }

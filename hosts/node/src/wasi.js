@@ -1,7 +1,11 @@
 // The only WASI the component imports: wall-clock `now`, monotonic-clock
 // `subscribe-duration` and the pollable it returns (the guest sleeps between
-// token-endpoint retries with `block`). Nothing else — no files, sockets,
-// environment or stdio — so the sandbox stays as narrow as the Rust host's.
+// token-endpoint retries and while another worker holds the refresh lease,
+// with `block`), and `get-random-u64` (lease holder ids, from the OS's
+// CSPRNG). Nothing else — no files, sockets, environment or stdio — so the
+// sandbox stays as narrow as the Rust host's.
+
+import { randomBytes } from 'node:crypto';
 
 const NS_PER_MS = 1_000_000n;
 
@@ -19,7 +23,7 @@ function wallClock() {
  *   where blocking is the point); `async` returns a promise (JSPI path, where
  *   the import suspends the wasm stack and the event loop keeps running).
  */
-export function wasiClockImports(blocking) {
+export function wasiImports(blocking) {
   const sleeper = blocking === 'sync' ? new Int32Array(new SharedArrayBuffer(4)) : null;
 
   class Pollable {
@@ -52,5 +56,9 @@ export function wasiClockImports(blocking) {
     'wasi:clocks/wall-clock': wallClock(),
     'wasi:clocks/monotonic-clock': monotonicClock,
     'wasi:io/poll': { Pollable },
+    'wasi:random/random': {
+      getRandomU64: () => randomBytes(8).readBigUInt64LE(0),
+      getRandomBytes: (len) => new Uint8Array(randomBytes(Number(len))),
+    },
   };
 }

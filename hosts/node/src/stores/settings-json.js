@@ -1,0 +1,42 @@
+// The `settings` column: a credential's settings as JSON in the Rust host's
+// format (host/src/settings.rs, snake_case), written when a store creates a
+// credential so the Rust CLI can show it. This host takes settings in code
+// and never reads the column back.
+//
+// A client secret given as a value is NOT written (the column says null):
+// the store holds tokens, not the app's client secret. One given as
+// `{ env: 'VAR' }` is written as that reference, as the Rust host keeps it.
+
+import { InvalidSettings } from '../errors.js';
+
+const STRATEGIES = ['on-auth-failure', 'every-request', 'before-expiry'];
+
+/** @param {import('../../index.js').Settings} s */
+export function settingsJson(s) {
+  if (s === null || typeof s !== 'object') throw new InvalidSettings('settings must be an object');
+  const pairs = (v) => (v === undefined ? [] : (Array.isArray(v) ? v : Object.entries(v)).map(([k, x]) => [String(k), String(x)]));
+  const secret = s.clientSecret;
+  const json = {
+    token_url: s.tokenUrl,
+    client_id: s.clientId,
+    client_secret: secret !== null && typeof secret === 'object' && typeof secret.env === 'string' ? { env: secret.env } : null,
+    client_auth: s.clientAuth ?? 'basic',
+    scope: s.scope ?? null,
+    extra_params: pairs(s.extraParams),
+    strategy: s.strategy ?? 'on-auth-failure',
+    expiry_margin_secs: s.expiryMarginSecs ?? 60,
+    rejected_statuses: s.rejectedStatuses ?? [401],
+    api_origins: s.apiOrigins ?? [],
+    allow_instance_url: s.allowInstanceUrl ?? false,
+  };
+  if (!STRATEGIES.includes(json.strategy)) throw new InvalidSettings(`strategy must be one of ${STRATEGIES.join(', ')}`);
+  if (typeof json.token_url !== 'string' || typeof json.client_id !== 'string') {
+    throw new InvalidSettings('tokenUrl and clientId must be strings');
+  }
+  for (const [key, name] of [['authorizationUrl', 'authorization_url'], ['deviceUrl', 'device_url'], ['issuer', 'issuer']]) {
+    if (typeof s[key] === 'string') json[name] = s[key];
+  }
+  const authParams = pairs(s.authParams);
+  if (authParams.length > 0) json.auth_params = authParams;
+  return JSON.stringify(json);
+}
