@@ -1,13 +1,15 @@
 """rekey: OAuth2 refresh-and-retry, run as the rekey WebAssembly component
-(``rekey:oauth2@0.2.0``) in wasmtime.
+(``rekey:oauth2@0.3.0``) in wasmtime.
 
-    from rekey import Rekey, Settings, Request, FileStore
+    from rekey import Rekey, Settings, Request, SqliteStore
 
     rekey = Rekey("rekey_guest.wasm")
     settings = Settings(token_url="https://login.example.com/oauth2/token",
-                        client_id="my-app", client_secret=os.environ["CRM_SECRET"])
+                        client_id="my-app", client_secret=os.environ["CRM_SECRET"],
+                        api_origins=["https://api.example.com"])
+    store = SqliteStore("rekey.db")
     resp = rekey.send(settings, Request.get("https://api.example.com/v1/me"),
-                      store=FileStore("crm-token.json"))
+                      store=store, credential="crm")
 """
 
 from .authorize import DeviceAuthorization, PendingAuthorization, import_token_response
@@ -35,6 +37,7 @@ from .errors import (
     SettingsRejected,
     StateMismatch,
     StoreError,
+    StoreUnavailable,
     TokenEndpointError,
     TransportError,
 )
@@ -50,12 +53,28 @@ from .model import (
     Strategy,
     keys_from_token_response,
 )
+from .records import (
+    Credential,
+    CredentialRecord,
+    DeadGrant,
+    Lease,
+    RefreshMark,
+    StoredRecord,
+    StoreUnusable,
+    UnknownCredential,
+    WriteConflict,
+    WriteFailed,
+    WriteUnknown,
+)
 from .secret import Secret
-from .stores import FileStore, KeyStore, MemoryStore
+from .stores import MemoryStore, PostgresStore, RecordStore, SqliteStore, open_store
 
 __all__ = [
     "Rekey", "Settings", "Request", "Response", "ClientAuth", "Strategy", "OnAuthFailure",
-    "EveryRequest", "BeforeExpiry", "HttpConfig", "Secret", "KeyStore", "FileStore", "MemoryStore",
+    "EveryRequest", "BeforeExpiry", "HttpConfig", "Secret", "RecordStore", "MemoryStore", "SqliteStore",
+    "PostgresStore", "open_store", "CredentialRecord", "StoredRecord", "Lease", "RefreshMark", "DeadGrant",
+    "Credential", "UnknownCredential", "StoreUnusable", "WriteConflict", "WriteFailed", "WriteUnknown",
+    "StoreUnavailable",
     "Category", "RekeyError", "NotAuthenticated", "ReauthorizationRequired", "SettingsRejected",
     "TokenEndpointError", "RefreshInDoubt", "RejectedAfterRefresh", "InsufficientScope",
     "TransportError", "KeysNotPersisted", "LeaseUnavailable", "InvalidSettings", "InvalidKeys",

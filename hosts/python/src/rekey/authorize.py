@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from wasmtime.component import Record
 
-from . import errors, http, wit
+from . import errors, http, origins, wit
 from .http import HttpConfig
 from .model import Request
 
@@ -141,20 +141,26 @@ class DeviceAuthorization:
 
 class AuthorizeImports:
     """The ``host`` interface for an authorize call: only ``http-send`` is used
-    (the component stores nothing and spends no refresh token, so there is no
-    lease). Requests go only to https, or to plain http on loopback."""
+    (the component neither reads nor writes the record, and spends no refresh
+    token). A token-endpoint request goes only to the settings' token URL, a
+    device-endpoint one only to their device URL, and either only over https
+    or plain http on loopback."""
 
-    def __init__(self, unlocked, config: HttpConfig, token_url: str):
+    def __init__(self, unlocked, config: HttpConfig, settings):
         self._unlocked = unlocked
         self._config = config
-        self._token_url = token_url
+        self._settings = settings
 
-    def http_send(self, rec: Record):
+    def http_send(self, purpose: str, rec: Record):
         req = wit.request_from(rec)
-        url = urllib.parse.urlsplit(req.url)
-        if url.scheme == "http" and not is_loopback(url.hostname or ""):
-            return wit.transport_error(errors.TransportError("refused", "plain http is allowed on loopback only"))
-        kind = "token" if req.url == self._token_url else "device"
+        allowed = {"token-endpoint": self._settings.token_url, "device-endpoint": self._settings.device_url}
+        try:
+            origins.check_transport(req.url, "the URL")
+            if purpose not in allowed or req.url != allowed[purpose]:
+                raise ValueError(f"an authorisation sends a {purpose} request only to the settings' {purpose} URL")
+        except ValueError as e:
+            return wit.transport_error(errors.TransportError("refused", str(e)))
+        kind = "token" if purpose == "token-endpoint" else "device"
         started = time.monotonic()
         try:
             with self._unlocked():
@@ -168,14 +174,11 @@ class AuthorizeImports:
         _log_exchange(req, kind, resp.status, started)
         return wit.response(resp)
 
-    def emit_update_keys(self, keys: str) -> Optional[str]:
-        return "authorisation stores nothing through the component"
+    def read_record(self):
+        return "authorisation reads no record"
 
-    def acquire_refresh_lease(self):
-        return "authorisation spends no refresh token"
-
-    def release_refresh_lease(self) -> None:
-        return None
+    def emit_update_keys(self, expected_version: int, data: Record):
+        return wit.write_error("failed", "authorisation stores nothing through the component")
 
 
 def _log_exchange(req: Request, kind: str, outcome, started: float) -> None:

@@ -1,5 +1,6 @@
-"""``Rekey``: sends requests through the component, refreshing and persisting
-as the settings say, and serves the component's ``host`` imports."""
+"""``Rekey``: sends requests through the component, which runs the whole
+refresh and fleet protocol on the credential's record; this module serves
+the component's ``host`` imports (HTTP, the record store) for one call."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Callable, Optional
 
 from wasmtime.component import Record
 
-from . import errors, http, wit
+from . import errors, http, origins, wit
 from .authorize import (
     DEFAULT_REDIRECT_URI,
     DEFAULT_TIMEOUT,
@@ -26,11 +28,12 @@ from .authorize import (
     respond,
 )
 from .http import HttpConfig
-from .lease import HeldLease, Leases
 from .model import Request, Response, Settings
+from .records import StoreError, UnknownCredential, WriteConflict, WriteFailed, WriteUnknown
 from .runtime import Runtime
 from .secret import Secret
-from .stores import CallbackStore, KeyStore, LatestKeys
+from .stores import CallbackRecord, CallbackStore, RecordStore
+from .stores.memory import _scrub
 
 log = logging.getLogger("rekey")
 
@@ -51,7 +54,6 @@ class Rekey:
         expected_sha256: Optional[str] = None,
         http_config: HttpConfig = HttpConfig(),
         call_timeout: float = 120.0,
-        lease_timeout: float = 60.0,
         memory_limit_bytes: int = 32 * 1024 * 1024,
     ):
         path = wasm if wasm is not None else os.environ.get("REKEY_WASM")
@@ -67,56 +69,56 @@ class Rekey:
             )
         self.http_config = http_config
         self.call_timeout = call_timeout
-        self.lease_timeout = lease_timeout
         self._runtime = Runtime(code, memory_limit_bytes, call_timeout)
-        self._leases = Leases()
-        self._latest = LatestKeys()
+        self._callback_lock = threading.Lock()
+        self._callback_records: dict[str, CallbackRecord] = {}
 
     def send(
         self,
         settings: Settings,
         request: Request,
         *,
-        store: Optional[KeyStore] = None,
+        store: Optional[RecordStore] = None,
+        credential: Optional[str] = None,
         keys: Optional[str] = None,
         on_update_keys: Optional[Callable[[str], None]] = None,
-        credential: Optional[str] = None,
     ) -> Response:
-        """Sends ``request`` with the credential's access token.
+        """Sends ``request`` with the credential's access token, refreshing
+        as ``settings.strategy`` says.
 
-        Either ``store`` (keys are loaded from it and saved to it), or ``keys``
-        (the stored token set, JSON text) with ``on_update_keys(keys_json)``,
-        which must make the new set durable before it returns (raise to stop
-        the call before the new tokens are spent). Calls naming the same
-        ``credential`` share its refresh lease; without a name a callback call
-        has a lease of its own. Raises a :class:`errors.RekeyError`."""
-        if (store is None) == (on_update_keys is None):
-            raise TypeError("pass either store= or on_update_keys= (with keys=)")
-        if store is not None and keys is not None:
-            raise TypeError("keys= goes with on_update_keys=; a store supplies its own")
-        leases = self._leases
-        if store is None:
-            if credential is None:
-                # Nothing to share the lease with: a registry of this call's own.
-                lease_key: Hashable = object()
-                leases, latest = Leases(), LatestKeys()
-            else:
-                lease_key, latest = ("credential", credential), self._latest
-            store = CallbackStore(keys, on_update_keys, latest, lease_key)
+        Either ``store`` and ``credential`` (the record is read from and
+        written to the store: any number of processes may share it), or
+        ``keys`` (the stored token set, JSON text) with
+        ``on_update_keys(keys_json)``, which must make a new set durable
+        before it returns (raise to stop the call before the new tokens are
+        spent): one process only. Calls naming the same ``credential`` share
+        its record; without a name a callback call has one of its own.
+        Raises a :class:`errors.RekeyError`."""
+        if store is not None:
+            if keys is not None or on_update_keys is not None:
+                raise TypeError("store= goes with credential=; keys= and on_update_keys= go together without a store")
+            if not credential:
+                raise TypeError("store= needs credential= (the credential's name in the store)")
+            name, records = credential, store
+        elif on_update_keys is not None:
+            record = self._callback_record(credential)
+            if keys is not None:
+                record.offer(keys)
+            name, records = credential or "(callback)", CallbackStore(record, on_update_keys)
         else:
-            try:
-                keys = store.load()
-            except Exception as e:
-                raise errors.StoreError(f"cannot read the stored keys: {type(e).__name__}") from None
+            raise TypeError("pass store= and credential=, or keys= and on_update_keys=")
 
-        call = CallState(self, store, leases, settings.token_url)
-        try:
-            result = self._runtime.call_send(call, wit.settings(settings), keys, wit.request(request))
-        finally:
-            call.end_lease()
+        call = CallState(self, records, name, settings)
+        result = self._runtime.call_send(call, wit.settings(settings), wit.request(request))
         if isinstance(result, Record):
             return wit.response_from(result)
         raise wit.send_error(result)
+
+    def _callback_record(self, credential: Optional[str]) -> CallbackRecord:
+        if credential is None:
+            return CallbackRecord()
+        with self._callback_lock:
+            return self._callback_records.setdefault(credential, CallbackRecord())
 
     # The first token set: the component's ``authorize`` interface, with this
     # host's effects (random bytes, the loopback listener, HTTP, the store).
@@ -126,7 +128,7 @@ class Rekey:
         settings: Settings,
         *,
         on_url: Callable[[str], Any],
-        store: Optional[KeyStore] = None,
+        store: Optional[RecordStore] = None,
         on_update_keys: Optional[Callable[[str], None]] = None,
         credential: Optional[str] = None,
         timeout: float = DEFAULT_TIMEOUT,
@@ -144,7 +146,7 @@ class Rekey:
         both durable when they return), and only then answers the browser.
         Returns the keys stored (a :class:`Secret` of the JSON). Raises a
         :class:`errors.RekeyError`; nothing is stored then."""
-        persist = self._authorize_persistence(store, on_update_keys, credential)
+        persist = self._authorize_persistence(store, on_update_keys, credential, settings)
         if not callable(on_url):
             raise TypeError("on_url(url) must be callable: it shows the authorization URL")
         if not timeout > 0:
@@ -176,7 +178,7 @@ class Rekey:
         settings: Settings,
         *,
         on_user_code: Callable[[DeviceAuthorization], Any],
-        store: Optional[KeyStore] = None,
+        store: Optional[RecordStore] = None,
         on_update_keys: Optional[Callable[[str], None]] = None,
         credential: Optional[str] = None,
     ) -> Secret:
@@ -190,7 +192,7 @@ class Rekey:
         The polling runs in one component call on this thread; while the
         component sleeps between polls, other threads' calls on this ``Rekey``
         wait (see the README)."""
-        persist = self._authorize_persistence(store, on_update_keys, credential)
+        persist = self._authorize_persistence(store, on_update_keys, credential, settings)
         if not callable(on_user_code):
             raise TypeError("on_user_code(device) must be callable: it shows the user code")
         device = self.start_device_authorization(settings)
@@ -204,7 +206,7 @@ class Rekey:
         loopback listener at ``redirect_uri``: the authorization URL (state,
         PKCE S256)."""
         auth = wit.authorization(settings, redirect_uri)
-        imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings.token_url)
+        imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings)
         result = self._runtime.call("begin", imports, (wit.settings(settings), auth, os.urandom(ENTROPY_BYTES)))
         if isinstance(result, Record):
             return PendingAuthorization(result, auth)
@@ -220,7 +222,7 @@ class Rekey:
         if query.startswith(("http://", "https://")):
             query = urllib.parse.urlsplit(query).query
         query = query[1:] if query.startswith("?") else query
-        imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings.token_url)
+        imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings)
         result = self._runtime.call(
             "finish", imports, (wit.settings(settings), pending._authorization, pending._pending, query)
         )
@@ -230,7 +232,7 @@ class Rekey:
 
     def start_device_authorization(self, settings: Settings) -> DeviceAuthorization:
         """The device grant's first step alone (RFC 8628 §3.1)."""
-        imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings.token_url)
+        imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings)
         result = self._runtime.call("device-start", imports, (wit.settings(settings), wit.authorization(settings, "")))
         if isinstance(result, Record):
             return DeviceAuthorization(result)
@@ -240,7 +242,7 @@ class Rekey:
         """The device grant's polling alone; returns the keys to store."""
         if not isinstance(device, DeviceAuthorization):
             raise TypeError("device must be what start_device_authorization returned")
-        imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings.token_url)
+        imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings)
         # Polling lasts as long as the code lives.
         timeout = device.expires_in + self.call_timeout
         result = self._runtime.call(
@@ -250,15 +252,18 @@ class Rekey:
             return Secret(import_token_response(result))
         raise wit.authorize_error(result)
 
-    def _authorize_persistence(self, store, on_update_keys, credential) -> Callable[[str], None]:
-        """Where the first token set goes: the store, then the callback."""
+    def _authorize_persistence(self, store, on_update_keys, credential, settings) -> Callable[[str], None]:
+        """Where the first token set goes: the store (creating the credential
+        with these settings, or replacing its keys), or the callback."""
         if store is None and on_update_keys is None:
-            raise TypeError("pass store= or on_update_keys= (the new keys must go somewhere durable)")
+            raise TypeError("pass store= and credential=, or on_update_keys= (the new keys must go somewhere durable)")
+        if store is not None and not credential:
+            raise TypeError("store= needs credential= (the credential's name in the store)")
 
         def persist(keys: str) -> None:
             try:
                 if store is not None:
-                    store.save(keys)
+                    store.put(credential, settings, keys)
                 if on_update_keys is not None:
                     on_update_keys(keys)
             except Exception as e:
@@ -268,102 +273,114 @@ class Rekey:
                 ) from None
             if store is None and credential is not None:
                 # Later callback sends of this credential adopt this set, not an older one.
-                self._latest.put(("credential", credential), keys)
+                self._callback_record(credential).offer(keys)
             log.info("authorised: the new keys are stored")
 
         return persist
 
 
 class CallState:
-    """One call's side of the ``host`` interface."""
+    """One call's side of the ``host`` interface: HTTP behind the boundary
+    checks, and the credential's record in the store. Every wait releases the
+    component lock."""
 
-    def __init__(self, rekey: Rekey, store: KeyStore, leases: Leases, token_url: str):
-        self._rekey = rekey
+    def __init__(self, rekey: Rekey, store: RecordStore, name: str, settings: Settings):
+        self._config = rekey.http_config
         self._unlocked = rekey._runtime.unlocked
         self._store = store
-        self._leases = leases
-        self._token_url = token_url
-        self._lease: Optional[HeldLease] = None
+        self._name = name
+        self._settings = settings
         self._deadline = time.monotonic() + rekey.call_timeout
+        #: instance_url of every token set this call saw (read or written).
+        self._instance_urls: set[str] = set()
 
-    def end_lease(self) -> None:
-        if self._lease is not None:
-            self._lease.release()
-            self._lease = None
-
-    def http_send(self, rec: Record):
+    def http_send(self, purpose: str, rec: Record):
         req = wit.request_from(rec)
-        token_endpoint = req.url == self._token_url
-        config = self._rekey.http_config
-        if token_endpoint and time.monotonic() + config.total_timeout + SPEND_MARGIN > self._deadline:
-            # A refresh token spent now could be rotated and then lost at the deadline.
-            return wit.transport_error(
-                errors.TransportError(
-                    "refused",
-                    "too little of the call's time is left to exchange and persist a refresh token",
-                )
-            )
+        refusal = self._refusal(purpose, req.url)
+        if refusal is not None:
+            _log_exchange(req, purpose, "refused", time.monotonic())
+            return wit.transport_error(errors.TransportError("refused", refusal))
         started = time.monotonic()
         try:
             with self._unlocked():
-                resp = http.send(req, config)
+                resp = http.send(req, self._config)
         except errors.TransportError as e:
-            _log_exchange(req, token_endpoint, e.kind, started)
+            _log_exchange(req, purpose, e.kind, started)
             return wit.transport_error(e)
         except Exception as e:  # a bug here must not trap the guest mid-refresh
-            _log_exchange(req, token_endpoint, "other", started)
+            _log_exchange(req, purpose, "other", started)
             return wit.transport_error(errors.TransportError("other", type(e).__name__))
-        _log_exchange(req, token_endpoint, resp.status, started)
+        _log_exchange(req, purpose, resp.status, started)
         return wit.response(resp)
 
-    def emit_update_keys(self, keys: str) -> Optional[str]:
+    def _refusal(self, purpose: str, url: str) -> Optional[str]:
+        """Why ``url`` may not be sent for ``purpose`` (the boundary's second
+        line: the component checked first), or None."""
         try:
-            with self._unlocked():
-                self._store.save(keys)
-        except Exception as e:
-            reason = _scrub(f"{type(e).__name__}: {e}", keys)
-            log.warning("refreshed keys not persisted: %s", reason)
-            return reason
-        log.info("refreshed keys persisted")
-        # Durable: other threads may now refresh from what was stored.
-        self.end_lease()
+            origins.check_transport(url, "the URL")
+            if purpose == "api":
+                instances = self._instance_urls if self._settings.allow_instance_url else ()
+                origins.check_api_url(url, self._settings.api_origins, instances)
+            elif purpose == "token-endpoint":
+                if url != self._settings.token_url:
+                    return "a token-endpoint request goes only to the credential's token URL"
+                if time.monotonic() + self._config.total_timeout + SPEND_MARGIN > self._deadline:
+                    # A refresh token spent now could be rotated and then lost at the deadline.
+                    return "too little of the call's time is left to exchange and persist a refresh token"
+            else:
+                return f"a send makes no {purpose} request"
+        except ValueError as e:
+            return str(e)
         return None
 
-    def acquire_refresh_lease(self):
-        if self._lease is None:
-            timeout = self._rekey.lease_timeout
-            with self._unlocked():
-                self._lease = self._leases.acquire(self._store.lease_key, timeout)
-            if self._lease is None:
-                return f"another call in this process held it for more than {timeout:g} s"
+    def read_record(self):
         try:
             with self._unlocked():
-                current = self._store.load()
-        except Exception as e:
-            return f"cannot re-read the stored keys: {type(e).__name__}"
-        # in-doubt stays false: an in-process lease cannot outlive its holder
-        # unnoticed (the Rust host answers false as well).
-        return wit.lease(current, False)
+                stored = self._store.read(self._name)
+        except StoreError as e:
+            return str(e)
+        except Exception as e:  # a store's bug: its message may hold anything
+            log.warning("record store read failed: %s", type(e).__name__)
+            return f"the store failed ({type(e).__name__})"
+        self._saw(stored.data.keys_text())
+        return wit.stored_record(stored)
 
-    def release_refresh_lease(self) -> None:
-        self.end_lease()
+    def emit_update_keys(self, expected_version: int, data: Record):
+        record = wit.credential_record_from(data)
+        keys = record.keys_text() or ""
+        try:
+            with self._unlocked():
+                version = self._store.write(self._name, expected_version, record)
+        except WriteConflict:
+            return wit.write_error("conflict")
+        except (WriteFailed, UnknownCredential) as e:
+            return self._write_error("failed", str(e), keys)
+        except WriteUnknown as e:
+            return self._write_error("unknown", str(e), keys)
+        except Exception as e:  # any other store failure: it cannot say whether it wrote
+            return self._write_error("unknown", f"{type(e).__name__}: {e}", keys)
+        self._saw(record.keys_text())
+        log.debug("credential record written (version %d)", version)
+        return version
+
+    def _write_error(self, kind: str, message: str, keys: str):
+        message = _scrub(message, keys) if keys else message
+        log.warning("credential record not written (%s): %s", kind, message)
+        return wit.write_error(kind, message)
+
+    def _saw(self, keys: Optional[str]) -> None:
+        if keys and self._settings.allow_instance_url:
+            try:
+                url = json.loads(keys).get("instance_url")
+            except (ValueError, AttributeError):
+                return
+            if isinstance(url, str):
+                self._instance_urls.add(url)
 
 
-def _log_exchange(req: Request, token_endpoint: bool, outcome, started: float) -> None:
+def _log_exchange(req: Request, purpose: str, outcome, started: float) -> None:
     if log.isEnabledFor(logging.DEBUG):
         url = urllib.parse.urlsplit(req.url)
         target = f"{url.scheme}://{url.netloc.rpartition('@')[2]}{url.path}"  # no userinfo, no query
-        kind = "token" if token_endpoint else "api"
+        kind = "token" if purpose == "token-endpoint" else purpose
         log.debug("%s %s %s -> %s (%.1f ms)", kind, req.method, target, outcome, (time.monotonic() - started) * 1e3)
-
-
-def _scrub(text: str, keys: str) -> str:
-    """A store's error message with every value of the token set cut out
-    (a callback's own message might quote what it failed to write)."""
-    try:
-        values = [v for v in json.loads(keys).values() if isinstance(v, str) and len(v) >= 6]
-    except (ValueError, AttributeError):
-        values = []
-    for value in sorted(values, key=len, reverse=True):
-        text = text.replace(value, "[redacted]")
-    return text.replace(keys, "[redacted]")

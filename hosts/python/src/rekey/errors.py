@@ -159,8 +159,21 @@ class InvalidKeys(RekeyError):
         super().__init__(f"stored keys are unusable: {detail}")
 
 
+class StoreUnavailable(RekeyError):
+    """The credential's record could not be read or written; nothing was spent."""
+
+    category = Category.STORE
+
+    def __init__(self, detail: str):
+        super().__init__(f"the record store is unavailable: {detail}")
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
 class StoreError(RekeyError):
-    """The key store could not be read (before anything was sent)."""
+    """A record store operation failed (see ``rekey.records`` for the kinds)."""
 
     category = Category.STORE
 

@@ -60,6 +60,17 @@ class Settings:
     #: Extra authorization request parameters, e.g. ``[("prompt", "consent")]``; a
     #: ``scope`` here is the scope asked for at authorisation (default: ``scope``).
     auth_params: list[tuple[str, str]] = field(default_factory=list)
+    #: Where the access token may be sent: ``https://api.example.com[:port]``,
+    #: ``https://*.example.com`` (subdomains), ``http://`` only on loopback.
+    #: Empty: not bound (any https origin, or http on loopback).
+    api_origins: list[str] = field(default_factory=list)
+    #: Also the https origin of the token set's ``instance_url`` (Salesforce).
+    allow_instance_url: bool = False
+    #: The refresh lease's time to live across the fleet (ms; 0: 40 000). Must
+    #: exceed the HTTP total timeout; workers' clocks must agree well within it.
+    lease_ttl_ms: int = 0
+    #: How long a call waits for another worker's lease (ms; 0: 60 000).
+    lease_wait_ms: int = 0
 
     def __post_init__(self) -> None:
         # Accept a plain str, keep a Secret: the dataclass repr stays safe.
@@ -132,3 +143,36 @@ def keys_from_token_response(token_response: "str | dict", now: "float | None" =
     if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool):
         keys["expires_at"] = int((time.time() if now is None else now) + expires_in)
     return json.dumps(keys)
+
+
+def settings_json(settings: Settings, client_secret_env: "str | None" = None) -> str:
+    """The settings column a store writes when it creates a credential: the
+    Rust host's format (``host/src/settings.rs``), so its CLI can show it and
+    its workers can use it. The client secret is written as
+    ``{"env": client_secret_env}`` when that is given (the store then never
+    holds it), else as ``{"literal": ...}`` as the Rust CLI stores one."""
+    strategy = settings.strategy
+    margin = strategy.margin_secs if isinstance(strategy, BeforeExpiry) else 60
+    name = {OnAuthFailure: "on-auth-failure", EveryRequest: "every-request", BeforeExpiry: "before-expiry"}
+    secret = None
+    if settings.client_secret is not None:
+        secret = {"env": client_secret_env} if client_secret_env else {"literal": settings.client_secret.expose()}
+    out: dict = {
+        "token_url": settings.token_url,
+        "client_id": settings.client_id,
+        "client_secret": secret,
+        "client_auth": "basic" if settings.client_auth is ClientAuth.BASIC else "post",
+        "scope": settings.scope,
+        "extra_params": [[str(k), str(v)] for k, v in settings.extra_params],
+        "strategy": name[type(strategy)],
+        "expiry_margin_secs": int(margin),
+        "rejected_statuses": [int(s) for s in settings.rejected_statuses] or [401],
+        "api_origins": list(settings.api_origins),
+        "allow_instance_url": bool(settings.allow_instance_url),
+    }
+    for key in ("authorization_url", "device_url", "issuer"):
+        if getattr(settings, key) is not None:
+            out[key] = getattr(settings, key)
+    if settings.auth_params:
+        out["auth_params"] = [[str(k), str(v)] for k, v in settings.auth_params]
+    return json.dumps(out)

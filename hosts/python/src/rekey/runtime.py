@@ -6,19 +6,22 @@ wasmtime-py 50 converts component values with module-level mutable state
 (``_types.case_test_cache``, ``_enter.LAST_EXCEPTION``), so two threads inside
 it at once can corrupt each other's conversions. All Python-side work on the
 component therefore runs under one lock; the imports release it while they
-wait on the network, the store or the lease, so concurrent calls overlap
+wait on the network or the record store, so concurrent calls overlap
 exactly where they spend their time.
 
 The only WASI the component imports (``wasi:clocks`` wall-clock ``now`` and
-monotonic-clock ``subscribe-duration``, and ``wasi:io/poll``'s pollable
-``block``, for the guest's sleeps: token-endpoint backoff, and the device
-grant's polling intervals, minutes in all) is served here in
-Python rather than by wasmtime's WASI, so a sleeping guest releases the lock
-too; no other WASI (files, environment, sockets, random) is linked at all."""
+monotonic-clock ``subscribe-duration``, ``wasi:io/poll``'s pollable
+``block``, for the guest's sleeps: token-endpoint backoff, waiting for
+another worker's refresh lease, the device grant's polling intervals; and
+``wasi:random``'s ``get-random-u64``, for lease holder ids and jitter) is
+served here in Python rather than by wasmtime's WASI, so a sleeping guest
+releases the lock too; no other WASI (files, environment, sockets) is linked
+at all."""
 
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 import time
 import weakref
@@ -30,9 +33,9 @@ from wasmtime.component import Component, Linker, Record, ResourceHost, Resource
 
 from .errors import ComponentError
 
-HOST_INTERFACE = "rekey:oauth2/host@0.2.0"
-CLIENT_INTERFACE = "rekey:oauth2/client@0.2.0"
-AUTHORIZE_INTERFACE = "rekey:oauth2/authorize@0.2.0"
+HOST_INTERFACE = "rekey:oauth2/host@0.3.0"
+CLIENT_INTERFACE = "rekey:oauth2/client@0.3.0"
+AUTHORIZE_INTERFACE = "rekey:oauth2/authorize@0.3.0"
 AUTHORIZE_FUNCTIONS = ("begin", "finish", "device-start", "device-poll")
 EPOCH_TICK = 0.05  # seconds; the call deadline is counted in these
 
@@ -43,6 +46,7 @@ _current = threading.local()
 POLL_INTERFACE = "wasi:io/poll@0.2.0"
 MONOTONIC_CLOCK_INTERFACE = "wasi:clocks/monotonic-clock@0.2.0"
 WALL_CLOCK_INTERFACE = "wasi:clocks/wall-clock@0.2.0"
+RANDOM_INTERFACE = "wasi:random/random@0.2.0"
 #: The host resource type id of `wasi:io/poll.pollable`.
 POLLABLE = 1
 
@@ -50,10 +54,9 @@ POLLABLE = 1
 class Imports:
     """What one call supplies for the ``host`` interface (see client.CallState)."""
 
-    def http_send(self, req: Record) -> Any: ...
-    def emit_update_keys(self, keys: str) -> Optional[str]: ...
-    def acquire_refresh_lease(self) -> Any: ...
-    def release_refresh_lease(self) -> None: ...
+    def http_send(self, purpose: str, req: Record) -> Any: ...
+    def read_record(self) -> Any: ...
+    def emit_update_keys(self, expected_version: int, data: Record) -> Any: ...
 
 
 class Runtime:
@@ -85,10 +88,9 @@ class Runtime:
             # Module-level lookups, not bound methods: wasmtime-py keeps these
             # functions in a global table, which would otherwise keep this
             # runtime (and its engine and ticker) alive forever.
-            "http-send": lambda _ctx, req: _current.imports.http_send(req),
-            "emit-update-keys": lambda _ctx, keys: _current.imports.emit_update_keys(keys),
-            "acquire-refresh-lease": lambda _ctx: _current.imports.acquire_refresh_lease(),
-            "release-refresh-lease": lambda _ctx: _current.imports.release_refresh_lease(),
+            "http-send": lambda _ctx, purpose, req: _current.imports.http_send(purpose, req),
+            "read-record": lambda _ctx: _current.imports.read_record(),
+            "emit-update-keys": lambda _ctx, expected, data: _current.imports.emit_update_keys(expected, data),
         }
         with linker.root() as root:
             with root.add_instance(HOST_INTERFACE) as host:
@@ -102,6 +104,8 @@ class Runtime:
                 monotonic.add_func("subscribe-duration", _subscribe_duration)
             with root.add_instance(WALL_CLOCK_INTERFACE) as wall:
                 wall.add_func("now", _wall_clock_now)
+            with root.add_instance(RANDOM_INTERFACE) as random:
+                random.add_func("get-random-u64", _random_u64)
         return linker
 
     @contextmanager
@@ -113,10 +117,10 @@ class Runtime:
         finally:
             self.lock.acquire()
 
-    def call_send(self, imports: Imports, settings: Record, keys: Optional[str], req: Record) -> Any:
+    def call_send(self, imports: Imports, settings: Record, req: Record) -> Any:
         """Runs ``client.send`` in a fresh instance: a ``Record`` (the
         response) or a ``Variant`` (the send-error)."""
-        return self.call("send", imports, (settings, keys, req))
+        return self.call("send", imports, (settings, req))
 
     def call(self, export: str, imports: Imports, args: tuple, timeout: Optional[float] = None) -> Any:
         """Runs one export (``send``, or ``begin``, ``finish``, ``device-start``,
@@ -181,6 +185,11 @@ def _wall_clock_now(_ctx) -> Record:
     now.seconds = ns // 1_000_000_000
     now.nanoseconds = ns % 1_000_000_000
     return now
+
+
+def _random_u64(_ctx) -> int:
+    """``random.get-random-u64``: from the OS's CSPRNG."""
+    return secrets.randbits(64)
 
 
 def _first_line(message: str) -> str:

@@ -1,5 +1,5 @@
 """Between plain Python and wasmtime-py's component values for
-``rekey:oauth2@0.2.0``: records are ``Record`` objects with kebab-case
+``rekey:oauth2@0.3.0``: records are ``Record`` objects with kebab-case
 attributes; variants whose cases cannot be told apart by Python type are
 ``Variant(tag, payload)``; ``option``/``result`` are untagged when their cases
 have distinct types (``None``/value; for ``result<response, send-error>`` a
@@ -13,6 +13,7 @@ from wasmtime.component import Record, Variant
 
 from . import errors
 from .model import BeforeExpiry, EveryRequest, OnAuthFailure, Request, Response, Settings
+from .records import CredentialRecord, DeadGrant, Lease, RefreshMark, StoredRecord
 
 
 def _record(**fields: Any) -> Record:
@@ -40,6 +41,9 @@ def settings(s: Settings) -> Record:
         extra_params=[(str(k), str(v)) for k, v in s.extra_params],
         strategy=strategy,
         rejected_statuses=[int(x) for x in s.rejected_statuses],
+        api_origins=[str(o) for o in s.api_origins],
+        allow_instance_url=bool(s.allow_instance_url),
+        fleet=_record(lease_ttl_ms=int(s.lease_ttl_ms), lease_wait_ms=int(s.lease_wait_ms)),
     )
 
 
@@ -64,8 +68,33 @@ def response_from(rec: Record) -> Response:
     return Response(rec.status, list(rec.headers), rec.body)
 
 
-def lease(keys: Optional[str], in_doubt: bool = False) -> Record:
-    return _record(keys=keys, in_doubt=in_doubt)
+def stored_record(r: StoredRecord) -> Record:
+    return _record(version=r.version, data=credential_record(r.data))
+
+
+def credential_record(d: CredentialRecord) -> Record:
+    lease, mark, dead = d.lease, d.refresh_mark, d.dead_grant
+    return _record(
+        keys=d.keys_text(),
+        lease=_record(holder=lease.holder, until_ms=lease.until_ms) if lease else None,
+        refresh_mark=_record(holder=mark.holder, at_ms=mark.at_ms) if mark else None,
+        dead_grant=_record(code=dead.code, at=dead.at) if dead else None,
+    )
+
+
+def credential_record_from(rec: Record) -> CredentialRecord:
+    lease, mark, dead = rec.lease, getattr(rec, "refresh-mark"), getattr(rec, "dead-grant")
+    return CredentialRecord(
+        rec.keys,
+        Lease(lease.holder, getattr(lease, "until-ms")) if lease is not None else None,
+        RefreshMark(mark.holder, getattr(mark, "at-ms")) if mark is not None else None,
+        DeadGrant(dead.code, dead.at) if dead is not None else None,
+    )
+
+
+def write_error(kind: str, message: str = "") -> Variant:
+    """A ``write-error``: conflict, failed(message), unknown(message)."""
+    return Variant("conflict") if kind == "conflict" else Variant(kind, message)
 
 
 def transport_error(e: errors.TransportError) -> Variant:
@@ -85,6 +114,7 @@ def send_error(v: Variant) -> errors.RekeyError:
         "refresh-in-doubt": errors.RefreshInDoubt,
         "keys-not-persisted": errors.KeysNotPersisted,
         "lease-unavailable": errors.LeaseUnavailable,
+        "store-unavailable": errors.StoreUnavailable,
         "invalid-settings": errors.InvalidSettings,
         "invalid-keys": errors.InvalidKeys,
     }
