@@ -102,8 +102,11 @@ class Serve:
             proc_env[k] = v
         args.append(str(component))
         self.logfile = open(self.log, "wb")
+        # umask 077, as the README says to serve: the component cannot choose
+        # a file's mode (wasi:filesystem has none), so new files get 0600.
         self.proc = subprocess.Popen(
-            args, stdout=self.logfile, stderr=self.logfile, stdin=subprocess.DEVNULL, env=proc_env
+            args, stdout=self.logfile, stderr=self.logfile, stdin=subprocess.DEVNULL, env=proc_env,
+            umask=0o077,
         )
         self.base = wait_for(f"{name} to listen", self._address, timeout=60)
 

@@ -27,13 +27,16 @@ servers = []
 
 
 def keys_dir(name, tk):
-    """A fresh keys directory holding a new grant as `default.json`."""
+    """A fresh keys directory holding a new grant as `default.json`, the way
+    0.2 stored it (the token set alone): every scenario migrates it."""
     d = RUN / name
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     grant = tk.admin("authorize")
     remember(grant)
-    (d / "default.json").write_text(json.dumps(grant))
+    path = d / "default.json"
+    path.write_text(json.dumps(grant))
+    path.chmod(0o600)
     return d
 
 
@@ -43,10 +46,30 @@ def remember(keys):
             SECRETS.add(keys[field])
 
 
+def record(d):
+    """The stored record; a 0.2 keys file reads as version 0."""
+    data = json.loads((d / "default.json").read_text())
+    if "rekey_record" not in data:
+        data = {"version": 0, "keys": data, "lease": None, "refresh_mark": None, "dead_grant": None}
+    if data["keys"]:
+        remember(data["keys"])
+    return data
+
+
 def stored(d):
-    keys = json.loads((d / "default.json").read_text())
-    remember(keys)
-    return keys
+    return record(d)["keys"]
+
+
+def leftovers(d):
+    """Files besides the record: locks, temp files, 0.2's lease and marker."""
+    return sorted(p.name for p in d.iterdir() if p.name != "default.json")
+
+
+def fnv1a64(data):
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) % (1 << 64)
+    return f"{h:016x}"
 
 
 def serve(tk, d, name, upstream=None, **extra):
@@ -109,8 +132,16 @@ def five_expiries(tk):
     assert all(r == "expired" for r in refusals), refusals
     assert len(refusals) == refreshes, f"{len(refusals)} rejections for {refreshes} refreshes"
     assert tk.live(stored(d)["refresh_token"]), "the stored refresh token is not the live one"
+    rec = record(d)
+    # Per refresh: take the lease, set the mark, store the keys.
+    assert rec["version"] == 3 * refreshes, (rec["version"], refreshes)
+    assert rec["lease"] is None and rec["refresh_mark"] is None and rec["dead_grant"] is None, rec
+    mode = (d / "default.json").stat().st_mode & 0o777
+    assert mode == 0o600, f"the record file has mode {mode:o}"
+    assert leftovers(d) == [], leftovers(d)
     s.stop()
-    print(f"   {requests} requests, all 200; {refreshes} expiries, {refreshes} refreshes, invalid_grant 0")
+    print(f"   {requests} requests, all 200; {refreshes} expiries, {refreshes} refreshes, invalid_grant 0; "
+          f"record version {rec['version']}, mode 600")
 
 
 def sixteen_at_an_expiry(tk):
@@ -134,13 +165,16 @@ def sixteen_at_an_expiry(tk):
     after = tk.stats()
     statuses = sorted(r[0] for r in results)
     assert statuses == [200] * 16, statuses
+    assert delta(before, after, "token_calls") == 1, delta(before, after, "token_calls")
     assert delta(before, after, "refreshes_granted") == 1, delta(before, after, "refreshes_granted")
     assert delta(before, after, "invalid_grant") == 0
     assert after["reused_refresh_tokens"] == 0
     assert tk.live(stored(d)["refresh_token"])
-    assert not (d / "default.lease").exists() and not (d / "default.inflight").exists()
+    rec = record(d)
+    assert rec["lease"] is None and rec["refresh_mark"] is None, rec
+    assert leftovers(d) == [], leftovers(d)
     s.stop()
-    print("   16 parallel requests at an expiry: all 200, 1 refresh, invalid_grant 0")
+    print("   16 parallel requests at an expiry: all 200, 1 token request, invalid_grant 0, no lease or mark left")
 
 
 def sigkill_and_restart(tk):
@@ -154,6 +188,11 @@ def sigkill_and_restart(tk):
     saved = (d / "default.json").read_bytes()
     s.kill()
     assert (d / "default.json").read_bytes() == saved, "the keys changed across SIGKILL"
+    # A writer killed inside an update leaves its lock: it goes stale.
+    lock = d / "default.lock"
+    lock.write_text("0123456789abcdef0123456789abcdef\n")
+    old = time.time() - 60
+    os.utime(lock, (old, old))
     s2 = serve(tk, d, "sigkill-2")
     before = tk.stats()
     wait_expired(tk, d)
@@ -162,21 +201,22 @@ def sigkill_and_restart(tk):
     after = tk.stats()
     assert delta(before, after, "refreshes_granted") == 1 and delta(before, after, "invalid_grant") == 0
     assert tk.live(stored(d)["refresh_token"])
+    assert leftovers(d) == [], leftovers(d)
     s2.stop()
-    print("   SIGKILL + restart: rotated keys survived, next refresh with them succeeded")
+    print("   SIGKILL + restart: rotated keys survived, a stale lock was broken, the next refresh succeeded")
 
 
 def killed_mid_refresh_is_in_doubt(tk):
     d = keys_dir("in-doubt", tk)
     s = serve(tk, d, "in-doubt-1", REKEY_LEASE_TTL_MS="3000")
     wait_expired(tk, d)
-    kept = (d / "default.json").read_bytes()
+    kept = stored(d)
     tk.admin("lose-answers", [{"hang_ms": 60000}])
     before = tk.stats()
     hung = threading.Thread(target=lambda: request_quiet(s.base, "/hangs"), daemon=True)
     hung.start()
     wait_for("the refresh to be granted", lambda: delta(before, tk.stats(), "refreshes_granted") == 1)
-    assert (d / "default.inflight").exists(), "no in-flight marker while a token request was out"
+    assert record(d)["refresh_mark"], "no refresh mark while a token request was out"
     s.kill()
     s2 = serve(tk, d, "in-doubt-2", REKEY_LEASE_TTL_MS="3000")
     mid = tk.stats()
@@ -186,7 +226,7 @@ def killed_mid_refresh_is_in_doubt(tk):
     after = tk.stats()
     assert delta(mid, after, "token_calls") == 0, "the successor spent the refresh token again"
     assert after["reused_refresh_tokens"] == 0 and delta(before, after, "invalid_grant") == 0
-    assert (d / "default.json").read_bytes() == kept
+    assert stored(d) == kept and record(d)["refresh_mark"], "the keys or the mark changed"
     s2.stop()
     print("   killed mid-refresh: successor waited out the lease, answered 502 refresh_in_doubt, spent nothing")
 
@@ -221,20 +261,48 @@ def callers_authorization_never_reaches_upstream(tk):
     print("   the caller's Authorization is dropped; method, path, query, headers, body forwarded")
 
 
-def revoked_grant_is_401_and_keys_unchanged(tk):
+def migrated_refresh_in_doubt(tk):
+    """A 0.2 directory whose `.inflight` marker names the stored keys: the
+    refresh 0.2 began is still in doubt, and nothing spends the token."""
+    d = keys_dir("migrated-in-doubt", tk)
+    keys_bytes = (d / "default.json").read_bytes()
+    (d / "default.inflight").write_text(fnv1a64(keys_bytes))
+    wait_expired(tk, d)
+    s = serve(tk, d, "migrated-in-doubt")
+    before = tk.stats()
+    status, _, body = request(s.base, "GET", "/after-upgrade")
+    answer = json.loads(body)
+    assert status == 502 and answer["error"] == "refresh_in_doubt", (status, answer)
+    assert delta(before, tk.stats(), "token_calls") == 0, "a refresh in doubt was spent again"
+    assert (d / "default.json").read_bytes() == keys_bytes
+    s.stop()
+    print("   a 0.2 refresh in doubt stays in doubt: 502 refresh_in_doubt, no token request")
+
+
+def revoked_grant_costs_one_token_request(tk):
     d = keys_dir("revoked", tk)
     s = serve(tk, d, "revoked")
     assert request(s.base, "GET", "/ok")[0] == 200
-    kept = (d / "default.json").read_bytes()
+    kept = stored(d)
     tk.admin("revoke-all")
+    before = tk.stats()
     status, headers, body = request(s.base, "GET", "/after-revoke")
     answer = json.loads(body)
     assert status == 401, (status, body)
     assert answer["error"] == "reauthorization_required" and answer["oauth_error"] == "invalid_grant", answer
     assert dict((k.lower(), v) for k, v in headers)["content-type"] == "application/json"
-    assert (d / "default.json").read_bytes() == kept, "the keys changed after invalid_grant"
+    assert delta(before, tk.stats(), "token_calls") == 1
+    assert record(d)["dead_grant"]["code"] == "invalid_grant", record(d)
+    api_seen = len(tk.api_log())
+    for i in range(5):  # fail fast: no token request, no API request
+        status, _, body = request(s.base, "GET", f"/again/{i}")
+        assert status == 401 and json.loads(body)["error"] == "reauthorization_required", (status, body)
+    after = tk.stats()
+    assert delta(before, after, "token_calls") == 1, delta(before, after, "token_calls")
+    assert len(tk.api_log()) == api_seen, "a request went out for a dead grant"
+    assert stored(d) == kept, "the keys changed after invalid_grant"
     s.stop()
-    print("   revoked grant: 401 reauthorization_required, keys byte-identical")
+    print("   revoked grant: 1 token request, then 5 requests answered 401 without any; keys unchanged")
 
 
 def no_secret_in_server_output(tk):
@@ -258,11 +326,12 @@ def main():
         lambda: sigkill_and_restart(tk),
         lambda: killed_mid_refresh_is_in_doubt(tk),
         lambda: callers_authorization_never_reaches_upstream(tk),
-        lambda: revoked_grant_is_401_and_keys_unchanged(tk),  # revokes every grant: last
+        lambda: migrated_refresh_in_doubt(tk),
+        lambda: revoked_grant_costs_one_token_request(tk),  # revokes every grant: last
         lambda: no_secret_in_server_output(tk),
     ]
     names = ["imports", "five-expiries", "sixteen-parallel", "sigkill-restart", "killed-mid-refresh",
-             "caller-authorization", "revoked-grant", "no-secret-in-output"]
+             "caller-authorization", "migrated-in-doubt", "revoked-grant", "no-secret-in-output"]
     failed = 0
     try:
         for name, scenario in zip(names, scenarios):

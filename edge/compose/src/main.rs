@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! effects ──types, host──▶ rekey (unchanged) ──client──▶ front ──▶ wasi:http/incoming-handler
-//!    └──────────────types, rekey:edge/keys──────────────▶ front
+//!    └───────────────────────types──────────────────────▶ front
 //! ```
 //!
 //! Every other import (wasi:*) stays an import of the result, shared by all
@@ -14,10 +14,9 @@ use std::path::PathBuf;
 use wac_graph::types::Package;
 use wac_graph::{CompositionGraph, EncodeOptions, NodeId};
 
-const TYPES: &str = "rekey:oauth2/types@0.2.0";
-const HOST: &str = "rekey:oauth2/host@0.2.0";
-const CLIENT: &str = "rekey:oauth2/client@0.2.0";
-const KEYS: &str = "rekey:edge/keys@0.1.0";
+const TYPES: &str = "rekey:oauth2/types@0.3.0";
+const HOST: &str = "rekey:oauth2/host@0.3.0";
+const CLIENT: &str = "rekey:oauth2/client@0.3.0";
 const HANDLER: &str = "wasi:http/incoming-handler@0.2.0";
 
 fn main() -> Result<()> {
@@ -81,13 +80,11 @@ fn compose(effects: &[u8], rekey: &[u8], front: &[u8]) -> Result<Vec<u8>> {
     };
     let types = export(&mut graph, effects, TYPES)?;
     let host = export(&mut graph, effects, HOST)?;
-    let keys = export(&mut graph, effects, KEYS)?;
     plug(&mut graph, rekey, TYPES, types)?;
     plug(&mut graph, rekey, HOST, host)?;
     let client = export(&mut graph, rekey, CLIENT)?;
     plug(&mut graph, front, TYPES, types)?;
     plug(&mut graph, front, CLIENT, client)?;
-    plug(&mut graph, front, KEYS, keys)?;
     let handler = export(&mut graph, front, HANDLER)?;
     graph.export(handler, HANDLER)?;
     Ok(graph.encode(EncodeOptions::default())?)

@@ -1,16 +1,17 @@
 //! rekey's `host` interface for one call, as an edge runtime can supply it:
-//! HTTP over `wasi:http/outgoing-handler`, the keys, the refresh lease and the
-//! in-flight marker over `wasi:filesystem` (behind the `Store` seam). The
-//! runtime makes one instance per incoming request, so an instance's state is
-//! one call's state.
+//! HTTP over `wasi:http/outgoing-handler` (with the second-line checks on
+//! where it may go), and the credential's record over `wasi:filesystem` with
+//! compare-and-swap (behind the `Cas` seam). Effects only: the component
+//! runs the fleet protocol (lease, refresh mark, dead grant) on the record.
 
 #![no_std]
 
 extern crate alloc;
 
-mod fs_store;
+mod boundary;
+mod fs_cas;
 mod http;
-mod lease;
+mod record;
 mod settings;
 mod store;
 mod target;
@@ -32,60 +33,62 @@ wit_bindgen::generate!({
 });
 
 use alloc::format;
-use alloc::string::{String, ToString};
-use core::cell::RefCell;
-use exports::rekey::edge::keys;
+use alloc::string::String;
+use core::cell::OnceCell;
 use exports::rekey::oauth2::host;
-use exports::rekey::oauth2::types::{Lease, Request, Response, TransportError};
-use lease::Call;
+use exports::rekey::oauth2::types::{
+    CredentialRecord, Purpose, Request, Response, StoredRecord, TransportError, WriteError,
+};
+use fs_cas::FileCas;
 use settings::Settings;
+use target::Target;
 
 struct Effects;
 
-/// The call's state. wasm32 runs one thread, and the runtime one request per
-/// instance.
-struct Global(RefCell<Option<Call<fs_store::FileStore>>>);
-unsafe impl Sync for Global {}
-static CALL: Global = Global(RefCell::new(None));
+/// The configuration and the opened store. The runtime makes one instance
+/// per incoming request and wasm32 runs one thread.
+struct Call {
+    settings: Settings,
+    store: FileCas,
+}
 
-/// Runs `f` on this instance's call, opening the store on first use. A
-/// configuration or store that cannot be opened is the error.
-fn with_call<T>(f: impl FnOnce(&mut Call<fs_store::FileStore>) -> T) -> Result<T, String> {
-    let mut slot = CALL.0.borrow_mut();
-    if slot.is_none() {
-        let settings = Settings::load()?;
-        let store = fs_store::FileStore::open(&settings.keys_dir, &settings.credential)
-            .map_err(|e| e.to_string())?;
-        *slot = Some(Call::new(store, settings));
-    }
-    Ok(f(slot.as_mut().expect("opened above")))
+struct Global(OnceCell<Result<Call, String>>);
+unsafe impl Sync for Global {}
+static CALL: Global = Global(OnceCell::new());
+
+/// This instance's call, opened on first use; the error says why it cannot be.
+fn call() -> Result<&'static Call, String> {
+    CALL.0
+        .get_or_init(|| {
+            let settings = Settings::load()?;
+            let store = FileCas::open(&settings.keys_dir, &settings.credential)?;
+            Ok(Call { settings, store })
+        })
+        .as_ref()
+        .map_err(String::clone)
 }
 
 impl host::Guest for Effects {
-    fn http_send(req: Request) -> Result<Response, TransportError> {
-        with_call(|call| call.http_send(req)).unwrap_or_else(|e| Err(TransportError::Refused(e)))
+    fn http_send(purpose: Purpose, req: Request) -> Result<Response, TransportError> {
+        let call = call().map_err(TransportError::Refused)?;
+        let target =
+            Target::parse(&req.url).map_err(|e| TransportError::InvalidRequest(e.into()))?;
+        boundary::check(purpose, &target, &call.settings)?;
+        http::send(&target, req, &call.settings)
     }
 
-    fn emit_update_keys(keys: String) -> Result<(), String> {
-        with_call(|call| call.save_keys(&keys)).and_then(|r| r)
+    fn read_record() -> Result<StoredRecord, String> {
+        store::read(&call()?.store)
     }
 
-    fn acquire_refresh_lease() -> Result<Lease, String> {
-        with_call(|call| call.acquire()).and_then(|r| r)
-    }
-
-    fn release_refresh_lease() {
-        let _ = with_call(|call| call.release());
-    }
-}
-
-impl keys::Guest for Effects {
-    fn load() -> Result<Option<String>, String> {
-        with_call(|call| call.load()).and_then(|r| r)
-    }
-
-    fn end_call() {
-        let _ = with_call(|call| call.release());
+    fn emit_update_keys(expected_version: u64, data: CredentialRecord) -> Result<u64, WriteError> {
+        let call = call().map_err(WriteError::Failed)?;
+        let now = rekey_edge_rt::time::unix_ms() / 1000;
+        let written = store::write(&call.store, expected_version, &data, now);
+        if let Err(WriteError::Failed(m) | WriteError::Unknown(m)) = &written {
+            log(&format!("writing the record: {m}"));
+        }
+        written
     }
 }
 

@@ -1,14 +1,15 @@
 //! What the effects read from the runtime's configuration (the same source
-//! the front reads): which credential's keys, where requests may go, limits.
+//! the front reads): which credential's record, where requests may go, limits.
 
 use crate::target::Target;
+use alloc::format;
 use alloc::string::{String, ToString};
 use rekey_edge_rt::config::{self, Source};
 
 pub struct Settings {
     /// The guest path of a preopened directory (`wasmtime serve --dir HOST::GUEST`).
     pub keys_dir: String,
-    /// The credential's name: its files are `<name>.json`, `<name>.lease`, `<name>.inflight`.
+    /// The credential's name: its record is `<name>.json`.
     pub credential: String,
     pub token_url: Target,
     pub upstream: Target,
@@ -16,8 +17,6 @@ pub struct Settings {
     pub first_byte_timeout_ms: u64,
     pub between_bytes_timeout_ms: u64,
     pub max_response_bytes: u64,
-    pub lease_ttl_ms: u64,
-    pub lease_wait_ms: u64,
 }
 
 impl Settings {
@@ -25,9 +24,8 @@ impl Settings {
         let src = config::source();
         let required = |name: &str| {
             src.get(name)
-                .ok_or_else(|| alloc::format!("{name} is not configured"))
+                .ok_or_else(|| format!("{name} is not configured"))
         };
-        let lease_ttl_ms = config::number(&src, "REKEY_LEASE_TTL_MS", 30_000)?;
         Ok(Settings {
             keys_dir: src
                 .get("REKEY_KEYS_DIR")
@@ -36,9 +34,9 @@ impl Settings {
                 .get("REKEY_CREDENTIAL")
                 .unwrap_or_else(|| "default".to_string()),
             token_url: Target::parse(&required("REKEY_TOKEN_URL")?)
-                .map_err(|e| alloc::format!("REKEY_TOKEN_URL: {e}"))?,
+                .map_err(|e| format!("REKEY_TOKEN_URL: {e}"))?,
             upstream: Target::parse(&required("REKEY_UPSTREAM")?)
-                .map_err(|e| alloc::format!("REKEY_UPSTREAM: {e}"))?,
+                .map_err(|e| format!("REKEY_UPSTREAM: {e}"))?,
             connect_timeout_ms: config::number(&src, "REKEY_CONNECT_TIMEOUT_MS", 10_000)?,
             first_byte_timeout_ms: config::number(&src, "REKEY_FIRST_BYTE_TIMEOUT_MS", 30_000)?,
             between_bytes_timeout_ms: config::number(
@@ -47,9 +45,6 @@ impl Settings {
                 30_000,
             )?,
             max_response_bytes: config::number(&src, "REKEY_MAX_RESPONSE_BYTES", 4 << 20)?,
-            lease_ttl_ms,
-            // Long enough to outlast a holder that died with the lease.
-            lease_wait_ms: config::number(&src, "REKEY_LEASE_WAIT_MS", lease_ttl_ms + 5_000)?,
         })
     }
 }

@@ -73,9 +73,10 @@ impl Target {
         self.https == other.https && self.authority == other.authority
     }
 
-    /// Same endpoint: origin and path (the query may differ).
-    pub fn same_endpoint(&self, other: &Target) -> bool {
-        self.same_origin(other) && self.path() == other.path()
+    /// The same URL: origin, path and query (the guest sends the token URL
+    /// exactly as configured).
+    pub fn same_url(&self, other: &Target) -> bool {
+        self.same_origin(other) && self.path_with_query == other.path_with_query
     }
 
     /// Same origin, and under `base`'s path (`/v1` admits `/v1` and `/v1/…`).

@@ -54,16 +54,6 @@ impl Answer {
         )
     }
 
-    pub fn store_failed(detail: &str) -> Answer {
-        Self::error(
-            503,
-            "keys_unavailable",
-            "the stored keys cannot be read",
-            None,
-            detail,
-        )
-    }
-
     pub fn bad_request(detail: &str) -> Answer {
         Self::error(400, "bad_request", detail, None, detail)
     }
@@ -148,6 +138,13 @@ impl Answer {
                 503,
                 "keys_not_persisted",
                 "refreshed keys could not be stored; nothing was sent with them",
+                None,
+                &d,
+            ),
+            E::StoreUnavailable(d) => Self::error(
+                503,
+                "store_unavailable",
+                "the credential's record cannot be read or written; nothing was spent",
                 None,
                 &d,
             ),

@@ -1,6 +1,7 @@
 //! The proxy's entry point: `wasi:http/incoming-handler`. An incoming request
-//! is forwarded to the configured upstream through rekey's `client.send` with
-//! the stored keys; rekey's errors become small JSON answers with no secret.
+//! is forwarded to the configured upstream through rekey's `client.send`,
+//! which reads the credential's record itself; rekey's errors become small
+//! JSON answers with no secret.
 
 #![no_std]
 
@@ -28,7 +29,6 @@ wit_bindgen::generate!({
 
 use answer::Answer;
 use exports::wasi::http::incoming_handler::Guest;
-use rekey::edge::keys;
 use rekey::oauth2::client;
 use rekey_edge_rt::wasi::http::types::{IncomingRequest, ResponseOutparam};
 
@@ -36,10 +36,7 @@ struct Front;
 
 impl Guest for Front {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
-        let answer = proxy(request);
-        // The call is over: a lease rekey still holds ends now.
-        keys::end_call();
-        answer.send(out);
+        proxy(request).send(out);
     }
 }
 
@@ -52,11 +49,7 @@ fn proxy(request: IncomingRequest) -> Answer {
         Ok(r) => r,
         Err(answer) => return answer,
     };
-    let stored = match keys::load() {
-        Ok(k) => k,
-        Err(e) => return Answer::store_failed(&e),
-    };
-    match client::send(&settings.rekey, stored.as_deref(), &req) {
+    match client::send(&settings.rekey, &req) {
         Ok(response) => Answer::upstream(response),
         Err(e) => Answer::from_send_error(e),
     }

@@ -1,8 +1,11 @@
 //! rekey's settings and the upstream, from the runtime's configuration. The
 //! client secret comes only from there (`--env REKEY_CLIENT_SECRET` passes the
-//! server's own variable through without putting it on a command line).
+//! server's own variable through without putting it on a command line). The
+//! access token may go only to the upstream's origin.
 
-use crate::rekey::oauth2::types::{ClientAuth, Settings as RekeySettings, Strategy};
+use crate::rekey::oauth2::types::{
+    ClientAuth, FleetTiming, Settings as RekeySettings, Strategy,
+};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -58,6 +61,12 @@ impl Settings {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let upstream = required("REKEY_UPSTREAM")?
+            .trim_end_matches('/')
+            .to_string();
+        let millis = |name: &str| -> Result<u32, String> {
+            u32::try_from(config::number(&src, name, 0)?).map_err(|_| format!("{name} is too large"))
+        };
         Ok(Settings {
             rekey: RekeySettings {
                 token_url: required("REKEY_TOKEN_URL")?,
@@ -68,10 +77,15 @@ impl Settings {
                 extra_params,
                 strategy,
                 rejected_statuses,
+                api_origins: alloc::vec![origin(&upstream)?],
+                allow_instance_url: false,
+                // Zero: the component's defaults.
+                fleet: FleetTiming {
+                    lease_ttl_ms: millis("REKEY_LEASE_TTL_MS")?,
+                    lease_wait_ms: millis("REKEY_LEASE_WAIT_MS")?,
+                },
             },
-            upstream: required("REKEY_UPSTREAM")?
-                .trim_end_matches('/')
-                .to_string(),
+            upstream,
             max_request_bytes: config::number(&src, "REKEY_MAX_REQUEST_BYTES", 16 << 20)?,
         })
     }
@@ -89,4 +103,17 @@ fn pairs(s: &str) -> Result<Vec<(String, String)>, String> {
                 })
         })
         .collect()
+}
+
+/// `scheme://authority` of an absolute URL: the one API origin the token may
+/// go to (the component checks it and refuses plain http off loopback).
+fn origin(url: &str) -> Result<String, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or("REKEY_UPSTREAM is not an absolute URL")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if authority.is_empty() {
+        return Err("REKEY_UPSTREAM has no host".into());
+    }
+    Ok(format!("{scheme}://{authority}"))
 }
