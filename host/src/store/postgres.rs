@@ -1,14 +1,15 @@
-//! PostgreSQL store, for fleets: every machine's workers share one credential
-//! table and one lease table. Each operation is a single statement, so it is
-//! atomic on its own and durable when it returns (synchronous_commit), and the
-//! lease uses the server's clock, so machines' clock skew does not matter.
+//! PostgreSQL store, for fleets: every machine's workers, in any of rekey's
+//! host languages, share one credential table (`docs/record-store.md`,
+//! schema version 3). Each write is a single statement, so it is atomic on
+//! its own and durable when it returns (committed).
 //!
 //! Every call is bounded ([`PostgresStore::DEFAULT_CALL_TIMEOUT`] unless set):
 //! the connection lives on a thread of the store's own, and a caller waits no
 //! longer than that for its answer. A connection that breaks (server
 //! restarted, network reset, backend terminated) is replaced and the
 //! operation retried once on the new one, in a form that is correct even if
-//! the first attempt had committed. A connection that stalls is abandoned to
+//! the first attempt had committed; a write whose outcome that cannot settle
+//! is reported [`StoreError::Unknown`]. A connection that stalls is abandoned to
 //! its thread, and the next call connects anew. The server and the kernel are
 //! told to give up before the caller: connect, statement and TCP (keepalive,
 //! `tcp_user_timeout`) timeouts derive from the call timeout, unless the URL
@@ -32,8 +33,11 @@
 //! query, any case or encoding) and every form of it is cut out of the
 //! `postgres` crate's messages too.
 
-use super::columns::{self, Columns, keys_json, settings_json};
-use super::{Credential, KeyStore, Result, StoreError, now_unix};
+use super::columns::{
+    self, Columns, MIGRATED_MARK_HOLDER, RecordColumns, SCHEMA_VERSION, check_schema_version,
+    keys_json, settings_json,
+};
+use super::{Credential, KeyStore, Record, Result, StoreError, now_unix};
 use crate::settings::Settings;
 use crate::tls::{CertCheck, Presented};
 use crate::token_set::TokenSet;
@@ -52,43 +56,90 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-/// Tables as this version creates them; [`MIGRATE`] brings older ones up to it.
-const SCHEMA: &str = "
+/// Schema version 3, as `docs/record-store.md` gives it.
+const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS rekey_credentials (
-    name             TEXT PRIMARY KEY,
-    settings         TEXT NOT NULL,
-    keys             TEXT,
-    version          BIGINT NOT NULL DEFAULT 0,
-    updated_at       BIGINT NOT NULL,
-    refresh_in_doubt BOOLEAN NOT NULL DEFAULT FALSE,
-    dead_grant_code  TEXT,
-    dead_grant_at    BIGINT
+    name            TEXT PRIMARY KEY,
+    settings        TEXT NOT NULL,
+    keys            TEXT,
+    version         BIGINT NOT NULL DEFAULT 0,
+    updated_at      BIGINT NOT NULL,
+    dead_grant_code TEXT,
+    dead_grant_at   BIGINT,
+    lease_holder    TEXT,
+    lease_until_ms  BIGINT,
+    mark_holder     TEXT,
+    mark_at_ms      BIGINT
 );
-CREATE TABLE IF NOT EXISTS rekey_leases (
-    name       TEXT PRIMARY KEY,
-    holder     TEXT NOT NULL,
-    expires_at TIMESTAMPTZ NOT NULL
-);
+CREATE TABLE IF NOT EXISTS rekey_schema (version INTEGER NOT NULL);
 ";
 
-/// Adds the columns a store created by an earlier version lacks. ALTER TABLE
-/// takes an exclusive lock even when it has nothing to add, which would queue
-/// a fleet's reads behind every worker's start: it only runs when needed.
-const MIGRATE: &str = "
-DO $$
-BEGIN
-    IF (SELECT count(*) FROM pg_attribute
-        WHERE attrelid = 'rekey_credentials'::regclass AND NOT attisdropped
-          AND attname IN ('refresh_in_doubt', 'dead_grant_code', 'dead_grant_at')) < 3
-    THEN
-        ALTER TABLE rekey_credentials
-            ADD COLUMN IF NOT EXISTS refresh_in_doubt BOOLEAN NOT NULL DEFAULT FALSE,
-            ADD COLUMN IF NOT EXISTS dead_grant_code TEXT,
-            ADD COLUMN IF NOT EXISTS dead_grant_at BIGINT;
-    END IF;
-END
-$$;
-";
+/// 0.2 → 3 (stores before 3 carry no version). The first release lacked
+/// the 0.2 columns: `IF NOT EXISTS` adds them, so every such store is 0.2
+/// first. Then the lease and mark columns; a refresh in doubt stays in
+/// doubt as a mark set when the keys were last written; the 0.2 lease table
+/// goes (a lease is at most a TTL old: nothing is lost).
+fn from_0_2() -> String {
+    format!(
+        "ALTER TABLE rekey_credentials
+             ADD COLUMN IF NOT EXISTS refresh_in_doubt BOOLEAN NOT NULL DEFAULT FALSE,
+             ADD COLUMN IF NOT EXISTS dead_grant_code TEXT,
+             ADD COLUMN IF NOT EXISTS dead_grant_at BIGINT,
+             ADD COLUMN lease_holder TEXT,
+             ADD COLUMN lease_until_ms BIGINT,
+             ADD COLUMN mark_holder TEXT,
+             ADD COLUMN mark_at_ms BIGINT;
+         UPDATE rekey_credentials SET mark_holder = '{MIGRATED_MARK_HOLDER}',
+             mark_at_ms = updated_at * 1000
+         WHERE refresh_in_doubt;
+         ALTER TABLE rekey_credentials DROP COLUMN refresh_in_doubt;
+         DROP TABLE IF EXISTS rekey_leases;
+         CREATE TABLE IF NOT EXISTS rekey_schema (version INTEGER NOT NULL);"
+    )
+}
+
+/// Creates the tables, or brings a 0.2 store to version 3, in one
+/// transaction under `pg_advisory_xact_lock(7301)`: of many workers (of any
+/// host language) starting at once, one does it and the others then find
+/// version 3. The lock is held until COMMIT, where an unlock inside would
+/// let the next worker in before the tables are visible. `Ok(Err(why))`: the
+/// schema is one this host must not touch (newer); nothing was changed.
+fn set_up(c: &mut Client) -> Result<Result<(), String>, postgres::Error> {
+    let mut tx = c.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock(7301)", &[])?;
+    let mut exists = |table: &str| -> Result<bool, postgres::Error> {
+        Ok(tx
+            .query_one("SELECT to_regclass($1::TEXT) IS NOT NULL", &[&table])?
+            .get(0))
+    };
+    let (versioned, legacy) = (exists("rekey_schema")?, exists("rekey_credentials")?);
+    let found: i64 = match versioned {
+        true => tx
+            .query_one(
+                "SELECT COALESCE(max(version), 0)::BIGINT FROM rekey_schema",
+                &[],
+            )?
+            .get(0),
+        false => 0,
+    };
+    if let Err(why) = check_schema_version(found) {
+        return Ok(Err(why));
+    }
+    if found == 0 {
+        tx.batch_execute(&match legacy {
+            true => from_0_2(),
+            false => CREATE.to_owned(),
+        })?;
+        tx.batch_execute("DELETE FROM rekey_schema")?;
+        let version = SCHEMA_VERSION as i32;
+        tx.execute(
+            "INSERT INTO rekey_schema (version) VALUES ($1)",
+            &[&version],
+        )?;
+    }
+    tx.commit()?;
+    Ok(Ok(()))
+}
 
 /// Connection threads a store keeps at most, stalled ones included: while
 /// PostgreSQL (or a proxy before it) accepts connections but never answers,
@@ -96,11 +147,7 @@ $$;
 /// or the peer end it. Beyond this many, calls fail at once.
 const MAX_THREADS: usize = 4;
 
-/// Longest lease the server is asked to count: a longer ttl takes the lease
-/// for this long (effectively never expiring) rather than overflowing.
-const MAX_TTL: Duration = Duration::from_secs(1000 * 365 * 24 * 3600);
-
-/// A store in PostgreSQL tables `rekey_credentials` and `rekey_leases`.
+/// A store in PostgreSQL table `rekey_credentials` (version in `rekey_schema`).
 pub struct PostgresStore {
     /// Where, for messages: the URL without its password.
     target: Arc<Target>,
@@ -134,7 +181,9 @@ struct Session {
 }
 
 /// How an operation reports PostgreSQL's failure: reads say the store is
-/// unusable, writes that the write failed (which the host may retry).
+/// unusable; writes that the write failed (which the host may retry), or,
+/// when the statement may have run and its outcome could not be settled,
+/// that it is unknown.
 #[derive(Clone, Copy)]
 enum Kind {
     Read,
@@ -175,7 +224,8 @@ impl PostgresStore {
 
     /// Connects to `url` (`postgres://` or `postgresql://`; TLS as its
     /// `sslmode` says, plain TCP without one: see the module's doc) and
-    /// creates the tables if needed, or adds what an older version's lack.
+    /// creates the tables if needed, or migrates a 0.2 store to version 3;
+    /// refuses a store of a newer schema.
     pub fn connect(url: &str) -> Result<Self> {
         Self::connect_with_call_timeout(url, Self::DEFAULT_CALL_TIMEOUT)
     }
@@ -205,12 +255,14 @@ impl PostgresStore {
             spawned: AtomicU64::new(0),
             threads: Arc::default(),
         };
-        // Many workers may start at once; serialise the CREATEs. The batch is
-        // one transaction: a transaction-level lock is held until its commit,
-        // where an unlock inside it would let the next worker in before the
-        // tables are visible (its CREATE then fails on a duplicate key).
-        let setup = format!("SELECT pg_advisory_xact_lock(7412); {SCHEMA} {MIGRATE}");
-        store.call(Kind::Read, move |c, _| Ok(c.batch_execute(&setup)?))?;
+        let shown = store.target.shown.clone();
+        store.call(Kind::Read, move |c, _| match set_up(c)? {
+            Ok(()) => Ok(()),
+            Err(reason) => Err(Fail::Store(StoreError::Unusable {
+                path: shown.clone(),
+                reason,
+            })),
+        })?;
         Ok(store)
     }
 
@@ -242,7 +294,8 @@ impl PostgresStore {
                     ),
                     mpsc::RecvTimeoutError::Disconnected => "the connection's thread failed".into(),
                 };
-                Err(session_error(kind, &self.target, reason))
+                // The statement may have been sent, and may still run.
+                Err(uncertain(kind, &self.target, reason))
             }
         }
     }
@@ -366,18 +419,25 @@ impl Session {
         // The connection is gone (server restarted, reset, backend killed):
         // once more on a new one, if the caller is still waiting.
         self.client = None;
+        // The first attempt may have committed: unless the retry settles
+        // it (its answer, or a verdict), a write's outcome is unknown.
         let second = match self.client_before(deadline) {
             Ok(c) => op(c, Attempt::Retry),
             Err(reason) => {
-                return Err(self.error(kind, format!("{}; then {reason}", describe(&lost))));
+                let reason = format!("{}; then {reason}", describe(&lost));
+                return Err(uncertain(kind, &self.target, reason));
             }
         };
-        if let Err(Fail::Pg(e)) = &second
-            && self.lost(e)
-        {
-            self.client = None;
+        match second {
+            Err(Fail::Pg(e)) => {
+                if self.lost(&e) {
+                    self.client = None;
+                }
+                let reason = format!("{}; then {}", describe(&lost), describe(&e));
+                Err(uncertain(kind, &self.target, reason))
+            }
+            other => other.map_err(|f| self.fail(kind, f)),
         }
-        second.map_err(|f| self.fail(kind, f))
     }
 
     /// Whether `e` leaves the connection unusable, as opposed to a statement's
@@ -409,7 +469,17 @@ impl Session {
     }
 }
 
-/// Every message about the store passes here: no form of the password in it.
+/// A failure after a statement may have run: for a write, its outcome is
+/// unknown (read the record to know).
+fn uncertain(kind: Kind, target: &Target, reason: String) -> StoreError {
+    match kind {
+        Kind::Read => session_error(kind, target, reason),
+        Kind::Write => StoreError::Unknown(target.scrub(reason)),
+    }
+}
+
+/// Every message about the store passes here (or through [`uncertain`]): no
+/// form of the password in it.
 fn session_error(kind: Kind, target: &Target, reason: String) -> StoreError {
     let reason = target.scrub(reason);
     match kind {
@@ -748,51 +818,58 @@ fn to_credential(row: &postgres::Row) -> Result<Credential> {
         keys: row.get(2),
         version: row.get(3),
         updated_at: row.get(4),
-        refresh_in_doubt: row.get(5),
-        dead_grant_code: row.get(6),
-        dead_grant_at: row.get(7),
+        dead_grant_code: row.get(5),
+        dead_grant_at: row.get(6),
+        lease_holder: row.get(7),
+        lease_until_ms: row.get(8),
+        mark_holder: row.get(9),
+        mark_at_ms: row.get(10),
     }
     .into_credential()
 }
 
-/// A lease's ttl in milliseconds, for `$3::BIGINT * INTERVAL '1 millisecond'`.
-fn ttl_millis(ttl: Duration) -> i64 {
-    ttl.min(MAX_TTL).as_millis() as i64
-}
-
-/// Extends a live lease of its holder ($1 name, $2 holder, $3 ttl in ms).
-const RENEW: &str = "UPDATE rekey_leases
-    SET expires_at = clock_timestamp() + $3::BIGINT * INTERVAL '1 millisecond'
-    WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp()";
-
-/// `save_keys` in one statement: the compare-and-set ($4, the expected
-/// version, or NULL for none) and what was stored before it. On a retry
-/// ($5), keys already stored count as saved by the first attempt, and are not
-/// written twice. A successful save clears both marks.
-const SAVE_KEYS: &str = "
-WITH saved AS (
+/// The conditional write of `docs/record-store.md` ($1 name, $2 expected
+/// version, $3..$9 the record, $10 now), in one statement, with what was
+/// stored before it: the version, and whether the record was already
+/// exactly ours (a lost first attempt that committed).
+const WRITE_RECORD: &str = "
+WITH written AS (
     UPDATE rekey_credentials
-    SET keys = $2, version = version + 1, updated_at = $3,
-        refresh_in_doubt = FALSE, dead_grant_code = NULL, dead_grant_at = NULL
-    WHERE name = $1 AND CASE
-        WHEN $4::BIGINT IS NULL THEN NOT ($5::BOOLEAN AND keys IS NOT DISTINCT FROM $2::TEXT)
-        ELSE version = $4
-    END
+    SET keys = $3, lease_holder = $4, lease_until_ms = $5, mark_holder = $6, mark_at_ms = $7,
+        dead_grant_code = $8, dead_grant_at = $9, version = version + 1, updated_at = $10
+    WHERE name = $1 AND version = $2
     RETURNING version
 )
-SELECT (SELECT version FROM saved), version, keys IS NOT DISTINCT FROM $2::TEXT
+SELECT (SELECT version FROM written), version,
+    (keys, lease_holder, lease_until_ms, mark_holder, mark_at_ms, dead_grant_code, dead_grant_at)
+    IS NOT DISTINCT FROM ($3::TEXT, $4::TEXT, $5::BIGINT, $6::TEXT, $7::BIGINT, $8::TEXT, $9::BIGINT)
 FROM rekey_credentials WHERE name = $1";
 
 /// Whether `put` brings new keys ($3 the keys or NULL): on a retry ($5), keys
 /// already stored were the first attempt's, and not new again (no second
-/// version bump; marks set since then stay).
+/// version bump; a lease or mark set since then stays).
 macro_rules! new_keys {
     () => {
         "($3::TEXT IS NOT NULL AND NOT ($5::BOOLEAN AND rekey_credentials.keys IS NOT DISTINCT FROM $3::TEXT))"
     };
 }
 
-/// New keys clear both marks; a settings edit keeps them.
+/// A record column that new keys clear and a settings edit keeps.
+macro_rules! kept_unless_new_keys {
+    ($column:literal) => {
+        concat!(
+            $column,
+            " = CASE WHEN ",
+            new_keys!(),
+            " THEN NULL ELSE rekey_credentials.",
+            $column,
+            " END"
+        )
+    };
+}
+
+/// Creates a credential or replaces its settings: new keys start the
+/// record afresh (version + 1), none keep it as it is.
 const PUT: &str = concat!(
     "INSERT INTO rekey_credentials (name, settings, keys, version, updated_at)
      VALUES ($1, $2, $3, 0, $4)
@@ -802,16 +879,18 @@ const PUT: &str = concat!(
          updated_at = $4,
          version = rekey_credentials.version + CASE WHEN ",
     new_keys!(),
-    " THEN 1 ELSE 0 END,
-         refresh_in_doubt = rekey_credentials.refresh_in_doubt AND NOT ",
-    new_keys!(),
-    ",
-         dead_grant_code = CASE WHEN ",
-    new_keys!(),
-    " THEN NULL ELSE rekey_credentials.dead_grant_code END,
-         dead_grant_at = CASE WHEN ",
-    new_keys!(),
-    " THEN NULL ELSE rekey_credentials.dead_grant_at END"
+    " THEN 1 ELSE 0 END, ",
+    kept_unless_new_keys!("lease_holder"),
+    ", ",
+    kept_unless_new_keys!("lease_until_ms"),
+    ", ",
+    kept_unless_new_keys!("mark_holder"),
+    ", ",
+    kept_unless_new_keys!("mark_at_ms"),
+    ", ",
+    kept_unless_new_keys!("dead_grant_code"),
+    ", ",
+    kept_unless_new_keys!("dead_grant_at"),
 );
 
 impl KeyStore for PostgresStore {
@@ -825,23 +904,46 @@ impl KeyStore for PostgresStore {
         })
     }
 
-    fn save_keys(&self, name: &str, keys: &TokenSet, expected_version: Option<u64>) -> Result<u64> {
-        let (name, keys) = (name.to_owned(), keys_json(keys)?.to_owned());
-        let expected = expected_version.map(|v| v as i64);
-        self.call(Kind::Write, move |c, attempt| {
-            let retry = attempt == Attempt::Retry;
-            let row = c
-                .query_opt(SAVE_KEYS, &[&name, &keys, &now_unix(), &expected, &retry])?
+    fn write_record(&self, name: &str, expected: u64, record: &Record) -> Result<u64> {
+        let c = RecordColumns::of(record)?;
+        let name = name.to_owned();
+        // A version beyond any row's matches none (-1: versions are >= 0).
+        let expected = i64::try_from(expected).unwrap_or(-1);
+        self.call(Kind::Write, move |client, attempt| {
+            let row = client
+                .query_opt(
+                    WRITE_RECORD,
+                    &[
+                        &name,
+                        &expected,
+                        &c.keys,
+                        &c.lease_holder,
+                        &c.lease_until_ms,
+                        &c.mark_holder,
+                        &c.mark_at_ms,
+                        &c.dead_grant_code,
+                        &c.dead_grant_at,
+                        &now_unix(),
+                    ],
+                )?
                 .ok_or_else(|| StoreError::UnknownCredential(name.clone()))?;
-            let (saved, stored, ours): (Option<i64>, i64, bool) =
+            let (written, stored, ours): (Option<i64>, i64, bool) =
                 (row.get(0), row.get(1), row.get(2));
-            match (saved, expected) {
-                (Some(version), _) => Ok(version as u64),
-                // The lost first attempt had committed: our keys, one past
-                // what we expected (or, unconditional, simply ours).
-                (None, Some(e)) if retry && ours && stored == e + 1 => Ok(stored as u64),
-                (None, None) if retry && ours => Ok(stored as u64),
-                (None, _) => Err(StoreError::Conflict(name.clone()).into()),
+            let retry = attempt == Attempt::Retry;
+            match written {
+                Some(version) => Ok(version as u64),
+                // The lost first attempt had committed: our record, one past
+                // what we expected.
+                None if retry && ours && stored == expected + 1 => Ok(stored as u64),
+                // Moved on further: ours may have landed, then been replaced.
+                None if retry && expected >= 0 && stored > expected + 1 => {
+                    Err(StoreError::Unknown(
+                        "the connection was lost during the write, and the credential has been                          written again since: read it to know whether this write landed"
+                            .into(),
+                    )
+                    .into())
+                }
+                None => Err(StoreError::Conflict(name.clone()).into()),
             }
         })
     }
@@ -872,90 +974,9 @@ impl KeyStore for PostgresStore {
             if n == 0 && attempt == Attempt::Retry {
                 // The lost attempt may have been the one that removed it.
                 let reason = "the connection was lost while removing: it may have been removed";
-                return Err(StoreError::Write(reason.into()).into());
+                return Err(StoreError::Unknown(reason.into()).into());
             }
             Ok(n > 0)
-        })
-    }
-
-    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        let (name, holder, ttl_ms) = (name.to_owned(), holder.to_owned(), ttl_millis(ttl));
-        // Safe to retry: taking one's own lease again only extends it.
-        self.call(Kind::Write, move |c, _| {
-            let row = c.query_opt(
-                "INSERT INTO rekey_leases (name, holder, expires_at)
-                 VALUES ($1, $2, clock_timestamp() + $3::BIGINT * INTERVAL '1 millisecond')
-                 ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-                 WHERE rekey_leases.expires_at <= clock_timestamp() OR rekey_leases.holder = EXCLUDED.holder
-                 RETURNING holder",
-                &[&name, &holder, &ttl_ms],
-            )?;
-            Ok(row.is_some())
-        })
-    }
-
-    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        let (name, holder, ttl_ms) = (name.to_owned(), holder.to_owned(), ttl_millis(ttl));
-        self.call(Kind::Write, move |c, _| {
-            Ok(c.execute(RENEW, &[&name, &holder, &ttl_ms])? == 1)
-        })
-    }
-
-    fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
-        let (name, holder) = (name.to_owned(), holder.to_owned());
-        self.call(Kind::Write, move |c, _| {
-            c.execute(
-                "DELETE FROM rekey_leases WHERE name = $1 AND holder = $2",
-                &[&name, &holder],
-            )?;
-            Ok(())
-        })
-    }
-
-    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        let (name, holder, ttl_ms) = (name.to_owned(), holder.to_owned(), ttl_millis(ttl));
-        // One statement, so the renewal and the mark commit together, before
-        // the refresh request leaves; a data-modifying WITH always runs in
-        // full. Safe to retry: the holder renews and marks again.
-        let statement = format!(
-            "WITH renewed AS ({RENEW} RETURNING name),
-             marked AS (
-                 UPDATE rekey_credentials SET refresh_in_doubt = TRUE
-                 WHERE name IN (SELECT name FROM renewed) RETURNING name
-             )
-             SELECT count(*) FROM renewed"
-        );
-        self.call(Kind::Write, move |c, _| {
-            let renewed: i64 = c.query_one(&statement, &[&name, &holder, &ttl_ms])?.get(0);
-            Ok(renewed == 1)
-        })
-    }
-
-    fn clear_refresh_in_doubt(&self, name: &str) -> Result<()> {
-        let name = name.to_owned();
-        self.call(Kind::Write, move |c, _| {
-            let n = c.execute(
-                "UPDATE rekey_credentials SET refresh_in_doubt = FALSE WHERE name = $1",
-                &[&name],
-            )?;
-            if n == 0 {
-                return Err(StoreError::UnknownCredential(name.clone()).into());
-            }
-            Ok(())
-        })
-    }
-
-    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<()> {
-        let (name, code) = (name.to_owned(), code.to_owned());
-        self.call(Kind::Write, move |c, _| {
-            let n = c.execute(
-                "UPDATE rekey_credentials SET dead_grant_code = $2, dead_grant_at = $3 WHERE name = $1",
-                &[&name, &code, &now_unix()],
-            )?;
-            if n == 0 {
-                return Err(StoreError::UnknownCredential(name.clone()).into());
-            }
-            Ok(())
         })
     }
 }
@@ -1166,14 +1187,5 @@ mod tests {
         assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(7)));
         assert_eq!(c.get_keepalives_idle(), Duration::from_secs(60));
         assert_eq!(c.get_options(), Some("-c statement_timeout=900"));
-    }
-
-    #[test]
-    fn a_huge_ttl_is_capped() {
-        assert_eq!(super::ttl_millis(Duration::from_millis(300)), 300);
-        assert_eq!(
-            super::ttl_millis(Duration::MAX),
-            super::MAX_TTL.as_millis() as i64
-        );
     }
 }

@@ -1,8 +1,13 @@
 //! The default store: one SQLite file, WAL, `synchronous=FULL`, every write in
-//! its own transaction, so `save_keys` returning `Ok` means it is on disk.
+//! a `BEGIN IMMEDIATE` transaction, so a write returning `Ok` is on disk.
+//! Tables and migration as `docs/record-store.md` says (schema version 3 in
+//! `PRAGMA user_version`), shared with the Node.js and Python hosts.
 
-use super::columns::{self, Columns, keys_json, settings_json};
-use super::{Credential, KeyStore, Result, StoreError, next_version, now_unix};
+use super::columns::{
+    self, Columns, MIGRATED_MARK_HOLDER, RecordColumns, SCHEMA_VERSION, check_schema_version,
+    keys_json, settings_json,
+};
+use super::{Credential, KeyStore, Record, Result, StoreError, now_unix};
 use crate::private_fs::{self, FileProblem};
 use crate::settings::Settings;
 use crate::token_set::TokenSet;
@@ -14,58 +19,106 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-const SCHEMA: &str = "
+/// Schema version 3, as `docs/record-store.md` gives it.
+const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS credentials (
-    name             TEXT PRIMARY KEY NOT NULL,
-    settings         TEXT NOT NULL,
-    keys             TEXT,
-    version          INTEGER NOT NULL DEFAULT 0,
-    updated_at       INTEGER NOT NULL,
-    refresh_in_doubt INTEGER NOT NULL DEFAULT 0,
-    dead_grant_code  TEXT,
-    dead_grant_at    INTEGER
-) STRICT;
-CREATE TABLE IF NOT EXISTS leases (
-    name          TEXT PRIMARY KEY NOT NULL,
-    holder        TEXT NOT NULL,
-    expires_at_ms INTEGER NOT NULL
+    name            TEXT PRIMARY KEY NOT NULL,
+    settings        TEXT NOT NULL,
+    keys            TEXT,
+    version         INTEGER NOT NULL DEFAULT 0,
+    updated_at      INTEGER NOT NULL,
+    dead_grant_code TEXT,
+    dead_grant_at   INTEGER,
+    lease_holder    TEXT,
+    lease_until_ms  INTEGER,
+    mark_holder     TEXT,
+    mark_at_ms      INTEGER
 ) STRICT;
 ";
 
-/// Columns added since the first schema: a store created before them gets
-/// them at open (`ALTER TABLE … ADD COLUMN`), keeping its credentials.
-const ADDED_COLUMNS: [(&str, &str); 3] = [
+/// Columns of 0.2 the first release lacked. Stores before version 3 carry
+/// no version, so these are looked for; once present, the store is 0.2.
+const COLUMNS_OF_0_2: [(&str, &str); 3] = [
     ("refresh_in_doubt", "INTEGER NOT NULL DEFAULT 0"),
     ("dead_grant_code", "TEXT"),
     ("dead_grant_at", "INTEGER"),
 ];
 
-fn missing_columns(conn: &Connection) -> rusqlite::Result<Vec<(&'static str, &'static str)>> {
-    let present = conn
+/// 0.2 → 3: the lease and mark columns; a refresh in doubt stays in doubt
+/// as a mark (?1 its holder) set when the keys were last written; the 0.2
+/// lease table goes (a lease is at most a TTL old: nothing is lost).
+const FROM_0_2: [&str; 7] = [
+    "ALTER TABLE credentials ADD COLUMN lease_holder TEXT",
+    "ALTER TABLE credentials ADD COLUMN lease_until_ms INTEGER",
+    "ALTER TABLE credentials ADD COLUMN mark_holder TEXT",
+    "ALTER TABLE credentials ADD COLUMN mark_at_ms INTEGER",
+    "UPDATE credentials SET mark_holder = ?1, mark_at_ms = updated_at * 1000
+     WHERE refresh_in_doubt != 0",
+    "ALTER TABLE credentials DROP COLUMN refresh_in_doubt",
+    "DROP TABLE IF EXISTS leases",
+];
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+}
+
+/// Creates the tables, or brings a 0.2 store to version 3, in one IMMEDIATE
+/// transaction: of several processes opening one store at once, one does
+/// it and the others then find version 3. A newer schema is refused.
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let text = |e: rusqlite::Error| e.to_string();
+    // The common case, an up-to-date store, takes no write lock.
+    let found = user_version(conn).map_err(text)?;
+    check_schema_version(found)?;
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(text)?;
+    // Under the write lock, again: another process may have done it meanwhile.
+    let found = user_version(&tx).map_err(text)?;
+    check_schema_version(found)?;
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let legacy: bool = tx
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'credentials'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(text)?;
+    if legacy {
+        from_0_2(&tx)
+            .map_err(|e| format!("migrating it from rekey 0.2 failed, nothing changed: {e}"))?;
+    } else {
+        tx.execute_batch(CREATE).map_err(text)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(text)?;
+    tx.commit().map_err(text)
+}
+
+fn from_0_2(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let present = tx
         .prepare("SELECT name FROM pragma_table_info('credentials')")?
         .query_map([], |r| r.get::<_, String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(ADDED_COLUMNS
-        .into_iter()
-        .filter(|(column, _)| !present.iter().any(|p| p == column))
-        .collect())
-}
-
-/// Brings an older store's tables up to [`SCHEMA`].
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    // The common case, an up-to-date store, takes no write lock.
-    if missing_columns(conn)?.is_empty() {
-        return Ok(());
+    for (column, declaration) in COLUMNS_OF_0_2 {
+        if !present.iter().any(|p| p == column) {
+            tx.execute_batch(&format!(
+                "ALTER TABLE credentials ADD COLUMN {column} {declaration}"
+            ))?;
+        }
     }
-    // Under the write lock, looked at again: another process opening the
-    // same old store may have added them meanwhile.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for (column, declaration) in missing_columns(&tx)? {
-        tx.execute_batch(&format!(
-            "ALTER TABLE credentials ADD COLUMN {column} {declaration}"
-        ))?;
+    for step in FROM_0_2 {
+        match step.contains("?1") {
+            true => tx.execute(step, [MIGRATED_MARK_HOLDER])?,
+            false => tx.execute(step, [])?,
+        };
     }
-    tx.commit()
+    Ok(())
 }
 
 /// Opens the store file as only its owner could have made it, or says why
@@ -203,23 +256,6 @@ fn still_names(path: &Path, checked: &File) -> Result<(), String> {
     }
 }
 
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// When a lease taken at `now` for `ttl` runs out; a ttl too long to count
-/// in milliseconds saturates (never), where a cast would wrap into the past.
-fn expiry_millis(now: i64, ttl: Duration) -> i64 {
-    now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Extends a live lease of its holder: ?3 the new expiry, ?4 now.
-const RENEW: &str = "UPDATE leases SET expires_at_ms = ?3
-     WHERE name = ?1 AND holder = ?2 AND expires_at_ms > ?4";
-
 /// A store in one SQLite file, shareable by the processes of one machine.
 pub struct SqliteStore {
     path: PathBuf,
@@ -290,8 +326,7 @@ impl SqliteStore {
             .map_err(unusable)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(unusable)?;
-        conn.execute_batch(SCHEMA).map_err(unusable)?;
-        migrate(&mut conn).map_err(unusable)?;
+        migrate(&mut conn).map_err(refused)?;
         Ok(SqliteStore {
             path,
             conn: Mutex::new(conn),
@@ -306,28 +341,16 @@ impl SqliteStore {
 
     /// Runs `f` in one IMMEDIATE transaction and commits it. IMMEDIATE
     /// takes SQLite's write lock first, so a check-and-write is one step for
-    /// every process on this machine.
+    /// every process on this machine; the commit returns once the WAL is
+    /// synced (`synchronous=FULL`). Nothing is committed if `f` fails.
     fn immediate<R>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R>) -> Result<R> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(write)?;
         let result = f(&tx)?;
-        tx.commit().map_err(write)?;
+        tx.commit().map_err(committing)?;
         Ok(result)
-    }
-
-    /// One UPDATE of the credential `name`; unknown if it touched no row.
-    fn update_credential(
-        &self,
-        name: &str,
-        sql: &str,
-        params: impl rusqlite::Params,
-    ) -> Result<()> {
-        match self.conn().execute(sql, params).map_err(write)? {
-            0 => Err(StoreError::UnknownCredential(name.into())),
-            _ => Ok(()),
-        }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
@@ -357,8 +380,28 @@ impl SqliteStore {
 
 /// One credential by name (a constant, so the statement is prepared once),
 /// reading [`columns::NAMES`].
-const SELECT_ONE: &str = "SELECT name, settings, keys, version, updated_at, refresh_in_doubt, \
-    dead_grant_code, dead_grant_at FROM credentials WHERE name = ?1";
+const SELECT_ONE: &str = "SELECT name, settings, keys, version, updated_at, dead_grant_code, \
+    dead_grant_at, lease_holder, lease_until_ms, mark_holder, mark_at_ms \
+    FROM credentials WHERE name = ?1";
+
+/// The conditional write of `docs/record-store.md`.
+const WRITE_RECORD: &str = "UPDATE credentials
+    SET keys = ?1, lease_holder = ?2, lease_until_ms = ?3, mark_holder = ?4, mark_at_ms = ?5,
+        dead_grant_code = ?6, dead_grant_at = ?7, version = version + 1, updated_at = ?8
+    WHERE name = ?9 AND version = ?10";
+
+/// Creates a credential or replaces its settings: new keys (?3) start the
+/// record afresh (version + 1), none keep it as it is.
+const PUT: &str = "INSERT INTO credentials (name, settings, keys, version, updated_at)
+    VALUES (?1, ?2, ?3, 0, ?4)
+    ON CONFLICT (name) DO UPDATE SET settings = ?2, updated_at = ?4,
+        keys = COALESCE(?3, keys), version = version + (?3 IS NOT NULL),
+        lease_holder = CASE WHEN ?3 IS NULL THEN lease_holder END,
+        lease_until_ms = CASE WHEN ?3 IS NULL THEN lease_until_ms END,
+        mark_holder = CASE WHEN ?3 IS NULL THEN mark_holder END,
+        mark_at_ms = CASE WHEN ?3 IS NULL THEN mark_at_ms END,
+        dead_grant_code = CASE WHEN ?3 IS NULL THEN dead_grant_code END,
+        dead_grant_at = CASE WHEN ?3 IS NULL THEN dead_grant_at END";
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Columns> {
     Ok(Columns {
@@ -367,14 +410,31 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Columns> {
         keys: r.get(2)?,
         version: r.get(3)?,
         updated_at: r.get(4)?,
-        refresh_in_doubt: r.get::<_, i64>(5)? != 0,
-        dead_grant_code: r.get(6)?,
-        dead_grant_at: r.get(7)?,
+        dead_grant_code: r.get(5)?,
+        dead_grant_at: r.get(6)?,
+        lease_holder: r.get(7)?,
+        lease_until_ms: r.get(8)?,
+        mark_holder: r.get(9)?,
+        mark_at_ms: r.get(10)?,
     })
 }
 
+/// A failure before COMMIT: the transaction rolls back, nothing is written.
 fn write(e: rusqlite::Error) -> StoreError {
     StoreError::Write(e.to_string())
+}
+
+/// A failed COMMIT. An I/O error there (a failed fsync of the WAL) may
+/// leave the commit frame on disk, where recovery after a crash would find
+/// it: the outcome is unknown. Anything else (disk full while appending,
+/// busy) left no valid commit frame: nothing was written.
+fn committing(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::SystemIoFailure) => StoreError::Unknown(format!(
+            "the disk failed while committing ({e}); the write may surface after a restart"
+        )),
+        _ => write(e),
+    }
 }
 
 impl KeyStore for SqliteStore {
@@ -417,117 +477,51 @@ impl KeyStore for SqliteStore {
         self.cached(name, seen).map(Ok)
     }
 
-    fn save_keys(&self, name: &str, keys: &TokenSet, expected_version: Option<u64>) -> Result<u64> {
-        let keys = keys_json(keys)?;
+    fn write_record(&self, name: &str, expected: u64, record: &Record) -> Result<u64> {
+        let c = RecordColumns::of(record)?;
+        // A version beyond any row's matches none (-1: versions are >= 0).
+        let expected_column = i64::try_from(expected).unwrap_or(-1);
         self.immediate(|tx| {
-            let stored: i64 = tx
-                .query_row(
-                    "SELECT version FROM credentials WHERE name = ?1",
-                    [name],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(write)?
-                .ok_or_else(|| StoreError::UnknownCredential(name.into()))?;
-            let version = next_version(name, stored as u64, expected_version)?;
-            tx.execute(
-                // Saved keys settle a refresh in doubt and revive a dead grant.
-                "UPDATE credentials SET keys = ?2, version = ?3, updated_at = ?4,
-                 refresh_in_doubt = 0, dead_grant_code = NULL, dead_grant_at = NULL
-             WHERE name = ?1",
-                params![name, keys, version as i64, now_unix()],
-            )
-            .map_err(write)?;
-            Ok(version)
-        })
-    }
-
-    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        self.immediate(|tx| {
-        let now = now_millis();
-        let taken = tx
-            .execute(
-                "INSERT INTO leases (name, holder, expires_at_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms
-                 WHERE leases.expires_at_ms <= ?4 OR leases.holder = excluded.holder",
-                params![name, holder, expiry_millis(now, ttl), now],
-            )
-            .map_err(write)?;
-        Ok(taken == 1)
-        })
-    }
-
-    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        let now = now_millis();
-        let renewed = self
-            .conn()
-            .execute(RENEW, params![name, holder, expiry_millis(now, ttl), now])
-            .map_err(|e| StoreError::Write(e.to_string()))?;
-        Ok(renewed == 1)
-    }
-
-    fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
-        self.conn()
-            .execute(
-                "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
-                [name, holder],
-            )
-            .map_err(|e| StoreError::Write(e.to_string()))?;
-        Ok(())
-    }
-
-    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        // Renewal and mark commit together (synchronous=FULL): the mark is on
-        // disk before the refresh request leaves, and only a holder sets it.
-        self.immediate(|tx| {
-            let now = now_millis();
-            let renewed = tx
-                .execute(RENEW, params![name, holder, expiry_millis(now, ttl), now])
+            let written = tx
+                .prepare_cached(WRITE_RECORD)
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        c.keys,
+                        c.lease_holder,
+                        c.lease_until_ms,
+                        c.mark_holder,
+                        c.mark_at_ms,
+                        c.dead_grant_code,
+                        c.dead_grant_at,
+                        now_unix(),
+                        name,
+                        expected_column,
+                    ])
+                })
                 .map_err(write)?;
-            if renewed == 1 {
-                tx.execute(
-                    "UPDATE credentials SET refresh_in_doubt = 1 WHERE name = ?1",
-                    [name],
-                )
-                .map_err(write)?;
+            if written == 1 {
+                return Ok(expected + 1);
             }
-            Ok(renewed == 1)
+            // Under the same write lock: the row's existence is current.
+            let exists = tx
+                .prepare_cached("SELECT 1 FROM credentials WHERE name = ?1")
+                .and_then(|mut stmt| stmt.query_row([name], |_| Ok(())).optional())
+                .map_err(write)?;
+            Err(match exists {
+                Some(()) => StoreError::Conflict(name.into()),
+                None => StoreError::UnknownCredential(name.into()),
+            })
         })
-    }
-
-    fn clear_refresh_in_doubt(&self, name: &str) -> Result<()> {
-        self.update_credential(
-            name,
-            "UPDATE credentials SET refresh_in_doubt = 0 WHERE name = ?1",
-            params![name],
-        )
-    }
-
-    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<()> {
-        self.update_credential(
-            name,
-            "UPDATE credentials SET dead_grant_code = ?2, dead_grant_at = ?3 WHERE name = ?1",
-            params![name, code, now_unix()],
-        )
     }
 
     fn put(&self, name: &str, settings: &Settings, keys: Option<&TokenSet>) -> Result<()> {
         let keys = keys.map(keys_json).transpose()?;
-        self.conn()
-            .execute(
-                // New keys start afresh (no refresh in doubt, no dead
-                // grant); a settings edit keeps both marks.
-                "INSERT INTO credentials (name, settings, keys, version, updated_at)
-                 VALUES (?1, ?2, ?3, 0, ?4)
-                 ON CONFLICT (name) DO UPDATE SET settings = ?2, keys = COALESCE(?3, keys),
-                     version = version + (?3 IS NOT NULL), updated_at = ?4,
-                     refresh_in_doubt = CASE WHEN ?3 IS NULL THEN refresh_in_doubt ELSE 0 END,
-                     dead_grant_code = CASE WHEN ?3 IS NULL THEN dead_grant_code END,
-                     dead_grant_at = CASE WHEN ?3 IS NULL THEN dead_grant_at END",
-                params![name, settings_json(settings), keys, now_unix()],
-            )
-            .map_err(|e| StoreError::Write(e.to_string()))?;
-        Ok(())
+        let settings = settings_json(settings);
+        self.immediate(|tx| {
+            tx.execute(PUT, params![name, settings, keys, now_unix()])
+                .map_err(write)?;
+            Ok(())
+        })
     }
 
     fn list(&self) -> Result<Vec<Credential>> {
@@ -547,11 +541,12 @@ impl KeyStore for SqliteStore {
     }
 
     fn remove(&self, name: &str) -> Result<bool> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM credentials WHERE name = ?1", [name])
-            .map_err(|e| StoreError::Write(e.to_string()))?;
-        Ok(n > 0)
+        self.immediate(|tx| {
+            let n = tx
+                .execute("DELETE FROM credentials WHERE name = ?1", [name])
+                .map_err(write)?;
+            Ok(n > 0)
+        })
     }
 }
 
@@ -569,6 +564,13 @@ mod tests {
         let keys: serde_json::Value =
             serde_json::from_str(c.keys.as_ref().unwrap().expose()).unwrap();
         keys["access_token"].as_str().unwrap().to_owned()
+    }
+
+    fn record(access: &str) -> Record {
+        Record {
+            keys: Some(keys(access)),
+            ..Record::default()
+        }
     }
 
     /// The read cache never hides a write: this store's own, or another
@@ -592,14 +594,25 @@ mod tests {
         assert_eq!(access_token(&hit), "one");
 
         let v = a.load("c").unwrap().version;
-        b.save_keys("c", &keys("two"), Some(v)).unwrap();
+        b.write_record("c", v, &record("two")).unwrap();
         assert!(a.load_now("c").is_none(), "another connection committed");
         assert_eq!(access_token(&a.load("c").unwrap()), "two");
 
-        a.save_keys("c", &keys("three"), Some(v + 1)).unwrap();
+        a.write_record("c", v + 1, &record("three")).unwrap();
         assert!(a.load_now("c").is_none(), "this connection wrote");
         assert_eq!(access_token(&a.load("c").unwrap()), "three");
 
+        // A refused write changes nothing: the cached copy stays good.
+        assert!(a.load_now("c").is_some());
+        assert!(matches!(
+            b.write_record("c", v, &record("stale")),
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(access_token(&a.load_now("c").unwrap().unwrap()), "three");
+
+        b.put("c", &settings, None).unwrap();
+        assert!(a.load_now("c").is_none(), "a settings edit is a write");
+        a.load("c").unwrap();
         b.remove("c").unwrap();
         assert!(a.load_now("c").is_none());
         assert!(matches!(a.load("c"), Err(StoreError::UnknownCredential(_))));
