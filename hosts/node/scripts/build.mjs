@@ -6,7 +6,7 @@
 // and records the component's SHA-256 in gen/build-info.json, so a test can
 // check it is byte-identical to the one the Rust host embeds.
 //
-//   node scripts/build.mjs [path/to/rekey_guest.wasm]     (or $REKEY_WASM)
+//   node scripts/build.mjs [path/to/rekey_guest.wasm [out-dir]]   (or $REKEY_WASM; out-dir: gen/)
 
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -19,7 +19,7 @@ const DEV_FALLBACK = '/tmp/rekey-dev/rekey_guest.wasm';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const wasmPath = resolve(process.argv[2] ?? process.env.REKEY_WASM ?? DEV_FALLBACK);
-const gen = join(root, 'gen');
+const gen = resolve(process.argv[3] ?? join(root, 'gen'));
 // jco's package.json is not in its exports map: find it where npm puts it.
 const jcoPackage = join(root, 'node_modules', '@bytecodealliance', 'jco', 'package.json');
 const jcoVersion = JSON.parse(await readFile(jcoPackage, 'utf8')).version;
@@ -59,4 +59,4 @@ for (const [name, extra] of Object.entries(variants)) {
 }
 const info = { wasmSha256: sha256, wasmBytes: wasm.length, jco: jcoVersion, builtFrom: wasmPath };
 await writeFile(join(gen, 'build-info.json'), `${JSON.stringify(info, null, 2)}\n`);
-console.log(`build: gen/{sync,jspi} from ${wasmPath} (${wasm.length} bytes, sha256 ${sha256}) with jco ${jcoVersion}`);
+console.log(`build: ${gen}/{sync,jspi} from ${wasmPath} (${wasm.length} bytes, sha256 ${sha256}) with jco ${jcoVersion}`);

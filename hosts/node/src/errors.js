@@ -174,8 +174,17 @@ export function describeTransport(e) {
   }
 }
 
-/** The typed error for a WIT `send-error`; `toResponse` wraps carried responses. */
+/**
+ * The typed error for a WIT `send-error`; `toResponse` wraps carried
+ * responses. `sendErrorCase` keeps the WIT case name (e.g. `refresh-in-doubt`).
+ */
 export function fromSendError(e, toResponse) {
+  const err = sendErrorOf(e, toResponse);
+  err.sendErrorCase = e.tag;
+  return err;
+}
+
+function sendErrorOf(e, toResponse) {
   switch (e.tag) {
     case 'not-authenticated': return new NotAuthenticated(e.val);
     case 'reauthorization-required': return new ReauthorizationRequired(e.val);

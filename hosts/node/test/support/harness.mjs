@@ -1,12 +1,12 @@
 // What every scenario needs: one loaded Rekey (the engine chosen as CI asks:
-// REKEY_NODE_MODE = auto | jspi | worker), temp stores, and condition polling
-// instead of fixed sleeps (CI machines are loaded).
+// REKEY_NODE_MODE = auto | jspi | worker), temp SQLite stores, and condition
+// polling instead of fixed sleeps (CI machines are loaded).
 
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after } from 'node:test';
-import { FileStore, Rekey, keysFromTokenResponse } from '../../src/index.js';
+import { Rekey, SqliteStore, keysFromTokenResponse } from '../../src/index.js';
 
 let loaded;
 export function rekey() {
@@ -15,14 +15,23 @@ export function rekey() {
 }
 
 const dirs = [];
-export async function tempStore() {
+const stores = [];
+export async function tempDir() {
   const dir = await mkdtemp(join(tmpdir(), 'rekey-node-test-'));
   dirs.push(dir);
-  return new FileStore(join(dir, 'keys'));
+  return dir;
+}
+
+/** A new SQLite record store in a temp directory. */
+export async function tempStore() {
+  const store = await SqliteStore.open(join(await tempDir(), 'rekey.db'));
+  stores.push(store);
+  return store;
 }
 
 after(async () => {
   if (loaded) (await loaded).close();
+  for (const s of stores) s.close();
   await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
 });
 
@@ -44,4 +53,3 @@ export async function eventually(check, { timeoutMs = 20_000, everyMs = 50, what
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }
-

@@ -1,0 +1,120 @@
+// The fleet: 4 Node worker processes (test/support/fleet-worker.mjs) share one
+// credential through one record store — a SQLite file, then a PostgreSQL
+// database — against the testkit provider with rotation and strict reuse
+// detection. Each expiry is made at once with the provider's
+// expire-access-tokens knob, then every worker calls. Verdicts count events:
+// no reused refresh token, no invalid_grant, exactly one refresh per expiry,
+// every call answered 200, and the store ends on the provider's live refresh
+// token with no lease or mark.
+//
+// Timing, not a verdict: the component does not refresh again a token it
+// refreshed less than min(30 s, half its lifetime) ago (a URL that always
+// answers 401 costs one refresh, not a loop), so an expiry made sooner is
+// answered rejected-after-refresh. The tokens live 5 s (window 2 s): each
+// expiry waits until the stored set is out of its window, and a round takes
+// well under the 5 s in which no natural expiry can fall into it.
+
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { PostgresStore, SqliteStore } from '../src/index.js';
+import { eventually, imported } from './support/harness.mjs';
+import { spawnLines } from './support/lines.mjs';
+import { postgresAvailable, startPostgres } from './support/postgres.mjs';
+import { startTestkit } from './support/testkit.mjs';
+
+const WORKER = fileURLToPath(new URL('./support/fleet-worker.mjs', import.meta.url));
+const WORKERS = 4;
+const EXPIRIES = 6;
+const ACCESS_TTL_SECS = 5;
+
+const cleanups = [];
+after(async () => { for (const c of cleanups.reverse()) await c(); });
+
+async function fleet(t, location, open) {
+  const provider = await startTestkit(['--access-ttl-ms', String(ACCESS_TTL_SECS * 1000)]);
+  cleanups.push(() => provider.stop());
+  const store = await open();
+  cleanups.push(() => store.close());
+  await store.create('shared', { settings: provider.settings(), keys: imported(await provider.authorize()) });
+
+  const env = {
+    ...process.env,
+    REKEY_FLEET_TOKEN_URL: provider.token_url,
+    REKEY_FLEET_CLIENT_ID: provider.client_id,
+    REKEY_FLEET_CLIENT_SECRET: provider.client_secret,
+    REKEY_FLEET_LEASE_TTL_MS: '10000',
+  };
+  const workers = Array.from({ length: WORKERS }, () => spawnLines(process.execPath, [WORKER, location, 'shared', provider.api('fleet')], { env }));
+  cleanups.push(() => Promise.all(workers.map((w) => w.kill())));
+  await Promise.all(workers.map((w) => w.expect('READY')));
+
+  const round = async () => {
+    for (const w of workers) w.send('CALL');
+    return Promise.all(workers.map((w) => w.next()));
+  };
+  assert.deepEqual(await round(), Array(WORKERS).fill('OK 200'), 'warm: the stored token works');
+  const refreshes = [];
+  for (let e = 1; e <= EXPIRIES; e += 1) {
+    await outOfFreshWindow(store);
+    const before = (await provider.stats()).refreshes_granted;
+    await provider.expireAccessTokens();
+    assert.deepEqual(await round(), Array(WORKERS).fill('OK 200'), `expiry ${e}: every worker's call succeeds`);
+    refreshes.push((await provider.stats()).refreshes_granted - before);
+  }
+  await Promise.all(workers.map((w) => w.end()));
+  for (const w of workers) assert.equal((await w.exited).code, 0, 'EOF ends a worker cleanly');
+
+  const stats = await provider.stats();
+  const stored = await store.read('shared');
+  const keys = JSON.parse(stored.data.keys);
+  const figures = {
+    store: location.startsWith('postgres') ? 'postgresql' : 'sqlite',
+    workers: WORKERS,
+    expiries: EXPIRIES,
+    calls: WORKERS * (EXPIRIES + 1),
+    refreshes_per_expiry: refreshes,
+    refreshes_granted: stats.refreshes_granted,
+    token_calls: stats.token_calls,
+    reused_refresh_tokens: stats.reused_refresh_tokens,
+    invalid_grant: stats.invalid_grant,
+    api_calls: stats.api_calls,
+    api_unauthorized: stats.api_unauthorized,
+    record_version: stored.version,
+  };
+  console.log(`fleet figures: ${JSON.stringify(figures)}`);
+  t.diagnostic(`fleet figures: ${JSON.stringify(figures)}`);
+
+  assert.equal(stats.reused_refresh_tokens, 0, 'no refresh token was spent twice');
+  assert.equal(stats.invalid_grant, 0);
+  assert.deepEqual(refreshes, Array(EXPIRIES).fill(1), 'one refresh per expiry, however many workers saw it');
+  assert.equal(stats.token_calls, EXPIRIES, 'no token request beyond those refreshes');
+  assert.equal(await provider.refreshTokenLive(keys.refresh_token), true, "the store holds the provider's live refresh token");
+  assert.deepEqual([stored.data.lease, stored.data.refreshMark, stored.data.deadGrant], [null, null, null]);
+}
+
+/** Waits until the stored set's rejection would be taken for expiry (the component's rule, flow.rs is_fresh). */
+async function outOfFreshWindow(store) {
+  const keys = JSON.parse((await store.read('shared')).data.keys);
+  if (keys.rekey_refreshed_at === undefined) return;
+  const window = Math.min(30, Math.floor(Number(keys.expires_in) / 2));
+  await eventually(() => Math.floor(Date.now() / 1000) >= keys.rekey_refreshed_at + window, { everyMs: 20, what: 'the fresh window' });
+}
+
+test('fleet: 4 Node worker processes share one credential in one SQLite file', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'rekey-node-fleet-'));
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  const path = join(dir, 'fleet.db');
+  await fleet(t, path, () => SqliteStore.open(path));
+});
+
+test('fleet: 4 Node worker processes share one credential in one PostgreSQL database', async (t) => {
+  if (!postgresAvailable(t)) return;
+  const pg = await startPostgres();
+  cleanups.push(() => pg.stop());
+  const url = await pg.database();
+  await fleet(t, url, () => PostgresStore.connect(url));
+});
