@@ -134,3 +134,76 @@ def client() -> rekey.Rekey:
 def tokens_in(keys_json: str) -> set[str]:
     keys = json.loads(keys_json)
     return {v for k, v in keys.items() if k.endswith("_token") and isinstance(v, str)}
+
+
+def stored_keys(store, name: str = "c"):
+    """The keys stored for ``name`` (JSON text), or None (no such credential, or no keys)."""
+    try:
+        return store.read(name).data.keys_text()
+    except rekey.UnknownCredential:
+        return None
+
+
+def require_peer(why: str) -> None:
+    """A missing peer: a loud skip, or a failure under REKEY_REQUIRE_PEERS=1."""
+    message = f"SKIPPED: {why}"
+    if os.environ.get("REKEY_REQUIRE_PEERS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throwaway PostgreSQL server for the session (each test takes a fresh database)."""
+    import pg_cluster as pg
+
+    bin_dir = pg.binaries()
+    if bin_dir is None:
+        require_peer("no PostgreSQL under /usr/lib/postgresql/*/bin, so the PostgreSQL store tests did NOT run")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        require_peer("psycopg is not installed (pip install -r requirements.txt), so the PostgreSQL tests did NOT run")
+    cluster = pg.Cluster(bin_dir)
+    yield cluster
+    cluster.stop()
+
+
+_databases = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """A fresh, empty database's URL."""
+    return pg_cluster.database(f"t{next(_databases)}")
+
+
+STORE_KINDS = ["memory", "sqlite", "postgres"]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_store(store_kind, tmp_path, request):
+    """Opens a new (or the same, called again) store of ``store_kind``:
+    ``make_store()`` → (store, url); url None for memory."""
+    opened = []
+    url = None
+    if store_kind == "sqlite":
+        url = str(tmp_path / "rekey.db")
+    elif store_kind == "postgres":
+        url = request.getfixturevalue("pg_url")
+    shared = rekey.MemoryStore()
+
+    def make():
+        store = shared if url is None else rekey.open_store(url)
+        opened.append(store)
+        return store, url
+
+    yield make
+    for s in opened:
+        if hasattr(s, "close"):
+            s.close()

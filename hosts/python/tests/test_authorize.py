@@ -37,7 +37,8 @@ from pathlib import Path
 import pytest
 
 import rekey
-from rekey import BeforeExpiry, ClientAuth, EveryRequest, FileStore, MemoryStore, OnAuthFailure, Request, Settings
+from conftest import stored_keys
+from rekey import BeforeExpiry, ClientAuth, EveryRequest, MemoryStore, OnAuthFailure, Request, Settings, SqliteStore
 
 OIDC_DIR = Path(__file__).resolve().parents[3] / "tests" / "oidc"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -172,7 +173,7 @@ def refresh_until(client, oidc_peer: Oidc, settings, store, client_id: str, logi
     ``refreshes`` refreshes; every call must succeed as ``login``."""
     give_up = time.monotonic() + 90
     while True:
-        resp = client.send(settings, Request.get(f"{oidc_peer.issuer}/me"), store=store)
+        resp = client.send(settings, Request.get(f"{oidc_peer.issuer}/me"), store=store, credential="c")
         assert resp.status == 200, resp
         assert resp.json()["sub"] == login
         if oidc_peer.stats(client_id)["refreshes"] >= refreshes:
@@ -192,7 +193,7 @@ def test_authorize_code_then_refresh_with_every_strategy(client, oidc, tmp_path,
     shown: list[str] = []
 
     def run(cid: str, auth: str, strategy) -> list[str]:
-        store = FileStore(tmp_path / f"{cid}.json")
+        store = SqliteStore(tmp_path / f"{cid}.db")
         login = f"user-{cid}"
         settings = peer.settings(cid, auth, strategy=strategy)
         seen: dict = {}
@@ -202,7 +203,7 @@ def test_authorize_code_then_refresh_with_every_strategy(client, oidc, tmp_path,
             seen["browser"] = peer.follow("--url", url, "--login", login)
 
         before = int(time.time())
-        keys = client.authorize_code(settings, on_url=on_url, store=store, timeout=60)
+        keys = client.authorize_code(settings, on_url=on_url, store=store, credential="c", timeout=60)
         after = int(time.time()) + 1
         page = browse(seen["browser"])
 
@@ -220,7 +221,7 @@ def test_authorize_code_then_refresh_with_every_strategy(client, oidc, tmp_path,
         assert "authorised" in page["body"]
         assert page["code"]
 
-        stored = json.loads(store.load())
+        stored = json.loads(stored_keys(store))
         assert stored == json.loads(keys.expose()), "the returned keys are the stored ones"
         for f in ("access_token", "refresh_token", "id_token", "scope", "token_type", "expires_in", "expires_at"):
             assert f in stored, f"{cid}: the stored set has no {f}"
@@ -233,7 +234,7 @@ def test_authorize_code_then_refresh_with_every_strategy(client, oidc, tmp_path,
         assert stats["grant_errors"] == {}, stats
         assert stats["grants_revoked"] == 0, stats
         assert stats["auth_seen"][auth] == stats["refreshes"] + 1, f"{cid}: every grant authenticated with {auth}"
-        last = json.loads(store.load())
+        last = json.loads(stored_keys(store))
         assert last["refresh_token"] != stored["refresh_token"], "rotated and persisted"
         shown.extend([page["body"], repr(keys), str(keys)])
         return [page["code"], secret_of(cid), *tokens_of(stored), *tokens_of(last)]
@@ -247,16 +248,16 @@ def test_authorize_code_then_refresh_with_every_strategy(client, oidc, tmp_path,
 def test_authorize_denied_consent_is_access_denied(client, oidc, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     peer = oidc([("az-denied", "basic")])
-    store = FileStore(tmp_path / "keys.json")
+    store = SqliteStore(tmp_path / "keys.db")
     browser = {}
     with pytest.raises(rekey.AccessDenied) as caught:
-        client.authorize_code(peer.settings("az-denied", "basic"), store=store,
+        client.authorize_code(peer.settings("az-denied", "basic"), store=store, credential="c",
                               on_url=lambda url: browser.setdefault("p", peer.follow("--url", url, "--deny")))
     assert caught.value.category is rekey.Category.NEEDS_AUTHORIZATION
     assert "access_denied" in str(caught.value)
     page = browse(browser["p"])
     assert page["status"] == 400 and "access_denied" in page["body"]
-    assert store.load() is None
+    assert stored_keys(store) is None
     assert (peer.stats("az-denied") or {}).get("code_exchanges", 0) == 0
     assert_no_secret([caplog.text, said(caught.value), page["body"]], [secret_of("az-denied")], "the denial")
 
@@ -264,7 +265,7 @@ def test_authorize_denied_consent_is_access_denied(client, oidc, tmp_path, caplo
 def test_authorize_wrong_state_is_refused_before_any_exchange(client, oidc, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     peer = oidc([("az-state", "basic")])
-    store = FileStore(tmp_path / "keys.json")
+    store = SqliteStore(tmp_path / "keys.db")
     forged = "forged-code-value-0123456789"
     hit: dict = {}
 
@@ -283,29 +284,29 @@ def test_authorize_wrong_state_is_refused_before_any_exchange(client, oidc, tmp_
         hit["thread"].start()
 
     with pytest.raises(rekey.StateMismatch) as caught:
-        client.authorize_code(peer.settings("az-state", "basic"), store=store, on_url=forge)
+        client.authorize_code(peer.settings("az-state", "basic"), store=store, credential="c", on_url=forge)
     hit["thread"].join(30)
     assert hit["status"] == 400 and "state does not match" in hit["body"]
-    assert store.load() is None
+    assert stored_keys(store) is None
     assert peer.stats("az-state") is None, "nothing reached the token endpoint"
     assert_no_secret([caplog.text, said(caught.value), hit["body"]], [forged, secret_of("az-state")], "the refusal")
 
 
 def test_authorize_redirect_timeout_and_the_listener_closes(client, tmp_path):
-    store = FileStore(tmp_path / "keys.json")
+    store = SqliteStore(tmp_path / "keys.db")
     settings = Settings(token_url="http://127.0.0.1:9/token", client_id="t", authorization_url="http://127.0.0.1:9/auth")
     shown = []
     with pytest.raises(rekey.AuthorizationTimeout) as caught:
-        client.authorize_code(settings, store=store, on_url=shown.append, timeout=0.2)
+        client.authorize_code(settings, store=store, credential="c", on_url=shown.append, timeout=0.2)
     assert caught.value.category is rekey.Category.NEEDS_AUTHORIZATION
     assert "no redirect arrived within 0.2 s" in str(caught.value)
-    assert store.load() is None
+    assert stored_keys(store) is None
     redirect = urllib.parse.urlsplit(dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(shown[0]).query))["redirect_uri"])
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((redirect.hostname, redirect.port), timeout=5)
     # A redirect URI off loopback is refused before anything starts.
     with pytest.raises(rekey.InvalidSettings):
-        client.authorize_code(settings, store=store, on_url=shown.append, redirect_uri="http://example.com/callback")
+        client.authorize_code(settings, store=store, credential="c", on_url=shown.append, redirect_uri="http://example.com/callback")
     assert len(shown) == 1
 
 
@@ -314,7 +315,7 @@ def test_authorize_device_then_refresh_and_a_denied_one(client, oidc, tmp_path, 
     peer = oidc([("az-device", "basic"), ("az-device-denied", "post")])
 
     def approve() -> list[str]:
-        store = FileStore(tmp_path / "device.json")
+        store = SqliteStore(tmp_path / "device.db")
         settings = peer.settings("az-device", "basic")
         seen: dict = {}
 
@@ -323,18 +324,18 @@ def test_authorize_device_then_refresh_and_a_denied_one(client, oidc, tmp_path, 
             seen["browser"] = peer.follow("--url", device.verification_uri, "--user-code", device.user_code,
                                           "--login", "user-az-device")
 
-        keys = client.authorize_device(settings, store=store, on_user_code=on_user_code)
+        keys = client.authorize_device(settings, store=store, credential="c", on_user_code=on_user_code)
         device = seen["device"]
         assert device.verification_uri.startswith(peer.issuer)
         assert device.user_code.strip() and device.expires_in > 0 and device.interval > 0
         assert "device_code" not in repr(device) and "_grant" not in repr(device)
         assert isinstance(browse(seen["browser"])["page"], str)
-        stored = json.loads(store.load())
+        stored = json.loads(stored_keys(store))
         assert stored == json.loads(keys.expose())
         for f in ("access_token", "refresh_token", "expires_at"):
             assert f in stored, f
         refresh_until(client, peer, settings, store, "az-device", "user-az-device", 1)
-        last = json.loads(store.load())
+        last = json.loads(stored_keys(store))
         assert last["refresh_token"] != stored["refresh_token"]
         return [secret_of("az-device"), *tokens_of(stored), *tokens_of(last), device._grant["device_code"]]
 
@@ -449,10 +450,10 @@ def test_authorize_slow_down_makes_the_device_polls_five_seconds_further_apart(c
         codes = []
         keys = client.authorize_device(
             Settings(token_url=f"{scripted.base}/token", device_url=f"{scripted.base}/device", client_id="s"),
-            store=store, on_user_code=lambda d: codes.append(d.user_code))
+            store=store, credential="c", on_user_code=lambda d: codes.append(d.user_code))
         assert codes == ["ABCD-EFGH"]
-        assert json.loads(store.load()) == json.loads(keys.expose())
-        assert json.loads(store.load())["refresh_token"] == "scripted-refresh-token"
+        assert json.loads(stored_keys(store)) == json.loads(keys.expose())
+        assert json.loads(stored_keys(store))["refresh_token"] == "scripted-refresh-token"
         polls = [r for r in scripted.requests if r["path"] == "/token"]
         assert len(polls) == 2 and polls[0]["form"]["device_code"] == "scripted-device-code"
         # Interval 1 s, then 6 s after slow_down (a lower bound only: slower is fine).
@@ -513,11 +514,12 @@ def test_authorize_device_polls_sleep_without_the_component_lock(client, provide
         settings = Settings(token_url=f"{scripted.base}/token", device_url=f"{scripted.base}/device", client_id="s")
         result = {}
         thread = threading.Thread(target=lambda: result.update(
-            keys=client.authorize_device(settings, store=MemoryStore(), on_user_code=lambda d: None)))
+            keys=client.authorize_device(settings, store=MemoryStore(), credential="c", on_user_code=lambda d: None)))
         thread.start()
         assert asleep.wait(30), "the device poll never slept"
-        store = MemoryStore(rekey.keys_from_token_response(provider.authorize()))
-        resp = client.send(provider.settings(), Request.get(provider.api_url + "me"), store=store)
+        store = MemoryStore()
+        store.put("c", provider.settings(), rekey.keys_from_token_response(provider.authorize()))
+        resp = client.send(provider.settings(), Request.get(provider.api_url + "me"), store=store, credential="c")
         wake.set()
         thread.join(30)
         assert resp.status == 200

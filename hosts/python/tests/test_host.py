@@ -1,5 +1,5 @@
 """The host's own effects: HTTP failures mapped to the WIT transport-error
-cases, no redirects, and FileStore's durable writes."""
+cases, no redirects, the SQLite store file's mode."""
 
 from __future__ import annotations
 
@@ -11,22 +11,22 @@ import threading
 import pytest
 
 import rekey
-from rekey import FileStore, HttpConfig, Request
+from rekey import HttpConfig, Request, SqliteStore
 from rekey import http as rekey_http
 
 
 @pytest.fixture
 def long_lived(provider_factory, tmp_path):
     provider = provider_factory("--access-ttl-ms", "600000")
-    store = FileStore(tmp_path / "keys.json")
-    store.save(rekey.keys_from_token_response(provider.authorize()))
+    store = SqliteStore(tmp_path / "rekey.db")
+    store.put("c", provider.settings(), rekey.keys_from_token_response(provider.authorize()))
     return provider, store
 
 
 def test_transport_connect_refused(client, long_lived):
     provider, store = long_lived
     with pytest.raises(rekey.TransportError) as caught:
-        client.send(provider.settings(), Request.get("http://127.0.0.1:9/nothing-listens"), store=store)
+        client.send(provider.settings(), Request.get("http://127.0.0.1:9/nothing-listens"), store=store, credential="c")
     assert caught.value.kind == "connect"
     assert caught.value.category is rekey.Category.TRANSPORT
 
@@ -35,24 +35,27 @@ def test_transport_too_large_and_timeout(long_lived):
     provider, store = long_lived
     small = rekey.Rekey(os.environ["REKEY_WASM"], http_config=HttpConfig(max_response_bytes=16))
     with pytest.raises(rekey.TransportError) as caught:
-        small.send(provider.settings(), Request.get(provider.api_url + "me"), store=store)
+        small.send(provider.settings(), Request.get(provider.api_url + "me"), store=store, credential="c")
     assert (caught.value.kind, caught.value.detail) == ("too-large", 16)
 
     hasty = rekey.Rekey(os.environ["REKEY_WASM"], http_config=HttpConfig(total_timeout=0.3))
     with pytest.raises(rekey.TransportError) as caught:
-        hasty.send(provider.settings(), Request.get(provider.api_url + "slow"), store=store)  # answers after 2 s
+        hasty.send(provider.settings(), Request.get(provider.api_url + "slow"), store=store, credential="c")  # answers after 2 s
     assert caught.value.kind == "timeout"
 
 
 def test_transport_invalid_request(client, long_lived):
     provider, store = long_lived
-    for bad in [Request("GE T", provider.api_url + "me"), Request("GET", "ftp://example.com/"),
+    for bad in [Request("GE T", provider.api_url + "me"),
                 Request("GET", provider.api_url + "me", [("X-Bad", "a\r\nInjected: yes")])]:
         with pytest.raises(rekey.TransportError) as caught:
-            client.send(provider.settings(), bad, store=store)
+            client.send(provider.settings(), bad, store=store, credential="c")
         assert caught.value.kind == "invalid-request"
         assert caught.value.category is rekey.Category.BAD_INPUT
         assert "Injected" not in str(caught.value)
+    # A URL that is not http(s) never gets as far: the component refuses it.
+    with pytest.raises(rekey.InvalidSettings):
+        client.send(provider.settings(), Request("GET", "ftp://example.com/"), store=store, credential="c")
 
 
 def test_redirects_are_returned_not_followed():
@@ -78,27 +81,10 @@ def test_redirects_are_returned_not_followed():
     assert (resp.status, resp.header("location"), hits) == (302, "/elsewhere", ["/start"])
 
 
-def test_file_store_is_atomic_and_private(tmp_path):
-    path = tmp_path / "keys.json"
-    store = FileStore(path)
-    assert store.load() is None
-    store.save('{"refresh_token":"one"}')
-    store.save('{"refresh_token":"two"}')
-    assert store.load() == '{"refresh_token":"two"}'
+def test_a_new_sqlite_store_is_private(tmp_path):
+    path = tmp_path / "rekey.db"
+    SqliteStore(path).put("c", rekey.Settings(token_url="https://x.example/t", client_id="x"), '{"refresh_token":"r"}')
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert os.listdir(tmp_path) == ["keys.json"]  # no temporary file left behind
-    assert FileStore(str(path)).lease_key == store.lease_key  # same file, same lease
-
-
-def test_callback_keys_newest_wins():
-    from rekey.stores import LatestKeys
-
-    latest = LatestKeys()
-    latest.offer("crm", "k0")
-    assert latest.get("crm") == "k0"
-    latest.put("crm", "k1")  # a refresh persisted k1
-    latest.offer("crm", "k0")  # a caller still holding k0: older, ignored
-    assert latest.get("crm") == "k1"
-    latest.offer("crm", "k2")  # never seen: a new authorisation
-    assert latest.get("crm") == "k2"
-    assert latest.get("other") is None
+    for side in ("-wal", "-shm"):  # SQLite gives them the database's mode
+        if os.path.exists(f"{path}{side}"):
+            assert stat.S_IMODE(os.stat(f"{path}{side}").st_mode) == 0o600

@@ -9,8 +9,8 @@ import logging
 import pytest
 
 import rekey
-from conftest import tokens_in
-from rekey import EveryRequest, FileStore, Request
+from conftest import stored_keys, tokens_in
+from rekey import EveryRequest, Request, SqliteStore
 
 
 def test_no_secret_in_output(client, provider, tmp_path, caplog, capsys):
@@ -28,16 +28,16 @@ def test_no_secret_in_output(client, provider, tmp_path, caplog, capsys):
             said.extend([str(e), repr(e), repr(getattr(e, "response", None))])
 
     tokens = provider.authorize()
-    store = FileStore(tmp_path / "keys.json")
-    store.save(rekey.keys_from_token_response(tokens))
+    store = SqliteStore(tmp_path / "rekey.db")
+    store.put("c", provider.settings(), rekey.keys_from_token_response(tokens))
     settings = provider.settings()
     said += [repr(settings), repr(store), repr(rekey.Secret(tokens["access_token"]))]
 
     # a refresh on 401, then an API that always rejects
     provider.wait_until_expired(tokens["access_token"])
-    attempt(settings=settings, request=Request.get(provider.api_url + "me"), store=store)
-    attempt(settings=settings, request=Request.get(provider.api_url + "reject"), store=store)
-    secrets |= tokens_in(store.load())
+    attempt(settings=settings, request=Request.get(provider.api_url + "me"), store=store, credential="c")
+    attempt(settings=settings, request=Request.get(provider.api_url + "reject"), store=store, credential="c")
+    secrets |= tokens_in(stored_keys(store))
     # a callback that fails quoting what it was given
     offered: list[str] = []
 
@@ -46,26 +46,27 @@ def test_no_secret_in_output(client, provider, tmp_path, caplog, capsys):
         raise OSError(f"cannot write {keys}")
 
     attempt(settings=provider.settings(strategy=EveryRequest()), request=Request.get(provider.api_url + "me"),
-            keys=store.load(), on_update_keys=failing)
+            keys=stored_keys(store), on_update_keys=failing)
     for keys in offered:
         secrets |= tokens_in(keys)
     # the token endpoint's answers lost after it rotated the token (in doubt), on a grant of its own
-    other = FileStore(tmp_path / "other.json")
-    other.save(rekey.keys_from_token_response(provider.authorize()))
+    store.put("other", provider.settings(), rekey.keys_from_token_response(provider.authorize()))
     provider.admin("POST", "lose-answers", [{"reset": True}, {"reset": True}])
-    attempt(settings=provider.settings(strategy=EveryRequest()), request=Request.get(provider.api_url + "me"), store=other)
-    secrets |= tokens_in(other.load())
-    # the wrong client secret, then a revoked grant
-    attempt(settings=provider.settings(client_secret="wrong-" + provider.client_secret, strategy=EveryRequest()),
-            request=Request.get(provider.api_url + "me"), store=store)
-    provider.admin("POST", "revoke-all")
-    attempt(settings=provider.settings(strategy=EveryRequest()), request=Request.get(provider.api_url + "me"), store=store)
+    attempt(settings=provider.settings(strategy=EveryRequest()), request=Request.get(provider.api_url + "me"), store=store,
+            credential="other")
+    secrets |= tokens_in(stored_keys(store, "other"))
     # a request with its own credentials in a header and the query
     attempt(settings=settings, request=Request.get("http://127.0.0.1:9/x?key=" + tokens["refresh_token"],
-            [("X-Api-Key", tokens["access_token"])]), store=store)
+            [("X-Api-Key", tokens["access_token"])]), store=store, credential="c")
+    # the wrong client secret, then a revoked grant
+    attempt(settings=provider.settings(client_secret="wrong-" + provider.client_secret, strategy=EveryRequest()),
+            request=Request.get(provider.api_url + "me"), store=store, credential="c")
+    provider.admin("POST", "revoke-all")
+    attempt(settings=provider.settings(strategy=EveryRequest()), request=Request.get(provider.api_url + "me"), store=store,
+            credential="c")
     said.append(repr(Request.get(provider.api_url + "?key=" + tokens["refresh_token"], [("X-Api-Key", tokens["access_token"])])))
 
-    secrets |= provider.issued | tokens_in(store.load())
+    secrets |= provider.issued | tokens_in(stored_keys(store))
     out, err = capsys.readouterr()
     logged = [r.getMessage() for r in caplog.records]
     everything = "\n".join(said + logged + [out, err])
