@@ -248,7 +248,7 @@ impl Rekey {
         let auth = authorization(settings, listener.redirect_uri.clone());
         let bytes = entropy()?;
         let pending = self
-            .run_authorize("authorize", CALL_TIMEOUT, async |g, s| {
+            .run_authorize(&wsettings.token_url, CALL_TIMEOUT, async |g, s| {
                 g.call_begin(s, &wsettings, &auth, &bytes).await
             })
             .await??;
@@ -259,7 +259,7 @@ impl Rekey {
             .await?
             .ok_or(AuthorizeError::Timeout(options.timeout.as_secs()))?;
         let result = self
-            .run_authorize("authorize", CALL_TIMEOUT, async |g, s| {
+            .run_authorize(&wsettings.token_url, CALL_TIMEOUT, async |g, s| {
                 g.call_finish(s, &wsettings, &auth, &pending, &query).await
             })
             .await
@@ -287,7 +287,7 @@ impl Rekey {
         let wsettings = wit_settings(settings)?;
         let auth = authorization(settings, String::new());
         let grant: DeviceGrant = self
-            .run_authorize("authorize", CALL_TIMEOUT, async |g, s| {
+            .run_authorize(&wsettings.token_url, CALL_TIMEOUT, async |g, s| {
                 g.call_device_start(s, &wsettings, &auth).await
             })
             .await??;
@@ -300,7 +300,7 @@ impl Rekey {
         });
         let bound = Duration::from_secs(u64::from(grant.expires_in)) + CALL_TIMEOUT;
         let body = self
-            .run_authorize("authorize", bound, async |g, s| {
+            .run_authorize(&wsettings.token_url, bound, async |g, s| {
                 g.call_device_poll(s, &wsettings, &grant).await
             })
             .await??;

@@ -69,6 +69,10 @@ pub enum Error {
     /// The refresh lease could not be taken or kept.
     #[error("refresh lease unavailable: {0}")]
     LeaseUnavailable(String),
+    /// The credential's record could not be read or written; nothing was
+    /// spent.
+    #[error("the credential store is unavailable: {0}")]
+    StoreUnavailable(String),
     /// The stored keys are not a usable token set.
     #[error("stored keys are unusable: {0}")]
     InvalidKeys(String),
@@ -119,7 +123,9 @@ impl Error {
                 Category::RejectedByApi
             }
             Error::Transport(_) => Category::Transport,
-            Error::KeysNotPersisted(_) | Error::Store(_) => Category::Store,
+            Error::KeysNotPersisted(_) | Error::Store(_) | Error::StoreUnavailable(_) => {
+                Category::Store
+            }
             Error::Component(_) => Category::Component,
         }
     }
@@ -138,7 +144,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Store(e) => matches!(e, StoreError::Write(_) | StoreError::Conflict(_)),
-            Error::KeysNotPersisted(_) => true,
+            // Nothing was spent: the same call may find the store back.
+            Error::StoreUnavailable(_) => true,
+            // The provider may have rotated: the credential stays marked in
+            // doubt, and a retry could only report that.
+            Error::KeysNotPersisted(_) => false,
             _ => matches!(
                 self.category(),
                 Category::TokenEndpoint | Category::Transport
@@ -169,6 +179,7 @@ impl From<SendError> for Error {
             SendError::Transport(t) => Error::Transport(t),
             SendError::KeysNotPersisted(m) => Error::KeysNotPersisted(m),
             SendError::LeaseUnavailable(m) => Error::LeaseUnavailable(m),
+            SendError::StoreUnavailable(m) => Error::StoreUnavailable(m),
             SendError::InvalidSettings(m) => Error::InvalidSettings(m),
             SendError::InvalidKeys(m) => Error::InvalidKeys(m),
         }

@@ -17,7 +17,7 @@
 
 #![warn(missing_docs)]
 
-/// Generated from `wit/`: the `rekey:oauth2@0.2.0` types are re-exported
+/// Generated from `wit/`: the `rekey:oauth2@0.3.0` types are re-exported
 /// below; the rest is the host's own business.
 #[allow(missing_docs)] // documented in wit/rekey.wit
 mod bindings {
@@ -26,10 +26,11 @@ mod bindings {
         path: "../wit",
         imports: { default: async },
         exports: { default: async },
-        // The clocks come from wasmtime-wasi.
+        // The clocks and randomness come from wasmtime-wasi.
         with: {
             "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
             "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:random": wasmtime_wasi::p2::bindings::random,
         },
     });
 }
@@ -40,7 +41,6 @@ mod call;
 mod drive;
 mod error;
 mod http;
-mod lease;
 pub mod observe;
 mod origins;
 mod private_fs;
@@ -60,7 +60,10 @@ pub use http::HttpConfig;
 pub use runtime::{Config, Rekey, engine_config};
 pub use secret::Secret;
 pub use settings::{ClientAuth, ClientSecret, Settings, Strategy};
-pub use store::{Credential, DeadGrant, KeyStore, MemoryStore, SqliteStore, StoreError};
+pub use store::{
+    Credential, DeadGrant, KeyStore, Lease, MemoryStore, Record, RefreshMark, SqliteStore,
+    StoreError,
+};
 pub use token_set::{TokenSet, TokenSetError};
 
 /// The guest component, built by `build.rs` from `guest/`.

@@ -1,17 +1,15 @@
 //! Compiling the component once and running one call per `Store`.
 
 use crate::bindings::RefresherPre;
-use crate::bindings::rekey::oauth2::types::{SendError, TransportError};
+use crate::bindings::rekey::oauth2::types::{FleetTiming, TransportError};
 use crate::bindings::rekey::oauth2::{host, types};
 use crate::cache::{self, Origin};
-use crate::call::{CallState, Destinations};
+use crate::call::{self, CallState, Destinations};
 use crate::drive::{MustFinish, drive};
 use crate::error::{Error, describe_transport};
 use crate::http::{HttpClient, HttpConfig};
-use crate::lease::Leases;
 use crate::observe::{Observer, TracingObserver};
-use crate::store::{KeyStore, call_store, load_credential};
-use crate::token_set::TokenSet;
+use crate::store::{KeyStore, load_credential};
 use crate::warm::{self, Warm, WarmInstances};
 use crate::{Request, Response};
 use std::path::PathBuf;
@@ -38,12 +36,14 @@ pub struct Config {
     /// Wall-clock bound on one call, network waits included; past it the
     /// guest traps at its next instruction.
     pub call_timeout: Duration,
-    /// How long a call waits for another worker's refresh to finish.
+    /// How long a call waits for another worker's refresh to finish (the
+    /// component's `fleet-timing.lease-wait-ms`).
     pub lease_timeout: Duration,
-    /// How long a refresh lease lasts unless renewed; it is renewed before
-    /// each token-endpoint attempt, so it must cover one attempt (the HTTP
-    /// total timeout) plus a backoff. A worker that dies holding it delays
-    /// the others by at most this.
+    /// How long a refresh lease lasts unless renewed (`lease-ttl-ms`); the
+    /// component renews it before each token-endpoint attempt, so it must
+    /// cover one attempt (the HTTP total timeout) plus a backoff. A worker
+    /// that dies holding it delays the others by at most this. Workers
+    /// sharing a store must have clocks that agree to well within it.
     pub lease_ttl: Duration,
     /// Receives every exchange and persistence event (the CLI logs them).
     pub observer: Arc<dyn Observer>,
@@ -54,9 +54,6 @@ pub struct Config {
     /// Where compiled native code is cached between processes; `None`
     /// compiles at every start. See [`crate::cache`].
     pub cache_dir: Option<PathBuf>,
-    /// How long a failed write of refreshed keys is retried (within the
-    /// call's deadline): the provider has already rotated the refresh token.
-    pub keys_write_retry: Duration,
     /// Larger request bodies are refused before the call (they are copied
     /// into the component's memory, and again for a retry).
     pub max_request_bytes: usize,
@@ -74,7 +71,6 @@ impl Default for Config {
             pooling: Some(128),
             cache_dir: None,
             max_request_bytes: 8 * 1024 * 1024,
-            keys_write_retry: Duration::from_secs(30),
         }
     }
 }
@@ -100,7 +96,8 @@ struct Inner {
     /// What an idle instance's host state points at instead of a real store.
     parked_store: Arc<dyn KeyStore>,
     http: HttpClient,
-    leases: Leases,
+    /// The component's fleet timing, from `config`.
+    fleet: FleetTiming,
     config: Config,
 }
 
@@ -124,8 +121,8 @@ impl Rekey {
             cache::load_or_compile(&engine, wasm, config.cache_dir.as_deref())?;
         let mut linker = Linker::<CallState>::new(&engine);
         // Exactly what the component imports: the clocks (and the pollable
-        // its sleeps wait on) and rekey's host interface.
-        add_clocks_to_linker(&mut linker)?;
+        // its sleeps wait on), randomness and rekey's host interface.
+        add_wasi_to_linker(&mut linker)?;
         types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         let pre = RefresherPre::new(linker.instantiate_pre(&component)?)?;
@@ -141,7 +138,10 @@ impl Rekey {
                 engine,
                 origin,
                 pre,
-                leases: Leases::default(),
+                fleet: FleetTiming {
+                    lease_ttl_ms: millis(config.lease_ttl),
+                    lease_wait_ms: millis(config.lease_timeout),
+                },
                 config,
             }),
         })
@@ -185,17 +185,11 @@ impl Rekey {
         must_finish: MustFinish,
     ) -> Result<Response, Error> {
         let credential = load_credential(&store, name).await?;
-        if let Some(dead) = &credential.needs_authorization {
-            // Recorded by an earlier call: spend no request on a dead grant.
-            return Err(Error::NotAuthenticated(format!(
-                "re-authorisation needed: the token endpoint answered {} (recorded at Unix time {}); store new keys for {name:?} to clear this",
-                dead.code, dead.at
-            )));
-        }
-        let settings = credential
+        let mut settings = credential
             .settings
             .to_wit()
             .map_err(Error::InvalidSettings)?;
+        settings.fleet = self.inner.fleet;
         let destinations = Destinations::of(&credential)?;
         destinations.check(&url, name)?;
         // A credential's calls (which may all wait on its lease) take at most
@@ -206,6 +200,8 @@ impl Rekey {
         let mut state = self.new_state(name, &settings.token_url, store);
         state.destinations = destinations;
         state.must_finish = must_finish;
+        state.keys_seen = credential.keys.clone();
+        state.loaded = Some(call::to_wit(&credential));
         let mut warm = match self.inner.warm.take(&key) {
             Some(mut warm) => {
                 // Nothing of the last call's host state carries over.
@@ -215,26 +211,13 @@ impl Rekey {
             }
             None => self.instantiate(state).await?,
         };
-        let keys = credential.keys.as_ref().map(TokenSet::expose);
         let result = warm
             .client
             .rekey_oauth2_client()
-            .call_send(&mut warm.store, &settings, keys, &req)
+            .call_send(&mut warm.store, &settings, &req)
             .await
             // A trapped instance is dropped here, never reused.
             .map_err(|e| Error::Component(format!("{e:#}")))?;
-        let state = warm.store.data_mut();
-        state.end_lease().await;
-        if let Err(SendError::ReauthorizationRequired(e)) = &result {
-            let (owned, code) = (name.to_owned(), e.code.clone());
-            let recorded = call_store(&state.store, move |s| {
-                s.mark_needs_authorization(&owned, &code)
-            })
-            .await;
-            if let Err(e) = recorded {
-                tracing::warn!(credential = name, error = %e, "could not record the dead grant");
-            }
-        }
         let parked = self.new_state("", "", self.inner.parked_store.clone());
         self.inner.warm.put(key, warm, parked);
         result.map_err(Error::from)
@@ -280,13 +263,13 @@ impl Rekey {
 
     /// Runs one function of the component's `authorize` export (the first
     /// token set, see [`crate::authorize`]) in a fresh instance bounded by
-    /// `timeout`. Kept apart from `send`: no credential is loaded and no
-    /// token endpoint is declared to `http-send`, because none of these
-    /// requests spends a refresh token (so none needs the refresh lease);
-    /// the host's own checks on every URL still apply.
+    /// `timeout`. Kept apart from `send`: no credential is loaded and its
+    /// record is never read or written (none of these requests spends a
+    /// refresh token); the host's own checks on every URL still apply, and
+    /// token requests go only to `token_url`.
     pub(crate) async fn run_authorize<T>(
         &self,
-        name: &str,
+        token_url: &str,
         timeout: Duration,
         f: impl AsyncFnOnce(
             &crate::bindings::exports::rekey::oauth2::authorize::Guest,
@@ -294,7 +277,7 @@ impl Rekey {
         ) -> wasmtime::Result<T>,
     ) -> Result<T, Error> {
         let _slot = self.slot().await?;
-        let state = self.new_state(name, "", Arc::new(crate::MemoryStore::new()));
+        let state = self.new_state("authorize", token_url, Arc::new(crate::MemoryStore::new()));
         let mut wstore = self.new_store(state);
         wstore.data_mut().deadline = Instant::now() + timeout;
         let ticks = timeout.as_millis() / EPOCH_TICK.as_millis();
@@ -337,16 +320,12 @@ impl Rekey {
             store,
             http: inner.http.clone(),
             observer: inner.config.observer.clone(),
-            leases: inner.leases.clone(),
-            lease_timeout: inner.config.lease_timeout,
-            lease_ttl: inner.config.lease_ttl,
-            lease: None,
+            loaded: None,
+            keys_seen: None,
+            started: Instant::now(),
             deadline: Instant::now() + inner.config.call_timeout,
             http_total_timeout: inner.config.http.total_timeout,
-            keys_write_retry: inner.config.keys_write_retry,
-            refresh_token_before: None,
             destinations: Destinations::default(),
-            refresh_spend: Default::default(),
             must_finish: MustFinish::default(),
         }
     }
@@ -409,14 +388,22 @@ impl Shares {
 }
 
 /// The WASI the component imports, and nothing more: a call can read the
-/// clocks and sleep, and has no files, sockets, environment or stdio.
-fn add_clocks_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+/// clocks, sleep and draw random numbers, and has no files, sockets,
+/// environment or stdio.
+fn add_wasi_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
     use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
-    use wasmtime_wasi::p2::bindings::{clocks, io};
+    use wasmtime_wasi::p2::bindings::{clocks, io, random};
+    use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
     clocks::wall_clock::add_to_linker::<_, WasiClocks>(linker, CallState::clocks)?;
     clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(linker, CallState::clocks)?;
+    random::random::add_to_linker::<_, WasiRandom>(linker, CallState::random)?;
     io::poll::add_to_linker::<_, HasTable>(linker, |s| &mut s.table)?;
     Ok(())
+}
+
+/// Milliseconds for the component's `u32` fields, saturating.
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// `wasi:io/poll` needs only the resource table its pollables live in.

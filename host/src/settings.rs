@@ -221,6 +221,13 @@ impl Settings {
                 Strategy::BeforeExpiry => wit::Strategy::BeforeExpiry(self.expiry_margin_secs),
             },
             rejected_statuses: self.rejected_statuses.clone(),
+            api_origins: self.api_origins.clone(),
+            allow_instance_url: self.allow_instance_url,
+            // The runtime sets the fleet's timing from its `Config`.
+            fleet: wit::FleetTiming {
+                lease_ttl_ms: 0,
+                lease_wait_ms: 0,
+            },
         })
     }
 }

@@ -16,10 +16,11 @@ fn the_release_component_fits_its_size_budget() {
 }
 
 /// A strict host (the `wasi:http/proxy` world, a plugin host that supplies
-/// rekey's interface and clocks only) can link it: no `wasi:cli`, no
-/// filesystem, sockets or random.
+/// rekey's interface, clocks and randomness only) can link it: no
+/// `wasi:cli`, no filesystem or sockets, and no lease functions (contract
+/// 0.3: the record store's two effects are all the fleet protocol needs).
 #[test]
-fn the_component_imports_exactly_the_host_interface_and_the_clocks() {
+fn the_component_imports_exactly_the_host_interface_clocks_and_random() {
     let engine = wasmtime::Engine::default();
     let component = wasmtime::component::Component::new(&engine, rekey::GUEST_WASM).unwrap();
     let ty = component.component_type();
@@ -28,17 +29,30 @@ fn the_component_imports_exactly_the_host_interface_and_the_clocks() {
     assert_eq!(
         imports,
         [
-            "rekey:oauth2/host@0.2.0",
-            "rekey:oauth2/types@0.2.0",
+            "rekey:oauth2/host@0.3.0",
+            "rekey:oauth2/types@0.3.0",
             "wasi:clocks/monotonic-clock@0.2.0",
             "wasi:clocks/wall-clock@0.2.0",
             "wasi:io/poll@0.2.0",
+            "wasi:random/random@0.2.0",
         ]
     );
+    // The host interface is effects only.
+    let host = ty
+        .imports(&engine)
+        .find(|(n, _)| *n == "rekey:oauth2/host@0.3.0")
+        .map(|(_, item)| item)
+        .unwrap();
+    let wasmtime::component::types::ComponentItem::ComponentInstance(host) = host.ty else {
+        panic!("host is an instance");
+    };
+    let mut functions: Vec<String> = host.exports(&engine).map(|(n, _)| n.to_owned()).collect();
+    functions.sort();
+    assert_eq!(functions, ["emit-update-keys", "http-send", "read-record"]);
     let mut exports: Vec<String> = ty.exports(&engine).map(|(n, _)| n.to_owned()).collect();
     exports.sort();
     assert_eq!(
         exports,
-        ["rekey:oauth2/authorize@0.2.0", "rekey:oauth2/client@0.2.0"]
+        ["rekey:oauth2/authorize@0.3.0", "rekey:oauth2/client@0.3.0"]
     );
 }

@@ -802,7 +802,7 @@ async fn fleet_on_postgres_survives_server_restarts() {
         "every token-endpoint call was a granted refresh"
     );
     assert!(
-        !stored.refresh_in_doubt && stored.needs_authorization.is_none(),
+        !stored.refresh_in_doubt() && stored.needs_authorization.is_none(),
         "{stored:?}"
     );
     assert!(

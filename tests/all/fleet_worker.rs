@@ -10,7 +10,7 @@
 //!   `MARK` starts the next epoch (1, 2, …; printed back as `EPOCH <n>` once
 //!   in force). The first call begun in the current epoch that fails (other
 //!   than a refused retry) prints `ERR <n>`, the first that succeeds `OK <n>`.
-//!   The first failed write of refreshed keys (`save_keys`) in an epoch
+//!   The first failed write of refreshed keys (`write_record`) in an epoch
 //!   prints `SAVE-FAILED <n>` (the host retries it). The first failure of
 //!   each kind in each span is told on stderr as `epochs A-B: KIND: message`.
 //!   Ends with `REPORT {"pid":…,"requests":N,"ok":N,"refused_retries":N,
@@ -22,7 +22,7 @@
 //!   takes the credential's refresh lease through the store, prints `HELD`,
 //!   and sleeps until killed.
 
-use rekey::{Config, Credential, KeyStore, Rekey, Request, Settings, StoreError, TokenSet};
+use rekey::{Config, Credential, KeyStore, Record, Rekey, Request, Settings, StoreError, TokenSet};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,15 +84,29 @@ fn worker_process() {
     }
 }
 
+/// Takes the lease as the component does (a worker that dies right after
+/// taking it leaves exactly this record behind).
 fn hold_lease(store_url: &str, credential: &str, ttl: Duration) {
     let store = rekey::store::open(store_url).expect("open the store");
-    let holder = format!("doomed-{}", std::process::id());
+    let c = store.load(credential).expect("load");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     assert!(
-        store
-            .try_lease(credential, &holder, ttl)
-            .expect("try_lease"),
+        c.lease.as_ref().is_none_or(|l| l.until_ms <= now_ms),
         "lease was not free"
     );
+    let record = rekey::Record {
+        lease: Some(rekey::Lease {
+            holder: format!("doomed-{}", std::process::id()),
+            until_ms: now_ms + ttl.as_millis() as u64,
+        }),
+        ..c.record()
+    };
+    store
+        .write_record(credential, c.version, &record)
+        .expect("take the lease");
     println!("HELD");
     loop {
         std::thread::sleep(Duration::from_secs(60));
@@ -355,14 +369,11 @@ impl KeyStore for SavesWatched {
     fn load(&self, name: &str) -> Result<Credential, StoreError> {
         self.inner.load(name)
     }
-    fn save_keys(
-        &self,
-        name: &str,
-        keys: &TokenSet,
-        expected: Option<u64>,
-    ) -> Result<u64, StoreError> {
-        let saved = self.inner.save_keys(name, keys, expected);
-        if saved.is_err() {
+    fn write_record(&self, name: &str, expected: u64, record: &Record) -> Result<u64, StoreError> {
+        let saved = self.inner.write_record(name, expected, record);
+        // The write that ends a refresh: the keys, no lease, no mark.
+        let ends_refresh = record.lease.is_none() && record.refresh_mark.is_none();
+        if ends_refresh && saved.is_err() {
             self.failed.fetch_add(1, Ordering::SeqCst);
             let now = self.epoch.load(Ordering::SeqCst);
             if self.said.fetch_max(now, Ordering::SeqCst) < now {
@@ -385,23 +396,8 @@ impl KeyStore for SavesWatched {
     fn remove(&self, name: &str) -> Result<bool, StoreError> {
         self.inner.remove(name)
     }
-    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.inner.try_lease(name, holder, ttl)
-    }
-    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.inner.renew_lease(name, holder, ttl)
-    }
-    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        self.inner.release_lease(name, holder)
-    }
-    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.inner.begin_refresh(name, holder, ttl)
-    }
     fn clear_refresh_in_doubt(&self, name: &str) -> Result<(), StoreError> {
         self.inner.clear_refresh_in_doubt(name)
-    }
-    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<(), StoreError> {
-        self.inner.mark_needs_authorization(name, code)
     }
     fn blocking(&self) -> bool {
         self.inner.blocking()

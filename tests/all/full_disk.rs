@@ -10,8 +10,8 @@
 use crate::support::*;
 use rekey::observe::Observer;
 use rekey::{
-    ClientAuth, Config, Credential, KeyStore, Rekey, Request, Settings, SqliteStore, StoreError,
-    Strategy, TokenSet,
+    ClientAuth, Config, Credential, KeyStore, Record, Rekey, Request, Settings, SqliteStore,
+    StoreError, Strategy, TokenSet,
 };
 use rekey_testkit::{Provider, ProviderConfig};
 use std::io::{ErrorKind, Write};
@@ -153,14 +153,11 @@ impl KeyStore for Watched {
     fn load(&self, name: &str) -> Result<Credential, StoreError> {
         self.inner.load(name)
     }
-    fn save_keys(
-        &self,
-        name: &str,
-        keys: &TokenSet,
-        expected: Option<u64>,
-    ) -> Result<u64, StoreError> {
-        let saved = self.inner.save_keys(name, keys, expected);
-        if let Err(e) = &saved {
+    fn write_record(&self, name: &str, expected: u64, record: &Record) -> Result<u64, StoreError> {
+        let saved = self.inner.write_record(name, expected, record);
+        // Counted: the write that ends a refresh (the keys, no lease, no mark).
+        let ends_refresh = record.lease.is_none() && record.refresh_mark.is_none();
+        if let (true, Err(e)) = (ends_refresh, &saved) {
             self.messages.lock().unwrap().push(e.to_string());
             let n = self.failed_saves.fetch_add(1, Ordering::SeqCst) + 1;
             (self.after_failed_save)(n);
@@ -181,30 +178,15 @@ impl KeyStore for Watched {
     fn remove(&self, name: &str) -> Result<bool, StoreError> {
         self.inner.remove(name)
     }
-    fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.inner.try_lease(name, holder, ttl)
-    }
-    fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.inner.renew_lease(name, holder, ttl)
-    }
-    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        self.inner.release_lease(name, holder)
-    }
-    fn begin_refresh(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.inner.begin_refresh(name, holder, ttl)
-    }
     fn clear_refresh_in_doubt(&self, name: &str) -> Result<(), StoreError> {
         self.inner.clear_refresh_in_doubt(name)
-    }
-    fn mark_needs_authorization(&self, name: &str, code: &str) -> Result<(), StoreError> {
-        self.inner.mark_needs_authorization(name, code)
     }
 }
 
 /// One scenario's world: a strict provider (rotation, reuse detection), a
 /// store on the tmpfs with one credential (every-request: each call
-/// refreshes), and a `Rekey` that retries a failed keys write for
-/// `keys_write_retry`.
+/// refreshes), and a `Rekey` whose lease lasts 6 s (the component retries a
+/// failed keys write for as long as its lease lasts).
 struct World {
     provider: Arc<Provider>,
     sqlite: Arc<SqliteStore>,
@@ -214,11 +196,7 @@ struct World {
 }
 
 impl World {
-    async fn new(
-        fs: &Tmpfs,
-        keys_write_retry: Duration,
-        after_failed_save: impl Fn(u32) + Send + Sync + 'static,
-    ) -> World {
+    async fn new(fs: &Tmpfs, after_failed_save: impl Fn(u32) + Send + Sync + 'static) -> World {
         let provider = Provider::start(ProviderConfig {
             access_ttl: Duration::from_secs(60),
             ..ProviderConfig::default()
@@ -242,7 +220,6 @@ impl World {
             // A lease left behind (its release failed on the full disk) runs
             // out this long after the refresh began.
             lease_ttl: Duration::from_secs(6),
-            keys_write_retry,
             observer: events.clone() as Arc<dyn Observer>,
             ..Config::default()
         })
@@ -311,7 +288,7 @@ async fn a_disk_that_fills_during_a_refresh_and_frees_within_the_retries_keeps_t
     let Some(fs) = Tmpfs::mount() else { return };
     let filler = Filler::on(&fs);
     let freer = filler.clone();
-    let world = World::new(&fs, Duration::from_secs(30), move |n| {
+    let world = World::new(&fs, move |n| {
         if n == 2 {
             freer.free();
         }
@@ -356,7 +333,7 @@ async fn a_disk_that_fills_during_a_refresh_and_frees_within_the_retries_keeps_t
         200
     );
     let stored = world.sqlite.load("c").unwrap();
-    assert!(!stored.refresh_in_doubt, "the saved keys lift the mark");
+    assert!(!stored.refresh_in_doubt(), "the saved keys lift the mark");
     assert!(
         world.stored_refresh_token_is_live(),
         "the rotated refresh token reached the store"
@@ -389,7 +366,7 @@ async fn a_disk_that_fills_during_a_refresh_and_frees_within_the_retries_keeps_t
 async fn a_disk_full_for_longer_than_the_retries_says_refresh_in_doubt_and_spends_nothing_later() {
     let Some(fs) = Tmpfs::mount() else { return };
     let filler = Filler::on(&fs);
-    let world = World::new(&fs, Duration::from_secs(1), |_| {}).await;
+    let world = World::new(&fs, |_| {}).await;
     let took = fill_at_first_refresh(&world, &filler, &fs);
 
     let started = Instant::now();
@@ -413,7 +390,7 @@ async fn a_disk_full_for_longer_than_the_retries_says_refresh_in_doubt_and_spend
     );
     assert!(failed >= 2, "the write was retried: {messages:?}");
     assert!(
-        world.sqlite.load("c").unwrap().refresh_in_doubt,
+        world.sqlite.load("c").unwrap().refresh_mark.is_some(),
         "the mark set before the token request stays"
     );
 

@@ -310,18 +310,19 @@ async fn a_post_body_arrives_byte_identical_on_the_retry() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_keys_write_stops_before_the_retry_and_keeps_the_old_keys() {
-    let config = Config {
-        keys_write_retry: Duration::from_millis(600),
-        ..Config::default()
-    };
-    let f = Fixture::with(provider_with_ttl(SHORT), config, Duration::from_secs(5)).await;
+    let f = Fixture::with(
+        provider_with_ttl(SHORT),
+        Config::default(),
+        Duration::from_secs(5),
+    )
+    .await;
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
     let before = f.stored_raw("c");
     // The store refuses exactly the write of new keys (leases still work),
     // the way a full disk or a revoked grant on the database would.
     sql(
         &f.store_path(),
-        "CREATE TRIGGER refuse BEFORE UPDATE OF keys ON credentials BEGIN SELECT RAISE(ABORT, 'disk quota exceeded'); END",
+        "CREATE TRIGGER refuse BEFORE UPDATE ON credentials WHEN NEW.keys IS NOT OLD.keys BEGIN SELECT RAISE(ABORT, 'disk quota exceeded'); END",
     );
 
     expire(SHORT).await;
@@ -457,7 +458,7 @@ async fn unusable_token_responses_are_clear_errors_that_change_nothing() {
         assert_eq!(f.stored_raw(&name), before);
         // A 200 may have rotated the refresh token: it is not spent again.
         let c = f.store.load(&name).unwrap();
-        assert!(c.refresh_in_doubt, "{name}");
+        assert!(c.refresh_in_doubt(), "{name}");
     }
     assert_eq!(f.provider.stats().api_calls, 0);
 }

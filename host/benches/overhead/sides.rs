@@ -91,11 +91,16 @@ pub async fn rekey_refresh(rekey: &Rekey, store: &Arc<dyn KeyStore>, api: &str) 
 
 /// Rejected access token, currently valid (latest rotated) refresh token.
 fn expire_access_token(store: &dyn KeyStore, name: &str) {
-    let keys = store.load(name).expect("credential").keys.expect("keys");
+    let c = store.load(name).expect("credential");
+    let keys = c.keys.expect("keys");
     let keys: serde_json::Value = serde_json::from_str(keys.expose()).expect("keys JSON");
     let refresh = keys["refresh_token"].as_str().expect("refresh token");
     let reset = serde_json::json!({ "access_token": "expired", "refresh_token": refresh });
     store
-        .save_keys(name, &TokenSet::stored(reset.to_string()), None)
+        .put(
+            name,
+            &c.settings,
+            Some(&TokenSet::stored(reset.to_string())),
+        )
         .expect("reset keys");
 }

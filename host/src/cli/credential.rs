@@ -248,12 +248,13 @@ fn set(store: &dyn KeyStore, args: SetArgs) -> Result<Exit, Failure> {
 
 /// One line on what a credential can do now.
 fn state(c: &rekey::Credential) -> String {
-    match (&c.needs_authorization, c.refresh_in_doubt, &c.keys) {
+    match (&c.needs_authorization, c.refresh_in_doubt(), &c.keys) {
         (Some(dead), _, _) => format!(
             "needs authorization ({} at Unix time {})",
             dead.code, dead.at
         ),
         (None, true, _) => "refresh in doubt".into(),
+        (None, false, _) if c.refresh_mark.is_some() => "refresh in progress".into(),
         (None, false, Some(_)) => "keys stored".into(),
         (None, false, None) => "no keys".into(),
     }
