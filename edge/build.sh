@@ -41,3 +41,16 @@ fi
 compose="$CARGO_TARGET_DIR/debug/rekey-edge-compose"
 "$compose" proxy --effects "$out/effects.wasm" --rekey "$out/rekey.wasm" \
     --front "$out/front.wasm" --out "$out/rekey-proxy.wasm"
+
+# The README's sizes table, from these very files (EDGE_README=1 writes it there).
+{
+    echo "| component | bytes |"
+    echo "|---|---|"
+    for row in "rekey (unchanged):rekey" "effects:effects" "front:front" \
+        "**rekey-proxy.wasm** (composed):rekey-proxy" "passthrough (bench baseline):passthrough"; do
+        echo "| ${row%%:*} | $(stat -c %s "$out/${row##*:}.wasm") |"
+    done
+} >"$out/sizes.md"
+if [ -n "${EDGE_README:-}" ]; then
+    python3 "$edge/tests/readme.py" sizes <"$out/sizes.md"
+fi

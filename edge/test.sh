@@ -57,6 +57,9 @@ if [ -x "$root/target/debug/rekey" ] && [ -z "${REKEY_WASM:-}" ]; then
     echo "== edge: rekey.wasm is the embedded component ($ours)"
 fi
 
+echo "== edge: the record codec (native unit tests)"
+(cd "$edge" && CARGO_TARGET_DIR="$root/target/edge-build" cargo test --quiet --locked -p rekey-edge-effects --lib)
+
 echo "== edge: scenarios"
 WASMTIME="$wasmtime" PROXY="$out/rekey-proxy.wasm" \
     COMPOSE="$root/target/edge-build/debug/rekey-edge-compose" \

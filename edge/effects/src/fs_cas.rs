@@ -12,7 +12,7 @@
 //!   name and removed, and put back if what moved was a fresh lock after all.
 
 use crate::exports::rekey::oauth2::types::RefreshMark;
-use crate::store::{Cas, CasError};
+use crate::store::{Cas, CasError, Next};
 use crate::wasi::filesystem::preopens;
 use crate::wasi::filesystem::types::{
     Descriptor, DescriptorFlags, ErrorCode, OpenFlags, PathFlags,
@@ -134,10 +134,7 @@ impl FileCas {
             }
             self.break_if_stale();
             if time::mono_ms() >= deadline {
-                return Err(format!(
-                    "{} stayed taken for {LOCK_WAIT_MS} ms",
-                    self.lock
-                ));
+                return Err(format!("{} stayed taken for {LOCK_WAIT_MS} ms", self.lock));
             }
             // Jitter, so that waiting writers do not retry in lockstep.
             time::sleep_ms(pause + get_random_u64() % (pause + 1));
@@ -149,7 +146,10 @@ impl FileCas {
     /// only one of several breakers moves it; what moved is checked to be
     /// the stale lock (same content, still old) and otherwise linked back.
     fn break_if_stale(&self) {
-        if !self.age_ms(&self.lock).is_some_and(|age| age > LOCK_STALE_MS) {
+        if self
+            .age_ms(&self.lock)
+            .is_none_or(|age| age <= LOCK_STALE_MS)
+        {
             return;
         }
         let Ok(Some(seen)) = self.read(&self.lock) else {
@@ -202,7 +202,11 @@ impl FileCas {
         // record visible with its durability unknown.
         match self.dir.sync() {
             Ok(()) | Err(ErrorCode::Unsupported | ErrorCode::Invalid) => Ok(()),
-            Err(e) => Err(CasError::Unknown(err("syncing the directory of", &self.file, e))),
+            Err(e) => Err(CasError::Unknown(err(
+                "syncing the directory of",
+                &self.file,
+                e,
+            ))),
         }
     }
 }
@@ -232,10 +236,7 @@ impl Cas for FileCas {
         self.read(&self.file)
     }
 
-    fn update(
-        &self,
-        next: &mut dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
-    ) -> Result<(), CasError> {
+    fn update(&self, next: &mut Next<'_>) -> Result<(), CasError> {
         let lock = self.lock().map_err(CasError::Failed)?;
         let current = self.read(&self.file).map_err(CasError::Failed)?;
         let data = next(current.as_deref()).ok_or(CasError::Refused)?;

@@ -4,7 +4,7 @@
 //! compare-and-swap (behind the `Cas` seam). Effects only: the component
 //! runs the fleet protocol (lease, refresh mark, dead grant) on the record.
 
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
 

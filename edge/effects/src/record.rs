@@ -132,10 +132,18 @@ pub fn version_of(bytes: Option<&[u8]>) -> Result<u64, String> {
 pub fn encode(version: u64, data: &CredentialRecord, updated_at: u64) -> String {
     let quote = |s: &str| Value::String(s.into()).to_string();
     let lease = data.lease.as_ref().map_or("null".into(), |l| {
-        format!("{{\"holder\": {}, \"until_ms\": {}}}", quote(&l.holder), l.until_ms)
+        format!(
+            "{{\"holder\": {}, \"until_ms\": {}}}",
+            quote(&l.holder),
+            l.until_ms
+        )
     });
     let mark = data.refresh_mark.as_ref().map_or("null".into(), |m| {
-        format!("{{\"holder\": {}, \"at_ms\": {}}}", quote(&m.holder), m.at_ms)
+        format!(
+            "{{\"holder\": {}, \"at_ms\": {}}}",
+            quote(&m.holder),
+            m.at_ms
+        )
     });
     let dead = data.dead_grant.as_ref().map_or("null".into(), |d| {
         format!("{{\"code\": {}, \"at\": {}}}", quote(&d.code), d.at)
@@ -154,7 +162,103 @@ pub fn encode(version: u64, data: &CredentialRecord, updated_at: u64) -> String 
 
 /// A JSON object with nothing around it reads back as the same bytes.
 fn embeddable(keys: &str) -> bool {
-    keys.starts_with('{')
-        && keys.ends_with('}')
-        && serde_json::from_str::<&RawValue>(keys).is_ok()
+    keys.starts_with('{') && keys.ends_with('}') && serde_json::from_str::<&RawValue>(keys).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(keys: Option<&str>) -> CredentialRecord {
+        CredentialRecord {
+            keys: keys.map(String::from),
+            lease: Some(Lease {
+                holder: "h\"1".into(),
+                until_ms: u64::MAX,
+            }),
+            refresh_mark: Some(RefreshMark {
+                holder: "h\"1".into(),
+                at_ms: 1,
+            }),
+            dead_grant: Some(DeadGrant {
+                code: "invalid_grant".into(),
+                at: 2,
+            }),
+        }
+    }
+
+    type Fields = (
+        Option<String>,
+        Option<(String, u64)>,
+        Option<(String, u64)>,
+        Option<(String, u64)>,
+    );
+
+    fn fields(r: &CredentialRecord) -> Fields {
+        (
+            r.keys.clone(),
+            r.lease.as_ref().map(|l| (l.holder.clone(), l.until_ms)),
+            r.refresh_mark.as_ref().map(|m| (m.holder.clone(), m.at_ms)),
+            r.dead_grant.as_ref().map(|d| (d.code.clone(), d.at)),
+        )
+    }
+
+    fn round_trip(data: &CredentialRecord) -> StoredRecord {
+        match decode(encode(7, data, 3).as_bytes()).unwrap_or_else(|e| panic!("{e}")) {
+            Decoded::Record(r) => r,
+            Decoded::Keys02(_) => panic!("a record read as 0.2 keys"),
+        }
+    }
+
+    #[test]
+    fn every_field_reads_back_as_written() {
+        // The guest resolves a failed write by comparing what it reads with
+        // what it wrote: keys must come back byte for byte.
+        for keys in [
+            Some("{\"access_token\":\"a\",  \"n\": 1.50, \"z\":{}}"),
+            Some(" {\"padded\":true} "),
+            Some("[1,2]"),
+            Some("\"text\""),
+            Some("not json"),
+            Some(""),
+            None,
+        ] {
+            let data = record(keys);
+            let back = round_trip(&data);
+            assert_eq!(back.version, 7);
+            assert_eq!(fields(&back.data), fields(&data), "{keys:?}");
+        }
+        let empty = CredentialRecord {
+            keys: None,
+            lease: None,
+            refresh_mark: None,
+            dead_grant: None,
+        };
+        assert_eq!(fields(&round_trip(&empty).data), fields(&empty));
+    }
+
+    #[test]
+    fn a_token_set_alone_is_a_0_2_keys_file() {
+        let text = "{\"access_token\":\"a\",\"refresh_token\":\"r\"}";
+        assert!(matches!(decode(text.as_bytes()), Ok(Decoded::Keys02(k)) if k == text));
+        assert!(matches!(decode(b"garbage"), Ok(Decoded::Keys02(_))));
+        assert_eq!(version_of(Some(text.as_bytes())), Ok(0));
+        assert_eq!(version_of(None), Ok(0));
+    }
+
+    #[test]
+    fn a_damaged_or_newer_record_is_refused_without_its_content() {
+        let secret = "s3cr3t";
+        for bad in [
+            format!("{{\"rekey_record\": 2, \"version\": 1, \"keys\": \"{secret}\"}}"),
+            format!("{{\"rekey_record\": 1, \"keys\": \"{secret}\"}}"),
+            format!("{{\"rekey_record\": 1, \"version\": 1, \"keys\": 5, \"x\": \"{secret}\"}}"),
+            format!("{{\"rekey_record\": 1, \"version\": 1, \"lease\": {{\"holder\": \"{secret}\"}}}}"),
+        ] {
+            match decode(bad.as_bytes()) {
+                Err(e) => assert!(!e.contains(secret), "{e}"),
+                Ok(_) => panic!("accepted {bad}"),
+            }
+        }
+    }
 }

@@ -5,7 +5,9 @@
 //! value changed since it was read (e.g. `wasi:keyvalue/atomics`' `cas`)
 //! implements the same two functions.
 
-use crate::exports::rekey::oauth2::types::{CredentialRecord, RefreshMark, StoredRecord, WriteError};
+use crate::exports::rekey::oauth2::types::{
+    CredentialRecord, RefreshMark, StoredRecord, WriteError,
+};
 use crate::record::{self, Decoded};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -20,6 +22,9 @@ pub enum CasError {
     Unknown(String),
 }
 
+/// Computes the value to store from the current one; none stores nothing.
+pub type Next<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
+
 /// One credential's value in a backend with compare-and-swap.
 pub trait Cas {
     /// The stored bytes, none when nothing is stored.
@@ -27,8 +32,7 @@ pub trait Cas {
     /// Replaces the value with `next(current)`, atomically: no other update
     /// lands between reading `current` and storing; durable when it returns
     /// ok. `next` returning none stores nothing (`Refused`).
-    fn update(&self, next: &mut dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>>)
-    -> Result<(), CasError>;
+    fn update(&self, next: &mut Next<'_>) -> Result<(), CasError>;
     /// A 0.2 refresh-in-doubt marker that names these 0.2 keys (file stores).
     fn legacy_mark(&self, _keys: &str) -> Option<RefreshMark> {
         None
@@ -75,9 +79,7 @@ pub fn write(
         .ok_or_else(|| WriteError::Failed("the record's version is at its maximum".into()))?;
     let mut unreadable = None;
     let mut next = |current: Option<&[u8]>| match record::version_of(current) {
-        Ok(v) if v == expected => {
-            Some(record::encode(next_version, data, now_unix).into_bytes())
-        }
+        Ok(v) if v == expected => Some(record::encode(next_version, data, now_unix).into_bytes()),
         Ok(_) => None,
         Err(e) => {
             unreadable = Some(e);

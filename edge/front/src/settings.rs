@@ -3,9 +3,7 @@
 //! server's own variable through without putting it on a command line). The
 //! access token may go only to the upstream's origin.
 
-use crate::rekey::oauth2::types::{
-    ClientAuth, FleetTiming, Settings as RekeySettings, Strategy,
-};
+use crate::rekey::oauth2::types::{ClientAuth, FleetTiming, Settings as RekeySettings, Strategy};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -65,7 +63,8 @@ impl Settings {
             .trim_end_matches('/')
             .to_string();
         let millis = |name: &str| -> Result<u32, String> {
-            u32::try_from(config::number(&src, name, 0)?).map_err(|_| format!("{name} is too large"))
+            u32::try_from(config::number(&src, name, 0)?)
+                .map_err(|_| format!("{name} is too large"))
         };
         Ok(Settings {
             rekey: RekeySettings {
