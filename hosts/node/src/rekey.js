@@ -11,7 +11,7 @@ import { CallHost, describeFailure } from './call-host.js';
 import { createJspiEngine, jspiAvailable } from './engine-jspi.js';
 import { createWorkerEngine } from './engine-worker.js';
 import {
-  ComponentError, InvalidRequest, StoreError, fromAuthorizeError, fromSendError,
+  ComponentError, InvalidRequest, RekeyError, StoreError, fromAuthorizeError, fromSendError,
 } from './errors.js';
 import { HttpClient } from './http.js';
 import { CallbackStore } from './stores/memory.js';

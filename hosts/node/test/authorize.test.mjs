@@ -88,7 +88,7 @@ test('authorize: code grant with PKCE through login and consent, then the stored
       assert.ok(page.code, 'the provider issued a code');
 
       // The whole token response is stored, with expires_at from expires_in.
-      const stored = JSON.parse(await store.load(id));
+      const stored = JSON.parse(await store.loadKeys(id));
       assert.deepEqual(stored, keys.expose(), 'the returned keys are the stored ones');
       for (const f of ['access_token', 'refresh_token', 'id_token', 'scope', 'token_type', 'expires_in', 'expires_at']) {
         assert.notEqual(stored[f], undefined, `${id}: the stored set has ${f}`);
@@ -110,7 +110,7 @@ test('authorize: code grant with PKCE through login and consent, then the stored
       assert.deepEqual(stats.grant_errors, {}, `${id}: no token endpoint error`);
       assert.equal(stats.grants_revoked, 0, id);
       assert.equal(stats.auth_seen[auth], stats.refreshes + 1, `${id}: every grant authenticated with ${auth}`);
-      const last = JSON.parse(await store.load(id));
+      const last = JSON.parse(await store.loadKeys(id));
       assert.notEqual(last.refresh_token, stored.refresh_token, 'rotated and persisted');
       secrets.push(...tokensOf(last));
       assert.ok(events.some((e) => e.includes('"exchange":"token-endpoint"')), 'the code exchange is an event');
@@ -139,7 +139,7 @@ test('authorize: denied consent is AccessDenied; the browser is told, nothing is
     const page = await browser;
     assert.equal(page.status, 400);
     assert.match(page.body, /access_denied/);
-    assert.equal(await store.load('az-denied'), undefined);
+    assert.equal(await store.loadKeys('az-denied'), undefined);
     assert.equal((await provider.stats('az-denied'))?.code_exchanges ?? 0, 0);
     assertNoSecret([printed(err), page.body], [secretOf('az-denied')], 'the denial');
   } finally {
@@ -168,7 +168,7 @@ test('authorize: a redirect with a wrong state is refused before any exchange', 
     const page = await hit;
     assert.equal(page.status, 400);
     assert.match(page.body, /state does not match/);
-    assert.equal(await store.load('az-state'), undefined);
+    assert.equal(await store.loadKeys('az-state'), undefined);
     assert.equal(await provider.stats('az-state'), undefined, 'nothing reached the token endpoint');
     assertNoSecret([printed(err), page.body], [forged, secretOf('az-state')], 'the refusal');
   } finally {
@@ -189,7 +189,7 @@ test('authorize: no redirect in time is AuthorizationTimeout, and the listener i
   assert.ok(err instanceof AuthorizationTimeout, printed(err));
   assert.equal(err.category, 'needs-authorization');
   assert.match(err.message, /no redirect arrived within 0\.2 s/);
-  assert.equal(await store.load('t'), undefined);
+  assert.equal(await store.loadKeys('t'), undefined);
   await assert.rejects(fetch(redirectUri), 'nothing listens any more');
 
   // A redirect URI off loopback is refused before anything starts.
@@ -230,7 +230,7 @@ test('authorize: the device grant through the provider\'s device pages, then a r
         ['expiresIn', 'interval', 'userCode', 'verificationUri', 'verificationUriComplete'].filter((k) => shown[k] !== undefined).sort(),
         'the device code is not among what can be shown');
       assert.equal(typeof (await browser).page, 'string');
-      const stored = JSON.parse(await store.load('az-device'));
+      const stored = JSON.parse(await store.loadKeys('az-device'));
       assert.deepEqual(stored, keys.expose());
       for (const f of ['access_token', 'refresh_token', 'expires_at']) assert.notEqual(stored[f], undefined, f);
 
@@ -242,9 +242,9 @@ test('authorize: the device grant through the provider\'s device pages, then a r
       }, { timeoutMs: 60_000, everyMs: 250, what: 'a refresh' });
       const stats = await provider.stats('az-device');
       assert.deepEqual(Object.keys(stats.grant_errors).filter((c) => c !== 'authorization_pending'), [], JSON.stringify(stats.grant_errors));
-      const last = JSON.parse(await store.load('az-device'));
+      const last = JSON.parse(await store.loadKeys('az-device'));
       assert.notEqual(last.refresh_token, stored.refresh_token);
-      assert.ok(events.some((e) => e.includes('"exchange":"device-authorization"')));
+      assert.ok(events.some((e) => e.includes('"exchange":"device-endpoint"')));
       assertNoSecret([...events, inspect(shown), inspect(keys)], [secretOf('az-device'), ...tokensOf(stored), ...tokensOf(last)], 'the device grant');
     })();
     const deny = (async () => {
@@ -259,7 +259,7 @@ test('authorize: the device grant through the provider\'s device pages, then a r
       }).then(() => assert.fail('authorised'), (e) => e);
       await browser;
       assert.ok(err instanceof AccessDenied, printed(err));
-      assert.equal(await store.load('az-device-denied'), undefined);
+      assert.equal(await store.loadKeys('az-device-denied'), undefined);
       assertNoSecret([printed(err)], [secretOf('az-device-denied')], 'the denial');
     })();
     await Promise.all([approve, deny]);

@@ -50,9 +50,9 @@ test('oidc-provider', async (t) => {
     ], { env: { ...process.env, OIDC_CLIENT_SECRET: CLIENT.secret } });
     const first = JSON.parse(stdout);
     const store = await tempStore();
-    await store.save('oidc', imported(first));
-    const rk = await rekey();
     const settings = { tokenUrl: `${provider.issuer}/token`, clientId: CLIENT.id, clientSecret: CLIENT.secret, clientAuth: 'basic' };
+    await store.create('oidc', { settings, keys: imported(first) });
+    const rk = await rekey();
 
     await eventually(async () => {
       const res = await rk.send({ credential: 'oidc', store, settings, request: { url: `${provider.issuer}/me` } });
@@ -66,7 +66,7 @@ test('oidc-provider', async (t) => {
     assert.equal(stats.grants_revoked, 0);
     assert.equal(stats.auth_seen.basic, stats.refreshes + 1, 'every grant authenticated with Basic');
     assert.equal(stats.userinfo_rejected, stats.refreshes, 'on-auth-failure: each refresh follows one 401');
-    const keys = JSON.parse(await store.load('oidc'));
+    const keys = JSON.parse(await store.loadKeys('oidc'));
     assert.notEqual(keys.refresh_token, first.refresh_token, 'rotated and persisted');
     assert.equal(keys.id_token !== undefined, true, 'id_token kept');
     assert.equal(keys.scope, first.scope);

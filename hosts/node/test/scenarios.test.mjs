@@ -23,13 +23,13 @@ async function withProvider(args, body) {
   }
 }
 
-const stored = async (store, credential) => JSON.parse(await store.load(credential));
+const stored = async (store, credential) => JSON.parse(await store.loadKeys(credential));
 
 test('on-401-refresh-and-retry', () => withProvider([], async (p) => {
   const rk = await rekey();
   const store = await tempStore();
   const first = await p.authorize();
-  await store.save('crm', imported(first, { access_token: REJECTED_ACCESS_TOKEN }));
+  await store.create('crm', { settings: p.settings(), keys: imported(first, { access_token: REJECTED_ACCESS_TOKEN }) });
 
   const res = await rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api('orders') } });
 
@@ -50,7 +50,7 @@ test('on-401-refresh-and-retry', () => withProvider([], async (p) => {
 test('every-request', () => withProvider([], async (p) => {
   const rk = await rekey();
   const store = await tempStore();
-  await store.save('crm', imported(await p.authorize()));
+  await store.create('crm', { settings: p.settings(), keys: imported(await p.authorize()) });
   const settings = p.settings({ strategy: 'every-request' });
 
   for (let i = 0; i < 3; i += 1) {
@@ -68,7 +68,7 @@ test('every-request', () => withProvider([], async (p) => {
 test('before-expiry', () => withProvider(['--access-ttl-ms', '6000'], async (p) => {
   const rk = await rekey();
   const store = await tempStore();
-  await store.save('crm', imported(await p.authorize()));
+  await store.create('crm', { settings: p.settings(), keys: imported(await p.authorize()) });
   const margin = 3;
   const settings = p.settings({ strategy: 'before-expiry', expiryMarginSecs: margin });
   const send = () => rk.send({ credential: 'crm', store, settings, request: { url: p.api('me') } });
@@ -91,7 +91,7 @@ test('before-expiry', () => withProvider(['--access-ttl-ms', '6000'], async (p) 
 test('rotation-5-refreshes', () => withProvider(['--access-ttl-ms', '2000'], async (p) => {
   const rk = await rekey();
   const store = await tempStore();
-  await store.save('crm', imported(await p.authorize()));
+  await store.create('crm', { settings: p.settings(), keys: imported(await p.authorize()) });
   const seen = new Set();
 
   await eventually(async () => {
@@ -113,7 +113,7 @@ test('response-without-refresh-token-keeps-old', () => withProvider(['--no-rotat
   const rk = await rekey();
   const store = await tempStore();
   const first = await p.authorize();
-  await store.save('crm', imported(first, { access_token: REJECTED_ACCESS_TOKEN }));
+  await store.create('crm', { settings: p.settings(), keys: imported(first, { access_token: REJECTED_ACCESS_TOKEN }) });
   await p.omitRefreshToken(true);
 
   const res = await rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api('x') } });
@@ -129,7 +129,7 @@ test('response-without-refresh-token-keeps-old', () => withProvider(['--no-rotat
 test('rejected-after-fresh-token', () => withProvider([], async (p) => {
   const rk = await rekey();
   const store = await tempStore();
-  await store.save('crm', imported(await p.authorize()));
+  await store.create('crm', { settings: p.settings(), keys: imported(await p.authorize()) });
 
   const err = await rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api('reject') } })
     .then(() => assert.fail('the API always rejects'), (e) => e);
@@ -145,24 +145,37 @@ test('rejected-after-fresh-token', () => withProvider([], async (p) => {
 test('invalid-grant', () => withProvider([], async (p) => {
   const rk = await rekey();
   const store = await tempStore();
-  await store.save('crm', imported(await p.authorize(), { access_token: REJECTED_ACCESS_TOKEN }));
-  const before = await store.load('crm');
+  await store.create('crm', { settings: p.settings(), keys: imported(await p.authorize(), { access_token: REJECTED_ACCESS_TOKEN }) });
+  const before = await store.loadKeys('crm');
   await p.revokeAll();
-
-  const err = await rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api('x') } })
+  const send = () => rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api('x') } })
     .then(() => assert.fail('the grant is revoked'), (e) => e);
+
+  const err = await send();
 
   assert.ok(err instanceof ReauthorizationRequired, String(err));
   assert.equal(err.category, 'needs-authorization');
   assert.equal(err.code, 'invalid_grant');
-  assert.equal(await store.load('crm'), before, 'the stored keys are byte-identical');
+  assert.equal(await store.loadKeys('crm'), before, 'the stored keys are byte-identical');
   assert.equal((await p.stats()).api_calls, 1);
+  assert.equal((await store.read('crm')).data.deadGrant?.code, 'invalid_grant', 'the dead grant is remembered');
+
+  // Remembered: the next call fails fast, without a request anywhere.
+  const again = await send();
+  assert.ok(again instanceof ReauthorizationRequired, String(again));
+  const stats = await p.stats();
+  assert.equal(stats.token_calls, 1, 'no second token request');
+  assert.equal(stats.api_calls, 1, 'no second API request');
+
+  // A new authorisation (putKeys) starts clean.
+  await store.putKeys('crm', imported(await p.authorize()));
+  assert.equal((await rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api('x') } })).status, 200);
 }));
 
 test('503-then-200', () => withProvider([], async (p) => {
   const rk = await rekey();
   const store = await tempStore();
-  await store.save('crm', imported(await p.authorize(), { access_token: REJECTED_ACCESS_TOKEN }));
+  await store.create('crm', { settings: p.settings(), keys: imported(await p.authorize(), { access_token: REJECTED_ACCESS_TOKEN }) });
   await p.forceTokenResponses([[503, '{"error":"temporarily_unavailable"}']]);
 
   const res = await rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api('x') } });
@@ -178,17 +191,17 @@ for (const method of ['basic', 'post']) {
   test(`client-auth-${method}`, () => withProvider(['--client-auth', method], async (p) => {
     const rk = await rekey();
     const store = await tempStore();
-    await store.save('crm', imported(await p.authorize(), { access_token: REJECTED_ACCESS_TOKEN }));
+    await store.create('crm', { settings: p.settings(), keys: imported(await p.authorize(), { access_token: REJECTED_ACCESS_TOKEN }) });
     const send = (clientAuth) => rk.send({
       credential: 'crm', store, settings: p.settings({ clientAuth }), request: { url: p.api('x') },
     });
 
     // The other method is refused by the provider: a settings problem, keys untouched.
-    const before = await store.load('crm');
+    const before = await store.loadKeys('crm');
     const err = await send(method === 'basic' ? 'post' : 'basic').then(() => assert.fail('wrong client auth'), (e) => e);
     assert.ok(err instanceof SettingsRejected, String(err));
     assert.equal(err.code, 'invalid_client');
-    assert.equal(await store.load('crm'), before);
+    assert.equal(await store.loadKeys('crm'), before);
 
     assert.equal((await send(method)).status, 200);
     const stats = await p.stats();
@@ -203,7 +216,7 @@ for (const method of ['basic', 'post']) {
 test('post-body-identical-on-retry', () => withProvider([], async (p) => {
   const rk = await rekey();
   const store = await tempStore();
-  await store.save('crm', imported(await p.authorize(), { access_token: REJECTED_ACCESS_TOKEN }));
+  await store.create('crm', { settings: p.settings(), keys: imported(await p.authorize(), { access_token: REJECTED_ACCESS_TOKEN }) });
   const body = randomBytes(64 * 1024);
 
   const res = await rk.send({
@@ -236,7 +249,7 @@ test('keys-callback-failure-stops-before-retry', () => withProvider([], async (p
 
   assert.ok(err instanceof KeysNotPersisted, String(err));
   assert.equal(err.category, 'store');
-  assert.equal(calls, 1);
+  assert.ok(calls >= 1, 'the component retried the write a bounded number of times');
   const stats = await p.stats();
   assert.equal(stats.api_calls, 1, 'the request is not resent with keys that are not durable');
   assert.equal(stats.refreshes_granted, 1);
@@ -247,7 +260,7 @@ test('keys-callback-failure-stops-before-retry', () => withProvider([], async (p
 test('16-concurrent-one-refresh', () => withProvider(['--access-ttl-ms', '60000'], async (p) => {
   const rk = await rekey();
   const store = await tempStore();
-  await store.save('crm', imported(await p.authorize()));
+  await store.create('crm', { settings: p.settings(), keys: imported(await p.authorize()) });
   const send = (i) => rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api(`c/${i}`) } });
   assert.equal((await send('warm')).status, 200);
   await p.expireAccessTokens();
@@ -290,7 +303,7 @@ test('no-secret-in-output', () => withProvider([], async (p) => {
     const first = await p.authorize();
     remember(first);
     const keys = imported(first, { access_token: REJECTED_ACCESS_TOKEN });
-    if (credential) await store.save(credential, keys);
+    if (credential) await store.create(credential, { settings: p.settings(), keys: keys });
     return keys;
   };
   const send = (credential, extra) => rk.send({ credential, store, settings, request: { url: p.api('a') }, onEvent, ...extra });
@@ -300,13 +313,15 @@ test('no-secret-in-output', () => withProvider([], async (p) => {
   await grant('settings');
   await grant('revoked');
   const callbackKeys = await grant();
+  const callbackRefreshKeys = await grant();
 
   process.stdout.write = capture;
   process.stderr.write = capture;
   try {
     console.log('settings', settings, String(settings.clientSecret), JSON.stringify(settings));
-    await record('refresh', () => send('refresh', { onUpdateKeys: persisted }));
-    await record('rejected', () => send('rejected', { request: { url: p.api('reject') }, onUpdateKeys: persisted }));
+    await record('refresh', () => send('refresh'));
+    await record('rejected', () => send('rejected', { request: { url: p.api('reject') } }));
+    await record('callback refresh', () => rk.send({ settings, keys: callbackRefreshKeys, request: { url: p.api('c') }, onEvent, onUpdateKeys: persisted }));
     await record('keys failure', () => rk.send({ settings, keys: callbackKeys, request: { url: p.api('b') }, onEvent,
       onUpdateKeys: (keys) => { remember(keys.expose()); throw new Error(`cannot write ${JSON.stringify(keys.expose())}`); } }));
     await record('settings rejected', () => send('settings', { settings: { ...settings, clientId: 'someone-else' } }));
