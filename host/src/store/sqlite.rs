@@ -610,9 +610,10 @@ mod tests {
         ));
         assert_eq!(access_token(&a.load_now("c").unwrap().unwrap()), "three");
 
-        b.put("c", &settings, None).unwrap();
+        let edited = Settings::new("http://127.0.0.1/token", "other-app");
+        b.put("c", &edited, None).unwrap();
         assert!(a.load_now("c").is_none(), "a settings edit is a write");
-        a.load("c").unwrap();
+        assert_eq!(a.load("c").unwrap().settings, edited);
         b.remove("c").unwrap();
         assert!(a.load_now("c").is_none());
         assert!(matches!(a.load("c"), Err(StoreError::UnknownCredential(_))));
