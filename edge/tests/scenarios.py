@@ -144,10 +144,13 @@ def five_expiries(tk):
           f"record version {rec['version']}, mode 600")
 
 
-def sixteen_at_an_expiry(tk):
-    d = keys_dir("parallel", tk)
-    s = serve(tk, d, "parallel")
-    assert request(s.base, "GET", "/warm")[0] == 200
+def sixteen_at_an_expiry(tk, n_servers=1):
+    """16 requests at once on an expired token, spread over `n_servers`
+    servers sharing the directory: one token request in all."""
+    name = "parallel" if n_servers == 1 else f"parallel-{n_servers}-servers"
+    d = keys_dir(name, tk)
+    ss = [serve(tk, d, f"{name}-{k}") for k in range(n_servers)]
+    assert request(ss[0].base, "GET", "/warm")[0] == 200
     wait_expired(tk, d)
     before = tk.stats()
     results = []
@@ -155,7 +158,8 @@ def sixteen_at_an_expiry(tk):
 
     def one(i):
         barrier.wait()
-        results.append(request(s.base, "POST", f"/items/{i}", {"content-type": "text/plain"}, f"item {i}".encode()))
+        base = ss[i % n_servers].base
+        results.append(request(base, "POST", f"/items/{i}", {"content-type": "text/plain"}, f"item {i}".encode()))
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
     for t in threads:
@@ -173,8 +177,10 @@ def sixteen_at_an_expiry(tk):
     rec = record(d)
     assert rec["lease"] is None and rec["refresh_mark"] is None, rec
     assert leftovers(d) == [], leftovers(d)
-    s.stop()
-    print("   16 parallel requests at an expiry: all 200, 1 token request, invalid_grant 0, no lease or mark left")
+    for s in ss:
+        s.stop()
+    print(f"   16 parallel requests at an expiry on {n_servers} server(s): all 200, 1 token request, "
+          "invalid_grant 0, no lease or mark left")
 
 
 def sigkill_and_restart(tk):
@@ -279,6 +285,22 @@ def migrated_refresh_in_doubt(tk):
     print("   a 0.2 refresh in doubt stays in doubt: 502 refresh_in_doubt, no token request")
 
 
+def unreadable_record_is_503(tk):
+    """A record that cannot be read (here a directory in its place) is
+    `store-unavailable`: 503, nothing sent anywhere."""
+    d = RUN / "unreadable"
+    shutil.rmtree(d, ignore_errors=True)
+    (d / "default.json").mkdir(parents=True)
+    s = serve(tk, d, "unreadable")
+    before, api_seen = tk.stats(), len(tk.api_log())
+    status, _, body = request(s.base, "GET", "/any")
+    answer = json.loads(body)
+    assert status == 503 and answer["error"] == "store_unavailable", (status, answer)
+    assert delta(before, tk.stats(), "token_calls") == 0 and len(tk.api_log()) == api_seen
+    s.stop()
+    print("   unreadable record: 503 store_unavailable, no request sent")
+
+
 def revoked_grant_costs_one_token_request(tk):
     d = keys_dir("revoked", tk)
     s = serve(tk, d, "revoked")
@@ -323,15 +345,17 @@ def main():
         imports_are_standard_wasi_only,
         lambda: five_expiries(tk),
         lambda: sixteen_at_an_expiry(tk),
+        lambda: sixteen_at_an_expiry(tk, n_servers=2),
         lambda: sigkill_and_restart(tk),
         lambda: killed_mid_refresh_is_in_doubt(tk),
         lambda: callers_authorization_never_reaches_upstream(tk),
         lambda: migrated_refresh_in_doubt(tk),
+        lambda: unreadable_record_is_503(tk),
         lambda: revoked_grant_costs_one_token_request(tk),  # revokes every grant: last
         lambda: no_secret_in_server_output(tk),
     ]
-    names = ["imports", "five-expiries", "sixteen-parallel", "sigkill-restart", "killed-mid-refresh",
-             "caller-authorization", "migrated-in-doubt", "revoked-grant", "no-secret-in-output"]
+    names = ["imports", "five-expiries", "sixteen-parallel", "two-servers", "sigkill-restart", "killed-mid-refresh",
+             "caller-authorization", "migrated-in-doubt", "unreadable-record", "revoked-grant", "no-secret-in-output"]
     only = set(filter(None, os.environ.get("EDGE_ONLY", "").split(",")))  # e.g. EDGE_ONLY=revoked-grant
     failed = 0
     try:

@@ -95,6 +95,7 @@ impl FileCas {
     }
 
     /// Creates `file` (it must not exist) holding `data`; synced if `sync`.
+    /// A file it created but could not fill is removed again.
     fn create(&self, file: &str, data: &[u8], sync: bool) -> Result<(), ErrorCode> {
         let fd = self.dir.open_at(
             PathFlags::empty(),
@@ -102,11 +103,18 @@ impl FileCas {
             OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
             DescriptorFlags::WRITE,
         )?;
-        let mut done = 0;
-        while done < data.len() {
-            done += fd.write(&data[done..], done as u64)? as usize;
+        let filled = (|| {
+            let mut done = 0;
+            while done < data.len() {
+                done += fd.write(&data[done..], done as u64)? as usize;
+            }
+            if sync { fd.sync() } else { Ok(()) }
+        })();
+        if filled.is_err() {
+            drop(fd);
+            let _ = self.dir.unlink_file_at(file);
         }
-        if sync { fd.sync() } else { Ok(()) }
+        filled
     }
 
     /// When `file` was last modified (Unix ms); none if it is gone or the
@@ -183,7 +191,6 @@ impl FileCas {
         let tmp = format!(".{}.{:016x}.tmp", self.file, get_random_u64());
         let failed = |what: &str, e: ErrorCode| CasError::Failed(err(what, &self.file, e));
         if let Err(e) = self.create(&tmp, data, true) {
-            let _ = self.dir.unlink_file_at(&tmp);
             return Err(failed("writing", e));
         }
         if !lock.held() {

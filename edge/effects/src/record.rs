@@ -253,7 +253,9 @@ mod tests {
             format!("{{\"rekey_record\": 2, \"version\": 1, \"keys\": \"{secret}\"}}"),
             format!("{{\"rekey_record\": 1, \"keys\": \"{secret}\"}}"),
             format!("{{\"rekey_record\": 1, \"version\": 1, \"keys\": 5, \"x\": \"{secret}\"}}"),
-            format!("{{\"rekey_record\": 1, \"version\": 1, \"lease\": {{\"holder\": \"{secret}\"}}}}"),
+            format!(
+                "{{\"rekey_record\": 1, \"version\": 1, \"lease\": {{\"holder\": \"{secret}\"}}}}"
+            ),
         ] {
             match decode(bad.as_bytes()) {
                 Err(e) => assert!(!e.contains(secret), "{e}"),
