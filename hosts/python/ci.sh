@@ -6,7 +6,10 @@
 #   REKEY_TESTKIT      path to the rekey-testkit binary
 # Works on a brand-new Debian machine with python3 (>= 3.11); installs
 # python3-venv with apt-get if the venv module is missing. The authorisation
-# scenarios also need Node.js (>= 20) with npm, for the oidc-provider peer.
+# scenarios also need Node.js (>= 20) with npm, for the oidc-provider peer;
+# the PostgreSQL store and fleet tests need Debian's postgresql binaries
+# (/usr/lib/postgresql/*/bin: the tests start a throwaway server on loopback).
+# Without a peer those tests skip loudly, or fail under REKEY_REQUIRE_PEERS=1.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -42,7 +45,7 @@ fi
 echo "== venv (.venv) with pinned requirements"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-.venv/bin/python -m pip --disable-pip-version-check freeze | grep -E '^(wasmtime|pytest)=='
+.venv/bin/python -m pip --disable-pip-version-check freeze | grep -E '^(wasmtime|psycopg|psycopg-binary|pytest)=='
 
 echo "== pytest"
 status=0

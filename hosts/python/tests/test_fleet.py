@@ -93,7 +93,7 @@ def fleet_store(kind: str, tmp_path, request, provider) -> str:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-def test_four_worker_processes_share_one_credential(kind, provider_factory, tmp_path, request, workers):
+def test_four_worker_processes_share_one_credential(kind, provider_factory, tmp_path, request, workers, capsys):
     provider = provider_factory("--access-ttl-ms", str(TOKEN_TTL_MS))
     url = fleet_store(kind, tmp_path, request, provider)
     workers += [Worker(url, provider) for _ in range(WORKERS)]
@@ -117,12 +117,13 @@ def test_four_worker_processes_share_one_credential(kind, provider_factory, tmp_
     d = delta(provider.stats(), before)
     keys = rekey.open_store(url).read("fleet").data
     live = provider.refresh_token_live(json.loads(keys.keys_text())["refresh_token"])
-    print(f"\nfleet on {kind}: {WORKERS} processes, {EXPIRIES} expiries, {WORKERS * EXPIRIES} calls: "
-          f"refreshes {d['refreshes_granted']} (per expiry {[r for r, _, _ in rounds]}; natural expiries allowed "
-          f"{sum(n for _, n, _ in rounds)}), token calls {d['token_calls']}, reused refresh tokens "
-          f"{d['reused_refresh_tokens']}, invalid_grant {d['invalid_grant']}, API calls {d['api_calls']} "
-          f"({d['api_unauthorized']} rejected), slowest round {max(t for _, _, t in rounds) * 1000:.0f} ms, "
-          f"stored refresh token live: {live}")
+    with capsys.disabled():  # the figures go to the terminal, not into the capture
+        print(f"\nfleet on {kind}: {WORKERS} processes, {EXPIRIES} expiries, {WORKERS * EXPIRIES} calls: "
+              f"refreshes {d['refreshes_granted']} (per expiry {[r for r, _, _ in rounds]}; natural expiries allowed "
+              f"{sum(n for _, n, _ in rounds)}), token calls {d['token_calls']}, reused refresh tokens "
+              f"{d['reused_refresh_tokens']}, invalid_grant {d['invalid_grant']}, API calls {d['api_calls']} "
+              f"({d['api_unauthorized']} rejected), slowest round {max(t for _, _, t in rounds) * 1000:.0f} ms, "
+              f"stored refresh token live: {live}")
     assert (d["reused_refresh_tokens"], d["invalid_grant"]) == (0, 0)
     assert d["token_calls"] == d["refreshes_granted"]
     assert live, "the store must end on the live refresh token"
