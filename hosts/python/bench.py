@@ -69,7 +69,8 @@ def main() -> None:
     try:
         settings = p.settings()
         # one grant each: both rotate their refresh token on every refresh
-        store = MemoryStore(rekey.keys_from_token_response(p.authorize()))
+        store = MemoryStore()
+        store.put("c", settings, rekey.keys_from_token_response(p.authorize()))
         keys = p.authorize()
         body = os.urandom(64 * 1024)
         rows = []
@@ -77,27 +78,27 @@ def main() -> None:
         # 1. warm request: a valid token, no refresh
         r, nat = [], []
         for _ in range(n):
-            t = time.perf_counter(); client.send(settings, Request.get(p.api_url + "bench"), store=store); r.append(time.perf_counter() - t)
+            t = time.perf_counter(); client.send(settings, Request.get(p.api_url + "bench"), store=store, credential="c"); r.append(time.perf_counter() - t)
             t = time.perf_counter(); native("GET", p.api_url + "bench", keys["access_token"]); nat.append(time.perf_counter() - t)
         rows.append(("warm GET, median", r, nat))
 
         # 2. 401 -> refresh -> retry: the stored access token is rejected every time
         r, nat = [], []
-        rk_keys = json.loads(store.load())
+        rk_keys = json.loads(store.read("c").data.keys_text())
         for _ in range(max(20, n // 5)):
             # an old set: a rejected token, not one the guest just obtained
             old = {k: v for k, v in rk_keys.items() if k != "rekey_refreshed_at"}
-            stale = MemoryStore(json.dumps({**old, "access_token": "stale"}))
-            t = time.perf_counter(); client.send(settings, Request.get(p.api_url + "bench"), store=stale); r.append(time.perf_counter() - t)
-            rk_keys = json.loads(stale.load())
+            store.put("c", keys=json.dumps({**old, "access_token": "stale"}))
+            t = time.perf_counter(); client.send(settings, Request.get(p.api_url + "bench"), store=store, credential="c"); r.append(time.perf_counter() - t)
+            rk_keys = json.loads(store.read("c").data.keys_text())
             t = time.perf_counter(); keys = native_refresh(p, {**keys, "access_token": "stale"}); nat.append(time.perf_counter() - t)
         rows.append(("401 -> refresh -> retry, median", r, nat))
 
         # 3. a 64 KiB POST body (wasmtime-py copies list<u8> element by element)
-        store = MemoryStore(json.dumps(rk_keys))
+        store.put("c", keys=json.dumps(rk_keys))
         r, nat = [], []
         for _ in range(max(10, n // 10)):
-            t = time.perf_counter(); client.send(settings, Request.post(p.api_url + "bench", body), store=store); r.append(time.perf_counter() - t)
+            t = time.perf_counter(); client.send(settings, Request.post(p.api_url + "bench", body), store=store, credential="c"); r.append(time.perf_counter() - t)
             t = time.perf_counter(); native("POST", p.api_url + "bench", keys["access_token"], body); nat.append(time.perf_counter() - t)
         rows.append(("warm POST 64 KiB body, median", r, nat))
 

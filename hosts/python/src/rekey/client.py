@@ -33,7 +33,7 @@ from .records import StoreError, UnknownCredential, WriteConflict, WriteFailed, 
 from .runtime import Runtime
 from .secret import Secret
 from .stores import CallbackRecord, CallbackStore, RecordStore
-from .stores.memory import _scrub
+from .stores.memory import scrub_keys
 
 log = logging.getLogger("rekey")
 
@@ -364,7 +364,7 @@ class CallState:
         return version
 
     def _write_error(self, kind: str, message: str, keys: str):
-        message = _scrub(message, keys) if keys else message
+        message = scrub_keys(message, keys) if keys else message
         log.warning("credential record not written (%s): %s", kind, message)
         return wit.write_error(kind, message)
 

@@ -24,6 +24,8 @@ class Category(enum.Enum):
 
 class RekeyError(Exception):
     category: Category = Category.COMPONENT
+    #: The WIT ``send-error`` case (kebab-case) when the component reported it, else None.
+    case: Optional[str] = None
 
     @property
     def needs_authorization(self) -> bool:

@@ -106,8 +106,14 @@ def transport_error(e: errors.TransportError) -> Variant:
 
 
 def send_error(v: Variant) -> errors.RekeyError:
-    """The typed exception for one ``send-error`` case."""
-    tag, p = v.tag, v.payload
+    """The typed exception for one ``send-error`` case; ``.case`` names it
+    (kebab-case, as in the WIT)."""
+    e = _send_error(v.tag, v.payload)
+    e.case = v.tag
+    return e
+
+
+def _send_error(tag: str, p) -> errors.RekeyError:
     simple = {
         "not-authenticated": errors.NotAuthenticated,
         "token-endpoint": errors.TokenEndpointError,

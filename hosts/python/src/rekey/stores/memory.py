@@ -116,7 +116,7 @@ class CallbackRecord:
                 try:
                     on_update_keys(new_keys)
                 except Exception as e:
-                    raise WriteFailed(f"on_update_keys failed: {_scrub(f'{type(e).__name__}: {e}', new_keys)}") from None
+                    raise WriteFailed(f"on_update_keys failed: {scrub_keys(f'{type(e).__name__}: {e}', new_keys)}") from None
                 self._remember(new_keys)
             self._version += 1
             self._data = data
@@ -149,7 +149,7 @@ def _digest(keys: str) -> bytes:
     return hashlib.sha256(keys.encode("utf-8")).digest()
 
 
-def _scrub(text: str, keys: str) -> str:
+def scrub_keys(text: str, keys: str) -> str:
     """A callback's error message with every value of the token set cut out
     (its own message might quote what it failed to write)."""
     try:
