@@ -88,3 +88,22 @@ def test_a_new_sqlite_store_is_private(tmp_path):
     for side in ("-wal", "-shm"):  # SQLite gives them the database's mode
         if os.path.exists(f"{path}{side}"):
             assert stat.S_IMODE(os.stat(f"{path}{side}").st_mode) == 0o600
+
+
+def test_a_store_that_cannot_be_read_is_store_unavailable_and_nothing_is_sent(client, provider_factory):
+    provider = provider_factory("--access-ttl-ms", "600000")
+
+    class Down:
+        def read(self, name):
+            raise rekey.StoreUnusable("the database is down")
+
+        def write(self, name, expected_version, data):
+            raise AssertionError("nothing may be written")
+
+    before = provider.stats()
+    with pytest.raises(rekey.StoreUnavailable) as caught:
+        client.send(provider.settings(), Request.get(provider.api_url + "me"), store=Down(), credential="c")
+    assert "the database is down" in str(caught.value)
+    assert (caught.value.case, caught.value.category, caught.value.retryable) == (
+        "store-unavailable", rekey.Category.STORE, True)
+    assert provider.stats() == before

@@ -239,3 +239,29 @@ def test_postgres_messages_hide_the_password(pg_cluster):
     with pytest.raises(rekey.StoreUnusable) as caught:
         rekey.PostgresStore(url)
     assert "hunter2-secret" not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_postgres_reconnects_after_the_server_ended_its_connection(pg_url):
+    import psycopg
+
+    store = rekey.PostgresStore(pg_url)
+    store.put("c", SETTINGS, KEYS)
+    v = store.read("c").version
+
+    def kill_its_connection():
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            ended = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                  "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+        assert ended == 1
+
+    kill_its_connection()
+    assert store.read("c").version == v  # a read is retried once on a new connection
+    kill_its_connection()
+    # A write on a broken connection cannot know whether it landed: never a false conflict.
+    with pytest.raises((rekey.WriteUnknown, rekey.WriteFailed)) as caught:
+        store.write("c", v, FULL)
+    assert not isinstance(caught.value, rekey.WriteConflict)
+    now = store.read("c")  # the component reads back to find out; here: it did not land
+    assert now.version == v
+    assert store.write("c", v, FULL) == v + 1
+    store.close()
