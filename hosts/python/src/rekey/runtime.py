@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
 from wasmtime import Config, Engine, Store, Trap, WasmtimeError
-from wasmtime.component import Component, Linker, Record, ResourceHost, ResourceType, Variant
+from wasmtime.component import Component, Linker, Record, ResourceHost, ResourceType
 
 from .errors import ComponentError
 

@@ -7,7 +7,7 @@ have distinct types (``None``/value; for ``result<response, send-error>`` a
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from wasmtime.component import Record, Variant
 

@@ -9,7 +9,7 @@ import time
 from typing import Optional, Protocol, runtime_checkable
 
 from ..model import Settings, settings_json
-from ..records import Credential, CredentialRecord, StoredRecord, UnknownCredential, WriteConflict
+from ..records import Credential, CredentialRecord, StoredRecord, WriteConflict
 from ..secret import Secret
 
 
