@@ -17,11 +17,10 @@
 use crate::exports::rekey::oauth2::types::{
     CredentialRecord, DeadGrant, Lease, RefreshMark, StoredRecord,
 };
-use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
+use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 /// The format this code writes and reads; a newer one is refused.
 const FORMAT: u64 = 1;
@@ -34,88 +33,91 @@ pub enum Decoded {
     Keys02(String),
 }
 
-/// Decodes stored bytes. Errors name the field, never a value.
+/// Only the marker: tells a record from a 0.2 token set.
+#[derive(Deserialize)]
+struct Marker {
+    rekey_record: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Fields<'a> {
+    version: u64,
+    #[serde(borrow)]
+    keys: Option<&'a RawValue>,
+    lease: Option<LeaseJson>,
+    refresh_mark: Option<MarkJson>,
+    dead_grant: Option<DeadJson>,
+}
+
+#[derive(Deserialize)]
+struct LeaseJson {
+    holder: String,
+    until_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct MarkJson {
+    holder: String,
+    at_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct DeadJson {
+    code: String,
+    at: u64,
+}
+
+/// Decodes stored bytes. Errors give a position, never a value (serde's
+/// messages can quote what they found).
 pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
     let text = core::str::from_utf8(bytes).map_err(|_| "the record is not UTF-8".to_string())?;
-    let fields = match serde_json::from_str::<BTreeMap<String, &RawValue>>(text) {
-        Ok(fields) if fields.contains_key(MARKER) => fields,
-        // Not a record: a 0.2 token set (the guest judges whether it is usable).
-        _ => return Ok(Decoded::Keys02(text.into())),
-    };
-    let value = |name: &str| -> Result<Value, String> {
-        match fields.get(name) {
-            None => Ok(Value::Null),
-            Some(raw) => serde_json::from_str(raw.get())
-                .map_err(|_| format!("the record's {name} is not JSON")),
-        }
-    };
-    match value(MARKER)?.as_u64() {
-        Some(FORMAT) => {}
-        Some(n) if n > FORMAT => {
+    match serde_json::from_str::<Marker>(text) {
+        Ok(Marker {
+            rekey_record: Some(FORMAT),
+        }) => {}
+        Ok(Marker {
+            rekey_record: Some(n),
+        }) if n > FORMAT => {
             return Err(format!(
                 "the record has format {n}, newer than this proxy knows ({FORMAT})"
             ));
         }
-        _ => return Err(format!("the record's {MARKER} is not {FORMAT}")),
+        Ok(Marker {
+            rekey_record: Some(_),
+        }) => return Err(format!("the record's {MARKER} is not {FORMAT}")),
+        // Not a record: a 0.2 token set (the guest judges whether it is usable).
+        _ => return Ok(Decoded::Keys02(text.into())),
     }
-    let version = value("version")?
-        .as_u64()
-        .ok_or("the record's version is not a whole number")?;
-    let keys = match fields.get("keys") {
+    let damaged = |e: serde_json::Error| {
+        format!(
+            "the record is damaged (line {} column {})",
+            e.line(),
+            e.column()
+        )
+    };
+    let f: Fields<'_> = serde_json::from_str(text).map_err(damaged)?;
+    let keys = match f.keys.map(RawValue::get) {
         None => None,
-        Some(raw) => match value("keys")? {
-            Value::Null => None,
-            Value::String(text) => Some(text),
-            Value::Object(_) => Some(raw.get().to_string()),
-            _ => return Err("the record's keys are neither an object nor text".into()),
-        },
-    };
-    let object = |name: &str| -> Result<Option<Map<String, Value>>, String> {
-        match value(name)? {
-            Value::Null => Ok(None),
-            Value::Object(map) => Ok(Some(map)),
-            _ => Err(format!("the record's {name} is not an object")),
-        }
-    };
-    let text = |map: &Map<String, Value>, outer: &str, name: &str| -> Result<String, String> {
-        map.get(name)
-            .and_then(Value::as_str)
-            .map(String::from)
-            .ok_or_else(|| format!("the record's {outer}.{name} is not text"))
-    };
-    let number = |map: &Map<String, Value>, outer: &str, name: &str| -> Result<u64, String> {
-        map.get(name)
-            .and_then(Value::as_u64)
-            .ok_or_else(|| format!("the record's {outer}.{name} is not a whole number"))
-    };
-    let lease = match object("lease")? {
-        None => None,
-        Some(m) => Some(Lease {
-            holder: text(&m, "lease", "holder")?,
-            until_ms: number(&m, "lease", "until_ms")?,
-        }),
-    };
-    let refresh_mark = match object("refresh_mark")? {
-        None => None,
-        Some(m) => Some(RefreshMark {
-            holder: text(&m, "refresh_mark", "holder")?,
-            at_ms: number(&m, "refresh_mark", "at_ms")?,
-        }),
-    };
-    let dead_grant = match object("dead_grant")? {
-        None => None,
-        Some(m) => Some(DeadGrant {
-            code: text(&m, "dead_grant", "code")?,
-            at: number(&m, "dead_grant", "at")?,
-        }),
+        Some(raw) if raw.starts_with('{') => Some(raw.to_string()),
+        Some(raw) if raw.starts_with('"') => Some(serde_json::from_str(raw).map_err(damaged)?),
+        Some(_) => return Err("the record's keys are neither an object nor text".into()),
     };
     Ok(Decoded::Record(StoredRecord {
-        version,
+        version: f.version,
         data: CredentialRecord {
             keys,
-            lease,
-            refresh_mark,
-            dead_grant,
+            lease: f.lease.map(|l| Lease {
+                holder: l.holder,
+                until_ms: l.until_ms,
+            }),
+            refresh_mark: f.refresh_mark.map(|m| RefreshMark {
+                holder: m.holder,
+                at_ms: m.at_ms,
+            }),
+            dead_grant: f.dead_grant.map(|d| DeadGrant {
+                code: d.code,
+                at: d.at,
+            }),
         },
     }))
 }
@@ -130,7 +132,7 @@ pub fn version_of(bytes: Option<&[u8]>) -> Result<u64, String> {
 
 /// The bytes of a record.
 pub fn encode(version: u64, data: &CredentialRecord, updated_at: u64) -> String {
-    let quote = |s: &str| Value::String(s.into()).to_string();
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let lease = data.lease.as_ref().map_or("null".into(), |l| {
         format!(
             "{{\"holder\": {}, \"until_ms\": {}}}",
