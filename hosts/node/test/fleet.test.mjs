@@ -118,3 +118,48 @@ test('fleet: 4 Node worker processes share one credential in one PostgreSQL data
   const url = await pg.database();
   await fleet(t, url, () => PostgresStore.connect(url));
 });
+
+test('fleet worker: HOLD takes the lease through the store; a dead holder delays a refresh by its TTL, never blocks it; errors by WIT case', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'rekey-node-fleet-'));
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  const path = join(dir, 'hold.db');
+  const provider = await startTestkit(['--access-ttl-ms', '4000']);
+  cleanups.push(() => provider.stop());
+  const store = await SqliteStore.open(path);
+  cleanups.push(() => store.close());
+  await store.create('shared', { settings: provider.settings(), keys: imported(await provider.authorize()) });
+  const env = {
+    ...process.env,
+    REKEY_FLEET_TOKEN_URL: provider.token_url,
+    REKEY_FLEET_CLIENT_ID: provider.client_id,
+    REKEY_FLEET_CLIENT_SECRET: provider.client_secret,
+    REKEY_FLEET_LEASE_TTL_MS: '1500',
+  };
+  const start = async () => {
+    const w = spawnLines(process.execPath, [WORKER, path, 'shared', provider.api('hold')], { env });
+    cleanups.push(() => w.kill());
+    await w.expect('READY');
+    return w;
+  };
+  const holder = await start();
+  holder.send('HOLD');
+  await holder.expect('HELD');
+  const held = await store.read('shared');
+  assert.equal(held.data.lease.holder, `hold-${holder.child.pid}`);
+  assert.equal(held.data.refreshMark, null);
+  await holder.kill(); // dies holding the lease, before any mark: nothing is in doubt
+
+  await provider.expireAccessTokens();
+  const caller = await start();
+  caller.send('CALL');
+  assert.equal(await caller.next(), 'OK 200', 'the lease ran out and the call refreshed');
+  assert.ok(Date.now() >= held.data.lease.untilMs, 'not before the dead holder\'s lease ran out');
+  assert.equal((await provider.stats()).refreshes_granted, 1);
+
+  await provider.revokeAll();
+  await outOfFreshWindow(store);
+  await provider.expireAccessTokens();
+  caller.send('CALL');
+  assert.equal(await caller.next(), 'ERR reauthorization-required');
+  assert.equal((await caller.end()).code, 0);
+});
