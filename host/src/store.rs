@@ -58,7 +58,7 @@ impl Credential {
     /// refresh token may be spent, so no call spends it until new keys are
     /// put or an operator clears the mark ([`KeyStore::clear_refresh_in_doubt`]).
     pub fn refresh_in_doubt_at(&self, now_ms: u64) -> bool {
-        self.refresh_mark.is_some() && !self.lease.as_ref().is_some_and(|l| l.until_ms > now_ms)
+        self.refresh_mark.is_some() && self.lease.as_ref().is_none_or(|l| l.until_ms <= now_ms)
     }
 
     /// [`Credential::refresh_in_doubt_at`] now.
@@ -170,9 +170,10 @@ pub trait KeyStore: Send + Sync + 'static {
     /// cannot tell.
     fn write_record(&self, name: &str, expected: u64, record: &Record) -> Result<u64>;
     /// Creates a credential, or replaces its settings. Keys given replace the
-    /// stored ones and start afresh (no lease, mark or dead grant; version
-    /// + 1); none given keeps the record as it is, so editing settings never
-    /// drops a live refresh token or upsets a refresh in flight.
+    /// stored ones and start afresh (no lease, mark or dead grant; the
+    /// version grows by one); none given keeps the record as it is, so
+    /// editing settings never drops a live refresh token or upsets a refresh
+    /// in flight.
     fn put(&self, name: &str, settings: &Settings, keys: Option<&TokenSet>) -> Result<()>;
     /// Every credential, by name.
     fn list(&self) -> Result<Vec<Credential>>;

@@ -360,7 +360,7 @@ async fn a_store_another_process_has_locked_spends_nothing() {
     let err = f.get("c", "me").await.unwrap_err();
     drop(blocker);
 
-    assert!(matches!(err, Error::LeaseUnavailable(_)), "{err}");
+    assert!(matches!(err, Error::StoreUnavailable(_)), "{err}");
     assert!(err.to_string().contains("locked"), "{err}");
     let stats = f.provider.stats();
     assert_eq!((stats.api_calls, stats.token_calls), (1, 0));
