@@ -189,6 +189,8 @@ impl Held {
     /// request: from now on the stored refresh token may be spent.
     pub fn mark(&mut self, fx: &mut impl Effects) -> Result<(), Lost> {
         let next = self.next(fx.now_ms(), true);
+        #[cfg(test)]
+        let next = sabotage::unmarked(next);
         self.write(fx, next)
     }
 
@@ -288,6 +290,8 @@ impl Held {
     /// answer was lost (whatever it reported), and the write landed exactly
     /// when the record is what this holder wrote (its holder id is unique).
     fn write(&mut self, fx: &mut impl Effects, next: CredentialRecord) -> Result<(), Lost> {
+        #[cfg(test)]
+        sabotage::unfenced(fx, &mut self.version);
         let why = match fx.write_record(self.version, &next) {
             Ok(version) => {
                 self.version = version;
@@ -297,7 +301,10 @@ impl Held {
             Err(WriteError::Conflict) => None,
             Err(WriteError::Failed(m) | WriteError::Unknown(m)) => Some(m),
         };
-        match fx.read_record() {
+        let read = fx.read_record();
+        #[cfg(test)]
+        let read = sabotage::any_holder(read, self.version, &next);
+        match read {
             Ok(now) if now.version > self.version && now.data == next => {
                 self.version = now.version;
                 self.record = next;
@@ -308,6 +315,67 @@ impl Held {
                 "the store reported a conflict on an unchanged record".into()
             }))),
             Err(e) => Err(Lost::Store(why.unwrap_or(e))),
+        }
+    }
+}
+
+/// Switches that turn off one protective rule each, so that the fleet
+/// simulator can show it notices (`crate::sim`). Per thread: each simulated
+/// worker runs on a thread of its own and sets its own. Test builds only.
+#[cfg(test)]
+pub(crate) mod sabotage {
+    use super::*;
+    use std::cell::Cell;
+
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Off {
+        /// A holder writes on whatever version is stored now, not the one it holds.
+        pub fencing: bool,
+        /// No refresh mark is set before a token request.
+        pub mark: bool,
+        /// A failed write counts as landed whenever the record moved on,
+        /// whoever's record it now is.
+        pub holder_check: bool,
+    }
+
+    std::thread_local! {
+        static OFF: Cell<Off> = const { Cell::new(Off { fencing: false, mark: false, holder_check: false }) };
+    }
+
+    pub fn set(off: Off) {
+        OFF.with(|c| c.set(off));
+    }
+
+    fn get() -> Off {
+        OFF.with(Cell::get)
+    }
+
+    pub(super) fn unmarked(mut next: CredentialRecord) -> CredentialRecord {
+        if get().mark {
+            next.refresh_mark = None;
+        }
+        next
+    }
+
+    pub(super) fn unfenced(fx: &mut impl Effects, version: &mut u64) {
+        if get().fencing
+            && let Ok(now) = fx.read_record()
+        {
+            *version = now.version;
+        }
+    }
+
+    pub(super) fn any_holder(
+        read: Result<StoredRecord, String>,
+        version: u64,
+        next: &CredentialRecord,
+    ) -> Result<StoredRecord, String> {
+        match read {
+            Ok(mut now) if get().holder_check && now.version > version => {
+                now.data = next.clone();
+                Ok(now)
+            }
+            other => other,
         }
     }
 }

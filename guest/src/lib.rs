@@ -22,6 +22,8 @@ mod origins;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod testing;
 mod token;
 

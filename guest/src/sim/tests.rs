@@ -1,0 +1,276 @@
+//! The simulator's runs: random seeds (a soak with `REKEY_SIM_SEEDS`), one
+//! seed replayed (`REKEY_SIM_SEED`), exhaustive enumeration of small fleets,
+//! and sabotage: each protective rule switched off must be caught.
+
+use super::rng::{Dfs, Rng};
+use super::{Config, FAULTS, Stats, Violation, run};
+use crate::fleet::sabotage::Off;
+use crate::rekey::oauth2::types::Strategy;
+use std::io::Write as _;
+use std::time::Instant;
+
+/// Random seeds `cargo test` runs by default (each test below takes its share).
+const DEFAULT_SEEDS: u64 = 3_000;
+
+fn env(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Prints past the harness's capture, so CI logs show what was covered.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Runs these seeds; panics on the first violation, with its trace.
+fn soak(name: &str, seeds: impl Iterator<Item = u64>, config: impl Fn(u64) -> Config) -> Stats {
+    let start = Instant::now();
+    let mut total = Stats::default();
+    for seed in seeds {
+        match run(&config(seed), &mut Rng::new(seed)) {
+            Ok(stats) => total.add(&stats),
+            Err(v) => panic!("{v}"),
+        }
+    }
+    say(&format!(
+        "sim {name}: {total} [{:.1} s wall]",
+        start.elapsed().as_secs_f64()
+    ));
+    total
+}
+
+/// The random seeds, split in two halves so both cores work.
+fn random_half(half: u64) {
+    let n = env("REKEY_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    if env("REKEY_SIM_SEED").is_some() {
+        return;
+    }
+    let stats = soak(
+        &format!("random seeds, half {half}"),
+        (0..n).filter(|s| s % 2 == half),
+        Config::random,
+    );
+    // Not vacuous: the runs met every fault and refreshed under them.
+    if n >= 100 {
+        assert_eq!(stats.faults.len(), FAULTS.len(), "{stats}");
+        assert!(stats.rotations > stats.runs, "{stats}");
+    }
+}
+
+#[test]
+fn random_seeds_even() {
+    random_half(0);
+}
+
+#[test]
+fn random_seeds_odd() {
+    random_half(1);
+}
+
+/// `REKEY_SIM_SEED=s`: replays one seed and prints its summary (add
+/// `REKEY_SIM_TRACE=100000` to see every event of a violation).
+#[test]
+fn replay() {
+    let seed = env("REKEY_SIM_SEED").unwrap_or(7);
+    let cfg = Config::random(seed);
+    say(&format!("sim replay: {cfg:?}"));
+    soak("replay", std::iter::once(seed), Config::random);
+}
+
+/// Without faults, every call succeeds (the liveness phase is the whole run).
+#[test]
+fn a_calm_fleet_always_succeeds() {
+    let stats = soak("calm fleets", 0..40, |seed| {
+        let mut c = Config::random(seed);
+        c.faults = [0; FAULTS.len()];
+        c
+    });
+    assert_eq!(
+        stats.outcomes.keys().copied().collect::<Vec<_>>(),
+        ["ok"],
+        "{stats}"
+    );
+}
+
+/// Every schedule of a small fleet, by depth-first enumeration.
+fn exhaustive(name: &str, cfg: &Config, preemptions: Option<u32>, max_runs: u64) -> Stats {
+    let start = Instant::now();
+    let mut dfs = Dfs::new(preemptions);
+    let mut total = Stats::default();
+    loop {
+        match run(cfg, &mut dfs) {
+            Ok(stats) => total.add(&stats),
+            Err(v) => panic!("{v}"),
+        }
+        if !dfs.advance() {
+            break;
+        }
+        assert!(
+            total.runs < max_runs,
+            "{name}: more than {max_runs} schedules; raise the bound or shrink the fleet"
+        );
+    }
+    say(&format!(
+        "sim exhaustive {name}: all {} schedules; {total} [{:.1} s wall]",
+        total.runs,
+        start.elapsed().as_secs_f64()
+    ));
+    total
+}
+
+/// Zero latencies, no think time: only the order of effects varies.
+fn small(workers: usize, calls: u32) -> Config {
+    let mut c = Config::calm(0);
+    c.workers = workers;
+    c.calls = calls;
+    c.calm_calls = 0;
+    c.zero_latency = true;
+    c.think_ms = 0;
+    c
+}
+
+/// The preemption bound of the bounded enumerations (`REKEY_SIM_PREEMPTIONS`
+/// raises it for a deeper soak).
+fn preemptions(default: u32) -> Option<u32> {
+    Some(env("REKEY_SIM_PREEMPTIONS").map_or(default, |p| p as u32))
+}
+
+#[test]
+fn exhaustive_two_workers_refresh_first() {
+    // Each call refreshes first: the second worker adopts the first one's
+    // token, or (reading after it was stored) refreshes again.
+    let mut cfg = small(2, 1);
+    cfg.strategy = Strategy::EveryRequest;
+    let stats = exhaustive("2 workers x 1 call, refresh first", &cfg, None, 100_000);
+    assert!(stats.rotations > stats.runs, "{stats}");
+    assert_eq!(
+        stats.outcomes.keys().copied().collect::<Vec<_>>(),
+        ["ok"],
+        "{stats}"
+    );
+}
+
+#[test]
+fn exhaustive_two_workers_two_refreshes() {
+    // The stored token has expired, and so has the next one when the second
+    // calls begin a second later: two refreshes, whoever makes them.
+    let mut cfg = small(2, 2);
+    cfg.think_ms = 1_000;
+    cfg.access_ttl_ms = 500;
+    let stats = exhaustive(
+        "2 workers x 2 calls, 2 refreshes, <= 3 preemptions",
+        &cfg,
+        preemptions(3),
+        100_000,
+    );
+    assert_eq!(stats.rotations, 2 * stats.runs, "{stats}");
+    assert_eq!(
+        stats.outcomes.keys().copied().collect::<Vec<_>>(),
+        ["ok"],
+        "{stats}"
+    );
+}
+
+#[test]
+fn exhaustive_three_workers_bounded() {
+    let cfg = small(3, 1);
+    let stats = exhaustive(
+        "3 workers x 1 call, <= 2 preemptions",
+        &cfg,
+        preemptions(2),
+        100_000,
+    );
+    assert_eq!(stats.rotations, stats.runs, "{stats}");
+}
+
+#[test]
+fn exhaustive_a_crash_at_any_effect_call() {
+    // One worker dies before or after any effect call of either worker (its
+    // next call is a fresh one); the other goes on.
+    let mut cfg = small(2, 2);
+    cfg.crashes = 1;
+    let stats = exhaustive(
+        "2 workers x 2 calls, 1 crash anywhere, <= 1 preemption",
+        &cfg,
+        preemptions(1),
+        100_000,
+    );
+    for kind in ["crashed", "ok", "refresh-in-doubt"] {
+        assert!(stats.outcomes.contains_key(kind), "{stats}");
+    }
+}
+
+/// Exhaustive search notices sabotage too: without the refresh mark, a
+/// crash after the token request lets the next holder spend the same token.
+#[test]
+fn exhaustive_search_catches_a_missing_mark() {
+    let mut cfg = small(2, 2);
+    cfg.crashes = 1;
+    cfg.off.mark = true;
+    let mut dfs = Dfs::new(Some(1));
+    loop {
+        if let Err(v) = run(&cfg, &mut dfs) {
+            say(&format!("sim exhaustive sabotage (b): {}", v.what));
+            return;
+        }
+        assert!(dfs.advance(), "no schedule shows the missing mark");
+    }
+}
+
+/// Runs random seeds with `off` until the checker objects; the violation.
+fn caught(name: &str, max_seeds: u64, config: impl Fn(u64) -> Config) -> Violation {
+    let start = Instant::now();
+    for seed in 0..max_seeds {
+        if let Err(v) = run(&config(seed), &mut Rng::new(seed)) {
+            say(&format!(
+                "sim sabotage {name}: caught at seed {seed} after {:.1} s: {}",
+                start.elapsed().as_secs_f64(),
+                v.what
+            ));
+            return v;
+        }
+    }
+    panic!("sabotage {name}: no violation in {max_seeds} seeds: the checker is blind to it");
+}
+
+fn sabotaged(off: Off) -> impl Fn(u64) -> Config {
+    move |seed| Config {
+        off,
+        ..Config::random(seed)
+    }
+}
+
+#[test]
+fn sabotage_no_fencing_is_caught() {
+    let off = Off {
+        fencing: true,
+        ..Off::default()
+    };
+    caught("(a) no fencing", 2_000, sabotaged(off));
+}
+
+#[test]
+fn sabotage_no_refresh_mark_is_caught() {
+    let off = Off {
+        mark: true,
+        ..Off::default()
+    };
+    caught("(b) no refresh mark", 2_000, sabotaged(off));
+}
+
+#[test]
+fn sabotage_no_holder_check_is_caught() {
+    let off = Off {
+        holder_check: true,
+        ..Off::default()
+    };
+    caught("(c) no holder check", 2_000, sabotaged(off));
+}
+
+#[test]
+fn sabotage_lease_shorter_than_the_token_call_is_caught() {
+    caught("(d) lease TTL 300 ms", 2_000, |seed| Config {
+        ttl_ms: 300,
+        strategy: Strategy::OnAuthFailure,
+        ..Config::random(seed)
+    });
+}

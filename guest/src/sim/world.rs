@@ -1,0 +1,727 @@
+//! The scheduler and the world it runs: time, the store, the provider, the
+//! faults, and the workers parked at their effect calls.
+//!
+//! Each worker is parked at an effect call (an `Op`, applied when the
+//! scheduler picks it), waiting for an answer due at some time (a `Reply`),
+//! or between calls. Answers due now are delivered at once (a worker's steps
+//! between effect calls touch nothing shared, so that order never matters);
+//! the choice is which ready effect is applied next. When nothing is ready,
+//! time jumps to the next due event.
+
+use super::check::{self, Call, Judged, Ledger, MAX_OPS};
+use super::provider::{Exchange, Provider, generation};
+use super::rng::{Chooser, Rng};
+use super::store::Store;
+use super::worker::{Next, Op, Outcome, Reply, Worker};
+use super::{Config, Fault, HTTP_TIMEOUT_MS, Stats, TOKEN_ANSWER_MAX_MS, Violation};
+use crate::rekey::oauth2::types::{
+    FleetTiming, Purpose, Request, Response, SendError, Settings, StoredRecord, TransportError,
+    WriteError,
+};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Simulated wall clock at the start (Unix ms).
+const EPOCH_MS: u64 = 1_700_000_000_000;
+/// A run that takes more steps than this is looping.
+const MAX_STEPS: u64 = 2_000_000;
+const API_URL: &str = "http://127.0.0.1:9/api";
+const TOKEN_URL: &str = "http://127.0.0.1:9/token";
+
+enum St {
+    /// Between calls; the next starts at this time.
+    Idle(u64),
+    /// Done with this phase's calls; waiting for faults to stop.
+    Waiting,
+    Op(Op, u64),
+    Reply(Reply, u64),
+    Done,
+}
+
+struct Slot {
+    worker: Worker,
+    st: St,
+    call: Option<Call>,
+    /// Calls left in this phase.
+    left: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ready {
+    Worker(usize),
+    Event(usize),
+}
+
+enum Event {
+    /// A duplicate of a token request reaches the provider.
+    Duplicate(Option<String>),
+    Revoke,
+}
+
+pub struct Sim<'a> {
+    cfg: &'a Config,
+    chooser: &'a mut dyn Chooser,
+    rng: Rng,
+    now: u64,
+    clock: Arc<AtomicU64>,
+    store: Store,
+    provider: Provider,
+    slots: Vec<Slot>,
+    events: Vec<(u64, Event)>,
+    calm: bool,
+    ledger: Ledger,
+    trace: VecDeque<String>,
+    trace_len: usize,
+    stats: Stats,
+    last: Option<usize>,
+    calls: u64,
+    crashes_left: u32,
+}
+
+/// Runs one simulation; `chooser` picks among ready events.
+pub fn run(cfg: &Config, chooser: &mut dyn Chooser) -> Result<Stats, Violation> {
+    let mut sim = Sim::new(cfg, chooser);
+    let result = sim.main();
+    sim.stats.runs = 1;
+    sim.stats.sim_ms = sim.now - EPOCH_MS;
+    match result {
+        Ok(()) => Ok(std::mem::take(&mut sim.stats)),
+        Err(what) => Err(Violation {
+            seed: cfg.seed,
+            what,
+            trace: sim.trace.drain(..).collect(),
+        }),
+    }
+}
+
+fn settings(cfg: &Config) -> Settings {
+    Settings {
+        token_url: TOKEN_URL.into(),
+        strategy: cfg.strategy,
+        fleet: FleetTiming {
+            lease_ttl_ms: cfg.ttl_ms,
+            lease_wait_ms: cfg.wait_ms,
+        },
+        ..crate::testing::settings()
+    }
+}
+
+impl<'a> Sim<'a> {
+    fn new(cfg: &'a Config, chooser: &'a mut dyn Chooser) -> Sim<'a> {
+        let mut rng = Rng::new(cfg.seed);
+        let clock = Arc::new(AtomicU64::new(EPOCH_MS));
+        let req = Request {
+            method: "GET".into(),
+            url: API_URL.into(),
+            headers: vec![],
+            body: vec![],
+        };
+        let slots = (0..cfg.workers)
+            .map(|w| {
+                let skew = rng.range(0, 2 * cfg.skew_ms) as i64 - cfg.skew_ms as i64;
+                let worker = Worker::spawn(
+                    w,
+                    settings(cfg),
+                    req.clone(),
+                    clock.clone(),
+                    skew,
+                    rng.next_u64(),
+                    cfg.off,
+                );
+                Slot {
+                    worker,
+                    st: St::Idle(if cfg.zero_latency {
+                        EPOCH_MS
+                    } else {
+                        EPOCH_MS + rng.range(0, cfg.think_ms)
+                    }),
+                    call: None,
+                    left: cfg.calls,
+                }
+            })
+            .collect();
+        let expires_at = (EPOCH_MS + cfg.first_access_valid_ms) / 1000;
+        let keys =
+            format!(r#"{{"access_token":"at0","refresh_token":"rt0","expires_at":{expires_at}}}"#);
+        let store = Store::new(keys);
+        let ledger = Ledger::new(&store.data);
+        let mut events = Vec::new();
+        let mut stats = Stats::default();
+        if rng.chance(cfg.p(Fault::Revoke)) {
+            events.push((EPOCH_MS + rng.range(0, 60_000), Event::Revoke));
+            stats.fault(Fault::Revoke);
+        }
+        let trace_len = std::env::var("REKEY_SIM_TRACE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(40);
+        Sim {
+            cfg,
+            chooser,
+            rng,
+            now: EPOCH_MS,
+            clock,
+            store,
+            provider: Provider::new(
+                EPOCH_MS,
+                cfg.first_access_valid_ms,
+                cfg.grace_ms,
+                cfg.access_ttl_ms,
+            ),
+            slots,
+            events,
+            calm: false,
+            ledger,
+            trace: VecDeque::new(),
+            trace_len,
+            stats,
+            last: None,
+            calls: 0,
+            crashes_left: cfg.crashes,
+        }
+    }
+
+    fn main(&mut self) -> Result<(), String> {
+        loop {
+            self.deliver()?;
+            self.maybe_calm();
+            let ready = self.ready();
+            if ready.is_empty() {
+                match self.next_due() {
+                    Some(t) => {
+                        self.now = t;
+                        self.clock.store(t, Ordering::SeqCst);
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let current = self
+                .last
+                .and_then(|w| ready.iter().position(|r| *r == Ready::Worker(w)));
+            let pick = ready[self.chooser.pick(ready.len(), current)];
+            match pick {
+                Ready::Worker(w) => self.apply(w)?,
+                Ready::Event(e) => self.event(e),
+            }
+            self.stats.steps += 1;
+            if self.stats.steps > MAX_STEPS {
+                return Err(format!("the run took more than {MAX_STEPS} steps"));
+            }
+            self.check_calls()?;
+        }
+        self.ledger.final_state(&self.store, &self.provider)
+    }
+
+    fn note(&mut self, w: Option<usize>, what: String) {
+        let who = match w.and_then(|w| Some((w, self.slots[w].call.as_ref()?.id))) {
+            Some((w, c)) => format!("w{w} c{c}"),
+            None => "world".into(),
+        };
+        let t = (self.now - EPOCH_MS) as f64 / 1000.0;
+        self.trace.push_back(format!("{t:>9.3}s {who:>9}  {what}"));
+        while self.trace.len() > self.trace_len {
+            self.trace.pop_front();
+        }
+    }
+
+    fn latency(&mut self, lo: u64, hi: u64) -> u64 {
+        if self.cfg.zero_latency {
+            0
+        } else {
+            self.rng.range(lo, hi)
+        }
+    }
+
+    /// The pause before a worker's next call (exactly `think_ms` under zero
+    /// latency, so that enumerated runs line up).
+    fn think(&mut self) -> u64 {
+        if self.cfg.zero_latency {
+            self.cfg.think_ms
+        } else {
+            self.rng.range(0, self.cfg.think_ms)
+        }
+    }
+
+    /// Faults happen only before the calm phase.
+    fn fault(&mut self, f: Fault) -> bool {
+        let hit = !self.calm && self.rng.chance(self.cfg.p(f));
+        if hit {
+            self.stats.fault(f);
+        }
+        hit
+    }
+
+    /// Starts calls that are due and delivers answers that are due.
+    fn deliver(&mut self) -> Result<(), String> {
+        loop {
+            let mut progressed = false;
+            for w in 0..self.slots.len() {
+                let next = match &self.slots[w].st {
+                    St::Idle(at) if *at <= self.now => {
+                        self.slots[w].left -= 1;
+                        self.calls += 1;
+                        self.slots[w].call = Some(Call::new(self.calls, self.now, self.calm));
+                        self.note(Some(w), "call starts".into());
+                        self.slots[w].worker.start()?
+                    }
+                    St::Reply(_, at) if *at <= self.now => {
+                        let St::Reply(reply, _) =
+                            std::mem::replace(&mut self.slots[w].st, St::Done)
+                        else {
+                            unreachable!()
+                        };
+                        self.slots[w].worker.answer(reply)?
+                    }
+                    _ => continue,
+                };
+                progressed = true;
+                self.parked(w, next)?;
+            }
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The worker reached its next effect call, or ended its call.
+    fn parked(&mut self, w: usize, next: Next) -> Result<(), String> {
+        let op = match next {
+            Next::Done(outcome) => return self.ended(w, outcome),
+            Next::Op(op) => op,
+        };
+        let call = self.slots[w].call.as_mut().expect("a call is running");
+        call.ops += 1;
+        if call.ops > MAX_OPS {
+            return Err(format!("a call made more than {MAX_OPS} effect calls"));
+        }
+        let due = match &op {
+            Op::Sleep(d) => {
+                let at = self.now + d.as_millis() as u64;
+                self.note(Some(w), format!("sleeps {} ms", d.as_millis()));
+                self.slots[w].st = St::Reply(Reply::Slept, at);
+                return Ok(());
+            }
+            Op::Read | Op::Write(..) => self.stall(w, 0, 20),
+            Op::Http(Purpose::TokenEndpoint, _) => self.latency(0, 50),
+            Op::Http(..) => self.latency(0, 10),
+        };
+        self.slots[w].st = St::Op(op, self.now + due);
+        Ok(())
+    }
+
+    /// A store call's latency, sometimes a stall past the lease TTL.
+    fn stall(&mut self, w: usize, lo: u64, hi: u64) -> u64 {
+        if self.fault(Fault::StoreStall) {
+            let d = self.rng.range(u64::from(self.cfg.ttl_ms) + 1_000, 40_000);
+            if let Some(c) = self.slots[w].call.as_mut() {
+                c.stalled_ms += d;
+            }
+            self.note(Some(w), format!("store call stalls {d} ms"));
+            d
+        } else {
+            self.latency(lo, hi)
+        }
+    }
+
+    fn ready(&self) -> Vec<Ready> {
+        let workers = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(w, s)| match s.st {
+                St::Op(_, at) if at <= self.now => Some(Ready::Worker(w)),
+                _ => None,
+            });
+        let events = self
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(_, (at, _))| *at <= self.now)
+            .map(|(e, _)| Ready::Event(e));
+        workers.chain(events).collect()
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        let slots = self.slots.iter().filter_map(|s| match s.st {
+            St::Idle(at) | St::Op(_, at) | St::Reply(_, at) => Some(at),
+            St::Waiting | St::Done => None,
+        });
+        slots.chain(self.events.iter().map(|(at, _)| *at)).min()
+    }
+
+    /// When every worker has finished its calls under faults and nothing is
+    /// in flight, faults stop and each worker makes its calm calls.
+    fn maybe_calm(&mut self) {
+        let all_waiting = self.slots.iter().all(|s| matches!(s.st, St::Waiting));
+        if self.calm || !all_waiting || !self.events.is_empty() {
+            return;
+        }
+        self.calm = true;
+        self.note(None, "faults stop".into());
+        for w in 0..self.slots.len() {
+            let at = self.now + self.think();
+            let s = &mut self.slots[w];
+            s.left = self.cfg.calm_calls;
+            s.st = if s.left > 0 { St::Idle(at) } else { St::Done };
+        }
+    }
+
+    fn event(&mut self, e: usize) {
+        let (_, event) = self.events.remove(e);
+        match event {
+            Event::Duplicate(refresh) => {
+                let (ex, _) = self.provider.token(refresh.as_deref(), self.now);
+                self.note(
+                    None,
+                    format!("a duplicate of {refresh:?} reaches the provider: {ex:?}"),
+                );
+            }
+            Event::Revoke => {
+                self.provider.revoke("revoked out of band".into());
+                self.note(None, "the provider revokes the grant".into());
+            }
+        }
+    }
+
+    /// Applies worker `w`'s effect call now.
+    fn apply(&mut self, w: usize) -> Result<(), String> {
+        let St::Op(op, _) = std::mem::replace(&mut self.slots[w].st, St::Done) else {
+            unreachable!()
+        };
+        self.last = Some(w);
+        let enumerated = if self.crashes_left > 0 {
+            self.chooser.pick(3, None)
+        } else {
+            0
+        };
+        if enumerated > 0 {
+            self.crashes_left -= 1;
+        }
+        if enumerated == 1 || self.fault(Fault::CrashBefore) {
+            self.note(Some(w), format!("crashes before {}", op_name(&op)));
+            self.slots[w].st = St::Reply(Reply::Crash, self.now);
+            return Ok(());
+        }
+        let delivered = enumerated != 2 && !self.fault(Fault::CrashAfter);
+        let (reply, after) = match op {
+            Op::Read => self.read(w),
+            Op::Write(expected, data) => self.write(w, expected, data)?,
+            Op::Http(Purpose::TokenEndpoint, req) => self.token(w, &req, delivered)?,
+            Op::Http(_, req) => {
+                let auth = req
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                    .map(|(_, v)| v.as_str());
+                let resp = self.provider.api(auth, self.now);
+                self.note(
+                    Some(w),
+                    format!("API with {} -> {}", auth.unwrap_or("-"), resp.status),
+                );
+                let after = self.latency(10, 200);
+                (Reply::Http(Ok(resp)), after)
+            }
+            Op::Sleep(_) => unreachable!("sleeps are not scheduled"),
+        };
+        let reply = if delivered {
+            reply
+        } else {
+            self.note(Some(w), "crashes before the answer arrives".into());
+            Reply::Crash
+        };
+        self.slots[w].st = St::Reply(reply, self.now + after);
+        Ok(())
+    }
+
+    fn show(&self, r: &StoredRecord) -> String {
+        let who = |h: &str| match self.ledger.holders.get(h) {
+            Some((w, c)) => format!("w{w}c{c}"),
+            None => h.chars().take(6).collect(),
+        };
+        let (rt, at) = check::generations(&r.data);
+        let mut s = format!("v{} rt{}/at{}", r.version, opt(rt), opt(at));
+        if let Some(l) = &r.data.lease {
+            let left = l.until_ms as i64 - self.now as i64;
+            s += &format!(" lease={}({:+.1}s)", who(&l.holder), left as f64 / 1000.0);
+        }
+        if let Some(m) = &r.data.refresh_mark {
+            s += &format!(" mark={}", who(&m.holder));
+        }
+        if r.data.dead_grant.is_some() {
+            s += " dead";
+        }
+        s
+    }
+
+    fn read(&mut self, w: usize) -> (Reply, u64) {
+        if self.fault(Fault::ReadError) {
+            self.note(Some(w), "read -> error".into());
+            return (
+                Reply::Read(Err("the store is unreachable".into())),
+                self.latency(0, 20),
+            );
+        }
+        let rec = self.store.read();
+        // Was a live, unhindered holder's mark here? Then this is no doubt.
+        let live_mark = rec.data.refresh_mark.is_some()
+            && rec.data.lease.as_ref().is_some_and(|l| {
+                self.ledger.holders.get(&l.holder).is_some_and(|&(hw, hc)| {
+                    self.slots[hw]
+                        .call
+                        .as_ref()
+                        .is_some_and(|c| c.id == hc && c.stalled_ms == 0)
+                })
+            });
+        let after = self.stall(w, 0, 20);
+        let call = self.slots[w].call.as_mut().expect("a call is running");
+        call.saw_live_mark = live_mark;
+        call.last_read_stalled = after > 1_000;
+        self.note(Some(w), format!("read -> {}", self.show(&rec)));
+        (Reply::Read(Ok(rec)), after)
+    }
+
+    fn write(
+        &mut self,
+        w: usize,
+        expected: u64,
+        data: crate::rekey::oauth2::types::CredentialRecord,
+    ) -> Result<(Reply, u64), String> {
+        let failed = self.fault(Fault::WriteFailed);
+        let lost = !failed && self.fault(Fault::UnknownLost);
+        let lands = !failed && !lost;
+        let result = if failed {
+            Err(WriteError::Failed("the disk is full".into()))
+        } else if lost {
+            Err(WriteError::Unknown("the connection broke".into()))
+        } else {
+            let old = self.store.data.clone();
+            let r = self.store.cas(expected, &data);
+            if r.is_ok() {
+                let id = self.slots[w].call.as_ref().map_or(0, |c| c.id);
+                self.ledger.landed(&old, &data, (w, id))?;
+            }
+            match r {
+                Ok(_) if self.fault(Fault::FailedButLanded) => {
+                    Err(WriteError::Failed("the disk reported an error".into()))
+                }
+                Ok(_) if self.fault(Fault::UnknownLanded) => Err(WriteError::Unknown(
+                    "the connection broke after COMMIT".into(),
+                )),
+                r => r,
+            }
+        };
+        let landed = if lands && !matches!(result, Err(WriteError::Conflict)) {
+            " (landed)"
+        } else {
+            ""
+        };
+        let rec = self.store.read();
+        self.note(
+            Some(w),
+            format!(
+                "write on v{expected} -> {result:?}{landed}; store {}",
+                self.show(&rec)
+            ),
+        );
+        let after = self.stall(w, 0, 20);
+        Ok((Reply::Write(result), after))
+    }
+
+    /// A token request: faults before the provider, the provider, faults after.
+    fn token(&mut self, w: usize, req: &Request, delivered: bool) -> Result<(Reply, u64), String> {
+        self.stats.token_requests += 1;
+        let refresh = form_field(&req.body, "refresh_token");
+        let rgen = refresh.as_deref().and_then(|t| generation(t, "rt"));
+        let call = self.slots[w].call.as_mut().expect("a call is running");
+        call.sent_token = true;
+        let id = call.id;
+        let presented = format!("token request with {}", refresh.as_deref().unwrap_or("-"));
+        if self.fault(Fault::Connect) {
+            self.note(Some(w), format!("{presented} -> no connection"));
+            let after = self.latency(0, 50);
+            return Ok((
+                Reply::Http(Err(TransportError::Connect("connection refused".into()))),
+                after,
+            ));
+        }
+        if self.fault(Fault::Busy) {
+            if let Some(g) = rgen {
+                self.ledger.present(g, id, false)?;
+            }
+            let status = if self.rng.chance(500) { 429 } else { 503 };
+            let mut resp = status_only(status);
+            if self.rng.chance(500) {
+                let secs = self.rng.range(0, 7).to_string();
+                resp.headers.push(("retry-after".into(), secs));
+            }
+            self.note(Some(w), format!("{presented} -> {status} (not processed)"));
+            let after = self.latency(20, 500);
+            return Ok((Reply::Http(Ok(resp)), after));
+        }
+        if let Some(g) = rgen {
+            self.ledger.present(g, id, true)?;
+        }
+        if self.fault(Fault::Error500) {
+            self.note(Some(w), format!("{presented} -> 500 (not processed)"));
+            let after = self.latency(20, 500);
+            return Ok((Reply::Http(Ok(status_only(500))), after));
+        }
+        let (ex, resp) = self.provider.token(refresh.as_deref(), self.now);
+        if matches!(ex, Exchange::Issued(_)) {
+            self.stats.rotations += 1;
+        }
+        if self.fault(Fault::Duplicate) {
+            let at = self.now + self.rng.range(1, 3_000);
+            self.events.push((at, Event::Duplicate(refresh.clone())));
+        }
+        let mut after = self.latency(20, 1_500);
+        let (answer, lost) = if self.fault(Fault::Timeout) {
+            after = HTTP_TIMEOUT_MS;
+            (Err(TransportError::Timeout), true)
+        } else if self.fault(Fault::Reset) {
+            (Err(TransportError::Other("connection reset".into())), true)
+        } else if self.fault(Fault::Lost502) {
+            (Ok(status_only(502)), true)
+        } else {
+            if self.fault(Fault::Delay) {
+                after = self.rng.range(2_000, TOKEN_ANSWER_MAX_MS);
+            }
+            (Ok(resp), false)
+        };
+        let shown = match &answer {
+            Ok(r) => r.status.to_string(),
+            Err(e) => format!("{e:?}"),
+        };
+        self.note(
+            Some(w),
+            format!("{presented} -> provider {ex:?}, worker gets {shown} after {after} ms"),
+        );
+        if delivered && !lost {
+            if let Some(g) = rgen {
+                self.ledger.answered(g);
+            }
+            if let Exchange::Issued(n) | Exchange::Repeated(n) = ex {
+                self.slots[w].call.as_mut().unwrap().received.push(n);
+            }
+        }
+        Ok((Reply::Http(answer), after))
+    }
+
+    fn ended(&mut self, w: usize, outcome: Outcome) -> Result<(), String> {
+        let call = self.slots[w].call.take().expect("a call was running");
+        let took = self.now - call.started;
+        let kind = outcome_kind(&outcome);
+        self.stats.calls += 1;
+        *self.stats.outcomes.entry(kind).or_default() += 1;
+        if call.calm {
+            self.stats.calm_calls += 1;
+            self.stats.longest_calm_call_ms = self.stats.longest_calm_call_ms.max(took);
+        } else {
+            self.stats.longest_call_ms = self.stats.longest_call_ms.max(took);
+        }
+        let detail = match &outcome {
+            Outcome::Returned(Err(e)) => format!(": {e:?}"),
+            Outcome::Panicked(m) => format!(": {m}"),
+            _ => String::new(),
+        };
+        self.note(
+            Some(w),
+            format!("call ends after {took} ms: {kind}{detail}"),
+        );
+        let mark_orphaned = match &self.store.data.refresh_mark {
+            Some(m) => match self.ledger.holders.get(&m.holder) {
+                Some(&(hw, hc)) => self.slots[hw].call.as_ref().is_none_or(|c| c.id != hc),
+                None => true,
+            },
+            None => true,
+        };
+        check::judge(&Judged {
+            call: &call,
+            outcome: &outcome,
+            store: &self.store,
+            provider: &self.provider,
+            mark_orphaned,
+            now: self.now,
+            ttl_ms: self.cfg.ttl_ms,
+        })?;
+        self.ledger.nothing_lost(&call, &self.store)?;
+        let at = self.now + self.think();
+        let s = &mut self.slots[w];
+        s.st = match (s.left, self.calm) {
+            (0, false) => St::Waiting,
+            (0, true) => St::Done,
+            _ => St::Idle(at),
+        };
+        Ok(())
+    }
+
+    /// No call runs past its bound (a call that waits forever, or loops).
+    fn check_calls(&self) -> Result<(), String> {
+        for s in &self.slots {
+            if let Some(c) = &s.call {
+                let bound = check::bound_ms(self.cfg.wait_ms, c);
+                if self.now - c.started > bound {
+                    return Err(format!(
+                        "call {} has run {} ms, past its bound of {bound} ms",
+                        c.id,
+                        self.now - c.started
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn opt(g: Option<u64>) -> String {
+    g.map_or("-".into(), |g| g.to_string())
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Http(Purpose::TokenEndpoint, _) => "a token request",
+        Op::Http(..) => "an API request",
+        Op::Read => "a read",
+        Op::Write(..) => "a write",
+        Op::Sleep(_) => "a sleep",
+    }
+}
+
+fn status_only(status: u16) -> Response {
+    Response {
+        status,
+        headers: vec![],
+        body: vec![],
+    }
+}
+
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+pub fn outcome_kind(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Returned(Ok(_)) => "ok",
+        Outcome::Crashed => "crashed",
+        Outcome::Panicked(_) => "panicked",
+        Outcome::Returned(Err(e)) => match e {
+            SendError::NotAuthenticated(_) => "not-authenticated",
+            SendError::ReauthorizationRequired(_) => "reauthorization-required",
+            SendError::SettingsRejected(_) => "settings-rejected",
+            SendError::TokenEndpoint(_) => "token-endpoint",
+            SendError::RefreshInDoubt(_) => "refresh-in-doubt",
+            SendError::RejectedAfterRefresh(_) => "rejected-after-refresh",
+            SendError::InsufficientScope(_) => "insufficient-scope",
+            SendError::Transport(_) => "transport",
+            SendError::KeysNotPersisted(_) => "keys-not-persisted",
+            SendError::LeaseUnavailable(_) => "lease-unavailable",
+            SendError::StoreUnavailable(_) => "store-unavailable",
+            SendError::InvalidSettings(_) => "invalid-settings",
+            SendError::InvalidKeys(_) => "invalid-keys",
+        },
+    }
+}
