@@ -8,8 +8,11 @@ export interface Settings {
   /** Absolute https URL of the token endpoint (http only on loopback). */
   tokenUrl: string;
   clientId: string;
-  /** Omit for public clients. */
-  clientSecret?: string | Secret;
+  /**
+   * Omit for public clients. `{ env: 'VAR' }` reads it from the environment
+   * at each call (and is the only form a store's settings column records).
+   */
+  clientSecret?: string | Secret | { env: string };
   /** Default 'basic' (client_secret_basic). */
   clientAuth?: ClientAuth;
   /** Sent as `scope` on refresh. */
@@ -22,6 +25,23 @@ export interface Settings {
   expiryMarginSecs?: number;
   /** Statuses that mean "token rejected" (default [401]). */
   rejectedStatuses?: number[];
+  /**
+   * Where the access token may go: origins like `https://api.example.com`
+   * (`:port` when not the default), `https://*.example.com` for any subdomain
+   * (never the bare domain), `http://` only on loopback. Empty (default): any
+   * https origin, or http on loopback. Checked by the component, and again by
+   * this host before anything is sent.
+   */
+  apiOrigins?: string[];
+  /** Also the https origin of the token set's `instance_url` (Salesforce). */
+  allowInstanceUrl?: boolean;
+  /** The fleet protocol's timing; 0 or unset: the defaults. */
+  fleet?: {
+    /** A lease not renewed for this long is free for others (default 40 000; above the HTTP total timeout). */
+    leaseTtlMs?: number;
+    /** How long a call waits for another holder's lease (default 60 000). */
+    leaseWaitMs?: number;
+  };
   /** Authorization endpoint (https; http only on loopback), for `authorizeCode`. */
   authorizationUrl?: string;
   /** Device authorization endpoint (RFC 8628), for `authorizeDevice`. */
@@ -48,59 +68,130 @@ export interface RequestInit {
 /** The stored token set: the provider's token response plus `expires_at` (Unix seconds). */
 export type Keys = Record<string, unknown>;
 
-/** Where a credential's keys live. */
-export interface KeyStore {
-  /** The stored keys (JSON text or an object), undefined when none are stored. */
-  load(credential: string): Promise<string | Keys | undefined> | string | Keys | undefined;
-  /** Replaces the keys; must be durable when it resolves. */
-  save(credential: string, keysJson: string): Promise<void> | void;
-  /**
-   * Optional cross-process refresh lease, taken after the in-process one;
-   * resolves to its release function.
-   */
-  acquireLease?(credential: string): Promise<() => void> | (() => void);
+/** The refresh lease: one holder at a time may refresh the credential. */
+export interface Lease { holder: string; untilMs: number }
+/** A refresh may have left under `holder` and its result is not stored yet. */
+export interface RefreshMark { holder: string; atMs: number }
+/** The token endpoint declared the grant dead. `at`: Unix seconds. */
+export interface DeadGrant { code: string; at: number }
+/** Everything the fleet protocol keeps for one credential; the component decides every field. */
+export interface CredentialRecord {
+  /** The token set as JSON text; null before anyone authenticates. */
+  keys: string | null;
+  lease: Lease | null;
+  refreshMark: RefreshMark | null;
+  deadGrant: DeadGrant | null;
 }
+export interface StoredRecord { version: number; data: CredentialRecord }
+
+/**
+ * What `send` needs of a store: the credential's record with its version,
+ * and a durable compare-and-swap of the whole record. A store never
+ * interprets the record.
+ */
+export interface RecordStore {
+  /** The record as stored now; undefined when there is no such credential. Rejects when it cannot be read. */
+  read(name: string): Promise<StoredRecord | undefined>;
+  /**
+   * Replaces the record only if its version is still `expectedVersion`, and
+   * resolves to the new version (expected + 1) once the write is durable;
+   * `false` when the version differs (nothing written). Rejects when nothing
+   * was written; rejects with `WriteUnknown` when it cannot tell.
+   */
+  write(name: string, expectedVersion: number, data: CredentialRecord): Promise<number | false>;
+}
+
+/** What an operator may see of a credential: no token or secret. */
+export interface CredentialSummary {
+  name: string;
+  version: number;
+  /** Unix seconds of the last write. */
+  updatedAt: number;
+  /** The settings column (the Rust host's JSON format), a literal secret redacted. */
+  settings: Record<string, unknown> | undefined;
+  hasKeys: boolean;
+  keyFields: string[] | undefined;
+  expiresAt: number | undefined;
+  lease: Lease | null;
+  refreshMark: RefreshMark | null;
+  deadGrant: DeadGrant | null;
+}
+
+/** The built-in stores: the record store plus operator functions (each write a conditional one, version + 1). */
+export interface BuiltInStore extends RecordStore {
+  /** Creates the credential (version 0) with its settings column; false when it exists (nothing changed). */
+  create(name: string, options: { settings: Settings; keys?: string | Keys | TokenSet }): Promise<boolean>;
+  /** New keys (an import, a new authorisation); any lease, refresh mark and dead grant end. */
+  putKeys(name: string, keys: string | Keys | TokenSet): Promise<number>;
+  /** Lifts the refresh mark, after checking with the provider; only while no refresh runs. */
+  clearRefreshMark(name: string): Promise<number>;
+  /** Forgets a dead grant. */
+  forgetDeadGrant(name: string): Promise<number>;
+  /** The stored keys as JSON text, or undefined. */
+  loadKeys(name: string): Promise<string | undefined>;
+  list(): Promise<CredentialSummary[]>;
+  show(name: string): Promise<CredentialSummary | undefined>;
+  close(): void | Promise<void>;
+}
+
+/** In this process only (tests, single-process apps). */
+export interface MemoryStore extends BuiltInStore {}
+export class MemoryStore {}
+/** One SQLite file (node:sqlite, Node >= 22.13): any number of processes on one machine. */
+export interface SqliteStore extends BuiltInStore {}
+export class SqliteStore {
+  static open(path: string, options?: { busyTimeoutMs?: number }): Promise<SqliteStore>;
+}
+/** PostgreSQL through `pg` (install it): fleets on many machines. */
+export interface PostgresStore extends BuiltInStore {}
+export class PostgresStore {
+  static connect(connection: string | Record<string, unknown>, options?: { max?: number; connectionTimeoutMillis?: number; statementTimeoutMs?: number }): Promise<PostgresStore>;
+}
+/** A store's write whose outcome is unknown (the component reads the record back to find out). */
+export class WriteUnknown extends Error {}
 
 export interface RekeyEvent {
   credential?: string;
-  type: 'http' | 'lease-acquired' | 'keys-persisted' | 'keys-not-persisted';
-  /** 'device-authorization': the device grant's start (RFC 8628 §3.1). */
-  exchange?: 'api' | 'token-endpoint' | 'device-authorization';
+  /** A record write: `record-written` (with `version`, `keysChanged`), `write-conflict`, `write-failed`. */
+  type: 'http' | 'record-written' | 'write-conflict' | 'write-failed' | 'keys-persisted';
+  /** What the request is for (the WIT `purpose`). */
+  exchange?: 'api' | 'token-endpoint' | 'device-endpoint';
   method?: string;
   /** Scheme, host and path only. */
   target?: string;
   status?: number;
-  /** The transport-error case. */
+  /** The transport-error case (`refused`: the host's boundary check). */
   error?: string;
   reason?: string;
   elapsedMs?: number;
-  waitedMs?: number;
+  version?: number;
+  keysChanged?: boolean;
 }
 
 interface SendCommon {
   settings: Settings;
   /**
-   * Names the credential: concurrent calls of one credential share one
-   * refresh (single-flight). Required with a store.
+   * Names the credential (its record in the store). Required with a store;
+   * with keys + onUpdateKeys, calls of one name in this process share one
+   * refresh.
    */
   credential?: string;
-  /** Called with each refreshed token set; the call continues only after it resolves. */
-  onUpdateKeys?: (keys: TokenSet) => void | Promise<void>;
-  /** Receives every exchange and persistence event; never token values. */
+  /** Receives every exchange and record event; never token values. */
   onEvent?: (event: RekeyEvent) => void;
 }
 
 export interface SendWithStore extends SendCommon {
   credential: string;
-  store: KeyStore;
+  /** The credential's record store (shared by every worker of the fleet). */
+  store: RecordStore;
 }
 
+/** The single-process callback style: a memory record seeded with `keys`. ONE process only. */
 export interface SendWithKeys extends SendCommon {
   /** The stored token set (JSON text, an object or a TokenSet); undefined when none. */
   keys: string | Keys | TokenSet | undefined;
+  /** Persists each new token set; runs inside the record write, which fails if it throws. */
   onUpdateKeys: (keys: TokenSet) => void | Promise<void>;
-  /** Re-reads the stored keys when a refresh lease is taken (default: what this process persisted last). */
-  loadKeys?: () => Promise<string | Keys | undefined> | string | Keys | undefined;
 }
 
 export type SendOptions = (SendWithStore | SendWithKeys) & { request: RequestInit };
@@ -113,8 +204,6 @@ export interface RekeyOptions {
   http?: { connectTimeoutMs?: number; totalTimeoutMs?: number; maxResponseBytes?: number };
   /** Bound on one call (default 120 s); no refresh token is spent too close to it. */
   callTimeoutMs?: number;
-  /** How long a call waits for another call's refresh (default 60 s). */
-  leaseTimeoutMs?: number;
   onEvent?: (event: RekeyEvent) => void;
   /** Where `npm run build` put the transpiled component (default: the package's gen/). */
   genDir?: string;
@@ -136,9 +225,9 @@ export class RekeyResponse {
 interface AuthorizeCommon {
   /** The credential's settings, with `authorizationUrl` (code grant) or `deviceUrl` (device grant). */
   settings: Settings;
-  /** Receives the token set (`store.save(credential, json)`); durable when it resolves. */
-  store?: KeyStore;
-  /** Receives the token set (after `store.save`); durable when it resolves. Required without a store. */
+  /** Receives the token set (`create`, or `putKeys` when the credential exists). */
+  store?: RecordStore & Pick<BuiltInStore, 'create' | 'putKeys'>;
+  /** Receives the token set (after the store); durable when it resolves. Required without a store. */
   onUpdateKeys?: (keys: TokenSet) => void | Promise<void>;
   /** Receives each exchange (never token, code or verifier values) and `keys-persisted`. */
   onEvent?: (event: RekeyEvent) => void;
@@ -207,15 +296,6 @@ export class Rekey {
   close(): void;
 }
 
-export class FileStore implements KeyStore {
-  constructor(dir: string);
-  readonly dir: string;
-  path(credential: string): string;
-  load(credential: string): Promise<string | undefined>;
-  save(credential: string, keys: string | Keys | TokenSet): Promise<void>;
-  remove(credential: string): Promise<void>;
-}
-
 export class Secret {
   constructor(value: string);
   expose(): string;
@@ -254,6 +334,8 @@ export type CategoryName = (typeof Category)[keyof typeof Category];
 
 export class RekeyError extends Error {
   readonly category: CategoryName;
+  /** For an error from the component: the WIT send-error case, e.g. 'refresh-in-doubt'. */
+  readonly sendErrorCase?: string;
   readonly needsAuthorization: boolean;
   readonly retryable: boolean;
 }
@@ -273,6 +355,8 @@ export class InvalidSettings extends RekeyError {}
 export class InvalidKeys extends RekeyError {}
 export class InvalidRequest extends RekeyError {}
 export class StoreError extends RekeyError {}
+/** The component could not read or write the record; nothing was spent. */
+export class StoreUnavailable extends RekeyError {}
 export class ComponentError extends RekeyError {}
 
 // The first token set's failures (besides InvalidSettings, TokenEndpointError,
