@@ -9,7 +9,7 @@ import { createServer } from 'node:http';
 import { test } from 'node:test';
 import { inspect } from 'node:util';
 import {
-  Rekey, Secret, TokenSet, TransportError, jspiAvailable, keysFromTokenResponse,
+  InvalidRequest, MemoryStore, Rekey, Secret, StoreUnavailable, TokenSet, TransportError, jspiAvailable, keysFromTokenResponse,
 } from '../src/index.js';
 import { rekey } from './support/harness.mjs';
 
@@ -122,4 +122,15 @@ test('keysFromTokenResponse adds expires_at', () => {
   const keys = keysFromTokenResponse({ access_token: 'a', expires_in: 60 }, 1_000_000);
   assert.equal(keys.expires_at, 1060);
   assert.throws(() => keysFromTokenResponse({ token_type: 'Bearer' }), /access_token or a refresh_token/);
+});
+
+test('a store without the credential: StoreUnavailable, nothing sent; a store and keys together are refused', async () => {
+  const rk = await rekey();
+  const store = new MemoryStore();
+  const err = await rk.send({ credential: 'nobody', store, settings: { tokenUrl: 'http://127.0.0.1:9/token', clientId: 'c' }, request: { url: 'http://127.0.0.1:9/x' } })
+    .then(() => assert.fail('no such credential'), (e) => e);
+  assert.ok(err instanceof StoreUnavailable, String(err));
+  assert.equal(err.sendErrorCase, 'store-unavailable');
+  assert.match(err.message, /no credential named "nobody"/);
+  await assert.rejects(rk.send({ credential: 'nobody', store, keys: {}, onUpdateKeys: () => {}, settings: { tokenUrl: 'https://idp.example/token', clientId: 'c' }, request: { url: 'https://api.example/' } }), InvalidRequest);
 });

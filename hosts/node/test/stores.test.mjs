@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { MemoryStore, PostgresStore, SqliteStore, StoreError } from '../src/index.js';
+import { MemoryStore, PostgresStore, SqliteStore, StoreError, WriteUnknown } from '../src/index.js';
+import { eventually } from './support/harness.mjs';
 import { CallbackStore } from '../src/stores/memory.js';
 import { spawnLines } from './support/lines.mjs';
 import { postgresAvailable, sql, startPostgres } from './support/postgres.mjs';
@@ -270,4 +271,31 @@ test('the callback style: the callback runs inside the write, before it returns;
   assert.equal((await store.read('crm')).version, 2);
   await store.seed('crm', '{"access_token":"fresh","refresh_token":"r2"}');
   assert.deepEqual(await store.read('crm'), { version: 3, data: { ...empty, keys: '{"access_token":"fresh","refresh_token":"r2"}' } });
+});
+
+test('PostgreSQL: a write whose session ends mid-statement is unknown; nothing is lost and the store recovers', async (t) => {
+  if (!postgresAvailable(t)) return;
+  const url = await pgUrl();
+  const store = await PostgresStore.connect(url, { max: 1 });
+  const pg = (await import('pg')).default;
+  const locker = new pg.Client({ connectionString: url });
+  try {
+    await store.create('crm', { settings: SETTINGS });
+    await locker.connect();
+    await locker.query('BEGIN');
+    await locker.query("SELECT 1 FROM rekey_credentials WHERE name = 'crm' FOR UPDATE");
+    const writing = store.write('crm', 0, full(1));
+    writing.catch(() => {});
+    // The writer's session, once it waits on the row lock, is terminated (as a failover or an admin would).
+    const pid = await eventually(async () => (await sql(url, "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")).rows[0]?.pid,
+      { what: 'the write to wait on the lock' });
+    await sql(url, 'SELECT pg_terminate_backend($1)', [pid]);
+    await assert.rejects(writing, (e) => e instanceof WriteUnknown && !e.message.includes('postgres://'));
+    await locker.query('ROLLBACK');
+    assert.deepEqual(await store.read('crm'), { version: 0, data: empty }, 'the terminated write did not land');
+    assert.equal(await store.write('crm', 0, full(1)), 1, 'a new connection serves the next write');
+  } finally {
+    await locker.end().catch(() => {});
+    await store.close();
+  }
 });

@@ -64,8 +64,12 @@ const now = () => Math.floor(Date.now() / 1000);
 
 /** SQLSTATE (the server answered) or the client's error code; never message text. */
 const why = (err) => err?.code ?? err?.name ?? 'error';
-/** The server answered with an error: the statement (and its transaction) did not commit. */
-const serverAnswered = (err) => typeof err?.code === 'string' && /^[0-9A-Z]{5}$/.test(err.code) && err.severity !== undefined;
+/**
+ * The server answered with an ERROR: the statement (and its transaction) did
+ * not commit. A FATAL ends the session (e.g. a termination) at a point the
+ * client cannot see, so, like a broken connection, its outcome is unknown.
+ */
+const serverAnswered = (err) => typeof err?.code === 'string' && /^[0-9A-Z]{5}$/.test(err.code) && err.severity === 'ERROR';
 
 export class PostgresStore extends RecordStoreBase {
   #pool;
