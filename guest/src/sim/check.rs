@@ -21,6 +21,7 @@ use super::store::Store;
 use super::worker::Outcome;
 use super::{TOKEN_ANSWER_MAX_MS, TTL_MS};
 use crate::fleet::MAX_POLL;
+use crate::flow::TOKEN_ATTEMPTS;
 use crate::keys::Keys;
 use crate::rekey::oauth2::types::{CredentialRecord, SendError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +39,11 @@ pub struct Call {
     pub calm: bool,
     /// This call sent a token request.
     pub sent_token: bool,
+    /// Token requests this call sent, and how many it had sent when an
+    /// answer said its attempt may have been processed (5xx but 503, a
+    /// timeout, a reset).
+    pub token_requests: u32,
+    pub unanswered_after: Option<u32>,
     /// Stall faults hit this call (ms): it may lose its lease honestly.
     pub stalled_ms: u64,
     /// Refresh token generations this call received.
@@ -56,6 +62,8 @@ impl Call {
             ops: 0,
             calm,
             sent_token: false,
+            token_requests: 0,
+            unanswered_after: None,
             stalled_ms: 0,
             received: Vec::new(),
             saw_live_mark: false,
@@ -129,6 +137,12 @@ impl Ledger {
             s.presentations += 1;
         }
         Ok(())
+    }
+
+    /// Whether this refresh token was ever presented in a way that may
+    /// have spent it.
+    pub fn maybe_spent(&self, rgen: u64) -> bool {
+        self.spent.contains_key(&rgen)
     }
 
     pub fn answered(&mut self, rgen: u64) {
@@ -208,6 +222,28 @@ pub fn calm_bound_ms(ttl_ms: u32) -> u64 {
 /// retries, plus whatever stalls the call met.
 pub fn bound_ms(wait_ms: u32, call: &Call) -> u64 {
     3 * (u64::from(wait_ms) + 2_000) + u64::from(TTL_MS) * 3 + call.stalled_ms
+}
+
+/// The retry rules at the token endpoint (RFC 6749 §5.2 and the contract's
+/// `refresh-in-doubt`): at most `TOKEN_ATTEMPTS` attempts, plus exactly one
+/// prompt retry after an attempt that may have been processed, and nothing
+/// after that retry.
+pub fn token_request(call: &mut Call) -> Result<(), String> {
+    call.sent_token = true;
+    call.token_requests += 1;
+    let n = call.token_requests;
+    if n > TOKEN_ATTEMPTS + 1 {
+        return Err(format!("call {} sent {n} token requests", call.id));
+    }
+    if let Some(k) = call.unanswered_after
+        && n > k + 1
+    {
+        return Err(format!(
+            "call {} sent a token request after the one retry that follows an unanswered attempt",
+            call.id
+        ));
+    }
+    Ok(())
 }
 
 /// How a call's result is explained by the world.

@@ -218,6 +218,9 @@ pub struct Stats {
     pub sim_ms: u64,
     pub longest_call_ms: u64,
     pub longest_calm_call_ms: u64,
+    /// Runs that ended in doubt although the stored refresh token was never
+    /// presented (a mark whose write's outcome its holder could not learn).
+    pub needless_doubts: u64,
 }
 
 impl Stats {
@@ -237,6 +240,7 @@ impl Stats {
         self.sim_ms += o.sim_ms;
         self.longest_call_ms = self.longest_call_ms.max(o.longest_call_ms);
         self.longest_calm_call_ms = self.longest_calm_call_ms.max(o.longest_calm_call_ms);
+        self.needless_doubts += o.needless_doubts;
     }
 
     pub fn fault(&mut self, f: Fault) {
@@ -255,7 +259,8 @@ impl fmt::Display for Stats {
         write!(
             f,
             "{} runs, {} steps, {} calls ({} after faults stopped), {} token requests, {} rotations, \
-             {:.0} s simulated, longest call {:.1} s (after faults {:.1} s); outcomes: {}; faults ({} kinds): {}",
+             {:.0} s simulated, longest call {:.1} s (after faults {:.1} s), {} runs left in doubt with \
+             the stored token unspent; outcomes: {}; faults ({} kinds): {}",
             self.runs,
             self.steps,
             self.calls,
@@ -265,6 +270,7 @@ impl fmt::Display for Stats {
             self.sim_ms as f64 / 1000.0,
             self.longest_call_ms as f64 / 1000.0,
             self.longest_calm_call_ms as f64 / 1000.0,
+            self.needless_doubts,
             list(
                 self.outcomes
                     .iter()

@@ -75,11 +75,13 @@ impl Provider {
             _ => Exchange::Refused,
         };
         let resp = match exchange {
+            // A repeated answer carries the same access token, so its
+            // remaining lifetime (whole seconds, rounded down).
             Exchange::Issued(n) | Exchange::Repeated(n) => json(
                 200,
                 format!(
                     r#"{{"access_token":"at{n}","refresh_token":"rt{n}","token_type":"Bearer","expires_in":{}}}"#,
-                    self.access_ttl_ms / 1000
+                    self.access[&n].saturating_sub(now) / 1000
                 ),
             ),
             Exchange::Refused => json(400, r#"{"error":"invalid_grant"}"#.into()),

@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::time::Instant;
 
 /// Random seeds `cargo test` runs by default (each test below takes its share).
-const DEFAULT_SEEDS: u64 = 3_000;
+const DEFAULT_SEEDS: u64 = 8_000;
 
 fn env(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -67,13 +67,45 @@ fn random_seeds_odd() {
 }
 
 /// `REKEY_SIM_SEED=s`: replays one seed and prints its summary (add
-/// `REKEY_SIM_TRACE=100000` to see every event of a violation).
+/// `REKEY_SIM_TRACE=100000` to see every event of a violation, and
+/// `REKEY_SIM_SABOTAGE=a|b|c|d` to replay a sabotage test's seed).
 #[test]
 fn replay() {
     let seed = env("REKEY_SIM_SEED").unwrap_or(7);
-    let cfg = Config::random(seed);
-    say(&format!("sim replay: {cfg:?}"));
-    soak("replay", std::iter::once(seed), Config::random);
+    let sabotage = std::env::var("REKEY_SIM_SABOTAGE").unwrap_or_default();
+    let config = |seed| {
+        let mut c = Config::random(seed);
+        match sabotage.as_str() {
+            "a" => c.off.fencing = true,
+            "b" => c.off.mark = true,
+            "c" => c.off.holder_check = true,
+            "d" => c.ttl_ms = SHORT_TTL_MS,
+            _ => {}
+        }
+        c
+    };
+    say(&format!("sim replay: {:?}", config(seed)));
+    soak("replay", std::iter::once(seed), config);
+}
+
+/// A seed replays exactly: the same steps, outcomes and trace.
+#[test]
+fn a_seed_replays_exactly() {
+    let twice = |cfg: &Config| {
+        [0, 1].map(|_| match run(cfg, &mut Rng::new(cfg.seed)) {
+            Ok(stats) => format!("{stats:?}"),
+            Err(v) => format!("{v}"),
+        })
+    };
+    for seed in 0..20 {
+        let [a, b] = twice(&Config::random(seed));
+        assert_eq!(a, b, "seed {seed}");
+    }
+    let mut cfg = Config::random(49);
+    cfg.off.mark = true;
+    let [a, b] = twice(&cfg);
+    assert!(a.contains("VIOLATION"), "{a}");
+    assert_eq!(a, b);
 }
 
 /// Without faults, every call succeeds (the liveness phase is the whole run).
@@ -266,11 +298,27 @@ fn sabotage_no_holder_check_is_caught() {
     caught("(c) no holder check", 2_000, sabotaged(off));
 }
 
+/// A lease TTL shorter than a token-endpoint answer (20 ms to 3.5 s).
+const SHORT_TTL_MS: u32 = 300;
+
 #[test]
 fn sabotage_lease_shorter_than_the_token_call_is_caught() {
     caught("(d) lease TTL 300 ms", 2_000, |seed| Config {
-        ttl_ms: 300,
+        ttl_ms: SHORT_TTL_MS,
         strategy: Strategy::OnAuthFailure,
         ..Config::random(seed)
     });
+}
+
+/// Not a rule of the protocol but of its settings: a call that waits less
+/// than a lease lives gives up on a crashed holder's lease, so liveness
+/// needs `lease-wait-ms` >= `lease-ttl-ms` (the defaults: 60 s >= 40 s).
+#[test]
+fn a_lease_wait_shorter_than_the_ttl_breaks_liveness() {
+    let v = caught("(e) lease wait 10 s < TTL 40 s", 2_000, |seed| Config {
+        ttl_ms: 40_000,
+        wait_ms: 10_000,
+        ..Config::random(seed)
+    });
+    assert!(v.what.contains("LeaseUnavailable"), "{v}");
 }

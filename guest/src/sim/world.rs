@@ -211,6 +211,12 @@ impl<'a> Sim<'a> {
             }
             self.check_calls()?;
         }
+        let (stored, _) = check::generations(&self.store.data);
+        if self.store.data.refresh_mark.is_some()
+            && !stored.is_some_and(|g| self.ledger.maybe_spent(g))
+        {
+            self.stats.needless_doubts += 1;
+        }
         self.ledger.final_state(&self.store, &self.provider)
     }
 
@@ -219,6 +225,10 @@ impl<'a> Sim<'a> {
             Some((w, c)) => format!("w{w} c{c}"),
             None => "world".into(),
         };
+        self.note_as(who, what);
+    }
+
+    fn note_as(&mut self, who: String, what: String) {
         let t = (self.now - EPOCH_MS) as f64 / 1000.0;
         self.trace.push_back(format!("{t:>9.3}s {who:>9}  {what}"));
         while self.trace.len() > self.trace_len {
@@ -535,7 +545,7 @@ impl<'a> Sim<'a> {
         let refresh = form_field(&req.body, "refresh_token");
         let rgen = refresh.as_deref().and_then(|t| generation(t, "rt"));
         let call = self.slots[w].call.as_mut().expect("a call is running");
-        call.sent_token = true;
+        check::token_request(call)?;
         let id = call.id;
         let presented = format!("token request with {}", refresh.as_deref().unwrap_or("-"));
         if self.fault(Fault::Connect) {
@@ -566,6 +576,7 @@ impl<'a> Sim<'a> {
         if self.fault(Fault::Error500) {
             self.note(Some(w), format!("{presented} -> 500 (not processed)"));
             let after = self.latency(20, 500);
+            self.unanswered(w, delivered);
             return Ok((Reply::Http(Ok(status_only(500))), after));
         }
         let (ex, resp) = self.provider.token(refresh.as_deref(), self.now);
@@ -598,6 +609,9 @@ impl<'a> Sim<'a> {
             Some(w),
             format!("{presented} -> provider {ex:?}, worker gets {shown} after {after} ms"),
         );
+        if lost {
+            self.unanswered(w, delivered);
+        }
         if delivered && !lost {
             if let Some(g) = rgen {
                 self.ledger.answered(g);
@@ -607,6 +621,14 @@ impl<'a> Sim<'a> {
             }
         }
         Ok((Reply::Http(answer), after))
+    }
+
+    /// The call is told its attempt may have been processed.
+    fn unanswered(&mut self, w: usize, delivered: bool) {
+        let call = self.slots[w].call.as_mut().expect("a call is running");
+        if delivered && call.unanswered_after.is_none() {
+            call.unanswered_after = Some(call.token_requests);
+        }
     }
 
     fn ended(&mut self, w: usize, outcome: Outcome) -> Result<(), String> {
@@ -626,8 +648,8 @@ impl<'a> Sim<'a> {
             Outcome::Panicked(m) => format!(": {m}"),
             _ => String::new(),
         };
-        self.note(
-            Some(w),
+        self.note_as(
+            format!("w{w} c{}", call.id),
             format!("call ends after {took} ms: {kind}{detail}"),
         );
         let mark_orphaned = match &self.store.data.refresh_mark {
