@@ -16,11 +16,11 @@
 //! - Once faults stop, calls succeed within one lease TTL plus the
 //!   provider's answer time, unless the credential is in doubt or dead.
 
+use super::TOKEN_ANSWER_MAX_MS;
 use super::provider::{Provider, generation};
 use super::store::Store;
 use super::worker::Outcome;
-use super::{TOKEN_ANSWER_MAX_MS, TTL_MS};
-use crate::fleet::MAX_POLL;
+use crate::fleet::{MAX_POLL, Timing};
 use crate::flow::TOKEN_ATTEMPTS;
 use crate::keys::Keys;
 use crate::rekey::oauth2::types::{CredentialRecord, SendError};
@@ -161,8 +161,13 @@ impl Ledger {
         let (old_r, old_a) = generations(old);
         let (new_r, new_a) = generations(new);
         if new_r < old_r || new_a < old_a {
+            let g = |g: Option<u64>| g.map_or("-".into(), |g| g.to_string());
             return Err(format!(
-                "the store went back from rt{old_r:?}/at{old_a:?} to rt{new_r:?}/at{new_a:?}"
+                "the store went back from rt{}/at{} to rt{}/at{}",
+                g(old_r),
+                g(old_a),
+                g(new_r),
+                g(new_a)
             ));
         }
         self.stored.extend(new_r);
@@ -212,16 +217,16 @@ impl Ledger {
 /// crashed worker runs out (TTL), another worker's refresh (one answer) is
 /// waited for and adopted, this call's own refresh (another), plus a poll
 /// interval each and store/API latencies.
-pub fn calm_bound_ms(ttl_ms: u32) -> u64 {
+pub fn calm_bound_ms(ttl_ms: u64) -> u64 {
     let poll = MAX_POLL.as_millis() as u64 * 3 / 2;
-    u64::from(ttl_ms) + 2 * TOKEN_ANSWER_MAX_MS + 2 * poll + 1_000
+    ttl_ms + 2 * TOKEN_ANSWER_MAX_MS + 2 * poll + 1_000
 }
 
 /// The longest any call may take: three renewals that each wait out the
 /// lease, three token attempts with timeouts and backoff, the keys write's
 /// retries, plus whatever stalls the call met.
-pub fn bound_ms(wait_ms: u32, call: &Call) -> u64 {
-    3 * (u64::from(wait_ms) + 2_000) + u64::from(TTL_MS) * 3 + call.stalled_ms
+pub fn bound_ms(timing: Timing, call: &Call) -> u64 {
+    3 * (timing.wait_ms + 2_000) + timing.ttl_ms * 3 + call.stalled_ms
 }
 
 /// The retry rules at the token endpoint (RFC 6749 §5.2 and the contract's
@@ -255,7 +260,7 @@ pub struct Judged<'a> {
     /// The record's mark belongs to a call that has ended (or there is none).
     pub mark_orphaned: bool,
     pub now: u64,
-    pub ttl_ms: u32,
+    pub ttl_ms: u64,
 }
 
 pub fn judge(j: &Judged) -> Result<(), String> {

@@ -99,6 +99,7 @@ pub struct Config {
     /// Calls per worker once faults have stopped (the liveness phase).
     pub calm_calls: u32,
     pub strategy: Strategy,
+    /// The settings' lease TTL and wait (zero: the contract's default).
     pub ttl_ms: u32,
     pub wait_ms: u32,
     /// Per-mille probability of each fault where it can happen.
@@ -171,9 +172,11 @@ impl Config {
             }
         }
         let access_ttl_ms = [5_000, 20_000, 60_000, 600_000][r.below(4) as usize];
+        // One run in four on the contract's defaults (40 s / 60 s).
+        let defaults = r.chance(250);
         Config {
             seed,
-            workers: r.range(2, 5) as usize,
+            workers: r.range(2, 6) as usize,
             calls: r.range(2, 5) as u32,
             calm_calls: r.range(1, 2) as u32,
             strategy: match r.below(10) {
@@ -181,8 +184,8 @@ impl Config {
                 6 | 7 => Strategy::EveryRequest,
                 _ => Strategy::BeforeExpiry(r.range(0, 60) as u32),
             },
-            ttl_ms: TTL_MS,
-            wait_ms: WAIT_MS,
+            ttl_ms: if defaults { 0 } else { TTL_MS },
+            wait_ms: if defaults { 0 } else { WAIT_MS },
             faults,
             grace_ms: if r.chance(500) {
                 0

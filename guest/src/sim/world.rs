@@ -14,6 +14,7 @@ use super::rng::{Chooser, Rng};
 use super::store::Store;
 use super::worker::{Next, Op, Outcome, Reply, Worker};
 use super::{Config, Fault, HTTP_TIMEOUT_MS, Stats, TOKEN_ANSWER_MAX_MS, Violation};
+use crate::fleet::Timing;
 use crate::rekey::oauth2::types::{
     FleetTiming, Purpose, Request, Response, SendError, Settings, StoredRecord, TransportError,
     WriteError,
@@ -77,6 +78,8 @@ pub struct Sim<'a> {
     last: Option<usize>,
     calls: u64,
     crashes_left: u32,
+    /// The lease TTL and wait in effect (zeros mean the defaults).
+    timing: Timing,
 }
 
 /// Runs one simulation; `chooser` picks among ready events.
@@ -179,6 +182,7 @@ impl<'a> Sim<'a> {
             last: None,
             calls: 0,
             crashes_left: cfg.crashes,
+            timing: Timing::of(&settings(cfg).fleet),
         }
     }
 
@@ -324,7 +328,8 @@ impl<'a> Sim<'a> {
     /// A store call's latency, sometimes a stall past the lease TTL.
     fn stall(&mut self, w: usize, lo: u64, hi: u64) -> u64 {
         if self.fault(Fault::StoreStall) {
-            let d = self.rng.range(u64::from(self.cfg.ttl_ms) + 1_000, 40_000);
+            let ttl = self.timing.ttl_ms;
+            let d = self.rng.range(ttl + 1_000, 2 * ttl + 10_000);
             if let Some(c) = self.slots[w].call.as_mut() {
                 c.stalled_ms += d;
             }
@@ -666,7 +671,7 @@ impl<'a> Sim<'a> {
             provider: &self.provider,
             mark_orphaned,
             now: self.now,
-            ttl_ms: self.cfg.ttl_ms,
+            ttl_ms: self.timing.ttl_ms,
         })?;
         self.ledger.nothing_lost(&call, &self.store)?;
         let at = self.now + self.think();
@@ -683,7 +688,7 @@ impl<'a> Sim<'a> {
     fn check_calls(&self) -> Result<(), String> {
         for s in &self.slots {
             if let Some(c) = &s.call {
-                let bound = check::bound_ms(self.cfg.wait_ms, c);
+                let bound = check::bound_ms(self.timing, c);
                 if self.now - c.started > bound {
                     return Err(format!(
                         "call {} has run {} ms, past its bound of {bound} ms",
