@@ -20,6 +20,7 @@
 mod check;
 mod provider;
 mod rng;
+mod serve;
 mod store;
 mod tests;
 mod worker;
