@@ -61,7 +61,9 @@ def main():
             if i % 3 == 0:
                 rows["refreshing"].append(timed(refreshing.base, "/me"))
         med = {k: statistics.median(v) for k, v in rows.items()}
-        print(f"wasmtime serve, loopback, {N} requests each (refreshing: {len(rows['refreshing'])}), medians:")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"wasmtime serve, loopback, {N} requests each (refreshing: {len(rows['refreshing'])}), medians; "
+              f"load average {load} on {os.cpu_count()} CPUs:\n")
         print("| path | median | vs passthrough |")
         print("|---|---|---|")
         print(f"| upstream direct (Python client → testkit) | {med['direct']:.0f} µs | |")

@@ -12,6 +12,7 @@
 //!   name and removed, and put back if what moved was a fresh lock after all.
 
 use crate::exports::rekey::oauth2::types::RefreshMark;
+use crate::record::{self, Decoded};
 use crate::store::{Cas, CasError, Next};
 use crate::wasi::filesystem::preopens;
 use crate::wasi::filesystem::types::{
@@ -249,9 +250,15 @@ impl Cas for FileCas {
         let data = next(current.as_deref()).ok_or(CasError::Refused)?;
         self.replace(&data, &lock)?;
         drop(lock);
-        // The record replaces 0.2's lease and marker files.
-        for old in [&self.inflight, &self.lease] {
-            let _ = self.dir.unlink_file_at(old);
+        // The first record replaces 0.2's lease and marker files.
+        let was_record = matches!(
+            current.as_deref().map(record::decode),
+            Some(Ok(Decoded::Record(_)))
+        );
+        if !was_record {
+            for old in [&self.inflight, &self.lease] {
+                let _ = self.dir.unlink_file_at(old);
+            }
         }
         Ok(())
     }
