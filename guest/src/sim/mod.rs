@@ -17,6 +17,8 @@
 //! `REKEY_SIM_SEEDS=N` runs N random seeds (a soak), `REKEY_SIM_SEED=s`
 //! replays one, `REKEY_SIM_TRACE=N` shows the last N events of a violation.
 
+#[cfg(test)]
+mod answers;
 mod check;
 mod provider;
 mod rng;
