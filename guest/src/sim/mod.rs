@@ -40,6 +40,9 @@ use std::fmt;
 pub enum Fault {
     /// A store call takes longer than the lease TTL (before or after it lands).
     StoreStall,
+    /// The worker pauses longer than the lease TTL before an HTTP request
+    /// (a suspended VM, a long GC).
+    Pause,
     /// A read fails.
     ReadError,
     /// A write fails and nothing is written.
@@ -71,8 +74,9 @@ pub enum Fault {
     CrashAfter,
 }
 
-pub const FAULTS: [Fault; 17] = [
+pub const FAULTS: [Fault; 18] = [
     Fault::StoreStall,
+    Fault::Pause,
     Fault::ReadError,
     Fault::WriteFailed,
     Fault::FailedButLanded,
@@ -165,9 +169,10 @@ impl Config {
             for (i, f) in FAULTS.iter().enumerate() {
                 if r.chance(500) {
                     faults[i] = match f {
-                        Fault::CrashBefore | Fault::CrashAfter | Fault::StoreStall => {
-                            r.range(5, 30) as u32
-                        }
+                        Fault::CrashBefore
+                        | Fault::CrashAfter
+                        | Fault::StoreStall
+                        | Fault::Pause => r.range(5, 30) as u32,
                         Fault::Revoke => 300,
                         _ => r.range(10, 120) as u32,
                     };

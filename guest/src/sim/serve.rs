@@ -14,13 +14,18 @@ use crate::rekey::oauth2::types::{
 impl Sim<'_> {
     /// A store call's latency, sometimes a stall past the lease TTL.
     pub(super) fn stall(&mut self, w: usize, lo: u64, hi: u64) -> u64 {
-        if self.fault(Fault::StoreStall) {
+        self.stall_by(Fault::StoreStall, w, lo, hi)
+    }
+
+    /// A latency, or with fault `f` a delay past the lease TTL.
+    pub(super) fn stall_by(&mut self, f: Fault, w: usize, lo: u64, hi: u64) -> u64 {
+        if self.fault(f) {
             let ttl = self.timing.ttl_ms;
             let d = self.rng.range(ttl + 1_000, 2 * ttl + 10_000);
             if let Some(c) = self.slots[w].call.as_mut() {
                 c.stalled_ms += d;
             }
-            self.note(Some(w), format!("store call stalls {d} ms"));
+            self.note(Some(w), format!("{f:?}: {d} ms"));
             d
         } else {
             self.latency(lo, hi)

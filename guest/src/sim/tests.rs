@@ -326,3 +326,14 @@ fn a_lease_wait_shorter_than_the_ttl_breaks_liveness() {
     });
     assert!(v.what.contains("LeaseUnavailable"), "{v}");
 }
+
+/// Found by the simulator: a 3.4 s token answer carrying a 5 s access token.
+/// The guest counted `expires_in` (and the fresh window) from the answer's
+/// arrival, so when the token expired 1.6 s later, at the provider's count,
+/// the API's 401 looked like the rejection of a fresh token: every call
+/// failed `rejected-after-refresh` until the window closed, faults or not.
+#[test]
+fn seed_2888_a_token_lifetime_counts_from_the_request() {
+    soak("seed 2888", std::iter::once(2888), Config::random);
+    soak("seed 6495", std::iter::once(6495), Config::random);
+}

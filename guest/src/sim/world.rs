@@ -315,8 +315,8 @@ impl<'a> Sim<'a> {
                 return Ok(());
             }
             Op::Read | Op::Write(..) => self.stall(w, 0, 20),
-            Op::Http(Purpose::TokenEndpoint, _) => self.latency(0, 50),
-            Op::Http(..) => self.latency(0, 10),
+            Op::Http(Purpose::TokenEndpoint, _) => self.stall_by(Fault::Pause, w, 0, 50),
+            Op::Http(..) => self.stall_by(Fault::Pause, w, 0, 10),
         };
         self.slots[w].st = St::Op(op, self.now + due);
         Ok(())
