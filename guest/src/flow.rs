@@ -188,8 +188,8 @@ fn refresh(
     };
     let exchanged = exchange(fx, settings, &mut held, refresh_token);
     match exchanged.result {
-        Ok(response) => {
-            let merged = base.merged(response, fx.now_unix());
+        Ok((response, sent)) => {
+            let merged = base.merged(response, sent);
             if let Err(e) = held.store_keys(fx, &merged) {
                 // The mark stays: successors find the refresh in doubt at
                 // once rather than after the lease runs out.
@@ -221,9 +221,15 @@ struct Failure {
 /// What the exchange gave, and whether any of its answers may have come
 /// after the provider used the refresh token.
 struct Exchanged {
-    result: Result<serde_json::Map<String, serde_json::Value>, SendError>,
+    result: Result<Tokens, SendError>,
     maybe_spent: bool,
 }
+
+/// A token response, and when the request that got it was sent (Unix
+/// seconds): `expires_in` counts from when the provider answered, so
+/// counting from the sending never overestimates the token's life, however
+/// long the answer took (the simulator's seed 2888).
+type Tokens = (serde_json::Map<String, serde_json::Value>, u64);
 
 /// Whether an answer leaves the refresh token possibly spent: everything
 /// but no connection, a refusal to send, 429, 503 and other 4xx.
@@ -264,7 +270,7 @@ fn exchange_attempts(
     req: &Request,
     held: &mut Held,
     maybe_spent: &mut bool,
-) -> Result<serde_json::Map<String, serde_json::Value>, SendError> {
+) -> Result<Tokens, SendError> {
     let mut attempts_left = TOKEN_ATTEMPTS;
     let mut attempts = 0;
     let mut in_doubt = false;
@@ -294,8 +300,9 @@ fn exchange_attempts(
         }
         attempts += 1;
         attempts_left -= 1;
+        let sent = fx.now_unix();
         let failure = match attempt(fx, req, maybe_spent) {
-            Ok(tokens) => return Ok(tokens),
+            Ok(tokens) => return Ok((tokens, sent)),
             Err(Ok(final_error)) => {
                 return Err(match final_error {
                     SendError::ReauthorizationRequired(e) if in_doubt => {
