@@ -9,6 +9,8 @@
 //!   doubt (checked when the call ends, and for the whole run at its end: the
 //!   stored refresh token is the provider's live one, or the record says why
 //!   not).
+//! - At the token endpoint, a call makes at most three attempts plus the
+//!   one prompt retry after an attempt that may have been processed.
 //! - Every call ends, within bounds, in success or a send error the world
 //!   can explain: `reauthorization-required` only for a revoked grant,
 //!   `refresh-in-doubt` only when the mark's holder is gone (or a fault made

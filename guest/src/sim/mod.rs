@@ -5,19 +5,21 @@
 //! compare-and-swap whose calls stall past the lease TTL, fail, or land while
 //! reporting failure; a provider that rotates refresh tokens, detects reuse
 //! (optionally with a grace period), loses, delays and duplicates answers and
-//! revokes grants out of band; worker crashes inside any effect call; skewed
-//! wall clocks. Every effect call is a scheduling point: the scheduler
-//! (`world`) serves one worker at a time, picking among the ready events with
-//! a seeded generator (or enumerating them, `rng::Dfs`), and simulated time
-//! advances only when nothing is ready. A seed replays exactly.
+//! revokes grants out of band; worker crashes inside any effect call, pauses
+//! past the lease TTL, and skewed wall clocks. Every effect call is a
+//! scheduling point: the scheduler (`world`) serves one worker at a time,
+//! picking among the ready events with a seeded generator (or enumerating
+//! them, `rng::Dfs`), and simulated time advances only when nothing is
+//! ready. A seed replays exactly.
 //!
 //! The properties (`check`) are checked after every step and at every call's
 //! end; a violation is reported with its seed and the last events.
 //!
 //! `REKEY_SIM_SEEDS=N` runs N random seeds (a soak), `REKEY_SIM_SEED=s`
-//! replays one, `REKEY_SIM_TRACE=N` shows the last N events of a violation.
+//! replays one (`REKEY_SIM_SABOTAGE=a|b|c|d` with a sabotage switched off),
+//! `REKEY_SIM_TRACE=N` shows the last N events of a violation, and
+//! `REKEY_SIM_PREEMPTIONS=k` deepens the bounded enumerations.
 
-#[cfg(test)]
 mod answers;
 mod check;
 mod provider;
