@@ -38,9 +38,12 @@ pub const DEFAULT_LEASE_WAIT_MS: u64 = 60_000;
 /// First pause while another worker holds the lease; doubles up to [`MAX_POLL`].
 pub const FIRST_POLL: Duration = Duration::from_millis(25);
 pub const MAX_POLL: Duration = Duration::from_millis(800);
-/// Attempts at a keys write that fails outright (the provider has rotated:
-/// giving up loses the new refresh token, so it is worth waiting for).
-pub const KEYS_WRITE_ATTEMPTS: u32 = 6;
+/// Pauses between attempts at a keys write that fails outright start here
+/// and double up to [`MAX_KEYS_WRITE_PAUSE`]; the attempts go on for one
+/// lease TTL (the provider has rotated: giving up loses the new refresh
+/// token, while the mark keeps everyone else from spending meanwhile).
+pub const FIRST_KEYS_WRITE_PAUSE: Duration = Duration::from_millis(100);
+pub const MAX_KEYS_WRITE_PAUSE: Duration = Duration::from_secs(2);
 /// Conditional writes lost to other workers in a row before a call gives up
 /// on taking the lease (each loss means the record moved on; re-read).
 const MAX_CONFLICTS: u32 = 64;
@@ -53,11 +56,17 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// Zeros become the defaults, and a wait shorter than the TTL is
+    /// lengthened to outlast it: a worker that dies holding the lease must
+    /// not make every other call give up before its lease runs out (the
+    /// simulator's liveness check finds exactly that).
     pub fn of(t: &FleetTiming) -> Timing {
         let or = |v: u32, d: u64| if v == 0 { d } else { u64::from(v) };
+        let ttl_ms = or(t.lease_ttl_ms, DEFAULT_LEASE_TTL_MS);
+        let wait_ms = or(t.lease_wait_ms, DEFAULT_LEASE_WAIT_MS);
         Timing {
-            ttl_ms: or(t.lease_ttl_ms, DEFAULT_LEASE_TTL_MS),
-            wait_ms: or(t.lease_wait_ms, DEFAULT_LEASE_WAIT_MS),
+            ttl_ms,
+            wait_ms: wait_ms.max(ttl_ms + 2 * MAX_POLL.as_millis() as u64),
         }
     }
 }
@@ -226,12 +235,17 @@ impl Held {
             refresh_mark: None,
             dead_grant: None,
         };
-        let mut pause = Duration::from_millis(100);
+        let mut pause = FIRST_KEYS_WRITE_PAUSE;
+        let mut waited = Duration::ZERO;
         let mut last = String::new();
-        for attempt in 0..KEYS_WRITE_ATTEMPTS {
+        for attempt in 0.. {
             if attempt > 0 {
+                if waited >= Duration::from_millis(self.ttl_ms) {
+                    break;
+                }
                 fx.sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(2));
+                waited += pause;
+                pause = (pause * 2).min(MAX_KEYS_WRITE_PAUSE);
             }
             match self.write(fx, next.clone()) {
                 Ok(()) => return Ok(()),

@@ -352,7 +352,7 @@ async fn the_cli_works_on_postgres() {
     assert!(out.0.status.success(), "{}", all_output(&out.0));
     assert!(String::from_utf8_lossy(&out.0.stdout).contains("\"ok\":true"));
     let shown: serde_json::Value = serde_json::from_slice(&out.1.stdout).unwrap();
-    assert_eq!(shown["version"], 1);
+    assert_eq!(shown["version"], crate::support::WRITES_PER_REFRESH);
     assert_eq!(shown["keys"]["refresh_token"], "[redacted]");
     assert_eq!(provider.stats().refreshes_granted, 1);
 }
@@ -379,7 +379,12 @@ const HANG: Duration = Duration::from_secs(60);
 /// Failures a store outage may cause: the store unreachable (a call's first
 /// read, a write), or the lease not takeable because of it. Each is safe to
 /// retry; none says a refresh token was spent or lost.
-const OUTAGE_KINDS: [&str; 3] = ["Store(Unusable)", "Store(Write)", "LeaseUnavailable"];
+const OUTAGE_KINDS: [&str; 4] = [
+    "Store(Unusable)",
+    "Store(Write)",
+    "StoreUnavailable",
+    "LeaseUnavailable",
+];
 
 /// What one `serve` worker printed so far.
 #[derive(Default)]

@@ -410,7 +410,7 @@ async fn sigkill_losses_stay_inside_the_rotation_window_and_say_so() {
                             sql(
                                 &f.store_path(),
                                 &format!(
-                                    "UPDATE leases SET expires_at_ms = 0 WHERE name = '{name}'"
+                                    "UPDATE credentials SET lease_until_ms = 0 WHERE name = '{name}' AND lease_holder IS NOT NULL"
                                 ),
                             );
                             let c = store.load(name).unwrap();

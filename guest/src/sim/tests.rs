@@ -314,17 +314,17 @@ fn sabotage_lease_shorter_than_the_token_call_is_caught() {
     });
 }
 
-/// Not a rule of the protocol but of its settings: a call that waits less
-/// than a lease lives gives up on a crashed holder's lease, so liveness
-/// needs `lease-wait-ms` >= `lease-ttl-ms` (the defaults: 60 s >= 40 s).
+/// Found by the simulator: a call that waited less than a lease lives gave
+/// up on a crashed holder's lease (`lease-unavailable` with a 10 s wait and a
+/// 40 s TTL, seeds failing liveness). The guest now lengthens such a wait to
+/// outlast the TTL, so the same runs keep every property.
 #[test]
-fn a_lease_wait_shorter_than_the_ttl_breaks_liveness() {
-    let v = caught("(e) lease wait 10 s < TTL 40 s", 2_000, &|seed| Config {
+fn a_lease_wait_shorter_than_the_ttl_is_lengthened_to_keep_liveness() {
+    soak("(e) lease wait 10 s < TTL 40 s", 0..500, |seed| Config {
         ttl_ms: 40_000,
         wait_ms: 10_000,
         ..Config::random(seed)
     });
-    assert!(v.what.contains("LeaseUnavailable"), "{v}");
 }
 
 /// Found by the simulator: a 3.4 s token answer carrying a 5 s access token.

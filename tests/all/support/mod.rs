@@ -102,11 +102,17 @@ impl Fixture {
         serde_json::from_str(keys.expose()).expect("stored keys are JSON")
     }
 
+    /// The stored keys and the record's version.
     pub fn stored_raw(&self, name: &str) -> (Option<TokenSet>, u64) {
         let c = self.store.load(name).expect("credential");
         (c.keys, c.version)
     }
 }
+
+/// Writes of the credential's record one uncontended refresh makes: the
+/// lease, the refresh mark right before the token request, and the new keys
+/// with both cleared (the component's fleet protocol, `guest/src/fleet.rs`).
+pub const WRITES_PER_REFRESH: u64 = 3;
 
 /// Settings for the provider's client: the one place scenarios, the fleet and
 /// benches build them.
