@@ -22,6 +22,8 @@ mod origins;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod review_tests;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod testing;

@@ -1,0 +1,159 @@
+//! Adversarial review of contract 0.3: each test here fails because of a
+//! bug found in review, and is ignored (with the bug named) so CI stays
+//! green until the fix lands; the fix un-ignores it.
+
+use crate::effects::Effects;
+use crate::flow::send;
+use crate::rekey::oauth2::types::{
+    CredentialRecord, Purpose, Request, Response, SendError, StoredRecord, TransportError,
+    WriteError,
+};
+use crate::testing::{self, Script, ok, script};
+use core::time::Duration;
+use std::string::String;
+
+const KEYS: &str = r#"{"access_token":"a1","refresh_token":"r1","expires_at":1500}"#;
+
+/// What the store does with one conditional write.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Write {
+    /// As asked.
+    Pass,
+    /// Refused outright, nothing written (a transient store error).
+    Fail,
+    /// Written, but the answer is lost (`unknown`), and the read that
+    /// follows fails too (the connection is still down).
+    UnknownLanded,
+}
+
+/// A [`Script`] whose store misbehaves on chosen writes.
+struct Faulty {
+    inner: Script,
+    /// Decides each write: its index (from 0) and the record to write.
+    plan: fn(usize, &CredentialRecord) -> Write,
+    writes: usize,
+    failing_reads: u32,
+}
+
+impl Effects for Faulty {
+    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError> {
+        Effects::http_send(&mut self.inner, purpose, req)
+    }
+    fn read_record(&mut self) -> Result<StoredRecord, String> {
+        if self.failing_reads > 0 {
+            self.failing_reads -= 1;
+            return Err("connection reset".into());
+        }
+        self.inner.read_record()
+    }
+    fn write_record(
+        &mut self,
+        expected: u64,
+        record: &CredentialRecord,
+    ) -> Result<u64, WriteError> {
+        let n = self.writes;
+        self.writes += 1;
+        match (self.plan)(n, record) {
+            Write::Pass => self.inner.write_record(expected, record),
+            Write::Fail => Err(WriteError::Failed("database is locked".into())),
+            Write::UnknownLanded => {
+                let landed = self.inner.write_record(expected, record);
+                assert!(landed.is_ok(), "the faulty write was to land");
+                self.failing_reads = 1;
+                Err(WriteError::Unknown("connection lost after COMMIT".into()))
+            }
+        }
+    }
+    fn now_ms(&self) -> u64 {
+        self.inner.now_ms()
+    }
+    fn sleep(&mut self, d: Duration) {
+        self.inner.sleep(d)
+    }
+    fn random_u64(&mut self) -> u64 {
+        self.inner.random_u64()
+    }
+}
+
+fn faulty(
+    answers: impl IntoIterator<Item = Result<Response, TransportError>>,
+    plan: fn(usize, &CredentialRecord) -> Write,
+) -> Faulty {
+    let mut inner = script(answers);
+    inner.record.data.keys = Some(KEYS.into());
+    Faulty {
+        inner,
+        plan,
+        writes: 0,
+        failing_reads: 0,
+    }
+}
+
+fn api() -> Request {
+    Request {
+        method: "GET".into(),
+        url: "http://127.0.0.1:9/api".into(),
+        headers: vec![],
+        body: vec![],
+    }
+}
+
+fn connect() -> Result<Response, TransportError> {
+    Err(TransportError::Connect("connection refused".into()))
+}
+
+/// The token endpoint is unreachable on every attempt (provably nothing
+/// spent), and the one write that lifts lease and mark fails once, as a
+/// store under load does. Nothing retries it: the mark stays, the lease
+/// runs out, and from then on every call of every worker answers
+/// `refresh-in-doubt` until an operator clears it, although this call
+/// knew the refresh token was never presented.
+#[test]
+#[ignore = "bug: Held::release is one best-effort write; a failed one leaves a refresh mark on a provably unspent refresh token (permanent refresh-in-doubt)"]
+fn a_provably_unspent_refresh_leaves_no_mark_when_the_release_write_fails_once() {
+    let mut fx = faulty([ok(401, ""), connect(), connect(), connect()], |_, r| {
+        // The first write that ends the lease without new keys: the release.
+        match r.lease.is_none() && r.refresh_mark.is_none() {
+            true => Write::Fail,
+            false => Write::Pass,
+        }
+    });
+    let err = send(&mut fx, &testing::settings(), &api()).unwrap_err();
+    assert!(matches!(err, SendError::TokenEndpoint(_)), "{err:?}");
+    let token_requests = fx
+        .inner
+        .purposes
+        .iter()
+        .filter(|p| **p == Purpose::TokenEndpoint)
+        .count();
+    assert_eq!(token_requests, 3, "every attempt failed to connect");
+    assert!(
+        fx.inner.record.data.refresh_mark.is_none(),
+        "nothing was spent, yet the record keeps the mark: the next call after the lease \
+         runs out answers refresh-in-doubt"
+    );
+}
+
+/// The write that sets the refresh mark lands, but its answer is lost and
+/// the read-back fails too: the call rightly sends no token request, and
+/// releases. The release is written on the version before the mark, so it
+/// conflicts and is dropped: the mark stays on a refresh token nobody sent.
+#[test]
+#[ignore = "bug: after a mark write of unknown outcome that did land, Held keeps the old version; release conflicts and the mark stays although no token request left"]
+fn a_mark_written_with_a_lost_answer_is_lifted_when_no_request_left() {
+    let mut fx = faulty([ok(401, "")], |n, _| match n {
+        // 0: the lease; 1: the mark.
+        1 => Write::UnknownLanded,
+        _ => Write::Pass,
+    });
+    let err = send(&mut fx, &testing::settings(), &api()).unwrap_err();
+    assert!(
+        !matches!(err, SendError::RefreshInDoubt(_)),
+        "no token request left: {err:?}"
+    );
+    assert_eq!(fx.inner.sent.len(), 1, "only the API request left");
+    assert!(
+        fx.inner.record.data.refresh_mark.is_none() && fx.inner.record.data.lease.is_none(),
+        "the mark on an unspent refresh token stays"
+    );
+}
