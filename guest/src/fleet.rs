@@ -168,6 +168,30 @@ pub fn acquire(fx: &mut impl Effects, timing: Timing, stale: &Keys) -> Result<Re
     }
 }
 
+/// Marks the stored keys as rejected right after they were obtained, if the
+/// record still holds exactly them and nobody holds the lease or a mark (a
+/// write under someone's lease would fail their next write). Best effort:
+/// without it, the next call refreshes once more.
+pub fn remember_rejection(fx: &mut impl Effects, keys: &Keys) {
+    let Ok(stored) = fx.read_record() else {
+        return;
+    };
+    let data = &stored.data;
+    let ours = data
+        .keys
+        .as_deref()
+        .and_then(|json| Keys::parse(json).ok())
+        .is_some_and(|current| current == *keys);
+    if !ours || data.lease.is_some() || data.refresh_mark.is_some() {
+        return;
+    }
+    let next = CredentialRecord {
+        keys: Some(keys.with_rejection(fx.now_unix()).to_json()),
+        ..data.clone()
+    };
+    let _ = fx.write_record(stored.version, &next);
+}
+
 fn in_doubt(mark: &RefreshMark, now_ms: u64) -> SendError {
     SendError::RefreshInDoubt(format!(
         "a refresh of this credential began {} s ago and its result was never stored; \
@@ -268,8 +292,7 @@ impl Held {
 
     /// Ends the lease. `spent_maybe`: an answer may have come after the
     /// provider used the refresh token, so the mark stays (the credential is
-    /// in doubt); otherwise it is lifted too. Best effort: a failure leaves
-    /// the lease to run out.
+    /// in doubt); otherwise it is lifted too.
     pub fn release(mut self, fx: &mut impl Effects, spent_maybe: bool) {
         let next = CredentialRecord {
             keys: self.record.keys.clone(),
@@ -281,7 +304,7 @@ impl Held {
             },
             dead_grant: None,
         };
-        let _ = self.write(fx, next);
+        self.finish(fx, next);
     }
 
     /// Records that the grant is dead and ends lease and mark: the token
@@ -296,7 +319,57 @@ impl Held {
                 at: fx.now_unix(),
             }),
         };
-        let _ = self.write(fx, next);
+        self.finish(fx, next);
+    }
+
+    /// The write that ends a holding without new keys, retried like the keys
+    /// write for one lease TTL: a mark left behind on a token nobody spent
+    /// strands the credential in doubt. A conflict with a record that still
+    /// names this holder's lease is this holder's own earlier write whose
+    /// answer was lost (nobody else writes under a lease that names us): the
+    /// write is made again on that version. Gives up quietly: the lease runs
+    /// out, and a mark left says "in doubt", never "spend".
+    fn finish(&mut self, fx: &mut impl Effects, next: CredentialRecord) {
+        let mut pause = FIRST_KEYS_WRITE_PAUSE;
+        let mut waited = Duration::ZERO;
+        let mut resyncs = 0;
+        loop {
+            match self.write(fx, next.clone()) {
+                Ok(()) => return,
+                Err(Lost::Conflict) if resyncs < 3 && self.resync(fx) => {
+                    resyncs += 1;
+                    continue;
+                }
+                Err(Lost::Conflict) => return,
+                Err(Lost::Store(_)) => {}
+            }
+            if waited >= Duration::from_millis(self.ttl_ms) {
+                return;
+            }
+            fx.sleep(pause);
+            waited += pause;
+            pause = (pause * 2).min(MAX_KEYS_WRITE_PAUSE);
+        }
+    }
+
+    /// Takes up the stored record if its lease is still this holder's (a
+    /// write of ours landed although its answer was lost).
+    fn resync(&mut self, fx: &mut impl Effects) -> bool {
+        match fx.read_record() {
+            Ok(now)
+                if now.version > self.version
+                    && now
+                        .data
+                        .lease
+                        .as_ref()
+                        .is_some_and(|l| l.holder == self.holder) =>
+            {
+                self.version = now.version;
+                self.record = now.data;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// One conditional write on the held version. Any failure is resolved

@@ -6,9 +6,12 @@
 //! [`crate::fleet`]). An adopted token may itself have expired while the call
 //! waited for the lease, so a rejection after adopting leads to another
 //! renewal (adopt again, or exchange), at most [`RENEWALS`] in all; a
-//! rejection after the call's own exchange is final, and so is one of a token
-//! obtained moments ago ([`FRESH_WINDOW`]): a URL that always answers 401 must
-//! not turn every call into a refresh.
+//! rejection after the call's own exchange is final, and is remembered with
+//! the keys: a later call whose token is rejected again refreshes only once
+//! that evidence has run out ([`REJECTION_MEMORY`], or the token's expiry), so
+//! a URL that always answers 401 does not turn every call into a refresh,
+//! while a token that is rejected for any other reason (expired early,
+//! revoked by an administrator) is refreshed at once.
 
 use crate::challenge;
 pub use crate::effects::Effects;
@@ -31,9 +34,10 @@ pub const TOKEN_ATTEMPTS: u32 = 3;
 pub const BACKOFF: Duration = Duration::from_millis(200);
 /// Newer token sets (adopted or exchanged) one call may try: one resend each.
 pub const RENEWALS: u32 = 3;
-/// A token obtained this recently (seconds) is not refreshed again when the
-/// API rejects it; capped at half the token's lifetime when that is known.
-pub const FRESH_WINDOW: u64 = 30;
+/// How long (seconds) the evidence that the API rejects even a freshly
+/// obtained token stops further refreshes, unless the token expires sooner:
+/// an API that always answers 401 costs one refresh per this long.
+pub const REJECTION_MEMORY: u64 = 300;
 
 pub fn send(
     fx: &mut impl Effects,
@@ -76,8 +80,12 @@ pub fn send(
                 response: resp,
             }));
         }
-        let fresh = origin.is_none() && is_fresh(&keys, fx.now_unix());
-        if origin == Some(Origin::Exchanged) || renewals == RENEWALS || fresh {
+        if origin == Some(Origin::Exchanged) {
+            fleet::remember_rejection(fx, &keys);
+            return Err(SendError::RejectedAfterRefresh(resp));
+        }
+        let known = origin.is_none() && rejected_before(&keys, fx.now_unix());
+        if renewals == RENEWALS || known {
             return Err(SendError::RejectedAfterRefresh(resp));
         }
         (keys, origin) = refresh(fx, settings, timing, &keys).map(|(k, o)| (k, Some(o)))?;
@@ -89,17 +97,16 @@ pub(crate) fn not_authenticated(why: &str) -> SendError {
     SendError::NotAuthenticated(format!("{why}: please authenticate"))
 }
 
-/// Whether the stored token was obtained so recently that its rejection
-/// cannot be expiry.
-fn is_fresh(keys: &Keys, now: u64) -> bool {
-    let Some(at) = keys.refreshed_at() else {
+/// Whether the API already rejected this very token set right after it was
+/// obtained, recently enough (and before its expiry) that another refresh
+/// cannot be expected to help.
+fn rejected_before(keys: &Keys, now: u64) -> bool {
+    let Some(at) = keys.rejected_at() else {
         return false;
     };
-    let window = match keys.lifetime() {
-        Some(life) => FRESH_WINDOW.min(life / 2),
-        None => FRESH_WINDOW,
-    };
-    now < at.saturating_add(window)
+    let until = at.saturating_add(REJECTION_MEMORY);
+    let until = keys.expires_at().map_or(until, |expiry| expiry.min(until));
+    now < until
 }
 
 fn validate(settings: &Settings) -> Result<(), SendError> {
@@ -704,27 +711,64 @@ mod tests {
     }
 
     #[test]
-    fn a_token_minted_moments_ago_is_not_refreshed_again() {
-        // Refreshed at 990 with a one-hour lifetime; rejected at 1000.
-        let fresh = r#"{"access_token":"a1","refresh_token":"r1","expires_in":3600,"rekey_refreshed_at":990}"#;
-        let mut fx = script([ok(401, "")]);
-        let err = run_stored(&mut fx, Some(fresh)).unwrap_err();
-        assert!(matches!(err, SendError::RejectedAfterRefresh(_)));
-        assert_eq!((fx.sent.len(), fx.leases), (1, 0));
+    fn a_token_refreshed_moments_ago_is_refreshed_again_when_rejected() {
+        // A provider that sends no expires_in and ends sessions early (or an
+        // administrator who revoked the token): refreshed at 999, rejected at
+        // 1000 with no evidence that a refresh cannot help, so refresh.
+        let fresh = r#"{"access_token":"a1","refresh_token":"r1","rekey_refreshed_at":999}"#;
+        let mut fx = script(refreshed_and_answered());
+        run_stored(&mut fx, Some(fresh)).unwrap();
+        assert_eq!((fx.leases, fx.emitted.len()), (1, 1));
+    }
 
-        // 31 s later, or with a lifetime so short that half of it has passed,
-        // the rejection is expiry: refresh.
-        for (now, keys) in [
-            (1_021, fresh.to_string()),
-            (
-                1_000,
-                fresh.replace(r#""expires_in":3600"#, r#""expires_in":2"#),
-            ),
-        ] {
-            let mut fx = script(refreshed_and_answered()).at(now);
-            run_stored(&mut fx, Some(&keys)).unwrap();
-            assert_eq!(fx.emitted.len(), 1, "now={now}");
-        }
+    #[test]
+    fn a_rejection_right_after_a_refresh_is_remembered_and_not_refreshed_again() {
+        // The API rejects the stale token, then the brand-new one.
+        let mut fx = script([ok(401, ""), ok(200, A2), ok(401, "no")]);
+        let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
+        assert!(matches!(err, SendError::RejectedAfterRefresh(_)), "{err:?}");
+        let stored = Keys::parse(fx.record.data.keys.as_deref().unwrap()).unwrap();
+        assert_eq!(stored.access_token(), Some("a2"));
+        assert_eq!(stored.rejected_at(), Some(1_000), "the evidence is stored");
+        assert!(fx.record.data.lease.is_none() && fx.record.data.refresh_mark.is_none());
+
+        // The next call's rejection of the same token costs no refresh.
+        let version = fx.record.version;
+        let mut next = script([ok(401, "still no")]);
+        next.record = fx.record.clone();
+        let err = send(&mut next, &settings(Strategy::OnAuthFailure), &api()).unwrap_err();
+        assert!(matches!(err, SendError::RejectedAfterRefresh(_)), "{err:?}");
+        assert_eq!(
+            (next.sent.len(), next.leases, next.record.version),
+            (1, 0, version)
+        );
+
+        // A merge drops the evidence: it was about that token set only.
+        let merged = stored.merged(serde_json::Map::new(), 1_001);
+        assert_eq!(merged.rejected_at(), None);
+    }
+
+    #[test]
+    fn the_evidence_is_not_written_under_another_workers_lease() {
+        let mut other = script([]).record;
+        // Another worker takes the lease the moment the retry is rejected.
+        other.version += 10;
+        let keys = Keys::parse(A2)
+            .unwrap()
+            .merged(serde_json::Map::new(), 1_000);
+        other.data.keys = Some(keys.to_json());
+        other.data.lease = Some(crate::rekey::oauth2::types::Lease {
+            holder: "other".into(),
+            until_ms: u64::MAX,
+        });
+        let before = other.clone();
+        let mut fx2 = script([]);
+        fx2.record = other;
+        fleet::remember_rejection(&mut fx2, &keys);
+        assert!(
+            fx2.record == before,
+            "nothing written under someone's lease"
+        );
     }
 
     #[test]
@@ -745,14 +789,16 @@ mod tests {
         assert!(fx.slept.is_empty());
     }
 
-    /// The API's rejection of a stored set refreshed at 990 (and valid
-    /// `lifetime` seconds), answered at `now`: refreshed again, or final.
-    fn refreshes_a_rejected_token(now: u64, lifetime: Option<u64>) -> bool {
+    /// The API's rejection, at `now`, of a stored set that was rejected right
+    /// after its refresh at 990 (and expires at `expires_at`, when known):
+    /// refreshed again, or final.
+    fn refreshes_a_token_rejected_before(now: u64, expires_at: Option<u64>) -> bool {
         let mut keys = serde_json::json!({
-            "access_token": "a1", "refresh_token": "r1", "rekey_refreshed_at": 990
+            "access_token": "a1", "refresh_token": "r1",
+            "rekey_refreshed_at": 990, "rekey_rejected_at": 990
         });
-        if let Some(life) = lifetime {
-            keys["expires_in"] = life.into();
+        if let Some(at) = expires_at {
+            keys["expires_at"] = at.into();
         }
         let mut fx = script(refreshed_and_answered()).at(now);
         match run_stored(&mut fx, Some(&keys.to_string())) {
@@ -769,21 +815,28 @@ mod tests {
     }
 
     #[test]
-    fn the_fresh_window_ends_exactly_at_its_bound() {
-        // 30 s when the lifetime is unknown or long.
-        for life in [None, Some(60), Some(3600)] {
-            assert!(!refreshes_a_rejected_token(990, life), "{life:?}");
-            assert!(!refreshes_a_rejected_token(1_019, life), "{life:?}");
-            assert!(refreshes_a_rejected_token(1_020, life), "{life:?}");
+    fn the_evidence_of_a_rejection_ends_at_its_bound_or_with_the_token() {
+        let memory = REJECTION_MEMORY;
+        // Unknown or late expiry: REJECTION_MEMORY after the rejection.
+        for expiry in [None, Some(990 + memory + 100)] {
+            assert!(
+                !refreshes_a_token_rejected_before(990, expiry),
+                "{expiry:?}"
+            );
+            assert!(
+                !refreshes_a_token_rejected_before(989 + memory, expiry),
+                "{expiry:?}"
+            );
+            assert!(
+                refreshes_a_token_rejected_before(990 + memory, expiry),
+                "{expiry:?}"
+            );
         }
-        // Half the lifetime when that is shorter: 10 s of a 20 s or 21 s token.
-        for life in [20, 21] {
-            assert!(!refreshes_a_rejected_token(999, Some(life)), "{life}");
-            assert!(refreshes_a_rejected_token(1_000, Some(life)), "{life}");
-        }
-        // A zero lifetime has no fresh window; neither has a clock behind.
-        assert!(refreshes_a_rejected_token(990, Some(0)));
-        assert!(!refreshes_a_rejected_token(900, None));
+        // A token that expires sooner is refreshed once it has expired.
+        assert!(!refreshes_a_token_rejected_before(1_009, Some(1_010)));
+        assert!(refreshes_a_token_rejected_before(1_010, Some(1_010)));
+        // A clock behind the evidence keeps it.
+        assert!(!refreshes_a_token_rejected_before(900, None));
     }
 
     #[test]

@@ -7,6 +7,10 @@ use serde_json::{Map, Value};
 /// When this token set was obtained (Unix seconds), written by the guest on
 /// every merge: a rejection of a token minted moments ago is not expiry.
 pub const REFRESHED_AT: &str = "rekey_refreshed_at";
+/// When the API rejected this token set right after the refresh that obtained
+/// it (that refresh's own retry was rejected): evidence that another refresh
+/// cannot help, written by the guest, dropped by the next merge.
+pub const REJECTED_AT: &str = "rekey_rejected_at";
 
 /// A token set. Deliberately no `Debug` that shows values: it holds secrets.
 #[derive(Clone, PartialEq)]
@@ -53,14 +57,22 @@ impl Keys {
         number(self.0.get("expires_at")?)
     }
 
-    /// The access token's lifetime in seconds, as the provider last said.
-    pub fn lifetime(&self) -> Option<u64> {
-        number(self.0.get("expires_in")?)
-    }
-
     /// When this set was obtained by a refresh, when the guest knows.
+    #[cfg(test)]
     pub fn refreshed_at(&self) -> Option<u64> {
         number(self.0.get(REFRESHED_AT)?)
+    }
+
+    /// When the API rejected this set right after it was obtained.
+    pub fn rejected_at(&self) -> Option<u64> {
+        number(self.0.get(REJECTED_AT)?)
+    }
+
+    /// This set, marked as rejected right after it was obtained, at `now`.
+    pub fn with_rejection(&self, now: u64) -> Keys {
+        let mut marked = self.0.clone();
+        marked.insert(REJECTED_AT.into(), Value::from(now));
+        Keys(marked)
     }
 
     /// True when the access token expires within `margin` seconds of `now`.
@@ -79,11 +91,12 @@ impl Keys {
     pub fn merged(self, response: Map<String, Value>, now: u64) -> Keys {
         let mut merged = self.0;
         merged.remove("expires_at");
+        merged.remove(REJECTED_AT);
         let expires_in = response.get("expires_in").and_then(number);
         for (k, v) in response {
             // A null or empty refresh_token is "none sent", not "forget it".
             let unsent_refresh = k == "refresh_token" && v.as_str().is_none_or(str::is_empty);
-            if unsent_refresh || k == "expires_at" || k == REFRESHED_AT {
+            if unsent_refresh || k == "expires_at" || k == REFRESHED_AT || k == REJECTED_AT {
                 continue;
             }
             merged.insert(k, v);
