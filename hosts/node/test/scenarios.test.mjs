@@ -237,7 +237,8 @@ test('keys-callback-failure-stops-before-retry', () => withProvider([], async (p
   let calls = 0;
 
   const err = await rk.send({
-    settings: p.settings(),
+    // The component retries a failed keys write for one lease TTL: keep it short here.
+    settings: { ...p.settings(), fleet: { leaseTtlMs: 2000 } },
     keys: imported(first, { access_token: REJECTED_ACCESS_TOKEN }),
     request: { url: p.api('x') },
     onUpdateKeys: async () => {

@@ -247,7 +247,13 @@ def test_keys_callback_failure_stops_before_retry(client, provider):
 
     before = provider.stats()
     with pytest.raises(rekey.KeysNotPersisted) as caught:
-        client.send(provider.settings(), Request.get(provider.api_url + "me"), keys=keys, on_update_keys=on_update_keys)
+        # The component retries a failed keys write for one lease TTL: keep it short here.
+        client.send(
+            provider.settings(lease_ttl_ms=2000),
+            Request.get(provider.api_url + "me"),
+            keys=keys,
+            on_update_keys=on_update_keys,
+        )
 
     d = delta(provider.stats(), before)
     assert (d["api_calls"], d["token_calls"], d["refreshes_granted"]) == (1, 1, 1)  # the request was not resent
