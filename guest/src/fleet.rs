@@ -201,6 +201,35 @@ fn in_doubt(mark: &RefreshMark, now_ms: u64) -> SendError {
     ))
 }
 
+/// The pauses between attempts at a holder's last write: doubling from
+/// [`FIRST_KEYS_WRITE_PAUSE`] up to [`MAX_KEYS_WRITE_PAUSE`], for one lease TTL.
+struct WriteRetry {
+    pause: Duration,
+    waited: Duration,
+    budget: Duration,
+}
+
+impl WriteRetry {
+    fn for_ttl(ttl_ms: u64) -> WriteRetry {
+        WriteRetry {
+            pause: FIRST_KEYS_WRITE_PAUSE,
+            waited: Duration::ZERO,
+            budget: Duration::from_millis(ttl_ms),
+        }
+    }
+
+    /// Sleeps before the next attempt; false once the TTL has been waited.
+    fn pause(&mut self, fx: &mut impl Effects) -> bool {
+        if self.waited >= self.budget {
+            return false;
+        }
+        fx.sleep(self.pause);
+        self.waited += self.pause;
+        self.pause = (self.pause * 2).min(MAX_KEYS_WRITE_PAUSE);
+        true
+    }
+}
+
 /// Why a holder's conditional write did not land.
 pub enum Lost {
     /// Someone else wrote the record: this call no longer holds it.
@@ -259,18 +288,8 @@ impl Held {
             refresh_mark: None,
             dead_grant: None,
         };
-        let mut pause = FIRST_KEYS_WRITE_PAUSE;
-        let mut waited = Duration::ZERO;
-        let mut last = String::new();
-        for attempt in 0.. {
-            if attempt > 0 {
-                if waited >= Duration::from_millis(self.ttl_ms) {
-                    break;
-                }
-                fx.sleep(pause);
-                waited += pause;
-                pause = (pause * 2).min(MAX_KEYS_WRITE_PAUSE);
-            }
+        let mut retry = WriteRetry::for_ttl(self.ttl_ms);
+        let last = loop {
             match self.write(fx, next.clone()) {
                 Ok(()) => return Ok(()),
                 Err(Lost::Conflict) => {
@@ -281,9 +300,10 @@ impl Held {
                             .into(),
                     ));
                 }
-                Err(Lost::Store(m)) => last = m,
+                Err(Lost::Store(m)) if !retry.pause(fx) => break m,
+                Err(Lost::Store(_)) => {}
             }
-        }
+        };
         Err(SendError::KeysNotPersisted(format!(
             "{last}; the provider may have rotated the refresh token, so the stored one may be \
              spent: the credential stays marked refresh-in-doubt"
@@ -330,8 +350,7 @@ impl Held {
     /// write is made again on that version. Gives up quietly: the lease runs
     /// out, and a mark left says "in doubt", never "spend".
     fn finish(&mut self, fx: &mut impl Effects, next: CredentialRecord) {
-        let mut pause = FIRST_KEYS_WRITE_PAUSE;
-        let mut waited = Duration::ZERO;
+        let mut retry = WriteRetry::for_ttl(self.ttl_ms);
         let mut resyncs = 0;
         loop {
             match self.write(fx, next.clone()) {
@@ -343,12 +362,9 @@ impl Held {
                 Err(Lost::Conflict) => return,
                 Err(Lost::Store(_)) => {}
             }
-            if waited >= Duration::from_millis(self.ttl_ms) {
+            if !retry.pause(fx) {
                 return;
             }
-            fx.sleep(pause);
-            waited += pause;
-            pause = (pause * 2).min(MAX_KEYS_WRITE_PAUSE);
         }
     }
 

@@ -287,23 +287,19 @@ fn exchange_attempts(
             fx.sleep(delay);
             delay = (delay * 2).min(token::MAX_RETRY_AFTER);
         }
-        {
-            if let Err(lost) = held.mark(fx) {
-                let why = match lost {
-                    fleet::Lost::Conflict => {
-                        "the credential's record changed under this call".into()
-                    }
-                    fleet::Lost::Store(m) => format!("cannot renew the refresh lease: {m}"),
-                };
-                return Err(if in_doubt {
-                    SendError::RefreshInDoubt(format!(
-                        "the retry after an unanswered attempt was not sent ({why}): \
-                         the refresh token may be spent"
-                    ))
-                } else {
-                    SendError::LeaseUnavailable(why)
-                });
-            }
+        if let Err(lost) = held.mark(fx) {
+            let why = match lost {
+                fleet::Lost::Conflict => "the credential's record changed under this call".into(),
+                fleet::Lost::Store(m) => format!("cannot renew the refresh lease: {m}"),
+            };
+            return Err(if in_doubt {
+                SendError::RefreshInDoubt(format!(
+                    "the retry after an unanswered attempt was not sent ({why}): \
+                     the refresh token may be spent"
+                ))
+            } else {
+                SendError::LeaseUnavailable(why)
+            });
         }
         attempts += 1;
         attempts_left -= 1;
