@@ -11,9 +11,8 @@ use crate::exports::rekey::oauth2::authorize::{
     Authorization, AuthorizeError, DeviceGrant, Pending,
 };
 use crate::flow::is_loopback_authority;
-use crate::rekey::oauth2::types::{
-    OauthError, Purpose, Request, Response, SendError, Settings, TransportError,
-};
+use crate::http::{self, Http, Request, Response};
+use crate::rekey::oauth2::types::{OauthError, Purpose, SendError, Settings, TransportError};
 use crate::token::{self, Outcome};
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -23,8 +22,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 /// What the flows need from outside.
-pub trait Effects {
-    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError>;
+pub trait Effects: Http {
     fn now_unix(&self) -> u64;
     fn sleep(&mut self, d: Duration);
 }
@@ -314,7 +312,7 @@ fn rejected(status: u16, code: String) -> AuthorizeError {
 fn exchange(fx: &mut impl Effects, req: &Request) -> Result<String, AuthorizeError> {
     let mut delay = BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        match read_answer(fx.http_send(Purpose::TokenEndpoint, req)) {
+        match read_answer(http::exchange(fx, Purpose::TokenEndpoint, req)) {
             Answer::Tokens(body) => return Ok(body),
             Answer::Error(status, code) => return Err(rejected(status, code)),
             Answer::Fail(e) => return Err(e),
@@ -360,7 +358,7 @@ fn exchange_device(
 ) -> Result<Map<String, Value>, AuthorizeError> {
     let mut delay = BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        let result = fx.http_send(Purpose::DeviceEndpoint, req);
+        let result = http::exchange(fx, Purpose::DeviceEndpoint, req);
         let reason = match result {
             Ok(resp) if (200..300).contains(&resp.status) && error_code(&resp).is_none() => {
                 return match serde_json::from_slice::<Value>(&resp.body) {
@@ -475,7 +473,7 @@ pub fn device_poll(
             return Err(AuthorizeError::Expired);
         }
         fx.sleep(Duration::from_secs(interval.into()));
-        match read_answer(fx.http_send(Purpose::TokenEndpoint, &req)) {
+        match read_answer(http::exchange(fx, Purpose::TokenEndpoint, &req)) {
             Answer::Tokens(body) => return Ok(body),
             Answer::Error(_, code) if code == "authorization_pending" => failures = 0,
             Answer::Error(_, code) if code == "slow_down" => {

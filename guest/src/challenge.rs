@@ -1,13 +1,13 @@
 //! Reading a Bearer challenge (RFC 6750 §3): does the API say the token lacks
 //! scope (no refresh can help) rather than that it is invalid or expired?
 
-use crate::rekey::oauth2::types::Response;
+use crate::http::Response;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 /// `Some(scope)` when a `WWW-Authenticate: Bearer` challenge says
 /// `error="insufficient_scope"`; the inner option is the `scope` it names.
-pub fn insufficient_scope(resp: &Response) -> Option<Option<String>> {
+pub fn insufficient_scope<B>(resp: &Response<B>) -> Option<Option<String>> {
     resp.headers
         .iter()
         .filter(|(k, _)| k.eq_ignore_ascii_case("www-authenticate"))

@@ -1,15 +1,12 @@
-//! Everything the routine needs from outside: the WIT imports, as a trait so
+//! Everything the routine needs from outside: the WIT imports, as traits so
 //! the protocol runs natively in unit tests and in the fleet simulator.
 
-use crate::rekey::oauth2::types::{
-    CredentialRecord, Purpose, Request, Response, StoredRecord, TransportError, WriteError,
-};
+pub use crate::http::Http;
+use crate::rekey::oauth2::types::{CredentialRecord, StoredRecord, WriteError};
 use alloc::string::String;
 use core::time::Duration;
 
-pub trait Effects {
-    /// One HTTP exchange (`host.http-send`).
-    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError>;
+pub trait Effects: Http {
     /// The credential's record and version (`host.read-record`).
     fn read_record(&mut self) -> Result<StoredRecord, String>;
     /// The conditional, durable write (`host.emit-update-keys`).

@@ -18,9 +18,8 @@ pub use crate::effects::Effects;
 use crate::fleet::{self, Held, Renewal, Timing};
 use crate::keys::Keys;
 use crate::origins;
-use crate::rekey::oauth2::types::{
-    Purpose, Request, Response, ScopeChallenge, SendError, Settings, Strategy, TransportError,
-};
+use crate::http::{self, Request, Response};
+use crate::rekey::oauth2::types::{Purpose, SendError, Settings, Strategy, TransportError};
 use crate::token::{self, Outcome};
 use alloc::format;
 use alloc::string::String;
@@ -39,19 +38,36 @@ pub const RENEWALS: u32 = 3;
 /// an API that always answers 401 costs one refresh per this long.
 pub const REJECTION_MEMORY: u64 = 300;
 
-pub fn send(
-    fx: &mut impl Effects,
+/// Why `send` gave the caller no response of its own: an error, or the API's
+/// answer with a reason (`send-error`'s cases that carry a response).
+#[derive(Debug)]
+pub enum Refusal<B = alloc::vec::Vec<u8>> {
+    Error(SendError),
+    /// `rejected-after-refresh`.
+    RejectedAfterRefresh(Response<B>),
+    /// `insufficient-scope`: the scope the challenge named, and the answer.
+    InsufficientScope(Option<String>, Response<B>),
+}
+
+impl<B> From<SendError> for Refusal<B> {
+    fn from(e: SendError) -> Self {
+        Refusal::Error(e)
+    }
+}
+
+pub fn send<F: Effects>(
+    fx: &mut F,
     settings: &Settings,
-    req: &Request,
-) -> Result<Response, SendError> {
+    req: &Request<F::Body>,
+) -> Result<Response<F::Body>, Refusal<F::Body>> {
     validate(settings)?;
     let stored = fleet::read(fx)?;
     fleet::check_alive(&stored.data)?;
     let keys = match stored.data.keys.as_deref().map(Keys::parse).transpose() {
-        Err(e) => return Err(SendError::InvalidKeys(e)),
-        Ok(None) => return Err(not_authenticated("no keys are stored for this credential")),
+        Err(e) => return Err(SendError::InvalidKeys(e).into()),
+        Ok(None) => return Err(not_authenticated("no keys are stored for this credential").into()),
         Ok(Some(k)) if k.is_empty() => {
-            return Err(not_authenticated("no keys are stored for this credential"));
+            return Err(not_authenticated("no keys are stored for this credential").into());
         }
         Ok(Some(k)) => k,
     };
@@ -75,18 +91,15 @@ pub fn send(
             return Ok(resp);
         }
         if let Some(scope) = challenge::insufficient_scope(&resp) {
-            return Err(SendError::InsufficientScope(ScopeChallenge {
-                scope,
-                response: resp,
-            }));
+            return Err(Refusal::InsufficientScope(scope, resp));
         }
         if origin == Some(Origin::Exchanged) {
             fleet::remember_rejection(fx, &keys);
-            return Err(SendError::RejectedAfterRefresh(resp));
+            return Err(Refusal::RejectedAfterRefresh(resp));
         }
         let known = origin.is_none() && rejected_before(&keys, fx.now_unix());
         if renewals == RENEWALS || known {
-            return Err(SendError::RejectedAfterRefresh(resp));
+            return Err(Refusal::RejectedAfterRefresh(resp));
         }
         (keys, origin) = refresh(fx, settings, timing, &keys).map(|(k, o)| (k, Some(o)))?;
         renewals += 1;
@@ -132,12 +145,12 @@ fn is_rejected(settings: &Settings, status: u16) -> bool {
 
 /// The caller's request with our bearer token in place of any `Authorization`,
 /// only to where the token may go.
-fn send_with_token(
-    fx: &mut impl Effects,
+fn send_with_token<F: Effects>(
+    fx: &mut F,
     settings: &Settings,
-    req: &Request,
+    req: &Request<F::Body>,
     keys: &Keys,
-) -> Result<Response, SendError> {
+) -> Result<Response<F::Body>, SendError> {
     let instance = settings
         .allow_instance_url
         .then(|| keys.str_field("instance_url"))
@@ -158,7 +171,7 @@ fn send_with_token(
         method: req.method.clone(),
         url: req.url.clone(),
         headers,
-        body: req.body.clone(),
+        body: &req.body,
     };
     fx.http_send(Purpose::Api, &authed)
         .map_err(SendError::Transport)
@@ -361,7 +374,7 @@ fn attempt(
         maybe_processed,
         retry_after: None,
     };
-    let answer = fx.http_send(Purpose::TokenEndpoint, req);
+    let answer = http::exchange(fx, Purpose::TokenEndpoint, req);
     *maybe_spent |= may_have_spent(&answer);
     Err(Err(match answer {
         Ok(resp) => match token::classify(&resp) {

@@ -17,6 +17,7 @@ mod challenge;
 mod effects;
 mod fleet;
 mod flow;
+mod http;
 mod keys;
 mod origins;
 #[cfg(test)]
@@ -35,8 +36,10 @@ wit_bindgen::generate!({
     // The two WASI clock interfaces are ours to bind: no wasi crate (and so
     // no std) is pulled in for them.
     generate_all,
-    // The protocol compares a record it wrote with the one read back.
+    // The protocol compares a record it wrote with the one read back. The
+    // types that hold a body handle cannot be compared (nor need to be).
     additional_derives: [PartialEq],
+    additional_derives_ignore: ["request", "response", "scope-challenge", "send-error"],
 });
 
 use alloc::string::String;
@@ -46,8 +49,8 @@ use exports::rekey::oauth2::authorize::{Authorization, AuthorizeError, DeviceGra
 use exports::rekey::oauth2::client::Guest;
 use rekey::oauth2::host;
 use rekey::oauth2::types::{
-    CredentialRecord, Purpose, Request, Response, SendError, Settings, StoredRecord,
-    TransportError, WriteError,
+    Body, CredentialRecord, Purpose, Request, RequestHead, Response, ScopeChallenge, SendError,
+    Settings, StoredRecord, TransportError, WriteError,
 };
 use wasi::clocks::{monotonic_clock, wall_clock};
 use wasi::random::random;
@@ -58,10 +61,34 @@ mod wasm_rt;
 /// The real effects: the host interface, the WASI clocks and randomness.
 struct HostEffects;
 
-impl effects::Effects for HostEffects {
-    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError> {
-        host::http_send(purpose, req)
+impl http::Http for HostEffects {
+    type Body = Body;
+    fn http_send(
+        &mut self,
+        purpose: Purpose,
+        req: &http::Request<&Body>,
+    ) -> Result<http::Response<Body>, TransportError> {
+        let head = RequestHead {
+            method: req.method.clone(),
+            url: req.url.clone(),
+            headers: req.headers.clone(),
+        };
+        let resp = host::http_send(purpose, &head, req.body)?;
+        Ok(http::Response {
+            status: resp.status,
+            headers: resp.headers,
+            body: resp.body,
+        })
     }
+    fn new_body(&mut self, bytes: Vec<u8>) -> Body {
+        Body::new(&bytes)
+    }
+    fn read_body(&mut self, body: &Body, limit: u64) -> Vec<u8> {
+        body.read(limit)
+    }
+}
+
+impl effects::Effects for HostEffects {
     fn read_record(&mut self) -> Result<StoredRecord, String> {
         host::read_record()
     }
@@ -86,9 +113,6 @@ impl effects::Effects for HostEffects {
 }
 
 impl authorize::Effects for HostEffects {
-    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError> {
-        host::http_send(purpose, req)
-    }
     fn now_unix(&self) -> u64 {
         wall_clock::now().seconds
     }
@@ -97,11 +121,37 @@ impl authorize::Effects for HostEffects {
     }
 }
 
+/// The WIT response, from the routine's.
+fn response(r: http::Response<Body>) -> Response {
+    Response {
+        status: r.status,
+        headers: r.headers,
+        body: r.body,
+    }
+}
+
 struct Component;
 
 impl Guest for Component {
     fn send(settings: Settings, req: Request) -> Result<Response, SendError> {
+        let req = http::Request {
+            method: req.method,
+            url: req.url,
+            headers: req.headers,
+            body: req.body,
+        };
         flow::send(&mut HostEffects, &settings, &req)
+            .map(response)
+            .map_err(|refusal| match refusal {
+                flow::Refusal::Error(e) => e,
+                flow::Refusal::RejectedAfterRefresh(r) => SendError::RejectedAfterRefresh(response(r)),
+                flow::Refusal::InsufficientScope(scope, r) => {
+                    SendError::InsufficientScope(ScopeChallenge {
+                        scope,
+                        response: response(r),
+                    })
+                }
+            })
     }
 }
 
