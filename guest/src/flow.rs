@@ -16,9 +16,9 @@
 use crate::challenge;
 pub use crate::effects::Effects;
 use crate::fleet::{self, Held, Renewal, Timing};
+use crate::http::{self, Request, Response};
 use crate::keys::Keys;
 use crate::origins;
-use crate::http::{self, Request, Response};
 use crate::rekey::oauth2::types::{Purpose, SendError, Settings, Strategy, TransportError};
 use crate::token::{self, Outcome};
 use alloc::format;
@@ -47,6 +47,32 @@ pub enum Refusal<B = alloc::vec::Vec<u8>> {
     RejectedAfterRefresh(Response<B>),
     /// `insufficient-scope`: the scope the challenge named, and the answer.
     InsufficientScope(Option<String>, Response<B>),
+}
+
+#[cfg(test)]
+impl<B> Refusal<B> {
+    /// The `send-error` case's WIT name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::RejectedAfterRefresh(_) => "rejected-after-refresh",
+            Refusal::InsufficientScope(..) => "insufficient-scope",
+            Refusal::Error(e) => match e {
+                SendError::NotAuthenticated(_) => "not-authenticated",
+                SendError::ReauthorizationRequired(_) => "reauthorization-required",
+                SendError::SettingsRejected(_) => "settings-rejected",
+                SendError::TokenEndpoint(_) => "token-endpoint",
+                SendError::RefreshInDoubt(_) => "refresh-in-doubt",
+                SendError::RejectedAfterRefresh(_) => "rejected-after-refresh",
+                SendError::InsufficientScope(_) => "insufficient-scope",
+                SendError::Transport(_) => "transport",
+                SendError::KeysNotPersisted(_) => "keys-not-persisted",
+                SendError::LeaseUnavailable(_) => "lease-unavailable",
+                SendError::StoreUnavailable(_) => "store-unavailable",
+                SendError::InvalidSettings(_) => "invalid-settings",
+                SendError::InvalidKeys(_) => "invalid-keys",
+            },
+        }
+    }
 }
 
 impl<B> From<SendError> for Refusal<B> {
@@ -432,13 +458,13 @@ mod tests {
     }
 
     /// The API request with the stored `KEYS`.
-    fn run(fx: &mut Script, strategy: Strategy) -> Result<Response, SendError> {
+    fn run(fx: &mut Script, strategy: Strategy) -> Result<Response, Refusal> {
         fx.record.data.keys = Some(KEYS.into());
         send(fx, &settings(strategy), &api())
     }
 
     /// The API request with these stored keys, refreshed on rejection.
-    fn run_stored(fx: &mut Script, stored: Option<&str>) -> Result<Response, SendError> {
+    fn run_stored(fx: &mut Script, stored: Option<&str>) -> Result<Response, Refusal> {
         fx.record.data.keys = stored.map(Into::into);
         send(fx, &settings(Strategy::OnAuthFailure), &api())
     }
@@ -462,6 +488,100 @@ mod tests {
             .collect();
         assert_eq!(auth.len(), 1, "exactly one authorization header");
         &auth[0].1
+    }
+
+    /// Bodies as handles into a table, as the hosts hold them: what the
+    /// routine reads, and which body each request carried.
+    struct Handles {
+        script: Script,
+        bodies: Vec<Vec<u8>>,
+        read: Vec<usize>,
+        carried: Vec<usize>,
+    }
+
+    impl crate::http::Http for Handles {
+        type Body = usize;
+        fn http_send(
+            &mut self,
+            purpose: Purpose,
+            req: &Request<&usize>,
+        ) -> Result<Response<usize>, TransportError> {
+            self.carried.push(*req.body);
+            let whole = Request {
+                method: req.method.clone(),
+                url: req.url.clone(),
+                headers: req.headers.clone(),
+                body: self.bodies[*req.body].clone(),
+            };
+            let resp = testing::BytesHttp::send_bytes(&mut self.script, purpose, &whole)?;
+            let body = self.new_body(resp.body);
+            Ok(Response {
+                status: resp.status,
+                headers: resp.headers,
+                body,
+            })
+        }
+        fn new_body(&mut self, bytes: Vec<u8>) -> usize {
+            self.bodies.push(bytes);
+            self.bodies.len() - 1
+        }
+        fn read_body(&mut self, body: &usize, limit: u64) -> Vec<u8> {
+            self.read.push(*body);
+            let bytes = &self.bodies[*body];
+            bytes[..bytes.len().min(limit as usize)].to_vec()
+        }
+    }
+
+    impl Effects for Handles {
+        fn read_record(&mut self) -> Result<crate::rekey::oauth2::types::StoredRecord, String> {
+            self.script.read_record()
+        }
+        fn write_record(
+            &mut self,
+            expected: u64,
+            record: &crate::rekey::oauth2::types::CredentialRecord,
+        ) -> Result<u64, crate::rekey::oauth2::types::WriteError> {
+            self.script.write_record(expected, record)
+        }
+        fn now_ms(&self) -> u64 {
+            self.script.now_ms()
+        }
+        fn sleep(&mut self, d: Duration) {
+            self.script.sleep(d)
+        }
+        fn random_u64(&mut self) -> u64 {
+            self.script.random_u64()
+        }
+    }
+
+    #[test]
+    fn api_bodies_pass_through_unread_and_the_retry_carries_the_same_body() {
+        let big = "x".repeat(1 << 20);
+        let mut fx = Handles {
+            script: script([ok(401, &big), ok(200, A2), ok(200, &big)]),
+            bodies: vec![vec![7; 1 << 20]],
+            read: vec![],
+            carried: vec![],
+        };
+        fx.script.record.data.keys = Some(KEYS.into());
+        let api = api();
+        let req = Request {
+            method: api.method,
+            url: api.url,
+            headers: api.headers,
+            body: 0,
+        };
+        let resp = send(&mut fx, &settings(Strategy::OnAuthFailure), &req).unwrap();
+        // Bodies: 0 the request, 1 the 401's, 2 the token form, 3 the token
+        // answer, 4 the final answer.
+        assert_eq!(
+            fx.carried,
+            [0, 2, 0],
+            "the resend carries the caller's body"
+        );
+        assert_eq!(fx.read, [3], "only the token answer is read");
+        assert_eq!(resp.body, 4);
+        assert_eq!(fx.bodies[4].len(), 1 << 20);
     }
 
     #[test]
@@ -488,7 +608,7 @@ mod tests {
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(matches!(
             err,
-            SendError::RejectedAfterRefresh(Response { status: 401, .. })
+            Refusal::RejectedAfterRefresh(Response { status: 401, .. })
         ));
         assert_eq!(fx.sent.len(), 3);
     }
@@ -497,7 +617,10 @@ mod tests {
     fn emit_failure_stops_before_the_retry() {
         let mut fx = script([ok(401, ""), ok(200, A2)]).failing_emits();
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
-        assert!(matches!(err, SendError::KeysNotPersisted(_)));
+        assert!(matches!(
+            err,
+            Refusal::Error(SendError::KeysNotPersisted(_))
+        ));
         assert_eq!(fx.sent.len(), 2);
         assert_eq!(fx.releases, 1);
     }
@@ -537,7 +660,7 @@ mod tests {
         );
         fx.0.record.data.keys = Some(r#"{"access_token":"a0","refresh_token":"r0"}"#.into());
         let err = send(&mut fx, &settings(Strategy::OnAuthFailure), &api()).unwrap_err();
-        assert!(matches!(err, SendError::RejectedAfterRefresh(_)));
+        assert!(matches!(err, Refusal::RejectedAfterRefresh(_)));
         assert_eq!(fx.0.sent.len(), 1 + RENEWALS as usize);
         assert!(fx.0.emitted.is_empty(), "nothing spent");
     }
@@ -545,14 +668,17 @@ mod tests {
     /// Each read at a renewal shows a token set newer than the last.
     struct AdoptEachTime(Script, u32);
 
-    impl Effects for AdoptEachTime {
-        fn http_send(
+    impl testing::BytesHttp for AdoptEachTime {
+        fn send_bytes(
             &mut self,
             purpose: Purpose,
             req: &Request,
         ) -> Result<Response, TransportError> {
-            self.0.http_send(purpose, req)
+            self.0.send_bytes(purpose, req)
         }
+    }
+
+    impl Effects for AdoptEachTime {
         fn read_record(&mut self) -> Result<crate::rekey::oauth2::types::StoredRecord, String> {
             self.1 += 1;
             if self.1 > 1 {
@@ -617,12 +743,17 @@ mod tests {
 
         let mut fx = script([ok(401, ""), ok(400, r#"{"error":"invalid_grant"}"#)]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
-        assert!(matches!(err, SendError::ReauthorizationRequired(_)));
+        assert!(matches!(
+            err,
+            Refusal::Error(SendError::ReauthorizationRequired(_))
+        ));
         assert_eq!(fx.sent.len(), 2);
 
         let mut fx = script([ok(401, ""), ok(503, ""), refused(), ok(429, "")]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
-        assert!(matches!(err, SendError::TokenEndpoint(m) if m.contains("3 attempts")));
+        assert!(
+            matches!(err, Refusal::Error(SendError::TokenEndpoint(m)) if m.contains("3 attempts"))
+        );
     }
 
     /// A token request that may have been processed (and so rotated the
@@ -651,14 +782,17 @@ mod tests {
             ]);
             let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
             assert!(
-                matches!(&err, SendError::RefreshInDoubt(m) if m.contains("invalid_grant")),
+                matches!(&err, Refusal::Error(SendError::RefreshInDoubt(m)) if m.contains("invalid_grant")),
                 "{err:?}"
             );
 
             // Unanswered twice: stop, in doubt, after two token requests.
             let mut fx = script([ok(401, ""), first.clone(), ok(503, "")]);
             let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
-            assert!(matches!(err, SendError::RefreshInDoubt(_)), "{err:?}");
+            assert!(
+                matches!(err, Refusal::Error(SendError::RefreshInDoubt(_))),
+                "{err:?}"
+            );
             assert_eq!(fx.sent.len(), 3);
             assert!(fx.emitted.is_empty());
         }
@@ -682,7 +816,10 @@ mod tests {
     fn a_lease_inherited_in_doubt_spends_nothing() {
         let mut fx = script([ok(401, "")]).lease_shows(KEYS).in_doubt();
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
-        assert!(matches!(err, SendError::RefreshInDoubt(_)), "{err:?}");
+        assert!(
+            matches!(err, Refusal::Error(SendError::RefreshInDoubt(_))),
+            "{err:?}"
+        );
         assert_eq!(fx.sent.len(), 1, "no token request");
         assert_eq!((fx.leases, fx.releases), (0, 0), "nothing written");
         assert!(fx.record.data.refresh_mark.is_some(), "the mark stays");
@@ -708,7 +845,7 @@ mod tests {
         let mut fx = script([Ok(challenge.clone())]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(
-            matches!(&err, SendError::InsufficientScope(c) if c.scope.as_deref() == Some("orders:write")),
+            matches!(&err, Refusal::InsufficientScope(scope, _) if scope.as_deref() == Some("orders:write")),
             "{err:?}"
         );
         assert_eq!((fx.sent.len(), fx.leases), (1, 0));
@@ -735,7 +872,7 @@ mod tests {
         // The API rejects the stale token, then the brand-new one.
         let mut fx = script([ok(401, ""), ok(200, A2), ok(401, "no")]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
-        assert!(matches!(err, SendError::RejectedAfterRefresh(_)), "{err:?}");
+        assert!(matches!(err, Refusal::RejectedAfterRefresh(_)), "{err:?}");
         let stored = Keys::parse(fx.record.data.keys.as_deref().unwrap()).unwrap();
         assert_eq!(stored.access_token(), Some("a2"));
         assert_eq!(stored.rejected_at(), Some(1_000), "the evidence is stored");
@@ -746,7 +883,7 @@ mod tests {
         let mut next = script([ok(401, "still no")]);
         next.record = fx.record.clone();
         let err = send(&mut next, &settings(Strategy::OnAuthFailure), &api()).unwrap_err();
-        assert!(matches!(err, SendError::RejectedAfterRefresh(_)), "{err:?}");
+        assert!(matches!(err, Refusal::RejectedAfterRefresh(_)), "{err:?}");
         assert_eq!(
             (next.sent.len(), next.leases, next.record.version),
             (1, 0, version)
@@ -784,7 +921,9 @@ mod tests {
     fn settings_errors_are_not_reauthorization() {
         let mut fx = script([ok(401, ""), ok(401, r#"{"error":"invalid_client"}"#)]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
-        assert!(matches!(err, SendError::SettingsRejected(e) if e.code == "invalid_client"));
+        assert!(
+            matches!(err, Refusal::Error(SendError::SettingsRejected(e)) if e.code == "invalid_client")
+        );
     }
 
     #[test]
@@ -793,7 +932,7 @@ mod tests {
         let refused = Err(TransportError::Refused("lease lost".into()));
         let mut fx = script([ok(401, ""), refused]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
-        assert!(matches!(err, SendError::LeaseUnavailable(m) if m == "lease lost"));
+        assert!(matches!(err, Refusal::Error(SendError::LeaseUnavailable(m)) if m == "lease lost"));
         assert_eq!(fx.sent.len(), 2);
         assert!(fx.slept.is_empty());
     }
@@ -815,7 +954,7 @@ mod tests {
                 assert_eq!((fx.leases, fx.emitted.len()), (1, 1));
                 true
             }
-            Err(SendError::RejectedAfterRefresh(_)) => {
+            Err(Refusal::RejectedAfterRefresh(_)) => {
                 assert_eq!((fx.sent.len(), fx.leases), (1, 0));
                 false
             }
@@ -859,7 +998,7 @@ mod tests {
         ]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(
-            matches!(&err, SendError::RefreshInDoubt(m) if m.contains("lease lost")),
+            matches!(&err, Refusal::Error(SendError::RefreshInDoubt(m)) if m.contains("lease lost")),
             "{err:?}"
         );
         // Settings errors stay settings errors.
@@ -869,7 +1008,10 @@ mod tests {
             ok(400, r#"{"error":"invalid_client"}"#),
         ]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
-        assert!(matches!(err, SendError::SettingsRejected(_)), "{err:?}");
+        assert!(
+            matches!(err, Refusal::Error(SendError::SettingsRejected(_))),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -1026,7 +1168,7 @@ mod tests {
             let err = run_stored(&mut fx, stored).unwrap_err();
             let expected = format!("{why} for this credential: please authenticate");
             assert!(
-                matches!(&err, SendError::NotAuthenticated(m) if *m == expected),
+                matches!(&err, Refusal::Error(SendError::NotAuthenticated(m)) if *m == expected),
                 "{err:?}"
             );
             assert!(fx.sent.is_empty());

@@ -144,7 +144,9 @@ impl Guest for Component {
             .map(response)
             .map_err(|refusal| match refusal {
                 flow::Refusal::Error(e) => e,
-                flow::Refusal::RejectedAfterRefresh(r) => SendError::RejectedAfterRefresh(response(r)),
+                flow::Refusal::RejectedAfterRefresh(r) => {
+                    SendError::RejectedAfterRefresh(response(r))
+                }
                 flow::Refusal::InsufficientScope(scope, r) => {
                     SendError::InsufficientScope(ScopeChallenge {
                         scope,

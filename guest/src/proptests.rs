@@ -6,8 +6,9 @@
 //! the test harness's capture, so CI logs show it). `PROPTEST_CASES` overrides
 //! the counts.
 
+use crate::http::Response;
 use crate::keys::{Keys, REFRESHED_AT};
-use crate::rekey::oauth2::types::{Response, SendError};
+use crate::rekey::oauth2::types::SendError;
 use crate::token::{self, MAX_RETRY_AFTER, Outcome};
 use core::time::Duration;
 use proptest::prelude::*;

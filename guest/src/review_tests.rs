@@ -2,12 +2,12 @@
 //! bug found in review (committed ignored, then un-ignored with the fix).
 
 use crate::effects::Effects;
-use crate::flow::send;
+use crate::flow::{Refusal, send};
+use crate::http::{Request, Response};
 use crate::rekey::oauth2::types::{
-    CredentialRecord, Purpose, Request, Response, SendError, StoredRecord, TransportError,
-    WriteError,
+    CredentialRecord, Purpose, SendError, StoredRecord, TransportError, WriteError,
 };
-use crate::testing::{self, Script, ok, script};
+use crate::testing::{self, BytesHttp, Script, ok, script};
 use core::time::Duration;
 use std::string::String;
 
@@ -34,10 +34,13 @@ struct Faulty {
     failing_reads: u32,
 }
 
-impl Effects for Faulty {
-    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError> {
-        Effects::http_send(&mut self.inner, purpose, req)
+impl BytesHttp for Faulty {
+    fn send_bytes(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError> {
+        self.inner.send_bytes(purpose, req)
     }
+}
+
+impl Effects for Faulty {
     fn read_record(&mut self) -> Result<StoredRecord, String> {
         if self.failing_reads > 0 {
             self.failing_reads -= 1;
@@ -118,7 +121,10 @@ fn a_provably_unspent_refresh_leaves_no_mark_when_the_release_write_fails_once()
         }
     });
     let err = send(&mut fx, &testing::settings(), &api()).unwrap_err();
-    assert!(matches!(err, SendError::TokenEndpoint(_)), "{err:?}");
+    assert!(
+        matches!(err, Refusal::Error(SendError::TokenEndpoint(_))),
+        "{err:?}"
+    );
     let token_requests = fx
         .inner
         .purposes
@@ -146,7 +152,7 @@ fn a_mark_written_with_a_lost_answer_is_lifted_when_no_request_left() {
     });
     let err = send(&mut fx, &testing::settings(), &api()).unwrap_err();
     assert!(
-        !matches!(err, SendError::RefreshInDoubt(_)),
+        !matches!(err, Refusal::Error(SendError::RefreshInDoubt(_))),
         "no token request left: {err:?}"
     );
     assert_eq!(fx.inner.sent.len(), 1, "only the API request left");

@@ -3,9 +3,10 @@
 
 use crate::authorize;
 use crate::effects::Effects;
+use crate::http::{Http, Request, Response};
 use crate::rekey::oauth2::types::{
-    ClientAuth, CredentialRecord, FleetTiming, Purpose, RefreshMark, Request, Response, Settings,
-    StoredRecord, Strategy, TransportError, WriteError,
+    ClientAuth, CredentialRecord, FleetTiming, Purpose, RefreshMark, Settings, StoredRecord,
+    Strategy, TransportError, WriteError,
 };
 use core::time::Duration;
 use std::collections::VecDeque;
@@ -103,8 +104,36 @@ impl Script {
     }
 }
 
-impl Effects for Script {
-    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError> {
+/// HTTP for test doubles: bodies are their bytes, every request is seen whole.
+pub trait BytesHttp {
+    fn send_bytes(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError>;
+}
+
+impl<T: BytesHttp> Http for T {
+    type Body = Vec<u8>;
+    fn http_send(
+        &mut self,
+        purpose: Purpose,
+        req: &Request<&Vec<u8>>,
+    ) -> Result<Response, TransportError> {
+        let whole = Request {
+            method: req.method.clone(),
+            url: req.url.clone(),
+            headers: req.headers.clone(),
+            body: req.body.clone(),
+        };
+        self.send_bytes(purpose, &whole)
+    }
+    fn new_body(&mut self, bytes: Vec<u8>) -> Vec<u8> {
+        bytes
+    }
+    fn read_body(&mut self, body: &Vec<u8>, limit: u64) -> Vec<u8> {
+        body[..body.len().min(usize::try_from(limit).unwrap_or(usize::MAX))].to_vec()
+    }
+}
+
+impl BytesHttp for Script {
+    fn send_bytes(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError> {
         if let Some(mut next) = self.meanwhile.take() {
             if next.keys.is_none() {
                 next.keys = self.record.data.keys.clone();
@@ -118,6 +147,9 @@ impl Effects for Script {
         self.purposes.push(purpose);
         self.answers.pop_front().expect("unexpected request")
     }
+}
+
+impl Effects for Script {
     fn read_record(&mut self) -> Result<StoredRecord, String> {
         Ok(self.record.clone())
     }
@@ -167,9 +199,6 @@ impl Effects for Script {
 }
 
 impl authorize::Effects for Script {
-    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError> {
-        Effects::http_send(self, purpose, req)
-    }
     fn now_unix(&self) -> u64 {
         Effects::now_unix(self)
     }

@@ -6,7 +6,8 @@
 //! when the endpoint refused it unspent).
 
 use crate::flow::{self, BACKOFF, TOKEN_ATTEMPTS};
-use crate::rekey::oauth2::types::{Purpose, Request, Response, SendError, TransportError};
+use crate::http::{Request, Response};
+use crate::rekey::oauth2::types::{Purpose, SendError, TransportError};
 use crate::testing::{self, ok, script};
 use crate::token::MAX_RETRY_AFTER;
 use core::time::Duration;
@@ -193,7 +194,7 @@ fn each_token_endpoint_answer_means_what_the_contract_says() {
         let result = flow::send(&mut fx, &testing::settings(), &req);
         let kind = match &result {
             Ok(_) => "ok",
-            Err(e) => super::world::outcome_kind(&super::worker::Outcome::Returned(Err(e.clone()))),
+            Err(e) => e.kind(),
         };
         let token_requests = fx
             .purposes
@@ -210,7 +211,10 @@ fn each_token_endpoint_answer_means_what_the_contract_says() {
         };
         prop_assert_eq!(&got, &want, "{:?} -> {:?}", answers, result.err());
         prop_assert!(record.lease.is_none(), "the lease is ended");
-        if matches!(result, Err(SendError::RefreshInDoubt(_))) {
+        if matches!(
+            result,
+            Err(flow::Refusal::Error(SendError::RefreshInDoubt(_)))
+        ) {
             prop_assert!(record.refresh_mark.is_some(), "in doubt, the mark stays");
         }
         Ok(())

@@ -5,7 +5,7 @@
 //! unknown access tokens. Tokens are `rt<n>` / `at<n>`: generation `n` of the
 //! one grant, so a generation orders token sets.
 
-use crate::rekey::oauth2::types::Response;
+use crate::http::Response;
 use std::collections::BTreeMap;
 
 pub struct Provider {

@@ -7,8 +7,9 @@ use super::provider::{Exchange, generation};
 use super::worker::{Op, Reply};
 use super::world::{Event, Sim, St, opt};
 use super::{Fault, HTTP_TIMEOUT_MS, TOKEN_ANSWER_MAX_MS};
+use crate::http::{Request, Response};
 use crate::rekey::oauth2::types::{
-    CredentialRecord, Purpose, Request, Response, StoredRecord, TransportError, WriteError,
+    CredentialRecord, Purpose, StoredRecord, TransportError, WriteError,
 };
 
 impl Sim<'_> {

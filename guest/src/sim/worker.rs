@@ -11,10 +11,11 @@ use super::rng::Rng;
 use crate::effects::Effects;
 use crate::fleet::sabotage;
 use crate::flow;
+use crate::http::{Request, Response};
 use crate::rekey::oauth2::types::{
-    CredentialRecord, Purpose, Request, Response, SendError, Settings, StoredRecord,
-    TransportError, WriteError,
+    CredentialRecord, Purpose, Settings, StoredRecord, TransportError, WriteError,
 };
+use crate::testing::BytesHttp;
 use core::time::Duration;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
@@ -45,7 +46,7 @@ pub enum Reply {
 /// How a call ended.
 #[derive(Debug)]
 pub enum Outcome {
-    Returned(Result<Response, SendError>),
+    Returned(Result<Response, flow::Refusal>),
     Crashed,
     /// The protocol itself panicked: always a violation.
     Panicked(String),
@@ -99,13 +100,16 @@ fn mismatch(op: &str, reply: Reply) -> ! {
     panic!("scheduler answered {op} with {reply:?}")
 }
 
-impl Effects for SimFx {
-    fn http_send(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError> {
+impl BytesHttp for SimFx {
+    fn send_bytes(&mut self, purpose: Purpose, req: &Request) -> Result<Response, TransportError> {
         match self.call(Op::Http(purpose, req.clone())) {
             Reply::Http(r) => r,
             other => mismatch("http", other),
         }
     }
+}
+
+impl Effects for SimFx {
     fn read_record(&mut self) -> Result<StoredRecord, String> {
         match self.call(Op::Read) {
             Reply::Read(r) => r,

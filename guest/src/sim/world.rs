@@ -15,7 +15,8 @@ use super::store::Store;
 use super::worker::{Next, Op, Outcome, Reply, Worker};
 use super::{Config, Fault, Stats, Violation};
 use crate::fleet::Timing;
-use crate::rekey::oauth2::types::{FleetTiming, Purpose, Request, SendError, Settings};
+use crate::http::Request;
+use crate::rekey::oauth2::types::{FleetTiming, Purpose, Settings};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -440,20 +441,6 @@ pub fn outcome_kind(o: &Outcome) -> &'static str {
         Outcome::Returned(Ok(_)) => "ok",
         Outcome::Crashed => "crashed",
         Outcome::Panicked(_) => "panicked",
-        Outcome::Returned(Err(e)) => match e {
-            SendError::NotAuthenticated(_) => "not-authenticated",
-            SendError::ReauthorizationRequired(_) => "reauthorization-required",
-            SendError::SettingsRejected(_) => "settings-rejected",
-            SendError::TokenEndpoint(_) => "token-endpoint",
-            SendError::RefreshInDoubt(_) => "refresh-in-doubt",
-            SendError::RejectedAfterRefresh(_) => "rejected-after-refresh",
-            SendError::InsufficientScope(_) => "insufficient-scope",
-            SendError::Transport(_) => "transport",
-            SendError::KeysNotPersisted(_) => "keys-not-persisted",
-            SendError::LeaseUnavailable(_) => "lease-unavailable",
-            SendError::StoreUnavailable(_) => "store-unavailable",
-            SendError::InvalidSettings(_) => "invalid-settings",
-            SendError::InvalidKeys(_) => "invalid-keys",
-        },
+        Outcome::Returned(Err(e)) => e.kind(),
     }
 }
