@@ -6,6 +6,9 @@
 //!    └───────────────────────types──────────────────────▶ front
 //! ```
 //!
+//! `types` holds the `body` resource, which the effects export: one resource
+//! type for all three, so body handles pass between them unchanged.
+//!
 //! Every other import (wasi:*) stays an import of the result, shared by all
 //! three. `imports FILE` lists a component's imports, one per line.
 
@@ -90,14 +93,13 @@ fn compose(effects: &[u8], rekey: &[u8], front: &[u8]) -> Result<Vec<u8>> {
     Ok(graph.encode(EncodeOptions::default())?)
 }
 
-/// Sets an instantiation argument; the rekey component may import `types`
-/// only through `host`, so a missing `types` argument is not an error.
+/// Sets an instantiation argument. Both rekey and front import `types`: the
+/// `body` resource is defined once, by the effects instance, so a handle the
+/// front makes is the one rekey passes to `http-send` and gets back.
 fn plug(graph: &mut CompositionGraph, to: NodeId, name: &str, from: NodeId) -> Result<()> {
-    match graph.set_instantiation_argument(to, name, from) {
-        Ok(()) => Ok(()),
-        Err(e) if name == TYPES && e.to_string().contains("does not have an argument") => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("wiring {name}")),
-    }
+    graph
+        .set_instantiation_argument(to, name, from)
+        .with_context(|| format!("wiring {name}"))
 }
 
 /// The component's import names (top level only).

@@ -3,7 +3,7 @@
 //! size cap, and each failure mapped to the contract's `transport-error` by
 //! whether the request can have left.
 
-use crate::exports::rekey::oauth2::types::{Request, Response, TransportError};
+use crate::exports::rekey::oauth2::types::{RequestHead, TransportError};
 use crate::settings::Settings;
 use crate::target::Target;
 use crate::wasi::http::outgoing_handler;
@@ -15,11 +15,19 @@ use rekey_edge_rt::wasi::http::types::{
     ErrorCode, Fields, HeaderError, Method, OutgoingRequest, RequestOptions, Scheme,
 };
 
+/// A response with its body read whole (up to the cap).
+pub struct Received {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
 pub fn send(
     target: &Target,
-    req: Request,
+    req: &RequestHead,
+    body: &[u8],
     settings: &Settings,
-) -> Result<Response, TransportError> {
+) -> Result<Received, TransportError> {
     let headers = Fields::new();
     for (name, value) in &req.headers {
         if body::is_hop_by_hop(name) {
@@ -38,8 +46,8 @@ pub fn send(
     }
     // Framing is the runtime's, but a known length beats chunked encoding,
     // which some token endpoints refuse.
-    if !req.body.is_empty() || matches!(req.method.as_str(), "POST" | "PUT" | "PATCH") {
-        let _ = headers.set("content-length", &[req.body.len().to_string().into_bytes()]);
+    if !body.is_empty() || matches!(req.method.as_str(), "POST" | "PUT" | "PATCH") {
+        let _ = headers.set("content-length", &[body.len().to_string().into_bytes()]);
     }
     let request = OutgoingRequest::new(headers);
     let invalid = |what: &str| TransportError::InvalidRequest(format!("invalid {what}"));
@@ -69,7 +77,7 @@ pub fn send(
     let _ = options.set_between_bytes_timeout(Some(ns(settings.between_bytes_timeout_ms)));
 
     let pending = outgoing_handler::handle(request, Some(options)).map_err(|e| classify(&e))?;
-    body::write_all(outgoing_body, &req.body).map_err(|e| classify(&e))?;
+    body::write_all(outgoing_body, body).map_err(|e| classify(&e))?;
     pending.subscribe().block();
     let response = match pending.get() {
         Some(Ok(Ok(response))) => response,
@@ -91,15 +99,15 @@ pub fn send(
     let incoming = response
         .consume()
         .map_err(|()| TransportError::Other("no response body".into()))?;
-    let body = body::read_all(incoming, settings.max_response_bytes).map_err(|e| match e {
+    let received = body::read_all(incoming, settings.max_response_bytes).map_err(|e| match e {
         ReadError::TooLarge(cap) => TransportError::TooLarge(cap),
         ReadError::Failed(Some(code)) => classify(&code),
         ReadError::Failed(None) => TransportError::Other("the response body broke off".into()),
     })?;
-    Ok(Response {
+    Ok(Received {
         status,
         headers,
-        body,
+        body: received,
     })
 }
 

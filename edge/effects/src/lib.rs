@@ -34,10 +34,12 @@ wit_bindgen::generate!({
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::cell::OnceCell;
 use exports::rekey::oauth2::host;
 use exports::rekey::oauth2::types::{
-    CredentialRecord, Purpose, Request, Response, StoredRecord, TransportError, WriteError,
+    self, BodyBorrow, CredentialRecord, Purpose, RequestHead, Response, StoredRecord,
+    TransportError, WriteError,
 };
 use fs_cas::FileCas;
 use settings::Settings;
@@ -68,13 +70,42 @@ fn call() -> Result<&'static Call, String> {
         .map_err(String::clone)
 }
 
+/// The bytes of one `body` handle. They stay in this component: the rekey
+/// component holds handles and copies only what it reads (token answers), so
+/// an API body crosses into it never, whatever its size.
+pub struct Bytes(Vec<u8>);
+
+impl types::Guest for Effects {
+    type Body = Bytes;
+}
+
+impl types::GuestBody for Bytes {
+    fn new(bytes: Vec<u8>) -> Bytes {
+        Bytes(bytes)
+    }
+
+    fn read(&self, limit: u64) -> Vec<u8> {
+        let n = usize::try_from(limit).map_or(self.0.len(), |l| l.min(self.0.len()));
+        self.0[..n].to_vec()
+    }
+}
+
 impl host::Guest for Effects {
-    fn http_send(purpose: Purpose, req: Request) -> Result<Response, TransportError> {
+    fn http_send(
+        purpose: Purpose,
+        head: RequestHead,
+        body: BodyBorrow<'_>,
+    ) -> Result<Response, TransportError> {
         let call = call().map_err(TransportError::Refused)?;
         let target =
-            Target::parse(&req.url).map_err(|e| TransportError::InvalidRequest(e.into()))?;
+            Target::parse(&head.url).map_err(|e| TransportError::InvalidRequest(e.into()))?;
         boundary::check(purpose, &target, &call.settings)?;
-        http::send(&target, req, &call.settings)
+        let response = http::send(&target, &head, &body.get::<Bytes>().0, &call.settings)?;
+        Ok(Response {
+            status: response.status,
+            headers: response.headers,
+            body: types::Body::new(Bytes(response.body)),
+        })
     }
 
     fn read_record() -> Result<StoredRecord, String> {

@@ -3,7 +3,7 @@
 //! adds the credential's) and the hop-by-hop headers.
 
 use crate::answer::Answer;
-use crate::rekey::oauth2::types::Request;
+use crate::rekey::oauth2::types::{Body, Request};
 use crate::settings::Settings;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -37,7 +37,8 @@ pub fn request(incoming: IncomingRequest, settings: &Settings) -> Result<Request
         method,
         url: alloc::format!("{}{}", settings.upstream, path),
         headers,
-        body,
+        // Handed to the effects adapter, which holds it for every send.
+        body: Body::new(&body),
     })
 }
 

@@ -49,7 +49,7 @@ fn proxy(request: IncomingRequest) -> Answer {
         Ok(r) => r,
         Err(answer) => return answer,
     };
-    match client::send(&settings.rekey, &req) {
+    match client::send(&settings.rekey, req) {
         Ok(response) => Answer::upstream(response),
         Err(e) => Answer::from_send_error(e),
     }
