@@ -33,7 +33,14 @@ export class CallHost {
     Object.assign(this, o);
   }
 
-  async httpSend(purpose, req) {
+  /**
+   * @param {string|number} purpose
+   * @param {{method: string, url: string, headers: [string, string][]}} head
+   * @param {Uint8Array} body  the bytes of the borrowed body (the engines resolve the handle)
+   * @returns the WIT result, the response's body as bytes (the engines make it a handle)
+   */
+  async httpSend(purpose, head, body) {
+    const req = { ...head, body };
     const kind = typeof purpose === 'string' ? purpose : PURPOSES[purpose];
     const why = refusal(kind, req.url, {
       tokenUrl: this.settings.tokenUrl,

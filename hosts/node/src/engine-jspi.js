@@ -5,6 +5,7 @@
 
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { Body, mapResponseBodies } from './bodies.js';
 import { compileCoreModules, exportsOf, importResult, moduleLookup, sendErrorOf } from './core-modules.js';
 import { ComponentError } from './errors.js';
 import { InstancePool } from './instance-pool.js';
@@ -27,9 +28,14 @@ export async function createJspiEngine({ genDir, poolSize }) {
     const slot = { host: null };
     const through = (name) => async (...args) => importResult(await slot.host[name](...args));
     const root = await instantiate(getCoreModule, {
-      'rekey:oauth2/types': {},
+      'rekey:oauth2/types': { Body },
       'rekey:oauth2/host': {
-        httpSend: through('httpSend'),
+        // The borrowed body's bytes go out as they are; the response's
+        // bytes become a new body the component owns.
+        httpSend: async (purpose, head, body) => {
+          const result = await slot.host.httpSend(purpose, head, Body.bytesOf(body));
+          return importResult(mapResponseBodies(result, (bytes) => new Body(bytes)));
+        },
         readRecord: through('readRecord'),
         emitUpdateKeys: through('emitUpdateKeys'),
       },
@@ -40,8 +46,10 @@ export async function createJspiEngine({ genDir, poolSize }) {
 
   const engine = {
     mode: 'jspi',
-    call(settings, request, host) {
-      return engine.invoke('send', [settings, request], host);
+    /** `send`: the request's bytes in as a body the component owns, the responses' bodies back as bytes. */
+    async call(settings, request, host) {
+      const outcome = await engine.invoke('send', [settings, { ...request, body: new Body(request.body) }], host);
+      return mapResponseBodies(outcome, Body.bytesOf);
     },
     /** Runs one export (see exportsOf) with `host` serving its imports (no time bound here). */
     async invoke(op, args, host) {

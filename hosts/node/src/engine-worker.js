@@ -4,10 +4,15 @@
 // real HTTP, the record store and the user's async callbacks all stay on the
 // caller's event loop, which never blocks. One worker serves one call at
 // a time; a pool of them serves concurrent calls.
+//
+// Bodies stay on this thread too: the worker gets ids, and bytes cross only
+// when the component reads a body (a token answer) or sends one it made (a
+// token form). An API request or response never crosses.
 
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { MessageChannel, Worker } from 'node:worker_threads';
+import { mapResponseBodies } from './bodies.js';
 import { compileCoreModules } from './core-modules.js';
 import { ComponentError } from './errors.js';
 import { InstancePool } from './instance-pool.js';
@@ -21,34 +26,70 @@ export async function createWorkerEngine({ genDir, poolSize, callTimeoutMs }) {
 
   const pool = new InstancePool(poolSize, () => startWorker(genModuleUrl, modules), (w) => w.terminate());
 
+  /** Runs one export with `served` answering the worker's imports, bounded by `timeoutMs`. */
+  async function run(op, args, served, timeoutMs) {
+    const worker = await pool.take();
+    let answer;
+    try {
+      answer = await worker.run({ type: 'call', op, args }, served, timeoutMs);
+    } catch (err) {
+      pool.discard(worker);
+      throw err;
+    }
+    pool.put(worker);
+    if (answer.trap !== undefined) throw new ComponentError(`trapped (${answer.trap})`);
+    return answer.ok ? { ok: true, value: answer.value } : { ok: false, error: answer.error };
+  }
+
   const engine = {
     mode: 'worker',
-    call(settings, request, host) {
-      return engine.invoke('send', [settings, request], host);
+    /** `send`: the request's bytes stay here (the worker gets an id), the responses' bodies come back as bytes. */
+    async call(settings, request, host) {
+      const served = serving(host);
+      const body = { id: served.keep(request.body) };
+      const outcome = await run('send', [settings, { ...request, body }], served, callTimeoutMs);
+      return mapResponseBodies(outcome, served.bytesOf);
     },
     /**
      * Runs one export (`send`, `begin`, `finish`, `deviceStart`,
      * `devicePoll`) with `host` serving its imports, bounded by `timeoutMs`
      * (default: the call timeout).
      */
-    async invoke(op, args, host, { timeoutMs = callTimeoutMs } = {}) {
-      const worker = await pool.take();
-      let answer;
-      try {
-        answer = await worker.run({ type: 'call', op, args }, host, timeoutMs);
-      } catch (err) {
-        pool.discard(worker);
-        throw err;
-      }
-      pool.put(worker);
-      if (answer.trap !== undefined) throw new ComponentError(`trapped (${answer.trap})`);
-      return answer.ok ? { ok: true, value: answer.value } : { ok: false, error: answer.error };
+    invoke(op, args, host, { timeoutMs = callTimeoutMs } = {}) {
+      return run(op, args, serving(host), timeoutMs);
     },
     close() {
       pool.drain();
     },
   };
   return engine;
+}
+
+/**
+ * The imports of one call as the worker asks for them (each resolves to the
+ * import's WIT result). The call's bodies are kept here by id until it ends;
+ * a body the worker made arrives as `{bytes}`, one kept here as `{id}`.
+ */
+function serving(host) {
+  const bodies = [];
+  const keep = (bytes) => bodies.push(bytes) - 1;
+  const bytesOf = (ref) => (ref.id === undefined ? ref.bytes : bodies[ref.id]);
+  return {
+    keep,
+    bytesOf,
+    async httpSend(purpose, head, ref) {
+      const result = await host.httpSend(purpose, head, bytesOf(ref));
+      return mapResponseBodies(result, (bytes) => ({ id: keep(bytes) }));
+    },
+    // A copy of exactly the bytes read: posting a view would copy its whole
+    // ArrayBuffer (for a small response, Node's shared pool slab). Not
+    // `bytes.slice`: on a Buffer (a caller's body) that is a view.
+    async readBody(id, limit) {
+      return { ok: true, value: Uint8Array.prototype.slice.call(bodies[id], 0, Number(limit)) };
+    },
+    readRecord: () => host.readRecord(),
+    emitUpdateKeys: (expectedVersion, data) => host.emitUpdateKeys(expectedVersion, data),
+  };
 }
 
 function startWorker(genModuleUrl, modules) {
@@ -62,7 +103,7 @@ function startWorker(genModuleUrl, modules) {
   worker.unref(); // an idle pool must not keep the process alive
   replies.unref();
 
-  let current = null; // {host, resolve, reject} of the call in progress
+  let current = null; // {served, resolve, reject} of the call in progress
 
   const answerImport = (result) => {
     replies.postMessage(result);
@@ -81,10 +122,10 @@ function startWorker(genModuleUrl, modules) {
       if (msg.type === 'ready') {
         resolveStart(handle);
       } else if (msg.type === 'host') {
-        const host = current?.host;
-        if (!host) return;
-        // CallHost methods never throw: each resolves to the import's result.
-        host[msg.op](...msg.args).then(answerImport);
+        const served = current?.served;
+        if (!served) return;
+        // These never throw: each resolves to the import's result.
+        served[msg.op](...msg.args).then(answerImport);
       } else if (msg.type === 'done') {
         const call = current;
         current = null;
@@ -98,7 +139,7 @@ function startWorker(genModuleUrl, modules) {
     worker.on('exit', () => fail(new ComponentError('the worker thread exited')));
 
     const handle = {
-      run(message, host, timeoutMs) {
+      run(message, served, timeoutMs) {
         return new Promise((resolve, reject) => {
           worker.ref();
           const timer = setTimeout(() => {
@@ -112,7 +153,7 @@ function startWorker(genModuleUrl, modules) {
             worker.unref();
             fn(value);
           };
-          current = { host, resolve: settle(resolve), reject: settle(reject) };
+          current = { served, resolve: settle(resolve), reject: settle(reject) };
           worker.postMessage(message);
         });
       },

@@ -39,7 +39,8 @@ const hostFor = (settings, store, record) => new CallHost({
   credential: record, record, store, settings: toWitSettings({ clientId: 'c', ...settings }),
   http: new HttpClient(), deadline: Date.now() + 120_000,
 });
-const request = (url) => ({ method: 'POST', url, headers: [], body: new Uint8Array() });
+// A request head and its (empty) body, as `http-send` gets them.
+const request = (url) => [{ method: 'POST', url, headers: [] }, new Uint8Array()];
 
 test('http-send: a token-endpoint request over plain http off loopback is refused, no byte sent', async (t) => {
   const ip = offLoopbackAddress();
@@ -47,14 +48,14 @@ test('http-send: a token-endpoint request over plain http off loopback is refuse
   await counting(async (port, connections) => {
     const tokenUrl = ip ? `http://${ip}:${port}/token` : 'http://idp.rekey-test.invalid/token';
     const host = hostFor({ tokenUrl });
-    const result = await host.httpSend('token-endpoint', request(tokenUrl));
+    const result = await host.httpSend('token-endpoint', ...request(tokenUrl));
     assert.equal(result.ok, false);
     assert.equal(result.error.tag, 'refused');
     assert.match(result.error.val, /loopback/);
     assert.equal(connections(), 0, 'nothing reached the listener');
     if (ip) {
       // The same listener is reachable: only the rule kept the request back.
-      const api = await hostFor({ tokenUrl: 'https://idp.example/token' }).httpSend('api', request(`http://127.0.0.1:${port}/x`));
+      const api = await hostFor({ tokenUrl: 'https://idp.example/token' }).httpSend('api', ...request(`http://127.0.0.1:${port}/x`));
       assert.equal(api.ok, true);
       assert.equal(connections(), 1);
     }
@@ -65,11 +66,11 @@ test("http-send: a token-endpoint request goes to the settings' token URL only",
   await counting(async (port, connections) => {
     const host = hostFor({ tokenUrl: `http://127.0.0.1:${port}/token` });
     for (const url of [`http://127.0.0.1:${port}/elsewhere`, `http://127.0.0.1:${port}/token?x=1`, `http://localhost:${port}/token`]) {
-      const result = await host.httpSend('token-endpoint', request(url));
+      const result = await host.httpSend('token-endpoint', ...request(url));
       assert.deepEqual([result.ok, result.error?.tag], [false, 'refused'], url);
     }
     assert.equal(connections(), 0);
-    assert.equal((await host.httpSend('token-endpoint', request(`http://127.0.0.1:${port}/token`))).ok, true);
+    assert.equal((await host.httpSend('token-endpoint', ...request(`http://127.0.0.1:${port}/token`))).ok, true);
     assert.equal(connections(), 1);
   });
 });
@@ -78,11 +79,11 @@ test("http-send: an API request outside the credential's origins is refused, no 
   await counting(async (port, connections) => {
     const url = `http://127.0.0.1:${port}/v1/me`;
     const bound = hostFor({ tokenUrl: 'https://idp.example/token', apiOrigins: ['https://api.example.com', 'https://*.example.org'] });
-    const result = await bound.httpSend('api', request(url));
+    const result = await bound.httpSend('api', ...request(url));
     assert.deepEqual([result.ok, result.error?.tag], [false, 'refused']);
     assert.equal(connections(), 0);
     const allowed = hostFor({ tokenUrl: 'https://idp.example/token', apiOrigins: [`http://127.0.0.1:${port}`] });
-    assert.equal((await allowed.httpSend('api', request(url))).ok, true);
+    assert.equal((await allowed.httpSend('api', ...request(url))).ok, true);
     assert.equal(connections(), 1);
   });
 });
@@ -114,7 +115,7 @@ test("http-send: the token set's instance_url origin only when the settings allo
   const tag = async (allowInstanceUrl) => {
     const host = hostFor({ tokenUrl: 'https://login.example/token', apiOrigins: ['https://login.example'], allowInstanceUrl }, store, 'sf');
     assert.equal((await host.readRecord()).ok, true);
-    return (await host.httpSend('api', request('https://127.0.0.1:9/services'))).error?.tag;
+    return (await host.httpSend('api', ...request('https://127.0.0.1:9/services'))).error?.tag;
   };
   assert.equal(await tag(true), 'connect', 'allowed: it tried');
   assert.equal(await tag(false), 'refused');

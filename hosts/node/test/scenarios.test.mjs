@@ -323,7 +323,8 @@ test('no-secret-in-output', () => withProvider([], async (p) => {
     await record('refresh', () => send('refresh'));
     await record('rejected', () => send('rejected', { request: { url: p.api('reject') } }));
     await record('callback refresh', () => rk.send({ settings, keys: callbackRefreshKeys, request: { url: p.api('c') }, onEvent, onUpdateKeys: persisted }));
-    await record('keys failure', () => rk.send({ settings, keys: callbackKeys, request: { url: p.api('b') }, onEvent,
+    // The component retries a failed keys write for one lease TTL: keep it short here.
+    await record('keys failure', () => rk.send({ settings: { ...settings, fleet: { leaseTtlMs: 2000 } }, keys: callbackKeys, request: { url: p.api('b') }, onEvent,
       onUpdateKeys: (keys) => { remember(keys.expose()); throw new Error(`cannot write ${JSON.stringify(keys.expose())}`); } }));
     await record('settings rejected', () => send('settings', { settings: { ...settings, clientId: 'someone-else' } }));
     await p.revokeAll();
