@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """rekey (the component in wasmtime-py) against plain http.client, in one run,
-interleaved, on loopback against the testkit provider. Prints medians and
-ratios; never fails on timing.
+interleaved, on loopback against the testkit provider, plus an API here that
+answers an empty or a 1 MiB body. Prints medians, rekey's extra time per case,
+and how much more a 1 MiB answer costs rekey than an empty one; never fails
+on timing.
 
     REKEY_WASM=... REKEY_TESTKIT=... .venv/bin/python bench.py [iterations]
 """
@@ -10,9 +12,11 @@ from __future__ import annotations
 
 import base64
 import http.client
+import http.server
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -60,19 +64,55 @@ def median_us(samples: list[float]) -> float:
     return statistics.median(samples) * 1e6
 
 
+MIB = 1024 * 1024
+
+
+def serve_bodies() -> None:
+    """``bench.py --serve-bodies``: an API answering ``GET /empty`` with no body
+    and ``GET /mib`` with 1 MiB, to any bearer token; prints its port. Its own
+    process, so serving does not compete with the measured calls for the GIL."""
+    mib = os.urandom(MIB)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if not (self.headers.get("authorization") or "").startswith("Bearer "):
+                self.send_error(401)
+                return
+            body = mib if self.path == "/mib" else b""
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+def start_body_server() -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve-bodies"], stdout=subprocess.PIPE)
+    return proc, f"http://127.0.0.1:{int(proc.stdout.readline())}/"
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--serve-bodies"]:
+        return serve_bodies()
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     started = time.perf_counter()
     client = rekey.Rekey()
     load_ms = (time.perf_counter() - started) * 1e3
     p = Provider("--access-ttl-ms", "3600000")
+    bodies, bodies_url = start_body_server()
     try:
         settings = p.settings()
         # one grant each: both rotate their refresh token on every refresh
         store = MemoryStore()
         store.put("c", settings, rekey.keys_from_token_response(p.authorize()))
         keys = p.authorize()
-        body = os.urandom(64 * 1024)
+        body = os.urandom(MIB)
         rows = []
 
         # 1. warm request: a valid token, no refresh
@@ -94,24 +134,39 @@ def main() -> None:
             t = time.perf_counter(); keys = native_refresh(p, {**keys, "access_token": "stale"}); nat.append(time.perf_counter() - t)
         rows.append(("401 -> refresh -> retry, median", r, nat))
 
-        # 3. a 64 KiB POST body (wasmtime-py copies list<u8> element by element)
+        # 3. a 1 MiB POST body (a body handle: the component never copies it)
         store.put("c", keys=json.dumps(rk_keys))
         r, nat = [], []
         for _ in range(max(10, n // 10)):
             t = time.perf_counter(); client.send(settings, Request.post(p.api_url + "bench", body), store=store, credential="c"); r.append(time.perf_counter() - t)
             t = time.perf_counter(); native("POST", p.api_url + "bench", keys["access_token"], body); nat.append(time.perf_counter() - t)
-        rows.append(("warm POST 64 KiB body, median", r, nat))
+        rows.append(("warm POST 1 MiB body, median", r, nat))
+
+        # 4, 5. the same GET answered with no body and with 1 MiB
+        for path, name in [("empty", "warm GET, empty answer, median"), ("mib", "warm GET, 1 MiB answer, median")]:
+            r, nat = [], []
+            for _ in range(max(20, n // 5)):
+                t = time.perf_counter(); got = client.send(settings, Request.get(bodies_url + path), store=store, credential="c"); r.append(time.perf_counter() - t)
+                t = time.perf_counter(); _, raw = native("GET", bodies_url + path, keys["access_token"]); nat.append(time.perf_counter() - t)
+                assert len(got.body) == len(raw) == (MIB if path == "mib" else 0)
+            rows.append((name, r, nat))
 
         print(f"rekey Python host, wasmtime-py 50.0.1, Python {sys.version.split()[0]}, n={n}")
         print(f"Rekey() (read + compile the component): {load_ms:.1f} ms")
-        print(f"{'measure':34} {'rekey':>10} {'http.client':>12} {'ratio':>7} {'added':>10}")
+        print(f"{'measure':34} {'rekey':>10} {'http.client':>12} {'ratio':>7} {'extra':>10}")
+        extra = {}
         for name, a, b in rows:
             ra, rb = median_us(a), median_us(b)
+            extra[name] = ra - rb
             print(f"{name:34} {ra:8.0f}µs {rb:10.0f}µs {ra / rb:7.2f} {ra - rb:8.0f}µs")
+        empty, mib = extra["warm GET, empty answer, median"], extra["warm GET, 1 MiB answer, median"]
+        print(f"extra(1 MiB answer) / extra(empty answer): {mib / empty:.2f} (target <= 1.2)")
         s = p.stats()
         print(f"provider: api_calls {s['api_calls']}, refreshes {s['refreshes_granted']}, invalid_grant {s['invalid_grant']}")
     finally:
         p.close()
+        bodies.kill()
+        bodies.wait()
 
 
 if __name__ == "__main__":

@@ -62,7 +62,9 @@ def host_send(client, store, settings, purpose: str, url: str):
     """The host's http-send as the component would call it."""
     call = CallState(client, store, "c", settings)
     with client._runtime.lock:  # held, as during a call: http-send releases it to wait
-        return call.http_send(purpose, wit.request(Request.get(url)))
+        req = Request.get(url)
+        head = wit._record(method=req.method, url=req.url, headers=req.headers)
+        return call.http_send(purpose, head, req.body)
 
 
 def test_a_plain_http_token_url_off_loopback_is_refused_before_any_byte_leaves(client, credential, listener):

@@ -23,6 +23,7 @@ from wasmtime.component import Record
 from . import errors, http, origins, wit
 from .http import HttpConfig
 from .model import Request
+from .runtime import Bodies
 
 log = logging.getLogger("rekey")
 
@@ -150,9 +151,10 @@ class AuthorizeImports:
         self._unlocked = unlocked
         self._config = config
         self._settings = settings
+        self.bodies = Bodies()
 
-    def http_send(self, purpose: str, rec: Record):
-        req = wit.request_from(rec)
+    def http_send(self, purpose: str, head: Record, body: bytes):
+        req = wit.request_from(head, body)
         allowed = {"token-endpoint": self._settings.token_url, "device-endpoint": self._settings.device_url}
         try:
             origins.check_transport(req.url, "the URL")
@@ -172,7 +174,7 @@ class AuthorizeImports:
             _log_exchange(req, kind, "other", started)
             return wit.transport_error(errors.TransportError("other", type(e).__name__))
         _log_exchange(req, kind, resp.status, started)
-        return wit.response(resp)
+        return wit.response(resp, self.bodies)
 
     def read_record(self):
         return "authorisation reads no record"

@@ -30,7 +30,7 @@ from .authorize import (
 from .http import HttpConfig
 from .model import Request, Response, Settings
 from .records import StoreError, UnknownCredential, WriteConflict, WriteFailed, WriteUnknown
-from .runtime import Runtime
+from .runtime import Bodies, Runtime
 from .secret import Secret
 from .stores import CallbackRecord, CallbackStore, RecordStore
 from .stores.memory import scrub_keys
@@ -109,7 +109,7 @@ class Rekey:
             raise TypeError("pass store= and credential=, or keys= and on_update_keys=")
 
         call = CallState(self, records, name, settings)
-        result = self._runtime.call_send(call, wit.settings(settings), wit.request(request))
+        result = self._runtime.call_send(call, wit.settings(settings), wit.request(request, call.bodies))
         if isinstance(result, Record):
             return wit.response_from(result)
         raise wit.send_error(result)
@@ -293,9 +293,10 @@ class CallState:
         self._deadline = time.monotonic() + rekey.call_timeout
         #: instance_url of every token set this call saw (read or written).
         self._instance_urls: set[str] = set()
+        self.bodies = Bodies()
 
-    def http_send(self, purpose: str, rec: Record):
-        req = wit.request_from(rec)
+    def http_send(self, purpose: str, head: Record, body: bytes):
+        req = wit.request_from(head, body)
         refusal = self._refusal(purpose, req.url)
         if refusal is not None:
             _log_exchange(req, purpose, "refused", time.monotonic())
@@ -311,7 +312,7 @@ class CallState:
             _log_exchange(req, purpose, "other", started)
             return wit.transport_error(errors.TransportError("other", type(e).__name__))
         _log_exchange(req, purpose, resp.status, started)
-        return wit.response(resp)
+        return wit.response(resp, self.bodies)
 
     def _refusal(self, purpose: str, url: str) -> Optional[str]:
         """Why ``url`` may not be sent for ``purpose`` (the boundary's second

@@ -16,7 +16,13 @@ another worker's refresh lease, the device grant's polling intervals; and
 ``wasi:random``'s ``get-random-u64``, for lease holder ids and jitter) is
 served here in Python rather than by wasmtime's WASI, so a sleeping guest
 releases the lock too; no other WASI (files, environment, sockets) is linked
-at all."""
+at all.
+
+HTTP bodies cross as handles of the host resource ``types.body``: the bytes
+stay in the call's :class:`Bodies` table, keyed by the handle's rep, and the
+component copies only the few it reads (token-endpoint answers) or makes
+(its token-endpoint forms). wasmtime-py converts a ``list<u8>`` one element
+at a time (over a second per MiB), so an API body must never be one."""
 
 from __future__ import annotations
 
@@ -29,11 +35,12 @@ from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
 from wasmtime import Config, Engine, Store, Trap, WasmtimeError
-from wasmtime.component import Component, Linker, Record, ResourceHost, ResourceType
+from wasmtime.component import Component, Linker, Record, ResourceAny, ResourceHost, ResourceType, Variant
 
 from .errors import ComponentError
 
 HOST_INTERFACE = "rekey:oauth2/host@0.3.0"
+TYPES_INTERFACE = "rekey:oauth2/types@0.3.0"
 CLIENT_INTERFACE = "rekey:oauth2/client@0.3.0"
 AUTHORIZE_INTERFACE = "rekey:oauth2/authorize@0.3.0"
 AUTHORIZE_FUNCTIONS = ("begin", "finish", "device-start", "device-poll")
@@ -47,14 +54,40 @@ POLL_INTERFACE = "wasi:io/poll@0.2.0"
 MONOTONIC_CLOCK_INTERFACE = "wasi:clocks/monotonic-clock@0.2.0"
 WALL_CLOCK_INTERFACE = "wasi:clocks/wall-clock@0.2.0"
 RANDOM_INTERFACE = "wasi:random/random@0.2.0"
-#: The host resource type id of `wasi:io/poll.pollable`.
+#: The host resource type ids of `wasi:io/poll.pollable` and `types.body`.
 POLLABLE = 1
+BODY = 2
+
+
+class Bodies:
+    """One call's HTTP bodies (rep -> bytes), handed to the component as
+    ``types.body`` handles. The bytes objects are kept as given: no copy."""
+
+    def __init__(self) -> None:
+        self._by_rep: dict[int, bytes] = {}
+
+    def own(self, data: bytes) -> ResourceHost:
+        """A new body holding ``data``: an own handle to pass to the component."""
+        rep = next(_body_reps) & 0xFFFFFFFF
+        self._by_rep[rep] = data
+        return ResourceHost.own(rep, BODY)
+
+    def bytes_of(self, ctx, handle: ResourceAny) -> bytes:
+        """The bytes of a body handle the component passed (own or borrowed)."""
+        return self._by_rep[handle.to_host(ctx).rep]
+
+    def drop(self, rep: int) -> None:
+        self._by_rep.pop(rep, None)
 
 
 class Imports:
-    """What one call supplies for the ``host`` interface (see client.CallState)."""
+    """What one call supplies for the ``host`` interface (see client.CallState).
+    ``http_send`` gets the request's body as bytes, and returns a response
+    whose body is a handle from ``bodies.own``."""
 
-    def http_send(self, purpose: str, req: Record) -> Any: ...
+    bodies: Bodies
+
+    def http_send(self, purpose: str, head: Record, body: bytes) -> Any: ...
     def read_record(self) -> Any: ...
     def emit_update_keys(self, expected_version: int, data: Record) -> Any: ...
 
@@ -88,7 +121,9 @@ class Runtime:
             # Module-level lookups, not bound methods: wasmtime-py keeps these
             # functions in a global table, which would otherwise keep this
             # runtime (and its engine and ticker) alive forever.
-            "http-send": lambda _ctx, purpose, req: _current.imports.http_send(purpose, req),
+            "http-send": lambda ctx, purpose, head, body: _current.imports.http_send(
+                purpose, head, _current.imports.bodies.bytes_of(ctx, body)
+            ),
             "read-record": lambda _ctx: _current.imports.read_record(),
             "emit-update-keys": lambda _ctx, expected, data: _current.imports.emit_update_keys(expected, data),
         }
@@ -96,6 +131,10 @@ class Runtime:
             with root.add_instance(HOST_INTERFACE) as host:
                 for name, func in imports.items():
                     host.add_func(name, func)
+            with root.add_instance(TYPES_INTERFACE) as types:
+                types.add_resource("body", ResourceType.host(BODY), _drop_body)
+                types.add_func("[constructor]body", _new_body)
+                types.add_func("[method]body.read", _read_body)
             # The clocks and the sleep (see the module's docstring).
             with root.add_instance(POLL_INTERFACE) as poll:
                 poll.add_resource("pollable", ResourceType.host(POLLABLE), _drop_pollable)
@@ -119,14 +158,15 @@ class Runtime:
 
     def call_send(self, imports: Imports, settings: Record, req: Record) -> Any:
         """Runs ``client.send`` in a fresh instance: a ``Record`` (the
-        response) or a ``Variant`` (the send-error)."""
+        response) or a ``Variant`` (the send-error), with bytes for bodies."""
         return self.call("send", imports, (settings, req))
 
     def call(self, export: str, imports: Imports, args: tuple, timeout: Optional[float] = None) -> Any:
         """Runs one export (``send``, or ``begin``, ``finish``, ``device-start``,
         ``device-poll`` of the authorize interface) in a fresh instance,
         trapped at ``timeout`` (default: the call timeout); returns what it
-        returns (the ok value, or a ``Variant`` for the error case)."""
+        returns (the ok value, or a ``Variant`` for the error case), each
+        body handle in it replaced by its bytes."""
         index = self._exports.get(export)
         if index is None:
             raise ComponentError(f"the component does not export {export!r} (an older component?)")
@@ -143,7 +183,8 @@ class Runtime:
                 func = instance.get_func(store, index)
                 if func is None:
                     raise ComponentError(f"the component's {export!r} is not a function")
-                return func(store, *args)
+                # Resolved while the store (and the call's bodies) still exist.
+                return _with_bytes(store, imports.bodies, func(store, *args))
             except (WasmtimeError, Trap) as e:
                 raise ComponentError(_first_line(str(e))) from None
             finally:
@@ -153,6 +194,7 @@ class Runtime:
 
 
 _pollable_reps = itertools.count(1)
+_body_reps = itertools.count(1)
 #: How ``pollable.block`` waits (a module attribute, so a test can watch it).
 _sleep = time.sleep
 
@@ -176,6 +218,39 @@ def _block(ctx, pollable) -> None:
 def _drop_pollable(_ctx, rep: int) -> None:
     # May run when a store is collected, on any thread.
     getattr(_current, "pollables", {}).pop(rep, None)
+
+
+def _new_body(_ctx, data: bytes) -> ResourceHost:
+    """``[constructor]body``: the component's own bodies (token-endpoint forms)."""
+    return _current.imports.bodies.own(data)
+
+
+def _read_body(ctx, body: ResourceAny, limit: int) -> bytes:
+    """``[method]body.read``: its first ``limit`` bytes (only token-endpoint
+    answers are read: small, so the element-wise copy does not matter)."""
+    data = _current.imports.bodies.bytes_of(ctx, body)
+    return data if len(data) <= limit else data[:limit]
+
+
+def _drop_body(_ctx, rep: int) -> None:
+    # Like _drop_pollable: may run on another thread, whose table lacks rep.
+    imports = getattr(_current, "imports", None)
+    if imports is not None:
+        imports.bodies.drop(rep)
+
+
+def _with_bytes(ctx, bodies: Bodies, value: Any) -> Any:
+    """``value`` (an export's result) with every body handle in it replaced by
+    the body's bytes: the response, and the one inside ``send-error``'s
+    ``rejected-after-refresh`` or ``insufficient-scope``."""
+    if isinstance(value, ResourceAny):
+        return bodies.bytes_of(ctx, value)
+    if isinstance(value, Record):
+        for name, field in list(vars(value).items()):
+            setattr(value, name, _with_bytes(ctx, bodies, field))
+    elif isinstance(value, Variant):
+        value.payload = _with_bytes(ctx, bodies, value.payload)
+    return value
 
 
 def _wall_clock_now(_ctx) -> Record:

@@ -14,6 +14,7 @@ from wasmtime.component import Record, Variant
 from . import errors
 from .model import BeforeExpiry, EveryRequest, OnAuthFailure, Request, Response, Settings
 from .records import CredentialRecord, DeadGrant, Lease, RefreshMark, StoredRecord
+from .runtime import Bodies
 
 
 def _record(**fields: Any) -> Record:
@@ -47,24 +48,28 @@ def settings(s: Settings) -> Record:
     )
 
 
-def request(r: Request) -> Record:
+def request(r: Request, bodies: Bodies) -> Record:
+    """The ``request`` record, its body a handle the call's ``bodies`` hold."""
     return _record(
         method=r.method,
         url=r.url,
         headers=[(str(k), str(v)) for k, v in r.headers],
-        body=bytes(r.body),
+        body=bodies.own(bytes(r.body)),
     )
 
 
-def request_from(rec: Record) -> Request:
-    return Request(rec.method, rec.url, list(rec.headers), rec.body)
+def request_from(head: Record, body: bytes) -> Request:
+    """What ``http-send`` got: the ``request-head`` and the borrowed body's bytes."""
+    return Request(head.method, head.url, list(head.headers), body)
 
 
-def response(r: Response) -> Record:
-    return _record(status=r.status, headers=r.headers, body=r.body)
+def response(r: Response, bodies: Bodies) -> Record:
+    """The ``response`` record, its body a new handle the call's ``bodies`` hold."""
+    return _record(status=r.status, headers=r.headers, body=bodies.own(r.body))
 
 
 def response_from(rec: Record) -> Response:
+    """A ``response`` an export returned (the runtime has put bytes in for its body)."""
     return Response(rec.status, list(rec.headers), rec.body)
 
 
