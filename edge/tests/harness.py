@@ -134,25 +134,39 @@ class Serve:
 
 
 class Echo:
-    """An upstream that records each request's headers and answers them as JSON."""
+    """An upstream that records each request and answers it: `.../mirror`
+    with the request body back, `.../bytes/N` with N bytes, anything else with
+    a small JSON body. A bearer token in `reject` is answered 401 (expired),
+    as the API answers a token it no longer takes."""
 
     def __init__(self):
         seen = self.seen = []
+        reject = self.reject = set()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def _any(self):
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
-                record = {
+                seen.append({
                     "method": self.command,
                     "path": self.path,
                     "headers": [[k.lower(), v] for k, v in self.headers.items()],
                     "body": body.decode("latin-1"),
-                }
-                seen.append(record)
-                out = json.dumps({"echo": True}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
+                })
+                auth = self.headers.get("authorization") or ""
+                if auth.removeprefix("Bearer ") in reject:
+                    self._answer(401, b"", [("www-authenticate", 'Bearer error="invalid_token"')])
+                elif self.path.endswith("/mirror"):
+                    self._answer(200, body, [("content-type", "application/octet-stream")])
+                elif m := re.search(r"/bytes/(\d+)$", self.path):
+                    self._answer(200, b"x" * int(m[1]), [("content-type", "application/octet-stream")])
+                else:
+                    self._answer(200, json.dumps({"echo": True}).encode(), [("content-type", "application/json")])
+
+            def _answer(self, status, out, headers):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
                 self.send_header("x-upstream", "echo")
                 self.send_header("content-length", str(len(out)))
                 self.end_headers()

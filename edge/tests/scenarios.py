@@ -267,6 +267,40 @@ def callers_authorization_never_reaches_upstream(tk):
     print("   the caller's Authorization is dropped; method, path, query, headers, body forwarded")
 
 
+def one_mib_bodies_through_a_refresh(tk):
+    """A 1 MiB request body goes up and a 1 MiB response comes back byte for
+    byte; the upstream refuses the stored token first, so the same request
+    body is sent twice, around one real refresh (bodies are handles: the
+    rekey component holds neither)."""
+    echo = Echo()
+    d = keys_dir("big-bodies", tk)
+    s = serve(tk, d, "big-bodies", upstream=echo.base)
+    payload = os.urandom(1 << 20)  # random: no luck in matching, no compression
+    old = stored(d)["access_token"]
+    echo.reject.add(old)
+    before = tk.stats()
+    status, _, body = request(s.base, "POST", "/v1/mirror", {"content-type": "application/octet-stream"}, payload)
+    assert status == 200, (status, body[:200])
+    assert body == payload, f"the response is not the request body ({len(body)} bytes came back)"
+    assert delta(before, tk.stats(), "refreshes_granted") == 1, "the rejected token was not refreshed once"
+    new = stored(d)["access_token"]
+    tries = echo.seen[-2:]
+
+    def bearer(seen):
+        return [v for k, v in seen["headers"] if k == "authorization"]
+
+    assert [bearer(t) for t in tries] == [[f"Bearer {old}"], [f"Bearer {new}"]], "not one try per token"
+    for t in tries:
+        assert t["body"].encode("latin-1") == payload, "a try did not carry the whole request body"
+    # And once more with the refreshed token, no refresh: the same bytes back.
+    status, _, body = request(s.base, "POST", "/v1/mirror", {}, payload)
+    assert status == 200 and body == payload, (status, len(body))
+    assert delta(before, tk.stats(), "refreshes_granted") == 1
+    s.stop()
+    echo.close()
+    print("   1 MiB up and back byte for byte, twice around one refresh (401, refresh, same body again), then once more")
+
+
 def migrated_refresh_in_doubt(tk):
     """A 0.2 directory whose `.inflight` marker names the stored keys: the
     refresh 0.2 began is still in doubt, and nothing spends the token."""
@@ -349,13 +383,14 @@ def main():
         lambda: sigkill_and_restart(tk),
         lambda: killed_mid_refresh_is_in_doubt(tk),
         lambda: callers_authorization_never_reaches_upstream(tk),
+        lambda: one_mib_bodies_through_a_refresh(tk),
         lambda: migrated_refresh_in_doubt(tk),
         lambda: unreadable_record_is_503(tk),
         lambda: revoked_grant_costs_one_token_request(tk),  # revokes every grant: last
         lambda: no_secret_in_server_output(tk),
     ]
     names = ["imports", "five-expiries", "sixteen-parallel", "two-servers", "sigkill-restart", "killed-mid-refresh",
-             "caller-authorization", "migrated-in-doubt", "unreadable-record", "revoked-grant", "no-secret-in-output"]
+             "caller-authorization", "one-mib-bodies", "migrated-in-doubt", "unreadable-record", "revoked-grant", "no-secret-in-output"]
     only = set(filter(None, os.environ.get("EDGE_ONLY", "").split(",")))  # e.g. EDGE_ONLY=revoked-grant
     failed = 0
     try:

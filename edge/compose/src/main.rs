@@ -3,11 +3,12 @@
 //!
 //! ```text
 //! effects ──types, host──▶ rekey (unchanged) ──client──▶ front ──▶ wasi:http/incoming-handler
-//!    └───────────────────────types──────────────────────▶ front
+//!    └─────────────────types, relay──────────────────────▶ front
 //! ```
 //!
 //! `types` holds the `body` resource, which the effects export: one resource
-//! type for all three, so body handles pass between them unchanged.
+//! type for all three, so body handles pass between them unchanged; the
+//! front reads and writes bodies through the effects' `relay`.
 //!
 //! Every other import (wasi:*) stays an import of the result, shared by all
 //! three. `imports FILE` lists a component's imports, one per line.
@@ -19,6 +20,7 @@ use wac_graph::{CompositionGraph, EncodeOptions, NodeId};
 
 const TYPES: &str = "rekey:oauth2/types@0.3.0";
 const HOST: &str = "rekey:oauth2/host@0.3.0";
+const RELAY: &str = "rekey:edge/relay@0.2.0";
 const CLIENT: &str = "rekey:oauth2/client@0.3.0";
 const HANDLER: &str = "wasi:http/incoming-handler@0.2.0";
 
@@ -87,6 +89,8 @@ fn compose(effects: &[u8], rekey: &[u8], front: &[u8]) -> Result<Vec<u8>> {
     plug(&mut graph, rekey, HOST, host)?;
     let client = export(&mut graph, rekey, CLIENT)?;
     plug(&mut graph, front, TYPES, types)?;
+    let relay = export(&mut graph, effects, RELAY)?;
+    plug(&mut graph, front, RELAY, relay)?;
     plug(&mut graph, front, CLIENT, client)?;
     let handler = export(&mut graph, front, HANDLER)?;
     graph.export(handler, HANDLER)?;

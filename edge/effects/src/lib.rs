@@ -36,12 +36,15 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::OnceCell;
+use exports::rekey::edge::relay::{self, ReceiveError};
 use exports::rekey::oauth2::host;
 use exports::rekey::oauth2::types::{
     self, BodyBorrow, CredentialRecord, Purpose, RequestHead, Response, StoredRecord,
     TransportError, WriteError,
 };
 use fs_cas::FileCas;
+use rekey_edge_rt::body::ReadError;
+use rekey_edge_rt::wasi::http::types::{ErrorCode, IncomingBody, OutgoingBody};
 use settings::Settings;
 use target::Target;
 
@@ -87,6 +90,24 @@ impl types::GuestBody for Bytes {
     fn read(&self, limit: u64) -> Vec<u8> {
         let n = usize::try_from(limit).map_or(self.0.len(), |l| l.min(self.0.len()));
         self.0[..n].to_vec()
+    }
+}
+
+impl relay::Guest for Effects {
+    fn receive(from: IncomingBody, cap: u64) -> Result<types::Body, ReceiveError> {
+        match rekey_edge_rt::body::read_all(from, cap) {
+            Ok(bytes) => Ok(types::Body::new(Bytes(bytes))),
+            Err(ReadError::TooLarge(_)) => Err(ReceiveError::TooLarge),
+            Err(ReadError::Failed(_)) => Err(ReceiveError::Failed),
+        }
+    }
+
+    fn size(b: BodyBorrow<'_>) -> u64 {
+        b.get::<Bytes>().0.len() as u64
+    }
+
+    fn deliver(b: types::Body, to: OutgoingBody) -> Result<(), ErrorCode> {
+        rekey_edge_rt::body::write_all(to, &b.get::<Bytes>().0)
     }
 }
 

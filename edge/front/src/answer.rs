@@ -2,7 +2,8 @@
 //! rekey error a status saying who must act and a small JSON body. Details
 //! go to the server's log; neither carries a token, secret or token response.
 
-use crate::rekey::oauth2::types::{Response, SendError, TransportError};
+use crate::rekey::edge::relay;
+use crate::rekey::oauth2::types::{Body, Response, SendError, TransportError};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -12,17 +13,22 @@ use rekey_edge_rt::wasi::http::types::{Fields, OutgoingResponse, ResponseOutpara
 pub struct Answer {
     status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    body: Content,
+}
+
+enum Content {
+    /// The proxy's own answer.
+    Own(Vec<u8>),
+    /// The upstream's body, held by the effects adapter: it writes it out.
+    Held(Body),
 }
 
 impl Answer {
-    /// The upstream's response; its body comes from the effects adapter,
-    /// which holds it (the rekey component passed only the handle on).
     pub fn upstream(r: Response) -> Answer {
         Answer {
             status: r.status,
             headers: r.headers,
-            body: r.body.read(u64::MAX),
+            body: Content::Held(r.body),
         }
     }
 
@@ -42,7 +48,7 @@ impl Answer {
         Answer {
             status,
             headers: alloc::vec![("content-type".into(), "application/json".into())],
-            body: json.into_bytes(),
+            body: Content::Own(json.into_bytes()),
         }
     }
 
@@ -162,17 +168,22 @@ impl Answer {
                 let _ = headers.append(name, value.as_bytes());
             }
         }
-        let _ = headers.set(
-            "content-length",
-            &[self.body.len().to_string().into_bytes()],
-        );
+        let size = match &self.body {
+            Content::Own(bytes) => bytes.len() as u64,
+            Content::Held(held) => relay::size(held),
+        };
+        let _ = headers.set("content-length", &[size.to_string().into_bytes()]);
         let response = OutgoingResponse::new(headers);
         let _ = response.set_status_code(self.status);
         let Ok(outgoing) = response.body() else {
             return;
         };
         ResponseOutparam::set(out, Ok(response));
-        if let Err(e) = body::write_all(outgoing, &self.body) {
+        let written = match self.body {
+            Content::Own(bytes) => body::write_all(outgoing, &bytes),
+            Content::Held(held) => relay::deliver(held, outgoing),
+        };
+        if let Err(e) = written {
             rekey_edge_rt::log::line(&format!(
                 "rekey-edge front: writing the response failed: {e:?}"
             ));

@@ -3,11 +3,12 @@
 //! adds the credential's) and the hop-by-hop headers.
 
 use crate::answer::Answer;
-use crate::rekey::oauth2::types::{Body, Request};
+use crate::rekey::edge::relay::{self, ReceiveError};
+use crate::rekey::oauth2::types::Request;
 use crate::settings::Settings;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use rekey_edge_rt::body::{self, ReadError};
+use rekey_edge_rt::body;
 use rekey_edge_rt::wasi::http::types::{IncomingRequest, Method};
 
 pub fn request(incoming: IncomingRequest, settings: &Settings) -> Result<Request, Answer> {
@@ -29,16 +30,16 @@ pub fn request(incoming: IncomingRequest, settings: &Settings) -> Result<Request
     let incoming_body = incoming
         .consume()
         .map_err(|()| Answer::bad_request("the request body cannot be read"))?;
-    let body = body::read_all(incoming_body, settings.max_request_bytes).map_err(|e| match e {
-        ReadError::TooLarge(_) => Answer::too_large(),
-        ReadError::Failed(_) => Answer::bad_request("the request body broke off"),
+    // Read by the effects adapter, which holds it for every send.
+    let body = relay::receive(incoming_body, settings.max_request_bytes).map_err(|e| match e {
+        ReceiveError::TooLarge => Answer::too_large(),
+        ReceiveError::Failed => Answer::bad_request("the request body broke off"),
     })?;
     Ok(Request {
         method,
         url: alloc::format!("{}{}", settings.upstream, path),
         headers,
-        // Handed to the effects adapter, which holds it for every send.
-        body: Body::new(&body),
+        body,
     })
 }
 
