@@ -6,9 +6,10 @@
 
 use crate::bindings::rekey::oauth2::host::Host;
 use crate::bindings::rekey::oauth2::types::{
-    self as wit, CredentialRecord, Purpose, Request, Response, StoredRecord, TransportError,
+    self as wit, CredentialRecord, Purpose, RequestHead, Response, StoredRecord, TransportError,
     WriteError,
 };
+use crate::body::{self, Body};
 use crate::error::{Error, describe_transport};
 use crate::http::HttpClient;
 use crate::observe::{Event, Exchange, Observer, loggable_url};
@@ -18,6 +19,7 @@ use crate::token_set::TokenSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::StoreLimits;
+use wasmtime::component::Resource;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -150,7 +152,7 @@ impl CallState {
     /// and only while the call can still persist its result; an API request
     /// only to the credential's origins. (Plain http off loopback is refused
     /// for every request by the HTTP client.)
-    fn admit(&mut self, purpose: Purpose, req: &Request, url: &url::Url) -> Result<(), String> {
+    fn admit(&mut self, purpose: Purpose, req: &RequestHead, url: &url::Url) -> Result<(), String> {
         match purpose {
             Purpose::TokenEndpoint => {
                 if req.url != self.token_url {
@@ -201,15 +203,20 @@ impl Host for CallState {
     async fn http_send(
         &mut self,
         purpose: Purpose,
-        req: Request,
+        req: RequestHead,
+        body: Resource<Body>,
     ) -> Result<Response, TransportError> {
         let url = crate::http::parse_url(&req.url)?;
         self.admit(purpose, &req, &url)
             .map_err(TransportError::Refused)?;
-        let method = req.method.clone();
+        // A handle the component lent is valid by construction (the
+        // runtime checks it); a host bug here is a transport failure, never
+        // a request sent without its body.
+        let bytes = body::get(self, &body)
+            .map_err(|e| TransportError::InvalidRequest(format!("request body: {e}")))?;
         let target = loggable_url(&url);
         let started = Instant::now();
-        let result = self.http.send_to(url, req).await;
+        let result = self.http.send_to(url, &req, bytes).await;
         let failure = result.as_ref().err().map(describe_transport);
         self.observer.event(&Event::Http {
             credential: &self.credential,
@@ -217,7 +224,7 @@ impl Host for CallState {
                 Purpose::Api => Exchange::Api,
                 Purpose::TokenEndpoint | Purpose::DeviceEndpoint => Exchange::TokenEndpoint,
             },
-            method: &method,
+            method: &req.method,
             target: &target,
             outcome: result
                 .as_ref()
@@ -225,7 +232,14 @@ impl Host for CallState {
                 .map_err(|_| failure.as_deref().unwrap_or("")),
             elapsed: started.elapsed(),
         });
-        result
+        let resp = result?;
+        let body = body::put(self, resp.body.into())
+            .map_err(|e| TransportError::Other(format!("response body: {e}")))?;
+        Ok(Response {
+            status: resp.status,
+            headers: resp.headers,
+            body,
+        })
     }
 
     async fn read_record(&mut self) -> Result<StoredRecord, String> {

@@ -2,7 +2,8 @@
 //! around it, each in a [`Category`] that says who can fix it. Every message
 //! is safe to log: no token, secret or token-response body.
 
-use crate::bindings::rekey::oauth2::types::{Response, SendError, TransportError};
+use crate::Response;
+use crate::bindings::rekey::oauth2::types::{self as wit, SendError, TransportError};
 use crate::store::StoreError;
 
 /// Why a call failed.
@@ -157,8 +158,9 @@ impl Error {
     }
 }
 
-impl From<SendError> for Error {
-    fn from(e: SendError) -> Self {
+impl Error {
+    /// The component's error, its responses' bodies taken back by `take`.
+    pub(crate) fn from_send(e: SendError, take: impl FnOnce(wit::Response) -> Response) -> Self {
         match e {
             SendError::NotAuthenticated(m) => Error::NotAuthenticated(m),
             SendError::ReauthorizationRequired(o) => Error::ReauthorizationRequired {
@@ -171,10 +173,10 @@ impl From<SendError> for Error {
             },
             SendError::TokenEndpoint(m) => Error::TokenEndpoint(m),
             SendError::RefreshInDoubt(m) => Error::RefreshInDoubt(m),
-            SendError::RejectedAfterRefresh(r) => Error::RejectedAfterRefresh(r),
+            SendError::RejectedAfterRefresh(r) => Error::RejectedAfterRefresh(take(r)),
             SendError::InsufficientScope(c) => Error::InsufficientScope {
                 scope: c.scope,
-                response: c.response,
+                response: take(c.response),
             },
             SendError::Transport(t) => Error::Transport(t),
             SendError::KeysNotPersisted(m) => Error::KeysNotPersisted(m),
@@ -203,12 +205,13 @@ mod tests {
 
     #[test]
     fn settings_errors_are_not_reauthorization() {
-        let e = Error::from(SendError::SettingsRejected(
-            crate::bindings::rekey::oauth2::types::OauthError {
+        let e = Error::from_send(
+            SendError::SettingsRejected(wit::OauthError {
                 status: 401,
                 code: "invalid_client".into(),
-            },
-        ));
+            }),
+            |_| unreachable!("no response in this error"),
+        );
         assert!(e.is_settings_problem() && !e.needs_authorization() && !e.is_retryable());
         let e = Error::ReauthorizationRequired {
             status: 400,

@@ -1,7 +1,9 @@
 //! `http-send`: one real HTTP exchange (reqwest over rustls), no redirects,
 //! bounded in time and size.
 
-use crate::bindings::rekey::oauth2::types::{Request, Response, TransportError};
+use crate::Response;
+use crate::bindings::rekey::oauth2::types::{RequestHead, TransportError};
+use bytes::Bytes;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -61,12 +63,14 @@ impl HttpClient {
         built.as_ref().map_err(|e| TransportError::Other(e.clone()))
     }
 
-    /// Sends `req` to `url`, which [`parse_url`] made of `req.url` (parsed
-    /// once: every check of the host is made on the URL it sends to).
+    /// Sends `req` with `body` to `url`, which [`parse_url`] made of
+    /// `req.url` (parsed once: every check of the host is made on the URL it
+    /// sends to).
     pub(crate) async fn send_to(
         &self,
         url: reqwest::Url,
-        req: Request,
+        req: &RequestHead,
+        body: Bytes,
     ) -> Result<Response, TransportError> {
         let method = reqwest::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| TransportError::InvalidRequest("invalid HTTP method".into()))?;
@@ -89,11 +93,7 @@ impl HttpClient {
             })?;
             builder = builder.header(name, value);
         }
-        let mut resp = builder
-            .body(req.body)
-            .send()
-            .await
-            .map_err(transport_error)?;
+        let mut resp = builder.body(body).send().await.map_err(transport_error)?;
 
         let cap = self.config.max_response_bytes;
         if resp.content_length().is_some_and(|n| n > cap) {
@@ -175,14 +175,15 @@ fn transport_error(e: reqwest::Error) -> TransportError {
 mod tests {
     use super::*;
 
-    fn post(url: &str) -> Request {
-        Request {
+    fn post(url: &str) -> RequestHead {
+        RequestHead {
             method: "POST".into(),
             url: url.into(),
             headers: vec![("authorization".into(), "Basic c2VjcmV0".into())],
-            body: b"grant_type=refresh_token&refresh_token=r".to_vec(),
         }
     }
+
+    const BODY: &[u8] = b"grant_type=refresh_token&refresh_token=r";
 
     /// A listener whose accept queue is full: the kernel drops further SYNs,
     /// so a connect to it times out without ever connecting.
@@ -221,7 +222,9 @@ mod tests {
             connect_timeout: Duration::from_millis(300),
             ..HttpConfig::default()
         });
-        let result = client.send_to(parse_url(&url).unwrap(), post(&url)).await;
+        let result = client
+            .send_to(parse_url(&url).unwrap(), &post(&url), BODY.into())
+            .await;
         assert!(
             matches!(result, Err(TransportError::Connect(_))),
             "{result:?}"
@@ -243,7 +246,9 @@ mod tests {
             "http://192.0.2.2/token?x=127.0.0.1",
             "http://0x7f000001.example/token",
         ] {
-            let result = client.send_to(parse_url(url).unwrap(), post(url)).await;
+            let result = client
+                .send_to(parse_url(url).unwrap(), &post(url), BODY.into())
+                .await;
             assert!(
                 matches!(result, Err(TransportError::Refused(_))),
                 "{url}: {result:?}"

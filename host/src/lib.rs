@@ -24,10 +24,18 @@ mod bindings {
     wasmtime::component::bindgen!({
         world: "refresher",
         path: "../wit",
-        imports: { default: async },
+        // A body's methods only touch the call's table; a bad handle traps.
+        imports: {
+            default: async,
+            "rekey:oauth2/types.[constructor]body": trappable,
+            "rekey:oauth2/types.[method]body.read": trappable,
+            "rekey:oauth2/types.[drop]body": trappable,
+        },
         exports: { default: async },
-        // The clocks and randomness come from wasmtime-wasi.
+        // The clocks and randomness come from wasmtime-wasi; a body is the
+        // host's bytes (see `body`).
         with: {
+            "rekey:oauth2/types.body": crate::body::Body,
             "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
             "wasi:io": wasmtime_wasi::p2::bindings::io,
             "wasi:random": wasmtime_wasi::p2::bindings::random,
@@ -36,11 +44,13 @@ mod bindings {
 }
 
 pub mod authorize;
+mod body;
 pub mod cache;
 mod call;
 mod drive;
 mod error;
 mod http;
+mod message;
 pub mod observe;
 mod origins;
 mod private_fs;
@@ -52,11 +62,10 @@ mod tls;
 mod token_set;
 mod warm;
 
-pub use bindings::rekey::oauth2::types::{
-    OauthError, Request, Response, ScopeChallenge, TransportError,
-};
+pub use bindings::rekey::oauth2::types::{OauthError, TransportError};
 pub use error::{Category, Error};
 pub use http::HttpConfig;
+pub use message::{Request, Response};
 pub use runtime::{Config, Rekey, engine_config};
 pub use secret::Secret;
 pub use settings::{ClientAuth, ClientSecret, Settings, Strategy};
@@ -68,32 +77,3 @@ pub use token_set::{TokenSet, TokenSetError};
 
 /// The guest component, built by `build.rs` from `guest/`.
 pub const GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rekey_guest.wasm"));
-
-impl Request {
-    /// A request with no headers and no body.
-    pub fn new(method: &str, url: &str) -> Self {
-        Request {
-            method: method.into(),
-            url: url.into(),
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
-    }
-
-    /// `GET url`.
-    pub fn get(url: &str) -> Self {
-        Self::new("GET", url)
-    }
-
-    /// With one more header (order and duplicates are kept).
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// With this body.
-    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
-        self.body = body.into();
-        self
-    }
-}

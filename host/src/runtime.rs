@@ -3,6 +3,7 @@
 use crate::bindings::RefresherPre;
 use crate::bindings::rekey::oauth2::types::{FleetTiming, TransportError};
 use crate::bindings::rekey::oauth2::{host, types};
+use crate::body;
 use crate::cache::{self, Origin};
 use crate::call::{self, CallState, Destinations};
 use crate::drive::{MustFinish, drive};
@@ -211,16 +212,32 @@ impl Rekey {
             }
             None => self.instantiate(state).await?,
         };
+        let component_failed = |e: wasmtime::Error| Error::Component(format!("{e:#}"));
+        let req = body::request(warm.store.data_mut(), req).map_err(component_failed)?;
         let result = warm
             .client
             .rekey_oauth2_client()
             .call_send(&mut warm.store, &settings, &req)
             .await
             // A trapped instance is dropped here, never reused.
-            .map_err(|e| Error::Component(format!("{e:#}")))?;
+            .map_err(component_failed)?;
+        let state = warm.store.data_mut();
+        let result = match result {
+            Ok(resp) => body::response(state, resp).map_err(component_failed),
+            Err(e) => {
+                let mut failed = None;
+                let e = Error::from_send(e, |resp| {
+                    body::response(state, resp).unwrap_or_else(|e| {
+                        failed = Some(component_failed(e));
+                        Response::default()
+                    })
+                });
+                Err(failed.unwrap_or(e))
+            }
+        };
         let parked = self.new_state("", "", self.inner.parked_store.clone());
         self.inner.warm.put(key, warm, parked);
-        result.map_err(Error::from)
+        result
     }
 
     /// A new instance in a new `Store` holding `state`.

@@ -555,6 +555,8 @@ async fn api(
     }
     match path.as_str() {
         "big" => return vec![b'x'; 2 * 1024 * 1024].into_response(),
+        // The request body back, byte for byte (bodies passing through rekey).
+        "echo" => return body.into_response(),
         "redirect" => return (StatusCode::FOUND, [(header::LOCATION, "/api/me")]).into_response(),
         // A valid token without the scope this resource needs (RFC 6750
         // §3.1), answered 401 as some APIs do: a refresh cannot help.

@@ -37,27 +37,38 @@ fn the_component_imports_exactly_the_host_interface_clocks_and_random() {
             "wasi:random/random@0.2.0",
         ]
     );
-    // The host interface is effects only.
-    let host = ty
-        .imports(&engine)
-        .find(|(n, _)| *n == "rekey:oauth2/host@0.3.0")
-        .map(|(_, item)| item)
-        .unwrap();
-    let wasmtime::component::types::ComponentItem::ComponentInstance(host) = host.ty else {
-        panic!("host is an instance");
+    // The host interface is effects only; `types` adds the body handle,
+    // which the component can make (its forms) and read (token answers).
+    let functions = |interface: &str| {
+        let item = ty
+            .imports(&engine)
+            .find(|(n, _)| *n == interface)
+            .map(|(_, item)| item)
+            .unwrap();
+        let wasmtime::component::types::ComponentItem::ComponentInstance(instance) = item.ty else {
+            panic!("{interface} is an instance");
+        };
+        let mut functions: Vec<String> = instance
+            .exports(&engine)
+            .filter(|(_, item)| {
+                matches!(
+                    item.ty,
+                    wasmtime::component::types::ComponentItem::ComponentFunc(_)
+                )
+            })
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        functions.sort();
+        functions
     };
-    let mut functions: Vec<String> = host
-        .exports(&engine)
-        .filter(|(_, item)| {
-            matches!(
-                item.ty,
-                wasmtime::component::types::ComponentItem::ComponentFunc(_)
-            )
-        })
-        .map(|(n, _)| n.to_owned())
-        .collect();
-    functions.sort();
-    assert_eq!(functions, ["emit-update-keys", "http-send", "read-record"]);
+    assert_eq!(
+        functions("rekey:oauth2/host@0.3.0"),
+        ["emit-update-keys", "http-send", "read-record"]
+    );
+    assert_eq!(
+        functions("rekey:oauth2/types@0.3.0"),
+        ["[constructor]body", "[method]body.read"]
+    );
     let mut exports: Vec<String> = ty.exports(&engine).map(|(n, _)| n.to_owned()).collect();
     exports.sort();
     assert_eq!(

@@ -544,3 +544,29 @@ async fn a_slow_api_hits_the_total_timeout() {
     assert!(started.elapsed() < Duration::from_millis(1500));
     assert_eq!(err.category(), rekey::Category::Transport);
 }
+
+/// Bodies cross the component as handles: a 1 MiB request body reaches the
+/// API byte for byte on both sends (the first is refused, the resend after a
+/// refresh carries the same body), and the 1 MiB answer comes back whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mebibyte_body_goes_out_twice_and_comes_back_whole_through_a_refresh() {
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(60))).await;
+    f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
+    f.provider.expire_access_tokens();
+    let body: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let req = Request::new("POST", &f.provider.api_url("echo")).body(body.clone());
+    let resp = f.rekey.send(f.store_dyn(), "c", req).await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.body == body,
+        "the answer is the request body, byte for byte"
+    );
+    let log = f.provider.api_log();
+    assert_eq!(log.len(), 2, "refused, then resent after the refresh");
+    assert!(!log[0].authorized && log[1].authorized);
+    assert!(
+        log.iter().all(|r| r.body == body),
+        "both sends carried the whole body"
+    );
+    assert_eq!(f.provider.stats().token_calls, 1);
+}

@@ -7,12 +7,13 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
 
-/// Guest memory for these calls: ample for a small response, too little
-/// to take `BIG` bytes, so that call traps in the guest's allocator.
+/// Guest memory for these calls: ample for a small token set, too little to
+/// read one of `BIG` bytes (response bodies never enter the guest), so that
+/// call traps in the guest's allocator.
 const MEMORY: usize = 2 << 20;
 const BIG: usize = 3 << 20;
 
-/// Answers `/big` with `BIG` bytes and anything else with a short body.
+/// Answers every request with a short body.
 fn start_api() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());
@@ -29,11 +30,7 @@ fn start_api() -> String {
             while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
                 header.clear();
             }
-            let body = if line.contains(" /big ") {
-                vec![b'x'; BIG]
-            } else {
-                b"small".to_vec()
-            };
+            let body = b"small".to_vec();
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()
@@ -46,9 +43,17 @@ fn start_api() -> String {
 }
 
 fn credential(store: &MemoryStore, name: &str, origin: &str) {
+    store_keys(store, name, origin, "");
+}
+
+/// The credential's keys, with `padding` in a field of their own.
+fn store_keys(store: &MemoryStore, name: &str, origin: &str, padding: &str) {
     let mut settings = Settings::new("http://127.0.0.1:9/token", "client");
     settings.api_origins = vec![origin.to_owned()];
-    let keys = TokenSet::import(r#"{"access_token":"warm-test","token_type":"Bearer"}"#).unwrap();
+    let keys = TokenSet::import(&format!(
+        r#"{{"access_token":"warm-test","token_type":"Bearer","padding":"{padding}"}}"#
+    ))
+    .unwrap();
     store.put(name, &settings, Some(&keys)).unwrap();
 }
 
@@ -58,13 +63,9 @@ async fn a_trapped_instance_is_never_reused_and_credentials_never_share_one() {
     let memory = Arc::new(MemoryStore::new());
     credential(&memory, "a", &origin);
     credential(&memory, "b", &origin);
-    let store: Arc<dyn KeyStore> = memory;
+    let store: Arc<dyn KeyStore> = memory.clone();
     let rekey = Rekey::new(Config {
         memory_limit_bytes: MEMORY,
-        http: rekey::HttpConfig {
-            max_response_bytes: 2 * BIG as u64,
-            ..Default::default()
-        },
         ..Config::default()
     })
     .unwrap();
@@ -79,14 +80,13 @@ async fn a_trapped_instance_is_never_reused_and_credentials_never_share_one() {
     }
     assert_eq!(rekey.instances_created(), 1, "three calls, one instance");
 
-    match send("a", "/big").await {
+    store_keys(&memory, "a", &origin, &"x".repeat(BIG));
+    match send("a", "/small").await {
         Err(Error::Component(_)) => {}
-        Err(e) => panic!("a response over the guest's memory must trap, not: {e}"),
-        Ok(r) => panic!(
-            "a response over the guest's memory must trap, got {}",
-            r.status
-        ),
+        Err(e) => panic!("keys over the guest's memory must trap, not: {e}"),
+        Ok(r) => panic!("keys over the guest's memory must trap, got {}", r.status),
     }
+    credential(&memory, "a", &origin);
     // The trapped instance is gone: the next call makes a new one, and works
     // (entering a trapped instance again would fail).
     let resp = send("a", "/small").await.expect("a call after the trap");
