@@ -13,6 +13,11 @@ const WARM_ROUNDS: usize = 20;
 const WARM_PER_ROUND: usize = 500;
 const NEAR_ROUNDS: usize = 10;
 const NEAR_PER_ROUND: usize = 100;
+const BODY_ROUNDS: usize = 10;
+const BODY_PER_ROUND: usize = 50;
+/// The large response: bodies cross the component as handles, so its extra
+/// cost over native should be that of an empty one.
+pub const LARGE_BODY: usize = 1 << 20;
 const REFRESH_ROUNDS: usize = 20;
 const REFRESH_PER_ROUND: usize = 100;
 
@@ -48,6 +53,41 @@ pub async fn warm<const N: usize>(sides: [&Caller; N], api: &str) -> [Summary; N
 pub async fn near<const N: usize>(sides: [&Caller; N]) -> [Summary; N] {
     let slow = slow_server().await;
     summaries(warm_rounds(&sides, &slow, NEAR_ROUNDS, NEAR_PER_ROUND).await)
+}
+
+/// Warm requests answered with an empty body and with [`LARGE_BODY`] bytes:
+/// `[[rekey, native] empty, [rekey, native] large]`.
+pub async fn body_sizes(sides: [&Caller; 2]) -> [[Summary; 2]; 2] {
+    let server = bytes_server().await;
+    let mut out = Vec::new();
+    for path in ["empty", "large"] {
+        let url = format!("{server}/{path}");
+        warm_rounds(&sides, &url, 1, BODY_PER_ROUND).await;
+        out.push(summaries(
+            warm_rounds(&sides, &url, BODY_ROUNDS, BODY_PER_ROUND).await,
+        ));
+    }
+    out.try_into().unwrap_or_else(|_| unreachable!("two sizes"))
+}
+
+/// `GET /empty` (no body) and `GET /large` ([`LARGE_BODY`] bytes); it
+/// checks no token.
+async fn bytes_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the bytes server");
+    let addr = listener.local_addr().expect("bytes server address");
+    let large = bytes::Bytes::from(vec![b'x'; LARGE_BODY]);
+    let app = axum::Router::new()
+        .route("/empty", axum::routing::get(|| async { "" }))
+        .route(
+            "/large",
+            axum::routing::get(move || std::future::ready(large.clone())),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
 }
 
 fn summaries<const N: usize>(samples: Vec<Vec<Duration>>) -> [Summary; N] {

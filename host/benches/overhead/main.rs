@@ -125,6 +125,10 @@ async fn run(cache_dir: PathBuf, cold: Option<ColdStart>, workers: usize) {
     // 1b. The same against a server that takes ~1 ms.
     let near = latency::near([&via_rekey, &native]).await;
 
+    // 1c. An empty and a 1 MiB response: bodies cost no more per byte.
+    eprintln!("overhead: response bodies…");
+    let bodies = latency::body_sizes([&via_rekey, &native]).await;
+
     // 2. Refresh path: 401 → refresh → retry.
     eprintln!("overhead: refresh path…");
     let refresh = latency::refresh(&rekey, &memory, &client, &provider, &api).await;
@@ -156,6 +160,7 @@ async fn run(cache_dir: PathBuf, cold: Option<ColdStart>, workers: usize) {
         warm: [w_rekey, w_native],
         warm_sqlite: w_sqlite,
         near,
+        bodies,
         refresh,
         throughput,
         instantiation,

@@ -11,6 +11,9 @@ const WARM_RATIO_TARGET: f64 = 1.25;
 const NEAR_RATIO_TARGET: f64 = 1.05;
 const SQLITE_VS_MEMORY_TARGET: f64 = 1.15;
 const REFRESH_RATIO_TARGET: f64 = 1.5;
+/// rekey's extra time over native for a 1 MiB response, against its extra
+/// time for an empty one (contract 0.3: bodies are handles).
+const BODY_EXTRA_RATIO_TARGET: f64 = 1.2;
 const THROUGHPUT_RATIO_TARGET: f64 = 0.8;
 const PROCESS_RATIO_TARGET: f64 = 1.10;
 const INSTANTIATE_TARGET_US: f64 = 10.0;
@@ -22,6 +25,8 @@ pub struct Results {
     pub warm: [Summary; 2],
     pub warm_sqlite: Summary,
     pub near: [Summary; 2],
+    /// `[[rekey, native] empty, [rekey, native] 1 MiB]`.
+    pub bodies: [[Summary; 2]; 2],
     pub refresh: [Summary; 2],
     pub throughput: Throughput,
     pub instantiation: Instantiation,
@@ -132,6 +137,36 @@ fn table(r: &Results) -> Table {
             SQLITE_VS_MEMORY_TARGET,
             "",
         ),
+    ]);
+    let [[e_rekey, e_native], [l_rekey, l_native]] = r.bodies;
+    t.compare(
+        "1. warm, empty response, median µs",
+        e_rekey.median,
+        e_native.median,
+        1,
+        "",
+        "",
+    );
+    t.compare(
+        "1. warm, 1 MiB response, median µs",
+        l_rekey.median,
+        l_native.median,
+        1,
+        "",
+        "",
+    );
+    let (extra_empty, extra_large) = (
+        e_rekey.median - e_native.median,
+        l_rekey.median - l_native.median,
+    );
+    let ratio = extra_large / extra_empty;
+    t.row([
+        "1. rekey's extra µs, 1 MiB vs empty response",
+        &format!("{extra_large:.1}"),
+        &format!("{extra_empty:.1} (empty)"),
+        &format!("{ratio:.2}"),
+        &format!("≤ {BODY_EXTRA_RATIO_TARGET:.2}"),
+        &verdict(ratio, BODY_EXTRA_RATIO_TARGET, ""),
     ]);
     t.latency(
         "2. 401→refresh→retry",
