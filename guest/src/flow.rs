@@ -250,9 +250,31 @@ fn refresh(
         }
         Err(e) => {
             held.release(fx, exchanged.maybe_spent);
-            Err(e)
+            Err(if exchanged.maybe_spent { in_doubt(e) } else { e })
         }
     }
+}
+
+/// A failed exchange one of whose answers may have come after the provider
+/// used the refresh token: whatever the last answer was, the call reports
+/// what the record now says (the mark stays), so that no caller retries a
+/// credential that is in doubt as if the failure were passing.
+fn in_doubt(e: SendError) -> SendError {
+    let last = match e {
+        SendError::RefreshInDoubt(_) => return e,
+        SendError::ReauthorizationRequired(o) | SendError::SettingsRejected(o) => {
+            format!("the token endpoint answered {} ({})", o.code, o.status)
+        }
+        SendError::TokenEndpoint(m)
+        | SendError::LeaseUnavailable(m)
+        | SendError::InvalidSettings(m)
+        | SendError::StoreUnavailable(m) => m,
+        _ => "the token exchange failed".into(),
+    };
+    SendError::RefreshInDoubt(format!(
+        "{last}, after an answer that may have come after the provider used the refresh token: \
+         it may be spent"
+    ))
 }
 
 /// One failed token-endpoint attempt.
@@ -1001,7 +1023,8 @@ mod tests {
             matches!(&err, Refusal::Error(SendError::RefreshInDoubt(m)) if m.contains("lease lost")),
             "{err:?}"
         );
-        // Settings errors stay settings errors.
+        // Whatever comes last, a call that leaves the mark says the refresh
+        // is in doubt (and names the last answer).
         let mut fx = script([
             ok(401, ""),
             ok(502, ""),
@@ -1009,9 +1032,18 @@ mod tests {
         ]);
         let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
         assert!(
+            matches!(&err, Refusal::Error(SendError::RefreshInDoubt(m)) if m.contains("invalid_client")),
+            "{err:?}"
+        );
+        assert!(fx.record.data.refresh_mark.is_some());
+        // Unspent, a settings error stays one.
+        let mut fx = script([ok(401, ""), ok(400, r#"{"error":"invalid_client"}"#)]);
+        let err = run(&mut fx, Strategy::OnAuthFailure).unwrap_err();
+        assert!(
             matches!(err, Refusal::Error(SendError::SettingsRejected(_))),
             "{err:?}"
         );
+        assert!(fx.record.data.refresh_mark.is_none());
     }
 
     #[test]

@@ -172,6 +172,9 @@ fn classification_never_panics_on_any_answer() {
                     SendError::TokenEndpoint(_)
                         | SendError::ReauthorizationRequired(_)
                         | SendError::SettingsRejected(_)
+                ) || matches!(
+                    (e, status),
+                    (SendError::InvalidSettings(_), 404 | 405 | 410)
                 )),
             }
             Ok(())

@@ -141,6 +141,12 @@ pub fn classify(resp: &Response) -> Outcome {
             ))
         });
     }
+    // No such endpoint: the token URL is wrong, and waiting will not help.
+    if matches!(status, 404 | 405 | 410) {
+        return Outcome::Fail(SendError::InvalidSettings(format!(
+            "the token endpoint answered {status}: check the token URL"
+        )));
+    }
     if !(200..300).contains(&status) {
         return Outcome::Fail(SendError::TokenEndpoint(format!(
             "token endpoint answered {status}"
@@ -229,6 +235,25 @@ mod tests {
     }
 
     use base64::Engine as _;
+
+    #[test]
+    fn no_such_endpoint_is_a_settings_problem_not_a_passing_failure() {
+        for status in [404, 405, 410] {
+            assert!(matches!(
+                classify(&resp(status, "<html>not found</html>")),
+                Outcome::Fail(SendError::InvalidSettings(m)) if m.contains("check the token URL")
+            ));
+        }
+        // An OAuth error body still says what it says.
+        assert!(matches!(
+            classify(&resp(404, r#"{"error":"invalid_client"}"#)),
+            Outcome::Fail(SendError::SettingsRejected(_))
+        ));
+        assert!(matches!(
+            classify(&resp(403, "forbidden")),
+            Outcome::Fail(SendError::TokenEndpoint(_))
+        ));
+    }
 
     #[test]
     fn post_auth_puts_credentials_in_the_form() {

@@ -74,6 +74,7 @@ impl Answer {
             Answer::Busy(_, after) => Meaning::Retry(false, *after),
             Answer::Failed(_, after) => Meaning::Retry(true, *after),
             Answer::Timeout | Answer::Reset => Meaning::Retry(true, None),
+            Answer::Garbage(404, _) => Meaning::Final("invalid-settings"),
             Answer::TooLarge | Answer::Garbage(..) => Meaning::Final("token-endpoint"),
             Answer::InvalidRequest => Meaning::Final("invalid-settings"),
             Answer::Refused => Meaning::Final("lease-unavailable"),
@@ -143,11 +144,13 @@ fn expected(answers: &[Answer]) -> Expected {
         spent |= a.may_have_spent();
         let end = |result: &'static str, slept: Vec<Duration>| {
             let dead = result == "reauthorization-required" && !spent;
+            let marked = result != "ok" && spent && !dead;
             Expected {
-                result,
+                // A call that leaves the mark says so, whatever came last.
+                result: if marked { "refresh-in-doubt" } else { result },
                 token_requests: i + 1,
                 slept,
-                marked: result != "ok" && spent && !dead,
+                marked,
                 dead,
             }
         };
