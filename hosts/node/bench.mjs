@@ -1,11 +1,16 @@
-// Rekey vs plain Node `http`, in one run, against the testkit provider on
-// loopback: the same request with a Bearer header (warm call), and the same
-// 401 -> token refresh -> retry sequence done by hand (refresh call). Runs
-// are interleaved; medians and ratios are printed. Never fails on timing.
+// Rekey vs plain Node `http`, in one run, on loopback: the same request with a
+// Bearer header (warm call) against the testkit provider; the same 401 ->
+// token refresh -> retry sequence done by hand (refresh call); and an empty
+// and a 1 MiB response from a loopback API in a child process (bodies cross
+// the component as handles, so rekey's extra time should not grow with the
+// size). Runs are interleaved; medians, rekey's extra time over plain http
+// per case and extra(1 MiB) / extra(empty) are printed. Never fails on timing.
 //
-//   node bench.mjs [--mode auto|jspi|worker] [--warm N] [--refresh N]
+//   node bench.mjs [--mode auto|jspi|worker] [--warm N] [--refresh N] [--bodies N]
 
+import { spawn } from 'node:child_process';
 import http from 'node:http';
+import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { Rekey, keysFromTokenResponse } from './src/index.js';
 import { startTestkit } from './test/support/testkit.mjs';
@@ -15,6 +20,7 @@ const { values: args } = parseArgs({
     mode: { type: 'string', default: 'auto' },
     warm: { type: 'string', default: '2000' },
     refresh: { type: 'string', default: '200' },
+    bodies: { type: 'string', default: '500' },
   },
 });
 
@@ -87,18 +93,51 @@ async function compare(name, n, rekeyFn, nativeFn) {
   return { name, n, rekey: r, native: m, ratio: r / m };
 }
 
+// The body cases' API: its own process, so serving 1 MiB does not share the
+// measured event loop. `/empty` answers no body, `/mib` 1 MiB; any token.
+const API_SERVER = `
+  import http from 'node:http';
+  const mib = Buffer.alloc(1024 * 1024, 'x');
+  const server = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => res.end(req.url === '/mib' ? mib : undefined));
+  });
+  server.listen(0, '127.0.0.1', () => console.log(server.address().port));
+  process.stdin.on('end', () => process.exit(0)).resume();
+`;
+const apiServer = spawn(process.execPath, ['--input-type=module', '-e', API_SERVER], { stdio: ['pipe', 'pipe', 'inherit'] });
+const apiPort = await new Promise((resolve) => createInterface({ input: apiServer.stdout }).once('line', resolve));
+const bodyCase = (path, size) => {
+  const at = `http://127.0.0.1:${apiPort}${path}`;
+  const check = (res) => {
+    if (res.body.byteLength !== size) throw new Error(`expected ${size} bytes, got ${res.body.byteLength}`);
+    return res;
+  };
+  return [
+    async () => check(await rk.send({ settings, keys: rekeyKeys, request: { url: at }, onUpdateKeys: (k) => { rekeyKeys = k.expose(); } })),
+    async () => check(await nativeRequest('GET', at, { authorization: `Bearer ${native.access_token}` })),
+  ];
+};
+
+const bodyRuns = Number(args.bodies);
 const rows = [
-  await compare('warm call', Number(args.warm), rekeyWarm, nativeWarm),
+  await compare('warm call (testkit)', Number(args.warm), rekeyWarm, nativeWarm),
   await compare('401 -> refresh -> retry', Number(args.refresh), rekeyRefresh, nativeRefresh),
+  await compare('empty response', bodyRuns, ...bodyCase('/empty', 0)),
+  await compare('1 MiB response', bodyRuns, ...bodyCase('/mib', 1024 * 1024)),
 ];
 const stats = await provider.stats();
-console.log(`rekey node host bench: Node ${process.version}, engine ${rk.mode}, loopback testkit`);
-console.log('| measure | n | rekey median | plain http median | rekey/plain | added |');
+console.log(`rekey node host bench: Node ${process.version}, engine ${rk.mode}, loopback`);
+console.log('| measure | n | rekey median | plain http median | rekey/plain | rekey extra |');
 console.log('|---|---|---|---|---|---|');
+const extra = {};
 for (const row of rows) {
-  console.log(`| ${row.name} | ${row.n} | ${row.rekey.toFixed(1)} µs | ${row.native.toFixed(1)} µs | ${row.ratio.toFixed(2)} | +${(row.rekey - row.native).toFixed(1)} µs |`);
+  extra[row.name] = row.rekey - row.native;
+  console.log(`| ${row.name} | ${row.n} | ${row.rekey.toFixed(1)} µs | ${row.native.toFixed(1)} µs | ${row.ratio.toFixed(2)} | +${extra[row.name].toFixed(1)} µs |`);
 }
+console.log(`extra(1 MiB) / extra(empty) = ${(extra['1 MiB response'] / extra['empty response']).toFixed(2)}`);
 console.log(`provider: refreshes ${stats.refreshes_granted}, invalid_grant ${stats.invalid_grant}, reused ${stats.reused_refresh_tokens}`);
 rk.close();
 agent.destroy();
+apiServer.stdin.end();
 await provider.stop();

@@ -8,8 +8,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import { test } from 'node:test';
 import { inspect } from 'node:util';
+import { serialize } from 'node:v8';
+import { MessagePort, Worker } from 'node:worker_threads';
 import { Body } from '../src/bodies.js';
-import { RejectedAfterRefresh } from '../src/index.js';
+import { Rekey, RejectedAfterRefresh } from '../src/index.js';
 import { REJECTED_ACCESS_TOKEN, imported, rekey, tempStore } from './support/harness.mjs';
 import { startTestkit } from './support/testkit.mjs';
 
@@ -95,6 +97,58 @@ test('a 1 MiB answer carried by an error (rejected after the refresh) comes back
       assert.equal(digest(seen[1].body), digest(body));
     });
   } finally {
+    await provider.stop();
+  }
+});
+
+/** Runs `body` while counting the bytes of every message between this thread and worker threads. */
+async function countingThreadTraffic(body) {
+  let bytes = 0;
+  const count = (msg) => { bytes += serialize(msg).byteLength; };
+  const patched = [[Worker.prototype, 'postMessage'], [MessagePort.prototype, 'postMessage'], [Worker.prototype, 'emit']];
+  const originals = patched.map(([proto, name]) => Object.getOwnPropertyDescriptor(proto, name));
+  Worker.prototype.postMessage = function (msg, ...rest) { count(msg); return originals[0].value.call(this, msg, ...rest); };
+  MessagePort.prototype.postMessage = function (msg, ...rest) { count(msg); return originals[1].value.call(this, msg, ...rest); };
+  Worker.prototype.emit = function (event, msg, ...rest) {
+    if (event === 'message') count(msg);
+    return Object.getPrototypeOf(Worker.prototype).emit.call(this, event, msg, ...rest);
+  };
+  try {
+    await body();
+  } finally {
+    patched.forEach(([proto, name], i) => {
+      if (originals[i]) Object.defineProperty(proto, name, originals[i]);
+      else delete proto[name];
+    });
+  }
+  return bytes;
+}
+
+test('worker threads: API bodies stay on the calling thread; only token forms and answers cross', async (t) => {
+  const provider = await startTestkit();
+  const rk = await Rekey.load({ mode: 'worker', poolSize: 1 });
+  try {
+    const body = randomBytes(MIB);
+    await rk.send({ settings: provider.settings(), keys: imported(await provider.authorize()), request: { url: provider.api('warm') }, onUpdateKeys: () => {} });
+    await withApi({}, async (url, seen) => {
+      let res;
+      const crossed = await countingThreadTraffic(async () => {
+        res = await rk.send({
+          settings: provider.settings(),
+          keys: imported(await provider.authorize(), { access_token: REJECTED_ACCESS_TOKEN }),
+          request: { method: 'POST', url, body },
+          onUpdateKeys: () => {},
+        });
+      });
+      assert.equal(seen.length, 2, 'sent twice, around a refresh');
+      assert.equal(digest(res.body), digest(answer(body)));
+      // Two 1 MiB requests and a 1 MiB answer went by; the messages carried
+      // the settings, heads, record, token form and token answer only.
+      t.diagnostic(`${crossed} bytes crossed between the threads`);
+      assert.ok(crossed > 0 && crossed < 32 * 1024, `${crossed} bytes crossed between the threads`);
+    });
+  } finally {
+    rk.close();
     await provider.stop();
   }
 });
