@@ -11,6 +11,20 @@ pub const REFRESHED_AT: &str = "rekey_refreshed_at";
 /// it (that refresh's own retry was rejected): evidence that another refresh
 /// cannot help, written by the guest, dropped by the next merge.
 pub const REJECTED_AT: &str = "rekey_rejected_at";
+/// The access tokens' lifetime (seconds) the provider last stated, for
+/// responses that omit `expires_in`.
+pub const LIFETIME: &str = "rekey_lifetime";
+/// When the refresh token dies (Unix seconds), where the provider says.
+pub const REFRESH_EXPIRES_AT: &str = "refresh_expires_at";
+/// The fields in which providers state the refresh token's lifetime
+/// (Keycloak, Microsoft / Xero / Zoho style, Intuit).
+const REFRESH_LIFETIME_FIELDS: [&str; 3] = [
+    "refresh_expires_in",
+    "refresh_token_expires_in",
+    "x_refresh_token_expires_in",
+];
+/// A JWT access token's `exp` is believed only this far ahead.
+const MAX_INFERRED_LIFETIME: u64 = 366 * 24 * 3600;
 
 /// A token set. Deliberately no `Debug` that shows values: it holds secrets.
 #[derive(Clone, PartialEq)]
@@ -93,16 +107,53 @@ impl Keys {
         merged.remove("expires_at");
         merged.remove(REJECTED_AT);
         let expires_in = response.get("expires_in").and_then(number);
+        let refresh_lifetime = REFRESH_LIFETIME_FIELDS
+            .iter()
+            .find_map(|f| response.get(*f).and_then(number));
+        let new_refresh_token = response
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.is_empty());
         for (k, v) in response {
-            // A null or empty refresh_token is "none sent", not "forget it".
             let unsent_refresh = k == "refresh_token" && v.as_str().is_none_or(str::is_empty);
-            if unsent_refresh || k == "expires_at" || k == REFRESHED_AT || k == REJECTED_AT {
+            let ours = [
+                "expires_at",
+                REFRESHED_AT,
+                REJECTED_AT,
+                LIFETIME,
+                REFRESH_EXPIRES_AT,
+            ];
+            if unsent_refresh || ours.contains(&k.as_str()) {
                 continue;
             }
             merged.insert(k, v);
         }
+        // Where the provider is silent: the access token's own `exp` (a
+        // JWT), else the lifetime it stated last time.
+        let lifetime = expires_in
+            .or_else(|| {
+                let token = merged.get("access_token")?.as_str()?;
+                jwt_exp(token)
+                    .filter(|exp| *exp > now && exp - now <= MAX_INFERRED_LIFETIME)
+                    .map(|exp| exp - now)
+            })
+            .or_else(|| merged.get(LIFETIME).and_then(number));
         if let Some(secs) = expires_in {
+            merged.insert(LIFETIME.into(), Value::from(secs));
+        }
+        if let Some(secs) = lifetime {
             merged.insert("expires_at".into(), Value::from(now.saturating_add(secs)));
+        }
+        match refresh_lifetime {
+            Some(secs) => {
+                let at = Value::from(now.saturating_add(secs));
+                merged.insert(REFRESH_EXPIRES_AT.into(), at);
+            }
+            // A new refresh token of unknown lifetime: the old one's is not its.
+            None if new_refresh_token => {
+                merged.remove(REFRESH_EXPIRES_AT);
+            }
+            None => {}
         }
         merged.insert(REFRESHED_AT.into(), Value::from(now));
         Keys(merged)
@@ -122,6 +173,41 @@ impl Keys {
 
 /// Seconds as providers send them: a whole number, or a numeric string (some
 /// do). Fractions are not seconds anyone sends; they count as unknown.
+/// The `exp` claim of a JWT (RFC 7519 §4.1.4), read without verifying it:
+/// only to schedule a refresh, never to trust the token.
+fn jwt_exp(token: &str) -> Option<u64> {
+    let mut parts = token.split('.');
+    let (_, payload) = (parts.next()?, parts.next()?);
+    if parts.next().is_none() || payload.len() > 8 * 1024 {
+        return None;
+    }
+    let claims = serde_json::from_slice::<Value>(&base64url(payload)?).ok()?;
+    number(claims.get("exp")?)
+}
+
+/// Unpadded base64url (RFC 4648 §5), as JWTs carry it.
+fn base64url(text: &str) -> Option<alloc::vec::Vec<u8>> {
+    let mut out = alloc::vec::Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for b in text.trim_end_matches('=').bytes() {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
 fn number(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_u64(),
@@ -186,6 +272,61 @@ mod tests {
             .unwrap()
             .merged(obj(json!({"access_token":"a2","refresh_token":null})), 100);
         assert_eq!(kept.refresh_token(), Some("r1"));
+    }
+
+    fn jwt(claims: Value) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.sig",
+            b64.encode(br#"{"alg":"RS256"}"#),
+            b64.encode(claims.to_string())
+        )
+    }
+
+    #[test]
+    fn a_silent_provider_s_lifetime_is_inferred() {
+        let stored = Keys::parse(r#"{"access_token":"a1","refresh_token":"r1"}"#).unwrap();
+        // A JWT access token: its `exp`.
+        let token = jwt(json!({"sub": "x", "exp": 1_000 + 3_599}));
+        let merged = stored.clone().merged(obj(json!({ "access_token": token })), 1_000);
+        assert_eq!(merged.expires_at(), Some(4_599));
+        // An `exp` in the past or absurdly far ahead is not believed.
+        for exp in [999, 1_000 + MAX_INFERRED_LIFETIME + 1] {
+            let token = jwt(json!({ "exp": exp }));
+            let merged = stored.clone().merged(obj(json!({ "access_token": token })), 1_000);
+            assert_eq!(merged.expires_at(), None, "exp {exp}");
+        }
+        // An opaque token: the lifetime the provider stated last time.
+        let first = stored.merged(obj(json!({"access_token":"a2","expires_in":7200})), 1_000);
+        let second = first.merged(obj(json!({"access_token":"a3"})), 5_000);
+        assert_eq!(second.expires_at(), Some(12_200));
+        // A stated lifetime wins over the token's own `exp`.
+        let token = jwt(json!({ "exp": 90_000 }));
+        let third = second.merged(obj(json!({"access_token": token, "expires_in": 60})), 6_000);
+        assert_eq!(third.expires_at(), Some(6_060));
+    }
+
+    #[test]
+    fn the_refresh_token_s_stated_lifetime_is_kept_with_it() {
+        let stored = Keys::parse(r#"{"access_token":"a1","refresh_token":"r1"}"#).unwrap();
+        for field in REFRESH_LIFETIME_FIELDS {
+            let merged = stored.clone().merged(
+                obj(json!({"access_token":"a2","refresh_token":"r2", field: 86_400})),
+                100,
+            );
+            assert_eq!(merged.0[REFRESH_EXPIRES_AT], 86_500, "{field}");
+        }
+        let dated = stored.merged(
+            obj(json!({"access_token":"a2","refresh_token_expires_in":"600"})),
+            100,
+        );
+        // Kept while the same refresh token is; dropped with a new one of
+        // unknown lifetime.
+        let same = dated.clone().merged(obj(json!({"access_token":"a3"})), 200);
+        assert_eq!(same.0[REFRESH_EXPIRES_AT], 700);
+        let rotated = dated.merged(obj(json!({"access_token":"a3","refresh_token":"r3"})), 200);
+        assert!(!rotated.0.contains_key(REFRESH_EXPIRES_AT));
     }
 
     #[test]

@@ -19,10 +19,18 @@ pub struct TokenSetError(String);
 
 /// Fields of a token set that are safe to show; every other value is redacted
 /// (tokens, and provider fields we cannot vouch for).
-const SHOWABLE: [&str; 8] = [
+const SHOWABLE: [&str; 14] = [
     "token_type",
     "expires_in",
     "expires_at",
+    // The refresh token's stated lifetime, and when the guest counts it to
+    // end (`credential show` tells when it dies from disuse).
+    "refresh_expires_in",
+    "refresh_token_expires_in",
+    "x_refresh_token_expires_in",
+    "refresh_expires_at",
+    "rekey_lifetime",
+    "rekey_rejected_at",
     "scope",
     "instance_url",
     "issued_at",
