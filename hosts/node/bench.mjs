@@ -3,8 +3,10 @@
 // token refresh -> retry sequence done by hand (refresh call); and an empty
 // and a 1 MiB response from a loopback API in a child process (bodies cross
 // the component as handles, so rekey's extra time should not grow with the
-// size). Runs are interleaved; medians, rekey's extra time over plain http
-// per case and extra(1 MiB) / extra(empty) are printed. Never fails on timing.
+// size). Runs are interleaved (the two body cases with each other too);
+// medians, rekey's extra time over plain http per case (the median of the
+// paired differences) and extra(1 MiB) / extra(empty) are printed. Never
+// fails on timing.
 //
 //   node bench.mjs [--mode auto|jspi|worker] [--warm N] [--refresh N] [--bodies N]
 
@@ -80,17 +82,30 @@ async function timeOne(fn) {
   return us;
 }
 
-async function compare(name, n, rekeyFn, nativeFn) {
-  const samples = { rekey: [], native: [] };
-  for (let i = 0; i < Math.min(50, n); i += 1) { await rekeyFn(); await nativeFn(); } // warm-up
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/**
+ * Times `cases` ({name, rekey, native}) n times each, interleaved (rekey then
+ * plain, case after case), so a change in the machine's load hits every case
+ * alike. Rekey's extra time is the median of the paired differences.
+ */
+async function compare(n, ...cases) {
+  for (let i = 0; i < Math.min(50, n); i += 1) for (const c of cases) { await c.rekey(); await c.native(); } // warm-up
+  const samples = cases.map(() => ({ rekey: [], native: [], extra: [] }));
   for (let i = 0; i < n; i += 1) {
-    samples.rekey.push(await timeOne(rekeyFn));
-    samples.native.push(await timeOne(nativeFn));
+    for (const [j, c] of cases.entries()) {
+      const r = await timeOne(c.rekey);
+      const m = await timeOne(c.native);
+      samples[j].rekey.push(r);
+      samples[j].native.push(m);
+      samples[j].extra.push(r - m);
+    }
   }
-  const median = (xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-  const r = median(samples.rekey);
-  const m = median(samples.native);
-  return { name, n, rekey: r, native: m, ratio: r / m };
+  return cases.map((c, j) => {
+    const r = median(samples[j].rekey);
+    const m = median(samples[j].native);
+    return { name: c.name, n, rekey: r, native: m, ratio: r / m, extra: median(samples[j].extra) };
+  });
 }
 
 // The body cases' API: its own process, so serving 1 MiB does not share the
@@ -107,35 +122,33 @@ const API_SERVER = `
 `;
 const apiServer = spawn(process.execPath, ['--input-type=module', '-e', API_SERVER], { stdio: ['pipe', 'pipe', 'inherit'] });
 const apiPort = await new Promise((resolve) => createInterface({ input: apiServer.stdout }).once('line', resolve));
-const bodyCase = (path, size) => {
+const bodyCase = (name, path, size) => {
   const at = `http://127.0.0.1:${apiPort}${path}`;
   const check = (res) => {
     if (res.body.byteLength !== size) throw new Error(`expected ${size} bytes, got ${res.body.byteLength}`);
     return res;
   };
-  return [
-    async () => check(await rk.send({ settings, keys: rekeyKeys, request: { url: at }, onUpdateKeys: (k) => { rekeyKeys = k.expose(); } })),
-    async () => check(await nativeRequest('GET', at, { authorization: `Bearer ${native.access_token}` })),
-  ];
+  return {
+    name,
+    rekey: async () => check(await rk.send({ settings, keys: rekeyKeys, request: { url: at }, onUpdateKeys: (k) => { rekeyKeys = k.expose(); } })),
+    native: async () => check(await nativeRequest('GET', at, { authorization: `Bearer ${native.access_token}` })),
+  };
 };
 
-const bodyRuns = Number(args.bodies);
 const rows = [
-  await compare('warm call (testkit)', Number(args.warm), rekeyWarm, nativeWarm),
-  await compare('401 -> refresh -> retry', Number(args.refresh), rekeyRefresh, nativeRefresh),
-  await compare('empty response', bodyRuns, ...bodyCase('/empty', 0)),
-  await compare('1 MiB response', bodyRuns, ...bodyCase('/mib', 1024 * 1024)),
+  ...await compare(Number(args.warm), { name: 'warm call (testkit)', rekey: rekeyWarm, native: nativeWarm }),
+  ...await compare(Number(args.refresh), { name: '401 -> refresh -> retry', rekey: rekeyRefresh, native: nativeRefresh }),
+  ...await compare(Number(args.bodies), bodyCase('empty response', '/empty', 0), bodyCase('1 MiB response', '/mib', 1024 * 1024)),
 ];
 const stats = await provider.stats();
 console.log(`rekey node host bench: Node ${process.version}, engine ${rk.mode}, loopback`);
-console.log('| measure | n | rekey median | plain http median | rekey/plain | rekey extra |');
+console.log('| measure | n | rekey median | plain http median | rekey/plain | rekey extra (median of pairs) |');
 console.log('|---|---|---|---|---|---|');
-const extra = {};
 for (const row of rows) {
-  extra[row.name] = row.rekey - row.native;
-  console.log(`| ${row.name} | ${row.n} | ${row.rekey.toFixed(1)} µs | ${row.native.toFixed(1)} µs | ${row.ratio.toFixed(2)} | +${extra[row.name].toFixed(1)} µs |`);
+  console.log(`| ${row.name} | ${row.n} | ${row.rekey.toFixed(1)} µs | ${row.native.toFixed(1)} µs | ${row.ratio.toFixed(2)} | +${row.extra.toFixed(1)} µs |`);
 }
-console.log(`extra(1 MiB) / extra(empty) = ${(extra['1 MiB response'] / extra['empty response']).toFixed(2)}`);
+const extraOf = (name) => rows.find((r) => r.name === name).extra;
+console.log(`extra(1 MiB) / extra(empty) = ${(extraOf('1 MiB response') / extraOf('empty response')).toFixed(2)}`);
 console.log(`provider: refreshes ${stats.refreshes_granted}, invalid_grant ${stats.invalid_grant}, reused ${stats.reused_refresh_tokens}`);
 rk.close();
 agent.destroy();
