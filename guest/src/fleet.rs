@@ -172,7 +172,7 @@ pub fn acquire(fx: &mut impl Effects, timing: Timing, stale: &Keys) -> Result<Re
 /// record still holds exactly them and nobody holds the lease or a mark (a
 /// write under someone's lease would fail their next write). Best effort:
 /// without it, the next call refreshes once more.
-pub fn remember_rejection(fx: &mut impl Effects, keys: &Keys) {
+pub fn remember_rejection(fx: &mut impl Effects, keys: &Keys, request: &str) {
     let Ok(stored) = fx.read_record() else {
         return;
     };
@@ -186,7 +186,7 @@ pub fn remember_rejection(fx: &mut impl Effects, keys: &Keys) {
         return;
     }
     let next = CredentialRecord {
-        keys: Some(keys.with_rejection(fx.now_unix()).to_json()),
+        keys: Some(keys.with_rejection(fx.now_unix(), request).to_json()),
         ..data.clone()
     };
     let _ = fx.write_record(stored.version, &next);

@@ -119,11 +119,12 @@ pub fn send<F: Effects>(
         if let Some(scope) = challenge::insufficient_scope(&resp) {
             return Err(Refusal::InsufficientScope(scope, resp));
         }
+        let request = crate::keys::request_key(&req.method, &req.url);
         if origin == Some(Origin::Exchanged) {
-            fleet::remember_rejection(fx, &keys);
+            fleet::remember_rejection(fx, &keys, &request);
             return Err(Refusal::RejectedAfterRefresh(resp));
         }
-        let known = origin.is_none() && rejected_before(&keys, fx.now_unix());
+        let known = origin.is_none() && rejected_before(&keys, fx.now_unix(), &request);
         if renewals == RENEWALS || known {
             return Err(Refusal::RejectedAfterRefresh(resp));
         }
@@ -139,8 +140,11 @@ pub(crate) fn not_authenticated(why: &str) -> SendError {
 /// Whether the API already rejected this very token set right after it was
 /// obtained, recently enough (and before its expiry) that another refresh
 /// cannot be expected to help.
-fn rejected_before(keys: &Keys, now: u64) -> bool {
-    let Some(at) = keys.rejected_at() else {
+fn rejected_before(keys: &Keys, now: u64, request: &str) -> bool {
+    let Some(at) = keys
+        .rejected_at()
+        .filter(|_| keys.rejected_request(request))
+    else {
         return false;
     };
     let until = at.saturating_add(REJECTION_MEMORY);
@@ -250,7 +254,11 @@ fn refresh(
         }
         Err(e) => {
             held.release(fx, exchanged.maybe_spent);
-            Err(if exchanged.maybe_spent { in_doubt(e) } else { e })
+            Err(if exchanged.maybe_spent {
+                in_doubt(e)
+            } else {
+                e
+            })
         }
     }
 }
@@ -917,6 +925,35 @@ mod tests {
     }
 
     #[test]
+    fn the_evidence_holds_for_the_rejected_request_only() {
+        // Rejected right after its refresh at 990 for another URL: this
+        // request's rejection is news, so it refreshes.
+        let other = crate::keys::request_key("GET", "http://127.0.0.1:9/admin");
+        let keys = serde_json::json!({
+            "access_token": "a1", "refresh_token": "r1",
+            "rekey_refreshed_at": 990, "rekey_rejected_at": 990,
+            "rekey_rejected_urls": [other],
+        });
+        let mut fx = script(refreshed_and_answered()).at(1_000);
+        run_stored(&mut fx, Some(&keys.to_string())).unwrap();
+        assert_eq!((fx.leases, fx.emitted.len()), (1, 1));
+        // The query and fragment do not make another request.
+        let key = |url| crate::keys::request_key("GET", url);
+        assert_eq!(key("https://a/x?page=2"), key("https://a/x#f"));
+        assert_ne!(key("https://a/x"), key("https://a/y"));
+        assert_ne!(
+            key("https://a/x"),
+            crate::keys::request_key("POST", "https://a/x")
+        );
+        // Sixteen requests are remembered, the oldest forgotten first.
+        let mut k = Keys::parse(A2).unwrap();
+        for i in 0..17 {
+            k = k.with_rejection(1_000, &format!("r{i}"));
+        }
+        assert!(!k.rejected_request("r0") && k.rejected_request("r1") && k.rejected_request("r16"));
+    }
+
+    #[test]
     fn the_evidence_is_not_written_under_another_workers_lease() {
         let mut other = script([]).record;
         // Another worker takes the lease the moment the retry is rejected.
@@ -932,7 +969,7 @@ mod tests {
         let before = other.clone();
         let mut fx2 = script([]);
         fx2.record = other;
-        fleet::remember_rejection(&mut fx2, &keys);
+        fleet::remember_rejection(&mut fx2, &keys, "request");
         assert!(
             fx2.record == before,
             "nothing written under someone's lease"
@@ -963,9 +1000,11 @@ mod tests {
     /// after its refresh at 990 (and expires at `expires_at`, when known):
     /// refreshed again, or final.
     fn refreshes_a_token_rejected_before(now: u64, expires_at: Option<u64>) -> bool {
+        let api = api();
         let mut keys = serde_json::json!({
             "access_token": "a1", "refresh_token": "r1",
-            "rekey_refreshed_at": 990, "rekey_rejected_at": 990
+            "rekey_refreshed_at": 990, "rekey_rejected_at": 990,
+            "rekey_rejected_urls": [crate::keys::request_key(&api.method, &api.url)],
         });
         if let Some(at) = expires_at {
             keys["expires_at"] = at.into();

@@ -11,6 +11,12 @@ pub const REFRESHED_AT: &str = "rekey_refreshed_at";
 /// it (that refresh's own retry was rejected): evidence that another refresh
 /// cannot help, written by the guest, dropped by the next merge.
 pub const REJECTED_AT: &str = "rekey_rejected_at";
+/// Which requests (see [`request_key`]) the API rejected right after the
+/// refresh: the evidence holds for them only.
+pub const REJECTED_URLS: &str = "rekey_rejected_urls";
+/// Requests remembered per token set: a URL that always answers 401 is rare,
+/// and past this many the oldest is forgotten (costing one more refresh).
+const MAX_REJECTED_URLS: usize = 16;
 /// The access tokens' lifetime (seconds) the provider last stated, for
 /// responses that omit `expires_in`.
 pub const LIFETIME: &str = "rekey_lifetime";
@@ -22,6 +28,16 @@ const REFRESH_LIFETIME_FIELDS: [&str; 3] = [
     "refresh_expires_in",
     "refresh_token_expires_in",
     "x_refresh_token_expires_in",
+];
+/// The fields the guest derives and keeps itself: a token response's own
+/// are ignored.
+pub const DERIVED: [&str; 6] = [
+    "expires_at",
+    REFRESHED_AT,
+    REJECTED_AT,
+    REJECTED_URLS,
+    LIFETIME,
+    REFRESH_EXPIRES_AT,
 ];
 /// A JWT access token's `exp` is believed only this far ahead.
 const MAX_INFERRED_LIFETIME: u64 = 366 * 24 * 3600;
@@ -83,10 +99,26 @@ impl Keys {
     }
 
     /// This set, marked as rejected right after it was obtained, at `now`.
-    pub fn with_rejection(&self, now: u64) -> Keys {
+    pub fn with_rejection(&self, now: u64, request: &str) -> Keys {
         let mut marked = self.0.clone();
         marked.insert(REJECTED_AT.into(), Value::from(now));
+        let mut urls: alloc::vec::Vec<Value> = match marked.remove(REJECTED_URLS) {
+            Some(Value::Array(urls)) => urls,
+            _ => alloc::vec::Vec::new(),
+        };
+        urls.retain(|u| u.as_str() != Some(request));
+        urls.push(Value::from(request));
+        let excess = urls.len().saturating_sub(MAX_REJECTED_URLS);
+        urls.drain(..excess);
+        marked.insert(REJECTED_URLS.into(), Value::Array(urls));
         Keys(marked)
+    }
+
+    /// Whether the API rejected `request` (a [`request_key`]) with these
+    /// keys right after they were obtained.
+    pub fn rejected_request(&self, request: &str) -> bool {
+        matches!(self.0.get(REJECTED_URLS), Some(Value::Array(urls))
+            if urls.iter().any(|u| u.as_str() == Some(request)))
     }
 
     /// True when the access token expires within `margin` seconds of `now`.
@@ -106,6 +138,7 @@ impl Keys {
         let mut merged = self.0;
         merged.remove("expires_at");
         merged.remove(REJECTED_AT);
+        merged.remove(REJECTED_URLS);
         let expires_in = response.get("expires_in").and_then(number);
         let refresh_lifetime = REFRESH_LIFETIME_FIELDS
             .iter()
@@ -116,14 +149,7 @@ impl Keys {
             .is_some_and(|t| !t.is_empty());
         for (k, v) in response {
             let unsent_refresh = k == "refresh_token" && v.as_str().is_none_or(str::is_empty);
-            let ours = [
-                "expires_at",
-                REFRESHED_AT,
-                REJECTED_AT,
-                LIFETIME,
-                REFRESH_EXPIRES_AT,
-            ];
-            if unsent_refresh || ours.contains(&k.as_str()) {
+            if unsent_refresh || DERIVED.contains(&k.as_str()) {
                 continue;
             }
             merged.insert(k, v);
@@ -173,6 +199,18 @@ impl Keys {
 
 /// Seconds as providers send them: a whole number, or a numeric string (some
 /// do). Fractions are not seconds anyone sends; they count as unknown.
+/// A short, stable name of a request for the rejection evidence: FNV-1a
+/// (64 bits, hex) of its method and URL without query or fragment, so that
+/// paging through one resource is one request, and no URL is stored.
+pub fn request_key(method: &str, url: &str) -> String {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in method.bytes().chain([b' ']).chain(url[..end].bytes()) {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
 /// The `exp` claim of a JWT (RFC 7519 §4.1.4), read without verifying it:
 /// only to schedule a refresh, never to trust the token.
 fn jwt_exp(token: &str) -> Option<u64> {
@@ -289,12 +327,16 @@ mod tests {
         let stored = Keys::parse(r#"{"access_token":"a1","refresh_token":"r1"}"#).unwrap();
         // A JWT access token: its `exp`.
         let token = jwt(json!({"sub": "x", "exp": 1_000 + 3_599}));
-        let merged = stored.clone().merged(obj(json!({ "access_token": token })), 1_000);
+        let merged = stored
+            .clone()
+            .merged(obj(json!({ "access_token": token })), 1_000);
         assert_eq!(merged.expires_at(), Some(4_599));
         // An `exp` in the past or absurdly far ahead is not believed.
         for exp in [999, 1_000 + MAX_INFERRED_LIFETIME + 1] {
             let token = jwt(json!({ "exp": exp }));
-            let merged = stored.clone().merged(obj(json!({ "access_token": token })), 1_000);
+            let merged = stored
+                .clone()
+                .merged(obj(json!({ "access_token": token })), 1_000);
             assert_eq!(merged.expires_at(), None, "exp {exp}");
         }
         // An opaque token: the lifetime the provider stated last time.

@@ -7,7 +7,7 @@
 //! the counts.
 
 use crate::http::Response;
-use crate::keys::{Keys, REFRESHED_AT};
+use crate::keys::{DERIVED, Keys, LIFETIME, REFRESH_EXPIRES_AT, REFRESHED_AT, REJECTED_AT};
 use crate::rekey::oauth2::types::SendError;
 use crate::token::{self, MAX_RETRY_AFTER, Outcome};
 use core::time::Duration;
@@ -135,6 +135,10 @@ fn token_object() -> impl Strategy<Value = Map<String, Value>> {
         Just("expires_in"),
         Just("expires_at"),
         Just(REFRESHED_AT),
+        Just(REJECTED_AT),
+        Just(LIFETIME),
+        Just(REFRESH_EXPIRES_AT),
+        Just("refresh_token_expires_in"),
         Just("token_type"),
         Just("id_token"),
         Just("scope"),
@@ -167,15 +171,17 @@ fn classification_never_panics_on_any_answer() {
                 Outcome::Retry { .. } => {
                     prop_assert!(status == 429 || (500..600).contains(&status));
                 }
-                Outcome::Fail(e) => prop_assert!(matches!(
-                    e,
-                    SendError::TokenEndpoint(_)
-                        | SendError::ReauthorizationRequired(_)
-                        | SendError::SettingsRejected(_)
-                ) || matches!(
-                    (e, status),
-                    (SendError::InvalidSettings(_), 404 | 405 | 410)
-                )),
+                Outcome::Fail(e) => prop_assert!(
+                    matches!(
+                        e,
+                        SendError::TokenEndpoint(_)
+                            | SendError::ReauthorizationRequired(_)
+                            | SendError::SettingsRejected(_)
+                    ) || matches!(
+                        (e, status),
+                        (SendError::InvalidSettings(_), 404 | 405 | 410)
+                    )
+                ),
             }
             Ok(())
         },
@@ -388,26 +394,23 @@ fn merge_keeps_what_the_response_lacks_and_takes_what_it_sends() {
             let Ok(Value::Object(out)) = serde_json::from_str::<Value>(&merged.to_json()) else {
                 return Err(TestCaseError::fail("merged set is not an object"));
             };
-            for (k, v) in &out {
+            let derived = |k: &str| DERIVED.contains(&k);
+            for k in out.keys() {
                 prop_assert!(
-                    stored.contains_key(k)
-                        || sent.contains_key(k)
-                        || k == "expires_at"
-                        || k == REFRESHED_AT,
+                    stored.contains_key(k) || sent.contains_key(k) || derived(k),
                     "{} came from nowhere",
                     k
                 );
-                let _ = v;
             }
             for (k, v) in &stored {
-                if !sent.contains_key(k) && k != "expires_at" && k != REFRESHED_AT {
+                if !sent.contains_key(k) && !derived(k) {
                     prop_assert_eq!(out.get(k), Some(v), "stored {} lost", k);
                 }
             }
             for (k, v) in &sent {
                 let unsent_refresh =
                     k == "refresh_token" && v.as_str().is_none_or(|s| s.is_empty());
-                if k != "expires_at" && k != REFRESHED_AT && !unsent_refresh {
+                if !derived(k) && !unsent_refresh {
                     prop_assert_eq!(out.get(k), Some(v), "sent {} not taken", k);
                 }
             }
@@ -421,10 +424,12 @@ fn merge_keeps_what_the_response_lacks_and_takes_what_it_sends() {
                 None => stored.get("refresh_token").cloned(),
             };
             prop_assert_eq!(out.get("refresh_token").cloned(), expected_rt);
-            // expires_at from expires_in and the clock only, saturating.
+            // expires_at from expires_in and the clock, else from the
+            // lifetime stated last (no JWT access tokens here), saturating.
             let expected_at = sent
                 .get("expires_in")
                 .and_then(seconds)
+                .or_else(|| stored.get(LIFETIME).and_then(seconds))
                 .map(|s| now.saturating_add(s));
             prop_assert_eq!(merged.expires_at(), expected_at);
             prop_assert_eq!(out.contains_key("expires_at"), expected_at.is_some());

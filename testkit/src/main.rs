@@ -63,6 +63,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<ProviderConfig, Strin
                 config.token_delay = Duration::from_millis(number(&value(&arg)?)?)
             }
             "--no-rotate" => config.rotate_refresh_tokens = false,
+            "--no-expires-in" => config.omit_expires_in = true,
             "--client-auth" => {
                 config.client_auth = Some(match value(&arg)?.as_str() {
                     "basic" => ClientAuth::Basic,

@@ -59,6 +59,9 @@ pub struct ProviderConfig {
     /// Every granted refresh is answered only after this long (a slow
     /// token endpoint; the refresh is granted, and rotated, at once).
     pub token_delay: Duration,
+    /// Token responses say nothing of the access token's lifetime (as
+    /// Salesforce, GitHub and Slack do): a client learns it from a 401.
+    pub omit_expires_in: bool,
 }
 
 impl Default for ProviderConfig {
@@ -72,6 +75,7 @@ impl Default for ProviderConfig {
             extra_token_fields: serde_json::Map::new(),
             grace_period: Duration::ZERO,
             token_delay: Duration::ZERO,
+            omit_expires_in: false,
         }
     }
 }
@@ -319,7 +323,9 @@ impl Provider {
         let mut body = serde_json::Map::new();
         body.insert("access_token".into(), json!(access));
         body.insert("token_type".into(), json!("Bearer"));
-        body.insert("expires_in".into(), json!(self.config.access_ttl.as_secs()));
+        if !self.config.omit_expires_in {
+            body.insert("expires_in".into(), json!(self.config.access_ttl.as_secs()));
+        }
         body.insert("scope".into(), json!("api"));
         if with_refresh {
             let refresh = format!("rt_{}", random_hex());

@@ -3,6 +3,7 @@
 
 use crate::support::*;
 use rekey::{ClientAuth, Config, Error, HttpConfig, KeyStore, Request, Strategy, TransportError};
+use rekey_testkit::ProviderConfig;
 use serde_json::json;
 use std::time::Duration;
 
@@ -569,4 +570,50 @@ async fn a_mebibyte_body_goes_out_twice_and_comes_back_whole_through_a_refresh()
         "both sends carried the whole body"
     );
     assert_eq!(f.provider.stats().token_calls, 1);
+}
+
+/// A provider that never says how long a token lives (Salesforce, GitHub,
+/// Slack) and ends sessions at its own time: every call succeeds across
+/// three session ends, one refresh each, while a URL that always answers
+/// 401 costs one refresh for its token set and never blocks the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_without_expires_in_is_refreshed_on_401_and_a_bad_url_costs_one_refresh() {
+    let f = Fixture::new(ProviderConfig {
+        omit_expires_in: true,
+        ..provider_with_ttl(Duration::from_secs(3600))
+    })
+    .await;
+    f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
+    let mut ok = 0;
+    for call in 0..10 {
+        if call % 3 == 1 {
+            // The session ends (an administrator, a short session policy).
+            f.provider.expire_access_tokens();
+        }
+        ok += usize::from(f.get("c", "me").await.unwrap().status == 200);
+    }
+    assert_eq!(ok, 10, "10 of 10 calls across 3 session ends");
+    assert_eq!(f.provider.stats().token_calls, 3);
+
+    // A URL that always answers 401: one refresh, then no more for it.
+    for _ in 0..3 {
+        let err = f.get("c", "reject").await.unwrap_err();
+        assert!(matches!(err, Error::RejectedAfterRefresh(_)), "{err}");
+    }
+    assert_eq!(
+        f.provider.stats().token_calls,
+        4,
+        "one refresh for the bad URL"
+    );
+    // Its evidence does not stop the next session end's refresh elsewhere.
+    f.provider.expire_access_tokens();
+    assert_eq!(f.get("c", "me").await.unwrap().status, 200);
+    assert_eq!(f.provider.stats().token_calls, 5);
+    assert!(
+        !f.stored_keys("c")
+            .as_object()
+            .unwrap()
+            .contains_key("expires_at"),
+        "no lifetime was invented"
+    );
 }
