@@ -71,6 +71,13 @@ impl Timing {
     }
 }
 
+/// How far past this worker's own TTL a lease may end and still be
+/// honoured: more is a holder whose clock runs far ahead, or a damaged
+/// record, and waiting for it would stop every refresh until then. Taking
+/// such a lease over is safe: fencing makes its holder's next write fail
+/// before it spends anything, and a mark it already set still says "in doubt".
+pub const MAX_LEASE_SKEW_MS: u64 = 10 * 60 * 1000;
+
 /// Reads the record, as the protocol needs it.
 pub fn read(fx: &mut impl Effects) -> Result<StoredRecord, SendError> {
     fx.read_record().map_err(|e| {
@@ -119,7 +126,11 @@ pub fn acquire(fx: &mut impl Effects, timing: Timing, stale: &Keys) -> Result<Re
             return Ok(Renewal::Adopt(current));
         }
         let now = fx.now_ms();
-        let lease_live = record.lease.as_ref().is_some_and(|l| l.until_ms > now);
+        let believable = now.saturating_add(timing.ttl_ms + MAX_LEASE_SKEW_MS);
+        let lease_live = record
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.until_ms > now && l.until_ms <= believable);
         if !lease_live {
             if let Some(mark) = &record.refresh_mark {
                 return Err(in_doubt(mark, now));

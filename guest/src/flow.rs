@@ -954,6 +954,33 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_ending_implausibly_far_ahead_is_taken_over() {
+        let timing = fleet::Timing::of(&testing::settings().fleet);
+        for (ahead, honoured) in [
+            (timing.ttl_ms + fleet::MAX_LEASE_SKEW_MS, true),
+            (timing.ttl_ms + fleet::MAX_LEASE_SKEW_MS + 1, false),
+            (u64::MAX - 1_000_000, false),
+        ] {
+            let mut fx = script(refreshed_and_answered());
+            fx.record.data.lease = Some(crate::rekey::oauth2::types::Lease {
+                holder: "far-ahead".into(),
+                until_ms: 1_000_000 + ahead,
+            });
+            let result = run(&mut fx, Strategy::OnAuthFailure);
+            if honoured {
+                assert!(
+                    matches!(result, Err(Refusal::Error(SendError::LeaseUnavailable(_)))),
+                    "{result:?}"
+                );
+                assert_eq!(fx.leases, 0);
+            } else {
+                assert_eq!(result.unwrap().status, 200);
+                assert_eq!((fx.leases, fx.emitted.len()), (1, 1));
+            }
+        }
+    }
+
+    #[test]
     fn the_evidence_is_not_written_under_another_workers_lease() {
         let mut other = script([]).record;
         // Another worker takes the lease the moment the retry is rejected.
