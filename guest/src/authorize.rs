@@ -281,7 +281,9 @@ fn read_answer(result: Result<Response, TransportError>) -> Answer {
         },
         Outcome::Fail(e) => match (code, e) {
             (Some(code), _) => Answer::Error(resp.status, code),
-            (None, SendError::TokenEndpoint(m)) => Answer::Fail(AuthorizeError::Endpoint(m)),
+            (None, SendError::TokenEndpoint(m) | SendError::InvalidSettings(m)) => {
+                Answer::Fail(AuthorizeError::Endpoint(m))
+            }
             (None, _) => Answer::Fail(AuthorizeError::Endpoint("unusable answer".into())),
         },
     }
@@ -507,6 +509,7 @@ mod tests {
 
     fn settings(auth: ClientAuth) -> Settings {
         Settings {
+            grant: crate::rekey::oauth2::types::Grant::RefreshToken,
             token_url: "https://idp.example/token".into(),
             client_id: "app id".into(),
             client_secret: Some("s&cret".into()),
@@ -622,6 +625,25 @@ mod tests {
             &entropy(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_token_url_that_does_not_exist_says_so() {
+        let p = pending();
+        let mut fx = script([ok(404, "<html>no such page</html>")]);
+        let q = format!("code=c&state={}&iss=https%3A%2F%2Fidp.example", p.state);
+        let err = finish(
+            &mut fx,
+            &settings(ClientAuth::ClientSecretBasic),
+            &authorization(),
+            &p,
+            &q,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, AuthorizeError::Endpoint(m) if m.contains("404") && m.contains("token URL")),
+            "{err:?}"
+        );
     }
 
     #[test]

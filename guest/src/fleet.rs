@@ -105,7 +105,15 @@ pub enum Renewal {
 }
 
 /// Adopts newer keys than `stale`, or takes the lease and the refresh mark.
-pub fn acquire(fx: &mut impl Effects, timing: Timing, stale: &Keys) -> Result<Renewal, SendError> {
+/// `spends`: the renewal spends the stored refresh token (else it is the
+/// client's own grant: nothing stored is needed, and no mark is set or
+/// heeded, since nothing can be spent).
+pub fn acquire(
+    fx: &mut impl Effects,
+    timing: Timing,
+    stale: &Keys,
+    spends: bool,
+) -> Result<Renewal, SendError> {
     let holder = format!("{:016x}", fx.random_u64());
     let mut waited = Duration::ZERO;
     let mut poll = FIRST_POLL;
@@ -116,6 +124,7 @@ pub fn acquire(fx: &mut impl Effects, timing: Timing, stale: &Keys) -> Result<Re
         check_alive(record)?;
         let current = match &record.keys {
             Some(json) => Keys::parse(json).map_err(SendError::InvalidKeys)?,
+            None if !spends => Keys::none(),
             None => {
                 return Err(crate::flow::not_authenticated(
                     "no keys are stored for this credential",
@@ -132,16 +141,17 @@ pub fn acquire(fx: &mut impl Effects, timing: Timing, stale: &Keys) -> Result<Re
             .as_ref()
             .is_some_and(|l| l.until_ms > now && l.until_ms <= believable);
         if !lease_live {
-            if let Some(mark) = &record.refresh_mark {
+            if let Some(mark) = record.refresh_mark.as_ref().filter(|_| spends) {
                 return Err(in_doubt(mark, now));
             }
-            if current.refresh_token().is_none() {
+            if spends && current.refresh_token().is_none() {
                 return Err(crate::flow::not_authenticated(
                     "no refresh token is stored for this credential",
                 ));
             }
             let mut held = Held {
                 holder: holder.clone(),
+                marks: spends,
                 ttl_ms: timing.ttl_ms,
                 version: stored.version,
                 record: stored.data.clone(),
@@ -252,6 +262,8 @@ pub enum Lost {
 /// The lease, held: the version this call last wrote and what it wrote.
 pub struct Held {
     holder: String,
+    /// Whether its token requests spend a refresh token (and so set the mark).
+    marks: bool,
     ttl_ms: u64,
     version: u64,
     record: CredentialRecord,
@@ -261,7 +273,7 @@ impl Held {
     /// Renews the lease and sets the refresh mark, right before a token
     /// request: from now on the stored refresh token may be spent.
     pub fn mark(&mut self, fx: &mut impl Effects) -> Result<(), Lost> {
-        let next = self.next(fx.now_ms(), true);
+        let next = self.next(fx.now_ms(), self.marks);
         #[cfg(test)]
         let next = sabotage::unmarked(next);
         self.write(fx, next)

@@ -19,7 +19,7 @@ use crate::fleet::{self, Held, Renewal, Timing};
 use crate::http::{self, Request, Response};
 use crate::keys::Keys;
 use crate::origins;
-use crate::rekey::oauth2::types::{Purpose, SendError, Settings, Strategy, TransportError};
+use crate::rekey::oauth2::types::{Grant, Purpose, SendError, Settings, Strategy, TransportError};
 use crate::token::{self, Outcome};
 use alloc::format;
 use alloc::string::String;
@@ -33,10 +33,7 @@ pub const TOKEN_ATTEMPTS: u32 = 3;
 pub const BACKOFF: Duration = Duration::from_millis(200);
 /// Newer token sets (adopted or exchanged) one call may try: one resend each.
 pub const RENEWALS: u32 = 3;
-/// How long (seconds) the evidence that the API rejects even a freshly
-/// obtained token stops further refreshes, unless the token expires sooner:
-/// an API that always answers 401 costs one refresh per this long.
-pub const REJECTION_MEMORY: u64 = 300;
+pub use crate::keys::REJECTION_MEMORY;
 
 /// Why `send` gave the caller no response of its own: an error, or the API's
 /// answer with a reason (`send-error`'s cases that carry a response).
@@ -91,8 +88,10 @@ pub fn send<F: Effects>(
     fleet::check_alive(&stored.data)?;
     let keys = match stored.data.keys.as_deref().map(Keys::parse).transpose() {
         Err(e) => return Err(SendError::InvalidKeys(e).into()),
+        // The client's own grant needs nothing stored: it fetches a token.
+        Ok(None) if !spends(settings) => Keys::none(),
         Ok(None) => return Err(not_authenticated("no keys are stored for this credential").into()),
-        Ok(Some(k)) if k.is_empty() => {
+        Ok(Some(k)) if k.is_empty() && spends(settings) => {
             return Err(not_authenticated("no keys are stored for this credential").into());
         }
         Ok(Some(k)) => k,
@@ -133,6 +132,12 @@ pub fn send<F: Effects>(
     }
 }
 
+/// Whether a renewal spends a stored refresh token (else it is the client's
+/// own grant, which spends nothing and so needs no mark).
+fn spends(settings: &Settings) -> bool {
+    matches!(settings.grant, Grant::RefreshToken)
+}
+
 pub(crate) fn not_authenticated(why: &str) -> SendError {
     SendError::NotAuthenticated(format!("{why}: please authenticate"))
 }
@@ -141,10 +146,7 @@ pub(crate) fn not_authenticated(why: &str) -> SendError {
 /// obtained, recently enough (and before its expiry) that another refresh
 /// cannot be expected to help.
 fn rejected_before(keys: &Keys, now: u64, request: &str) -> bool {
-    let Some(at) = keys
-        .rejected_at()
-        .filter(|_| keys.rejected_request(request))
-    else {
+    let Some(at) = keys.rejected_at(request) else {
         return false;
     };
     let until = at.saturating_add(REJECTION_MEMORY);
@@ -158,6 +160,11 @@ fn validate(settings: &Settings) -> Result<(), SendError> {
         .map_err(SendError::InvalidSettings)?;
     if settings.client_id.is_empty() {
         return Err(SendError::InvalidSettings("client id is empty".into()));
+    }
+    if !spends(settings) && settings.client_secret.is_none() {
+        return Err(SendError::InvalidSettings(
+            "the client-credentials grant needs a client secret".into(),
+        ));
     }
     origins::check_patterns(&settings.api_origins).map_err(SendError::InvalidSettings)?;
     Ok(())
@@ -225,18 +232,24 @@ fn refresh(
     timing: Timing,
     stale: &Keys,
 ) -> Result<(Keys, Origin), SendError> {
-    let (mut held, base) = match fleet::acquire(fx, timing, stale)? {
+    let spends = spends(settings);
+    let (mut held, base) = match fleet::acquire(fx, timing, stale, spends)? {
         Renewal::Adopt(keys) => return Ok((keys, Origin::Adopted)),
         Renewal::Exchange(held, base) => (held, base),
     };
-    // `acquire` takes the lease only for keys with a refresh token.
-    let Some(refresh_token) = base.refresh_token() else {
-        held.release(fx, false);
-        return Err(not_authenticated(
-            "no refresh token is stored for this credential",
-        ));
+    let req = if spends {
+        // `acquire` takes the lease only for keys with a refresh token.
+        let Some(refresh_token) = base.refresh_token() else {
+            held.release(fx, false);
+            return Err(not_authenticated(
+                "no refresh token is stored for this credential",
+            ));
+        };
+        token::refresh_request(settings, refresh_token)
+    } else {
+        token::client_credentials_request(settings)
     };
-    let exchanged = exchange(fx, settings, &mut held, refresh_token);
+    let exchanged = exchange(fx, &req, &mut held, spends);
     match exchanged.result {
         Ok((response, sent)) => {
             let merged = base.merged(response, sent);
@@ -247,6 +260,12 @@ fn refresh(
                 return Err(e);
             }
             Ok((merged, Origin::Exchanged))
+        }
+        // The client's own grant has no grant to lose: its refusal is the
+        // client's settings.
+        Err(SendError::ReauthorizationRequired(e)) if !spends => {
+            held.release(fx, false);
+            Err(SendError::SettingsRejected(e))
         }
         Err(SendError::ReauthorizationRequired(e)) if !exchanged.maybe_spent => {
             held.record_dead(fx, &e.code);
@@ -326,15 +345,9 @@ fn may_have_spent(answer: &Result<Response, TransportError>) -> bool {
 /// that may have been processed, exactly one prompt retry follows (a provider
 /// with a grace period for the just-rotated token then answers again); if
 /// that fails too, or answers `invalid_grant`, the refresh is in doubt.
-fn exchange(
-    fx: &mut impl Effects,
-    settings: &Settings,
-    held: &mut Held,
-    refresh_token: &str,
-) -> Exchanged {
-    let req = token::refresh_request(settings, refresh_token);
+fn exchange(fx: &mut impl Effects, req: &Request, held: &mut Held, spends: bool) -> Exchanged {
     let mut maybe_spent = false;
-    let result = exchange_attempts(fx, &req, held, &mut maybe_spent);
+    let result = exchange_attempts(fx, req, held, &mut maybe_spent, spends);
     Exchanged {
         result,
         maybe_spent,
@@ -346,6 +359,7 @@ fn exchange_attempts(
     req: &Request,
     held: &mut Held,
     maybe_spent: &mut bool,
+    spends: bool,
 ) -> Result<Tokens, SendError> {
     let mut attempts_left = TOKEN_ATTEMPTS;
     let mut attempts = 0;
@@ -373,7 +387,7 @@ fn exchange_attempts(
         attempts += 1;
         attempts_left -= 1;
         let sent = fx.now_unix();
-        let failure = match attempt(fx, req, maybe_spent) {
+        let failure = match attempt(fx, req, maybe_spent, spends) {
             Ok(tokens) => return Ok((tokens, sent)),
             Err(Ok(final_error)) => {
                 return Err(match final_error {
@@ -420,18 +434,22 @@ fn exchange_attempts(
 
 /// One attempt: the tokens, a final error (`Err(Ok)`), or a failure worth
 /// another attempt (`Err(Err)`).
+///
+/// Without a refresh token to spend (`spends` false), nothing an answer says
+/// can leave anything spent: every failure worth another attempt is one.
 fn attempt(
     fx: &mut impl Effects,
     req: &Request,
     maybe_spent: &mut bool,
+    spends: bool,
 ) -> Result<serde_json::Map<String, serde_json::Value>, Result<SendError, Failure>> {
     let failure = |reason: String, maybe_processed: bool| Failure {
         reason,
-        maybe_processed,
+        maybe_processed: maybe_processed && spends,
         retry_after: None,
     };
     let answer = http::exchange(fx, Purpose::TokenEndpoint, req);
-    *maybe_spent |= may_have_spent(&answer);
+    *maybe_spent |= spends && may_have_spent(&answer);
     Err(Err(match answer {
         Ok(resp) => match token::classify(&resp) {
             Outcome::Tokens(map) => return Ok(map),
@@ -442,7 +460,7 @@ fn attempt(
                 maybe_processed,
             } => Failure {
                 reason,
-                maybe_processed,
+                maybe_processed: maybe_processed && spends,
                 retry_after,
             },
         },
@@ -905,7 +923,12 @@ mod tests {
         assert!(matches!(err, Refusal::RejectedAfterRefresh(_)), "{err:?}");
         let stored = Keys::parse(fx.record.data.keys.as_deref().unwrap()).unwrap();
         assert_eq!(stored.access_token(), Some("a2"));
-        assert_eq!(stored.rejected_at(), Some(1_000), "the evidence is stored");
+        let request = crate::keys::request_key("POST", "http://127.0.0.1:9/api");
+        assert_eq!(
+            stored.rejected_at(&request),
+            Some(1_000),
+            "the evidence is stored"
+        );
         assert!(fx.record.data.lease.is_none() && fx.record.data.refresh_mark.is_none());
 
         // The next call's rejection of the same token costs no refresh.
@@ -919,9 +942,11 @@ mod tests {
             (1, 0, version)
         );
 
-        // A merge drops the evidence: it was about that token set only.
-        let merged = stored.merged(serde_json::Map::new(), 1_001);
-        assert_eq!(merged.rejected_at(), None);
+        // The evidence outlives a refresh, not its memory.
+        let merged = stored.clone().merged(serde_json::Map::new(), 1_001);
+        assert_eq!(merged.rejected_at(&request), Some(1_000));
+        let later = stored.merged(serde_json::Map::new(), 1_000 + REJECTION_MEMORY);
+        assert_eq!(later.rejected_at(&request), None);
     }
 
     #[test]
@@ -931,8 +956,7 @@ mod tests {
         let other = crate::keys::request_key("GET", "http://127.0.0.1:9/admin");
         let keys = serde_json::json!({
             "access_token": "a1", "refresh_token": "r1",
-            "rekey_refreshed_at": 990, "rekey_rejected_at": 990,
-            "rekey_rejected_urls": [other],
+            "rekey_refreshed_at": 990, "rekey_rejected": { other: 990 },
         });
         let mut fx = script(refreshed_and_answered()).at(1_000);
         run_stored(&mut fx, Some(&keys.to_string())).unwrap();
@@ -948,9 +972,140 @@ mod tests {
         // Sixteen requests are remembered, the oldest forgotten first.
         let mut k = Keys::parse(A2).unwrap();
         for i in 0..17 {
-            k = k.with_rejection(1_000, &format!("r{i}"));
+            k = k.with_rejection(1_000 + i, &format!("r{i}"));
         }
-        assert!(!k.rejected_request("r0") && k.rejected_request("r1") && k.rejected_request("r16"));
+        let seen = |r: &str| k.rejected_at(r).is_some();
+        assert!(!seen("r0") && seen("r1") && seen("r16"));
+    }
+
+    #[test]
+    fn two_requests_that_always_answer_401_cost_one_refresh_each_not_one_per_call() {
+        let (get, post) = (
+            Request {
+                method: "GET".into(),
+                ..api()
+            },
+            api(),
+        );
+        let mut record = script([]).record;
+        record.data.keys = Some(KEYS.into());
+        let mut refreshes = 0;
+        for call in 0..10 {
+            let mut fx = script([
+                ok(401, ""),
+                ok(200, &format!(r#"{{"access_token":"a{call}"}}"#)),
+                ok(401, ""),
+            ]);
+            fx.record = record.clone();
+            let req = if call % 2 == 0 { &get } else { &post };
+            let err = send(&mut fx, &settings(Strategy::OnAuthFailure), req).unwrap_err();
+            assert!(matches!(err, Refusal::RejectedAfterRefresh(_)), "{err:?}");
+            refreshes += fx
+                .purposes
+                .iter()
+                .filter(|p| matches!(p, Purpose::TokenEndpoint))
+                .count();
+            record = fx.record;
+        }
+        assert_eq!(refreshes, 2);
+    }
+
+    fn client_credentials() -> Settings {
+        Settings {
+            grant: Grant::ClientCredentials,
+            scope: Some("api.read".into()),
+            ..settings(Strategy::OnAuthFailure)
+        }
+    }
+
+    #[test]
+    fn the_clients_own_grant_fetches_a_token_when_none_is_stored() {
+        let mut fx = script([
+            ok(200, r#"{"access_token":"c1","expires_in":60}"#),
+            ok(200, "hi"),
+        ]);
+        assert!(fx.record.data.keys.is_none());
+        let resp = send(&mut fx, &client_credentials(), &api()).unwrap();
+        assert_eq!(resp.body, b"hi");
+        let form = String::from_utf8(fx.sent[0].body.clone()).unwrap();
+        assert!(
+            form.starts_with("grant_type=client_credentials&scope=api.read&"),
+            "{form}"
+        );
+        assert!(form.contains("client_secret=secret") && !form.contains("refresh_token"));
+        assert_eq!(bearer(&fx.sent[1]), "Bearer c1");
+        let stored = Keys::parse(fx.record.data.keys.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (stored.access_token(), stored.expires_at()),
+            (Some("c1"), Some(1_060))
+        );
+        assert!(fx.record.data.lease.is_none() && fx.record.data.refresh_mark.is_none());
+    }
+
+    #[test]
+    fn the_clients_own_grant_renews_on_401_and_nothing_is_ever_in_doubt() {
+        // A lost answer cannot have spent anything: plain retries, no mark.
+        let mut fx = script([
+            ok(401, ""),
+            Err(TransportError::Timeout),
+            ok(502, ""),
+            ok(200, r#"{"access_token":"c2"}"#),
+            ok(200, "hi"),
+        ]);
+        fx.record.data.keys = Some(r#"{"access_token":"c1"}"#.into());
+        assert_eq!(
+            send(&mut fx, &client_credentials(), &api()).unwrap().status,
+            200
+        );
+        assert_eq!(bearer(&fx.sent[4]), "Bearer c2");
+        // Every attempt failing: a passing failure, and no mark left.
+        let mut fx = script([
+            ok(401, ""),
+            Err(TransportError::Timeout),
+            ok(502, ""),
+            ok(500, ""),
+        ]);
+        fx.record.data.keys = Some(r#"{"access_token":"c1"}"#.into());
+        let err = send(&mut fx, &client_credentials(), &api()).unwrap_err();
+        assert!(
+            matches!(err, Refusal::Error(SendError::TokenEndpoint(_))),
+            "{err:?}"
+        );
+        assert!(fx.record.data.refresh_mark.is_none() && fx.record.data.lease.is_none());
+        // A mark another worker left under the refresh-token grant is not
+        // this grant's concern.
+        let mut fx = script([ok(200, r#"{"access_token":"c3"}"#), ok(200, "hi")]);
+        fx.record.data.refresh_mark = Some(crate::rekey::oauth2::types::RefreshMark {
+            holder: "vanished".into(),
+            at_ms: 1,
+        });
+        assert_eq!(
+            send(&mut fx, &client_credentials(), &api()).unwrap().status,
+            200
+        );
+        assert!(fx.record.data.refresh_mark.is_none());
+    }
+
+    #[test]
+    fn the_clients_own_grant_needs_a_secret_and_a_refusal_is_its_settings() {
+        let public = Settings {
+            client_secret: None,
+            ..client_credentials()
+        };
+        let err = send(&mut script([]), &public, &api()).unwrap_err();
+        assert!(
+            matches!(err, Refusal::Error(SendError::InvalidSettings(_))),
+            "{err:?}"
+        );
+        for code in ["invalid_grant", "invalid_client"] {
+            let mut fx = script([ok(400, &format!(r#"{{"error":"{code}"}}"#))]);
+            let err = send(&mut fx, &client_credentials(), &api()).unwrap_err();
+            assert!(
+                matches!(err, Refusal::Error(SendError::SettingsRejected(_))),
+                "{err:?}"
+            );
+            assert!(fx.record.data.dead_grant.is_none(), "no grant to be dead");
+        }
     }
 
     #[test]
@@ -1030,8 +1185,8 @@ mod tests {
         let api = api();
         let mut keys = serde_json::json!({
             "access_token": "a1", "refresh_token": "r1",
-            "rekey_refreshed_at": 990, "rekey_rejected_at": 990,
-            "rekey_rejected_urls": [crate::keys::request_key(&api.method, &api.url)],
+            "rekey_refreshed_at": 990,
+            "rekey_rejected": { crate::keys::request_key(&api.method, &api.url): 990 },
         });
         if let Some(at) = expires_at {
             keys["expires_at"] = at.into();

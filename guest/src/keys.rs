@@ -10,13 +10,18 @@ pub const REFRESHED_AT: &str = "rekey_refreshed_at";
 /// When the API rejected this token set right after the refresh that obtained
 /// it (that refresh's own retry was rejected): evidence that another refresh
 /// cannot help, written by the guest, dropped by the next merge.
-pub const REJECTED_AT: &str = "rekey_rejected_at";
-/// Which requests (see [`request_key`]) the API rejected right after the
-/// refresh: the evidence holds for them only.
-pub const REJECTED_URLS: &str = "rekey_rejected_urls";
-/// Requests remembered per token set: a URL that always answers 401 is rare,
-/// and past this many the oldest is forgotten (costing one more refresh).
-const MAX_REJECTED_URLS: usize = 16;
+/// The evidence that the API rejects even a freshly obtained token, per
+/// request: `{request key (see [`request_key`]): Unix seconds}`. Kept across
+/// refreshes (each entry for [`REJECTION_MEMORY`]), so every request that
+/// always answers 401 costs one refresh, whatever the others do.
+pub const REJECTED: &str = "rekey_rejected";
+/// How long (seconds) an entry of [`REJECTED`] stops refreshes for its
+/// request, unless the token expires sooner: an API that always answers 401
+/// costs one refresh per request this long.
+pub const REJECTION_MEMORY: u64 = 300;
+/// Requests remembered: past this many the oldest entry is forgotten
+/// (costing one more refresh).
+const MAX_REJECTED: usize = 16;
 /// The access tokens' lifetime (seconds) the provider last stated, for
 /// responses that omit `expires_in`.
 pub const LIFETIME: &str = "rekey_lifetime";
@@ -31,11 +36,10 @@ const REFRESH_LIFETIME_FIELDS: [&str; 3] = [
 ];
 /// The fields the guest derives and keeps itself: a token response's own
 /// are ignored.
-pub const DERIVED: [&str; 6] = [
+pub const DERIVED: [&str; 5] = [
     "expires_at",
     REFRESHED_AT,
-    REJECTED_AT,
-    REJECTED_URLS,
+    REJECTED,
     LIFETIME,
     REFRESH_EXPIRES_AT,
 ];
@@ -70,6 +74,11 @@ impl Keys {
         }
     }
 
+    /// No token set yet (a client-credentials credential before its first call).
+    pub fn none() -> Keys {
+        Keys(Map::new())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -94,35 +103,30 @@ impl Keys {
     }
 
     /// When the API rejected this set right after it was obtained.
-    pub fn rejected_at(&self) -> Option<u64> {
-        number(self.0.get(REJECTED_AT)?)
+    /// When the API last rejected `request` (a [`request_key`]) right after
+    /// a refresh, as stored.
+    pub fn rejected_at(&self, request: &str) -> Option<u64> {
+        number(self.0.get(REJECTED)?.as_object()?.get(request)?)
     }
 
-    /// This set, marked as rejected right after it was obtained, at `now`.
     pub fn with_rejection(&self, now: u64, request: &str) -> Keys {
         let mut marked = self.0.clone();
-        marked.insert(REJECTED_AT.into(), Value::from(now));
-        let mut urls: alloc::vec::Vec<Value> = match marked.remove(REJECTED_URLS) {
-            Some(Value::Array(urls)) => urls,
-            _ => alloc::vec::Vec::new(),
+        let mut seen = match marked.remove(REJECTED) {
+            Some(Value::Object(seen)) => seen,
+            _ => Map::new(),
         };
-        urls.retain(|u| u.as_str() != Some(request));
-        urls.push(Value::from(request));
-        let excess = urls.len().saturating_sub(MAX_REJECTED_URLS);
-        urls.drain(..excess);
-        marked.insert(REJECTED_URLS.into(), Value::Array(urls));
+        seen.insert(request.into(), Value::from(now));
+        while seen.len() > MAX_REJECTED {
+            let oldest = seen
+                .iter()
+                .min_by_key(|(_, at)| number(at).unwrap_or(0))
+                .map(|(k, _)| k.clone());
+            oldest.map(|k| seen.remove(&k));
+        }
+        marked.insert(REJECTED.into(), Value::Object(seen));
         Keys(marked)
     }
 
-    /// Whether the API rejected `request` (a [`request_key`]) with these
-    /// keys right after they were obtained.
-    pub fn rejected_request(&self, request: &str) -> bool {
-        matches!(self.0.get(REJECTED_URLS), Some(Value::Array(urls))
-            if urls.iter().any(|u| u.as_str() == Some(request)))
-    }
-
-    /// True when the access token expires within `margin` seconds of `now`.
-    /// Unknown expiry counts as not expiring: the API's rejection will tell.
     pub fn expires_within(&self, now: u64, margin: u64) -> bool {
         self.expires_at()
             .is_some_and(|at| at <= now.saturating_add(margin))
@@ -137,12 +141,21 @@ impl Keys {
     pub fn merged(self, response: Map<String, Value>, now: u64) -> Keys {
         let mut merged = self.0;
         merged.remove("expires_at");
-        merged.remove(REJECTED_AT);
-        merged.remove(REJECTED_URLS);
+        // The evidence outlives the token set it was found with (a request
+        // that rejects fresh tokens will reject the next ones too), but not
+        // its memory.
+        if let Some(Value::Object(seen)) = merged.get_mut(REJECTED) {
+            seen.retain(|_, at| {
+                number(at).is_some_and(|at| now < at.saturating_add(REJECTION_MEMORY))
+            });
+        }
         let expires_in = response.get("expires_in").and_then(number);
+        // Zero means "no fixed lifetime" at some providers (Keycloak's
+        // offline tokens): unknown, not "dead now".
         let refresh_lifetime = REFRESH_LIFETIME_FIELDS
             .iter()
-            .find_map(|f| response.get(*f).and_then(number));
+            .find_map(|f| response.get(*f).and_then(number))
+            .filter(|secs| *secs > 0);
         let new_refresh_token = response
             .get("refresh_token")
             .and_then(Value::as_str)
@@ -163,8 +176,8 @@ impl Keys {
                     .filter(|exp| *exp > now && exp - now <= MAX_INFERRED_LIFETIME)
                     .map(|exp| exp - now)
             })
-            .or_else(|| merged.get(LIFETIME).and_then(number));
-        if let Some(secs) = expires_in {
+            .or_else(|| merged.get(LIFETIME).and_then(number).filter(|s| *s > 0));
+        if let Some(secs) = expires_in.filter(|secs| *secs > 0) {
             merged.insert(LIFETIME.into(), Value::from(secs));
         }
         if let Some(secs) = lifetime {
@@ -197,8 +210,6 @@ impl Keys {
     }
 }
 
-/// Seconds as providers send them: a whole number, or a numeric string (some
-/// do). Fractions are not seconds anyone sends; they count as unknown.
 /// A short, stable name of a request for the rejection evidence: FNV-1a
 /// (64 bits, hex) of its method and URL without query or fragment, so that
 /// paging through one resource is one request, and no URL is stored.
@@ -246,6 +257,8 @@ fn base64url(text: &str) -> Option<alloc::vec::Vec<u8>> {
     Some(out)
 }
 
+/// Seconds as providers send them: a whole number, or a numeric string (some
+/// do). Fractions are not seconds anyone sends; they count as unknown.
 fn number(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_u64(),

@@ -7,7 +7,7 @@
 //! the counts.
 
 use crate::http::Response;
-use crate::keys::{DERIVED, Keys, LIFETIME, REFRESH_EXPIRES_AT, REFRESHED_AT, REJECTED_AT};
+use crate::keys::{DERIVED, Keys, LIFETIME, REFRESH_EXPIRES_AT, REFRESHED_AT, REJECTED};
 use crate::rekey::oauth2::types::SendError;
 use crate::token::{self, MAX_RETRY_AFTER, Outcome};
 use core::time::Duration;
@@ -135,7 +135,7 @@ fn token_object() -> impl Strategy<Value = Map<String, Value>> {
         Just("expires_in"),
         Just("expires_at"),
         Just(REFRESHED_AT),
-        Just(REJECTED_AT),
+        Just(REJECTED),
         Just(LIFETIME),
         Just(REFRESH_EXPIRES_AT),
         Just("refresh_token_expires_in"),
@@ -429,7 +429,7 @@ fn merge_keeps_what_the_response_lacks_and_takes_what_it_sends() {
             let expected_at = sent
                 .get("expires_in")
                 .and_then(seconds)
-                .or_else(|| stored.get(LIFETIME).and_then(seconds))
+                .or_else(|| stored.get(LIFETIME).and_then(seconds).filter(|s| *s > 0))
                 .map(|s| now.saturating_add(s));
             prop_assert_eq!(merged.expires_at(), expected_at);
             prop_assert_eq!(out.contains_key("expires_at"), expected_at.is_some());

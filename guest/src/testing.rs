@@ -211,6 +211,7 @@ impl authorize::Effects for Script {
 /// refreshing when the API answers 401: tests override what they are about.
 pub fn settings() -> Settings {
     Settings {
+        grant: crate::rekey::oauth2::types::Grant::RefreshToken,
         token_url: "http://127.0.0.1:9/token".into(),
         client_id: "id".into(),
         client_secret: Some("secret".into()),

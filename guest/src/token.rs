@@ -52,6 +52,15 @@ pub fn refresh_request(settings: &Settings, refresh_token: &str) -> Request {
     form_post(settings, &settings.token_url, &fields)
 }
 
+/// The client's own token request (RFC 6749 §4.4.2).
+pub fn client_credentials_request(settings: &Settings) -> Request {
+    let mut fields = vec![("grant_type", "client_credentials")];
+    if let Some(scope) = settings.scope.as_deref().filter(|s| !s.is_empty()) {
+        fields.push(("scope", scope));
+    }
+    form_post(settings, &settings.token_url, &fields)
+}
+
 /// A POST to a token (or device) endpoint: the given fields, the settings'
 /// extra parameters, JSON accepted, and the client authentication as
 /// configured.
@@ -212,6 +221,7 @@ mod tests {
 
     pub fn settings(auth: ClientAuth) -> Settings {
         Settings {
+            grant: crate::rekey::oauth2::types::Grant::RefreshToken,
             api_origins: vec![],
             allow_instance_url: false,
             fleet: crate::testing::settings().fleet,

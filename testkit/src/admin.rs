@@ -48,6 +48,7 @@ pub fn stats_json(s: &Stats) -> Value {
         "api_unauthorized": s.api_unauthorized,
         "api_refused_expired": s.api_refused_expired,
         "api_refused_unknown_or_revoked": s.api_refused_unknown_or_revoked,
+        "client_credentials_granted": s.client_credentials_granted,
     })
 }
 

@@ -106,6 +106,8 @@ pub struct Stats {
     /// API refusals of tokens never issued or of revoked grants: a client
     /// that sends those has a bug.
     pub api_refused_unknown_or_revoked: u32,
+    /// Tokens issued to the client itself (RFC 6749 §4.4): no refresh token.
+    pub client_credentials_granted: u32,
 }
 
 /// One API request as received.
@@ -462,6 +464,15 @@ fn grant_refresh(
         .is_some_and(|required| required != method);
     if wrong_method || id != p.config.client_id || secret != p.config.client_secret {
         return Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"));
+    }
+    if form.get("grant_type").map(String::as_str) == Some("client_credentials") {
+        // The client's own grant: a new one per request, never a refresh token.
+        s.next_grant += 1;
+        let grant = s.next_grant;
+        s.grants.insert(grant, Grant { revoked: false });
+        s.stats.client_credentials_granted += 1;
+        let body = p.issue(s, grant, false);
+        return Ok((body, s.lost_answers.pop_front(), s.stats.client_credentials_granted));
     }
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
         return Err(oauth_error(

@@ -98,6 +98,7 @@ pub fn run(cfg: &Config, chooser: &mut dyn Chooser) -> Result<Stats, Violation> 
 
 fn settings(cfg: &Config) -> Settings {
     Settings {
+        grant: crate::rekey::oauth2::types::Grant::RefreshToken,
         token_url: TOKEN_URL.into(),
         strategy: cfg.strategy,
         fleet: FleetTiming {
