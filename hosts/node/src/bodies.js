@@ -33,6 +33,16 @@ export class Body {
 }
 
 /**
+ * Bytes for the caller that are their whole ArrayBuffer: a view into a
+ * larger one (Node's pool slab) would expose what else lives there through
+ * `.buffer`. The HTTP client already makes them so; this keeps it true for
+ * any body a response may carry, at no cost when it is.
+ */
+export function callersBytes(bytes) {
+  return bytes.byteOffset === 0 && bytes.buffer.byteLength === bytes.byteLength ? bytes : new Uint8Array(bytes);
+}
+
+/**
  * A result that may carry responses (`http-send`'s, or a `send` outcome with
  * the WIT send-error) with the body of each response mapped by `fn`: the ok
  * response, and those inside `rejected-after-refresh` and

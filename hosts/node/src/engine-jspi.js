@@ -5,7 +5,7 @@
 
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { Body, mapResponseBodies } from './bodies.js';
+import { Body, callersBytes, mapResponseBodies } from './bodies.js';
 import { compileCoreModules, exportsOf, importResult, moduleLookup, sendErrorOf } from './core-modules.js';
 import { ComponentError } from './errors.js';
 import { InstancePool } from './instance-pool.js';
@@ -49,7 +49,7 @@ export async function createJspiEngine({ genDir, poolSize }) {
     /** `send`: the request's bytes in as a body the component owns, the responses' bodies back as bytes. */
     async call(settings, request, host) {
       const outcome = await engine.invoke('send', [settings, { ...request, body: new Body(request.body) }], host);
-      return mapResponseBodies(outcome, Body.bytesOf);
+      return mapResponseBodies(outcome, (body) => callersBytes(Body.bytesOf(body)));
     },
     /** Runs one export (see exportsOf) with `host` serving its imports (no time bound here). */
     async invoke(op, args, host) {

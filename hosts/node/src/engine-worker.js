@@ -12,7 +12,7 @@
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { MessageChannel, Worker } from 'node:worker_threads';
-import { mapResponseBodies } from './bodies.js';
+import { callersBytes, mapResponseBodies } from './bodies.js';
 import { compileCoreModules } from './core-modules.js';
 import { ComponentError } from './errors.js';
 import { InstancePool } from './instance-pool.js';
@@ -48,7 +48,7 @@ export async function createWorkerEngine({ genDir, poolSize, callTimeoutMs }) {
       const served = serving(host);
       const body = { id: served.keep(request.body) };
       const outcome = await run('send', [settings, { ...request, body }], served, callTimeoutMs);
-      return mapResponseBodies(outcome, served.bytesOf);
+      return mapResponseBodies(outcome, (ref) => callersBytes(served.bytesOf(ref)));
     },
     /**
      * Runs one export (`send`, `begin`, `finish`, `deviceStart`,
@@ -82,8 +82,7 @@ function serving(host) {
       return mapResponseBodies(result, (bytes) => ({ id: keep(bytes) }));
     },
     // A copy of exactly the bytes read: posting a view would copy its whole
-    // ArrayBuffer (for a small response, Node's shared pool slab). Not
-    // `bytes.slice`: on a Buffer (a caller's body) that is a view.
+    // ArrayBuffer. Not `bytes.slice`: on a Buffer that is a view.
     async readBody(id, limit) {
       return { ok: true, value: Uint8Array.prototype.slice.call(bodies[id], 0, Number(limit)) };
     },

@@ -118,21 +118,27 @@ export class HttpClient {
           for (let i = 0; i < res.rawHeaders.length; i += 2) {
             headerPairs.push([res.rawHeaders[i].toLowerCase(), res.rawHeaders[i + 1]]);
           }
-          const body = Buffer.concat(chunks, size);
-          finish({
-            ok: true,
-            value: {
-              status: res.statusCode,
-              headers: headerPairs,
-              body: new Uint8Array(body.buffer, body.byteOffset, body.byteLength),
-            },
-          });
+          finish({ ok: true, value: { status: res.statusCode, headers: headerPairs, body: ownBytes(chunks, size) } });
         });
       });
 
       request.end(req.body.byteLength > 0 ? req.body : undefined);
     });
   }
+}
+
+/**
+ * The chunks joined into a Uint8Array that is its whole ArrayBuffer. Not
+ * `Buffer.concat`: a small result of it is a view into Node's shared pool
+ * slab, and this body reaches the caller as it is, so its `.buffer` would
+ * show whatever else is there (a token answer this call just received).
+ * `allocUnsafeSlow` never pools, and the copy below fills every byte.
+ */
+function ownBytes(chunks, size) {
+  const bytes = Buffer.allocUnsafeSlow(size);
+  let at = 0;
+  for (const chunk of chunks) at += chunk.copy(bytes, at);
+  return new Uint8Array(bytes.buffer, 0, size);
 }
 
 /** Validates the request and adds `Host` and `Content-Length`, which the guest never sets. */

@@ -7,6 +7,7 @@ import { Secret, reveal } from './secret.js';
 
 const CLIENT_AUTH = { basic: 'client-secret-basic', post: 'client-secret-post' };
 const STRATEGIES = ['on-auth-failure', 'every-request', 'before-expiry'];
+export const GRANTS = ['refresh-token', 'client-credentials'];
 const DEFAULT_EXPIRY_MARGIN_SECS = 60;
 
 /**
@@ -20,6 +21,7 @@ export function toWitSettings(s) {
     if (typeof value !== 'string' || value === '') throw new InvalidSettings(`${name} must be a non-empty string`);
     return value;
   };
+  const grant = grantOf(s.grant);
   const clientAuth = CLIENT_AUTH[s.clientAuth ?? 'basic'];
   if (!clientAuth) throw new InvalidSettings("clientAuth must be 'basic' or 'post'");
   const strategyName = s.strategy ?? 'on-auth-failure';
@@ -40,11 +42,18 @@ export function toWitSettings(s) {
     if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new InvalidSettings(`fleet.${name} must be a whole number of milliseconds (0: the default)`);
     return v;
   };
+  const clientSecret = clientSecretOf(s.clientSecret);
+  // The component refuses it too; saying so here also stops a store from
+  // creating a credential that could never get a token.
+  if (grant === 'client-credentials' && clientSecret === undefined) {
+    throw new InvalidSettings("grant 'client-credentials' needs a clientSecret");
+  }
   return {
+    grant: { tag: grant },
     tokenUrl: string('tokenUrl', s.tokenUrl),
     clientId: string('clientId', s.clientId),
     // Not checked with `string()`: its message must not depend on a secret.
-    clientSecret: clientSecretOf(s.clientSecret),
+    clientSecret,
     clientAuth,
     scope: string('scope', s.scope, true),
     extraParams: pairs(s.extraParams ?? [], (m) => new InvalidSettings(`extraParams ${m}`)),
@@ -54,6 +63,13 @@ export function toWitSettings(s) {
     allowInstanceUrl: s.allowInstanceUrl === true,
     fleet: { leaseTtlMs: ms('leaseTtlMs'), leaseWaitMs: ms('leaseWaitMs') },
   };
+}
+
+/** How new tokens are obtained: `'refresh-token'` (the default) or `'client-credentials'`. */
+export function grantOf(grant) {
+  const g = grant ?? 'refresh-token';
+  if (!GRANTS.includes(g)) throw new InvalidSettings(`grant ${JSON.stringify(String(g))} is unknown: use one of ${GRANTS.join(', ')}`);
+  return g;
 }
 
 /** A client secret: a string, a Secret, or `{ env: 'VAR' }` read at each call. */
@@ -84,12 +100,17 @@ export function toWitRequest(r) {
   };
 }
 
+/**
+ * The request body as bytes of its own, as `fetch` snapshots it: the retry
+ * after a refresh sends it again later, and must send what the caller
+ * passed even if the caller reuses its buffer once `send()` has it.
+ */
 function toBytes(body) {
   if (body === undefined || body === null) return new Uint8Array(0);
-  if (typeof body === 'string') return new TextEncoder().encode(body);
-  if (body instanceof Uint8Array) return body;
-  if (body instanceof ArrayBuffer) return new Uint8Array(body);
-  if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+  if (typeof body === 'string') return new TextEncoder().encode(body); // new bytes already
+  // `new Uint8Array(view)` copies (Buffer's own `slice` would not).
+  if (body instanceof ArrayBuffer) return new Uint8Array(new Uint8Array(body));
+  if (ArrayBuffer.isView(body)) return new Uint8Array(new Uint8Array(body.buffer, body.byteOffset, body.byteLength));
   throw new InvalidRequest('body must be a string, Uint8Array, Buffer or ArrayBuffer');
 }
 

@@ -11,7 +11,7 @@ import { inspect } from 'node:util';
 import { serialize } from 'node:v8';
 import { MessagePort, Worker } from 'node:worker_threads';
 import { Body } from '../src/bodies.js';
-import { Rekey, RejectedAfterRefresh } from '../src/index.js';
+import { InsufficientScope, Rekey, RejectedAfterRefresh } from '../src/index.js';
 import { REJECTED_ACCESS_TOKEN, imported, rekey, tempStore } from './support/harness.mjs';
 import { startTestkit } from './support/testkit.mjs';
 
@@ -21,7 +21,7 @@ const MIB = 1024 * 1024;
  * An API on loopback that keeps every request's body and answers `answer(body)`
  * (a 401 to the rejected access token, or to every token when `alwaysReject`).
  */
-async function withApi({ alwaysReject = false } = {}, body) {
+async function withApi({ alwaysReject = false, scopeChallenge = false } = {}, body) {
   const seen = [];
   const server = createServer((req, res) => {
     const chunks = [];
@@ -31,7 +31,10 @@ async function withApi({ alwaysReject = false } = {}, body) {
       const token = req.headers.authorization?.replace(/^Bearer /, '');
       seen.push({ token, body: received });
       const rejected = alwaysReject || token === REJECTED_ACCESS_TOKEN;
-      res.writeHead(rejected ? 401 : 200, { 'content-type': 'application/octet-stream' });
+      res.writeHead(rejected ? 401 : 200, {
+        'content-type': 'application/octet-stream',
+        ...(rejected && scopeChallenge ? { 'www-authenticate': 'Bearer error="insufficient_scope", scope="write"' } : {}),
+      });
       res.end(answer(received));
     });
   });
@@ -71,6 +74,7 @@ test('a 1 MiB request body goes out twice around a refresh, and its 1 MiB answer
       for (const s of seen) assert.equal(digest(s.body), digest(body), 'the same request body both times');
       assert.equal(res.body.byteLength, MIB);
       assert.equal(digest(res.body), digest(answer(body)), "the API's answer, byte-exact");
+      assertOwnsItsBuffer(res.body, [], 'a 1 MiB body');
     });
   } finally {
     await provider.stop();
@@ -94,6 +98,7 @@ test('a 1 MiB answer carried by an error (rejected after the refresh) comes back
       assert.equal(seen.length, 2);
       assert.equal(err.response.status, 401);
       assert.equal(digest(err.response.body), digest(answer(seen[1].body)));
+      assertOwnsItsBuffer(err.response.body, [], 'a 1 MiB body in an error');
       assert.equal(digest(seen[1].body), digest(body));
     });
   } finally {
@@ -160,4 +165,86 @@ test("a body's bytes never print (a token form carries the client secret)", () =
   assert.doesNotMatch(JSON.stringify(body), /s3cr3t/);
   assert.equal(new TextDecoder().decode(body.read(13n)), 'client_secret');
   assert.equal(body.read(2n ** 64n - 1n).byteLength, secret.length, 'a limit past the end reads it all');
+});
+
+/**
+ * A body handed to the caller is its own: a view into a larger ArrayBuffer
+ * (Node's shared pool slab, where small Buffers live) would let
+ * `body.buffer` show whatever else sits there, such as the token answer
+ * this call just received.
+ */
+function assertOwnsItsBuffer(bytes, secrets, what) {
+  assert.ok(bytes instanceof Uint8Array, what);
+  assert.equal(bytes.byteOffset, 0, `${what}: starts its ArrayBuffer`);
+  assert.equal(bytes.buffer.byteLength, bytes.byteLength, `${what}: is its whole ArrayBuffer`);
+  const whole = Buffer.from(bytes.buffer).toString('latin1');
+  for (const secret of secrets) assert.ok(!whole.includes(secret), `${what}: its ArrayBuffer holds no token`);
+}
+
+test('small bodies handed to the caller own their ArrayBuffer: ok, rejected after a refresh, insufficient scope', async () => {
+  const provider = await startTestkit(['--access-ttl-ms', '600000']);
+  try {
+    const rk = await rekey();
+    const store = await tempStore();
+    const first = await provider.authorize();
+    await store.create('small', { settings: provider.settings(), keys: imported(first, { access_token: REJECTED_ACCESS_TOKEN }) });
+    const res = await rk.send({ credential: 'small', store, settings: provider.settings(), request: { url: provider.api('me') } });
+    assert.equal(res.status, 200);
+    assert.ok(res.body.byteLength > 0 && res.body.byteLength < 1024, 'a small body (pooled, were it allocated from the pool)');
+    const keys = JSON.parse(await store.loadKeys('small'));
+    assert.notEqual(keys.refresh_token, first.refresh_token, 'the refresh this call made rotated it');
+    assertOwnsItsBuffer(res.body, [keys.refresh_token, keys.access_token], 'an ok body');
+
+    for (const scopeChallenge of [false, true]) {
+      await withApi({ alwaysReject: true, scopeChallenge }, async (url) => {
+        let updated;
+        const err = await rk.send({
+          settings: provider.settings(),
+          keys: imported(await provider.authorize(), { access_token: REJECTED_ACCESS_TOKEN }),
+          request: { method: 'POST', url, body: 'small' },
+          onUpdateKeys: (k) => { updated = JSON.parse(k.toJSONString()); },
+        }).then(() => assert.fail('the API rejects every token'), (e) => e);
+        const Expected = scopeChallenge ? InsufficientScope : RejectedAfterRefresh;
+        assert.ok(err instanceof Expected, inspect(err));
+        assert.equal(err.response.body.byteLength, 'small'.length);
+        const secrets = updated ? [updated.refresh_token, updated.access_token] : [];
+        assertOwnsItsBuffer(err.response.body, secrets, `the body of ${Expected.name}`);
+      });
+    }
+  } finally {
+    await provider.stop();
+  }
+});
+
+test("the request body is the caller's bytes as they were at send(): reusing the buffer meanwhile changes no request", async () => {
+  const provider = await startTestkit();
+  try {
+    const rk = await rekey();
+    const original = 'order=42&item=book';
+    // A small Buffer: a view into Node's pool, at an offset.
+    const body = Buffer.from(original);
+    await withApi({}, async (url, seen) => {
+      let reused = false;
+      const res = await rk.send({
+        settings: provider.settings(),
+        keys: imported(await provider.authorize(), { access_token: REJECTED_ACCESS_TOKEN }),
+        request: { method: 'POST', url, body },
+        onUpdateKeys: () => {},
+        // After the first API answer (the 401), before the retry: the caller
+        // reuses its buffer, as it may once send() has it.
+        onEvent: (e) => {
+          if (e.type === 'http' && e.exchange === 'api' && !reused) {
+            reused = true;
+            body.fill('x');
+          }
+        },
+      });
+      assert.equal(res.status, 200);
+      assert.ok(reused);
+      assert.equal(seen.length, 2, 'sent twice, around a refresh');
+      assert.deepEqual(seen.map((s) => s.body.toString()), [original, original]);
+    });
+  } finally {
+    await provider.stop();
+  }
 });

@@ -8,6 +8,7 @@
 // `{ env: 'VAR' }` is written as that reference, as the Rust host keeps it.
 
 import { InvalidSettings } from '../errors.js';
+import { grantOf } from '../wit-values.js';
 
 const STRATEGIES = ['on-auth-failure', 'every-request', 'before-expiry'];
 
@@ -16,7 +17,14 @@ export function settingsJson(s) {
   if (s === null || typeof s !== 'object') throw new InvalidSettings('settings must be an object');
   const pairs = (v) => (v === undefined ? [] : (Array.isArray(v) ? v : Object.entries(v)).map(([k, x]) => [String(k), String(x)]));
   const secret = s.clientSecret;
+  const grant = grantOf(s.grant);
+  if (grant === 'client-credentials' && (secret === undefined || secret === null)) {
+    throw new InvalidSettings("grant 'client-credentials' needs a clientSecret");
+  }
   const json = {
+    // Written only when not the default, as the Rust host does: a column
+    // without it reads as 'refresh-token' everywhere (0.3 settings too).
+    ...(grant === 'refresh-token' ? {} : { grant }),
     token_url: s.tokenUrl,
     client_id: s.clientId,
     client_secret: secret !== null && typeof secret === 'object' && typeof secret.env === 'string' ? { env: secret.env } : null,
