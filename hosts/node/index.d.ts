@@ -2,9 +2,17 @@
 
 export type ClientAuth = 'basic' | 'post';
 export type Strategy = 'on-auth-failure' | 'every-request' | 'before-expiry';
+export type Grant = 'refresh-token' | 'client-credentials';
 
 /** A credential's settings (the WIT `settings`, camelCase, with defaults). */
 export interface Settings {
+  /**
+   * How new tokens are obtained. 'refresh-token' (default): the stored
+   * refresh token, after a person authorised once. 'client-credentials'
+   * (RFC 6749 §4.4, machine to machine): the client's own id and secret
+   * (required); no keys need be stored, the first call fetches a token.
+   */
+  grant?: Grant;
   /** Absolute https URL of the token endpoint (http only on loopback). */
   tokenUrl: string;
   clientId: string;
