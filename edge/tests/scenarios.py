@@ -335,6 +335,27 @@ def unreadable_record_is_503(tk):
     print("   unreadable record: 503 store_unavailable, no request sent")
 
 
+def client_credentials_without_keys(tk):
+    """The client's own grant (REKEY_GRANT=client-credentials): an empty keys
+    directory; the first request fetches a token, the next reuse it."""
+    d = RUN / "client-credentials"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    s = serve(tk, d, "client-credentials", REKEY_GRANT="client-credentials")
+    before = tk.stats()
+    for i in range(3):
+        status, _, body = request(s.base, "GET", f"/m2m/{i}")
+        assert status == 200, (status, body)
+    after = tk.stats()
+    assert delta(before, after, "client_credentials_granted") == 1, after
+    assert delta(before, after, "refreshes_granted") == 0, after
+    keys = stored(d)
+    assert keys["access_token"] and "refresh_token" not in keys, sorted(keys)
+    assert record(d)["refresh_mark"] is None and record(d)["lease"] is None
+    s.stop()
+    print("   client credentials: no keys stored, 1 token fetched for 3 requests, no refresh token")
+
+
 def revoked_grant_costs_one_token_request(tk):
     d = keys_dir("revoked", tk)
     s = serve(tk, d, "revoked")
@@ -386,11 +407,12 @@ def main():
         lambda: one_mib_bodies_through_a_refresh(tk),
         lambda: migrated_refresh_in_doubt(tk),
         lambda: unreadable_record_is_503(tk),
+        lambda: client_credentials_without_keys(tk),
         lambda: revoked_grant_costs_one_token_request(tk),  # revokes every grant: last
         lambda: no_secret_in_server_output(tk),
     ]
     names = ["imports", "five-expiries", "sixteen-parallel", "two-servers", "sigkill-restart", "killed-mid-refresh",
-             "caller-authorization", "one-mib-bodies", "migrated-in-doubt", "unreadable-record", "revoked-grant", "no-secret-in-output"]
+             "caller-authorization", "one-mib-bodies", "migrated-in-doubt", "unreadable-record", "client-credentials", "revoked-grant", "no-secret-in-output"]
     only = set(filter(None, os.environ.get("EDGE_ONLY", "").split(",")))  # e.g. EDGE_ONLY=revoked-grant
     failed = 0
     try:

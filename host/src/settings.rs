@@ -40,6 +40,18 @@ pub enum Strategy {
     BeforeExpiry,
 }
 
+/// How the credential gets new tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Grant {
+    /// Spend the stored refresh token; a person authorises first.
+    #[default]
+    RefreshToken,
+    /// The client's own credentials (RFC 6749 §4.4): no authorisation, no
+    /// refresh token; needs a client secret.
+    ClientCredentials,
+}
+
 fn default_margin() -> u32 {
     60
 }
@@ -51,6 +63,9 @@ fn default_rejected() -> Vec<u16> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 /// A credential's settings: where and how to refresh.
 pub struct Settings {
+    /// How new tokens are obtained (refresh token unless said otherwise).
+    #[serde(default, skip_serializing_if = "is_refresh_token")]
+    pub grant: Grant,
     /// The token endpoint: https, or http on loopback only.
     pub token_url: String,
     /// The OAuth client id.
@@ -101,10 +116,15 @@ pub struct Settings {
     pub allow_instance_url: bool,
 }
 
+fn is_refresh_token(g: &Grant) -> bool {
+    *g == Grant::RefreshToken
+}
+
 impl Settings {
     /// Defaults for everything but the endpoint and the client id.
     pub fn new(token_url: impl Into<String>, client_id: impl Into<String>) -> Self {
         Settings {
+            grant: Grant::default(),
             token_url: token_url.into(),
             client_id: client_id.into(),
             client_secret: None,
@@ -159,6 +179,9 @@ impl Settings {
         if self.client_id.is_empty() {
             return Err("the client id is empty".into());
         }
+        if self.grant == Grant::ClientCredentials && self.client_secret.is_none() {
+            return Err("the client-credentials grant needs a client secret".into());
+        }
         const RESERVED: [&str; 5] = [
             "grant_type",
             "refresh_token",
@@ -206,6 +229,10 @@ impl Settings {
             })?),
         };
         Ok(wit::Settings {
+            grant: match self.grant {
+                Grant::RefreshToken => wit::Grant::RefreshToken,
+                Grant::ClientCredentials => wit::Grant::ClientCredentials,
+            },
             token_url: self.token_url.clone(),
             client_id: self.client_id.clone(),
             client_secret,

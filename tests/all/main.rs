@@ -10,6 +10,7 @@ mod support;
 
 mod authorize;
 mod cli;
+mod client_credentials;
 mod component;
 mod fleet;
 mod fleet_worker;

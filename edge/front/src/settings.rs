@@ -3,7 +3,9 @@
 //! server's own variable through without putting it on a command line). The
 //! access token may go only to the upstream's origin.
 
-use crate::rekey::oauth2::types::{ClientAuth, FleetTiming, Settings as RekeySettings, Strategy};
+use crate::rekey::oauth2::types::{
+    ClientAuth, FleetTiming, Grant, Settings as RekeySettings, Strategy,
+};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -22,6 +24,11 @@ impl Settings {
         let required = |name: &str| {
             src.get(name)
                 .ok_or_else(|| format!("{name} is not configured"))
+        };
+        let grant = match src.get("REKEY_GRANT").as_deref() {
+            None | Some("refresh-token") => Grant::RefreshToken,
+            Some("client-credentials") => Grant::ClientCredentials,
+            Some(_) => return Err("REKEY_GRANT must be refresh-token or client-credentials".into()),
         };
         let client_auth = match src.get("REKEY_CLIENT_AUTH").as_deref() {
             None | Some("basic") | Some("client-secret-basic") => ClientAuth::ClientSecretBasic,
@@ -68,6 +75,7 @@ impl Settings {
         };
         Ok(Settings {
             rekey: RekeySettings {
+                grant,
                 token_url: required("REKEY_TOKEN_URL")?,
                 client_id: required("REKEY_CLIENT_ID")?,
                 client_secret: src.get("REKEY_CLIENT_SECRET"),

@@ -41,6 +41,14 @@ pub async fn run(
         let (store, name) = (store.clone(), name.clone());
         super::blocking(move || Ok(store.load(&name)?)).await?
     };
+    if credential.settings.grant == rekey::settings::Grant::ClientCredentials {
+        return Err(Failure::new(
+            Exit::BadInput,
+            format!(
+                "{name:?} uses the client-credentials grant: nobody authorises it; `rekey send` fetches its token"
+            ),
+        ));
+    }
     let rekey = super::rekey_for_one_call(cache_dir)?;
     let settings = &credential.settings;
     let result = if args.device {

@@ -72,6 +72,11 @@ struct SettingsArgs {
     /// /.well-known/oauth-authorization-server).
     #[arg(long)]
     issuer: Option<String>,
+    /// How new tokens are obtained: refresh-token (default: a person runs
+    /// `rekey authorize` first), or client-credentials (the client's own
+    /// grant, for machine-to-machine APIs: no authorisation, needs a secret).
+    #[arg(long, value_enum)]
+    grant: Option<GrantArg>,
     /// The provider's token endpoint (https://; http:// only on loopback).
     #[arg(long)]
     token_url: Option<String>,
@@ -140,6 +145,12 @@ struct SettingsArgs {
     /// Also allow the origin of the token set's `instance_url` (Salesforce).
     #[arg(long)]
     allow_instance_url: Option<bool>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GrantArg {
+    RefreshToken,
+    ClientCredentials,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -256,6 +267,9 @@ fn state(c: &rekey::Credential) -> String {
         (None, true, _) => "refresh in doubt".into(),
         (None, false, _) if c.refresh_mark.is_some() => "refresh in progress".into(),
         (None, false, Some(_)) => "keys stored".into(),
+        (None, false, None) if c.settings.grant == rekey::settings::Grant::ClientCredentials => {
+            "no token yet (the first send fetches one)".into()
+        }
         (None, false, None) => "no keys".into(),
     }
 }
@@ -294,6 +308,12 @@ impl SettingsArgs {
     }
 
     fn apply(self, s: &mut Settings) -> Result<(), Failure> {
+        if let Some(grant) = self.grant {
+            s.grant = match grant {
+                GrantArg::RefreshToken => rekey::settings::Grant::RefreshToken,
+                GrantArg::ClientCredentials => rekey::settings::Grant::ClientCredentials,
+            };
+        }
         if let Some(url) = self.token_url {
             s.token_url = url;
         }
@@ -417,6 +437,7 @@ fn describe(c: &rekey::Credential) -> serde_json::Value {
         "state": state(c),
         "updated_at": c.updated_at,
         "settings": {
+            "grant": s.grant,
             "token_url": s.token_url,
             "client_id": s.client_id,
             "client_secret": secret,

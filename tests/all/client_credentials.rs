@@ -1,0 +1,106 @@
+//! The client-credentials grant (RFC 6749 §4.4) end to end: nothing stored
+//! before the first call, a token fetched and renewed by the component, no
+//! refresh token anywhere, and the CLI path.
+
+use crate::support::*;
+use rekey::settings::Grant;
+use rekey::{ClientAuth, Error, KeyStore, Settings, Strategy};
+use std::time::Duration;
+
+fn m2m(f: &Fixture) -> Settings {
+    let mut s = f.settings(Strategy::OnAuthFailure, ClientAuth::Post);
+    s.grant = Grant::ClientCredentials;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_is_fetched_when_none_is_stored_and_renewed_on_401() {
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(3600))).await;
+    f.store.put("m2m", &m2m(&f), None).unwrap();
+
+    assert_eq!(f.get("m2m", "me").await.unwrap().status, 200);
+    assert_eq!(f.provider.stats().client_credentials_granted, 1);
+    let stored = f.stored_keys("m2m");
+    assert!(stored["access_token"].is_string());
+    assert!(stored.get("refresh_token").is_none());
+    let form = f.provider.last_token_form();
+    assert!(form.contains(&("grant_type".into(), "client_credentials".into())));
+
+    assert_eq!(f.get("m2m", "me").await.unwrap().status, 200);
+    assert_eq!(f.provider.stats().client_credentials_granted, 1, "reused");
+
+    f.provider.expire_access_tokens();
+    assert_eq!(f.get("m2m", "me").await.unwrap().status, 200);
+    let stats = f.provider.stats();
+    assert_eq!(
+        (stats.client_credentials_granted, stats.refreshes_granted),
+        (2, 0)
+    );
+    let c = f.store.load("m2m").unwrap();
+    assert!(c.refresh_mark.is_none() && c.lease.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_client_is_a_settings_problem_and_stores_nothing() {
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(3600))).await;
+    let mut s = m2m(&f);
+    s.client_secret = Some(rekey::ClientSecret::Literal(rekey::Secret::new("wrong")));
+    f.store.put("m2m", &s, None).unwrap();
+    let err = f.get("m2m", "me").await.unwrap_err();
+    assert!(matches!(err, Error::SettingsRejected { .. }), "{err}");
+    assert!(err.is_settings_problem());
+    let c = f.store.load("m2m").unwrap();
+    assert!(c.keys.is_none() && c.needs_authorization.is_none() && c.refresh_mark.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_adds_and_sends_without_authorising() {
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(3600))).await;
+    let (url, id) = (
+        f.provider.token_url(),
+        f.provider.config().client_id.clone(),
+    );
+    let store = f.store_path();
+    let add = [
+        "credential",
+        "add",
+        "m2m",
+        "--grant",
+        "client-credentials",
+        "--token-url",
+        &url,
+        "--client-id",
+        &id,
+        "--client-secret-env",
+        "REKEY_TEST_M2M_SECRET",
+        "--any-api-origin",
+    ];
+    let secret = f.provider.config().client_secret.clone();
+    let env = [("REKEY_TEST_M2M_SECRET", secret.as_str())];
+    let out = rekey_cli_env(&store, &add, &env);
+    assert!(out.status.success(), "{}", all_output(&out));
+    let api = f.provider.api_url("me");
+    let out = rekey_cli_env(&store, &["send", "m2m", &api], &env);
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert_eq!(f.provider.stats().client_credentials_granted, 1);
+    // Nobody authorises it; a public client cannot use it.
+    let out = rekey_cli_env(&store, &["authorize", "m2m"], &env);
+    assert!(!out.status.success() && all_output(&out).contains("client-credentials"));
+    let out = rekey_cli_env(
+        &store,
+        &[
+            "credential",
+            "add",
+            "pub",
+            "--grant",
+            "client-credentials",
+            "--token-url",
+            &url,
+            "--client-id",
+            &id,
+            "--public-client",
+        ],
+        &env,
+    );
+    assert!(!out.status.success() && all_output(&out).contains("needs a client secret"));
+}
