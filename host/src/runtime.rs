@@ -55,8 +55,9 @@ pub struct Config {
     /// Where compiled native code is cached between processes; `None`
     /// compiles at every start. See [`crate::cache`].
     pub cache_dir: Option<PathBuf>,
-    /// Larger request bodies are refused before the call (they are copied
-    /// into the component's memory, and again for a retry).
+    /// Larger request bodies are refused before the call. (A body stays in
+    /// the host, shared with the HTTP client, never copied into the
+    /// component; the bound is on what one call holds in memory.)
     pub max_request_bytes: usize,
 }
 
