@@ -61,8 +61,17 @@ impl TokenSet {
                     .into(),
             ));
         }
-        map.remove("expires_at");
-        map.remove("rekey_refreshed_at");
+        // What the component derives and keeps itself is never taken from a
+        // sender (guest/src/keys.rs `DERIVED`).
+        for derived in [
+            "expires_at",
+            "rekey_refreshed_at",
+            "rekey_rejected",
+            "rekey_lifetime",
+            "refresh_expires_at",
+        ] {
+            map.remove(derived);
+        }
         if let Some(secs) = map.get("expires_in").and_then(seconds) {
             map.insert("expires_at".into(), now_unix().saturating_add(secs).into());
         }
@@ -184,6 +193,14 @@ mod tests {
         // A sender's expires_at: 0 would force a refresh on every call.
         let set = TokenSet::import(r#"{"access_token":"a","expires_at":0}"#).unwrap();
         assert_eq!(field(&set, "expires_at"), Value::Null);
+        // Nor anything else the component keeps for itself.
+        let set = TokenSet::import(
+            r#"{"access_token":"a","rekey_rejected":{"x":1},"rekey_lifetime":0,"refresh_expires_at":0}"#,
+        )
+        .unwrap();
+        for derived in ["rekey_rejected", "rekey_lifetime", "refresh_expires_at"] {
+            assert_eq!(field(&set, derived), Value::Null, "{derived}");
+        }
         // A huge expires_in saturates instead of overflowing.
         let set =
             TokenSet::import(r#"{"access_token":"a","expires_in":18446744073709551615}"#).unwrap();
