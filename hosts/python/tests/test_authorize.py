@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 
 import rekey
-from conftest import stored_keys
+from conftest import delta, stored_keys
 from rekey import BeforeExpiry, ClientAuth, EveryRequest, MemoryStore, OnAuthFailure, Request, Settings, SqliteStore
 
 OIDC_DIR = Path(__file__).resolve().parents[3] / "tests" / "oidc"
@@ -541,3 +541,44 @@ def test_import_token_response_as_the_rust_host_does():
         with pytest.raises(rekey.TokenEndpointError) as caught:
             rekey.import_token_response(bad)
         assert "sekrit" not in said(caught.value), bad
+
+
+DERIVED = {"expires_at": 2**40, "rekey_refreshed_at": 5, "rekey_rejected": {"0123456789abcdef": 5},
+           "rekey_lifetime": 7, "refresh_expires_at": 2**40}
+
+
+@pytest.mark.parametrize("importer", [rekey.import_token_response, rekey.keys_from_token_response])
+def test_a_first_set_drops_the_fields_the_component_derives(importer):
+    # A provider (or a hostile one) sending them must not decide the guest's
+    # expiry, its rejection evidence or its lifetimes.
+    sent = {"access_token": "a", "refresh_token": "r", "id_token": "i", **DERIVED}
+    assert json.loads(importer(json.dumps(sent), now=1_000)) == {"access_token": "a", "refresh_token": "r", "id_token": "i"}
+    sent["expires_in"] = 60
+    assert json.loads(importer(json.dumps(sent), now=1_000)) == {
+        "access_token": "a", "refresh_token": "r", "id_token": "i", "expires_in": 60, "expires_at": 1_060}
+
+
+def _request_key(method: str, url: str) -> str:
+    """The guest's ``keys::request_key`` (FNV-1a 64 of "METHOD url-without-query")."""
+    h = 0xCBF29CE484222325
+    for b in f"{method} {url.split('?')[0].split('#')[0]}".encode():
+        h = ((h ^ b) * 0x100000001B3) % 2**64
+    return f"{h:016x}"
+
+
+def test_a_provider_sent_rejection_evidence_does_not_stop_the_refresh(client, provider_factory, tmp_path):
+    # Kept, this field would make the component answer the next 401 with
+    # rejected-after-refresh instead of refreshing.
+    provider = provider_factory("--access-ttl-ms", "600000")
+    url = provider.api_url + "orders"
+    tokens = {**provider.authorize(), "rekey_rejected": {_request_key("GET", url): int(time.time())}}
+    store = rekey.SqliteStore(tmp_path / "rekey.db")
+    store.put("c", provider.settings(), rekey.keys_from_token_response(tokens))
+    provider.admin("POST", "expire-access-tokens")
+    before = provider.stats()
+
+    resp = client.send(provider.settings(), rekey.Request.get(url), store=store, credential="c")
+
+    assert resp.status == 200
+    d = delta(provider.stats(), before)
+    assert (d["api_unauthorized"], d["refreshes_granted"]) == (1, 1)

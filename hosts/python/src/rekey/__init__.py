@@ -46,6 +46,7 @@ from .model import (
     BeforeExpiry,
     ClientAuth,
     EveryRequest,
+    Grant,
     OnAuthFailure,
     Request,
     Response,
@@ -70,7 +71,7 @@ from .secret import Secret
 from .stores import MemoryStore, PostgresStore, RecordStore, SqliteStore, open_store
 
 __all__ = [
-    "Rekey", "Settings", "Request", "Response", "ClientAuth", "Strategy", "OnAuthFailure",
+    "Rekey", "Settings", "Request", "Response", "ClientAuth", "Grant", "Strategy", "OnAuthFailure",
     "EveryRequest", "BeforeExpiry", "HttpConfig", "Secret", "RecordStore", "MemoryStore", "SqliteStore",
     "PostgresStore", "open_store", "CredentialRecord", "StoredRecord", "Lease", "RefreshMark", "DeadGrant",
     "Credential", "UnknownCredential", "StoreUnusable", "WriteConflict", "WriteFailed", "WriteUnknown",

@@ -22,7 +22,7 @@ from wasmtime.component import Record
 
 from . import errors, http, origins, wit
 from .http import HttpConfig
-from .model import Request
+from .model import Request, first_token_set
 from .runtime import Bodies
 
 log = logging.getLogger("rekey")
@@ -46,8 +46,9 @@ def import_token_response(token_response: str, now: Optional[float] = None) -> s
     """A first token set (JSON text) from the token response an
     authorization-code or device exchange returned, as the Rust host imports
     one: a JSON object holding an access or a refresh token; an access token
-    must be an RFC 6750 b64token; a sender's ``expires_at`` and
-    ``rekey_refreshed_at`` are dropped and ``expires_at`` is computed from
+    must be an RFC 6750 b64token; the fields the component derives
+    (``model.DERIVED_FIELDS``: a sender's ``expires_at``, ``rekey_rejected``,
+    ...) are dropped and ``expires_at`` is computed from
     ``expires_in`` (whole seconds, or a numeric string) and the clock only.
     Raises :class:`errors.TokenEndpointError`, never quoting the response."""
 
@@ -70,12 +71,9 @@ def import_token_response(token_response: str, now: Optional[float] = None) -> s
         raise unusable("it holds neither access_token nor refresh_token")
     if access is not None and not _B64TOKEN.match(access):
         raise unusable("access_token has characters a bearer token cannot carry (RFC 6750 b64token)")
-    fields.pop("expires_at", None)
-    fields.pop("rekey_refreshed_at", None)
     secs = _seconds(fields.get("expires_in"))
-    if secs is not None:
-        fields["expires_at"] = min(int(time.time() if now is None else now) + secs, _U64_MAX)
-    return json.dumps(fields)
+    at = None if secs is None else min(int(time.time() if now is None else now) + secs, _U64_MAX)
+    return first_token_set(fields, at)
 
 
 def _seconds(v: Any) -> Optional[int]:

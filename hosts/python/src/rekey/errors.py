@@ -5,9 +5,10 @@ Every message is safe to log: no token, secret or token-response body."""
 from __future__ import annotations
 
 import enum
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from .model import Response
+if TYPE_CHECKING:  # annotations only: model needs errors at import
+    from .model import Response
 
 
 class Category(enum.Enum):

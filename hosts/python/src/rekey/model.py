@@ -7,7 +7,29 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from .errors import InvalidSettings
 from .secret import Secret
+
+
+class Grant(enum.Enum):
+    """How the credential gets a new token set (the WIT ``grant``)."""
+
+    #: Spends the stored refresh token (RFC 6749 §6); a person authorises first.
+    REFRESH_TOKEN = "refresh-token"
+    #: The client's own credentials (RFC 6749 §4.4), machine to machine: no
+    #: keys are needed before the first call; needs a client secret.
+    CLIENT_CREDENTIALS = "client-credentials"
+
+
+def grant_of(value: "Grant | str") -> Grant:
+    """A ``Grant`` from itself or its WIT name; anything else is a clear error."""
+    if isinstance(value, Grant):
+        return value
+    try:
+        return Grant(value)
+    except ValueError:
+        names = ", ".join(repr(g.value) for g in Grant)
+        raise InvalidSettings(f"unknown grant {value!r} (expected one of {names})") from None
 
 
 class ClientAuth(enum.Enum):
@@ -71,8 +93,12 @@ class Settings:
     lease_ttl_ms: int = 0
     #: How long a call waits for another worker's lease (ms; 0: 60 000).
     lease_wait_ms: int = 0
+    #: How new token sets are obtained (a ``Grant`` or its name, e.g.
+    #: ``"client-credentials"``). Last, so positional arguments keep their meaning.
+    grant: Grant = Grant.REFRESH_TOKEN
 
     def __post_init__(self) -> None:
+        self.grant = grant_of(self.grant)
         # Accept a plain str, keep a Secret: the dataclass repr stays safe.
         if self.client_secret is not None and not isinstance(self.client_secret, Secret):
             self.client_secret = Secret(self.client_secret)
@@ -130,19 +156,37 @@ def _url_without_query(url: str) -> str:
     return url.split("?", 1)[0].split("#", 1)[0]
 
 
+#: Fields the component derives and keeps in a token set itself
+#: (``guest/src/keys.rs`` ``DERIVED``): a provider's own are dropped on
+#: import, or a sent ``expires_at`` far ahead would keep an expired token in
+#: use and a sent ``rekey_rejected`` would stop refreshes.
+DERIVED_FIELDS = ("expires_at", "rekey_refreshed_at", "rekey_rejected", "rekey_lifetime", "refresh_expires_at")
+
+
+def first_token_set(fields: dict, expires_at: "int | None") -> str:
+    """A first token set (JSON text) from a token response's fields: the
+    derived fields dropped, ``expires_at`` (Unix seconds) the caller's own."""
+    keys = {k: v for k, v in fields.items() if k not in DERIVED_FIELDS}
+    if expires_at is not None:
+        keys["expires_at"] = expires_at
+    return json.dumps(keys)
+
+
 def keys_from_token_response(token_response: "str | dict", now: "float | None" = None) -> str:
     """A token set to store from the provider's authorization-code answer:
     the whole response plus ``expires_at`` (Unix seconds) from ``expires_in``,
-    as the guest does for the sets it emits, so ``BeforeExpiry`` can tell."""
-    import time
-
+    as the guest does for the sets it emits, so ``BeforeExpiry`` can tell;
+    fields the component derives itself (:data:`DERIVED_FIELDS`) are dropped."""
     keys = json.loads(token_response) if isinstance(token_response, str) else dict(token_response)
     if not isinstance(keys, dict) or not (keys.get("access_token") or keys.get("refresh_token")):
         raise ValueError("a token response must be a JSON object with an access or a refresh token")
+    import time
+
     expires_in = keys.get("expires_in")
+    expires_at = None
     if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool):
-        keys["expires_at"] = int((time.time() if now is None else now) + expires_in)
-    return json.dumps(keys)
+        expires_at = int((time.time() if now is None else now) + expires_in)
+    return first_token_set(keys, expires_at)
 
 
 def settings_json(settings: Settings, client_secret_env: "str | None" = None) -> str:
@@ -151,6 +195,9 @@ def settings_json(settings: Settings, client_secret_env: "str | None" = None) ->
     its workers can use it. The client secret is written as
     ``{"env": client_secret_env}`` when that is given (the store then never
     holds it), else as ``{"literal": ...}`` as the Rust CLI stores one."""
+    grant = grant_of(settings.grant)
+    if grant is Grant.CLIENT_CREDENTIALS and settings.client_secret is None:
+        raise InvalidSettings("the client-credentials grant needs a client secret")
     strategy = settings.strategy
     margin = strategy.margin_secs if isinstance(strategy, BeforeExpiry) else 60
     name = {OnAuthFailure: "on-auth-failure", EveryRequest: "every-request", BeforeExpiry: "before-expiry"}
@@ -158,6 +205,9 @@ def settings_json(settings: Settings, client_secret_env: "str | None" = None) ->
     if settings.client_secret is not None:
         secret = {"env": client_secret_env} if client_secret_env else {"literal": settings.client_secret.expose()}
     out: dict = {
+        # Written only when not the default, as the Rust and Node hosts do: a
+        # column without it (any 0.3 one) reads as refresh-token everywhere.
+        **({} if grant is Grant.REFRESH_TOKEN else {"grant": grant.value}),
         "token_url": settings.token_url,
         "client_id": settings.client_id,
         "client_secret": secret,

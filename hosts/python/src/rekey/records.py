@@ -65,7 +65,8 @@ class Credential:
     client secret (``settings`` has a literal secret replaced)."""
 
     name: str
-    #: The settings column, parsed, with ``client_secret.literal`` redacted.
+    #: The settings column, parsed, with ``client_secret.literal`` redacted
+    #: and ``grant`` filled in when absent (``"refresh-token"``).
     settings: dict
     version: int
     #: Unix seconds of the last write.

@@ -12,7 +12,7 @@ from typing import Any
 from wasmtime.component import Record, Variant
 
 from . import errors
-from .model import BeforeExpiry, EveryRequest, OnAuthFailure, Request, Response, Settings
+from .model import BeforeExpiry, EveryRequest, OnAuthFailure, Request, Response, Settings, grant_of
 from .records import CredentialRecord, DeadGrant, Lease, RefreshMark, StoredRecord
 from .runtime import Bodies
 
@@ -34,6 +34,7 @@ def settings(s: Settings) -> Record:
     else:
         raise errors.InvalidSettings(f"unknown strategy {type(s.strategy).__name__}")
     return _record(
+        grant=Variant(grant_of(s.grant).value),  # validated again: a dataclass field can be reassigned
         token_url=s.token_url,
         client_id=s.client_id,
         client_secret=s.client_secret.expose() if s.client_secret is not None else None,

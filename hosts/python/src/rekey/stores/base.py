@@ -78,6 +78,8 @@ class OperatorFunctions:
             settings = json.loads(settings_text)
         except ValueError:
             settings = {}
+        if isinstance(settings, dict):
+            settings.setdefault("grant", "refresh-token")  # absent: the default, as every host reads it
         secret = settings.get("client_secret") if isinstance(settings, dict) else None
         if isinstance(secret, dict) and "literal" in secret:
             secret["literal"] = "[redacted]"
