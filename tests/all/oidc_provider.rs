@@ -13,12 +13,18 @@
 //! refresh token, which oidc-provider treats as theft) and checks that rekey
 //! reports "re-authorisation needed" (exit 3) and leaves the stored keys alone.
 //!
+//! A third scenario is machine to machine: client-credentials credentials
+//! (RFC 6749 §4.4), added through the CLI with no keys, call the server's
+//! protected API (`/_api/whoami`, which accepts only live client-credentials
+//! tokens) across several expiries; the provider grants one token per expiry
+//! and nothing else, and a client refused for its secret stores nothing.
+//!
 //! The peer is `support::peers::node()`: skipped, loudly, only when Node.js
 //! (>= 20) is absent (a failure instead under REKEY_REQUIRE_PEERS, as in CI);
 //! it runs `npm ci` in tests/oidc once when needed.
 
 use crate::support::peers::{self, Node};
-use crate::support::{all_output, rekey_cli};
+use crate::support::{all_output, rekey_cli, rekey_cli_env};
 use rekey::{KeyStore, SqliteStore};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -88,7 +94,11 @@ struct Peer {
 
 impl Peer {
     fn start(node: &Node, clients: &[&Client]) -> Peer {
-        let registrations: Vec<Value> = clients.iter().map(|c| c.registration()).collect();
+        Peer::start_with(node, clients.iter().map(|c| c.registration()).collect())
+    }
+
+    /// server.mjs with these client registrations (its OIDC_CLIENTS).
+    fn start_with(node: &Node, registrations: Vec<Value>) -> Peer {
         let mut child = node
             .script("server.mjs")
             .env("OIDC_PORT", "0")
@@ -784,5 +794,357 @@ fn concurrent_processes_share_one_refresh() {
     assert!(
         codes.iter().all(|&c| c == Some(0)) && errors.as_object().is_some_and(|m| m.is_empty()),
         "concurrent sends exited {codes:?}; the token endpoint reported {errors}"
+    );
+}
+
+/// How many expiries the client-credentials scenario lives through.
+const CC_EXPIRIES: u64 = 3;
+const EXIT_SETTINGS: i32 = 9;
+
+/// A client_credentials-only registration for `client`.
+fn m2m_registration(client: &Client) -> Value {
+    let mut registration = client.registration();
+    registration["grant_types"] = json!(["client_credentials"]);
+    registration
+}
+
+/// The environment variable the CLI reads `client`'s secret from at each call.
+fn secret_var(client: &Client) -> String {
+    format!(
+        "REKEY_OIDC_SECRET_{}",
+        client.id.to_uppercase().replace('-', "_")
+    )
+}
+
+/// `rekey credential add NAME --grant client-credentials`: no keys, the
+/// secret read from `secret_var` (set to `secret` for this run), bound to the
+/// peer's origin.
+fn add_m2m(store: &Path, peer: &Peer, client: &Client, secret: &str) -> Result<Output, String> {
+    let (token_url, var) = (peer.url("/token"), secret_var(client));
+    let out = rekey_cli_env(
+        store,
+        &[
+            "credential",
+            "add",
+            &client.id,
+            "--grant",
+            "client-credentials",
+            "--token-url",
+            &token_url,
+            "--client-id",
+            &client.id,
+            "--client-secret-env",
+            &var,
+            "--client-auth",
+            client.auth,
+            "--strategy",
+            client.strategy,
+            "--expiry-margin",
+            "1",
+            "--api-origin",
+            &peer.issuer(),
+        ],
+        &[(var.as_str(), secret)],
+    );
+    if !out.status.success() {
+        return Err(format!(
+            "{}: credential add --grant client-credentials exited {}: {}",
+            client.id,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(out)
+}
+
+/// `rekey send NAME <peer>/_api/whoami` with `client`'s secret in its variable.
+fn send_whoami(store: &Path, peer: &Peer, client: &Client, secret: &str) -> Output {
+    let var = secret_var(client);
+    rekey_cli_env(
+        store,
+        &["send", &client.id, &peer.url("/_api/whoami")],
+        &[(var.as_str(), secret)],
+    )
+}
+
+/// What a client-credentials run leaves for the provider-side checks.
+struct M2mReport {
+    client: Client,
+    sends: u64,
+    /// Distinct access tokens the store held after the sends.
+    tokens: usize,
+}
+
+/// One client-credentials credential across CC_EXPIRIES expiries: the first
+/// send fetches a token (nothing is stored before it), each later one comes
+/// after that token expired and renews it.
+fn m2m_scenario(peer: &Peer, store: &Path, client: &Client) -> Result<M2mReport, String> {
+    let name = &client.id;
+    let mut outputs = vec![add_m2m(store, peer, client, &client.secret)?];
+    if SqliteStore::open(store)
+        .and_then(|s| s.load(name))
+        .map_err(|e| format!("{name}: cannot load the credential: {e}"))?
+        .keys
+        .is_some()
+    {
+        return Err(format!("{name}: credential add stored keys"));
+    }
+    let mut secrets = vec![client.secret.clone()];
+    let mut sends = 0;
+    for round in 0..=CC_EXPIRIES {
+        if round > 0 {
+            std::thread::sleep(PAST_EXPIRY);
+        }
+        let out = send_whoami(store, peer, client, &client.secret);
+        sends += 1;
+        if !out.status.success() {
+            return Err(format!(
+                "{name}: rekey send (round {round}) exited {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let answer: Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or_default();
+        if answer["client_id"].as_str() != Some(name.as_str()) {
+            return Err(format!(
+                "{name}: round {round}: the API did not answer for this client: {}",
+                answer["client_id"]
+            ));
+        }
+        outputs.push(out);
+        let (keys, _) = stored(store, name)?;
+        let keys = parse_keys(name, &keys)?;
+        if str_field(&keys, "access_token").is_none() || keys.get("refresh_token").is_some() {
+            return Err(format!(
+                "{name}: round {round}: the stored token set is not one access token without a refresh token"
+            ));
+        }
+        remember_tokens(&mut secrets, &keys);
+    }
+    // Checked at the end, against every token stored, including the ones
+    // fetched by the very send whose output is checked.
+    for out in &outputs {
+        check_no_leak(name, out, &secrets)?;
+    }
+    let credential = SqliteStore::open(store)
+        .and_then(|s| s.load(name))
+        .map_err(|e| format!("{name}: cannot load the credential: {e}"))?;
+    if credential.refresh_mark.is_some()
+        || credential.needs_authorization.is_some()
+        || credential.lease.is_some()
+    {
+        return Err(format!(
+            "{name}: a client-credentials credential ended with a refresh mark, a dead grant or a lease"
+        ));
+    }
+    Ok(M2mReport {
+        client: client.clone(),
+        sends,
+        tokens: secrets.len() - 1,
+    })
+}
+
+/// A wrong client secret: the token endpoint refuses the client, rekey says
+/// the settings are wrong (exit 9), prints no secret, and stores no keys.
+fn refused_m2m_scenario(peer: &Peer, store: &Path, client: &Client) -> Result<(), String> {
+    let name = &client.id;
+    let wrong = format!("{}-but-wrong", client.secret);
+    let added = add_m2m(store, peer, client, &wrong)?;
+    let out = send_whoami(store, peer, client, &wrong);
+    let secrets = [client.secret.clone(), wrong];
+    check_no_leak(name, &added, &secrets)?;
+    check_no_leak(name, &out, &secrets)?;
+    if out.status.code() != Some(EXIT_SETTINGS) {
+        return Err(format!(
+            "{name}: rekey send with a wrong client secret exited {}, not {EXIT_SETTINGS}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    if !out.stdout.is_empty() {
+        return Err(format!("{name}: a failed send printed something on stdout"));
+    }
+    let c = SqliteStore::open(store)
+        .and_then(|s| s.load(name))
+        .map_err(|e| format!("{name}: cannot load the credential: {e}"))?;
+    if c.keys.is_some()
+        || c.needs_authorization.is_some()
+        || c.refresh_mark.is_some()
+        || c.lease.is_some()
+    {
+        return Err(format!(
+            "{name}: the refused client left keys, a dead grant, a refresh mark or a lease"
+        ));
+    }
+    Ok(())
+}
+
+/// The provider's view of one client-credentials run.
+fn check_provider_saw_m2m(report: &M2mReport, stats: &Value) -> Result<String, String> {
+    let c = &report.client;
+    let name = &c.id;
+    let s = &stats["clients"][name];
+    let grants = count(&s["client_credentials"]);
+    let (api_ok, api_rejected) = (count(&s["api_ok"]), count(&s["api_rejected"]));
+    let expected_rejections = if c.strategy == "on-auth-failure" {
+        CC_EXPIRIES
+    } else {
+        0
+    };
+    let checks = [
+        (
+            s["grant_errors"] == json!({}),
+            format!("the token endpoint reported errors: {}", s["grant_errors"]),
+        ),
+        (
+            grants == CC_EXPIRIES + 1 && report.sends == CC_EXPIRIES + 1,
+            format!(
+                "{grants} client_credentials grants for {} sends across {CC_EXPIRIES} expiries, not one per expiry plus the first",
+                report.sends
+            ),
+        ),
+        (
+            report.tokens as u64 == grants,
+            format!(
+                "the store held {} distinct access tokens for {grants} grants",
+                report.tokens
+            ),
+        ),
+        (
+            count(&s["refreshes"]) == 0 && count(&s["code_exchanges"]) == 0,
+            format!(
+                "{} refreshes and {} code exchanges for a client-credentials client",
+                s["refreshes"], s["code_exchanges"]
+            ),
+        ),
+        (
+            count(&s["auth_seen"]["basic"]) == grants
+                && count(&s["auth_seen"]["post"]) + count(&s["auth_seen"]["none"]) == 0,
+            format!(
+                "client authentication was {}, not all basic",
+                s["auth_seen"]
+            ),
+        ),
+        (
+            api_ok == report.sends && api_rejected == expected_rejections,
+            format!(
+                "{}: the API answered 200 {api_ok} times and 401 {api_rejected} times for {} sends (expected {expected_rejections} 401s)",
+                c.strategy, report.sends
+            ),
+        ),
+    ];
+    if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
+        return Err(format!("{name}: {why}"));
+    }
+    Ok(format!(
+        "{:<16} {} sends, {grants} client_credentials grants ({api_rejected} after a 401), 0 refreshes",
+        c.strategy, report.sends
+    ))
+}
+
+/// Machine to machine against the real provider: client-credentials
+/// credentials added through the CLI with no keys, one per strategy, call a
+/// protected API across CC_EXPIRIES expiries, all at once; a wrong secret is
+/// a settings failure that stores nothing.
+#[test]
+fn client_credentials_against_oidc_provider() {
+    let Some(node) = peers::node() else { return };
+    let matrix: Vec<Client> = STRATEGIES
+        .iter()
+        .map(|&strategy| Client::new(&format!("rekey-m2m-{strategy}"), "basic", strategy))
+        .collect();
+    let refused = Client::new("rekey-m2m-refused", "basic", "on-auth-failure");
+    let peer = Peer::start_with(
+        &node,
+        matrix
+            .iter()
+            .chain([&refused])
+            .map(m2m_registration)
+            .collect(),
+    );
+    let discovery = peer.get_json("/.well-known/openid-configuration");
+    let supported = discovery["grant_types_supported"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        supported.contains(&json!("client_credentials")),
+        "the provider does not advertise client_credentials: {supported:?}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("rekey.db");
+    let started = Instant::now();
+    let (reports, refused_result) = std::thread::scope(|s| {
+        let (peer, store) = (&peer, store.as_path());
+        let handles: Vec<_> = matrix
+            .iter()
+            .map(|c| s.spawn(move || m2m_scenario(peer, store, c)))
+            .collect();
+        let negative = s.spawn(|| refused_m2m_scenario(peer, store, &refused));
+        let reports: Vec<Result<M2mReport, String>> =
+            handles.into_iter().map(|h| joined(h.join())).collect();
+        (reports, joined(negative.join()))
+    });
+    let elapsed = started.elapsed();
+
+    let stats = peer.get_json("/_stats");
+    let mut failures = Vec::new();
+    let mut summary = Vec::new();
+    for report in reports {
+        match report.and_then(|r| check_provider_saw_m2m(&r, &stats)) {
+            Ok(line) => summary.push(line),
+            Err(e) => failures.push(e),
+        }
+    }
+    match refused_result {
+        Ok(()) => {
+            let s = &stats["clients"][&refused.id];
+            if s["grant_errors"] != json!({"invalid_client": 1})
+                || count(&s["client_credentials"]) != 0
+                || count(&s["api_ok"]) + count(&s["api_rejected"]) != 0
+            {
+                failures.push(format!(
+                    "{}: expected exactly one invalid_client and no token; the provider saw errors {}, {} grants, API {}/{}",
+                    refused.id, s["grant_errors"], s["client_credentials"], s["api_ok"], s["api_rejected"]
+                ));
+            }
+            summary.push(format!(
+                "{:<16} wrong secret -> exit 9, nothing stored",
+                refused.id
+            ));
+        }
+        Err(e) => failures.push(e),
+    }
+    let known: Vec<&str> = matrix
+        .iter()
+        .chain([&refused])
+        .map(|c| c.id.as_str())
+        .collect();
+    if let Some(clients) = stats["clients"].as_object() {
+        for id in clients.keys().filter(|id| !known.contains(&id.as_str())) {
+            failures.push(format!("the provider saw traffic from {id}"));
+        }
+    }
+    for counter in ["server_errors", "api_rejected_unknown"] {
+        if count(&stats[counter]) != 0 {
+            failures.push(format!("the provider counted {} {counter}", stats[counter]));
+        }
+    }
+
+    eprintln!(
+        "oidc-provider client-credentials scenarios ({:.1} s):",
+        elapsed.as_secs_f64()
+    );
+    for line in &summary {
+        eprintln!("  {line}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n  {}\nserver.mjs stderr:\n{}",
+        failures.len(),
+        failures.join("\n  "),
+        peer.stderr_text()
     );
 }

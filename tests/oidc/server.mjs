@@ -1,5 +1,6 @@
 // rekey's conformance peer: npm oidc-provider (OpenID Certified) on loopback,
-// configured for refresh-token tests. tests/oidc_provider.rs starts it.
+// configured for refresh-token and client-credentials tests.
+// tests/all/oidc_provider.rs starts it.
 //
 //   node server.mjs [--port N] [--access-token-ttl SECONDS] [--clients JSON]
 //
@@ -7,8 +8,14 @@
 // ephemeral port), OIDC_ACCESS_TOKEN_TTL (default 2), OIDC_CLIENTS (a JSON
 // array of {client_id, client_secret, token_endpoint_auth_method?,
 // redirect_uris?, grant_types?, application_type?}; default: one client_secret_basic and one
-// client_secret_post client). OIDC_VERBOSE=1 lets oidc-provider's own
-// development notices through to stderr.
+// client_secret_post client, and rekey-m2m (client_secret_basic, grant_types
+// ['client_credentials'] only). A client whose grant types are client_credentials
+// without authorization_code gets no response types and no redirect URIs.
+// OIDC_VERBOSE=1 lets oidc-provider's own development notices through to stderr.
+//
+// The client-credentials grant (RFC 6749 §4.4) is enabled; its access tokens
+// (oidc-provider's ClientCredentials model, opaque, no resource indicators)
+// live --access-token-ttl seconds like the others.
 //
 // Listens on 127.0.0.1 only. Once listening it prints one JSON line on stdout,
 // {"port": N, "issuer": "http://127.0.0.1:N"}, and nothing else ever goes to
@@ -16,15 +23,25 @@
 // OIDC_MAX_LIFETIME seconds (default 600), so it never outlives its test.
 // OIDC_DEVICE_CODE_TTL sets the device codes' lifetime (default 600 s).
 //
-// Besides the provider's routes (/auth, /token, /me, /interaction/...), GET
-// /_stats answers counters the test checks, per client_id:
+// Besides the provider's routes (/auth, /token, /me, /interaction/...):
+//
+// GET /_api/whoami is a protected API for client-credentials tokens: 200 with
+// {"client_id", "scope"} for `Authorization: Bearer T` when T is a live
+// client-credentials token issued here (found through the ClientCredentials
+// model, not expired, not sender-constrained); else 401 with
+// `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3.1).
+//
+// GET /_stats answers counters the test checks, per client_id:
 //   code_exchanges, refreshes      successful token endpoint grants
+//   client_credentials             successful client_credentials grants
 //   auth_seen {basic, post, none}  how the client authenticated at /token on those
 //   grant_errors {code: n}         token endpoint errors (e.g. invalid_grant)
 //   grants_revoked                 grants revoked (e.g. for a reused refresh token)
 //   userinfo_ok, userinfo_rejected /me answers 200 and 401 (by the bearer token's client)
-// and globally server_errors and userinfo_rejected_unknown (401 for a token
-// never issued here).
+//   api_ok, api_rejected           /_api/whoami answers 200 and 401 (likewise)
+// and globally server_errors, userinfo_rejected_unknown and api_rejected_unknown
+// (401 for a token never issued here, or no token). A client that failed to
+// authenticate with HTTP Basic is counted under the client_id it presented.
 
 import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
@@ -66,6 +83,12 @@ const clientsJson = argv.clients ?? process.env.OIDC_CLIENTS;
 let clients = [
   { client_id: 'rekey-basic', client_secret: 'rekey-basic-secret', token_endpoint_auth_method: 'client_secret_basic' },
   { client_id: 'rekey-post', client_secret: 'rekey-post-secret', token_endpoint_auth_method: 'client_secret_post' },
+  {
+    client_id: 'rekey-m2m',
+    client_secret: 'rekey-m2m-secret',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['client_credentials'],
+  },
 ];
 if (clientsJson) {
   try {
@@ -75,41 +98,73 @@ if (clientsJson) {
   }
   if (!Array.isArray(clients) || clients.length === 0) fail('--clients must be a non-empty JSON array');
 }
-clients = clients.map((c) => ({
-  client_id: c.client_id,
-  client_secret: c.client_secret,
-  token_endpoint_auth_method: c.token_endpoint_auth_method ?? 'client_secret_basic',
-  grant_types: c.grant_types ?? ['authorization_code', 'refresh_token'],
-  response_types: ['code'],
-  redirect_uris: c.redirect_uris ?? [DEFAULT_REDIRECT_URI],
-  // 'native': a loopback redirect URI matches on any port (RFC 8252 §7.3).
-  ...(c.application_type ? { application_type: c.application_type } : {}),
-}));
+clients = clients.map((c) => {
+  const grantTypes = c.grant_types ?? ['authorization_code', 'refresh_token'];
+  // A machine-to-machine client never sees the authorization endpoint: a
+  // 'code' response type would add authorization_code to its grant types.
+  const m2m = grantTypes.includes('client_credentials') && !grantTypes.includes('authorization_code');
+  return {
+    client_id: c.client_id,
+    client_secret: c.client_secret,
+    token_endpoint_auth_method: c.token_endpoint_auth_method ?? 'client_secret_basic',
+    grant_types: grantTypes,
+    response_types: m2m ? [] : ['code'],
+    redirect_uris: c.redirect_uris ?? (m2m ? [] : [DEFAULT_REDIRECT_URI]),
+    // 'native': a loopback redirect URI matches on any port (RFC 8252 §7.3).
+    ...(c.application_type ? { application_type: c.application_type } : {}),
+  };
+});
 
-const stats = { clients: {}, server_errors: 0, userinfo_rejected_unknown: 0 };
+const stats = {
+  clients: {},
+  server_errors: 0,
+  userinfo_rejected_unknown: 0,
+  api_rejected_unknown: 0,
+};
 function statsFor(clientId) {
   const id = clientId ?? '(unknown client)';
   stats.clients[id] ??= {
     code_exchanges: 0,
     refreshes: 0,
+    client_credentials: 0,
     auth_seen: { basic: 0, post: 0, none: 0 },
     grant_errors: {},
     grants_revoked: 0,
     userinfo_ok: 0,
     userinfo_rejected: 0,
+    api_ok: 0,
+    api_rejected: 0,
   };
   return stats.clients[id];
 }
 // Access token value (opaque: its jti) -> client, to attribute /me rejections.
 const accessTokenClient = new Map();
+// Client-credentials token value (opaque: its jti) -> client, likewise for /_api.
+const clientCredentialsClient = new Map();
 
 function bearerToken(ctx) {
   const m = /^bearer\s+(\S+)$/i.exec(ctx.get('authorization') ?? '');
   return m?.[1];
 }
 
+// The client_id in HTTP Basic credentials (form-urlencoded, RFC 6749 §2.3.1).
+function basicClientId(ctx) {
+  const m = /^basic\s+(\S+)$/i.exec(ctx.get('authorization') ?? '');
+  if (!m) return undefined;
+  const decoded = Buffer.from(m[1], 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  if (colon < 0) return undefined;
+  try {
+    return decodeURIComponent(decoded.slice(0, colon).replace(/\+/g, ' '));
+  } catch {
+    return undefined;
+  }
+}
+
+// Who called the token endpoint: the authenticated client, else (a failed
+// authentication) the client_id it presented in the body or the Basic header.
 function tokenEndpointClientId(ctx) {
-  return ctx.oidc?.client?.clientId ?? ctx.oidc?.body?.client_id;
+  return ctx.oidc?.client?.clientId ?? ctx.oidc?.body?.client_id ?? basicClientId(ctx);
 }
 
 function createProvider(issuer) {
@@ -122,6 +177,7 @@ function createProvider(issuer) {
     issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
     ttl: {
       AccessToken: accessTokenTtl,
+      ClientCredentials: accessTokenTtl,
       AuthorizationCode: 60,
       DeviceCode: deviceCodeTtl,
       IdToken: 3600,
@@ -133,8 +189,14 @@ function createProvider(issuer) {
     cookies: { keys: ['rekey-conformance-test-only'] },
     findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
     // deviceFlow: RFC 8628 at /device/auth (user pages at /device); clients
-    // that list its grant type may use it.
-    features: { devInteractions: { enabled: true }, deviceFlow: { enabled: true } },
+    // that list its grant type may use it. clientCredentials: RFC 6749 §4.4
+    // for clients that list client_credentials; without resourceIndicators
+    // its tokens are opaque and audience-free, as /_api/whoami expects.
+    features: {
+      devInteractions: { enabled: true },
+      deviceFlow: { enabled: true },
+      clientCredentials: { enabled: true },
+    },
   });
 
   provider.on('grant.success', (ctx) => {
@@ -142,6 +204,7 @@ function createProvider(issuer) {
     const grantType = ctx.oidc.params?.grant_type;
     if (grantType === 'refresh_token') s.refreshes += 1;
     if (grantType === 'authorization_code') s.code_exchanges += 1;
+    if (grantType === 'client_credentials') s.client_credentials += 1;
     if (/^basic\s/i.test(ctx.get('authorization') ?? '')) s.auth_seen.basic += 1;
     else if (ctx.oidc.body?.client_secret !== undefined) s.auth_seen.post += 1;
     else s.auth_seen.none += 1;
@@ -156,6 +219,9 @@ function createProvider(issuer) {
   });
   provider.on('access_token.saved', (token) => {
     accessTokenClient.set(token.jti, token.clientId);
+  });
+  provider.on('client_credentials.saved', (token) => {
+    clientCredentialsClient.set(token.jti, token.clientId);
   });
   provider.on('server_error', (ctx, err) => {
     stats.server_errors += 1;
@@ -180,10 +246,44 @@ let handler = (_req, res) => {
   res.statusCode = 503;
   res.end();
 };
+// Set once listening; /_api/whoami looks tokens up through it.
+let provider;
+
+// GET /_api/whoami: a resource server that trusts only live client-credentials
+// tokens issued by this provider.
+async function apiWhoami(req, res) {
+  const m = /^bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '');
+  const value = m?.[1];
+  // find() checks the stored token's exp itself; isExpired repeats it so the
+  // verdict never rests on a clock tolerance.
+  const token = value ? await provider.ClientCredentials.find(value) : undefined;
+  if (token && !token.isExpired && !token.isSenderConstrained()) {
+    statsFor(token.clientId).api_ok += 1;
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify({ client_id: token.clientId, scope: token.scope ?? null }));
+    return;
+  }
+  const clientId = value ? clientCredentialsClient.get(value) : undefined;
+  if (clientId) statsFor(clientId).api_rejected += 1;
+  else stats.api_rejected_unknown += 1;
+  res.statusCode = 401;
+  res.setHeader('www-authenticate', 'Bearer error="invalid_token"');
+  res.end();
+}
+
 const server = createServer((req, res) => {
   if (req.method === 'GET' && req.url === '/_stats') {
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify(stats));
+    return;
+  }
+  if (req.method === 'GET' && req.url === '/_api/whoami' && provider) {
+    apiWhoami(req, res).catch((err) => {
+      stats.server_errors += 1;
+      process.stderr.write(`server.mjs: server_error on GET /_api/whoami: ${err?.message}\n`);
+      res.statusCode = 500;
+      res.end();
+    });
     return;
   }
   handler(req, res);
@@ -209,7 +309,7 @@ server.on('error', (err) => fail(`cannot listen: ${err.message}`));
 server.listen(port, '127.0.0.1', () => {
   const { port: chosen } = server.address();
   const issuer = `http://127.0.0.1:${chosen}`;
-  const provider = createProvider(issuer);
+  provider = createProvider(issuer);
   handler = provider.callback();
   process.stdout.write(`${JSON.stringify({ port: chosen, issuer })}\n`);
 });
