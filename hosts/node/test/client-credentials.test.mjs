@@ -116,9 +116,10 @@ test('grant: an unknown value, or client-credentials without a secret, is a clea
     );
   }
   assert.equal(await store.read('bad'), undefined, 'nothing was created');
-  // The default needs no secret (a public client), and the column leaves it out, as the Rust host does.
+  // The default needs no secret (a public client); the column leaves it out, as the Rust host does, and show() reads it so.
   assert.equal(await store.create('public', { settings: base }), true);
-  assert.equal((await store.show('public')).settings.grant, undefined);
+  assert.equal((await store.rows('public'))[0].settings.includes('grant'), false);
+  assert.equal((await store.show('public')).settings.grant, 'refresh-token');
 });
 
 test('client-credentials (PostgreSQL): no keys; the first call fetches and stores a token, the next reuses it', async (t) => {

@@ -123,6 +123,8 @@ function describe({ name, settings, updatedAt, version, data }) {
   try {
     shownSettings = JSON.parse(settings);
     if (shownSettings?.client_secret?.literal !== undefined) shownSettings.client_secret = { literal: '[redacted]' };
+    // Absent (the default, and every column written before 0.3 had it): the refresh-token grant.
+    if (shownSettings && typeof shownSettings === 'object') shownSettings.grant ??= 'refresh-token';
   } catch {
     shownSettings = undefined;
   }
