@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -180,8 +181,6 @@ def keys_from_token_response(token_response: "str | dict", now: "float | None" =
     keys = json.loads(token_response) if isinstance(token_response, str) else dict(token_response)
     if not isinstance(keys, dict) or not (keys.get("access_token") or keys.get("refresh_token")):
         raise ValueError("a token response must be a JSON object with an access or a refresh token")
-    import time
-
     expires_in = keys.get("expires_in")
     expires_at = None
     if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool):
