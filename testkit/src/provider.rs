@@ -472,7 +472,11 @@ fn grant_refresh(
         s.grants.insert(grant, Grant { revoked: false });
         s.stats.client_credentials_granted += 1;
         let body = p.issue(s, grant, false);
-        return Ok((body, s.lost_answers.pop_front(), s.stats.client_credentials_granted));
+        return Ok((
+            body,
+            s.lost_answers.pop_front(),
+            s.stats.client_credentials_granted,
+        ));
     }
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
         return Err(oauth_error(
