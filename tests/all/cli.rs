@@ -335,13 +335,17 @@ async fn credentials_can_be_listed_shown_and_removed() {
     let out = rekey_cli(&f.store_path(), &["credential", "show", "c"]);
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["settings"]["strategy"], "before-expiry");
+    assert_eq!(shown["settings"]["grant"], "refresh-token");
     assert_eq!(shown["settings"]["expiry_margin_secs"], 30);
     assert_eq!(shown["settings"]["extra_params"][0][1], "json");
     assert_eq!(shown["settings"]["client_secret"], "[redacted]");
     assert_eq!(shown["keys"]["refresh_token"], "[redacted]");
     assert_eq!(shown["keys"]["scope"], "api");
     // `show` lists every setting the store keeps, no more, no fewer.
-    let kept = serde_json::to_value(rekey::Settings::new("http://x/token", "id")).unwrap();
+    // (`grant` is stored only when it is not the default; show says it always.)
+    let mut every = rekey::Settings::new("http://x/token", "id");
+    every.grant = rekey::settings::Grant::ClientCredentials;
+    let kept = serde_json::to_value(every).unwrap();
     let names = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(&shown["settings"]), names(&kept));
     let out = rekey_cli(&f.store_path(), &["credential", "list"]);
