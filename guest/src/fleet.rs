@@ -62,7 +62,7 @@ impl Timing {
     /// simulator's liveness check finds exactly that).
     pub fn of(t: &FleetTiming) -> Timing {
         let or = |v: u32, d: u64| if v == 0 { d } else { u64::from(v) };
-        let ttl_ms = or(t.lease_ttl_ms, DEFAULT_LEASE_TTL_MS);
+        let ttl_ms = or(t.lease_ttl_ms, DEFAULT_LEASE_TTL_MS).min(MAX_LEASE_TTL_MS);
         let wait_ms = or(t.lease_wait_ms, DEFAULT_LEASE_WAIT_MS);
         Timing {
             ttl_ms,
@@ -71,8 +71,12 @@ impl Timing {
     }
 }
 
-/// How far past this worker's own TTL a lease may end and still be
-/// honoured: more is a holder whose clock runs far ahead, or a damaged
+/// The longest lease any worker takes, whatever its settings say: a bound
+/// every worker knows, so that workers with different TTLs agree on which
+/// leases are believable.
+pub const MAX_LEASE_TTL_MS: u64 = 10 * 60 * 1000;
+/// How far beyond [`MAX_LEASE_TTL_MS`] from now a lease may end and still be
+/// honoured: more is a holder whose clock runs that far ahead, or a damaged
 /// record, and waiting for it would stop every refresh until then. Taking
 /// such a lease over is safe: fencing makes its holder's next write fail
 /// before it spends anything, and a mark it already set still says "in doubt".
@@ -83,6 +87,21 @@ pub fn read(fx: &mut impl Effects) -> Result<StoredRecord, SendError> {
     fx.read_record().map_err(|e| {
         SendError::StoreUnavailable(format!("cannot read the credential's record: {e}"))
     })
+}
+
+/// Refuses a record set up for the refresh-token grant when this worker's
+/// settings say client-credentials (workers that disagree on the grant):
+/// acting on it would clear a refresh mark it did not set and store its own
+/// token beside a refresh token that may be spent.
+pub fn check_grant(record: &CredentialRecord, keys: &Keys, spends: bool) -> Result<(), SendError> {
+    if !spends && (keys.refresh_token().is_some() || record.refresh_mark.is_some()) {
+        return Err(SendError::InvalidSettings(
+            "this credential holds a refresh token (it was set up for the refresh-token grant) \
+             but these settings say client-credentials: start it over for the new grant"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Fails fast on a grant the token endpoint declared dead.
@@ -131,11 +150,12 @@ pub fn acquire(
                 ));
             }
         };
+        check_grant(record, &current, spends)?;
         if current.access_token().is_some() && current.access_token() != stale.access_token() {
             return Ok(Renewal::Adopt(current));
         }
         let now = fx.now_ms();
-        let believable = now.saturating_add(timing.ttl_ms + MAX_LEASE_SKEW_MS);
+        let believable = now.saturating_add(MAX_LEASE_TTL_MS + MAX_LEASE_SKEW_MS);
         let lease_live = record
             .lease
             .as_ref()
@@ -193,7 +213,14 @@ pub fn acquire(
 /// record still holds exactly them and nobody holds the lease or a mark (a
 /// write under someone's lease would fail their next write). Best effort:
 /// without it, the next call refreshes once more.
-pub fn remember_rejection(fx: &mut impl Effects, keys: &Keys, request: &str) {
+/// `replaced`: the set this one replaced, whose evidence carries over (the
+/// renewal proved nothing about it).
+pub fn remember_rejection(
+    fx: &mut impl Effects,
+    keys: &Keys,
+    request: &str,
+    replaced: Option<&Keys>,
+) {
     let Ok(stored) = fx.read_record() else {
         return;
     };
@@ -207,7 +234,10 @@ pub fn remember_rejection(fx: &mut impl Effects, keys: &Keys, request: &str) {
         return;
     }
     let next = CredentialRecord {
-        keys: Some(keys.with_rejection(fx.now_unix(), request).to_json()),
+        keys: Some(
+            keys.with_rejection(fx.now_unix(), request, replaced)
+                .to_json(),
+        ),
         ..data.clone()
     };
     let _ = fx.write_record(stored.version, &next);
@@ -315,6 +345,13 @@ impl Held {
         let last = loop {
             match self.write(fx, next.clone()) {
                 Ok(()) => return Ok(()),
+                Err(Lost::Conflict) if !self.marks => {
+                    return Err(SendError::KeysNotPersisted(
+                        "the credential's record was changed by someone else while this call \
+                         fetched a token: it was not written over (nothing was spent)"
+                            .into(),
+                    ));
+                }
                 Err(Lost::Conflict) => {
                     return Err(SendError::KeysNotPersisted(
                         "the credential's record was changed by someone else while this call \
@@ -327,10 +364,14 @@ impl Held {
                 Err(Lost::Store(_)) => {}
             }
         };
-        Err(SendError::KeysNotPersisted(format!(
-            "{last}; the provider may have rotated the refresh token, so the stored one may be \
-             spent: the credential stays marked refresh-in-doubt"
-        )))
+        Err(SendError::KeysNotPersisted(if self.marks {
+            format!(
+                "{last}; the provider may have rotated the refresh token, so the stored one may \
+                 be spent: the credential stays marked refresh-in-doubt"
+            )
+        } else {
+            format!("{last} (nothing was spent: the next call fetches a token again)")
+        }))
     }
 
     /// Ends the lease. `spent_maybe`: an answer may have come after the

@@ -34,6 +34,8 @@ pub const BACKOFF: Duration = Duration::from_millis(200);
 /// Newer token sets (adopted or exchanged) one call may try: one resend each.
 pub const RENEWALS: u32 = 3;
 pub use crate::keys::REJECTION_MEMORY;
+/// How far ahead of this worker's clock another's evidence may be dated.
+const EVIDENCE_SKEW: u64 = 60;
 
 /// Why `send` gave the caller no response of its own: an error, or the API's
 /// answer with a reason (`send-error`'s cases that carry a response).
@@ -96,6 +98,7 @@ pub fn send<F: Effects>(
         }
         Ok(Some(k)) => k,
     };
+    fleet::check_grant(&stored.data, &keys, spends(settings))?;
     let timing = Timing::of(&settings.fleet);
 
     let refresh_first = keys.access_token().is_none()
@@ -104,9 +107,13 @@ pub fn send<F: Effects>(
             Strategy::EveryRequest => true,
             Strategy::BeforeExpiry(margin) => keys.expires_within(fx.now_unix(), margin.into()),
         };
+    // The set the last renewal replaced: its evidence carries over only if
+    // the renewal proves nothing (its own resend is rejected too).
+    let mut replaced = None;
     let (mut keys, mut origin, mut renewals) = if refresh_first {
-        let (keys, origin) = refresh(fx, settings, timing, &keys)?;
-        (keys, Some(origin), 1)
+        let (renewed, origin) = refresh(fx, settings, timing, &keys)?;
+        replaced = Some(keys);
+        (renewed, Some(origin), 1)
     } else {
         (keys, None, 0)
     };
@@ -120,14 +127,16 @@ pub fn send<F: Effects>(
         }
         let request = crate::keys::request_key(&req.method, &req.url);
         if origin == Some(Origin::Exchanged) {
-            fleet::remember_rejection(fx, &keys, &request);
+            fleet::remember_rejection(fx, &keys, &request, replaced.as_ref());
             return Err(Refusal::RejectedAfterRefresh(resp));
         }
         let known = origin.is_none() && rejected_before(&keys, fx.now_unix(), &request);
         if renewals == RENEWALS || known {
             return Err(Refusal::RejectedAfterRefresh(resp));
         }
-        (keys, origin) = refresh(fx, settings, timing, &keys).map(|(k, o)| (k, Some(o)))?;
+        let (renewed, from) = refresh(fx, settings, timing, &keys)?;
+        replaced = Some(core::mem::replace(&mut keys, renewed));
+        origin = Some(from);
         renewals += 1;
     }
 }
@@ -146,7 +155,12 @@ pub(crate) fn not_authenticated(why: &str) -> SendError {
 /// obtained, recently enough (and before its expiry) that another refresh
 /// cannot be expected to help.
 fn rejected_before(keys: &Keys, now: u64, request: &str) -> bool {
-    let Some(at) = keys.rejected_at(request) else {
+    // Evidence dated ahead of this clock (beyond the skew a fleet may have)
+    // is not believed: it would stop refreshes for as long as it is ahead.
+    let Some(at) = keys
+        .rejected_at(request)
+        .filter(|at| *at <= now.saturating_add(EVIDENCE_SKEW))
+    else {
         return false;
     };
     let until = at.saturating_add(REJECTION_MEMORY);
@@ -942,11 +956,12 @@ mod tests {
             (1, 0, version)
         );
 
-        // The evidence outlives a refresh, not its memory.
+        // A merge drops it: it was about that set (a renewal whose own
+        // resend is rejected carries it over instead).
         let merged = stored.clone().merged(serde_json::Map::new(), 1_001);
-        assert_eq!(merged.rejected_at(&request), Some(1_000));
-        let later = stored.merged(serde_json::Map::new(), 1_000 + REJECTION_MEMORY);
-        assert_eq!(later.rejected_at(&request), None);
+        assert_eq!(merged.rejected_at(&request), None);
+        let carried = merged.with_rejection(1_002, "other", Some(&stored));
+        assert_eq!(carried.rejected_at(&request), Some(1_000));
     }
 
     #[test]
@@ -972,7 +987,7 @@ mod tests {
         // Sixteen requests are remembered, the oldest forgotten first.
         let mut k = Keys::parse(A2).unwrap();
         for i in 0..17 {
-            k = k.with_rejection(1_000 + i, &format!("r{i}"));
+            k = k.with_rejection(1_000 + i, &format!("r{i}"), None);
         }
         let seen = |r: &str| k.rejected_at(r).is_some();
         assert!(!seen("r0") && seen("r1") && seen("r16"));
@@ -1072,18 +1087,6 @@ mod tests {
             "{err:?}"
         );
         assert!(fx.record.data.refresh_mark.is_none() && fx.record.data.lease.is_none());
-        // A mark another worker left under the refresh-token grant is not
-        // this grant's concern.
-        let mut fx = script([ok(200, r#"{"access_token":"c3"}"#), ok(200, "hi")]);
-        fx.record.data.refresh_mark = Some(crate::rekey::oauth2::types::RefreshMark {
-            holder: "vanished".into(),
-            at_ms: 1,
-        });
-        assert_eq!(
-            send(&mut fx, &client_credentials(), &api()).unwrap().status,
-            200
-        );
-        assert!(fx.record.data.refresh_mark.is_none());
     }
 
     #[test]
@@ -1109,11 +1112,71 @@ mod tests {
     }
 
     #[test]
+    fn workers_that_disagree_on_the_grant_leave_a_refresh_tokens_record_alone() {
+        // A refresh-token worker died mid-refresh: its mark stands.
+        let mut fx = script([ok(401, "")]);
+        fx.record.data.keys = Some(KEYS.into());
+        let before = fx.record.clone();
+        fx.record.data.refresh_mark = Some(crate::rekey::oauth2::types::RefreshMark {
+            holder: "vanished".into(),
+            at_ms: 1,
+        });
+        let err = send(&mut fx, &client_credentials(), &api()).unwrap_err();
+        assert!(
+            matches!(err, Refusal::Error(SendError::InvalidSettings(_))),
+            "{err:?}"
+        );
+        assert!(fx.sent.is_empty() && fx.record.data.refresh_mark.is_some());
+        // Without a mark, a stored refresh token says the same.
+        let mut fx = script([]);
+        fx.record = before;
+        let err = send(&mut fx, &client_credentials(), &api()).unwrap_err();
+        assert!(
+            matches!(err, Refusal::Error(SendError::InvalidSettings(_))),
+            "{err:?}"
+        );
+        assert!(fx.sent.is_empty() && fx.emitted.is_empty());
+    }
+
+    #[test]
+    fn evidence_dated_ahead_or_crowded_is_handled_without_blocking() {
+        let request = crate::keys::request_key("POST", "http://127.0.0.1:9/api");
+        // Dated an hour ahead of this clock: not believed, so it refreshes.
+        let keys = serde_json::json!({
+            "access_token": "a1", "refresh_token": "r1",
+            "rekey_rejected": { request.clone(): 1_000 + 3_600 },
+        });
+        let mut fx = script(refreshed_and_answered()).at(1_000);
+        run_stored(&mut fx, Some(&keys.to_string())).unwrap();
+        assert_eq!(fx.leases, 1);
+        // Sixteen entries of the same second: the one added stays.
+        let mut k = Keys::parse(A2).unwrap();
+        for i in 0..16 {
+            k = k.with_rejection(1_000, &format!("r{i}"), None);
+        }
+        let k = k.with_rejection(1_000, "new", None);
+        assert!(k.rejected_at("new").is_some());
+    }
+
+    #[test]
+    fn a_zero_lifetime_is_not_remembered() {
+        let merged = Keys::parse(KEYS).unwrap().merged(
+            serde_json::Map::from_iter([("expires_in".into(), 0.into())]),
+            100,
+        );
+        assert_eq!(merged.expires_at(), Some(100));
+        let next = merged.merged(serde_json::Map::new(), 200);
+        assert_eq!(next.expires_at(), None, "0 is no lifetime to carry on");
+    }
+
+    #[test]
     fn a_lease_ending_implausibly_far_ahead_is_taken_over() {
-        let timing = fleet::Timing::of(&testing::settings().fleet);
         for (ahead, honoured) in [
-            (timing.ttl_ms + fleet::MAX_LEASE_SKEW_MS, true),
-            (timing.ttl_ms + fleet::MAX_LEASE_SKEW_MS + 1, false),
+            (fleet::MAX_LEASE_TTL_MS + fleet::MAX_LEASE_SKEW_MS, true),
+            (
+                fleet::MAX_LEASE_TTL_MS + fleet::MAX_LEASE_SKEW_MS + 1,
+                false,
+            ),
             (u64::MAX - 1_000_000, false),
         ] {
             let mut fx = script(refreshed_and_answered());
@@ -1151,7 +1214,7 @@ mod tests {
         let before = other.clone();
         let mut fx2 = script([]);
         fx2.record = other;
-        fleet::remember_rejection(&mut fx2, &keys, "request");
+        fleet::remember_rejection(&mut fx2, &keys, "request", None);
         assert!(
             fx2.record == before,
             "nothing written under someone's lease"
@@ -1227,7 +1290,7 @@ mod tests {
         assert!(!refreshes_a_token_rejected_before(1_009, Some(1_010)));
         assert!(refreshes_a_token_rejected_before(1_010, Some(1_010)));
         // A clock behind the evidence keeps it.
-        assert!(!refreshes_a_token_rejected_before(900, None));
+        assert!(!refreshes_a_token_rejected_before(950, None));
     }
 
     #[test]

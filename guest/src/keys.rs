@@ -109,20 +109,37 @@ impl Keys {
         number(self.0.get(REJECTED)?.as_object()?.get(request)?)
     }
 
-    pub fn with_rejection(&self, now: u64, request: &str) -> Keys {
+    /// These keys, with `request` rejected at `now`, and the evidence of
+    /// `replaced` (the set these replaced) that is still within its memory.
+    pub fn with_rejection(&self, now: u64, request: &str, replaced: Option<&Keys>) -> Keys {
         let mut marked = self.0.clone();
         let mut seen = match marked.remove(REJECTED) {
             Some(Value::Object(seen)) => seen,
             _ => Map::new(),
         };
-        seen.insert(request.into(), Value::from(now));
-        while seen.len() > MAX_REJECTED {
+        if let Some(Value::Object(old)) = replaced.and_then(|r| r.0.get(REJECTED)) {
+            for (k, at) in old {
+                let live = number(at)
+                    .is_some_and(|t| t <= now && now < t.saturating_add(REJECTION_MEMORY));
+                if live && !seen.contains_key(k) {
+                    seen.insert(k.clone(), at.clone());
+                }
+            }
+        }
+        seen.remove(request);
+        if seen.len() > 4 * MAX_REJECTED {
+            // Not what this guest writes (a damaged record): start afresh.
+            seen.clear();
+        }
+        // The oldest others go (never the entry being added).
+        while seen.len() >= MAX_REJECTED {
             let oldest = seen
                 .iter()
                 .min_by_key(|(_, at)| number(at).unwrap_or(0))
                 .map(|(k, _)| k.clone());
             oldest.map(|k| seen.remove(&k));
         }
+        seen.insert(request.into(), Value::from(now));
         marked.insert(REJECTED.into(), Value::Object(seen));
         Keys(marked)
     }
@@ -141,14 +158,11 @@ impl Keys {
     pub fn merged(self, response: Map<String, Value>, now: u64) -> Keys {
         let mut merged = self.0;
         merged.remove("expires_at");
-        // The evidence outlives the token set it was found with (a request
-        // that rejects fresh tokens will reject the next ones too), but not
-        // its memory.
-        if let Some(Value::Object(seen)) = merged.get_mut(REJECTED) {
-            seen.retain(|_, at| {
-                number(at).is_some_and(|at| now < at.saturating_add(REJECTION_MEMORY))
-            });
-        }
+        // The evidence was about the set it was found with; a renewal whose
+        // own resend is rejected carries it over (`with_rejection`).
+        merged.remove(REJECTED);
+        // A stated zero means what it says (a repeated answer for a token
+        // about to expire), but is no lifetime to remember.
         let expires_in = response.get("expires_in").and_then(number);
         // Zero means "no fixed lifetime" at some providers (Keycloak's
         // offline tokens): unknown, not "dead now".

@@ -179,7 +179,7 @@ fn classification_never_panics_on_any_answer() {
                             | SendError::SettingsRejected(_)
                     ) || matches!(
                         (e, status),
-                        (SendError::InvalidSettings(_), 404 | 405 | 410)
+                        (SendError::InvalidSettings(_), 401 | 404 | 405 | 410)
                     )
                 ),
             }
@@ -289,6 +289,9 @@ fn classification_accepts_exactly_the_usable_token_responses() {
                 }
                 Outcome::Fail(SendError::TokenEndpoint(_)) => {
                     prop_assert!(!(200..300).contains(&status) || !usable);
+                }
+                Outcome::Fail(SendError::InvalidSettings(_)) => {
+                    prop_assert!(matches!(status, 401 | 404 | 405 | 410));
                 }
                 _ => prop_assert!(false, "neither tokens nor a token-endpoint error"),
             }

@@ -156,6 +156,13 @@ pub fn classify(resp: &Response) -> Outcome {
             "the token endpoint answered {status}: check the token URL"
         )));
     }
+    // A bare 401 from a token endpoint is its refusal of the client's
+    // authentication (RFC 6749 §5.2 `invalid_client`, without the body).
+    if status == 401 {
+        return Outcome::Fail(SendError::InvalidSettings(
+            "the token endpoint answered 401: check the client id and secret".into(),
+        ));
+    }
     if !(200..300).contains(&status) {
         return Outcome::Fail(SendError::TokenEndpoint(format!(
             "token endpoint answered {status}"
@@ -258,6 +265,10 @@ mod tests {
         assert!(matches!(
             classify(&resp(404, r#"{"error":"invalid_client"}"#)),
             Outcome::Fail(SendError::SettingsRejected(_))
+        ));
+        assert!(matches!(
+            classify(&resp(401, "")),
+            Outcome::Fail(SendError::InvalidSettings(m)) if m.contains("client id and secret")
         ));
         assert!(matches!(
             classify(&resp(403, "forbidden")),
