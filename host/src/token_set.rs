@@ -30,7 +30,7 @@ const SHOWABLE: [&str; 14] = [
     "x_refresh_token_expires_in",
     "refresh_expires_at",
     "rekey_lifetime",
-    "rekey_rejected_at",
+    "rekey_rejected",
     "scope",
     "instance_url",
     "issued_at",

@@ -4,7 +4,7 @@
 
 use crate::support::*;
 use rekey::settings::Grant;
-use rekey::{ClientAuth, Error, KeyStore, Settings, Strategy};
+use rekey::{ClientAuth, Error, KeyStore, Settings, SqliteStore, Strategy};
 use std::time::Duration;
 
 fn m2m(f: &Fixture) -> Settings {
@@ -103,4 +103,43 @@ async fn the_cli_adds_and_sends_without_authorising() {
         &env,
     );
     assert!(!out.status.success() && all_output(&out).contains("needs a client secret"));
+    // A refresh-token credential is not switched in place (its record is
+    // the old grant's); `add --replace` starts it over, keys and all.
+    let rt = f.provider.authorize();
+    let keys = f.dir.path().join("rt.json");
+    std::fs::write(&keys, rt.to_string()).unwrap();
+    let add_rt = [
+        "credential",
+        "add",
+        "both",
+        "--token-url",
+        &url,
+        "--client-id",
+        &id,
+        "--client-secret-env",
+        "REKEY_TEST_M2M_SECRET",
+        "--keys",
+        keys.to_str().unwrap(),
+    ];
+    assert!(rekey_cli_env(&store, &add_rt, &env).status.success());
+    let out = rekey_cli_env(
+        &store,
+        &["credential", "set", "both", "--grant", "client-credentials"],
+        &env,
+    );
+    assert!(!out.status.success() && all_output(&out).contains("--replace"));
+    let mut replace = add.to_vec();
+    replace[2] = "both";
+    replace.push("--replace");
+    assert!(rekey_cli_env(&store, &replace, &env).status.success());
+    assert!(
+        SqliteStore::open(&store)
+            .unwrap()
+            .load("both")
+            .unwrap()
+            .keys
+            .is_none()
+    );
+    let out = rekey_cli_env(&store, &["send", "both", &api], &env);
+    assert!(out.status.success(), "{}", all_output(&out));
 }

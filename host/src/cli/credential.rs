@@ -234,6 +234,11 @@ fn add(store: &dyn KeyStore, args: AddArgs) -> Result<Exit, Failure> {
     a.settings.endpoints(&mut settings)?;
     a.settings.apply(&mut settings)?;
     let keys = a.keys.as_deref().map(import_keys).transpose()?;
+    if exists {
+        // Starting over: nothing of the old record (its keys, a dead grant,
+        // a refresh mark) carries into the new credential.
+        store.remove(&a.name)?;
+    }
     store.put(&a.name, &settings, keys.as_ref())?;
     if settings.api_origins.is_empty() {
         eprintln!(
@@ -247,8 +252,16 @@ fn add(store: &dyn KeyStore, args: AddArgs) -> Result<Exit, Failure> {
 fn set(store: &dyn KeyStore, args: SetArgs) -> Result<Exit, Failure> {
     let (a, retry_refresh) = (args.credential, args.retry_refresh);
     let mut settings = store.load(&a.name)?.settings;
+    let grant = settings.grant;
     a.settings.endpoints(&mut settings)?;
     a.settings.apply(&mut settings)?;
+    if settings.grant != grant {
+        // Its record (keys, marks, a dead grant) belongs to the old grant.
+        return Err(bad(format!(
+            "changing the grant starts {:?} over: `rekey credential add {0} --replace …` with the new grant",
+            a.name
+        )));
+    }
     let keys = a.keys.as_deref().map(import_keys).transpose()?;
     store.put(&a.name, &settings, keys.as_ref())?;
     if retry_refresh {
