@@ -93,8 +93,11 @@ export function importTokenResponse(json, nowMs = Date.now()) {
   if (access !== undefined && !B64TOKEN.test(access)) {
     throw unusable('access_token has characters a bearer token cannot carry (RFC 6750 b64token)');
   }
-  delete fields.expires_at;
-  delete fields.rekey_refreshed_at;
+  // What the component derives and keeps itself is never taken from a sender
+  // (guest/src/keys.rs DERIVED).
+  for (const derived of ['expires_at', 'rekey_refreshed_at', 'rekey_rejected', 'rekey_lifetime', 'refresh_expires_at']) {
+    delete fields[derived];
+  }
   const secs = seconds(fields.expires_in);
   if (secs !== undefined) {
     fields.expires_at = Math.min(Math.floor(nowMs / 1000) + secs, Number.MAX_SAFE_INTEGER);

@@ -294,6 +294,9 @@ export class Rekey {
   #authorizePersistence(credential, o) {
     if (typeof credential !== 'string' || credential === '') throw new InvalidRequest('a credential name must be a non-empty string');
     if (o === null || typeof o !== 'object') throw new InvalidRequest('options must be an object');
+    if (o.settings?.grant === 'client-credentials') {
+      throw new InvalidRequest('a client-credentials credential is never authorised: send fetches its token');
+    }
     if (!o.store && typeof o.onUpdateKeys !== 'function') {
       throw new InvalidRequest('pass a store, or an onUpdateKeys callback (the new keys must go somewhere durable)');
     }

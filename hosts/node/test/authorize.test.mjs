@@ -391,6 +391,9 @@ test('authorize: a token response is imported as the Rust host imports it', () =
   const k = importTokenResponse('{"access_token":"a.b-c_d~e+f/g==","expires_in":"60","expires_at":0,"rekey_refreshed_at":5,"id_token":"i"}', now).expose();
   assert.deepEqual(k, { access_token: 'a.b-c_d~e+f/g==', expires_in: '60', id_token: 'i', expires_at: 1_000_060 });
   assert.equal(importTokenResponse('{"refresh_token":"r","expires_in":1.5}', now).get('expires_at'), undefined);
+  // Nor anything else the component derives and keeps itself.
+  const derived = importTokenResponse('{"access_token":"a","rekey_rejected":{"x":9999999999},"rekey_lifetime":1,"refresh_expires_at":0}', now);
+  for (const f of ['rekey_rejected', 'rekey_lifetime', 'refresh_expires_at']) assert.equal(derived.get(f), undefined, f);
   for (const bad of ['{"token_type":"bearer"}', '{"access_token":"sekrit with space"}', '{"access_token":"sekrit\\r\\nX: 1"}', '["sekrit"]', '{"access_token": "sekrit']) {
     assert.throws(() => importTokenResponse(bad), (e) => e instanceof TokenEndpointError && !printed(e).includes('sekrit'), bad);
   }
