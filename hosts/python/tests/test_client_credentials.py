@@ -125,3 +125,10 @@ def test_grant_setting_values_and_store_column(provider, tmp_path):
     assert json.loads(store._info("cc")[0])["grant"] == "client-credentials"
     assert store.show("rt").settings["grant"] == "refresh-token"
     assert store.read("cc").data == CredentialRecord()
+
+
+def test_a_client_credentials_credential_is_never_authorised(client, provider):
+    with pytest.raises(rekey.InvalidSettings, match="never authorised"):
+        client.authorize_code(cc_settings(provider), on_url=print, on_update_keys=lambda k: None)
+    with pytest.raises(rekey.InvalidSettings, match="never authorised"):
+        client.authorize_device(cc_settings(provider), on_user_code=print, on_update_keys=lambda k: None)

@@ -28,7 +28,7 @@ from .authorize import (
     respond,
 )
 from .http import HttpConfig
-from .model import Request, Response, Settings
+from .model import Grant, Request, Response, Settings
 from .records import StoreError, UnknownCredential, WriteConflict, WriteFailed, WriteUnknown
 from .runtime import Bodies, Runtime
 from .secret import Secret
@@ -255,6 +255,8 @@ class Rekey:
     def _authorize_persistence(self, store, on_update_keys, credential, settings) -> Callable[[str], None]:
         """Where the first token set goes: the store (creating the credential
         with these settings, or replacing its keys), or the callback."""
+        if Grant(getattr(settings, "grant", Grant.REFRESH_TOKEN)) is Grant.CLIENT_CREDENTIALS:
+            raise errors.InvalidSettings("a client-credentials credential is never authorised: send fetches its token")
         if store is None and on_update_keys is None:
             raise TypeError("pass store= and credential=, or on_update_keys= (the new keys must go somewhere durable)")
         if store is not None and not credential:
