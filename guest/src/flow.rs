@@ -86,19 +86,20 @@ pub fn send<F: Effects>(
     req: &Request<F::Body>,
 ) -> Result<Response<F::Body>, Refusal<F::Body>> {
     validate(settings)?;
+    let spends = spends(settings);
     let stored = fleet::read(fx)?;
     fleet::check_alive(&stored.data)?;
     let keys = match stored.data.keys.as_deref().map(Keys::parse).transpose() {
         Err(e) => return Err(SendError::InvalidKeys(e).into()),
         // The client's own grant needs nothing stored: it fetches a token.
-        Ok(None) if !spends(settings) => Keys::none(),
+        Ok(None) if !spends => Keys::none(),
         Ok(None) => return Err(not_authenticated("no keys are stored for this credential").into()),
-        Ok(Some(k)) if k.is_empty() && spends(settings) => {
+        Ok(Some(k)) if k.is_empty() && spends => {
             return Err(not_authenticated("no keys are stored for this credential").into());
         }
         Ok(Some(k)) => k,
     };
-    fleet::check_grant(&stored.data, &keys, spends(settings))?;
+    fleet::check_grant(&stored.data, &keys, spends)?;
     let timing = Timing::of(&settings.fleet);
 
     let refresh_first = keys.access_token().is_none()

@@ -7,13 +7,12 @@ use serde_json::{Map, Value};
 /// When this token set was obtained (Unix seconds), written by the guest on
 /// every merge: a rejection of a token minted moments ago is not expiry.
 pub const REFRESHED_AT: &str = "rekey_refreshed_at";
-/// When the API rejected this token set right after the refresh that obtained
-/// it (that refresh's own retry was rejected): evidence that another refresh
-/// cannot help, written by the guest, dropped by the next merge.
 /// The evidence that the API rejects even a freshly obtained token, per
-/// request: `{request key (see [`request_key`]): Unix seconds}`. Kept across
-/// refreshes (each entry for [`REJECTION_MEMORY`]), so every request that
-/// always answers 401 costs one refresh, whatever the others do.
+/// request: `{request key (see [`request_key`]): Unix seconds}`, written when
+/// a refresh's own resend is rejected. It belongs to the token set it was
+/// found with (the next merge drops it) and is carried over only by a renewal
+/// whose own resend is rejected too, so every request that always answers
+/// 401 costs one refresh, whatever the others do.
 pub const REJECTED: &str = "rekey_rejected";
 /// How long (seconds) an entry of [`REJECTED`] stops refreshes for its
 /// request, unless the token expires sooner: an API that always answers 401
@@ -102,7 +101,6 @@ impl Keys {
         number(self.0.get(REFRESHED_AT)?)
     }
 
-    /// When the API rejected this set right after it was obtained.
     /// When the API last rejected `request` (a [`request_key`]) right after
     /// a refresh, as stored.
     pub fn rejected_at(&self, request: &str) -> Option<u64> {
@@ -144,6 +142,8 @@ impl Keys {
         Keys(marked)
     }
 
+    /// True when the access token expires within `margin` seconds of `now`.
+    /// Unknown expiry counts as not expiring: the API's rejection will tell.
     pub fn expires_within(&self, now: u64, margin: u64) -> bool {
         self.expires_at()
             .is_some_and(|at| at <= now.saturating_add(margin))
@@ -175,6 +175,7 @@ impl Keys {
             .and_then(Value::as_str)
             .is_some_and(|t| !t.is_empty());
         for (k, v) in response {
+            // A null or empty refresh_token is "none sent", not "forget it".
             let unsent_refresh = k == "refresh_token" && v.as_str().is_none_or(str::is_empty);
             if unsent_refresh || DERIVED.contains(&k.as_str()) {
                 continue;
