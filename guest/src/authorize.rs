@@ -527,6 +527,7 @@ mod tests {
             scope: Some("openid offline_access".into()),
             auth_params: vec![("prompt".into(), "consent".into())],
             issuer: Some("https://idp.example".into()),
+            issuer_sends_iss: false,
         }
     }
 

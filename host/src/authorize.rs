@@ -211,6 +211,8 @@ fn authorization(settings: &Settings, redirect_uri: String) -> Authorization {
             .cloned()
             .collect(),
         issuer: settings.issuer.clone(),
+        // RFC 9207 metadata is not carried yet.
+        issuer_sends_iss: false,
     }
 }
 

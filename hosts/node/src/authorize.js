@@ -52,6 +52,7 @@ export function witAuthorization(s, redirectUri) {
     scope: scope ? scope[1] : optional('scope'),
     authParams: params.filter(([k]) => k !== 'scope'),
     issuer: optional('issuer'),
+    issuerSendsIss: false,
   };
 }
 

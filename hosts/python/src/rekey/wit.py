@@ -161,6 +161,7 @@ def authorization(
         scope=scope,
         auth_params=[(k, v) for k, v in params if k != "scope"],
         issuer=s.issuer,
+        issuer_sends_iss=False,
     )
 
 
