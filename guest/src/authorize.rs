@@ -170,6 +170,23 @@ fn plausible_code(code: &str) -> String {
     }
 }
 
+/// RFC 9207 §2.4: the redirect's `iss` names the issuer asked, and is there
+/// when the issuer says it sends it. An `iss` that cannot be checked is
+/// refused rather than ignored: it says which server answered, and only a
+/// configured issuer can tell a mix-up from the real one.
+fn check_issuer(auth: &Authorization, iss: Option<&str>) -> Result<(), AuthorizeError> {
+    match (iss, auth.issuer.as_deref()) {
+        (Some(_), None) => Err(invalid(
+            "the redirect names its issuer (RFC 9207 `iss`) but no issuer is configured to \
+             check it against: configure the issuer (rekey authorize --issuer, or `issuer` \
+             in the Node and Python APIs)",
+        )),
+        (Some(iss), Some(expected)) if iss != expected => Err(AuthorizeError::IssuerMismatch),
+        (None, Some(_)) if auth.issuer_sends_iss => Err(AuthorizeError::IssuerMismatch),
+        _ => Ok(()),
+    }
+}
+
 /// Checks the redirect and exchanges its code.
 pub fn finish(
     fx: &mut impl Effects,
@@ -200,11 +217,7 @@ pub fn finish(
     if repeated || !state.is_some_and(|s| same(&s, &pending.state)) {
         return Err(AuthorizeError::StateMismatch);
     }
-    if let (Some(iss), Some(expected)) = (iss.as_deref(), auth.issuer.as_deref())
-        && iss != expected
-    {
-        return Err(AuthorizeError::IssuerMismatch);
-    }
+    check_issuer(auth, iss.as_deref())?;
     match error.as_deref() {
         Some("access_denied") => return Err(AuthorizeError::AccessDenied),
         Some(e) => return Err(AuthorizeError::ProviderError(plausible_code(e))),
@@ -717,20 +730,123 @@ mod tests {
             assert_eq!(format!("{err:?}"), format!("{expected:?}"), "{q}");
             assert!(fx.sent.is_empty(), "{q}: nothing exchanged");
         }
-        // No issuer configured: `iss` is not checked; none sent: fine too.
+    }
+
+    /// Effects that fail the test on any use: `finish` decides on the
+    /// redirect before it sends, sleeps or reads the clock.
+    struct NoEffects;
+    impl testing::BytesHttp for NoEffects {
+        fn send_bytes(&mut self, _: Purpose, _: &Request) -> Result<Response, TransportError> {
+            panic!("a refused redirect sent a request")
+        }
+    }
+    impl Effects for NoEffects {
+        fn now_unix(&self) -> u64 {
+            panic!("a refused redirect read the clock")
+        }
+        fn sleep(&mut self, _: Duration) {
+            panic!("a refused redirect slept")
+        }
+    }
+
+    #[test]
+    fn a_wrong_state_of_the_right_length_is_refused_before_any_effect() {
+        let p = pending();
+        let s = settings(ClientAuth::ClientSecretBasic);
         let mut a = authorization();
+        a.issuer_sends_iss = true;
+        // Every position, flipped to another state character: the length
+        // check alone cannot refuse these.
+        for i in 0..p.state.len() {
+            let mut forged = p.state.clone().into_bytes();
+            forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+            let forged = String::from_utf8(forged).unwrap();
+            for q in [
+                format!("code=c&state={forged}&iss=https%3A%2F%2Fidp.example"),
+                format!("error=access_denied&state={forged}"),
+                format!("code=c&state={forged}&iss=https%3A%2F%2Fevil.example"),
+            ] {
+                let err = finish(&mut NoEffects, &s, &a, &p, &q).unwrap_err();
+                assert!(matches!(err, AuthorizeError::StateMismatch), "{q}: {err:?}");
+            }
+        }
+        // The state check comes before the issuer rules, whatever they say.
         a.issuer = None;
-        let mut fx = script([ok(200, TOKENS)]);
-        finish(&mut fx, &s, &a, &p, &format!("code=c&state={st}&iss=x")).unwrap();
-        let mut fx = script([ok(200, TOKENS)]);
-        finish(
-            &mut fx,
-            &s,
-            &authorization(),
-            &p,
-            &format!("code=c&state={st}"),
-        )
-        .unwrap();
+        let q = "code=c&state=AAAAAAAAAAAAAAAAAAAAAA&iss=x";
+        assert_eq!(p.state.len(), 22);
+        let err = finish(&mut NoEffects, &s, &a, &p, q).unwrap_err();
+        assert!(matches!(err, AuthorizeError::StateMismatch), "{err:?}");
+        assert!(same(&p.state, &p.state.clone()));
+    }
+
+    #[test]
+    fn rfc9207_iss_is_checked_after_the_state_and_before_the_exchange() {
+        let p = pending();
+        let s = settings(ClientAuth::ClientSecretBasic);
+        let st = &p.state;
+        let idp = "iss=https%3A%2F%2Fidp.example";
+        let with = |issuer: Option<&str>, sends: bool| Authorization {
+            issuer: issuer.map(Into::into),
+            issuer_sends_iss: sends,
+            ..authorization()
+        };
+        let known = Some("https://idp.example");
+        // Refused, nothing sent.
+        for (a, q, expect_settings) in [
+            // The issuer says it sends `iss`: one without it is not its.
+            (with(known, true), format!("code=c&state={st}"), false),
+            (
+                with(known, true),
+                format!("error=access_denied&state={st}"),
+                false,
+            ),
+            // Another issuer's `iss`, advertised or not.
+            (
+                with(known, false),
+                format!("code=c&state={st}&iss=https%3A%2F%2Fevil.example"),
+                false,
+            ),
+            (
+                with(known, true),
+                format!("code=c&state={st}&iss=https%3A%2F%2Fidp.example%2F"),
+                false,
+            ),
+            (
+                with(known, true),
+                format!("code=c&state={st}&{idp}&{idp}"),
+                false,
+            ),
+            // An `iss` nothing can check: configure the issuer.
+            (with(None, false), format!("code=c&state={st}&iss=x"), true),
+            (with(None, true), format!("code=c&state={st}&{idp}"), true),
+        ] {
+            let err = finish(&mut NoEffects, &s, &a, &p, &q).unwrap_err();
+            if expect_settings {
+                assert!(
+                    matches!(&err, AuthorizeError::InvalidSettings(m) if m.contains("--issuer")),
+                    "{q}: {err:?}"
+                );
+            } else if q.contains(&format!("{idp}&{idp}")) {
+                assert!(matches!(err, AuthorizeError::StateMismatch), "{q}: {err:?}");
+            } else {
+                assert!(
+                    matches!(err, AuthorizeError::IssuerMismatch),
+                    "{q}: {err:?}"
+                );
+            }
+        }
+        // Accepted: the issuer's own `iss`, or none when none is promised.
+        for (a, q) in [
+            (with(known, true), format!("code=c&state={st}&{idp}")),
+            (with(known, false), format!("code=c&state={st}&{idp}")),
+            (with(known, false), format!("code=c&state={st}")),
+            (with(None, true), format!("code=c&state={st}")),
+            (with(None, false), format!("code=c&state={st}")),
+        ] {
+            let mut fx = script([ok(200, TOKENS)]);
+            assert_eq!(finish(&mut fx, &s, &a, &p, &q).unwrap(), TOKENS, "{q}");
+            assert_eq!(fx.sent.len(), 1);
+        }
     }
 
     #[test]
