@@ -12,7 +12,9 @@ use crate::exports::rekey::oauth2::authorize::{
 };
 use crate::flow::is_loopback_authority;
 use crate::http::{self, Http, Request, Response};
-use crate::rekey::oauth2::types::{OauthError, Purpose, SendError, Settings, TransportError};
+use crate::rekey::oauth2::types::{
+    ClientAuth, OauthError, Purpose, SendError, Settings, TransportError,
+};
 use crate::token::{self, Outcome};
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -348,6 +350,17 @@ fn exchange(fx: &mut impl Effects, req: &Request) -> Result<String, AuthorizeErr
     unreachable!("the last attempt returns")
 }
 
+/// A device grant request: RFC 8628 §3.1 and §3.4 put `client_id` in the
+/// body even when the client authenticates with HTTP Basic, and some servers
+/// (django-oauth-toolkit) require it there.
+fn device_post(settings: &Settings, url: &str, fields: &[(&str, &str)]) -> Request {
+    let mut fields = fields.to_vec();
+    if settings.client_auth == ClientAuth::ClientSecretBasic && settings.client_secret.is_some() {
+        fields.push(("client_id", &settings.client_id));
+    }
+    token::form_post(settings, url, &fields)
+}
+
 /// Starts the device grant (RFC 8628 §3.1, §3.2).
 pub fn device_start(
     fx: &mut impl Effects,
@@ -360,7 +373,7 @@ pub fn device_start(
     if let Some(scope) = auth.scope.as_deref().filter(|s| !s.is_empty()) {
         fields.push(("scope", scope));
     }
-    let req = token::form_post(settings, url, &fields);
+    let req = device_post(settings, url, &fields);
     let body = exchange_device(fx, &req)?;
     parse_device_grant(&body)
 }
@@ -474,7 +487,7 @@ pub fn device_poll(
     } else {
         grant.interval
     };
-    let req = token::form_post(
+    let req = device_post(
         settings,
         &settings.token_url,
         &[
@@ -515,7 +528,6 @@ pub fn device_poll(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rekey::oauth2::types::ClientAuth;
     use crate::testing::{self, Script, ok, script, secs};
     use base64::Engine as _;
     use std::vec::Vec;
@@ -943,6 +955,27 @@ mod tests {
             device_start(&mut script([]), &settings(ClientAuth::ClientSecretPost), &a),
             Err(AuthorizeError::InvalidSettings(_))
         ));
+    }
+
+    #[test]
+    fn device_requests_name_the_client_in_the_body_with_basic_auth_too() {
+        let s = settings(ClientAuth::ClientSecretBasic);
+        let mut fx = script([ok(200, DEVICE), ok(200, TOKENS)]);
+        let g = device_start(&mut fx, &s, &authorization()).unwrap();
+        device_poll(&mut fx, &s, &g).unwrap();
+        for req in &fx.sent {
+            let f = form(req);
+            let ids: Vec<_> = f.iter().filter(|(k, _)| k == "client_id").collect();
+            assert_eq!(ids, [&("client_id".to_string(), "app id".to_string())]);
+            assert!(!f.iter().any(|(k, _)| k == "client_secret"));
+            assert!(req.headers.iter().any(|(k, _)| k == "authorization"));
+        }
+        // The code exchange keeps Basic alone (RFC 6749 §2.3.1).
+        let p = pending();
+        let mut fx = script([ok(200, TOKENS)]);
+        let q = format!("code=c&state={}", p.state);
+        finish(&mut fx, &s, &authorization(), &p, &q).unwrap();
+        assert!(!form(&fx.sent[0]).iter().any(|(k, _)| k == "client_id"));
     }
 
     const PENDING: &str = r#"{"error":"authorization_pending"}"#;
