@@ -170,19 +170,30 @@ fn rejected_before(keys: &Keys, now: u64, request: &str) -> bool {
 }
 
 fn validate(settings: &Settings) -> Result<(), SendError> {
+    check_settings(settings).map_err(SendError::InvalidSettings)
+}
+
+/// The rules `send` applies to the settings before anything is sent; the
+/// `check-settings` export runs exactly these, so hosts that check a
+/// credential when it is created never accept what `send` refuses.
+pub fn check_settings(settings: &Settings) -> Result<(), String> {
     // RFC 6749 §3.2: the refresh token and client secret need TLS.
-    origins::check_transport(&settings.token_url, "token URL")
-        .map_err(SendError::InvalidSettings)?;
+    origins::check_transport(&settings.token_url, "the token URL")?;
     if settings.client_id.is_empty() {
-        return Err(SendError::InvalidSettings("client id is empty".into()));
+        return Err("the client id is empty".into());
     }
     if !spends(settings) && settings.client_secret.is_none() {
-        return Err(SendError::InvalidSettings(
-            "the client-credentials grant needs a client secret".into(),
-        ));
+        return Err("the client-credentials grant needs a client secret".into());
     }
-    origins::check_patterns(&settings.api_origins).map_err(SendError::InvalidSettings)?;
-    Ok(())
+    binding(settings).check()
+}
+
+/// Where the settings let the access token go.
+fn binding(settings: &Settings) -> origins::Binding<'_> {
+    origins::Binding {
+        api: &settings.api_origins,
+        instance: &settings.instance_url_origins,
+    }
 }
 
 pub(crate) use crate::origins::is_loopback_authority;
@@ -203,11 +214,8 @@ fn send_with_token<F: Effects>(
     req: &Request<F::Body>,
     keys: &Keys,
 ) -> Result<Response<F::Body>, SendError> {
-    let instance = settings
-        .allow_instance_url
-        .then(|| keys.str_field("instance_url"))
-        .flatten();
-    origins::check_api_url(&req.url, &settings.api_origins, instance)
+    binding(settings)
+        .check_api_url(&req.url, keys.str_field("instance_url"))
         .map_err(SendError::InvalidSettings)?;
     let token = keys
         .access_token()
@@ -1336,8 +1344,14 @@ mod tests {
         for (url, ok) in [
             ("https://idp.example/token", true),
             ("http://127.0.0.1:8080/token", true),
-            ("http://localhost/token", true),
+            // A name is not an address: what `localhost` resolves to is
+            // the machine's configuration (issue 20).
+            ("http://localhost/token", false),
+            ("http://LOCALHOST:8080/token", false),
             ("http://[::1]:9/token", true),
+            ("https://user@idp.example/token", false),
+            ("http://x@127.0.0.1/token", false),
+            ("https://idp.example\t/token", false),
             ("http://idp.example/token", false),
             ("http://127.0.0.1.evil.example/token", false),
             ("http://user@idp.example/token?x=127.0.0.1", false),

@@ -155,6 +155,10 @@ impl Guest for Component {
                 }
             })
     }
+
+    fn check_settings(settings: Settings) -> Result<(), String> {
+        flow::check_settings(&settings)
+    }
 }
 
 impl exports::rekey::oauth2::authorize::Guest for Component {

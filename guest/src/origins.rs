@@ -17,7 +17,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 /// A URL's scheme, host (lower case, IPv6 without brackets) and port.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
     pub https: bool,
     pub host: String,
@@ -62,9 +62,11 @@ impl Origin {
             Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
             Some(_) => return None,
         };
-        // A trailing dot is kept: `localhost.` is a DNS name, not loopback.
+        // An empty label (`a..example.com`, or the trailing dot of
+        // `localhost.`) is a name resolvers and pattern matchers read
+        // differently: refused.
         let host = host.to_ascii_lowercase();
-        if host.is_empty() {
+        if host.is_empty() || (!host.contains(':') && host.split('.').any(str::is_empty)) {
             return None;
         }
         Some(Origin { https, host, port })
@@ -73,13 +75,27 @@ impl Origin {
     /// Whether the host is a loopback address written as one (`127.x.y.z`
     /// in plain decimal, `::1`), or `localhost`.
     pub fn is_loopback(&self) -> bool {
+        self.is_literal_loopback() || self.host == "localhost"
+    }
+
+    /// Whether the host is a loopback address written as one: `127.x.y.z` in
+    /// plain decimal, or `::1`. A name (`localhost`) is not: what it
+    /// resolves to is up to the machine's configuration.
+    pub fn is_literal_loopback(&self) -> bool {
         let octets: Vec<&str> = self.host.split('.').collect();
         let ipv4 = octets.len() == 4
             && octets[0] == "127"
             && octets
                 .iter()
                 .all(|o| !o.is_empty() && o.len() <= 3 && o.bytes().all(|b| b.is_ascii_digit()));
-        ipv4 || self.host == "::1" || self.host == "localhost"
+        ipv4 || self.host == "::1"
+    }
+
+    /// Whether the host is an IP address (IPv6, or four decimal labels).
+    fn is_ip(&self) -> bool {
+        self.host.contains(':')
+            || (self.host.split('.').count() == 4
+                && self.host.bytes().all(|b| b == b'.' || b.is_ascii_digit()))
     }
 }
 
@@ -94,19 +110,34 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
-/// Refuses a URL that would carry a secret in clear text or that no parser
-/// reads the same way.
+/// Refuses a URL that would carry a secret in clear text, to someone named in
+/// its user information, or that no parser reads the same way.
 pub fn check_transport(url: &str, what: &str) -> Result<Origin, String> {
     let origin = Origin::of(url).ok_or_else(|| {
-        format!("{what} is not an absolute http(s) URL with a plain host (no %, \\ or spaces)")
+        format!(
+            "{what} is not an absolute http(s) URL with a plain host (no %, \\, spaces or empty labels)"
+        )
     })?;
-    if !origin.https && !origin.is_loopback() {
+    if authority(url).contains('@') {
+        return Err(format!("{what} must not carry user information (user@)"));
+    }
+    if !origin.https && !origin.is_literal_loopback() {
         return Err(format!(
-            "{what} must be https:// (http:// only on loopback): the token would travel in clear text"
+            "{what} must be https:// (http:// only on a loopback address such as 127.0.0.1 or [::1]): \
+             the token would travel in clear text"
         ));
     }
     Ok(origin)
 }
+
+/// What follows the scheme, up to the path, query or fragment.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    rest.split(['/', '?', '#']).next().unwrap_or("")
+}
+
+/// The explicit "any origin" entry of `api-origins`.
+pub const ANY: &str = "*";
 
 /// One API origin pattern.
 struct Pattern {
@@ -115,12 +146,12 @@ struct Pattern {
 }
 
 impl Pattern {
-    fn parse(text: &str) -> Result<Pattern, String> {
+    fn parse(text: &str, what: &str) -> Result<Pattern, String> {
         let (wildcard, candidate) = match text.split_once("://*.") {
             Some((scheme, rest)) => (true, format!("{scheme}://{rest}")),
             None => (false, text.to_string()),
         };
-        let bad = |why: &str| format!("API origin {text:?} {why}");
+        let bad = |why: &str| format!("{what} {text:?} {why}");
         let after_scheme = candidate.split_once("://").map_or("", |(_, r)| r);
         let path = after_scheme
             .find(['/', '?', '#'])
@@ -131,15 +162,21 @@ impl Pattern {
         if after_scheme.contains('@') {
             return Err(bad("must not carry user information"));
         }
-        let origin = Origin::of(&candidate)
-            .ok_or_else(|| bad("is not an origin like https://api.example.com"))?;
-        if !origin.https && (wildcard || !origin.is_loopback()) {
+        let origin = Origin::of(&candidate).ok_or_else(|| {
+            bad("is not an origin like https://api.example.com (no empty labels, %, \\ or spaces)")
+        })?;
+        if !origin.https && (wildcard || !origin.is_literal_loopback()) {
             return Err(bad(
-                "uses plain http:// off loopback: the token would travel in clear text",
+                "uses plain http:// off a loopback address: the token would travel in clear text",
             ));
         }
-        if wildcard && !origin.host.contains('.') {
-            return Err(bad("has a wildcard over a top-level domain"));
+        // `*.com` would match every site under a top-level domain; public
+        // suffixes such as `co.uk` need a list the guest cannot carry (hosts
+        // with one refuse them at add/set).
+        if wildcard && (origin.host.split('.').count() < 2 || origin.is_ip()) {
+            return Err(bad(
+                "has a wildcard over fewer than two labels (e.g. https://*.com): it would match unrelated sites",
+            ));
         }
         Ok(Pattern { origin, wildcard })
     }
@@ -157,50 +194,116 @@ impl Pattern {
     }
 }
 
-/// Checks the settings' API origins (so a typo fails every call the same way).
-pub fn check_patterns(patterns: &[String]) -> Result<(), String> {
-    patterns
-        .iter()
-        .try_for_each(|p| Pattern::parse(p).map(drop))
+/// Where a credential's access token may go.
+pub struct Binding<'a> {
+    /// `api-origins`: patterns, or the single entry [`ANY`].
+    pub api: &'a [String],
+    /// `instance-url-origins`: what the token set's `instance_url` must match.
+    pub instance: &'a [String],
 }
 
-/// Whether the access token may go to `url`: a safe transport, and one of the
-/// patterns or the instance origin when there are any.
-pub fn check_api_url(
-    url: &str,
-    patterns: &[String],
-    instance_url: Option<&str>,
-) -> Result<(), String> {
-    let target = check_transport(url, "the request URL")?;
-    let instance = instance_url.and_then(Origin::of).filter(|o| o.https);
-    if patterns.is_empty() && instance.is_none() {
-        return Ok(());
-    }
-    let allowed = patterns
-        .iter()
-        .filter_map(|p| Pattern::parse(p).ok())
-        .any(|p| p.matches(&target))
-        || instance.is_some_and(|i| i == target);
-    if allowed {
+impl Binding<'_> {
+    /// Checks every pattern, and that the credential is bound (or says `*`),
+    /// so a typo or an unbound credential fails every call the same way.
+    pub fn check(&self) -> Result<(), String> {
+        if self.api.iter().any(|p| p == ANY) {
+            if self.api.len() > 1 {
+                return Err(format!(
+                    "API origin {ANY:?} (any origin) must be the only one, not one of several"
+                ));
+            }
+        } else {
+            self.api
+                .iter()
+                .try_for_each(|p| Pattern::parse(p, "API origin").map(drop))?;
+        }
+        self.instance
+            .iter()
+            .try_for_each(|p| Pattern::parse(p, "instance URL origin").map(drop))?;
         Ok(())
-    } else {
-        Err(format!(
-            "{}://{}:{} is not one of the credential's API origins, so its token is not sent there",
-            if target.https { "https" } else { "http" },
-            target.host,
-            target.port
-        ))
+    }
+
+    /// Refuses an unbound credential: a token is bound before it is used.
+    pub fn require_bound(&self) -> Result<(), String> {
+        if self.api.is_empty() && self.instance.is_empty() {
+            return Err(UNBOUND.into());
+        }
+        Ok(())
+    }
+
+    /// The origin of `instance_url` when it may be used: a safe transport
+    /// matching one of the instance patterns. Otherwise none: an
+    /// `instance_url` never unbinds or widens anything.
+    pub fn instance_origin(&self, instance_url: Option<&str>) -> Option<Origin> {
+        let origin = check_transport(instance_url?, "instance_url").ok()?;
+        self.instance
+            .iter()
+            .filter_map(|p| Pattern::parse(p, "").ok())
+            .any(|p| p.matches(&origin))
+            .then_some(origin)
+    }
+
+    /// Whether the access token may go to `url`: a safe transport, and one of
+    /// the API patterns (any, for `*`), or the adopted `instance_url` origin.
+    pub fn check_api_url(&self, url: &str, instance_url: Option<&str>) -> Result<(), String> {
+        let target = check_transport(url, "the request URL")?;
+        // TRANSITIONAL (contract step): unbound settings still send anywhere
+        // until every host's fixtures bind their credentials.
+        if self.api.is_empty() && self.instance.is_empty() {
+            return Ok(());
+        }
+        if self.api.len() == 1 && self.api[0] == ANY {
+            return Ok(());
+        }
+        let allowed = self
+            .api
+            .iter()
+            .filter_map(|p| Pattern::parse(p, "").ok())
+            .any(|p| p.matches(&target))
+            || self.instance_origin(instance_url).as_ref() == Some(&target);
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}://{}:{} is not one of the credential's API origins, so its token is not sent there",
+                if target.https { "https" } else { "http" },
+                target.host,
+                target.port
+            ))
+        }
     }
 }
+
+/// Why unbound settings are refused, and how to bind them.
+pub const UNBOUND: &str = "the credential is not bound to API origins, so its token could go anywhere: \
+     bind it (rekey: `rekey credential set NAME --api-origin https://api.example.com`; Node: \
+     `apiOrigins`; Python: `api_origins`), or allow any https origin explicitly with `*` \
+     (rekey: `--any-api-origin`)";
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::vec;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
 
     fn allowed(patterns: &[&str], url: &str) -> bool {
-        let p: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
-        check_api_url(url, &p, None).is_ok()
+        let api = strings(patterns);
+        Binding {
+            api: &api,
+            instance: &[],
+        }
+        .check_api_url(url, None)
+        .is_ok()
+    }
+
+    fn check_patterns(patterns: &[String]) -> Result<(), String> {
+        Binding {
+            api: patterns,
+            instance: &[],
+        }
+        .check()
     }
 
     #[test]
@@ -261,11 +364,25 @@ mod tests {
 
     #[test]
     fn an_instance_url_adds_its_https_origin_only() {
-        let p = vec!["https://login.salesforce.com".to_string()];
+        let api = strings(&["https://login.salesforce.com"]);
+        let instance = strings(&["https://*.my.salesforce.com"]);
+        let b = Binding {
+            api: &api,
+            instance: &instance,
+        };
         let i = Some("https://eu42.my.salesforce.com");
-        assert!(check_api_url("https://eu42.my.salesforce.com/services/data", &p, i).is_ok());
-        assert!(check_api_url("https://eu43.my.salesforce.com/", &p, i).is_err());
-        assert!(check_api_url("http://127.0.0.2/steal", &p, Some("http://127.0.0.2")).is_err());
+        assert!(
+            b.check_api_url("https://eu42.my.salesforce.com/services/data", i)
+                .is_ok()
+        );
+        assert!(
+            b.check_api_url("https://eu43.my.salesforce.com/", i)
+                .is_err()
+        );
+        assert!(
+            b.check_api_url("http://127.0.0.2/steal", Some("http://127.0.0.2"))
+                .is_err()
+        );
     }
 
     /// The guest may refuse more than the Rust host's parser, never accept a

@@ -221,7 +221,7 @@ pub fn settings() -> Settings {
         strategy: Strategy::OnAuthFailure,
         rejected_statuses: vec![],
         api_origins: vec![],
-        allow_instance_url: false,
+        instance_url_origins: vec![],
         fleet: FleetTiming {
             lease_ttl_ms: 0,
             lease_wait_ms: 0,

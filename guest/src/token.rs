@@ -230,7 +230,7 @@ mod tests {
         Settings {
             grant: crate::rekey::oauth2::types::Grant::RefreshToken,
             api_origins: vec![],
-            allow_instance_url: false,
+            instance_url_origins: vec![],
             fleet: crate::testing::settings().fleet,
             token_url: "http://127.0.0.1:1/token".into(),
             client_id: "app id".into(),

@@ -13,7 +13,7 @@ use crate::body::{self, Body};
 use crate::error::{Error, describe_transport};
 use crate::http::HttpClient;
 use crate::observe::{Event, Exchange, Observer, loggable_url};
-use crate::origins::{self, Pattern};
+use crate::origins;
 use crate::store::{self, Credential, KeyStore, Record, StoreError, call_store};
 use crate::token_set::TokenSet;
 use std::sync::Arc;
@@ -55,36 +55,26 @@ pub(crate) struct CallState {
 
 /// The API origins a credential's token may be sent to, parsed once per call.
 #[derive(Default)]
-pub(crate) struct Destinations {
-    patterns: Vec<Pattern>,
-    instance: Option<url::Url>,
-}
+pub(crate) struct Destinations(origins::Binding);
 
 impl Destinations {
-    /// From the credential's settings and, if allowed, its token set's
-    /// `instance_url`.
+    /// From the credential's settings and its token set's `instance_url`
+    /// (adopted only when it matches an instance pattern).
     pub(crate) fn of(c: &Credential) -> Result<Destinations, Error> {
-        let patterns = c
-            .settings
-            .api_origins
-            .iter()
-            .map(|o| Pattern::parse(o))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Error::InvalidSettings)?;
-        let instance = c
-            .settings
-            .allow_instance_url
-            .then(|| c.keys.as_ref().and_then(TokenSet::instance_url))
-            .flatten()
-            .and_then(|u| url::Url::parse(&u).ok())
-            .filter(|u| u.scheme() == "https");
-        Ok(Destinations { patterns, instance })
+        let instance = c.keys.as_ref().and_then(TokenSet::instance_url);
+        origins::Binding::new(
+            &c.settings.api_origins,
+            &c.settings.instance_url_origins,
+            instance.as_deref(),
+        )
+        .map(Destinations)
+        .map_err(Error::InvalidSettings)
     }
 
     /// Refuses a URL the token may not go to, naming what is allowed. The
     /// URL is the one parsed for sending (`http::parse_url`).
     pub(crate) fn check(&self, parsed: &url::Url, credential: &str) -> Result<(), Error> {
-        if origins::allows(&self.patterns, self.instance.as_ref(), parsed) {
+        if self.0.allows(parsed) {
             return Ok(());
         }
         Err(Error::InvalidRequest(format!(

@@ -1,11 +1,17 @@
 //! Where a credential's bearer token may go: the API origins it is bound to.
-//! The host checks every API request against them before anything leaves (the
-//! guest decides *when* to send; the host, the sandbox's boundary, decides
-//! *where*). Patterns are origins, `https://api.example.com[:port]`, or one
-//! leading wildcard label, `https://*.example.com`, which matches subdomains
-//! (not the bare domain).
+//! The guest decides this for every request; the host, the sandbox's
+//! boundary, checks every API request again before anything leaves, as the
+//! URL parser that sends it reads the URL. Patterns are origins,
+//! `https://api.example.com[:port]`, or one leading wildcard label,
+//! `https://*.example.com`, which matches subdomains (not the bare domain);
+//! the single entry `*` allows any origin, said explicitly. A token set's
+//! `instance_url` adds exactly its own origin when it matches one of the
+//! credential's instance patterns.
 
 use url::Url;
+
+/// The explicit "any origin" entry of `api_origins`.
+pub const ANY: &str = "*";
 
 /// A parsed origin pattern.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,7 +35,7 @@ impl Pattern {
             return bad("is not an origin like https://api.example.com");
         };
         if !matches!(url.scheme(), "https" | "http") {
-            return bad("must be https:// (or http:// on loopback)");
+            return bad("must be https:// (or http:// on a loopback address)");
         }
         if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
             return bad("must be an origin, without path, query or fragment");
@@ -40,8 +46,18 @@ impl Pattern {
         let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
             return bad("has no host");
         };
+        if host.split('.').any(str::is_empty) {
+            return bad("has an empty label");
+        }
         if url.scheme() == "http" && (wildcard || !crate::http::is_loopback(&url)) {
             return bad("uses plain http:// off loopback: the token would travel in clear text");
+        }
+        if wildcard
+            && (host.split('.').count() < 2 || !matches!(url.host(), Some(url::Host::Domain(_))))
+        {
+            return bad(
+                "has a wildcard over fewer than two labels (e.g. https://*.com): it would match unrelated sites",
+            );
         }
         Ok(Pattern {
             scheme: url.scheme().to_owned(),
@@ -57,7 +73,8 @@ impl Pattern {
         };
         let host_ok = if self.wildcard {
             host.strip_suffix(self.host.as_str())
-                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
+                .and_then(|sub| sub.strip_suffix('.'))
+                .is_some_and(|sub| !sub.is_empty() && sub.split('.').all(|l| !l.is_empty()))
         } else {
             host == self.host
         };
@@ -65,31 +82,87 @@ impl Pattern {
     }
 }
 
-/// Whether `url` may receive the credential's token: it matches one of the
-/// patterns, or the extra origin (a token set's `instance_url`). No patterns
-/// and no extra origin: not bound, anything goes (the http rules still hold).
-pub(crate) fn allows(patterns: &[Pattern], extra: Option<&Url>, url: &Url) -> bool {
-    if patterns.is_empty() && extra.is_none() {
-        return true;
+/// Where one credential's token may go, parsed once per call.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Binding {
+    /// `api_origins` was `*`.
+    any: bool,
+    patterns: Vec<Pattern>,
+    /// The token set's `instance_url`, adopted (it matched an instance pattern).
+    instance: Option<Url>,
+}
+
+impl Binding {
+    /// From the settings' patterns and the stored token set's `instance_url`.
+    pub(crate) fn new(
+        api_origins: &[String],
+        instance_patterns: &[String],
+        instance_url: Option<&str>,
+    ) -> Result<Binding, String> {
+        let any = api_origins.len() == 1 && api_origins[0] == ANY;
+        let patterns = if any {
+            Vec::new()
+        } else {
+            parse_all(api_origins)?
+        };
+        let instance_patterns = parse_all(instance_patterns)?;
+        let instance = instance_url
+            .and_then(|u| Url::parse(u).ok())
+            .filter(|u| {
+                (u.scheme() == "https" || (u.scheme() == "http" && is_literal_loopback(u)))
+                    && u.username().is_empty()
+                    && u.password().is_none()
+            })
+            .filter(|u| instance_patterns.iter().any(|p| p.matches(u)));
+        Ok(Binding {
+            any,
+            patterns,
+            instance,
+        })
     }
-    let same_origin = |o: &Url| {
-        o.scheme() == url.scheme()
-            && o.host_str() == url.host_str()
-            && o.port_or_known_default() == url.port_or_known_default()
-    };
-    patterns.iter().any(|p| p.matches(url)) || extra.is_some_and(same_origin)
+
+    /// Whether `url` may receive the credential's token.
+    pub(crate) fn allows(&self, url: &Url) -> bool {
+        // TRANSITIONAL (contract step): unbound settings still send anywhere
+        // until every fixture binds its credential.
+        if self.any || (self.patterns.is_empty() && self.instance.is_none()) {
+            return true;
+        }
+        let same_origin = |o: &Url| {
+            o.scheme() == url.scheme()
+                && o.host_str() == url.host_str()
+                && o.port_or_known_default() == url.port_or_known_default()
+        };
+        self.patterns.iter().any(|p| p.matches(url))
+            || self.instance.as_ref().is_some_and(same_origin)
+    }
+}
+
+fn parse_all(patterns: &[String]) -> Result<Vec<Pattern>, String> {
+    patterns.iter().map(|p| Pattern::parse(p)).collect()
+}
+
+/// A loopback address written as one (a name such as `localhost` is not).
+pub(crate) fn is_literal_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
     fn allowed(patterns: &[&str], url: &str) -> bool {
-        let patterns: Vec<Pattern> = patterns
-            .iter()
-            .map(|p| Pattern::parse(p).unwrap())
-            .collect();
-        allows(&patterns, None, &Url::parse(url).unwrap())
+        Binding::new(&strings(patterns), &[], None)
+            .unwrap()
+            .allows(&Url::parse(url).unwrap())
     }
 
     #[test]
@@ -129,23 +202,26 @@ mod tests {
     }
 
     #[test]
-    fn an_instance_url_adds_its_origin() {
-        let instance = Url::parse("https://eu42.my.salesforce.com/").unwrap();
-        let p = vec![Pattern::parse("https://login.salesforce.com").unwrap()];
-        assert!(allows(
-            &p,
-            Some(&instance),
-            &Url::parse("https://eu42.my.salesforce.com/services/data").unwrap()
-        ));
-        assert!(!allows(
-            &p,
-            Some(&instance),
-            &Url::parse("https://eu43.my.salesforce.com/").unwrap()
-        ));
-        assert!(allows(
-            &[],
-            None,
-            &Url::parse("https://anywhere.example/").unwrap()
-        ));
+    fn an_instance_url_adds_its_origin_when_it_matches_an_instance_pattern() {
+        let api = strings(&["https://login.salesforce.com"]);
+        let sf = strings(&["https://*.my.salesforce.com"]);
+        let to = |url: &str| Url::parse(url).unwrap();
+        let b = Binding::new(&api, &sf, Some("https://eu42.my.salesforce.com")).unwrap();
+        assert!(b.allows(&to("https://eu42.my.salesforce.com/services/data")));
+        assert!(!b.allows(&to("https://eu43.my.salesforce.com/")));
+        // Not matching, or not https: ignored, never widens.
+        for instance in [
+            "https://evil.example",
+            "http://eu42.my.salesforce.com",
+            "not a URL",
+        ] {
+            let b = Binding::new(&api, &sf, Some(instance)).unwrap();
+            if let Ok(url) = Url::parse(instance) {
+                assert!(!b.allows(&url), "{instance}");
+            }
+            assert!(b.allows(&to("https://login.salesforce.com/x")));
+        }
+        let any = Binding::new(&strings(&["*"]), &[], None).unwrap();
+        assert!(any.allows(&to("https://anywhere.example/")));
     }
 }

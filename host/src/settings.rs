@@ -106,14 +106,20 @@ pub struct Settings {
     /// must name it when present (RFC 9207).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// The issuer advertises `authorization_response_iss_parameter_supported`
+    /// (RFC 9207 §3; set by discovery): a redirect without `iss` is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub issuer_sends_iss: bool,
     /// The origins the access token may be sent to (`https://api.example.com`,
-    /// `https://*.example.com` for subdomains). Empty: not bound.
+    /// `https://*.example.com` for subdomains), or the single entry `*`: any
+    /// origin, said explicitly. Empty: not bound, and `send` refuses it.
     #[serde(default)]
     pub api_origins: Vec<String>,
-    /// Also the origin of the token set's `instance_url` (Salesforce hands
-    /// out one per org).
+    /// Patterns the token set's `instance_url` must match to add its origin
+    /// (Salesforce hands out one per org: `https://*.my.salesforce.com`).
+    /// Empty: `instance_url` is never used.
     #[serde(default)]
-    pub allow_instance_url: bool,
+    pub instance_url_origins: Vec<String>,
 }
 
 fn is_refresh_token(g: &Grant) -> bool {
@@ -138,8 +144,9 @@ impl Settings {
             device_url: None,
             auth_params: Vec::new(),
             issuer: None,
+            issuer_sends_iss: false,
             api_origins: Vec::new(),
-            allow_instance_url: false,
+            instance_url_origins: Vec::new(),
         }
     }
 
@@ -198,9 +205,7 @@ impl Settings {
                 "the extra parameter {k:?} would override what the refresh request sets itself"
             ));
         }
-        for origin in &self.api_origins {
-            crate::origins::Pattern::parse(origin)?;
-        }
+        crate::origins::Binding::new(&self.api_origins, &self.instance_url_origins, None)?;
         for (what, url) in [
             ("authorization URL", &self.authorization_url),
             ("device authorization URL", &self.device_url),
@@ -217,6 +222,24 @@ impl Settings {
             return Err("a \"token rejected\" status must be a 4xx or 5xx".into());
         }
         Ok(())
+    }
+
+    /// Settings as a store holds them in JSON, older formats included: a
+    /// record of contract 0.3 before bound-by-default said
+    /// `allow_instance_url: true`, which now means "the instance URL may be
+    /// any of the API origins" (so with no API origins the credential is
+    /// unbound, and `send` says how to bind it: nothing is lost).
+    pub fn from_stored_json(json: &str) -> Result<Settings, serde_json::Error> {
+        let mut v: serde_json::Value = serde_json::from_str(json)?;
+        if let Some(map) = v.as_object_mut()
+            && let Some(allow) = map.remove("allow_instance_url")
+            && allow == serde_json::Value::Bool(true)
+            && !map.contains_key("instance_url_origins")
+        {
+            let origins = map.get("api_origins").cloned().unwrap_or_default();
+            map.insert("instance_url_origins".into(), origins);
+        }
+        serde_json::from_value(v)
     }
 
     /// The WIT settings for one call, with an environment secret resolved now.
@@ -249,7 +272,7 @@ impl Settings {
             },
             rejected_statuses: self.rejected_statuses.clone(),
             api_origins: self.api_origins.clone(),
-            allow_instance_url: self.allow_instance_url,
+            instance_url_origins: self.instance_url_origins.clone(),
             // The runtime sets the fleet's timing from its `Config`.
             fleet: wit::FleetTiming {
                 lease_ttl_ms: 0,

@@ -41,8 +41,12 @@ export interface Settings {
    * this host before anything is sent.
    */
   apiOrigins?: string[];
-  /** Also the https origin of the token set's `instance_url` (Salesforce). */
-  allowInstanceUrl?: boolean;
+  /**
+   * Patterns (the syntax of `apiOrigins`) the token set's `instance_url` must
+   * match for its origin to receive the token too (Salesforce:
+   * `['https://*.my.salesforce.com']`). An `instance_url` matching none is ignored.
+   */
+  instanceUrlOrigins?: string[];
   /** The fleet protocol's timing; 0 or unset: the defaults. */
   fleet?: {
     /** A lease not renewed for this long is free for others (default 40 000; above the HTTP total timeout). */

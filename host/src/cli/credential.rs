@@ -142,9 +142,15 @@ struct SettingsArgs {
     /// With `set`: unbind the credential from its API origins.
     #[arg(long, conflicts_with = "api_origins")]
     any_api_origin: bool,
-    /// Also allow the origin of the token set's `instance_url` (Salesforce).
-    #[arg(long)]
-    allow_instance_url: Option<bool>,
+    /// A pattern (the syntax of --api-origin) the token set's `instance_url`
+    /// must match for its origin to receive the token too (Salesforce:
+    /// https://*.my.salesforce.com); repeatable; given at all, they replace
+    /// the stored ones. An `instance_url` that matches none is ignored.
+    #[arg(long = "instance-url-origin")]
+    instance_url_origins: Vec<String>,
+    /// With `set`: never use the token set's `instance_url`.
+    #[arg(long, conflicts_with = "instance_url_origins")]
+    no_instance_url: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -374,8 +380,10 @@ impl SettingsArgs {
         } else if !self.api_origins.is_empty() {
             s.api_origins = self.api_origins;
         }
-        if let Some(allow) = self.allow_instance_url {
-            s.allow_instance_url = allow;
+        if self.no_instance_url {
+            s.instance_url_origins.clear();
+        } else if !self.instance_url_origins.is_empty() {
+            s.instance_url_origins = self.instance_url_origins;
         }
         s.check().map_err(bad)
     }
@@ -461,7 +469,7 @@ fn describe(c: &rekey::Credential) -> serde_json::Value {
             "expiry_margin_secs": s.expiry_margin_secs,
             "rejected_statuses": s.rejected_statuses,
             "api_origins": if s.api_origins.is_empty() { json!("any (not bound)") } else { json!(s.api_origins) },
-            "allow_instance_url": s.allow_instance_url,
+            "instance_url_origins": s.instance_url_origins,
         },
         "keys": c.keys.as_ref().map(TokenSet::redacted),
     })

@@ -46,7 +46,7 @@ impl Columns {
             name: name.clone(),
             reason,
         };
-        let settings: Settings = serde_json::from_str(&self.settings)
+        let settings = Settings::from_stored_json(&self.settings)
             .map_err(|e| corrupt(format!("settings: {}", json_position(&e))))?;
         let version = u64::try_from(self.version)
             .map_err(|_| corrupt(format!("negative version {}", self.version)))?;

@@ -4,10 +4,11 @@
 // more, never send a token elsewhere.
 //  - any plain http:// must be on a loopback address;
 //  - purpose `token-endpoint`: exactly the settings' token URL;
-//  - purpose `api`: within the credential's API origins when it has any
+//  - purpose `api`: within the credential's API origins
 //    (`https://api.example.com[:port]`, `https://*.example.com` for any
-//    subdomain, never the bare domain), or the token set's `instance_url`
-//    origin when the settings allow it.
+//    subdomain, never the bare domain; `*` alone: any origin, said
+//    explicitly), or the token set's `instance_url` origin when it matches one
+//    of the credential's instance patterns.
 
 /** Whether a WHATWG hostname is a loopback address (127.0.0.0/8, ::1) or `localhost`. */
 export function isLoopback(hostname) {
@@ -40,7 +41,8 @@ function parsePattern(text) {
   if (!origin) return undefined;
   const wildcard = m[2] !== undefined;
   if (!origin.https && (wildcard || !isLoopback(origin.host))) return undefined;
-  if (wildcard && !origin.host.includes('.')) return undefined;
+  if (origin.host.split('.').some((label) => label === '')) return undefined;
+  if (wildcard && (!origin.host.includes('.') || origin.host.includes(':') || /^[\d.]+$/.test(origin.host))) return undefined;
   return { origin, wildcard };
 }
 
@@ -52,13 +54,38 @@ function matches({ origin, wildcard }, target) {
   return sub !== '' && sub.split('.').every((label) => label !== '');
 }
 
+/** Whether a WHATWG hostname is a loopback address written as one (a name such as `localhost` is not). */
+export function isLiteralLoopback(hostname) {
+  const h = hostname.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+/**
+ * The origin of the token set's `instance_url` when it may receive the token:
+ * https (or http on a literal loopback address), no user information, and
+ * matching one of `patterns`. Otherwise undefined: it never unbinds or widens.
+ */
+export function adoptedInstance(instanceUrl, patterns = []) {
+  if (typeof instanceUrl !== 'string' || patterns.length === 0) return undefined;
+  let u;
+  try {
+    u = new URL(instanceUrl);
+  } catch {
+    return undefined;
+  }
+  if (u.username !== '' || u.password !== '') return undefined;
+  const origin = originOf(instanceUrl);
+  if (!origin || (!origin.https && !isLiteralLoopback(origin.host))) return undefined;
+  return patterns.map(parsePattern).some((p) => p && matches(p, origin)) ? origin : undefined;
+}
+
 /**
  * Why `http-send` must refuse this request, or undefined when it may go.
  * @param {'api'|'token-endpoint'|'device-endpoint'} purpose
  * @param {string} url
- * @param {{tokenUrl: string, apiOrigins?: string[], instanceUrl?: string}} rules
+ * @param {{tokenUrl: string, apiOrigins?: string[], instanceUrlOrigins?: string[], instanceUrl?: string}} rules
  */
-export function refusal(purpose, url, { tokenUrl, apiOrigins = [], instanceUrl }) {
+export function refusal(purpose, url, { tokenUrl, apiOrigins = [], instanceUrlOrigins = [], instanceUrl }) {
   const target = originOf(url);
   if (!target) return undefined; // http.send reports the invalid URL; nothing is sent
   if (!target.https && !isLoopback(target.host)) {
@@ -68,11 +95,13 @@ export function refusal(purpose, url, { tokenUrl, apiOrigins = [], instanceUrl }
     return "a token-endpoint request goes to the settings' token URL only";
   }
   if (purpose !== 'api') return undefined;
-  const instance = instanceUrl === undefined ? undefined : originOf(instanceUrl);
-  const patterns = apiOrigins.map(parsePattern).filter(Boolean);
-  if (apiOrigins.length === 0 && !instance?.https) return undefined;
-  const allowed = patterns.some((p) => matches(p, target))
-    || (instance?.https === true && instance.host === target.host && instance.port === target.port && target.https);
+  if (apiOrigins.length === 1 && apiOrigins[0] === '*') return undefined;
+  const instance = adoptedInstance(instanceUrl, instanceUrlOrigins);
+  // TRANSITIONAL (contract step): unbound settings still send anywhere until
+  // every fixture binds its credential.
+  if (apiOrigins.length === 0 && instance === undefined) return undefined;
+  const allowed = apiOrigins.map(parsePattern).some((p) => p && matches(p, target))
+    || (instance !== undefined && instance.https === target.https && instance.host === target.host && instance.port === target.port);
   return allowed ? undefined : "the URL is not one of the credential's API origins";
 }
 

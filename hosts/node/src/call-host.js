@@ -24,7 +24,7 @@ export class CallHost {
    * @param {string} [o.credential]  the credential's name, for events
    * @param {string} [o.record]  the record's name in `store`
    * @param {{read: Function, write: Function}} [o.store]  none: an authorize call (no record)
-   * @param {{tokenUrl: string, apiOrigins: string[], allowInstanceUrl: boolean}} o.settings  the WIT settings
+   * @param {{tokenUrl: string, apiOrigins: string[], instanceUrlOrigins: string[]}} o.settings  the WIT settings
    * @param {import('./http.js').HttpClient} o.http
    * @param {number} o.deadline  epoch ms after which no refresh token is spent
    * @param {(event: object) => void} [o.onEvent]
@@ -45,7 +45,8 @@ export class CallHost {
     const why = refusal(kind, req.url, {
       tokenUrl: this.settings.tokenUrl,
       apiOrigins: this.settings.apiOrigins ?? [],
-      instanceUrl: this.settings.allowInstanceUrl ? this.#instanceUrl : undefined,
+      instanceUrlOrigins: this.settings.instanceUrlOrigins ?? [],
+      instanceUrl: this.#instanceUrl,
     }) ?? (kind === 'token-endpoint' ? this.#tooLate() : undefined);
     if (why) {
       this.#event({ type: 'http', exchange: kind, method: req.method, target: loggableTarget(req.url), error: 'refused' });
@@ -116,7 +117,7 @@ export class CallHost {
   }
 
   #saw(keys) {
-    if (!this.settings.allowInstanceUrl || !keys) return;
+    if (!(this.settings.instanceUrlOrigins?.length > 0) || !keys) return;
     try {
       const url = JSON.parse(keys).instance_url;
       this.#instanceUrl = typeof url === 'string' ? url : undefined;

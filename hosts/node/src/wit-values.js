@@ -34,7 +34,14 @@ export function toWitSettings(s) {
   }
   const origins = s.apiOrigins ?? [];
   if (!Array.isArray(origins) || !origins.every((o) => typeof o === 'string')) {
-    throw new InvalidSettings('apiOrigins must be a list of origins like https://api.example.com or https://*.example.com');
+    throw new InvalidSettings("apiOrigins must be a list of origins like https://api.example.com or https://*.example.com, or ['*'] for any");
+  }
+  if ('allowInstanceUrl' in s) {
+    throw new InvalidSettings("allowInstanceUrl is replaced by instanceUrlOrigins: the patterns the token set's instance_url must match, e.g. ['https://*.my.salesforce.com']");
+  }
+  const instanceOrigins = s.instanceUrlOrigins ?? [];
+  if (!Array.isArray(instanceOrigins) || !instanceOrigins.every((o) => typeof o === 'string')) {
+    throw new InvalidSettings('instanceUrlOrigins must be a list of origin patterns like https://*.my.salesforce.com');
   }
   const fleet = s.fleet ?? {};
   const ms = (name) => {
@@ -60,7 +67,7 @@ export function toWitSettings(s) {
     strategy: strategyName === 'before-expiry' ? { tag: strategyName, val: margin } : { tag: strategyName },
     rejectedStatuses: Uint16Array.from(rejected),
     apiOrigins: [...origins],
-    allowInstanceUrl: s.allowInstanceUrl === true,
+    instanceUrlOrigins: [...instanceOrigins],
     fleet: { leaseTtlMs: ms('leaseTtlMs'), leaseWaitMs: ms('leaseWaitMs') },
   };
 }

@@ -102,23 +102,26 @@ test('the origin rules: exact origins, subdomain wildcards, plain http only on l
   assert.equal(refusal('api', 'http://[::1]:8080/x', unbound), undefined);
   assert.notEqual(refusal('api', 'http://api.example.com/', unbound), undefined);
   assert.notEqual(refusal('device-endpoint', 'http://idp.example/device', unbound), undefined);
-  const instance = { ...rules, instanceUrl: 'https://eu42.my.salesforce.com' };
+  const instance = { ...rules, instanceUrlOrigins: ['https://*.my.salesforce.com'], instanceUrl: 'https://eu42.my.salesforce.com' };
   assert.equal(refusal('api', 'https://eu42.my.salesforce.com/services', instance), undefined);
   assert.notEqual(refusal('api', 'https://eu43.my.salesforce.com/', instance), undefined);
-  assert.notEqual(refusal('api', 'http://127.0.0.2/steal', { ...rules, instanceUrl: 'http://127.0.0.2' }), undefined);
+  assert.notEqual(refusal('api', 'http://127.0.0.2/steal', { ...rules, instanceUrlOrigins: ['https://*.my.salesforce.com'], instanceUrl: 'http://127.0.0.2' }), undefined);
+  // An instance_url outside the instance patterns is ignored: never adopted.
+  assert.notEqual(refusal('api', 'https://evil.example/', { ...rules, instanceUrlOrigins: ['https://*.my.salesforce.com'], instanceUrl: 'https://evil.example' }), undefined);
 });
 
-test("http-send: the token set's instance_url origin only when the settings allow it", async () => {
+test("http-send: the token set's instance_url origin only when it matches the settings' instance patterns", async () => {
   const store = new MemoryStore();
   // The instance: a closed port on loopback over https, so an allowed request fails to connect and a refused one never tries.
   await store.create('sf', { settings: { tokenUrl: 'https://login.example/token', clientId: 'c' }, keys: { access_token: 'a', instance_url: 'https://127.0.0.1:9' } });
-  const tag = async (allowInstanceUrl) => {
-    const host = hostFor({ tokenUrl: 'https://login.example/token', apiOrigins: ['https://login.example'], allowInstanceUrl }, store, 'sf');
+  const tag = async (instanceUrlOrigins) => {
+    const host = hostFor({ tokenUrl: 'https://login.example/token', apiOrigins: ['https://login.example'], instanceUrlOrigins }, store, 'sf');
     assert.equal((await host.readRecord()).ok, true);
     return (await host.httpSend('api', ...request('https://127.0.0.1:9/services'))).error?.tag;
   };
-  assert.equal(await tag(true), 'connect', 'allowed: it tried');
-  assert.equal(await tag(false), 'refused');
+  assert.equal(await tag(['https://127.0.0.1:9']), 'connect', 'allowed: it tried');
+  assert.equal(await tag([]), 'refused');
+  assert.equal(await tag(['https://*.my.salesforce.com']), 'refused', 'not matching: ignored');
 });
 
 test('through the component: an API URL outside the origins, or a token URL in clear text, is refused before any request', async () => {

@@ -115,12 +115,12 @@ def test_an_api_url_outside_the_origins_is_refused(client, credential, listener)
     assert (refused.tag, listener.connections) == ("refused", 0)
 
 
-def test_an_instance_url_is_allowed_only_when_the_settings_say_so(client, tmp_path):
+def test_an_instance_url_is_allowed_only_when_it_matches_an_instance_pattern(client, tmp_path):
     store = SqliteStore(tmp_path / "rekey.db")
     keys = '{"access_token":"a","instance_url":"https://eu42.my.example.com"}'
-    for allow in (False, True):
+    for patterns, allow in (([], False), (["https://*.other.example.com"], False), (["https://*.my.example.com"], True)):
         settings = rekey.Settings(token_url="https://login.example.com/token", client_id="x",
-                                  api_origins=["https://login.example.com"], allow_instance_url=allow)
+                                  api_origins=["https://login.example.com"], instance_url_origins=patterns)
         store.put("c", settings, keys)
         call = CallState(client, store, "c", settings)
         with client._runtime.lock:

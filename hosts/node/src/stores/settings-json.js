@@ -35,7 +35,7 @@ export function settingsJson(s) {
     expiry_margin_secs: s.expiryMarginSecs ?? 60,
     rejected_statuses: s.rejectedStatuses ?? [401],
     api_origins: s.apiOrigins ?? [],
-    allow_instance_url: s.allowInstanceUrl ?? false,
+    instance_url_origins: s.instanceUrlOrigins ?? [],
   };
   if (!STRATEGIES.includes(json.strategy)) throw new InvalidSettings(`strategy must be one of ${STRATEGIES.join(', ')}`);
   if (typeof json.token_url !== 'string' || typeof json.client_id !== 'string') {

@@ -322,8 +322,9 @@ class CallState:
         try:
             origins.check_transport(url, "the URL")
             if purpose == "api":
-                instances = self._instance_urls if self._settings.allow_instance_url else ()
-                origins.check_api_url(url, self._settings.api_origins, instances)
+                origins.check_api_url(
+                    url, self._settings.api_origins, self._instance_urls, self._settings.instance_url_origins
+                )
             elif purpose == "token-endpoint":
                 if url != self._settings.token_url:
                     return "a token-endpoint request goes only to the credential's token URL"
@@ -372,7 +373,7 @@ class CallState:
         return wit.write_error(kind, message)
 
     def _saw(self, keys: Optional[str]) -> None:
-        if keys and self._settings.allow_instance_url:
+        if keys and self._settings.instance_url_origins:
             try:
                 url = json.loads(keys).get("instance_url")
             except (ValueError, AttributeError):

@@ -87,8 +87,10 @@ class Settings:
     #: ``https://*.example.com`` (subdomains), ``http://`` only on loopback.
     #: Empty: not bound (any https origin, or http on loopback).
     api_origins: list[str] = field(default_factory=list)
-    #: Also the https origin of the token set's ``instance_url`` (Salesforce).
-    allow_instance_url: bool = False
+    #: Patterns (the syntax of ``api_origins``) the token set's ``instance_url``
+    #: must match for its origin to receive the token too (Salesforce:
+    #: ``["https://*.my.salesforce.com"]``). One that matches none is ignored.
+    instance_url_origins: list[str] = field(default_factory=list)
     #: The refresh lease's time to live across the fleet (ms; 0: 40 000). Must
     #: exceed the HTTP total timeout; workers' clocks must agree well within it.
     lease_ttl_ms: int = 0
@@ -217,7 +219,7 @@ def settings_json(settings: Settings, client_secret_env: "str | None" = None) ->
         "expiry_margin_secs": int(margin),
         "rejected_statuses": [int(s) for s in settings.rejected_statuses] or [401],
         "api_origins": list(settings.api_origins),
-        "allow_instance_url": bool(settings.allow_instance_url),
+        "instance_url_origins": list(settings.instance_url_origins),
     }
     for key in ("authorization_url", "device_url", "issuer"):
         if getattr(settings, key) is not None:

@@ -5,10 +5,11 @@ component that let something through would still be stopped here).
 - Every URL is ``https://``, or ``http://`` on a loopback address written as
   one (``127.x.y.z`` in plain decimal, ``::1``, ``localhost``).
 - A token-endpoint request goes only to the settings' token URL.
-- An access token goes only to the credential's API origins, when it has
-  any: ``https://api.example.com[:port]``, ``https://*.example.com`` (one or
-  more labels, never the bare domain), plus the token set's ``instance_url``
-  when the settings allow it.
+- An access token goes only to the credential's API origins:
+  ``https://api.example.com[:port]``, ``https://*.example.com`` (one or more
+  labels, never the bare domain), or ``*`` alone (any origin, said
+  explicitly), plus the token set's ``instance_url`` origin when it matches
+  one of the credential's instance patterns.
 
 Like the guest's, the parser refuses an authority with a backslash, a
 percent sign, whitespace, a control or non-ASCII character rather than
@@ -62,18 +63,25 @@ class Origin:
         else:
             return None
         host = host.lower()
-        if not host:
-            return None
+        if not host or (":" not in host and not all(host.split("."))):
+            return None  # empty, or an empty label (``a..example.com``, ``host.``)
         return cls(https, host, port)
 
     def is_loopback(self) -> bool:
+        return self.is_literal_loopback() or self.host == "localhost"
+
+    def is_literal_loopback(self) -> bool:
+        """A loopback address written as one (a name is not)."""
         octets = self.host.split(".")
         ipv4 = (
             len(octets) == 4
             and octets[0] == "127"
             and all(o and len(o) <= 3 and o.isascii() and o.isdigit() for o in octets)
         )
-        return ipv4 or self.host in ("::1", "localhost")
+        return ipv4 or self.host == "::1"
+
+    def is_ip(self) -> bool:
+        return ":" in self.host or all(p.isdigit() for p in self.host.split("."))
 
     def __str__(self) -> str:
         scheme = "https" if self.https else "http"
@@ -117,8 +125,8 @@ class Pattern:
             raise bad("is not an origin like https://api.example.com")
         if not origin.https and (wildcard or not origin.is_loopback()):
             raise bad("uses plain http:// off loopback: the token would travel in clear text")
-        if wildcard and "." not in origin.host:
-            raise bad("has a wildcard over a top-level domain")
+        if wildcard and ("." not in origin.host or origin.is_ip()):
+            raise bad("has a wildcard over fewer than two labels (e.g. https://*.com): it would match unrelated sites")
         return cls(origin, wildcard)
 
     def matches(self, o: Origin) -> bool:
@@ -131,19 +139,50 @@ class Pattern:
         return o.https == self.origin.https and o.port == self.origin.port and host_ok
 
 
-def check_api_url(url: str, patterns: Iterable[str], instance_urls: Iterable[str] = ()) -> None:
+ANY = "*"
+"""The explicit "any origin" entry of ``api_origins``."""
+
+
+def _parsed(patterns: Iterable[str]) -> list[Pattern]:
+    out = []
+    for p in patterns:
+        try:
+            out.append(Pattern.parse(p))
+        except ValueError:
+            pass  # the guest refuses such settings before sending anything
+    return out
+
+
+def adopted_instance(instance_url: str, patterns: Iterable[str]) -> Optional[Origin]:
+    """The origin of a token set's ``instance_url`` when it may receive the
+    token (https or http on a literal loopback address, no user information,
+    matching one of ``patterns``); else None: it never unbinds or widens."""
+    origin = Origin.of(instance_url)
+    authority = instance_url.partition("://")[2]
+    for sep in "/?#":
+        authority = authority.split(sep, 1)[0]
+    if origin is None or "@" in authority or not (origin.https or origin.is_literal_loopback()):
+        return None
+    return origin if any(p.matches(origin) for p in _parsed(patterns)) else None
+
+
+def check_api_url(
+    url: str,
+    patterns: Iterable[str],
+    instance_urls: Iterable[str] = (),
+    instance_patterns: Iterable[str] = (),
+) -> None:
     """ValueError unless the access token may go to ``url``."""
     target = check_transport(url, "the request URL")
     patterns = list(patterns)
-    parsed = []
-    for p in patterns:
-        try:
-            parsed.append(Pattern.parse(p))
-        except ValueError:
-            pass  # the guest refuses such settings before sending anything
-    instances = [o for o in map(Origin.of, instance_urls) if o is not None and o.https]
+    if patterns == [ANY]:
+        return
+    instance_patterns = list(instance_patterns)
+    instances = [o for o in (adopted_instance(u, instance_patterns) for u in instance_urls) if o is not None]
+    # TRANSITIONAL (contract step): unbound settings still send anywhere until
+    # every fixture binds its credential.
     if not patterns and not instances:
         return
-    if any(p.matches(target) for p in parsed) or target in instances:
+    if any(p.matches(target) for p in _parsed(patterns)) or target in instances:
         return
     raise ValueError(f"{target} is not one of the credential's API origins, so its token is not sent there")

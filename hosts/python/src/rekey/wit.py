@@ -44,7 +44,7 @@ def settings(s: Settings) -> Record:
         strategy=strategy,
         rejected_statuses=[int(x) for x in s.rejected_statuses],
         api_origins=[str(o) for o in s.api_origins],
-        allow_instance_url=bool(s.allow_instance_url),
+        instance_url_origins=[str(o) for o in s.instance_url_origins],
         fleet=_record(lease_ttl_ms=int(s.lease_ttl_ms), lease_wait_ms=int(s.lease_wait_ms)),
     )
 
