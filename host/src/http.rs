@@ -1,5 +1,7 @@
 //! `http-send`: one real HTTP exchange (reqwest over rustls), no redirects,
-//! bounded in time and size.
+//! bounded in time and size, to `localhost` only on loopback addresses.
+
+mod loopback;
 
 use crate::Response;
 use crate::bindings::rekey::oauth2::types::{RequestHead, TransportError};
@@ -35,13 +37,19 @@ impl Default for HttpConfig {
 pub struct HttpClient {
     client: Arc<OnceLock<Result<reqwest::Client, String>>>,
     config: HttpConfig,
+    lookup: loopback::Lookup,
 }
 
 impl HttpClient {
     pub fn new(config: &HttpConfig) -> Self {
+        Self::with_lookup(config, loopback::system())
+    }
+
+    fn with_lookup(config: &HttpConfig, lookup: loopback::Lookup) -> Self {
         HttpClient {
             client: Arc::new(OnceLock::new()),
             config: config.clone(),
+            lookup,
         }
     }
 
@@ -55,6 +63,10 @@ impl HttpClient {
                 // Never the environment's proxies: `http_proxy` would carry
                 // tokens and client secrets to whatever listens there.
                 .no_proxy()
+                // Every name is resolved here: `localhost` connects only to
+                // loopback addresses, checked on the resolver's answers,
+                // which are the only addresses the connector dials.
+                .dns_resolver(Arc::new(loopback::Guard(self.lookup.clone())))
                 .connect_timeout(self.config.connect_timeout)
                 .timeout(self.config.total_timeout)
                 .build()
@@ -150,6 +162,9 @@ pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
 /// reqwest's messages name the URL, which may carry secrets in its query:
 /// keep its own words without it, plus the causes (which never name it).
 fn transport_error(e: reqwest::Error) -> TransportError {
+    if let Some(refusal) = loopback::refusal(&e) {
+        return TransportError::Refused(refusal.to_string());
+    }
     // A connect timeout is a connect failure: nothing was sent, so a refresh
     // retried after it cannot be a reuse.
     let connect = e.is_connect();
@@ -268,5 +283,59 @@ mod tests {
             let parsed = reqwest::Url::parse(url).unwrap();
             assert_eq!(is_loopback(&parsed), loopback, "{url}");
         }
+    }
+
+    /// A client whose resolver gives these answers for every name.
+    fn resolving_to(addrs: &'static [&'static str]) -> HttpClient {
+        HttpClient::with_lookup(
+            &HttpConfig::default(),
+            Arc::new(move |_| {
+                Box::pin(async move { Ok(addrs.iter().map(|a| a.parse().unwrap()).collect()) })
+            }),
+        )
+    }
+
+    /// `localhost` that also resolves to another machine's address is
+    /// refused before any connection: the sink, listening on the loopback
+    /// answer the client would otherwise dial, accepts nothing.
+    #[tokio::test]
+    async fn localhost_resolving_elsewhere_is_refused_before_any_byte() {
+        let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        sink.set_nonblocking(true).unwrap();
+        let url = format!("http://localhost:{}/t", sink.local_addr().unwrap().port());
+        for answers in [
+            &["127.0.0.1:0", "10.9.9.9:0"][..],
+            &["10.9.9.9:0", "127.0.0.1:0"],
+            &["[::ffff:10.9.9.9]:0", "127.0.0.1:0"],
+        ] {
+            let result = resolving_to(answers)
+                .send_to(parse_url(&url).unwrap(), &post(&url), BODY.into())
+                .await;
+            match result {
+                Err(TransportError::Refused(m)) => {
+                    assert!(m.contains("not a loopback address"), "{m}")
+                }
+                other => panic!("{answers:?}: {other:?}"),
+            }
+            assert!(sink.accept().is_err(), "{answers:?}: the sink was reached");
+        }
+        // The control: loopback answers alone reach the same sink.
+        let answered = tokio::task::spawn_blocking(move || {
+            sink.set_nonblocking(false).unwrap();
+            let (mut conn, _) = sink.accept().unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0; 1024];
+            while !seen.ends_with(BODY) {
+                let n = std::io::Read::read(&mut conn, &mut buf).unwrap();
+                assert!(n > 0, "the request ended early");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            std::io::Write::write_all(&mut conn, b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+        });
+        let result = resolving_to(&["127.0.0.1:0", "[::1]:0"])
+            .send_to(parse_url(&url).unwrap(), &post(&url), BODY.into())
+            .await;
+        answered.await.unwrap();
+        assert_eq!(result.unwrap().status, 204);
     }
 }

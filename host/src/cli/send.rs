@@ -24,7 +24,8 @@ pub struct Args {
     /// Print the status line and response headers before the body.
     #[arg(short = 'i', long = "include")]
     include: bool,
-    /// Exit 22 when the response status is 400 or above (like curl -f).
+    /// Exit 22 and print nothing of the response when its status is 400 or
+    /// above (like curl -f).
     #[arg(short = 'f', long = "fail")]
     fail: bool,
 }
@@ -78,6 +79,15 @@ pub async fn run(
     let rekey = super::rekey_for_one_call(cache_dir)?;
     let resp = rekey.send(store, &args.credential, req).await?;
 
+    // As curl -f: an error status prints nothing but a line on stderr (a
+    // script piping the output must not take an error page for data).
+    if args.fail && resp.status >= 400 {
+        eprintln!(
+            "rekey: the server answered {} (--fail: the response is not printed)",
+            status_line(resp.status).trim_start_matches("HTTP/1.1 ")
+        );
+        return Ok(Exit::HttpError);
+    }
     let mut out = std::io::stdout().lock();
     if args.include {
         let _ = writeln!(out, "{}", status_line(resp.status));
@@ -88,11 +98,7 @@ pub async fn run(
     }
     let _ = out.write_all(&resp.body);
     let _ = out.flush();
-    Ok(if args.fail && resp.status >= 400 {
-        Exit::HttpError
-    } else {
-        Exit::Ok
-    })
+    Ok(Exit::Ok)
 }
 
 /// `HTTP/1.1 200 OK`, as curl -i prints it (the reason phrase is the

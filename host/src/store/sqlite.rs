@@ -191,7 +191,13 @@ fn open_private(path: &Path) -> Result<(File, PathBuf), String> {
         }
     })?;
     let m = file.metadata().map_err(|e| e.to_string())?;
-    match private_fs::file_problem(&m) {
+    let problem = private_fs::file_problem(&m);
+    if !matches!(problem, Some(FileProblem::NotRegular)) {
+        // Before anything changes it (its mode below, SQLite's journal
+        // setup): a file given by mistake stays exactly as it was.
+        check_header(&file, m.len())?;
+    }
+    match problem {
         None => {}
         Some(FileProblem::NotRegular) => return Err("it is not a regular file".into()),
         Some(FileProblem::Foreign(uid)) => {
@@ -222,6 +228,37 @@ fn open_private(path: &Path) -> Result<(File, PathBuf), String> {
         }
     }
     Ok((file, real))
+}
+
+/// The first bytes of every SQLite database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// Refuses a file that is not an SQLite database, read through the checked
+/// descriptor. An empty file is a new store (SQLite's rule too; it is what
+/// a first open creates).
+fn check_header(file: &File, len: u64) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    if len == 0 {
+        return Ok(());
+    }
+    let mut head = [0u8; 16];
+    let mut read = 0;
+    while read < head.len() {
+        match file.read_at(&mut head[read..], read as u64) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read it: {e}")),
+        }
+    }
+    if &head[..read] != SQLITE_MAGIC {
+        return Err(
+            "it is not a database (no SQLite header): nothing in it was read or \
+                    changed; give the path of a rekey store, or a new file name"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// A store that was readable by others may have -wal and -shm files that
@@ -643,6 +680,40 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o077, 0, "{file} is {mode:o}");
         }
+    }
+
+    /// A text file given as the store by mistake is refused before its
+    /// mode or a byte of it changes, even one others may read (which a
+    /// store's check would otherwise make 0600).
+    #[test]
+    fn a_file_that_is_not_a_database_is_left_as_it_was() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let text = b"# my notes\nSQLite format 3 is not at the start\n".repeat(200);
+        for (name, mode, content) in [
+            ("notes.txt", 0o644, &text[..]),
+            ("private.txt", 0o600, &text[..]),
+            ("short.txt", 0o644, &b"SQLite"[..]),
+            ("magic-late.txt", 0o640, &b"xSQLite format 3\0"[..]),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = SqliteStore::open(&path)
+                .err()
+                .expect("a text file must not open");
+            assert!(err.to_string().contains("not a database"), "{name}: {err}");
+            assert_eq!(std::fs::read(&path).unwrap(), content, "{name} changed");
+            let now = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(now, mode, "{name}'s mode changed");
+            for sidecar in ["-wal", "-shm", "-journal"] {
+                assert!(!dir.path().join(format!("{name}{sidecar}")).exists());
+            }
+        }
+        // An empty file is a new store, as a first open makes it.
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        SqliteStore::open(&empty).unwrap();
     }
 
     #[test]
