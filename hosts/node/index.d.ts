@@ -58,8 +58,17 @@ export interface Settings {
   authorizationUrl?: string;
   /** Device authorization endpoint (RFC 8628), for `authorizeDevice`. */
   deviceUrl?: string;
-  /** The issuer a redirect's `iss` must name when it carries one (RFC 9207); unset: not checked. */
+  /**
+   * The issuer a redirect's `iss` must name (RFC 9207). Unset: a redirect
+   * that carries `iss` is refused (InvalidSettings: set the issuer).
+   */
   issuer?: string;
+  /**
+   * The issuer's metadata says `authorization_response_iss_parameter_supported`
+   * (RFC 9207 §3): a redirect without `iss` is refused (IssuerMismatch).
+   * Default false (this host discovers no metadata).
+   */
+  issuerSendsIss?: boolean;
   /**
    * Extra authorization request parameters, e.g. [['prompt', 'consent']]; a
    * `scope` here is the scope asked for at authorisation (default: `scope`).
@@ -247,11 +256,19 @@ interface AuthorizeCommon {
 
 export interface AuthorizeCodeOptions extends AuthorizeCommon {
   /**
-   * Shows the authorization URL: print it, or `openBrowser(url)`. Not awaited
-   * (the browser comes back to the listener meanwhile); a rejection ends the flow.
+   * Shows the URL to open: print it, or `openBrowser(url)`. `url` is the
+   * listener's one-use start URL (`http://127.0.0.1:PORT/start/<token>`, no
+   * state or PKCE challenge in it: safe on a command line), which redirects
+   * once to `details.authorizationUrl`, kept for callers who want it (never
+   * put that one on a command line or in a file). Opened a second time, the
+   * flow ends (StartUrlReused). Not awaited (the browser comes back to the
+   * listener meanwhile); a rejection ends the flow.
    */
-  onUrl: (url: string) => void | Promise<unknown>;
-  /** How long to wait for the redirect (default 300 000 ms). */
+  onUrl: (url: string, details: { authorizationUrl: string }) => void | Promise<unknown>;
+  /**
+   * How long to wait for the redirect (default 300 000 ms). Redirects whose
+   * state is not this request's are answered 400 and the wait goes on.
+   */
   timeoutMs?: number;
   /**
    * The loopback URI to listen on (default http://127.0.0.1/callback on a free
@@ -267,7 +284,11 @@ export interface AuthorizeDeviceOptions extends AuthorizeCommon {
   onUserCode: (device: DeviceAuthorization) => void | Promise<void>;
 }
 
-/** A started code grant: the URL to open. The state and PKCE verifier stay inside. */
+/**
+ * A started code grant (`beginAuthorization`, for a caller with its own
+ * listener): the authorization URL itself, which carries the state and PKCE
+ * challenge (keep it off command lines and files). The verifier stays inside.
+ */
 export class PendingAuthorization {
   readonly url: string;
   readonly redirectUri: string;
@@ -377,9 +398,12 @@ export class AccessDenied extends RekeyError {}
 export class StateMismatch extends RekeyError {}
 export class IssuerMismatch extends RekeyError {}
 /** The provider answered the authorisation request with another error (or `no_code`). */
+/** The redirect carried an OAuth error; `invalid_scope` is in the settings-wrong category. */
 export class AuthorizationProviderError extends RekeyError { code: string }
 export class DeviceCodeExpired extends RekeyError {}
 export class AuthorizationTimeout extends RekeyError { timeoutMs: number }
+/** The start URL was opened more than once: whoever opened it first holds the request; authorise again. */
+export class StartUrlReused extends RekeyError {}
 /** The token or device endpoint refused: `invalid_grant` needs authorisation, others are settings. */
 export class AuthorizationRejected extends RekeyError { status: number; code: string }
 export class ListenerError extends RekeyError {}

@@ -8,10 +8,12 @@
 // (`TokenSet::import`).
 
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import { isLoopback } from './boundary.js';
-import { AuthorizationTimeout, InvalidSettings, ListenerError, TokenEndpointError } from './errors.js';
+import {
+  AuthorizationTimeout, Category, InvalidSettings, ListenerError, RekeyError, StateMismatch, TokenEndpointError,
+} from './errors.js';
 import { TokenSet } from './secret.js';
 import { pairs } from './wit-values.js';
 
@@ -23,6 +25,23 @@ export const DEFAULT_REDIRECT_URI = 'http://127.0.0.1/callback';
 const ENTROPY_BYTES = 48;
 /** Bound on reading one request at the loopback listener. */
 const READ_TIMEOUT_MS = 10_000;
+/** Random bytes in the start URL's one-use token (256 bits). */
+const START_TOKEN_BYTES = 32;
+/** Redirects held while one is being checked; more are answered 503. */
+const MAX_QUEUED = 32;
+
+/**
+ * The start URL was opened a second time: whoever opened it first (maybe
+ * another local user who read it from the browser's command line) holds the
+ * authorization request, so the flow ends before its redirect can arrive.
+ */
+export class StartUrlReused extends RekeyError {
+  category = Category.NEEDS_AUTHORIZATION;
+
+  constructor() {
+    super('the start URL was opened more than once (another process may have read it); nothing was exchanged or stored: authorise again');
+  }
+}
 
 /** Random bytes from the operating system's CSPRNG, for `begin`. */
 export function entropy() {
@@ -52,8 +71,18 @@ export function witAuthorization(s, redirectUri) {
     scope: scope ? scope[1] : optional('scope'),
     authParams: params.filter(([k]) => k !== 'scope'),
     issuer: optional('issuer'),
-    issuerSendsIss: false,
+    issuerSendsIss: issuerSendsIss(s.issuerSendsIss),
   };
+}
+
+/**
+ * RFC 9207 §3: the issuer advertises `authorization_response_iss_parameter_supported`.
+ * This host discovers no metadata, so the caller says it (default false).
+ */
+function issuerSendsIss(v) {
+  if (v === undefined || v === null) return false;
+  if (typeof v !== 'boolean') throw new InvalidSettings('issuerSendsIss must be true or false');
+  return v;
 }
 
 // RFC 6750 §2.1 b64token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
@@ -150,15 +179,25 @@ export function hiddenParts(started, Kind) {
 /**
  * The loopback listener the redirect arrives at (RFC 8252 §7.3): bound to
  * the redirect URI's loopback address (`localhost` as 127.0.0.1), on its port
- * or a free one. The first GET of the redirect path is kept to be answered
- * after the code exchange; other paths are answered 404, other methods 405.
+ * or a free one. It also serves the start URL, `/start/<one-use token>`: the
+ * secret-free URL a browser is given (on its command line, which every local
+ * user can read), answered once with a 302 to the authorization URL (which
+ * carries the state and PKCE challenge); a wrong token is 404. Every GET of
+ * the redirect path is queued for `next()`, to be answered after its check;
+ * other paths are answered 404, other methods 405.
  */
 export class RedirectListener {
   #server;
   #path;
-  #taken = false;
-  #take;
-  #first;
+  #token = randomBytes(START_TOKEN_BYTES).toString('base64url');
+  #target;
+  #opened = false;
+  #reused = false;
+  #queue = [];
+  #waiting = [];
+  #failed;
+  #fail;
+  #closed = false;
 
   /** @param {string} configured  e.g. http://127.0.0.1/callback (no port: a free one) */
   static async bind(configured) {
@@ -175,6 +214,7 @@ export class RedirectListener {
     if (configured.includes('?') || configured.includes('#')) throw bad('must have no query or fragment');
     const literal = url.hostname.replace(/^\[|\]$/g, '');
     const host = literal === '::1' || /^127\.\d+\.\d+\.\d+$/.test(literal) ? literal : '127.0.0.1';
+    if (url.pathname.startsWith('/start/') || url.pathname === '/start') throw bad('/start is the listener\'s own path');
     const server = http.createServer();
     server.headersTimeout = READ_TIMEOUT_MS;
     server.requestTimeout = READ_TIMEOUT_MS;
@@ -183,24 +223,43 @@ export class RedirectListener {
       server.listen(Number(url.port || 0), host, resolve);
     });
     url.port = String(server.address().port);
-    return new RedirectListener(server, url.pathname, url.href);
+    const origin = `http://${host.includes(':') ? `[${host}]` : host}:${url.port}`;
+    return new RedirectListener(server, url.pathname, url.href, origin);
   }
 
-  constructor(server, path, redirectUri) {
+  constructor(server, path, redirectUri, origin) {
     this.#server = server;
     this.#path = path;
     /** As sent in the authorization request, with the bound port. */
     this.redirectUri = redirectUri;
-    this.#first = new Promise((resolve) => { this.#take = resolve; });
+    /** What to open: serves one 302 to the authorization URL (`serve`). */
+    this.startUrl = `${origin}/start/${this.#token}`;
+    this.#failed = new Promise((_, reject) => { this.#fail = reject; });
+    this.#failed.catch(() => {});
     server.on('request', (req, res) => this.#request(req, res));
   }
 
-  /** Resolves with the first redirect: its raw query and `answer(ok, message)` (a promise). */
+  /** The authorization URL the start URL redirects to. */
+  serve(authorizationUrl) {
+    this.#target = authorizationUrl;
+  }
+
+  /**
+   * The next redirect: its raw query and `answer(ok, message)` (a promise).
+   * Rejects once the start URL has been opened twice.
+   */
   next() {
-    return this.#first;
+    if (this.#queue.length > 0) return Promise.resolve(this.#queue.shift());
+    return Promise.race([new Promise((resolve) => this.#waiting.push(resolve)), this.#failed]);
+  }
+
+  /** Throws StartUrlReused once the start URL has been opened twice. */
+  check() {
+    if (this.#reused) throw new StartUrlReused();
   }
 
   close() {
+    this.#closed = true;
     this.#server.close();
     this.#server.closeAllConnections();
   }
@@ -213,13 +272,50 @@ export class RedirectListener {
     const target = req.url ?? '';
     const q = target.indexOf('?');
     const path = q < 0 ? target : target.slice(0, q);
-    if (path !== this.#path || this.#taken) {
+    if (path.startsWith('/start/')) {
+      this.#start(path.slice('/start/'.length), res);
+      return;
+    }
+    if (path !== this.#path || this.#closed) {
       page(res, 404, 'not found');
       return;
     }
-    this.#taken = true;
-    this.#take({ query: q < 0 ? '' : target.slice(q + 1), answer: (ok, message) => page(res, ok ? 200 : 400, message) });
+    const redirect = { query: q < 0 ? '' : target.slice(q + 1), answer: (ok, message) => page(res, ok ? 200 : 400, message) };
+    const waiter = this.#waiting.shift();
+    if (waiter) waiter(redirect);
+    else if (this.#queue.length < MAX_QUEUED) this.#queue.push(redirect);
+    else page(res, 503, 'busy');
   }
+
+  #start(token, res) {
+    const ok = this.#target !== undefined && sameToken(token, this.#token);
+    if (!ok) {
+      page(res, 404, 'not found');
+      return;
+    }
+    if (this.#opened) {
+      page(res, 404, 'not found');
+      this.#reused = true;
+      this.#fail(new StartUrlReused());
+      return;
+    }
+    this.#opened = true;
+    res.writeHead(302, {
+      location: this.#target,
+      'content-length': 0,
+      'cache-control': 'no-store',
+      'referrer-policy': 'no-referrer',
+      connection: 'close',
+    });
+    res.end();
+  }
+}
+
+/** Compares a presented start token with ours in time independent of where they differ. */
+function sameToken(presented, ours) {
+  const a = Buffer.from(presented);
+  const b = Buffer.from(ours);
+  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 /** Answers with a small HTML page; resolves once it is handed to the OS (or the connection is gone). */
@@ -244,28 +340,54 @@ function escapeHtml(s) {
 }
 
 /**
- * Waits for the listener's first redirect, at most `timeoutMs`; rejects
- * early when `signal` aborts or `failed` rejects (the caller's onUrl failed).
+ * The code grant's wait at the listener: hands the start URL (and the real
+ * authorization URL, in memory) to `onUrl`, then checks each redirect with
+ * `exchange(query)` (the component's `finish`) until one is accepted, then
+ * stores its keys with `persist(keys)`, unless the start URL was opened twice. A redirect whose state is not this request's is answered
+ * 400 and the wait goes on (any local process can reach the listener; the
+ * component checks the state before any effect); anything else ends the flow.
+ * At most `timeoutMs` in all; rejects early when `signal` aborts or `onUrl`
+ * rejects.
  */
-export async function waitForRedirect(listener, { timeoutMs, signal, failed }) {
+export async function runCodeFlow(listener, authorizationUrl, { onUrl, exchange, persist, timeoutMs, signal }) {
+  listener.serve(authorizationUrl);
   let timer;
   let onAbort;
-  const racers = [
-    listener.next(),
+  const stops = [
     new Promise((_, reject) => {
       timer = setTimeout(() => reject(new AuthorizationTimeout(timeoutMs)), timeoutMs);
     }),
   ];
-  if (failed) racers.push(failed);
   if (signal) {
-    racers.push(new Promise((_, reject) => {
+    stops.push(new Promise((_, reject) => {
       onAbort = () => reject(signal.reason ?? new Error('aborted'));
       if (signal.aborted) onAbort();
       else signal.addEventListener('abort', onAbort, { once: true });
     }));
   }
   try {
-    return await Promise.race(racers);
+    // Not awaited: a browser may only come back once the listener answers.
+    const shown = onUrl(listener.startUrl, { authorizationUrl });
+    if (typeof shown?.then === 'function') stops.push(Promise.resolve(shown).then(() => new Promise(() => {})));
+    for (const stop of stops) stop.catch(() => {});
+    for (;;) {
+      const redirect = await Promise.race([listener.next(), ...stops]);
+      let keys;
+      try {
+        keys = await exchange(redirect.query);
+        listener.check();
+        await persist(keys);
+      } catch (err) {
+        if (err instanceof StateMismatch) {
+          await redirect.answer(false, 'rekey: this redirect\'s state does not match the authorisation in progress; it was ignored');
+          continue;
+        }
+        await redirect.answer(false, `rekey: authorisation failed: ${err instanceof RekeyError ? err.message : 'an internal error'}`);
+        throw err;
+      }
+      await redirect.answer(true, 'rekey: authorised. You can close this window.');
+      return keys;
+    }
   } finally {
     clearTimeout(timer);
     if (onAbort) signal.removeEventListener('abort', onAbort);

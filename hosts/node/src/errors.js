@@ -234,6 +234,8 @@ export class AuthorizationProviderError extends withCategory(Category.NEEDS_AUTH
   constructor(code) {
     super(`the provider answered the authorisation request with error ${code}; nothing was stored`);
     this.code = code;
+    // The scope asked for comes from the settings: approving again cannot fix it.
+    if (code === 'invalid_scope') this.category = Category.SETTINGS_WRONG;
   }
 }
 

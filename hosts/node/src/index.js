@@ -9,7 +9,7 @@ export { WriteUnknown } from './stores/base.js';
 export { Secret, TokenSet } from './secret.js';
 export { RekeyResponse } from './wit-values.js';
 export { keysFromTokenResponse } from './token-response.js';
-export { DeviceAuthorization, PendingAuthorization, importTokenResponse, openBrowser } from './authorize.js';
+export { DeviceAuthorization, PendingAuthorization, StartUrlReused, importTokenResponse, openBrowser } from './authorize.js';
 export { jspiAvailable } from './engine-jspi.js';
 export {
   Category,

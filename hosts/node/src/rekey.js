@@ -5,13 +5,13 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   DEFAULT_REDIRECT_URI, DEFAULT_TIMEOUT_MS, DeviceAuthorization, PendingAuthorization,
-  RedirectListener, entropy, hiddenParts, importTokenResponse, waitForRedirect, witAuthorization,
+  RedirectListener, entropy, hiddenParts, importTokenResponse, runCodeFlow, witAuthorization,
 } from './authorize.js';
 import { CallHost, describeFailure } from './call-host.js';
 import { createJspiEngine, jspiAvailable } from './engine-jspi.js';
 import { createWorkerEngine } from './engine-worker.js';
 import {
-  ComponentError, InvalidRequest, RekeyError, StoreError, fromAuthorizeError, fromSendError,
+  ComponentError, InvalidRequest, StoreError, fromAuthorizeError, fromSendError,
 } from './errors.js';
 import { HttpClient } from './http.js';
 import { CallbackStore } from './stores/memory.js';
@@ -148,10 +148,14 @@ export class Rekey {
   /**
    * The authorization code grant with PKCE (RFC 6749 §4.1, RFC 7636 S256)
    * through a loopback redirect (RFC 8252 §7.3): listens on
-   * `http://127.0.0.1:<free port>/callback` (or `redirectUri`), hands the
-   * authorization URL to `onUrl`, waits for the redirect, lets the component
-   * check it (state, iss, error) and exchange the code, stores the token
-   * response as the credential's keys, and only then tells the browser.
+   * `http://127.0.0.1:<free port>/callback` (or `redirectUri`), hands
+   * `onUrl` the listener's one-use start URL (no state or PKCE challenge in
+   * it: it answers with a redirect to the authorization URL, which `onUrl`
+   * also gets as `details.authorizationUrl`), lets the component check each
+   * redirect (state, iss, error): one whose state is not this request's is
+   * answered 400 and the wait goes on; the accepted one's code is exchanged,
+   * the token response stored as the credential's keys, and only then is
+   * the browser told.
    * @param {string} credential
    * @param {import('../index.js').AuthorizeCodeOptions} o
    * @returns {Promise<import('./secret.js').TokenSet>} the keys stored
@@ -166,23 +170,13 @@ export class Rekey {
     const listener = await RedirectListener.bind(o.redirectUri ?? DEFAULT_REDIRECT_URI);
     try {
       const pending = await this.#begin(o.settings, listener.redirectUri, credential, o.onEvent);
-      let urlFailed;
-      const failed = new Promise((_, reject) => { urlFailed = reject; });
-      failed.catch(() => {});
-      // Not awaited: a browser may only come back once the listener answers.
-      const shown = o.onUrl(pending.url);
-      if (typeof shown?.then === 'function') shown.then(undefined, urlFailed);
-      const redirect = await waitForRedirect(listener, { timeoutMs, signal: o.signal, failed });
-      let keys;
-      try {
-        keys = await this.#finish(o.settings, pending, redirect.query, credential, o.onEvent);
-        await persist(keys);
-      } catch (err) {
-        await redirect.answer(false, `rekey: authorisation failed: ${err instanceof RekeyError ? err.message : 'an internal error'}`);
-        throw err;
-      }
-      await redirect.answer(true, 'rekey: authorised. You can close this window.');
-      return keys;
+      return await runCodeFlow(listener, pending.url, {
+        onUrl: o.onUrl,
+        exchange: (query) => this.#finish(o.settings, pending, query, credential, o.onEvent),
+        persist,
+        timeoutMs,
+        signal: o.signal,
+      });
     } finally {
       listener.close();
     }

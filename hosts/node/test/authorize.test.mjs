@@ -17,8 +17,9 @@ import { createServer } from 'node:http';
 import { test } from 'node:test';
 import { inspect } from 'node:util';
 import {
-  AccessDenied, AuthorizationRejected, AuthorizationTimeout, DeviceAuthorization, DeviceCodeExpired, InvalidSettings,
-  PendingAuthorization, StateMismatch, TokenEndpointError, importTokenResponse,
+  AccessDenied, AuthorizationProviderError, AuthorizationRejected, AuthorizationTimeout, DeviceAuthorization,
+  DeviceCodeExpired, InvalidSettings, IssuerMismatch, PendingAuthorization, RekeyError, StateMismatch,
+  TokenEndpointError, importTokenResponse,
 } from '../src/index.js';
 import { eventually, rekey, tempStore } from './support/harness.mjs';
 import { follow, oidcAvailable, secretOf, startOidcProvider } from './support/oidc.mjs';
@@ -32,6 +33,28 @@ function assertNoSecret(texts, secrets, what) {
     if (typeof s === 'string' && s.length >= 8) assert.ok(!all.includes(s), `${what} shows a secret value`);
   }
 }
+
+/** A GET on loopback, redirects not followed: its status, body and Location. */
+async function get(url) {
+  const r = await fetch(url, { redirect: 'manual' });
+  return { status: r.status, body: await r.text(), location: r.headers.get('location') };
+}
+
+const START_URL = /^http:\/\/127\.0\.0\.1:\d+\/start\/[A-Za-z0-9_-]{43}$/;
+
+/**
+ * What a browser does with the URL `onUrl` was given: it is the listener's
+ * secret-free start URL, which answers 302 with the authorization URL.
+ */
+async function openStart(url) {
+  assert.match(url, START_URL);
+  const r = await get(url);
+  assert.equal(r.status, 302, r.body);
+  return new URL(r.location);
+}
+
+/** A state of the same length as `state` that is not it: the length check alone cannot refuse it. */
+const sameLength = (state) => `${state.slice(0, -1)}${state.endsWith('A') ? 'B' : 'A'}`;
 
 /** Everything printing an error could show. */
 const printed = (err) => `${err?.message} ${String(err)} ${err?.stack} ${inspect(err, { depth: 5 })} ${JSON.stringify(err)}`;
@@ -51,7 +74,8 @@ test('authorize: code grant with PKCE through login and consent, then the stored
     await Promise.all(clients.map(async ([id, auth, strategy]) => {
       const store = await tempStore();
       const login = `user-${id}`;
-      const settings = provider.settings(id, auth, { strategy, expiryMarginSecs: 1 });
+      // oidc-provider advertises and sends `iss` (RFC 9207): the matching one is accepted.
+      const settings = provider.settings(id, auth, { strategy, expiryMarginSecs: 1, issuerSendsIss: true });
       const events = [];
       const onEvent = (e) => events.push(JSON.stringify(e));
       let shownUrl;
@@ -62,9 +86,12 @@ test('authorize: code grant with PKCE through login and consent, then the stored
         settings,
         onEvent,
         timeoutMs: 60_000,
-        onUrl: (url) => {
-          shownUrl = new URL(url);
-          browser = follow(['--url', url, '--login', login]);
+        onUrl: (url, { authorizationUrl }) => {
+          browser = openStart(url).then((real) => {
+            assert.equal(real.href, authorizationUrl, 'the start URL leads to the authorization URL the caller was given');
+            shownUrl = real;
+            return follow(['--url', real.href, '--login', login]);
+          });
         },
       });
       const after = Math.ceil(Date.now() / 1000);
@@ -130,8 +157,9 @@ test('authorize: denied consent is AccessDenied; the browser is told, nothing is
     let browser;
     const err = await rk.authorizeCode('az-denied', {
       store,
+      timeoutMs: 60_000,
       settings: provider.settings('az-denied', 'basic'),
-      onUrl: (url) => { browser = follow(['--url', url, '--deny']); },
+      onUrl: (url) => { browser = openStart(url).then((real) => follow(['--url', real.href, '--deny'])); },
     }).then(() => assert.fail('authorised'), (e) => e);
     assert.ok(err instanceof AccessDenied, printed(err));
     assert.equal(err.category, 'needs-authorization');
@@ -147,30 +175,48 @@ test('authorize: denied consent is AccessDenied; the browser is told, nothing is
   }
 });
 
-test('authorize: a redirect with a wrong state is refused before any exchange', async (t) => {
+test('authorize: forged redirects (error=access_denied with a wrong state, an equal-length wrong state) are answered 400 and the real one still succeeds', async (t) => {
   if (!oidcAvailable(t)) return;
   const provider = await startOidcProvider([['az-state', 'basic']]);
   try {
     const rk = await rekey();
     const store = await tempStore();
-    const forged = 'forged-code-value-0123456789';
-    let hit;
-    const err = await rk.authorizeCode('az-state', {
+    const forgedCode = 'forged-code-value-0123456789';
+    let browser;
+    const keys = await rk.authorizeCode('az-state', {
       store,
       settings: provider.settings('az-state', 'basic'),
-      // Another page (or process) reaches the listener first with a code of its own.
+      timeoutMs: 60_000,
       onUrl: (url) => {
-        const redirect = new URL(url).searchParams.get('redirect_uri');
-        hit = fetch(`${redirect}?code=${forged}&state=not-ours`).then(async (r) => ({ status: r.status, body: await r.text() }));
+        browser = (async () => {
+          const real = await openStart(url);
+          const state = real.searchParams.get('state');
+          const redirect = real.searchParams.get('redirect_uri');
+          // Another local process reaches the listener first: one forged
+          // error, then a code of its own with a state of the right length.
+          const forged = [
+            await get(`${redirect}?error=access_denied&state=x`),
+            await get(`${redirect}?code=${forgedCode}&state=${sameLength(state)}`),
+            await get(`${redirect}?code=${forgedCode}`),
+          ];
+          // Then the person's browser comes back with the real redirect.
+          return { forged, page: await follow(['--url', real.href, '--login', 'user-az-state']) };
+        })();
       },
-    }).then(() => assert.fail('authorised'), (e) => e);
-    assert.ok(err instanceof StateMismatch, printed(err));
-    const page = await hit;
-    assert.equal(page.status, 400);
-    assert.match(page.body, /state does not match/);
-    assert.equal(await store.loadKeys('az-state'), undefined);
-    assert.equal(await provider.stats('az-state'), undefined, 'nothing reached the token endpoint');
-    assertNoSecret([printed(err), page.body], [forged, secretOf('az-state')], 'the refusal');
+    });
+    const { forged, page } = await browser;
+    for (const f of forged) {
+      assert.equal(f.status, 400, f.body);
+      assert.match(f.body, /state does not match/);
+    }
+    assert.equal(page.status, 200, page.body);
+    assert.match(page.body, /authorised/);
+    const stored = JSON.parse(await store.loadKeys('az-state'));
+    assert.deepEqual(stored, keys.expose());
+    const res = await rk.send({ credential: 'az-state', store, settings: provider.settings('az-state', 'basic'), request: { url: `${provider.issuer}/me` } });
+    assert.equal(res.json().sub, 'user-az-state', 'the stored tokens are the person\'s own account');
+    assert.equal((await provider.stats('az-state')).code_exchanges, 1, 'only the real code was exchanged');
+    assertNoSecret(forged.map((f) => f.body).concat(page.body), [forgedCode, secretOf('az-state'), ...tokensOf(stored)], 'the refusals');
   } finally {
     await provider.stop();
   }
@@ -184,7 +230,7 @@ test('authorize: no redirect in time is AuthorizationTimeout, and the listener i
     store,
     settings: { tokenUrl: 'http://127.0.0.1:9/token', authorizationUrl: 'http://127.0.0.1:9/auth', clientId: 't' },
     timeoutMs: 200,
-    onUrl: (url) => { redirectUri = new URL(url).searchParams.get('redirect_uri'); },
+    onUrl: (_url, { authorizationUrl }) => { redirectUri = new URL(authorizationUrl).searchParams.get('redirect_uri'); },
   }).then(() => assert.fail('authorised'), (e) => e);
   assert.ok(err instanceof AuthorizationTimeout, printed(err));
   assert.equal(err.category, 'needs-authorization');
@@ -311,7 +357,7 @@ test('authorize: the low-level steps with a listener of one\'s own; the verifier
     assert.ok(wrong instanceof StateMismatch);
     assert.equal(requests.length, 0);
 
-    const keys = await rk.finishAuthorization(settings, pending, new URL(`${redirectUri}?code=scripted-code-value&state=${state}&iss=ignored`), { onEvent });
+    const keys = await rk.finishAuthorization(settings, pending, new URL(`${redirectUri}?code=scripted-code-value&state=${state}`), { onEvent });
     assert.equal(requests.length, 1);
     const { form } = requests[0];
     assert.equal(form.grant_type, 'authorization_code');
@@ -336,6 +382,127 @@ test('authorize: the low-level steps with a listener of one\'s own; the verifier
     const shown = [...events, printed(wrong), printed(again), inspect(pending), JSON.stringify(pending), String(pending), inspect(keys), JSON.stringify(keys)];
     assertNoSecret(shown, [form.code_verifier, 'scripted-code-value', 'scripted-client-secret', 'scripted-access-token', 'scripted-refresh-token'], 'the low-level steps');
   });
+});
+
+/**
+ * authorizeCode against a scripted token endpoint, the browser played by
+ * `play(startUrl, authorizationUrl)`; resolves with the keys or the error,
+ * what `play` returned, the keys saved and the token requests made.
+ */
+async function scriptedCodeFlow(settings, play) {
+  const rk = await rekey();
+  const tokens = { access_token: 'scripted-access-token', refresh_token: 'scripted-refresh-token', expires_in: 60 };
+  return withScripted(() => [200, tokens], async (base, requests) => {
+    const saved = [];
+    let played;
+    const outcome = await rk.authorizeCode('c', {
+      settings: { tokenUrl: `${base}/token`, authorizationUrl: `${base}/auth`, clientId: 'c', ...settings },
+      onUpdateKeys: (k) => { saved.push(k.get('refresh_token')); },
+      timeoutMs: 60_000,
+      onUrl: (url, details) => { played = play(url, details.authorizationUrl); },
+    }).then((keys) => ({ keys }), (err) => ({ err }));
+    return { ...outcome, played: await played, saved, exchanges: requests.filter((r) => r.path === '/token').length };
+  });
+}
+
+/** The redirect the listener waits for, from the authorization URL, with `query(state)`. */
+const redirectTo = (authorizationUrl, query) => {
+  const real = new URL(authorizationUrl);
+  return `${real.searchParams.get('redirect_uri')}?${query(real.searchParams.get('state'))}`;
+};
+
+test('authorize: the URL to open is the listener\'s secret-free start URL: it 302s once to the authorization URL, a wrong start token is 404', async () => {
+  const { keys, err, played, saved, exchanges } = await scriptedCodeFlow({}, async (url, authorizationUrl) => {
+    const real = new URL(authorizationUrl);
+    const origin = new URL(url).origin;
+    const token = url.slice(url.lastIndexOf('/') + 1);
+    const wrong = [];
+    for (const path of [`/start/${sameLength(token)}`, `/start/${token}x`, `/start/${token.slice(1)}`, '/start/', '/start', `/start/${token}/`]) {
+      wrong.push({ path, ...(await get(`${origin}${path}`)) });
+    }
+    const opened = await get(url);
+    const page = await get(redirectTo(authorizationUrl, (state) => `code=scripted-code&state=${state}`));
+    return { real, wrong, opened, page };
+  });
+  assert.equal(err, undefined, printed(err));
+  const { real, wrong, opened, page } = played;
+  for (const secret of ['state', 'code_challenge', 'redirect_uri', 'client_id']) {
+    assert.ok(real.searchParams.get(secret), `the authorization URL has ${secret}`);
+  }
+  for (const w of wrong) assert.equal(w.status, 404, `${w.path}: ${w.body}`);
+  assert.ok(wrong.every((w) => w.location === null), 'no wrong start token is redirected');
+  assert.equal(opened.status, 302);
+  assert.equal(opened.location, real.href, 'the start URL leads to the real authorization URL');
+  assert.equal(page.status, 200, page.body);
+  assert.equal(exchanges, 1);
+  assert.deepEqual(saved, ['scripted-refresh-token']);
+  assert.equal(keys.get('access_token'), 'scripted-access-token');
+});
+
+test('authorize: the start URL is one-use: opened a second time it is 404 and the flow ends, nothing exchanged or stored', async () => {
+  const { err, played, saved, exchanges } = await scriptedCodeFlow({}, async (url, authorizationUrl) => {
+    const first = await get(url);
+    const second = await get(url);
+    // Whoever opened it first now holds the state: its redirect finds no listener.
+    const late = await get(redirectTo(authorizationUrl, (state) => `code=scripted-code&state=${state}`)).catch((e) => ({ status: 0, body: String(e) }));
+    return { first, second, late };
+  });
+  assert.ok(err instanceof RekeyError, printed(err));
+  assert.equal(err.category, 'needs-authorization');
+  assert.match(err.message, /opened more than once/);
+  assert.equal(played.first.status, 302);
+  assert.equal(played.second.status, 404);
+  assert.equal(played.second.location, null);
+  assert.notEqual(played.late.status, 200, 'the redirect of whoever opened it is not accepted');
+  assert.equal(exchanges, 0);
+  assert.deepEqual(saved, []);
+});
+
+test('authorize: RFC 9207: a missing iss when the issuer sends it, and a forged iss, are refused before any exchange; the matching one is accepted', async () => {
+  const issuer = 'https://idp.example';
+  const enc = encodeURIComponent;
+  const cases = [
+    ['no iss though advertised', { issuer, issuerSendsIss: true }, (st) => `code=scripted-code&state=${st}`, IssuerMismatch],
+    ['a forged iss', { issuer, issuerSendsIss: true }, (st) => `code=scripted-code&state=${st}&iss=${enc('https://evil.example')}`, IssuerMismatch],
+    ['a forged iss, not advertised', { issuer }, (st) => `code=scripted-code&state=${st}&iss=${enc('https://idp.example/')}`, IssuerMismatch],
+    ['an iss with no issuer configured', {}, (st) => `code=scripted-code&state=${st}&iss=${enc(issuer)}`, InvalidSettings],
+    ['the matching iss', { issuer, issuerSendsIss: true }, (st) => `code=scripted-code&state=${st}&iss=${enc(issuer)}`, undefined],
+    ['no iss, not advertised', { issuer }, (st) => `code=scripted-code&state=${st}`, undefined],
+  ];
+  for (const [what, settings, query, refused] of cases) {
+    const { keys, err, played, saved, exchanges } = await scriptedCodeFlow(settings, async (url, authorizationUrl) => {
+      await get(url);
+      return get(redirectTo(authorizationUrl, query));
+    });
+    if (refused) {
+      assert.ok(err instanceof refused, `${what}: ${printed(err)}`);
+      assert.equal(played.status, 400, what);
+      assert.equal(exchanges, 0, `${what}: nothing exchanged`);
+      assert.deepEqual(saved, [], `${what}: nothing stored`);
+      if (refused === InvalidSettings) assert.match(err.message, /issuer/, `${what}: names the issuer option`);
+    } else {
+      assert.equal(err, undefined, `${what}: ${printed(err)}`);
+      assert.equal(played.status, 200, what);
+      assert.equal(exchanges, 1, what);
+      assert.equal(keys.get('refresh_token'), 'scripted-refresh-token', what);
+    }
+  }
+  // issuerSendsIss must be a boolean.
+  await assert.rejects((await rekey()).beginAuthorization({ tokenUrl: 'https://idp.example/token', authorizationUrl: 'https://idp.example/auth', clientId: 'c', issuerSendsIss: 'yes' }, { redirectUri: 'http://127.0.0.1:8765/cb' }), InvalidSettings);
+});
+
+test('authorize: invalid_scope on the redirect is a settings problem; another provider error needs authorisation', async () => {
+  for (const [code, category] of [['invalid_scope', 'settings-wrong'], ['server_error', 'needs-authorization']]) {
+    const { err, played, exchanges } = await scriptedCodeFlow({}, async (url, authorizationUrl) => {
+      await get(url);
+      return get(redirectTo(authorizationUrl, (st) => `error=${code}&state=${st}`));
+    });
+    assert.ok(err instanceof AuthorizationProviderError, printed(err));
+    assert.equal(err.code, code);
+    assert.equal(err.category, category, code);
+    assert.equal(played.status, 400);
+    assert.equal(exchanges, 0);
+  }
 });
 
 test('authorize: slow_down makes the device polls five seconds further apart', async () => {
