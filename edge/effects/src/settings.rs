@@ -21,7 +21,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn load() -> Result<Settings, String> {
-        let src = config::source();
+        let src = config::source()?;
         let required = |name: &str| {
             src.get(name)
                 .ok_or_else(|| format!("{name} is not configured"))

@@ -47,10 +47,12 @@ impl Target {
         })
     }
 
-    /// 127.0.0.0/8, ::1 or localhost: the only places plain http may carry
-    /// a token or a client secret.
+    /// A literal loopback address, 127.0.0.0/8 or ::1: the only places plain
+    /// http may carry a token or a client secret. Not `localhost`: the
+    /// runtime resolves names, and this code cannot see the address it
+    /// connects to.
     pub fn is_loopback(&self) -> bool {
-        if self.host == "localhost" || self.host == "[::1]" {
+        if self.host == "[::1]" {
             return true;
         }
         let octets: alloc::vec::Vec<&str> = self.host.split('.').collect();

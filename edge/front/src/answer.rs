@@ -2,6 +2,7 @@
 //! rekey error a status saying who must act and a small JSON body. Details
 //! go to the server's log; neither carries a token, secret or token response.
 
+use crate::rekey::edge::operator::{self, FleetState as State};
 use crate::rekey::edge::relay;
 use crate::rekey::oauth2::types::{Body, Response, SendError, TransportError};
 use alloc::format;
@@ -39,17 +40,108 @@ impl Answer {
         oauth_error: Option<&str>,
         detail: &str,
     ) -> Answer {
-        rekey_edge_rt::log::line(&format!("rekey-edge front: {status} {code}: {detail}"));
-        let mut json = format!("{{\"error\":{},\"message\":{}", quote(code), quote(message));
+        let mut json = Json::new();
         if let Some(oauth) = oauth_error {
-            json.push_str(&format!(",\"oauth_error\":{}", quote(oauth)));
+            json.str("oauth_error", oauth);
         }
-        json.push('}');
+        Self::json_error(status, code, message, json, detail)
+    }
+
+    /// An error with more fields (`extra`, already JSON members).
+    fn json_error(status: u16, code: &str, message: &str, extra: Json, detail: &str) -> Answer {
+        rekey_edge_rt::log::line(&format!("rekey-edge front: {status} {code}: {detail}"));
+        let mut json = Json::new();
+        json.str("error", code).str("message", message);
+        json.0.push_str(&extra.0);
+        Self::json(status, json)
+    }
+
+    /// A JSON object answer.
+    pub fn json(status: u16, json: Json) -> Answer {
         Answer {
             status,
             headers: alloc::vec![("content-type".into(), "application/json".into())],
-            body: Content::Own(json.into_bytes()),
+            body: Content::Own(json.finish().into_bytes()),
         }
+    }
+
+    fn with_header(mut self, name: &str, value: String) -> Answer {
+        self.headers.push((name.into(), value));
+        self
+    }
+
+    /// No caller secret, or not one configured. Nothing was touched.
+    pub fn unauthenticated(realm: &str) -> Answer {
+        Self::error(
+            401,
+            "caller_unauthenticated",
+            "present the proxy's caller secret as Authorization: Bearer",
+            None,
+            "a request without a valid caller secret",
+        )
+        .with_header("www-authenticate", format!("Bearer realm=\"{realm}\""))
+    }
+
+    pub fn host_not_allowed() -> Answer {
+        Self::error(
+            421,
+            "host_not_allowed",
+            "this proxy does not serve that Host",
+            None,
+            "a request for a Host not in REKEY_ALLOWED_HOSTS",
+        )
+    }
+
+    pub fn method_not_allowed(allowed: &[String]) -> Answer {
+        Self::error(
+            405,
+            "method_not_allowed",
+            "the proxy does not forward this method",
+            None,
+            "a method not allowed",
+        )
+        .with_header("allow", allowed.join(", "))
+    }
+
+    pub fn bad_path(why: &str) -> Answer {
+        Self::error(400, "bad_path", why, None, why)
+    }
+
+    pub fn path_not_allowed() -> Answer {
+        Self::error(
+            403,
+            "path_not_allowed",
+            "the proxy does not forward this path",
+            None,
+            "a path outside REKEY_ALLOWED_PATHS",
+        )
+    }
+
+    /// `refresh-in-doubt`, with the evidence the record holds: the mark (when
+    /// it was set, by which holder), the lease, and what this call saw.
+    pub fn in_doubt(detail: &str, state: Option<&State>) -> Answer {
+        let mut json = Json::new();
+        json.str("detail", detail);
+        if let Some(s) = state {
+            json.raw("record", &state_json(s).finish());
+        }
+        json.str(
+            "recovery",
+            "ask the provider whether the stored refresh token is still live: if it is, \
+             POST /_rekey/clear-refresh-mark?at_ms=<record.refresh_mark.at_ms> with the operator \
+             secret; if not, authorise the credential again",
+        );
+        Self::json_error(
+            502,
+            "refresh_in_doubt",
+            "a refresh may have been spent without its answer arriving",
+            json,
+            detail,
+        )
+    }
+
+    pub fn operator(status: u16, code: &str, message: &str) -> Answer {
+        Self::error(status, code, message, None, message)
     }
 
     pub fn misconfigured(detail: &str) -> Answer {
@@ -121,13 +213,7 @@ impl Answer {
                 None,
                 &d,
             ),
-            E::RefreshInDoubt(d) => Self::error(
-                502,
-                "refresh_in_doubt",
-                "a refresh may have been spent without its answer arriving",
-                None,
-                &d,
-            ),
+            E::RefreshInDoubt(d) => Self::in_doubt(&d, operator::read_state().ok().as_ref()),
             E::Transport(t) => Self::error(
                 502,
                 "upstream_unreachable",
@@ -163,8 +249,9 @@ impl Answer {
 
     pub fn send(self, out: ResponseOutparam) {
         let headers = Fields::new();
+        let named = body::connection_named(&self.headers);
         for (name, value) in &self.headers {
-            if !body::is_hop_by_hop(name) {
+            if !body::is_connection_header(name, &named) {
                 let _ = headers.append(name, value.as_bytes());
             }
         }
@@ -200,6 +287,83 @@ fn transport(t: &TransportError) -> String {
         TransportError::Refused(m) => format!("refused: {m}"),
         TransportError::Other(m) => format!("other: {m}"),
     }
+}
+
+/// A JSON object, built member by member.
+pub struct Json(String);
+
+impl Json {
+    pub fn new() -> Json {
+        Json(String::new())
+    }
+
+    fn key(&mut self, name: &str) {
+        self.0.push(',');
+        self.0.push_str(&quote(name));
+        self.0.push(':');
+    }
+
+    pub fn str(&mut self, name: &str, value: &str) -> &mut Json {
+        self.key(name);
+        self.0.push_str(&quote(value));
+        self
+    }
+
+    pub fn num(&mut self, name: &str, value: u64) -> &mut Json {
+        self.key(name);
+        self.0.push_str(&value.to_string());
+        self
+    }
+
+    pub fn bool(&mut self, name: &str, value: bool) -> &mut Json {
+        self.key(name);
+        self.0.push_str(if value { "true" } else { "false" });
+        self
+    }
+
+    /// `value` is JSON already.
+    pub fn raw(&mut self, name: &str, value: &str) -> &mut Json {
+        self.key(name);
+        self.0.push_str(value);
+        self
+    }
+
+    pub fn finish(self) -> String {
+        format!("{{{}}}", self.0.strip_prefix(',').unwrap_or(""))
+    }
+}
+
+/// The record's fleet state as JSON (never its keys).
+pub fn state_json(s: &State) -> Json {
+    let mut json = Json::new();
+    json.num("version", s.version).bool("has_keys", s.has_keys);
+    match &s.refresh_mark {
+        Some(m) => {
+            let mut mark = Json::new();
+            mark.str("holder", &m.holder).num("at_ms", m.at_ms);
+            json.raw("refresh_mark", &mark.finish())
+        }
+        None => json.raw("refresh_mark", "null"),
+    };
+    match &s.lease {
+        Some(l) => {
+            let mut lease = Json::new();
+            lease.str("holder", &l.holder).num("until_ms", l.until_ms);
+            json.raw("lease", &lease.finish())
+        }
+        None => json.raw("lease", "null"),
+    };
+    match &s.dead_grant {
+        Some(d) => {
+            let mut dead = Json::new();
+            dead.str("code", &d.code).num("at", d.at);
+            json.raw("dead_grant", &dead.finish())
+        }
+        None => json.raw("dead_grant", "null"),
+    };
+    // The record keeps no trace of a token answer that never arrived: an
+    // answer that arrived was stored, and clearing the mark is the result.
+    json
 }
 
 /// A JSON string literal.

@@ -1,32 +1,68 @@
 //! The incoming request as rekey's request to the upstream: same method,
-//! path, query, headers and body; minus the caller's `Authorization` (rekey
-//! adds the credential's) and the hop-by-hop headers.
+//! path and query, the allowed end-to-end headers (`gate.rs`) and the body.
+//! rekey adds the credential's `Authorization`.
 
 use crate::answer::Answer;
+use crate::gate;
 use crate::rekey::edge::relay::{self, ReceiveError};
 use crate::rekey::oauth2::types::Request;
 use crate::settings::Settings;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use rekey_edge_rt::body;
 use rekey_edge_rt::wasi::http::types::{IncomingRequest, Method};
 
-pub fn request(incoming: IncomingRequest, settings: &Settings) -> Result<Request, Answer> {
-    let method = method(&incoming.method());
-    let path = incoming
-        .path_with_query()
-        .unwrap_or_else(|| "/".to_string());
-    if !path.starts_with('/') {
-        return Err(Answer::bad_request("the request target must be a path"));
+/// What the gate looks at, read once from the incoming request.
+pub struct Incoming {
+    pub method: String,
+    /// `/path?query`.
+    pub target: String,
+    /// The request's authority and every `Host` header it carries.
+    pub hosts: Vec<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Incoming {
+    pub fn read(request: &IncomingRequest) -> Incoming {
+        let fields = request.headers();
+        let headers: Vec<(String, String)> = fields
+            .entries()
+            .into_iter()
+            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+            .collect();
+        drop(fields);
+        let mut hosts: Vec<String> = headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v.trim().to_string())
+            .collect();
+        hosts.extend(request.authority());
+        Incoming {
+            method: method(&request.method()),
+            target: request.path_with_query().unwrap_or_else(|| "/".to_string()),
+            hosts,
+            headers,
+        }
     }
-    let fields = incoming.headers();
-    let headers: Vec<(String, String)> = fields
-        .entries()
-        .into_iter()
-        .filter(|(name, _)| !is_dropped(name))
-        .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
-        .collect();
-    drop(fields);
+
+    /// The caller's bearer secret, if it sent exactly one `Authorization`.
+    pub fn bearer(&self) -> Option<&str> {
+        let mut values = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("authorization"));
+        match (values.next(), values.next()) {
+            (Some((_, v)), None) => gate::bearer(v),
+            _ => None,
+        }
+    }
+}
+
+pub fn request(
+    incoming: IncomingRequest,
+    seen: Incoming,
+    settings: &Settings,
+) -> Result<Request, Answer> {
+    let headers = gate::forwarded_headers(seen.headers, &settings.access.forward_headers);
     let incoming_body = incoming
         .consume()
         .map_err(|()| Answer::bad_request("the request body cannot be read"))?;
@@ -36,16 +72,11 @@ pub fn request(incoming: IncomingRequest, settings: &Settings) -> Result<Request
         ReceiveError::Failed => Answer::bad_request("the request body broke off"),
     })?;
     Ok(Request {
-        method,
-        url: alloc::format!("{}{}", settings.upstream, path),
+        method: seen.method,
+        url: alloc::format!("{}{}", settings.upstream, seen.target),
         headers,
         body,
     })
-}
-
-/// The caller's credentials never travel on; nor do connection headers.
-fn is_dropped(name: &str) -> bool {
-    name.eq_ignore_ascii_case("authorization") || body::is_hop_by_hop(name)
 }
 
 fn method(m: &Method) -> String {

@@ -3,6 +3,7 @@
 //! server's own variable through without putting it on a command line). The
 //! access token may go only to the upstream's origin.
 
+use crate::gate;
 use crate::rekey::oauth2::types::{
     ClientAuth, FleetTiming, Grant, Settings as RekeySettings, Strategy,
 };
@@ -16,11 +17,79 @@ pub struct Settings {
     /// Origin (and optional base path) the incoming path is appended to.
     pub upstream: String,
     pub max_request_bytes: u64,
+    pub access: Access,
+}
+
+/// Who may use the proxy and for what (`gate.rs` applies it).
+pub struct Access {
+    /// SHA-256 of each accepted caller secret (several: rotation).
+    pub callers: Vec<gate::Hash>,
+    /// SHA-256 of each operator secret; empty: no operator path.
+    pub operators: Vec<gate::Hash>,
+    /// `Host` values served (`host` any port, `host:port` that one).
+    pub hosts: Vec<String>,
+    pub methods: Vec<String>,
+    /// Path prefixes under the upstream's base path.
+    pub paths: Vec<String>,
+    /// Request headers forwarded besides the default allow-list.
+    pub forward_headers: Vec<String>,
+}
+
+impl Access {
+    fn load(src: &dyn Source) -> Result<Access, String> {
+        let hashes = |name: &str| -> Result<Vec<gate::Hash>, String> {
+            config::list(src, name)
+                .unwrap_or_default()
+                .iter()
+                .map(|h| {
+                    gate::parse_hash(h).ok_or_else(|| {
+                        format!("{name} must be SHA-256s in hex, separated by commas")
+                    })
+                })
+                .collect()
+        };
+        let callers = hashes("REKEY_CALLER_SECRET_SHA256")?;
+        if callers.is_empty() {
+            return Err("REKEY_CALLER_SECRET_SHA256 is not configured: the proxy serves only callers with a secret".into());
+        }
+        let hosts: Vec<String> = config::list(src, "REKEY_ALLOWED_HOSTS").unwrap_or_default();
+        if hosts.is_empty() {
+            return Err("REKEY_ALLOWED_HOSTS is not configured: the proxy answers only the Host values listed".into());
+        }
+        let methods = config::list(src, "REKEY_ALLOWED_METHODS").unwrap_or_else(|| {
+            gate::DEFAULT_METHODS
+                .iter()
+                .map(|m| m.to_string())
+                .collect()
+        });
+        if let Some(m) = methods.iter().find(|m| gate::never_allowed(m)) {
+            return Err(format!("REKEY_ALLOWED_METHODS may not list {m}"));
+        }
+        let paths =
+            config::list(src, "REKEY_ALLOWED_PATHS").unwrap_or_else(|| alloc::vec!["/".into()]);
+        for p in &paths {
+            if !matches!(gate::check_path(p, &[String::from("/")]), Ok(())) {
+                return Err(
+                    "REKEY_ALLOWED_PATHS must be absolute paths without dot segments".into(),
+                );
+            }
+        }
+        Ok(Access {
+            callers,
+            operators: hashes("REKEY_OPERATOR_SECRET_SHA256")?,
+            hosts,
+            methods,
+            paths,
+            forward_headers: gate::forward_list(
+                config::list(src, "REKEY_FORWARD_HEADERS").unwrap_or_default(),
+            )?,
+        })
+    }
 }
 
 impl Settings {
     pub fn load() -> Result<Settings, String> {
-        let src = config::source();
+        let src = config::source()?;
         let required = |name: &str| {
             src.get(name)
                 .ok_or_else(|| format!("{name} is not configured"))
@@ -69,6 +138,13 @@ impl Settings {
         let upstream = required("REKEY_UPSTREAM")?
             .trim_end_matches('/')
             .to_string();
+        let token_url = required("REKEY_TOKEN_URL")?;
+        for (name, url) in [
+            ("REKEY_UPSTREAM", &upstream),
+            ("REKEY_TOKEN_URL", &token_url),
+        ] {
+            plain_http_on_loopback_only(name, url)?;
+        }
         let millis = |name: &str| -> Result<u32, String> {
             u32::try_from(config::number(&src, name, 0)?)
                 .map_err(|_| format!("{name} is too large"))
@@ -76,7 +152,7 @@ impl Settings {
         Ok(Settings {
             rekey: RekeySettings {
                 grant,
-                token_url: required("REKEY_TOKEN_URL")?,
+                token_url,
                 client_id: required("REKEY_CLIENT_ID")?,
                 client_secret: src.get("REKEY_CLIENT_SECRET"),
                 client_auth,
@@ -85,7 +161,7 @@ impl Settings {
                 strategy,
                 rejected_statuses,
                 api_origins: alloc::vec![origin(&upstream)?],
-                allow_instance_url: false,
+                instance_url_origins: Vec::new(),
                 // Zero: the component's defaults.
                 fleet: FleetTiming {
                     lease_ttl_ms: millis("REKEY_LEASE_TTL_MS")?,
@@ -94,6 +170,7 @@ impl Settings {
             },
             upstream,
             max_request_bytes: config::number(&src, "REKEY_MAX_REQUEST_BYTES", 16 << 20)?,
+            access: Access::load(&src)?,
         })
     }
 }
@@ -123,4 +200,37 @@ fn origin(url: &str) -> Result<String, String> {
         return Err("REKEY_UPSTREAM has no host".into());
     }
     Ok(format!("{scheme}://{authority}"))
+}
+
+/// `http://` only to a literal loopback address (127.0.0.0/8, `[::1]`): the
+/// runtime resolves a name such as `localhost`, and the proxy cannot see the
+/// address it connects to.
+fn plain_http_on_loopback_only(name: &str, url: &str) -> Result<(), String> {
+    let Some(rest) = url
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("http://"))
+        .map(|_| &url[7..])
+    else {
+        return Ok(());
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    let v4_loopback = {
+        let octets: Vec<&str> = host.split('.').collect();
+        octets.len() == 4
+            && octets[0] == "127"
+            && octets
+                .iter()
+                .all(|o| !o.is_empty() && o.len() <= 3 && o.parse::<u8>().is_ok())
+    };
+    if v4_loopback || host == "::1" {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name}: plain http only to a literal loopback address (127.0.0.1, [::1])"
+        ))
+    }
 }

@@ -11,6 +11,7 @@ wit_bindgen::generate!({
     world: "rekey:edge/passthrough",
     path: "../wit",
     with: {
+        "wasi:config/store@0.2.0-draft": rekey_edge_rt::wasi::config::store,
         "wasi:cli/environment@0.2.0": rekey_edge_rt::wasi::cli::environment,
         "wasi:cli/stderr@0.2.0": rekey_edge_rt::wasi::cli::stderr,
         "wasi:io/error@0.2.0": rekey_edge_rt::wasi::io::error,
@@ -26,7 +27,6 @@ wit_bindgen::generate!({
 use alloc::string::ToString;
 use exports::wasi::http::incoming_handler::Guest;
 use rekey_edge_rt::body;
-use rekey_edge_rt::config::{self, Source};
 use rekey_edge_rt::wasi::http::types::{
     ErrorCode, Fields, IncomingRequest, OutgoingRequest, OutgoingResponse, ResponseOutparam, Scheme,
 };
@@ -65,8 +65,11 @@ fn copy(fields: &Fields) -> Fields {
 
 fn forward(request: IncomingRequest) -> Result<(u16, Fields, alloc::vec::Vec<u8>), ErrorCode> {
     let fail = |m: &str| ErrorCode::InternalError(Some(m.to_string()));
-    let upstream = config::source()
-        .get("REKEY_UPSTREAM")
+    // The environment only: the baseline imports no wasi:config.
+    let upstream = rekey_edge_rt::wasi::cli::environment::get_environment()
+        .into_iter()
+        .find(|(k, _)| k == "REKEY_UPSTREAM")
+        .map(|(_, v)| v)
         .ok_or_else(|| fail("REKEY_UPSTREAM is not configured"))?;
     let (scheme, authority) = upstream
         .split_once("://")

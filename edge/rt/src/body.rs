@@ -3,6 +3,7 @@
 
 use crate::wasi::http::types::{ErrorCode, IncomingBody, OutgoingBody, http_error_code};
 use crate::wasi::io::streams::StreamError;
+use alloc::string::String;
 use alloc::vec::Vec;
 
 /// Why a body could not be read whole.
@@ -66,4 +67,22 @@ pub fn is_hop_by_hop(name: &str) -> bool {
         "content-length",
     ];
     NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// The header names a `connection` header lists (RFC 9110 §7.6.1): they
+/// describe this connection only, so a proxy drops them too.
+pub fn connection_named(headers: &[(String, String)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, value)| value.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Whether a proxy drops `name` in either direction: hop-by-hop, or listed
+/// in `connection` (`named`, lower case).
+pub fn is_connection_header(name: &str, named: &[String]) -> bool {
+    is_hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name))
 }

@@ -1,9 +1,11 @@
-//! Configuration as the runtime supplies it. One seam (`Source`) so a
-//! `wasi:config/store` source can stand beside the environment: `wasmtime
-//! serve` offers `wasi:cli/environment` by default and `wasi:config` only
-//! behind `-S config`, and a component cannot import an interface optionally.
+//! Configuration as the runtime supplies it: `wasi:config/store` first (what
+//! wasmCloud and Spin provide; `wasmtime serve -S config -S config-var=K=V`),
+//! then `wasi:cli/environment` (`wasmtime serve --env`) for whatever the store
+//! does not hold. Both are read once per instance (one per request).
 
 use crate::wasi::cli::environment;
+use crate::wasi::config::store;
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -12,16 +14,10 @@ pub trait Source {
     fn get(&self, name: &str) -> Option<String>;
 }
 
-/// `wasi:cli/environment` (`wasmtime serve --env NAME[=VALUE]`).
-pub struct Env(Vec<(String, String)>);
+/// Name/value pairs; an empty value counts as unset.
+pub struct Pairs(Vec<(String, String)>);
 
-impl Env {
-    pub fn load() -> Env {
-        Env(environment::get_environment())
-    }
-}
-
-impl Source for Env {
+impl Source for Pairs {
     fn get(&self, name: &str) -> Option<String> {
         self.0
             .iter()
@@ -31,9 +27,36 @@ impl Source for Env {
     }
 }
 
+/// The store's value, else the environment's. The store is asked key by
+/// key (`get`): `wasmtime serve -S config` (49) links `get` but not
+/// `get-all`, and a component that imports what the runtime lacks does not
+/// start.
+pub struct Layered {
+    env: Pairs,
+}
+
+impl Source for Layered {
+    fn get(&self, name: &str) -> Option<String> {
+        match store::get(name) {
+            Ok(Some(v)) if !v.is_empty() => Some(v),
+            // A store that fails for a key leaves it to the environment; the
+            // failure is logged (the runtime's words, never a value).
+            Err(store::Error::Upstream(m) | store::Error::Io(m)) => {
+                crate::log::line(&format!(
+                    "rekey-edge: wasi:config/store failed for {name}: {m}"
+                ));
+                self.env.get(name)
+            }
+            _ => self.env.get(name),
+        }
+    }
+}
+
 /// The configuration source the adapters read.
-pub fn source() -> Env {
-    Env::load()
+pub fn source() -> Result<Layered, String> {
+    Ok(Layered {
+        env: Pairs(environment::get_environment()),
+    })
 }
 
 /// A whole number setting, or `default` when unset. A value that is set but
@@ -46,4 +69,15 @@ pub fn number(src: &dyn Source, name: &str, default: u64) -> Result<u64, String>
             .parse()
             .map_err(|_| alloc::format!("{name} is not a whole number")),
     }
+}
+
+/// A comma-separated list, trimmed, empty items dropped; none when unset.
+pub fn list(src: &dyn Source, name: &str) -> Option<Vec<String>> {
+    src.get(name).map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    })
 }

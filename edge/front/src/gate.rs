@@ -1,0 +1,342 @@
+//! Who may use the credential, and for what: the checks an incoming request
+//! passes before the credential is touched or anything is sent. A caller
+//! presents `Authorization: Bearer <secret>`; the configuration holds only
+//! the secret's SHA-256, compared in constant time. The `Host` must be one
+//! configured (a DNS-rebinding page sends its own), the method and the path
+//! ones allowed, and the path may not climb (`..`, also percent-encoded) or
+//! hide a separator (`%2f`, `%5c`, `\`): such paths are refused, not
+//! rewritten, so what is checked is what the upstream sees.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use sha2::{Digest, Sha256};
+
+/// A SHA-256 as configured: 64 hex digits.
+pub type Hash = [u8; 32];
+
+pub fn parse_hash(hex: &str) -> Option<Hash> {
+    let hex = hex.trim().as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16);
+        out[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
+}
+
+/// The bearer secret of an `Authorization` value, if it is one.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    let secret = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty()).then_some(secret)
+}
+
+/// Whether `secret` hashes to one of `allowed`. Every byte of every hash is
+/// compared whatever matches, so the time says nothing about the secret.
+pub fn secret_matches(secret: &str, allowed: &[Hash]) -> bool {
+    let presented: Hash = Sha256::digest(secret.as_bytes()).into();
+    let mut any = 0u8;
+    for hash in allowed {
+        let mut diff = 0u8;
+        for (a, b) in presented.iter().zip(hash) {
+            diff |= a ^ b;
+        }
+        any |= u8::from(core::hint::black_box(diff) == 0);
+    }
+    any == 1
+}
+
+/// `authority` is one of `allowed` (`host` admits any port; `host:port`
+/// that port only). Case-insensitive.
+pub fn host_allowed(authority: &str, allowed: &[String]) -> bool {
+    let host = host_part(authority);
+    allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(authority) || a.eq_ignore_ascii_case(host))
+}
+
+/// `host` of `host[:port]` (an IPv6 literal keeps its brackets).
+fn host_part(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.find(']').map_or(authority, |i| &authority[..=i]);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
+/// Why a path is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BadPath {
+    /// Not a path, or it holds what parsers read differently.
+    Malformed(&'static str),
+    /// Not under an allowed prefix.
+    NotAllowed,
+}
+
+/// Checks the request target (`/path?query`): an absolute path with no dot
+/// segment (`.`, `..`, in any percent-encoding of the dots), no encoded `/`
+/// or `\`, no backslash, NUL or control character, under one of `prefixes`
+/// (at a segment boundary: `/v1` admits `/v1` and `/v1/x`, not `/v1x`).
+pub fn check_path(target: &str, prefixes: &[String]) -> Result<(), BadPath> {
+    let path = target.split('?').next().unwrap_or("");
+    if !path.starts_with('/') {
+        return Err(BadPath::Malformed("the request target must be a path"));
+    }
+    if path.contains(|c: char| c == '\\' || c.is_control() || c.is_whitespace()) {
+        return Err(BadPath::Malformed(
+            "the path holds a backslash or a control character",
+        ));
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
+        return Err(BadPath::Malformed(
+            "the path holds an encoded separator or NUL",
+        ));
+    }
+    for segment in lower.split('/') {
+        let decoded = segment.replace("%2e", ".");
+        if decoded == "." || decoded == ".." {
+            return Err(BadPath::Malformed("the path holds a dot segment"));
+        }
+    }
+    let under = |prefix: &String| {
+        let p = prefix.trim_end_matches('/');
+        p.is_empty()
+            || path == p
+            || path
+                .strip_prefix(p)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    if prefixes.iter().any(under) {
+        Ok(())
+    } else {
+        Err(BadPath::NotAllowed)
+    }
+}
+
+/// End-to-end request headers forwarded by default: content negotiation,
+/// conditionals, ranges, tracing. Nothing that identifies the caller
+/// (cookies, credentials, `Forwarded`, `X-Forwarded-*`).
+pub const FORWARDED_BY_DEFAULT: [&str; 20] = [
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "cache-control",
+    "content-encoding",
+    "content-language",
+    "content-type",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "pragma",
+    "prefer",
+    "range",
+    "user-agent",
+    "idempotency-key",
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+];
+
+/// Headers never forwarded, whatever is configured: credentials.
+pub const NEVER_FORWARDED: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+];
+
+/// The caller's headers that go upstream: those on the allow-list
+/// (`extra` adds names), minus hop-by-hop ones and those named in
+/// `connection`.
+pub fn forwarded_headers(
+    headers: Vec<(String, String)>,
+    extra: &[String],
+) -> Vec<(String, String)> {
+    let named = rekey_edge_rt::body::connection_named(&headers);
+    headers
+        .into_iter()
+        .filter(|(name, _)| {
+            let allowed = FORWARDED_BY_DEFAULT
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name))
+                || extra.iter().any(|n| n.eq_ignore_ascii_case(name));
+            allowed
+                && !NEVER_FORWARDED.iter().any(|n| n.eq_ignore_ascii_case(name))
+                && !rekey_edge_rt::body::is_connection_header(name, &named)
+        })
+        .collect()
+}
+
+/// Methods allowed when none are configured.
+pub const DEFAULT_METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+
+/// Never forwarded, whatever is configured: a tunnel, or a request echoed
+/// back with the credential in it.
+pub fn never_allowed(method: &str) -> bool {
+    method.eq_ignore_ascii_case("CONNECT") || method.eq_ignore_ascii_case("TRACE")
+}
+
+pub fn method_allowed(method: &str, allowed: &[String]) -> bool {
+    !never_allowed(method) && allowed.iter().any(|m| m == method)
+}
+
+/// The configured names, lower case, checked: no credential, no hop-by-hop.
+pub fn forward_list(names: Vec<String>) -> Result<Vec<String>, String> {
+    names
+        .into_iter()
+        .map(|n| {
+            let n = n.to_ascii_lowercase();
+            if NEVER_FORWARDED.contains(&n.as_str()) {
+                Err(alloc::format!(
+                    "REKEY_FORWARD_HEADERS may not name the credential header {n}"
+                ))
+            } else if rekey_edge_rt::body::is_hop_by_hop(&n) {
+                Err(alloc::format!(
+                    "REKEY_FORWARD_HEADERS may not name the hop-by-hop header {n}"
+                ))
+            } else {
+                Ok(n.to_string())
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn all() -> Vec<String> {
+        vec!["/".into()]
+    }
+
+    #[test]
+    fn dot_segments_and_encoded_separators_are_refused() {
+        for bad in [
+            "/../x",
+            "/a/../b",
+            "/a/..",
+            "/a/%2e%2e/b",
+            "/a/%2E%2e/b",
+            "/a/.%2e/b",
+            "/a/./b",
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "/a/%2e",
+            "/a%00",
+            "x",
+            "",
+        ] {
+            assert!(
+                matches!(check_path(bad, &all()), Err(BadPath::Malformed(_))),
+                "{bad}"
+            );
+        }
+        for good in [
+            "/",
+            "/a/b",
+            "/a/...",
+            "/a/.b",
+            "/a/b.",
+            "/a?x=/../y",
+            "/%41",
+        ] {
+            assert_eq!(check_path(good, &all()), Ok(()), "{good}");
+        }
+    }
+
+    #[test]
+    fn prefixes_match_at_segment_boundaries() {
+        let p = vec!["/v1".to_string(), "/status/".to_string()];
+        assert_eq!(check_path("/v1", &p), Ok(()));
+        assert_eq!(check_path("/v1/me?x=1", &p), Ok(()));
+        assert_eq!(check_path("/status/x", &p), Ok(()));
+        assert_eq!(check_path("/v1x", &p), Err(BadPath::NotAllowed));
+        assert_eq!(check_path("/v2/me", &p), Err(BadPath::NotAllowed));
+    }
+
+    #[test]
+    fn secrets_compare_by_hash() {
+        let h: Hash = Sha256::digest(b"s3cret").into();
+        assert!(secret_matches("s3cret", &[h]));
+        assert!(!secret_matches("s3cret!", &[h]));
+        assert!(!secret_matches("s3cret", &[]));
+        let hex: String = h.iter().map(|b| alloc::format!("{b:02x}")).collect();
+        assert_eq!(parse_hash(&hex), Some(h));
+        assert_eq!(parse_hash(&hex.to_uppercase()), Some(h));
+        assert_eq!(parse_hash("abc"), None);
+        assert_eq!(bearer("Bearer  x "), Some("x"));
+        assert_eq!(bearer("bearer x"), Some("x"));
+        assert_eq!(bearer("Basic x"), None);
+        assert_eq!(bearer("Bearer"), None);
+    }
+
+    #[test]
+    fn hosts_with_and_without_ports() {
+        let allowed = vec![
+            "127.0.0.1".to_string(),
+            "api.local:8443".to_string(),
+            "[::1]".to_string(),
+        ];
+        assert!(host_allowed("127.0.0.1:5000", &allowed));
+        assert!(host_allowed("127.0.0.1", &allowed));
+        assert!(host_allowed("API.local:8443", &allowed));
+        assert!(!host_allowed("api.local:8444", &allowed));
+        assert!(!host_allowed("api.local", &allowed));
+        assert!(host_allowed("[::1]:80", &allowed));
+        assert!(!host_allowed("evil.example", &allowed));
+        assert!(!host_allowed("127.0.0.1.evil.example", &allowed));
+    }
+
+    #[test]
+    fn only_allowed_headers_travel() {
+        let h = |n: &str, v: &str| (n.to_string(), v.to_string());
+        let sent = forwarded_headers(
+            vec![
+                h("accept", "a"),
+                h("cookie", "c"),
+                h("x-api-key", "k"),
+                h("forwarded", "f"),
+                h("x-forwarded-for", "1.2.3.4"),
+                h("connection", "x-hop, accept-language"),
+                h("x-hop", "1"),
+                h("accept-language", "en"),
+                h("keep-alive", "5"),
+                h("x-custom", "kept"),
+                h("authorization", "Bearer caller"),
+            ],
+            &["x-custom".to_string(), "x-hop".to_string()],
+        );
+        assert_eq!(sent, vec![h("accept", "a"), h("x-custom", "kept")]);
+        assert!(forward_list(vec!["Cookie".into()]).is_err());
+        assert!(forward_list(vec!["connection".into()]).is_err());
+        assert_eq!(
+            forward_list(vec!["X-Forwarded-For".into()]).unwrap(),
+            vec!["x-forwarded-for"]
+        );
+    }
+
+    #[test]
+    fn connect_and_trace_are_never_allowed() {
+        let m = vec![
+            "GET".to_string(),
+            "CONNECT".to_string(),
+            "TRACE".to_string(),
+        ];
+        assert!(method_allowed("GET", &m));
+        assert!(!method_allowed("CONNECT", &m));
+        assert!(!method_allowed("TRACE", &m));
+        assert!(!method_allowed("get", &m));
+    }
+}
