@@ -73,6 +73,10 @@ if [[ ",$runtimes," == *",wasmtime,"* ]]; then
         COMPOSE="$root/target/edge-build/debug/rekey-edge-compose" \
         REKEY_TESTKIT="$REKEY_TESTKIT" EDGE_RUN_DIR="$out/run" \
         "$venv/bin/python" "$edge/tests/scenarios.py"
+    # EDGE_README=1: the README's table of what this run saw.
+    if [ -n "${EDGE_README:-}" ] && [ -z "${EDGE_ONLY:-}" ]; then
+        "$venv/bin/python" "$edge/tests/readme.py" scenarios-wasmtime <"$out/run/report.md"
+    fi
 fi
 if [[ ",$runtimes," == *",jco,"* ]]; then
     if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
@@ -95,4 +99,7 @@ if [[ ",$runtimes," == *",jco,"* ]]; then
         COMPOSE="$root/target/edge-build/debug/rekey-edge-compose" \
         REKEY_TESTKIT="$REKEY_TESTKIT" EDGE_RUN_DIR="$out/run-jco" \
         "$venv/bin/python" "$edge/tests/scenarios.py"
+    if [ -n "${EDGE_README:-}" ] && [ -z "${EDGE_ONLY:-}" ]; then
+        "$venv/bin/python" "$edge/tests/readme.py" scenarios-jco <"$out/run-jco/report.md"
+    fi
 fi

@@ -203,6 +203,9 @@ class Serve:
             self.logfile.close()
 
 
+UPSTREAM_KEEP_ALIVE = "timeout=77, max=9"  # the upstream's own, told apart from the runtime's
+
+
 class Echo:
     """An upstream that records each request and answers it: `.../mirror`
     with the request body back, `.../bytes/N` with N bytes, anything else with
@@ -228,7 +231,7 @@ class Echo:
                     self._answer(401, b"", [("www-authenticate", 'Bearer error="invalid_token"')])
                 elif self.path.endswith("/hop"):
                     self._answer(200, b"{}", [("connection", "x-hop-secret"), ("x-hop-secret", "upstream-only"),
-                                              ("keep-alive", "timeout=5"), ("x-end-to-end", "kept")])
+                                              ("keep-alive", UPSTREAM_KEEP_ALIVE), ("x-end-to-end", "kept")])
                 elif self.path.endswith("/mirror"):
                     self._answer(200, body, [("content-type", "application/octet-stream")])
                 elif m := re.search(r"/bytes/(\d+)$", self.path):

@@ -16,7 +16,7 @@ use crate::record::{self, Decoded};
 use crate::store::{Cas, CasError, Next};
 use crate::wasi::filesystem::preopens;
 use crate::wasi::filesystem::types::{
-    Descriptor, DescriptorFlags, ErrorCode, OpenFlags, PathFlags,
+    Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags,
 };
 use crate::wasi::random::random::get_random_u64;
 use alloc::format;
@@ -83,6 +83,13 @@ impl FileCas {
             Err(ErrorCode::NoEntry) => return Ok(None),
             Err(e) => return Err(err("opening", file, e)),
         };
+        // Only a regular file is read: a directory or device in its place is
+        // an error (and jco's shim crashes the server reading a directory).
+        match fd.get_type() {
+            Ok(DescriptorType::RegularFile) => {}
+            Ok(other) => return Err(format!("{file} is not a regular file ({other:?})")),
+            Err(e) => return Err(err("examining", file, e)),
+        }
         let mut out = Vec::new();
         loop {
             let (chunk, eof) = fd
