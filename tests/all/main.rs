@@ -10,6 +10,7 @@ mod support;
 
 mod authorize;
 mod cli;
+mod cli_boundaries;
 mod client_credentials;
 mod component;
 mod fleet;
