@@ -9,8 +9,8 @@
 //! # async fn demo(rekey: rekey::Rekey, store: std::sync::Arc<dyn rekey::KeyStore>) -> Result<(), rekey::authorize::AuthorizeError> {
 //! use rekey::authorize::CodeOptions;
 //! let keys = rekey
-//!     .authorize_code(&store.load("crm").unwrap().settings, &CodeOptions::default(), |url| {
-//!         eprintln!("open {url}");
+//!     .authorize_code("crm", &store.load("crm").unwrap().settings, &CodeOptions::default(), |p| {
+//!         eprintln!("open {}", p.start_url); // one use; no secret in it
 //!     })
 //!     .await?;
 //! # let _ = keys; Ok(()) }
@@ -28,6 +28,7 @@ use serde::Deserialize;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 /// How long the code grant waits for the redirect unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -39,6 +40,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest request head the listener reads.
 const MAX_HEAD: usize = 16 * 1024;
+/// Connections the listener reads at once (each for up to `READ_TIMEOUT`),
+/// so a local process holding some open cannot delay the browser's.
+const MAX_CONNECTIONS: usize = 32;
+/// The path prefix of the one-use start URL.
+const START: &str = "/start/";
+/// Where errors of the device authorization request come from.
+const DEVICE_ENDPOINT: &str = "device authorization endpoint";
+const TOKEN_ENDPOINT: &str = "token endpoint";
 
 /// Why authorisation stored nothing. Messages never carry a token, code,
 /// verifier, secret or provider text.
@@ -55,9 +64,10 @@ pub enum AuthorizeError {
         "the redirect's state does not match this authorisation request (a stale or forged redirect); nothing was exchanged or stored"
     )]
     StateMismatch,
-    /// The redirect's `iss` named another issuer (RFC 9207).
+    /// The redirect's `iss` named another issuer, or was missing although
+    /// the issuer says it sends one (RFC 9207).
     #[error(
-        "the redirect's iss names another issuer than the credential's (RFC 9207 mix-up); nothing was exchanged or stored"
+        "the redirect's iss names another issuer than the credential's, or is missing although the issuer sends it (RFC 9207 mix-up); nothing was exchanged or stored"
     )]
     IssuerMismatch,
     /// The provider answered the authorisation request with an error.
@@ -70,18 +80,29 @@ pub enum AuthorizeError {
     #[error("no redirect arrived within {0} s; nothing was stored (run `rekey authorize` again)")]
     Timeout(u64),
     /// The token or device endpoint refused the request.
-    #[error(
-        "the token endpoint refused the request with {code} (HTTP {status}); nothing was stored"
-    )]
+    #[error("the {at} refused the request with {code} (HTTP {status}); nothing was stored")]
     Rejected {
+        /// Which endpoint: `token endpoint` or `device authorization endpoint`.
+        at: &'static str,
         /// HTTP status.
         status: u16,
         /// The OAuth error code.
         code: String,
     },
     /// The token or device endpoint failed, or answered something unusable.
-    #[error("the token endpoint failed: {0}")]
-    Endpoint(String),
+    #[error("the {at} failed: {message}")]
+    Endpoint {
+        /// Which endpoint: `token endpoint` or `device authorization endpoint`.
+        at: &'static str,
+        /// What went wrong (no provider text).
+        message: String,
+    },
+    /// The one-use start URL was fetched again: someone else may have read
+    /// it (and with it this request's `state` and challenge).
+    #[error(
+        "the start URL was opened more than once, so another program may have read this authorisation request; nothing was stored (run `rekey authorize` again)"
+    )]
+    StartReused,
     /// A request could not be sent.
     #[error("request failed: {0}")]
     Transport(String),
@@ -103,6 +124,19 @@ impl AuthorizeError {
             AuthorizeError::InvalidSettings(_) | AuthorizeError::Discovery(_) => {
                 Category::SettingsWrong
             }
+            // The authorization request itself is wrong (RFC 6749 §4.1.2.1):
+            // asking again the same way cannot help.
+            AuthorizeError::ProviderError(code)
+                if matches!(
+                    code.as_str(),
+                    "invalid_scope"
+                        | "invalid_request"
+                        | "unauthorized_client"
+                        | "unsupported_response_type"
+                ) =>
+            {
+                Category::SettingsWrong
+            }
             AuthorizeError::Rejected { code, .. } if code != "invalid_grant" => {
                 Category::SettingsWrong
             }
@@ -112,8 +146,9 @@ impl AuthorizeError {
             | AuthorizeError::ProviderError(_)
             | AuthorizeError::Expired
             | AuthorizeError::Timeout(_)
+            | AuthorizeError::StartReused
             | AuthorizeError::Rejected { .. } => Category::NeedsAuthorization,
-            AuthorizeError::Endpoint(_) => Category::TokenEndpoint,
+            AuthorizeError::Endpoint { .. } => Category::TokenEndpoint,
             AuthorizeError::Transport(_) | AuthorizeError::Listener(_) => Category::Transport,
             AuthorizeError::Host(e) => e.category(),
         }
@@ -122,6 +157,13 @@ impl AuthorizeError {
 
 impl From<WitError> for AuthorizeError {
     fn from(e: WitError) -> Self {
+        AuthorizeError::at(TOKEN_ENDPOINT, e)
+    }
+}
+
+impl AuthorizeError {
+    /// The component's error, from a call that talked to the endpoint `at`.
+    fn at(at: &'static str, e: WitError) -> Self {
         match e {
             WitError::InvalidSettings(m) => AuthorizeError::InvalidSettings(m),
             WitError::AccessDenied => AuthorizeError::AccessDenied,
@@ -130,10 +172,11 @@ impl From<WitError> for AuthorizeError {
             WitError::ProviderError(c) => AuthorizeError::ProviderError(c),
             WitError::Expired => AuthorizeError::Expired,
             WitError::Rejected(e) => AuthorizeError::Rejected {
+                at,
                 status: e.status,
                 code: e.code,
             },
-            WitError::Endpoint(m) => AuthorizeError::Endpoint(m),
+            WitError::Endpoint(message) => AuthorizeError::Endpoint { at, message },
             WitError::Transport(t) => AuthorizeError::Transport(describe_transport(&t)),
         }
     }
@@ -211,14 +254,13 @@ fn authorization(settings: &Settings, redirect_uri: String) -> Authorization {
             .cloned()
             .collect(),
         issuer: settings.issuer.clone(),
-        // RFC 9207 metadata is not carried yet.
-        issuer_sends_iss: false,
+        issuer_sends_iss: settings.issuer_sends_iss,
     }
 }
 
 /// Random bytes from the operating system, through the TLS stack's CSPRNG.
-fn entropy() -> Result<Vec<u8>, AuthorizeError> {
-    let mut bytes = vec![0u8; 48];
+fn random(n: usize) -> Result<Vec<u8>, AuthorizeError> {
+    let mut bytes = vec![0u8; n];
     rustls::crypto::ring::default_provider()
         .secure_random
         .fill(&mut bytes)
@@ -226,20 +268,57 @@ fn entropy() -> Result<Vec<u8>, AuthorizeError> {
     Ok(bytes)
 }
 
+/// 32 random bytes as 64 hex digits: the start URL's one-use token.
+fn start_token() -> Result<String, AuthorizeError> {
+    Ok(random(32)?.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Equal without an early exit on the first differing byte.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 fn wit_settings(settings: &Settings) -> Result<wit::Settings, AuthorizeError> {
     settings.to_wit().map_err(AuthorizeError::InvalidSettings)
 }
 
+/// What a person needs to start the code grant.
+pub struct CodePrompt {
+    /// `http://127.0.0.1:PORT/start/<token>`: the listener answers it once
+    /// with a redirect to the authorization URL. Holds no `state` or
+    /// challenge, so it is what goes to a browser opener's command line.
+    pub start_url: String,
+    /// The authorization URL itself, with this request's `state` and PKCE
+    /// challenge: show it only to the person running the flow.
+    pub authorization_url: String,
+}
+
+impl std::fmt::Debug for CodePrompt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodePrompt")
+            .field("start_url", &"[redacted]")
+            .field("authorization_url", &"[redacted]")
+            .finish()
+    }
+}
+
 impl Rekey {
     /// The authorization code grant with PKCE: binds the loopback listener,
-    /// hands the authorization URL to `show` (print it, open a browser),
-    /// waits for the redirect, and exchanges the code. Returns the token
-    /// response as a first token set; the caller stores it.
+    /// hands the one-use start URL (and the authorization URL) to `show`
+    /// (print it, open a browser), serves the start URL once, and exchanges
+    /// the code of the first redirect whose `state` is this request's
+    /// (others are answered 400 and waited past). Returns the token
+    /// response as a first token set for `name`; the caller stores it.
     pub async fn authorize_code(
         &self,
+        name: &str,
         settings: &Settings,
         options: &CodeOptions,
-        show: impl FnOnce(&str),
+        show: impl FnOnce(&CodePrompt),
     ) -> Result<TokenSet, AuthorizeError> {
         let wsettings = wit_settings(settings)?;
         let configured = options
@@ -248,51 +327,97 @@ impl Rekey {
             .unwrap_or(DEFAULT_REDIRECT_URI);
         let listener = Listener::bind(configured).await?;
         let auth = authorization(settings, listener.redirect_uri.clone());
-        let bytes = entropy()?;
+        let bytes = random(48)?;
         let pending = self
-            .run_authorize(&wsettings.token_url, CALL_TIMEOUT, async |g, s| {
+            .run_authorize(name, &wsettings.token_url, CALL_TIMEOUT, async |g, s| {
                 g.call_begin(s, &wsettings, &auth, &bytes).await
             })
             .await??;
-        show(&pending.url);
+        if pending.url.bytes().any(|b| b.is_ascii_control()) {
+            return Err(AuthorizeError::InvalidSettings(
+                "the authorization URL has control characters".into(),
+            ));
+        }
+        let token = start_token()?;
+        show(&CodePrompt {
+            start_url: format!("{}{START}{token}", listener.origin),
+            authorization_url: pending.url.clone(),
+        });
         let deadline = Instant::now() + options.timeout;
-        let (mut stream, query) = listener
-            .wait(deadline)
-            .await?
-            .ok_or(AuthorizeError::Timeout(options.timeout.as_secs()))?;
-        let result = self
-            .run_authorize(&wsettings.token_url, CALL_TIMEOUT, async |g, s| {
-                g.call_finish(s, &wsettings, &auth, &pending, &query).await
-            })
-            .await
-            .map_err(AuthorizeError::from)
-            .and_then(|r| r.map_err(AuthorizeError::from))
-            .and_then(|body| {
-                TokenSet::import(&body).map_err(|e| {
-                    AuthorizeError::Endpoint(format!("the token response is unusable: {e}"))
+        let mut requests = listener.serve();
+        let mut started = false;
+        loop {
+            let next = tokio::time::timeout_at(deadline.into(), requests.recv()).await;
+            let Ok(Some((mut stream, target))) = next else {
+                return Err(AuthorizeError::Timeout(options.timeout.as_secs()));
+            };
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            if path != listener.path {
+                let ours = path.strip_prefix(START).is_some_and(|t| same(t, &token));
+                if ours && !started {
+                    started = true;
+                    redirect(&mut stream, &pending.url).await;
+                    continue;
+                }
+                respond_status(&mut stream, "404 Not Found", "not found").await;
+                if ours {
+                    return Err(AuthorizeError::StartReused);
+                }
+                continue;
+            }
+            let result = self
+                .run_authorize(name, &wsettings.token_url, CALL_TIMEOUT, async |g, s| {
+                    g.call_finish(s, &wsettings, &auth, &pending, query).await
+                })
+                .await
+                .map_err(AuthorizeError::from)
+                .and_then(|r| r.map_err(AuthorizeError::from));
+            if let Err(AuthorizeError::StateMismatch) = result {
+                // Not this request's redirect (the guest checked `state`
+                // before anything else): it ends nothing.
+                tracing::warn!(
+                    credential = name,
+                    "a redirect without this request's state reached the listener; still waiting"
+                );
+                respond(
+                    &mut stream,
+                    false,
+                    &AuthorizeError::StateMismatch.to_string(),
+                )
+                .await;
+                continue;
+            }
+            let result = result.and_then(|body| {
+                TokenSet::import(&body).map_err(|e| AuthorizeError::Endpoint {
+                    at: TOKEN_ENDPOINT,
+                    message: format!("the token response is unusable: {e}"),
                 })
             });
-        let page = match &result {
-            Ok(_) => "rekey: authorised. You can close this window.".to_owned(),
-            Err(e) => format!("rekey: authorisation failed: {e}"),
-        };
-        respond(&mut stream, result.is_ok(), &page).await;
-        result
+            let page = match &result {
+                Ok(_) => "rekey: authorised. You can close this window.".to_owned(),
+                Err(e) => format!("rekey: authorisation failed: {e}"),
+            };
+            respond(&mut stream, result.is_ok(), &page).await;
+            return result;
+        }
     }
 
-    /// Starts the device authorization grant: what a person must see.
+    /// The device authorization grant for `name`: shows what a person must
+    /// see, then polls until they approve.
     pub async fn authorize_device(
         &self,
+        name: &str,
         settings: &Settings,
         show: impl FnOnce(&DevicePrompt),
     ) -> Result<TokenSet, AuthorizeError> {
         let wsettings = wit_settings(settings)?;
         let auth = authorization(settings, String::new());
         let grant: DeviceGrant = self
-            .run_authorize(&wsettings.token_url, CALL_TIMEOUT, async |g, s| {
+            .run_authorize(name, &wsettings.token_url, CALL_TIMEOUT, async |g, s| {
                 g.call_device_start(s, &wsettings, &auth).await
             })
-            .await??;
+            .await?
+            .map_err(|e| AuthorizeError::at(DEVICE_ENDPOINT, e))?;
         show(&DevicePrompt {
             user_code: grant.user_code.clone(),
             verification_uri: grant.verification_uri.clone(),
@@ -302,20 +427,24 @@ impl Rekey {
         });
         let bound = Duration::from_secs(u64::from(grant.expires_in)) + CALL_TIMEOUT;
         let body = self
-            .run_authorize(&wsettings.token_url, bound, async |g, s| {
+            .run_authorize(name, &wsettings.token_url, bound, async |g, s| {
                 g.call_device_poll(s, &wsettings, &grant).await
             })
             .await??;
-        TokenSet::import(&body)
-            .map_err(|e| AuthorizeError::Endpoint(format!("the token response is unusable: {e}")))
+        TokenSet::import(&body).map_err(|e| AuthorizeError::Endpoint {
+            at: TOKEN_ENDPOINT,
+            message: format!("the token response is unusable: {e}"),
+        })
     }
 }
 
-/// The loopback listener the redirect arrives at.
+/// The loopback listener the browser starts at and the redirect arrives at.
 struct Listener {
-    listener: TcpListener,
+    listener: std::sync::Arc<TcpListener>,
     /// As sent in the authorization request, with the port bound.
     redirect_uri: String,
+    /// `http://127.0.0.1:PORT`, as bound.
+    origin: String,
     path: String,
 }
 
@@ -331,6 +460,9 @@ impl Listener {
         if url.query().is_some() || url.fragment().is_some() {
             return Err(bad("must have no query or fragment"));
         }
+        if url.path().starts_with(START) {
+            return Err(bad(&format!("its path may not start with {START}")));
+        }
         // localhost is bound as 127.0.0.1 (RFC 8252 §8.3 prefers the literal).
         let host = match url.host() {
             Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
@@ -343,37 +475,46 @@ impl Listener {
         })?;
         let bound = listener
             .local_addr()
-            .map_err(|e| AuthorizeError::Listener(e.to_string()))?
-            .port();
+            .map_err(|e| AuthorizeError::Listener(e.to_string()))?;
         let mut redirect = url.clone();
-        let _ = redirect.set_port(Some(bound));
+        let _ = redirect.set_port(Some(bound.port()));
         Ok(Listener {
-            listener,
+            listener: std::sync::Arc::new(listener),
             redirect_uri: redirect.to_string(),
+            origin: format!("http://{bound}"),
             path: url.path().to_owned(),
         })
     }
 
-    /// The first request for the redirect path (its stream, to answer after
-    /// the exchange, and its raw query), or `None` at the deadline. Other
-    /// paths (a browser's /favicon.ico) are answered 404 and waited past.
-    async fn wait(&self, deadline: Instant) -> Result<Option<(TcpStream, String)>, AuthorizeError> {
-        loop {
-            let accepted = tokio::time::timeout_at(deadline.into(), self.listener.accept()).await;
-            let Ok(accepted) = accepted else {
-                return Ok(None);
-            };
-            let (mut stream, _) = accepted.map_err(|e| AuthorizeError::Listener(e.to_string()))?;
-            let Some(target) = read_target(&mut stream).await else {
-                continue;
-            };
-            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-            if path != self.path {
-                respond_status(&mut stream, "404 Not Found", "not found").await;
-                continue;
+    /// Every `GET` that arrives (its stream, to answer, and its target), in
+    /// the order their heads are read: each connection is read on its own
+    /// task, so a slow one delays no other. Stops when the receiver goes.
+    fn serve(&self) -> mpsc::Receiver<(TcpStream, String)> {
+        let (tx, rx) = mpsc::channel(MAX_CONNECTIONS);
+        let listener = self.listener.clone();
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        tokio::spawn(async move {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    () = tx.closed() => return,
+                };
+                let Ok((mut stream, _)) = accepted else {
+                    continue;
+                };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    if let Some(target) = read_target(&mut stream).await {
+                        let _ = tx.send((stream, target)).await;
+                    }
+                    drop(slot);
+                });
             }
-            return Ok(Some((stream, query.to_owned())));
-        }
+        });
+        rx
     }
 }
 
@@ -401,6 +542,16 @@ async fn read_target(stream: &mut TcpStream) -> Option<String> {
         return None;
     }
     Some(target.to_owned())
+}
+
+/// Sends the browser on to the authorization URL; nothing caches it or
+/// passes it on as a referrer.
+async fn redirect(stream: &mut TcpStream, location: &str) {
+    let response = format!(
+        "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncache-control: no-store\r\nreferrer-policy: no-referrer\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    let _ = tokio::time::timeout(READ_TIMEOUT, stream.write_all(response.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }
 
 async fn respond(stream: &mut TcpStream, ok: bool, message: &str) {
@@ -439,6 +590,9 @@ pub struct Endpoints {
     pub authorization_url: Option<String>,
     /// `device_authorization_endpoint`, when the server has one.
     pub device_url: Option<String>,
+    /// `authorization_response_iss_parameter_supported` (RFC 9207 §3): its
+    /// redirects carry `iss`, so one without it is refused.
+    pub issuer_sends_iss: bool,
 }
 
 #[derive(Deserialize)]
@@ -447,6 +601,8 @@ struct Metadata {
     token_endpoint: String,
     authorization_endpoint: Option<String>,
     device_authorization_endpoint: Option<String>,
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
 }
 
 /// Reads the authorization server's metadata: OpenID Connect's
@@ -530,6 +686,7 @@ pub async fn discover(issuer: &str) -> Result<Endpoints, AuthorizeError> {
             token_url: meta.token_endpoint,
             authorization_url: meta.authorization_endpoint,
             device_url: meta.device_authorization_endpoint,
+            issuer_sends_iss: meta.authorization_response_iss_parameter_supported,
         });
     }
     Err(fail(format!("no metadata found ({})", tried.join("; "))))
@@ -622,6 +779,7 @@ impl Endpoints {
     pub fn apply(&self, s: &mut Settings) {
         s.token_url = self.token_url.clone();
         s.issuer = Some(self.issuer.clone());
+        s.issuer_sends_iss = self.issuer_sends_iss;
         if self.authorization_url.is_some() {
             s.authorization_url = self.authorization_url.clone();
         }
@@ -686,6 +844,50 @@ mod tests {
         assert_eq!(a.auth_params, [("prompt".to_owned(), "consent".to_owned())]);
     }
 
+    #[test]
+    fn errors_name_their_endpoint_and_a_wrong_request_is_a_settings_problem() {
+        let rejected = || {
+            WitError::Rejected(wit::OauthError {
+                status: 400,
+                code: "invalid_client".into(),
+            })
+        };
+        let device = AuthorizeError::at(DEVICE_ENDPOINT, rejected()).to_string();
+        assert!(
+            device.contains("the device authorization endpoint refused"),
+            "{device}"
+        );
+        let token = AuthorizeError::from(rejected()).to_string();
+        assert!(token.contains("the token endpoint refused"), "{token}");
+        let failed = AuthorizeError::at(DEVICE_ENDPOINT, WitError::Endpoint("x".into()));
+        assert!(
+            failed
+                .to_string()
+                .starts_with("the device authorization endpoint failed")
+        );
+        for code in ["invalid_scope", "unauthorized_client", "invalid_request"] {
+            let e = AuthorizeError::ProviderError(code.into());
+            assert_eq!(e.category(), Category::SettingsWrong, "{code}");
+        }
+        for code in ["server_error", "temporarily_unavailable", "no_code"] {
+            let e = AuthorizeError::ProviderError(code.into());
+            assert_eq!(e.category(), Category::NeedsAuthorization, "{code}");
+        }
+    }
+
+    #[test]
+    fn the_prompt_shows_no_url_in_debug() {
+        let p = CodePrompt {
+            start_url: "http://127.0.0.1:1/start/abc".into(),
+            authorization_url: "https://idp/auth?state=s3cret".into(),
+        };
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains("abc") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+    }
+
     #[tokio::test]
     async fn the_listener_takes_a_free_port_and_keeps_the_path() {
         let l = Listener::bind("http://127.0.0.1/cb").await.unwrap();
@@ -696,6 +898,7 @@ mod tests {
             "https://127.0.0.1/cb",
             "http://example.com/cb",
             "http://127.0.0.1/cb?x=1",
+            "http://127.0.0.1/start/cb",
         ] {
             assert!(Listener::bind(bad).await.is_err(), "{bad}");
         }

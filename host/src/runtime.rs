@@ -287,6 +287,7 @@ impl Rekey {
     /// token requests go only to `token_url`.
     pub(crate) async fn run_authorize<T>(
         &self,
+        name: &str,
         token_url: &str,
         timeout: Duration,
         f: impl AsyncFnOnce(
@@ -295,7 +296,7 @@ impl Rekey {
         ) -> wasmtime::Result<T>,
     ) -> Result<T, Error> {
         let _slot = self.slot().await?;
-        let state = self.new_state("authorize", token_url, Arc::new(crate::MemoryStore::new()));
+        let state = self.new_state(name, token_url, Arc::new(crate::MemoryStore::new()));
         let mut wstore = self.new_store(state);
         wstore.data_mut().deadline = Instant::now() + timeout;
         let ticks = timeout.as_millis() / EPOCH_TICK.as_millis();
@@ -310,6 +311,29 @@ impl Rekey {
         f(instance.rekey_oauth2_authorize(), &mut wstore)
             .await
             .map_err(failed)
+    }
+
+    /// Checks `settings` by exactly the rules the component's `send` applies
+    /// to them (its `check-settings` export), so a credential accepted when
+    /// it is created or changed is not refused later for its settings. An
+    /// environment secret need not be set yet: only its presence counts.
+    pub async fn check_settings(&self, settings: &crate::Settings) -> Result<(), Error> {
+        let _slot = self.slot().await?;
+        let state = self.new_state("", &settings.token_url, Arc::new(crate::MemoryStore::new()));
+        let mut wstore = self.new_store(state);
+        let failed = |e: wasmtime::Error| Error::Component(format!("{e:#}"));
+        let instance = self
+            .inner
+            .pre
+            .instantiate_async(&mut wstore)
+            .await
+            .map_err(failed)?;
+        instance
+            .rekey_oauth2_client()
+            .call_check_settings(&mut wstore, &settings.to_wit_unresolved())
+            .await
+            .map_err(failed)?
+            .map_err(Error::InvalidSettings)
     }
 
     async fn slot(&self) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, Error> {

@@ -126,6 +126,12 @@ fn secret(id: &str) -> String {
 
 /// A plain GET over HTTP/1.0: status and body.
 fn http_get(url: &str) -> (u16, String) {
+    let (status, _, body) = fetch(url);
+    (status, body)
+}
+
+/// A plain GET over HTTP/1.0: status, `location` header, body.
+fn fetch(url: &str) -> (u16, Option<String>, String) {
     let u = url::Url::parse(url).expect("URL");
     let mut stream =
         TcpStream::connect((u.host_str().unwrap(), u.port().unwrap())).expect("connect");
@@ -150,7 +156,12 @@ fn http_get(url: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    (status, body.to_owned())
+    let location = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("location")
+            .then(|| v.trim().to_owned())
+    });
+    (status, location, body.to_owned())
 }
 
 /// A running `rekey -vv authorize`, its stderr collected line by line.
@@ -162,6 +173,10 @@ struct Authorizing {
 
 impl Authorizing {
     fn start(store: &Path, args: &[&str]) -> Authorizing {
+        Authorizing::start_with(store, args, &[])
+    }
+
+    fn start_with(store: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Authorizing {
         let mut child = Command::new(rekey_bin())
             .arg("--store")
             .arg(store)
@@ -169,6 +184,7 @@ impl Authorizing {
             .arg("authorize")
             .args(args)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -203,9 +219,21 @@ impl Authorizing {
         );
     }
 
-    /// The authorization URL it printed.
+    /// The one-use start URL it printed.
+    fn start_url(&self) -> String {
+        let url = self.line(|l| l.starts_with("http://") || l.starts_with("https://"));
+        assert!(
+            url.starts_with("http://127.0.0.1:") && url.contains("/start/"),
+            "{url}"
+        );
+        url
+    }
+
+    /// The authorization URL, as a browser finds it: the start URL's redirect.
     fn url(&self) -> String {
-        self.line(|l| l.starts_with("http://") || l.starts_with("https://"))
+        let (status, location, _) = fetch(&self.start_url());
+        assert_eq!(status, 302, "the start URL redirects");
+        location.expect("the start URL's redirect has a location")
     }
 
     fn finish(mut self) -> Output {
@@ -264,6 +292,10 @@ fn remember(secrets: &mut Vec<String>, keys: &Value) {
 fn add(store: &Path, args: &[&str]) {
     let mut all = vec!["credential", "add"];
     all.extend_from_slice(args);
+    if !args.contains(&"--api-origin") {
+        // What the token may be sent to is beside the point here.
+        all.push("--any-api-origin");
+    }
     let out = rekey_cli(store, &all);
     assert!(
         out.status.success(),
@@ -358,6 +390,7 @@ fn the_code_grant_stores_keys_that_refresh_with_every_strategy() {
                 let strategy = id.trim_start_matches("az-");
                 let sec = secret(id);
                 let mut args = vec![*id, "--client-id", id, "--client-secret", &sec];
+                args.extend(["--api-origin", issuer]);
                 args.extend([
                     "--client-auth",
                     auth,
@@ -367,7 +400,9 @@ fn the_code_grant_stores_keys_that_refresh_with_every_strategy() {
                     "1",
                 ]);
                 // Three ways to the endpoints: a preset with discovery,
-                // discovery alone, and every URL given.
+                // discovery alone, and every URL given (with the issuer:
+                // oidc-provider's redirects carry `iss`, which RFC 9207 says
+                // to check, so rekey refuses one it cannot check).
                 match i {
                     0 => args.extend(["--provider", "oidc", "--issuer", issuer]),
                     1 => args.extend([
@@ -377,6 +412,8 @@ fn the_code_grant_stores_keys_that_refresh_with_every_strategy() {
                         "scope=openid offline_access",
                     ]),
                     _ => args.extend([
+                        "--issuer",
+                        issuer,
                         "--token-url",
                         token_url,
                         "--authorization-url",
@@ -425,6 +462,8 @@ fn one_client_peer(node: &Node, id: &str, env: &[(&str, &str)]) -> (Peer, tempfi
             &sec,
             "--auth-param",
             "scope=openid offline_access",
+            "--api-origin",
+            &peer.issuer(),
         ],
     );
     (peer, dir)
@@ -454,24 +493,397 @@ fn denied_consent_is_access_denied_and_stores_nothing() {
     );
 }
 
+/// `value` with its first character changed: the same length, not the same.
+fn same_length_other(value: &str) -> String {
+    let first = if value.starts_with('A') { "B" } else { "A" };
+    format!("{first}{}", &value[1..])
+}
+
+/// The login whose token `name` holds, asked of the provider's userinfo.
+fn whose_token(peer: &Peer, store: &Path, name: &str) -> Value {
+    let out = rekey_cli(store, &["send", name, &format!("{}/me", peer.issuer())]);
+    assert!(
+        out.status.success(),
+        "send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["sub"].clone()
+}
+
+/// Issue #20: a forged `?error=access_denied&state=x` (and a redirect with a
+/// wrong state of the right length) once ended `authorize`; now each is
+/// answered 400 and the real redirect still succeeds.
+#[test]
+fn forged_redirects_are_refused_and_the_real_one_still_succeeds() {
+    let Some(node) = peers::node() else { return };
+    let (peer, dir) = one_client_peer(&node, "az-forged", &[]);
+    let store = dir.path().join("rekey.db");
+    let run = Authorizing::start(&store, &["az-forged", "--no-browser", "--timeout", "60"]);
+    let url = run.url();
+    let redirect = query_param(&url, "redirect_uri");
+    let state = query_param(&url, "state");
+    let wrong = same_length_other(&state);
+    assert_eq!(wrong.len(), state.len());
+    for forged in [
+        format!("{redirect}?error=access_denied&state=x"),
+        format!("{redirect}?error=access_denied&state={wrong}"),
+        format!("{redirect}?code=forged-code-value&state={wrong}"),
+        format!("{redirect}?code=forged-code-value"),
+    ] {
+        let (status, body) = http_get(&forged);
+        assert_eq!(status, 400, "{forged}");
+        assert!(body.contains("state does not match"), "{body}");
+    }
+    let browser = peer.follow(&["--url", &url, "--login", "user-az-forged"]);
+    let out = run.finish();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(browser["status"], 200, "{browser}");
+    let stats = &peer.stats()["clients"]["az-forged"];
+    assert_eq!(stats["code_exchanges"], 1, "{stats}");
+    assert_eq!(stats["grant_errors"], json!({}), "{stats}");
+    assert_eq!(whose_token(&peer, &store, "az-forged"), "user-az-forged");
+    let printed = String::from_utf8_lossy(&out.stderr);
+    assert!(!printed.contains(&state), "the state is never printed");
+}
+
+/// No redirect with this request's state: nothing is exchanged, and the
+/// flow ends only at its timeout.
 #[test]
 fn a_redirect_with_a_wrong_state_is_refused_before_any_exchange() {
     let Some(node) = peers::node() else { return };
     let (peer, dir) = one_client_peer(&node, "az-state", &[]);
     let store = dir.path().join("rekey.db");
-    let run = Authorizing::start(&store, &["az-state", "--no-browser"]);
+    let run = Authorizing::start(&store, &["az-state", "--no-browser", "--timeout", "3"]);
     let url = run.url();
     let redirect = query_param(&url, "redirect_uri");
     // Another page (or process) hits the listener first with a code of its own.
     let (status, _) = http_get(&format!("{redirect}?code=forged-code-value&state=not-ours"));
     let out = run.finish();
-    assert_authorize_failed(&out, "state does not match");
     assert_eq!(status, 400);
+    assert_authorize_failed(&out, "no redirect arrived within 3 s");
     assert!(stored_keys(&store, "az-state").is_none());
     assert!(
         peer.stats()["clients"]["az-state"].is_null(),
         "nothing reached the token endpoint"
     );
+}
+
+/// Every process's command line and environment this user can read.
+fn every_cmdline_and_environ() -> Vec<(u32, String)> {
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        for file in ["cmdline", "environ"] {
+            if let Ok(bytes) = std::fs::read(entry.path().join(file)) {
+                seen.push((pid, String::from_utf8_lossy(&bytes).replace('\0', " ")));
+            }
+        }
+    }
+    seen
+}
+
+/// Issue #20: the authorization URL went to `xdg-open` on its command
+/// line, where every local user can read `state` and the PKCE challenge.
+/// Now the opener (a script here, first on PATH) gets the one-use start URL.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_browser_opener_sees_no_state_or_challenge() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(node) = peers::node() else { return };
+    let (peer, dir) = one_client_peer(&node, "az-opener", &[]);
+    let store = dir.path().join("rekey.db");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let hold = dir.path().join("hold");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&hold)
+            .status()
+            .unwrap()
+            .success(),
+        "mkfifo"
+    );
+    let argv = dir.path().join("argv");
+    // Records its argv, then stays alive (until the test writes to `hold`,
+    // or 60 s) so its command line is there to read.
+    let opener = bin.join("xdg-open");
+    std::fs::write(
+        &opener,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {argv}.tmp && mv {argv}.tmp {argv}\ntimeout 60 cat {hold} > /dev/null\n",
+            argv = argv.display(),
+            hold = hold.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&opener, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let run = Authorizing::start_with(
+        &store,
+        &["az-opener", "--timeout", "60"],
+        &[("PATH", path.as_os_str())],
+    );
+    run.line(|l| l.contains("a browser was asked to open"));
+    let until = Instant::now() + Duration::from_secs(30);
+    while !argv.exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let args = std::fs::read_to_string(&argv).expect("the opener ran");
+    let args: Vec<&str> = args.lines().collect();
+    assert_eq!(args.len(), 1, "{args:?}");
+    let start = args[0];
+    assert!(
+        start.starts_with("http://127.0.0.1:") && start.contains("/start/"),
+        "{start}"
+    );
+    // The browser's view: the start URL redirects to the authorization URL.
+    let (status, location, _) = fetch(start);
+    assert_eq!(status, 302);
+    let url = location.unwrap();
+    let secrets = [
+        query_param(&url, "state"),
+        query_param(&url, "code_challenge"),
+        url.clone(),
+    ];
+    // What another process finds while the opener is still running.
+    let seen = every_cmdline_and_environ();
+    assert!(
+        seen.iter().any(|(_, text)| text.contains(start)),
+        "the scan saw the opener's command line"
+    );
+    for (pid, text) in &seen {
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "pid {pid} shows {secret}");
+        }
+    }
+    // Nor in any file of the flow (the store, the opener's record).
+    for file in [&store, &argv] {
+        let bytes = String::from_utf8_lossy(&std::fs::read(file).unwrap()).into_owned();
+        assert!(!bytes.contains(&secrets[0]), "{}", file.display());
+    }
+    std::fs::OpenOptions::new().write(true).open(&hold).unwrap();
+    let browser = peer.follow(&["--url", &url, "--login", "user-az-opener"]);
+    let out = run.finish();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(browser["status"], 200, "{browser}");
+    let printed = String::from_utf8_lossy(&out.stderr);
+    for secret in &secrets {
+        assert!(
+            !printed.contains(secret.as_str()),
+            "printed without --print-url"
+        );
+    }
+    assert_eq!(whose_token(&peer, &store, "az-opener"), "user-az-opener");
+}
+
+/// The start URL answers once; a wrong start token is a 404 that ends
+/// nothing, a second use of the right one ends the flow (someone else had
+/// it), and `--print-url` shows the authorization URL on the terminal.
+#[test]
+fn the_start_url_works_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("rekey.db");
+    add(
+        &store,
+        &[
+            "s",
+            "--token-url",
+            "http://127.0.0.1:9/token",
+            "--authorization-url",
+            "http://127.0.0.1:9/auth",
+            "--client-id",
+            "s",
+            "--public-client",
+        ],
+    );
+    let run = Authorizing::start(&store, &["s", "--no-browser", "--print-url"]);
+    let start = run.start_url();
+    let printed = run.line(|l| l.starts_with("http://127.0.0.1:9/auth?"));
+    let (token_at, token) = start.rsplit_once('/').unwrap();
+    let origin = token_at.trim_end_matches("/start");
+    assert!(token.len() >= 32, "at least 128 bits: {token}");
+    for wrong in [
+        format!("{token_at}/{}", same_length_other(token)),
+        format!("{token_at}/"),
+        format!("{token_at}/{token}x"),
+        format!("{origin}/{token}"),
+    ] {
+        assert_eq!(fetch(&wrong).0, 404, "{wrong}");
+    }
+    let (status, location, _) = fetch(&start);
+    assert_eq!(status, 302);
+    assert_eq!(location.as_deref(), Some(printed.as_str()));
+    assert_eq!(fetch(&start).0, 404, "one use");
+    let out = run.finish();
+    assert_authorize_failed(&out, "opened more than once");
+    assert!(stored_keys(&store, "s").is_none());
+}
+
+/// A scripted issuer: discovery (advertising RFC 9207's `iss` when asked)
+/// and a token endpoint that counts its requests.
+fn scripted_issuer(sends_iss: bool) -> (String, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let tokens: Arc<Mutex<usize>> = Arc::default();
+    let (issuer, count) = (base.clone(), tokens.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = vec![0u8; 8192];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let (status, body) = if req.starts_with("GET /.well-known/openid-configuration") {
+                let meta = json!({
+                    "issuer": issuer,
+                    "token_endpoint": format!("{issuer}/token"),
+                    "authorization_endpoint": format!("{issuer}/auth"),
+                    "authorization_response_iss_parameter_supported": sends_iss,
+                });
+                ("200 OK", meta.to_string())
+            } else if req.starts_with("POST /token") {
+                *count.lock().unwrap() += 1;
+                let t = json!({"access_token": "scripted-access-token", "refresh_token": "scripted-refresh-token", "expires_in": 60});
+                ("200 OK", t.to_string())
+            } else {
+                ("404 Not Found", "{}".to_owned())
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (base, tokens)
+}
+
+/// Runs `authorize NAME` and delivers one redirect with this request's
+/// state and `extra`: the listener's status and the finished run.
+fn redirect_with(store: &Path, name: &str, extra: &str) -> (u16, Output) {
+    let run = Authorizing::start(store, &[name, "--no-browser", "--timeout", "60"]);
+    let url = run.url();
+    let target = format!(
+        "{}?code=scripted-code&state={}{extra}",
+        query_param(&url, "redirect_uri"),
+        query_param(&url, "state")
+    );
+    let (status, _) = http_get(&target);
+    (status, run.finish())
+}
+
+/// Issue #21: RFC 9207 in the authorize suite.
+#[test]
+fn rfc9207_iss_is_required_when_advertised_and_checked_against_the_issuer() {
+    let iss = |issuer: &str| {
+        format!(
+            "&iss={}",
+            url::form_urlencoded::byte_serialize(issuer.as_bytes()).collect::<String>()
+        )
+    };
+
+    // Discovery advertises `iss`: a redirect without it is refused, nothing exchanged.
+    let (issuer, tokens) = scripted_issuer(true);
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("rekey.db");
+    add(
+        &store,
+        &[
+            "d",
+            "--issuer",
+            &issuer,
+            "--client-id",
+            "d",
+            "--public-client",
+        ],
+    );
+    let (status, out) = redirect_with(&store, "d", "");
+    assert_eq!(status, 400);
+    assert_authorize_failed(&out, "RFC 9207");
+    assert_eq!(*tokens.lock().unwrap(), 0);
+    assert!(stored_keys(&store, "d").is_none());
+    // Another issuer's `iss`: refused too.
+    let (status, out) = redirect_with(&store, "d", &iss("https://evil.example"));
+    assert_eq!(status, 400);
+    assert_authorize_failed(&out, "RFC 9207");
+    assert_eq!(*tokens.lock().unwrap(), 0);
+    // Its own: accepted, the code exchanged once, the keys stored.
+    let (status, out) = redirect_with(&store, "d", &iss(&issuer));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(status, 200);
+    assert_eq!(*tokens.lock().unwrap(), 1);
+    assert_eq!(
+        stored_keys(&store, "d").unwrap()["refresh_token"],
+        "scripted-refresh-token"
+    );
+
+    // No issuer known: an `iss` cannot be checked, and the person is told
+    // to configure it (exit 9, invalid settings).
+    add(
+        &store,
+        &[
+            "n",
+            "--token-url",
+            &format!("{issuer}/token"),
+            "--authorization-url",
+            &format!("{issuer}/auth"),
+            "--client-id",
+            "n",
+            "--public-client",
+        ],
+    );
+    let (status, out) = redirect_with(&store, "n", &iss("https://evil.example"));
+    assert_eq!(status, 400);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{stderr}");
+    assert!(stderr.contains("--issuer"), "{stderr}");
+    assert_eq!(*tokens.lock().unwrap(), 1);
+    assert!(stored_keys(&store, "n").is_none());
+    // ... and none sent: fine.
+    let (status, out) = redirect_with(&store, "n", "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(status, 200);
+
+    // An issuer that does not advertise `iss`: a redirect without it is fine.
+    let (quiet, tokens) = scripted_issuer(false);
+    add(
+        &store,
+        &[
+            "q",
+            "--issuer",
+            &quiet,
+            "--client-id",
+            "q",
+            "--public-client",
+        ],
+    );
+    let (status, out) = redirect_with(&store, "q", "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!((status, *tokens.lock().unwrap()), (200, 1));
 }
 
 #[test]

@@ -1,11 +1,16 @@
 //! `rekey authorize NAME`: the first token set for a stored credential, by
 //! the authorization code grant with PKCE through a loopback redirect, or
 //! (`--device`) the device authorization grant. Everything is printed on
-//! stderr; nothing secret is printed at all.
+//! stderr; nothing secret is printed unless asked (`--print-url`).
+//!
+//! The browser is sent to a one-use start URL on the loopback listener, which
+//! answers with a redirect to the authorization URL: a browser opener's
+//! command line can be read by every local user, and `state` and the PKCE
+//! challenge must not be.
 
 use super::{Exit, Failure};
 use rekey::KeyStore;
-use rekey::authorize::{AuthorizeError, CodeOptions, DevicePrompt};
+use rekey::authorize::{AuthorizeError, CodeOptions, CodePrompt, DevicePrompt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +23,13 @@ pub struct Args {
     /// on another device, instead of a browser redirect.
     #[arg(long)]
     device: bool,
-    /// Do not open a browser; only print the URL.
+    /// Do not open a browser; only print the (one-use) start URL.
     #[arg(long)]
     no_browser: bool,
+    /// Also print the authorization URL itself (it carries this request's
+    /// state and PKCE challenge: for your own terminal only).
+    #[arg(long)]
+    print_url: bool,
     /// Seconds to wait for the redirect (default 300).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -52,7 +61,7 @@ pub async fn run(
     let rekey = super::rekey_for_one_call(cache_dir)?;
     let settings = &credential.settings;
     let result = if args.device {
-        rekey.authorize_device(settings, show_device).await
+        rekey.authorize_device(&name, settings, show_device).await
     } else {
         let options = CodeOptions {
             redirect_uri: args.redirect_uri.clone(),
@@ -60,8 +69,8 @@ pub async fn run(
         };
         let browser = !args.no_browser;
         rekey
-            .authorize_code(settings, &options, |url| {
-                show_url(&name, url, browser, args.timeout)
+            .authorize_code(&name, settings, &options, |prompt| {
+                show_url(&name, prompt, browser, args.print_url, args.timeout)
             })
             .await
     };
@@ -90,10 +99,24 @@ fn failure(e: AuthorizeError) -> Failure {
     Failure::new(Exit::Failure(e.category()), e.to_string())
 }
 
-fn show_url(name: &str, url: &str, browser: bool, timeout: u64) {
-    eprintln!("rekey: to authorise {name:?}, open this URL in a browser:\n\n  {url}\n");
-    if browser && open_browser(url) {
-        eprintln!("rekey: (a browser was asked to open it)");
+fn show_url(name: &str, prompt: &CodePrompt, browser: bool, print_url: bool, timeout: u64) {
+    if browser && open_browser(&prompt.start_url) {
+        eprintln!("rekey: a browser was asked to open the authorisation page for {name:?}");
+        eprintln!(
+            "rekey: if none opened, open this URL (it works once):\n\n  {}\n",
+            prompt.start_url
+        );
+    } else {
+        eprintln!(
+            "rekey: to authorise {name:?}, open this URL in a browser (it works once):\n\n  {}\n",
+            prompt.start_url
+        );
+    }
+    if print_url {
+        eprintln!(
+            "rekey: the authorization URL (it carries this request's state and challenge: keep it to yourself):\n\n  {}\n",
+            prompt.authorization_url
+        );
     }
     eprintln!("rekey: waiting up to {timeout} s for the provider's redirect…");
 }
@@ -112,8 +135,9 @@ fn show_device(p: &DevicePrompt) {
     );
 }
 
-/// Asks the desktop to open `url`: `xdg-open` where there is one (`open` on
-/// macOS). False when there is none.
+/// Asks the desktop to open `url`: `xdg-open` where there is one on PATH
+/// (`open` on macOS). False when there is none. Only the start URL comes
+/// here: the opener's command line is readable by every local user.
 fn open_browser(url: &str) -> bool {
     let opener = if cfg!(target_os = "macos") {
         "open"
