@@ -106,8 +106,9 @@ export class KeysNotPersisted extends withCategory(Category.STORE) {
     super(`refreshed keys could not be persisted, so the request was not retried: ${detail}`);
   }
 
+  /** Never: the provider may have rotated the refresh token, and a retry would spend the old one again. */
   get retryable() {
-    return true;
+    return false;
   }
 }
 

@@ -3,8 +3,10 @@
 // failures map onto the WIT `transport-error` cases. Error texts name the
 // failure, never the URL (its query may carry secrets).
 
+import dns from 'node:dns';
 import http from 'node:http';
 import https from 'node:https';
+import net from 'node:net';
 
 export const DEFAULT_HTTP = Object.freeze({
   connectTimeoutMs: 10_000,
@@ -20,13 +22,95 @@ const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
 
 const fail = (tag, val) => ({ tag, ...(val === undefined ? {} : { val }) });
 
+// "Loopback" is an address, not a name. `localhost` is trusted only when
+// every address it resolves to is loopback (checked in the `lookup` every
+// connection resolves through), and a plain http:// connection is handed to
+// the request only once its peer address is loopback: nothing is written
+// before that check.
+
+const LOOPBACK = new net.BlockList();
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
+LOOPBACK.addAddress('::1', 'ipv6');
+
+/** Whether an address as Node reports it is loopback: 127.0.0.0/8, ::1 or ::ffff:127.x.x.x. */
+export function isLoopbackAddress(address) {
+  const a = String(address ?? '').replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '');
+  const family = net.isIP(a);
+  return family !== 0 && LOOPBACK.check(a, family === 4 ? 'ipv4' : 'ipv6');
+}
+
+const isLocalhost = (hostname) => /^localhost\.?$/i.test(hostname);
+
+/** A refusal: `localhost` or an http:// peer that is not loopback. Nothing was sent. */
+function notLoopback(what, address) {
+  const err = new Error(`${what} ${address}, which is not a loopback address: nothing is sent to it `
+    + '(plain http:// and localhost only ever go to 127.0.0.0/8 or ::1)');
+  err.code = 'REKEY_NOT_LOOPBACK';
+  return err;
+}
+
+/**
+ * `dns.lookup` as every connection uses it, but `localhost` only when all its
+ * answers are loopback. `resolve` has dns.lookup's signature (tests give one).
+ */
+export function guardedLookup(resolve = dns.lookup) {
+  return (hostname, options, callback) => {
+    if (typeof options === 'function') [callback, options] = [options, {}];
+    if (typeof options === 'number') options = { family: options };
+    resolve(hostname, { ...options, all: true }, (err, addresses) => {
+      if (err) return callback(err);
+      if (isLocalhost(hostname)) {
+        const bad = addresses.find((a) => !isLoopbackAddress(a.address));
+        if (bad) return callback(notLoopback('localhost resolves to', bad.address));
+      }
+      if (addresses.length === 0) {
+        return callback(Object.assign(new Error(`${hostname} resolved to no address`), { code: 'ENOTFOUND' }));
+      }
+      if (options.all) return callback(null, addresses);
+      return callback(null, addresses[0].address, addresses[0].family);
+    });
+  };
+}
+
+/**
+ * `createConnection` for plain http (a request's own, or its agent's): the
+ * socket reaches the request only after it connected to a loopback peer, so
+ * the request's bytes are written after the check, never before.
+ */
+function connectLoopbackOnly(connectTimeoutMs) {
+  return (options, callback) => {
+    const socket = net.connect(options);
+    const failed = (err) => { socket.destroy(); callback(err); };
+    socket.setTimeout(connectTimeoutMs, () => failed(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })));
+    socket.once('error', failed);
+    socket.once('connect', () => {
+      socket.setTimeout(0);
+      socket.off('error', failed);
+      if (!isLoopbackAddress(socket.remoteAddress)) failed(notLoopback('the http:// peer is', socket.remoteAddress));
+      else callback(null, socket);
+    });
+    return undefined; // the callback hands the socket over
+  };
+}
+
+/** A keep-alive agent whose plain-http sockets are checked as above. */
+class LoopbackAgent extends http.Agent {
+  constructor(options, connectTimeoutMs) {
+    super(options);
+    this.createConnection = connectLoopbackOnly(connectTimeoutMs);
+  }
+}
+
 export class HttpClient {
   /** @param {Partial<typeof DEFAULT_HTTP>} options */
   constructor(options = {}) {
-    this.options = { ...DEFAULT_HTTP, ...options };
+    const { resolve, ...bounds } = options;
+    this.options = { ...DEFAULT_HTTP, ...bounds };
+    this.lookup = guardedLookup(resolve);
+    this.connectHttp = connectLoopbackOnly(this.options.connectTimeoutMs);
     // Kept-alive sockets for API requests (the warm path)...
     this.agents = {
-      'http:': new http.Agent({ keepAlive: true }),
+      'http:': new LoopbackAgent({ keepAlive: true }, this.options.connectTimeoutMs),
       'https:': new https.Agent({ keepAlive: true }),
     };
   }
@@ -66,11 +150,11 @@ export class HttpClient {
 
       let request;
       try {
-        request = module.request(url, {
-          method: req.method,
-          headers,
-          agent: freshConnection ? false : this.agents[url.protocol],
-        });
+        // A fresh plain-http connection: no agent, our checked createConnection
+        // (`agent: false` would make a default agent, which ignores it).
+        const fresh = !freshConnection ? { agent: this.agents[url.protocol] }
+          : url.protocol === 'http:' ? { createConnection: this.connectHttp } : { agent: false };
+        request = module.request(url, { method: req.method, headers, lookup: this.lookup, ...fresh });
       } catch (err) {
         finish({ ok: false, error: fail('invalid-request', `cannot build the request (${err.code ?? err.name})`) });
         return;
@@ -90,7 +174,8 @@ export class HttpClient {
       request.on('error', (err) => {
         // Before the TCP connection (and for https the TLS handshake)
         // completed, nothing of the request was sent.
-        if (!connected) finish({ ok: false, error: fail('connect', connectMessage(err)) });
+        if (err.code === 'REKEY_NOT_LOOPBACK') finish({ ok: false, error: fail('refused', err.message) });
+        else if (!connected) finish({ ok: false, error: fail('connect', connectMessage(err)) });
         else finish({ ok: false, error: fail('other', `connection failed mid-exchange (${err.code ?? err.name})`) });
       });
 

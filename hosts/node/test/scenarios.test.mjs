@@ -250,6 +250,8 @@ test('keys-callback-failure-stops-before-retry', () => withProvider([], async (p
 
   assert.ok(err instanceof KeysNotPersisted, String(err));
   assert.equal(err.category, 'store');
+  // A retry would spend the refresh token the provider may have rotated.
+  assert.equal(err.retryable, false);
   assert.ok(calls >= 1, 'the component retried the write a bounded number of times');
   const stats = await p.stats();
   assert.equal(stats.api_calls, 1, 'the request is not resent with keys that are not durable');
