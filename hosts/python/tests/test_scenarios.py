@@ -261,6 +261,8 @@ def test_keys_callback_failure_stops_before_retry(client, provider):
     # refresh token exists nowhere else), always with the same set.
     assert len(offered) >= 1 and len(set(offered)) == 1
     assert caught.value.category is rekey.Category.STORE
+    # A retry would spend the refresh token the provider may have rotated.
+    assert caught.value.retryable is False
     assert "disk full" in str(caught.value)
     for token in tokens_in(offered[0]):  # the callback's message quoted them
         assert token not in str(caught.value)

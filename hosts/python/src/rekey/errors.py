@@ -36,9 +36,7 @@ class RekeyError(Exception):
     @property
     def retryable(self) -> bool:
         """True when the same call may succeed later unchanged."""
-        return self.category in (Category.TOKEN_ENDPOINT, Category.TRANSPORT) or isinstance(
-            self, KeysNotPersisted
-        )
+        return self.category in (Category.TOKEN_ENDPOINT, Category.TRANSPORT)
 
 
 class NotAuthenticated(RekeyError):
@@ -133,6 +131,9 @@ class TransportError(RekeyError):
 
 
 class KeysNotPersisted(RekeyError):
+    """Not retryable: the provider may have rotated the refresh token, and a
+    retry would spend the old one again."""
+
     category = Category.STORE
 
     def __init__(self, detail: str):

@@ -6,6 +6,7 @@ the URL's query or a header value."""
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import re
 import socket
 import ssl
@@ -42,6 +43,65 @@ def _tls() -> ssl.SSLContext:
         if _tls_context is None:
             _tls_context = ssl.create_default_context()
         return _tls_context
+
+
+class NotLoopback(Exception):
+    """``localhost``, or a plain http:// peer, is not a loopback address:
+    nothing was sent (not an OSError, so no connect handler takes it)."""
+
+
+def is_loopback_ip(address: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped 127.x.x.x: an address, not a name."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def _is_localhost(host: str) -> bool:
+    return host.lower() in ("localhost", "localhost.")
+
+
+def _resolve(host: str, port: int):
+    """getaddrinfo, as socket.create_connection uses it (tests replace this)."""
+    return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+
+
+def _connector(scheme: str):
+    """``socket.create_connection`` for http.client, with "loopback is an
+    address": ``localhost`` is used only when every address it resolves to
+    is loopback, and a plain http:// socket is handed over only once its
+    peer address is loopback, so no byte is written before the check."""
+
+    def connect(address, timeout=None, source_address=None, **_):
+        host, port = address
+        answers = _resolve(host, port)
+        if _is_localhost(host):
+            for *_, sockaddr in answers:
+                if not is_loopback_ip(sockaddr[0]):
+                    raise NotLoopback(f"localhost resolves to {sockaddr[0]}, which is not a loopback address")
+        last: Optional[OSError] = None
+        for family, kind, proto, _, sockaddr in answers:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+            except OSError as e:
+                sock.close()
+                last = e
+                continue
+            peer = sock.getpeername()[0]
+            if scheme == "http" and not is_loopback_ip(peer):
+                sock.close()
+                raise NotLoopback(f"the http:// peer is {peer}, which is not a loopback address")
+            return sock
+        raise last or OSError(f"{host} resolved to no address")
+
+    return connect
 
 
 def send(req: Request, config: HttpConfig) -> Response:
@@ -85,6 +145,7 @@ def _connection(req: Request, config: HttpConfig):
         conn = http.client.HTTPSConnection(url.hostname, port, timeout=timeout, context=_tls())
     else:
         conn = http.client.HTTPConnection(url.hostname, port, timeout=timeout)
+    conn._create_connection = _connector(url.scheme)  # the hook http.client connects through
     return conn, target
 
 
@@ -92,6 +153,11 @@ def _connect(conn: http.client.HTTPConnection) -> None:
     """DNS, TCP and TLS: a failure here means the request provably never left."""
     try:
         conn.connect()
+    except NotLoopback as e:
+        raise TransportError(
+            "refused",
+            f"{e}: nothing is sent to it (plain http:// and localhost only ever go to 127.0.0.0/8 or ::1)",
+        ) from None
     except (socket.timeout, TimeoutError):
         raise TransportError("timeout") from None
     except (OSError, ssl.SSLError) as e:  # gaierror, refused, unreachable, handshake
