@@ -112,7 +112,7 @@ def bodies(proxied, servers, echo):
     extra = {case: statistics.median(v) for case, v in extras.items()}
     print(f"\nResponse bodies, {N} requests each, medians; rekey's extra: the median of paired "
           "differences (proxy − passthrough, timed back to back):\n")
-    print("| response body | passthrough.wasm | rekey-proxy.wasm, warm token | rekey's extra |")
+    print("| response body | passthrough.wasm | rekey-proxy-env.wasm, warm token | rekey's extra |")
     print("|---|---|---|---|")
     for case in cases:
         print(f"| {case} | {med[(case, 'passthrough')]:.0f} µs | {med[(case, 'proxy')]:.0f} µs | {extra[case]:.0f} µs |")
