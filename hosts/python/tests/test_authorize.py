@@ -3,12 +3,16 @@ end against oidc-provider (``tests/oidc/server.mjs``; ``tests/oidc/follow.mjs``
 plays the browser through its login, consent and device pages, as the Rust
 scenarios in ``tests/all/authorize.rs`` do): the code grant with PKCE through
 this host's loopback listener, then refreshes of the stored keys with every
-strategy; the device grant, then a refresh; denied consent, a forged redirect
-(wrong state), no redirect in time, a denied device code. Against small
-scripted endpoints: the PKCE verifier the exchange sends matches the
-challenge, ``slow_down`` makes the polls further apart, an expired device
-code ends the polling, and the polls' sleeps leave other threads' calls
-running. Nothing secret
+strategy (the matching RFC 9207 ``iss`` accepted); the device grant, then a
+refresh; denied consent; forged redirects (``error=access_denied`` with a
+wrong state, an equal-length wrong state) answered 400 while the real redirect
+still succeeds; no redirect in time; a denied device code. Against small
+scripted endpoints: the URL handed to ``on_url`` is the listener's secret-free
+start URL (302 once to the authorization URL, a wrong token 404, opened twice
+ends the flow), the RFC 9207 table, ``invalid_scope`` is a settings problem,
+the PKCE verifier the exchange sends matches the challenge, ``slow_down``
+makes the polls further apart, an expired device code ends the polling, and
+the polls' sleeps leave other threads' calls running. Nothing secret
 (code, verifier, device code, tokens, client secret) in any log line,
 exception, page or repr. Verdicts never depend on timing: waits poll.
 
@@ -25,6 +29,7 @@ import http.server
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -39,6 +44,7 @@ import pytest
 import rekey
 from conftest import delta, stored_keys
 from rekey import BeforeExpiry, ClientAuth, EveryRequest, MemoryStore, OnAuthFailure, Request, Settings, SqliteStore
+from rekey.model import settings_json
 
 OIDC_DIR = Path(__file__).resolve().parents[3] / "tests" / "oidc"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -168,6 +174,71 @@ def said(e: BaseException) -> str:
     return f"{e} {e!r}"
 
 
+def get(url: str) -> dict:
+    """A GET on loopback, redirects not followed: status, body and Location."""
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request("GET", f"{u.path}?{u.query}" if u.query else u.path)
+        resp = conn.getresponse()
+        return {"status": resp.status, "body": resp.read().decode(), "location": resp.getheader("location")}
+    finally:
+        conn.close()
+
+
+START_URL = re.compile(r"http://127\.0\.0\.1:\d+/start/[A-Za-z0-9_-]{43}")
+
+
+def open_start(url: str) -> str:
+    """What a browser does with the URL ``on_url`` was given: it is the
+    listener's secret-free start URL, which answers 302 with the
+    authorization URL (also on ``url.authorization_url``)."""
+    assert isinstance(url, rekey.StartUrl)
+    assert START_URL.fullmatch(url), url
+    r = get(url)
+    assert r["status"] == 302, r
+    assert r["location"] == url.authorization_url
+    return r["location"]
+
+
+def same_length(state: str) -> str:
+    """A state of the same length that is not it: the length check alone cannot refuse it."""
+    return state[:-1] + ("B" if state.endswith("A") else "A")
+
+
+def query_of(url: str) -> dict:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+
+
+def redirect_to(authorization_url: str, query) -> str:
+    """The redirect the listener waits for, with ``query(state)``."""
+    q = query_of(authorization_url)
+    return f"{q['redirect_uri']}?{query(q['state'])}"
+
+
+class Browser:
+    """Plays the browser on a thread, so ``on_url`` returns promptly."""
+
+    def __init__(self, play):
+        self.result = None
+        self.error = None
+
+        def run():
+            try:
+                self.result = play()
+            except BaseException as e:  # reported by join()
+                self.error = e
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def join(self):
+        self.thread.join(60)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
 def refresh_until(client, oidc_peer: Oidc, settings, store, client_id: str, login: str, refreshes: int) -> None:
     """Calls userinfo with the stored keys until the provider counted
     ``refreshes`` refreshes; every call must succeed as ``login``."""
@@ -195,17 +266,21 @@ def test_authorize_code_then_refresh_with_every_strategy(client, oidc, tmp_path,
     def run(cid: str, auth: str, strategy) -> list[str]:
         store = SqliteStore(tmp_path / f"{cid}.db")
         login = f"user-{cid}"
-        settings = peer.settings(cid, auth, strategy=strategy)
+        # oidc-provider advertises and sends ``iss`` (RFC 9207): the matching one is accepted.
+        settings = peer.settings(cid, auth, strategy=strategy, issuer_sends_iss=True)
         seen: dict = {}
 
         def on_url(url: str) -> None:
-            seen["url"] = url
-            seen["browser"] = peer.follow("--url", url, "--login", login)
+            def play():
+                seen["url"] = open_start(url)
+                return browse(peer.follow("--url", seen["url"], "--login", login))
+
+            seen["browser"] = Browser(play)
 
         before = int(time.time())
         keys = client.authorize_code(settings, on_url=on_url, store=store, credential="c", timeout=60)
         after = int(time.time()) + 1
-        page = browse(seen["browser"])
+        page = seen["browser"].join()
 
         url = urllib.parse.urlsplit(seen["url"])
         q = dict(urllib.parse.parse_qsl(url.query))
@@ -252,44 +327,53 @@ def test_authorize_denied_consent_is_access_denied(client, oidc, tmp_path, caplo
     browser = {}
     with pytest.raises(rekey.AccessDenied) as caught:
         client.authorize_code(peer.settings("az-denied", "basic"), store=store, credential="c",
-                              on_url=lambda url: browser.setdefault("p", peer.follow("--url", url, "--deny")))
+                              timeout=60,
+                              on_url=lambda url: browser.setdefault(
+                                  "p", Browser(lambda: browse(peer.follow("--url", open_start(url), "--deny")))))
     assert caught.value.category is rekey.Category.NEEDS_AUTHORIZATION
     assert "access_denied" in str(caught.value)
-    page = browse(browser["p"])
+    page = browser["p"].join()
     assert page["status"] == 400 and "access_denied" in page["body"]
     assert stored_keys(store) is None
     assert (peer.stats("az-denied") or {}).get("code_exchanges", 0) == 0
     assert_no_secret([caplog.text, said(caught.value), page["body"]], [secret_of("az-denied")], "the denial")
 
 
-def test_authorize_wrong_state_is_refused_before_any_exchange(client, oidc, tmp_path, caplog):
+def test_authorize_forged_redirects_are_answered_400_and_the_real_one_succeeds(client, oidc, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     peer = oidc([("az-state", "basic")])
+    settings = peer.settings("az-state", "basic")
     store = SqliteStore(tmp_path / "keys.db")
     forged = "forged-code-value-0123456789"
-    hit: dict = {}
+    seen = {}
 
-    def forge(url: str) -> None:
-        # Another page (or process) reaches the listener first with a code of its own.
-        redirect = urllib.parse.urlsplit(dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["redirect_uri"])
+    def play(url: str) -> dict:
+        real = open_start(url)
+        state = query_of(real)["state"]
+        # Another local process reaches the listener first: a forged error,
+        # then a code of its own with a state of the right length, then none.
+        hits = [get(redirect_to(real, q)) for q in (
+            lambda _: "error=access_denied&state=x",
+            lambda _: f"code={forged}&state={same_length(state)}",
+            lambda _: f"code={forged}",
+        )]
+        # Then the person's browser comes back with the real redirect.
+        return {"forged": hits, "page": browse(peer.follow("--url", real, "--login", "user-az-state"))}
 
-        def get() -> None:
-            conn = http.client.HTTPConnection(redirect.hostname, redirect.port, timeout=30)
-            conn.request("GET", f"{redirect.path}?code={forged}&state=not-ours")
-            resp = conn.getresponse()
-            hit.update(status=resp.status, body=resp.read().decode())
-            conn.close()
-
-        hit["thread"] = threading.Thread(target=get)
-        hit["thread"].start()
-
-    with pytest.raises(rekey.StateMismatch) as caught:
-        client.authorize_code(peer.settings("az-state", "basic"), store=store, credential="c", on_url=forge)
-    hit["thread"].join(30)
-    assert hit["status"] == 400 and "state does not match" in hit["body"]
-    assert stored_keys(store) is None
-    assert peer.stats("az-state") is None, "nothing reached the token endpoint"
-    assert_no_secret([caplog.text, said(caught.value), hit["body"]], [forged, secret_of("az-state")], "the refusal")
+    keys = client.authorize_code(settings, store=store, credential="c", timeout=60,
+                                 on_url=lambda url: seen.setdefault("b", Browser(lambda: play(url))))
+    played = seen["b"].join()
+    for hit in played["forged"]:
+        assert hit["status"] == 400 and "state does not match" in hit["body"], hit
+    page = played["page"]
+    assert page["status"] == 200 and "authorised" in page["body"], page
+    stored = json.loads(stored_keys(store))
+    assert stored == json.loads(keys.expose())
+    resp = client.send(settings, Request.get(f"{peer.issuer}/me"), store=store, credential="c")
+    assert resp.json()["sub"] == "user-az-state", "the stored tokens are the person's own account"
+    assert peer.stats("az-state")["code_exchanges"] == 1, "only the real code was exchanged"
+    assert_no_secret([caplog.text, *[h["body"] for h in played["forged"]], page["body"]],
+                     [forged, secret_of("az-state"), *tokens_of(stored)], "the refusals")
 
 
 def test_authorize_redirect_timeout_and_the_listener_closes(client, tmp_path):
@@ -301,7 +385,7 @@ def test_authorize_redirect_timeout_and_the_listener_closes(client, tmp_path):
     assert caught.value.category is rekey.Category.NEEDS_AUTHORIZATION
     assert "no redirect arrived within 0.2 s" in str(caught.value)
     assert stored_keys(store) is None
-    redirect = urllib.parse.urlsplit(dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(shown[0]).query))["redirect_uri"])
+    redirect = urllib.parse.urlsplit(query_of(shown[0].authorization_url)["redirect_uri"])
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((redirect.hostname, redirect.port), timeout=5)
     # A redirect URI off loopback is refused before anything starts.
@@ -391,6 +475,140 @@ class Scripted:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def scripted_code_flow(client, play, **settings) -> dict:
+    """authorize_code against a scripted token endpoint, the browser played by
+    ``play(start_url)`` on a thread: the keys or the error, what ``play``
+    returned, the keys saved and the token requests made."""
+    tokens = {"access_token": "scripted-access-token", "refresh_token": "scripted-refresh-token", "expires_in": 60}
+    scripted = Scripted(lambda path, form, n: (200, tokens))
+    saved: list[str] = []
+    seen: dict = {}
+    out: dict = {"keys": None, "err": None}
+    try:
+        s = Settings(token_url=f"{scripted.base}/token", authorization_url=f"{scripted.base}/auth", client_id="c", **settings)
+        try:
+            out["keys"] = client.authorize_code(s, on_update_keys=saved.append, timeout=60,
+                                                on_url=lambda url: seen.setdefault("b", Browser(lambda: play(url))))
+        except rekey.RekeyError as e:
+            out["err"] = e
+        out["played"] = seen["b"].join()
+        out["saved"] = [json.loads(k)["refresh_token"] for k in saved]
+        out["exchanges"] = len([r for r in scripted.requests if r["path"] == "/token"])
+        return out
+    finally:
+        scripted.close()
+
+
+def test_authorize_opens_a_secret_free_start_url_that_302s_once_and_404s_a_wrong_token(client):
+    def play(url):
+        real = url.authorization_url
+        origin = url[: url.index("/start/")]
+        token = url[len(origin) + len("/start/"):]
+        wrong = {path: get(f"{origin}{path}") for path in (
+            f"/start/{same_length(token)}", f"/start/{token}x", f"/start/{token[1:]}", "/start/", "/start", f"/start/{token}/")}
+        opened = get(url)
+        page = get(redirect_to(real, lambda st: f"code=scripted-code&state={st}"))
+        return {"url": str(url), "real": real, "wrong": wrong, "opened": opened, "page": page}
+
+    out = scripted_code_flow(client, play)
+    assert out["err"] is None, said(out["err"])
+    played = out["played"]
+    q = query_of(played["real"])
+    for field in ("state", "code_challenge", "redirect_uri", "client_id"):
+        assert q.get(field), f"the authorization URL has {field}"
+    assert START_URL.fullmatch(played["url"]) and "?" not in played["url"]
+    for path, hit in played["wrong"].items():
+        assert hit["status"] == 404 and hit["location"] is None, (path, hit)
+    assert played["opened"]["status"] == 302
+    assert played["opened"]["location"] == played["real"], "the start URL leads to the real authorization URL"
+    assert played["page"]["status"] == 200, played["page"]
+    assert out["exchanges"] == 1 and out["saved"] == ["scripted-refresh-token"]
+    assert json.loads(out["keys"].expose())["access_token"] == "scripted-access-token"
+
+
+def test_authorize_start_url_opened_twice_ends_the_flow_with_nothing_exchanged(client):
+    def play(url):
+        first, second = get(url), get(url)
+        # Whoever opened it first holds the state: its redirect is not accepted.
+        try:
+            late = get(redirect_to(url.authorization_url, lambda st: f"code=scripted-code&state={st}"))
+        except OSError as e:
+            late = {"status": 0, "body": type(e).__name__}
+        return {"first": first, "second": second, "late": late}
+
+    out = scripted_code_flow(client, play)
+    assert isinstance(out["err"], rekey.StartUrlReused), said(out["err"])
+    assert out["err"].category is rekey.Category.NEEDS_AUTHORIZATION
+    assert "opened more than once" in str(out["err"])
+    played = out["played"]
+    assert played["first"]["status"] == 302
+    assert played["second"]["status"] == 404 and played["second"]["location"] is None
+    assert played["late"]["status"] != 200, "the redirect of whoever opened it is not accepted"
+    assert out["exchanges"] == 0 and out["saved"] == []
+
+
+ISSUER = "https://idp.example"
+_ENC = urllib.parse.quote
+
+
+@pytest.mark.parametrize("settings, query, refused", [
+    pytest.param(dict(issuer=ISSUER, issuer_sends_iss=True), lambda st: f"code=c0de&state={st}",
+                 rekey.IssuerMismatch, id="no iss though advertised"),
+    pytest.param(dict(issuer=ISSUER, issuer_sends_iss=True), lambda st: f"code=c0de&state={st}&iss={_ENC('https://evil.example', safe='')}",
+                 rekey.IssuerMismatch, id="a forged iss"),
+    pytest.param(dict(issuer=ISSUER), lambda st: f"code=c0de&state={st}&iss={_ENC(ISSUER + '/', safe='')}",
+                 rekey.IssuerMismatch, id="a forged iss, not advertised"),
+    pytest.param(dict(), lambda st: f"code=c0de&state={st}&iss={_ENC(ISSUER, safe='')}",
+                 rekey.InvalidSettings, id="an iss with no issuer configured"),
+    pytest.param(dict(issuer=ISSUER, issuer_sends_iss=True), lambda st: f"code=c0de&state={st}&iss={_ENC(ISSUER, safe='')}",
+                 None, id="the matching iss"),
+    pytest.param(dict(issuer=ISSUER), lambda st: f"code=c0de&state={st}", None, id="no iss, not advertised"),
+])
+def test_authorize_rfc9207_iss(client, settings, query, refused):
+    def play(url):
+        get(url)
+        return get(redirect_to(url.authorization_url, query))
+
+    out = scripted_code_flow(client, play, **settings)
+    if refused is None:
+        assert out["err"] is None, said(out["err"])
+        assert out["played"]["status"] == 200
+        assert out["exchanges"] == 1 and out["saved"] == ["scripted-refresh-token"]
+    else:
+        assert isinstance(out["err"], refused), said(out["err"])
+        assert out["played"]["status"] == 400
+        assert out["exchanges"] == 0 and out["saved"] == [], "nothing exchanged or stored"
+        if refused is rekey.InvalidSettings:
+            assert "issuer" in str(out["err"]), "names the issuer option"
+
+
+def test_authorize_issuer_sends_iss_must_be_a_bool(client):
+    s = Settings(token_url="https://idp.example/token", authorization_url="https://idp.example/auth", client_id="c",
+                 issuer_sends_iss="yes")
+    with pytest.raises(rekey.InvalidSettings):
+        client.begin_authorization(s, "http://127.0.0.1:8765/cb")
+    # The settings column carries it only when set, as the Rust host writes it.
+    s.issuer_sends_iss = True
+    assert json.loads(settings_json(s))["issuer_sends_iss"] is True
+    s.issuer_sends_iss = False
+    assert "issuer_sends_iss" not in json.loads(settings_json(s))
+
+
+@pytest.mark.parametrize("code, category", [
+    ("invalid_scope", rekey.Category.SETTINGS_WRONG),
+    ("server_error", rekey.Category.NEEDS_AUTHORIZATION),
+])
+def test_authorize_invalid_scope_on_the_redirect_is_a_settings_problem(client, code, category):
+    def play(url):
+        get(url)
+        return get(redirect_to(url.authorization_url, lambda st: f"error={code}&state={st}"))
+
+    out = scripted_code_flow(client, play)
+    assert isinstance(out["err"], rekey.AuthorizationProviderError), said(out["err"])
+    assert out["err"].code == code and out["err"].category is category
+    assert out["played"]["status"] == 400 and out["exchanges"] == 0
 
 
 def test_authorize_low_level_steps_pkce_verifier_matches_and_is_never_shown(client, caplog):

@@ -12,7 +12,7 @@
                       store=store, credential="crm")
 """
 
-from .authorize import DeviceAuthorization, PendingAuthorization, import_token_response
+from .authorize import DeviceAuthorization, PendingAuthorization, StartUrl, StartUrlReused, import_token_response
 from .client import Rekey
 from .errors import (
     AccessDenied,
@@ -82,5 +82,5 @@ __all__ = [
     "StoreError", "ComponentError", "keys_from_token_response",
     "PendingAuthorization", "DeviceAuthorization", "import_token_response", "AccessDenied", "StateMismatch",
     "IssuerMismatch", "AuthorizationProviderError", "DeviceCodeExpired", "AuthorizationTimeout",
-    "AuthorizationRejected", "ListenerError",
+    "AuthorizationRejected", "ListenerError", "StartUrl", "StartUrlReused",
 ]

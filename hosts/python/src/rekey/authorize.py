@@ -8,15 +8,18 @@ token set exactly as the Rust host does (``TokenSet::import``)."""
 
 from __future__ import annotations
 
+import base64
+import hmac
 import html
 import ipaddress
 import json
 import logging
+import os
 import re
 import socket
 import time
 import urllib.parse
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from wasmtime.component import Record
 
@@ -37,6 +40,8 @@ ENTROPY_BYTES = 48
 READ_TIMEOUT = 10.0
 #: Longest request head the listener reads.
 MAX_HEAD = 16 * 1024
+#: Random bytes in the start URL's one-use token (256 bits).
+START_TOKEN_BYTES = 32
 
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 §2.1
 _U64_MAX = 2**64 - 1
@@ -198,11 +203,43 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class StartUrlReused(errors.RekeyError):
+    """The start URL was opened a second time: whoever opened it first (maybe
+    another local user who read it from the browser's command line) holds the
+    authorization request, so the flow ends before its redirect can arrive."""
+
+    category = errors.Category.NEEDS_AUTHORIZATION
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the start URL was opened more than once (another process may have read it); "
+            "nothing was exchanged or stored: authorise again"
+        )
+
+
+class StartUrl(str):
+    """What ``authorize_code`` hands ``on_url``: the listener's one-use start
+    URL (``http://127.0.0.1:PORT/start/<token>``), which holds no state or
+    PKCE challenge and so is safe on a browser's command line. It answers once
+    with a redirect to ``authorization_url``, kept here (in memory) for
+    callers who want it: never put that one on a command line or in a file."""
+
+    authorization_url: str
+
+    def __new__(cls, url: str, authorization_url: str) -> "StartUrl":
+        self = super().__new__(cls, url)
+        self.authorization_url = authorization_url
+        return self
+
+
 class RedirectListener:
     """The loopback listener the redirect arrives at (RFC 8252 §7.3): bound to
     the redirect URI's loopback address (``localhost`` as 127.0.0.1), on its
-    port or a free one. ``wait`` returns the first GET of the redirect path
-    (its connection, to answer after the code exchange, and its raw query);
+    port or a free one. It also serves ``start_url``, ``/start/<one-use
+    token>``: answered once with a 302 to the authorization URL (``serve``), a
+    wrong token with 404; opened twice, ``wait`` raises
+    :class:`StartUrlReused`. ``wait`` returns the next GET of the redirect
+    path (its connection, to answer after the check, and its raw query);
     other paths are answered 404, other methods 405."""
 
     def __init__(self, configured: str):
@@ -219,6 +256,9 @@ class RedirectListener:
             raise bad("must be http:// on loopback (127.0.0.1, [::1] or localhost)")
         if "?" in configured or "#" in configured:
             raise bad("must have no query or fragment")
+        self._path = url.path or "/"
+        if self._path == "/start" or self._path.startswith("/start/"):
+            raise bad("/start is the listener's own path")
         try:
             ip = ipaddress.ip_address(host)
             address = str(ip)
@@ -234,14 +274,32 @@ class RedirectListener:
             raise errors.ListenerError(f"cannot listen on {address}:{port} ({type(e).__name__})") from None
         bound = self._sock.getsockname()[1]
         netloc = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
-        self._path = url.path or "/"
         #: As sent in the authorization request, with the bound port.
         self.redirect_uri = urllib.parse.urlunsplit(("http", netloc, self._path, "", ""))
+        self._token = base64.urlsafe_b64encode(os.urandom(START_TOKEN_BYTES)).rstrip(b"=").decode()
+        origin = f"[{address}]:{bound}" if ":" in address else f"{address}:{bound}"
+        #: What to open: redirects once to the authorization URL (``serve``).
+        self.start_url = f"http://{origin}/start/{self._token}"
+        self._target: Optional[str] = None
+        self._opened = False
+        self._reused = False
+
+    def serve(self, authorization_url: str) -> None:
+        """The authorization URL the start URL redirects to."""
+        if not re.fullmatch(r"[\x21-\x7e]+", authorization_url):
+            raise errors.InvalidSettings("the authorization URL has characters a redirect cannot carry")
+        self._target = authorization_url
+
+    def check(self) -> None:
+        """Raises :class:`StartUrlReused` once the start URL was opened twice."""
+        if self._reused:
+            raise StartUrlReused()
 
     def wait(self, deadline: float) -> Optional[tuple[socket.socket, str]]:
-        """The first request for the redirect path, or None at ``deadline``
+        """The next request for the redirect path, or None at ``deadline``
         (``time.monotonic()``)."""
         while True:
+            self.check()
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
@@ -256,13 +314,73 @@ class RedirectListener:
             if target is None:
                 continue
             path, _, query = target.partition("?")
+            if path.startswith("/start/"):
+                self._start(conn, path[len("/start/"):])
+                continue
             if path != self._path:
                 respond(conn, "404 Not Found", "not found")
                 continue
             return conn, query
 
+    def _start(self, conn: socket.socket, token: str) -> None:
+        # Compared in time independent of where the tokens differ.
+        if self._target is None or not hmac.compare_digest(token.encode(), self._token.encode()):
+            respond(conn, "404 Not Found", "not found")
+            return
+        if self._opened:
+            self._reused = True
+            respond(conn, "404 Not Found", "not found")
+            return
+        self._opened = True
+        _send(conn, (
+            f"HTTP/1.1 302 Found\r\nlocation: {self._target}\r\ncontent-length: 0\r\n"
+            "cache-control: no-store\r\nreferrer-policy: no-referrer\r\nconnection: close\r\n\r\n"
+        ).encode())
+
     def close(self) -> None:
         self._sock.close()
+
+
+def run_code_flow(
+    listener: RedirectListener,
+    authorization_url: str,
+    *,
+    on_url: Callable[[str], Any],
+    exchange: Callable[[str], Any],
+    persist: Callable[[Any], None],
+    timeout: float,
+):
+    """The code grant's wait at the listener: hands ``on_url`` the start URL
+    (a :class:`StartUrl`), then checks each redirect with ``exchange(query)``
+    (the component's ``finish``) until one is accepted, stores its keys with
+    ``persist`` (unless the start URL was opened twice) and only then answers
+    the browser. A redirect whose state is not this request's is answered 400
+    and the wait goes on (any local process can reach the listener; the
+    component checks the state before any effect); anything else ends the
+    flow. At most ``timeout`` seconds in all."""
+    listener.serve(authorization_url)
+    deadline = time.monotonic() + timeout
+    on_url(StartUrl(listener.start_url, authorization_url))
+    while True:
+        got = listener.wait(deadline)
+        if got is None:
+            raise errors.AuthorizationTimeout(timeout)
+        conn, query = got
+        try:
+            keys = exchange(query)
+            listener.check()
+            persist(keys)
+        except errors.StateMismatch:
+            respond(conn, "400 Bad Request", "rekey: this redirect's state does not match the authorisation in progress; it was ignored")
+            continue
+        except errors.RekeyError as e:
+            respond(conn, "400 Bad Request", f"rekey: authorisation failed: {e}")
+            raise
+        except BaseException:
+            respond(conn, "400 Bad Request", "rekey: authorisation failed: an internal error")
+            raise
+        respond(conn, "200 OK", "rekey: authorised. You can close this window.")
+        return keys
 
 
 def _read_target(conn: socket.socket, timeout: float) -> Optional[str]:
@@ -298,9 +416,14 @@ def respond(conn: socket.socket, status: str, message: str) -> None:
         f"HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {len(body)}\r\n"
         "cache-control: no-store\r\nconnection: close\r\n\r\n"
     ).encode()
+    _send(conn, head + body)
+
+
+def _send(conn: socket.socket, data: bytes) -> None:
+    """Writes a whole answer, then the connection closes."""
     try:
         conn.settimeout(READ_TIMEOUT)
-        conn.sendall(head + body)
+        conn.sendall(data)
         conn.shutdown(socket.SHUT_WR)
     except OSError:
         pass

@@ -25,7 +25,7 @@ from .authorize import (
     PendingAuthorization,
     RedirectListener,
     import_token_response,
-    respond,
+    run_code_flow,
 )
 from .http import HttpConfig
 from .model import Grant, Request, Response, Settings
@@ -138,12 +138,17 @@ class Rekey:
         S256) through a loopback redirect (RFC 8252 §7.3).
 
         Listens on ``http://127.0.0.1:<free port>/callback`` (or
-        ``redirect_uri``), calls ``on_url(url)`` with the authorization URL
-        (print it, or ``webbrowser.open``; it must return promptly), waits up
-        to ``timeout`` seconds for the redirect, lets the component check it
-        (state, iss, error) and exchange the code, stores the token response
-        as the credential's keys (``store.save``, then ``on_update_keys``;
-        both durable when they return), and only then answers the browser.
+        ``redirect_uri``), calls ``on_url(url)`` with the listener's one-use
+        start URL (print it, or ``webbrowser.open``; it must return promptly):
+        a :class:`StartUrl` holding no state or PKCE challenge, which
+        redirects once to the authorization URL (``url.authorization_url``);
+        opened twice, the flow ends (:class:`StartUrlReused`). Waits up to
+        ``timeout`` seconds in all; the component checks each redirect
+        (state, iss, error): one whose state is not this request's is answered
+        400 and the wait goes on; the accepted one's code is exchanged, the
+        token response stored as the credential's keys (``store.save``, then
+        ``on_update_keys``; both durable when they return), and only then is
+        the browser answered.
         Returns the keys stored (a :class:`Secret` of the JSON). Raises a
         :class:`errors.RekeyError`; nothing is stored then."""
         persist = self._authorize_persistence(store, on_update_keys, credential, settings)
@@ -154,22 +159,14 @@ class Rekey:
         listener = RedirectListener(redirect_uri or DEFAULT_REDIRECT_URI)
         try:
             pending = self.begin_authorization(settings, listener.redirect_uri)
-            on_url(pending.url)
-            got = listener.wait(time.monotonic() + timeout)
-            if got is None:
-                raise errors.AuthorizationTimeout(timeout)
-            conn, query = got
-            try:
-                keys = self.finish_authorization(settings, pending, query)
-                persist(keys.expose())
-            except errors.RekeyError as e:
-                respond(conn, "400 Bad Request", f"rekey: authorisation failed: {e}")
-                raise
-            except BaseException:
-                respond(conn, "400 Bad Request", "rekey: authorisation failed: an internal error")
-                raise
-            respond(conn, "200 OK", "rekey: authorised. You can close this window.")
-            return keys
+            return run_code_flow(
+                listener,
+                pending.url,
+                on_url=on_url,
+                exchange=lambda query: self.finish_authorization(settings, pending, query),
+                persist=lambda keys: persist(keys.expose()),
+                timeout=timeout,
+            )
         finally:
             listener.close()
 

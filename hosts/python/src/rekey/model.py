@@ -78,7 +78,8 @@ class Settings:
     authorization_url: Optional[str] = None
     #: The device authorization endpoint (RFC 8628), for ``authorize_device``.
     device_url: Optional[str] = None
-    #: The issuer a redirect's ``iss`` must name when it carries one (RFC 9207); None: not checked.
+    #: The issuer a redirect's ``iss`` must name (RFC 9207); None: a redirect
+    #: that carries ``iss`` is refused (InvalidSettings: set the issuer).
     issuer: Optional[str] = None
     #: Extra authorization request parameters, e.g. ``[("prompt", "consent")]``; a
     #: ``scope`` here is the scope asked for at authorisation (default: ``scope``).
@@ -99,6 +100,10 @@ class Settings:
     #: How new token sets are obtained (a ``Grant`` or its name, e.g.
     #: ``"client-credentials"``). Last, so positional arguments keep their meaning.
     grant: Grant = Grant.REFRESH_TOKEN
+    #: The issuer's metadata says ``authorization_response_iss_parameter_supported``
+    #: (RFC 9207 §3): a redirect without ``iss`` is refused (IssuerMismatch).
+    #: This host discovers no metadata: say it here (default False).
+    issuer_sends_iss: bool = False
 
     def __post_init__(self) -> None:
         self.grant = grant_of(self.grant)
@@ -224,6 +229,8 @@ def settings_json(settings: Settings, client_secret_env: "str | None" = None) ->
     for key in ("authorization_url", "device_url", "issuer"):
         if getattr(settings, key) is not None:
             out[key] = getattr(settings, key)
+    if settings.issuer_sends_iss is True:
+        out["issuer_sends_iss"] = True  # written only when set, as the Rust host does
     if settings.auth_params:
         out["auth_params"] = [[str(k), str(v)] for k, v in settings.auth_params]
     return json.dumps(out)

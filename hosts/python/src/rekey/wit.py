@@ -161,8 +161,14 @@ def authorization(
         scope=scope,
         auth_params=[(k, v) for k, v in params if k != "scope"],
         issuer=s.issuer,
-        issuer_sends_iss=False,
+        issuer_sends_iss=_flag(getattr(s, "issuer_sends_iss", False), "issuer_sends_iss"),
     )
+
+
+def _flag(v, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise errors.InvalidSettings(f"{name} must be True or False")
+    return v
 
 
 def pending(url: str, state: str, code_verifier: str) -> Record:
@@ -194,7 +200,11 @@ def authorize_error(v: Variant) -> errors.RekeyError:
     if tag == "issuer-mismatch":
         return errors.IssuerMismatch()
     if tag == "provider-error":
-        return errors.AuthorizationProviderError(p)
+        e = errors.AuthorizationProviderError(p)
+        if p == "invalid_scope":
+            # The scope asked for comes from the settings: approving again cannot fix it.
+            e.category = errors.Category.SETTINGS_WRONG
+        return e
     if tag == "expired":
         return errors.DeviceCodeExpired()
     if tag == "rejected":
