@@ -241,6 +241,7 @@ export class RedirectListener {
 
   /** The authorization URL the start URL redirects to. */
   serve(authorizationUrl) {
+    if (!/^[\x21-\x7e]+$/.test(authorizationUrl)) throw new InvalidSettings('the authorization URL has characters a redirect cannot carry');
     this.#target = authorizationUrl;
   }
 

@@ -3,11 +3,15 @@
 // plays the browser through its login, consent and device pages, as the Rust
 // scenarios in tests/all/authorize.rs do): the code grant with PKCE through
 // this host's loopback listener, then refreshes of the stored keys with
-// every strategy; the device grant, then a refresh; denied consent, a forged
-// redirect (wrong state), no redirect in time, a denied device code. Against
-// small scripted endpoints: the PKCE verifier the exchange sends matches the
-// challenge, slow_down makes the polls further apart, an expired device code
-// ends the polling. Nothing secret
+// every strategy (the matching RFC 9207 iss accepted); the device grant,
+// then a refresh; denied consent; forged redirects (error=access_denied with a
+// wrong state, an equal-length wrong state) answered 400 while the real one
+// still succeeds; no redirect in time; a denied device code. Against small
+// scripted endpoints: onUrl gets the listener's secret-free start URL (302
+// once to the authorization URL, a wrong token 404, opened twice ends the
+// flow), the RFC 9207 table, invalid_scope is a settings problem, the PKCE
+// verifier the exchange sends matches the challenge, slow_down makes the
+// polls further apart, an expired device code ends the polling. Nothing secret
 // (code, verifier, device code, tokens, client secret) in any error, event,
 // page or printed value. Verdicts never depend on timing: waits poll.
 
@@ -21,6 +25,7 @@ import {
   DeviceCodeExpired, InvalidSettings, IssuerMismatch, PendingAuthorization, RekeyError, StateMismatch,
   TokenEndpointError, importTokenResponse,
 } from '../src/index.js';
+import { settingsJson } from '../src/stores/settings-json.js';
 import { eventually, rekey, tempStore } from './support/harness.mjs';
 import { follow, oidcAvailable, secretOf, startOidcProvider } from './support/oidc.mjs';
 
@@ -487,6 +492,10 @@ test('authorize: RFC 9207: a missing iss when the issuer sends it, and a forged 
       assert.equal(keys.get('refresh_token'), 'scripted-refresh-token', what);
     }
   }
+  // The settings column carries it only when set, as the Rust host writes it.
+  const column = (extra) => JSON.parse(settingsJson({ tokenUrl: 'https://idp.example/token', clientId: 'c', apiOrigins: ['*'], ...extra }));
+  assert.equal(column({ issuerSendsIss: true }).issuer_sends_iss, true);
+  assert.equal('issuer_sends_iss' in column({}), false);
   // issuerSendsIss must be a boolean.
   await assert.rejects((await rekey()).beginAuthorization({ tokenUrl: 'https://idp.example/token', authorizationUrl: 'https://idp.example/auth', clientId: 'c', issuerSendsIss: 'yes' }, { redirectUri: 'http://127.0.0.1:8765/cb' }), InvalidSettings);
 });

@@ -44,6 +44,7 @@ export function settingsJson(s) {
   for (const [key, name] of [['authorizationUrl', 'authorization_url'], ['deviceUrl', 'device_url'], ['issuer', 'issuer']]) {
     if (typeof s[key] === 'string') json[name] = s[key];
   }
+  if (s.issuerSendsIss === true) json.issuer_sends_iss = true; // written only when set, as the Rust host does
   const authParams = pairs(s.authParams);
   if (authParams.length > 0) json.auth_params = authParams;
   return JSON.stringify(json);
