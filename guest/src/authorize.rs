@@ -180,7 +180,7 @@ fn check_issuer(auth: &Authorization, iss: Option<&str>) -> Result<(), Authorize
     match (iss, auth.issuer.as_deref()) {
         (Some(_), None) => Err(invalid(
             "the redirect names its issuer (RFC 9207 `iss`) but no issuer is configured to \
-             check it against: configure the issuer (rekey authorize --issuer, or `issuer` \
+             check it against: configure the issuer (`rekey credential set NAME --issuer URL`, or `issuer` \
              in the Node and Python APIs)",
         )),
         (Some(iss), Some(expected)) if iss != expected => Err(AuthorizeError::IssuerMismatch),
@@ -530,6 +530,7 @@ mod tests {
     use super::*;
     use crate::testing::{self, Script, ok, script, secs};
     use base64::Engine as _;
+    use serde_json::json;
     use std::vec::Vec;
 
     fn settings(auth: ClientAuth) -> Settings {
@@ -1050,5 +1051,309 @@ mod tests {
             device_poll(&mut fx, &s, &grant()),
             Err(AuthorizeError::Endpoint(_))
         ));
+    }
+
+    #[test]
+    fn every_entry_refuses_a_client_that_cannot_work_before_any_request() {
+        let p = pending();
+        let q = format!("code=c&state={}", p.state);
+        let g = grant();
+        for (token_url, client_id) in [
+            ("http://idp.example/token", "app id"),
+            ("https://idp.example/token#f", "app id"),
+            ("ftp://idp.example/token", "app id"),
+            ("https://idp.example/token", ""),
+        ] {
+            let s = Settings {
+                token_url: token_url.into(),
+                client_id: client_id.into(),
+                ..settings(ClientAuth::ClientSecretBasic)
+            };
+            let a = authorization();
+            let refused = |r: Result<(), AuthorizeError>| {
+                assert!(
+                    matches!(r, Err(AuthorizeError::InvalidSettings(_))),
+                    "{token_url} {client_id:?}"
+                );
+            };
+            refused(begin(&s, &a, &entropy()).map(drop));
+            refused(finish(&mut NoEffects, &s, &a, &p, &q).map(drop));
+            refused(device_start(&mut NoEffects, &s, &a).map(drop));
+            refused(device_poll(&mut NoEffects, &s, &g).map(drop));
+        }
+        // https anywhere, plain http on loopback: accepted.
+        for token_url in ["https://idp.example/token", "http://127.0.0.1:9/token"] {
+            let s = Settings {
+                token_url: token_url.into(),
+                ..settings(ClientAuth::ClientSecretBasic)
+            };
+            let mut fx = script([ok(200, TOKENS)]);
+            finish(&mut fx, &s, &authorization(), &p, &q).unwrap();
+        }
+    }
+
+    #[test]
+    fn two_differences_never_cancel_out_in_the_state_comparison() {
+        let p = pending();
+        assert_eq!(&p.state[..2], "AA");
+        // 'A' ^ '@' == 'B' ^ 'C' == 1: XOR-accumulating would cancel them.
+        for forged in ["@@", "BC", "@C"] {
+            let q = format!(
+                "code=c&state={}{}",
+                forged.replace('@', "%40"),
+                &p.state[2..]
+            );
+            let s = settings(ClientAuth::ClientSecretBasic);
+            let err = finish(&mut NoEffects, &s, &authorization(), &p, &q).unwrap_err();
+            assert!(matches!(err, AuthorizeError::StateMismatch), "{forged}");
+        }
+        assert!(!same("AA", "@@") && !same("AB", "BA") && same("AB", "AB"));
+        assert!(!same("A", "AA") && !same("AA", "A"));
+    }
+
+    #[test]
+    fn code_exchange_retries_back_off_and_say_what_failed() {
+        let p = pending();
+        let s = settings(ClientAuth::ClientSecretBasic);
+        let q = format!("code=c&state={}", p.state);
+        let mut fx = script([
+            Err(TransportError::Connect("refused".into())),
+            ok(429, ""),
+            ok(503, ""),
+        ]);
+        let err = finish(&mut fx, &s, &authorization(), &p, &q).unwrap_err();
+        assert!(
+            matches!(&err, AuthorizeError::Endpoint(m) if m.ends_with("(3 attempts)")),
+            "{err:?}"
+        );
+        assert_eq!(fx.slept, secs_ms([200, 400]));
+        let mut fx = script([Err(TransportError::Other("reset".into()))]);
+        let err = finish(&mut fx, &s, &authorization(), &p, &q).unwrap_err();
+        assert!(
+            matches!(&err, AuthorizeError::Endpoint(m) if m.starts_with("exchange failed: reset")),
+            "{err:?}"
+        );
+        let mut fx = script([Err(TransportError::Timeout)]);
+        let err = finish(&mut fx, &s, &authorization(), &p, &q).unwrap_err();
+        assert!(
+            matches!(&err, AuthorizeError::Endpoint(m) if m.starts_with("endpoint timed out")),
+            "{err:?}"
+        );
+    }
+
+    fn secs_ms<const N: usize>(ms: [u64; N]) -> [Duration; N] {
+        ms.map(Duration::from_millis)
+    }
+
+    /// `json` padded with spaces to `len` bytes.
+    fn padded(json: &str, len: usize) -> String {
+        format!("{json}{}", " ".repeat(len - json.len()))
+    }
+
+    #[test]
+    fn an_error_body_is_read_up_to_the_token_response_bound() {
+        let p = pending();
+        let s = settings(ClientAuth::ClientSecretBasic);
+        let q = format!("code=c&state={}", p.state);
+        let error = r#"{"error":"invalid_grant"}"#;
+        let max = token::MAX_TOKEN_RESPONSE;
+        let mut fx = script([ok(400, &padded(error, max))]);
+        let r = finish(&mut fx, &s, &authorization(), &p, &q);
+        assert!(matches!(r, Err(AuthorizeError::Rejected(e)) if e.code == "invalid_grant"));
+        let mut fx = script([ok(400, &padded(error, max + 1))]);
+        let r = finish(&mut fx, &s, &authorization(), &p, &q);
+        assert!(matches!(r, Err(AuthorizeError::Endpoint(_))), "{r:?}");
+    }
+
+    #[test]
+    fn the_device_authorization_request_retries_only_what_did_nothing() {
+        let s = settings(ClientAuth::ClientSecretPost);
+        let a = authorization();
+        let mut fx = script([
+            ok(429, ""),
+            Err(TransportError::Timeout),
+            Err(TransportError::Other("reset".into())),
+        ]);
+        let err = device_start(&mut fx, &s, &a).unwrap_err();
+        assert!(
+            matches!(&err, AuthorizeError::Endpoint(m) if m == "exchange failed: reset (3 attempts)"),
+            "{err:?}"
+        );
+        assert_eq!(fx.slept, secs_ms([200, 400]));
+        let mut fx = script([Err(TransportError::Connect("no".into())), ok(200, DEVICE)]);
+        device_start(&mut fx, &s, &a).unwrap();
+        let mut fx = script([Err(TransportError::Refused("no".into()))]);
+        assert!(matches!(
+            device_start(&mut fx, &s, &a),
+            Err(AuthorizeError::Transport(_))
+        ));
+        // Refusals are final: a 200 carrying an error, a 4xx without one.
+        let mut fx = script([ok(200, r#"{"error":"invalid_client"}"#)]);
+        let r = device_start(&mut fx, &s, &a);
+        assert!(matches!(r, Err(AuthorizeError::Rejected(e)) if e.code == "invalid_client"));
+        let mut fx = script([ok(404, "not here")]);
+        let r = device_start(&mut fx, &s, &a);
+        assert!(
+            matches!(&r, Err(AuthorizeError::Endpoint(m)) if m.contains("404")),
+            "{r:?}"
+        );
+        // An answer over the bound is not read, even when it would do.
+        let max = token::MAX_TOKEN_RESPONSE;
+        let mut fx = script([ok(200, &padded(DEVICE, max + 1))]);
+        assert!(matches!(
+            device_start(&mut fx, &s, &a),
+            Err(AuthorizeError::Endpoint(_))
+        ));
+        let mut fx = script([ok(200, &padded(DEVICE, max))]);
+        device_start(&mut fx, &s, &a).unwrap();
+    }
+
+    fn device_answer(
+        edit: impl FnOnce(&mut Map<String, Value>),
+    ) -> Result<DeviceGrant, AuthorizeError> {
+        let mut map: Map<String, Value> = serde_json::from_str(DEVICE).unwrap();
+        edit(&mut map);
+        parse_device_grant(&map)
+    }
+
+    #[test]
+    fn device_grant_fields_are_bounded() {
+        let g = device_answer(|_| {}).unwrap();
+        assert_eq!(
+            g.verification_uri_complete.as_deref(),
+            Some("https://idp.example/device?user_code=WDJB-MJHT")
+        );
+        for bad in ["javascript:x", "https://x/\u{1b}[2J", ""] {
+            let g = device_answer(|m| {
+                m.insert("verification_uri_complete".into(), bad.into());
+            })
+            .unwrap();
+            assert_eq!(g.verification_uri_complete, None, "{bad:?}");
+        }
+        let g = device_answer(|m| {
+            m.insert("verification_uri".into(), "http://127.0.0.1/device".into());
+        })
+        .unwrap();
+        assert_eq!(g.verification_uri, "http://127.0.0.1/device");
+        // Lifetimes: none or zero refused, capped at an hour; intervals: none
+        // or zero is 5 s, capped at a minute.
+        for (expires_in, expected) in [
+            (json!(99_999), Some(3600)),
+            (json!(1), Some(1)),
+            (json!(0), None),
+            (json!(true), None),
+            (json!("x"), None),
+        ] {
+            let g = device_answer(|m| {
+                m.insert("expires_in".into(), expires_in.clone());
+            });
+            assert_eq!(g.ok().map(|g| g.expires_in), expected, "{expires_in}");
+        }
+        for (interval, expected) in [
+            (json!(0), 5),
+            (json!(1), 1),
+            (json!(600), 60),
+            (json!("7"), 7),
+            (json!(null), 5),
+        ] {
+            let g = device_answer(|m| {
+                m.insert("interval".into(), interval.clone());
+            })
+            .unwrap();
+            assert_eq!(g.interval, expected, "{interval}");
+        }
+        // A user code a person can read: printable ASCII, 1..=2048 bytes.
+        for (code, usable) in [
+            ("A".repeat(2048), true),
+            ("A".repeat(2049), false),
+            (String::new(), false),
+            ("A~ ".into(), true),
+            ("A\u{7f}".into(), false),
+            ("A\u{1f}".into(), false),
+        ] {
+            let g = device_answer(|m| {
+                m.insert("user_code".into(), code.clone().into());
+            });
+            assert_eq!(g.is_ok(), usable, "{code:?}");
+        }
+        let g = device_answer(|m| {
+            m.insert("device_code".into(), "".into());
+        });
+        assert!(g.is_err());
+    }
+
+    #[test]
+    fn device_requests_carry_one_client_id_whatever_the_client_auth() {
+        for s in [
+            settings(ClientAuth::ClientSecretPost),
+            Settings {
+                client_secret: None,
+                ..settings(ClientAuth::ClientSecretBasic)
+            },
+        ] {
+            let mut fx = script([ok(200, DEVICE), ok(200, TOKENS)]);
+            let g = device_start(&mut fx, &s, &authorization()).unwrap();
+            device_poll(&mut fx, &s, &g).unwrap();
+            for req in &fx.sent {
+                let ids = form(req).iter().filter(|(k, _)| k == "client_id").count();
+                assert_eq!(ids, 1);
+                assert!(!req.headers.iter().any(|(k, _)| k == "authorization"));
+            }
+        }
+    }
+
+    #[test]
+    fn polling_keeps_to_the_grant_interval_and_lifetime() {
+        let s = settings(ClientAuth::ClientSecretPost);
+        let poll =
+            |expires_in: u32, interval: u32, answers: Vec<Result<Response, TransportError>>| {
+                let mut fx = script(answers);
+                let g = DeviceGrant {
+                    expires_in,
+                    interval,
+                    ..grant()
+                };
+                let r = device_poll(&mut fx, &s, &g);
+                (r, fx.sent.len(), fx.slept)
+            };
+        let (r, _, slept) = poll(600, 7, vec![ok(200, TOKENS)]);
+        assert_eq!(
+            (r.unwrap().as_str(), slept),
+            (TOKENS, vec![Duration::from_secs(7)])
+        );
+        let (_, _, slept) = poll(600, 0, vec![ok(200, TOKENS)]);
+        assert_eq!(slept, secs([5]));
+        // A poll at exactly the lifetime's end still goes out; none after.
+        let (r, n, _) = poll(10, 5, vec![ok(400, PENDING), ok(400, PENDING)]);
+        assert!(matches!(r, Err(AuthorizeError::Expired)));
+        assert_eq!(n, 2);
+        let (r, n, _) = poll(0, 5, vec![]);
+        assert!(matches!(r, Err(AuthorizeError::Expired)));
+        assert_eq!(n, 0);
+        // Whatever the grant says, polling stops after an hour: 720 polls.
+        let (r, n, _) = poll(u32::MAX, 5, (0..720).map(|_| ok(400, PENDING)).collect());
+        assert!(matches!(r, Err(AuthorizeError::Expired)));
+        assert_eq!(n, 720);
+        // Failures in a row end it; a pending answer starts the count again.
+        let (r, n, slept) = poll(
+            3600,
+            5,
+            vec![
+                ok(500, ""),
+                ok(500, ""),
+                ok(500, ""),
+                ok(400, PENDING),
+                ok(500, ""),
+                ok(500, ""),
+                ok(500, ""),
+                ok(500, ""),
+            ],
+        );
+        assert!(
+            matches!(&r, Err(AuthorizeError::Endpoint(m)) if m.ends_with("(4 polls in a row)")),
+            "{r:?}"
+        );
+        assert_eq!(n, 8);
+        assert_eq!(slept, secs([5, 10, 20, 40, 40, 60, 60, 60]));
     }
 }
