@@ -726,6 +726,18 @@ mod tests {
                 AuthorizeError::ProviderError("unrecognised".into()),
             ),
             (
+                format!("error=vendor.error-2&state={st}"),
+                AuthorizeError::ProviderError("vendor.error-2".into()),
+            ),
+            (
+                format!("error={}&state={st}", "e".repeat(64)),
+                AuthorizeError::ProviderError("e".repeat(64)),
+            ),
+            (
+                format!("error={}&state={st}", "e".repeat(65)),
+                AuthorizeError::ProviderError("unrecognised".into()),
+            ),
+            (
                 format!("state={st}"),
                 AuthorizeError::ProviderError("no_code".into()),
             ),

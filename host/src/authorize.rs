@@ -352,6 +352,17 @@ impl Rekey {
                 return Err(AuthorizeError::Timeout(options.timeout.as_secs()));
             };
             let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            if !same_user(&stream) {
+                // Another local user (who may have read the start URL on the
+                // opener's command line) gets neither the authorization URL
+                // nor a say in the redirect.
+                tracing::warn!(
+                    credential = name,
+                    "another user's program reached the listener; refused"
+                );
+                respond_status(&mut stream, "403 Forbidden", "not yours").await;
+                continue;
+            }
             if path != listener.path {
                 let ours = path.strip_prefix(START).is_some_and(|t| same(t, &token));
                 if ours && !started {
@@ -544,6 +555,67 @@ async fn read_target(stream: &mut TcpStream) -> Option<String> {
     Some(target.to_owned())
 }
 
+/// Whether the program at the other end of this loopback connection runs
+/// as this process's user. Linux tells (`/proc/net/tcp`, `tcp6`: the socket
+/// whose local address is our peer's); elsewhere, or when it cannot be
+/// found, the state check and the one-use start URL are what protect.
+fn same_user(stream: &TcpStream) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+            return false;
+        };
+        let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+            return true;
+        };
+        match socket_uid(peer, local) {
+            Some(uid) => uid == me,
+            None => true,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = stream;
+        true
+    }
+}
+
+/// The uid owning the established TCP socket `local` → `remote`, from
+/// `/proc/net/tcp` or `tcp6`.
+#[cfg(target_os = "linux")]
+fn socket_uid(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Option<u32> {
+    let file = if local.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let table = std::fs::read_to_string(file).ok()?;
+    let (local, remote) = (proc_addr(local), proc_addr(remote));
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local_address rem_address st ... uid: ESTABLISHED is 01.
+        (f.len() > 7 && f[1] == local && f[2] == remote && f[3] == "01")
+            .then(|| f[7].parse().ok())
+            .flatten()
+    })
+}
+
+/// An address as `/proc/net/tcp*` prints it: each 32-bit word of the
+/// address in host byte order, in hex, then the port.
+#[cfg(target_os = "linux")]
+fn proc_addr(a: std::net::SocketAddr) -> String {
+    let octets = match a.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+        std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    let words: String = octets
+        .chunks(4)
+        .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+        .collect();
+    format!("{words}:{:04X}", a.port())
+}
+
 /// Sends the browser on to the authorization URL; nothing caches it or
 /// passes it on as a referrer.
 async fn redirect(stream: &mut TcpStream, location: &str) {
@@ -723,6 +795,10 @@ pub struct Preset {
     pub auth_params: Vec<(String, String)>,
     /// When to refresh.
     pub strategy: Option<Strategy>,
+    /// Where the provider's APIs are: the access token goes only there.
+    pub api_origins: Vec<String>,
+    /// What the token set's `instance_url` must match to be used (Salesforce).
+    pub instance_url_origins: Vec<String>,
 }
 
 /// Every preset, by name.
@@ -771,6 +847,12 @@ impl Preset {
         if let Some(v) = self.strategy {
             s.strategy = v;
         }
+        if !self.api_origins.is_empty() {
+            s.api_origins = self.api_origins.clone();
+        }
+        if !self.instance_url_origins.is_empty() {
+            s.instance_url_origins = self.instance_url_origins.clone();
+        }
     }
 }
 
@@ -809,6 +891,8 @@ mod tests {
             }
             s.check().unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(s.authorization_url.is_some(), "{name}");
+            // Bound by default: a provider's preset names its API origins.
+            assert!(!s.api_origins.is_empty(), "{name}: no API origins");
         }
         let sf = &all["salesforce"];
         assert_eq!(sf.strategy, Some(Strategy::OnAuthFailure));
@@ -885,6 +969,28 @@ mod tests {
         assert!(
             !shown.contains("abc") && !shown.contains("s3cret"),
             "{shown}"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_loopback_peer_is_found_as_this_user() {
+        use std::os::unix::fs::MetadataExt;
+        let me = std::fs::metadata("/proc/self").unwrap().uid();
+        for ip in ["127.0.0.1", "::1"] {
+            let Ok(l) = TcpListener::bind((ip, 0)).await else {
+                continue; // no IPv6 here
+            };
+            let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (server, _) = l.accept().await.unwrap();
+            let uid = socket_uid(server.peer_addr().unwrap(), server.local_addr().unwrap());
+            assert_eq!(uid, Some(me), "{ip}");
+            assert!(same_user(&server));
+            drop(client);
+        }
+        assert_eq!(
+            proc_addr("127.0.0.1:8080".parse().unwrap()),
+            format!("{:08X}:1F90", u32::from_ne_bytes([127, 0, 0, 1]))
         );
     }
 

@@ -784,6 +784,74 @@ fn redirect_with(store: &Path, name: &str, extra: &str) -> (u16, Output) {
     (status, run.finish())
 }
 
+/// A GET from a program running as `nobody`: its status, or None when that
+/// cannot be arranged (not root, no python3).
+#[cfg(target_os = "linux")]
+fn status_as_another_user(url: &str) -> Option<u16> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
+        return None;
+    }
+    let script = "import sys, urllib.request, urllib.error\n\
+class N(urllib.request.HTTPRedirectHandler):\n    def redirect_request(self, *a): return None\n\
+try:\n    print(urllib.request.build_opener(N).open(sys.argv[1]).status)\n\
+except urllib.error.HTTPError as e:\n    print(e.code)\n";
+    let out = Command::new("python3")
+        .args(["-c", script, url])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// Issue #20's attacker is another local user: whatever they read, the
+/// listener serves neither the start URL nor a redirect to their programs.
+#[cfg(target_os = "linux")]
+#[test]
+fn another_users_programs_get_nothing_from_the_listener() {
+    let (issuer, tokens) = scripted_issuer(false);
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("rekey.db");
+    add(
+        &store,
+        &[
+            "u",
+            "--issuer",
+            &issuer,
+            "--client-id",
+            "u",
+            "--public-client",
+        ],
+    );
+    let run = Authorizing::start(&store, &["u", "--no-browser", "--timeout", "60"]);
+    let start = run.start_url();
+    let Some(status) = status_as_another_user(&start) else {
+        eprintln!("SKIPPED: needs root and python3 to act as another user");
+        return;
+    };
+    assert_eq!(status, 403, "the start URL is not served to another user");
+    let (status, location, _) = fetch(&start);
+    assert_eq!(status, 302, "and is still there for ours");
+    let url = location.unwrap();
+    let redirect = format!(
+        "{}?code=scripted-code&state={}",
+        query_param(&url, "redirect_uri"),
+        query_param(&url, "state")
+    );
+    assert_eq!(status_as_another_user(&redirect), Some(403));
+    assert_eq!(*tokens.lock().unwrap(), 0, "nothing exchanged for them");
+    assert_eq!(http_get(&redirect).0, 200);
+    let out = run.finish();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(*tokens.lock().unwrap(), 1);
+}
+
 /// Issue #21: RFC 9207 in the authorize suite.
 #[test]
 fn rfc9207_iss_is_required_when_advertised_and_checked_against_the_issuer() {
