@@ -185,7 +185,9 @@ pub fn check_settings(settings: &Settings) -> Result<(), String> {
     if !spends(settings) && settings.client_secret.is_none() {
         return Err("the client-credentials grant needs a client secret".into());
     }
-    binding(settings).check()
+    let binding = binding(settings);
+    binding.check()?;
+    binding.require_bound()
 }
 
 /// Where the settings let the access token go.

@@ -165,6 +165,9 @@ impl Pattern {
         let origin = Origin::of(&candidate).ok_or_else(|| {
             bad("is not an origin like https://api.example.com (no empty labels, %, \\ or spaces)")
         })?;
+        if origin.host.contains('*') {
+            return Err(bad("may only start with `*.` (a wildcard for subdomains)"));
+        }
         if !origin.https && (wildcard || !origin.is_literal_loopback()) {
             return Err(bad(
                 "uses plain http:// off a loopback address: the token would travel in clear text",
@@ -247,11 +250,6 @@ impl Binding<'_> {
     /// the API patterns (any, for `*`), or the adopted `instance_url` origin.
     pub fn check_api_url(&self, url: &str, instance_url: Option<&str>) -> Result<(), String> {
         let target = check_transport(url, "the request URL")?;
-        // TRANSITIONAL (contract step): unbound settings still send anywhere
-        // until every host's fixtures bind their credentials.
-        if self.api.is_empty() && self.instance.is_empty() {
-            return Ok(());
-        }
         if self.api.len() == 1 && self.api[0] == ANY {
             return Ok(());
         }
@@ -330,19 +328,73 @@ mod tests {
     }
 
     #[test]
-    fn unbound_still_needs_a_safe_transport() {
-        assert!(allowed(&[], "https://anywhere.example/"));
-        assert!(allowed(&[], "http://127.0.0.1:8080/x"));
-        assert!(allowed(&[], "http://[::1]:8080/x"));
+    fn unbound_is_refused_and_star_is_any_over_a_safe_transport() {
+        let none = Binding {
+            api: &[],
+            instance: &[],
+        };
+        assert!(none.check().is_ok());
+        let why = none.require_bound().unwrap_err();
+        assert!(why.contains("--api-origin") && why.contains("`*`"), "{why}");
+        assert!(allowed(&["*"], "https://anywhere.example/"));
+        assert!(allowed(&["*"], "http://127.0.0.1:8080/x"));
+        assert!(allowed(&["*"], "http://[::1]:8080/x"));
         for url in [
             "http://api.example.com/",
+            "http://localhost:8080/x",
+            "http://LOCALHOST:8080/x",
             "http://127.0.0.1.evil.example/",
             "ftp://127.0.0.1/",
             "http://x\\@127.0.0.1/",
+            "http://x%5C@127.0.0.1/",
+            "https://user@anywhere.example/",
+            "https://anywhere.example\t/",
+            "https://a..example.com/",
             "https:///nohost",
         ] {
-            assert!(!allowed(&[], url), "{url}");
+            assert!(!allowed(&["*"], url), "{url}");
         }
+        // `*` is the whole list or nothing; never an instance pattern.
+        assert!(check_patterns(&strings(&["*", "https://api.example.com"])).is_err());
+        let star = strings(&["*"]);
+        let b = Binding {
+            api: &[],
+            instance: &star,
+        };
+        assert!(b.check().is_err());
+    }
+
+    #[test]
+    fn wildcards_need_two_labels_and_no_label_is_empty() {
+        for bad in [
+            "https://*.com",
+            "https://*..example.com",
+            "https://a..b",
+            "https://*.example..com",
+            "https://api.example.com.",
+            "https://*.127.0.0.1",
+            "https://*.[::1]",
+            "https://*",
+            "https://*.",
+        ] {
+            assert!(check_patterns(&strings(&[bad])).is_err(), "{bad}");
+        }
+        assert!(check_patterns(&strings(&["https://*.example.com"])).is_ok());
+        // Public suffixes pass here (the guest carries no list; hosts that
+        // have one refuse them at add/set): two labels are the structural rule.
+        assert!(check_patterns(&strings(&["https://*.co.uk"])).is_ok());
+        assert!(!allowed(
+            &["https://*.example.com"],
+            "https://a..example.com/"
+        ));
+        assert!(!allowed(
+            &["https://*.example.com"],
+            "https://.example.com/"
+        ));
+        assert!(!allowed(
+            &["https://*.example.com"],
+            "https://a.example.com./"
+        ));
     }
 
     #[test]
@@ -363,12 +415,12 @@ mod tests {
     }
 
     #[test]
-    fn an_instance_url_adds_its_https_origin_only() {
+    fn an_instance_url_adds_its_own_origin_only_when_it_matches() {
         let api = strings(&["https://login.salesforce.com"]);
-        let instance = strings(&["https://*.my.salesforce.com"]);
+        let sf = strings(&["https://*.my.salesforce.com"]);
         let b = Binding {
             api: &api,
-            instance: &instance,
+            instance: &sf,
         };
         let i = Some("https://eu42.my.salesforce.com");
         assert!(
@@ -380,9 +432,56 @@ mod tests {
                 .is_err()
         );
         assert!(
-            b.check_api_url("http://127.0.0.2/steal", Some("http://127.0.0.2"))
+            b.check_api_url("https://eu42.my.salesforce.com:8443/", i)
                 .is_err()
         );
+        // Ignored, never widening: plain http off loopback, another site, not
+        // a URL, user information, missing.
+        for instance in [
+            Some("http://eu42.my.salesforce.com"),
+            Some("http://127.0.0.2"),
+            Some("https://evil.example"),
+            Some("https://my.salesforce.com"),
+            Some("not a URL"),
+            Some("https://x@eu42.my.salesforce.com"),
+            None,
+        ] {
+            for url in [
+                "http://eu42.my.salesforce.com/",
+                "http://127.0.0.2/steal",
+                "https://evil.example/",
+                "https://my.salesforce.com/",
+            ] {
+                assert!(
+                    b.check_api_url(url, instance).is_err(),
+                    "{instance:?} {url}"
+                );
+            }
+            let home = b.check_api_url("https://login.salesforce.com/x", instance);
+            assert!(home.is_ok());
+        }
+        // Instance patterns alone bind the credential: nothing is allowed
+        // until a matching instance_url is stored; never "any".
+        let b = Binding {
+            api: &[],
+            instance: &sf,
+        };
+        assert!(b.require_bound().is_ok());
+        assert!(b.check_api_url("https://evil.example/", None).is_err());
+        let evil = Some("https://evil.example");
+        assert!(b.check_api_url("https://evil.example/", evil).is_err());
+        assert!(
+            b.check_api_url("https://eu42.my.salesforce.com/", i)
+                .is_ok()
+        );
+        // On loopback, plain http may be adopted (for tests).
+        let lo = strings(&["http://127.0.0.1:9"]);
+        let b = Binding {
+            api: &api,
+            instance: &lo,
+        };
+        let local = Some("http://127.0.0.1:9");
+        assert!(b.check_api_url("http://127.0.0.1:9/x", local).is_ok());
     }
 
     /// The guest may refuse more than the Rust host's parser, never accept a

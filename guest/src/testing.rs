@@ -220,7 +220,8 @@ pub fn settings() -> Settings {
         extra_params: vec![],
         strategy: Strategy::OnAuthFailure,
         rejected_statuses: vec![],
-        api_origins: vec![],
+        // Bound to the one loopback API the tests call.
+        api_origins: vec!["http://127.0.0.1:9".into()],
         instance_url_origins: vec![],
         fleet: FleetTiming {
             lease_ttl_ms: 0,

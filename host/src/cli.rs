@@ -104,7 +104,8 @@ pub async fn run(args: Args) -> Result<Exit, Failure> {
         // Store calls block (a PostgreSQL client runs its own runtime): keep
         // them off the async threads.
         Command::Credential(cmd) => {
-            blocking(move || credential::run(open_store(&args.store)?.as_ref(), cmd)).await
+            blocking(move || credential::run(open_store(&args.store)?.as_ref(), cache_dir, cmd))
+                .await
         }
         Command::Authorize(authorize) => {
             let store = blocking(move || open_store(&args.store)).await?;

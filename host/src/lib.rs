@@ -52,7 +52,7 @@ mod error;
 mod http;
 mod message;
 pub mod observe;
-mod origins;
+pub mod origins;
 mod private_fs;
 mod runtime;
 mod secret;

@@ -52,11 +52,20 @@ impl Pattern {
         if url.scheme() == "http" && (wildcard || !crate::http::is_loopback(&url)) {
             return bad("uses plain http:// off loopback: the token would travel in clear text");
         }
+        if host.contains('*') {
+            return bad("may only start with `*.` (a wildcard for subdomains)");
+        }
         if wildcard
             && (host.split('.').count() < 2 || !matches!(url.host(), Some(url::Host::Domain(_))))
         {
             return bad(
                 "has a wildcard over fewer than two labels (e.g. https://*.com): it would match unrelated sites",
+            );
+        }
+        if wildcard && is_public_suffix(host) {
+            return bad(
+                "has a wildcard over a public suffix (e.g. https://*.co.uk, https://*.github.io): \
+                 it would match sites of unrelated owners; name the registrable domain below it",
             );
         }
         Ok(Pattern {
@@ -123,9 +132,7 @@ impl Binding {
 
     /// Whether `url` may receive the credential's token.
     pub(crate) fn allows(&self, url: &Url) -> bool {
-        // TRANSITIONAL (contract step): unbound settings still send anywhere
-        // until every fixture binds its credential.
-        if self.any || (self.patterns.is_empty() && self.instance.is_none()) {
+        if self.any {
             return true;
         }
         let same_origin = |o: &Url| {
@@ -140,6 +147,12 @@ impl Binding {
 
 fn parse_all(patterns: &[String]) -> Result<Vec<Pattern>, String> {
     patterns.iter().map(|p| Pattern::parse(p)).collect()
+}
+
+/// Whether `host` is itself a public suffix (ICANN or private section of the
+/// list: `co.uk`, `github.io`), so anything below it has unrelated owners.
+fn is_public_suffix(host: &str) -> bool {
+    psl::suffix(host.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == host.as_bytes())
 }
 
 /// A loopback address written as one (a name such as `localhost` is not).
@@ -194,9 +207,26 @@ mod tests {
             "http://api.example.com",
             "http://*.example.com",
             "ftp://api.example.com",
+            // Structural: fewer than two labels under the wildcard, empty labels.
+            "https://*.com",
+            "https://*..example.com",
+            "https://a..b",
+            "https://*",
+            "https://*.127.0.0.1",
+            // Public suffixes (ICANN and private sections of the list).
+            "https://*.co.uk",
+            "https://*.github.io",
+            "https://*.googleapis.com",
         ] {
             assert!(Pattern::parse(bad).is_err(), "{bad}");
         }
+        assert!(Pattern::parse("https://*.example.co.uk").is_ok());
+        assert!(Pattern::parse("https://*.my.salesforce.com").is_ok());
+        assert!(Pattern::parse("https://co.uk").is_ok(), "not a wildcard");
+        assert!(!allowed(
+            &["https://*.example.com"],
+            "https://a..example.com/"
+        ));
         assert!(Pattern::parse("http://127.0.0.1:8080").is_ok());
         assert!(Pattern::parse("https://api.example.com/").is_ok());
     }

@@ -251,7 +251,17 @@ impl Settings {
                 format!("environment variable {var} (the client secret) is not set")
             })?),
         };
-        Ok(wit::Settings {
+        Ok(self.wit_with_secret(client_secret))
+    }
+
+    /// The WIT settings to check (`check-settings`): a secret stands for
+    /// itself only by being there, so none is read or copied.
+    pub(crate) fn to_wit_unresolved(&self) -> wit::Settings {
+        self.wit_with_secret(self.client_secret.as_ref().map(|_| String::new()))
+    }
+
+    fn wit_with_secret(&self, client_secret: Option<String>) -> wit::Settings {
+        wit::Settings {
             grant: match self.grant {
                 Grant::RefreshToken => wit::Grant::RefreshToken,
                 Grant::ClientCredentials => wit::Grant::ClientCredentials,
@@ -278,7 +288,7 @@ impl Settings {
                 lease_ttl_ms: 0,
                 lease_wait_ms: 0,
             },
-        })
+        }
     }
 }
 
@@ -321,6 +331,90 @@ mod tests {
         ] {
             assert!(bad.check().is_err(), "{bad:?}");
         }
+    }
+
+    /// One URL policy (issue 20): for every URL of `tests/url-corpus.txt` as
+    /// a token URL, `credential add` (the host's check, then the component's
+    /// `check-settings`) and the component's decision at `send` agree; what
+    /// the component refuses reaches no server; what it accepts, the host's
+    /// own check at `http-send` accepts too.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_url_corpus_gets_one_answer_at_add_send_and_http_send() {
+        use crate::{KeyStore, MemoryStore, Request, TokenSet};
+        use std::io::{Read, Write};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        // An API on loopback that answers 200 and counts connections.
+        let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let api_url = format!("http://{}/me", api.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = connections.clone();
+        std::thread::spawn(move || {
+            for mut conn in api.incoming().flatten() {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let _ = conn.read(&mut [0; 4096]);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            }
+        });
+        let rekey = crate::Rekey::new(crate::Config::default()).unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let keys = TokenSet::import(r#"{"access_token":"at","refresh_token":"rt"}"#).unwrap();
+        let corpus = include_str!("../../tests/url-corpus.txt");
+        let (mut accepted, mut refused) = (0, 0);
+        for line in corpus
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let url = line.replace("\\t", "\t");
+            let mut s = Settings::new(url.as_str(), "app");
+            s.api_origins = vec![crate::origins::ANY.into()];
+            let guest = rekey.check_settings(&s).await;
+            let add = s.check().is_ok() && guest.is_ok();
+            assert_eq!(
+                add,
+                guest.is_ok(),
+                "{url:?}: add and the component disagree"
+            );
+            // `send` with the credential stored as it is (no `add`).
+            store.put("c", &s, Some(&keys)).unwrap();
+            let before = connections.load(Ordering::SeqCst);
+            let sent = rekey.send(store.clone(), "c", Request::get(&api_url)).await;
+            let reached = connections.load(Ordering::SeqCst) - before;
+            store.remove("c").unwrap();
+            match guest {
+                Ok(()) => {
+                    accepted += 1;
+                    assert!(
+                        sent.is_ok(),
+                        "{url:?}: accepted at add, refused at send: {sent:?}"
+                    );
+                    assert_eq!(reached, 1, "{url:?}");
+                    // The host's second line at `http-send` would send it.
+                    let parsed = crate::http::parse_url(&url)
+                        .unwrap_or_else(|e| panic!("{url:?}: the host cannot parse it: {e:?}"));
+                    assert!(
+                        parsed.scheme() == "https" || crate::http::is_loopback(&parsed),
+                        "{url:?}: the host would refuse it"
+                    );
+                }
+                Err(crate::Error::InvalidSettings(why)) => {
+                    refused += 1;
+                    assert!(
+                        matches!(&sent, Err(crate::Error::InvalidSettings(m)) if *m == why),
+                        "{url:?}: refused at add ({why}), at send: {sent:?}"
+                    );
+                    assert_eq!(reached, 0, "{url:?}: refused, yet something was sent");
+                }
+                Err(e) => panic!("{url:?}: the check itself failed: {e}"),
+            }
+        }
+        assert!(
+            accepted >= 5 && refused >= 20,
+            "{accepted} accepted, {refused} refused"
+        );
     }
 
     #[test]

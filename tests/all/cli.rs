@@ -16,6 +16,7 @@ fn cli_add(f: &Fixture, first: &serde_json::Value, extra: &[&str]) {
         f.provider.config().client_id.clone(),
         f.provider.config().client_secret.clone(),
     );
+    let origin = api_origin(&f.provider);
     let mut args = vec![
         "credential",
         "add",
@@ -29,6 +30,10 @@ fn cli_add(f: &Fixture, first: &serde_json::Value, extra: &[&str]) {
         "--keys",
         keys.to_str().unwrap(),
     ];
+    // Bound to the provider's API unless the test binds it itself.
+    if !extra.iter().any(|a| a.ends_with("api-origin")) {
+        args.extend_from_slice(&["--api-origin", &origin]);
+    }
     args.extend_from_slice(extra);
     let out = rekey_cli(&f.store_path(), &args);
     assert!(out.status.success(), "{}", all_output(&out));
@@ -192,6 +197,8 @@ async fn environment_secrets_are_read_at_call_time() {
             "MY_APP_SECRET",
             "--strategy",
             "every-request",
+            "--api-origin",
+            &api_origin(&f.provider),
             "--keys",
             keys.to_str().unwrap(),
         ],
@@ -238,6 +245,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
                 "http://127.0.0.1:9/token",
                 "--client-id",
                 "x",
+                "--api-origin",
+                "http://127.0.0.1:9",
                 "--keys",
                 keys.to_str().unwrap(),
             ],
@@ -306,6 +315,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             "http://127.0.0.1:9/token",
             "--client-id",
             "x",
+            "--api-origin",
+            "http://127.0.0.1:9",
         ],
     );
     assert!(out.status.success());
@@ -381,6 +392,8 @@ async fn credential_input_is_checked_and_keys_are_never_replaced_silently() {
                 token_url,
                 "--client-id",
                 "x",
+                "--api-origin",
+                "https://api.example.com",
             ],
         )
     };
@@ -410,6 +423,8 @@ async fn credential_input_is_checked_and_keys_are_never_replaced_silently() {
             "https://idp.example/token",
             "--client-id",
             "x",
+            "--api-origin",
+            "https://api.example.com",
             "--param",
             "grant_type=password",
         ],
@@ -537,12 +552,18 @@ async fn a_bound_credential_sends_its_token_only_to_its_origins() {
     assert!(trap.accept().is_err(), "nothing reached the other origin");
     assert_eq!(f.provider.stats().api_calls, calls);
 
-    // Unbinding is explicit.
+    // "Any origin" is explicit: stored as `*`, with a warning.
     let out = rekey_cli(
         &f.store_path(),
         &["credential", "set", "c", "--any-api-origin"],
     );
     assert!(out.status.success(), "{}", all_output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("any https origin"),
+        "{}",
+        all_output(&out)
+    );
     let out = rekey_cli(&f.store_path(), &["credential", "show", "c"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("not bound"));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["settings"]["api_origins"], serde_json::json!(["*"]));
 }

@@ -127,12 +127,14 @@ fn localhost_elsewhere_inside() {
     .unwrap();
     // Every request refreshes first: the token request goes to localhost.
     let token_url = format!("http://localhost:{port}/t");
-    let refreshing = Settings::new(&token_url, "app")
+    let mut refreshing = Settings::new(&token_url, "app")
         .with_secret(secret)
         .with_strategy(Strategy::EveryRequest);
+    refreshing.api_origins = vec!["http://127.0.0.1:9".into()];
     store.put("token", &refreshing, Some(&keys)).unwrap();
     // A valid token sent to an API on localhost.
-    let api = Settings::new("http://127.0.0.1:9/t", "app").with_secret(secret);
+    let mut api = Settings::new("http://127.0.0.1:9/t", "app").with_secret(secret);
+    api.api_origins = vec!["*".into()];
     store.put("api", &api, Some(&keys)).unwrap();
     drop(store);
 
@@ -146,7 +148,12 @@ fn localhost_elsewhere_inside() {
         let out = rekey_cli(&path, &["send", credential, url]);
         let all = all_output(&out);
         println!("{credential}: exit {:?}: {}", out.status.code(), all.trim());
-        assert!(all.contains("not a loopback address"), "{all}");
+        // The component refuses a name as loopback (only an address is), the
+        // host a name that resolves elsewhere: either way, refused.
+        assert!(
+            all.contains("not a loopback address") || all.contains("loopback address such as"),
+            "{all}"
+        );
         for leaked in [secret, "at-in-namespace", "rt-in-namespace"] {
             assert!(!all.contains(leaked));
         }
@@ -156,7 +163,7 @@ fn localhost_elsewhere_inside() {
         let code = out.status.code().unwrap();
         assert!(![0, 10].contains(&code), "{credential}: exit {code}: {all}");
         if *credential == "api" {
-            assert_eq!(code, 6, "{all}");
+            assert!([2, 6].contains(&code), "{all}");
         }
         assert!(
             sink.accept().is_err(),
@@ -201,11 +208,10 @@ fn not_found_server(requests: usize) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn send_fail_prints_no_body_on_an_error_status() {
     let f = Fixture::new(provider_with_ttl(std::time::Duration::from_secs(3600))).await;
-    f.add_credential(
-        "c",
-        &f.settings(Strategy::OnAuthFailure, rekey::ClientAuth::Basic),
-    );
     let base = not_found_server(4);
+    let mut settings = f.settings(Strategy::OnAuthFailure, rekey::ClientAuth::Basic);
+    settings.api_origins.push(base.clone());
+    f.add_credential("c", &settings);
     let url = format!("{base}/missing");
     for (args, code, body) in [
         (&["send", "c", &url][..], 0, "the error page"),

@@ -118,6 +118,7 @@ async fn the_cli_adds_and_sends_without_authorising() {
         &id,
         "--client-secret-env",
         "REKEY_TEST_M2M_SECRET",
+        "--any-api-origin",
         "--keys",
         keys.to_str().unwrap(),
     ];

@@ -317,6 +317,8 @@ fn credential_add_with_discovery_finishes_on_the_current_thread_runtime() {
             "--public-client",
             "--issuer",
             &origin,
+            "--api-origin",
+            "https://api.example.com",
         ])
         .stdin(std::process::Stdio::null())
         .spawn()

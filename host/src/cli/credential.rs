@@ -135,11 +135,14 @@ struct SettingsArgs {
     rejected_statuses: Vec<u16>,
     /// An origin the access token may be sent to, e.g.
     /// https://api.example.com or https://*.example.com (subdomains);
-    /// repeatable; given at all, they replace the stored ones. Without any,
-    /// the token goes to whatever URL `send` is given.
+    /// repeatable; given at all, they replace the stored ones (and a
+    /// preset's). A new credential needs one (a preset may give them), or
+    /// --any-api-origin.
     #[arg(long = "api-origin")]
     api_origins: Vec<String>,
-    /// With `set`: unbind the credential from its API origins.
+    /// Let the access token go to any https origin (or http on a loopback
+    /// address): stored as `*`. Only for a credential whose URLs you choose
+    /// yourself; prefer --api-origin.
     #[arg(long, conflicts_with = "api_origins")]
     any_api_origin: bool,
     /// A pattern (the syntax of --api-origin) the token set's `instance_url`
@@ -172,10 +175,16 @@ enum StrategyArg {
     BeforeExpiry,
 }
 
-pub fn run(store: &dyn KeyStore, cmd: Command) -> Result<Exit, Failure> {
+/// `cache_dir`: where the component's compiled code is cached (`add` and
+/// `set` run its settings check).
+pub fn run(
+    store: &dyn KeyStore,
+    cache_dir: Option<std::path::PathBuf>,
+    cmd: Command,
+) -> Result<Exit, Failure> {
     match cmd {
-        Command::Add(args) => add(store, args),
-        Command::Set(args) => set(store, args),
+        Command::Add(args) => add(store, args, cache_dir),
+        Command::Set(args) => set(store, args, cache_dir),
         Command::Show { name } => {
             let c = store.load(&name)?;
             print_json(&describe_all(&c));
@@ -208,7 +217,11 @@ fn bad(message: impl Into<String>) -> Failure {
     Failure::new(Exit::BadInput, message)
 }
 
-fn add(store: &dyn KeyStore, args: AddArgs) -> Result<Exit, Failure> {
+fn add(
+    store: &dyn KeyStore,
+    args: AddArgs,
+    cache_dir: Option<std::path::PathBuf>,
+) -> Result<Exit, Failure> {
     let (a, replace) = (args.credential, args.replace);
     check_name(&a.name).map_err(bad)?;
     let Some(client_id) = &a.settings.client_id else {
@@ -239,6 +252,7 @@ fn add(store: &dyn KeyStore, args: AddArgs) -> Result<Exit, Failure> {
     let mut settings = Settings::new(token_url.clone(), client_id.clone());
     a.settings.endpoints(&mut settings)?;
     a.settings.apply(&mut settings)?;
+    check_with_component(&settings, cache_dir)?;
     let keys = a.keys.as_deref().map(import_keys).transpose()?;
     if exists {
         // Starting over: nothing of the old record (its keys, a dead grant,
@@ -246,21 +260,21 @@ fn add(store: &dyn KeyStore, args: AddArgs) -> Result<Exit, Failure> {
         store.remove(&a.name)?;
     }
     store.put(&a.name, &settings, keys.as_ref())?;
-    if settings.api_origins.is_empty() {
-        eprintln!(
-            "rekey: warning: {:?} is not bound to API origins, so its token goes to any URL `send` is given; bind it with `rekey credential set {0} --api-origin https://…`",
-            a.name
-        );
-    }
+    warn_if_any(&a.name, &settings);
     Ok(Exit::Ok)
 }
 
-fn set(store: &dyn KeyStore, args: SetArgs) -> Result<Exit, Failure> {
+fn set(
+    store: &dyn KeyStore,
+    args: SetArgs,
+    cache_dir: Option<std::path::PathBuf>,
+) -> Result<Exit, Failure> {
     let (a, retry_refresh) = (args.credential, args.retry_refresh);
     let mut settings = store.load(&a.name)?.settings;
     let grant = settings.grant;
     a.settings.endpoints(&mut settings)?;
     a.settings.apply(&mut settings)?;
+    check_with_component(&settings, cache_dir)?;
     if settings.grant != grant {
         // Its record (keys, marks, a dead grant) belongs to the old grant.
         return Err(bad(format!(
@@ -270,6 +284,7 @@ fn set(store: &dyn KeyStore, args: SetArgs) -> Result<Exit, Failure> {
     }
     let keys = a.keys.as_deref().map(import_keys).transpose()?;
     store.put(&a.name, &settings, keys.as_ref())?;
+    warn_if_any(&a.name, &settings);
     if retry_refresh {
         store.clear_refresh_in_doubt(&a.name)?;
     }
@@ -376,7 +391,7 @@ impl SettingsArgs {
             s.rejected_statuses = self.rejected_statuses;
         }
         if self.any_api_origin {
-            s.api_origins.clear();
+            s.api_origins = vec![rekey::origins::ANY.to_owned()];
         } else if !self.api_origins.is_empty() {
             s.api_origins = self.api_origins;
         }
@@ -385,7 +400,42 @@ impl SettingsArgs {
         } else if !self.instance_url_origins.is_empty() {
             s.instance_url_origins = self.instance_url_origins;
         }
-        s.check().map_err(bad)
+        s.check().map_err(bad)?;
+        if s.api_origins.is_empty() && s.instance_url_origins.is_empty() {
+            return Err(bad(
+                "the credential would not be bound to API origins, so its token could go anywhere: \
+                 give --api-origin https://api.example.com (repeatable), or --any-api-origin to allow any origin explicitly",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the component's own check (`check-settings`, the rules `send`
+/// applies), so `add`/`set` never accept what `send` refuses.
+fn check_with_component(
+    settings: &Settings,
+    cache_dir: Option<std::path::PathBuf>,
+) -> Result<(), Failure> {
+    let rekey = super::rekey_for_one_call(cache_dir)?;
+    tokio::runtime::Handle::current()
+        .block_on(rekey.check_settings(settings))
+        .map_err(|e| match e {
+            rekey::Error::InvalidSettings(m) => bad(m),
+            e => Failure::new(Exit::Failure(e.category()), e.to_string()),
+        })
+}
+
+/// Says so when a credential may send its token anywhere.
+fn warn_if_any(name: &str, settings: &Settings) {
+    if settings
+        .api_origins
+        .iter()
+        .any(|o| o == rekey::origins::ANY)
+    {
+        eprintln!(
+            "rekey: warning: {name:?} may send its token to any https origin (--any-api-origin); bind it with `rekey credential set {name} --api-origin https://…`"
+        );
     }
 }
 
@@ -468,7 +518,7 @@ fn describe(c: &rekey::Credential) -> serde_json::Value {
             "strategy": s.strategy,
             "expiry_margin_secs": s.expiry_margin_secs,
             "rejected_statuses": s.rejected_statuses,
-            "api_origins": if s.api_origins.is_empty() { json!("any (not bound)") } else { json!(s.api_origins) },
+            "api_origins": if s.api_origins.is_empty() { json!("none: not bound, send refuses it (see `credential set --api-origin`)") } else { json!(s.api_origins) },
             "instance_url_origins": s.instance_url_origins,
         },
         "keys": c.keys.as_ref().map(TokenSet::redacted),

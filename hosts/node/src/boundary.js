@@ -97,9 +97,6 @@ export function refusal(purpose, url, { tokenUrl, apiOrigins = [], instanceUrlOr
   if (purpose !== 'api') return undefined;
   if (apiOrigins.length === 1 && apiOrigins[0] === '*') return undefined;
   const instance = adoptedInstance(instanceUrl, instanceUrlOrigins);
-  // TRANSITIONAL (contract step): unbound settings still send anywhere until
-  // every fixture binds its credential.
-  if (apiOrigins.length === 0 && instance === undefined) return undefined;
   const allowed = apiOrigins.map(parsePattern).some((p) => p && matches(p, target))
     || (instance !== undefined && instance.https === target.https && instance.host === target.host && instance.port === target.port);
   return allowed ? undefined : "the URL is not one of the credential's API origins";

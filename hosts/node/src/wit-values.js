@@ -43,6 +43,10 @@ export function toWitSettings(s) {
   if (!Array.isArray(instanceOrigins) || !instanceOrigins.every((o) => typeof o === 'string')) {
     throw new InvalidSettings('instanceUrlOrigins must be a list of origin patterns like https://*.my.salesforce.com');
   }
+  // Bound by default (the component refuses it too, before anything is sent).
+  if (origins.length === 0 && instanceOrigins.length === 0) {
+    throw new InvalidSettings("the credential is not bound to API origins, so its token could go anywhere: set apiOrigins (e.g. ['https://api.example.com']), or ['*'] to allow any https origin explicitly");
+  }
   const fleet = s.fleet ?? {};
   const ms = (name) => {
     const v = fleet[name] ?? 0;

@@ -41,7 +41,10 @@ class Provider:
         self.issued: set[str] = set()  # every token seen, for the secrecy checks
 
     def settings(self, **overrides) -> rekey.Settings:
-        fields = dict(token_url=self.token_url, client_id=self.client_id, client_secret=self.client_secret)
+        api = urllib.parse.urlsplit(self.api_url)
+        # Bound to the provider's API, as every credential must be.
+        fields = dict(token_url=self.token_url, client_id=self.client_id, client_secret=self.client_secret,
+                      api_origins=[f"{api.scheme}://{api.netloc}"])
         fields.update(overrides)
         return rekey.Settings(**fields)
 

@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's rekey
@@ -65,6 +66,7 @@ def main(argv: list[str]) -> int:
         client_id=env["REKEY_FLEET_CLIENT_ID"],
         client_secret=env.get("REKEY_FLEET_CLIENT_SECRET") or None,
         lease_ttl_ms=ttl_ms,
+        api_origins=["{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(api_url))],
     )
     store = rekey.open_store(store_url)
     client = rekey.Rekey(env["REKEY_WASM"], expected_sha256=env.get("REKEY_WASM_SHA256") or None)

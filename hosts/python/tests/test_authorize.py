@@ -100,6 +100,7 @@ class Oidc:
         if not line:
             raise RuntimeError(f"server.mjs exited before announcing itself: {self.proc.wait()}")
         self.issuer = json.loads(line)["issuer"]
+        self.issuer_origin = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(self.issuer))
 
     def settings(self, client_id: str, auth: str, **extra) -> Settings:
         fields = dict(
@@ -111,6 +112,7 @@ class Oidc:
             client_secret=secret_of(client_id),
             client_auth=ClientAuth.BASIC if auth == "basic" else ClientAuth.POST,
             auth_params=[("scope", "openid offline_access")],
+            api_origins=[self.issuer_origin],
         )
         fields.update(extra)
         return Settings(**fields)

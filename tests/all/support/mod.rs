@@ -118,10 +118,21 @@ pub const WRITES_PER_REFRESH: u64 = 3;
 /// benches build them.
 pub fn client_settings(provider: &Provider, strategy: Strategy, auth: ClientAuth) -> Settings {
     let client = provider.client();
-    Settings::new(client.token_url, client.client_id)
+    let mut s = Settings::new(client.token_url, client.client_id)
         .with_secret(client.client_secret)
         .with_auth(auth)
-        .with_strategy(strategy)
+        .with_strategy(strategy);
+    // Bound to the provider's API, as every credential must be.
+    s.api_origins = vec![api_origin(provider)];
+    s
+}
+
+/// The origin of the provider's protected API (`http://127.0.0.1:PORT`).
+pub fn api_origin(provider: &Provider) -> String {
+    url::Url::parse(&provider.api_url(""))
+        .expect("the provider's API URL parses")
+        .origin()
+        .ascii_serialization()
 }
 
 /// A new grant at the provider, imported as a first token set.

@@ -73,6 +73,7 @@ export async function startOidcProvider(clients, env = {}) {
         clientSecret: secretOf(id),
         clientAuth: auth,
         authParams: [['scope', 'openid offline_access']],
+        apiOrigins: [new URL(issuer).origin],
         ...extra,
       };
     },

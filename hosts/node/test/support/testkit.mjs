@@ -40,7 +40,8 @@ export async function startTestkit(args = []) {
     ...info,
     /** Settings for this provider, overridable. */
     settings(extra = {}) {
-      return { tokenUrl: info.token_url, clientId: info.client_id, clientSecret: info.client_secret, ...extra };
+      // Bound to the provider's API, as every credential must be.
+      return { tokenUrl: info.token_url, clientId: info.client_id, clientSecret: info.client_secret, apiOrigins: [new URL(info.api_url).origin], ...extra };
     },
     api: (path) => `${info.api_url}${path}`,
     /** A new grant's first token response. */

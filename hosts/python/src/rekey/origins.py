@@ -179,10 +179,6 @@ def check_api_url(
         return
     instance_patterns = list(instance_patterns)
     instances = [o for o in (adopted_instance(u, instance_patterns) for u in instance_urls) if o is not None]
-    # TRANSITIONAL (contract step): unbound settings still send anywhere until
-    # every fixture binds its credential.
-    if not patterns and not instances:
-        return
     if any(p.matches(target) for p in _parsed(patterns)) or target in instances:
         return
     raise ValueError(f"{target} is not one of the credential's API origins, so its token is not sent there")
