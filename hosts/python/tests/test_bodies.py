@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import threading
+import urllib.parse
 
 import pytest
 
@@ -69,6 +70,12 @@ def echo_api():
         api.close()
 
 
+def origin_of(url: str) -> str:
+    """The origin the token may go to: the echo API's own."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def stale_credential(provider, tmp_path) -> SqliteStore:
     """A credential whose stored access token the echo API refuses ("stale"),
     with a live refresh token."""
@@ -87,7 +94,7 @@ def test_a_1_mib_body_goes_out_twice_through_a_refresh_and_the_1_mib_answer_come
     payload = os.urandom(MIB)
     before = provider.stats()
 
-    resp = client.send(provider.settings(), Request.post(api.url, payload), store=store, credential="c")
+    resp = client.send(provider.settings(api_origins=[origin_of(api.url)]), Request.post(api.url, payload), store=store, credential="c")
 
     assert resp.status == 200
     assert resp.body == payload
@@ -113,7 +120,7 @@ def test_the_response_an_error_carries_has_its_1_mib_body(
     payload = os.urandom(MIB)
 
     with pytest.raises(error) as caught:
-        client.send(provider.settings(), Request.post(api.url, payload), store=store, credential="c")
+        client.send(provider.settings(api_origins=[origin_of(api.url)]), Request.post(api.url, payload), store=store, credential="c")
 
     assert caught.value.response.status == 401
     assert caught.value.response.body == payload

@@ -26,7 +26,7 @@ def long_lived(provider_factory, tmp_path):
 def test_transport_connect_refused(client, long_lived):
     provider, store = long_lived
     with pytest.raises(rekey.TransportError) as caught:
-        client.send(provider.settings(), Request.get("http://127.0.0.1:9/nothing-listens"), store=store, credential="c")
+        client.send(provider.settings(api_origins=["http://127.0.0.1:9"]), Request.get("http://127.0.0.1:9/nothing-listens"), store=store, credential="c")
     assert caught.value.kind == "connect"
     assert caught.value.category is rekey.Category.TRANSPORT
 

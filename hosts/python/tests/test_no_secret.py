@@ -56,7 +56,8 @@ def test_no_secret_in_output(client, provider, tmp_path, caplog, capsys):
             credential="other")
     secrets |= tokens_in(stored_keys(store, "other"))
     # a request with its own credentials in a header and the query
-    attempt(settings=settings, request=Request.get("http://127.0.0.1:9/x?key=" + tokens["refresh_token"],
+    attempt(settings=provider.settings(api_origins=["http://127.0.0.1:9"]),
+            request=Request.get("http://127.0.0.1:9/x?key=" + tokens["refresh_token"],
             [("X-Api-Key", tokens["access_token"])]), store=store, credential="c")
     # the wrong client secret, then a revoked grant
     attempt(settings=provider.settings(client_secret="wrong-" + provider.client_secret, strategy=EveryRequest()),
