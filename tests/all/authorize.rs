@@ -1030,6 +1030,16 @@ fn the_device_grant_stores_keys_that_refresh() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The -vv log names the credential, not "authorize".
+    let log = String::from_utf8_lossy(&out.stderr);
+    let exchanges: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("http exchange"))
+        .collect();
+    assert!(exchanges.len() >= 2, "{log}");
+    for line in exchanges {
+        assert!(line.contains("credential=\"az-device\""), "{line}");
+    }
     let keys = stored_keys(&store, "az-device").expect("keys stored");
     remember(&mut secrets, &keys);
     refresh_across_expiries(&peer, &store, "az-device", "user-az-device", &mut secrets);
