@@ -79,9 +79,10 @@ pub enum BadPath {
 }
 
 /// Checks the request target (`/path?query`): an absolute path with no dot
-/// segment (`.`, `..`, in any percent-encoding of the dots), no encoded `/`
-/// or `\`, no backslash, NUL or control character, under one of `prefixes`
-/// (at a segment boundary: `/v1` admits `/v1` and `/v1/x`, not `/v1x`).
+/// segment as any common server may read one, no encoded `/` or `\`, no
+/// backslash, NUL or control character, no broken percent-encoding, under
+/// one of `prefixes` (at a segment boundary: `/v1` admits `/v1` and `/v1/x`,
+/// not `/v1x`).
 pub fn check_path(target: &str, prefixes: &[String]) -> Result<(), BadPath> {
     let path = target.split('?').next().unwrap_or("");
     if !path.starts_with('/') {
@@ -92,17 +93,8 @@ pub fn check_path(target: &str, prefixes: &[String]) -> Result<(), BadPath> {
             "the path holds a backslash or a control character",
         ));
     }
-    let lower = path.to_ascii_lowercase();
-    if ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
-        return Err(BadPath::Malformed(
-            "the path holds an encoded separator or NUL",
-        ));
-    }
-    for segment in lower.split('/') {
-        let decoded = segment.replace("%2e", ".");
-        if decoded == "." || decoded == ".." {
-            return Err(BadPath::Malformed("the path holds a dot segment"));
-        }
+    for segment in path.split('/') {
+        check_segment(segment)?;
     }
     let under = |prefix: &String| {
         let p = prefix.trim_end_matches('/');
@@ -117,6 +109,75 @@ pub fn check_path(target: &str, prefixes: &[String]) -> Result<(), BadPath> {
     } else {
         Err(BadPath::NotAllowed)
     }
+}
+
+/// Refuses a segment that some upstream reads as `.` or `..`, or as holding
+/// a separator: the segment as the laxest common server sees it is decoded
+/// until no escape is left (double encoding), must be UTF-8 (no overlong
+/// dots), ends at `;` (path parameters: Tomcat's `..;`) or at a decoded `?`
+/// or `#`, loses surrounding whitespace, and counts full-width and leader
+/// dots as dots. A segment of dots alone is refused (Windows trims trailing
+/// dots, so `...` too).
+fn check_segment(segment: &str) -> Result<(), BadPath> {
+    let raw = segment.as_bytes();
+    // A `%` without two hex digits: servers disagree on what it means.
+    if raw
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'%' && !raw.get(i..i + 3).is_some_and(is_escape))
+    {
+        return Err(BadPath::Malformed(
+            "the path holds a broken percent-encoding",
+        ));
+    }
+    let mut bytes = percent_decode(raw);
+    let mut rounds = 1;
+    while bytes.windows(3).any(is_escape) {
+        rounds += 1;
+        if rounds > 4 {
+            return Err(BadPath::Malformed("the path is encoded too many times"));
+        }
+        bytes = percent_decode(&bytes);
+    }
+    if bytes
+        .iter()
+        .any(|&b| b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f)
+    {
+        return Err(BadPath::Malformed(
+            "the path holds an encoded separator, NUL or control character",
+        ));
+    }
+    let text = core::str::from_utf8(&bytes)
+        .map_err(|_| BadPath::Malformed("the path is not UTF-8 once decoded"))?;
+    let read = text.split([';', '?', '#']).next().unwrap_or("").trim();
+    let dot = |c: char| matches!(c, '.' | '\u{FF0E}' | '\u{2024}' | '\u{FE52}');
+    if !read.is_empty() && read.chars().all(dot) {
+        return Err(BadPath::Malformed("the path holds a dot segment"));
+    }
+    Ok(())
+}
+
+/// `%XX` with two hex digits.
+fn is_escape(w: &[u8]) -> bool {
+    w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit()
+}
+
+/// One round of percent-decoding; a `%` without two hex digits stays as it
+/// is (a decoded one, such as `100%25`'s).
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s.get(i..i + 3).is_some_and(is_escape) {
+            let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+            out.push(digit(s[i + 1]) * 16 + digit(s[i + 2]));
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// End-to-end request headers forwarded by default: content negotiation,
@@ -237,6 +298,25 @@ mod tests {
             "/a%00",
             "x",
             "",
+            "/a/..;/b",
+            "/a/.;x",
+            "/a/%2e%2e;x/b",
+            "/a/%252e%252e/b",
+            "/a/%25252e%25252e/b",
+            "/a%252fb",
+            "/a/..%3f/b",
+            "/a/..%23",
+            "/a/..%20/b",
+            "/a/%20..",
+            "/a/%c0%ae%c0%ae/b",
+            "/a/%ef%bc%8e%ef%bc%8e/b",
+            "/a/%u002e%u002e/b",
+            "/a/x%zz",
+            "/a/x%",
+            "/a/x%2",
+            "/a/...",
+            "/a/%0d%0ax",
+            "/a/%2525252525",
         ] {
             assert!(
                 matches!(check_path(bad, &all()), Err(BadPath::Malformed(_))),
@@ -246,11 +326,17 @@ mod tests {
         for good in [
             "/",
             "/a/b",
-            "/a/...",
             "/a/.b",
             "/a/b.",
             "/a?x=/../y",
             "/%41",
+            "/a;b",
+            "/a/.well-known",
+            "/a/100%25",
+            "/a/caf%C3%A9",
+            "/a/a..b",
+            "/a/..b;c",
+            "/a/%2e%2e.x",
         ] {
             assert_eq!(check_path(good, &all()), Ok(()), "{good}");
         }
