@@ -497,7 +497,7 @@ test('authorize: RFC 9207: a missing iss when the issuer sends it, and a forged 
   assert.equal(column({ issuerSendsIss: true }).issuer_sends_iss, true);
   assert.equal('issuer_sends_iss' in column({}), false);
   // issuerSendsIss must be a boolean.
-  await assert.rejects((await rekey()).beginAuthorization({ tokenUrl: 'https://idp.example/token', authorizationUrl: 'https://idp.example/auth', clientId: 'c', issuerSendsIss: 'yes' }, { redirectUri: 'http://127.0.0.1:8765/cb' }), InvalidSettings);
+  await assert.rejects((await rekey()).beginAuthorization({ tokenUrl: 'https://idp.example/token', apiOrigins: ['https://api.example'], authorizationUrl: 'https://idp.example/auth', clientId: 'c', issuerSendsIss: 'yes' }, { redirectUri: 'http://127.0.0.1:8765/cb' }), (e) => e instanceof InvalidSettings && /issuerSendsIss/.test(e.message));
 });
 
 test('authorize: invalid_scope on the redirect is a settings problem; another provider error needs authorisation', async () => {
