@@ -588,8 +588,8 @@ def test_authorize_rfc9207_iss(client, settings, query, refused):
 
 def test_authorize_issuer_sends_iss_must_be_a_bool(client):
     s = Settings(token_url="https://idp.example/token", authorization_url="https://idp.example/auth", client_id="c",
-                 issuer_sends_iss="yes")
-    with pytest.raises(rekey.InvalidSettings):
+                 api_origins=["https://api.example"], issuer_sends_iss="yes")
+    with pytest.raises(rekey.InvalidSettings, match="issuer_sends_iss"):
         client.begin_authorization(s, "http://127.0.0.1:8765/cb")
     # The settings column carries it only when set, as the Rust host writes it.
     s.issuer_sends_iss = True
