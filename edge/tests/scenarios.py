@@ -445,16 +445,20 @@ def callers_without_the_secret_get_401(tk):
 def wrong_host_is_refused(tk):
     echo = Echo()
     d = keys_dir("host", tk)
-    s = serve(tk, d, "host", upstream=echo.base)
+    s = serve(tk, d, "host", upstream=echo.base, REKEY_ALLOWED_HOSTS="127.0.0.1,[::1]")
     before = tk.stats()
-    for host in ("evil.example", "127.0.0.1.evil.example", "localhost", "127.0.0.2"):
+    refused = ("evil.example", "127.0.0.1.evil.example", "localhost", "127.0.0.2", "[::1]evil.example", "[::1]:x",
+               "127.0.0.1:x")
+    for host in refused:
         status, _, body = request(s.base, "GET", "/v1/me", {"host": host, "authorization": f"Bearer {CALLER_SECRET}"})
         assert status == 421 and answer_of(body)["error"] == "host_not_allowed", (host, status, body)
     nothing_left(tk, echo, before)
     assert s.request("GET", "/v1/me")[0] == 200  # Host 127.0.0.1:<port>, configured as 127.0.0.1
+    assert s.request("GET", "/v1/me", {"host": "[::1]:8080"})[0] == 200
     s.stop()
     echo.close()
-    print("   4 Hosts not configured (a rebinding name, a suffix, localhost, 127.0.0.2): 421, nothing sent")
+    print(f"   {len(refused)} Hosts not configured (a rebinding name, a suffix, localhost, 127.0.0.2, text after an "
+          "IPv6 literal or a port): 421, nothing sent")
 
 
 CALLER_CREDENTIALS = {"cookie": "session=c00k1e", "x-api-key": "k-3a3a", "api-key": "k-4b4b",

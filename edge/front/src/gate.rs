@@ -58,13 +58,19 @@ pub fn host_allowed(authority: &str, allowed: &[String]) -> bool {
         .any(|a| a.eq_ignore_ascii_case(authority) || a.eq_ignore_ascii_case(host))
 }
 
-/// `host` of `host[:port]` (an IPv6 literal keeps its brackets).
+/// `host` of `host[:port]` (an IPv6 literal keeps its brackets); the whole
+/// authority when what follows the host is not `:digits` (so `[::1]x` is
+/// not `[::1]`).
 fn host_part(authority: &str) -> &str {
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
     if authority.starts_with('[') {
-        return authority.find(']').map_or(authority, |i| &authority[..=i]);
+        return match authority.find(']') {
+            Some(i) if authority[i + 1..].strip_prefix(':').is_some_and(digits) => &authority[..=i],
+            _ => authority,
+        };
     }
     match authority.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        Some((h, p)) if !h.contains(':') && digits(p) => h,
         _ => authority,
     }
 }
@@ -381,6 +387,10 @@ mod tests {
         assert!(!host_allowed("api.local:8444", &allowed));
         assert!(!host_allowed("api.local", &allowed));
         assert!(host_allowed("[::1]:80", &allowed));
+        assert!(host_allowed("[::1]", &allowed));
+        assert!(!host_allowed("[::1]evil.example", &allowed));
+        assert!(!host_allowed("[::1]:x", &allowed));
+        assert!(!host_allowed("[::1]]", &allowed));
         assert!(!host_allowed("evil.example", &allowed));
         assert!(!host_allowed("127.0.0.1.evil.example", &allowed));
     }
