@@ -633,6 +633,37 @@ def localhost_is_not_loopback(tk):
     print("   http://localhost as upstream or token URL: 500 proxy_misconfigured, nothing sent")
 
 
+def misconfiguration_fails_closed(tk):
+    """Each of these configurations answers every request 500
+    proxy_misconfigured, the operator path included, and sends nothing."""
+    d = keys_dir("misconfigured", tk)
+    caller = sha256_hex(CALLER_SECRET)
+    cases = {
+        "the operator's secret is a caller's": {"REKEY_OPERATOR_SECRET_SHA256": caller},
+        "a caller secret is empty": {"REKEY_CALLER_SECRET_SHA256": f"{caller},{sha256_hex('')}"},
+        "an operator secret is empty": {"REKEY_OPERATOR_SECRET_SHA256": sha256_hex("")},
+        "a hash is not hex": {"REKEY_CALLER_SECRET_SHA256": "z" * 64},
+        "a hash is short": {"REKEY_CALLER_SECRET_SHA256": caller[:-1]},
+        "no Host listed": {"REKEY_ALLOWED_HOSTS": ","},
+        "CONNECT listed": {"REKEY_ALLOWED_METHODS": "GET,CONNECT"},
+        "a relative path prefix": {"REKEY_ALLOWED_PATHS": "v1"},
+        "a credential header forwarded": {"REKEY_FORWARD_HEADERS": "Cookie"},
+    }
+    before, api_seen = tk.stats(), len(tk.api_log())
+    kept = (d / "default.json").read_bytes()
+    for i, (why, extra) in enumerate(cases.items()):
+        s = serve(tk, d, f"misconfigured-{i}", **extra)
+        for who, path in ((CALLER_SECRET, "/v1/me"), (CALLER_SECRET, "/_rekey/record"),
+                          (OPERATOR_SECRET, "/_rekey/record")):
+            status, _, body = request(s.base, "GET", path, {"authorization": f"Bearer {who}"})
+            assert status == 500 and answer_of(body)["error"] == "proxy_misconfigured", (why, path, status, body)
+        s.stop()
+    nothing_left(tk, None, before, api_seen)
+    assert (d / "default.json").read_bytes() == kept
+    print(f"   {len(cases)} configurations ({'; '.join(cases)}): every request 500 proxy_misconfigured, "
+          "the operator path too; nothing sent")
+
+
 def configuration_from_the_environment(tk):
     d = keys_dir("env-only", tk)
     s = serve(tk, d, "env-only", env_only=True)
@@ -675,6 +706,7 @@ def main():
         lambda: in_doubt_recovery(tk),
         lambda: localhost_is_not_loopback(tk),
         lambda: configuration_from_the_environment(tk),
+        lambda: misconfiguration_fails_closed(tk),
         lambda: client_credentials_without_keys(tk),
         lambda: revoked_grant_costs_one_token_request(tk),  # revokes every grant: last
         lambda: no_secret_in_server_output(tk),
@@ -682,7 +714,7 @@ def main():
     names = ["imports", "five-expiries", "sixteen-parallel", "two-servers", "sigkill-restart", "killed-mid-refresh",
              "caller-authorization", "one-mib-bodies", "migrated-in-doubt", "unreadable-record",
              "caller-secret", "wrong-host", "header-hygiene", "paths-and-methods", "keys-directory", "in-doubt-recovery",
-             "localhost-refused", "config-env-fallback", "client-credentials", "revoked-grant", "no-secret-in-output"]
+             "localhost-refused", "config-env-fallback", "misconfigured", "client-credentials", "revoked-grant", "no-secret-in-output"]
     only = set(filter(None, os.environ.get("EDGE_ONLY", "").split(",")))  # e.g. EDGE_ONLY=revoked-grant
     failed = 0
     rows = []  # the report's table: what each scenario saw, from this run

@@ -27,6 +27,13 @@ pub fn parse_hash(hex: &str) -> Option<Hash> {
     Some(out)
 }
 
+/// SHA-256 of the empty string: never a usable secret (`bearer` refuses an
+/// empty one), so configuring it is refused.
+pub const EMPTY_SECRET: Hash = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
 /// The bearer secret of an `Authorization` value, if it is one.
 pub fn bearer(value: &str) -> Option<&str> {
     let (scheme, rest) = value.trim().split_once(' ')?;
@@ -368,6 +375,7 @@ mod tests {
         assert_eq!(parse_hash(&hex), Some(h));
         assert_eq!(parse_hash(&hex.to_uppercase()), Some(h));
         assert_eq!(parse_hash("abc"), None);
+        assert_eq!(EMPTY_SECRET, <Hash>::from(Sha256::digest(b"")));
         assert_eq!(bearer("Bearer  x "), Some("x"));
         assert_eq!(bearer("bearer x"), Some("x"));
         assert_eq!(bearer("Basic x"), None);

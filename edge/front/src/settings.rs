@@ -41,10 +41,16 @@ impl Access {
             config::list(src, name)
                 .unwrap_or_default()
                 .iter()
-                .map(|h| {
-                    gate::parse_hash(h).ok_or_else(|| {
-                        format!("{name} must be SHA-256s in hex, separated by commas")
-                    })
+                .map(|h| match gate::parse_hash(h) {
+                    None => Err(format!(
+                        "{name} must be SHA-256s in hex, separated by commas"
+                    )),
+                    // What `printf %s "$UNSET" | sha256sum` gives: no caller
+                    // can present an empty secret, so it is a mistake.
+                    Some(hash) if hash == gate::EMPTY_SECRET => {
+                        Err(format!("{name} holds the SHA-256 of an empty secret"))
+                    }
+                    Some(hash) => Ok(hash),
                 })
                 .collect()
         };
@@ -74,9 +80,17 @@ impl Access {
                 );
             }
         }
+        // A caller who held the operator's secret could clear refresh marks.
+        let operators = hashes("REKEY_OPERATOR_SECRET_SHA256")?;
+        if operators.iter().any(|o| callers.contains(o)) {
+            return Err(
+                "REKEY_OPERATOR_SECRET_SHA256 names a caller's secret: the operator needs its own"
+                    .into(),
+            );
+        }
         Ok(Access {
             callers,
-            operators: hashes("REKEY_OPERATOR_SECRET_SHA256")?,
+            operators,
             hosts,
             methods,
             paths,
