@@ -233,7 +233,7 @@ test('authorize: no redirect in time is AuthorizationTimeout, and the listener i
   let redirectUri;
   const err = await rk.authorizeCode('t', {
     store,
-    settings: { tokenUrl: 'http://127.0.0.1:9/token', authorizationUrl: 'http://127.0.0.1:9/auth', clientId: 't' },
+    settings: { tokenUrl: 'http://127.0.0.1:9/token', apiOrigins: ['http://127.0.0.1:9'], authorizationUrl: 'http://127.0.0.1:9/auth', clientId: 't' },
     timeoutMs: 200,
     onUrl: (_url, { authorizationUrl }) => { redirectUri = new URL(authorizationUrl).searchParams.get('redirect_uri'); },
   }).then(() => assert.fail('authorised'), (e) => e);
@@ -246,7 +246,7 @@ test('authorize: no redirect in time is AuthorizationTimeout, and the listener i
   // A redirect URI off loopback is refused before anything starts.
   await assert.rejects(rk.authorizeCode('t', {
     store,
-    settings: { tokenUrl: 'http://127.0.0.1:9/token', authorizationUrl: 'http://127.0.0.1:9/auth', clientId: 't' },
+    settings: { tokenUrl: 'http://127.0.0.1:9/token', apiOrigins: ['http://127.0.0.1:9'], authorizationUrl: 'http://127.0.0.1:9/auth', clientId: 't' },
     redirectUri: 'http://example.com/callback',
     onUrl: () => assert.fail('no URL is shown'),
   }), InvalidSettings);
@@ -346,7 +346,7 @@ test('authorize: the low-level steps with a listener of one\'s own; the verifier
   const rk = await rekey();
   const tokens = { access_token: 'scripted-access-token', refresh_token: 'scripted-refresh-token', expires_in: '60', expires_at: 0, token_type: 'Bearer' };
   await withScripted((_path, _form, n) => (n === 1 ? [200, tokens] : [400, { error: 'invalid_grant', error_description: 'code already used' }]), async (base, requests) => {
-    const settings = { tokenUrl: `${base}/token`, authorizationUrl: `${base}/auth?tenant=x`, clientId: 'app', clientSecret: 'scripted-client-secret', clientAuth: 'post' };
+    const settings = { tokenUrl: `${base}/token`, apiOrigins: [new URL(base).origin], authorizationUrl: `${base}/auth?tenant=x`, clientId: 'app', clientSecret: 'scripted-client-secret', clientAuth: 'post' };
     const redirectUri = 'http://127.0.0.1:8765/cb';
     const events = [];
     const onEvent = (e) => events.push(JSON.stringify(e));
@@ -401,7 +401,7 @@ async function scriptedCodeFlow(settings, play) {
     const saved = [];
     let played;
     const outcome = await rk.authorizeCode('c', {
-      settings: { tokenUrl: `${base}/token`, authorizationUrl: `${base}/auth`, clientId: 'c', ...settings },
+      settings: { tokenUrl: `${base}/token`, apiOrigins: [new URL(base).origin], authorizationUrl: `${base}/auth`, clientId: 'c', ...settings },
       onUpdateKeys: (k) => { saved.push(k.get('refresh_token')); },
       timeoutMs: 60_000,
       onUrl: (url, details) => { played = play(url, details.authorizationUrl); },
@@ -523,7 +523,7 @@ test('authorize: slow_down makes the device polls five seconds further apart', a
   }, async (base, requests) => {
     const saved = [];
     const keys = await rk.authorizeDevice('s', {
-      settings: { tokenUrl: `${base}/token`, deviceUrl: `${base}/device`, clientId: 's' },
+      settings: { tokenUrl: `${base}/token`, apiOrigins: [new URL(base).origin], deviceUrl: `${base}/device`, clientId: 's' },
       onUpdateKeys: (k) => { saved.push(k.toJSONString()); },
       onUserCode: (d) => assert.equal(d.userCode, 'ABCD-EFGH'),
     });
@@ -543,7 +543,7 @@ test('authorize: a device code that expires ends the polling cleanly', async () 
   // The server says so (expired_token) ...
   await withScripted((path) => (path === '/device' ? device(60) : [400, { error: 'expired_token' }]), async (base, requests) => {
     const err = await rk.authorizeDevice('e', {
-      settings: { tokenUrl: `${base}/token`, deviceUrl: `${base}/device`, clientId: 'e' },
+      settings: { tokenUrl: `${base}/token`, apiOrigins: [new URL(base).origin], deviceUrl: `${base}/device`, clientId: 'e' },
       onUpdateKeys: () => assert.fail('nothing to store'),
       onUserCode: () => {},
     }).then(() => assert.fail('authorised'), (e) => e);
@@ -555,7 +555,7 @@ test('authorize: a device code that expires ends the polling cleanly', async () 
   // ... or its expires_in runs out while the person has not acted.
   await withScripted((path) => (path === '/device' ? device(2) : [400, { error: 'authorization_pending' }]), async (base) => {
     await assert.rejects(rk.authorizeDevice('e', {
-      settings: { tokenUrl: `${base}/token`, deviceUrl: `${base}/device`, clientId: 'e' },
+      settings: { tokenUrl: `${base}/token`, apiOrigins: [new URL(base).origin], deviceUrl: `${base}/device`, clientId: 'e' },
       onUpdateKeys: () => assert.fail('nothing to store'),
       onUserCode: () => {},
     }), DeviceCodeExpired);
