@@ -583,7 +583,8 @@ def in_doubt_recovery(tk):
         "rekey_record": 1, "version": 7, "updated_at": at // 1000, "lease": None,
         "refresh_mark": {"holder": "crashed-worker", "at_ms": at}, "dead_grant": None, "keys": grant}))
     wait_expired(tk, d)
-    s = serve(tk, d, "recovery")
+    s = serve(tk, d, "recovery", REKEY_CONNECT_TIMEOUT_MS="2000", REKEY_FIRST_BYTE_TIMEOUT_MS="5000",
+              REKEY_BETWEEN_BYTES_TIMEOUT_MS="5000")
     before = tk.stats()
     status, _, body = s.request("GET", "/v1/me")  # the API refuses the expired token; no refresh may follow
     api_seen = len(tk.api_log())
@@ -599,6 +600,16 @@ def in_doubt_recovery(tk):
     status, _, body = request(s.base, "GET", "/_rekey/record", op)
     assert status == 200 and json.loads(body)["refresh_mark"]["at_ms"] == at, (status, body)
     assert grant["access_token"] not in body.decode() and grant["refresh_token"] not in body.decode()
+    # A mark younger than a token request's timeouts (connect + first byte +
+    # between bytes: 12 s here): its request may still be running, lease or
+    # not (the lease can lapse first), so it is not cleared yet.
+    young = int(time.time() * 1000) - 5_000
+    kept = (d / "default.json").read_text()
+    (d / "default.json").write_text(kept.replace(str(at), str(young)))
+    status, _, body = request(s.base, "POST", f"/_rekey/clear-refresh-mark?at_ms={young}", op)
+    assert status == 409 and answer_of(body)["error"] == "refresh_may_be_live", (status, body)
+    assert record(d)["refresh_mark"]["at_ms"] == young, "a mark was cleared while its request could be running"
+    (d / "default.json").write_text(kept)
     status, _, body = request(s.base, "POST", f"/_rekey/clear-refresh-mark?at_ms={at + 1}", op)
     assert status == 409 and answer_of(body)["error"] == "other_refresh_mark", (status, body)
     assert record(d)["refresh_mark"], "a wrong mark was cleared"
@@ -616,7 +627,8 @@ def in_doubt_recovery(tk):
     assert delta(before, after, "refreshes_granted") == 1 and delta(before, after, "invalid_grant") == 0, after
     s.stop()
     print("   502 refresh_in_doubt with the mark (holder, at_ms) and the detail; operator path: 401 without "
-          "its secret, 409 for another mark; cleared after the provider's check; next request: 200, 1 refresh")
+          "its secret, 409 for another mark, 409 for a mark younger than the token request's timeouts; cleared "
+          "after the provider's check; next request: 200, 1 refresh")
 
 
 def localhost_is_not_loopback(tk):

@@ -37,6 +37,18 @@ impl Guest for Effects {
         {
             return Err(ClearError::LeaseHeld(lease.until_ms));
         }
+        // The lease can lapse while its holder's token request still runs
+        // (the timeouts may add up to more than the TTL): clearing the mark
+        // then would let the next call spend the token that request may
+        // yet rotate, and make its keys write fail.
+        let s = &call.settings;
+        let running_until = at_ms
+            .saturating_add(s.connect_timeout_ms)
+            .saturating_add(s.first_byte_timeout_ms)
+            .saturating_add(s.between_bytes_timeout_ms);
+        if running_until > now_ms {
+            return Err(ClearError::MayBeLive(running_until));
+        }
         let data = CredentialRecord {
             refresh_mark: None,
             lease: None,

@@ -66,6 +66,13 @@ pub fn handle(seen: &Incoming, access: &Access) -> Answer {
                     "lease_held",
                     &format!("a refresh may be under way (lease until {until}): try after it"),
                 ),
+                Err(ClearError::MayBeLive(until)) => Answer::operator(
+                    409,
+                    "refresh_may_be_live",
+                    &format!(
+                        "a token request begun at the mark may still be running (its timeouts end at {until}): try after it"
+                    ),
+                ),
                 Err(ClearError::Failed(m)) => Answer::operator(503, "store_unavailable", &m),
             }
         }
