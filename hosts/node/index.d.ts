@@ -36,9 +36,11 @@ export interface Settings {
   /**
    * Where the access token may go: origins like `https://api.example.com`
    * (`:port` when not the default), `https://*.example.com` for any subdomain
-   * (never the bare domain), `http://` only on loopback. Empty (default): any
-   * https origin, or http on loopback. Checked by the component, and again by
-   * this host before anything is sent.
+   * (never the bare domain; at least two labels under the `*`), `http://` only
+   * on a loopback address (`127.0.0.1`, `[::1]`), or `['*']`: any https origin,
+   * said explicitly. Required (bound by default) unless `instanceUrlOrigins`
+   * is given. Checked by the component, and again by this host before
+   * anything is sent.
    */
   apiOrigins?: string[];
   /**
@@ -310,6 +312,12 @@ export class Rekey {
   readonly mode: 'jspi' | 'worker';
   readonly wasmSha256: string;
   send(options: SendOptions): Promise<RekeyResponse>;
+  /**
+   * Checks settings by exactly the rules the component applies at `send`
+   * (its `check-settings`): call it when a credential is created or changed.
+   * @throws InvalidSettings saying what is wrong and how to fix it
+   */
+  checkSettings(settings: Settings): Promise<void>;
   fetcher(options: SendWithStore | SendWithKeys): (input: string | URL | Request, init?: globalThis.RequestInit) => Promise<Response>;
   /**
    * The authorization code grant with PKCE through a loopback redirect; stores

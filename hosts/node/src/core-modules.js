@@ -44,6 +44,7 @@ export function sendErrorOf(thrown) {
 export function exportsOf(root) {
   return {
     send: root.client.send,
+    checkSettings: root.client.checkSettings,
     begin: root.authorize.begin,
     finish: root.authorize.finish,
     deviceStart: root.authorize.deviceStart,

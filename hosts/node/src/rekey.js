@@ -11,7 +11,7 @@ import { CallHost, describeFailure } from './call-host.js';
 import { createJspiEngine, jspiAvailable } from './engine-jspi.js';
 import { createWorkerEngine } from './engine-worker.js';
 import {
-  ComponentError, InvalidRequest, StoreError, fromAuthorizeError, fromSendError,
+  ComponentError, InvalidRequest, InvalidSettings, StoreError, fromAuthorizeError, fromSendError,
 } from './errors.js';
 import { HttpClient } from './http.js';
 import { CallbackStore } from './stores/memory.js';
@@ -162,6 +162,7 @@ export class Rekey {
    */
   async authorizeCode(credential, o = {}) {
     const persist = this.#authorizePersistence(credential, o);
+    await this.checkSettings(o.settings);
     if (typeof o.onUrl !== 'function') {
       throw new InvalidRequest('onUrl(url) must be a function that shows the authorization URL (print it, or openBrowser)');
     }
@@ -194,6 +195,7 @@ export class Rekey {
    */
   async authorizeDevice(credential, o = {}) {
     const persist = this.#authorizePersistence(credential, o);
+    await this.checkSettings(o.settings);
     if (typeof o.onUserCode !== 'function') {
       throw new InvalidRequest('onUserCode(device) must be a function that shows the user code and verification URI');
     }
@@ -202,6 +204,22 @@ export class Rekey {
     const keys = await this.#pollDevice(o.settings, device, credential, o.onEvent);
     await persist(keys);
     return keys;
+  }
+
+  /**
+   * Checks `settings` by exactly the rules the component's `send` applies to
+   * them (its `check-settings`): call it when a credential is created or
+   * changed, so what is accepted then is not refused at `send`. The
+   * authorisation flows call it before anything starts.
+   * @param {import('../index.js').Settings} settings
+   * @throws {InvalidSettings} saying what is wrong and how to fix it
+   */
+  async checkSettings(settings) {
+    const wsettings = toWitSettings(settings);
+    const host = new CallHost({ settings: wsettings, http: this.#http, deadline: Date.now() + this.#options.callTimeoutMs });
+    const outcome = await this.#engine.invoke('checkSettings', [wsettings], host, { timeoutMs: this.#options.callTimeoutMs });
+    if ('trap' in outcome) throw new ComponentError(`the component trapped checking the settings: ${outcome.trap?.message ?? outcome.trap}`);
+    if (!outcome.ok) throw new InvalidSettings(String(outcome.error));
   }
 
   /**

@@ -57,12 +57,12 @@ test('a 1 MiB request body goes out twice around a refresh, and its 1 MiB answer
     const rk = await rekey();
     const store = await tempStore();
     const first = await provider.authorize();
-    await store.create('bulk', { settings: provider.settings(), keys: imported(first, { access_token: REJECTED_ACCESS_TOKEN }) });
+    await store.create('bulk', { settings: provider.settings({ apiOrigins: ['*'] }), keys: imported(first, { access_token: REJECTED_ACCESS_TOKEN }) });
     const body = randomBytes(MIB);
 
     await withApi({}, async (url, seen) => {
       const res = await rk.send({
-        credential: 'bulk', store, settings: provider.settings(),
+        credential: 'bulk', store, settings: provider.settings({ apiOrigins: ['*'] }),
         request: { method: 'POST', url, headers: { 'content-type': 'application/octet-stream' }, body },
       });
 
@@ -88,7 +88,7 @@ test('a 1 MiB answer carried by an error (rejected after the refresh) comes back
     const body = randomBytes(MIB);
     await withApi({ alwaysReject: true }, async (url, seen) => {
       const err = await rk.send({
-        settings: provider.settings(),
+        settings: provider.settings({ apiOrigins: ['*'] }),
         keys: imported(await provider.authorize(), { access_token: REJECTED_ACCESS_TOKEN }),
         request: { method: 'PUT', url, body },
         onUpdateKeys: () => {},
@@ -134,12 +134,12 @@ test('worker threads: API bodies stay on the calling thread; only token forms an
   const rk = await Rekey.load({ mode: 'worker', poolSize: 1 });
   try {
     const body = randomBytes(MIB);
-    await rk.send({ settings: provider.settings(), keys: imported(await provider.authorize()), request: { url: provider.api('warm') }, onUpdateKeys: () => {} });
+    await rk.send({ settings: provider.settings({ apiOrigins: ['*'] }), keys: imported(await provider.authorize()), request: { url: provider.api('warm') }, onUpdateKeys: () => {} });
     await withApi({}, async (url, seen) => {
       let res;
       const crossed = await countingThreadTraffic(async () => {
         res = await rk.send({
-          settings: provider.settings(),
+          settings: provider.settings({ apiOrigins: ['*'] }),
           keys: imported(await provider.authorize(), { access_token: REJECTED_ACCESS_TOKEN }),
           request: { method: 'POST', url, body },
           onUpdateKeys: () => {},
@@ -187,8 +187,8 @@ test('small bodies handed to the caller own their ArrayBuffer: ok, rejected afte
     const rk = await rekey();
     const store = await tempStore();
     const first = await provider.authorize();
-    await store.create('small', { settings: provider.settings(), keys: imported(first, { access_token: REJECTED_ACCESS_TOKEN }) });
-    const res = await rk.send({ credential: 'small', store, settings: provider.settings(), request: { url: provider.api('me') } });
+    await store.create('small', { settings: provider.settings({ apiOrigins: ['*'] }), keys: imported(first, { access_token: REJECTED_ACCESS_TOKEN }) });
+    const res = await rk.send({ credential: 'small', store, settings: provider.settings({ apiOrigins: ['*'] }), request: { url: provider.api('me') } });
     assert.equal(res.status, 200);
     assert.ok(res.body.byteLength > 0 && res.body.byteLength < 1024, 'a small body (pooled, were it allocated from the pool)');
     const keys = JSON.parse(await store.loadKeys('small'));
@@ -199,7 +199,7 @@ test('small bodies handed to the caller own their ArrayBuffer: ok, rejected afte
       await withApi({ alwaysReject: true, scopeChallenge }, async (url) => {
         let updated;
         const err = await rk.send({
-          settings: provider.settings(),
+          settings: provider.settings({ apiOrigins: ['*'] }),
           keys: imported(await provider.authorize(), { access_token: REJECTED_ACCESS_TOKEN }),
           request: { method: 'POST', url, body: 'small' },
           onUpdateKeys: (k) => { updated = JSON.parse(k.toJSONString()); },
@@ -226,7 +226,7 @@ test("the request body is the caller's bytes as they were at send(): reusing the
     await withApi({}, async (url, seen) => {
       let reused = false;
       const res = await rk.send({
-        settings: provider.settings(),
+        settings: provider.settings({ apiOrigins: ['*'] }),
         keys: imported(await provider.authorize(), { access_token: REJECTED_ACCESS_TOKEN }),
         request: { method: 'POST', url, body },
         onUpdateKeys: () => {},

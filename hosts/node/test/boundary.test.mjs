@@ -36,7 +36,7 @@ function offLoopbackAddress() {
 }
 
 const hostFor = (settings, store, record) => new CallHost({
-  credential: record, record, store, settings: toWitSettings({ clientId: 'c', ...settings }),
+  credential: record, record, store, settings: toWitSettings({ clientId: 'c', apiOrigins: ['*'], ...settings }),
   http: new HttpClient(), deadline: Date.now() + 120_000,
 });
 // A request head and its (empty) body, as `http-send` gets them.
@@ -55,7 +55,7 @@ test('http-send: a token-endpoint request over plain http off loopback is refuse
     assert.equal(connections(), 0, 'nothing reached the listener');
     if (ip) {
       // The same listener is reachable: only the rule kept the request back.
-      const api = await hostFor({ tokenUrl: 'https://idp.example/token' }).httpSend('api', ...request(`http://127.0.0.1:${port}/x`));
+      const api = await hostFor({ tokenUrl: 'https://idp.example/token', apiOrigins: ['*'] }).httpSend('api', ...request(`http://127.0.0.1:${port}/x`));
       assert.equal(api.ok, true);
       assert.equal(connections(), 1);
     }
@@ -97,11 +97,16 @@ test('the origin rules: exact origins, subdomain wildcards, plain http only on l
     'http://api.example.com/', 'https://evil.example/?https://api.example.com', 'https://api.example.com@evil.example/']) {
     assert.notEqual(refusal('api', url, rules), undefined, url);
   }
-  const unbound = { tokenUrl: 'https://idp.example/token' };
-  assert.equal(refusal('api', 'https://anywhere.example/', unbound), undefined);
-  assert.equal(refusal('api', 'http://[::1]:8080/x', unbound), undefined);
-  assert.notEqual(refusal('api', 'http://api.example.com/', unbound), undefined);
-  assert.notEqual(refusal('device-endpoint', 'http://idp.example/device', unbound), undefined);
+  // Unbound: refused; `*`: any origin, over a safe transport.
+  assert.notEqual(refusal('api', 'https://anywhere.example/', { tokenUrl: 'https://idp.example/token' }), undefined);
+  const any = { tokenUrl: 'https://idp.example/token', apiOrigins: ['*'] };
+  assert.equal(refusal('api', 'https://anywhere.example/', any), undefined);
+  assert.equal(refusal('api', 'http://[::1]:8080/x', any), undefined);
+  assert.notEqual(refusal('api', 'http://api.example.com/', any), undefined);
+  assert.notEqual(refusal('device-endpoint', 'http://idp.example/device', any), undefined);
+  // Wildcards need two labels and no empty label matches.
+  assert.notEqual(refusal('api', 'https://a.com/', { ...any, apiOrigins: ['https://*.com'] }), undefined);
+  assert.notEqual(refusal('api', 'https://a..example.com/', { ...any, apiOrigins: ['https://*.example.com'] }), undefined);
   const instance = { ...rules, instanceUrlOrigins: ['https://*.my.salesforce.com'], instanceUrl: 'https://eu42.my.salesforce.com' };
   assert.equal(refusal('api', 'https://eu42.my.salesforce.com/services', instance), undefined);
   assert.notEqual(refusal('api', 'https://eu43.my.salesforce.com/', instance), undefined);

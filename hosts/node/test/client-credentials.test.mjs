@@ -103,7 +103,7 @@ test('client-credentials with keys passed by callback: none at first, the fetche
 test('grant: an unknown value, or client-credentials without a secret, is a clear InvalidSettings before anything is sent', async () => {
   const rk = await rekey();
   const store = await tempStore();
-  const base = { tokenUrl: 'http://127.0.0.1:9/token', clientId: 'app' };
+  const base = { tokenUrl: 'http://127.0.0.1:9/token', apiOrigins: ['http://127.0.0.1:9'], clientId: 'app' };
   const cases = [
     [{ ...base, grant: 'password', clientSecret: 's' }, /grant "password" is unknown: use one of refresh-token, client-credentials/],
     [{ ...base, grant: 'client-credentials' }, /grant 'client-credentials' needs a clientSecret/],

@@ -54,7 +54,7 @@ async function withServer(handler, body) {
 }
 
 const apiSend = (rk, url, extra = {}) => rk.send({
-  settings: { tokenUrl: 'http://127.0.0.1:9/token', clientId: 'c' },
+  settings: { tokenUrl: 'http://127.0.0.1:9/token', apiOrigins: ['*'], clientId: 'c' }, // servers on any port
   keys: { access_token: 'at', refresh_token: 'rt' },
   onUpdateKeys: () => {},
   request: { url, ...extra },
@@ -127,10 +127,10 @@ test('keysFromTokenResponse adds expires_at', () => {
 test('a store without the credential: StoreUnavailable, nothing sent; a store and keys together are refused', async () => {
   const rk = await rekey();
   const store = new MemoryStore();
-  const err = await rk.send({ credential: 'nobody', store, settings: { tokenUrl: 'http://127.0.0.1:9/token', clientId: 'c' }, request: { url: 'http://127.0.0.1:9/x' } })
+  const err = await rk.send({ credential: 'nobody', store, settings: { tokenUrl: 'http://127.0.0.1:9/token', apiOrigins: ['http://127.0.0.1:9'], clientId: 'c' }, request: { url: 'http://127.0.0.1:9/x' } })
     .then(() => assert.fail('no such credential'), (e) => e);
   assert.ok(err instanceof StoreUnavailable, String(err));
   assert.equal(err.sendErrorCase, 'store-unavailable');
   assert.match(err.message, /no credential named "nobody"/);
-  await assert.rejects(rk.send({ credential: 'nobody', store, keys: {}, onUpdateKeys: () => {}, settings: { tokenUrl: 'https://idp.example/token', clientId: 'c' }, request: { url: 'https://api.example/' } }), InvalidRequest);
+  await assert.rejects(rk.send({ credential: 'nobody', store, keys: {}, onUpdateKeys: () => {}, settings: { tokenUrl: 'https://idp.example/token', clientId: 'c', apiOrigins: ['https://api.example'] }, request: { url: 'https://api.example/' } }), InvalidRequest);
 });

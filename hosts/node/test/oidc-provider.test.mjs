@@ -50,7 +50,7 @@ test('oidc-provider', async (t) => {
     ], { env: { ...process.env, OIDC_CLIENT_SECRET: CLIENT.secret } });
     const first = JSON.parse(stdout);
     const store = await tempStore();
-    const settings = { tokenUrl: `${provider.issuer}/token`, clientId: CLIENT.id, clientSecret: CLIENT.secret, clientAuth: 'basic' };
+    const settings = { tokenUrl: `${provider.issuer}/token`, clientId: CLIENT.id, clientSecret: CLIENT.secret, clientAuth: 'basic', apiOrigins: [new URL(provider.issuer).origin] };
     await store.create('oidc', { settings, keys: imported(first) });
     const rk = await rekey();
 

@@ -331,7 +331,7 @@ test('no-secret-in-output', () => withProvider([], async (p) => {
     await record('settings rejected', () => send('settings', { settings: { ...settings, clientId: 'someone-else' } }));
     await p.revokeAll();
     await record('invalid grant', () => send('revoked'));
-    await record('transport', () => send('refresh', { request: { url: 'http://127.0.0.1:9/closed' } }));
+    await record('transport', () => send('refresh', { settings: { ...settings, apiOrigins: ['http://127.0.0.1:9'] }, request: { url: 'http://127.0.0.1:9/closed' } }));
   } finally {
     process.stdout.write = original.out;
     process.stderr.write = original.err;
@@ -357,7 +357,7 @@ test('no-secret-in-output', () => withProvider([], async (p) => {
 test('transport-error-is-typed', async () => {
   const rk = await rekey();
   const err = await rk.send({
-    settings: { tokenUrl: 'http://127.0.0.1:9/token', clientId: 'c' },
+    settings: { tokenUrl: 'http://127.0.0.1:9/token', apiOrigins: ['http://127.0.0.1:9'], clientId: 'c' },
     keys: { access_token: 'a', refresh_token: 'r' },
     request: { url: 'http://127.0.0.1:9/closed' },
     onUpdateKeys: () => {},

@@ -15,7 +15,7 @@ import { spawnLines } from './support/lines.mjs';
 import { postgresAvailable, sql, startPostgres } from './support/postgres.mjs';
 
 const CHILD = fileURLToPath(new URL('./support/store-child.mjs', import.meta.url));
-const SETTINGS = { tokenUrl: 'https://idp.example/token', clientId: 'app' };
+const SETTINGS = { tokenUrl: 'https://idp.example/token', clientId: 'app', apiOrigins: ['https://api.example.com'] };
 const empty = { keys: null, lease: null, refreshMark: null, deadGrant: null };
 const full = (n) => ({
   keys: JSON.stringify({ access_token: `at-${n}`, refresh_token: `rt-${n}`, expires_at: 1_900_000_000 + n }),

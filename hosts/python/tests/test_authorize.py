@@ -380,7 +380,7 @@ def test_authorize_forged_redirects_are_answered_400_and_the_real_one_succeeds(c
 
 def test_authorize_redirect_timeout_and_the_listener_closes(client, tmp_path):
     store = SqliteStore(tmp_path / "keys.db")
-    settings = Settings(token_url="http://127.0.0.1:9/token", client_id="t", authorization_url="http://127.0.0.1:9/auth")
+    settings = Settings(api_origins=["http://127.0.0.1:9"], token_url="http://127.0.0.1:9/token", client_id="t", authorization_url="http://127.0.0.1:9/auth")
     shown = []
     with pytest.raises(rekey.AuthorizationTimeout) as caught:
         client.authorize_code(settings, store=store, credential="c", on_url=shown.append, timeout=0.2)
@@ -489,7 +489,7 @@ def scripted_code_flow(client, play, **settings) -> dict:
     seen: dict = {}
     out: dict = {"keys": None, "err": None}
     try:
-        s = Settings(token_url=f"{scripted.base}/token", authorization_url=f"{scripted.base}/auth", client_id="c", **settings)
+        s = Settings(api_origins=[scripted.base], token_url=f"{scripted.base}/token", authorization_url=f"{scripted.base}/auth", client_id="c", **settings)
         try:
             out["keys"] = client.authorize_code(s, on_update_keys=saved.append, timeout=60,
                                                 on_url=lambda url: seen.setdefault("b", Browser(lambda: play(url))))
@@ -620,7 +620,7 @@ def test_authorize_low_level_steps_pkce_verifier_matches_and_is_never_shown(clie
     scripted = Scripted(lambda path, form, n: (200, tokens) if n == 1
                         else (400, {"error": "invalid_grant", "error_description": "code already used"}))
     try:
-        settings = Settings(token_url=f"{scripted.base}/token", authorization_url=f"{scripted.base}/auth?tenant=x",
+        settings = Settings(api_origins=[scripted.base], token_url=f"{scripted.base}/token", authorization_url=f"{scripted.base}/auth?tenant=x",
                             client_id="app", client_secret="scripted-client-secret", client_auth=ClientAuth.POST)
         redirect_uri = "http://127.0.0.1:8765/cb"
         pending = client.begin_authorization(settings, redirect_uri)
@@ -669,7 +669,7 @@ def test_authorize_slow_down_makes_the_device_polls_five_seconds_further_apart(c
         store = MemoryStore()
         codes = []
         keys = client.authorize_device(
-            Settings(token_url=f"{scripted.base}/token", device_url=f"{scripted.base}/device", client_id="s"),
+            Settings(api_origins=[scripted.base], token_url=f"{scripted.base}/token", device_url=f"{scripted.base}/device", client_id="s"),
             store=store, credential="c", on_user_code=lambda d: codes.append(d.user_code))
         assert codes == ["ABCD-EFGH"]
         assert json.loads(stored_keys(store)) == json.loads(keys.expose())
@@ -690,7 +690,7 @@ def test_authorize_an_expired_device_code_ends_the_polling_cleanly(client):
     # The server says so (expired_token) ...
     scripted = Scripted(lambda path, form, n: device(60) if path == "/device" else (400, {"error": "expired_token"}))
     try:
-        settings = Settings(token_url=f"{scripted.base}/token", device_url=f"{scripted.base}/device", client_id="e")
+        settings = Settings(api_origins=[scripted.base], token_url=f"{scripted.base}/token", device_url=f"{scripted.base}/device", client_id="e")
         with pytest.raises(rekey.DeviceCodeExpired) as caught:
             client.authorize_device(settings, on_update_keys=lambda k: pytest.fail("nothing to store"),
                                     on_user_code=lambda d: None)
@@ -702,7 +702,7 @@ def test_authorize_an_expired_device_code_ends_the_polling_cleanly(client):
     # ... or its expires_in runs out while the person has not acted.
     scripted = Scripted(lambda path, form, n: device(2) if path == "/device" else (400, {"error": "authorization_pending"}))
     try:
-        settings = Settings(token_url=f"{scripted.base}/token", device_url=f"{scripted.base}/device", client_id="e")
+        settings = Settings(api_origins=[scripted.base], token_url=f"{scripted.base}/token", device_url=f"{scripted.base}/device", client_id="e")
         with pytest.raises(rekey.DeviceCodeExpired):
             client.authorize_device(settings, on_update_keys=lambda k: pytest.fail("nothing to store"),
                                     on_user_code=lambda d: None)
@@ -731,7 +731,7 @@ def test_authorize_device_polls_sleep_without_the_component_lock(client, provide
                                                      "expires_in": 60, "interval": 5}) if path == "/device"
                         else (200, {"access_token": "scripted-access-token", "expires_in": 60}))
     try:
-        settings = Settings(token_url=f"{scripted.base}/token", device_url=f"{scripted.base}/device", client_id="s")
+        settings = Settings(api_origins=[scripted.base], token_url=f"{scripted.base}/token", device_url=f"{scripted.base}/device", client_id="s")
         result = {}
         thread = threading.Thread(target=lambda: result.update(
             keys=client.authorize_device(settings, store=MemoryStore(), credential="c", on_user_code=lambda d: None)))

@@ -69,6 +69,7 @@ const settings = {
   clientId: env('REKEY_FLEET_CLIENT_ID'),
   clientSecret: process.env.REKEY_FLEET_CLIENT_SECRET,
   fleet: { leaseTtlMs: ttl },
+  apiOrigins: [new URL(apiUrl).origin],
 };
 
 const store = /^postgres(ql)?:\/\//.test(location) ? await PostgresStore.connect(location) : await SqliteStore.open(location);

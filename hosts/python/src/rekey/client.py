@@ -152,6 +152,7 @@ class Rekey:
         Returns the keys stored (a :class:`Secret` of the JSON). Raises a
         :class:`errors.RekeyError`; nothing is stored then."""
         persist = self._authorize_persistence(store, on_update_keys, credential, settings)
+        self.check_settings(settings)  # the credential is created: bound, and usable at send
         if not callable(on_url):
             raise TypeError("on_url(url) must be callable: it shows the authorization URL")
         if not timeout > 0:
@@ -190,6 +191,7 @@ class Rekey:
         component sleeps between polls, other threads' calls on this ``Rekey``
         wait (see the README)."""
         persist = self._authorize_persistence(store, on_update_keys, credential, settings)
+        self.check_settings(settings)  # the credential is created: bound, and usable at send
         if not callable(on_user_code):
             raise TypeError("on_user_code(device) must be callable: it shows the user code")
         device = self.start_device_authorization(settings)
@@ -197,6 +199,18 @@ class Rekey:
         keys = self.poll_device_authorization(settings, device)
         persist(keys.expose())
         return keys
+
+    def check_settings(self, settings: Settings) -> None:
+        """Checks ``settings`` by exactly the rules the component applies at
+        ``send`` (its ``check-settings``): call it when a credential is
+        created or changed, so what is accepted then is not refused later.
+        The authorisation flows call it before anything starts. Raises
+        :class:`errors.InvalidSettings` saying what is wrong and how to fix it
+        (e.g. no ``api_origins``: a token is bound before it is used)."""
+        imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings)
+        refusal = self._runtime.call("check-settings", imports, (wit.settings(settings),))
+        if refusal is not None:
+            raise errors.InvalidSettings(str(refusal))
 
     def begin_authorization(self, settings: Settings, redirect_uri: str) -> PendingAuthorization:
         """The code grant's first step alone, for a caller with its own

@@ -109,8 +109,11 @@ class Runtime:
         send = found and self.component.get_export_index("send", found)
         if send is None:
             raise ComponentError(f"the component does not export {CLIENT_INTERFACE}#send")
-        #: export name -> index: "send", and the authorize interface's functions
+        #: export name -> index: "send", "check-settings", and the authorize interface's functions
         self._exports = {"send": send}
+        check = self.component.get_export_index("check-settings", found)
+        if check is not None:
+            self._exports["check-settings"] = check
         authorize = self.component.get_export_index(AUTHORIZE_INTERFACE)
         for name in AUTHORIZE_FUNCTIONS:
             index = authorize and self.component.get_export_index(name, authorize)
