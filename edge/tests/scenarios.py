@@ -603,12 +603,15 @@ def in_doubt_recovery(tk):
     # A mark younger than a token request's timeouts (connect + first byte +
     # between bytes: 12 s here): its request may still be running, lease or
     # not (the lease can lapse first), so it is not cleared yet.
-    young = int(time.time() * 1000) - 5_000
     kept = (d / "default.json").read_text()
-    (d / "default.json").write_text(kept.replace(str(at), str(young)))
-    status, _, body = request(s.base, "POST", f"/_rekey/clear-refresh-mark?at_ms={young}", op)
-    assert status == 409 and answer_of(body)["error"] == "refresh_may_be_live", (status, body)
-    assert record(d)["refresh_mark"]["at_ms"] == young, "a mark was cleared while its request could be running"
+    now = int(time.time() * 1000)
+    for mark_at, lease in ((now - 5_000, None), (at, {"holder": "crashed-worker", "until_ms": now - 1_000})):
+        planted = json.loads(kept)
+        planted.update(refresh_mark={"holder": "crashed-worker", "at_ms": mark_at}, lease=lease)
+        (d / "default.json").write_text(json.dumps(planted))
+        status, _, body = request(s.base, "POST", f"/_rekey/clear-refresh-mark?at_ms={mark_at}", op)
+        assert status == 409 and answer_of(body)["error"] == "refresh_may_be_live", (lease, status, body)
+        assert record(d)["refresh_mark"], "a mark was cleared while its request could be running"
     (d / "default.json").write_text(kept)
     status, _, body = request(s.base, "POST", f"/_rekey/clear-refresh-mark?at_ms={at + 1}", op)
     assert status == 409 and answer_of(body)["error"] == "other_refresh_mark", (status, body)
@@ -627,7 +630,8 @@ def in_doubt_recovery(tk):
     assert delta(before, after, "refreshes_granted") == 1 and delta(before, after, "invalid_grant") == 0, after
     s.stop()
     print("   502 refresh_in_doubt with the mark (holder, at_ms) and the detail; operator path: 401 without "
-          "its secret, 409 for another mark, 409 for a mark younger than the token request's timeouts; cleared "
+          "its secret, 409 for another mark, 409 while a token request could still run (a 5 s old mark; a lease "
+          "lapsed 1 s ago); cleared "
           "after the provider's check; next request: 200, 1 refresh")
 
 

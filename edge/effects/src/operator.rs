@@ -40,9 +40,16 @@ impl Guest for Effects {
         // The lease can lapse while its holder's token request still runs
         // (the timeouts may add up to more than the TTL): clearing the mark
         // then would let the next call spend the token that request may
-        // yet rotate, and make its keys write fail.
+        // yet rotate, and make its keys write fail. A holder renews its
+        // lease before each token request, so a request began before the
+        // lease's end (any lease: one taken over began after it lapsed).
         let s = &call.settings;
-        let running_until = at_ms
+        let began_by = r
+            .data
+            .lease
+            .as_ref()
+            .map_or(at_ms, |l| l.until_ms.max(at_ms));
+        let running_until = began_by
             .saturating_add(s.connect_timeout_ms)
             .saturating_add(s.first_byte_timeout_ms)
             .saturating_add(s.between_bytes_timeout_ms);
