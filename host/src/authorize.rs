@@ -344,7 +344,7 @@ impl Rekey {
             authorization_url: pending.url.clone(),
         });
         let deadline = Instant::now() + options.timeout;
-        let mut requests = listener.serve();
+        let mut requests = listener.serve(name);
         let mut started = false;
         loop {
             let next = tokio::time::timeout_at(deadline.into(), requests.recv()).await;
@@ -352,17 +352,6 @@ impl Rekey {
                 return Err(AuthorizeError::Timeout(options.timeout.as_secs()));
             };
             let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-            if !same_user(&stream) {
-                // Another local user (who may have read the start URL on the
-                // opener's command line) gets neither the authorization URL
-                // nor a say in the redirect.
-                tracing::warn!(
-                    credential = name,
-                    "another user's program reached the listener; refused"
-                );
-                respond_status(&mut stream, "403 Forbidden", "not yours").await;
-                continue;
-            }
             if path != listener.path {
                 let ours = path.strip_prefix(START).is_some_and(|t| same(t, &token));
                 if ours && !started {
@@ -497,13 +486,16 @@ impl Listener {
         })
     }
 
-    /// Every `GET` that arrives (its stream, to answer, and its target), in
-    /// the order their heads are read: each connection is read on its own
-    /// task, so a slow one delays no other. Stops when the receiver goes.
-    fn serve(&self) -> mpsc::Receiver<(TcpStream, String)> {
+    /// Every `GET` from a program of this user that arrives (its stream, to
+    /// answer, and its target), in the order their heads are read: each
+    /// connection is read on its own task, so a slow one delays no other.
+    /// Another user's connection is answered 403 before a byte of it is
+    /// read, so it holds no slot. Stops when the receiver goes.
+    fn serve(&self, name: &str) -> mpsc::Receiver<(TcpStream, String)> {
         let (tx, rx) = mpsc::channel(MAX_CONNECTIONS);
         let listener = self.listener.clone();
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let name = name.to_owned();
         tokio::spawn(async move {
             loop {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -517,7 +509,19 @@ impl Listener {
                     continue;
                 };
                 let tx = tx.clone();
+                let name = name.clone();
                 tokio::spawn(async move {
+                    if !same_user(&stream) {
+                        // Another local user (who may have read the start URL
+                        // on the opener's command line) gets neither the
+                        // authorization URL nor a say in the redirect.
+                        tracing::warn!(
+                            credential = name,
+                            "another user's program reached the listener; refused"
+                        );
+                        refuse(&mut stream).await;
+                        return;
+                    }
                     if let Some(target) = read_target(&mut stream).await {
                         let _ = tx.send((stream, target)).await;
                     }
@@ -529,17 +533,39 @@ impl Listener {
     }
 }
 
+/// 403 to another user's connection, at once: what it already sent is
+/// discarded unread (so closing sends FIN, not RST, and its program sees
+/// the answer), nothing is waited for.
+async fn refuse(stream: &mut TcpStream) {
+    let mut buf = [0u8; 2048];
+    let mut drained = 0;
+    while drained < MAX_HEAD {
+        match stream.try_read(&mut buf) {
+            Ok(n) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+    respond_status(stream, "403 Forbidden", "not yours").await;
+}
+
 /// The request target of a `GET`, or `None` for anything else (answered).
 async fn read_target(stream: &mut TcpStream) -> Option<String> {
     let mut head = Vec::new();
     let mut buf = [0u8; 2048];
     let read = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+        // Only the bytes just read (and the 3 before) can complete the end
+        // of the head: a peer sending one byte at a time costs no rescans.
+        let mut scanned = 0;
+        while head.len() < MAX_HEAD {
             let n = stream.read(&mut buf).await.ok()?;
             if n == 0 {
                 break;
             }
             head.extend_from_slice(&buf[..n]);
+            if head[scanned..].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+            scanned = head.len().saturating_sub(3);
         }
         Some(())
     };
@@ -557,8 +583,11 @@ async fn read_target(stream: &mut TcpStream) -> Option<String> {
 
 /// Whether the program at the other end of this loopback connection runs
 /// as this process's user. Linux tells (`/proc/net/tcp`, `tcp6`: the socket
-/// whose local address is our peer's); elsewhere, or when it cannot be
-/// found, the state check and the one-use start URL are what protect.
+/// whose local address is our peer's). A peer socket that is not in the
+/// table (reset, or closed: its owner is gone) is refused: an attacker can
+/// make its socket unfindable, and fail-open would then serve it. Elsewhere,
+/// or where the table cannot be read at all, the state check and the
+/// one-use start URL are what protect.
 fn same_user(stream: &TcpStream) -> bool {
     #[cfg(target_os = "linux")]
     {
@@ -570,8 +599,8 @@ fn same_user(stream: &TcpStream) -> bool {
             return true;
         };
         match socket_uid(peer, local) {
-            Some(uid) => uid == me,
-            None => true,
+            Err(_) => true,
+            Ok(uid) => uid == Some(me),
         }
     }
     #[cfg(not(target_os = "linux"))]
@@ -581,24 +610,36 @@ fn same_user(stream: &TcpStream) -> bool {
     }
 }
 
-/// The uid owning the established TCP socket `local` → `remote`, from
-/// `/proc/net/tcp` or `tcp6`.
+/// The uid owning the TCP socket `local` → `remote` from `/proc/net/tcp` or
+/// `tcp6`: `Ok(None)` when no open socket has those addresses, `Err` when
+/// the table cannot be read. Any state counts (a peer that half-closed after
+/// its request is FIN_WAIT2 and still reads the answer); a row without an
+/// inode (TIME_WAIT, or a socket its program closed) has no owner left and
+/// shows uid 0, so it is not one.
 #[cfg(target_os = "linux")]
-fn socket_uid(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Option<u32> {
+fn socket_uid(
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+) -> std::io::Result<Option<u32>> {
     let file = if local.is_ipv4() {
         "/proc/net/tcp"
     } else {
         "/proc/net/tcp6"
     };
-    let table = std::fs::read_to_string(file).ok()?;
+    use std::io::BufRead;
+    // Read row by row and stop at ours: the table grows with every socket
+    // on the machine, and each connection is looked up.
+    let table = std::io::BufReader::new(std::fs::File::open(file)?);
     let (local, remote) = (proc_addr(local), proc_addr(remote));
-    table.lines().skip(1).find_map(|line| {
+    for line in table.lines().skip(1) {
+        let line = line?;
         let f: Vec<&str> = line.split_whitespace().collect();
-        // sl local_address rem_address st ... uid: ESTABLISHED is 01.
-        (f.len() > 7 && f[1] == local && f[2] == remote && f[3] == "01")
-            .then(|| f[7].parse().ok())
-            .flatten()
-    })
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        if f.len() > 9 && f[1] == local && f[2] == remote && f[9] != "0" {
+            return Ok(f[7].parse().ok());
+        }
+    }
+    Ok(None)
 }
 
 /// An address as `/proc/net/tcp*` prints it: each 32-bit word of the
@@ -972,6 +1013,28 @@ mod tests {
         );
     }
 
+    /// Closes with RST (SO_LINGER 0): the socket is gone at once.
+    #[cfg(target_os = "linux")]
+    fn abort(stream: TcpStream) {
+        use std::os::fd::AsRawFd;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a linger struct of the size given.
+        let set = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0);
+        drop(stream);
+    }
+
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_loopback_peer_is_found_as_this_user() {
@@ -981,12 +1044,22 @@ mod tests {
             let Ok(l) = TcpListener::bind((ip, 0)).await else {
                 continue; // no IPv6 here
             };
+            let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (server, _) = l.accept().await.unwrap();
+            let uid = |s: &TcpStream| socket_uid(s.peer_addr().unwrap(), s.local_addr().unwrap());
+            assert_eq!(uid(&server).unwrap(), Some(me), "{ip}");
+            assert!(same_user(&server));
+            // Half-closed after its request (FIN_WAIT2), it still reads the
+            // answer: it is still found, as whoever it is.
+            client.shutdown().await.unwrap();
+            assert_eq!(uid(&server).unwrap(), Some(me), "{ip} half-closed");
+            // Reset: its socket is gone, and an unfindable peer is refused.
             let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
             let (server, _) = l.accept().await.unwrap();
-            let uid = socket_uid(server.peer_addr().unwrap(), server.local_addr().unwrap());
-            assert_eq!(uid, Some(me), "{ip}");
-            assert!(same_user(&server));
-            drop(client);
+            let (peer, local) = (server.peer_addr().unwrap(), server.local_addr().unwrap());
+            abort(client);
+            assert_eq!(socket_uid(peer, local).unwrap(), None, "{ip} reset");
+            assert!(!same_user(&server), "{ip} reset");
         }
         assert_eq!(
             proc_addr("127.0.0.1:8080".parse().unwrap()),

@@ -236,6 +236,12 @@ impl Authorizing {
         location.expect("the start URL's redirect has a location")
     }
 
+    /// Ends a run this test has seen enough of.
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn finish(mut self) -> Output {
         let mut stdout = Vec::new();
         self.child
@@ -850,6 +856,171 @@ fn another_users_programs_get_nothing_from_the_listener() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(*tokens.lock().unwrap(), 1);
+}
+
+/// A raw GET from a program running as `nobody` that hides its socket from
+/// `/proc/net/tcp`'s ESTABLISHED rows: `half-close` shuts its writing side
+/// after the request (its socket is then FIN_WAIT2, and it still reads the
+/// answer: printed as the status line's code), `reset` aborts with RST right
+/// after sending (its socket is gone; prints `sent`). None when that cannot
+/// be arranged (not root, no python3).
+#[cfg(target_os = "linux")]
+fn hidden_get_as_another_user(url: &str, mode: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
+        return None;
+    }
+    let u = url::Url::parse(url).unwrap();
+    let target = match u.query() {
+        Some(q) => format!("{}?{q}", u.path()),
+        None => u.path().to_owned(),
+    };
+    let script = "import socket, struct, sys\n\
+host, port, target, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]\n\
+s = socket.create_connection((host, port))\n\
+s.sendall(('GET %s HTTP/1.0\\r\\nhost: %s:%d\\r\\n\\r\\n' % (target, host, port)).encode())\n\
+if mode == 'reset':\n    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n    s.close()\n    print('sent')\n    sys.exit(0)\n\
+s.shutdown(socket.SHUT_WR)\n\
+data = b''\n\
+while True:\n    try:\n        chunk = s.recv(4096)\n    except OSError:\n        break\n    if not chunk:\n        break\n    data += chunk\n\
+head = data.split(b'\\r\\n', 1)[0].split()\n\
+print(head[1].decode() if len(head) > 1 else 'none')\n";
+    let out = Command::new("python3")
+        .args(["-c", script, u.host_str().unwrap()])
+        .arg(u.port().unwrap().to_string())
+        .args([&target, mode])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .ok()?;
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!printed.is_empty()).then_some(printed)
+}
+
+/// The uid check cannot be dodged by a socket that is not ESTABLISHED when
+/// it looks: another user who half-closes after the request still reads
+/// the answer, and one who resets right after sending has no socket left to
+/// find; neither gets the start URL's redirect or a say in the redirect.
+#[cfg(target_os = "linux")]
+#[test]
+fn another_user_cannot_hide_its_socket_from_the_uid_check() {
+    let (issuer, tokens) = scripted_issuer(false);
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("rekey.db");
+    add(
+        &store,
+        &[
+            "h",
+            "--issuer",
+            &issuer,
+            "--client-id",
+            "h",
+            "--public-client",
+        ],
+    );
+    let run = Authorizing::start(&store, &["h", "--no-browser", "--timeout", "60"]);
+    let start = run.start_url();
+    let Some(status) = hidden_get_as_another_user(&start, "half-close") else {
+        eprintln!("SKIPPED: needs root and python3 to act as another user");
+        return;
+    };
+    assert_eq!(
+        status, "403",
+        "a half-closed socket is still another user's"
+    );
+    let refused = |l: &str| l.contains("another user's program reached the listener");
+    run.line(refused);
+    let (status, location, _) = fetch(&start);
+    assert_eq!(status, 302, "and the start URL is still there for ours");
+    let url = location.unwrap();
+    let redirect = format!(
+        "{}?code=scripted-code&state={}",
+        query_param(&url, "redirect_uri"),
+        query_param(&url, "state")
+    );
+    for mode in ["reset", "half-close"] {
+        let answer = hidden_get_as_another_user(&redirect, mode);
+        let wanted = if mode == "reset" { "sent" } else { "403" };
+        assert_eq!(answer.as_deref(), Some(wanted), "{mode}");
+        // Counted, not timed: the listener says when it refused one.
+        let line =
+            run.line(|l| refused(l) || (l.starts_with("rekey:") && !l.contains("waiting up to")));
+        assert!(refused(&line), "{mode}: {line}");
+        assert_eq!(
+            *tokens.lock().unwrap(),
+            0,
+            "{mode}: nothing exchanged for them"
+        );
+    }
+    assert_eq!(http_get(&redirect).0, 200);
+    let out = run.finish();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(*tokens.lock().unwrap(), 1);
+}
+
+/// Another user's idle connections cannot hold the listener: 400 that
+/// never send a byte (queued connections are read in turn, each for up to
+/// 10 s) once kept the browser's start URL waiting for minutes.
+#[cfg(target_os = "linux")]
+#[test]
+fn another_users_idle_connections_do_not_hold_the_listener() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("SKIPPED: needs root to act as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("rekey.db");
+    add(
+        &store,
+        &[
+            "w",
+            "--token-url",
+            "http://127.0.0.1:9/token",
+            "--authorization-url",
+            "http://127.0.0.1:9/auth",
+            "--client-id",
+            "w",
+            "--public-client",
+        ],
+    );
+    let run = Authorizing::start(&store, &["w", "--no-browser", "--timeout", "120"]);
+    let start = run.start_url();
+    let port = url::Url::parse(&start).unwrap().port().unwrap();
+    let script = "import socket, sys\n\
+held = [socket.create_connection(('127.0.0.1', int(sys.argv[1]))) for _ in range(400)]\n\
+print('ready', flush=True)\n\
+sys.stdin.read()\n";
+    let Ok(mut idle) = Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("SKIPPED: no python3");
+        return;
+    };
+    let mut ready = String::new();
+    BufReader::new(idle.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let (status, _, _) = fetch(&start);
+    drop(idle.stdin.take());
+    let _ = idle.wait();
+    assert_eq!(
+        status, 302,
+        "the start URL answered behind 400 idle connections"
+    );
+    run.stop();
 }
 
 /// Issue #21: RFC 9207 in the authorize suite.
