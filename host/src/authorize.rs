@@ -32,6 +32,8 @@ use tokio::sync::mpsc;
 
 /// How long the code grant waits for the redirect unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest wait for the redirect: a day.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 /// The redirect URI when none is configured: a free port is chosen.
 pub const DEFAULT_REDIRECT_URI: &str = "http://127.0.0.1/callback";
 /// Bound on one component call that makes network requests.
@@ -190,7 +192,7 @@ pub struct CodeOptions {
     /// 8252 §7.3 lets native clients) unless the provider wants an exact,
     /// registered URI.
     pub redirect_uri: Option<String>,
-    /// How long to wait for the redirect.
+    /// How long to wait for the redirect, at most [`MAX_TIMEOUT`].
     pub timeout: Duration,
 }
 
@@ -321,6 +323,13 @@ impl Rekey {
         show: impl FnOnce(&CodePrompt),
     ) -> Result<TokenSet, AuthorizeError> {
         let wsettings = wit_settings(settings)?;
+        // Checked first: a deadline past the clock's range would panic.
+        if options.timeout > MAX_TIMEOUT {
+            return Err(AuthorizeError::InvalidSettings(format!(
+                "the timeout may be at most {} s",
+                MAX_TIMEOUT.as_secs()
+            )));
+        }
         let configured = options
             .redirect_uri
             .as_deref()

@@ -1165,6 +1165,57 @@ fn no_redirect_in_time_is_a_timeout() {
     );
 }
 
+/// A timeout too long to add to the clock is bad input, not a panic.
+#[test]
+fn a_timeout_beyond_the_clock_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("rekey.db");
+    add(
+        &store,
+        &[
+            "t",
+            "--token-url",
+            "http://127.0.0.1:9/token",
+            "--authorization-url",
+            "http://127.0.0.1:9/auth",
+            "--client-id",
+            "t",
+            "--public-client",
+        ],
+    );
+    for timeout in ["18446744073709551615", "0"] {
+        let out = rekey_cli(
+            &store,
+            &["authorize", "t", "--no-browser", "--timeout", timeout],
+        );
+        let printed = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{timeout}: {printed}");
+        assert!(printed.contains("--timeout"), "{timeout}: {printed}");
+        assert!(!printed.contains("panicked"), "{printed}");
+    }
+}
+
+/// The library refuses the same before it listens or shows anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_library_refuses_a_timeout_beyond_a_day() {
+    let rekey = rekey::Rekey::new(rekey::Config::default()).unwrap();
+    let mut settings = rekey::Settings::new("http://127.0.0.1:9/token", "t");
+    settings.authorization_url = Some("http://127.0.0.1:9/auth".into());
+    let options = rekey::authorize::CodeOptions {
+        timeout: Duration::MAX,
+        ..Default::default()
+    };
+    let mut shown = false;
+    let result = rekey
+        .authorize_code("t", &settings, &options, |_| shown = true)
+        .await;
+    let Err(e) = result else {
+        panic!("a timeout of Duration::MAX was accepted")
+    };
+    assert!(e.to_string().contains("timeout"), "{e}");
+    assert!(!shown, "refused before anything was shown");
+}
+
 /// The device grant: returns the user code rekey printed.
 fn read_device_prompt(run: &Authorizing) -> (String, String) {
     let uri = run.line(|l| l.starts_with("rekey: on any device, open "));

@@ -30,8 +30,8 @@ pub struct Args {
     /// state and PKCE challenge: for your own terminal only).
     #[arg(long)]
     print_url: bool,
-    /// Seconds to wait for the redirect (default 300).
-    #[arg(long, default_value_t = 300)]
+    /// Seconds to wait for the redirect (default 300, at most a day).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
     /// The loopback redirect URI to listen on (default
     /// http://127.0.0.1/callback on a free port; give a port when the
