@@ -99,6 +99,13 @@ pub fn begin(
 ) -> Result<Pending, AuthorizeError> {
     check_client(settings)?;
     let endpoint = configured(auth.authorization_url.as_deref(), "authorization URL")?;
+    // It is shown to a person and goes out as a Location header: terminal
+    // controls (C1's CSI too) and bidi overrides would speak for it.
+    if !endpoint.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "the authorization URL must be printable ASCII without spaces (percent-encode anything else)",
+        ));
+    }
     let redirect = auth.redirect_uri.as_str();
     if !redirect
         .strip_prefix("http://")
@@ -631,6 +638,18 @@ mod tests {
                     .push(("code_challenge_method".into(), "plain".into()))
             }),
         ];
+        // The URL is shown to a person (and sent as a Location header): a
+        // discovered endpoint with terminal controls (C0, the 8-bit CSI
+        // U+009B), a bidi override that makes it read as another, or a space
+        // is refused; percent-encoded, each is fine.
+        let mut cases = cases;
+        for shown in ["\u{1b}[2J", "\u{9b}2J", "\u{202e}moc.live", " x", "\u{7f}"] {
+            let url = format!("https://idp.example/authorize{shown}");
+            cases.push(Box::new(move |a| a.authorization_url = Some(url.clone())));
+        }
+        let mut a = authorization();
+        a.authorization_url = Some("https://idp.example/authorize%1B%C2%9B".into());
+        assert!(begin(&s, &a, &entropy()).is_ok());
         for mutate in cases {
             let mut a = authorization();
             mutate(&mut a);

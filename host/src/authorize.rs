@@ -342,9 +342,11 @@ impl Rekey {
                 g.call_begin(s, &wsettings, &auth, &bytes).await
             })
             .await??;
-        if pending.url.bytes().any(|b| b.is_ascii_control()) {
+        // Second line (the component refuses these): it goes into a
+        // Location header and may be printed.
+        if !pending.url.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(AuthorizeError::InvalidSettings(
-                "the authorization URL has control characters".into(),
+                "the authorization URL is not printable ASCII".into(),
             ));
         }
         let token = start_token()?;
