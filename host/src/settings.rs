@@ -418,6 +418,29 @@ mod tests {
     }
 
     #[test]
+    fn settings_stored_before_bound_by_default_still_load() {
+        let old = |origins: &str| {
+            format!(
+                r#"{{"token_url":"https://idp.example/t","client_id":"a","api_origins":{origins},"allow_instance_url":true}}"#
+            )
+        };
+        let bound = Settings::from_stored_json(&old(r#"["https://*.my.salesforce.com"]"#)).unwrap();
+        assert_eq!(bound.instance_url_origins, bound.api_origins);
+        // Unbound before: still unbound (send refuses it, naming the fix), nothing lost.
+        let unbound = Settings::from_stored_json(&old("[]")).unwrap();
+        assert!(unbound.api_origins.is_empty() && unbound.instance_url_origins.is_empty());
+        assert_eq!(unbound.token_url, "https://idp.example/t");
+        let plain =
+            r#"{"token_url":"https://idp.example/t","client_id":"a","allow_instance_url":false}"#;
+        assert!(
+            Settings::from_stored_json(plain)
+                .unwrap()
+                .instance_url_origins
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn env_secret_missing_names_the_variable_only() {
         let mut s = Settings::new("https://idp/token", "app");
         s.client_secret = Some(ClientSecret::Env("REKEY_TEST_SURELY_UNSET".into()));

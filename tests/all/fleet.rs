@@ -325,6 +325,7 @@ async fn the_cli_works_on_postgres() {
     std::fs::write(&keys, provider.authorize().to_string()).unwrap();
     let store = std::path::PathBuf::from(&pg.url);
     let (token_url, api) = (provider.token_url(), provider.api_url("me"));
+    let origin = api_origin(&provider);
     let out = blocking(move || {
         let add = rekey_cli(
             &store,
@@ -340,6 +341,8 @@ async fn the_cli_works_on_postgres() {
                 "demo-client-secret",
                 "--strategy",
                 "every-request",
+                "--api-origin",
+                &origin,
                 "--keys",
                 keys.to_str().unwrap(),
             ],

@@ -288,6 +288,8 @@ fn add_credential(store: &Path, peer: &Peer, client: &Client, keys: &Path) -> Re
             client.strategy,
             "--expiry-margin",
             "1",
+            "--api-origin",
+            &peer.issuer(),
             "--keys",
             &keys,
         ],
