@@ -23,19 +23,9 @@ for crate in effects front noconfig passthrough; do
     cp "$CARGO_TARGET_DIR/wasm32-wasip2/wasm/rekey_edge_$crate.wasm" "$out/$crate.wasm"
 done
 
-# The rekey component, unchanged: $REKEY_WASM, or built exactly as
-# host/build.rs builds the bytes the Rust host embeds (same command, profile
-# and target dir, so the same bytes; test.sh compares the hash with
-# `rekey component --sha256` when that binary is built). This skips building
-# wasmtime on a fresh machine.
-if [ -n "${REKEY_WASM:-}" ]; then
-    cp "$REKEY_WASM" "$out/rekey.wasm"
-else
-    (cd "$root" && env -u CARGO_TARGET_DIR -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS \
-        cargo rustc --quiet --locked --package rekey-guest --lib --crate-type cdylib --profile guest \
-        --target wasm32-wasip2 --target-dir "$root/target/rekey-guest" -- -C link-arg=--wasi-adapter=none)
-    cp "$root/target/rekey-guest/wasm32-wasip2/guest/rekey_guest.wasm" "$out/rekey.wasm"
-fi
+# The rekey component, unchanged: $REKEY_WASM, or the committed bytes the
+# Rust host embeds (host/component/rekey_guest.wasm, built by guest/build.sh).
+cp "${REKEY_WASM:-$root/host/component/rekey_guest.wasm}" "$out/rekey.wasm"
 
 (cd "$edge" && cargo build --quiet --locked -p rekey-edge-compose)
 compose="$CARGO_TARGET_DIR/debug/rekey-edge-compose"

@@ -6,7 +6,8 @@
 // and records the component's SHA-256 in gen/build-info.json, so a test can
 // check it is byte-identical to the one the Rust host embeds.
 //
-//   node scripts/build.mjs [path/to/rekey_guest.wasm [out-dir]]   (or $REKEY_WASM; out-dir: gen/)
+//   node scripts/build.mjs [path/to/rekey_guest.wasm [out-dir]]   (or $REKEY_WASM; default: the committed
+//   host/component/rekey_guest.wasm; out-dir: gen/)
 
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -14,11 +15,10 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-// Only a convenience for this project's development machines; CI passes REKEY_WASM.
-const DEV_FALLBACK = '/tmp/rekey-dev/rekey_guest.wasm';
-
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const wasmPath = resolve(process.argv[2] ?? process.env.REKEY_WASM ?? DEV_FALLBACK);
+// The committed component every host runs (guest/build.sh writes it).
+const COMMITTED = join(root, '..', '..', 'host', 'component', 'rekey_guest.wasm');
+const wasmPath = resolve(process.argv[2] ?? process.env.REKEY_WASM ?? COMMITTED);
 const gen = resolve(process.argv[3] ?? join(root, 'gen'));
 // jco's package.json is not in its exports map: find it where npm puts it.
 const jcoPackage = join(root, 'node_modules', '@bytecodealliance', 'jco', 'package.json');
