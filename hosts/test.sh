@@ -39,7 +39,7 @@ else
     missing "Python 3"
 fi
 if command -v python3 >/dev/null; then
-    echo "== the edge proxy under wasmtime serve"
+    echo "== the edge proxy under wasmtime serve and jco serve"
     edge/test.sh || failed=1
 else
     missing "Python 3 (the edge scenarios' driver)"

@@ -59,19 +59,13 @@ fn invalid(m: impl Into<String>) -> AuthorizeError {
     AuthorizeError::InvalidSettings(m.into())
 }
 
-/// https://, or http:// on loopback only (RFC 6749 §3.1, §3.2).
-fn secure_url(url: &str) -> bool {
-    url.starts_with("https://")
-        || url
-            .strip_prefix("http://")
-            .is_some_and(is_loopback_authority)
-}
-
+/// The rule `send` applies to the token URL (`origins::check_transport`:
+/// https, or http on a literal loopback address; no user information), so
+/// `authorize` and `send` agree on every endpoint (RFC 6749 §3.1, §3.2).
 fn check_endpoint(what: &str, url: &str) -> Result<(), AuthorizeError> {
-    if !secure_url(url) || url.contains('#') {
-        return Err(invalid(format!(
-            "the {what} must be an https:// URL without a fragment (http:// only on loopback)"
-        )));
+    crate::origins::check_transport(url, &format!("the {what}")).map_err(invalid)?;
+    if url.contains('#') {
+        return Err(invalid(format!("the {what} must not carry a fragment")));
     }
     Ok(())
 }
@@ -662,6 +656,26 @@ mod tests {
             begin(&s, &authorization(), &[0; 47]),
             Err(AuthorizeError::InvalidSettings(_))
         ));
+        // The token URL obeys the rule `send` applies: a name is not a
+        // loopback address, and user information is refused.
+        for token_url in ["http://localhost:9/token", "https://user@idp.example/token"] {
+            let s = Settings {
+                token_url: token_url.into(),
+                ..settings(ClientAuth::ClientSecretBasic)
+            };
+            assert!(
+                matches!(
+                    begin(&s, &authorization(), &entropy()),
+                    Err(AuthorizeError::InvalidSettings(_))
+                ),
+                "{token_url}"
+            );
+        }
+        let s = Settings {
+            token_url: "http://127.0.0.1:9/token".into(),
+            ..settings(ClientAuth::ClientSecretBasic)
+        };
+        assert!(begin(&s, &authorization(), &entropy()).is_ok());
     }
 
     fn pending() -> Pending {
