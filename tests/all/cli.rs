@@ -566,4 +566,38 @@ async fn a_bound_credential_sends_its_token_only_to_its_origins() {
     let out = rekey_cli(&f.store_path(), &["credential", "show", "c"]);
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["settings"]["api_origins"], serde_json::json!(["*"]));
+
+    // RFC 9207 by hand, for an issuer whose metadata is not discovered.
+    for (flag, sends) in [("true", true), ("false", false)] {
+        let out = rekey_cli(
+            &f.store_path(),
+            &[
+                "credential",
+                "set",
+                "c",
+                "--issuer-sends-iss",
+                flag,
+                "--authorization-url",
+                "https://idp.example/authorize",
+            ],
+        );
+        assert!(out.status.success(), "{}", all_output(&out));
+        let stored: serde_json::Value = rusqlite::Connection::open(f.store_path())
+            .unwrap()
+            .query_row(
+                "SELECT settings FROM credentials WHERE name = 'c'",
+                [],
+                |row| row.get::<_, String>(0),
+            )
+            .map(|s| serde_json::from_str(&s).unwrap())
+            .unwrap();
+        assert_eq!(
+            stored
+                .get("issuer_sends_iss")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            sends,
+            "{stored}"
+        );
+    }
 }

@@ -72,6 +72,11 @@ struct SettingsArgs {
     /// /.well-known/oauth-authorization-server).
     #[arg(long)]
     issuer: Option<String>,
+    /// Whether the issuer sends `iss` on every authorization redirect (RFC
+    /// 9207 `authorization_response_iss_parameter_supported`; discovery sets
+    /// it): with `true`, a redirect without `iss` is refused.
+    #[arg(long, value_name = "true|false")]
+    issuer_sends_iss: Option<bool>,
     /// How new tokens are obtained: refresh-token (default: a person runs
     /// `rekey authorize` first), or client-credentials (the client's own
     /// grant, for machine-to-machine APIs: no authorisation, needs a secret).
@@ -329,6 +334,9 @@ impl SettingsArgs {
                 .map_err(|e| Failure::new(Exit::Failure(e.category()), e.to_string()))?;
             found.apply(s);
         }
+        if let Some(sends) = self.issuer_sends_iss {
+            s.issuer_sends_iss = sends;
+        }
         if let Some(url) = &self.authorization_url {
             s.authorization_url = Some(url.clone());
         }
@@ -541,6 +549,7 @@ fn describe_all(c: &rekey::Credential) -> serde_json::Value {
     }
     if let Some(issuer) = &s.issuer {
         shown["issuer"] = json!(issuer);
+        shown["issuer_sends_iss"] = json!(s.issuer_sends_iss);
     }
     v
 }
