@@ -1451,7 +1451,6 @@ mod tests {
             ("127.0.0.1/token", true),
             ("127.255.0.9:8080/", true),
             ("127.0.0.255", true),
-            ("127.000.000.001/", true),
             ("u!$&'()*+,;=~-._:pw@127.0.0.1/", true),
             ("evil.example@127.0.0.1/", true),
             ("localhost?q", true),
@@ -1464,6 +1463,10 @@ mod tests {
             ("10.0.0.1/", false),
             ("128.0.0.1/", false),
             ("127.0.0.1234/", false),
+            // Leading zeros: WHATWG parsers read octal (010 is 8).
+            ("127.000.000.001/", false),
+            ("127.0.0.010/", false),
+            ("127.0.0.999/", false),
             ("127.0.0.abc/", false),
             ("127.0.0./", false),
             ("127..0.1/", false),

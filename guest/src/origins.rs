@@ -42,8 +42,17 @@ impl Origin {
         }
         let hostport = authority.rsplit('@').next().unwrap_or("");
         let (host, port) = match hostport.strip_prefix('[') {
+            // An IPv6 address, then nothing or `:port`: Python's urlsplit
+            // reads `[::1]x:8080` as port 8080, where this read 80.
             Some(v6) => {
                 let (host, after) = v6.split_once(']')?;
+                let ipv6 = host.contains(':')
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                if !ipv6 || !(after.is_empty() || after.starts_with(':')) {
+                    return None;
+                }
                 (host, after.strip_prefix(':'))
             }
             None => match hostport.split_once(':') {
@@ -67,6 +76,9 @@ impl Origin {
         // differently: refused.
         let host = host.to_ascii_lowercase();
         if host.is_empty() || (!host.contains(':') && host.split('.').any(str::is_empty)) {
+            return None;
+        }
+        if !host.contains(':') && ends_in_a_number(&host) && !is_dotted_quad(&host) {
             return None;
         }
         Some(Origin { https, host, port })
@@ -97,6 +109,31 @@ impl Origin {
             || (self.host.split('.').count() == 4
                 && self.host.bytes().all(|b| b == b'.' || b.is_ascii_digit()))
     }
+}
+
+/// Whether WHATWG URL parsers read `host` as an IPv4 address: its last
+/// label is decimal or `0x` hex (`127.1`, `2130706433`, `0x7f.1`, `a.1`),
+/// which they parse in octal, hex or as one number, or refuse.
+fn ends_in_a_number(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or("");
+    let hex = last
+        .strip_prefix("0x")
+        .map(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+    hex.unwrap_or_else(|| last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Four decimal octets, 0 to 255, none with a leading zero: the one IPv4
+/// form every parser reads as the same address.
+fn is_dotted_quad(host: &str) -> bool {
+    let octets: Vec<&str> = host.split('.').collect();
+    octets.len() == 4
+        && octets.iter().all(|o| {
+            !o.is_empty()
+                && o.len() <= 3
+                && o.bytes().all(|b| b.is_ascii_digit())
+                && !(o.len() > 1 && o.starts_with('0'))
+                && o.parse::<u16>().is_ok_and(|n| n <= 255)
+        })
 }
 
 /// Whether `rest` (a URL after `http://`) names a loopback host.
@@ -496,14 +533,45 @@ mod tests {
             "https://API.EXAMPLE.COM./x",
             "https://[::1]:443/",
             "HTTPS://api.example.com/",
+            // What follows `]` is a port or nothing; a bracket holds IPv6.
+            "http://[::1]evil.example:8080/",
+            "http://[::1]]:8080/",
+            "http://[::1].evil/",
+            "https://[api.example.com]/",
+            "https://[v1.x]/",
+            // A host ending in a number is an IPv4 address to WHATWG parsers
+            // (octal, hex, one number) or refused by them.
+            "http://127.0.0.999/",
+            "http://127.0.0.010/",
+            "http://127.000.000.001/",
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://127.1/",
+            "https://api.1/",
+            "https://api.0x10/",
+            "https://4294967296/",
+            "https://1.2.3.4.5/",
+            "http://127.0.0.1:9/",
+            "http://[::1]:9/",
+            "https://10.0.0.255/",
         ] {
             let ours = Origin::of(url);
             let theirs = url::Url::parse(url).ok();
-            if let (Some(o), Some(u)) = (ours, theirs) {
+            // What the guest reads, the url crate reads the same way.
+            if let Some(o) = ours {
+                let u = theirs
+                    .unwrap_or_else(|| panic!("{url}: the guest reads {o:?}, url refuses it"));
                 let host = u.host_str().unwrap_or("").trim_matches(['[', ']']);
                 assert_eq!(o.host, host.to_ascii_lowercase(), "{url}");
                 assert_eq!(Some(o.port), u.port_or_known_default(), "{url}");
             }
+        }
+        for url in [
+            "http://127.0.0.1:9/",
+            "http://[::1]:9/",
+            "https://10.0.0.255/",
+        ] {
+            assert!(Origin::of(url).is_some(), "{url}");
         }
     }
 }

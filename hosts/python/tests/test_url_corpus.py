@@ -62,3 +62,21 @@ def test_unbound_settings_are_refused_early_naming_the_fix(client):
     client.check_settings(rekey.Settings(token_url="https://idp.example/token", client_id="c", api_origins=["*"]))
     client.check_settings(rekey.Settings(token_url="https://idp.example/token", client_id="c",
                                          instance_url_origins=["https://*.my.salesforce.com"]))
+
+
+def test_the_second_line_reads_each_url_as_the_sender_does():
+    """What ``origins`` accepts, ``http.send`` (urlsplit, http.client)
+    connects to: the same host and port. Python's urlsplit reads
+    ``[::1]x:8080`` as port 8080; a check that read port 80 there would let a
+    token bound to ``http://[::1]`` reach another local listener."""
+    import urllib.parse
+
+    checked = 0
+    for url in corpus():
+        origin = origins.Origin.of(url)
+        if origin is None:
+            continue
+        checked += 1
+        sent = urllib.parse.urlsplit(url)
+        assert (sent.hostname, sent.port or (443 if origin.https else 80)) == (origin.host, origin.port), url
+    assert checked >= 10, checked

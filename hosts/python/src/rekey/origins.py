@@ -44,14 +44,15 @@ class Origin:
         if any(c in "\\%" or ord(c) <= 0x20 or ord(c) >= 0x7F for c in authority):
             return None
         hostport = authority.rsplit("@", 1)[-1]
+        port_text: Optional[str]
         if hostport.startswith("["):
+            # An IPv6 address, then nothing or ``:port``: urlsplit reads
+            # ``[::1]x:8080`` as port 8080.
             host, bracket, after = hostport[1:].partition("]")
-            if not bracket:
+            ipv6 = ":" in host and all(c in "0123456789abcdefABCDEF:." for c in host)
+            if not bracket or not ipv6 or (after and not after.startswith(":")):
                 return None
-            if after and not after.startswith(":"):
-                port_text: Optional[str] = None
-            else:
-                port_text = after[1:] if after else None
+            port_text = after[1:] if after else None
         else:
             host, colon, port_text = hostport.partition(":")
             if not colon:
@@ -65,6 +66,8 @@ class Origin:
         host = host.lower()
         if not host or (":" not in host and not all(host.split("."))):
             return None  # empty, or an empty label (``a..example.com``, ``host.``)
+        if ":" not in host and _ends_in_a_number(host) and not _is_dotted_quad(host):
+            return None  # ``127.1``, ``0x7f.1``, ``127.0.0.010``: read as another address, or refused
         return cls(https, host, port)
 
     def is_loopback(self) -> bool:
@@ -87,6 +90,24 @@ class Origin:
         scheme = "https" if self.https else "http"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
+
+
+def _ends_in_a_number(host: str) -> bool:
+    """Whether WHATWG parsers read ``host`` as IPv4: its last label is
+    decimal or ``0x`` hex (octal, hex or one number to them)."""
+    last = host.rsplit(".", 1)[-1]
+    if last.startswith("0x"):
+        return all(c in "0123456789abcdef" for c in last[2:])
+    return last.isascii() and all(c.isdigit() for c in last)
+
+
+def _is_dotted_quad(host: str) -> bool:
+    """Four decimal octets 0..255 without a leading zero: read alike by all."""
+    octets = host.split(".")
+    return len(octets) == 4 and all(
+        o.isascii() and o.isdigit() and len(o) <= 3 and not (len(o) > 1 and o[0] == "0") and int(o) <= 255
+        for o in octets
+    )
 
 
 def check_transport(url: str, what: str) -> Origin:
