@@ -338,9 +338,13 @@ impl Rekey {
         let auth = authorization(settings, listener.redirect_uri.clone());
         let bytes = random(48)?;
         let pending = self
-            .run_authorize(name, &wsettings.token_url, CALL_TIMEOUT, async |g, s| {
-                g.call_begin(s, &wsettings, &auth, &bytes).await
-            })
+            .run_authorize(
+                name,
+                &wsettings.token_url,
+                None,
+                CALL_TIMEOUT,
+                async |g, s| g.call_begin(s, &wsettings, &auth, &bytes).await,
+            )
             .await??;
         // Second line (the component refuses these): it goes into a
         // Location header and may be printed.
@@ -377,9 +381,13 @@ impl Rekey {
                 continue;
             }
             let result = self
-                .run_authorize(name, &wsettings.token_url, CALL_TIMEOUT, async |g, s| {
-                    g.call_finish(s, &wsettings, &auth, &pending, query).await
-                })
+                .run_authorize(
+                    name,
+                    &wsettings.token_url,
+                    None,
+                    CALL_TIMEOUT,
+                    async |g, s| g.call_finish(s, &wsettings, &auth, &pending, query).await,
+                )
                 .await
                 .map_err(AuthorizeError::from)
                 .and_then(|r| r.map_err(AuthorizeError::from));
@@ -424,9 +432,13 @@ impl Rekey {
         let wsettings = wit_settings(settings)?;
         let auth = authorization(settings, String::new());
         let grant: DeviceGrant = self
-            .run_authorize(name, &wsettings.token_url, CALL_TIMEOUT, async |g, s| {
-                g.call_device_start(s, &wsettings, &auth).await
-            })
+            .run_authorize(
+                name,
+                &wsettings.token_url,
+                auth.device_url.as_deref(),
+                CALL_TIMEOUT,
+                async |g, s| g.call_device_start(s, &wsettings, &auth).await,
+            )
             .await?
             .map_err(|e| AuthorizeError::at(DEVICE_ENDPOINT, e))?;
         show(&DevicePrompt {
@@ -438,9 +450,13 @@ impl Rekey {
         });
         let bound = Duration::from_secs(u64::from(grant.expires_in)) + CALL_TIMEOUT;
         let body = self
-            .run_authorize(name, &wsettings.token_url, bound, async |g, s| {
-                g.call_device_poll(s, &wsettings, &grant).await
-            })
+            .run_authorize(
+                name,
+                &wsettings.token_url,
+                None,
+                bound,
+                async |g, s| g.call_device_poll(s, &wsettings, &grant).await,
+            )
             .await??;
         TokenSet::import(&body).map_err(|e| AuthorizeError::Endpoint {
             at: TOKEN_ENDPOINT,

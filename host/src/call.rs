@@ -33,6 +33,8 @@ pub(crate) struct CallState {
     pub(crate) limits: StoreLimits,
     pub(crate) credential: String,
     pub(crate) token_url: String,
+    /// The device authorization URL of an `authorize` call; none in a `send`.
+    pub(crate) device_url: Option<String>,
     pub(crate) store: Arc<dyn KeyStore>,
     pub(crate) http: HttpClient,
     pub(crate) observer: Arc<dyn Observer>,
@@ -162,8 +164,16 @@ impl CallState {
                 .destinations
                 .check(url, &self.credential)
                 .map_err(|e| e.to_string()),
-            // The authorize flow's device endpoint: not a `send` request.
-            Purpose::DeviceEndpoint => Ok(()),
+            // Its body carries the client's credentials: only to the device
+            // authorization URL of an `authorize` call (a `send` has none).
+            Purpose::DeviceEndpoint => match &self.device_url {
+                Some(device) if *device == req.url => Ok(()),
+                Some(_) => Err(
+                    "a device request goes only to the credential's device authorization URL"
+                        .into(),
+                ),
+                None => Err("this call makes no device authorization request".into()),
+            },
         }
     }
 
@@ -285,6 +295,46 @@ impl Host for CallState {
                     _ => WriteError::Failed(reason),
                 })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The second line for the device endpoint: a `send` makes no device
+    /// request (its body carries the client's credentials), and `authorize`
+    /// sends one only to the device authorization URL it was given.
+    #[tokio::test]
+    async fn device_requests_go_only_to_the_device_url_of_an_authorize_call() {
+        let rekey = crate::Rekey::new(crate::Config::default()).unwrap();
+        let token_url = "https://idp.example/token";
+        let mut state = rekey.new_state("c", token_url, Arc::new(crate::MemoryStore::new()));
+        let admit = |state: &mut CallState, url: &str| {
+            let head = RequestHead {
+                method: "POST".into(),
+                url: url.into(),
+                headers: vec![],
+            };
+            state.admit(
+                Purpose::DeviceEndpoint,
+                &head,
+                &url::Url::parse(url).unwrap(),
+            )
+        };
+        let device = "https://idp.example/device";
+        for url in ["https://evil.example/steal", token_url, device] {
+            assert!(admit(&mut state, url).is_err(), "{url}: admitted in a send");
+        }
+        state.device_url = Some(device.into());
+        assert_eq!(admit(&mut state, device), Ok(()));
+        for url in [
+            "https://evil.example/steal",
+            token_url,
+            "https://idp.example/device?x",
+        ] {
+            assert!(admit(&mut state, url).is_err(), "{url}");
         }
     }
 }

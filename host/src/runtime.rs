@@ -284,11 +284,13 @@ impl Rekey {
     /// `timeout`. Kept apart from `send`: no credential is loaded and its
     /// record is never read or written (none of these requests spends a
     /// refresh token); the host's own checks on every URL still apply, and
-    /// token requests go only to `token_url`.
+    /// token requests go only to `token_url`, device requests only to
+    /// `device_url`.
     pub(crate) async fn run_authorize<T>(
         &self,
         name: &str,
         token_url: &str,
+        device_url: Option<&str>,
         timeout: Duration,
         f: impl AsyncFnOnce(
             &crate::bindings::exports::rekey::oauth2::authorize::Guest,
@@ -296,7 +298,8 @@ impl Rekey {
         ) -> wasmtime::Result<T>,
     ) -> Result<T, Error> {
         let _slot = self.slot().await?;
-        let state = self.new_state(name, token_url, Arc::new(crate::MemoryStore::new()));
+        let mut state = self.new_state(name, token_url, Arc::new(crate::MemoryStore::new()));
+        state.device_url = device_url.map(str::to_owned);
         let mut wstore = self.new_store(state);
         wstore.data_mut().deadline = Instant::now() + timeout;
         let ticks = timeout.as_millis() / EPOCH_TICK.as_millis();
@@ -348,7 +351,12 @@ impl Rekey {
     }
 
     /// The host state of one call.
-    fn new_state(&self, name: &str, token_url: &str, store: Arc<dyn KeyStore>) -> CallState {
+    pub(crate) fn new_state(
+        &self,
+        name: &str,
+        token_url: &str,
+        store: Arc<dyn KeyStore>,
+    ) -> CallState {
         let inner = &self.inner;
         CallState {
             wasi: WasiCtx::builder().build(),
@@ -359,6 +367,7 @@ impl Rekey {
                 .build(),
             credential: name.to_owned(),
             token_url: token_url.to_owned(),
+            device_url: None,
             store,
             http: inner.http.clone(),
             observer: inner.config.observer.clone(),

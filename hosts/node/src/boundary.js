@@ -4,6 +4,8 @@
 // more, never send a token elsewhere.
 //  - any plain http:// must be on a loopback address;
 //  - purpose `token-endpoint`: exactly the settings' token URL;
+//  - purpose `device-endpoint`: exactly the device authorization URL of an
+//    authorize call (a send has none: it makes no such request);
 //  - purpose `api`: within the credential's API origins
 //    (`https://api.example.com[:port]`, `https://*.example.com` for any
 //    subdomain, never the bare domain; `*` alone: any origin, said
@@ -83,9 +85,9 @@ export function adoptedInstance(instanceUrl, patterns = []) {
  * Why `http-send` must refuse this request, or undefined when it may go.
  * @param {'api'|'token-endpoint'|'device-endpoint'} purpose
  * @param {string} url
- * @param {{tokenUrl: string, apiOrigins?: string[], instanceUrlOrigins?: string[], instanceUrl?: string}} rules
+ * @param {{tokenUrl: string, deviceUrl?: string, apiOrigins?: string[], instanceUrlOrigins?: string[], instanceUrl?: string}} rules
  */
-export function refusal(purpose, url, { tokenUrl, apiOrigins = [], instanceUrlOrigins = [], instanceUrl }) {
+export function refusal(purpose, url, { tokenUrl, deviceUrl, apiOrigins = [], instanceUrlOrigins = [], instanceUrl }) {
   const target = originOf(url);
   if (!target) return undefined; // http.send reports the invalid URL; nothing is sent
   if (!target.https && !isLoopback(target.host)) {
@@ -93,6 +95,10 @@ export function refusal(purpose, url, { tokenUrl, apiOrigins = [], instanceUrlOr
   }
   if (purpose === 'token-endpoint' && url !== tokenUrl) {
     return "a token-endpoint request goes to the settings' token URL only";
+  }
+  if (purpose === 'device-endpoint') {
+    if (deviceUrl === undefined) return 'this call makes no device authorization request';
+    return url === deviceUrl ? undefined : "a device request goes to the settings' device authorization URL only";
   }
   if (purpose !== 'api') return undefined;
   if (apiOrigins.length === 1 && apiOrigins[0] === '*') return undefined;

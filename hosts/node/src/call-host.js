@@ -25,6 +25,7 @@ export class CallHost {
    * @param {string} [o.record]  the record's name in `store`
    * @param {{read: Function, write: Function}} [o.store]  none: an authorize call (no record)
    * @param {{tokenUrl: string, apiOrigins: string[], instanceUrlOrigins: string[]}} o.settings  the WIT settings
+   * @param {string} [o.deviceUrl]  the device authorization URL (an authorize call's; a send has none)
    * @param {import('./http.js').HttpClient} o.http
    * @param {number} o.deadline  epoch ms after which no refresh token is spent
    * @param {(event: object) => void} [o.onEvent]
@@ -44,6 +45,7 @@ export class CallHost {
     const kind = typeof purpose === 'string' ? purpose : PURPOSES[purpose];
     const why = refusal(kind, req.url, {
       tokenUrl: this.settings.tokenUrl,
+      deviceUrl: this.deviceUrl,
       apiOrigins: this.settings.apiOrigins ?? [],
       instanceUrlOrigins: this.settings.instanceUrlOrigins ?? [],
       instanceUrl: this.#instanceUrl,

@@ -274,7 +274,7 @@ export class Rekey {
   async #startDevice(settings, credential, onEvent) {
     const wsettings = toWitSettings(settings);
     const auth = witAuthorization(settings, '');
-    const grant = await this.#authorizeCall('deviceStart', [wsettings, auth], { settings: wsettings, credential, onEvent });
+    const grant = await this.#authorizeCall('deviceStart', [wsettings, auth], { settings: wsettings, deviceUrl: auth.deviceUrl, credential, onEvent });
     return new DeviceAuthorization(grant, auth);
   }
 
@@ -287,12 +287,13 @@ export class Rekey {
     return importTokenResponse(body);
   }
 
-  async #authorizeCall(op, args, { settings, credential, onEvent, timeoutMs }) {
+  async #authorizeCall(op, args, { settings, deviceUrl, credential, onEvent, timeoutMs }) {
     const bound = timeoutMs ?? this.#options.callTimeoutMs;
     // No record: the component stores nothing and spends no refresh token here.
     const host = new CallHost({
       credential,
       settings,
+      deviceUrl,
       http: this.#http,
       deadline: Date.now() + bound,
       onEvent: onEvent ?? this.#options.onEvent,

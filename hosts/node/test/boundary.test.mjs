@@ -150,3 +150,16 @@ test('through the component: an API URL outside the origins, or a token URL in c
     await p.stop();
   }
 });
+
+test('a device request goes only to the device URL of an authorize call; a send makes none', () => {
+  // Its body carries the client's credentials (client_secret_post, or Basic).
+  const rules = { tokenUrl: 'https://idp.example/token', apiOrigins: ['*'] };
+  for (const url of ['https://evil.example/steal', 'https://idp.example/token', 'https://idp.example/device']) {
+    assert.notEqual(refusal('device-endpoint', url, rules), undefined, `${url}: admitted in a send`);
+  }
+  const authorize = { ...rules, deviceUrl: 'https://idp.example/device' };
+  assert.equal(refusal('device-endpoint', 'https://idp.example/device', authorize), undefined);
+  for (const url of ['https://evil.example/steal', 'https://idp.example/token', 'https://idp.example/device?x']) {
+    assert.notEqual(refusal('device-endpoint', url, authorize), undefined, url);
+  }
+});
