@@ -10,11 +10,13 @@
 import { spawn } from 'node:child_process';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
+import net from 'node:net';
 import { isLoopback } from './boundary.js';
 import {
   AuthorizationTimeout, Category, InvalidSettings, ListenerError, RekeyError, StateMismatch, TokenEndpointError,
 } from './errors.js';
 import { TokenSet } from './secret.js';
+import { sameUser } from './same-user.js';
 import { pairs } from './wit-values.js';
 
 /** How long the code grant waits for the redirect unless told otherwise. */
@@ -25,6 +27,8 @@ export const DEFAULT_REDIRECT_URI = 'http://127.0.0.1/callback';
 const ENTROPY_BYTES = 48;
 /** Bound on reading one request at the loopback listener. */
 const READ_TIMEOUT_MS = 10_000;
+/** Bytes of another user's request discarded before its connection is dropped. */
+const MAX_HEAD = 16 * 1024;
 /** Random bytes in the start URL's one-use token (256 bits). */
 const START_TOKEN_BYTES = 32;
 /** Redirects held while one is being checked; more are answered 503. */
@@ -184,10 +188,15 @@ export function hiddenParts(started, Kind) {
  * user can read), answered once with a 302 to the authorization URL (which
  * carries the state and PKCE challenge); a wrong token is 404. Every GET of
  * the redirect path is queued for `next()`, to be answered after its check;
- * other paths are answered 404, other methods 405.
+ * other paths are answered 404, other methods 405. On Linux it serves only
+ * programs of this user (`sameUser`): another user's connection is answered
+ * 403 before a byte of it is read and never reaches the HTTP server, so it
+ * holds nothing there.
  */
 export class RedirectListener {
   #server;
+  #http;
+  #sockets = new Set();
   #path;
   #token = randomBytes(START_TOKEN_BYTES).toString('base64url');
   #target;
@@ -215,9 +224,11 @@ export class RedirectListener {
     const literal = url.hostname.replace(/^\[|\]$/g, '');
     const host = literal === '::1' || /^127\.\d+\.\d+\.\d+$/.test(literal) ? literal : '127.0.0.1';
     if (url.pathname.startsWith('/start/') || url.pathname === '/start') throw bad('/start is the listener\'s own path');
-    const server = http.createServer();
-    server.headersTimeout = READ_TIMEOUT_MS;
-    server.requestTimeout = READ_TIMEOUT_MS;
+    // Connections arrive paused (nothing read) at a plain TCP server, which
+    // hands only this user's to the HTTP server (never listening itself);
+    // half-open as the HTTP server's own are, so a client that shuts its
+    // writing side after the request still gets the answer.
+    const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true });
     await new Promise((resolve, reject) => {
       server.once('error', (err) => reject(new ListenerError(`cannot listen on ${host}:${url.port || 0} (${err.code ?? err.name})`)));
       server.listen(Number(url.port || 0), host, resolve);
@@ -229,6 +240,7 @@ export class RedirectListener {
 
   constructor(server, path, redirectUri, origin) {
     this.#server = server;
+    this.#http = http.createServer();
     this.#path = path;
     /** As sent in the authorization request, with the bound port. */
     this.redirectUri = redirectUri;
@@ -236,7 +248,33 @@ export class RedirectListener {
     this.startUrl = `${origin}/start/${this.#token}`;
     this.#failed = new Promise((_, reject) => { this.#fail = reject; });
     this.#failed.catch(() => {});
-    server.on('request', (req, res) => this.#request(req, res));
+    server.on('connection', (socket) => this.#connection(socket));
+    this.#http.on('request', (req, res) => {
+      clearTimeout(this.#reading.get(req.socket));
+      this.#request(req, res);
+    });
+  }
+
+  // The read bound of each connection handed on, until its request head is in.
+  #reading = new WeakMap();
+
+  #connection(socket) {
+    this.#sockets.add(socket);
+    socket.once('close', () => this.#sockets.delete(socket));
+    socket.on('error', () => {});
+    if (this.#closed) {
+      socket.destroy();
+      return;
+    }
+    if (!sameUser(socket)) {
+      refuse(socket);
+      return;
+    }
+    const timer = setTimeout(() => socket.destroy(), READ_TIMEOUT_MS);
+    socket.once('close', () => clearTimeout(timer));
+    this.#reading.set(socket, timer);
+    this.#http.emit('connection', socket);
+    socket.resume();
   }
 
   /** The authorization URL the start URL redirects to. */
@@ -262,7 +300,7 @@ export class RedirectListener {
   close() {
     this.#closed = true;
     this.#server.close();
-    this.#server.closeAllConnections();
+    for (const socket of this.#sockets) socket.destroy();
   }
 
   #request(req, res) {
@@ -310,6 +348,25 @@ export class RedirectListener {
     });
     res.end();
   }
+}
+
+/**
+ * 403 to another user's connection, at once and without looking at what it
+ * sent: that is discarded unread (so closing sends FIN, not RST, and its
+ * program sees the answer); the connection is dropped when its program
+ * closes, after MAX_HEAD bytes, or after READ_TIMEOUT_MS.
+ */
+function refuse(socket) {
+  const timer = setTimeout(() => socket.destroy(), READ_TIMEOUT_MS);
+  socket.once('close', () => clearTimeout(timer));
+  socket.once('end', () => socket.destroy());
+  let discarded = 0;
+  socket.on('data', (chunk) => {
+    discarded += chunk.length;
+    if (discarded > MAX_HEAD) socket.destroy();
+  });
+  const body = 'not yours\n';
+  socket.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${body.length}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n${body}`);
 }
 
 /** Compares a presented start token with ours in time independent of where they differ. */

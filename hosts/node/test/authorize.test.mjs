@@ -16,6 +16,7 @@
 // page or printed value. Verdicts never depend on timing: waits poll.
 
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createServer } from 'node:http';
 import { test } from 'node:test';
@@ -461,6 +462,117 @@ test('authorize: the start URL is one-use: opened a second time it is 404 and th
   assert.notEqual(played.late.status, 200, 'the redirect of whoever opened it is not accepted');
   assert.equal(exchanges, 0);
   assert.deepEqual(saved, []);
+});
+
+/**
+ * Why the other-user scenarios cannot run here, or undefined: they need Linux
+ * (the listener's uid check) and root (to run a client as uid 65534).
+ */
+function otherUserSkip() {
+  if (process.platform !== 'linux') return 'the same-user check is Linux only';
+  if (process.geteuid() !== 0) return 'needs root to run a client as another user (uid 65534)';
+  return undefined;
+}
+
+// A client run as uid 65534 by `setpriv`, on this same node binary. `get`
+// sends a GET and prints the answer's status; `half-close` also shuts its
+// writing side right after sending (its socket is then FIN_WAIT2 when the
+// listener looks it up, and it still reads the answer); `idle` opens N
+// connections that send nothing, prints `ready`, and when its stdin closes
+// prints how many were answered 403.
+const OTHER_CLIENT = `
+const net = require('node:net');
+const [mode, host, port, target, n] = process.argv.slice(1);
+const connect = () => net.connect({ host, port: Number(port), allowHalfOpen: true });
+const status = (data) => String(data).split('\\r\\n', 1)[0].split(' ')[1] ?? 'none';
+if (mode === 'idle') {
+  const held = Array.from({ length: Number(n) }, connect);
+  const answers = held.map((s) => { let d = ''; s.on('data', (c) => { d += c; }); s.on('error', () => {}); return () => d; });
+  let connected = 0;
+  for (const s of held) s.once('connect', () => { if (++connected === held.length) console.log('ready'); });
+  process.stdin.resume();
+  process.stdin.on('end', () => { console.log(answers.filter((a) => status(a()) === '403').length); process.exit(0); });
+} else {
+  const s = connect();
+  let data = '';
+  s.on('data', (c) => { data += c; });
+  s.on('error', () => {});
+  s.on('end', () => { console.log(status(data)); s.destroy(); });
+  const request = 'GET ' + target + ' HTTP/1.0\\r\\nhost: ' + host + ':' + port + '\\r\\n\\r\\n';
+  s.once('connect', () => (mode === 'half-close' ? s.end(request) : s.write(request)));
+}
+`;
+
+/** Runs OTHER_CLIENT as uid 65534 against `url`. */
+function asAnotherUser(url, mode, n = 0) {
+  const u = new URL(url);
+  const args = ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', OTHER_CLIENT, mode, u.hostname, u.port, `${u.pathname}${u.search}`, String(n)];
+  return spawn('setpriv', args, { stdio: ['pipe', 'pipe', 'inherit'] });
+}
+
+/** The first line `child` prints. */
+function firstLine(child) {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (c) => {
+      out += c;
+      if (out.includes('\n')) resolve(out.slice(0, out.indexOf('\n')));
+    });
+    child.once('error', reject);
+    child.once('close', (code) => resolve(out.trim() || `exit ${code}`));
+  });
+}
+
+/** The status another user's `mode` GET of `url` got. */
+const statusAsAnotherUser = (url, mode) => firstLine(asAnotherUser(url, mode));
+
+test('authorize: another user\'s programs (uid 65534) get 403 for the start URL and the redirect, also with a half-closed socket; the flow then succeeds for this user', async (t) => {
+  const skip = otherUserSkip();
+  if (skip) {
+    console.log(`SKIPPED: ${skip}`);
+    t.skip(skip);
+    return;
+  }
+  const { keys, err, played, saved, exchanges } = await scriptedCodeFlow({}, async (url, authorizationUrl) => {
+    const start = { get: await statusAsAnotherUser(url, 'get'), halfClosed: await statusAsAnotherUser(url, 'half-close') };
+    const opened = await get(url);
+    const redirect = redirectTo(authorizationUrl, (state) => `code=scripted-code&state=${state}`);
+    const theirs = { get: await statusAsAnotherUser(redirect, 'get'), halfClosed: await statusAsAnotherUser(redirect, 'half-close') };
+    const page = await get(redirect);
+    return { start, opened, theirs, page };
+  });
+  assert.equal(err, undefined, printed(err));
+  assert.deepEqual(played.start, { get: '403', halfClosed: '403' }, 'the start URL is not served to another user');
+  assert.equal(played.opened.status, 302, 'and is still there for ours');
+  assert.deepEqual(played.theirs, { get: '403', halfClosed: '403' }, 'another user has no say in the redirect');
+  assert.equal(played.page.status, 200, played.page.body);
+  assert.equal(exchanges, 1, 'one exchange: ours');
+  assert.deepEqual(saved, ['scripted-refresh-token']);
+  assert.equal(keys.get('access_token'), 'scripted-access-token');
+});
+
+test('authorize: 400 idle connections of another user are each answered 403 and do not hold the listener: the start URL and the redirect are served', async (t) => {
+  const skip = otherUserSkip();
+  if (skip) {
+    console.log(`SKIPPED: ${skip}`);
+    t.skip(skip);
+    return;
+  }
+  const { err, played, exchanges } = await scriptedCodeFlow({}, async (url, authorizationUrl) => {
+    const idle = asAnotherUser(url, 'idle', 400);
+    const ready = await firstLine(idle);
+    const opened = await get(url);
+    const page = await get(redirectTo(authorizationUrl, (state) => `code=scripted-code&state=${state}`));
+    const counted = firstLine(idle);
+    idle.stdin.end();
+    return { ready, opened, page, refused: await counted };
+  });
+  assert.equal(err, undefined, printed(err));
+  assert.equal(played.ready, 'ready');
+  assert.equal(played.opened.status, 302, 'the start URL answered behind 400 idle connections');
+  assert.equal(played.page.status, 200, played.page.body);
+  assert.equal(played.refused, '400', 'each idle connection was answered 403');
+  assert.equal(exchanges, 1);
 });
 
 test('authorize: RFC 9207: a missing iss when the issuer sends it, and a forged iss, are refused before any exchange; the matching one is accepted', async () => {
