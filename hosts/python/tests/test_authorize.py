@@ -551,6 +551,125 @@ def test_authorize_start_url_opened_twice_ends_the_flow_with_nothing_exchanged(c
     assert out["exchanges"] == 0 and out["saved"] == []
 
 
+# A client run as uid 65534 (setpriv). ``get`` sends a GET and prints the
+# answer's status; ``half-close`` also shuts its writing side right after
+# sending (its socket is then FIN_WAIT2 when the listener looks it up, and it
+# still reads the answer); ``idle`` opens N connections that send nothing,
+# prints ``ready``, and when its stdin closes prints how many were answered 403.
+OTHER_CLIENT = r"""
+import socket, sys
+mode, host, port, target, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+def status(data):
+    head = data.split(b"\r\n", 1)[0].split()
+    return head[1].decode() if len(head) > 1 else "none"
+def answer(s):
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+if mode == "idle":
+    held = [socket.create_connection((host, port)) for _ in range(n)]
+    print("ready", flush=True)
+    sys.stdin.read()
+    print(sum(status(answer(s)) == "403" for s in held), flush=True)
+    sys.exit(0)
+s = socket.create_connection((host, port))
+s.sendall(("GET %s HTTP/1.0\r\nhost: %s:%d\r\n\r\n" % (target, host, port)).encode())
+if mode == "half-close":
+    s.shutdown(socket.SHUT_WR)
+print(status(answer(s)), flush=True)
+"""
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _other_user_python() -> str:
+    """A Python that uid 65534 can run (this one may live under /root), or a
+    skip with the reason: these scenarios need Linux and root."""
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("the same-user check is Linux only")
+    if os.geteuid() != 0:
+        print("SKIPPED: needs root to run a client as another user (uid 65534)")
+        pytest.skip("needs root to run a client as another user (uid 65534)")
+    for candidate in (os.path.realpath(os.sys.executable), "/usr/bin/python3", shutil.which("python3") or ""):
+        if candidate and subprocess.run([*AS_NOBODY, candidate, "-c", "pass"], capture_output=True).returncode == 0:
+            return candidate
+    pytest.skip("no Python that uid 65534 can run")
+
+
+def as_another_user(python: str, url: str, mode: str, n: int = 0) -> subprocess.Popen:
+    u = urllib.parse.urlsplit(url)
+    target = f"{u.path}?{u.query}" if u.query else u.path
+    return subprocess.Popen([*AS_NOBODY, python, "-c", OTHER_CLIENT, mode, u.hostname, str(u.port), target, str(n)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def status_as_another_user(python: str, url: str, mode: str) -> str:
+    proc = as_another_user(python, url, mode)
+    out, _ = proc.communicate(timeout=60)
+    return out.strip()
+
+
+def test_authorize_another_users_programs_get_403_for_the_start_url_and_the_redirect(client, caplog):
+    """Issue #20's attacker is another local user who read the start URL on
+    the opener's command line: plain or with a half-closed socket, it gets 403
+    for the start URL and for a redirect with this request's state; the start
+    URL is still there for ours, and the flow succeeds with one exchange."""
+    python = _other_user_python()
+
+    def play(url):
+        start = {mode: status_as_another_user(python, url, mode) for mode in ("get", "half-close")}
+        opened = get(url)
+        redirect = redirect_to(url.authorization_url, lambda st: f"code=scripted-code&state={st}")
+        theirs = {mode: status_as_another_user(python, redirect, mode) for mode in ("get", "half-close")}
+        page = get(redirect)
+        return {"start": start, "opened": opened, "theirs": theirs, "page": page}
+
+    with caplog.at_level(logging.WARNING, logger="rekey"):
+        out = scripted_code_flow(client, play)
+    assert out["err"] is None, said(out["err"])
+    played = out["played"]
+    assert played["start"] == {"get": "403", "half-close": "403"}, "the start URL is not served to another user"
+    assert played["opened"]["status"] == 302, "and is still there for ours"
+    assert played["theirs"] == {"get": "403", "half-close": "403"}, "another user has no say in the redirect"
+    assert played["page"]["status"] == 200, played["page"]
+    assert out["exchanges"] == 1 and out["saved"] == ["scripted-refresh-token"]
+    assert json.loads(out["keys"].expose())["access_token"] == "scripted-access-token"
+    assert caplog.text.count("another user's program reached the authorisation listener; refused") == 4
+
+
+def test_authorize_400_idle_connections_of_another_user_do_not_hold_the_listener(client):
+    """Each is answered 403 before a byte is read (the listener reads requests
+    one at a time, each for up to 10 s: read, 400 would hold it for over an
+    hour); the start URL and the redirect are served."""
+    python = _other_user_python()
+
+    def play(url):
+        idle = as_another_user(python, url, "idle", 400)
+        try:
+            ready = idle.stdout.readline().strip()
+            opened = get(url)
+            page = get(redirect_to(url.authorization_url, lambda st: f"code=scripted-code&state={st}"))
+            refused, _ = idle.communicate("", timeout=60)
+        finally:
+            idle.kill()
+        return {"ready": ready, "opened": opened, "page": page, "refused": refused.strip()}
+
+    out = scripted_code_flow(client, play)
+    assert out["err"] is None, said(out["err"])
+    played = out["played"]
+    assert played["ready"] == "ready"
+    assert played["opened"]["status"] == 302, "the start URL answered behind 400 idle connections"
+    assert played["page"]["status"] == 200, played["page"]
+    assert played["refused"] == "400", "each idle connection was answered 403"
+    assert out["exchanges"] == 1
+
+
 ISSUER = "https://idp.example"
 _ENC = urllib.parse.quote
 

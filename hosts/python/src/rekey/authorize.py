@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import selectors
 import socket
 import time
 import urllib.parse
@@ -27,6 +28,7 @@ from . import errors, http, origins, wit
 from .http import HttpConfig
 from .model import Request, first_token_set
 from .runtime import Bodies
+from .same_user import same_user
 
 log = logging.getLogger("rekey")
 
@@ -42,6 +44,8 @@ READ_TIMEOUT = 10.0
 MAX_HEAD = 16 * 1024
 #: Random bytes in the start URL's one-use token (256 bits).
 START_TOKEN_BYTES = 32
+#: Refused connections kept open (answered, what they send discarded) at once.
+MAX_LINGERING = 256
 
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 §2.1
 _U64_MAX = 2**64 - 1
@@ -240,7 +244,11 @@ class RedirectListener:
     wrong token with 404; opened twice, ``wait`` raises
     :class:`StartUrlReused`. ``wait`` returns the next GET of the redirect
     path (its connection, to answer after the check, and its raw query);
-    other paths are answered 404, other methods 405."""
+    other paths are answered 404, other methods 405. On Linux it serves only
+    programs of this user (:func:`same_user`): another user's connection is
+    answered 403 before a byte of it is read, so it cannot hold the listener
+    (its connection stays open, and what it sends is discarded, until its
+    program closes it or ``READ_TIMEOUT``, so that it reads the answer)."""
 
     def __init__(self, configured: str):
         def bad(m: str) -> errors.InvalidSettings:
@@ -268,7 +276,7 @@ class RedirectListener:
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             self._sock.bind((address, port))
-            self._sock.listen(16)
+            self._sock.listen(128)  # room for a burst of another user's connections, each refused at once
         except OSError as e:
             self._sock.close()
             raise errors.ListenerError(f"cannot listen on {address}:{port} ({type(e).__name__})") from None
@@ -283,6 +291,11 @@ class RedirectListener:
         self._target: Optional[str] = None
         self._opened = False
         self._reused = False
+        self._sock.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._sock, selectors.EVENT_READ)
+        #: Refused connections -> [when to drop them, bytes discarded].
+        self._lingering: dict[socket.socket, list] = {}
 
     def serve(self, authorization_url: str) -> None:
         """The authorization URL the start URL redirects to."""
@@ -300,16 +313,36 @@ class RedirectListener:
         (``time.monotonic()``)."""
         while True:
             self.check()
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 return None
-            self._sock.settimeout(left)
+            for conn, (until, _) in list(self._lingering.items()):
+                if until <= now:
+                    self._drop(conn)
+            wake = min([deadline, *(until for until, _ in self._lingering.values())])
             try:
-                conn, _ = self._sock.accept()
-            except (socket.timeout, TimeoutError):
-                return None
+                ready = [key.fileobj for key, _ in self._selector.select(wake - now)]
             except OSError as e:
                 raise errors.ListenerError(type(e).__name__) from None
+            for conn in ready:
+                if conn is not self._sock:
+                    self._discard(conn)
+            if self._sock not in ready:
+                continue
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as e:
+                raise errors.ListenerError(type(e).__name__) from None
+            conn.setblocking(True)
+            if not same_user(conn):
+                # Another local user (who may have read the start URL on the
+                # opener's command line) gets neither the authorization URL
+                # nor a say in the redirect.
+                log.warning("another user's program reached the authorisation listener; refused")
+                self._refuse(conn)
+                continue
             target = _read_target(conn, min(READ_TIMEOUT, max(0.1, deadline - time.monotonic())))
             if target is None:
                 continue
@@ -321,6 +354,51 @@ class RedirectListener:
                 respond(conn, "404 Not Found", "not found")
                 continue
             return conn, query
+
+    def _refuse(self, conn: socket.socket) -> None:
+        """403 at once, without reading a byte first; then the connection is
+        kept, what it sends discarded unread, until its program closes it (so
+        closing sends FIN, not RST, and that program sees the answer) or
+        ``READ_TIMEOUT``: nothing is waited for."""
+        body = b"not yours\n"
+        try:
+            conn.settimeout(READ_TIMEOUT)
+            conn.sendall(
+                b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\ncache-control: no-store\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+            conn.shutdown(socket.SHUT_WR)
+            conn.setblocking(False)
+        except OSError:
+            conn.close()
+            return
+        if len(self._lingering) >= MAX_LINGERING:
+            self._drop(min(self._lingering, key=lambda c: self._lingering[c][0]))
+        self._lingering[conn] = [time.monotonic() + READ_TIMEOUT, 0]
+        self._selector.register(conn, selectors.EVENT_READ)
+        self._discard(conn)
+
+    def _discard(self, conn: socket.socket) -> None:
+        """Reads and drops what a refused connection sent; drops it at its end."""
+        entry = self._lingering[conn]
+        try:
+            while entry[1] <= MAX_HEAD:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                entry[1] += len(chunk)
+            else:
+                self._drop(conn)  # more than a request head: not a browser
+                return
+        except (BlockingIOError, InterruptedError):
+            return  # all it sent so far is read
+        except OSError:
+            pass
+        self._drop(conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self._selector.unregister(conn)
+        del self._lingering[conn]
+        conn.close()
 
     def _start(self, conn: socket.socket, token: str) -> None:
         # Compared in time independent of where the tokens differ.
@@ -338,6 +416,9 @@ class RedirectListener:
         ).encode())
 
     def close(self) -> None:
+        for conn in list(self._lingering):
+            self._drop(conn)
+        self._selector.close()
         self._sock.close()
 
 
