@@ -219,6 +219,10 @@ fn send_with_token<F: Effects>(
     binding(settings)
         .check_api_url(&req.url, keys.str_field("instance_url"))
         .map_err(SendError::InvalidSettings)?;
+    // The token goes to the URL's origin; a `Host` naming another site would
+    // hand it to that site on a shared front end (domain fronting).
+    origins::check_host_header(&req.url, &req.headers)
+        .map_err(|m| SendError::Transport(TransportError::InvalidRequest(m)))?;
     let token = keys
         .access_token()
         .ok_or_else(|| SendError::TokenEndpoint("token set has no access_token".into()))?;
@@ -1239,6 +1243,42 @@ mod tests {
         assert!(
             matches!(err, Refusal::Error(SendError::SettingsRejected(e)) if e.code == "invalid_client")
         );
+    }
+
+    #[test]
+    fn a_host_header_naming_another_site_is_refused_before_anything_is_sent() {
+        for host in [
+            "evil.example",
+            "127.0.0.1:10",
+            "127.0.0.2:9",
+            "",
+            "127.0.0.1:9@x",
+        ] {
+            let mut fx = script([]);
+            fx.record.data.keys = Some(KEYS.into());
+            let mut req = api();
+            req.headers.push(("HOST".into(), host.into()));
+            let err = send(&mut fx, &settings(Strategy::OnAuthFailure), &req).unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    Refusal::Error(SendError::Transport(TransportError::InvalidRequest(_)))
+                ),
+                "{host}: {err:?}"
+            );
+            assert!(fx.sent.is_empty(), "{host}");
+        }
+        // Its own origin, however written, is fine.
+        for host in ["127.0.0.1:9", " 127.0.0.1:9 "] {
+            let mut fx = script([ok(200, "ok")]);
+            fx.record.data.keys = Some(KEYS.into());
+            let mut req = api();
+            req.headers.push(("host".into(), host.into()));
+            assert!(
+                send(&mut fx, &settings(Strategy::OnAuthFailure), &req).is_ok(),
+                "{host}"
+            );
+        }
     }
 
     #[test]

@@ -167,6 +167,28 @@ pub fn check_transport(url: &str, what: &str) -> Result<Origin, String> {
     Ok(origin)
 }
 
+/// A caller's `Host` header must name the URL's own origin (any case, the
+/// default port written or not): the bearer token is for that origin only.
+pub fn check_host_header(url: &str, headers: &[(String, String)]) -> Result<(), String> {
+    let Some(target) = Origin::of(url) else {
+        return Ok(()); // refused by the URL check before this
+    };
+    let scheme = if target.https { "https://" } else { "http://" };
+    for (_, value) in headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("host"))
+    {
+        let named = Origin::of(&format!("{scheme}{}/", value.trim()));
+        if named.as_ref() != Some(&target) {
+            return Err(
+                "the request's Host header names another site than its URL: the token is sent only to the URL's origin"
+                    .into(),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// What follows the scheme, up to the path, query or fragment.
 fn authority(url: &str) -> &str {
     let rest = url.split_once("://").map_or("", |(_, r)| r);

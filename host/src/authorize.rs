@@ -450,13 +450,9 @@ impl Rekey {
         });
         let bound = Duration::from_secs(u64::from(grant.expires_in)) + CALL_TIMEOUT;
         let body = self
-            .run_authorize(
-                name,
-                &wsettings.token_url,
-                None,
-                bound,
-                async |g, s| g.call_device_poll(s, &wsettings, &grant).await,
-            )
+            .run_authorize(name, &wsettings.token_url, None, bound, async |g, s| {
+                g.call_device_poll(s, &wsettings, &grant).await
+            })
             .await??;
         TokenSet::import(&body).map_err(|e| AuthorizeError::Endpoint {
             at: TOKEN_ENDPOINT,

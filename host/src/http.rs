@@ -99,6 +99,12 @@ impl HttpClient {
         for (name, value) in &req.headers {
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| TransportError::InvalidRequest("invalid header name".into()))?;
+            // The Host sent is always the URL's own (reqwest writes it): the
+            // component refuses one naming another site; this is the second
+            // line (no domain fronting).
+            if name == reqwest::header::HOST {
+                continue;
+            }
             // Never echo a value: this may be the Authorization header.
             let value = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
                 TransportError::InvalidRequest(format!("invalid value for header {name}"))
@@ -337,5 +343,38 @@ mod tests {
             .await;
         answered.await.unwrap();
         assert_eq!(result.unwrap().status, 204);
+    }
+
+    /// Second line against domain fronting: whatever `Host` the request
+    /// carries, the one sent names the URL's own host and port.
+    #[tokio::test]
+    async fn the_host_sent_is_the_urls_own() {
+        let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = sink.local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}/t");
+        let seen = tokio::task::spawn_blocking(move || {
+            let (mut conn, _) = sink.accept().unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0; 1024];
+            while !seen.ends_with(BODY) {
+                let n = std::io::Read::read(&mut conn, &mut buf).unwrap();
+                assert!(n > 0, "the request ended early");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            std::io::Write::write_all(&mut conn, b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+            String::from_utf8_lossy(&seen).to_lowercase()
+        });
+        let mut head = post(&url);
+        head.headers.push(("Host".into(), "evil.example".into()));
+        let result = HttpClient::new(&HttpConfig::default())
+            .send_to(parse_url(&url).unwrap(), &head, BODY.into())
+            .await;
+        let seen = seen.await.unwrap();
+        assert_eq!(result.unwrap().status, 204);
+        assert!(
+            seen.contains(&format!("host: 127.0.0.1:{port}\r\n")),
+            "{seen}"
+        );
+        assert!(!seen.contains("evil.example"), "{seen}");
     }
 }

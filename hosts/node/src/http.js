@@ -239,19 +239,18 @@ function buildRequest(req) {
   }
   if (!TOKEN.test(req.method)) return { error: fail('invalid-request', 'invalid HTTP method') };
   // A flat [name, value, name, value, ...] list keeps order and duplicates.
-  const headers = [];
-  let hasHost = false;
+  // The Host sent is always the URL's own: the component refuses a caller's
+  // that names another site, and this is the second line (no domain fronting).
+  const headers = ['Host', url.host];
   for (const [name, value] of req.headers) {
     if (!TOKEN.test(name)) return { error: fail('invalid-request', 'invalid header name') };
     // Never echo a value: this may be the Authorization header.
     if (!FIELD_VALUE.test(value)) return { error: fail('invalid-request', `invalid value for header ${name}`) };
     const lower = name.toLowerCase();
     // The body's length is ours to state; a caller's could only disagree.
-    if (lower === 'content-length' || lower === 'transfer-encoding') continue;
-    if (lower === 'host') hasHost = true;
+    if (lower === 'content-length' || lower === 'transfer-encoding' || lower === 'host') continue;
     headers.push(name, value);
   }
-  if (!hasHost) headers.unshift('Host', url.host);
   headers.push('Content-Length', String(req.body.byteLength));
   return { url, headers };
 }

@@ -92,3 +92,26 @@ test('loopback: a plain http:// request is written only to a loopback peer', asy
     assert.equal(seen.bytes, 0, 'a byte reached a non-loopback peer');
   });
 });
+
+test('host: the Host sent is always the URL\'s own (no domain fronting)', async () => {
+  let head = '';
+  const server = net.createServer((socket) => {
+    socket.on('data', (chunk) => {
+      head += chunk.toString('latin1');
+      if (head.includes('\r\n\r\n')) socket.end('HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n');
+    });
+    socket.on('error', () => {});
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    const { port } = server.address();
+    const req = post(`http://127.0.0.1:${port}/t`);
+    req.headers.push(['Host', 'evil.example']);
+    const res = await new HttpClient({}).send(req);
+    assert.equal(res.ok ? res.value.status : res, 204);
+    assert.match(head.toLowerCase(), new RegExp(`host: 127\\.0\\.0\\.1:${port}\r\n`));
+    assert.doesNotMatch(head.toLowerCase(), /evil\.example/);
+  } finally {
+    await new Promise((r) => server.close(r));
+  }
+});

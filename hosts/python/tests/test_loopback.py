@@ -116,3 +116,32 @@ def test_plain_http_is_written_only_to_a_loopback_peer(monkeypatch):
         assert sink.bytes == 0, "a byte reached a non-loopback peer"
     finally:
         sink.close()
+
+
+def test_the_host_sent_is_the_urls_own():
+    """Second line against domain fronting: whatever Host the request
+    carries, the one written names the URL's own host and port."""
+    seen = []
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    port = sock.getsockname()[1]
+
+    def serve():
+        conn, _ = sock.accept()
+        with conn:
+            seen.append(conn.recv(65536))
+            conn.sendall(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        req = post(f"http://127.0.0.1:{port}/t")
+        req = Request.post(req.url, req.body, [*req.headers, ("Host", "evil.example")])
+        assert rhttp.send(req, CONFIG).status == 204
+        server.join(10)
+        head = seen[0].decode("latin-1").lower()
+        assert f"host: 127.0.0.1:{port}\r\n" in head, head
+        assert "evil.example" not in head, head
+    finally:
+        sock.close()

@@ -165,12 +165,14 @@ def _connect(conn: http.client.HTTPConnection) -> None:
 
 
 def _write(conn: http.client.HTTPConnection, req: Request, target: str) -> None:
-    names = {name.lower() for name, _ in req.headers}
     try:
-        conn.putrequest(req.method, target, skip_host="host" in names, skip_accept_encoding=True)
+        # The Host sent is always the URL's own (http.client writes it): the
+        # component refuses a caller's naming another site; this is the
+        # second line (no domain fronting).
+        conn.putrequest(req.method, target, skip_accept_encoding=True)
         for name, value in req.headers:
-            if name.lower() in ("content-length", "transfer-encoding"):
-                continue  # framing is ours: it follows the body actually sent
+            if name.lower() in ("content-length", "transfer-encoding", "host"):
+                continue  # framing and Host are ours
             if not _TOKEN.match(name):
                 raise TransportError("invalid-request", "invalid header name")
             if any(c in value for c in "\r\n\0"):
