@@ -601,3 +601,20 @@ async fn a_bound_credential_sends_its_token_only_to_its_origins() {
         );
     }
 }
+
+/// The README's first command: the demo runs every strategy through the
+/// embedded provider and says nothing failed (it exits non-zero otherwise).
+#[test]
+fn the_demo_runs_clean() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(rekey_bin())
+        .arg("demo")
+        .env("XDG_CACHE_HOME", cache.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert!(printed.contains("(0 failed)"), "{printed}");
+    assert!(printed.contains("please authenticate"), "{printed}");
+}

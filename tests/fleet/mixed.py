@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -188,7 +189,9 @@ def run_fleet(label: str, store: str, stored_keys, kit: Testkit) -> dict:
     add = subprocess.run(
         [env("REKEY_BIN"), "--store", store, "credential", "add", CREDENTIAL,
          "--token-url", kit.info["token_url"], "--client-id", kit.info["client_id"],
-         "--client-secret-env", "REKEY_FLEET_CLIENT_SECRET", "--keys", "-"],
+         "--client-secret-env", "REKEY_FLEET_CLIENT_SECRET", "--keys", "-",
+         # Bound to the test kit's API, as every worker's own settings are.
+         "--api-origin", "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(kit.info["api_url"]))],
         input=json.dumps(keys), capture_output=True, text=True,
     )
     if add.returncode != 0:

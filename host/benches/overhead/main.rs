@@ -80,8 +80,9 @@ async fn run(cache_dir: PathBuf, cold: Option<ColdStart>, workers: usize) {
     let api: Arc<str> = provider.api_url("me").into();
 
     let client = provider.client();
-    let settings =
+    let mut settings =
         Settings::new(client.token_url, client.client_id).with_secret(client.client_secret);
+    settings.api_origins = vec![provider.base_url()];
     let put = |store: &dyn KeyStore, name: &str| {
         let keys = TokenSet::import(&provider.authorize().to_string()).expect("token response");
         store.put(name, &settings, Some(&keys)).expect("put");

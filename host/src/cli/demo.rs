@@ -146,6 +146,8 @@ pub async fn run() -> Result<Exit, Failure> {
             .with_auth(ClientAuth::Basic)
             .with_strategy(strategy);
         settings.expiry_margin_secs = 1;
+        // Bound, as every credential must be: its token goes to the demo's API only.
+        settings.api_origins = vec![provider.base_url()];
         let keys = TokenSet::import(&provider.authorize().to_string())
             .map_err(|e| fail("import the first token set", &e))?;
         store
@@ -204,8 +206,9 @@ pub async fn run() -> Result<Exit, Failure> {
 
     println!("── no keys stored: what a host sees before anyone has authorised");
     let client = provider.client();
-    let settings =
+    let mut settings =
         Settings::new(client.token_url, client.client_id).with_secret(client.client_secret);
+    settings.api_origins = vec![provider.base_url()];
     store
         .put("unauthorised", &settings, None)
         .map_err(|e| fail("store the credential", &e))?;
