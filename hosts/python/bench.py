@@ -107,7 +107,8 @@ def main() -> None:
     p = Provider("--access-ttl-ms", "3600000")
     bodies, bodies_url = start_body_server()
     try:
-        settings = p.settings()
+        # Any origin, explicitly: the body server listens on a port chosen at run time.
+        settings = p.settings(api_origins=["*"])
         # one grant each: both rotate their refresh token on every refresh
         store = MemoryStore()
         store.put("c", settings, rekey.keys_from_token_response(p.authorize()))
