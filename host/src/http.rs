@@ -301,6 +301,23 @@ mod tests {
         )
     }
 
+    /// Accepts one connection on `sink`, reads the request up to its body
+    /// ([`BODY`]), answers 204 and returns what it read.
+    fn answer_one_request(sink: std::net::TcpListener) -> tokio::task::JoinHandle<Vec<u8>> {
+        tokio::task::spawn_blocking(move || {
+            let (mut conn, _) = sink.accept().unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0; 1024];
+            while !seen.ends_with(BODY) {
+                let n = std::io::Read::read(&mut conn, &mut buf).unwrap();
+                assert!(n > 0, "the request ended early");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            std::io::Write::write_all(&mut conn, b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+            seen
+        })
+    }
+
     /// `localhost` that also resolves to another machine's address is
     /// refused before any connection: the sink, listening on the loopback
     /// answer the client would otherwise dial, accepts nothing.
@@ -326,18 +343,8 @@ mod tests {
             assert!(sink.accept().is_err(), "{answers:?}: the sink was reached");
         }
         // The control: loopback answers alone reach the same sink.
-        let answered = tokio::task::spawn_blocking(move || {
-            sink.set_nonblocking(false).unwrap();
-            let (mut conn, _) = sink.accept().unwrap();
-            let mut seen = Vec::new();
-            let mut buf = [0; 1024];
-            while !seen.ends_with(BODY) {
-                let n = std::io::Read::read(&mut conn, &mut buf).unwrap();
-                assert!(n > 0, "the request ended early");
-                seen.extend_from_slice(&buf[..n]);
-            }
-            std::io::Write::write_all(&mut conn, b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
-        });
+        sink.set_nonblocking(false).unwrap();
+        let answered = answer_one_request(sink);
         let result = resolving_to(&["127.0.0.1:0", "[::1]:0"])
             .send_to(parse_url(&url).unwrap(), &post(&url), BODY.into())
             .await;
@@ -352,24 +359,13 @@ mod tests {
         let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = sink.local_addr().unwrap().port();
         let url = format!("http://127.0.0.1:{port}/t");
-        let seen = tokio::task::spawn_blocking(move || {
-            let (mut conn, _) = sink.accept().unwrap();
-            let mut seen = Vec::new();
-            let mut buf = [0; 1024];
-            while !seen.ends_with(BODY) {
-                let n = std::io::Read::read(&mut conn, &mut buf).unwrap();
-                assert!(n > 0, "the request ended early");
-                seen.extend_from_slice(&buf[..n]);
-            }
-            std::io::Write::write_all(&mut conn, b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
-            String::from_utf8_lossy(&seen).to_lowercase()
-        });
+        let seen = answer_one_request(sink);
         let mut head = post(&url);
         head.headers.push(("Host".into(), "evil.example".into()));
         let result = HttpClient::new(&HttpConfig::default())
             .send_to(parse_url(&url).unwrap(), &head, BODY.into())
             .await;
-        let seen = seen.await.unwrap();
+        let seen = String::from_utf8_lossy(&seen.await.unwrap()).to_lowercase();
         assert_eq!(result.unwrap().status, 204);
         assert!(
             seen.contains(&format!("host: 127.0.0.1:{port}\r\n")),
