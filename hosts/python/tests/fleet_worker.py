@@ -22,6 +22,7 @@ EOF on stdin: exit 0. Every line is flushed. Diagnostics go to stderr."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 import threading
@@ -55,6 +56,7 @@ def hold(store, credential: str, ttl_ms: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    faulthandler.enable()  # a crash prints every thread's stack to stderr
     if len(argv) != 3:
         print("usage: fleet_worker.py STORE CREDENTIAL API_URL", file=sys.stderr)
         return 2

@@ -73,6 +73,17 @@ class Rekey:
         self._callback_lock = threading.Lock()
         self._callback_records: dict[str, CallbackRecord] = {}
 
+    def close(self) -> None:
+        """Frees the compiled component now (it is also freed at exit),
+        after any call in progress. Later calls raise :class:`ComponentError`."""
+        self._runtime.close()
+
+    def __enter__(self) -> "Rekey":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def send(
         self,
         settings: Settings,

@@ -26,6 +26,7 @@ at a time (over a second per MiB), so an API body must never be one."""
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import secrets
 import threading
@@ -104,6 +105,11 @@ class Runtime:
         self.memory_limit_bytes = memory_limit_bytes
         self.call_timeout = call_timeout
         self.lock = threading.Lock()
+        # Calls in progress: their waits release the lock, so holding it is
+        # not enough to know no call is inside the component.
+        self._active = 0
+        self._idle = threading.Condition(self.lock)
+        self.closed = False
         self.linker = self._link()
         found = self.component.get_export_index(CLIENT_INTERFACE)
         send = found and self.component.get_export_index("send", found)
@@ -120,6 +126,21 @@ class Runtime:
             if index is not None:
                 self._exports[name] = index
         _start_epoch_ticker(self.engine)
+        _open_runtimes.add(self)
+
+    def close(self, wait: Optional[float] = None) -> bool:
+        """Frees the engine, component and linker now, rather than when the
+        garbage collector gets to them. Waits up to ``wait`` seconds (None:
+        for ever) for a call in progress; returns False, freeing nothing, if
+        one is still running then. Later calls raise :class:`ComponentError`."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._active == 0, wait):
+                return False
+            if not self.closed:
+                self.closed = True
+                for native in (self.linker, self.component, self.engine):
+                    native.close()
+            return True
 
     def _link(self) -> Linker:
         linker = Linker(self.engine)
@@ -177,9 +198,13 @@ class Runtime:
         if index is None:
             raise ComponentError(f"the component does not export {export!r} (an older component?)")
         with self.lock:
+            if self.closed:
+                raise ComponentError("this rekey instance is closed")
             _current.imports = imports
             _current.unlocked = self.unlocked
             _current.pollables = {}
+            self._active += 1
+            store = None
             try:
                 store = Store(self.engine)
                 store.set_limits(memory_size=self.memory_limit_bytes)
@@ -194,9 +219,15 @@ class Runtime:
             except (WasmtimeError, Trap) as e:
                 raise ComponentError(_first_line(str(e))) from None
             finally:
+                if store is not None:
+                    # Now, on this thread, while the call's bodies and
+                    # pollables are still its own: their destructors run here.
+                    store.close()
                 _current.imports = None
                 _current.unlocked = None
                 _current.pollables = {}
+                self._active -= 1
+                self._idle.notify_all()
 
 
 _pollable_reps = itertools.count(1)
@@ -280,16 +311,46 @@ def _first_line(message: str) -> str:
 
 def _start_epoch_ticker(engine: Engine) -> None:
     """Advances the epoch while the engine lives, so a runaway guest traps at
-    its deadline; the thread ends at the first tick after the engine is gone."""
+    its deadline; the thread ends at the first tick after the engine is
+    closed or gone, or when the interpreter begins to exit."""
     ref = weakref.ref(engine)
 
     def tick() -> None:
-        while True:
+        while not _exiting.is_set():
             engine = ref()
             if engine is None:
                 return
-            engine.increment_epoch()
+            try:
+                engine.increment_epoch()
+            except ValueError:  # closed
+                return
             del engine
-            time.sleep(EPOCH_TICK)
+            _exiting.wait(EPOCH_TICK)
 
-    threading.Thread(target=tick, name="rekey-epoch", daemon=True).start()
+    ticker = threading.Thread(target=tick, name="rekey-epoch", daemon=True)
+    _tickers.add(ticker)
+    ticker.start()
+
+
+# Native handles are freed at exit while the interpreter is still whole.
+# Left to the interpreter's teardown, a daemon ticker can run into a
+# half-finalised runtime, and an engine, linker or store can be freed after
+# the ctypes callbacks wasmtime-py registered for it: a worker process once
+# ended in SIGSEGV after all its calls had succeeded.
+_exiting = threading.Event()
+_tickers: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+_open_runtimes: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
+EXIT_WAIT = 1.0  # seconds for a call still running on another thread at exit
+
+
+def _close_at_exit() -> None:
+    _exiting.set()
+    for ticker in list(_tickers):
+        ticker.join(EXIT_WAIT)
+    for runtime in list(_open_runtimes):
+        # A call still running on a daemon thread keeps its runtime: freeing
+        # it under the call would be worse than the teardown's risk.
+        runtime.close(wait=EXIT_WAIT)
+
+
+atexit.register(_close_at_exit)
