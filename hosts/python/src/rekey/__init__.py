@@ -3,7 +3,7 @@
 
     from rekey import Rekey, Settings, Request, SqliteStore
 
-    rekey = Rekey("rekey_guest.wasm")
+    rekey = Rekey()          # the component packaged with rekey (or wasm=, $REKEY_WASM)
     settings = Settings(token_url="https://login.example.com/oauth2/token",
                         client_id="my-app", client_secret=os.environ["CRM_SECRET"],
                         api_origins=["https://api.example.com"])
@@ -14,6 +14,7 @@
 
 from .authorize import DeviceAuthorization, PendingAuthorization, StartUrl, StartUrlReused, import_token_response
 from .client import Rekey
+from .component import PACKAGED_COMPONENT, component_path, packaged_component_sha256
 from .errors import (
     AccessDenied,
     AuthorizationProviderError,
@@ -83,4 +84,15 @@ __all__ = [
     "PendingAuthorization", "DeviceAuthorization", "import_token_response", "AccessDenied", "StateMismatch",
     "IssuerMismatch", "AuthorizationProviderError", "DeviceCodeExpired", "AuthorizationTimeout",
     "AuthorizationRejected", "ListenerError", "StartUrl", "StartUrlReused",
+    "PACKAGED_COMPONENT", "component_path", "packaged_component_sha256",
 ]
+
+__version__ = "0.3.0"
+
+
+def __getattr__(name: str) -> str:
+    # ``rekey.COMPONENT_SHA256``: the packaged component's SHA-256, hashed on
+    # first use (a source checkout has no packaged component: FileNotFoundError).
+    if name == "COMPONENT_SHA256":
+        return packaged_component_sha256()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,6 +27,7 @@ from .authorize import (
     import_token_response,
     run_code_flow,
 )
+from .component import component_path
 from .http import HttpConfig
 from .model import Grant, Request, Response, Settings
 from .records import StoreError, UnknownCredential, WriteConflict, WriteFailed, WriteUnknown
@@ -44,7 +45,8 @@ SPEND_MARGIN = 1.0
 class Rekey:
     """A loaded rekey component. Thread-safe; share one per process.
 
-    ``wasm`` is the component's path (default: ``$REKEY_WASM``);
+    ``wasm`` is the component's path; without it, ``$REKEY_WASM`` if set,
+    else the component packaged with rekey (:func:`rekey.component_path`).
     ``expected_sha256`` makes loading any other file an error."""
 
     def __init__(
@@ -56,9 +58,7 @@ class Rekey:
         call_timeout: float = 120.0,
         memory_limit_bytes: int = 32 * 1024 * 1024,
     ):
-        path = wasm if wasm is not None else os.environ.get("REKEY_WASM")
-        if not path:
-            raise ValueError("no component: pass wasm= or set REKEY_WASM")
+        path = component_path(wasm)
         with open(path, "rb") as f:
             code = f.read()
         #: SHA-256 (hex) of the component this instance runs.
