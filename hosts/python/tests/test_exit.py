@@ -107,3 +107,14 @@ def test_close_waits_for_a_call_in_progress_then_refuses_new_ones(provider):
         client.send(settings, Request.get(origin + "/held"), keys='{"access_token":"a"}',
                     on_update_keys=lambda _keys: None)
     client.close()  # twice is fine
+
+
+def test_closing_right_after_loading_never_frees_the_engine_under_its_ticker():
+    # The ticker may be inside increment_epoch when close() runs; before the
+    # ticker was stopped and joined first, a few dozen rounds hit SIGSEGV.
+    script = (f"import sys; sys.path.insert(0, {str(SRC)!r}); import os, rekey\n"
+              "for _ in range(60):\n"
+              "    rekey.Rekey(os.environ['REKEY_WASM']).close()\n"
+              "print('closed 60')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "closed 60\n", "")

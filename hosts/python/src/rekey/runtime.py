@@ -125,7 +125,8 @@ class Runtime:
             index = authorize and self.component.get_export_index(name, authorize)
             if index is not None:
                 self._exports[name] = index
-        _start_epoch_ticker(self.engine)
+        self._stop_ticking = threading.Event()
+        self._ticker = _start_epoch_ticker(self.engine, self._stop_ticking)
         _open_runtimes.add(self)
 
     def close(self, wait: Optional[float] = None) -> bool:
@@ -138,6 +139,9 @@ class Runtime:
                 return False
             if not self.closed:
                 self.closed = True
+                # The ticker may be inside increment_epoch: stop it first.
+                self._stop_ticking.set()
+                self._ticker.join()
                 for native in (self.linker, self.component, self.engine):
                     native.close()
             return True
@@ -309,27 +313,25 @@ def _first_line(message: str) -> str:
     return message.strip().splitlines()[0] if message.strip() else "trap"
 
 
-def _start_epoch_ticker(engine: Engine) -> None:
+def _start_epoch_ticker(engine: Engine, stop: threading.Event) -> threading.Thread:
     """Advances the epoch while the engine lives, so a runaway guest traps at
-    its deadline; the thread ends at the first tick after the engine is
-    closed or gone, or when the interpreter begins to exit."""
+    its deadline; the thread ends at the first tick after ``stop`` is set or
+    the engine is gone. (Runtime.close sets ``stop`` and joins the thread
+    before it frees the engine.)"""
     ref = weakref.ref(engine)
 
     def tick() -> None:
-        while not _exiting.is_set():
+        while not stop.is_set():
             engine = ref()
             if engine is None:
                 return
-            try:
-                engine.increment_epoch()
-            except ValueError:  # closed
-                return
+            engine.increment_epoch()
             del engine
-            _exiting.wait(EPOCH_TICK)
+            stop.wait(EPOCH_TICK)
 
     ticker = threading.Thread(target=tick, name="rekey-epoch", daemon=True)
-    _tickers.add(ticker)
     ticker.start()
+    return ticker
 
 
 # Native handles are freed at exit while the interpreter is still whole.
@@ -337,19 +339,14 @@ def _start_epoch_ticker(engine: Engine) -> None:
 # half-finalised runtime, and an engine, linker or store can be freed after
 # the ctypes callbacks wasmtime-py registered for it: a worker process once
 # ended in SIGSEGV after all its calls had succeeded.
-_exiting = threading.Event()
-_tickers: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
 _open_runtimes: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
 EXIT_WAIT = 1.0  # seconds for a call still running on another thread at exit
 
 
 def _close_at_exit() -> None:
-    _exiting.set()
-    for ticker in list(_tickers):
-        ticker.join(EXIT_WAIT)
     for runtime in list(_open_runtimes):
-        # A call still running on a daemon thread keeps its runtime: freeing
-        # it under the call would be worse than the teardown's risk.
+        # A call still running on a daemon thread keeps its runtime (and its
+        # ticker): freeing it under the call would be worse than the teardown.
         runtime.close(wait=EXIT_WAIT)
 
 
