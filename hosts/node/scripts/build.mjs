@@ -3,15 +3,20 @@
 //   gen/jspi  the host's functions and pollable.block as async imports and
 //             `send` and the `authorize` functions as async exports, for
 //             JSPI (Node >= 24)
-// and records the component's SHA-256 in gen/build-info.json, so a test can
-// check it is byte-identical to the one the Rust host embeds.
+// and records the component's SHA-256 in gen/build-info.json and
+// gen/component.js (COMPONENT_SHA256), so a test can check it is
+// byte-identical to the one the Rust host embeds. Into the package's own
+// gen/ (the default) it also puts what `npm pack` ships besides: the
+// component itself (component/rekey_guest.wasm) and the CommonJS copy of the
+// types (gen/index.d.cts). `npm pack` runs this first (prepack), so a
+// tarball always holds a fresh build and installs with no build step.
 //
 //   node scripts/build.mjs [path/to/rekey_guest.wasm [out-dir]]   (or $REKEY_WASM; default: the committed
 //   host/component/rekey_guest.wasm; out-dir: gen/)
 
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -20,6 +25,7 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const COMMITTED = join(root, '..', '..', 'host', 'component', 'rekey_guest.wasm');
 const wasmPath = resolve(process.argv[2] ?? process.env.REKEY_WASM ?? COMMITTED);
 const gen = resolve(process.argv[3] ?? join(root, 'gen'));
+const packageBuild = gen === join(root, 'gen');
 // jco's package.json is not in its exports map: find it where npm puts it.
 const jcoPackage = join(root, 'node_modules', '@bytecodealliance', 'jco', 'package.json');
 const jcoVersion = JSON.parse(await readFile(jcoPackage, 'utf8')).version;
@@ -57,6 +63,21 @@ for (const [name, extra] of Object.entries(variants)) {
     stdio: ['ignore', 'inherit', 'inherit'],
   });
 }
-const info = { wasmSha256: sha256, wasmBytes: wasm.length, jco: jcoVersion, builtFrom: wasmPath };
+// No path in it: it ships in the package.
+const info = { wasmSha256: sha256, wasmBytes: wasm.length, jco: jcoVersion };
 await writeFile(join(gen, 'build-info.json'), `${JSON.stringify(info, null, 2)}\n`);
+await writeFile(join(gen, 'component.js'), [
+  '// Written by scripts/build.mjs: the component gen/ was transpiled from.',
+  `export const COMPONENT_SHA256 = '${sha256}';`,
+  '',
+].join('\n'));
+if (packageBuild) {
+  // The bytes gen/ was made from, shipped beside it (the bin checks they agree).
+  await mkdir(join(root, 'component'), { recursive: true });
+  await copyFile(wasmPath, join(root, 'component', 'rekey_guest.wasm'));
+  // The same declarations for `require` (TypeScript reads a .d.ts in a
+  // "type": "module" package as ESM; CommonJS consumers need a .d.cts).
+  const types = await readFile(join(root, 'index.d.ts'), 'utf8');
+  await writeFile(join(gen, 'index.d.cts'), `// Written by scripts/build.mjs: a copy of index.d.ts for CommonJS consumers.\n${types}`);
+}
 console.log(`build: ${gen}/{sync,jspi} from ${wasmPath} (${wasm.length} bytes, sha256 ${sha256}) with jco ${jcoVersion}`);

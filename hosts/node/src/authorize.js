@@ -230,10 +230,10 @@ export class RedirectListener {
     // writing side after the request still gets the answer.
     const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true });
     await new Promise((resolve, reject) => {
-      server.once('error', (err) => reject(new ListenerError(`cannot listen on ${host}:${url.port || 0} (${err.code ?? err.name})`)));
-      server.listen(Number(url.port || 0), host, resolve);
+      server.once('error', (/** @type {NodeJS.ErrnoException} */ err) => reject(new ListenerError(`cannot listen on ${host}:${url.port || 0} (${err.code ?? err.name})`)));
+      server.listen(Number(url.port || 0), host, () => resolve(undefined));
     });
-    url.port = String(server.address().port);
+    url.port = String(/** @type {import('node:net').AddressInfo} */ (server.address()).port);
     const origin = `http://${host.includes(':') ? `[${host}]` : host}:${url.port}`;
     return new RedirectListener(server, url.pathname, url.href, origin);
   }

@@ -28,10 +28,17 @@ export class CallHost {
    * @param {string} [o.deviceUrl]  the device authorization URL (an authorize call's; a send has none)
    * @param {import('./http.js').HttpClient} o.http
    * @param {number} o.deadline  epoch ms after which no refresh token is spent
-   * @param {(event: object) => void} [o.onEvent]
+   * @param {(event: import('../index.js').RekeyEvent) => void} [o.onEvent]
    */
   constructor(o) {
-    Object.assign(this, o);
+    this.credential = o.credential;
+    this.record = o.record;
+    this.store = o.store;
+    this.settings = o.settings;
+    this.deviceUrl = o.deviceUrl;
+    this.http = o.http;
+    this.deadline = o.deadline;
+    this.onEvent = o.onEvent;
   }
 
   /**
@@ -42,7 +49,7 @@ export class CallHost {
    */
   async httpSend(purpose, head, body) {
     const req = { ...head, body };
-    const kind = typeof purpose === 'string' ? purpose : PURPOSES[purpose];
+    const kind = /** @type {'api'|'token-endpoint'|'device-endpoint'} */ (typeof purpose === 'string' ? purpose : PURPOSES[purpose]);
     const why = refusal(kind, req.url, {
       tokenUrl: this.settings.tokenUrl,
       deviceUrl: this.deviceUrl,
@@ -144,7 +151,11 @@ export class CallHost {
  * e.g. a custom store's or a callback's, may quote what it was given).
  */
 export function describeFailure(err) {
-  if (err instanceof StoreError || err instanceof WriteUnknown) return err.detail ?? err.message;
-  if (err instanceof Error) return err.code ? `${err.name} ${err.code}` : err.name;
+  if (err instanceof StoreError) return err.detail ?? err.message;
+  if (err instanceof WriteUnknown) return err.message;
+  if (err instanceof Error) {
+    const { code } = /** @type {NodeJS.ErrnoException} */ (err);
+    return code ? `${err.name} ${code}` : err.name;
+  }
   return typeof err;
 }

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 /** @returns {Promise<Record<string, WebAssembly.Module>>} file name -> module */
 export async function compileCoreModules(dir) {
   const names = (await readdir(dir)).filter((n) => n.endsWith('.wasm'));
+  /** @type {Record<string, WebAssembly.Module>} */
   const modules = {};
   await Promise.all(names.map(async (name) => {
     modules[name] = await WebAssembly.compile(await readFile(join(dir, name)));

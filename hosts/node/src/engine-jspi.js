@@ -12,7 +12,9 @@ import { InstancePool } from './instance-pool.js';
 import { wasiImports } from './wasi.js';
 
 export function jspiAvailable() {
-  return typeof WebAssembly.Suspending === 'function' && typeof WebAssembly.promising === 'function';
+  // Not in TypeScript's lib yet: JSPI is newer than its WebAssembly types.
+  const wasm = /** @type {any} */ (WebAssembly);
+  return typeof wasm.Suspending === 'function' && typeof wasm.promising === 'function';
 }
 
 export async function createJspiEngine({ genDir, poolSize }) {

@@ -16,7 +16,7 @@ export const Category = Object.freeze({
 });
 
 export class RekeyError extends Error {
-  /** @type {string} */
+  /** @type {import('../index.js').CategoryName} */
   category = Category.COMPONENT;
 
   constructor(message) {
@@ -31,7 +31,7 @@ export class RekeyError extends Error {
 
   /** True when the same call may succeed later unchanged. */
   get retryable() {
-    return [Category.TOKEN_ENDPOINT, Category.TRANSPORT].includes(this.category);
+    return /** @type {string[]} */ ([Category.TOKEN_ENDPOINT, Category.TRANSPORT]).includes(this.category);
   }
 }
 
@@ -92,7 +92,7 @@ export class InsufficientScope extends withCategory(Category.REJECTED_BY_API) {
 }
 
 export class TransportError extends withCategory(Category.TRANSPORT) {
-  /** @param {{tag: string, val?: unknown}} cause the WIT transport-error */
+  /** @param {{tag: import('../index.js').TransportError['kind'], val?: unknown}} cause the WIT transport-error */
   constructor(cause) {
     super(`request failed: ${describeTransport(cause)}`);
     /** `timeout` | `connect` | `too-large` | `invalid-request` | `refused` | `other` */
@@ -180,7 +180,7 @@ export function describeTransport(e) {
  * responses. `sendErrorCase` keeps the WIT case name (e.g. `refresh-in-doubt`).
  */
 export function fromSendError(e, toResponse) {
-  const err = sendErrorOf(e, toResponse);
+  const err = /** @type {RekeyError & {sendErrorCase?: string}} */ (sendErrorOf(e, toResponse));
   err.sendErrorCase = e.tag;
   return err;
 }

@@ -45,13 +45,14 @@ const isLocalhost = (hostname) => /^localhost\.?$/i.test(hostname);
 function notLoopback(what, address) {
   const err = new Error(`${what} ${address}, which is not a loopback address: nothing is sent to it `
     + '(plain http:// and localhost only ever go to 127.0.0.0/8 or ::1)');
-  err.code = 'REKEY_NOT_LOOPBACK';
-  return err;
+  return Object.assign(err, { code: 'REKEY_NOT_LOOPBACK' });
 }
 
 /**
  * `dns.lookup` as every connection uses it, but `localhost` only when all its
  * answers are loopback. `resolve` has dns.lookup's signature (tests give one).
+ * @param {(hostname: string, options: object,
+ *   callback: (err: Error | null, addresses: import('node:dns').LookupAddress[]) => void) => void} [resolve]
  */
 export function guardedLookup(resolve = dns.lookup) {
   return (hostname, options, callback) => {
@@ -102,7 +103,10 @@ class LoopbackAgent extends http.Agent {
 }
 
 export class HttpClient {
-  /** @param {Partial<typeof DEFAULT_HTTP>} options */
+  /**
+   * @param {{connectTimeoutMs?: number, totalTimeoutMs?: number, maxResponseBytes?: number,
+   *   resolve?: Parameters<typeof guardedLookup>[0]}} options  `resolve`: for tests
+   */
   constructor(options = {}) {
     const { resolve, ...bounds } = options;
     this.options = { ...DEFAULT_HTTP, ...bounds };
@@ -124,7 +128,7 @@ export class HttpClient {
    * @param {{freshConnection?: boolean}} how  ...but a fresh connection for a
    *   token request: a kept-alive socket the server closed meanwhile would make
    *   a refresh look "maybe arrived" (in doubt) when it never left.
-   * @returns {Promise<{ok: true, value: object} | {ok: false, error: object}>}
+   * @returns {Promise<{ok: boolean, value?: any, error?: any}>} the WIT result: `value` when ok, else `error`
    */
   send(req, { freshConnection = false } = {}) {
     const built = buildRequest(req);
@@ -171,7 +175,7 @@ export class HttpClient {
         else socket.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', ready);
       });
 
-      request.on('error', (err) => {
+      request.on('error', (/** @type {NodeJS.ErrnoException} */ err) => {
         // Before the TCP connection (and for https the TLS handshake)
         // completed, nothing of the request was sent.
         if (err.code === 'REKEY_NOT_LOOPBACK') finish({ ok: false, error: fail('refused', err.message) });
@@ -192,7 +196,7 @@ export class HttpClient {
           if (size > maxResponseBytes) abort(fail('too-large', BigInt(maxResponseBytes)));
           else chunks.push(chunk);
         });
-        res.on('error', (err) => {
+        res.on('error', (/** @type {NodeJS.ErrnoException} */ err) => {
           finish({ ok: false, error: fail('other', `response failed mid-body (${err.code ?? err.name})`) });
         });
         res.on('aborted', () => {

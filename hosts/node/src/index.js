@@ -2,6 +2,7 @@
 // WebAssembly component (rekey:oauth2@0.3.0).
 
 export { Rekey } from './rekey.js';
+export { COMPONENT_PATH, COMPONENT_SHA256 } from './component.js';
 export { MemoryStore } from './stores/memory.js';
 export { SqliteStore } from './stores/sqlite.js';
 export { PostgresStore } from './stores/postgres.js';

@@ -10,9 +10,8 @@ export class InstancePool {
 
   /**
    * @param {number} max
-   * @param {() => Promise<T>} create
-   * @param {(instance: T) => void} [destroy]
-   * @template T
+   * @param {() => Promise<any>} create
+   * @param {(instance: any) => void} [destroy]
    */
   constructor(max, create, destroy = () => {}) {
     if (!Number.isInteger(max) || max < 1) throw new RangeError('the pool size must be a whole number >= 1');

@@ -4,14 +4,14 @@
 // a field: the component decides them all.
 
 /**
- * @typedef {{holder: string, untilMs: number}} Lease
- * @typedef {{holder: string, atMs: number}} RefreshMark
- * @typedef {{code: string, at: number}} DeadGrant
- * @typedef {{keys: string|null, lease: Lease|null, refreshMark: RefreshMark|null, deadGrant: DeadGrant|null}} CredentialRecord
- * @typedef {{version: number, data: CredentialRecord}} StoredRecord
+ * @typedef {import('../index.js').CredentialRecord} CredentialRecord
+ * @typedef {import('../index.js').StoredRecord} StoredRecord
  */
 
-/** A record with nothing in it but `keys`. */
+/**
+ * A record with nothing in it but `keys`.
+ * @returns {CredentialRecord}
+ */
 export function recordOf(keys = null) {
   return { keys, lease: null, refreshMark: null, deadGrant: null };
 }
@@ -22,7 +22,10 @@ const safe = (n, what) => {
   return v;
 };
 
-/** From the component's (jco) shape to the stores'. */
+/**
+ * From the component's (jco) shape to the stores'.
+ * @returns {CredentialRecord}
+ */
 export function fromWit(d) {
   return {
     keys: d.keys ?? null,
@@ -45,13 +48,16 @@ export function toWit({ version, data: d }) {
   };
 }
 
-/** A deep copy in the stores' shape, checked (a store keeps what it is given, no more). */
+/**
+ * A deep copy in the stores' shape, checked (a store keeps what it is given, no more).
+ * @returns {CredentialRecord}
+ */
 export function checkedRecord(d) {
   if (d === null || typeof d !== 'object') throw new TypeError('a credential record is an object');
   const pair = (v, a, b, what) => {
     if (v === null || v === undefined) return null;
     if (typeof v[a] !== 'string') throw new TypeError(`${what}.${a} must be a string`);
-    return { [a]: v[a], [b]: safe(v[b], `${what}.${b}`) };
+    return /** @type {any} */ ({ [a]: v[a], [b]: safe(v[b], `${what}.${b}`) }); // the pair's own field names
   };
   if (d.keys !== null && d.keys !== undefined && typeof d.keys !== 'string') throw new TypeError('keys must be JSON text or null');
   return {
@@ -75,7 +81,10 @@ export function columnsOf(d) {
   };
 }
 
-/** A table row back as a stored record; each pair NULL together means none. */
+/**
+ * A table row back as a stored record; each pair NULL together means none.
+ * @returns {StoredRecord}
+ */
 export function fromRow(row) {
   const n = (v) => (v === null || v === undefined ? null : Number(v));
   return {

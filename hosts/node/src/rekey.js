@@ -125,7 +125,7 @@ export class Rekey {
   /**
    * A `fetch`-shaped function for one credential: it takes fetch's arguments
    * and resolves to a standard `Response`; failures reject with RekeyError.
-   * @param {Omit<import('../index.js').SendOptions, 'request'>} credentialOptions
+   * @param {import('../index.js').SendWithStore | import('../index.js').SendWithKeys} credentialOptions
    */
   fetcher(credentialOptions) {
     return async (input, init) => {
@@ -160,7 +160,7 @@ export class Rekey {
    * @param {import('../index.js').AuthorizeCodeOptions} o
    * @returns {Promise<import('./secret.js').TokenSet>} the keys stored
    */
-  async authorizeCode(credential, o = {}) {
+  async authorizeCode(credential, o = /** @type {import('../index.js').AuthorizeCodeOptions} */ ({})) {
     const persist = this.#authorizePersistence(credential, o);
     await this.checkSettings(o.settings);
     if (typeof o.onUrl !== 'function') {
@@ -193,7 +193,7 @@ export class Rekey {
    * @param {import('../index.js').AuthorizeDeviceOptions} o
    * @returns {Promise<import('./secret.js').TokenSet>} the keys stored
    */
-  async authorizeDevice(credential, o = {}) {
+  async authorizeDevice(credential, o = /** @type {import('../index.js').AuthorizeDeviceOptions} */ ({})) {
     const persist = this.#authorizePersistence(credential, o);
     await this.checkSettings(o.settings);
     if (typeof o.onUserCode !== 'function') {
@@ -226,7 +226,7 @@ export class Rekey {
    * The code grant's first step alone, for a caller with its own redirect
    * listener: the authorization URL (state, PKCE S256) for `redirectUri`.
    * @param {import('../index.js').Settings} settings
-   * @param {{redirectUri: string, onEvent?: Function}} o
+   * @param {{redirectUri?: string, onEvent?: (event: import('../index.js').RekeyEvent) => void}} [o]
    */
   async beginAuthorization(settings, { redirectUri, onEvent } = {}) {
     if (typeof redirectUri !== 'string') {
@@ -242,17 +242,27 @@ export class Rekey {
    * @param {import('../index.js').Settings} settings
    * @param {PendingAuthorization} pending
    * @param {string|URL|URLSearchParams} query  the redirect's query (or the whole URL)
+   * @param {{onEvent?: (event: import('../index.js').RekeyEvent) => void}} [o]
    */
   async finishAuthorization(settings, pending, query, { onEvent } = {}) {
     return this.#finish(settings, pending, query, undefined, onEvent);
   }
 
-  /** The device grant's first step alone (RFC 8628 §3.1). */
+  /**
+   * The device grant's first step alone (RFC 8628 §3.1).
+   * @param {import('../index.js').Settings} settings
+   * @param {{onEvent?: (event: import('../index.js').RekeyEvent) => void}} [o]
+   */
   async startDeviceAuthorization(settings, { onEvent } = {}) {
     return this.#startDevice(settings, undefined, onEvent);
   }
 
-  /** The device grant's polling alone; returns the keys to store. */
+  /**
+   * The device grant's polling alone; returns the keys to store.
+   * @param {import('../index.js').Settings} settings
+   * @param {DeviceAuthorization} device
+   * @param {{onEvent?: (event: import('../index.js').RekeyEvent) => void}} [o]
+   */
   async pollDeviceAuthorization(settings, device, { onEvent } = {}) {
     return this.#pollDevice(settings, device, undefined, onEvent);
   }
@@ -287,6 +297,11 @@ export class Rekey {
     return importTokenResponse(body);
   }
 
+  /**
+   * @param {string} op
+   * @param {unknown[]} args
+   * @param {{settings: object, deviceUrl?: string, credential?: string, onEvent?: Function, timeoutMs?: number}} call
+   */
   async #authorizeCall(op, args, { settings, deviceUrl, credential, onEvent, timeoutMs }) {
     const bound = timeoutMs ?? this.#options.callTimeoutMs;
     // No record: the component stores nothing and spends no refresh token here.

@@ -178,6 +178,6 @@ export class RekeyResponse {
     const nullBody = [101, 103, 204, 205, 304].includes(this.status);
     const headers = new Headers();
     for (const [k, v] of this.headers) headers.append(k, v);
-    return new Response(nullBody ? null : this.body, { status: this.status, headers });
+    return new Response(nullBody ? null : /** @type {Uint8Array<ArrayBuffer>} */ (this.body), { status: this.status, headers });
   }
 }

@@ -27,14 +27,24 @@ export class WriteUnknown extends Error {
 const OPERATOR_ATTEMPTS = 50;
 
 export class RecordStoreBase {
+  // The primitives each store implements (see above).
+  /** @returns {Promise<import('../../index.js').StoredRecord | undefined>} */
+  async read(name) { throw new TypeError(`${this.constructor.name} does not implement read`); }
+  /** @returns {Promise<number | false>} */
+  async write(name, expectedVersion, data) { throw new TypeError(`${this.constructor.name} does not implement write`); }
+  /** @returns {Promise<boolean>} */
+  async insert(name, settings, keys) { throw new TypeError(`${this.constructor.name} does not implement insert`); }
+  /** @returns {Promise<Array<{name: string, settings: string, updatedAt: number, version: number, data: import('../../index.js').CredentialRecord}>>} */
+  async rows(only) { throw new TypeError(`${this.constructor.name} does not implement rows`); }
+
   /**
    * Creates the credential (version 0, no lease, mark or dead grant), the
    * settings column in the Rust host's JSON format. Resolves false when it
    * exists already (nothing is changed), so many workers may race to it.
    * @param {string} name
-   * @param {{settings: object, keys?: string|object}} o
+   * @param {{settings: import('../../index.js').Settings, keys?: string|object}} o
    */
-  async create(name, { settings, keys } = {}) {
+  async create(name, { settings, keys } = /** @type {any} */ ({})) {
     checkName(name);
     const json = settingsJson(settings);
     return this.insert(name, json, checkedKeys(keys));

@@ -17,17 +17,19 @@ export function settingsJson(s) {
   if (s === null || typeof s !== 'object') throw new InvalidSettings('settings must be an object');
   const pairs = (v) => (v === undefined ? [] : (Array.isArray(v) ? v : Object.entries(v)).map(([k, x]) => [String(k), String(x)]));
   const secret = s.clientSecret;
+  const envName = secret !== null && typeof secret === 'object' ? /** @type {{env?: unknown}} */ (secret).env : undefined;
   const grant = grantOf(s.grant);
   if (grant === 'client-credentials' && (secret === undefined || secret === null)) {
     throw new InvalidSettings("grant 'client-credentials' needs a clientSecret");
   }
+  /** @type {Record<string, any>} */
   const json = {
     // Written only when not the default, as the Rust host does: a column
     // without it reads as 'refresh-token' everywhere (0.3 settings too).
     ...(grant === 'refresh-token' ? {} : { grant }),
     token_url: s.tokenUrl,
     client_id: s.clientId,
-    client_secret: secret !== null && typeof secret === 'object' && typeof secret.env === 'string' ? { env: secret.env } : null,
+    client_secret: typeof envName === 'string' ? { env: envName } : null,
     client_auth: s.clientAuth ?? 'basic',
     scope: s.scope ?? null,
     extra_params: pairs(s.extraParams),

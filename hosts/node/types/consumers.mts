@@ -1,0 +1,22 @@
+// What an ES module consumer writes type-checks against the declarations
+// `import` resolves to (package.json exports: import.types).
+
+import { COMPONENT_SHA256, MemoryStore, Rekey, RekeyError, keysFromTokenResponse } from '@rekey/node';
+import type { Settings } from '@rekey/node';
+
+export async function quickStart(settings: Settings, tokenResponse: string, url: string): Promise<number> {
+  const rk = await Rekey.load();
+  const store = new MemoryStore();
+  await store.create('crm', { settings, keys: keysFromTokenResponse(tokenResponse) });
+  try {
+    const res = await rk.send({ credential: 'crm', store, settings, request: { url } });
+    return res.status;
+  } catch (err) {
+    if (err instanceof RekeyError) return err.category.length;
+    throw err;
+  } finally {
+    rk.close();
+  }
+}
+
+export const hash: string = COMPONENT_SHA256;
