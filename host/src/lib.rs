@@ -23,7 +23,7 @@
 mod bindings {
     wasmtime::component::bindgen!({
         world: "refresher",
-        path: "../wit",
+        path: "wit", // a link to the top-level wit/, so the packaged crate carries it
         // A body's methods only touch the call's table; a bad handle traps.
         imports: {
             default: async,
@@ -49,6 +49,7 @@ pub mod cache;
 mod call;
 mod drive;
 mod error;
+mod handle;
 mod http;
 mod message;
 pub mod observe;
@@ -64,6 +65,7 @@ mod warm;
 
 pub use bindings::rekey::oauth2::types::{OauthError, TransportError};
 pub use error::{Category, Error};
+pub use handle::CredentialHandle;
 pub use http::HttpConfig;
 pub use message::{Request, Response};
 pub use runtime::{Config, Rekey, engine_config};

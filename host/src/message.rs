@@ -54,3 +54,50 @@ impl Request {
         self
     }
 }
+
+impl Response {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let found = self
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name));
+        found.map(|(_, v)| v.as_str())
+    }
+
+    /// The body as UTF-8 text.
+    pub fn text(&self) -> Result<&str, std::str::Utf8Error> {
+        std::str::from_utf8(&self.body)
+    }
+
+    /// The body parsed as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_slice(&self.body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Response;
+
+    #[test]
+    fn a_response_reads_its_headers_text_and_json() {
+        let resp = Response {
+            status: 200,
+            headers: vec![
+                ("Content-Type".into(), "application/json".into()),
+                ("content-type".into(), "text/plain".into()),
+            ],
+            body: br#"{"id":7}"#.to_vec(),
+        };
+        assert_eq!(resp.header("CONTENT-TYPE"), Some("application/json"));
+        assert_eq!(resp.header("x-missing"), None);
+        assert_eq!(resp.text().unwrap(), r#"{"id":7}"#);
+        assert_eq!(resp.json::<serde_json::Value>().unwrap()["id"], 7);
+        let bad = Response {
+            body: vec![0xff],
+            ..resp
+        };
+        assert!(bad.text().is_err() && bad.json::<serde_json::Value>().is_err());
+    }
+}
