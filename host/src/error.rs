@@ -6,8 +6,10 @@ use crate::Response;
 use crate::bindings::rekey::oauth2::types::{self as wit, SendError, TransportError};
 use crate::store::StoreError;
 
-/// Why a call failed.
+/// Why a call failed. New cases may come in a minor release: match on
+/// [`Error::category`] for policy, on cases for detail.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The credential store failed or does not hold the credential.
     #[error(transparent)]
@@ -83,6 +85,8 @@ pub enum Error {
 }
 
 /// Who can fix a failure, and how.
+/// A closed set on purpose (not `non_exhaustive`): an embedder's policy, like
+/// the CLI's exit codes, maps every case, and a new one is a breaking change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Category {
     /// The caller's input: the request, the credential name, a key file.

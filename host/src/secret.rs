@@ -1,11 +1,14 @@
 //! A string that never prints itself.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// Holds a token, a client secret or a whole token set. `Debug` and `Display`
 /// print `[redacted]`; the value is reachable only through [`Secret::expose`],
-/// so every place a secret leaves this type is greppable.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// so every place a secret leaves this type is greppable. Not `Serialize`:
+/// a struct holding one cannot be written out by accident; the one place
+/// that stores it (the credential's settings) says so with
+/// [`serialize_exposed`].
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -19,6 +22,11 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// `#[serde(serialize_with = "serialize_exposed")]`: writes the value itself.
+pub fn serialize_exposed<S: serde::Serializer>(secret: &Secret, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(secret.expose())
 }
 
 impl std::fmt::Debug for Secret {

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientSecret {
-    /// Stored with the credential.
-    Literal(Secret),
+    /// Stored with the credential (the store's one deliberate write of it).
+    Literal(#[serde(serialize_with = "crate::secret::serialize_exposed")] Secret),
     /// Read from this environment variable at each call, so the store never
     /// holds it (e.g. `SALESFORCE_SECRET`).
     Env(String),
