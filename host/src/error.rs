@@ -17,6 +17,9 @@ pub enum Error {
     /// The request itself cannot be sent (method, URL, size).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The [`crate::Config`] given to [`crate::Rekey::new`] cannot work.
+    #[error("invalid rekey configuration: {0}")]
+    InvalidConfig(String),
     /// The credential's settings cannot work (checked before anything is sent).
     #[error("credential settings are unusable: {0}")]
     InvalidSettings(String),
@@ -113,7 +116,9 @@ impl Error {
     /// Who can fix this.
     pub fn category(&self) -> Category {
         match self {
-            Error::InvalidRequest(_) | Error::InvalidKeys(_) => Category::BadInput,
+            Error::InvalidRequest(_) | Error::InvalidKeys(_) | Error::InvalidConfig(_) => {
+                Category::BadInput
+            }
             Error::Store(StoreError::UnknownCredential(_) | StoreError::InvalidKeys(_)) => {
                 Category::BadInput
             }

@@ -105,19 +105,23 @@ struct Inner {
 
 impl Rekey {
     /// Compiles the embedded guest component.
-    pub fn new(config: Config) -> anyhow::Result<Self> {
+    pub fn new(config: Config) -> Result<Self, Error> {
         Self::from_component_bytes(config, crate::GUEST_WASM)
     }
 
     /// Compiles (or loads from the cache) another build of the component.
-    pub fn from_component_bytes(config: Config, wasm: &[u8]) -> anyhow::Result<Self> {
+    pub fn from_component_bytes(config: Config, wasm: &[u8]) -> Result<Self, Error> {
         if config.lease_ttl <= config.http.total_timeout {
-            anyhow::bail!(
+            return Err(Error::InvalidConfig(format!(
                 "lease_ttl ({:?}) must exceed the HTTP total timeout ({:?}): the lease is renewed once per token-endpoint attempt",
-                config.lease_ttl,
-                config.http.total_timeout
-            );
+                config.lease_ttl, config.http.total_timeout
+            )));
         }
+        Self::load(config, wasm)
+            .map_err(|e| Error::Component(format!("loading the component: {e:#}")))
+    }
+
+    fn load(config: Config, wasm: &[u8]) -> anyhow::Result<Self> {
         let engine = Engine::new(&engine_config(&config))?;
         let (component, origin) =
             cache::load_or_compile(&engine, wasm, config.cache_dir.as_deref())?;
