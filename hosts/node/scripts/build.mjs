@@ -28,7 +28,10 @@ const gen = resolve(process.argv[3] ?? join(root, 'gen'));
 const packageBuild = gen === join(root, 'gen');
 // jco's package.json is not in its exports map: find it where npm puts it.
 const jcoPackage = join(root, 'node_modules', '@bytecodealliance', 'jco', 'package.json');
-const jcoVersion = JSON.parse(await readFile(jcoPackage, 'utf8')).version;
+const jcoVersion = await readFile(jcoPackage, 'utf8').then((text) => JSON.parse(text).version, (err) => {
+  console.error(`build: jco is not installed (${err.code}): run \`npm ci\` in ${root} first`);
+  process.exit(2);
+});
 const jcoBin = join(dirname(jcoPackage), 'dist', 'jco.js');
 
 let wasm;
