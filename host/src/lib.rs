@@ -61,6 +61,7 @@ pub mod settings;
 pub mod store;
 mod tls;
 mod token_set;
+mod tower;
 mod warm;
 
 pub use bindings::rekey::oauth2::types::{OauthError, TransportError};

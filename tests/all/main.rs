@@ -16,6 +16,7 @@ mod component;
 mod fleet;
 mod fleet_worker;
 mod full_disk;
+mod http_types;
 mod oidc_provider;
 mod refresh_and_retry;
 mod reliability;
