@@ -12,6 +12,7 @@
                       store=store, credential="crm")
 """
 
+from .aio import AsyncRekey
 from .authorize import DeviceAuthorization, PendingAuthorization, StartUrl, StartUrlReused, import_token_response
 from .client import Rekey
 from .component import PACKAGED_COMPONENT, component_path, packaged_component_sha256
@@ -72,7 +73,7 @@ from .secret import Secret
 from .stores import MemoryStore, PostgresStore, RecordStore, SqliteStore, open_store
 
 __all__ = [
-    "Rekey", "Settings", "Request", "Response", "ClientAuth", "Grant", "Strategy", "OnAuthFailure",
+    "Rekey", "AsyncRekey", "Settings", "Request", "Response", "ClientAuth", "Grant", "Strategy", "OnAuthFailure",
     "EveryRequest", "BeforeExpiry", "HttpConfig", "Secret", "RecordStore", "MemoryStore", "SqliteStore",
     "PostgresStore", "open_store", "CredentialRecord", "StoredRecord", "Lease", "RefreshMark", "DeadGrant",
     "Credential", "UnknownCredential", "StoreUnusable", "WriteConflict", "WriteFailed", "WriteUnknown",

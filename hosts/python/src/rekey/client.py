@@ -29,6 +29,7 @@ from .authorize import (
 )
 from .component import component_path
 from .http import HttpConfig
+from .keys import keys_text
 from .model import Grant, Request, Response, Settings
 from .records import StoreError, UnknownCredential, WriteConflict, WriteFailed, WriteUnknown
 from .runtime import Bodies, Runtime
@@ -91,7 +92,7 @@ class Rekey:
         *,
         store: Optional[RecordStore] = None,
         credential: Optional[str] = None,
-        keys: Optional[str] = None,
+        keys: Optional[str | dict | Secret] = None,
         on_update_keys: Optional[Callable[[str], None]] = None,
     ) -> Response:
         """Sends ``request`` with the credential's access token, refreshing
@@ -99,7 +100,7 @@ class Rekey:
 
         Either ``store`` and ``credential`` (the record is read from and
         written to the store: any number of processes may share it), or
-        ``keys`` (the stored token set, JSON text) with
+        ``keys`` (the stored token set: a dict, JSON text or a Secret) with
         ``on_update_keys(keys_json)``, which must make a new set durable
         before it returns (raise to stop the call before the new tokens are
         spent): one process only. Calls naming the same ``credential`` share
@@ -114,7 +115,7 @@ class Rekey:
         elif on_update_keys is not None:
             record = self._callback_record(credential)
             if keys is not None:
-                record.offer(keys)
+                record.offer(keys_text(keys))
             name, records = credential or "(callback)", CallbackStore(record, on_update_keys)
         else:
             raise TypeError("pass store= and credential=, or keys= and on_update_keys=")

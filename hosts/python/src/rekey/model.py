@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from .errors import InvalidSettings
+from .keys import keys_text
 from .secret import Secret
 
 
@@ -180,12 +181,13 @@ def first_token_set(fields: dict, expires_at: "int | None") -> str:
     return json.dumps(keys)
 
 
-def keys_from_token_response(token_response: "str | dict", now: "float | None" = None) -> str:
-    """A token set to store from the provider's authorization-code answer:
-    the whole response plus ``expires_at`` (Unix seconds) from ``expires_in``,
-    as the guest does for the sets it emits, so ``BeforeExpiry`` can tell;
-    fields the component derives itself (:data:`DERIVED_FIELDS`) are dropped."""
-    keys = json.loads(token_response) if isinstance(token_response, str) else dict(token_response)
+def keys_from_token_response(token_response: "str | dict | Secret", now: "float | None" = None) -> str:
+    """A token set to store from the provider's authorization-code answer
+    (a dict, JSON text or a Secret; anything else is a TypeError): the whole
+    response plus ``expires_at`` (Unix seconds) from ``expires_in``, as the
+    guest does for the sets it emits, so ``BeforeExpiry`` can tell; fields
+    the component derives itself (:data:`DERIVED_FIELDS`) are dropped."""
+    keys = json.loads(keys_text(token_response, "a token response"))
     if not isinstance(keys, dict) or not (keys.get("access_token") or keys.get("refresh_token")):
         raise ValueError("a token response must be a JSON object with an access or a refresh token")
     expires_in = keys.get("expires_in")

@@ -8,6 +8,7 @@ import json
 import time
 from typing import Optional, Protocol, runtime_checkable
 
+from ..keys import keys_text
 from ..model import Settings, settings_json
 from ..records import Credential, CredentialRecord, StoredRecord, WriteConflict
 from ..secret import Secret
@@ -39,14 +40,15 @@ class OperatorFunctions:
         self,
         name: str,
         settings: Optional[Settings] = None,
-        keys: Optional[str] = None,
+        keys: Optional[str | dict | Secret] = None,
         *,
         client_secret_env: Optional[str] = None,
     ) -> None:
         """Creates credential ``name`` (``settings`` required then), or
         replaces its settings column when ``settings`` is given. ``keys`` (a
-        token set, a JSON object as text) replace the stored ones and start
-        afresh: no lease, no refresh mark, no dead grant, version + 1; without
+        token set: a dict, a JSON object as text, or a Secret) replace the
+        stored ones and start afresh: no lease, no refresh mark, no dead
+        grant, version + 1; without
         keys the record is left as it is, so editing settings never drops a
         live refresh token or upsets a refresh in flight."""
         check_name(name)
@@ -126,8 +128,9 @@ def check_name(name: str) -> None:
 
 
 def check_keys(keys) -> str:
-    """Keys given to a store: a JSON object (the error quotes none of it)."""
-    text = keys.expose() if isinstance(keys, Secret) else keys
+    """Keys given to a store: a JSON object, as a dict, JSON text or a
+    Secret (the error quotes none of it)."""
+    text = keys_text(keys)
     try:
         value = json.loads(text)
     except (TypeError, ValueError) as e:
