@@ -27,19 +27,20 @@ done
 echo "   packaged: $(cd target/package && ls -l rekey-0.1.0.crate rekey-testkit-0.1.0.crate | awk '{printf "%s %s B; ", $9, $5}')"
 
 # The README's Rust quick start is what the smoke program runs: each of its
-# lines, in order, in packages/rust/main.rs.
+# lines, in order, in packages/rust/main.rs (whitespace aside).
 python3 - README.md packages/rust/main.rs <<'PY'
 import sys
 readme, program = (open(p).read() for p in sys.argv[1:])
 block = readme.split("<!-- rust quick start:", 1)[1].split("```rust\n", 1)[1].split("```", 1)[0]
-lines = [l.strip() for l in block.splitlines() if l.strip() and not l.startswith("use ")]
-code = [l.strip() for l in program.splitlines()]
-at = 0
+import re
+squash = lambda text: re.sub(r"\s+", "", text)  # rustfmt may wrap a line: compare without whitespace
+lines = [l for l in block.splitlines() if l.strip() and not l.startswith("use ")]
+code, at = squash(program), 0
 for line in lines:
-    try:
-        at = code.index(line, at) + 1
-    except ValueError:
+    found = code.find(squash(line), at)
+    if found < 0:
         sys.exit(f"crates.sh: the README's Rust quick start line is not in packages/rust/main.rs (in order): {line}")
+    at = found + len(squash(line))
 PY
 
 # A new project that depends on the packaged crate as an application would.

@@ -42,11 +42,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store: Arc<dyn KeyStore> = Arc::new(SqliteStore::open(format!("{dir}/rekey.db"))?);
     let mut settings = Settings::new(token_url, client_id).with_secret(client_secret);
     settings.api_origins = vec![api_origin]; // where this credential's token may be sent
-    store.put(
-        "crm",
-        &settings,
-        Some(&TokenSet::import(&first_token_response)?),
-    )?;
+    let keys = TokenSet::import(&first_token_response)?; // the first token response
+    store.put("crm", &settings, Some(&keys))?;
 
     let crm = rekey.credential(store.clone(), "crm"); // a handle: store and name once
     let resp = crm.send(Request::get(&format!("{api}me"))).await?;
