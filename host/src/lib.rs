@@ -2,20 +2,31 @@
 //! wasmtime and supplies its imports with real HTTP and a durable store.
 //!
 //! ```no_run
-//! # async fn demo() -> anyhow::Result<()> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use rekey::{Rekey, Request, SqliteStore};
 //! use std::sync::Arc;
 //!
 //! let rekey = Rekey::new(rekey::Config::default())?;
-//! let store = Arc::new(SqliteStore::open("rekey.db")?);
-//! let resp = rekey
-//!     .send(store, "crm", Request::get("https://api.example.com/v1/me"))
-//!     .await?;
-//! println!("{}", resp.status);
+//! let crm = rekey.credential(Arc::new(SqliteStore::open("rekey.db")?), "crm");
+//! let resp = crm.send(Request::get("https://api.example.com/v1/me")).await?;
+//! println!("{} {}", resp.status, resp.text()?);
 //! # Ok(()) }
 //! ```
+//!
+//! Unix only (see below); the component itself runs wherever wasmtime does.
 
 #![warn(missing_docs)]
+
+// Files are made owner-only as ssh does (modes, O_NOFOLLOW, owner checks),
+// the loopback listener checks the peer's uid, and the CLI defers signals:
+// all through Unix APIs, with no Windows equivalent written yet. Say so at
+// build time rather than with a wall of unresolved imports.
+#[cfg(not(unix))]
+compile_error!(
+    "the rekey host library runs on Unix (Linux, macOS, the BSDs) only: its private files, loopback peer checks \
+     and signal handling use Unix APIs. The component itself (host/component/rekey_guest.wasm) runs anywhere \
+     wasmtime does: on Windows, embed it with your own host."
+);
 
 /// Generated from `wit/`: the `rekey:oauth2@0.3.0` types are re-exported
 /// below; the rest is the host's own business.
