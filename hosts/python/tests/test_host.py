@@ -107,3 +107,16 @@ def test_a_store_that_cannot_be_read_is_store_unavailable_and_nothing_is_sent(cl
     assert (caught.value.case, caught.value.category, caught.value.retryable) == (
         "store-unavailable", rekey.Category.STORE, True)
     assert provider.stats() == before
+
+
+def test_the_library_logs_nothing_unless_the_application_configures_logging():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    quiet = f"import sys; sys.path.insert(0, {src!r}); import logging, rekey; logging.getLogger('rekey').warning('x')"
+    configured = quiet.replace("import logging, rekey;", "import logging, rekey; logging.basicConfig();")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+            for code in (quiet, configured)]
+    assert [(r.returncode, r.stderr) for r in runs] == [(0, ""), (0, "WARNING:rekey:x\n")]

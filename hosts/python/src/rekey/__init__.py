@@ -12,6 +12,8 @@
                       store=store, credential="crm")
 """
 
+import logging
+
 from .aio import AsyncRekey
 from .authorize import DeviceAuthorization, PendingAuthorization, StartUrl, StartUrlReused, import_token_response
 from .client import Rekey
@@ -71,6 +73,10 @@ from .records import (
 )
 from .secret import Secret
 from .stores import MemoryStore, PostgresStore, RecordStore, SqliteStore, open_store
+
+# A library prints nothing unless the application configures logging
+# (without a handler, Python's last-resort handler would print warnings).
+logging.getLogger("rekey").addHandler(logging.NullHandler())
 
 __all__ = [
     "Rekey", "AsyncRekey", "Settings", "Request", "Response", "ClientAuth", "Grant", "Strategy", "OnAuthFailure",
