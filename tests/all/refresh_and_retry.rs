@@ -7,22 +7,21 @@ use rekey_testkit::ProviderConfig;
 use serde_json::json;
 use std::time::Duration;
 
-const SHORT: Duration = Duration::from_secs(1);
-
-async fn expire(ttl: Duration) {
-    tokio::time::sleep(ttl + Duration::from_millis(150)).await;
-}
+/// Long enough that no token expires on its own during a scenario, however
+/// loaded the machine: a scenario expires them with the provider's knob, at
+/// the step it means to (no sleeping, no race with the clock).
+const LONG: Duration = Duration::from_secs(600);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn on_401_refreshes_persists_and_retries_once() {
-    let f = Fixture::new(provider_with_ttl(SHORT)).await;
+    let f = Fixture::new(provider_with_ttl(Duration::from_secs(600))).await;
     let first = f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
 
     let resp = f.get("c", "me").await.unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(f.events.take(), ["api Ok(200)"]);
 
-    expire(SHORT).await;
+    f.provider.expire_access_tokens();
     let resp = f.get("c", "me").await.unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(
@@ -90,10 +89,10 @@ async fn before_expiry_refreshes_inside_the_margin_without_a_401() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_leaves_the_last_refresh_token_in_the_store() {
-    let f = Fixture::new(provider_with_ttl(SHORT)).await;
+    let f = Fixture::new(provider_with_ttl(LONG)).await;
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Post));
     for _ in 0..4 {
-        expire(SHORT).await;
+        f.provider.expire_access_tokens();
         f.get("c", "me").await.unwrap();
     }
     let stats = f.provider.stats();
@@ -108,7 +107,7 @@ async fn rotation_leaves_the_last_refresh_token_in_the_store() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_response_without_refresh_token_keeps_the_old_one_and_every_other_field() {
-    let mut config = provider_with_ttl(SHORT);
+    let mut config = provider_with_ttl(LONG);
     config.rotate_refresh_tokens = false;
     config
         .extra_token_fields
@@ -117,7 +116,7 @@ async fn a_response_without_refresh_token_keeps_the_old_one_and_every_other_fiel
     let first = f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
     f.provider.omit_refresh_token(true);
 
-    expire(SHORT).await;
+    f.provider.expire_access_tokens();
     f.get("c", "me").await.unwrap();
     let stored = f.stored_keys("c");
     assert_ne!(stored["access_token"], first["access_token"]);
@@ -185,7 +184,7 @@ async fn insufficient_scope_is_reported_without_a_refresh() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_grant_asks_for_reauthorisation_and_keeps_the_keys() {
-    let f = Fixture::new(provider_with_ttl(SHORT)).await;
+    let f = Fixture::new(provider_with_ttl(LONG)).await;
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
     let before = f.stored_raw("c");
     f.provider.force_token_responses([(
@@ -193,7 +192,7 @@ async fn invalid_grant_asks_for_reauthorisation_and_keeps_the_keys() {
         r#"{"error":"invalid_grant","error_description":"grant revoked"}"#.into(),
     )]);
 
-    expire(SHORT).await;
+    f.provider.expire_access_tokens();
     let err = f.get("c", "me").await.unwrap_err();
     assert!(
         matches!(&err, Error::ReauthorizationRequired { status: 400, code } if code == "invalid_grant"),
@@ -295,10 +294,10 @@ async fn scope_and_extra_parameters_reach_the_token_endpoint() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_post_body_arrives_byte_identical_on_the_retry() {
-    let f = Fixture::new(provider_with_ttl(SHORT)).await;
+    let f = Fixture::new(provider_with_ttl(LONG)).await;
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
     let body: Vec<u8> = (0..65_536u32).map(|i| (i * 31 % 256) as u8).collect();
-    expire(SHORT).await;
+    f.provider.expire_access_tokens();
     let req = Request::new("POST", &f.provider.api_url("upload"))
         .header("content-type", "application/octet-stream")
         .body(body.clone());
@@ -312,7 +311,7 @@ async fn a_post_body_arrives_byte_identical_on_the_retry() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_keys_write_stops_before_the_retry_and_keeps_the_old_keys() {
     let f = Fixture::with(
-        provider_with_ttl(SHORT),
+        provider_with_ttl(LONG),
         Config::default(),
         Duration::from_secs(5),
     )
@@ -326,7 +325,7 @@ async fn a_failing_keys_write_stops_before_the_retry_and_keeps_the_old_keys() {
         "CREATE TRIGGER refuse BEFORE UPDATE ON credentials WHEN NEW.keys IS NOT OLD.keys BEGIN SELECT RAISE(ABORT, 'disk quota exceeded'); END",
     );
 
-    expire(SHORT).await;
+    f.provider.expire_access_tokens();
     let err = f.get("c", "me").await.unwrap_err();
     assert!(matches!(err, Error::KeysNotPersisted(_)), "{err}");
     assert!(
@@ -346,7 +345,7 @@ async fn a_failing_keys_write_stops_before_the_retry_and_keeps_the_old_keys() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_another_process_has_locked_spends_nothing() {
     let f = Fixture::with(
-        provider_with_ttl(SHORT),
+        provider_with_ttl(LONG),
         Config::default(),
         Duration::from_millis(200),
     )
@@ -357,7 +356,7 @@ async fn a_store_another_process_has_locked_spends_nothing() {
     // Another process holds the write lock for the whole call: no lease can
     // be taken, so the refresh token is not spent at all.
     let blocker = hold_write_lock(&f.store_path());
-    expire(SHORT).await;
+    f.provider.expire_access_tokens();
     let err = f.get("c", "me").await.unwrap_err();
     drop(blocker);
 
@@ -415,7 +414,7 @@ fn hold_write_lock(path: &std::path::Path) -> impl Drop + use<> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_keys_means_please_authenticate() {
-    let f = Fixture::new(provider_with_ttl(SHORT)).await;
+    let f = Fixture::new(provider_with_ttl(LONG)).await;
     f.store
         .put(
             "c",
@@ -489,7 +488,7 @@ async fn oversized_api_responses_are_cut_off_by_the_host() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_stored_keys_are_a_clear_error() {
-    let f = Fixture::new(provider_with_ttl(SHORT)).await;
+    let f = Fixture::new(provider_with_ttl(LONG)).await;
     f.add_credential("c", &f.settings(Strategy::OnAuthFailure, ClientAuth::Basic));
     // Written behind the host's back, as a broken migration might.
     sql(
