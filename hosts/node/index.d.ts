@@ -3,7 +3,12 @@
 // uses these types, and types/api.mts requires every export here to match
 // the code's and every export of the code to be declared here.
 
-export type ClientAuth = 'basic' | 'post';
+/**
+ * client_secret_basic or client_secret_post (RFC 6749 §2.3.1). The WIT names
+ * ('client-secret-basic', Python's) and the short ones (the Rust host's
+ * settings column and CLI) are both accepted; the settings column records the short one.
+ */
+export type ClientAuth = 'client-secret-basic' | 'client-secret-post' | 'basic' | 'post';
 export type Strategy = 'on-auth-failure' | 'every-request' | 'before-expiry';
 export type Grant = 'refresh-token' | 'client-credentials';
 
@@ -24,7 +29,7 @@ export interface Settings {
    * at each call (and is the only form a store's settings column records).
    */
   clientSecret?: string | Secret | { env: string };
-  /** Default 'basic' (client_secret_basic). */
+  /** Default 'client-secret-basic' (= 'basic'). */
   clientAuth?: ClientAuth;
   /** Sent as `scope` on refresh. */
   scope?: string;
@@ -220,7 +225,25 @@ export interface SendWithKeys extends SendCommon {
   onUpdateKeys: (keys: TokenSet) => void | Promise<void>;
 }
 
-export type SendOptions = (SendWithStore | SendWithKeys) & { request: RequestInit };
+export interface Abortable {
+  /**
+   * Stops waiting: the promise rejects at once with the signal's reason (an
+   * AbortError DOMException for `AbortController.abort()`, a TimeoutError
+   * for `AbortSignal.timeout`). A call that has started is not cut short: it
+   * runs to its end underneath (a refresh under way is stored) and its
+   * result is discarded; `Rekey.drain()` waits for it. Already aborted:
+   * rejects before anything is sent.
+   */
+  signal?: AbortSignal;
+}
+
+export type SendOptions = (SendWithStore | SendWithKeys) & Abortable & { request: RequestInit };
+
+/** What `fetcher` takes: `send`'s options without `request`; a `signal` here applies to every call, with each call's own. */
+export type FetcherOptions = (SendWithStore | SendWithKeys) & Abortable;
+
+/** `fetch`'s signature: a standard `Response`; rekey's failures reject with RekeyError. */
+export type RekeyFetch = (input: string | URL | Request, init?: globalThis.RequestInit) => Promise<Response>;
 
 export interface RekeyOptions {
   /** 'auto' (default): JSPI where the runtime has it (Node >= 24), else worker threads. */
@@ -280,11 +303,21 @@ export interface AuthorizeCodeOptions extends AuthorizeCommon {
    * port; give a port when the provider wants an exact, registered URI).
    */
   redirectUri?: string;
-  /** Stops waiting for the redirect (rejects with the signal's reason). */
+  /**
+   * Stops the flow: rejects at once with the signal's reason and stops
+   * waiting for the redirect (the listener closes). A redirect already taken
+   * is still exchanged and its keys stored, underneath.
+   */
   signal?: AbortSignal;
 }
 
 export interface AuthorizeDeviceOptions extends AuthorizeCommon {
+  /**
+   * Stops the flow: rejects at once with the signal's reason; polling stops
+   * at its next request (nothing more is sent). Keys a poll under way brings
+   * back are still stored, underneath.
+   */
+  signal?: AbortSignal;
   /** Shows the user code and where to enter it; awaited before polling starts. */
   onUserCode: (device: DeviceAuthorization) => void | Promise<void>;
 }
@@ -321,7 +354,15 @@ export class Rekey {
    * @throws InvalidSettings saying what is wrong and how to fix it
    */
   checkSettings(settings: Settings): Promise<void>;
-  fetcher(options: SendWithStore | SendWithKeys): (input: string | URL | Request, init?: globalThis.RequestInit) => Promise<Response>;
+  /**
+   * A `fetch`-compatible function for one credential: method, headers, body,
+   * `signal` as fetch takes them; a standard `Response`. Redirects are never
+   * followed: with `redirect: 'follow'` (the default) or 'manual' a 3xx comes
+   * back as it is; with 'error' it rejects with a TypeError.
+   */
+  fetcher(options: FetcherOptions): RekeyFetch;
+  /** Resolves once every call started here has ended, including calls whose callers stopped waiting. */
+  drain(): Promise<void>;
   /**
    * The authorization code grant with PKCE through a loopback redirect; stores
    * the token response as the credential's keys (with `expires_at`) and resolves to them.
@@ -330,13 +371,13 @@ export class Rekey {
   /** The device authorization grant (RFC 8628); stores and resolves to the keys. */
   authorizeDevice(credential: string, options: AuthorizeDeviceOptions): Promise<TokenSet>;
   /** The code grant's first step, for a caller with its own loopback listener at `redirectUri`. */
-  beginAuthorization(settings: Settings, options: { redirectUri: string; onEvent?: (event: RekeyEvent) => void }): Promise<PendingAuthorization>;
+  beginAuthorization(settings: Settings, options: { redirectUri: string; onEvent?: (event: RekeyEvent) => void } & Abortable): Promise<PendingAuthorization>;
   /** Checks the redirect (its query, or the whole URL) and exchanges the code; returns the keys to store (stores nothing). */
-  finishAuthorization(settings: Settings, pending: PendingAuthorization, query: string | URL | URLSearchParams, options?: { onEvent?: (event: RekeyEvent) => void }): Promise<TokenSet>;
+  finishAuthorization(settings: Settings, pending: PendingAuthorization, query: string | URL | URLSearchParams, options?: { onEvent?: (event: RekeyEvent) => void } & Abortable): Promise<TokenSet>;
   /** The device grant's start. */
-  startDeviceAuthorization(settings: Settings, options?: { onEvent?: (event: RekeyEvent) => void }): Promise<DeviceAuthorization>;
+  startDeviceAuthorization(settings: Settings, options?: { onEvent?: (event: RekeyEvent) => void } & Abortable): Promise<DeviceAuthorization>;
   /** Polls until approval, refusal or expiry; returns the keys to store (stores nothing). */
-  pollDeviceAuthorization(settings: Settings, device: DeviceAuthorization, options?: { onEvent?: (event: RekeyEvent) => void }): Promise<TokenSet>;
+  pollDeviceAuthorization(settings: Settings, device: DeviceAuthorization, options?: { onEvent?: (event: RekeyEvent) => void } & Abortable): Promise<TokenSet>;
   close(): void;
 }
 

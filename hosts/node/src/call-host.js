@@ -29,6 +29,8 @@ export class CallHost {
    * @param {import('./http.js').HttpClient} o.http
    * @param {number} o.deadline  epoch ms after which no refresh token is spent
    * @param {(event: import('../index.js').RekeyEvent) => void} [o.onEvent]
+   * @param {AbortSignal} [o.stopSending]  once aborted, requests are refused unsent
+   *   (authorize calls only: a send is never cut short, see abort.js)
    */
   constructor(o) {
     this.credential = o.credential;
@@ -39,6 +41,7 @@ export class CallHost {
     this.http = o.http;
     this.deadline = o.deadline;
     this.onEvent = o.onEvent;
+    this.stopSending = o.stopSending;
   }
 
   /**
@@ -56,7 +59,8 @@ export class CallHost {
       apiOrigins: this.settings.apiOrigins ?? [],
       instanceUrlOrigins: this.settings.instanceUrlOrigins ?? [],
       instanceUrl: this.#instanceUrl,
-    }) ?? (kind === 'token-endpoint' ? this.#tooLate() : undefined);
+    }) ?? (kind === 'token-endpoint' ? this.#tooLate() : undefined)
+      ?? (this.stopSending?.aborted ? 'the caller stopped waiting (its signal aborted)' : undefined);
     if (why) {
       this.#event({ type: 'http', exchange: kind, method: req.method, target: loggableTarget(req.url), error: 'refused' });
       return { ok: false, error: { tag: 'refused', val: why } };

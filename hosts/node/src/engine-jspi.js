@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Body, callersBytes, mapResponseBodies } from './bodies.js';
 import { compileCoreModules, exportsOf, importResult, moduleLookup, sendErrorOf } from './core-modules.js';
+import { abortReason } from './abort.js';
 import { ComponentError } from './errors.js';
 import { InstancePool } from './instance-pool.js';
 import { wasiImports } from './wasi.js';
@@ -49,13 +50,21 @@ export async function createJspiEngine({ genDir, poolSize }) {
   const engine = {
     mode: 'jspi',
     /** `send`: the request's bytes in as a body the component owns, the responses' bodies back as bytes. */
-    async call(settings, request, host) {
-      const outcome = await engine.invoke('send', [settings, { ...request, body: new Body(request.body) }], host);
+    async call(settings, request, host, { signal = undefined } = {}) {
+      const outcome = await engine.invoke('send', [settings, { ...request, body: new Body(request.body) }], host, { signal });
       return mapResponseBodies(outcome, (body) => callersBytes(Body.bytesOf(body)));
     },
-    /** Runs one export (see exportsOf) with `host` serving its imports (no time bound here). */
-    async invoke(op, args, host) {
+    /**
+     * Runs one export (see exportsOf) with `host` serving its imports (no
+     * time bound here); not at all if `signal` aborted while it waited for
+     * an instance.
+     */
+    async invoke(op, args, host, { signal = undefined } = {}) {
       const instance = await pool.take();
+      if (signal?.aborted) {
+        pool.put(instance);
+        throw abortReason(signal);
+      }
       instance.slot.host = host;
       let outcome;
       try {

@@ -14,6 +14,7 @@ import { pathToFileURL } from 'node:url';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { callersBytes, mapResponseBodies } from './bodies.js';
 import { compileCoreModules } from './core-modules.js';
+import { abortReason } from './abort.js';
 import { ComponentError } from './errors.js';
 import { InstancePool } from './instance-pool.js';
 
@@ -26,9 +27,16 @@ export async function createWorkerEngine({ genDir, poolSize, callTimeoutMs }) {
 
   const pool = new InstancePool(poolSize, () => startWorker(genModuleUrl, modules), (w) => w.terminate());
 
-  /** Runs one export with `served` answering the worker's imports, bounded by `timeoutMs`. */
-  async function run(op, args, served, timeoutMs) {
+  /**
+   * Runs one export with `served` answering the worker's imports, bounded by
+   * `timeoutMs`; not at all if `signal` aborted while it waited for a worker.
+   */
+  async function run(op, args, served, timeoutMs, signal) {
     const worker = await pool.take();
+    if (signal?.aborted) {
+      pool.put(worker);
+      throw abortReason(signal);
+    }
     let answer;
     try {
       answer = await worker.run({ type: 'call', op, args }, served, timeoutMs);
@@ -44,10 +52,10 @@ export async function createWorkerEngine({ genDir, poolSize, callTimeoutMs }) {
   const engine = {
     mode: 'worker',
     /** `send`: the request's bytes stay here (the worker gets an id), the responses' bodies come back as bytes. */
-    async call(settings, request, host) {
+    async call(settings, request, host, { signal = undefined } = {}) {
       const served = serving(host);
       const body = { id: served.keep(request.body) };
-      const outcome = await run('send', [settings, { ...request, body }], served, callTimeoutMs);
+      const outcome = await run('send', [settings, { ...request, body }], served, callTimeoutMs, signal);
       return mapResponseBodies(outcome, (ref) => callersBytes(served.bytesOf(ref)));
     },
     /**
@@ -55,8 +63,8 @@ export async function createWorkerEngine({ genDir, poolSize, callTimeoutMs }) {
      * `devicePoll`) with `host` serving its imports, bounded by `timeoutMs`
      * (default: the call timeout).
      */
-    invoke(op, args, host, { timeoutMs = callTimeoutMs } = {}) {
-      return run(op, args, serving(host), timeoutMs);
+    invoke(op, args, host, { timeoutMs = callTimeoutMs, signal = undefined } = {}) {
+      return run(op, args, serving(host), timeoutMs, signal);
     },
     close() {
       pool.drain();

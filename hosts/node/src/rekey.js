@@ -7,12 +7,14 @@ import {
   DEFAULT_REDIRECT_URI, DEFAULT_TIMEOUT_MS, DeviceAuthorization, PendingAuthorization,
   RedirectListener, entropy, hiddenParts, importTokenResponse, runCodeFlow, witAuthorization,
 } from './authorize.js';
+import { checkSignal, throwIfAborted, unlessAborted } from './abort.js';
 import { CallHost, describeFailure } from './call-host.js';
 import { createJspiEngine, jspiAvailable } from './engine-jspi.js';
 import { createWorkerEngine } from './engine-worker.js';
 import {
   ComponentError, InvalidRequest, InvalidSettings, StoreError, fromAuthorizeError, fromSendError,
 } from './errors.js';
+import { makeFetcher } from './fetcher.js';
 import { HttpClient } from './http.js';
 import { CallbackStore } from './stores/memory.js';
 import { RekeyResponse, keysJson, toWitRequest, toWitSettings } from './wit-values.js';
@@ -38,6 +40,8 @@ export class Rekey {
   /** The callback style's records (one process only), by credential name. */
   #callbackRecords = new CallbackStore();
   #options;
+  /** Every call under way, awaited or not (a caller may have stopped waiting): for drain(). */
+  #running = new Set();
 
   constructor(engine, http, options, buildInfo) {
     this.#engine = engine;
@@ -75,11 +79,17 @@ export class Rekey {
 
   /**
    * Sends one request with the credential's access token, refreshing and
-   * persisting as its settings say.
+   * persisting as its settings say. With `signal`: an abort rejects at once
+   * with its reason; a call that has started runs to its end underneath (a
+   * refresh is never cut between the provider's rotation and the durable
+   * write of the new keys) and its result is discarded (see drain()).
    * @param {import('../index.js').SendOptions} o
    * @returns {Promise<RekeyResponse>}
    */
   async send(o) {
+    if (o === null || typeof o !== 'object') throw new InvalidRequest('send takes an object: { credential, store, settings, request }');
+    const signal = checkSignal(o.signal);
+    throwIfAborted(signal);
     const settings = toWitSettings(o.settings);
     const request = toWitRequest(o.request);
     const { store, record } = await this.#recordOf(o);
@@ -92,9 +102,28 @@ export class Rekey {
       deadline: Date.now() + this.#options.callTimeoutMs,
       onEvent: o.onEvent ?? this.#options.onEvent,
     });
-    const outcome = await this.#engine.call(settings, request, host);
+    const outcome = await unlessAborted(signal, () => this.#track(this.#engine.call(settings, request, host, { signal })));
     if (!outcome.ok) throw fromSendError(outcome.error, (r) => new RekeyResponse(r));
     return new RekeyResponse(outcome.value);
+  }
+
+  /**
+   * Resolves once every call started on this instance has ended, those whose
+   * callers stopped waiting (an aborted `signal`) included: e.g. before the
+   * process exits, so a refresh under way is stored. Their outcomes are not
+   * reported (each has done what the component decided). Never rejects.
+   * @returns {Promise<void>}
+   */
+  async drain() {
+    while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
+  }
+
+  /** Counts `call` as under way until it settles. */
+  #track(call) {
+    this.#running.add(call);
+    const done = () => this.#running.delete(call);
+    call.then(done, done);
+    return call;
   }
 
   /** The record a call runs on: the store's, or the callback style's. */
@@ -123,23 +152,14 @@ export class Rekey {
   }
 
   /**
-   * A `fetch`-shaped function for one credential: it takes fetch's arguments
-   * and resolves to a standard `Response`; failures reject with RekeyError.
-   * @param {import('../index.js').SendWithStore | import('../index.js').SendWithKeys} credentialOptions
+   * A `fetch`-compatible function for one credential (see src/fetcher.js):
+   * `(input, init) => Promise<Response>`, a standard `Response`; rekey's
+   * failures reject with RekeyError, bad input with fetch's TypeError, an
+   * abort with the signal's reason. Redirects are never followed.
+   * @param {import('../index.js').FetcherOptions} credentialOptions
    */
   fetcher(credentialOptions) {
-    return async (input, init) => {
-      const req = new Request(input, init);
-      if (req.redirect !== 'follow' && req.redirect !== 'manual') {
-        throw new InvalidRequest("rekey never follows redirects: redirect 'error' is not supported");
-      }
-      const body = req.body ? new Uint8Array(await req.arrayBuffer()) : undefined;
-      const res = await this.send({
-        ...credentialOptions,
-        request: { method: req.method, url: req.url, headers: [...req.headers], body },
-      });
-      return res.toResponse();
-    };
+    return makeFetcher((o) => this.send(o), credentialOptions);
   }
 
   // The first token set: the component's `authorize` interface, with this
@@ -162,6 +182,14 @@ export class Rekey {
    */
   async authorizeCode(credential, o = /** @type {import('../index.js').AuthorizeCodeOptions} */ ({})) {
     const persist = this.#authorizePersistence(credential, o);
+    const signal = checkSignal(o.signal);
+    throwIfAborted(signal);
+    // The abort ends the wait for the redirect (runCodeFlow); once a
+    // redirect was taken, its exchange and storing finish underneath.
+    return unlessAborted(signal, () => this.#track(this.#codeFlow(credential, o, persist, signal)));
+  }
+
+  async #codeFlow(credential, o, persist, signal) {
     await this.checkSettings(o.settings);
     if (typeof o.onUrl !== 'function') {
       throw new InvalidRequest('onUrl(url) must be a function that shows the authorization URL (print it, or openBrowser)');
@@ -176,7 +204,7 @@ export class Rekey {
         exchange: (query) => this.#finish(o.settings, pending, query, credential, o.onEvent),
         persist,
         timeoutMs,
-        signal: o.signal,
+        signal,
       });
     } finally {
       listener.close();
@@ -195,13 +223,22 @@ export class Rekey {
    */
   async authorizeDevice(credential, o = /** @type {import('../index.js').AuthorizeDeviceOptions} */ ({})) {
     const persist = this.#authorizePersistence(credential, o);
+    const signal = checkSignal(o.signal);
+    throwIfAborted(signal);
+    return unlessAborted(signal, () => this.#track(this.#deviceFlow(credential, o, persist, signal)));
+  }
+
+  async #deviceFlow(credential, o, persist, signal) {
     await this.checkSettings(o.settings);
     if (typeof o.onUserCode !== 'function') {
       throw new InvalidRequest('onUserCode(device) must be a function that shows the user code and verification URI');
     }
-    const device = await this.#startDevice(o.settings, credential, o.onEvent);
+    const device = await this.#startDevice(o.settings, credential, o.onEvent, signal);
+    throwIfAborted(signal);
     await o.onUserCode(device);
-    const keys = await this.#pollDevice(o.settings, device, credential, o.onEvent);
+    // After an abort, polling stops at its next request (nothing more is
+    // sent); keys a poll already under way brings back are still stored.
+    const keys = await this.#pollDevice(o.settings, device, credential, o.onEvent, signal);
     await persist(keys);
     return keys;
   }
@@ -226,13 +263,13 @@ export class Rekey {
    * The code grant's first step alone, for a caller with its own redirect
    * listener: the authorization URL (state, PKCE S256) for `redirectUri`.
    * @param {import('../index.js').Settings} settings
-   * @param {{redirectUri?: string, onEvent?: (event: import('../index.js').RekeyEvent) => void}} [o]
+   * @param {{redirectUri?: string, onEvent?: (event: import('../index.js').RekeyEvent) => void, signal?: AbortSignal}} [o]
    */
-  async beginAuthorization(settings, { redirectUri, onEvent } = {}) {
+  async beginAuthorization(settings, { redirectUri, onEvent, signal } = {}) {
     if (typeof redirectUri !== 'string') {
       throw new InvalidRequest('redirectUri must be the loopback URI your listener has, e.g. http://127.0.0.1:8765/callback');
     }
-    return this.#begin(settings, redirectUri, undefined, onEvent);
+    return this.#step(signal, (s) => this.#begin(settings, redirectUri, undefined, onEvent, s));
   }
 
   /**
@@ -242,67 +279,76 @@ export class Rekey {
    * @param {import('../index.js').Settings} settings
    * @param {PendingAuthorization} pending
    * @param {string|URL|URLSearchParams} query  the redirect's query (or the whole URL)
-   * @param {{onEvent?: (event: import('../index.js').RekeyEvent) => void}} [o]
+   * @param {{onEvent?: (event: import('../index.js').RekeyEvent) => void, signal?: AbortSignal}} [o]
    */
-  async finishAuthorization(settings, pending, query, { onEvent } = {}) {
-    return this.#finish(settings, pending, query, undefined, onEvent);
+  async finishAuthorization(settings, pending, query, { onEvent, signal } = {}) {
+    return this.#step(signal, (s) => this.#finish(settings, pending, query, undefined, onEvent, s));
   }
 
   /**
    * The device grant's first step alone (RFC 8628 §3.1).
    * @param {import('../index.js').Settings} settings
-   * @param {{onEvent?: (event: import('../index.js').RekeyEvent) => void}} [o]
+   * @param {{onEvent?: (event: import('../index.js').RekeyEvent) => void, signal?: AbortSignal}} [o]
    */
-  async startDeviceAuthorization(settings, { onEvent } = {}) {
-    return this.#startDevice(settings, undefined, onEvent);
+  async startDeviceAuthorization(settings, { onEvent, signal } = {}) {
+    return this.#step(signal, (s) => this.#startDevice(settings, undefined, onEvent, s));
   }
 
   /**
    * The device grant's polling alone; returns the keys to store.
    * @param {import('../index.js').Settings} settings
    * @param {DeviceAuthorization} device
-   * @param {{onEvent?: (event: import('../index.js').RekeyEvent) => void}} [o]
+   * @param {{onEvent?: (event: import('../index.js').RekeyEvent) => void, signal?: AbortSignal}} [o]
    */
-  async pollDeviceAuthorization(settings, device, { onEvent } = {}) {
-    return this.#pollDevice(settings, device, undefined, onEvent);
+  async pollDeviceAuthorization(settings, device, { onEvent, signal } = {}) {
+    return this.#step(signal, (s) => this.#pollDevice(settings, device, undefined, onEvent, s));
   }
 
-  async #begin(settings, redirectUri, credential, onEvent) {
+  /** A low-level authorisation step with the caller's `signal` (see abort.js). */
+  #step(signal, run) {
+    const s = checkSignal(signal);
+    return unlessAborted(s, () => this.#track(run(s)));
+  }
+
+  async #begin(settings, redirectUri, credential, onEvent, signal = undefined) {
     const wsettings = toWitSettings(settings);
     const auth = witAuthorization(settings, redirectUri);
-    const pending = await this.#authorizeCall('begin', [wsettings, auth, entropy()], { settings: wsettings, credential, onEvent });
+    const pending = await this.#authorizeCall('begin', [wsettings, auth, entropy()], { settings: wsettings, credential, onEvent, signal });
     return new PendingAuthorization(pending, auth);
   }
 
-  async #finish(settings, pendingAuthorization, query, credential, onEvent) {
+  async #finish(settings, pendingAuthorization, query, credential, onEvent, signal = undefined) {
     const wsettings = toWitSettings(settings);
     const { pending, authorization } = hiddenParts(pendingAuthorization, PendingAuthorization);
-    const body = await this.#authorizeCall('finish', [wsettings, authorization, pending, rawQuery(query)], { settings: wsettings, credential, onEvent });
+    const body = await this.#authorizeCall('finish', [wsettings, authorization, pending, rawQuery(query)], { settings: wsettings, credential, onEvent, signal });
     return importTokenResponse(body);
   }
 
-  async #startDevice(settings, credential, onEvent) {
+  async #startDevice(settings, credential, onEvent, signal = undefined) {
     const wsettings = toWitSettings(settings);
     const auth = witAuthorization(settings, '');
-    const grant = await this.#authorizeCall('deviceStart', [wsettings, auth], { settings: wsettings, deviceUrl: auth.deviceUrl, credential, onEvent });
+    const grant = await this.#authorizeCall('deviceStart', [wsettings, auth], { settings: wsettings, deviceUrl: auth.deviceUrl, credential, onEvent, signal });
     return new DeviceAuthorization(grant, auth);
   }
 
-  async #pollDevice(settings, device, credential, onEvent) {
+  async #pollDevice(settings, device, credential, onEvent, signal = undefined) {
     const wsettings = toWitSettings(settings);
     const { grant } = hiddenParts(device, DeviceAuthorization);
     // Polling lasts as long as the code lives.
     const timeoutMs = grant.expiresIn * 1000 + this.#options.callTimeoutMs;
-    const body = await this.#authorizeCall('devicePoll', [wsettings, grant], { settings: wsettings, credential, onEvent, timeoutMs });
+    const body = await this.#authorizeCall('devicePoll', [wsettings, grant], { settings: wsettings, credential, onEvent, timeoutMs, signal });
     return importTokenResponse(body);
   }
 
   /**
+   * An authorize export. After `signal` aborts, its HTTP requests are refused
+   * unsent (an authorize call touches no record: stopping it loses nothing
+   * stored), so a device poll ends at its next request.
    * @param {string} op
    * @param {unknown[]} args
-   * @param {{settings: object, deviceUrl?: string, credential?: string, onEvent?: Function, timeoutMs?: number}} call
+   * @param {{settings: object, deviceUrl?: string, credential?: string, onEvent?: Function, timeoutMs?: number, signal?: AbortSignal}} call
    */
-  async #authorizeCall(op, args, { settings, deviceUrl, credential, onEvent, timeoutMs }) {
+  async #authorizeCall(op, args, { settings, deviceUrl, credential, onEvent, timeoutMs, signal }) {
     const bound = timeoutMs ?? this.#options.callTimeoutMs;
     // No record: the component stores nothing and spends no refresh token here.
     const host = new CallHost({
@@ -312,8 +358,9 @@ export class Rekey {
       http: this.#http,
       deadline: Date.now() + bound,
       onEvent: onEvent ?? this.#options.onEvent,
+      stopSending: signal,
     });
-    const outcome = await this.#engine.invoke(op, args, host, { timeoutMs: bound });
+    const outcome = await this.#engine.invoke(op, args, host, { timeoutMs: bound, signal });
     if (!outcome.ok) throw fromAuthorizeError(outcome.error);
     return outcome.value;
   }

@@ -5,8 +5,11 @@
 import { InvalidRequest, InvalidSettings } from './errors.js';
 import { Secret, reveal } from './secret.js';
 
-const CLIENT_AUTH = { basic: 'client-secret-basic', post: 'client-secret-post' };
-const STRATEGIES = ['on-auth-failure', 'every-request', 'before-expiry'];
+// One spelling of each value across the hosts: the WIT names
+// ('client-secret-basic', as Python's ClientAuth values) and the short ones
+// the Rust host's settings column and CLI use ('basic'), both accepted.
+const CLIENT_AUTH = { basic: 'basic', post: 'post', 'client-secret-basic': 'basic', 'client-secret-post': 'post' };
+export const STRATEGIES = ['on-auth-failure', 'every-request', 'before-expiry'];
 export const GRANTS = ['refresh-token', 'client-credentials'];
 const DEFAULT_EXPIRY_MARGIN_SECS = 60;
 
@@ -22,10 +25,8 @@ export function toWitSettings(s) {
     return value;
   };
   const grant = grantOf(s.grant);
-  const clientAuth = CLIENT_AUTH[s.clientAuth ?? 'basic'];
-  if (!clientAuth) throw new InvalidSettings("clientAuth must be 'basic' or 'post'");
-  const strategyName = s.strategy ?? 'on-auth-failure';
-  if (!STRATEGIES.includes(strategyName)) throw new InvalidSettings(`strategy must be one of ${STRATEGIES.join(', ')}`);
+  const clientAuth = `client-secret-${clientAuthOf(s.clientAuth)}`;
+  const strategyName = strategyOf(s.strategy);
   const margin = s.expiryMarginSecs ?? DEFAULT_EXPIRY_MARGIN_SECS;
   if (!Number.isInteger(margin) || margin < 0 || margin > 0xffffffff) throw new InvalidSettings('expiryMarginSecs must be a whole number of seconds');
   const rejected = s.rejectedStatuses ?? [401];
@@ -74,6 +75,22 @@ export function toWitSettings(s) {
     instanceUrlOrigins: [...instanceOrigins],
     fleet: { leaseTtlMs: ms('leaseTtlMs'), leaseWaitMs: ms('leaseWaitMs') },
   };
+}
+
+/** The client authentication as the settings column spells it: 'basic' (the default) or 'post'. */
+export function clientAuthOf(clientAuth) {
+  const short = Object.hasOwn(CLIENT_AUTH, clientAuth ?? 'basic') ? CLIENT_AUTH[clientAuth ?? 'basic'] : undefined;
+  if (!short) {
+    throw new InvalidSettings(`clientAuth ${JSON.stringify(String(clientAuth))} is unknown: use 'client-secret-basic' (or 'basic') or 'client-secret-post' (or 'post')`);
+  }
+  return short;
+}
+
+/** When the refresh token is exchanged: one of STRATEGIES (default 'on-auth-failure'). */
+export function strategyOf(strategy) {
+  const name = strategy ?? 'on-auth-failure';
+  if (!STRATEGIES.includes(name)) throw new InvalidSettings(`strategy ${JSON.stringify(String(name))} is unknown: use one of ${STRATEGIES.join(', ')}`);
+  return name;
 }
 
 /** How new tokens are obtained: `'refresh-token'` (the default) or `'client-credentials'`. */

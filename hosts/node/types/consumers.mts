@@ -19,4 +19,15 @@ export async function quickStart(settings: Settings, tokenResponse: string, url:
   }
 }
 
+/** fetch's signature with an AbortSignal, and send with one. */
+export async function fetchShaped(settings: Settings, url: string): Promise<Response> {
+  const rk = await Rekey.load();
+  const store = new MemoryStore();
+  const crmFetch: (input: string | URL | Request, init?: RequestInit) => Promise<Response> = rk.fetcher({ credential: 'crm', store, settings });
+  await rk.send({ credential: 'crm', store, settings: { ...settings, clientAuth: 'client-secret-post' }, signal: AbortSignal.timeout(1000), request: { url } });
+  const res = await crmFetch(new Request(url), { method: 'POST', body: new URLSearchParams({ a: '1' }), signal: AbortSignal.timeout(1000), redirect: 'manual' });
+  await rk.drain();
+  return res;
+}
+
 export const hash: string = COMPONENT_SHA256;

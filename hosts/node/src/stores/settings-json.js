@@ -8,9 +8,7 @@
 // `{ env: 'VAR' }` is written as that reference, as the Rust host keeps it.
 
 import { InvalidSettings } from '../errors.js';
-import { grantOf } from '../wit-values.js';
-
-const STRATEGIES = ['on-auth-failure', 'every-request', 'before-expiry'];
+import { clientAuthOf, grantOf, strategyOf } from '../wit-values.js';
 
 /** @param {import('../../index.js').Settings} s */
 export function settingsJson(s) {
@@ -30,16 +28,15 @@ export function settingsJson(s) {
     token_url: s.tokenUrl,
     client_id: s.clientId,
     client_secret: typeof envName === 'string' ? { env: envName } : null,
-    client_auth: s.clientAuth ?? 'basic',
+    client_auth: clientAuthOf(s.clientAuth), // the Rust host's spelling, whichever was given
     scope: s.scope ?? null,
     extra_params: pairs(s.extraParams),
-    strategy: s.strategy ?? 'on-auth-failure',
+    strategy: strategyOf(s.strategy),
     expiry_margin_secs: s.expiryMarginSecs ?? 60,
     rejected_statuses: s.rejectedStatuses ?? [401],
     api_origins: s.apiOrigins ?? [],
     instance_url_origins: s.instanceUrlOrigins ?? [],
   };
-  if (!STRATEGIES.includes(json.strategy)) throw new InvalidSettings(`strategy must be one of ${STRATEGIES.join(', ')}`);
   if (typeof json.token_url !== 'string' || typeof json.client_id !== 'string') {
     throw new InvalidSettings('tokenUrl and clientId must be strings');
   }

@@ -1,0 +1,68 @@
+// One spelling of the settings' enum values across the hosts: the client
+// authentication as the WIT and Python name it ('client-secret-post') and as
+// the Rust host's settings column and CLI do ('post'), both accepted; the
+// settings column always records the Rust host's spelling.
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { InvalidSettings, MemoryStore, SettingsRejected } from '../src/index.js';
+import { REJECTED_ACCESS_TOKEN, imported, rekey } from './support/harness.mjs';
+import { startTestkit } from './support/testkit.mjs';
+
+/** Refreshes once with `clientAuth` against a provider that accepts `accepts` only. */
+async function refreshWith(accepts, clientAuth) {
+  const provider = await startTestkit(['--client-auth', accepts]);
+  try {
+    const rk = await rekey();
+    const store = new MemoryStore();
+    const settings = provider.settings({ clientAuth });
+    await store.create('crm', { settings, keys: imported(await provider.authorize(), { access_token: REJECTED_ACCESS_TOKEN }) });
+    const outcome = await rk.send({ credential: 'crm', store, settings, request: { url: provider.api('v1/me') } }).then((r) => r.status, (e) => e);
+    const column = (await store.show('crm')).settings.client_auth;
+    return { outcome, column, stats: await provider.stats() };
+  } finally {
+    await provider.stop();
+  }
+}
+
+test('clientAuth: client-secret-post and post both authenticate in the form; the column records post', async () => {
+  for (const spelling of ['client-secret-post', 'post']) {
+    const { outcome, column, stats } = await refreshWith('post', spelling);
+    assert.equal(outcome, 200, spelling);
+    assert.equal(stats.refreshes_granted, 1, spelling);
+    assert.equal(column, 'post', spelling);
+  }
+});
+
+test('clientAuth: client-secret-basic, basic and the default use HTTP Basic; the column records basic', async () => {
+  for (const spelling of ['client-secret-basic', 'basic', undefined]) {
+    const { outcome, column, stats } = await refreshWith('basic', spelling);
+    assert.equal(outcome, 200, String(spelling));
+    assert.equal(stats.refreshes_granted, 1, String(spelling));
+    assert.equal(column, 'basic', String(spelling));
+  }
+});
+
+test('clientAuth: the spelling reaches the token endpoint (post against a basic-only provider is refused)', async () => {
+  const { outcome } = await refreshWith('basic', 'client-secret-post');
+  assert.ok(outcome instanceof SettingsRejected, String(outcome));
+});
+
+test('unknown spellings are InvalidSettings naming the accepted ones, from send and from store.create', async () => {
+  const rk = await rekey();
+  const base = { tokenUrl: 'https://login.example.com/token', clientId: 'c', clientSecret: 's', apiOrigins: ['https://api.example.com'] };
+  const cases = [
+    [{ clientAuth: 'client_secret_post' }, /clientAuth "client_secret_post" is unknown: use 'client-secret-basic' \(or 'basic'\) or 'client-secret-post' \(or 'post'\)/],
+    [{ clientAuth: 'Basic' }, /clientAuth "Basic" is unknown/],
+    [{ strategy: 'on_auth_failure' }, /strategy "on_auth_failure" is unknown: use one of on-auth-failure, every-request, before-expiry/],
+    [{ grant: 'client_credentials' }, /grant "client_credentials" is unknown: use one of refresh-token, client-credentials/],
+  ];
+  for (const [change, message] of cases) {
+    const settings = { ...base, ...change };
+    await assert.rejects(rk.send({ credential: 'x', keys: undefined, onUpdateKeys() {}, settings, request: { url: 'https://api.example.com/' } }), (e) => e instanceof InvalidSettings && message.test(e.message));
+    await assert.rejects(new MemoryStore().create('x', { settings }), (e) => e instanceof InvalidSettings && message.test(e.message));
+  }
+  // Every accepted spelling of strategy and grant is the one every host uses.
+  for (const strategy of ['on-auth-failure', 'every-request', 'before-expiry']) await rk.checkSettings({ ...base, strategy });
+  for (const grant of ['refresh-token', 'client-credentials']) await rk.checkSettings({ ...base, grant });
+});
