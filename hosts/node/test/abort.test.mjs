@@ -6,6 +6,7 @@
 // has rotated, until the test releases it: no timing decides anything.
 
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
 import { test } from 'node:test';
 import { InvalidRequest, Rekey } from '../src/index.js';
 import { imported, rekey, tempStore } from './support/harness.mjs';
@@ -124,3 +125,46 @@ test('a call aborted while queued for a free instance never starts', { timeout: 
     rk.close();
   }
 }));
+
+test('authorizeDevice: an abort while polling rejects at once; polling stops at its next request, nothing stored', { timeout: 60_000 }, async () => {
+  const rk = await rekey();
+  let firstPoll;
+  const polled = new Promise((r) => { firstPoll = r; });
+  const requests = [];
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      requests.push(req.url);
+      const device = req.url === '/device';
+      if (!device) firstPoll();
+      res.writeHead(device ? 200 : 400, { 'content-type': 'application/json', connection: 'close' });
+      res.end(JSON.stringify(device
+        ? { device_code: 'scripted-device-code', user_code: 'ABCD-EFGH', verification_uri: 'http://127.0.0.1/activate', expires_in: 60, interval: 1 }
+        : { error: 'authorization_pending' }));
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const base = `http://127.0.0.1:${server.address().port}`;
+  try {
+    const saved = [];
+    const controller = new AbortController();
+    const flow = rk.authorizeDevice('d', {
+      settings: { tokenUrl: `${base}/token`, apiOrigins: [base], deviceUrl: `${base}/device`, clientId: 'd' },
+      onUpdateKeys: (k) => { saved.push(k); },
+      onUserCode: () => {},
+      signal: controller.signal,
+    });
+    await polled;
+    controller.abort();
+    await assert.rejects(flow, isAbortError);
+    await rk.drain(); // the component's next poll is refused unsent, and the call ends
+    assert.deepEqual(requests, ['/device', '/token'], 'no poll after the abort');
+    assert.deepEqual(saved, [], 'nothing stored');
+    await assert.rejects(rk.authorizeDevice('d', { settings: { tokenUrl: `${base}/token`, apiOrigins: [base], deviceUrl: `${base}/device`, clientId: 'd' },
+      onUpdateKeys() {}, onUserCode() {}, signal: AbortSignal.abort() }), isAbortError);
+    assert.equal(requests.length, 2, 'an already-aborted signal sends nothing');
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});
