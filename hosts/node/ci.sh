@@ -37,7 +37,7 @@ if [ -f ../../tests/oidc/package-lock.json ] && [ ! -d ../../tests/oidc/node_mod
 fi
 
 echo "== build: transpile $REKEY_WASM"
-"$node22" scripts/build.mjs
+"$node22" scripts/build.mjs "$REKEY_WASM"
 echo "== type check: src/ with its JSDoc, index.d.ts against the code (TypeScript, pinned)"
 "$node22" node_modules/typescript/bin/tsc -p tsconfig.json
 

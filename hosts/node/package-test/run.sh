@@ -42,7 +42,7 @@ ln -s "$node24" "$work/node24/node"
 npm_globalconfig="$(npm config get globalconfig)"
 clean_env() { # clean_env VERSION CMD...: that Node first on PATH, no module path from the caller
     local v="$1"; shift
-    env -u NODE_PATH -u NODE_OPTIONS PATH="$work/node$v:/usr/bin:/bin" TMPDIR="$work" \
+    env -u NODE_PATH -u NODE_OPTIONS -u REKEY_WASM PATH="$work/node$v:/usr/bin:/bin" TMPDIR="$work" \
         npm_config_globalconfig="$npm_globalconfig" REKEY_TESTKIT="$REKEY_TESTKIT" REKEY_WASM_SHA256="$REKEY_WASM_SHA256" "$@"
 }
 

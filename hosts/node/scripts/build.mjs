@@ -11,8 +11,8 @@
 // types (gen/index.d.cts). `npm pack` runs this first (prepack), so a
 // tarball always holds a fresh build and installs with no build step.
 //
-//   node scripts/build.mjs [path/to/rekey_guest.wasm [out-dir]]   (or $REKEY_WASM; default: the committed
-//   host/component/rekey_guest.wasm; out-dir: gen/)
+//   node scripts/build.mjs [path/to/rekey_guest.wasm [out-dir]]   (default component: the committed
+//   host/component/rekey_guest.wasm, or $REKEY_WASM for an out-dir other than gen/; out-dir: gen/)
 
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -23,9 +23,12 @@ import { fileURLToPath } from 'node:url';
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 // The committed component every host runs (guest/build.sh writes it).
 const COMMITTED = join(root, '..', '..', 'host', 'component', 'rekey_guest.wasm');
-const wasmPath = resolve(process.argv[2] ?? process.env.REKEY_WASM ?? COMMITTED);
 const gen = resolve(process.argv[3] ?? join(root, 'gen'));
 const packageBuild = gen === join(root, 'gen');
+// What `npm pack` ships (the package's own gen/) is built from the committed
+// component unless a path is named: an exported $REKEY_WASM (the test
+// scripts set one) must never decide what a tarball carries.
+const wasmPath = resolve(process.argv[2] ?? (packageBuild ? COMMITTED : process.env.REKEY_WASM ?? COMMITTED));
 // jco's package.json is not in its exports map: find it where npm puts it.
 const jcoPackage = join(root, 'node_modules', '@bytecodealliance', 'jco', 'package.json');
 const jcoVersion = await readFile(jcoPackage, 'utf8').then((text) => JSON.parse(text).version, (err) => {

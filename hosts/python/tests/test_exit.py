@@ -7,6 +7,7 @@ SIGSEGV after all its calls had succeeded), or when the user closes a
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -118,3 +119,64 @@ def test_closing_right_after_loading_never_frees_the_engine_under_its_ticker():
               "print('closed 60')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert (done.returncode, done.stdout, done.stderr) == (0, "closed 60\n", "")
+
+
+def test_close_from_inside_its_own_call_is_refused_not_a_hang(provider):
+    client = rekey.Rekey(os.environ["REKEY_WASM"])
+    seen = []
+
+    def on_update(_keys: str) -> None:
+        try:
+            client.close()
+        except RuntimeError as e:
+            seen.append(str(e))
+            raise
+
+    keys = json.dumps(provider.authorize())
+    provider.admin("POST", "expire-access-tokens")
+    with pytest.raises(rekey.RekeyError):
+        client.send(provider.settings(), Request.get(provider.api_url + "me"), keys=keys, on_update_keys=on_update)
+    assert seen and "inside one of its own calls" in seen[0]
+    assert client._runtime.close(wait=30) is True  # from outside: closes
+
+
+FORK_WITH_THE_LOCK_HELD = """
+import os, sys
+sys.path.insert(0, {src!r})
+import rekey
+client = rekey.Rekey(os.environ["REKEY_WASM"])
+client._runtime.lock.acquire()  # as a call on another thread holds it at the moment of a fork
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # the child never uses rekey: its exit must not wait on the parent's lock
+_, status = os.waitpid(pid, 0)
+client._runtime.lock.release()
+print("child", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+def test_a_forked_child_exits_even_when_the_parent_held_the_runtime_lock():
+    done = subprocess.run([sys.executable, "-c", FORK_WITH_THE_LOCK_HELD.format(src=str(SRC))],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "child 0\n"), done.stderr
+
+
+MANY_BUSY_AT_EXIT = """
+import os, sys, time
+sys.path.insert(0, {src!r})
+import rekey, rekey.runtime
+rekey.runtime.EXIT_WAIT = 0.5
+clients = [rekey.Rekey(os.environ["REKEY_WASM"]) for _ in range(16)]
+for c in clients:
+    c._runtime.lock.acquire()  # each busy for ever
+print(time.monotonic(), flush=True)
+"""
+
+
+def test_the_exit_wait_is_one_bound_for_all_runtimes():
+    done = subprocess.run([sys.executable, "-c", MANY_BUSY_AT_EXIT.format(src=str(SRC))],
+                          capture_output=True, text=True, timeout=120)
+    import time
+    waited = time.monotonic() - float(done.stdout.strip())
+    # One 0.5 s bound for all: 16 runtimes waited in turn would take 8 s.
+    assert done.returncode == 0 and waited < 6, (done.returncode, waited, done.stderr)

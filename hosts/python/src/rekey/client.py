@@ -27,7 +27,7 @@ from .authorize import (
     import_token_response,
     run_code_flow,
 )
-from .component import component_path
+from .component import load_component
 from .http import HttpConfig
 from .keys import keys_text
 from .model import Grant, Request, Response, Settings
@@ -59,14 +59,12 @@ class Rekey:
         call_timeout: float = 120.0,
         memory_limit_bytes: int = 32 * 1024 * 1024,
     ):
-        path = component_path(wasm)
-        with open(path, "rb") as f:
-            code = f.read()
+        source, code = load_component(wasm)
         #: SHA-256 (hex) of the component this instance runs.
         self.component_sha256 = hashlib.sha256(code).hexdigest()
         if expected_sha256 is not None and expected_sha256.lower() != self.component_sha256:
             raise ValueError(
-                f"component {os.fspath(path)} has SHA-256 {self.component_sha256}, expected {expected_sha256.lower()}"
+                f"component {source} has SHA-256 {self.component_sha256}, expected {expected_sha256.lower()}"
             )
         self.http_config = http_config
         self.call_timeout = call_timeout

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import os
 import secrets
 import threading
 import time
@@ -134,8 +135,18 @@ class Runtime:
         garbage collector gets to them. Waits up to ``wait`` seconds (None:
         for ever) for a call in progress; returns False, freeing nothing, if
         one is still running then. Later calls raise :class:`ComponentError`."""
-        with self._idle:
-            if not self._idle.wait_for(lambda: self._active == 0, wait):
+        if getattr(_current, "runtime", None) is self:
+            # A callback, store or log handler of this runtime's own call:
+            # waiting for the call to end would wait for ever.
+            raise RuntimeError("close() from inside one of its own calls (a callback, store or log handler)")
+        deadline = None if wait is None else time.monotonic() + wait
+        left = lambda: None if deadline is None else max(0.0, deadline - time.monotonic())  # noqa: E731
+        # Bounded as a whole: the lock too may be held by a call (or, in a
+        # forked child, by a thread that no longer exists).
+        if not self.lock.acquire(timeout=-1 if deadline is None else left()):
+            return False
+        try:
+            if not self._idle.wait_for(lambda: self._active == 0, left()):
                 return False
             if not self.closed:
                 self.closed = True
@@ -145,6 +156,8 @@ class Runtime:
                 for native in (self.linker, self.component, self.engine):
                     native.close()
             return True
+        finally:
+            self.lock.release()
 
     def _link(self) -> Linker:
         linker = Linker(self.engine)
@@ -207,6 +220,7 @@ class Runtime:
             _current.imports = imports
             _current.unlocked = self.unlocked
             _current.pollables = {}
+            _current.runtime = self
             self._active += 1
             store = None
             try:
@@ -230,6 +244,7 @@ class Runtime:
                 _current.imports = None
                 _current.unlocked = None
                 _current.pollables = {}
+                _current.runtime = None
                 self._active -= 1
                 self._idle.notify_all()
 
@@ -344,10 +359,21 @@ EXIT_WAIT = 1.0  # seconds for a call still running on another thread at exit
 
 
 def _close_at_exit() -> None:
+    deadline = time.monotonic() + EXIT_WAIT  # one bound for all, however many runtimes
     for runtime in list(_open_runtimes):
+        if getattr(_current, "runtime", None) is runtime:
+            continue  # exiting from inside its own call (sys.exit in a callback)
         # A call still running on a daemon thread keeps its runtime (and its
         # ticker): freeing it under the call would be worse than the teardown.
-        runtime.close(wait=EXIT_WAIT)
+        runtime.close(wait=max(0.0, deadline - time.monotonic()))
+
+
+def _forget_runtimes_in_child() -> None:
+    # A forked child inherits the runtimes but not the threads that run them
+    # (their locks may be held for ever, their tickers are gone): it must
+    # make its own Rekey (see the README), and it never frees the parent's.
+    _open_runtimes.clear()
 
 
 atexit.register(_close_at_exit)
+os.register_at_fork(after_in_child=_forget_runtimes_in_child)
