@@ -20,10 +20,13 @@ pub enum ClientSecret {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
-    /// HTTP Basic (`client_secret_basic`), the RFC 6749 default.
+    /// HTTP Basic (`client_secret_basic`), the RFC 6749 default. Stored as
+    /// `basic`; the WIT's and the other hosts' `client-secret-basic` reads too.
     #[default]
+    #[serde(alias = "client-secret-basic", alias = "client_secret_basic")]
     Basic,
-    /// In the form body (`client_secret_post`).
+    /// In the form body (`client_secret_post`); stored as `post`.
+    #[serde(alias = "client-secret-post", alias = "client_secret_post")]
     Post,
 }
 
@@ -303,6 +306,25 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Settings>(&json).unwrap(), s);
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn client_auth_reads_every_hosts_spelling_and_stores_one() {
+        for (spelling, auth) in [
+            ("basic", ClientAuth::Basic),
+            ("client-secret-basic", ClientAuth::Basic),
+            ("client_secret_basic", ClientAuth::Basic),
+            ("post", ClientAuth::Post),
+            ("client-secret-post", ClientAuth::Post),
+            ("client_secret_post", ClientAuth::Post),
+        ] {
+            let read: ClientAuth = serde_json::from_value(serde_json::json!(spelling)).unwrap();
+            assert_eq!(read, auth, "{spelling}");
+        }
+        assert_eq!(serde_json::to_value(ClientAuth::Post).unwrap(), "post");
+        assert!(
+            serde_json::from_value::<ClientAuth>(serde_json::json!("private-key-jwt")).is_err()
+        );
     }
 
     #[test]

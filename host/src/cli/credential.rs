@@ -169,7 +169,11 @@ enum GrantArg {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum AuthArg {
+    /// HTTP Basic (client_secret_basic)
+    #[value(alias = "client-secret-basic")]
     Basic,
+    /// In the form body (client_secret_post)
+    #[value(alias = "client-secret-post")]
     Post,
 }
 
