@@ -35,10 +35,31 @@ def grant_of(value: "Grant | str") -> Grant:
 
 
 class ClientAuth(enum.Enum):
-    """How the client authenticates at the token endpoint (RFC 6749 §2.3.1)."""
+    """How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
+    ``ClientAuth("post")`` and the RFC's ``client_secret_post`` name it too:
+    every host reads the same spellings."""
 
     BASIC = "client-secret-basic"
     POST = "client-secret-post"
+
+    @classmethod
+    def _missing_(cls, value: object) -> "Optional[ClientAuth]":
+        if isinstance(value, str):
+            spelled = value.strip().lower().replace("_", "-")
+            for auth in cls:
+                if spelled in (auth.value, auth.value.removeprefix("client-secret-")):
+                    return auth
+        return None
+
+
+def client_auth_of(value: "ClientAuth | str") -> ClientAuth:
+    """A ``ClientAuth`` from itself or any host's spelling; anything else is a clear error."""
+    try:
+        return ClientAuth(value)
+    except ValueError:
+        raise InvalidSettings(
+            f"unknown client auth {value!r} (expected basic, post, client-secret-basic or client-secret-post)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,19 @@ class BeforeExpiry:
 
 
 Strategy = Union[OnAuthFailure, EveryRequest, BeforeExpiry]
+
+_STRATEGY_NAMES = {"on-auth-failure": OnAuthFailure, "every-request": EveryRequest, "before-expiry": BeforeExpiry}
+
+
+def strategy_of(value: "Strategy | str") -> Strategy:
+    """A strategy from itself or its name in every host (``"every-request"``;
+    ``"before-expiry"`` takes the default margin); anything else is a clear error."""
+    if isinstance(value, (OnAuthFailure, EveryRequest, BeforeExpiry)):
+        return value
+    kind = _STRATEGY_NAMES.get(value.strip().lower().replace("_", "-")) if isinstance(value, str) else None
+    if kind is None:
+        raise InvalidSettings(f"unknown strategy {value!r} (expected one of {', '.join(_STRATEGY_NAMES)})")
+    return kind()
 
 
 @dataclass
@@ -108,6 +142,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.grant = grant_of(self.grant)
+        self.client_auth = client_auth_of(self.client_auth)
+        self.strategy = strategy_of(self.strategy)
         # Accept a plain str, keep a Secret: the dataclass repr stays safe.
         if self.client_secret is not None and not isinstance(self.client_secret, Secret):
             self.client_secret = Secret(self.client_secret)
