@@ -363,9 +363,13 @@ def _close_at_exit() -> None:
     for runtime in list(_open_runtimes):
         if getattr(_current, "runtime", None) is runtime:
             continue  # exiting from inside its own call (sys.exit in a callback)
-        # A call still running on a daemon thread keeps its runtime (and its
-        # ticker): freeing it under the call would be worse than the teardown.
-        runtime.close(wait=max(0.0, deadline - time.monotonic()))
+        # A call still running on a daemon thread keeps its runtime: freeing
+        # it under the call would be worse than the teardown. Its ticker
+        # stops all the same (the process is ending: no deadline to keep),
+        # so no thread of rekey's is left to meet the teardown.
+        if not runtime.close(wait=max(0.0, deadline - time.monotonic())):
+            runtime._stop_ticking.set()
+            runtime._ticker.join(EPOCH_TICK * 4)
 
 
 def _forget_runtimes_in_child() -> None:
