@@ -129,13 +129,12 @@ def test_close_from_inside_its_own_call_is_refused_not_a_hang(provider):
         try:
             client.close()
         except RuntimeError as e:
-            seen.append(str(e))
-            raise
+            seen.append(str(e))  # and the keys count as kept: the call goes on
 
     keys = json.dumps(provider.authorize())
     provider.admin("POST", "expire-access-tokens")
-    with pytest.raises(rekey.RekeyError):
-        client.send(provider.settings(), Request.get(provider.api_url + "me"), keys=keys, on_update_keys=on_update)
+    resp = client.send(provider.settings(), Request.get(provider.api_url + "me"), keys=keys, on_update_keys=on_update)
+    assert resp.status == 200
     assert seen and "inside one of its own calls" in seen[0]
     assert client._runtime.close(wait=30) is True  # from outside: closes
 
