@@ -34,6 +34,24 @@ pub struct Args {
     /// Compile the component at every start instead.
     #[arg(long, global = true)]
     no_cache: bool,
+    /// A client certificate chain (PEM) to present to servers that ask for
+    /// one (mutual TLS); needs --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "REKEY_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM file; never its contents
+    /// on the command line).
+    #[arg(
+        long,
+        global = true,
+        env = "REKEY_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,7 +109,33 @@ impl From<rekey::StoreError> for Failure {
     }
 }
 
+/// The client certificate every component call of this process presents.
+static CLIENT_IDENTITY: std::sync::OnceLock<Option<rekey::ClientIdentity>> =
+    std::sync::OnceLock::new();
+
+fn client_identity(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<rekey::ClientIdentity>, Failure> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            Failure::new(
+                Exit::BadInput,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
+    };
+    rekey::ClientIdentity::from_pem(&read(cert)?, &read(key)?)
+        .map(Some)
+        .map_err(|e| Failure::new(Exit::BadInput, format!("--client-cert/--client-key: {e}")))
+}
+
 pub async fn run(args: Args) -> Result<Exit, Failure> {
+    let identity = client_identity(args.client_cert.as_deref(), args.client_key.as_deref())?;
+    let _ = CLIENT_IDENTITY.set(identity);
     // Where the commands that run the component cache its compiled code.
     let cache_dir = if args.no_cache {
         None
@@ -145,6 +189,10 @@ fn rekey_for_one_call(cache_dir: Option<std::path::PathBuf>) -> Result<rekey::Re
     let config = rekey::Config {
         pooling: None,
         cache_dir,
+        http: rekey::HttpConfig {
+            client_identity: CLIENT_IDENTITY.get().cloned().flatten(),
+            ..rekey::HttpConfig::default()
+        },
         ..rekey::Config::default()
     };
     rekey::Rekey::new(config).map_err(|e| {

@@ -18,6 +18,9 @@ pub struct HttpConfig {
     pub total_timeout: Duration,
     /// Larger response bodies fail with `too-large` instead of filling memory.
     pub max_response_bytes: u64,
+    /// Presented to a server that asks for a client certificate (mutual
+    /// TLS); None: none is presented.
+    pub client_identity: Option<crate::tls::ClientIdentity>,
 }
 
 impl Default for HttpConfig {
@@ -26,6 +29,7 @@ impl Default for HttpConfig {
             connect_timeout: Duration::from_secs(10),
             total_timeout: Duration::from_secs(30),
             max_response_bytes: 4 * 1024 * 1024,
+            client_identity: None,
         }
     }
 }
@@ -55,8 +59,8 @@ impl HttpClient {
 
     fn client(&self) -> Result<&reqwest::Client, TransportError> {
         let built = self.client.get_or_init(|| {
-            let tls =
-                crate::tls::client_config().map_err(|e| format!("cannot configure TLS: {e}"))?;
+            let tls = crate::tls::client_config(self.config.client_identity.as_ref())
+                .map_err(|e| format!("cannot configure TLS: {e}"))?;
             reqwest::Client::builder()
                 .use_preconfigured_tls(tls)
                 .redirect(reqwest::redirect::Policy::none())

@@ -87,6 +87,7 @@ pub use store::{
     Credential, DeadGrant, KeyStore, Lease, MemoryStore, Record, RefreshMark, SqliteStore,
     StoreError,
 };
+pub use tls::ClientIdentity;
 pub use token_set::{TokenSet, TokenSetError};
 
 /// The rekey component: `guest/` as `guest/build.sh` builds it (size-optimised),

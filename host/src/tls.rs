@@ -12,19 +12,63 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{
     CryptoProvider, WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature,
 };
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, Error, SignatureScheme};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-/// HTTP/1.1 over rustls with ring, verifying as the platform does.
-pub(crate) fn client_config() -> Result<ClientConfig, Error> {
+/// A client certificate chain and its private key, presented to servers
+/// that ask for one (mutual TLS). `Debug` never shows the key.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl ClientIdentity {
+    /// From PEM: the certificate chain (leaf first) and the private key
+    /// (PKCS#8, PKCS#1 or SEC1). Errors never quote the key.
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, String> {
+        let chain = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| "the client certificate is not PEM".to_owned())?;
+        if chain.is_empty() {
+            return Err("no certificate in the client certificate PEM".into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|_| "no private key in the client key PEM".to_owned())?;
+        // Refused now rather than at the first handshake.
+        rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|_| "the client key is of a type TLS cannot sign with".to_owned())?;
+        Ok(ClientIdentity {
+            chain,
+            key: Arc::new(key),
+        })
+    }
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("certificates", &self.chain.len())
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+/// HTTP/1.1 over rustls with ring, verifying as the platform does, with the
+/// client certificate if one is configured.
+pub(crate) fn client_config(identity: Option<&ClientIdentity>) -> Result<ClientConfig, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(lazy_platform(provider))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(lazy_platform(provider));
+    let mut config = match identity {
+        Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
+        None => builder.with_no_client_auth(),
+    };
     // reqwest is built for HTTP/1.1 only.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)

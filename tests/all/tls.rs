@@ -69,11 +69,22 @@ fn make_ca(dir: &Path, name: &str) {
 
 /// `server.pem`/`server.key` for 127.0.0.1, signed by the CA `ca`.
 fn make_server_cert(dir: &Path) {
-    std::fs::write(
-        dir.join("ext.cnf"),
+    make_cert(
+        dir,
+        "server",
         "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
+    );
+}
+
+/// `NAME.pem`/`NAME.key` with the extensions `ext`, signed by the CA `ca`.
+fn make_cert(dir: &Path, name: &str, ext: &str) {
+    let (key, csr, pem, cnf) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.cnf"),
+    );
+    std::fs::write(dir.join(&cnf), ext).unwrap();
     openssl(
         dir,
         &[
@@ -84,11 +95,11 @@ fn make_server_cert(dir: &Path) {
             "ec_paramgen_curve:prime256v1",
             "-nodes",
             "-keyout",
-            "server.key",
+            &key,
             "-out",
-            "server.csr",
+            &csr,
             "-subj",
-            "/CN=127.0.0.1",
+            &format!("/CN={name}"),
         ],
     );
     openssl(
@@ -97,23 +108,23 @@ fn make_server_cert(dir: &Path) {
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &csr,
             "-CA",
             "ca.pem",
             "-CAkey",
             "ca.key",
             "-CAcreateserial",
             "-out",
-            "server.pem",
+            &pem,
             "-days",
             "2",
             "-extfile",
-            "ext.cnf",
+            &cnf,
         ],
     );
 }
 
-fn start_server(dir: &Path) -> TlsServer {
+fn start_server(dir: &Path, extra: &[&str]) -> TlsServer {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -123,6 +134,7 @@ fn start_server(dir: &Path) -> TlsServer {
         .args(["s_server", "-www", "-quiet", "-accept"])
         .arg(format!("127.0.0.1:{port}"))
         .args(["-cert", "server.pem", "-key", "server.key"])
+        .args(extra)
         .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -148,7 +160,7 @@ fn https_is_verified_against_the_platform_roots() {
     make_ca(dir.path(), "ca");
     make_ca(dir.path(), "other");
     make_server_cert(dir.path());
-    let server = start_server(dir.path());
+    let server = start_server(dir.path(), &[]);
     let origin = format!("https://127.0.0.1:{}", server.port);
 
     let store = dir.path().join("rekey.db");
@@ -203,4 +215,103 @@ fn https_is_verified_against_the_platform_roots() {
     let said = all_output(&refused);
     assert!(said.to_lowercase().contains("certificate"), "{said}");
     assert!(!said.contains("tls-test-token"), "{said}");
+}
+
+/// Mutual TLS: a server that requires a client certificate gets the one
+/// `--client-cert`/`--client-key` name (a file each; the key never on the
+/// command line), and refuses the handshake without it.
+#[test]
+fn a_client_certificate_is_presented_when_configured() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        return missing_peer("the openssl command line tool");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    make_ca(dir.path(), "ca");
+    make_server_cert(dir.path());
+    make_cert(dir.path(), "client", "extendedKeyUsage=clientAuth\n");
+    // -Verify 1: a client certificate signed by ca.pem is required.
+    let server = start_server(dir.path(), &["-Verify", "1", "-CAfile", "ca.pem"]);
+    let origin = format!("https://127.0.0.1:{}", server.port);
+    let store = dir.path().join("rekey.db");
+    let keys = dir.path().join("keys.json");
+    std::fs::write(
+        &keys,
+        r#"{"access_token":"mtls-test-token","token_type":"Bearer"}"#,
+    )
+    .unwrap();
+    let added = rekey_cli(
+        &store,
+        &[
+            "credential",
+            "add",
+            "t",
+            "--token-url",
+            "http://127.0.0.1:9/token",
+            "--client-id",
+            "x",
+            "--api-origin",
+            &origin,
+            "--keys",
+            keys.to_str().unwrap(),
+        ],
+    );
+    assert!(added.status.success(), "{}", all_output(&added));
+    let path = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
+    let url = format!("{origin}/");
+    let send = |extra: &[&str]| {
+        let mut args = extra.to_vec();
+        args.extend(["send", "t", &url]);
+        rekey_cli_env(
+            &store,
+            &args,
+            &[
+                ("SSL_CERT_FILE", &path("ca.pem")),
+                ("SSL_CERT_DIR", "/nonexistent"),
+            ],
+        )
+    };
+
+    let presented = send(&[
+        "--client-cert",
+        &path("client.pem"),
+        "--client-key",
+        &path("client.key"),
+    ]);
+    assert!(presented.status.success(), "{}", all_output(&presented));
+    assert!(
+        String::from_utf8_lossy(&presented.stdout).contains("s_server"),
+        "{}",
+        all_output(&presented)
+    );
+
+    let without = send(&[]);
+    assert_eq!(
+        without.status.code(),
+        Some(6),
+        "a transport failure: {}",
+        all_output(&without)
+    );
+
+    // The key file given as the certificate (and the other way round): a
+    // clear bad-input error that never prints the key.
+    let swapped = send(&[
+        "--client-cert",
+        &path("client.key"),
+        "--client-key",
+        &path("client.pem"),
+    ]);
+    assert_eq!(swapped.status.code(), Some(2), "{}", all_output(&swapped));
+    let key_text = std::fs::read_to_string(path("client.key")).unwrap();
+    let key_body = key_text.lines().nth(1).unwrap();
+    assert!(
+        !all_output(&swapped).contains(key_body),
+        "{}",
+        all_output(&swapped)
+    );
+    assert!(
+        all_output(&without).contains("CertificateRequired"),
+        "the server's alert is named: {}",
+        all_output(&without)
+    );
+    assert!(!all_output(&without).contains("mtls-test-token"));
 }
