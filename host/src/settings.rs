@@ -36,10 +36,13 @@ pub enum ClientAuth {
 pub enum Strategy {
     /// After the API rejects the access token (the standard way).
     #[default]
+    #[serde(alias = "on_auth_failure")]
     OnAuthFailure,
     /// Before every request (providers that want the refresh token exercised).
+    #[serde(alias = "every_request")]
     EveryRequest,
     /// When the token expires within `expiry_margin_secs`; still on rejection.
+    #[serde(alias = "before_expiry")]
     BeforeExpiry,
 }
 
@@ -322,6 +325,9 @@ mod tests {
             assert_eq!(read, auth, "{spelling}");
         }
         assert_eq!(serde_json::to_value(ClientAuth::Post).unwrap(), "post");
+        let every: Strategy = serde_json::from_value(serde_json::json!("every_request")).unwrap();
+        assert_eq!(every, Strategy::EveryRequest);
+        assert_eq!(serde_json::to_value(every).unwrap(), "every-request");
         assert!(
             serde_json::from_value::<ClientAuth>(serde_json::json!("private-key-jwt")).is_err()
         );
