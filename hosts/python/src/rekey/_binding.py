@@ -9,7 +9,7 @@ from typing import Callable, Optional
 from .keys import keys_text
 from .model import Settings
 from .secret import Secret
-from .stores import RecordStore
+from .stores import CallbackRecord, CallbackStore, RecordStore
 
 #: Framing and hop-by-hop headers: rekey sends the body whole on a
 #: connection of its own, and writes Content-Length itself.
@@ -19,7 +19,13 @@ CONNECTION_HEADERS = frozenset({"content-length", "transfer-encoding", "connecti
 class Binding:
     """``settings`` plus either ``store`` and ``credential`` or
     ``on_update_keys`` (with ``keys``, a dict, JSON text or a Secret, and an
-    optional ``credential``), checked by the rules of :meth:`Rekey.send`."""
+    optional ``credential``), checked by the rules of :meth:`Rekey.send`.
+
+    Without a ``credential`` name the binding keeps one callback record of
+    its own for its lifetime, seeded once with ``keys``: every request
+    continues from the newest keys a refresh wrote (passing ``keys`` to each
+    ``Rekey.send`` would give each request a fresh record seeded with the
+    first keys, whose refresh token is spent after one refresh)."""
 
     def __init__(
         self,
@@ -39,12 +45,15 @@ class Binding:
         elif on_update_keys is None:
             raise TypeError("pass store= and credential=, or keys= and on_update_keys=")
         self.settings = settings
-        self.send_options = dict(
-            store=store,
-            credential=credential,
-            keys=keys_text(keys) if keys is not None else None,
-            on_update_keys=on_update_keys,
-        )
+        text = keys_text(keys) if keys is not None else None
+        if store is None and not credential:
+            record = CallbackRecord()
+            if text is not None:
+                record.offer(text)
+            # Rekey.send runs a callback call on exactly this store, under this name.
+            self.send_options = dict(store=CallbackStore(record, on_update_keys), credential="(callback)")
+        else:
+            self.send_options = dict(store=store, credential=credential, keys=text, on_update_keys=on_update_keys)
 
 
 def forwarded(headers) -> list[tuple[str, str]]:

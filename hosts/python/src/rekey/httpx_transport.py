@@ -34,10 +34,14 @@ class RekeyTransport(httpx.BaseTransport):
     """``httpx.Client(transport=RekeyTransport(rekey, settings, store=..., credential=...))``.
 
     Every request the client sends goes through ``rekey.send`` with this
-    credential: a URL outside ``settings.api_origins`` raises
-    :class:`rekey.TransportError` (``kind == "refused"``) and sends nothing.
-    Mount it on the API's origin alone to let the client reach other sites
-    as usual: ``httpx.Client(mounts={"https://api.example.com": transport})``.
+    credential: a URL outside ``settings.api_origins`` (a redirect hop too)
+    raises :class:`rekey.InvalidSettings` and sends nothing. Mount it on the
+    API's origin alone to let the client reach other sites as usual:
+    ``httpx.Client(mounts={"https://api.example.com": transport})``; a
+    redirect to another origin then leaves through httpx's own transport,
+    without a token but with the body (307/308) and the caller's headers.
+    Not ``mounts={"all://": ...}``: httpx puts the proxy environment
+    variables' mounts before it, so a proxied URL would bypass rekey.
     The client's ``timeout``, ``verify``, ``cert`` and proxy settings are not
     used: rekey connects with its own :class:`rekey.HttpConfig`."""
 

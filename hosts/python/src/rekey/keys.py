@@ -24,3 +24,14 @@ def keys_text(keys: "Mapping | str | Secret", what: str = "keys") -> str:
             # json's messages name a type or "out of range float", not a value.
             raise TypeError(f"{what} given as a dict must hold JSON values only: {e}") from None
     raise TypeError(f"{what} must be a dict, JSON text (str) or a Secret, not {type(keys).__name__}")
+
+
+def canonical_keys(keys: str) -> str:
+    """One spelling per token set, to recognise a set seen before whatever
+    its spacing or key order (a dict is re-serialised by ``json.dumps``, the
+    component writes compact JSON). Text that is not JSON stays as it is."""
+    try:
+        value = json.loads(keys)
+    except (ValueError, RecursionError):
+        return keys
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

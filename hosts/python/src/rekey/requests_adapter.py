@@ -42,9 +42,13 @@ class RekeyAdapter(requests.adapters.BaseAdapter):
     """``session.mount(API_ORIGIN + "/", RekeyAdapter(rekey, settings, store=..., credential=...))``.
 
     Every request the session sends to the mounted prefix goes through
-    ``rekey.send`` with this credential; a URL outside ``settings.api_origins``
-    (mounted on ``"https://"``, or a redirect) raises
-    :class:`rekey.TransportError` (``kind == "refused"``) and sends nothing.
+    ``rekey.send`` with this credential. Mounted on a scheme (``"https://"``,
+    and ``"http://"``), every request and every redirect hop comes here: one
+    to a URL outside ``settings.api_origins`` raises
+    :class:`rekey.InvalidSettings` and sends nothing. Mounted on the API's
+    origin prefix, a redirect to another origin is followed by requests' own
+    adapter, not by rekey: without a token, but with the body (307/308) and
+    the caller's headers.
     The session's ``timeout``, ``verify`` and proxies are not used: rekey
     connects directly with its own :class:`rekey.HttpConfig` and always
     verifies TLS. A client certificate (``cert``) cannot be presented: it is

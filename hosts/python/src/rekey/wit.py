@@ -12,7 +12,17 @@ from typing import Any
 from wasmtime.component import Record, Variant
 
 from . import errors
-from .model import BeforeExpiry, EveryRequest, OnAuthFailure, Request, Response, Settings, grant_of
+from .model import (
+    BeforeExpiry,
+    EveryRequest,
+    OnAuthFailure,
+    Request,
+    Response,
+    Settings,
+    client_auth_of,
+    grant_of,
+    strategy_of,
+)
 from .records import CredentialRecord, DeadGrant, Lease, RefreshMark, StoredRecord
 from .runtime import Bodies
 
@@ -25,20 +35,23 @@ def _record(**fields: Any) -> Record:
 
 
 def settings(s: Settings) -> Record:
-    if isinstance(s.strategy, OnAuthFailure):
+    # Enum fields are read again as the constructor reads them: a dataclass
+    # field can be reassigned, e.g. ``settings.client_auth = "post"``.
+    kind = strategy_of(s.strategy)
+    if isinstance(kind, OnAuthFailure):
         strategy = Variant("on-auth-failure")
-    elif isinstance(s.strategy, EveryRequest):
+    elif isinstance(kind, EveryRequest):
         strategy = Variant("every-request")
-    elif isinstance(s.strategy, BeforeExpiry):
-        strategy = Variant("before-expiry", int(s.strategy.margin_secs))
+    elif isinstance(kind, BeforeExpiry):
+        strategy = Variant("before-expiry", int(kind.margin_secs))
     else:
-        raise errors.InvalidSettings(f"unknown strategy {type(s.strategy).__name__}")
+        raise errors.InvalidSettings(f"unknown strategy {type(kind).__name__}")
     return _record(
-        grant=Variant(grant_of(s.grant).value),  # validated again: a dataclass field can be reassigned
+        grant=Variant(grant_of(s.grant).value),
         token_url=s.token_url,
         client_id=s.client_id,
         client_secret=s.client_secret.expose() if s.client_secret is not None else None,
-        client_auth=s.client_auth.value,
+        client_auth=client_auth_of(s.client_auth).value,
         scope=s.scope,
         extra_params=[(str(k), str(v)) for k, v in s.extra_params],
         strategy=strategy,

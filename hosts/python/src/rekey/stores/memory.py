@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from ..keys import canonical_keys
 from ..records import CredentialRecord, StoredRecord, UnknownCredential, WriteConflict, WriteFailed
 from .base import OperatorFunctions, now
 
@@ -146,7 +147,8 @@ class CallbackStore:
 
 
 def _digest(keys: str) -> bytes:
-    return hashlib.sha256(keys.encode("utf-8")).digest()
+    # Over the canonical form: older keys offered as a dict or re-spaced are still recognised.
+    return hashlib.sha256(canonical_keys(keys).encode("utf-8")).digest()
 
 
 def scrub_keys(text: str, keys: str) -> str:
