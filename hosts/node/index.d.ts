@@ -8,8 +8,10 @@
  * ('client-secret-basic', Python's) and the short ones (the Rust host's
  * settings column and CLI) are both accepted; the settings column records the short one.
  */
-export type ClientAuth = 'client-secret-basic' | 'client-secret-post' | 'basic' | 'post';
-export type Strategy = 'on-auth-failure' | 'every-request' | 'before-expiry';
+/** Also read: the RFC's 'client_secret_basic'/'client_secret_post', any case ('_' as '-'), as every host reads them. */
+export type ClientAuth = 'client-secret-basic' | 'client-secret-post' | 'basic' | 'post' | 'client_secret_basic' | 'client_secret_post' | (string & {});
+/** Also read with '_' for '-' and in any case ('every_request'), as every host reads them. */
+export type Strategy = 'on-auth-failure' | 'every-request' | 'before-expiry' | 'on_auth_failure' | 'every_request' | 'before_expiry' | (string & {});
 export type Grant = 'refresh-token' | 'client-credentials';
 
 /** A credential's settings (the WIT `settings`, camelCase, with defaults). */
@@ -267,6 +269,7 @@ export class RekeyResponse {
   header(name: string): string | undefined;
   text(): string;
   json(): unknown;
+  /** A WHATWG `Response`; throws UnrepresentableResponse (carrying this) for a status outside 200–599. */
   toResponse(): Response;
 }
 
@@ -439,6 +442,8 @@ export class TokenEndpointError extends RekeyError {}
 export class RefreshInDoubt extends RekeyError {}
 export class RejectedAfterRefresh extends RekeyError { response: RekeyResponse }
 export class InsufficientScope extends RekeyError { constructor(o: { scope?: string; response: RekeyResponse }); scope?: string; response: RekeyResponse }
+/** The API answered something a fetch `Response` cannot carry (a status outside 200–599, a body that does not decode): the answer is in `response`. */
+export class UnrepresentableResponse extends RekeyError { constructor(detail: string, response: RekeyResponse); response: RekeyResponse }
 export class TransportError extends RekeyError {
   /** `cause`: the WIT transport-error. */
   constructor(cause: { tag: TransportError['kind']; val?: unknown });

@@ -91,6 +91,19 @@ export class InsufficientScope extends withCategory(Category.REJECTED_BY_API) {
   }
 }
 
+/**
+ * The API answered, but not in a form a WHATWG `Response` can carry: a status
+ * outside 200–599 (e.g. LinkedIn's 999), or a body its Content-Encoding does
+ * not decode. The answer is kept whole in `response`; the request was sent.
+ */
+export class UnrepresentableResponse extends withCategory(Category.REJECTED_BY_API) {
+  constructor(detail, response) {
+    super(`the API's answer (HTTP ${response.status}) cannot be given as a fetch Response: ${detail}; it is in error.response`);
+    /** The API's answer as it came (a RekeyResponse). */
+    this.response = response;
+  }
+}
+
 export class TransportError extends withCategory(Category.TRANSPORT) {
   /** @param {{tag: import('../index.js').TransportError['kind'], val?: unknown}} cause the WIT transport-error */
   constructor(cause) {

@@ -22,6 +22,7 @@ export {
   RefreshInDoubt,
   RejectedAfterRefresh,
   InsufficientScope,
+  UnrepresentableResponse,
   TransportError,
   KeysNotPersisted,
   LeaseUnavailable,

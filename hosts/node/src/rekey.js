@@ -87,12 +87,17 @@ export class Rekey {
    * @returns {Promise<RekeyResponse>}
    */
   async send(o) {
+    return this.#send(o, undefined);
+  }
+
+  /** `send`; `own`: the records of a fetcher's calls without a credential name (see fetcher()). */
+  async #send(o, own) {
     if (o === null || typeof o !== 'object') throw new InvalidRequest('send takes an object: { credential, store, settings, request }');
     const signal = checkSignal(o.signal);
     throwIfAborted(signal);
     const settings = toWitSettings(o.settings);
     const request = toWitRequest(o.request);
-    const { store, record } = await this.#recordOf(o);
+    const { store, record } = await this.#recordOf(o, own);
     const host = new CallHost({
       credential: typeof o.credential === 'string' ? o.credential : undefined,
       record,
@@ -126,8 +131,8 @@ export class Rekey {
     return call;
   }
 
-  /** The record a call runs on: the store's, or the callback style's. */
-  async #recordOf(o) {
+  /** The record a call runs on: the store's, or the callback style's (`own`'s when given). */
+  async #recordOf(o, own) {
     if (o.store) {
       if (typeof o.credential !== 'string' || o.credential === '') throw new InvalidRequest('a store needs a credential name');
       if (typeof o.store.read !== 'function' || typeof o.store.write !== 'function') {
@@ -146,9 +151,11 @@ export class Rekey {
       await this.#callbackRecords.seed(o.credential, keys);
       return { store: this.#callbackRecords.forCall(o.onUpdateKeys), record: o.credential };
     }
-    const own = new CallbackStore();
-    await own.seed(PRIVATE, keys);
-    return { store: own.forCall(o.onUpdateKeys), record: PRIVATE };
+    // Without a name, the call's own record; a fetcher's calls share one
+    // (seeding it with the keys it was made with never replaces newer ones).
+    const records = own ?? new CallbackStore();
+    await records.seed(PRIVATE, keys);
+    return { store: records.forCall(o.onUpdateKeys), record: PRIVATE };
   }
 
   /**
@@ -159,7 +166,12 @@ export class Rekey {
    * @param {import('../index.js').FetcherOptions} credentialOptions
    */
   fetcher(credentialOptions) {
-    return makeFetcher((o) => this.send(o), credentialOptions);
+    // Keys with onUpdateKeys and no credential name: one private record for
+    // this fetcher's lifetime, so each call continues from the newest keys
+    // (the keys given are passed again on every call; alone, each call would
+    // start from them and spend a refresh token already rotated).
+    const own = new CallbackStore();
+    return makeFetcher((o) => this.#send(o, own), credentialOptions);
   }
 
   // The first token set: the component's `authorize` interface, with this

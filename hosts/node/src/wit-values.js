@@ -2,12 +2,13 @@
 // component takes (jco's representation: camelCase records, `{tag, val}`
 // variants, Uint8Array bodies, header lists as [name, value] pairs).
 
-import { InvalidRequest, InvalidSettings } from './errors.js';
+import { InvalidRequest, InvalidSettings, UnrepresentableResponse } from './errors.js';
 import { Secret, reveal } from './secret.js';
 
-// One spelling of each value across the hosts: the WIT names
-// ('client-secret-basic', as Python's ClientAuth values) and the short ones
-// the Rust host's settings column and CLI use ('basic'), both accepted.
+// The same spellings as every host: the WIT names ('client-secret-basic',
+// as Python's ClientAuth values), the short ones the Rust host's settings
+// column and CLI use ('basic') and the RFC's ('client_secret_basic'), read
+// as Python reads them: trimmed, any case, '_' as '-'.
 const CLIENT_AUTH = { basic: 'basic', post: 'post', 'client-secret-basic': 'basic', 'client-secret-post': 'post' };
 export const STRATEGIES = ['on-auth-failure', 'every-request', 'before-expiry'];
 export const GRANTS = ['refresh-token', 'client-credentials'];
@@ -79,7 +80,8 @@ export function toWitSettings(s) {
 
 /** The client authentication as the settings column spells it: 'basic' (the default) or 'post'. */
 export function clientAuthOf(clientAuth) {
-  const short = Object.hasOwn(CLIENT_AUTH, clientAuth ?? 'basic') ? CLIENT_AUTH[clientAuth ?? 'basic'] : undefined;
+  const spelled = spelling(clientAuth ?? 'basic');
+  const short = spelled !== undefined && Object.hasOwn(CLIENT_AUTH, spelled) ? CLIENT_AUTH[spelled] : undefined;
   if (!short) {
     throw new InvalidSettings(`clientAuth ${JSON.stringify(String(clientAuth))} is unknown: use 'client-secret-basic' (or 'basic') or 'client-secret-post' (or 'post')`);
   }
@@ -88,9 +90,16 @@ export function clientAuthOf(clientAuth) {
 
 /** When the refresh token is exchanged: one of STRATEGIES (default 'on-auth-failure'). */
 export function strategyOf(strategy) {
-  const name = strategy ?? 'on-auth-failure';
-  if (!STRATEGIES.includes(name)) throw new InvalidSettings(`strategy ${JSON.stringify(String(name))} is unknown: use one of ${STRATEGIES.join(', ')}`);
+  const name = spelling(strategy ?? 'on-auth-failure');
+  if (name === undefined || !STRATEGIES.includes(name)) {
+    throw new InvalidSettings(`strategy ${JSON.stringify(String(strategy))} is unknown: use one of ${STRATEGIES.join(', ')}`);
+  }
   return name;
+}
+
+/** An enum value as every host reads it: trimmed, lower-case, '_' as '-' ('Every_Request' is 'every-request'). */
+function spelling(value) {
+  return typeof value === 'string' ? value.trim().toLowerCase().replaceAll('_', '-') : undefined;
 }
 
 /** How new tokens are obtained: `'refresh-token'` (the default) or `'client-credentials'`. */
@@ -190,9 +199,14 @@ export class RekeyResponse {
     return JSON.parse(this.text());
   }
 
-  /** A standard WHATWG `Response`. */
+  /**
+   * A standard WHATWG `Response`. Its status must be 200–599 (Node's
+   * `Response` refuses others; 1xx never reach here: the HTTP client handles
+   * them): any other throws UnrepresentableResponse, which carries this.
+   */
   toResponse() {
-    const nullBody = [101, 103, 204, 205, 304].includes(this.status);
+    if (!(this.status >= 200 && this.status <= 599)) throw new UnrepresentableResponse('its status is outside 200–599', this);
+    const nullBody = [204, 205, 304].includes(this.status);
     const headers = new Headers();
     for (const [k, v] of this.headers) headers.append(k, v);
     return new Response(nullBody ? null : /** @type {Uint8Array<ArrayBuffer>} */ (this.body), { status: this.status, headers });

@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
-import { InvalidRequest, InvalidSettings } from '../src/index.js';
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
+import { InvalidRequest, InvalidSettings, UnrepresentableResponse } from '../src/index.js';
 import { imported, rekey, tempStore } from './support/harness.mjs';
 import { outOfFreshWindow, recordingApi } from './support/gates.mjs';
 import { startTestkit } from './support/testkit.mjs';
@@ -137,3 +138,91 @@ test('fetcher: fetch\'s own input errors, and options that make no sense', async
   await assert.rejects(f('/relative'), TypeError, 'a relative URL, as fetch');
   await assert.rejects(f('https://api.example.com/', { method: 'CONNECT' }), TypeError, 'a forbidden method, as fetch');
 });
+
+test('fetcher: keys with onUpdateKeys and no credential name: one record for the fetcher\'s life, two expiries cost two refreshes and no rotated token is spent again', () => withSetup(async ({ provider, api, rk, settings, first }) => {
+  const saved = [];
+  const keys = imported(first);
+  // The same first keys are given on every call (captured once): later calls must continue from the newest set.
+  const f = rk.fetcher({ settings, keys, onUpdateKeys: (k) => { saved.push(JSON.parse(k.toJSONString())); } });
+  const statuses = [(await f(api.url('/v1/me'))).status];
+  for (let i = 0; i < 2; i++) {
+    await outOfFreshWindow(saved.at(-1) ?? keys);
+    await provider.expireAccessTokens();
+    statuses.push(await f(api.url('/v1/me')).then((r) => r.status, (e) => e.name));
+  }
+  assert.deepEqual(statuses, [200, 200, 200]);
+  const stats = await provider.stats();
+  assert.deepEqual([stats.refreshes_granted, stats.reused_refresh_tokens, stats.invalid_grant], [2, 0, 0]);
+  assert.equal(saved.length, 2, 'each refresh reached onUpdateKeys');
+  assert.equal(await provider.refreshTokenLive(saved.at(-1).refresh_token), true, 'the last keys given hold the live refresh token');
+  // Two fetchers made with the same keys and no name do not share a record: each starts from the keys it was given.
+  const other = rk.fetcher({ settings, keys: saved.at(-1), onUpdateKeys: () => {} });
+  assert.equal((await other(api.url('/v1/me'))).status, 200);
+}));
+
+test('fetcher: an abort while a stream body is read rejects at once with the signal\'s reason, cancels the body, sends nothing', { timeout: 30_000 }, () => withSetup(async ({ provider, api, rk, store, settings }) => {
+  const f = rk.fetcher({ credential: 'crm', store, settings });
+  let pulled;
+  const pulling = new Promise((resolve) => { pulled = resolve; });
+  let cancelledWith;
+  const body = new ReadableStream({
+    start(c) { c.enqueue(new Uint8Array([1, 2, 3])); },
+    pull() { pulled(); return new Promise(() => {}); }, // a body that never ends
+    cancel(reason) { cancelledWith = reason; },
+  }, { highWaterMark: 0 });
+  const statsBefore = await provider.stats();
+  const controller = new AbortController();
+  const call = f(api.url('/v1/upload'), { method: 'POST', body, duplex: 'half', signal: controller.signal });
+  await pulling; // the first chunk is read; the next never comes
+  const reason = new Error('shutting down');
+  controller.abort(reason);
+  await assert.rejects(call, (e) => e === reason);
+  assert.equal(cancelledWith, reason, 'the body stream was cancelled with the reason');
+  const statsAfter = await provider.stats();
+  assert.deepEqual([statsAfter.token_calls, statsAfter.api_calls], [statsBefore.token_calls, statsBefore.api_calls]);
+  assert.equal(api.seen.length, 0, 'nothing was sent');
+}));
+
+test('fetcher: a status a Response cannot carry (999) rejects with UnrepresentableResponse holding the answer; toResponse() too; 599 passes', () => withSetup(async ({ api, rk, store, settings }) => {
+  const f = rk.fetcher({ credential: 'crm', store, settings });
+  api.answerWith(() => ({ status: 999, headers: [['x-why', 'bot']], body: Buffer.from('request denied') }));
+  const err = await f(api.url('/v1/profile')).then(() => undefined, (e) => e);
+  assert.ok(err instanceof UnrepresentableResponse, String(err));
+  assert.equal(err.category, 'rejected-by-api');
+  assert.equal(err.response.status, 999);
+  assert.equal(err.response.header('x-why'), 'bot');
+  assert.equal(err.response.text(), 'request denied');
+  assert.equal(api.seen.length, 1, 'sent once');
+  const res = await rk.send({ credential: 'crm', store, settings, request: { url: api.url('/v1/profile') } });
+  assert.equal(res.status, 999);
+  assert.throws(() => res.toResponse(), (e) => e instanceof UnrepresentableResponse && e.response === res);
+  api.answerWith(() => ({ status: 599, headers: [], body: Buffer.from('edge') }));
+  const r599 = await f(api.url('/v1/profile'));
+  assert.deepEqual([r599.status, await r599.text()], [599, 'edge']);
+}));
+
+test('fetcher: gzip, deflate, br (and stacked) bodies are decoded as fetch decodes them; an unknown coding is left; a corrupt one rejects holding the answer', () => withSetup(async ({ api, rk, store, settings }) => {
+  const f = rk.fetcher({ credential: 'crm', store, settings });
+  const text = 'hello, '.repeat(200);
+  const cases = [
+    ['gzip', gzipSync(text)],
+    ['deflate', deflateSync(text)],
+    ['br', brotliCompressSync(text)],
+    ['deflate, gzip', gzipSync(deflateSync(text))],
+  ];
+  for (const [coding, bytes] of cases) {
+    api.answerWith(() => ({ status: 200, headers: [['content-encoding', coding], ['content-type', 'text/plain'], ['x-kept', 'yes']], body: bytes }));
+    const res = await f(api.url('/v1/text'), { headers: { 'accept-encoding': 'gzip, deflate, br' } });
+    assert.equal(await res.text(), text, coding);
+    assert.equal(res.headers.get('content-encoding'), null, coding);
+    assert.equal(res.headers.get('content-length'), null, coding);
+    assert.equal(res.headers.get('x-kept'), 'yes', coding);
+  }
+  api.answerWith(() => ({ status: 200, headers: [['content-encoding', 'compress']], body: Buffer.from('as it came') }));
+  const unknown = await f(api.url('/v1/text'));
+  assert.deepEqual([await unknown.text(), unknown.headers.get('content-encoding')], ['as it came', 'compress']);
+  api.answerWith(() => ({ status: 200, headers: [['content-encoding', 'gzip']], body: Buffer.from('not gzip') }));
+  const err = await f(api.url('/v1/text')).then(() => undefined, (e) => e);
+  assert.ok(err instanceof UnrepresentableResponse, String(err));
+  assert.equal(Buffer.from(err.response.body).toString(), 'not gzip', 'the answer kept as it came');
+}));

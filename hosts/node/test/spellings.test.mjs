@@ -1,7 +1,8 @@
-// One spelling of the settings' enum values across the hosts: the client
-// authentication as the WIT and Python name it ('client-secret-post') and as
-// the Rust host's settings column and CLI do ('post'), both accepted; the
-// settings column always records the Rust host's spelling.
+// One set of spellings of the settings' enum values across the hosts: the
+// client authentication as the WIT and Python name it ('client-secret-post'),
+// as the Rust host's settings column and CLI do ('post') and as the RFC does
+// ('client_secret_post'), any case; strategies with '_' too. The settings
+// column always records the Rust host's spelling.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -25,8 +26,8 @@ async function refreshWith(accepts, clientAuth) {
   }
 }
 
-test('clientAuth: client-secret-post and post both authenticate in the form; the column records post', async () => {
-  for (const spelling of ['client-secret-post', 'post']) {
+test('clientAuth: client-secret-post, post and the RFC\'s client_secret_post (any case) authenticate in the form; the column records post', async () => {
+  for (const spelling of ['client-secret-post', 'post', 'client_secret_post', 'POST']) {
     const { outcome, column, stats } = await refreshWith('post', spelling);
     assert.equal(outcome, 200, spelling);
     assert.equal(stats.refreshes_granted, 1, spelling);
@@ -35,7 +36,7 @@ test('clientAuth: client-secret-post and post both authenticate in the form; the
 });
 
 test('clientAuth: client-secret-basic, basic and the default use HTTP Basic; the column records basic', async () => {
-  for (const spelling of ['client-secret-basic', 'basic', undefined]) {
+  for (const spelling of ['client-secret-basic', 'basic', 'Client_Secret_Basic', undefined]) {
     const { outcome, column, stats } = await refreshWith('basic', spelling);
     assert.equal(outcome, 200, String(spelling));
     assert.equal(stats.refreshes_granted, 1, String(spelling));
@@ -52,9 +53,10 @@ test('unknown spellings are InvalidSettings naming the accepted ones, from send 
   const rk = await rekey();
   const base = { tokenUrl: 'https://login.example.com/token', clientId: 'c', clientSecret: 's', apiOrigins: ['https://api.example.com'] };
   const cases = [
-    [{ clientAuth: 'client_secret_post' }, /clientAuth "client_secret_post" is unknown: use 'client-secret-basic' \(or 'basic'\) or 'client-secret-post' \(or 'post'\)/],
-    [{ clientAuth: 'Basic' }, /clientAuth "Basic" is unknown/],
-    [{ strategy: 'on_auth_failure' }, /strategy "on_auth_failure" is unknown: use one of on-auth-failure, every-request, before-expiry/],
+    [{ clientAuth: 'client_secret_jwt' }, /clientAuth "client_secret_jwt" is unknown: use 'client-secret-basic' \(or 'basic'\) or 'client-secret-post' \(or 'post'\)/],
+    [{ clientAuth: 'Bearer' }, /clientAuth "Bearer" is unknown/],
+    [{ clientAuth: 7 }, /clientAuth "7" is unknown/],
+    [{ strategy: 'on_auth_fail' }, /strategy "on_auth_fail" is unknown: use one of on-auth-failure, every-request, before-expiry/],
     [{ grant: 'client_credentials' }, /grant "client_credentials" is unknown: use one of refresh-token, client-credentials/],
   ];
   for (const [change, message] of cases) {
@@ -62,7 +64,13 @@ test('unknown spellings are InvalidSettings naming the accepted ones, from send 
     await assert.rejects(rk.send({ credential: 'x', keys: undefined, onUpdateKeys() {}, settings, request: { url: 'https://api.example.com/' } }), (e) => e instanceof InvalidSettings && message.test(e.message));
     await assert.rejects(new MemoryStore().create('x', { settings }), (e) => e instanceof InvalidSettings && message.test(e.message));
   }
-  // Every accepted spelling of strategy and grant is the one every host uses.
-  for (const strategy of ['on-auth-failure', 'every-request', 'before-expiry']) await rk.checkSettings({ ...base, strategy });
+  // The strategies as every host spells them, '_' for '-' and any case included (as Python and Rust read them).
+  for (const strategy of ['on-auth-failure', 'every-request', 'before-expiry', 'on_auth_failure', 'every_request', 'Before_Expiry']) {
+    await rk.checkSettings({ ...base, strategy });
+    const store = new MemoryStore();
+    await store.create('x', { settings: { ...base, strategy } });
+    assert.equal((await store.show('x')).settings.strategy, strategy.toLowerCase().replaceAll('_', '-'), 'the column records the hosts\' spelling');
+  }
+  for (const clientAuth of ['client_secret_basic', 'CLIENT-SECRET-POST', 'Basic']) await rk.checkSettings({ ...base, clientAuth });
   for (const grant of ['refresh-token', 'client-credentials']) await rk.checkSettings({ ...base, grant });
 });
