@@ -155,7 +155,7 @@ test('fetcher: keys with onUpdateKeys and no credential name: one record for the
   assert.deepEqual([stats.refreshes_granted, stats.reused_refresh_tokens, stats.invalid_grant], [2, 0, 0]);
   assert.equal(saved.length, 2, 'each refresh reached onUpdateKeys');
   assert.equal(await provider.refreshTokenLive(saved.at(-1).refresh_token), true, 'the last keys given hold the live refresh token');
-  // Two fetchers made with the same keys and no name do not share a record: each starts from the keys it was given.
+  // A second nameless fetcher, made with the newest keys, starts from them.
   const other = rk.fetcher({ settings, keys: saved.at(-1), onUpdateKeys: () => {} });
   assert.equal((await other(api.url('/v1/me'))).status, 200);
 }));
