@@ -17,33 +17,60 @@ pub enum ClientSecret {
 }
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Stored as `basic`/`post`; read in every host's spelling (see [`spelled`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
-    /// HTTP Basic (`client_secret_basic`), the RFC 6749 default. Stored as
-    /// `basic`; the WIT's and the other hosts' `client-secret-basic` reads too.
+    /// HTTP Basic (`client_secret_basic`), the RFC 6749 default.
     #[default]
-    #[serde(alias = "client-secret-basic", alias = "client_secret_basic")]
     Basic,
-    /// In the form body (`client_secret_post`); stored as `post`.
-    #[serde(alias = "client-secret-post", alias = "client_secret_post")]
+    /// In the form body (`client_secret_post`).
     Post,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The one reading of an enum value every host shares: any case, `_` or `-`.
+fn spelled(value: &str) -> String {
+    value.trim().to_ascii_lowercase().replace('_', "-")
+}
+
+impl<'de> Deserialize<'de> for ClientAuth {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(d)?;
+        match spelled(&value).as_str() {
+            "basic" | "client-secret-basic" => Ok(ClientAuth::Basic),
+            "post" | "client-secret-post" => Ok(ClientAuth::Post),
+            _ => Err(serde::de::Error::custom(format!(
+                "unknown client auth {value:?} (basic, post, client-secret-basic or client-secret-post)"
+            ))),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 /// When the refresh token is exchanged.
 pub enum Strategy {
     /// After the API rejects the access token (the standard way).
     #[default]
-    #[serde(alias = "on_auth_failure")]
     OnAuthFailure,
     /// Before every request (providers that want the refresh token exercised).
-    #[serde(alias = "every_request")]
     EveryRequest,
     /// When the token expires within `expiry_margin_secs`; still on rejection.
-    #[serde(alias = "before_expiry")]
     BeforeExpiry,
+}
+
+impl<'de> Deserialize<'de> for Strategy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(d)?;
+        match spelled(&value).as_str() {
+            "on-auth-failure" => Ok(Strategy::OnAuthFailure),
+            "every-request" => Ok(Strategy::EveryRequest),
+            "before-expiry" => Ok(Strategy::BeforeExpiry),
+            _ => Err(serde::de::Error::custom(format!(
+                "unknown strategy {value:?} (on-auth-failure, every-request or before-expiry)"
+            ))),
+        }
+    }
 }
 
 /// How the credential gets new tokens.
@@ -320,12 +347,14 @@ mod tests {
             ("post", ClientAuth::Post),
             ("client-secret-post", ClientAuth::Post),
             ("client_secret_post", ClientAuth::Post),
+            ("POST", ClientAuth::Post),
+            (" Client_Secret_Basic ", ClientAuth::Basic),
         ] {
             let read: ClientAuth = serde_json::from_value(serde_json::json!(spelling)).unwrap();
             assert_eq!(read, auth, "{spelling}");
         }
         assert_eq!(serde_json::to_value(ClientAuth::Post).unwrap(), "post");
-        let every: Strategy = serde_json::from_value(serde_json::json!("every_request")).unwrap();
+        let every: Strategy = serde_json::from_value(serde_json::json!("Every_Request")).unwrap();
         assert_eq!(every, Strategy::EveryRequest);
         assert_eq!(serde_json::to_value(every).unwrap(), "every-request");
         assert!(
