@@ -151,6 +151,33 @@ fn start_server(dir: &Path, extra: &[&str]) -> TlsServer {
     server
 }
 
+/// Credential `t` for `origin` in `dir/rekey.db`, holding an access token
+/// only (these servers are APIs; nothing is refreshed): the store's path.
+fn add_credential(dir: &Path, origin: &str, access_token: &str) -> std::path::PathBuf {
+    let store = dir.join("rekey.db");
+    let keys = dir.join("keys.json");
+    let set = serde_json::json!({ "access_token": access_token, "token_type": "Bearer" });
+    std::fs::write(&keys, set.to_string()).unwrap();
+    let added = rekey_cli(
+        &store,
+        &[
+            "credential",
+            "add",
+            "t",
+            "--token-url",
+            "http://127.0.0.1:9/token",
+            "--client-id",
+            "x",
+            "--api-origin",
+            origin,
+            "--keys",
+            keys.to_str().unwrap(),
+        ],
+    );
+    assert!(added.status.success(), "{}", all_output(&added));
+    store
+}
+
 #[test]
 fn https_is_verified_against_the_platform_roots() {
     if Command::new("openssl").arg("version").output().is_err() {
@@ -163,30 +190,7 @@ fn https_is_verified_against_the_platform_roots() {
     let server = start_server(dir.path(), &[]);
     let origin = format!("https://127.0.0.1:{}", server.port);
 
-    let store = dir.path().join("rekey.db");
-    let keys = dir.path().join("keys.json");
-    std::fs::write(
-        &keys,
-        r#"{"access_token":"tls-test-token","token_type":"Bearer"}"#,
-    )
-    .unwrap();
-    let added = rekey_cli(
-        &store,
-        &[
-            "credential",
-            "add",
-            "t",
-            "--token-url",
-            "http://127.0.0.1:9/token",
-            "--client-id",
-            "x",
-            "--api-origin",
-            &origin,
-            "--keys",
-            keys.to_str().unwrap(),
-        ],
-    );
-    assert!(added.status.success(), "{}", all_output(&added));
+    let store = add_credential(dir.path(), &origin, "tls-test-token");
     let url = format!("{origin}/");
     let send_trusting = |ca: &str| {
         let ca = dir.path().join(ca);
@@ -232,30 +236,7 @@ fn a_client_certificate_is_presented_when_configured() {
     // -Verify 1: a client certificate signed by ca.pem is required.
     let server = start_server(dir.path(), &["-Verify", "1", "-CAfile", "ca.pem"]);
     let origin = format!("https://127.0.0.1:{}", server.port);
-    let store = dir.path().join("rekey.db");
-    let keys = dir.path().join("keys.json");
-    std::fs::write(
-        &keys,
-        r#"{"access_token":"mtls-test-token","token_type":"Bearer"}"#,
-    )
-    .unwrap();
-    let added = rekey_cli(
-        &store,
-        &[
-            "credential",
-            "add",
-            "t",
-            "--token-url",
-            "http://127.0.0.1:9/token",
-            "--client-id",
-            "x",
-            "--api-origin",
-            &origin,
-            "--keys",
-            keys.to_str().unwrap(),
-        ],
-    );
-    assert!(added.status.success(), "{}", all_output(&added));
+    let store = add_credential(dir.path(), &origin, "mtls-test-token");
     let path = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
     let url = format!("{origin}/");
     let send = |extra: &[&str]| {
