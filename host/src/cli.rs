@@ -109,9 +109,20 @@ impl From<rekey::StoreError> for Failure {
     }
 }
 
-/// The client certificate every component call of this process presents.
-static CLIENT_IDENTITY: std::sync::OnceLock<Option<rekey::ClientIdentity>> =
-    std::sync::OnceLock::new();
+/// How every component call of this process connects: the client
+/// certificate (--client-cert/--client-key) and the https proxy
+/// ($REKEY_HTTPS_PROXY: an environment variable only, as its URL may carry a
+/// password; the usual HTTPS_PROXY is never read).
+static HTTP: std::sync::OnceLock<rekey::HttpConfig> = std::sync::OnceLock::new();
+
+fn https_proxy() -> Result<Option<rekey::HttpsProxy>, Failure> {
+    match std::env::var("REKEY_HTTPS_PROXY") {
+        Ok(url) if !url.is_empty() => rekey::HttpsProxy::new(&url)
+            .map(Some)
+            .map_err(|e| Failure::new(Exit::BadInput, format!("REKEY_HTTPS_PROXY: {e}"))),
+        _ => Ok(None),
+    }
+}
 
 fn client_identity(
     cert: Option<&std::path::Path>,
@@ -134,8 +145,11 @@ fn client_identity(
 }
 
 pub async fn run(args: Args) -> Result<Exit, Failure> {
-    let identity = client_identity(args.client_cert.as_deref(), args.client_key.as_deref())?;
-    let _ = CLIENT_IDENTITY.set(identity);
+    let _ = HTTP.set(rekey::HttpConfig {
+        client_identity: client_identity(args.client_cert.as_deref(), args.client_key.as_deref())?,
+        https_proxy: https_proxy()?,
+        ..rekey::HttpConfig::default()
+    });
     // Where the commands that run the component cache its compiled code.
     let cache_dir = if args.no_cache {
         None
@@ -189,10 +203,7 @@ fn rekey_for_one_call(cache_dir: Option<std::path::PathBuf>) -> Result<rekey::Re
     let config = rekey::Config {
         pooling: None,
         cache_dir,
-        http: rekey::HttpConfig {
-            client_identity: CLIENT_IDENTITY.get().cloned().flatten(),
-            ..rekey::HttpConfig::default()
-        },
+        http: HTTP.get().cloned().unwrap_or_default(),
         ..rekey::Config::default()
     };
     rekey::Rekey::new(config).map_err(|e| {

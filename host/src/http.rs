@@ -21,6 +21,42 @@ pub struct HttpConfig {
     /// Presented to a server that asks for a client certificate (mutual
     /// TLS); None: none is presented.
     pub client_identity: Option<crate::tls::ClientIdentity>,
+    /// A proxy that https:// requests tunnel through (HTTP CONNECT: it sees
+    /// the host and port, never a token). Plain-http requests, which go only
+    /// to loopback, never use it; the environment's proxies are never used.
+    pub https_proxy: Option<HttpsProxy>,
+}
+
+/// An explicit proxy for https:// requests (`http://proxy:3128`, with
+/// `user:password@` if it needs them). `Debug` never shows the URL, which may
+/// carry a password.
+#[derive(Clone)]
+pub struct HttpsProxy(crate::Secret);
+
+impl HttpsProxy {
+    /// Checks `url`: `http://` or `https://`, a host, no path, query or fragment.
+    /// Errors never repeat the URL.
+    pub fn new(url: &str) -> Result<Self, String> {
+        let parsed = url::Url::parse(url).map_err(|_| "the https proxy is not a URL".to_owned())?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err("the https proxy must be http://host:port or https://host:port".into());
+        }
+        if !matches!(parsed.path(), "" | "/")
+            || parsed.query().is_some()
+            || parsed.fragment().is_some()
+        {
+            return Err(
+                "the https proxy must be an origin, without path, query or fragment".into(),
+            );
+        }
+        Ok(HttpsProxy(crate::Secret::new(url)))
+    }
+}
+
+impl std::fmt::Debug for HttpsProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpsProxy([redacted])")
+    }
 }
 
 impl Default for HttpConfig {
@@ -30,6 +66,7 @@ impl Default for HttpConfig {
             total_timeout: Duration::from_secs(30),
             max_response_bytes: 4 * 1024 * 1024,
             client_identity: None,
+            https_proxy: None,
         }
     }
 }
@@ -61,12 +98,19 @@ impl HttpClient {
         let built = self.client.get_or_init(|| {
             let tls = crate::tls::client_config(self.config.client_identity.as_ref())
                 .map_err(|e| format!("cannot configure TLS: {e}"))?;
-            reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
                 .use_preconfigured_tls(tls)
                 .redirect(reqwest::redirect::Policy::none())
                 // Never the environment's proxies: `http_proxy` would carry
                 // tokens and client secrets to whatever listens there.
-                .no_proxy()
+                .no_proxy();
+            if let Some(proxy) = &self.config.https_proxy {
+                // https only: the tunnel carries TLS end to end.
+                let proxy = reqwest::Proxy::https(proxy.0.expose())
+                    .map_err(|_| "the https proxy is not usable".to_owned())?;
+                builder = builder.proxy(proxy);
+            }
+            builder
                 // Every name is resolved here: `localhost` connects only to
                 // loopback addresses, checked on the resolver's answers,
                 // which are the only addresses the connector dials.

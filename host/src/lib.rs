@@ -78,7 +78,7 @@ mod warm;
 pub use bindings::rekey::oauth2::types::{OauthError, TransportError};
 pub use error::{Category, Error};
 pub use handle::CredentialHandle;
-pub use http::HttpConfig;
+pub use http::{HttpConfig, HttpsProxy};
 pub use message::{Request, Response};
 pub use runtime::{Config, Rekey, engine_config};
 pub use secret::Secret;

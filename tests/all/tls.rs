@@ -296,3 +296,118 @@ fn a_client_certificate_is_presented_when_configured() {
     );
     assert!(!all_output(&without).contains("mtls-test-token"));
 }
+
+/// A CONNECT proxy on loopback that records each tunnel's request line and
+/// every byte the client sent through it.
+struct ConnectProxy {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<(Vec<String>, Vec<u8>)>>,
+}
+
+fn start_connect_proxy() -> ConnectProxy {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), Vec::new())));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                let mut first = String::new();
+                reader.read_line(&mut first).unwrap();
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 2 {
+                    line.clear();
+                }
+                record.lock().unwrap().0.push(first.trim().to_owned());
+                let target = first.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let Ok(upstream) = TcpStream::connect(&target) else {
+                    return;
+                };
+                let mut client = client;
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .unwrap();
+                let (mut up_write, mut up_read) = (upstream.try_clone().unwrap(), upstream);
+                let mut down = client.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_read, &mut down);
+                });
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    let n = match reader.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    record.lock().unwrap().1.extend_from_slice(&buf[..n]);
+                    if up_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    ConnectProxy { port, seen }
+}
+
+/// An explicit https proxy ($REKEY_HTTPS_PROXY) carries the request as a
+/// CONNECT tunnel: it learns the host and port, never the token. The usual
+/// HTTPS_PROXY is never read, and a malformed proxy URL is bad input that
+/// does not repeat it.
+#[test]
+fn an_explicit_https_proxy_tunnels_and_never_sees_the_token() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        return missing_peer("the openssl command line tool");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    make_ca(dir.path(), "ca");
+    make_server_cert(dir.path());
+    let server = start_server(dir.path(), &[]);
+    let origin = format!("https://127.0.0.1:{}", server.port);
+    let store = add_credential(dir.path(), &origin, "proxied-test-token");
+    let proxy = start_connect_proxy();
+    let ca = dir.path().join("ca.pem");
+    let url = format!("{origin}/");
+    let send = |env: &[(&str, &str)]| {
+        let mut env = env.to_vec();
+        env.extend([
+            ("SSL_CERT_FILE", ca.to_str().unwrap()),
+            ("SSL_CERT_DIR", "/nonexistent"),
+        ]);
+        rekey_cli_env(&store, &["send", "t", &url], &env)
+    };
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
+
+    let ignored = send(&[("HTTPS_PROXY", &proxy_url), ("https_proxy", &proxy_url)]);
+    assert!(ignored.status.success(), "{}", all_output(&ignored));
+    assert!(
+        proxy.seen.lock().unwrap().0.is_empty(),
+        "HTTPS_PROXY is never read"
+    );
+
+    let tunnelled = send(&[("REKEY_HTTPS_PROXY", &proxy_url)]);
+    assert!(tunnelled.status.success(), "{}", all_output(&tunnelled));
+    assert!(String::from_utf8_lossy(&tunnelled.stdout).contains("s_server"));
+    let (lines, bytes) = proxy.seen.lock().unwrap().clone();
+    assert_eq!(
+        lines,
+        [format!("CONNECT 127.0.0.1:{} HTTP/1.1", server.port)]
+    );
+    assert!(!bytes.is_empty(), "the request went through the tunnel");
+    let token = b"proxied-test-token";
+    assert!(
+        !bytes.windows(token.len()).any(|w| w == token),
+        "the proxy saw the token"
+    );
+
+    let bad = send(&[("REKEY_HTTPS_PROXY", "ftp://user:hunter2@proxy.example/x")]);
+    assert_eq!(bad.status.code(), Some(2), "{}", all_output(&bad));
+    assert!(
+        !all_output(&bad).contains("hunter2"),
+        "{}",
+        all_output(&bad)
+    );
+}
