@@ -280,7 +280,14 @@ fn refresh(
     };
     let exchanged = exchange(fx, &req, &mut held, spends);
     match exchanged.result {
-        Ok((response, sent)) => {
+        Ok((mut response, sent)) => {
+            if !spends {
+                // Some servers send one with the client's own grant (RFC 6749
+                // §4.4.3 says they should not). This grant never spends it,
+                // and stored it would say the record is the refresh-token
+                // grant's (`fleet::check_grant`), refusing every later call.
+                response.remove("refresh_token");
+            }
             let merged = base.merged(response, sent);
             if let Err(e) = held.store_keys(fx, &merged) {
                 // The mark stays: successors find the refresh in doubt at
@@ -1070,6 +1077,20 @@ mod tests {
             (Some("c1"), Some(1_060))
         );
         assert!(fx.record.data.lease.is_none() && fx.record.data.refresh_mark.is_none());
+    }
+
+    #[test]
+    fn the_clients_own_grant_survives_a_refresh_token_in_its_answer() {
+        let mut fx = script([
+            ok(200, r#"{"access_token":"c1","refresh_token":"unasked"}"#),
+            ok(200, "hi"),
+            ok(200, "again"),
+        ]);
+        send(&mut fx, &client_credentials(), &api()).unwrap();
+        let again = send(&mut fx, &client_credentials(), &api());
+        assert_eq!(again.map(|r| r.body).ok(), Some(b"again".to_vec()));
+        let stored = Keys::parse(fx.record.data.keys.as_deref().unwrap()).unwrap();
+        assert_eq!(stored.refresh_token(), None);
     }
 
     #[test]

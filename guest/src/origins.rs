@@ -319,14 +319,31 @@ impl Binding<'_> {
             .any(|p| p.matches(&target))
             || self.instance_origin(instance_url).as_ref() == Some(&target);
         if allowed {
-            Ok(())
+            return Ok(());
+        }
+        Err(format!(
+            "{}://{}:{} is not one of the credential's API origins, so its token is not sent there{}",
+            if target.https { "https" } else { "http" },
+            target.host,
+            target.port,
+            self.instance_note(instance_url)
+        ))
+    }
+
+    /// Why the token set's `instance_url` added no origin, where the settings
+    /// would use one: the refusal is where a user meets an ignored
+    /// `instance_url`, so it says so. The URL itself is not repeated (it is
+    /// the token endpoint's text).
+    fn instance_note(&self, instance_url: Option<&str>) -> &'static str {
+        if self.instance.is_empty() {
+            ""
+        } else if instance_url.is_none() {
+            "; the token set has no instance_url"
+        } else if self.instance_origin(instance_url).is_none() {
+            "; the token set's instance_url was ignored: it is not https (or http on a literal \
+             loopback address) or matches none of the credential's instance URL origins"
         } else {
-            Err(format!(
-                "{}://{}:{} is not one of the credential's API origins, so its token is not sent there",
-                if target.https { "https" } else { "http" },
-                target.host,
-                target.port
-            ))
+            ""
         }
     }
 }
@@ -471,6 +488,61 @@ mod tests {
         }
         assert!(check_patterns(&["http://127.0.0.1:8080".into()]).is_ok());
         assert!(check_patterns(&["https://api.example.com/".into()]).is_ok());
+    }
+
+    #[test]
+    fn a_bracketed_host_is_an_ipv6_address_and_nothing_else() {
+        let host = |url: &str| Origin::of(url).map(|o| (o.host, o.port));
+        // Dotted IPv4 inside IPv6 is an address; hex digits, colons and dots
+        // are all a bracket may hold, and a colon must be among them.
+        assert_eq!(
+            host("http://[::ffff:127.0.0.1]:8080/"),
+            Some(("::ffff:127.0.0.1".into(), 8080))
+        );
+        for not_ipv6 in [
+            "http://[abc]/",
+            "http://[127.0.0.1]/",
+            "http://[::g]/",
+            "http://[::1]x/",
+        ] {
+            assert_eq!(host(not_ipv6), None, "{not_ipv6}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_says_when_the_instance_url_was_ignored() {
+        let api = strings(&["https://login.salesforce.com"]);
+        let sf = strings(&["https://*.my.salesforce.com"]);
+        let b = Binding {
+            api: &api,
+            instance: &sf,
+        };
+        let refusal = |i| b.check_api_url("https://other.example/", i).unwrap_err();
+        for ignored in [
+            "https://evil.example",
+            "http://eu42.my.salesforce.com",
+            "%zz",
+        ] {
+            let e = refusal(Some(ignored));
+            assert!(e.contains("instance_url was ignored"), "{e}");
+            assert!(
+                !e.contains(ignored),
+                "the token endpoint's text is not repeated: {e}"
+            );
+        }
+        assert!(refusal(None).contains("has no instance_url"));
+        // Adopted: the refusal of another URL says nothing of it.
+        let adopted = refusal(Some("https://eu42.my.salesforce.com"));
+        assert!(!adopted.contains("instance_url"), "{adopted}");
+        // No instance patterns: instance_url plays no part, and is not named.
+        let plain = Binding {
+            api: &api,
+            instance: &[],
+        };
+        let e = plain
+            .check_api_url("https://evil.example/", Some("https://evil.example"))
+            .unwrap_err();
+        assert!(!e.contains("instance_url"), "{e}");
     }
 
     #[test]
