@@ -26,7 +26,12 @@ pub(crate) struct Pattern {
 impl Pattern {
     /// Parses `scheme://host[:port]` (a trailing `/` allowed, nothing else).
     pub(crate) fn parse(text: &str) -> Result<Pattern, String> {
-        let bad = |why: &str| Err(format!("API origin {text:?} {why}"));
+        Pattern::parse_as(text, "API origin")
+    }
+
+    /// [`Pattern::parse`], its errors naming the pattern as `what`.
+    fn parse_as(text: &str, what: &str) -> Result<Pattern, String> {
+        let bad = |why: &str| Err(format!("{what} {text:?} {why}"));
         let (wildcard, candidate) = match text.split_once("://*.") {
             Some((scheme, rest)) => (true, format!("{scheme}://{rest}")),
             None => (false, text.to_owned()),
@@ -112,9 +117,9 @@ impl Binding {
         let patterns = if any {
             Vec::new()
         } else {
-            parse_all(api_origins)?
+            parse_all(api_origins, "API origin")?
         };
-        let instance_patterns = parse_all(instance_patterns)?;
+        let instance_patterns = parse_all(instance_patterns, "instance URL origin")?;
         let instance = instance_url
             .and_then(|u| Url::parse(u).ok())
             .filter(|u| {
@@ -145,14 +150,24 @@ impl Binding {
     }
 }
 
-fn parse_all(patterns: &[String]) -> Result<Vec<Pattern>, String> {
-    patterns.iter().map(|p| Pattern::parse(p)).collect()
+fn parse_all(patterns: &[String], what: &str) -> Result<Vec<Pattern>, String> {
+    patterns
+        .iter()
+        .map(|p| Pattern::parse_as(p, what))
+        .collect()
 }
 
 /// Whether `host` is itself a public suffix (ICANN or private section of the
 /// list: `co.uk`, `github.io`), so anything below it has unrelated owners.
 fn is_public_suffix(host: &str) -> bool {
-    psl::suffix(host.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == host.as_bytes())
+    let is = |name: &str| {
+        psl::suffix(name.as_bytes())
+            .is_some_and(|s| s.is_known() && s.as_bytes() == name.as_bytes())
+    };
+    // Under a wildcard rule (`*.kobe.jp`) every name below `host` is a
+    // suffix of its own, as the list's linter and Node's and Python's lists
+    // read it: `*.kobe.jp` would match unrelated owners too.
+    is(host) || is(&format!("rekey-probe.{host}"))
 }
 
 /// A loopback address written as one (a name such as `localhost` is not).
@@ -221,6 +236,17 @@ mod tests {
             assert!(Pattern::parse(bad).is_err(), "{bad}");
         }
         assert!(Pattern::parse("https://*.example.co.uk").is_ok());
+        // The parent of a wildcard rule (`*.kobe.jp`), not its exception.
+        assert!(Pattern::parse("https://*.kobe.jp").is_err());
+        assert!(Pattern::parse("https://*.city.kobe.jp").is_ok());
+        // Each list's errors name the list.
+        let e = Binding::new(&[], &["https://*.com".into()], None).unwrap_err();
+        assert!(
+            e.starts_with("instance URL origin \"https://*.com\""),
+            "{e}"
+        );
+        let e = Binding::new(&["https://*.com".into()], &[], None).unwrap_err();
+        assert!(e.starts_with("API origin"), "{e}");
         assert!(Pattern::parse("https://*.my.salesforce.com").is_ok());
         assert!(Pattern::parse("https://co.uk").is_ok(), "not a wildcard");
         assert!(!allowed(

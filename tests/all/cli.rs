@@ -603,6 +603,149 @@ async fn a_bound_credential_sends_its_token_only_to_its_origins() {
     }
 }
 
+/// Bound by default (issue 20): `add` without an API origin, or with a
+/// wildcard at a public suffix, is refused (exit 2, naming the fix) and
+/// stores nothing, its keys included; `--any-api-origin` is the explicit way
+/// out, with a warning; a refused `set` keeps what was stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unbound_or_too_wide_credential_is_refused_and_nothing_is_stored() {
+    let f = Fixture::new(provider_with_ttl(TTL)).await;
+    let store = f.store_path();
+    let keys = f.dir.path().join("first.json");
+    std::fs::write(&keys, f.provider.authorize().to_string()).unwrap();
+    let secret = f.dir.path().join("secret");
+    std::fs::write(&secret, &f.provider.config().client_secret).unwrap();
+    let token_url = f.provider.token_url();
+    let origin = api_origin(&f.provider);
+    let add = |name: &str, binding: &[&str]| {
+        let mut args = vec![
+            "credential",
+            "add",
+            name,
+            "--token-url",
+            &token_url,
+            "--client-id",
+            "rekey-demo",
+            "--client-secret-file",
+            secret.to_str().unwrap(),
+            "--keys",
+            keys.to_str().unwrap(),
+        ];
+        args.extend_from_slice(binding);
+        rekey_cli(&store, &args)
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let stored = || -> Vec<String> {
+        let out = rekey_cli(&store, &["credential", "list"]);
+        assert!(out.status.success(), "{}", all_output(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+
+    // Unbound: the message names both ways to fix it.
+    let out = add("c", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", all_output(&out));
+    for fix in ["--api-origin", "--any-api-origin"] {
+        assert!(stderr(&out).contains(fix), "{fix}: {}", stderr(&out));
+    }
+    assert_eq!(stored(), Vec::<String>::new(), "nothing was stored");
+
+    // Wildcards at a public suffix match sites of unrelated owners, as API
+    // origins or as instance URL patterns, alone or beside a good origin.
+    for binding in [
+        &["--api-origin", "https://*.co.uk"][..],
+        &["--api-origin", "https://*.com"],
+        &["--api-origin", &origin, "--api-origin", "https://*.co.uk"],
+        &[
+            "--api-origin",
+            &origin,
+            "--instance-url-origin",
+            "https://*.com",
+        ],
+    ] {
+        let out = add("c", binding);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{binding:?}: {}",
+            all_output(&out)
+        );
+        let bad = binding.iter().find(|b| b.contains('*')).unwrap();
+        assert!(
+            stderr(&out).contains(&format!("{bad:?}")) && stderr(&out).contains("wildcard"),
+            "{binding:?}: the refusal names the pattern: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            stored(),
+            Vec::<String>::new(),
+            "{binding:?}: nothing stored"
+        );
+    }
+    assert!(
+        SqliteStore::open(&store)
+            .unwrap()
+            .list()
+            .unwrap()
+            .is_empty(),
+        "the store holds no record"
+    );
+
+    // A wildcard under a registrable domain is fine, without a warning.
+    let out = add("narrow", &["--api-origin", "https://*.example.co.uk"]);
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert_eq!(stderr(&out), "", "no warning for a bound credential");
+
+    // Any origin, said explicitly: accepted, warned about, and it works.
+    let out = add("any", &["--any-api-origin"]);
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert!(
+        stderr(&out).contains("warning") && stderr(&out).contains("any https origin"),
+        "{}",
+        stderr(&out)
+    );
+    let names: Vec<_> = stored()
+        .iter()
+        .map(|l| l.split('\t').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["any", "narrow"]);
+    let out = rekey_cli(&store, &["send", "any", &f.provider.api_url("me")]);
+    assert!(out.status.success(), "{}", all_output(&out));
+
+    // `set` holds the same rules, and a refused `set` changes nothing.
+    let before = SqliteStore::open(&store).unwrap().load("narrow").unwrap();
+    for binding in [
+        &["--api-origin", "https://*.co.uk"][..],
+        &["--api-origin", "https://*.com"],
+        &["--instance-url-origin", "https://*.co.uk"],
+    ] {
+        let mut args = vec!["credential", "set", "narrow"];
+        args.extend_from_slice(binding);
+        let out = rekey_cli(&store, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{binding:?}: {}",
+            all_output(&out)
+        );
+    }
+    let after = SqliteStore::open(&store).unwrap().load("narrow").unwrap();
+    assert_eq!(
+        (
+            after.settings.api_origins,
+            after.settings.instance_url_origins,
+            after.version
+        ),
+        (
+            before.settings.api_origins,
+            before.settings.instance_url_origins,
+            before.version
+        )
+    );
+}
+
 /// The README's first command: the demo runs every strategy through the
 /// embedded provider and says nothing failed (it exits non-zero otherwise).
 #[test]

@@ -39,8 +39,10 @@ fn in_namespace(hosts: &Path, program: &Path, args: &[&str]) -> Command {
 
 /// The case: inside a namespace whose `/etc/hosts` maps `localhost`
 /// to another address, `rekey send` with a token URL (or an API URL) on
-/// `http://localhost:PORT` fails as a refusal and no connection reaches the
-/// sink listening there. Runs [`localhost_elsewhere_inside`] in the namespace.
+/// `http://localhost:PORT` or `https://localhost:PORT` fails as a refusal and
+/// no connection reaches the sink listening there: over http the component
+/// refuses the name, over https the host's connect-time resolver guard does.
+/// Runs [`localhost_elsewhere_inside`] in the namespace.
 #[test]
 fn localhost_mapped_elsewhere_gets_no_byte() {
     // SAFETY: geteuid has no preconditions.
@@ -126,53 +128,78 @@ fn localhost_elsewhere_inside() {
     )
     .unwrap();
     // Every request refreshes first: the token request goes to localhost.
-    let token_url = format!("http://localhost:{port}/t");
-    let mut refreshing = Settings::new(&token_url, "app")
-        .with_secret(secret)
-        .with_strategy(Strategy::EveryRequest);
-    refreshing.api_origins = vec!["http://127.0.0.1:9".into()];
-    store.put("token", &refreshing, Some(&keys)).unwrap();
+    // Over http the component refuses the name (only an address is
+    // loopback); over https it lets it through, and the host's resolver
+    // guard is what refuses it.
+    for (name, scheme) in [("token", "http"), ("https-token", "https")] {
+        let token_url = format!("{scheme}://localhost:{port}/t");
+        let mut refreshing = Settings::new(&token_url, "app")
+            .with_secret(secret)
+            .with_strategy(Strategy::EveryRequest);
+        refreshing.api_origins = vec!["http://127.0.0.1:9".into()];
+        store.put(name, &refreshing, Some(&keys)).unwrap();
+    }
     // A valid token sent to an API on localhost.
     let mut api = Settings::new("http://127.0.0.1:9/t", "app").with_secret(secret);
     api.api_origins = vec!["*".into()];
     store.put("api", &api, Some(&keys)).unwrap();
+    let mut https_api = Settings::new("http://127.0.0.1:9/t", "app").with_secret(secret);
+    https_api.api_origins = vec![format!("https://localhost:{port}")];
+    store.put("https-api", &https_api, Some(&keys)).unwrap();
     drop(store);
 
+    /// Who refuses: the component (a name is not a loopback address) or
+    /// the host (the name resolved to another machine at connect time).
+    #[derive(Debug, PartialEq)]
+    enum By {
+        Component,
+        Host,
+    }
+    let https_api_url = format!("https://localhost:{port}/api");
     let sends = [
-        ("token", "http://127.0.0.1:9/api".to_owned()),
+        ("token", "http://127.0.0.1:9/api".to_owned(), By::Component),
         // Again: the refused refresh left nothing in doubt.
-        ("token", "http://127.0.0.1:9/api".to_owned()),
-        ("api", format!("http://localhost:{port}/api")),
+        ("token", "http://127.0.0.1:9/api".to_owned(), By::Component),
+        ("api", format!("http://localhost:{port}/api"), By::Component),
+        ("https-token", "http://127.0.0.1:9/api".to_owned(), By::Host),
+        ("https-token", "http://127.0.0.1:9/api".to_owned(), By::Host),
+        ("https-api", https_api_url.clone(), By::Host),
+        // The explicit "any origin" does not make localhost loopback.
+        ("api", https_api_url, By::Host),
     ];
-    for (credential, url) in &sends {
+    let resolved = format!("localhost resolves to {ELSEWHERE}, which is not a loopback address");
+    for (credential, url, by) in &sends {
         let out = rekey_cli(&path, &["send", credential, url]);
         let all = all_output(&out);
         println!("{credential}: exit {:?}: {}", out.status.code(), all.trim());
-        // The component refuses a name as loopback (only an address is), the
-        // host a name that resolves elsewhere: either way, refused.
         assert!(
-            all.contains("not a loopback address") || all.contains("loopback address such as"),
-            "{all}"
+            sink.accept().is_err(),
+            "{credential} {url} ({by:?}): a connection reached the sink: {all}"
         );
+        let code = out.status.code().unwrap();
+        match by {
+            By::Component => {
+                assert!(all.contains("loopback address such as"), "{all}");
+                // The component's refusal of the settings or request URL.
+                assert_eq!(code, 9, "{credential}: {all}");
+            }
+            By::Host => {
+                assert!(all.contains(&resolved), "{credential}: {all}");
+                // Nothing was connected, so never "in doubt" (10): a token
+                // endpoint failure (4) for the refresh, a transport failure
+                // (6) for the API request.
+                let expected = if credential.ends_with("token") { 4 } else { 6 };
+                assert_eq!(code, expected, "{credential}: {all}");
+            }
+        }
         for leaked in [secret, "at-in-namespace", "rt-in-namespace"] {
             assert!(!all.contains(leaked));
         }
-        // A refusal: not "in doubt" (10), not a success. The API's is a
-        // transport failure (6); the token endpoint's is whatever the
-        // component makes of a refused token request.
-        let code = out.status.code().unwrap();
-        assert!(![0, 10].contains(&code), "{credential}: exit {code}: {all}");
-        if *credential == "api" {
-            // 6: the host's connect-time refusal; 9: the component's (settings).
-            assert!([6, 9].contains(&code), "{all}");
-        }
-        assert!(
-            sink.accept().is_err(),
-            "{credential}: a connection reached the sink"
-        );
     }
-    let stored = SqliteStore::open(&path).unwrap().load("token").unwrap();
-    assert!(!stored.refresh_in_doubt(), "nothing was spent");
+    for name in ["token", "https-token"] {
+        let stored = SqliteStore::open(&path).unwrap().load(name).unwrap();
+        assert!(!stored.refresh_in_doubt(), "{name}: nothing was spent");
+    }
     println!("namespace: checked");
 }
 

@@ -40,6 +40,26 @@ async fn a_token_is_fetched_when_none_is_stored_and_renewed_on_401() {
     assert!(c.refresh_mark.is_none() && c.lease.is_none());
 }
 
+/// RFC 6749 §4.4.3 says no refresh token comes with this grant; some
+/// servers send one anyway. It is not kept (this grant never spends it),
+/// and the credential goes on working: kept, it made every later call
+/// refuse the record as the refresh-token grant's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_token_in_the_answer_is_not_kept_and_later_calls_work() {
+    let mut config = provider_with_ttl(Duration::from_secs(3600));
+    config
+        .extra_token_fields
+        .insert("refresh_token".into(), "unasked-for".into());
+    let f = Fixture::new(config).await;
+    f.store.put("m2m", &m2m(&f), None).unwrap();
+    assert_eq!(f.get("m2m", "me").await.unwrap().status, 200);
+    assert!(f.stored_keys("m2m").get("refresh_token").is_none());
+    f.provider.expire_access_tokens();
+    assert_eq!(f.get("m2m", "me").await.unwrap().status, 200);
+    assert_eq!(f.get("m2m", "me").await.unwrap().status, 200);
+    assert_eq!(f.provider.stats().client_credentials_granted, 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_client_is_a_settings_problem_and_stores_nothing() {
     let f = Fixture::new(provider_with_ttl(Duration::from_secs(3600))).await;

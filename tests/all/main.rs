@@ -17,6 +17,7 @@ mod fleet;
 mod fleet_worker;
 mod full_disk;
 mod http_types;
+mod instance_url;
 mod oidc_provider;
 mod refresh_and_retry;
 mod reliability;
