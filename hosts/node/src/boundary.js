@@ -11,6 +11,10 @@
 //    subdomain, never the bare domain; `*` alone: any origin, said
 //    explicitly), or the token set's `instance_url` origin when it matches one
 //    of the credential's instance patterns.
+// A wildcard over a public suffix (`https://*.co.uk`) is refused here too:
+// the component has no public suffix list (see public-suffix.js).
+
+import { isPublicSuffix } from './public-suffix.js';
 
 /** Whether a WHATWG hostname is a loopback address (127.0.0.0/8, ::1) or `localhost`. */
 export function isLoopback(hostname) {
@@ -36,7 +40,7 @@ export function originOf(url) {
 }
 
 /** One API origin pattern, parsed as guest/src/origins.rs does; undefined when malformed. */
-function parsePattern(text) {
+function parseStructure(text) {
   const m = /^([a-z]+):\/\/(\*\.)?([^/?#@]+)\/?$/i.exec(text);
   if (!m) return undefined;
   const origin = originOf(`${m[1]}://${m[3]}/`);
@@ -46,6 +50,32 @@ function parsePattern(text) {
   if (origin.host.split('.').some((label) => label === '')) return undefined;
   if (wildcard && (!origin.host.includes('.') || origin.host.includes(':') || /^[\d.]+$/.test(origin.host))) return undefined;
   return { origin, wildcard };
+}
+
+/** A pattern that may match: well formed, and no wildcard over a public suffix. */
+function parsePattern(text) {
+  const p = parseStructure(text);
+  return p && !(p.wildcard && isPublicSuffix(p.origin.host)) ? p : undefined;
+}
+
+/**
+ * Why the settings' origin patterns must be refused for a wildcard over a
+ * public suffix (`https://*.co.uk`, `https://*.github.io`), or undefined.
+ * Other malformed patterns are left to the component, which names them.
+ * @param {{apiOrigins?: unknown, instanceUrlOrigins?: unknown}} s
+ */
+export function publicSuffixWildcard({ apiOrigins, instanceUrlOrigins }) {
+  for (const [field, patterns] of [['apiOrigins', apiOrigins], ['instanceUrlOrigins', instanceUrlOrigins]]) {
+    for (const text of Array.isArray(patterns) ? patterns : []) {
+      const p = typeof text === 'string' ? parseStructure(text) : undefined;
+      if (p?.wildcard && isPublicSuffix(p.origin.host)) {
+        return `${field}: ${JSON.stringify(text)} is a wildcard over a public suffix (${p.origin.host}): `
+          + "a wildcard over a public suffix matches other people's sites; "
+          + `name the registrable domain below it, e.g. https://*.example.${p.origin.host}`;
+      }
+    }
+  }
+  return undefined;
 }
 
 function matches({ origin, wildcard }, target) {
@@ -101,6 +131,10 @@ export function refusal(purpose, url, { tokenUrl, deviceUrl, apiOrigins = [], in
     return url === deviceUrl ? undefined : "a device request goes to the settings' device authorization URL only";
   }
   if (purpose !== 'api') return undefined;
+  // As in the Rust host, such a pattern anywhere in the settings (an instance
+  // pattern beside `*` too) refuses every API request, not only its matches.
+  const unmeant = publicSuffixWildcard({ apiOrigins, instanceUrlOrigins });
+  if (unmeant) return unmeant;
   if (apiOrigins.length === 1 && apiOrigins[0] === '*') return undefined;
   const instance = adoptedInstance(instanceUrl, instanceUrlOrigins);
   const allowed = apiOrigins.map(parsePattern).some((p) => p && matches(p, target))

@@ -2,6 +2,7 @@
 // component takes (jco's representation: camelCase records, `{tag, val}`
 // variants, Uint8Array bodies, header lists as [name, value] pairs).
 
+import { publicSuffixWildcard } from './boundary.js';
 import { InvalidRequest, InvalidSettings, UnrepresentableResponse } from './errors.js';
 import { Secret, reveal } from './secret.js';
 
@@ -49,6 +50,9 @@ export function toWitSettings(s) {
   if (origins.length === 0 && instanceOrigins.length === 0) {
     throw new InvalidSettings("the credential is not bound to API origins, so its token could go anywhere: set apiOrigins (e.g. ['https://api.example.com']), or ['*'] to allow any https origin explicitly");
   }
+  // The component has no public suffix list: this rule is the host's.
+  const unmeant = publicSuffixWildcard({ apiOrigins: origins, instanceUrlOrigins: instanceOrigins });
+  if (unmeant) throw new InvalidSettings(unmeant);
   const fleet = s.fleet ?? {};
   const ms = (name) => {
     const v = fleet[name] ?? 0;

@@ -68,7 +68,10 @@ test('require() gets the very same API as import', () => {
 test('npm pack ships the component, the transpiled code, both entries and the types; no tests or build scripts', async () => {
   const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8'));
   assert.equal(pkg.private, undefined);
-  assert.deepEqual(pkg.dependencies, undefined, 'no runtime dependencies');
+  // One runtime dependency, the public suffix list, pinned and shipped inside
+  // the tarball: an install resolves nothing, and refuses what was tested.
+  assert.deepEqual(pkg.dependencies, { tldts: '7.5.3' }, 'the one runtime dependency, an exact version');
+  assert.deepEqual(pkg.bundleDependencies, ['tldts']);
   assert.equal(pkg.peerDependenciesMeta.pg.optional, true);
   const { stdout } = await run('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT });
   const files = new Set(JSON.parse(stdout)[0].files.map((f) => f.path));
@@ -77,7 +80,14 @@ test('npm pack ships the component, the transpiled code, both entries and the ty
     'src/index.js', 'src/index.cjs', 'src/worker.js', 'index.d.ts', 'bin/rekey-node-component.js', 'README.md']) {
     assert.ok(files.has(f), `the tarball has ${f}`);
   }
-  for (const f of files) assert.doesNotMatch(f, /^(test|scripts|types|package-test|node_modules|node2\d)\//, f);
+  for (const dep of ['tldts', 'tldts-core']) assert.ok(files.has(`node_modules/${dep}/package.json`), `${dep} is bundled`);
+  for (const dep of ['tldts', 'tldts-core']) {
+    const bundled = JSON.parse(await readFile(join(ROOT, 'node_modules', dep, 'package.json'), 'utf8'));
+    assert.equal(bundled.version, pkg.dependencies.tldts, `the bundled ${dep} is the pinned version (overrides holds tldts-core to it)`);
+  }
+  // The bundled packages aside: no other node_modules, no tests or build scripts.
+  const own = [...files].filter((f) => !/^node_modules\/tldts(-core)?\//.test(f));
+  for (const f of own) assert.doesNotMatch(f, /^(test|scripts|types|package-test|node_modules|node2\d)\//, f);
   const targets = [pkg.main, pkg.types, ...Object.values(pkg.exports['.']).flatMap((c) => Object.values(c)), ...Object.values(pkg.bin)];
   for (const target of targets) assert.ok(files.has(target.replace(/^\.\//, '')), `${target} (package.json) is in the tarball`);
 });

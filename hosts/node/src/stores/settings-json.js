@@ -7,6 +7,7 @@
 // the store holds tokens, not the app's client secret. One given as
 // `{ env: 'VAR' }` is written as that reference, as the Rust host keeps it.
 
+import { publicSuffixWildcard } from '../boundary.js';
 import { InvalidSettings } from '../errors.js';
 import { clientAuthOf, grantOf, strategyOf } from '../wit-values.js';
 
@@ -20,6 +21,9 @@ export function settingsJson(s) {
   if (grant === 'client-credentials' && (secret === undefined || secret === null)) {
     throw new InvalidSettings("grant 'client-credentials' needs a clientSecret");
   }
+  // Not written at all: the Rust host sharing the store refuses such settings.
+  const unmeant = publicSuffixWildcard(s);
+  if (unmeant) throw new InvalidSettings(unmeant);
   /** @type {Record<string, any>} */
   const json = {
     // Written only when not the default, as the Rust host does: a column

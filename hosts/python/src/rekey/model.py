@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from . import origins
 from .errors import InvalidSettings
 from .keys import keys_text
 from .secret import Secret
@@ -242,6 +243,8 @@ def settings_json(settings: Settings, client_secret_env: "str | None" = None) ->
     grant = grant_of(settings.grant)
     if grant is Grant.CLIENT_CREDENTIALS and settings.client_secret is None:
         raise InvalidSettings("the client-credentials grant needs a client secret")
+    # Never written: the Rust host sharing the store refuses such settings.
+    origins.check_patterns(settings.api_origins, settings.instance_url_origins)
     strategy = settings.strategy
     margin = strategy.margin_secs if isinstance(strategy, BeforeExpiry) else 60
     name = {OnAuthFailure: "on-auth-failure", EveryRequest: "every-request", BeforeExpiry: "before-expiry"}

@@ -13,12 +13,25 @@ component that let something through would still be stopped here).
 
 Like the guest's, the parser refuses an authority with a backslash, a
 percent sign, whitespace, a control or non-ASCII character rather than
-guess how another parser would read it."""
+guess how another parser would read it.
+
+A wildcard over a public suffix (``https://*.co.uk``, ``https://*.github.io``)
+is refused here, not by the component, which has no public suffix list (too
+large for it): as the Rust host does (``host/src/origins.rs``, the ``psl``
+crate), by the list's ICANN and private sections alike. ``publicsuffixlist``
+also counts the parent of a wildcard rule (``kobe.jp`` for ``*.kobe.jp``), as
+the list's own linter does and ``psl`` does not: stricter than Rust there."""
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from typing import Iterable, Optional
+
+from publicsuffixlist import PublicSuffixList
+
+from .errors import InvalidSettings
 
 
 @dataclass(frozen=True)
@@ -164,13 +177,56 @@ ANY = "*"
 """The explicit "any origin" entry of ``api_origins``."""
 
 
+@functools.lru_cache(maxsize=1)
+def _public_suffix_list() -> PublicSuffixList:
+    # accept_unknown=False: the list's implicit ``*`` rule (any unknown
+    # top-level domain) does not count, as in the Rust host.
+    return PublicSuffixList(accept_unknown=False)
+
+
+def is_public_suffix(host: str) -> bool:
+    """Whether ``host`` (lower case, IDN as punycode) is itself a public
+    suffix named by a rule of the list (``co.uk``, ``github.io``)."""
+    return _public_suffix_list().is_public(host)
+
+
+def public_suffix_wildcard(api_origins: Iterable[str], instance_url_origins: Iterable[str] = ()) -> Optional[str]:
+    """Why the settings' origin patterns must be refused for a wildcard over
+    a public suffix, or None. Other malformed patterns are left to the
+    component, which names them."""
+    for name, patterns in (("api_origins", api_origins), ("instance_url_origins", instance_url_origins)):
+        for text in patterns:
+            try:
+                p = Pattern.parse(str(text))
+            except ValueError:
+                continue
+            if p.wildcard and is_public_suffix(p.origin.host):
+                host = p.origin.host
+                return (
+                    f"{name}: {json.dumps(str(text), ensure_ascii=False)} is a wildcard over a public suffix ({host}): "
+                    "a wildcard over a public suffix matches other people's sites; "
+                    f"name the registrable domain below it, e.g. https://*.example.{host}"
+                )
+    return None
+
+
+def check_patterns(api_origins: Iterable[str], instance_url_origins: Iterable[str]) -> None:
+    """InvalidSettings for a wildcard over a public suffix in either list:
+    what creating a credential and every call's settings check run."""
+    why = public_suffix_wildcard(api_origins, instance_url_origins)
+    if why is not None:
+        raise InvalidSettings(why)
+
+
 def _parsed(patterns: Iterable[str]) -> list[Pattern]:
     out = []
     for p in patterns:
         try:
-            out.append(Pattern.parse(p))
+            pattern = Pattern.parse(p)
         except ValueError:
-            pass  # the guest refuses such settings before sending anything
+            continue  # the guest refuses such settings before sending anything
+        if not (pattern.wildcard and is_public_suffix(pattern.origin.host)):
+            out.append(pattern)  # one over a public suffix never matches
     return out
 
 
@@ -196,9 +252,14 @@ def check_api_url(
     """ValueError unless the access token may go to ``url``."""
     target = check_transport(url, "the request URL")
     patterns = list(patterns)
+    instance_patterns = list(instance_patterns)
+    # As in the Rust host, such a pattern anywhere in the settings (an
+    # instance pattern beside ``*`` too) refuses every API request.
+    unmeant = public_suffix_wildcard(patterns, instance_patterns)
+    if unmeant is not None:
+        raise ValueError(unmeant)
     if patterns == [ANY]:
         return
-    instance_patterns = list(instance_patterns)
     instances = [o for o in (adopted_instance(u, instance_patterns) for u in instance_urls) if o is not None]
     if any(p.matches(target) for p in _parsed(patterns)) or target in instances:
         return

@@ -11,7 +11,7 @@ from typing import Any
 
 from wasmtime.component import Record, Variant
 
-from . import errors
+from . import errors, origins
 from .model import (
     BeforeExpiry,
     EveryRequest,
@@ -46,6 +46,8 @@ def settings(s: Settings) -> Record:
         strategy = Variant("before-expiry", int(kind.margin_secs))
     else:
         raise errors.InvalidSettings(f"unknown strategy {type(kind).__name__}")
+    # The component has no public suffix list: this rule is the host's.
+    origins.check_patterns(s.api_origins, s.instance_url_origins)
     return _record(
         grant=Variant(grant_of(s.grant).value),
         token_url=s.token_url,
