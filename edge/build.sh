@@ -35,7 +35,8 @@ compose="$CARGO_TARGET_DIR/debug/rekey-edge-compose"
 "$compose" proxy --effects "$out/effects.wasm" --rekey "$out/rekey.wasm" \
     --front "$out/front.wasm" --noconfig "$out/noconfig.wasm" --out "$out/rekey-proxy-env.wasm"
 
-# The README's sizes table, from these very files (EDGE_README=1 writes it there).
+# The README's sizes table, from these very files (EDGE_README=1 writes it
+# there; EDGE_SIZES_CHECK=1, set by test.sh, fails when it is not this build's).
 {
     echo "| component | bytes |"
     echo "|---|---|"
@@ -49,4 +50,6 @@ compose="$CARGO_TARGET_DIR/debug/rekey-edge-compose"
 } >"$out/sizes.md"
 if [ -n "${EDGE_README:-}" ]; then
     python3 "$edge/tests/readme.py" sizes <"$out/sizes.md"
+elif [ -n "${EDGE_SIZES_CHECK:-}" ]; then
+    python3 "$edge/tests/readme.py" sizes --check <"$out/sizes.md"
 fi

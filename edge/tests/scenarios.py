@@ -53,9 +53,25 @@ def remember(keys):
             SECRETS.add(keys[field])
 
 
+KEEP = 4  # generations the store keeps (edge/effects/src/fs_cas.rs)
+
+
+def generations(d):
+    """The record's generation files, `default@<G>.json`, oldest first."""
+    found = [(int(m[1]), p) for p in d.iterdir() if (m := re.fullmatch(r"default@([1-9][0-9]*)\.json", p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def record_file(d):
+    """The newest generation; `default.json` (the single-file layout, or the 0.2
+    keys file a scenario starts from) while there is none."""
+    gens = generations(d)
+    return gens[-1] if gens else d / "default.json"
+
+
 def record(d):
     """The stored record; a 0.2 keys file reads as version 0."""
-    data = json.loads((d / "default.json").read_text())
+    data = json.loads(record_file(d).read_text())
     if "rekey_record" not in data:
         data = {"version": 0, "keys": data, "lease": None, "refresh_mark": None, "dead_grant": None}
     if data["keys"]:
@@ -68,8 +84,11 @@ def stored(d):
 
 
 def leftovers(d):
-    """Files besides the record: locks, temp files, 0.2's lease and marker."""
-    return sorted(p.name for p in d.iterdir() if p.name != "default.json")
+    """Files besides the newest `KEEP` generations (or, before the first
+    write, `default.json`): temp files, older generations, the old layout's
+    lock, 0.2's lease and marker."""
+    kept = {p.name for p in generations(d)[-KEEP:]} or {"default.json"}
+    return sorted(p.name for p in d.iterdir() if p.name not in kept)
 
 
 def fnv1a64(data):
@@ -160,12 +179,18 @@ def five_expiries(tk):
     # Per refresh: take the lease, set the mark, store the keys.
     assert rec["version"] == 3 * refreshes, (rec["version"], refreshes)
     assert rec["lease"] is None and rec["refresh_mark"] is None and rec["dead_grant"] is None, rec
-    mode = (d / "default.json").stat().st_mode & 0o777
-    assert mode == 0o600, f"the record file has mode {mode:o}"
+    assert generations(d), "no generation was written"
+    modes = {p.name: f"{p.stat().st_mode & 0o777:o}" for p in generations(d)}
+    assert set(modes.values()) == {"600"}, f"record files' modes: {modes}"
     assert leftovers(d) == [], leftovers(d)
+    # Each write synced the directory after its link (a runtime that cannot
+    # says so: "cannot be synced"; a sync that fails makes the write unknown).
+    log = s.log.read_text()
+    unsynced = [line for line in log.splitlines() if "cannot be synced" in line or "then syncing" in line]
+    assert not unsynced, f"records linked without the directory synced: {unsynced[:2]}"
     s.stop()
     print(f"   {requests} requests, all 200; {refreshes} expiries, {refreshes} refreshes, invalid_grant 0; "
-          f"record version {rec['version']}, mode 600")
+          f"record version {rec['version']}, mode 600; every link's directory sync answered ok")
 
 
 def sixteen_at_an_expiry(tk, n_servers=1):
@@ -206,6 +231,171 @@ def sixteen_at_an_expiry(tk, n_servers=1):
           "invalid_grant 0, no lease or mark left")
 
 
+def stalled_writer_is_fenced(tk):
+    """Issue #22. Server A's write is held between its version check and its
+    commit (the effects' test hook, REKEY_TEST_HOLD_WRITES=1: the write that
+    takes `default.hold` waits until `default.held` is gone); meanwhile
+    server B refreshes. Released, the held write lands nowhere and ends in a
+    conflict; B's record, with the rotated refresh token, stays."""
+    d = keys_dir("stalled-writer", tk)
+    a = serve(tk, d, "stalled-a", REKEY_TEST_HOLD_WRITES="1")
+    b = serve(tk, d, "stalled-b")
+    wait_expired(tk, d)
+    before = tk.stats()
+    (d / "default.hold").write_text("")
+    held = {}
+    thread = threading.Thread(target=lambda: held.update(answer=a.request("GET", "/held", timeout=120)))
+    thread.start()
+    wait_for("server A to hold its write", lambda: (d / "default.held").exists(), timeout=60)
+    status, _, body = b.request("GET", "/meanwhile", timeout=120)
+    assert status == 200, (status, body[:200])
+    assert delta(before, tk.stats(), "refreshes_granted") == 1, "server B did not refresh"
+    newer = record(d)
+    newer_file = record_file(d), record_file(d).read_bytes()
+    (d / "default.held").unlink()  # releases A's write
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "server A's request did not end"
+    assert (record_file(d), record_file(d).read_bytes()) == newer_file, (
+        f"the held write landed over the newer record (version {newer['version']}): now version "
+        f"{record(d)['version']}, dead_grant {record(d)['dead_grant']}")
+    log = a.log.read_text()
+    ended = re.findall(r"test hook: the held write ended: (\w+)", log)
+    assert ended == ["conflict"], f"the held write ended: {ended}"
+    after = tk.stats()
+    assert delta(before, after, "refreshes_granted") == 1 and delta(before, after, "invalid_grant") == 0, after
+    assert after["reused_refresh_tokens"] == 0, after
+    assert tk.live(stored(d)["refresh_token"]), "the stored refresh token is not the live one"
+    assert held["answer"][0] == 200, held["answer"][:1] + (held["answer"][2][:200],)
+    assert leftovers(d) == [], leftovers(d)
+    # The hook is in the shipped proxy: setting it is never silent.
+    assert HOLD_WARNING in log, "REKEY_TEST_HOLD_WRITES=1 was set without a warning on stderr"
+    assert HOLD_WARNING not in b.log.read_text(), "a server without the hook warned of it"
+    a.stop()
+    b.stop()
+    print(f"   A's write held after its check; B refreshed meanwhile (record version {newer['version']}); "
+          "released, A's write ended in a conflict and landed nowhere; both 200, 1 refresh, invalid_grant 0, "
+          "the stored refresh token live")
+
+
+HOLD_WARNING = "WARNING: REKEY_TEST_HOLD_WRITES=1"
+
+
+def foreign_files_and_other_credentials(tk):
+    """The review of #22 (F1): the store lists the keys directory on every
+    read and write, and others change it meanwhile. Two credentials share the
+    directory, each served with REKEY_STRATEGY=every-request (every request
+    writes three generations of its record and removes old ones) by two
+    threads at once; a thread creates and removes files named like another
+    credential's generations and temp files all along (one cycle before the
+    first request, until the last ends). Then a file whose name is not UTF-8
+    joins them. A file that goes away while the directory is listed, or a
+    name that is not text, is not the store's: every request is 200."""
+    d = keys_dir("shared-directory", tk)
+    grant = tk.admin("authorize")
+    remember(grant)
+    (d / "other.json").write_text(json.dumps(grant))
+    (d / "other.json").chmod(0o600)
+    servers_by = {"default": serve(tk, d, "shared-default", REKEY_STRATEGY="every-request"),
+                  "other": serve(tk, d, "shared-other", REKEY_STRATEGY="every-request", REKEY_CREDENTIAL="other")}
+    before = tk.stats()
+    stop, cycled, cycles = threading.Event(), threading.Event(), [0]
+
+    def churn():
+        while True:
+            i = cycles[0]
+            for name in (f"churn@{i + 1}.json", f".churn@{i + 1}.{i:016x}.tmp"):
+                f = os.open(d / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                os.close(f)
+                os.unlink(d / name)
+            cycles[0] = i + 1
+            cycled.set()
+            if stop.is_set():
+                return
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    cycled.wait()
+    answers = {"default": [], "other": []}
+    each = 40
+
+    def requests(who, k):
+        for i in range(each):
+            status, _, body = servers_by[who].request("GET", f"/shared/{who}/{k}/{i}")
+            answers[who].append((status, body[:200]))
+
+    threads = [threading.Thread(target=requests, args=(who, k)) for who in answers for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    churner.join()
+    # A name that is not UTF-8 (wasi:filesystem's names are strings).
+    odd = os.path.join(os.fsencode(d), b"backup-\xff.json")
+    fd = os.open(odd, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.write(fd, b"{}")
+    os.close(fd)
+    beside_odd = {who: s.request("GET", f"/beside-a-non-utf-8-name/{who}") for who, s in servers_by.items()}
+    after = tk.stats()
+    failed = {who: [a for a in got if a[0] != 200] for who, got in answers.items()}
+    odd_failed = {who: (a[0], a[2][:200]) for who, a in beside_odd.items() if a[0] != 200}
+    assert not any(failed.values()) and not odd_failed, (
+        "; ".join(f"{who}: {len(f)} of {len(answers[who])} requests failed while others changed the directory"
+                  + (f", e.g. {sorted(set(f))[:2]}" if f else "") for who, f in failed.items())
+        + f"; beside a non-UTF-8 name: {odd_failed or 'all 200'}")
+    assert all(len(got) == 2 * each for got in answers.values())
+    refreshes = delta(before, after, "refreshes_granted")
+    assert delta(before, after, "invalid_grant") == 0 and after["reused_refresh_tokens"] == 0, after
+    assert 2 <= refreshes <= 4 * each + 2, refreshes
+    records = {"default": record(d)}
+    gens = sorted((int(m[1]), p) for p in d.iterdir() if (m := re.fullmatch(r"other@([1-9][0-9]*)\.json", p.name)))
+    records["other"] = json.loads(gens[-1][1].read_text())
+    for who, rec in records.items():
+        remember(rec["keys"])
+        assert tk.live(rec["keys"]["refresh_token"]), f"{who}: the stored refresh token is not the live one"
+        assert rec["lease"] is None and rec["refresh_mark"] is None, (who, rec)
+    # Each refresh writes three versions (lease, mark, keys); nothing else was written.
+    versions = sum(rec["version"] for rec in records.values())
+    assert versions == 3 * refreshes, f"record versions {versions} for {refreshes} refreshes"
+    names = sorted(os.listdir(os.fsencode(d)))
+    kept = [os.fsencode(p.name) for p in generations(d)[-KEEP:]] + [os.fsencode(p.name) for _, p in gens[-KEEP:]]
+    assert names == sorted([os.path.basename(odd), *kept]), names
+    for s in servers_by.values():
+        s.stop()
+    print(f"   2 credentials in one directory, every-request, 2 threads each: {4 * each} requests, all 200, while "
+          f"{cycles[0]} cycles of another's files were created and removed; then beside a non-UTF-8 name: 200 "
+          f"each; {refreshes} refreshes, record versions 3 per refresh, invalid_grant 0")
+
+
+def a_fifo_is_never_opened(tk):
+    """The review of #22 (F5): a FIFO named like the newest generation would
+    block the open that reads it (wasi:filesystem 0.2 opens cannot be
+    non-blocking): the store looks at what a name is before opening it, so
+    the request is 503 store_unavailable, nothing is sent, and once the FIFO
+    is gone the next request is served on the same grant."""
+    d = keys_dir("fifo", tk)
+    s = serve(tk, d, "fifo")
+    fifo = d / "default@1.json"  # the directory holds default.json (generation 0) only
+    os.mkfifo(fifo, 0o600)
+    before, api_seen = tk.stats(), len(tk.api_log())
+    try:
+        status, _, body = s.request("GET", "/fifo", timeout=30)
+    except TimeoutError:
+        raise AssertionError("the request on a FIFO named like the newest generation hung (30 s)") from None
+    finally:
+        fifo.unlink()
+    assert status == 503 and answer_of(body)["error"] == "store_unavailable", (status, body)
+    nothing_left(tk, None, before, api_seen)
+    assert "is not a regular file" in s.log.read_text(), "the log does not say why"
+    status, _, body = s.request("GET", "/after")
+    assert status == 200, (status, body[:200])
+    after = tk.stats()
+    assert delta(before, after, "invalid_grant") == 0 and tk.live(stored(d)["refresh_token"]), after
+    s.stop()
+    print("   a FIFO named default@1.json: 503 store_unavailable, nothing sent; removed: the next request 200 "
+          "on the same grant")
+
+
 def sigkill_and_restart(tk):
     d = keys_dir("sigkill", tk)
     s = serve(tk, d, "sigkill-1")
@@ -214,14 +404,19 @@ def sigkill_and_restart(tk):
     assert s.request("GET", "/before-kill")[0] == 200
     rotated = stored(d)
     assert rotated["refresh_token"] != first, "no refresh happened before the kill"
-    saved = (d / "default.json").read_bytes()
+    saved = record_file(d), record_file(d).read_bytes()
     s.kill()
-    assert (d / "default.json").read_bytes() == saved, "the keys changed across SIGKILL"
-    # A writer killed inside an update leaves its lock: it goes stale.
-    lock = d / "default.lock"
-    lock.write_text("0123456789abcdef0123456789abcdef\n")
-    old = time.time() - 60
-    os.utime(lock, (old, old))
+    assert (record_file(d), record_file(d).read_bytes()) == saved, "the keys changed across SIGKILL"
+    # What a writer killed inside an update leaves: its temp file (here
+    # older than the hour after which it counts as left behind); and a
+    # server of the single-file layout killed mid-write, its lock.
+    newest = int(re.fullmatch(r"default@(\d+)\.json", record_file(d).name)[1])
+    planted = [d / f".default@{newest + 1}.00000000deadbeef.tmp", d / "default.lock"]
+    for p in planted:
+        p.write_text("{}")
+        p.chmod(0o600)
+        os.utime(p, (time.time() - 3700, time.time() - 3700))
+    assert leftovers(d) == sorted(p.name for p in planted), leftovers(d)
     s2 = serve(tk, d, "sigkill-2")
     before = tk.stats()
     wait_expired(tk, d)
@@ -232,7 +427,8 @@ def sigkill_and_restart(tk):
     assert tk.live(stored(d)["refresh_token"])
     assert leftovers(d) == [], leftovers(d)
     s2.stop()
-    print("   SIGKILL + restart: rotated keys survived, a stale lock was broken, the next refresh succeeded")
+    print("   SIGKILL + restart: rotated keys survived; the next refresh succeeded and removed what a killed "
+          "writer leaves (a temp file, the single-file layout's lock)")
 
 
 def killed_mid_refresh_is_in_doubt(tk):
@@ -421,7 +617,7 @@ def callers_without_the_secret_get_401(tk):
     d = keys_dir("caller-secret", tk)
     s = serve(tk, d, "caller-secret", upstream=echo.base)
     wait_expired(tk, d)  # a request that touched the credential would refresh it
-    kept = (d / "default.json").read_bytes()
+    kept = record_file(d), record_file(d).read_bytes()
     before = tk.stats()
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {CALLER_SECRET}"},
                     {"authorization": f"Bearer {OPERATOR_SECRET}"}, {"authorization": f"Bearer {CALLER_SECRET}x"},
@@ -430,7 +626,7 @@ def callers_without_the_secret_get_401(tk):
         assert status == 401 and answer_of(body)["error"] == "caller_unauthenticated", (headers, status, body)
         assert dict((k.lower(), v) for k, v in hdrs)["www-authenticate"].startswith("Bearer "), hdrs
     nothing_left(tk, echo, before)
-    assert (d / "default.json").read_bytes() == kept, "the record changed for an unauthenticated caller"
+    assert (record_file(d), record_file(d).read_bytes()) == kept, "the record changed for an unauthenticated caller"
     status, _, body = s.request("GET", "/v1/me")
     assert status == 200, (status, body)
     auth = [v for k, v in echo.seen[-1]["headers"] if k == "authorization"]
@@ -569,8 +765,8 @@ def keys_directory_is_checked(tk):
     s = serve(tk, d, "keys-mode")  # under this process's umask 022
     wait_expired(tk, d)
     assert s.request("GET", "/refresh")[0] == 200
-    assert record(d)["version"] > 0, "the record was not rewritten"
-    mode = (d / "default.json").stat().st_mode & 0o777
+    assert record(d)["version"] > 0 and generations(d), "the record was not rewritten"
+    mode = record_file(d).stat().st_mode & 0o777
     assert mode == 0o600, f"the rewritten record has mode {mode:o}"
     s.stop()
     print(f"   refused (dir/record modes): {', '.join(refusals)}; served at 700/600 under umask 022: "
@@ -714,6 +910,9 @@ def main():
         lambda: five_expiries(tk),
         lambda: sixteen_at_an_expiry(tk),
         lambda: sixteen_at_an_expiry(tk, n_servers=2),
+        lambda: stalled_writer_is_fenced(tk),
+        lambda: foreign_files_and_other_credentials(tk),
+        lambda: a_fifo_is_never_opened(tk),
         lambda: sigkill_and_restart(tk),
         lambda: killed_mid_refresh_is_in_doubt(tk),
         lambda: callers_authorization_never_reaches_upstream(tk),
@@ -733,7 +932,8 @@ def main():
         lambda: revoked_grant_costs_one_token_request(tk),  # revokes every grant: last
         lambda: no_secret_in_server_output(tk),
     ]
-    names = ["imports", "five-expiries", "sixteen-parallel", "two-servers", "sigkill-restart", "killed-mid-refresh",
+    names = ["imports", "five-expiries", "sixteen-parallel", "two-servers", "stalled-writer", "shared-directory",
+             "fifo-record", "sigkill-restart", "killed-mid-refresh",
              "caller-authorization", "one-mib-bodies", "migrated-in-doubt", "unreadable-record",
              "caller-secret", "wrong-host", "header-hygiene", "paths-and-methods", "keys-directory", "in-doubt-recovery",
              "localhost-refused", "config-env-fallback", "misconfigured", "client-credentials", "revoked-grant", "no-secret-in-output"]

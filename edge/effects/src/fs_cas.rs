@@ -1,51 +1,106 @@
-//! `Cas` over a preopened directory (`wasmtime serve --dir`), safe for the
-//! concurrent requests of one server and for several servers sharing the
-//! directory:
+//! `Cas` over the files of one directory, without a lock: a write never
+//! replaces a file, it creates the record's next generation under a new
+//! name, exclusively, so no writer, however long it stalls, can overwrite
+//! what another wrote.
 //!
-//! - `<name>.json` holds the record. Readers take no lock: it is only ever
-//!   replaced by a rename, so a reader sees the old or the new file whole.
-//! - An update holds `<name>.lock`, created exclusively: read the current
-//!   file, write a temp file, sync it, check the lock is still ours, rename
-//!   it over `<name>.json`, sync the directory, remove the lock.
-//! - A lock older than `LOCK_STALE_MS` belongs to a writer that died (an
-//!   update holds it for a few syncs): it is moved aside under a private
-//!   name and removed, and put back if what moved was a fresh lock after all.
+//! - `<name>@<G>.json` is generation `G` of the record (decimal, no leading
+//!   zero). The newest generation present is the record. `G` is the
+//!   store's own counter; the record's `version` inside is the guest's.
+//! - A write reads the newest generation `G`, computes the new bytes, writes
+//!   them to a temp file, syncs it, and links it as `<name>@<G+1>.json`. A
+//!   link fails if the name exists, so one writer alone succeeds `G`; the
+//!   others learn that a write landed first (a conflict).
+//! - A write lands only on the record this instance last read or wrote
+//!   (same generation, same bytes), not on any record of the expected
+//!   version: versions repeat (an operator's re-keyed token set reads as
+//!   version 0; `<name>.json` can be edited where it is).
+//! - The newest `KEEP` generations stay; each write removes older ones. A
+//!   name is removed only once a generation `KEEP` newer exists, so a
+//!   writer that stalled through more than `KEEP` later writes may link a
+//!   removed name: it then sees that newer generation, and its file, never
+//!   the newest, was never read; it is removed and the write is `unknown`
+//!   (the guest reads the record to find out). A write that landed and was
+//!   built on `KEEP` times before it looked sees the same: `unknown` too.
+//! - `<name>.json`, the record of the single-file layout before issue #22
+//!   (or 0.2's token set, or the seed of a new directory), is generation 0:
+//!   read only while no generation exists, removed by the write that
+//!   creates one (with that layout's `<name>.lock`).
 
 use crate::exports::rekey::oauth2::types::RefreshMark;
 use crate::record::{self, Decoded};
 use crate::store::{Cas, CasError, Next};
-use crate::wasi::filesystem::preopens;
-use crate::wasi::filesystem::types::{
-    Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags,
-};
-use crate::wasi::random::random::get_random_u64;
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use rekey_edge_rt::time;
+use core::cell::RefCell;
 
-/// A lock this old (by its modification time) was left by a writer that died.
-const LOCK_STALE_MS: u64 = 10_000;
-/// How long an update waits for the lock: past the stale age, so a lock left
-/// behind is broken rather than reported.
-const LOCK_WAIT_MS: u64 = 15_000;
+/// Generations kept: a writer that stalls through up to this many later
+/// writes learns of the conflict from its link. A refresh writes three.
+pub const KEEP: u64 = 4;
+/// A temp file this old was left by a writer that died. Removing a live
+/// writer's temp file is safe anyway: its link then fails, nothing written.
+pub const TEMP_STALE_MS: u64 = 3_600_000;
+/// Reads retried when the newest generation is removed while being read
+/// (`KEEP` writes landed in between).
+const READ_TRIES: usize = 16;
 
-pub struct FileCas {
-    dir: Descriptor,
-    file: String,
-    lock: String,
-    /// 0.2's files, read only to migrate: `<name>.inflight`, `<name>.lease`.
-    inflight: String,
-    lease: String,
+/// What the store needs of a directory: `wasi_dir.rs` over
+/// `wasi:filesystem`, the unit tests over `std::fs`.
+pub trait Dir {
+    /// The names in the directory.
+    fn list(&self) -> Result<Vec<String>, String>;
+    /// The whole file, none if it does not exist. Symlinks are not followed;
+    /// anything but a regular file is an error.
+    fn read(&self, file: &str) -> Result<Option<Vec<u8>>, String>;
+    /// Creates `file` (it must not exist) holding `data`, synced.
+    fn create(&self, file: &str, data: &[u8]) -> Result<(), String>;
+    /// Gives the file `from` the second name `to`, which must not exist.
+    fn link(&self, from: &str, to: &str) -> Result<(), LinkError>;
+    /// Removes `file` if it is there.
+    fn remove(&self, file: &str);
+    /// Makes new names durable; ok where the directory cannot be synced.
+    fn sync(&self) -> Result<(), String>;
+    /// When `file` was last modified (Unix ms), if known.
+    fn modified_ms(&self, file: &str) -> Option<u64>;
+    fn now_ms(&self) -> u64;
+    fn random(&self) -> u64;
+    /// A line for the server's log (never a token).
+    fn note(&self, msg: &str);
+    /// Runs between a write's check of the version and its commit: the
+    /// test hook that holds one write there (`wasi_dir.rs`). True if it held.
+    fn before_commit(&self) -> bool {
+        false
+    }
 }
 
-fn err(what: &str, file: &str, code: ErrorCode) -> String {
-    format!("{what} {file}: {code:?}")
+pub enum LinkError {
+    /// The name exists: another writer linked it first.
+    Exists,
+    Other(String),
 }
 
-impl FileCas {
-    /// Opens the credential `name` in the preopened directory `dir_path`.
-    pub fn open(dir_path: &str, name: &str) -> Result<FileCas, String> {
+pub struct FileCas<D> {
+    dir: D,
+    name: String,
+    /// `<name>.json`: generation 0.
+    legacy: String,
+    /// The record this instance last read or wrote: a write lands only on
+    /// it (`update`). The proxy opens one store per component instance.
+    seen: RefCell<Option<Current>>,
+}
+
+/// The newest record: its generation and bytes (none: nothing stored).
+#[derive(PartialEq)]
+struct Current {
+    generation: u64,
+    bytes: Option<Vec<u8>>,
+}
+
+impl<D: Dir> FileCas<D> {
+    /// The credential `name`'s record in `dir`.
+    pub fn new(dir: D, name: &str) -> Result<FileCas<D>, String> {
+        // No '@' and no leading '.': one credential's names never parse as
+        // another's generations or temp files.
         let valid = !name.is_empty()
             && !name.starts_with('.')
             && name
@@ -54,217 +109,190 @@ impl FileCas {
         if !valid {
             return Err("REKEY_CREDENTIAL must be letters, digits, '.', '_' or '-'".into());
         }
-        let wanted = dir_path.trim_end_matches('/');
-        let dir = preopens::get_directories()
-            .into_iter()
-            .find(|(_, path)| path.trim_end_matches('/') == wanted)
-            .map(|(d, _)| d)
-            .ok_or_else(|| {
-                format!("no preopened directory {dir_path} (serve with --dir HOST_DIR::{dir_path})")
-            })?;
         Ok(FileCas {
             dir,
-            file: format!("{name}.json"),
-            lock: format!("{name}.lock"),
-            inflight: format!("{name}.inflight"),
-            lease: format!("{name}.lease"),
+            legacy: format!("{name}.json"),
+            name: name.into(),
+            seen: RefCell::new(None),
         })
     }
 
-    /// The whole file, none if it does not exist. Symlinks are not followed.
-    fn read(&self, file: &str) -> Result<Option<Vec<u8>>, String> {
-        let fd = match self.dir.open_at(
-            PathFlags::empty(),
-            file,
-            OpenFlags::empty(),
-            DescriptorFlags::READ,
-        ) {
-            Ok(fd) => fd,
-            Err(ErrorCode::NoEntry) => return Ok(None),
-            Err(e) => return Err(err("opening", file, e)),
+    fn generation_file(&self, generation: u64) -> String {
+        format!("{}@{generation}.json", self.name)
+    }
+
+    /// The generation a file name holds, if it is one of ours.
+    fn generation_of(&self, file: &str) -> Option<u64> {
+        let digits = file
+            .strip_prefix(self.name.as_str())?
+            .strip_prefix('@')?
+            .strip_suffix(".json")?;
+        canonical_number(digits)
+    }
+
+    /// A temp file of ours: `.<name>@<G>.<16 hex>.tmp`.
+    fn is_temp(&self, file: &str) -> bool {
+        let Some(rest) = file
+            .strip_prefix('.')
+            .and_then(|f| f.strip_prefix(self.name.as_str()))
+            .and_then(|f| f.strip_prefix('@'))
+            .and_then(|f| f.strip_suffix(".tmp"))
+        else {
+            return false;
         };
-        // Only a regular file is read: a directory or device in its place is
-        // an error (and jco's shim crashes the server reading a directory).
-        match fd.get_type() {
-            Ok(DescriptorType::RegularFile) => {}
-            Ok(other) => return Err(format!("{file} is not a regular file ({other:?})")),
-            Err(e) => return Err(err("examining", file, e)),
+        rest.split_once('.').is_some_and(|(g, hex)| {
+            canonical_number(g).is_some()
+                && hex.len() == 16
+                && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    }
+
+    fn newest_in(&self, names: &[String]) -> Option<u64> {
+        names.iter().filter_map(|n| self.generation_of(n)).max()
+    }
+
+    /// The newest record. A generation removed between listing and reading
+    /// (`KEEP` writes landed meanwhile) is looked for again.
+    fn current(&self) -> Result<Current, String> {
+        for _ in 0..READ_TRIES {
+            let newest = self.newest_in(&self.dir.list()?);
+            let file = newest.map_or_else(|| self.legacy.clone(), |g| self.generation_file(g));
+            let found = match (self.dir.read(&file)?, newest) {
+                (Some(bytes), _) => Some(Some(bytes)),
+                // Nothing stored, unless the first generation was linked
+                // (and the old file removed) since the listing.
+                (None, None) if self.newest_in(&self.dir.list()?).is_none() => Some(None),
+                // Removed since the listing: look again.
+                (None, _) => None,
+            };
+            if let Some(bytes) = found {
+                return Ok(Current {
+                    generation: newest.unwrap_or(0),
+                    bytes,
+                });
+            }
         }
-        let mut out = Vec::new();
-        loop {
-            let (chunk, eof) = fd
-                .read(64 * 1024, out.len() as u64)
-                .map_err(|e| err("reading", file, e))?;
-            out.extend_from_slice(&chunk);
-            if eof || chunk.is_empty() {
-                return Ok(Some(out));
+        Err(format!(
+            "the record {}@… kept changing while being read",
+            self.name
+        ))
+    }
+
+    /// Removes generations `KEEP` or more below `newest`, the old layout's
+    /// file and lock, and temp files left by writers that died.
+    fn clean(&self, names: &[String], newest: u64) {
+        let now = self.dir.now_ms();
+        for file in names {
+            let old = match self.generation_of(file) {
+                Some(g) => g.saturating_add(KEEP) <= newest,
+                None if self.is_temp(file) => self
+                    .dir
+                    .modified_ms(file)
+                    .is_some_and(|t| now.saturating_sub(t) > TEMP_STALE_MS),
+                None => *file == self.legacy || *file == format!("{}.lock", self.name),
+            };
+            if old {
+                self.dir.remove(file);
             }
         }
     }
 
-    /// Creates `file` (it must not exist) holding `data`; synced if `sync`.
-    /// A file it created but could not fill is removed again.
-    fn create(&self, file: &str, data: &[u8], sync: bool) -> Result<(), ErrorCode> {
-        let fd = self.dir.open_at(
-            PathFlags::empty(),
-            file,
-            OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
-            DescriptorFlags::WRITE,
-        )?;
-        let filled = (|| {
-            let mut done = 0;
-            while done < data.len() {
-                done += fd.write(&data[done..], done as u64)? as usize;
-            }
-            if sync { fd.sync() } else { Ok(()) }
-        })();
-        if filled.is_err() {
-            drop(fd);
-            let _ = self.dir.unlink_file_at(file);
+    /// Links the synced temp file `tmp` as generation `generation`, then
+    /// checks it is the newest or a predecessor of it (see the module's
+    /// comment) and cleans up.
+    fn commit(&self, tmp: &str, generation: u64) -> Result<(), CasError> {
+        let linked = self.dir.link(tmp, &self.generation_file(generation));
+        self.dir.remove(tmp);
+        match linked {
+            Ok(()) => {}
+            Err(LinkError::Exists) => return Err(CasError::Refused),
+            Err(LinkError::Other(m)) => return Err(CasError::Failed(m)),
         }
-        filled
-    }
-
-    /// When `file` was last modified (Unix ms); none if it is gone or the
-    /// filesystem keeps no time.
-    fn modified_ms(&self, file: &str) -> Option<u64> {
-        let stat = self.dir.stat_at(PathFlags::empty(), file).ok()?;
-        let t = stat.data_modification_timestamp?;
-        Some(t.seconds * 1000 + u64::from(t.nanoseconds / 1_000_000))
-    }
-
-    fn age_ms(&self, file: &str) -> Option<u64> {
-        Some(time::unix_ms().saturating_sub(self.modified_ms(file)?))
-    }
-
-    /// Takes the lock, waiting (bounded) for another writer.
-    fn lock(&self) -> Result<Lock<'_>, String> {
-        let token = format!("{:016x}{:016x}\n", get_random_u64(), get_random_u64());
-        let deadline = time::mono_ms() + LOCK_WAIT_MS;
-        let mut pause = 1;
-        loop {
-            match self.create(&self.lock, token.as_bytes(), false) {
-                Ok(()) => return Ok(Lock { cas: self, token }),
-                Err(ErrorCode::Exist) => {}
-                Err(e) => return Err(err("creating", &self.lock, e)),
-            }
-            self.break_if_stale();
-            if time::mono_ms() >= deadline {
-                return Err(format!("{} stayed taken for {LOCK_WAIT_MS} ms", self.lock));
-            }
-            // Jitter, so that waiting writers do not retry in lockstep.
-            time::sleep_ms(pause + get_random_u64() % (pause + 1));
-            pause = (pause * 2).min(16);
-        }
-    }
-
-    /// Removes a lock its writer left behind. Moving it aside is atomic, so
-    /// only one of several breakers moves it; what moved is checked to be
-    /// the stale lock (same content, still old) and otherwise linked back.
-    fn break_if_stale(&self) {
-        if self
-            .age_ms(&self.lock)
-            .is_none_or(|age| age <= LOCK_STALE_MS)
-        {
-            return;
-        }
-        let Ok(Some(seen)) = self.read(&self.lock) else {
-            return;
-        };
-        let aside = format!(".{}.{:016x}.stale", self.lock, get_random_u64());
-        if self.dir.rename_at(&self.lock, &self.dir, &aside).is_err() {
-            return;
-        }
-        let stale = self.age_ms(&aside).is_some_and(|age| age > LOCK_STALE_MS)
-            && self.read(&aside).ok().flatten().as_ref() == Some(&seen);
-        if !stale {
-            // A fresh lock: put it back (fails if a newer one exists; its
-            // writer then finds its lock gone and writes nothing).
-            let _ = self
-                .dir
-                .link_at(PathFlags::empty(), &aside, &self.dir, &self.lock);
-        }
-        let _ = self.dir.unlink_file_at(&aside);
-        if stale {
-            crate::log(&format!(
-                "removed {}, left behind by a writer that stopped",
-                self.lock
-            ));
-        }
-    }
-
-    /// Writes `data` to a temp file, synced, and renames it over the record
-    /// while `lock` is still held.
-    fn replace(&self, data: &[u8], lock: &Lock<'_>) -> Result<(), CasError> {
-        let tmp = format!(".{}.{:016x}.tmp", self.file, get_random_u64());
-        let failed = |what: &str, e: ErrorCode| CasError::Failed(err(what, &self.file, e));
-        if let Err(e) = self.create(&tmp, data, true) {
-            return Err(failed("writing", e));
-        }
-        if !lock.held() {
-            let _ = self.dir.unlink_file_at(&tmp);
-            return Err(CasError::Failed(format!(
-                "{} was taken over while writing",
-                self.lock
+        // The link is durable once the directory is; a failure leaves the
+        // new generation visible with its durability unknown.
+        let synced = self.dir.sync();
+        let then = |e| CasError::Unknown(format!("generation {generation} linked, then {e}"));
+        let names = self.dir.list().map_err(then)?;
+        let newest = self.newest_in(&names).unwrap_or(0);
+        self.clean(&names, newest);
+        if newest >= generation.saturating_add(KEEP) {
+            // Linked after its name was removed: shadowed, never read, and
+            // removed again by `clean` just now.
+            return Err(CasError::Unknown(format!(
+                "a stalled write linked generation {generation} of {} after generation {newest} \
+                 (never read; removed)",
+                self.name
             )));
         }
-        if let Err(e) = self.dir.rename_at(&tmp, &self.dir, &self.file) {
-            let _ = self.dir.unlink_file_at(&tmp);
-            return Err(failed("renaming over", e));
-        }
-        // The rename is durable once the directory is. A filesystem that
-        // cannot sync a directory says so; any other failure leaves the new
-        // record visible with its durability unknown.
-        match self.dir.sync() {
-            Ok(()) | Err(ErrorCode::Unsupported | ErrorCode::Invalid) => Ok(()),
-            Err(e) => Err(CasError::Unknown(err(
-                "syncing the directory of",
-                &self.file,
-                e,
-            ))),
-        }
+        synced.map_err(then)
     }
 }
 
-/// The lock, held; removed when dropped (if it is still ours).
-struct Lock<'a> {
-    cas: &'a FileCas,
-    token: String,
+/// A decimal number as the store writes it: digits, no leading zero.
+fn canonical_number(digits: &str) -> Option<u64> {
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    canonical.then(|| digits.parse().ok()).flatten()
 }
 
-impl Lock<'_> {
-    fn held(&self) -> bool {
-        matches!(self.cas.read(&self.cas.lock), Ok(Some(t)) if t == self.token.as_bytes())
-    }
-}
-
-impl Drop for Lock<'_> {
-    fn drop(&mut self) {
-        if self.held() && self.cas.dir.unlink_file_at(&self.cas.lock).is_err() {
-            crate::log("could not remove the record's lock: it goes stale in 10 s");
-        }
-    }
-}
-
-impl Cas for FileCas {
+impl<D: Dir> Cas for FileCas<D> {
     fn get(&self) -> Result<Option<Vec<u8>>, String> {
-        self.read(&self.file)
+        let current = self.current()?;
+        let bytes = current.bytes.clone();
+        *self.seen.borrow_mut() = Some(current);
+        Ok(bytes)
     }
 
     fn update(&self, next: &mut Next<'_>) -> Result<(), CasError> {
-        let lock = self.lock().map_err(CasError::Failed)?;
-        let current = self.read(&self.file).map_err(CasError::Failed)?;
-        let data = next(current.as_deref()).ok_or(CasError::Refused)?;
-        self.replace(&data, &lock)?;
-        drop(lock);
+        let current = self.current().map_err(CasError::Failed)?;
+        let data = next(current.bytes.as_deref()).ok_or(CasError::Refused)?;
+        // The expected version alone does not say the record is the one this
+        // instance read: versions repeat (an operator's re-keyed token set
+        // reads as version 0, as the one before it did; `<name>.json` can be
+        // edited where it is). So the newest record must also be the very
+        // one this instance last read or wrote, when it has seen one.
+        if self
+            .seen
+            .borrow()
+            .as_ref()
+            .is_some_and(|seen| *seen != current)
+        {
+            return Err(CasError::Refused);
+        }
+        let generation = current
+            .generation
+            .checked_add(1)
+            .ok_or_else(|| CasError::Failed("the record's generation is at its maximum".into()))?;
+        let tmp = format!(".{}@{generation}.{:016x}.tmp", self.name, self.dir.random());
+        self.dir
+            .create(&tmp, &data)
+            .map_err(|e| CasError::Failed(format!("writing {tmp}: {e}")))?;
+        let held = self.dir.before_commit();
+        let committed = self.commit(&tmp, generation);
+        if held {
+            let outcome = match &committed {
+                Ok(()) => "ok".to_string(),
+                Err(CasError::Refused) => "conflict".to_string(),
+                Err(CasError::Failed(m)) => format!("failed: {m}"),
+                Err(CasError::Unknown(m)) => format!("unknown: {m}"),
+            };
+            self.dir
+                .note(&format!("test hook: the held write ended: {outcome}"));
+        }
+        committed?;
+        *self.seen.borrow_mut() = Some(Current {
+            generation,
+            bytes: Some(data),
+        });
         // The first record replaces 0.2's lease and marker files.
         let was_record = matches!(
-            current.as_deref().map(record::decode),
+            current.bytes.as_deref().map(record::decode),
             Some(Ok(Decoded::Record(_)))
         );
         if !was_record {
-            for old in [&self.inflight, &self.lease] {
-                let _ = self.dir.unlink_file_at(old);
+            for old in ["inflight", "lease"] {
+                self.dir.remove(&format!("{}.{old}", self.name));
             }
         }
         Ok(())
@@ -274,12 +302,14 @@ impl Cas for FileCas {
     /// keys it spent, before a token request, and removed it once the result
     /// was stored: one that names the stored keys is a refresh in doubt.
     fn legacy_mark(&self, keys: &str) -> Option<RefreshMark> {
-        let marker = self.read(&self.inflight).ok()??;
+        let inflight = format!("{}.inflight", self.name);
+        let marker = self.dir.read(&inflight).ok()??;
         (marker.trim_ascii() == fingerprint_02(keys).as_bytes()).then(|| RefreshMark {
             holder: "migrated-0.2".into(),
             at_ms: self
-                .modified_ms(&self.inflight)
-                .unwrap_or_else(time::unix_ms),
+                .dir
+                .modified_ms(&inflight)
+                .unwrap_or_else(|| self.dir.now_ms()),
         })
     }
 }
@@ -293,3 +323,6 @@ fn fingerprint_02(keys: &str) -> String {
     }
     format!("{h:016x}")
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,6 +16,7 @@ mod record;
 mod settings;
 mod store;
 mod target;
+mod wasi_dir;
 
 wit_bindgen::generate!({
     world: "rekey:edge/effects",
@@ -56,7 +57,7 @@ struct Effects;
 /// per incoming request and wasm32 runs one thread.
 struct Call {
     settings: Settings,
-    store: FileCas,
+    store: FileCas<wasi_dir::WasiDir>,
 }
 
 struct Global(OnceCell<Result<Call, String>>);
@@ -68,7 +69,20 @@ fn call() -> Result<&'static Call, String> {
     CALL.0
         .get_or_init(|| {
             let settings = Settings::load()?;
-            let store = FileCas::open(&settings.keys_dir, &settings.credential)?;
+            if settings.test_hold_writes {
+                // The hook ships in the proxy (the scenarios test this very
+                // build): never silent. Once per instance: every request
+                // under `wasmtime serve`.
+                log(
+                    "WARNING: REKEY_TEST_HOLD_WRITES=1 is set: a test hook can hold this proxy's \
+                     record writes; for tests only, never in production",
+                );
+            }
+            let store = wasi_dir::open(
+                &settings.keys_dir,
+                &settings.credential,
+                settings.test_hold_writes,
+            )?;
             Ok(Call { settings, store })
         })
         .as_ref()

@@ -9,8 +9,11 @@ use rekey_edge_rt::config::{self, Source};
 pub struct Settings {
     /// The guest path of a preopened directory (`wasmtime serve --dir HOST::GUEST`).
     pub keys_dir: String,
-    /// The credential's name: its record is `<name>.json`.
+    /// The credential's name: its record is `<name>@<generation>.json`.
     pub credential: String,
+    /// `REKEY_TEST_HOLD_WRITES=1`: the scenarios' hook (`wasi_dir.rs`), for
+    /// tests only; `lib.rs` warns on stderr whenever it is set.
+    pub test_hold_writes: bool,
     pub token_url: Target,
     pub upstream: Target,
     pub connect_timeout_ms: u64,
@@ -33,6 +36,11 @@ impl Settings {
             credential: src
                 .get("REKEY_CREDENTIAL")
                 .unwrap_or_else(|| "default".to_string()),
+            test_hold_writes: match src.get("REKEY_TEST_HOLD_WRITES").as_deref() {
+                None => false,
+                Some("1") => true,
+                Some(_) => return Err("REKEY_TEST_HOLD_WRITES must be 1 or unset".into()),
+            },
             token_url: Target::parse(&required("REKEY_TOKEN_URL")?)
                 .map_err(|e| format!("REKEY_TOKEN_URL: {e}"))?,
             upstream: Target::parse(&required("REKEY_UPSTREAM")?)

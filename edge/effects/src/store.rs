@@ -14,7 +14,8 @@ use alloc::vec::Vec;
 
 /// Why an update stored nothing, or may have.
 pub enum CasError {
-    /// `next` refused the current value (the version moved on): nothing written.
+    /// The version moved on (`next` refused the current value, or another
+    /// update landed first): nothing written.
     Refused,
     /// Nothing was written.
     Failed(String),
