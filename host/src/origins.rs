@@ -25,7 +25,8 @@ pub(crate) struct Pattern {
 
 impl Pattern {
     /// Parses `scheme://host[:port]` (a trailing `/` allowed, nothing else).
-    pub(crate) fn parse(text: &str) -> Result<Pattern, String> {
+    #[cfg(test)]
+    fn parse(text: &str) -> Result<Pattern, String> {
         Pattern::parse_as(text, "API origin")
     }
 
