@@ -13,7 +13,7 @@ use crate::exports::rekey::oauth2::authorize::{
 use crate::flow::is_loopback_authority;
 use crate::http::{self, Http, Request, Response};
 use crate::rekey::oauth2::types::{
-    ClientAuth, OauthError, Purpose, SendError, Settings, TransportError,
+    ClientAuth, Grant, OauthError, Purpose, SendError, Settings, TransportError,
 };
 use crate::token::{self, Outcome};
 use alloc::format;
@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 /// What the flows need from outside.
-pub trait Effects: Http {
+pub trait Effects: Http + crate::effects::Signing {
     fn now_unix(&self) -> u64;
     fn sleep(&mut self, d: Duration);
 }
@@ -82,7 +82,12 @@ fn check_client(settings: &Settings) -> Result<(), AuthorizeError> {
     if settings.client_id.is_empty() {
         return Err(invalid("the client id is empty"));
     }
-    Ok(())
+    if !matches!(settings.grant, Grant::RefreshToken) {
+        return Err(invalid(
+            "this credential's grant needs no authorisation: its first call fetches a token",
+        ));
+    }
+    crate::flow::check_signing(settings).map_err(invalid)
 }
 
 /// Starts the code grant: `state`, the PKCE pair, and the authorization URL.
@@ -229,17 +234,28 @@ pub fn finish(
     let code = code
         .filter(|c| !c.is_empty())
         .ok_or_else(|| AuthorizeError::ProviderError("no_code".into()))?;
-    let req = token::form_post(
-        settings,
-        &settings.token_url,
-        &[
+    let form = token::Form {
+        url: &settings.token_url,
+        fields: vec![
             ("grant_type", "authorization_code"),
             ("code", &code),
             ("redirect_uri", &auth.redirect_uri),
             ("code_verifier", &pending.code_verifier),
         ],
-    );
-    exchange(fx, &req)
+        bearer: None,
+    };
+    exchange(fx, settings, &form)
+}
+
+/// The request of one attempt (`token::Form::request`): its signed
+/// assertion, if any, is new.
+fn build(
+    fx: &mut impl Effects,
+    settings: &Settings,
+    form: &token::Form,
+) -> Result<Request, AuthorizeError> {
+    let now = fx.now_unix();
+    form.request(fx, settings, now).map_err(invalid)
 }
 
 /// One answer of a token endpoint, as the grants need it.
@@ -327,10 +343,15 @@ fn rejected(status: u16, code: String) -> AuthorizeError {
 /// Sends a request that must not be repeated once it may have been
 /// processed (a code is single use): retried only when it provably did
 /// nothing.
-fn exchange(fx: &mut impl Effects, req: &Request) -> Result<String, AuthorizeError> {
+fn exchange(
+    fx: &mut impl Effects,
+    settings: &Settings,
+    form: &token::Form,
+) -> Result<String, AuthorizeError> {
     let mut delay = BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        match read_answer(http::exchange(fx, Purpose::TokenEndpoint, req)) {
+        let req = build(fx, settings, form)?;
+        match read_answer(http::exchange(fx, Purpose::TokenEndpoint, &req)) {
             Answer::Tokens(body) => return Ok(body),
             Answer::Error(status, code) => return Err(rejected(status, code)),
             Answer::Fail(e) => return Err(e),
@@ -354,12 +375,20 @@ fn exchange(fx: &mut impl Effects, req: &Request) -> Result<String, AuthorizeErr
 /// A device grant request: RFC 8628 §3.1 and §3.4 put `client_id` in the
 /// body even when the client authenticates with HTTP Basic, and some servers
 /// (django-oauth-toolkit) require it there.
-fn device_post(settings: &Settings, url: &str, fields: &[(&str, &str)]) -> Request {
+fn device_post<'a>(
+    settings: &'a Settings,
+    url: &'a str,
+    fields: &[(&'a str, &'a str)],
+) -> token::Form<'a> {
     let mut fields = fields.to_vec();
     if settings.client_auth == ClientAuth::ClientSecretBasic && settings.client_secret.is_some() {
         fields.push(("client_id", &settings.client_id));
     }
-    token::form_post(settings, url, &fields)
+    token::Form {
+        url,
+        fields,
+        bearer: None,
+    }
 }
 
 /// Starts the device grant (RFC 8628 §3.1, §3.2).
@@ -374,8 +403,8 @@ pub fn device_start(
     if let Some(scope) = auth.scope.as_deref().filter(|s| !s.is_empty()) {
         fields.push(("scope", scope));
     }
-    let req = device_post(settings, url, &fields);
-    let body = exchange_device(fx, &req)?;
+    let form = device_post(settings, url, &fields);
+    let body = exchange_device(fx, settings, &form)?;
     parse_device_grant(&body)
 }
 
@@ -383,11 +412,13 @@ pub fn device_start(
 /// person acts, so any failure may be retried.
 fn exchange_device(
     fx: &mut impl Effects,
-    req: &Request,
+    settings: &Settings,
+    form: &token::Form,
 ) -> Result<Map<String, Value>, AuthorizeError> {
     let mut delay = BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        let result = http::exchange(fx, Purpose::DeviceEndpoint, req);
+        let req = build(fx, settings, form)?;
+        let result = http::exchange(fx, Purpose::DeviceEndpoint, &req);
         let reason = match result {
             Ok(resp) if (200..300).contains(&resp.status) && error_code(&resp).is_none() => {
                 return match serde_json::from_slice::<Value>(&resp.body) {
@@ -488,7 +519,7 @@ pub fn device_poll(
     } else {
         grant.interval
     };
-    let req = device_post(
+    let form = device_post(
         settings,
         &settings.token_url,
         &[
@@ -502,6 +533,7 @@ pub fn device_poll(
             return Err(AuthorizeError::Expired);
         }
         fx.sleep(Duration::from_secs(interval.into()));
+        let req = build(fx, settings, &form)?;
         match read_answer(http::exchange(fx, Purpose::TokenEndpoint, &req)) {
             Answer::Tokens(body) => return Ok(body),
             Answer::Error(_, code) if code == "authorization_pending" => failures = 0,
@@ -529,6 +561,7 @@ pub fn device_poll(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rekey::oauth2::types::SigningAlgorithm;
     use crate::testing::{self, Script, ok, script, secs};
     use base64::Engine as _;
     use serde_json::json;
@@ -728,6 +761,84 @@ mod tests {
         }
     }
 
+    fn private_key_jwt() -> Settings {
+        Settings {
+            signing: Some(crate::rekey::oauth2::types::Signing {
+                algorithm: SigningAlgorithm::Es256,
+                key_id: Some("k".into()),
+                audience: Some("https://idp.example".into()),
+            }),
+            ..settings(ClientAuth::PrivateKeyJwt)
+        }
+    }
+
+    #[test]
+    fn private_key_jwt_signs_the_code_exchange_and_every_device_poll_anew() {
+        let p = pending();
+        let s = private_key_jwt();
+        let mut fx = script([ok(200, TOKENS)]);
+        let q = format!("code=c&state={}&iss=https%3A%2F%2Fidp.example", p.state);
+        finish(&mut fx, &s, &authorization(), &p, &q).unwrap();
+        let f = form(&fx.sent[0]);
+        let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("client_assertion_type").as_deref(),
+            Some(crate::assertion::CLIENT_ASSERTION_TYPE)
+        );
+        assert!(get("client_assertion").is_some() && get("client_secret").is_none());
+        assert!(!fx.sent[0].headers.iter().any(|(k, _)| k == "authorization"));
+        // Two polls: two assertions, none used twice.
+        let mut fx = script([
+            ok(400, r#"{"error":"authorization_pending"}"#),
+            ok(200, TOKENS),
+        ]);
+        device_poll(&mut fx, &s, &grant()).unwrap();
+        let assertions: Vec<String> = fx
+            .sent
+            .iter()
+            .map(|r| {
+                form(r)
+                    .into_iter()
+                    .find(|(k, _)| k == "client_assertion")
+                    .map(|(_, v)| v)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(assertions.len(), 2);
+        assert_ne!(assertions[0], assertions[1]);
+        assert_eq!(fx.signed.len(), 2);
+    }
+
+    #[test]
+    fn grants_without_a_person_and_unsigned_private_key_jwt_are_refused_before_any_request() {
+        let p = pending();
+        let q = format!("code=c&state={}", p.state);
+        let a = authorization();
+        let unsigned = Settings {
+            signing: None,
+            ..private_key_jwt()
+        };
+        let own = Settings {
+            grant: crate::rekey::oauth2::types::Grant::ClientCredentials,
+            ..settings(ClientAuth::ClientSecretBasic)
+        };
+        for (s, says) in [
+            (unsigned, "needs signing settings"),
+            (own, "needs no authorisation"),
+        ] {
+            for r in [
+                begin(&s, &a, &entropy()).map(drop),
+                finish(&mut NoEffects, &s, &a, &p, &q).map(drop),
+                device_start(&mut NoEffects, &s, &a).map(drop),
+            ] {
+                assert!(
+                    matches!(&r, Err(AuthorizeError::InvalidSettings(m)) if m.contains(says)),
+                    "{r:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_redirect_that_is_not_ours_exchanges_nothing() {
         let p = pending();
@@ -804,6 +915,14 @@ mod tests {
         }
         fn sleep(&mut self, _: Duration) {
             panic!("a refused redirect slept")
+        }
+    }
+    impl crate::effects::Signing for NoEffects {
+        fn random_u64(&mut self) -> u64 {
+            panic!("a refused redirect drew a random number")
+        }
+        fn sign(&mut self, _: SigningAlgorithm, _: &[u8]) -> Result<Vec<u8>, String> {
+            panic!("a refused redirect signed")
         }
     }
 

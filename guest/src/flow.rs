@@ -19,7 +19,9 @@ use crate::fleet::{self, Held, Renewal, Timing};
 use crate::http::{self, Request, Response};
 use crate::keys::Keys;
 use crate::origins;
-use crate::rekey::oauth2::types::{Grant, Purpose, SendError, Settings, Strategy, TransportError};
+use crate::rekey::oauth2::types::{
+    ClientAuth, Grant, Purpose, SendError, Settings, Strategy, TransportError,
+};
 use crate::token::{self, Outcome};
 use alloc::format;
 use alloc::string::String;
@@ -182,12 +184,58 @@ pub fn check_settings(settings: &Settings) -> Result<(), String> {
     if settings.client_id.is_empty() {
         return Err("the client id is empty".into());
     }
-    if !spends(settings) && settings.client_secret.is_none() {
-        return Err("the client-credentials grant needs a client secret".into());
-    }
+    check_signing(settings)?;
     let binding = binding(settings);
     binding.check()?;
     binding.require_bound()
+}
+
+/// The signed assertions: signing settings wherever a JWT is built, the
+/// client's own grant with a way to prove the client, the JWT bearer grant's
+/// claims its own.
+pub(crate) fn check_signing(settings: &Settings) -> Result<(), String> {
+    let signs = settings.client_auth == ClientAuth::PrivateKeyJwt;
+    let bearer = match &settings.grant {
+        Grant::ClientCredentials if !signs && settings.client_secret.is_none() => {
+            return Err(
+                "the client-credentials grant needs a client secret or private-key-jwt client authentication"
+                    .into(),
+            );
+        }
+        Grant::JwtBearer(b) => Some(b),
+        _ => None,
+    };
+    if (signs || bearer.is_some()) && settings.signing.is_none() {
+        return Err(if signs {
+            "private-key-jwt client authentication needs signing settings (the key's algorithm)"
+                .into()
+        } else {
+            "the jwt-bearer grant needs signing settings (the key's algorithm)".into()
+        });
+    }
+    if let Some(signing) = &settings.signing {
+        if signing.audience.as_deref().is_some_and(str::is_empty) {
+            return Err(
+                "the assertion audience is empty (leave it unset for the token URL)".into(),
+            );
+        }
+        if signing.key_id.as_deref().is_some_and(str::is_empty) {
+            return Err("the signing key id is empty (leave it unset to send none)".into());
+        }
+    }
+    if let Some(b) = bearer {
+        if b.subject.is_empty() {
+            return Err("the jwt-bearer grant's subject is empty".into());
+        }
+        for (name, _) in &b.claims {
+            if name.is_empty() || crate::assertion::REGISTERED.contains(&name.as_str()) {
+                return Err(format!(
+                    "the assertion claim {name:?} cannot be configured: rekey sets iss, sub, aud, exp, iat, nbf and jti itself"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where the settings let the access token go.
@@ -266,19 +314,15 @@ fn refresh(
         Renewal::Adopt(keys) => return Ok((keys, Origin::Adopted)),
         Renewal::Exchange(held, base) => (held, base),
     };
-    let req = if spends {
-        // `acquire` takes the lease only for keys with a refresh token.
-        let Some(refresh_token) = base.refresh_token() else {
-            held.release(fx, false);
-            return Err(not_authenticated(
-                "no refresh token is stored for this credential",
-            ));
-        };
-        token::refresh_request(settings, refresh_token)
-    } else {
-        token::client_credentials_request(settings)
-    };
-    let exchanged = exchange(fx, &req, &mut held, spends);
+    // `acquire` takes the lease only for keys with a refresh token.
+    if spends && base.refresh_token().is_none() {
+        held.release(fx, false);
+        return Err(not_authenticated(
+            "no refresh token is stored for this credential",
+        ));
+    }
+    let form = token::grant_request(settings, base.refresh_token());
+    let exchanged = exchange(fx, settings, &form, &mut held, spends);
     match exchanged.result {
         Ok((mut response, sent)) => {
             if !spends {
@@ -381,9 +425,15 @@ fn may_have_spent(answer: &Result<Response, TransportError>) -> bool {
 /// that may have been processed, exactly one prompt retry follows (a provider
 /// with a grace period for the just-rotated token then answers again); if
 /// that fails too, or answers `invalid_grant`, the refresh is in doubt.
-fn exchange(fx: &mut impl Effects, req: &Request, held: &mut Held, spends: bool) -> Exchanged {
+fn exchange(
+    fx: &mut impl Effects,
+    settings: &Settings,
+    form: &token::Form,
+    held: &mut Held,
+    spends: bool,
+) -> Exchanged {
     let mut maybe_spent = false;
-    let result = exchange_attempts(fx, req, held, &mut maybe_spent, spends);
+    let result = exchange_attempts(fx, settings, form, held, &mut maybe_spent, spends);
     Exchanged {
         result,
         maybe_spent,
@@ -392,7 +442,8 @@ fn exchange(fx: &mut impl Effects, req: &Request, held: &mut Held, spends: bool)
 
 fn exchange_attempts(
     fx: &mut impl Effects,
-    req: &Request,
+    settings: &Settings,
+    form: &token::Form,
     held: &mut Held,
     maybe_spent: &mut bool,
     spends: bool,
@@ -423,7 +474,11 @@ fn exchange_attempts(
         attempts += 1;
         attempts_left -= 1;
         let sent = fx.now_unix();
-        let failure = match attempt(fx, req, maybe_spent, spends) {
+        // Built for this attempt: a signed assertion in it is used once.
+        let req = form
+            .request(fx, settings, sent)
+            .map_err(SendError::InvalidSettings)?;
+        let failure = match attempt(fx, &req, maybe_spent, spends) {
             Ok(tokens) => return Ok((tokens, sent)),
             Err(Ok(final_error)) => {
                 return Err(match final_error {
@@ -633,8 +688,17 @@ mod tests {
         fn sleep(&mut self, d: Duration) {
             self.script.sleep(d)
         }
+    }
+    impl crate::effects::Signing for Handles {
         fn random_u64(&mut self) -> u64 {
-            self.script.random_u64()
+            crate::effects::Signing::random_u64(&mut self.script)
+        }
+        fn sign(
+            &mut self,
+            alg: crate::rekey::oauth2::types::SigningAlgorithm,
+            input: &[u8],
+        ) -> Result<Vec<u8>, String> {
+            crate::effects::Signing::sign(&mut self.script, alg, input)
         }
     }
 
@@ -787,8 +851,17 @@ mod tests {
         fn sleep(&mut self, d: Duration) {
             self.0.sleep(d)
         }
+    }
+    impl crate::effects::Signing for AdoptEachTime {
         fn random_u64(&mut self) -> u64 {
-            self.0.random_u64()
+            crate::effects::Signing::random_u64(&mut self.0)
+        }
+        fn sign(
+            &mut self,
+            alg: crate::rekey::oauth2::types::SigningAlgorithm,
+            input: &[u8],
+        ) -> Result<Vec<u8>, String> {
+            crate::effects::Signing::sign(&mut self.0, alg, input)
         }
     }
 
@@ -1145,6 +1218,207 @@ mod tests {
             );
             assert!(fx.record.data.dead_grant.is_none(), "no grant to be dead");
         }
+    }
+
+    fn signing() -> Option<crate::rekey::oauth2::types::Signing> {
+        Some(crate::rekey::oauth2::types::Signing {
+            algorithm: crate::rekey::oauth2::types::SigningAlgorithm::Es256,
+            key_id: None,
+            audience: Some("https://issuer.example".into()),
+        })
+    }
+
+    fn jwt_bearer() -> Settings {
+        Settings {
+            grant: Grant::JwtBearer(crate::rekey::oauth2::types::JwtBearer {
+                subject: "svc@example".into(),
+                claims: vec![("scope".into(), "api.read".into())],
+            }),
+            client_secret: None,
+            signing: signing(),
+            ..settings(Strategy::OnAuthFailure)
+        }
+    }
+
+    /// A form field of a sent request, exactly once.
+    fn field(req: &Request, name: &str) -> String {
+        let found: Vec<String> = form_urlencoded::parse(&req.body)
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        assert_eq!(found.len(), 1, "{name} once");
+        found[0].clone()
+    }
+
+    fn jti(jwt: &str) -> String {
+        use base64::Engine as _;
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jwt.split('.').nth(1).unwrap())
+            .unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(&claims).unwrap();
+        claims["jti"].as_str().unwrap().into()
+    }
+
+    #[test]
+    fn the_jwt_bearer_grant_is_fetched_like_the_clients_own_with_a_new_assertion_per_attempt() {
+        // 503 then a token: two attempts, each its own assertion; an unasked
+        // refresh token is dropped; nothing is in doubt or marked.
+        let mut fx = script([
+            ok(503, ""),
+            ok(
+                200,
+                r#"{"access_token":"j1","refresh_token":"unasked","expires_in":60}"#,
+            ),
+            ok(200, "hi"),
+        ]);
+        let resp = send(&mut fx, &jwt_bearer(), &api()).unwrap();
+        assert_eq!(resp.body, b"hi");
+        assert_eq!(
+            field(&fx.sent[0], "grant_type"),
+            crate::assertion::JWT_BEARER_GRANT
+        );
+        let (first, second) = (
+            field(&fx.sent[0], "assertion"),
+            field(&fx.sent[1], "assertion"),
+        );
+        assert_ne!(jti(&first), jti(&second), "a retry signs a new assertion");
+        assert_eq!(fx.signed.len(), 2);
+        assert_eq!(bearer(&fx.sent[2]), "Bearer j1");
+        let stored = Keys::parse(fx.record.data.keys.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (stored.access_token(), stored.refresh_token()),
+            (Some("j1"), None)
+        );
+        assert!(fx.record.data.refresh_mark.is_none() && fx.record.data.lease.is_none());
+    }
+
+    #[test]
+    fn a_signer_that_fails_sends_nothing_and_leaves_no_lease() {
+        let mut fx = script([]);
+        fx.sign_error = Some("no signing key is configured".into());
+        let err = send(&mut fx, &jwt_bearer(), &api()).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::Error(SendError::InvalidSettings(m)) if m.contains("no signing key")),
+            "{err:?}"
+        );
+        assert!(fx.sent.is_empty());
+        assert!(fx.record.data.lease.is_none() && fx.record.data.refresh_mark.is_none());
+        // The refresh grant with private_key_jwt: nothing sent, nothing spent.
+        let mut fx = script([ok(401, "")]);
+        fx.record.data.keys = Some(KEYS.into());
+        fx.sign_error = Some("no signing key is configured".into());
+        let s = Settings {
+            client_auth: ClientAuth::PrivateKeyJwt,
+            signing: signing(),
+            ..settings(Strategy::OnAuthFailure)
+        };
+        let err = send(&mut fx, &s, &api()).unwrap_err();
+        assert!(
+            matches!(err, Refusal::Error(SendError::InvalidSettings(_))),
+            "{err:?}"
+        );
+        assert_eq!(fx.sent.len(), 1, "only the API request");
+        assert!(fx.record.data.refresh_mark.is_none() && fx.record.data.lease.is_none());
+    }
+
+    #[test]
+    fn a_refresh_with_private_key_jwt_signs_each_attempt_and_the_prompt_retry() {
+        // A timeout may have spent the refresh token: the one prompt retry
+        // goes out with its own assertion (a server that saw the first jti
+        // would refuse it again).
+        let mut fx = script([
+            ok(401, ""),
+            Err(TransportError::Timeout),
+            ok(200, A2),
+            ok(200, "hi"),
+        ]);
+        fx.record.data.keys = Some(KEYS.into());
+        let s = Settings {
+            client_auth: ClientAuth::PrivateKeyJwt,
+            signing: signing(),
+            ..settings(Strategy::OnAuthFailure)
+        };
+        assert_eq!(send(&mut fx, &s, &api()).unwrap().status, 200);
+        let (a, b) = (
+            field(&fx.sent[1], "client_assertion"),
+            field(&fx.sent[2], "client_assertion"),
+        );
+        assert_ne!(jti(&a), jti(&b));
+        for req in &fx.sent[1..3] {
+            let body = String::from_utf8(req.body.clone()).unwrap();
+            assert!(!body.contains("client_secret"), "{body}");
+            assert_eq!(field(req, "refresh_token"), "r1");
+        }
+    }
+
+    #[test]
+    fn signed_assertions_need_their_settings() {
+        let cases: [(Settings, &str); 6] = [
+            (
+                Settings {
+                    signing: None,
+                    ..jwt_bearer()
+                },
+                "jwt-bearer grant needs signing",
+            ),
+            (
+                Settings {
+                    client_auth: ClientAuth::PrivateKeyJwt,
+                    ..settings(Strategy::OnAuthFailure)
+                },
+                "private-key-jwt client authentication needs signing",
+            ),
+            (
+                Settings {
+                    grant: Grant::JwtBearer(crate::rekey::oauth2::types::JwtBearer {
+                        subject: String::new(),
+                        claims: vec![],
+                    }),
+                    ..jwt_bearer()
+                },
+                "subject is empty",
+            ),
+            (
+                Settings {
+                    grant: Grant::JwtBearer(crate::rekey::oauth2::types::JwtBearer {
+                        subject: "s".into(),
+                        claims: vec![("aud".into(), "elsewhere".into())],
+                    }),
+                    ..jwt_bearer()
+                },
+                "\"aud\" cannot be configured",
+            ),
+            (
+                Settings {
+                    signing: signing().map(|mut s| {
+                        s.audience = Some(String::new());
+                        s
+                    }),
+                    ..jwt_bearer()
+                },
+                "audience is empty",
+            ),
+            (
+                Settings {
+                    client_secret: None,
+                    ..client_credentials()
+                },
+                "client secret or private-key-jwt",
+            ),
+        ];
+        for (s, expected) in cases {
+            let err = check_settings(&s).unwrap_err();
+            assert!(err.contains(expected), "{err} / {expected}");
+        }
+        // The client's own grant proven by its key: no secret needed.
+        let signed = Settings {
+            client_secret: None,
+            client_auth: ClientAuth::PrivateKeyJwt,
+            signing: signing(),
+            ..client_credentials()
+        };
+        assert_eq!(check_settings(&signed), Ok(()));
+        assert_eq!(check_settings(&jwt_bearer()), Ok(()));
     }
 
     #[test]

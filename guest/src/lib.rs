@@ -11,6 +11,7 @@
 
 extern crate alloc;
 
+mod assertion;
 mod authorize;
 mod basic_auth;
 mod challenge;
@@ -47,11 +48,11 @@ use alloc::vec::Vec;
 use core::time::Duration;
 use exports::rekey::oauth2::authorize::{Authorization, AuthorizeError, DeviceGrant, Pending};
 use exports::rekey::oauth2::client::Guest;
-use rekey::oauth2::host;
 use rekey::oauth2::types::{
     Body, CredentialRecord, Purpose, Request, RequestHead, Response, ScopeChallenge, SendError,
-    Settings, StoredRecord, TransportError, WriteError,
+    Settings, SigningAlgorithm, StoredRecord, TransportError, WriteError,
 };
+use rekey::oauth2::{host, signer};
 use wasi::clocks::{monotonic_clock, wall_clock};
 use wasi::random::random;
 
@@ -107,8 +108,14 @@ impl effects::Effects for HostEffects {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         monotonic_clock::subscribe_duration(nanos).block();
     }
+}
+
+impl effects::Signing for HostEffects {
     fn random_u64(&mut self) -> u64 {
         random::get_random_u64()
+    }
+    fn sign(&mut self, alg: SigningAlgorithm, input: &[u8]) -> Result<Vec<u8>, String> {
+        signer::sign(alg, input)
     }
 }
 

@@ -72,8 +72,18 @@ impl Effects for Faulty {
     fn sleep(&mut self, d: Duration) {
         self.inner.sleep(d)
     }
+}
+
+impl crate::effects::Signing for Faulty {
     fn random_u64(&mut self) -> u64 {
-        self.inner.random_u64()
+        crate::effects::Signing::random_u64(&mut self.inner)
+    }
+    fn sign(
+        &mut self,
+        alg: crate::rekey::oauth2::types::SigningAlgorithm,
+        input: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        crate::effects::Signing::sign(&mut self.inner, alg, input)
     }
 }
 

@@ -2,13 +2,14 @@
 //! effects over an in-memory record, and the responses they answer with.
 
 use crate::authorize;
-use crate::effects::Effects;
+use crate::effects::{Effects, Signing};
 use crate::http::{Http, Request, Response};
 use crate::rekey::oauth2::types::{
-    ClientAuth, CredentialRecord, FleetTiming, Purpose, RefreshMark, Settings, StoredRecord,
-    Strategy, TransportError, WriteError,
+    ClientAuth, CredentialRecord, FleetTiming, Purpose, RefreshMark, Settings, SigningAlgorithm,
+    StoredRecord, Strategy, TransportError, WriteError,
 };
 use core::time::Duration;
+use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::string::String;
 use std::vec::Vec;
@@ -35,6 +36,22 @@ pub struct Script {
     pub releases: u32,
     pub slept: Vec<Duration>,
     random: u64,
+    /// `sign` fails with this.
+    pub sign_error: Option<String>,
+    /// What was given to `sign`, in order.
+    pub signed: Vec<(SigningAlgorithm, Vec<u8>)>,
+}
+
+/// The fake signer's signatures begin with these bytes.
+pub const FAKE_SIGNATURE_PREFIX: &[u8] = b"fake-signature:";
+
+/// The fake signer's signature of `input`: 64 bytes (an ES256 signature's
+/// length), the prefix, then the input's SHA-256, zero-padded.
+pub fn fake_signature(input: &str) -> Vec<u8> {
+    let mut sig = FAKE_SIGNATURE_PREFIX.to_vec();
+    sig.extend_from_slice(&Sha256::digest(input.as_bytes()));
+    sig.resize(64, 0);
+    sig
 }
 
 /// Effects that answer these, in order, and otherwise default.
@@ -55,6 +72,8 @@ pub fn script(answers: impl IntoIterator<Item = Result<Response, TransportError>
         releases: 0,
         slept: Vec::new(),
         random: 0x5eed,
+        sign_error: None,
+        signed: Vec::new(),
     }
 }
 
@@ -189,12 +208,22 @@ impl Effects for Script {
         self.now_ms += d.as_millis() as u64;
         self.slept.push(d);
     }
+}
+
+impl Signing for Script {
     fn random_u64(&mut self) -> u64 {
         self.random = self
             .random
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1);
         self.random
+    }
+    fn sign(&mut self, alg: SigningAlgorithm, input: &[u8]) -> Result<Vec<u8>, String> {
+        self.signed.push((alg, input.to_vec()));
+        if let Some(e) = &self.sign_error {
+            return Err(e.clone());
+        }
+        Ok(fake_signature(core::str::from_utf8(input).expect("ASCII")))
     }
 }
 
@@ -227,6 +256,7 @@ pub fn settings() -> Settings {
             lease_ttl_ms: 0,
             lease_wait_ms: 0,
         },
+        signing: None,
     }
 }
 

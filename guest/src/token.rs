@@ -1,12 +1,15 @@
 //! The token endpoint exchange (RFC 6749 §6): building the refresh request and
 //! reading what comes back.
 
+use crate::assertion::{self, Claims};
 use crate::basic_auth;
+use crate::effects::Signing;
 use crate::http::{Request, Response};
-use crate::rekey::oauth2::types::{ClientAuth, OauthError, SendError, Settings};
+use crate::rekey::oauth2::types::{ClientAuth, Grant, JwtBearer, OauthError, SendError, Settings};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
+use alloc::vec::Vec;
 use core::time::Duration;
 use serde_json::{Map, Value};
 
@@ -28,7 +31,7 @@ const SETTINGS_WRONG: [&str; 5] = [
 
 /// Form fields the token requests set themselves: extra parameters with
 /// these names are not sent (the host refuses them in settings too).
-const RESERVED: [&str; 9] = [
+const RESERVED: [&str; 12] = [
     "grant_type",
     "refresh_token",
     "code",
@@ -38,68 +41,113 @@ const RESERVED: [&str; 9] = [
     "client_id",
     "client_secret",
     "scope",
+    "assertion",
+    "client_assertion",
+    "client_assertion_type",
 ];
 
-/// The refresh request (RFC 6749 §6).
-pub fn refresh_request(settings: &Settings, refresh_token: &str) -> Request {
-    let mut fields = vec![
-        ("grant_type", "refresh_token"),
-        ("refresh_token", refresh_token),
-    ];
+/// A POST to a token (or device) endpoint, built anew for every attempt
+/// (`request`): a signed JWT in it, the client's (`private_key_jwt`) or the
+/// JWT bearer grant's, carries a fresh `jti` each time, and a server refuses
+/// a `jti` it has seen.
+pub struct Form<'a> {
+    pub url: &'a str,
+    pub fields: Vec<(&'a str, &'a str)>,
+    /// The JWT bearer grant's assertion goes in as `assertion`.
+    pub bearer: Option<&'a JwtBearer>,
+}
+
+/// The request that gets the credential a new token set: the refresh
+/// (RFC 6749 §6), the client's own grant (§4.4.2) or the JWT bearer grant
+/// (RFC 7523 §2.1). `refresh_token` is the stored one (refresh grant only).
+pub fn grant_request<'a>(settings: &'a Settings, refresh_token: Option<&'a str>) -> Form<'a> {
+    let (mut fields, bearer) = match &settings.grant {
+        Grant::RefreshToken => (
+            vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token.unwrap_or_default()),
+            ],
+            None,
+        ),
+        Grant::ClientCredentials => (vec![("grant_type", "client_credentials")], None),
+        Grant::JwtBearer(b) => (vec![("grant_type", assertion::JWT_BEARER_GRANT)], Some(b)),
+    };
     if let Some(scope) = settings.scope.as_deref().filter(|s| !s.is_empty()) {
         fields.push(("scope", scope));
     }
-    form_post(settings, &settings.token_url, &fields)
+    Form {
+        url: &settings.token_url,
+        fields,
+        bearer,
+    }
 }
 
-/// The client's own token request (RFC 6749 §4.4.2).
-pub fn client_credentials_request(settings: &Settings) -> Request {
-    let mut fields = vec![("grant_type", "client_credentials")];
-    if let Some(scope) = settings.scope.as_deref().filter(|s| !s.is_empty()) {
-        fields.push(("scope", scope));
-    }
-    form_post(settings, &settings.token_url, &fields)
-}
-
-/// A POST to a token (or device) endpoint: the given fields, the settings'
-/// extra parameters, JSON accepted, and the client authentication as
-/// configured.
-pub fn form_post(settings: &Settings, url: &str, fields: &[(&str, &str)]) -> Request {
-    let mut form = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in fields {
-        form.append_pair(k, v);
-    }
-    for (k, v) in &settings.extra_params {
-        if !RESERVED.contains(&k.as_str()) {
+impl Form<'_> {
+    /// The request: the fields, the settings' extra parameters, JSON
+    /// accepted, the client authentication as configured, and the signed
+    /// assertions (signed now: `now` is their `iat`). An error only when
+    /// an assertion cannot be signed (nothing was sent).
+    pub fn request(
+        &self,
+        fx: &mut impl Signing,
+        settings: &Settings,
+        now: u64,
+    ) -> Result<Request, String> {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &self.fields {
             form.append_pair(k, v);
         }
-    }
-    let mut headers = vec![
-        (
-            "content-type".into(),
-            "application/x-www-form-urlencoded".into(),
-        ),
-        ("accept".into(), "application/json".into()),
-    ];
-    match (&settings.client_auth, settings.client_secret.as_deref()) {
-        (ClientAuth::ClientSecretBasic, Some(secret)) => {
-            let value = basic_auth::header_value(&settings.client_id, secret);
-            headers.push(("authorization".into(), value));
+        if let Some(bearer) = self.bearer {
+            let claims = Claims {
+                subject: &bearer.subject,
+                extra: &bearer.claims,
+            };
+            form.append_pair("assertion", &assertion::build(fx, settings, now, &claims)?);
         }
-        (ClientAuth::ClientSecretPost, Some(secret)) => {
-            form.append_pair("client_id", &settings.client_id);
-            form.append_pair("client_secret", secret);
+        for (k, v) in &settings.extra_params {
+            if !RESERVED.contains(&k.as_str()) {
+                form.append_pair(k, v);
+            }
         }
-        // A public client identifies itself and nothing more.
-        (_, None) => {
-            form.append_pair("client_id", &settings.client_id);
+        let mut headers = vec![
+            (
+                "content-type".into(),
+                "application/x-www-form-urlencoded".into(),
+            ),
+            ("accept".into(), "application/json".into()),
+        ];
+        match (&settings.client_auth, settings.client_secret.as_deref()) {
+            // The secret, if any, is never sent: the key proves the client.
+            (ClientAuth::PrivateKeyJwt, _) => {
+                let claims = Claims {
+                    subject: &settings.client_id,
+                    extra: &[],
+                };
+                let jwt = assertion::build(fx, settings, now, &claims)?;
+                form.append_pair("client_id", &settings.client_id);
+                for (k, v) in assertion::client_fields(jwt) {
+                    form.append_pair(k, &v);
+                }
+            }
+            (ClientAuth::ClientSecretBasic, Some(secret)) => {
+                let value = basic_auth::header_value(&settings.client_id, secret);
+                headers.push(("authorization".into(), value));
+            }
+            (ClientAuth::ClientSecretPost, Some(secret)) => {
+                form.append_pair("client_id", &settings.client_id);
+                form.append_pair("client_secret", secret);
+            }
+            // A public client identifies itself and nothing more.
+            (_, None) => {
+                form.append_pair("client_id", &settings.client_id);
+            }
         }
-    }
-    Request {
-        method: "POST".into(),
-        url: url.into(),
-        headers,
-        body: form.finish().into_bytes(),
+        Ok(Request {
+            method: "POST".into(),
+            url: self.url.into(),
+            headers,
+            body: form.finish().into_bytes(),
+        })
     }
 }
 
@@ -240,7 +288,122 @@ mod tests {
             extra_params: vec![("format".into(), "json".into())],
             strategy: Strategy::OnAuthFailure,
             rejected_statuses: vec![],
+            signing: None,
         }
+    }
+
+    /// The refresh request as the first attempt sends it.
+    fn refresh_request(settings: &Settings, refresh_token: &str) -> Request {
+        let mut fx = crate::testing::script([]);
+        grant_request(settings, Some(refresh_token))
+            .request(&mut fx, settings, 1_000)
+            .unwrap()
+    }
+
+    fn form_of(req: &Request) -> Vec<(String, String)> {
+        form_urlencoded::parse(&req.body).into_owned().collect()
+    }
+
+    fn signing(s: &mut Settings) {
+        s.signing = Some(crate::rekey::oauth2::types::Signing {
+            algorithm: crate::rekey::oauth2::types::SigningAlgorithm::Es256,
+            key_id: None,
+            audience: Some("https://issuer.example".into()),
+        });
+    }
+
+    fn claims_of(jwt: &str) -> serde_json::Value {
+        let part = jwt.split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn private_key_jwt_sends_a_fresh_client_assertion_and_never_the_secret() {
+        let mut s = settings(ClientAuth::PrivateKeyJwt);
+        signing(&mut s);
+        s.extra_params
+            .push(("client_assertion".into(), "forged".into()));
+        let mut fx = crate::testing::script([]);
+        let form = grant_request(&s, Some("rt"));
+        let first = form.request(&mut fx, &s, 1_000).unwrap();
+        let second = form.request(&mut fx, &s, 1_007).unwrap();
+        let fields = form_of(&first);
+        let get = |k: &str| {
+            let found: Vec<&String> = fields
+                .iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| v)
+                .collect();
+            assert_eq!(found.len(), 1, "{k} once: {fields:?}");
+            found[0].clone()
+        };
+        assert_eq!(get("grant_type"), "refresh_token");
+        assert_eq!(get("client_id"), "app id");
+        assert_eq!(
+            get("client_assertion_type"),
+            assertion::CLIENT_ASSERTION_TYPE
+        );
+        let claims = claims_of(&get("client_assertion"));
+        assert_eq!(claims["iss"], "app id");
+        assert_eq!(claims["sub"], "app id");
+        assert_eq!(claims["aud"], "https://issuer.example");
+        assert_eq!(claims["iat"], 1_000);
+        let body = String::from_utf8(first.body.clone()).unwrap();
+        assert!(
+            !body.contains("s%26cret") && !body.contains("client_secret"),
+            "{body}"
+        );
+        assert!(!first.headers.iter().any(|(k, _)| k == "authorization"));
+        // Each attempt is signed again: its own jti and iat.
+        let again = form_of(&second);
+        let jwt2 = &again
+            .iter()
+            .find(|(k, _)| k == "client_assertion")
+            .unwrap()
+            .1;
+        let claims2 = claims_of(jwt2);
+        assert_ne!(claims["jti"], claims2["jti"]);
+        assert_eq!(claims2["iat"], 1_007);
+        assert_eq!(fx.signed.len(), 2);
+    }
+
+    #[test]
+    fn the_jwt_bearer_grant_sends_its_assertion_with_the_client_authentication() {
+        let mut s = settings(ClientAuth::ClientSecretBasic);
+        signing(&mut s);
+        s.grant = Grant::JwtBearer(JwtBearer {
+            subject: "svc@example".into(),
+            claims: vec![("scope".into(), "read".into())],
+        });
+        let mut fx = crate::testing::script([]);
+        let req = grant_request(&s, None).request(&mut fx, &s, 50).unwrap();
+        let fields = form_of(&req);
+        assert_eq!(
+            fields[0],
+            ("grant_type".into(), assertion::JWT_BEARER_GRANT.into())
+        );
+        assert!(!fields.iter().any(|(k, _)| k == "refresh_token"));
+        let jwt = &fields.iter().find(|(k, _)| k == "assertion").unwrap().1;
+        let claims = claims_of(jwt);
+        assert_eq!(
+            (claims["iss"].as_str(), claims["sub"].as_str()),
+            (Some("app id"), Some("svc@example"))
+        );
+        assert_eq!(claims["scope"], "read");
+        assert!(
+            req.headers
+                .iter()
+                .any(|(k, v)| k == "authorization" && v.starts_with("Basic "))
+        );
+        // A signer that fails: an error before anything is sent.
+        fx.sign_error = Some("no key".into());
+        let e = grant_request(&s, None)
+            .request(&mut fx, &s, 50)
+            .unwrap_err();
+        assert!(e.contains("no key"), "{e}");
     }
 
     fn resp(status: u16, body: &str) -> Response {

@@ -137,8 +137,19 @@ impl Effects for SimFx {
             other => mismatch("sleep", other),
         }
     }
+}
+
+impl crate::effects::Signing for SimFx {
     fn random_u64(&mut self) -> u64 {
         self.rng.next_u64()
+    }
+    /// The simulated credentials use client secrets: nothing is signed.
+    fn sign(
+        &mut self,
+        _: crate::rekey::oauth2::types::SigningAlgorithm,
+        _: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        Err("the simulator has no signing key".into())
     }
 }
 
