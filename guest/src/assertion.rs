@@ -11,7 +11,7 @@ use crate::basic_auth::base64url;
 use crate::effects::Signing;
 use crate::rekey::oauth2::types::{Settings, SigningAlgorithm};
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use serde_json::{Map, Value};
 

@@ -28,7 +28,7 @@ compile_error!(
      wasmtime does: on Windows, embed it with your own host."
 );
 
-/// Generated from `wit/`: the `rekey:oauth2@0.3.0` types are re-exported
+/// Generated from `wit/`: the `rekey:oauth2@0.4.0` types are re-exported
 /// below; the rest is the host's own business.
 #[allow(missing_docs)] // documented in wit/rekey.wit
 mod bindings {

@@ -29,8 +29,8 @@ fn the_component_imports_exactly_the_host_interface_clocks_and_random() {
     assert_eq!(
         imports,
         [
-            "rekey:oauth2/host@0.3.0",
-            "rekey:oauth2/types@0.3.0",
+            "rekey:oauth2/host@0.4.0",
+            "rekey:oauth2/types@0.4.0",
             "wasi:clocks/monotonic-clock@0.2.0",
             "wasi:clocks/wall-clock@0.2.0",
             "wasi:io/poll@0.2.0",
@@ -62,17 +62,17 @@ fn the_component_imports_exactly_the_host_interface_clocks_and_random() {
         functions
     };
     assert_eq!(
-        functions("rekey:oauth2/host@0.3.0"),
+        functions("rekey:oauth2/host@0.4.0"),
         ["emit-update-keys", "http-send", "read-record"]
     );
     assert_eq!(
-        functions("rekey:oauth2/types@0.3.0"),
+        functions("rekey:oauth2/types@0.4.0"),
         ["[constructor]body", "[method]body.read"]
     );
     let mut exports: Vec<String> = ty.exports(&engine).map(|(n, _)| n.to_owned()).collect();
     exports.sort();
     assert_eq!(
         exports,
-        ["rekey:oauth2/authorize@0.3.0", "rekey:oauth2/client@0.3.0"]
+        ["rekey:oauth2/authorize@0.4.0", "rekey:oauth2/client@0.4.0"]
     );
 }

@@ -1,5 +1,5 @@
 """rekey: OAuth2 refresh-and-retry, run as the rekey WebAssembly component
-(``rekey:oauth2@0.3.0``) in wasmtime.
+(``rekey:oauth2@0.4.0``) in wasmtime.
 
     from rekey import Rekey, Settings, Request, SqliteStore
 

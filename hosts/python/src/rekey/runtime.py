@@ -41,10 +41,10 @@ from wasmtime.component import Component, Linker, Record, ResourceAny, ResourceH
 
 from .errors import ComponentError
 
-HOST_INTERFACE = "rekey:oauth2/host@0.3.0"
-TYPES_INTERFACE = "rekey:oauth2/types@0.3.0"
-CLIENT_INTERFACE = "rekey:oauth2/client@0.3.0"
-AUTHORIZE_INTERFACE = "rekey:oauth2/authorize@0.3.0"
+HOST_INTERFACE = "rekey:oauth2/host@0.4.0"
+TYPES_INTERFACE = "rekey:oauth2/types@0.4.0"
+CLIENT_INTERFACE = "rekey:oauth2/client@0.4.0"
+AUTHORIZE_INTERFACE = "rekey:oauth2/authorize@0.4.0"
 AUTHORIZE_FUNCTIONS = ("begin", "finish", "device-start", "device-poll")
 EPOCH_TICK = 0.05  # seconds; the call deadline is counted in these
 

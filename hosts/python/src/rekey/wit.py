@@ -1,5 +1,5 @@
 """Between plain Python and wasmtime-py's component values for
-``rekey:oauth2@0.3.0``: records are ``Record`` objects with kebab-case
+``rekey:oauth2@0.4.0``: records are ``Record`` objects with kebab-case
 attributes; variants whose cases cannot be told apart by Python type are
 ``Variant(tag, payload)``; ``option``/``result`` are untagged when their cases
 have distinct types (``None``/value; for ``result<response, send-error>`` a
