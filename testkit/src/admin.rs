@@ -49,6 +49,10 @@ pub fn stats_json(s: &Stats) -> Value {
         "api_refused_expired": s.api_refused_expired,
         "api_refused_unknown_or_revoked": s.api_refused_unknown_or_revoked,
         "client_credentials_granted": s.client_credentials_granted,
+        "client_assertions_ok": s.client_assertions_ok,
+        "assertions_refused": s.assertions_refused,
+        "jwt_bearer_granted": s.jwt_bearer_granted,
+        "last_assertion_subject": s.last_assertion_subject,
     })
 }
 

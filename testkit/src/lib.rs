@@ -10,6 +10,7 @@
 //! knobs and counters over HTTP (see `admin.rs`).
 
 mod admin;
+pub mod assertion;
 mod provider;
 
 pub use admin::stats_json;

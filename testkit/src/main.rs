@@ -7,7 +7,9 @@
 //! Options: `--access-ttl-ms N` (default 2000), `--client-auth basic|post`
 //! (default: either), `--no-rotate`, `--grace-ms N` (rotated tokens stay
 //! valid this long; default 0, strict reuse detection), `--token-delay-ms N`
-//! (answer each granted refresh only after N ms).
+//! (answer each granted refresh only after N ms), `--no-expires-in`,
+//! `--assertion-key-file PEM` (the client's public key: `private_key_jwt`
+//! and the JWT bearer grant are accepted, RFC 7523).
 
 use rekey_testkit::{ClientAuth, Provider, ProviderConfig};
 use std::io::{Read, Write};
@@ -35,6 +37,7 @@ fn main() {
             "api_url": provider.api_url(""),
             "client_id": client.client_id,
             "client_secret": client.client_secret,
+            "issuer": provider.base_url(),
         });
         let mut out = std::io::stdout().lock();
         writeln!(out, "{line}")
@@ -64,6 +67,12 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<ProviderConfig, Strin
             }
             "--no-rotate" => config.rotate_refresh_tokens = false,
             "--no-expires-in" => config.omit_expires_in = true,
+            "--assertion-key-file" => {
+                let path = value(&arg)?;
+                let pem = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("--assertion-key-file {path}: {e}"))?;
+                config.assertion_key = Some(pem);
+            }
             "--client-auth" => {
                 config.client_auth = Some(match value(&arg)?.as_str() {
                     "basic" => ClientAuth::Basic,

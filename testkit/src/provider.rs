@@ -62,6 +62,11 @@ pub struct ProviderConfig {
     /// Token responses say nothing of the access token's lifetime (as
     /// Salesforce, GitHub and Slack do): a client learns it from a 401.
     pub omit_expires_in: bool,
+    /// The client's public key (PEM `PUBLIC KEY`, RSA or P-256): with it the
+    /// token endpoint accepts `private_key_jwt` client authentication and
+    /// the JWT bearer grant (RFC 7523), each assertion checked as
+    /// `assertion::verify` says.
+    pub assertion_key: Option<String>,
 }
 
 impl Default for ProviderConfig {
@@ -76,6 +81,7 @@ impl Default for ProviderConfig {
             grace_period: Duration::ZERO,
             token_delay: Duration::ZERO,
             omit_expires_in: false,
+            assertion_key: None,
         }
     }
 }
@@ -108,6 +114,14 @@ pub struct Stats {
     pub api_refused_unknown_or_revoked: u32,
     /// Tokens issued to the client itself (RFC 6749 §4.4): no refresh token.
     pub client_credentials_granted: u32,
+    /// Token requests whose client authenticated with a signed assertion.
+    pub client_assertions_ok: u32,
+    /// Assertions refused (signature, claims, expiry or a replayed `jti`).
+    pub assertions_refused: u32,
+    /// Tokens issued for JWT bearer grant assertions: no refresh token.
+    pub jwt_bearer_granted: u32,
+    /// The `sub` of the last JWT bearer grant assertion accepted.
+    pub last_assertion_subject: Option<String>,
 }
 
 /// One API request as received.
@@ -162,6 +176,8 @@ struct ProviderState {
     next_grant: u64,
     omit_refresh_token: bool,
     lost_answers: VecDeque<LostAnswer>,
+    /// Every accepted assertion's `jti`: a replay is refused.
+    seen_jti: std::collections::HashSet<String>,
 }
 
 /// What [`Provider::before_refresh_answer`] runs.
@@ -169,6 +185,7 @@ type RefreshHook = Arc<dyn Fn(u32) + Send + Sync>;
 
 pub struct Provider {
     config: ProviderConfig,
+    assertion_key: Option<crate::assertion::PublicKey>,
     addr: SocketAddr,
     state: Mutex<ProviderState>,
     before_refresh_answer: Mutex<Option<RefreshHook>>,
@@ -177,8 +194,16 @@ pub struct Provider {
 impl Provider {
     /// Starts on an ephemeral loopback port, on the current tokio runtime.
     pub async fn start(config: ProviderConfig) -> std::io::Result<Arc<Provider>> {
+        let assertion_key = match &config.assertion_key {
+            Some(pem) => Some(
+                crate::assertion::PublicKey::from_pem(pem)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            ),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let provider = Arc::new(Provider {
+            assertion_key,
             config,
             addr: listener.local_addr()?,
             state: Mutex::new(ProviderState::default()),
@@ -347,6 +372,46 @@ impl Provider {
     }
 }
 
+/// `client_assertion_type` of `private_key_jwt` (RFC 7523 §2.2).
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The JWT bearer grant (RFC 7523 §2.1).
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+impl Provider {
+    /// Verifies an assertion against the registered key (none registered:
+    /// refused), counting refusals.
+    fn check_assertion(
+        &self,
+        s: &mut ProviderState,
+        jwt: &str,
+        subject: Option<&str>,
+    ) -> Result<String, &'static str> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (issuer, token_url) = (self.base_url(), self.token_url());
+        let result = match &self.assertion_key {
+            None => Err("no key registered"),
+            Some(key) => crate::assertion::verify(
+                jwt,
+                key,
+                &crate::assertion::Expect {
+                    issuer: &self.config.client_id,
+                    subject,
+                    audiences: [&issuer, &token_url],
+                    now,
+                },
+                &mut s.seen_jti,
+            ),
+        };
+        if let Err(why) = result {
+            s.stats.assertions_refused += 1;
+            eprintln!("rekey-testkit: assertion refused: {why}");
+        }
+        result
+    }
+}
+
 fn random_hex() -> String {
     let a = std::collections::hash_map::RandomState::new()
         .build_hasher()
@@ -451,19 +516,51 @@ fn grant_refresh(
         return Err((status, [(header::CONTENT_TYPE, "application/json")], body).into_response());
     }
 
-    let Some((method, id, secret)) = client_of(headers, &form) else {
+    let grant_type = form.get("grant_type").map(String::as_str);
+    let bearer_grant = grant_type == Some(JWT_BEARER_GRANT);
+    if form.get("client_assertion_type").map(String::as_str) == Some(CLIENT_ASSERTION_TYPE) {
+        let subject = Some(p.config.client_id.as_str());
+        let named = form
+            .get("client_id")
+            .is_none_or(|id| *id == p.config.client_id);
+        let checked = form
+            .get("client_assertion")
+            .map(|jwt| p.check_assertion(s, jwt, subject));
+        if !named || !matches!(checked, Some(Ok(_))) {
+            return Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"));
+        }
+        s.stats.client_assertions_ok += 1;
+    } else if let Some((method, id, secret)) = client_of(headers, &form) {
+        match method {
+            ClientAuth::Basic => s.stats.basic_auth_calls += 1,
+            ClientAuth::Post => s.stats.post_auth_calls += 1,
+        }
+        let wrong_method = p
+            .config
+            .client_auth
+            .is_some_and(|required| required != method);
+        if wrong_method || id != p.config.client_id || secret != p.config.client_secret {
+            return Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"));
+        }
+    } else if !(bearer_grant && form.get("client_id") == Some(&p.config.client_id)) {
+        // Only the JWT bearer grant may come from a client that names
+        // itself without authenticating: the assertion proves it.
         return Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"));
-    };
-    match method {
-        ClientAuth::Basic => s.stats.basic_auth_calls += 1,
-        ClientAuth::Post => s.stats.post_auth_calls += 1,
     }
-    let wrong_method = p
-        .config
-        .client_auth
-        .is_some_and(|required| required != method);
-    if wrong_method || id != p.config.client_id || secret != p.config.client_secret {
-        return Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"));
+    if bearer_grant {
+        let Some(Ok(subject)) = form
+            .get("assertion")
+            .map(|jwt| p.check_assertion(s, jwt, None))
+        else {
+            return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"));
+        };
+        s.next_grant += 1;
+        let grant = s.next_grant;
+        s.grants.insert(grant, Grant { revoked: false });
+        s.stats.jwt_bearer_granted += 1;
+        s.stats.last_assertion_subject = Some(subject);
+        let body = p.issue(s, grant, false);
+        return Ok((body, s.lost_answers.pop_front(), s.stats.jwt_bearer_granted));
     }
     if form.get("grant_type").map(String::as_str) == Some("client_credentials") {
         // The client's own grant: a new one per request, never a refresh token.
