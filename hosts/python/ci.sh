@@ -45,7 +45,7 @@ fi
 echo "== venv (.venv) with pinned requirements"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
-.venv/bin/python -m pip --disable-pip-version-check freeze | grep -E '^(wasmtime|psycopg|psycopg-binary|pytest|httpx|requests)=='
+.venv/bin/python -m pip --disable-pip-version-check freeze | grep -E '^(wasmtime|cryptography|psycopg|psycopg-binary|pytest|httpx|requests)=='
 
 echo "== pytest"
 status=0

@@ -28,7 +28,7 @@ def test_every_spelling_of_post_authenticates_in_the_form(provider_factory, tmp_
 
 def test_an_unknown_spelling_is_invalid_settings_and_nothing_is_sent(provider):
     before = provider.stats()
-    for bad in [dict(client_auth="private-key-jwt"), dict(strategy="sometimes")]:
+    for bad in [dict(client_auth="client-secret-jwt"), dict(grant="password"), dict(strategy="sometimes")]:
         with pytest.raises(rekey.InvalidSettings):
             provider.settings(**bad)
     assert delta(provider.stats(), before)["token_calls"] == 0

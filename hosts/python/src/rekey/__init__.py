@@ -72,6 +72,7 @@ from .records import (
     WriteUnknown,
 )
 from .secret import Secret
+from .signing import Signing, SigningAlgorithm
 from .stores import MemoryStore, PostgresStore, RecordStore, SqliteStore, open_store
 
 # A library prints nothing unless the application configures logging
@@ -80,7 +81,8 @@ logging.getLogger("rekey").addHandler(logging.NullHandler())
 
 __all__ = [
     "Rekey", "AsyncRekey", "Settings", "Request", "Response", "ClientAuth", "Grant", "Strategy", "OnAuthFailure",
-    "EveryRequest", "BeforeExpiry", "HttpConfig", "Secret", "RecordStore", "MemoryStore", "SqliteStore",
+    "EveryRequest", "BeforeExpiry", "HttpConfig", "Secret", "Signing", "SigningAlgorithm", "RecordStore",
+    "MemoryStore", "SqliteStore",
     "PostgresStore", "open_store", "CredentialRecord", "StoredRecord", "Lease", "RefreshMark", "DeadGrant",
     "Credential", "UnknownCredential", "StoreUnusable", "WriteConflict", "WriteFailed", "WriteUnknown",
     "StoreUnavailable",

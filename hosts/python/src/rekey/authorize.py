@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 from wasmtime.component import Record
 
-from . import errors, http, origins, wit
+from . import errors, http, origins, signing, wit
 from .http import HttpConfig
 from .model import Request, first_token_set
 from .runtime import Bodies
@@ -150,7 +150,7 @@ class DeviceAuthorization:
 class AuthorizeImports:
     """The ``host`` interface for an authorize call: only ``http-send`` is used
     (the component neither reads nor writes the record, and spends no refresh
-    token). A token-endpoint request goes only to the settings' token URL, a
+    token), and ``signer`` for ``private_key_jwt``. A token-endpoint request goes only to the settings' token URL, a
     device-endpoint one only to their device URL, and either only over https
     or plain http on loopback."""
 
@@ -188,6 +188,11 @@ class AuthorizeImports:
 
     def emit_update_keys(self, expected_version: int, data: Record):
         return wit.write_error("failed", "authorisation stores nothing through the component")
+
+    def sign(self, algorithm: str, data: bytes):
+        # private_key_jwt: each code exchange and device poll carries a fresh assertion.
+        with self._unlocked():
+            return signing.sign_for(self._settings.signing, algorithm, data)
 
 
 def _log_exchange(req: Request, kind: str, outcome, started: float) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 from wasmtime.component import Record
 
-from . import errors, http, origins, wit
+from . import errors, http, origins, signing, wit
 from .authorize import (
     DEFAULT_REDIRECT_URI,
     DEFAULT_TIMEOUT,
@@ -30,7 +30,7 @@ from .authorize import (
 from .component import load_component
 from .http import HttpConfig
 from .keys import keys_text
-from .model import Grant, Request, Response, Settings
+from .model import Grant, Request, Response, Settings, grant_of
 from .records import StoreError, UnknownCredential, WriteConflict, WriteFailed, WriteUnknown
 from .runtime import Bodies, Runtime
 from .secret import Secret
@@ -216,11 +216,17 @@ class Rekey:
         created or changed, so what is accepted then is not refused later.
         The authorisation flows call it before anything starts. Raises
         :class:`errors.InvalidSettings` saying what is wrong and how to fix it
-        (e.g. no ``api_origins``: a token is bound before it is used)."""
+        (e.g. no ``api_origins``: a token is bound before it is used).
+        With ``settings.signing``, the key is loaded too (from its file or
+        variable) and checked against the algorithm, as a send would when
+        it signs."""
         imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings)
         refusal = self._runtime.call("check-settings", imports, (wit.settings(settings),))
         if refusal is not None:
             raise errors.InvalidSettings(str(refusal))
+        key_source = signing.signing_of(settings.signing)
+        if key_source is not None:
+            key_source.load()
 
     def begin_authorization(self, settings: Settings, redirect_uri: str) -> PendingAuthorization:
         """The code grant's first step alone, for a caller with its own
@@ -276,8 +282,9 @@ class Rekey:
     def _authorize_persistence(self, store, on_update_keys, credential, settings) -> Callable[[str], None]:
         """Where the first token set goes: the store (creating the credential
         with these settings, or replacing its keys), or the callback."""
-        if Grant(getattr(settings, "grant", Grant.REFRESH_TOKEN)) is Grant.CLIENT_CREDENTIALS:
-            raise errors.InvalidSettings("a client-credentials credential is never authorised: send fetches its token")
+        grant = grant_of(getattr(settings, "grant", Grant.REFRESH_TOKEN))
+        if grant in (Grant.CLIENT_CREDENTIALS, Grant.JWT_BEARER):
+            raise errors.InvalidSettings(f"a {grant.value} credential is never authorised: send fetches its token")
         if store is None and on_update_keys is None:
             raise TypeError("pass store= and credential=, or on_update_keys= (the new keys must go somewhere durable)")
         if store is not None and not credential:
@@ -303,9 +310,9 @@ class Rekey:
 
 
 class CallState:
-    """One call's side of the ``host`` interface: HTTP behind the boundary
-    checks, and the credential's record in the store. Every wait releases the
-    component lock."""
+    """One call's side of the ``host`` and ``signer`` interfaces: HTTP behind
+    the boundary checks, the credential's record in the store, and its
+    signing key. Every wait releases the component lock."""
 
     def __init__(self, rekey: Rekey, store: RecordStore, name: str, settings: Settings):
         self._config = rekey.http_config
@@ -387,6 +394,12 @@ class CallState:
         self._saw(record.keys_text())
         log.debug("credential record written (version %d)", version)
         return version
+
+    def sign(self, algorithm: str, data: bytes):
+        """``signer.sign`` with the key of this call's settings (read now,
+        outside the component lock)."""
+        with self._unlocked():
+            return signing.sign_for(self._settings.signing, algorithm, data)
 
     def _write_error(self, kind: str, message: str, keys: str):
         message = scrub_keys(message, keys) if keys else message

@@ -154,6 +154,8 @@ class InvalidSettings(RekeyError):
 
     def __init__(self, detail: str):
         super().__init__(f"credential settings are unusable: {detail}")
+        #: What is wrong, without the prefix.
+        self.detail = detail
 
 
 class InvalidKeys(RekeyError):

@@ -12,6 +12,7 @@ from . import origins
 from .errors import InvalidSettings
 from .keys import keys_text
 from .secret import Secret
+from .signing import Signing, SigningAlgorithm, signing_of  # noqa: F401 (SigningAlgorithm: re-exported)
 
 
 class Grant(enum.Enum):
@@ -20,12 +21,28 @@ class Grant(enum.Enum):
     #: Spends the stored refresh token (RFC 6749 §6); a person authorises first.
     REFRESH_TOKEN = "refresh-token"
     #: The client's own credentials (RFC 6749 §4.4), machine to machine: no
-    #: keys are needed before the first call; needs a client secret.
+    #: keys are needed before the first call; needs a client secret or
+    #: ``private_key_jwt`` client authentication.
     CLIENT_CREDENTIALS = "client-credentials"
+    #: A signed assertion (RFC 7523 §2.1), e.g. a service account: like the
+    #: client's own grant (nothing stored first, no refresh token), the
+    #: assertion's ``sub`` being ``Settings.subject``; needs ``Settings.signing``.
+    JWT_BEARER = "jwt-bearer"
+
+    @classmethod
+    def _missing_(cls, value: object) -> "Optional[Grant]":
+        # Every host's spelling: any case, '_' or '-' ("jwt_bearer").
+        if isinstance(value, str):
+            spelled = value.strip().lower().replace("_", "-")
+            for grant in cls:
+                if spelled == grant.value:
+                    return grant
+        return None
 
 
 def grant_of(value: "Grant | str") -> Grant:
-    """A ``Grant`` from itself or its WIT name; anything else is a clear error."""
+    """A ``Grant`` from itself or its name in any host's spelling
+    (``"jwt_bearer"``, ``"client-credentials"``); anything else is a clear error."""
     if isinstance(value, Grant):
         return value
     try:
@@ -42,6 +59,9 @@ class ClientAuth(enum.Enum):
 
     BASIC = "client-secret-basic"
     POST = "client-secret-post"
+    #: A JWT signed with the client's private key (RFC 7523 §2.2, OIDC's
+    #: ``private_key_jwt``); needs ``Settings.signing``; no secret is sent.
+    PRIVATE_KEY_JWT = "private-key-jwt"
 
     @classmethod
     def _missing_(cls, value: object) -> "Optional[ClientAuth]":
@@ -59,7 +79,8 @@ def client_auth_of(value: "ClientAuth | str") -> ClientAuth:
         return ClientAuth(value)
     except ValueError:
         raise InvalidSettings(
-            f"unknown client auth {value!r} (expected basic, post, client-secret-basic or client-secret-post)"
+            f"unknown client auth {value!r} (expected basic, post, client-secret-basic, client-secret-post "
+            "or private-key-jwt)"
         ) from None
 
 
@@ -140,14 +161,43 @@ class Settings:
     #: (RFC 9207 §3): a redirect without ``iss`` is refused (IssuerMismatch).
     #: This host discovers no metadata: say it here (default False).
     issuer_sends_iss: bool = False
+    #: The ``jwt_bearer`` grant's subject: the assertion's ``sub`` (a service
+    #: account, or the user the token acts for).
+    subject: Optional[str] = None
+    #: The ``jwt_bearer`` grant's further assertion claims (string values),
+    #: e.g. ``{"scope": "api.read"}``; rekey sets iss, sub, aud, exp, iat,
+    #: nbf and jti itself.
+    claims: dict[str, str] = field(default_factory=dict)
+    #: How ``private_key_jwt`` and ``jwt_bearer`` assertions are signed, and
+    #: with which key (:class:`Signing`, or a dict of its fields).
+    signing: Optional[Signing] = None
 
     def __post_init__(self) -> None:
         self.grant = grant_of(self.grant)
         self.client_auth = client_auth_of(self.client_auth)
         self.strategy = strategy_of(self.strategy)
+        self.signing = signing_of(self.signing)
+        self.claims = claims_of(self.claims)
         # Accept a plain str, keep a Secret: the dataclass repr stays safe.
         if self.client_secret is not None and not isinstance(self.client_secret, Secret):
             self.client_secret = Secret(self.client_secret)
+
+
+def claims_of(value) -> dict[str, str]:
+    """The jwt-bearer claims as a dict of strings, from a dict or a list of
+    (name, value) pairs; a value that is not a string is a clear error."""
+    if value is None:
+        return {}
+    try:
+        pairs = list(value.items()) if hasattr(value, "items") else [tuple(p) for p in value]
+    except TypeError:
+        raise InvalidSettings("claims must be a dict of names to string values") from None
+    out: dict[str, str] = {}
+    for pair in pairs:
+        if len(pair) != 2 or not isinstance(pair[0], str) or not isinstance(pair[1], str):
+            raise InvalidSettings("claims must map claim names to string values (e.g. {\"scope\": \"api.read\"})")
+        out[pair[0]] = pair[1]
+    return out
 
 
 @dataclass
@@ -241,8 +291,16 @@ def settings_json(settings: Settings, client_secret_env: "str | None" = None) ->
     ``{"env": client_secret_env}`` when that is given (the store then never
     holds it), else as ``{"literal": ...}`` as the Rust CLI stores one."""
     grant = grant_of(settings.grant)
-    if grant is Grant.CLIENT_CREDENTIALS and settings.client_secret is None:
-        raise InvalidSettings("the client-credentials grant needs a client secret")
+    auth = client_auth_of(settings.client_auth)
+    signing = signing_of(settings.signing)
+    if grant is Grant.CLIENT_CREDENTIALS and settings.client_secret is None and auth is not ClientAuth.PRIVATE_KEY_JWT:
+        raise InvalidSettings("the client-credentials grant needs a client secret or private_key_jwt client authentication")
+    if grant is Grant.JWT_BEARER and not settings.subject:
+        raise InvalidSettings("the jwt-bearer grant needs subject= (the assertion's sub)")
+    for needs, what in ((grant is Grant.JWT_BEARER, "the jwt-bearer grant"),
+                        (auth is ClientAuth.PRIVATE_KEY_JWT, "private_key_jwt client authentication")):
+        if needs and signing is None:
+            raise InvalidSettings(f"{what} needs signing= (the algorithm and the key's file or variable)")
     # Never written: the Rust host sharing the store refuses such settings.
     origins.check_patterns(settings.api_origins, settings.instance_url_origins)
     strategy = settings.strategy
@@ -258,7 +316,7 @@ def settings_json(settings: Settings, client_secret_env: "str | None" = None) ->
         "token_url": settings.token_url,
         "client_id": settings.client_id,
         "client_secret": secret,
-        "client_auth": "basic" if settings.client_auth is ClientAuth.BASIC else "post",
+        "client_auth": {ClientAuth.BASIC: "basic", ClientAuth.POST: "post"}.get(auth, "private_key_jwt"),
         "scope": settings.scope,
         "extra_params": [[str(k), str(v)] for k, v in settings.extra_params],
         "strategy": name[type(strategy)],
@@ -274,4 +332,10 @@ def settings_json(settings: Settings, client_secret_env: "str | None" = None) ->
         out["issuer_sends_iss"] = True  # written only when set, as the Rust host does
     if settings.auth_params:
         out["auth_params"] = [[str(k), str(v)] for k, v in settings.auth_params]
+    if grant is Grant.JWT_BEARER:
+        out["subject"] = settings.subject
+        out["claims"] = claims_of(settings.claims)
+    if signing is not None:
+        # The key's file or variable, never the key (an in-memory key is refused here).
+        out["signing"] = signing.stored()
     return json.dumps(out)

@@ -45,6 +45,8 @@ HOST_INTERFACE = "rekey:oauth2/host@0.4.0"
 TYPES_INTERFACE = "rekey:oauth2/types@0.4.0"
 CLIENT_INTERFACE = "rekey:oauth2/client@0.4.0"
 AUTHORIZE_INTERFACE = "rekey:oauth2/authorize@0.4.0"
+#: The host signs the component's JWTs with the credential's key (0.4.0).
+SIGNER_INTERFACE = "rekey:oauth2/signer@0.4.0"
 AUTHORIZE_FUNCTIONS = ("begin", "finish", "device-start", "device-poll")
 EPOCH_TICK = 0.05  # seconds; the call deadline is counted in these
 
@@ -95,6 +97,12 @@ class Imports:
     def http_send(self, purpose: str, head: Record, body: bytes) -> Any: ...
     def read_record(self) -> Any: ...
     def emit_update_keys(self, expected_version: int, data: Record) -> Any: ...
+
+    def sign(self, algorithm: str, data: bytes) -> "bytes | str":
+        """``signer.sign``: the signature of ``data`` with the credential's
+        key (``algorithm``: ``rs256`` or ``es256``), or a message saying why
+        not (never the key). Must not raise."""
+        ...
 
 
 class Runtime:
@@ -175,6 +183,8 @@ class Runtime:
             with root.add_instance(HOST_INTERFACE) as host:
                 for name, func in imports.items():
                     host.add_func(name, func)
+            with root.add_instance(SIGNER_INTERFACE) as signer:
+                signer.add_func("sign", lambda _ctx, algorithm, data: _current.imports.sign(algorithm, data))
             with root.add_instance(TYPES_INTERFACE) as types:
                 types.add_resource("body", ResourceType.host(BODY), _drop_body)
                 types.add_func("[constructor]body", _new_body)

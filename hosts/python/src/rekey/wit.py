@@ -18,11 +18,14 @@ from .model import (
     OnAuthFailure,
     Request,
     Response,
+    Grant,
     Settings,
+    claims_of,
     client_auth_of,
     grant_of,
     strategy_of,
 )
+from .signing import signing_of
 from .records import CredentialRecord, DeadGrant, Lease, RefreshMark, StoredRecord
 from .runtime import Bodies
 
@@ -48,8 +51,16 @@ def settings(s: Settings) -> Record:
         raise errors.InvalidSettings(f"unknown strategy {type(kind).__name__}")
     # The component has no public suffix list: this rule is the host's.
     origins.check_patterns(s.api_origins, s.instance_url_origins)
+    grant = grant_of(s.grant)
+    if grant is Grant.JWT_BEARER:
+        # An empty subject is the component's to refuse (check-settings says so).
+        bearer = _record(subject=s.subject or "", claims=list(claims_of(s.claims).items()))
+        wit_grant = Variant(grant.value, bearer)
+    else:
+        wit_grant = Variant(grant.value)
+    signing = signing_of(s.signing)
     return _record(
-        grant=Variant(grant_of(s.grant).value),
+        grant=wit_grant,
         token_url=s.token_url,
         client_id=s.client_id,
         client_secret=s.client_secret.expose() if s.client_secret is not None else None,
@@ -61,6 +72,10 @@ def settings(s: Settings) -> Record:
         api_origins=[str(o) for o in s.api_origins],
         instance_url_origins=[str(o) for o in s.instance_url_origins],
         fleet=_record(lease_ttl_ms=int(s.lease_ttl_ms), lease_wait_ms=int(s.lease_wait_ms)),
+        # What the component puts in the JWTs; the key stays here (the signer import).
+        signing=None if signing is None else _record(
+            algorithm=signing.algorithm.wit, key_id=signing.key_id, audience=signing.audience
+        ),
     )
 
 
