@@ -8,11 +8,41 @@
  * ('client-secret-basic', Python's) and the short ones (the Rust host's
  * settings column and CLI) are both accepted; the settings column records the short one.
  */
-/** Also read: the RFC's 'client_secret_basic'/'client_secret_post', any case ('_' as '-'), as every host reads them. */
-export type ClientAuth = 'client-secret-basic' | 'client-secret-post' | 'basic' | 'post' | 'client_secret_basic' | 'client_secret_post' | (string & {});
+/**
+ * Also read: the RFC's 'client_secret_basic'/'client_secret_post', any case ('_' as '-'), as every host reads them.
+ * 'private_key_jwt' (RFC 7523 §2.2): a JWT signed with the client's key (needs `signing`); no secret is sent.
+ */
+export type ClientAuth = 'client-secret-basic' | 'client-secret-post' | 'basic' | 'post' | 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt' | 'private-key-jwt' | (string & {});
 /** Also read with '_' for '-' and in any case ('every_request'), as every host reads them. */
 export type Strategy = 'on-auth-failure' | 'every-request' | 'before-expiry' | 'on_auth_failure' | 'every_request' | 'before_expiry' | (string & {});
-export type Grant = 'refresh-token' | 'client-credentials';
+/** Also read with '_' for '-' and in any case ('jwt_bearer'), as every host reads them. */
+export type Grant = 'refresh-token' | 'client-credentials' | 'jwt-bearer' | 'refresh_token' | 'client_credentials' | 'jwt_bearer' | (string & {});
+
+/**
+ * How the JWTs of `private_key_jwt` and the `jwt-bearer` grant are signed
+ * (RFC 7523), and with which private key: exactly one of `keyFile`, `keyEnv`
+ * and `key`. A file or variable is read at each call; PEM, unencrypted:
+ * PKCS#8 (`BEGIN PRIVATE KEY`), PKCS#1 RSA or SEC1 EC. RS256 needs RSA of
+ * 2048 bits or more, ES256 a P-256 key. The key signs on this host; it never
+ * enters the component, and errors name the file or variable, never the key.
+ */
+export interface Signing {
+  /** 'RS256' (RSASSA-PKCS1-v1_5 SHA-256) or 'ES256' (ECDSA P-256 SHA-256); any case. */
+  algorithm: 'RS256' | 'ES256' | (string & {});
+  /** `kid` in the JWT header, when the server needs it to pick the key. */
+  keyId?: string;
+  /** `aud`: the authorization server's issuer identifier. Unset: the token URL. */
+  audience?: string;
+  /** A PEM file holding the private key (a store's settings column records its absolute path). */
+  keyFile?: string;
+  /** An environment variable holding the PEM (a store's settings column records its name). */
+  keyEnv?: string;
+  /**
+   * The private key in memory (`crypto.createPrivateKey(pem)`), for settings
+   * passed with each call: a store's `create` refuses it (the store never holds a key).
+   */
+  key?: import('node:crypto').KeyObject;
+}
 
 /** A credential's settings (the WIT `settings`, camelCase, with defaults). */
 export interface Settings {
@@ -20,9 +50,21 @@ export interface Settings {
    * How new tokens are obtained. 'refresh-token' (default): the stored
    * refresh token, after a person authorised once. 'client-credentials'
    * (RFC 6749 §4.4, machine to machine): the client's own id and secret
-   * (required); no keys need be stored, the first call fetches a token.
+   * (required) or its `private_key_jwt`; no keys need be stored, the first
+   * call fetches a token. 'jwt-bearer' (RFC 7523 §2.1, e.g. a service
+   * account): an assertion for `subject` signed with `signing`'s key; like
+   * 'client-credentials', nothing stored first and no refresh token.
    */
   grant?: Grant;
+  /** The 'jwt-bearer' grant's `sub` (required for it): the service account, or the user the token acts for. */
+  subject?: string;
+  /**
+   * The 'jwt-bearer' assertion's further claims, string values, e.g.
+   * `{ scope: 'api.read' }`; iss, sub, aud, exp, iat, nbf and jti are rekey's.
+   */
+  claims?: Record<string, string> | Array<[string, string]>;
+  /** How assertions are signed; required by 'private_key_jwt' and 'jwt-bearer'. */
+  signing?: Signing;
   /** Absolute https URL of the token endpoint (http only on loopback). */
   tokenUrl: string;
   clientId: string;

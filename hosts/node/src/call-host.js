@@ -1,7 +1,8 @@
 // The WIT `host` interface for one call, acting on that call's credential:
 // HTTP (with the boundary checks as a second line behind the component's),
 // and the record store (`read-record`, `emit-update-keys` as a conditional
-// write). Effects only: the component runs the whole fleet protocol on the
+// write); and the `signer` interface: the credential's private key signs the
+// JWTs the component builds (synchronous: no I/O). Effects only: the component runs the whole fleet protocol on the
 // record and classifies every answer. Engine-agnostic: every method is
 // async and resolves to {ok, value} or {ok: false, error} with the WIT
 // payload, which the JSPI and worker engines turn into the import's result.
@@ -10,7 +11,9 @@
 import { loggableTarget, refusal } from './boundary.js';
 import { StoreError } from './errors.js';
 import { fromWit, toWit } from './record.js';
+import { NO_KEY } from './signing.js';
 import { WriteUnknown } from './stores/base.js';
+import { signingKeyOf } from './wit-values.js';
 
 /** Time kept in hand after a token exchange, to store its result. */
 const SPEND_MARGIN_MS = 1_000;
@@ -25,6 +28,7 @@ export class CallHost {
    * @param {string} [o.record]  the record's name in `store`
    * @param {{read: Function, write: Function}} [o.store]  none: an authorize call (no record)
    * @param {{tokenUrl: string, apiOrigins: string[], instanceUrlOrigins: string[]}} o.settings  the WIT settings
+   *   (made by toWitSettings, which keeps their signing key aside: see signingKeyOf)
    * @param {string} [o.deviceUrl]  the device authorization URL (an authorize call's; a send has none)
    * @param {import('./http.js').HttpClient} o.http
    * @param {number} o.deadline  epoch ms after which no refresh token is spent
@@ -42,6 +46,18 @@ export class CallHost {
     this.deadline = o.deadline;
     this.onEvent = o.onEvent;
     this.stopSending = o.stopSending;
+    this.signingKey = signingKeyOf(o.settings);
+  }
+
+  /**
+   * The WIT `signer.sign`, with the credential's key. Synchronous and never
+   * throws: the import's result, its error naming no key material.
+   * @param {string} algorithm  'rs256' | 'es256'
+   * @param {Uint8Array} input  the JWT's `header.claims`
+   */
+  sign(algorithm, input) {
+    if (!this.signingKey) return { ok: false, error: NO_KEY };
+    return this.signingKey.sign(algorithm, input);
   }
 
   /**

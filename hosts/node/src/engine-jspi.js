@@ -42,6 +42,10 @@ export async function createJspiEngine({ genDir, poolSize }) {
         readRecord: through('readRecord'),
         emitUpdateKeys: through('emitUpdateKeys'),
       },
+      // Synchronous (not a JSPI import): the key is in memory by now.
+      'rekey:oauth2/signer': {
+        sign: (algorithm, input) => importResult(slot.host.sign(algorithm, input)),
+      },
       ...wasiImports('async'),
     });
     return { slot, exports: exportsOf(root) };

@@ -96,6 +96,7 @@ function serving(host) {
     },
     readRecord: () => host.readRecord(),
     emitUpdateKeys: (expectedVersion, data) => host.emitUpdateKeys(expectedVersion, data),
+    sign: async (algorithm, input) => host.sign(algorithm, input),
   };
 }
 

@@ -17,7 +17,9 @@ import {
 import { makeFetcher } from './fetcher.js';
 import { HttpClient } from './http.js';
 import { CallbackStore } from './stores/memory.js';
-import { RekeyResponse, keysJson, toWitRequest, toWitSettings } from './wit-values.js';
+import { RecordStoreBase } from './stores/base.js';
+import { settingsJson } from './stores/settings-json.js';
+import { RekeyResponse, grantOf, keysJson, toWitRequest, toWitSettings } from './wit-values.js';
 
 const PACKAGE_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -381,8 +383,9 @@ export class Rekey {
   #authorizePersistence(credential, o) {
     if (typeof credential !== 'string' || credential === '') throw new InvalidRequest('a credential name must be a non-empty string');
     if (o === null || typeof o !== 'object') throw new InvalidRequest('options must be an object');
-    if (o.settings?.grant === 'client-credentials') {
-      throw new InvalidRequest('a client-credentials credential is never authorised: send fetches its token');
+    const grant = o.settings !== null && typeof o.settings === 'object' ? grantOf(o.settings.grant) : undefined;
+    if (grant === 'client-credentials' || grant === 'jwt-bearer') {
+      throw new InvalidRequest(`a ${grant} credential is never authorised: send fetches its token`);
     }
     if (!o.store && typeof o.onUpdateKeys !== 'function') {
       throw new InvalidRequest('pass a store, or an onUpdateKeys callback (the new keys must go somewhere durable)');
@@ -391,6 +394,8 @@ export class Rekey {
       throw new InvalidRequest('the store must have create(name, {settings, keys}) and putKeys(name, keys) (the built-in stores do)');
     }
     toWitSettings(o.settings); // settings that cannot work fail before anything starts
+    // Nor settings a built-in store's column cannot hold (a signing key only in memory).
+    if (o.store instanceof RecordStoreBase) settingsJson(o.settings);
     return async (keys) => {
       const json = keys.toJSONString();
       try {

@@ -5,14 +5,26 @@
 import { publicSuffixWildcard } from './boundary.js';
 import { InvalidRequest, InvalidSettings, UnrepresentableResponse } from './errors.js';
 import { Secret, reveal } from './secret.js';
+import { loadSigningKey, signingOf } from './signing.js';
 
 // The same spellings as every host: the WIT names ('client-secret-basic',
 // as Python's ClientAuth values), the short ones the Rust host's settings
-// column and CLI use ('basic') and the RFC's ('client_secret_basic'), read
-// as Python reads them: trimmed, any case, '_' as '-'.
-const CLIENT_AUTH = { basic: 'basic', post: 'post', 'client-secret-basic': 'basic', 'client-secret-post': 'post' };
+// column and CLI use ('basic') and the RFC's ('client_secret_basic',
+// 'private_key_jwt'), read as Python reads them: trimmed, any case, '_' as
+// '-'. Each maps to the settings column's spelling.
+const CLIENT_AUTH = {
+  basic: 'basic',
+  post: 'post',
+  'client-secret-basic': 'basic',
+  'client-secret-post': 'post',
+  'private-key-jwt': 'private_key_jwt',
+};
+/** The WIT `client-auth` of each settings-column spelling. */
+const WIT_CLIENT_AUTH = { basic: 'client-secret-basic', post: 'client-secret-post', private_key_jwt: 'private-key-jwt' };
 export const STRATEGIES = ['on-auth-failure', 'every-request', 'before-expiry'];
-export const GRANTS = ['refresh-token', 'client-credentials'];
+export const GRANTS = ['refresh-token', 'client-credentials', 'jwt-bearer'];
+/** The private key of each call's WIT settings (kept out of them: they go to worker threads). */
+const SIGNING_KEYS = new WeakMap();
 const DEFAULT_EXPIRY_MARGIN_SECS = 60;
 
 /**
@@ -27,7 +39,7 @@ export function toWitSettings(s) {
     return value;
   };
   const grant = grantOf(s.grant);
-  const clientAuth = `client-secret-${clientAuthOf(s.clientAuth)}`;
+  const clientAuth = WIT_CLIENT_AUTH[clientAuthOf(s.clientAuth)];
   const strategyName = strategyOf(s.strategy);
   const margin = s.expiryMarginSecs ?? DEFAULT_EXPIRY_MARGIN_SECS;
   if (!Number.isInteger(margin) || margin < 0 || margin > 0xffffffff) throw new InvalidSettings('expiryMarginSecs must be a whole number of seconds');
@@ -60,13 +72,18 @@ export function toWitSettings(s) {
     return v;
   };
   const clientSecret = clientSecretOf(s.clientSecret);
-  // The component refuses it too; saying so here also stops a store from
+  // The component refuses these too; saying so here also stops a store from
   // creating a credential that could never get a token.
-  if (grant === 'client-credentials' && clientSecret === undefined) {
-    throw new InvalidSettings("grant 'client-credentials' needs a clientSecret");
-  }
-  return {
-    grant: { tag: grant },
+  const needs = needsOf(s, grant, clientAuth === 'private-key-jwt', clientSecret !== undefined);
+  if (needs) throw new InvalidSettings(needs);
+  const signing = signingOf(s.signing);
+  // Loaded at each call (a rotated file or variable counts at once), before
+  // anything is sent: a missing or wrong key is InvalidSettings here.
+  const key = signing === undefined ? undefined : loadSigningKey(signing);
+  const wit = {
+    grant: grant === 'jwt-bearer'
+      ? { tag: grant, val: { subject: s.subject, claims: claimsOf(s.claims) } }
+      : { tag: grant },
     tokenUrl: string('tokenUrl', s.tokenUrl),
     clientId: string('clientId', s.clientId),
     // Not checked with `string()`: its message must not depend on a secret.
@@ -79,15 +96,65 @@ export function toWitSettings(s) {
     apiOrigins: [...origins],
     instanceUrlOrigins: [...instanceOrigins],
     fleet: { leaseTtlMs: ms('leaseTtlMs'), leaseWaitMs: ms('leaseWaitMs') },
+    signing: signing === undefined ? undefined : { algorithm: signing.algorithm, keyId: signing.keyId, audience: signing.audience },
   };
+  if (key !== undefined) SIGNING_KEYS.set(wit, key);
+  return wit;
 }
 
-/** The client authentication as the settings column spells it: 'basic' (the default) or 'post'. */
+/**
+ * The private key that signs for these WIT settings (made by toWitSettings),
+ * or undefined when they have none.
+ * @param {object} witSettings
+ * @returns {import('./signing.js').SigningKey | undefined}
+ */
+export function signingKeyOf(witSettings) {
+  return SIGNING_KEYS.get(witSettings);
+}
+
+/**
+ * What the grant and client authentication need and the settings lack (the
+ * component's rules, said before anything runs), or undefined. Shared with
+ * the settings column's writer.
+ * @param {{subject?: unknown, signing?: unknown}} s
+ * @param {string} grant  one of GRANTS
+ * @param {boolean} privateKeyJwt
+ * @param {boolean} hasSecret
+ */
+export function needsOf(s, grant, privateKeyJwt, hasSecret) {
+  if (grant === 'client-credentials' && !hasSecret && !privateKeyJwt) {
+    return "grant 'client-credentials' needs a clientSecret, or clientAuth 'private_key_jwt' with signing";
+  }
+  if (grant === 'jwt-bearer' && (typeof s.subject !== 'string' || s.subject === '')) {
+    return "grant 'jwt-bearer' needs subject: the assertion's sub (e.g. the service account)";
+  }
+  const signed = grant === 'jwt-bearer' ? "grant 'jwt-bearer'" : privateKeyJwt ? "clientAuth 'private_key_jwt'" : undefined;
+  if (signed && (s.signing === undefined || s.signing === null)) {
+    return `${signed} needs signing: { algorithm: 'RS256' | 'ES256', keyFile | keyEnv | key }`;
+  }
+  return undefined;
+}
+
+/**
+ * The jwt-bearer grant's further claims: an object of string values, or
+ * [name, value] pairs of strings. Registered claims are the component's to
+ * refuse (its check says which).
+ */
+export function claimsOf(claims) {
+  if (claims === undefined || claims === null) return [];
+  const entries = Array.isArray(claims) ? claims
+    : typeof claims === 'object' ? Object.entries(claims) : null;
+  const ok = entries?.every((e) => Array.isArray(e) && e.length === 2 && typeof e[0] === 'string' && typeof e[1] === 'string');
+  if (!ok) throw new InvalidSettings("claims must map claim names to string values, e.g. { scope: 'api.read' }");
+  return entries.map(([k, v]) => [k, v]);
+}
+
+/** The client authentication as the settings column spells it: 'basic' (the default), 'post' or 'private_key_jwt'. */
 export function clientAuthOf(clientAuth) {
   const spelled = spelling(clientAuth ?? 'basic');
   const short = spelled !== undefined && Object.hasOwn(CLIENT_AUTH, spelled) ? CLIENT_AUTH[spelled] : undefined;
   if (!short) {
-    throw new InvalidSettings(`clientAuth ${JSON.stringify(String(clientAuth))} is unknown: use 'client-secret-basic' (or 'basic') or 'client-secret-post' (or 'post')`);
+    throw new InvalidSettings(`clientAuth ${JSON.stringify(String(clientAuth))} is unknown: use 'client-secret-basic' (or 'basic'), 'client-secret-post' (or 'post') or 'private_key_jwt'`);
   }
   return short;
 }
@@ -106,10 +173,14 @@ function spelling(value) {
   return typeof value === 'string' ? value.trim().toLowerCase().replaceAll('_', '-') : undefined;
 }
 
-/** How new tokens are obtained: `'refresh-token'` (the default) or `'client-credentials'`. */
+/**
+ * How new tokens are obtained: `'refresh-token'` (the default),
+ * `'client-credentials'` or `'jwt-bearer'`, read in any host's spelling
+ * ('jwt_bearer', any case).
+ */
 export function grantOf(grant) {
-  const g = grant ?? 'refresh-token';
-  if (!GRANTS.includes(g)) throw new InvalidSettings(`grant ${JSON.stringify(String(g))} is unknown: use one of ${GRANTS.join(', ')}`);
+  const g = spelling(grant ?? 'refresh-token');
+  if (g === undefined || !GRANTS.includes(g)) throw new InvalidSettings(`grant ${JSON.stringify(String(grant))} is unknown: use one of ${GRANTS.join(', ')}`);
   return g;
 }
 

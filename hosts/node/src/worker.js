@@ -60,6 +60,10 @@ async function newInstance() {
       readRecord: () => hostCall('readRecord', []),
       emitUpdateKeys: (expectedVersion, data) => hostCall('emitUpdateKeys', [expectedVersion, data]),
     },
+    // The key stays on the main thread: only the input and the signature cross.
+    'rekey:oauth2/signer': {
+      sign: (algorithm, input) => hostCall('sign', [algorithm, input]),
+    },
     ...wasiImports('sync'),
   });
   return exportsOf(root);

@@ -53,11 +53,11 @@ test('unknown spellings are InvalidSettings naming the accepted ones, from send 
   const rk = await rekey();
   const base = { tokenUrl: 'https://login.example.com/token', clientId: 'c', clientSecret: 's', apiOrigins: ['https://api.example.com'] };
   const cases = [
-    [{ clientAuth: 'client_secret_jwt' }, /clientAuth "client_secret_jwt" is unknown: use 'client-secret-basic' \(or 'basic'\) or 'client-secret-post' \(or 'post'\)/],
+    [{ clientAuth: 'client_secret_jwt' }, /clientAuth "client_secret_jwt" is unknown: use 'client-secret-basic' \(or 'basic'\), 'client-secret-post' \(or 'post'\) or 'private_key_jwt'/],
     [{ clientAuth: 'Bearer' }, /clientAuth "Bearer" is unknown/],
     [{ clientAuth: 7 }, /clientAuth "7" is unknown/],
     [{ strategy: 'on_auth_fail' }, /strategy "on_auth_fail" is unknown: use one of on-auth-failure, every-request, before-expiry/],
-    [{ grant: 'client_credentials' }, /grant "client_credentials" is unknown: use one of refresh-token, client-credentials/],
+    [{ grant: 'client_credential' }, /grant "client_credential" is unknown: use one of refresh-token, client-credentials, jwt-bearer/],
   ];
   for (const [change, message] of cases) {
     const settings = { ...base, ...change };
@@ -72,5 +72,16 @@ test('unknown spellings are InvalidSettings naming the accepted ones, from send 
     assert.equal((await store.show('x')).settings.strategy, strategy.toLowerCase().replaceAll('_', '-'), 'the column records the hosts\' spelling');
   }
   for (const clientAuth of ['client_secret_basic', 'CLIENT-SECRET-POST', 'Basic']) await rk.checkSettings({ ...base, clientAuth });
-  for (const grant of ['refresh-token', 'client-credentials']) await rk.checkSettings({ ...base, grant });
+  // Grants too ('jwt_bearer', as Python and Rust read it); the column records the hosts' spelling.
+  for (const grant of ['refresh-token', 'client-credentials', 'Refresh_Token', 'client_credentials', 'CLIENT-CREDENTIALS']) {
+    await rk.checkSettings({ ...base, grant });
+    const store = new MemoryStore();
+    await store.create('x', { settings: { ...base, grant } });
+    assert.equal((await store.show('x')).settings.grant, grant.toLowerCase().replaceAll('_', '-'));
+  }
+  for (const clientAuth of ['private_key_jwt', 'Private-Key-JWT']) {
+    const store = new MemoryStore();
+    await store.create('x', { settings: { ...base, clientAuth, signing: { algorithm: 'ES256', keyEnv: 'SOME_KEY_VARIABLE' } } });
+    assert.equal((await store.show('x')).settings.client_auth, 'private_key_jwt', 'the column records the RFC spelling, as Rust and Python do');
+  }
 });

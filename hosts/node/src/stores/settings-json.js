@@ -6,10 +6,14 @@
 // A client secret given as a value is NOT written (the column says null):
 // the store holds tokens, not the app's client secret. One given as
 // `{ env: 'VAR' }` is written as that reference, as the Rust host keeps it.
+// A signing key is never written either: `signing` records its file
+// (`key_file`, absolute) or variable (`key_env`); a credential whose key is
+// only a KeyObject is refused (see signing.js).
 
 import { publicSuffixWildcard } from '../boundary.js';
 import { InvalidSettings } from '../errors.js';
-import { clientAuthOf, grantOf, strategyOf } from '../wit-values.js';
+import { storedSigning } from '../signing.js';
+import { claimsOf, clientAuthOf, grantOf, needsOf, strategyOf } from '../wit-values.js';
 
 /** @param {import('../../index.js').Settings} s */
 export function settingsJson(s) {
@@ -18,9 +22,10 @@ export function settingsJson(s) {
   const secret = s.clientSecret;
   const envName = secret !== null && typeof secret === 'object' ? /** @type {{env?: unknown}} */ (secret).env : undefined;
   const grant = grantOf(s.grant);
-  if (grant === 'client-credentials' && (secret === undefined || secret === null)) {
-    throw new InvalidSettings("grant 'client-credentials' needs a clientSecret");
-  }
+  const clientAuth = clientAuthOf(s.clientAuth);
+  const needs = needsOf(s, grant, clientAuth === 'private_key_jwt', secret !== undefined && secret !== null);
+  if (needs) throw new InvalidSettings(needs);
+  const signing = storedSigning(s.signing);
   // Not written at all: the Rust host sharing the store refuses such settings.
   const unmeant = publicSuffixWildcard(s);
   if (unmeant) throw new InvalidSettings(unmeant);
@@ -32,7 +37,7 @@ export function settingsJson(s) {
     token_url: s.tokenUrl,
     client_id: s.clientId,
     client_secret: typeof envName === 'string' ? { env: envName } : null,
-    client_auth: clientAuthOf(s.clientAuth), // the Rust host's spelling, whichever was given
+    client_auth: clientAuth, // the Rust host's spelling, whichever was given
     scope: s.scope ?? null,
     extra_params: pairs(s.extraParams),
     strategy: strategyOf(s.strategy),
@@ -50,5 +55,11 @@ export function settingsJson(s) {
   if (s.issuerSendsIss === true) json.issuer_sends_iss = true; // written only when set, as the Rust host does
   const authParams = pairs(s.authParams);
   if (authParams.length > 0) json.auth_params = authParams;
+  // As the Python host writes them (grant 'jwt-bearer' above).
+  if (grant === 'jwt-bearer') {
+    json.subject = s.subject;
+    json.claims = Object.fromEntries(claimsOf(s.claims));
+  }
+  if (signing !== undefined) json.signing = signing;
   return JSON.stringify(json);
 }
