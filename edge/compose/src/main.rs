@@ -2,7 +2,7 @@
 //! with wac-graph (the library behind `wac`), wiring by interface name:
 //!
 //! ```text
-//! effects ──types, host──▶ rekey (unchanged) ──client──▶ front ──▶ wasi:http/incoming-handler
+//! effects ──types, host, signer──▶ rekey (unchanged) ──client──▶ front ──▶ wasi:http/incoming-handler
 //!    └─────────────────types, relay──────────────────────▶ front
 //! ```
 //!
@@ -20,6 +20,7 @@ use wac_graph::{CompositionGraph, EncodeOptions, NodeId};
 
 const TYPES: &str = "rekey:oauth2/types@0.4.0";
 const HOST: &str = "rekey:oauth2/host@0.4.0";
+const SIGNER: &str = "rekey:oauth2/signer@0.4.0";
 const RELAY: &str = "rekey:edge/relay@0.2.0";
 const OPERATOR: &str = "rekey:edge/operator@0.2.0";
 const CLIENT: &str = "rekey:oauth2/client@0.4.0";
@@ -111,6 +112,8 @@ fn compose(effects: &[u8], rekey: &[u8], front: &[u8], noconfig: Option<&[u8]>) 
     let host = export(&mut graph, effects, HOST)?;
     plug(&mut graph, rekey, TYPES, types)?;
     plug(&mut graph, rekey, HOST, host)?;
+    let signer = export(&mut graph, effects, SIGNER)?;
+    plug(&mut graph, rekey, SIGNER, signer)?;
     let client = export(&mut graph, rekey, CLIENT)?;
     plug(&mut graph, front, TYPES, types)?;
     let relay = export(&mut graph, effects, RELAY)?;

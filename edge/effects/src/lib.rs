@@ -41,6 +41,7 @@ use alloc::vec::Vec;
 use core::cell::OnceCell;
 use exports::rekey::edge::relay::{self, ReceiveError};
 use exports::rekey::oauth2::host;
+use exports::rekey::oauth2::signer;
 use exports::rekey::oauth2::types::{
     self, BodyBorrow, CredentialRecord, Purpose, RequestHead, Response, StoredRecord,
     TransportError, WriteError,
@@ -157,6 +158,15 @@ impl host::Guest for Effects {
             log(&format!("writing the record: {m}"));
         }
         written
+    }
+}
+
+/// The proxy holds no private keys: `REKEY_CLIENT_AUTH` and `REKEY_GRANT`
+/// offer nothing that signs, so the component never asks; if it did, this
+/// says why it cannot.
+impl signer::Guest for Effects {
+    fn sign(_: types::SigningAlgorithm, _: Vec<u8>) -> Result<Vec<u8>, String> {
+        Err("the edge proxy holds no signing keys (private-key-jwt and jwt-bearer are not available at the edge)".into())
     }
 }
 

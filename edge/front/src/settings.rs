@@ -181,6 +181,7 @@ impl Settings {
                     lease_ttl_ms: millis("REKEY_LEASE_TTL_MS")?,
                     lease_wait_ms: millis("REKEY_LEASE_WAIT_MS")?,
                 },
+                signing: None,
             },
             upstream,
             max_request_bytes: config::number(&src, "REKEY_MAX_REQUEST_BYTES", 16 << 20)?,
