@@ -142,6 +142,36 @@ test('rejected-after-fresh-token', () => withProvider([], async (p) => {
   assert.equal(stats.token_calls, 1);
 }));
 
+// A provider that never says how long a token lives (Salesforce, GitHub,
+// Slack) and ends sessions at its own time: every call succeeds across three
+// session ends, one refresh each; a URL that always answers 401 costs one
+// refresh, and its evidence never blocks the next session end's refresh.
+test('no-expires-in-refresh-on-401', () => withProvider(['--no-expires-in'], async (p) => {
+  const rk = await rekey();
+  const store = await tempStore();
+  await store.create('crm', { settings: p.settings(), keys: imported(await p.authorize()) });
+  const get = (path) => rk.send({ credential: 'crm', store, settings: p.settings(), request: { url: p.api(path) } });
+  let ok = 0;
+  for (let call = 0; call < 10; call += 1) {
+    if (call % 3 === 1) await p.expireAccessTokens(); // the session ends
+    if ((await get('me')).status === 200) ok += 1;
+  }
+  assert.equal(ok, 10, '10 of 10 calls across 3 session ends');
+  assert.equal((await p.stats()).token_calls, 3);
+
+  for (let i = 0; i < 3; i += 1) {
+    const err = await get('reject').then(() => assert.fail('the API always rejects'), (e) => e);
+    assert.ok(err instanceof RejectedAfterRefresh, String(err));
+  }
+  assert.equal((await p.stats()).token_calls, 4, 'one refresh for the bad URL');
+  await p.expireAccessTokens();
+  assert.equal((await get('me')).status, 200);
+  const stats = await p.stats();
+  assert.equal(stats.token_calls, 5);
+  assert.equal(stats.invalid_grant, 0);
+  assert.equal('expires_at' in await stored(store, 'crm'), false, 'no lifetime was invented');
+}));
+
 test('invalid-grant', () => withProvider([], async (p) => {
   const rk = await rekey();
   const store = await tempStore();

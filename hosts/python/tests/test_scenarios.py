@@ -147,6 +147,37 @@ def test_rejected_after_fresh_token(client, provider, tmp_path):
     assert (d["api_calls"], d["token_calls"], d["refreshes_granted"]) == (2, 1, 1)
 
 
+def test_no_expires_in_refresh_on_401(client, provider_factory, tmp_path):
+    """A provider that never says how long a token lives (Salesforce, GitHub,
+    Slack) and ends sessions at its own time: every call succeeds across three
+    session ends, one refresh each; a URL that always answers 401 costs one
+    refresh, and its evidence never blocks the next session end's refresh."""
+    provider = provider_factory("--no-expires-in")
+    store = new_store(tmp_path, provider, provider.authorize())
+    before = provider.stats()
+
+    def get(path: str):
+        return send(client, provider.settings(), Request.get(provider.api_url + path), store)
+
+    ok = 0
+    for call in range(10):
+        if call % 3 == 1:
+            provider.admin("POST", "expire-access-tokens")  # the session ends
+        ok += get("me").status == 200
+    assert ok == 10, "10 of 10 calls across 3 session ends"
+    assert delta(provider.stats(), before)["token_calls"] == 3
+
+    for _ in range(3):
+        with pytest.raises(rekey.RejectedAfterRefresh):
+            get("reject")
+    assert delta(provider.stats(), before)["token_calls"] == 4, "one refresh for the bad URL"
+    provider.admin("POST", "expire-access-tokens")
+    assert get("me").status == 200
+    d = delta(provider.stats(), before)
+    assert (d["token_calls"], d["invalid_grant"]) == (5, 0)
+    assert "expires_at" not in stored(store), "no lifetime was invented"
+
+
 def test_invalid_grant(client, provider, tmp_path):
     store = new_store(tmp_path, provider, provider.authorize())
     provider.admin("POST", "revoke-all")
