@@ -84,7 +84,7 @@ class Testkit:
         self.proc.wait(timeout=10)
 
 
-POSTS = {"authorize", "revoke-all"}
+POSTS = {"authorize", "revoke-all", "expire-access-tokens"}
 
 
 SERVE_SH = Path(__file__).resolve().parent.parent / "serve.sh"

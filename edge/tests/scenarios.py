@@ -573,6 +573,38 @@ def client_credentials_without_keys(tk):
     print("   client credentials: no keys stored, 1 token fetched for 3 requests, no refresh token")
 
 
+def silent_provider():
+    """A provider that never says how long a token lives (Salesforce, GitHub,
+    Slack) and ends sessions at its own time: every request succeeds across
+    three session ends, one refresh each; a path that always answers 401
+    costs one refresh and never blocks the next session end's refresh."""
+    silent = Testkit(TESTKIT, "--no-expires-in")
+    try:
+        d = keys_dir("silent-provider", silent)
+        s = serve(silent, d, "silent-provider")
+        ok = 0
+        for call in range(10):
+            if call % 3 == 1:
+                silent.admin("expire-access-tokens")  # the session ends
+            ok += s.request("GET", f"/me/{call}")[0] == 200
+        assert ok == 10, f"{ok} of 10 requests answered 200"
+        assert silent.stats()["token_calls"] == 3, silent.stats()
+        for i in range(3):
+            status, _, body = s.request("GET", "/reject")
+            assert status == 401, (status, body)  # the upstream's own answer, passed through
+        assert silent.stats()["token_calls"] == 4, "more than one refresh for the always-401 path"
+        silent.admin("expire-access-tokens")
+        assert s.request("GET", "/me/after")[0] == 200
+        stats = silent.stats()
+        assert (stats["token_calls"], stats["invalid_grant"]) == (5, 0), stats
+        assert "expires_at" not in stored(d), "a lifetime was invented"
+        remember(stored(d))
+        s.stop()
+    finally:
+        silent.close()
+    print("   no expires_in: 10 of 10 requests over 3 session ends, 3 refreshes; an always-401 path: 1 refresh")
+
+
 def revoked_grant_costs_one_token_request(tk):
     d = keys_dir("revoked", tk)
     s = serve(tk, d, "revoked")
@@ -929,6 +961,7 @@ def main():
         lambda: configuration_from_the_environment(tk),
         lambda: misconfiguration_fails_closed(tk),
         lambda: client_credentials_without_keys(tk),
+        silent_provider,
         lambda: revoked_grant_costs_one_token_request(tk),  # revokes every grant: last
         lambda: no_secret_in_server_output(tk),
     ]
@@ -936,7 +969,8 @@ def main():
              "fifo-record", "sigkill-restart", "killed-mid-refresh",
              "caller-authorization", "one-mib-bodies", "migrated-in-doubt", "unreadable-record",
              "caller-secret", "wrong-host", "header-hygiene", "paths-and-methods", "keys-directory", "in-doubt-recovery",
-             "localhost-refused", "config-env-fallback", "misconfigured", "client-credentials", "revoked-grant", "no-secret-in-output"]
+             "localhost-refused", "config-env-fallback", "misconfigured", "client-credentials",
+             "silent-provider", "revoked-grant", "no-secret-in-output"]
     only = set(filter(None, os.environ.get("EDGE_ONLY", "").split(",")))  # e.g. EDGE_ONLY=revoked-grant
     failed = 0
     rows = []  # the report's table: what each scenario saw, from this run
