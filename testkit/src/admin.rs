@@ -51,6 +51,7 @@ pub fn stats_json(s: &Stats) -> Value {
         "client_credentials_granted": s.client_credentials_granted,
         "client_assertions_ok": s.client_assertions_ok,
         "assertions_refused": s.assertions_refused,
+        "multiple_client_auth": s.multiple_client_auth,
         "jwt_bearer_granted": s.jwt_bearer_granted,
         "last_assertion_subject": s.last_assertion_subject,
     })

@@ -118,6 +118,9 @@ pub struct Stats {
     pub client_assertions_ok: u32,
     /// Assertions refused (signature, claims, expiry or a replayed `jti`).
     pub assertions_refused: u32,
+    /// Token requests refused for using more than one client
+    /// authentication method at once (RFC 6749 §2.3).
+    pub multiple_client_auth: u32,
     /// Tokens issued for JWT bearer grant assertions: no refresh token.
     pub jwt_bearer_granted: u32,
     /// The `sub` of the last JWT bearer grant assertion accepted.
@@ -518,6 +521,17 @@ fn grant_refresh(
 
     let grant_type = form.get("grant_type").map(String::as_str);
     let bearer_grant = grant_type == Some(JWT_BEARER_GRANT);
+    // RFC 6749 §2.3: a client MUST NOT use more than one authentication
+    // method in a request (an assertion beside Basic or a secret).
+    let methods = usize::from(headers.contains_key(header::AUTHORIZATION))
+        + usize::from(form.contains_key("client_secret"))
+        + usize::from(
+            form.contains_key("client_assertion_type") || form.contains_key("client_assertion"),
+        );
+    if methods > 1 {
+        s.stats.multiple_client_auth += 1;
+        return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_request"));
+    }
     if form.get("client_assertion_type").map(String::as_str) == Some(CLIENT_ASSERTION_TYPE) {
         let subject = Some(p.config.client_id.as_str());
         let named = form
@@ -694,4 +708,68 @@ async fn api(
     let call = s.stats.api_calls;
     axum::Json(json!({ "ok": true, "path": path, "method": method.as_str(), "bytes": body.len(), "call": call }))
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider() -> Provider {
+        Provider {
+            assertion_key: None,
+            config: ProviderConfig::default(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state: Mutex::new(ProviderState::default()),
+            before_refresh_answer: Mutex::new(None),
+        }
+    }
+
+    fn basic(p: &Provider) -> HeaderMap {
+        let pair = format!("{}:{}", p.config.client_id, p.config.client_secret);
+        let value = base64::engine::general_purpose::STANDARD.encode(pair);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Basic {value}").parse().unwrap(),
+        );
+        headers
+    }
+
+    /// RFC 6749 §2.3: two client authentication methods in one request are
+    /// refused and counted, so a host that sent Basic beside an assertion
+    /// (or a secret) fails its tests instead of passing unnoticed.
+    #[test]
+    fn more_than_one_client_authentication_method_is_refused() {
+        let p = provider();
+        let id = p.config.client_id.clone();
+        let secret = p.config.client_secret.clone();
+        let assertion = format!(
+            "grant_type=client_credentials&client_id={id}\
+             &client_assertion_type={CLIENT_ASSERTION_TYPE}&client_assertion=x.y.z"
+        );
+        let with_secret =
+            format!("grant_type=client_credentials&client_id={id}&client_secret={secret}");
+        for (headers, body) in [
+            (basic(&p), assertion.clone()),
+            (basic(&p), with_secret.clone()),
+            (
+                HeaderMap::new(),
+                format!("{with_secret}&client_assertion_type={CLIENT_ASSERTION_TYPE}"),
+            ),
+        ] {
+            let refused = grant_refresh(&p, &headers, &Bytes::from(body)).err();
+            assert_eq!(refused.map(|r| r.status()), Some(StatusCode::BAD_REQUEST));
+        }
+        assert_eq!(p.stats().multiple_client_auth, 3);
+        // One method alone is judged on its merits (here: granted).
+        assert!(
+            grant_refresh(
+                &p,
+                &basic(&p),
+                &Bytes::from("grant_type=client_credentials")
+            )
+            .is_ok()
+        );
+        assert_eq!(p.stats().multiple_client_auth, 3);
+    }
 }
