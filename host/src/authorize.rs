@@ -23,8 +23,10 @@ use crate::bindings::rekey::oauth2::types as wit;
 use crate::error::{Category, Error, describe_transport};
 use crate::runtime::Rekey;
 use crate::settings::{ClientAuth, Settings, Strategy};
+use crate::signing::SigningKey;
 use crate::token_set::TokenSet;
 use serde::Deserialize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -284,8 +286,17 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-fn wit_settings(settings: &Settings) -> Result<wit::Settings, AuthorizeError> {
-    settings.to_wit().map_err(AuthorizeError::InvalidSettings)
+/// The WIT settings, and the private key that signs this flow's client
+/// assertions (private_key_jwt), loaded now: none when nothing is signed.
+fn wit_settings(
+    settings: &Settings,
+) -> Result<(wit::Settings, Option<Arc<SigningKey>>), AuthorizeError> {
+    let wit = settings.to_wit().map_err(AuthorizeError::InvalidSettings)?;
+    let key = settings
+        .signing_key()
+        .map_err(AuthorizeError::InvalidSettings)?
+        .map(Arc::new);
+    Ok((wit, key))
 }
 
 /// What a person needs to start the code grant.
@@ -322,7 +333,7 @@ impl Rekey {
         options: &CodeOptions,
         show: impl FnOnce(&CodePrompt),
     ) -> Result<TokenSet, AuthorizeError> {
-        let wsettings = wit_settings(settings)?;
+        let (wsettings, key) = wit_settings(settings)?;
         // Checked first: a deadline past the clock's range would panic.
         if options.timeout > MAX_TIMEOUT {
             return Err(AuthorizeError::InvalidSettings(format!(
@@ -342,6 +353,7 @@ impl Rekey {
                 name,
                 &wsettings.token_url,
                 None,
+                key.clone(),
                 CALL_TIMEOUT,
                 async |g, s| g.call_begin(s, &wsettings, &auth, &bytes).await,
             )
@@ -385,6 +397,7 @@ impl Rekey {
                     name,
                     &wsettings.token_url,
                     None,
+                    key.clone(),
                     CALL_TIMEOUT,
                     async |g, s| g.call_finish(s, &wsettings, &auth, &pending, query).await,
                 )
@@ -429,13 +442,14 @@ impl Rekey {
         settings: &Settings,
         show: impl FnOnce(&DevicePrompt),
     ) -> Result<TokenSet, AuthorizeError> {
-        let wsettings = wit_settings(settings)?;
+        let (wsettings, key) = wit_settings(settings)?;
         let auth = authorization(settings, String::new());
         let grant: DeviceGrant = self
             .run_authorize(
                 name,
                 &wsettings.token_url,
                 auth.device_url.as_deref(),
+                key.clone(),
                 CALL_TIMEOUT,
                 async |g, s| g.call_device_start(s, &wsettings, &auth).await,
             )
@@ -450,9 +464,14 @@ impl Rekey {
         });
         let bound = Duration::from_secs(u64::from(grant.expires_in)) + CALL_TIMEOUT;
         let body = self
-            .run_authorize(name, &wsettings.token_url, None, bound, async |g, s| {
-                g.call_device_poll(s, &wsettings, &grant).await
-            })
+            .run_authorize(
+                name,
+                &wsettings.token_url,
+                None,
+                key,
+                bound,
+                async |g, s| g.call_device_poll(s, &wsettings, &grant).await,
+            )
             .await??;
         TokenSet::import(&body).map_err(|e| AuthorizeError::Endpoint {
             at: TOKEN_ENDPOINT,

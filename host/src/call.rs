@@ -5,6 +5,7 @@
 //! performs effects and repeats the checks on where a token may go.
 
 use crate::bindings::rekey::oauth2::host::Host;
+use crate::bindings::rekey::oauth2::signer;
 use crate::bindings::rekey::oauth2::types::{
     self as wit, CredentialRecord, Purpose, RequestHead, Response, StoredRecord, TransportError,
     WriteError,
@@ -50,6 +51,9 @@ pub(crate) struct CallState {
     pub(crate) http_total_timeout: Duration,
     /// Where this credential's token may go.
     pub(crate) destinations: Destinations,
+    /// The credential's private key, for `signer.sign`; none when its
+    /// settings sign nothing.
+    pub(crate) signing_key: Option<Arc<crate::signing::SigningKey>>,
     /// Set once the component writes the record (a refresh began): the call
     /// then finishes whatever its caller does.
     pub(crate) must_finish: crate::drive::MustFinish,
@@ -96,6 +100,25 @@ impl WasiView for CallState {
 }
 
 impl wit::Host for CallState {}
+
+/// What `signer.sign` answers for a credential without a key.
+pub(crate) const NO_SIGNING_KEY: &str = "no signing key is configured for this credential";
+
+impl signer::Host for CallState {
+    /// Signs with the key of the credential this call runs for (as
+    /// `read-record` reads its record). Errors name the key's file or
+    /// variable, never the key.
+    async fn sign(
+        &mut self,
+        algorithm: wit::SigningAlgorithm,
+        input: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        match &self.signing_key {
+            None => Err(NO_SIGNING_KEY.into()),
+            Some(key) => key.sign_wit(algorithm, &input),
+        }
+    }
+}
 
 /// The component's view of a stored credential.
 pub(crate) fn to_wit(c: &Credential) -> StoredRecord {

@@ -69,6 +69,7 @@ mod private_fs;
 mod runtime;
 mod secret;
 pub mod settings;
+pub mod signing;
 pub mod store;
 mod tls;
 mod token_set;
@@ -82,7 +83,8 @@ pub use http::{HttpConfig, HttpsProxy};
 pub use message::{Request, Response};
 pub use runtime::{Config, Rekey, engine_config};
 pub use secret::Secret;
-pub use settings::{ClientAuth, ClientSecret, Settings, Strategy};
+pub use settings::{ClientAuth, ClientSecret, Grant, Settings, Strategy};
+pub use signing::{Signing, SigningAlgorithm, SigningKey, SigningKeySource};
 pub use store::{
     Credential, DeadGrant, KeyStore, Lease, MemoryStore, Record, RefreshMark, SqliteStore,
     StoreError,

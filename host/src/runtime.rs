@@ -2,7 +2,7 @@
 
 use crate::bindings::RefresherPre;
 use crate::bindings::rekey::oauth2::types::{FleetTiming, TransportError};
-use crate::bindings::rekey::oauth2::{host, types};
+use crate::bindings::rekey::oauth2::{host, signer, types};
 use crate::body;
 use crate::cache::{self, Origin};
 use crate::call::{self, CallState, Destinations};
@@ -127,10 +127,12 @@ impl Rekey {
             cache::load_or_compile(&engine, wasm, config.cache_dir.as_deref())?;
         let mut linker = Linker::<CallState>::new(&engine);
         // Exactly what the component imports: the clocks (and the pollable
-        // its sleeps wait on), randomness and rekey's host interface.
+        // its sleeps wait on), randomness, rekey's host interface and the
+        // signer (the credential's key, which stays here).
         add_wasi_to_linker(&mut linker)?;
         types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        signer::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         let pre = RefresherPre::new(linker.instantiate_pre(&component)?)?;
         start_epoch_ticker(&engine);
         Ok(Rekey {
@@ -196,6 +198,13 @@ impl Rekey {
             .to_wit()
             .map_err(Error::InvalidSettings)?;
         settings.fleet = self.inner.fleet;
+        // Loaded before anything is sent: a missing or wrong key is
+        // `InvalidSettings` now, never a request without its assertion.
+        let signing_key = credential
+            .settings
+            .signing_key()
+            .map_err(Error::InvalidSettings)?
+            .map(Arc::new);
         let destinations = Destinations::of(&credential)?;
         destinations.check(&url, name)?;
         // A credential's calls (which may all wait on its lease) take at most
@@ -205,6 +214,7 @@ impl Rekey {
         let key = warm::Key::new(&store, name);
         let mut state = self.new_state(name, &settings.token_url, store);
         state.destinations = destinations;
+        state.signing_key = signing_key;
         state.must_finish = must_finish;
         state.keys_seen = credential.keys.clone();
         state.loaded = Some(call::to_wit(&credential));
@@ -290,11 +300,13 @@ impl Rekey {
     /// refresh token); the host's own checks on every URL still apply, and
     /// token requests go only to `token_url`, device requests only to
     /// `device_url`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run_authorize<T>(
         &self,
         name: &str,
         token_url: &str,
         device_url: Option<&str>,
+        signing_key: Option<Arc<crate::signing::SigningKey>>,
         timeout: Duration,
         f: impl AsyncFnOnce(
             &crate::bindings::exports::rekey::oauth2::authorize::Guest,
@@ -304,6 +316,7 @@ impl Rekey {
         let _slot = self.slot().await?;
         let mut state = self.new_state(name, token_url, Arc::new(crate::MemoryStore::new()));
         state.device_url = device_url.map(str::to_owned);
+        state.signing_key = signing_key;
         let mut wstore = self.new_store(state);
         wstore.data_mut().deadline = Instant::now() + timeout;
         let ticks = timeout.as_millis() / EPOCH_TICK.as_millis();
@@ -381,6 +394,7 @@ impl Rekey {
             deadline: Instant::now() + inner.config.call_timeout,
             http_total_timeout: inner.config.http.total_timeout,
             destinations: Destinations::default(),
+            signing_key: None,
             must_finish: MustFinish::default(),
         }
     }

@@ -3,6 +3,7 @@
 
 use crate::bindings::rekey::oauth2::types as wit;
 use crate::secret::Secret;
+pub use crate::signing::{Signing, SigningAlgorithm, SigningKeySource};
 use serde::{Deserialize, Serialize};
 
 /// Where the client secret comes from.
@@ -26,6 +27,10 @@ pub enum ClientAuth {
     Basic,
     /// In the form body (`client_secret_post`).
     Post,
+    /// A JWT signed with the client's private key (RFC 7523 §2.2, OIDC
+    /// `private_key_jwt`): needs [`Settings::signing`]; the client secret is
+    /// never sent. Stored as `private_key_jwt`.
+    PrivateKeyJwt,
 }
 
 /// The one reading of an enum value every host shares: any case, `_` or `-`.
@@ -39,8 +44,9 @@ impl<'de> Deserialize<'de> for ClientAuth {
         match spelled(&value).as_str() {
             "basic" | "client-secret-basic" => Ok(ClientAuth::Basic),
             "post" | "client-secret-post" => Ok(ClientAuth::Post),
+            "private-key-jwt" => Ok(ClientAuth::PrivateKeyJwt),
             _ => Err(serde::de::Error::custom(format!(
-                "unknown client auth {value:?} (basic, post, client-secret-basic or client-secret-post)"
+                "unknown client auth {value:?} (basic, post, client-secret-basic, client-secret-post or private_key_jwt)"
             ))),
         }
     }
@@ -73,16 +79,137 @@ impl<'de> Deserialize<'de> for Strategy {
     }
 }
 
-/// How the credential gets new tokens.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// How the credential gets new tokens. Stored as `"grant"` (`refresh-token`,
+/// the default, is not written; `client-credentials`, `jwt-bearer`; read in
+/// every host's spelling) with the JWT bearer grant's `"subject"` and
+/// `"claims"` (an object of strings) beside it, as the other hosts write them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "GrantFields", into = "GrantFields")]
 pub enum Grant {
     /// Spend the stored refresh token; a person authorises first.
     #[default]
     RefreshToken,
     /// The client's own credentials (RFC 6749 §4.4): no authorisation, no
-    /// refresh token; needs a client secret.
+    /// refresh token; needs a client secret or `private_key_jwt`.
     ClientCredentials,
+    /// A signed assertion (RFC 7523 §2.1, e.g. a service account): like the
+    /// client-credentials grant (nothing stored first, no refresh token),
+    /// with a JWT built per request and signed with the key of
+    /// [`Settings::signing`].
+    JwtBearer {
+        /// `sub`: the principal the token is for.
+        subject: String,
+        /// Further claims with string values (in order), e.g. `scope`. The
+        /// registered ones (`iss`, `sub`, `aud`, `exp`, `iat`, `nbf`, `jti`)
+        /// cannot be set.
+        claims: Vec<(String, String)>,
+    },
+}
+
+impl Grant {
+    /// Nobody authorises it, nothing is stored first, and no refresh token
+    /// is kept: client credentials and the JWT bearer grant.
+    pub fn is_machine(&self) -> bool {
+        matches!(self, Grant::ClientCredentials | Grant::JwtBearer { .. })
+    }
+
+    /// `refresh-token`, `client-credentials` or `jwt-bearer`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Grant::RefreshToken => "refresh-token",
+            Grant::ClientCredentials => "client-credentials",
+            Grant::JwtBearer { .. } => "jwt-bearer",
+        }
+    }
+}
+
+/// The grant's fields in the settings column (flattened into it).
+#[derive(Serialize, Deserialize)]
+struct GrantFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    grant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claims: Option<Claims>,
+}
+
+impl TryFrom<GrantFields> for Grant {
+    type Error = String;
+
+    fn try_from(f: GrantFields) -> Result<Self, String> {
+        let Some(grant) = f.grant else {
+            return Ok(Grant::RefreshToken);
+        };
+        match spelled(&grant).as_str() {
+            "refresh-token" => Ok(Grant::RefreshToken),
+            "client-credentials" => Ok(Grant::ClientCredentials),
+            // A missing subject reads as empty: the check says what to set.
+            "jwt-bearer" => Ok(Grant::JwtBearer {
+                subject: f.subject.unwrap_or_default(),
+                claims: f.claims.map(|c| c.0).unwrap_or_default(),
+            }),
+            _ => Err(format!(
+                "unknown grant {grant:?} (refresh-token, client-credentials or jwt-bearer)"
+            )),
+        }
+    }
+}
+
+impl From<Grant> for GrantFields {
+    fn from(g: Grant) -> Self {
+        match g {
+            Grant::RefreshToken => GrantFields {
+                grant: None,
+                subject: None,
+                claims: None,
+            },
+            Grant::ClientCredentials => GrantFields {
+                grant: Some("client-credentials".into()),
+                subject: None,
+                claims: None,
+            },
+            Grant::JwtBearer { subject, claims } => GrantFields {
+                grant: Some("jwt-bearer".into()),
+                subject: Some(subject),
+                claims: Some(Claims(claims)),
+            },
+        }
+    }
+}
+
+/// Claims as a JSON object of strings.
+struct Claims(Vec<(String, String)>);
+
+impl Serialize for Claims {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Claims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Claims;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of claims with string values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Claims, A::Error> {
+                let mut claims = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    claims.push((k, v));
+                }
+                Ok(Claims(claims))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 fn default_margin() -> u32 {
@@ -97,7 +224,7 @@ fn default_rejected() -> Vec<u16> {
 /// A credential's settings: where and how to refresh.
 pub struct Settings {
     /// How new tokens are obtained (refresh token unless said otherwise).
-    #[serde(default, skip_serializing_if = "is_refresh_token")]
+    #[serde(flatten)]
     pub grant: Grant,
     /// The token endpoint: https, or http on loopback only.
     pub token_url: String,
@@ -153,10 +280,10 @@ pub struct Settings {
     /// Empty: `instance_url` is never used.
     #[serde(default)]
     pub instance_url_origins: Vec<String>,
-}
-
-fn is_refresh_token(g: &Grant) -> bool {
-    *g == Grant::RefreshToken
+    /// How the JWTs of `private_key_jwt` and the JWT bearer grant are
+    /// signed, and where the private key is (never the key itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<Signing>,
 }
 
 impl Settings {
@@ -180,6 +307,7 @@ impl Settings {
             issuer_sends_iss: false,
             api_origins: Vec::new(),
             instance_url_origins: Vec::new(),
+            signing: None,
         }
     }
 
@@ -219,15 +347,43 @@ impl Settings {
         if self.client_id.is_empty() {
             return Err("the client id is empty".into());
         }
-        if self.grant == Grant::ClientCredentials && self.client_secret.is_none() {
-            return Err("the client-credentials grant needs a client secret".into());
+        let private_key_jwt = self.client_auth == ClientAuth::PrivateKeyJwt;
+        if self.grant == Grant::ClientCredentials
+            && self.client_secret.is_none()
+            && !private_key_jwt
+        {
+            return Err(
+                "the client-credentials grant needs a client secret, or private_key_jwt client authentication with a signing key"
+                    .into(),
+            );
         }
-        const RESERVED: [&str; 5] = [
+        if let Grant::JwtBearer { subject, .. } = &self.grant
+            && subject.is_empty()
+        {
+            return Err(
+                "the jwt-bearer grant needs a subject: the assertion's sub (e.g. the service account)"
+                    .into(),
+            );
+        }
+        if self.signing.is_none() {
+            if matches!(self.grant, Grant::JwtBearer { .. }) {
+                return Err(
+                    "the jwt-bearer grant needs a signing key (algorithm and key file or variable)"
+                        .into(),
+                );
+            }
+            if private_key_jwt {
+                return Err("private_key_jwt client authentication needs a signing key (algorithm and key file or variable)".into());
+            }
+        }
+        const RESERVED: [&str; 7] = [
             "grant_type",
             "refresh_token",
             "client_id",
             "client_secret",
             "scope",
+            "client_assertion",
+            "client_assertion_type",
         ];
         if let Some((k, _)) = self
             .extra_params
@@ -293,11 +449,23 @@ impl Settings {
         self.wit_with_secret(self.client_secret.as_ref().map(|_| String::new()))
     }
 
+    /// The credential's private key, loaded now (a file or variable is read
+    /// at each call, so a rotated key counts at once) and checked against
+    /// the algorithm; none when it signs nothing. The error names the file
+    /// or variable, never the key.
+    pub fn signing_key(&self) -> Result<Option<crate::signing::SigningKey>, String> {
+        self.signing.as_ref().map(Signing::load).transpose()
+    }
+
     fn wit_with_secret(&self, client_secret: Option<String>) -> wit::Settings {
         wit::Settings {
-            grant: match self.grant {
+            grant: match &self.grant {
                 Grant::RefreshToken => wit::Grant::RefreshToken,
                 Grant::ClientCredentials => wit::Grant::ClientCredentials,
+                Grant::JwtBearer { subject, claims } => wit::Grant::JwtBearer(wit::JwtBearer {
+                    subject: subject.clone(),
+                    claims: claims.clone(),
+                }),
             },
             token_url: self.token_url.clone(),
             client_id: self.client_id.clone(),
@@ -305,6 +473,7 @@ impl Settings {
             client_auth: match self.client_auth {
                 ClientAuth::Basic => wit::ClientAuth::ClientSecretBasic,
                 ClientAuth::Post => wit::ClientAuth::ClientSecretPost,
+                ClientAuth::PrivateKeyJwt => wit::ClientAuth::PrivateKeyJwt,
             },
             scope: self.scope.clone(),
             extra_params: self.extra_params.clone(),
@@ -321,6 +490,13 @@ impl Settings {
                 lease_ttl_ms: 0,
                 lease_wait_ms: 0,
             },
+            // `aud`: as configured, else the issuer when known (RFC 7523bis),
+            // else the component uses the token URL.
+            signing: self.signing.as_ref().map(|s| wit::Signing {
+                algorithm: s.algorithm.to_wit(),
+                key_id: s.key_id.clone(),
+                audience: s.audience.clone().or_else(|| self.issuer.clone()),
+            }),
         }
     }
 }
@@ -357,8 +533,16 @@ mod tests {
         let every: Strategy = serde_json::from_value(serde_json::json!("Every_Request")).unwrap();
         assert_eq!(every, Strategy::EveryRequest);
         assert_eq!(serde_json::to_value(every).unwrap(), "every-request");
+        for spelling in ["private_key_jwt", "Private-Key-JWT"] {
+            let read: ClientAuth = serde_json::from_value(serde_json::json!(spelling)).unwrap();
+            assert_eq!(read, ClientAuth::PrivateKeyJwt);
+        }
+        assert_eq!(
+            serde_json::to_value(ClientAuth::PrivateKeyJwt).unwrap(),
+            "private_key_jwt"
+        );
         assert!(
-            serde_json::from_value::<ClientAuth>(serde_json::json!("private-key-jwt")).is_err()
+            serde_json::from_value::<ClientAuth>(serde_json::json!("tls_client_auth")).is_err()
         );
     }
 
@@ -495,6 +679,170 @@ mod tests {
                 .instance_url_origins
                 .is_empty()
         );
+    }
+
+    /// The settings column as the Node and Python hosts write it (grant
+    /// `jwt-bearer` with `subject` and `claims` beside it, `client_auth`
+    /// `private_key_jwt`, `signing` naming the key's file or variable): read,
+    /// written back the same, and its WIT settings as the component needs.
+    #[test]
+    fn signed_assertion_settings_are_stored_as_every_host_writes_them() {
+        let written_by_node = serde_json::json!({
+            "grant": "jwt-bearer",
+            "token_url": "https://idp.example/token",
+            "client_id": "svc",
+            "client_secret": null,
+            "client_auth": "private_key_jwt",
+            "scope": null,
+            "extra_params": [],
+            "strategy": "on-auth-failure",
+            "expiry_margin_secs": 60,
+            "rejected_statuses": [401],
+            "api_origins": ["https://api.example"],
+            "instance_url_origins": [],
+            "subject": "robot@example",
+            "claims": {"zeta": "1", "alpha": "2"},
+            "signing": {"algorithm": "ES256", "key_id": "k1", "key_file": "/etc/rekey/k.pem"},
+        });
+        let s = Settings::from_stored_json(&written_by_node.to_string()).unwrap();
+        assert_eq!(
+            s.grant,
+            Grant::JwtBearer {
+                subject: "robot@example".into(),
+                // A JSON object: read back in name order.
+                claims: vec![("alpha".into(), "2".into()), ("zeta".into(), "1".into())],
+            }
+        );
+        assert_eq!(s.client_auth, ClientAuth::PrivateKeyJwt);
+        let signing = s.signing.clone().unwrap();
+        assert_eq!(signing.algorithm, SigningAlgorithm::Es256);
+        assert_eq!(
+            signing.key,
+            SigningKeySource::File("/etc/rekey/k.pem".into())
+        );
+        assert!(s.check().is_ok(), "{:?}", s.check());
+        let mut back = serde_json::to_value(&s).unwrap();
+        for absent in ["authorization_url", "device_url", "issuer"] {
+            assert!(back.get(absent).is_none());
+        }
+        back.as_object_mut().unwrap().remove("scope");
+        let mut expected = written_by_node.clone();
+        expected.as_object_mut().unwrap().remove("scope");
+        assert_eq!(back, expected);
+        let wit = s.to_wit_unresolved();
+        let wit::Grant::JwtBearer(jwt) = &wit.grant else {
+            panic!("{:?}", wit.grant)
+        };
+        assert_eq!(jwt.subject, "robot@example");
+        assert_eq!(jwt.claims.len(), 2);
+        assert!(matches!(wit.client_auth, wit::ClientAuth::PrivateKeyJwt));
+        let signing = wit.signing.unwrap();
+        assert_eq!(signing.key_id.as_deref(), Some("k1"));
+        assert_eq!(
+            signing.audience, None,
+            "no issuer: the component uses the token URL"
+        );
+        // Python's spelling of the grant, and the issuer as the default audience.
+        let mut py = written_by_node.clone();
+        py["grant"] = "JWT_BEARER".into();
+        py["issuer"] = "https://idp.example".into();
+        let s = Settings::from_stored_json(&py.to_string()).unwrap();
+        assert!(matches!(s.grant, Grant::JwtBearer { .. }));
+        assert_eq!(
+            s.to_wit_unresolved().signing.unwrap().audience.as_deref(),
+            Some("https://idp.example")
+        );
+        let mut env = written_by_node;
+        env["signing"] =
+            serde_json::json!({"algorithm": "RS256", "audience": "https://aud", "key_env": "KEY"});
+        let s = Settings::from_stored_json(&env.to_string()).unwrap();
+        let signing = s.signing.clone().unwrap();
+        assert_eq!(signing.key, SigningKeySource::Env("KEY".into()));
+        assert_eq!(
+            s.to_wit_unresolved().signing.unwrap().audience.as_deref(),
+            Some("https://aud")
+        );
+        // A settings column of 0.3 (no grant, no signing) still loads as it was.
+        let old = r#"{"token_url":"https://idp.example/t","client_id":"a","api_origins":["*"]}"#;
+        let s = Settings::from_stored_json(old).unwrap();
+        assert_eq!(
+            (s.grant.clone(), s.signing.clone()),
+            (Grant::RefreshToken, None)
+        );
+        assert!(serde_json::to_value(&s).unwrap().get("grant").is_none());
+        let cc = r#"{"grant":"client-credentials","token_url":"https://idp.example/t","client_id":"a","client_secret":{"env":"S"}}"#;
+        let s = Settings::from_stored_json(cc).unwrap();
+        assert_eq!(s.grant, Grant::ClientCredentials);
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["grant"],
+            "client-credentials"
+        );
+        assert!(
+            Settings::from_stored_json(r#"{"grant":"password","token_url":"t","client_id":"a"}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn check_says_what_signed_assertions_need() {
+        let ok = Settings::new("https://idp.example/token", "app");
+        let signing = Some(Signing::key_env(SigningAlgorithm::Es256, "K"));
+        let jwt = |subject: &str| Grant::JwtBearer {
+            subject: subject.into(),
+            claims: vec![],
+        };
+        for (bad, says) in [
+            (
+                Settings {
+                    grant: Grant::ClientCredentials,
+                    ..ok.clone()
+                },
+                "needs a client secret, or private_key_jwt",
+            ),
+            (
+                Settings {
+                    grant: jwt("svc"),
+                    ..ok.clone()
+                },
+                "jwt-bearer grant needs a signing key",
+            ),
+            (
+                Settings {
+                    grant: jwt(""),
+                    signing: signing.clone(),
+                    ..ok.clone()
+                },
+                "needs a subject",
+            ),
+            (
+                ok.clone().with_auth(ClientAuth::PrivateKeyJwt),
+                "private_key_jwt client authentication needs a signing key",
+            ),
+            (
+                Settings {
+                    extra_params: vec![("client_assertion".into(), "x".into())],
+                    ..ok.clone()
+                },
+                "would override",
+            ),
+        ] {
+            let err = bad.check().unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
+        for good in [
+            Settings {
+                grant: Grant::ClientCredentials,
+                signing: signing.clone(),
+                ..ok.clone().with_auth(ClientAuth::PrivateKeyJwt)
+            },
+            Settings {
+                grant: jwt("svc"),
+                signing: signing.clone(),
+                ..ok.clone()
+            },
+        ] {
+            assert_eq!(good.check(), Ok(()));
+        }
     }
 
     #[test]

@@ -50,11 +50,12 @@ pub async fn run(
         let (store, name) = (store.clone(), name.clone());
         super::blocking(move || Ok(store.load(&name)?)).await?
     };
-    if credential.settings.grant == rekey::settings::Grant::ClientCredentials {
+    if credential.settings.grant.is_machine() {
         return Err(Failure::new(
             Exit::BadInput,
             format!(
-                "{name:?} uses the client-credentials grant: nobody authorises it; `rekey send` fetches its token"
+                "{name:?} uses the {} grant: nobody authorises it; `rekey send` fetches its token",
+                credential.settings.grant.name()
             ),
         ));
     }

@@ -1,7 +1,9 @@
 //! `rekey credential add|set|show|list|remove`.
 
 use super::{Exit, Failure};
-use rekey::settings::{ClientAuth, ClientSecret, Settings, Strategy};
+use rekey::settings::{
+    ClientAuth, ClientSecret, Grant, Settings, Signing, SigningKeySource, Strategy,
+};
 use rekey::store::check_name;
 use rekey::{KeyStore, Secret, TokenSet};
 use serde_json::json;
@@ -78,8 +80,10 @@ struct SettingsArgs {
     #[arg(long, value_name = "true|false")]
     issuer_sends_iss: Option<bool>,
     /// How new tokens are obtained: refresh-token (default: a person runs
-    /// `rekey authorize` first), or client-credentials (the client's own
-    /// grant, for machine-to-machine APIs: no authorisation, needs a secret).
+    /// `rekey authorize` first), client-credentials (the client's own
+    /// grant, for machine-to-machine APIs: no authorisation, needs a secret
+    /// or --client-auth private-key-jwt), or jwt-bearer (RFC 7523: a signed
+    /// assertion for --assertion-subject; needs a signing key).
     #[arg(long, value_enum)]
     grant: Option<GrantArg>,
     /// The provider's token endpoint (https://; http:// only on loopback).
@@ -114,9 +118,37 @@ struct SettingsArgs {
     /// No client secret (a public client).
     #[arg(long, group = "secret")]
     public_client: bool,
-    /// How to present the client secret at the token endpoint (default basic).
+    /// How the client authenticates at the token endpoint (default basic):
+    /// basic or post present the client secret; private-key-jwt a JWT
+    /// signed with the signing key (the secret is never sent).
     #[arg(long, value_enum)]
     client_auth: Option<AuthArg>,
+    /// The signature algorithm of the JWTs (private-key-jwt, jwt-bearer):
+    /// RS256 or ES256 (default: the key's: RSA is RS256, P-256 ES256).
+    #[arg(long, value_name = "RS256|ES256", value_parser = parse_algorithm)]
+    signing_alg: Option<rekey::SigningAlgorithm>,
+    /// The private key that signs them: a PEM file (PKCS#8, PKCS#1 RSA or
+    /// SEC1 EC; unencrypted), read at each call. Only its path is stored.
+    #[arg(long, group = "signing_key", value_name = "PATH")]
+    signing_key_file: Option<std::path::PathBuf>,
+    /// The private key in this environment variable (PEM), read at each
+    /// call. Only the variable's name is stored.
+    #[arg(long, group = "signing_key", value_name = "VAR")]
+    signing_key_env: Option<String>,
+    /// `kid` in the JWT header, when the server needs it to pick the key.
+    #[arg(long, value_name = "KID")]
+    signing_key_id: Option<String>,
+    /// The JWTs' `aud` (default: the issuer when known, else the token URL).
+    #[arg(long, value_name = "URL")]
+    assertion_audience: Option<String>,
+    /// With --grant jwt-bearer: the assertion's `sub`, the principal the
+    /// token is for (e.g. a service account).
+    #[arg(long, value_name = "SUB")]
+    assertion_subject: Option<String>,
+    /// With --grant jwt-bearer: a further claim with a string value,
+    /// `NAME=VALUE`; repeatable; given at all, they replace the stored ones.
+    #[arg(long = "assertion-claim", value_name = "NAME=VALUE")]
+    assertion_claims: Vec<String>,
     /// `scope` sent with each refresh.
     #[arg(long)]
     scope: Option<String>,
@@ -165,6 +197,9 @@ struct SettingsArgs {
 enum GrantArg {
     RefreshToken,
     ClientCredentials,
+    /// RFC 7523 §2.1: a signed assertion
+    #[value(alias = "jwt_bearer")]
+    JwtBearer,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -175,6 +210,13 @@ enum AuthArg {
     /// In the form body (client_secret_post)
     #[value(alias = "client-secret-post")]
     Post,
+    /// A JWT signed with the signing key (private_key_jwt)
+    #[value(alias = "private_key_jwt")]
+    PrivateKeyJwt,
+}
+
+fn parse_algorithm(value: &str) -> Result<rekey::SigningAlgorithm, String> {
+    rekey::SigningAlgorithm::parse(value)
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -280,7 +322,7 @@ fn set(
 ) -> Result<Exit, Failure> {
     let (a, retry_refresh) = (args.credential, args.retry_refresh);
     let mut settings = store.load(&a.name)?.settings;
-    let grant = settings.grant;
+    let grant = settings.grant.clone();
     a.settings.endpoints(&mut settings)?;
     a.settings.apply(&mut settings)?;
     check_with_component(&settings, cache_dir)?;
@@ -310,7 +352,7 @@ fn state(c: &rekey::Credential) -> String {
         (None, true, _) => "refresh in doubt".into(),
         (None, false, _) if c.refresh_mark.is_some() => "refresh in progress".into(),
         (None, false, Some(_)) => "keys stored".into(),
-        (None, false, None) if c.settings.grant == rekey::settings::Grant::ClientCredentials => {
+        (None, false, None) if c.settings.grant.is_machine() => {
             "no token yet (the first send fetches one)".into()
         }
         (None, false, None) => "no keys".into(),
@@ -356,10 +398,46 @@ impl SettingsArgs {
     fn apply(self, s: &mut Settings) -> Result<(), Failure> {
         if let Some(grant) = self.grant {
             s.grant = match grant {
-                GrantArg::RefreshToken => rekey::settings::Grant::RefreshToken,
-                GrantArg::ClientCredentials => rekey::settings::Grant::ClientCredentials,
+                GrantArg::RefreshToken => Grant::RefreshToken,
+                GrantArg::ClientCredentials => Grant::ClientCredentials,
+                GrantArg::JwtBearer => match &s.grant {
+                    // Kept when `set` names the grant it has.
+                    Grant::JwtBearer { .. } => s.grant.clone(),
+                    _ => Grant::JwtBearer {
+                        subject: String::new(),
+                        claims: Vec::new(),
+                    },
+                },
             };
         }
+        let claims = key_values("--assertion-claim", &self.assertion_claims)?;
+        match &mut s.grant {
+            Grant::JwtBearer {
+                subject,
+                claims: stored,
+            } => {
+                if let Some(sub) = &self.assertion_subject {
+                    sub.clone_into(subject);
+                }
+                if !claims.is_empty() {
+                    *stored = claims;
+                }
+            }
+            _ if self.assertion_subject.is_some() || !claims.is_empty() => {
+                return Err(bad(
+                    "--assertion-subject and --assertion-claim are for --grant jwt-bearer",
+                ));
+            }
+            _ => {}
+        }
+        apply_signing(
+            s,
+            self.signing_alg,
+            self.signing_key_file,
+            self.signing_key_env,
+            self.signing_key_id,
+            self.assertion_audience,
+        )?;
         if let Some(url) = self.token_url {
             s.token_url = url;
         }
@@ -379,6 +457,7 @@ impl SettingsArgs {
             s.client_auth = match auth {
                 AuthArg::Basic => ClientAuth::Basic,
                 AuthArg::Post => ClientAuth::Post,
+                AuthArg::PrivateKeyJwt => ClientAuth::PrivateKeyJwt,
             };
         }
         if self.scope.is_some() {
@@ -421,6 +500,72 @@ impl SettingsArgs {
         }
         Ok(())
     }
+}
+
+/// Lays the signing options over `s.signing`: a key given starts a new
+/// signing (its algorithm from `--signing-alg`, else the stored one, else
+/// the key's); the others change the stored one. The key is loaded once to
+/// check it (a key in an environment variable that is not set now is read
+/// at each call: only a warning). Errors name the file or variable, never
+/// the key.
+fn apply_signing(
+    s: &mut Settings,
+    alg: Option<rekey::SigningAlgorithm>,
+    key_file: Option<std::path::PathBuf>,
+    key_env: Option<String>,
+    key_id: Option<String>,
+    audience: Option<String>,
+) -> Result<(), Failure> {
+    let source = match (key_file, key_env) {
+        (Some(path), _) => Some(SigningKeySource::File(
+            std::path::absolute(&path).unwrap_or(path),
+        )),
+        (None, Some(var)) => Some(SigningKeySource::Env(var)),
+        (None, None) => None,
+    };
+    let changed = source.is_some() || alg.is_some() || key_id.is_some() || audience.is_some();
+    if !changed {
+        return Ok(());
+    }
+    let Some(source) = source.or_else(|| s.signing.as_ref().map(|g| g.key.clone())) else {
+        return Err(bad(
+            "--signing-alg, --signing-key-id and --assertion-audience need the signing key: --signing-key-file PATH or --signing-key-env VAR",
+        ));
+    };
+    let unset_env =
+        matches!(&source, SigningKeySource::Env(var) if std::env::var_os(var).is_none());
+    let algorithm = match alg.or(s.signing.as_ref().map(|g| g.algorithm)) {
+        Some(alg) => alg,
+        None if unset_env => {
+            return Err(bad(format!(
+                "{} is not set now, so the algorithm cannot be read from the key: give --signing-alg RS256 or ES256",
+                source.describe()
+            )));
+        }
+        None => source.load(None).map_err(bad)?.algorithm(),
+    };
+    let mut signing = Signing {
+        algorithm,
+        key_id: s.signing.as_ref().and_then(|g| g.key_id.clone()),
+        audience: s.signing.as_ref().and_then(|g| g.audience.clone()),
+        key: source,
+    };
+    if let Some(kid) = key_id {
+        signing.key_id = Some(kid);
+    }
+    if let Some(aud) = audience {
+        signing.audience = Some(aud);
+    }
+    if unset_env {
+        eprintln!(
+            "rekey: warning: {} is not set now; each call reads the key from it",
+            signing.key.describe()
+        );
+    } else {
+        signing.load().map_err(bad)?;
+    }
+    s.signing = Some(signing);
+    Ok(())
 }
 
 /// Runs the component's own check (`check-settings`, the rules `send`
@@ -520,7 +665,7 @@ fn describe(c: &rekey::Credential) -> serde_json::Value {
         "state": state(c),
         "updated_at": c.updated_at,
         "settings": {
-            "grant": s.grant,
+            "grant": s.grant.name(),
             "token_url": s.token_url,
             "client_id": s.client_id,
             "client_secret": secret,
@@ -554,6 +699,14 @@ fn describe_all(c: &rekey::Credential) -> serde_json::Value {
     if let Some(issuer) = &s.issuer {
         shown["issuer"] = json!(issuer);
         shown["issuer_sends_iss"] = json!(s.issuer_sends_iss);
+    }
+    if let Grant::JwtBearer { subject, claims } = &s.grant {
+        shown["subject"] = json!(subject);
+        shown["claims"] = claims.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    }
+    if let Some(signing) = &s.signing {
+        // Where the key is, never the key.
+        shown["signing"] = json!(signing);
     }
     v
 }
