@@ -326,6 +326,46 @@ impl Host for CallState {
 mod tests {
     use super::*;
 
+    /// `signer.sign` signs with the key of the call's credential; a call
+    /// whose credential has none answers the contract's error.
+    #[tokio::test]
+    async fn the_signer_answers_for_the_calls_credential_only() {
+        use signer::Host as _;
+        let rekey = crate::Rekey::new(crate::Config::default()).unwrap();
+        let mut state = rekey.new_state("c", "https://idp/t", Arc::new(crate::MemoryStore::new()));
+        let refused = state
+            .sign(wit::SigningAlgorithm::Es256, b"h.c".to_vec())
+            .await;
+        assert_eq!(refused, Err(NO_SIGNING_KEY.to_owned()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pem");
+        let made = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let key = crate::SigningKeySource::File(path).load(None).unwrap();
+        state.signing_key = Some(Arc::new(key));
+        let sig = state
+            .sign(wit::SigningAlgorithm::Es256, b"h.c".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(sig.len(), 64);
+        let wrong = state
+            .sign(wit::SigningAlgorithm::Rs256, b"h.c".to_vec())
+            .await
+            .unwrap_err();
+        assert!(wrong.contains("is for ES256, not RS256"), "{wrong}");
+    }
+
     /// The second line for the device endpoint: a `send` makes no device
     /// request (its body carries the client's credentials), and `authorize`
     /// sends one only to the device authorization URL it was given.

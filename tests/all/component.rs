@@ -19,8 +19,9 @@ fn the_release_component_fits_its_size_budget() {
 /// rekey's interface, clocks and randomness only) can link it: no
 /// `wasi:cli`, no filesystem or sockets, and no lease functions (contract
 /// 0.3: the record store's two effects are all the fleet protocol needs).
+/// Contract 0.4 adds the signer: one function, the key stays with the host.
 #[test]
-fn the_component_imports_exactly_the_host_interface_clocks_and_random() {
+fn the_component_imports_exactly_the_host_interface_signer_clocks_and_random() {
     let engine = wasmtime::Engine::default();
     let component = wasmtime::component::Component::new(&engine, rekey::GUEST_WASM).unwrap();
     let ty = component.component_type();
@@ -30,6 +31,7 @@ fn the_component_imports_exactly_the_host_interface_clocks_and_random() {
         imports,
         [
             "rekey:oauth2/host@0.4.0",
+            "rekey:oauth2/signer@0.4.0",
             "rekey:oauth2/types@0.4.0",
             "wasi:clocks/monotonic-clock@0.2.0",
             "wasi:clocks/wall-clock@0.2.0",
@@ -65,6 +67,7 @@ fn the_component_imports_exactly_the_host_interface_clocks_and_random() {
         functions("rekey:oauth2/host@0.4.0"),
         ["emit-update-keys", "http-send", "read-record"]
     );
+    assert_eq!(functions("rekey:oauth2/signer@0.4.0"), ["sign"]);
     assert_eq!(
         functions("rekey:oauth2/types@0.4.0"),
         ["[constructor]body", "[method]body.read"]

@@ -22,6 +22,7 @@ mod oidc_provider;
 mod refresh_and_retry;
 mod reliability;
 mod runtime_edges;
+mod signed_assertions;
 mod store_contract;
 mod store_faults;
 mod store_files;

@@ -1150,3 +1150,115 @@ fn client_credentials_against_oidc_provider() {
         peer.stderr_text()
     );
 }
+
+/// How many expiries the private_key_jwt scenario lives through.
+const PKJWT_EXPIRIES: u64 = 2;
+
+/// private_key_jwt against the real provider: client-credentials clients
+/// registered with only the public JWK of an ES256 key made for this test
+/// (no client secret at all), added through the CLI with the private key's
+/// file; one signs its assertions for the token endpoint URL (the default
+/// `aud`), one for the issuer (`--assertion-audience`). oidc-provider checks
+/// each assertion itself (signature, `iss` = `sub` = client id, `aud`,
+/// `exp`, and refuses a `jti` it has seen). Across PKJWT_EXPIRIES expiries:
+/// one token per expiry plus the first, every one authenticated by
+/// private_key_jwt, no error, and the key never in rekey's output.
+#[test]
+fn private_key_jwt_against_oidc_provider() {
+    use crate::signed_assertions::TestKey;
+    let Some(node) = peers::node() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = TestKey::new(dir.path(), "client.pem", rekey::SigningAlgorithm::Es256);
+    let clients = ["rekey-pkjwt-token-url", "rekey-pkjwt-issuer"];
+    let peer = Peer::start_with(
+        &node,
+        clients
+            .iter()
+            .map(|id| {
+                json!({
+                    "client_id": id,
+                    "token_endpoint_auth_method": "private_key_jwt",
+                    "grant_types": ["client_credentials"],
+                    "jwks": {"keys": [key.ec_jwk("rekey-test-key")]},
+                })
+            })
+            .collect(),
+    );
+    let store = dir.path().join("rekey.db");
+    let (token_url, issuer) = (peer.url("/token"), peer.issuer());
+    let key_file = key.path.to_str().unwrap();
+    for id in clients {
+        let mut args = vec![
+            "credential",
+            "add",
+            id,
+            "--grant",
+            "client-credentials",
+            "--client-auth",
+            "private-key-jwt",
+            "--signing-key-file",
+            key_file,
+            "--signing-key-id",
+            "rekey-test-key",
+            "--token-url",
+            &token_url,
+            "--client-id",
+            id,
+            "--api-origin",
+            &issuer,
+        ];
+        if id.ends_with("issuer") {
+            args.extend(["--assertion-audience", &issuer]);
+        }
+        let out = rekey_cli(&store, &args);
+        assert!(out.status.success(), "{id}: {}", all_output(&out));
+        key.assert_not_in(&all_output(&out), "credential add");
+    }
+    for round in 0..=PKJWT_EXPIRIES {
+        if round > 0 {
+            std::thread::sleep(PAST_EXPIRY);
+        }
+        for id in clients {
+            let out = rekey_cli(&store, &["-v", "send", id, &peer.url("/_api/whoami")]);
+            let text = all_output(&out);
+            assert!(
+                out.status.success(),
+                "{id}: round {round}: {text}\nserver.mjs stderr:\n{}",
+                peer.stderr_text()
+            );
+            key.assert_not_in(&text, "rekey send");
+            let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            assert_eq!(answer["client_id"], id, "round {round}");
+            let (keys, _) = stored(&store, id).unwrap();
+            assert!(
+                parse_keys(id, &keys)
+                    .unwrap()
+                    .get("refresh_token")
+                    .is_none()
+            );
+        }
+    }
+    let stats = peer.get_json("/_stats");
+    for id in clients {
+        let s = &stats["clients"][id];
+        let grants = PKJWT_EXPIRIES + 1;
+        assert_eq!(s["grant_errors"], json!({}), "{id}: {s}");
+        assert_eq!(count(&s["client_credentials"]), grants, "{id}: {s}");
+        assert_eq!(
+            s["auth_seen"],
+            json!({"basic": 0, "post": 0, "private_key_jwt": grants, "none": 0}),
+            "{id}"
+        );
+        assert_eq!(
+            (count(&s["api_ok"]), count(&s["api_rejected"])),
+            (grants, PKJWT_EXPIRIES),
+            "{id}: one 401 per expiry (on-auth-failure), then 200"
+        );
+    }
+    assert_eq!(count(&stats["server_errors"]), 0);
+    eprintln!(
+        "oidc-provider private_key_jwt: {} clients x {} tokens, aud = token URL and issuer, 0 errors",
+        clients.len(),
+        PKJWT_EXPIRIES + 1
+    );
+}

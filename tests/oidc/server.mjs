@@ -6,11 +6,16 @@
 //
 // Each option may come from the environment instead: OIDC_PORT (default 0, an
 // ephemeral port), OIDC_ACCESS_TOKEN_TTL (default 2), OIDC_CLIENTS (a JSON
-// array of {client_id, client_secret, token_endpoint_auth_method?,
-// redirect_uris?, grant_types?, application_type?}; default: one client_secret_basic and one
+// array of {client_id, client_secret?, token_endpoint_auth_method?,
+// redirect_uris?, grant_types?, application_type?, jwks?}; default: one client_secret_basic and one
 // client_secret_post client, and rekey-m2m (client_secret_basic, grant_types
 // ['client_credentials'] only). A client whose grant types are client_credentials
 // without authorization_code gets no response types and no redirect URIs.
+// A client with token_endpoint_auth_method 'private_key_jwt' registers its
+// public keys as `jwks` ({keys: [JWK]}) and needs no client_secret: it
+// authenticates with a signed client_assertion (RFC 7523 §2.2), which
+// oidc-provider checks (signature, iss = sub = client_id, aud its issuer or
+// token endpoint, exp, and a jti never used before).
 // OIDC_VERBOSE=1 lets oidc-provider's own development notices through to stderr.
 //
 // The client-credentials grant (RFC 6749 §4.4) is enabled; its access tokens
@@ -34,7 +39,8 @@
 // GET /_stats answers counters the test checks, per client_id:
 //   code_exchanges, refreshes      successful token endpoint grants
 //   client_credentials             successful client_credentials grants
-//   auth_seen {basic, post, none}  how the client authenticated at /token on those
+//   auth_seen {basic, post, private_key_jwt, none}
+//                                  how the client authenticated at /token on those
 //   grant_errors {code: n}         token endpoint errors (e.g. invalid_grant)
 //   grants_revoked                 grants revoked (e.g. for a reused refresh token)
 //   userinfo_ok, userinfo_rejected /me answers 200 and 401 (by the bearer token's client)
@@ -105,7 +111,8 @@ clients = clients.map((c) => {
   const m2m = grantTypes.includes('client_credentials') && !grantTypes.includes('authorization_code');
   return {
     client_id: c.client_id,
-    client_secret: c.client_secret,
+    ...(c.client_secret !== undefined ? { client_secret: c.client_secret } : {}),
+    ...(c.jwks !== undefined ? { jwks: c.jwks } : {}),
     token_endpoint_auth_method: c.token_endpoint_auth_method ?? 'client_secret_basic',
     grant_types: grantTypes,
     response_types: m2m ? [] : ['code'],
@@ -127,7 +134,7 @@ function statsFor(clientId) {
     code_exchanges: 0,
     refreshes: 0,
     client_credentials: 0,
-    auth_seen: { basic: 0, post: 0, none: 0 },
+    auth_seen: { basic: 0, post: 0, private_key_jwt: 0, none: 0 },
     grant_errors: {},
     grants_revoked: 0,
     userinfo_ok: 0,
@@ -207,6 +214,9 @@ function createProvider(issuer) {
     if (grantType === 'client_credentials') s.client_credentials += 1;
     if (/^basic\s/i.test(ctx.get('authorization') ?? '')) s.auth_seen.basic += 1;
     else if (ctx.oidc.body?.client_secret !== undefined) s.auth_seen.post += 1;
+    else if (ctx.oidc.body?.client_assertion !== undefined && ctx.oidc.client?.tokenEndpointAuthMethod === 'private_key_jwt') {
+      s.auth_seen.private_key_jwt += 1;
+    }
     else s.auth_seen.none += 1;
   });
   provider.on('grant.error', (ctx, err) => {
