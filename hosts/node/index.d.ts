@@ -21,7 +21,13 @@ export type Grant = 'refresh-token' | 'client-credentials' | 'jwt-bearer' | 'ref
 /**
  * How the JWTs of `private_key_jwt` and the `jwt-bearer` grant are signed
  * (RFC 7523), and with which private key: exactly one of `keyFile`, `keyEnv`
- * and `key`. A file or variable is read at each call; PEM, unencrypted:
+ * and `key`. A file or variable is read only when the component asks for a
+ * signature, at each one (a call whose stored token is valid reads no key; a
+ * key replaced by an atomic rename is used at the next); `keyFile` must be a
+ * regular file (a symbolic link to one is followed) of 64 KiB at most. The
+ * host signs only the assertion these settings describe (its `alg`, `kid`,
+ * `iss`, `sub`, `aud`, a lifetime of 300 s at most, the configured claims).
+ * PEM, unencrypted:
  * PKCS#8 (`BEGIN PRIVATE KEY`), PKCS#1 RSA or SEC1 EC. RS256 needs RSA of
  * 2048 bits or more, ES256 a P-256 key. The key signs on this host; it never
  * enters the component, and errors name the file or variable, never the key.
@@ -31,7 +37,7 @@ export interface Signing {
   algorithm: 'RS256' | 'ES256' | (string & {});
   /** `kid` in the JWT header, when the server needs it to pick the key. */
   keyId?: string;
-  /** `aud`: the authorization server's issuer identifier. Unset: the token URL. */
+  /** `aud`: the authorization server's issuer identifier. Unset: the settings' `issuer` when set, else the token URL. */
   audience?: string;
   /** A PEM file holding the private key (a store's settings column records its absolute path). */
   keyFile?: string;

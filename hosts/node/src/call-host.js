@@ -2,18 +2,20 @@
 // HTTP (with the boundary checks as a second line behind the component's),
 // and the record store (`read-record`, `emit-update-keys` as a conditional
 // write); and the `signer` interface: the credential's private key signs the
-// JWTs the component builds (synchronous: no I/O). Effects only: the component runs the whole fleet protocol on the
+// JWTs the component builds, each checked first against the settings
+// (checkAssertion), the key read only then (synchronous: a small file or
+// variable). Effects only: the component runs the whole fleet protocol on the
 // record and classifies every answer. Engine-agnostic: every method is
 // async and resolves to {ok, value} or {ok: false, error} with the WIT
 // payload, which the JSPI and worker engines turn into the import's result.
 // Never throws.
 
 import { loggableTarget, refusal } from './boundary.js';
-import { StoreError } from './errors.js';
+import { InvalidSettings, StoreError } from './errors.js';
 import { fromWit, toWit } from './record.js';
-import { NO_KEY } from './signing.js';
+import { NO_KEY, checkAssertion, loadSigningKey } from './signing.js';
 import { WriteUnknown } from './stores/base.js';
-import { signingKeyOf } from './wit-values.js';
+import { assertionRules, signingSourceOf } from './wit-values.js';
 
 /** Time kept in hand after a token exchange, to store its result. */
 const SPEND_MARGIN_MS = 1_000;
@@ -28,7 +30,7 @@ export class CallHost {
    * @param {string} [o.record]  the record's name in `store`
    * @param {{read: Function, write: Function}} [o.store]  none: an authorize call (no record)
    * @param {{tokenUrl: string, apiOrigins: string[], instanceUrlOrigins: string[]}} o.settings  the WIT settings
-   *   (made by toWitSettings, which keeps their signing key aside: see signingKeyOf)
+   *   (made by toWitSettings, which keeps where their signing key is aside: see signingSourceOf)
    * @param {string} [o.deviceUrl]  the device authorization URL (an authorize call's; a send has none)
    * @param {import('./http.js').HttpClient} o.http
    * @param {number} o.deadline  epoch ms after which no refresh token is spent
@@ -46,18 +48,33 @@ export class CallHost {
     this.deadline = o.deadline;
     this.onEvent = o.onEvent;
     this.stopSending = o.stopSending;
-    this.signingKey = signingKeyOf(o.settings);
+    this.signing = signingSourceOf(o.settings);
   }
 
   /**
-   * The WIT `signer.sign`, with the credential's key. Synchronous and never
-   * throws: the import's result, its error naming no key material.
+   * The WIT `signer.sign`, with the credential's key. First the host's own
+   * check: `input` must be the assertion these settings describe
+   * (checkAssertion: header, iss, sub, aud, iat/exp, jti, claims), else it
+   * is refused naming what failed and nothing is signed. Only then is the key
+   * loaded (its file or variable read now: a call that signs nothing reads
+   * no key). Synchronous and never throws: the import's result, its error
+   * naming no key material and quoting no input.
    * @param {string} algorithm  'rs256' | 'es256'
    * @param {Uint8Array} input  the JWT's `header.claims`
    */
   sign(algorithm, input) {
-    if (!this.signingKey) return { ok: false, error: NO_KEY };
-    return this.signingKey.sign(algorithm, input);
+    if (!this.signing) return { ok: false, error: NO_KEY };
+    let key;
+    try {
+      const refusal = checkAssertion(input, algorithm, assertionRules(this.settings));
+      if (refusal) return { ok: false, error: refusal };
+      key = loadSigningKey(this.signing);
+    } catch (err) {
+      // InvalidSettings says what is wrong with the key's source (never the key).
+      const detail = err instanceof InvalidSettings ? err.message.replace(/^credential settings are unusable: /, '') : `the signing key could not be loaded (${err?.name ?? 'error'})`;
+      return { ok: false, error: detail };
+    }
+    return key.sign(algorithm, input);
   }
 
   /**

@@ -19,7 +19,8 @@ import { HttpClient } from './http.js';
 import { CallbackStore } from './stores/memory.js';
 import { RecordStoreBase } from './stores/base.js';
 import { settingsJson } from './stores/settings-json.js';
-import { RekeyResponse, grantOf, keysJson, toWitRequest, toWitSettings } from './wit-values.js';
+import { loadSigningKey } from './signing.js';
+import { RekeyResponse, grantOf, keysJson, signingSourceOf, toWitRequest, toWitSettings } from './wit-values.js';
 
 const PACKAGE_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -261,7 +262,9 @@ export class Rekey {
    * Checks `settings` by exactly the rules the component's `send` applies to
    * them (its `check-settings`): call it when a credential is created or
    * changed, so what is accepted then is not refused at `send`. The
-   * authorisation flows call it before anything starts.
+   * authorisation flows call it before anything starts. With `signing`, the
+   * key is loaded too (its file or variable read) and checked against the
+   * algorithm, as a send does when it signs.
    * @param {import('../index.js').Settings} settings
    * @throws {InvalidSettings} saying what is wrong and how to fix it
    */
@@ -271,6 +274,10 @@ export class Rekey {
     const outcome = await this.#engine.invoke('checkSettings', [wsettings], host, { timeoutMs: this.#options.callTimeoutMs });
     if ('trap' in outcome) throw new ComponentError(`the component trapped checking the settings: ${outcome.trap?.message ?? outcome.trap}`);
     if (!outcome.ok) throw new InvalidSettings(String(outcome.error));
+    // A send reads the key only when it signs; a credential being created or
+    // changed finds out now whether its key is there and fits.
+    const signing = signingSourceOf(wsettings);
+    if (signing !== undefined) loadSigningKey(signing);
   }
 
   /**

@@ -5,7 +5,7 @@
 import { publicSuffixWildcard } from './boundary.js';
 import { InvalidRequest, InvalidSettings, UnrepresentableResponse } from './errors.js';
 import { Secret, reveal } from './secret.js';
-import { loadSigningKey, signingOf } from './signing.js';
+import { signingOf } from './signing.js';
 
 // The same spellings as every host: the WIT names ('client-secret-basic',
 // as Python's ClientAuth values), the short ones the Rust host's settings
@@ -23,8 +23,12 @@ const CLIENT_AUTH = {
 const WIT_CLIENT_AUTH = { basic: 'client-secret-basic', post: 'client-secret-post', private_key_jwt: 'private-key-jwt' };
 export const STRATEGIES = ['on-auth-failure', 'every-request', 'before-expiry'];
 export const GRANTS = ['refresh-token', 'client-credentials', 'jwt-bearer'];
-/** The private key of each call's WIT settings (kept out of them: they go to worker threads). */
-const SIGNING_KEYS = new WeakMap();
+/**
+ * Where the private key of each call's WIT settings is (kept out of them:
+ * they go to worker threads), loaded only when the component asks for a
+ * signature.
+ */
+const SIGNING_SOURCES = new WeakMap();
 const DEFAULT_EXPIRY_MARGIN_SECS = 60;
 
 /**
@@ -76,10 +80,10 @@ export function toWitSettings(s) {
   // creating a credential that could never get a token.
   const needs = needsOf(s, grant, clientAuth === 'private-key-jwt', clientSecret !== undefined);
   if (needs) throw new InvalidSettings(needs);
+  // Checked here; its key is read only when the component asks for a
+  // signature (a call whose stored token is still valid reads none), at each
+  // signature, so a rotated file or variable counts at once.
   const signing = signingOf(s.signing);
-  // Loaded at each call (a rotated file or variable counts at once), before
-  // anything is sent: a missing or wrong key is InvalidSettings here.
-  const key = signing === undefined ? undefined : loadSigningKey(signing);
   const wit = {
     grant: grant === 'jwt-bearer'
       ? { tag: grant, val: { subject: s.subject, claims: claimsOf(s.claims) } }
@@ -96,20 +100,53 @@ export function toWitSettings(s) {
     apiOrigins: [...origins],
     instanceUrlOrigins: [...instanceOrigins],
     fleet: { leaseTtlMs: ms('leaseTtlMs'), leaseWaitMs: ms('leaseWaitMs') },
-    signing: signing === undefined ? undefined : { algorithm: signing.algorithm, keyId: signing.keyId, audience: signing.audience },
+    signing: signing === undefined ? undefined : { algorithm: signing.algorithm, keyId: signing.keyId, audience: audienceOf(s, signing) },
   };
-  if (key !== undefined) SIGNING_KEYS.set(wit, key);
+  if (signing !== undefined) SIGNING_SOURCES.set(wit, signing);
   return wit;
 }
 
 /**
- * The private key that signs for these WIT settings (made by toWitSettings),
- * or undefined when they have none.
- * @param {object} witSettings
- * @returns {import('./signing.js').SigningKey | undefined}
+ * The assertions' `aud` given to the component: `signing.audience` as
+ * configured, else the credential's `issuer` (rfc7523bis: the authorization
+ * server's issuer identifier), else none (the component uses the token URL).
+ * @param {{issuer?: unknown}} s
+ * @param {{audience?: string}} signing
  */
-export function signingKeyOf(witSettings) {
-  return SIGNING_KEYS.get(witSettings);
+function audienceOf(s, signing) {
+  if (signing.audience !== undefined) return signing.audience;
+  return typeof s.issuer === 'string' && s.issuer !== '' ? s.issuer : undefined;
+}
+
+/**
+ * The checked signing settings of these WIT settings (made by
+ * toWitSettings), their key not yet loaded (loadSigningKey), or undefined
+ * when they have none.
+ * @param {object} witSettings
+ * @returns {ReturnType<typeof signingOf>}
+ */
+export function signingSourceOf(witSettings) {
+  return SIGNING_SOURCES.get(witSettings);
+}
+
+/**
+ * What the host's check of an assertion (checkAssertion) expects, from the
+ * WIT settings the component was given: their algorithm and key id, the
+ * client id, the jwt-bearer subject and claims, and the audience they name
+ * or else the token URL (as the component chooses it).
+ * @param {any} witSettings
+ * @returns {import('./signing.js').AssertionRules}
+ */
+export function assertionRules(witSettings) {
+  const bearer = witSettings.grant?.tag === 'jwt-bearer' ? witSettings.grant.val : undefined;
+  return {
+    algorithm: witSettings.signing.algorithm,
+    keyId: witSettings.signing.keyId,
+    clientId: witSettings.clientId,
+    subject: bearer?.subject,
+    claims: bearer?.claims ?? [],
+    audience: witSettings.signing.audience ?? witSettings.tokenUrl,
+  };
 }
 
 /**
@@ -188,8 +225,9 @@ export function grantOf(grant) {
 function clientSecretOf(v) {
   if (v === undefined || v === null) return undefined;
   if (typeof v === 'object' && !(v instanceof Secret) && typeof v.env === 'string') {
-    const value = process.env[v.env];
-    if (value === undefined) throw new InvalidSettings(`the client secret's environment variable ${v.env} is not set`);
+    // Own variables only: 'constructor' or '__proto__' is not set, not Object's.
+    const value = Object.hasOwn(process.env, v.env) ? process.env[v.env] : undefined;
+    if (typeof value !== 'string') throw new InvalidSettings(`the client secret's environment variable ${v.env} is not set`);
     return value;
   }
   return String(reveal(v));
