@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 from wasmtime.component import Record
 
-from . import errors, http, origins, signing, wit
+from . import errors, http, origins, wit
 from .http import HttpConfig
 from .model import Request, first_token_set
 from .runtime import Bodies
@@ -190,9 +190,10 @@ class AuthorizeImports:
         return wit.write_error("failed", "authorisation stores nothing through the component")
 
     def sign(self, algorithm: str, data: bytes):
-        # private_key_jwt: each code exchange and device poll carries a fresh assertion.
+        # private_key_jwt: each code exchange and device poll carries a fresh assertion,
+        # checked by the host before it is signed.
         with self._unlocked():
-            return signing.sign_for(self._settings.signing, algorithm, data)
+            return wit.sign_assertion(self._settings, algorithm, data)
 
 
 def _log_exchange(req: Request, kind: str, outcome, started: float) -> None:

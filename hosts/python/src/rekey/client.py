@@ -396,10 +396,11 @@ class CallState:
         return version
 
     def sign(self, algorithm: str, data: bytes):
-        """``signer.sign`` with the key of this call's settings (read now,
-        outside the component lock)."""
+        """``signer.sign`` with the key of this call's settings: the host's
+        check of what it signs first, then the key, read now (outside the
+        component lock)."""
         with self._unlocked():
-            return signing.sign_for(self._settings.signing, algorithm, data)
+            return wit.sign_assertion(self._settings, algorithm, data)
 
     def _write_error(self, kind: str, message: str, keys: str):
         message = scrub_keys(message, keys) if keys else message

@@ -7,18 +7,29 @@ the optional ``kid`` and audience, and where the key is: a PEM file
 (``key_file``), an environment variable holding the PEM (``key_env``), or
 a key object in memory (``key``, for calls that pass their settings each
 time; a store never holds a private key). The key is loaded when the
-component asks for a signature, so a credential whose token is still valid
-touches no key at all.
+component asks for a signature, at each one, so a credential whose token is
+still valid touches no key at all, and a key replaced by an atomic rename is
+used at the next signature. A key file must be a regular file (symbolic links
+followed), opened without blocking and read to 64 KiB at most.
+
+Before signing, :func:`check_assertion` checks what the component asks the
+host to sign (the same rule in every host): only the assertion the
+credential's settings describe is signed.
 
 Every message here names the file or the variable, never the key's text."""
 
 from __future__ import annotations
 
+import base64
 import enum
+import json
 import logging
+import math
 import os
 import re
-from dataclasses import dataclass
+import stat
+import time
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -91,7 +102,8 @@ class Signing:
     ``algorithm``: ``"RS256"`` or ``"ES256"``. ``key_id``: the ``kid`` in
     the JWT header, when the server needs it to pick the key. ``audience``:
     the ``aud`` claim, the authorization server's issuer identifier (None:
-    the token URL). Exactly one of ``key_file`` (a PEM file, read when a
+    the settings' ``issuer`` when set, else the token URL). Exactly one of
+    ``key_file`` (a regular PEM file of 64 KiB at most, read when a
     signature is needed), ``key_env`` (the name of an environment variable
     holding the PEM) or ``key`` (a ``cryptography`` RSA or EC private key
     object, checked now; never written to a store). PEM keys may be PKCS#8,
@@ -242,12 +254,7 @@ def signing_of(value: "Signing | dict | None") -> Optional[Signing]:
 def _read_source(signing: Signing) -> bytes:
     where = signing.source
     if signing.key_file is not None:
-        try:
-            with open(signing.key_file, "rb") as f:
-                data = f.read(MAX_KEY_BYTES + 1)
-        except OSError as e:
-            reason = e.strerror or type(e).__name__
-            raise InvalidSettings(f"{where} cannot be read ({reason})") from None
+        data = _read_key_file(signing.key_file, where)
     else:
         text = os.environ.get(signing.key_env or "")
         if text is None:
@@ -256,6 +263,79 @@ def _read_source(signing: Signing) -> bytes:
     if len(data) > MAX_KEY_BYTES:
         raise InvalidSettings(f"{where} is larger than {MAX_KEY_BYTES // 1024} KiB: not a private key ({_EXPECTED})")
     return data
+
+
+def _read_key_file(path: str, where: str) -> bytes:
+    """At most MAX_KEY_BYTES + 1 bytes of a key file: opened without blocking
+    (a FIFO with no writer must not hang the call), a regular file only (not
+    /dev/zero, a FIFO, a socket or a directory), symbolic links followed
+    (Kubernetes mounts secrets as links). Names the path, never the content."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise InvalidSettings(f"{where} cannot be read ({e.strerror or type(e).__name__})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidSettings(f"{where} is not a regular file ({_file_kind(info.st_mode)}); {_EXPECTED}")
+        if info.st_size > MAX_KEY_BYTES:
+            raise InvalidSettings(f"{where} is larger than {MAX_KEY_BYTES // 1024} KiB: not a private key ({_EXPECTED})")
+        chunks, size = [], 0
+        while size <= MAX_KEY_BYTES:  # one byte more than allowed: a file that grew since fstat is caught
+            chunk = os.read(fd, MAX_KEY_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError as e:
+        raise InvalidSettings(f"{where} cannot be read ({e.strerror or type(e).__name__})") from None
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a file"
+
+
+#: DER of the OID id-RSASSA-PSS (1.2.840.113549.1.1.10): a PKCS#8 key restricted to PSS signatures.
+_RSASSA_PSS_OID = bytes.fromhex("06092a864886f70d01010a")
+
+
+def _pkcs8_algorithm_oid(der: bytes) -> Optional[bytes]:
+    """The DER-encoded algorithm OID of a PKCS#8 PrivateKeyInfo (RFC 5958):
+    SEQUENCE { version INTEGER, SEQUENCE { OID, params }, ... }; None when
+    ``der`` is not shaped so (the key loader says what is wrong then)."""
+
+    def header(at: int) -> "tuple[int, int, int] | None":  # (tag, start of content, length)
+        if at + 2 > len(der):
+            return None
+        tag, first = der[at], der[at + 1]
+        at += 2
+        if first < 0x80:
+            return tag, at, first
+        count = first & 0x7F
+        if count == 0 or count > 4 or at + count > len(der):
+            return None
+        return tag, at + count, int.from_bytes(der[at:at + count], "big")
+
+    outer = header(0)
+    if outer is None or outer[0] != 0x30:
+        return None
+    version = header(outer[1])
+    if version is None or version[0] != 0x02:
+        return None
+    algorithm = header(version[1] + version[2])
+    if algorithm is None or algorithm[0] != 0x30:
+        return None
+    oid = header(algorithm[1])
+    if oid is None or oid[0] != 0x06:
+        return None
+    return der[algorithm[1]:oid[1] + oid[2]]
 
 
 def load_pem(data: bytes, algorithm: "SigningAlgorithm | str", where: str = "the signing key") -> PrivateKey:
@@ -282,6 +362,15 @@ def load_pem(data: bytes, algorithm: "SigningAlgorithm | str", where: str = "the
     block = text[start:stop + len(end)]
     if "Proc-Type:" in block:  # a legacy encrypted PEM (Proc-Type: 4,ENCRYPTED); base64 has no ':'
         raise InvalidSettings(f"{where} is encrypted; {_EXPECTED} (protect the file instead)")
+    if label == "PRIVATE KEY":
+        # cryptography loads an RSA-PSS-restricted key (openssl genpkey -algorithm RSA-PSS) as a plain RSA key;
+        # RS256 is PKCS#1 v1.5, which such a key must not make (RFC 4055 §1.2). Refused, as the other hosts do.
+        try:
+            der = base64.b64decode("".join(block.splitlines()[1:-1]), validate=False)
+        except ValueError:
+            der = b""
+        if _pkcs8_algorithm_oid(der) == _RSASSA_PSS_OID:
+            raise InvalidSettings(f"{where} is an RSA-PSS key (restricted to PSS signatures); {_wanted(alg)} (rsaEncryption)")
     try:
         key = serialization.load_pem_private_key(block.encode("latin-1"), password=None)
     except TypeError:
@@ -352,3 +441,178 @@ def sign_for(setting: "Signing | dict | None", algorithm: str, data: bytes) -> "
         return f"{where} could not sign ({type(e).__name__})"
     log.debug("assertion signed (%s, %s)", signing.algorithm.value, where)
     return signature
+
+
+# The host's second-line check of what it signs (every host applies the same
+# rule). The component builds each assertion; a compromised or swapped one
+# could ask for any bytes (an ``exp`` far off, another ``aud``), so the host,
+# the sandbox's boundary, signs only ``header.claims`` as the credential's
+# settings describe it. A refusal names the member that failed, never the
+# input or the key; the component reports it as invalid settings and sends
+# nothing.
+
+#: An assertion's lifetime at most (the component makes it 300 s).
+MAX_ASSERTION_LIFETIME_SECS = 300
+#: How far ``iat`` may be from this host's clock.
+MAX_ASSERTION_SKEW_SECS = 60
+#: A ``jti`` is at least this long (the component's: 32 hex digits).
+MIN_JTI_CHARS = 16
+_HEADER_MEMBERS = ("alg", "typ", "kid")
+_COMPONENT_CLAIMS = ("iss", "sub", "aud", "iat", "exp", "jti")
+#: Member names a refusal may quote: the registered JOSE header parameters and
+#: JWT claims. Any other name is the component's text and is not repeated.
+_NAMEABLE = frozenset({
+    "alg", "typ", "kid", "cty", "jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64", "zip", "enc", "epk",
+    "apu", "apv", "iv", "tag", "p2s", "p2c", "url", "nonce", "ppt", "svt",
+    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "scope", "client_id", "azp", "cnf", "act", "may_act",
+})
+_BASE64URL = re.compile(rb"[A-Za-z0-9_-]+")
+_REFUSED = "refused by the host's check of what it signs: "
+
+
+@dataclass(frozen=True)
+class AssertionRules:
+    """What :func:`check_assertion` expects, from the settings the component
+    was given."""
+
+    #: The settings' signing algorithm.
+    algorithm: SigningAlgorithm
+    #: The header's ``kid`` (absent when None).
+    key_id: Optional[str]
+    #: ``iss``, and ``sub`` of a client assertion.
+    client_id: str
+    #: ``aud``: the audience the WIT settings carry, else the token URL.
+    audience: str
+    #: The jwt-bearer grant's ``sub`` (None for other grants).
+    subject: Optional[str] = None
+    #: The jwt-bearer grant's further claims.
+    claims: dict = field(default_factory=dict)
+
+
+class _Refused(Exception):
+    pass
+
+
+def _member(name: str, what: str) -> str:
+    return f"the {what} {name}" if name in _NAMEABLE else f"a {what} named otherwise (the name is not repeated)"
+
+
+def _json_object(part: bytes, what: str) -> dict:
+    """A JWT part's JSON object (unpadded base64url of UTF-8 JSON, no member
+    twice: a server's parser may take another of two ``aud`` than this check)."""
+    not_object = f"the {what} is not a JSON object in base64url without padding"
+    if len(part) % 4 == 1:
+        raise _Refused(not_object)
+    try:
+        text = base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4)).decode("utf-8")
+    except ValueError:
+        raise _Refused(not_object) from None
+    kind = "header member" if what == "header" else "claim"
+
+    def pairs(items):
+        out = {}
+        for name, value in items:
+            if name in out:
+                raise _Refused(f"{_member(name, kind)} appears twice")
+            out[name] = value
+        return out
+
+    def no_constant(name):  # NaN, Infinity: not JSON
+        raise ValueError(name)
+
+    try:
+        value = json.loads(text, object_pairs_hook=pairs, parse_constant=no_constant)
+    except (ValueError, RecursionError):
+        raise _Refused(not_object) from None
+    if not isinstance(value, dict):
+        raise _Refused(not_object)
+    for name, member in value.items():
+        if isinstance(member, (dict, list)):  # no member of an assertion is one
+            raise _Refused(f"{_member(name, kind)} is not a string or a number")
+    return value
+
+
+def _is_string(value: object, expected: object) -> bool:
+    return isinstance(value, str) and value == expected
+
+
+def _integer(value: object) -> Optional[int]:
+    return value if type(value) is int else None
+
+
+def check_assertion(data: bytes, algorithm: "SigningAlgorithm | str", rules: AssertionRules,
+                    now: Optional[float] = None) -> Optional[str]:
+    """Why ``data`` must not be signed for ``algorithm`` under ``rules``, or
+    None when it is the assertion they describe: ASCII ``header.claims``,
+    each part base64url (unpadded) of a JSON object; the header exactly
+    ``alg`` (the algorithm asked and configured), ``typ`` "JWT" and ``kid``
+    (the configured key id, absent when none); the claims ``iss`` the client
+    id, ``sub`` the client id or the jwt-bearer subject, ``aud`` the expected
+    audience, integer ``iat`` and ``exp`` with 0 < exp - iat <= 300 and iat
+    within 60 s of this host's clock, a ``jti`` of 16 characters or more, and
+    no other claim but the configured ones, with their values. Names the
+    member that failed; never quotes the input."""
+    try:
+        _check_assertion(bytes(data), algorithm, rules, time.time() if now is None else now)
+    except _Refused as e:
+        return _REFUSED + str(e)
+    return None
+
+
+def _check_assertion(data: bytes, algorithm, rules: AssertionRules, now: float) -> None:
+    parts = data.split(b".")
+    if len(parts) != 2:
+        raise _Refused("the input is not a JWT's header.claims: it needs exactly one '.'")
+    if not all(_BASE64URL.fullmatch(p) for p in parts):
+        raise _Refused("the input is not a JWT's header.claims (ASCII base64url, one '.')")
+    header = _json_object(parts[0], "header")
+    claims = _json_object(parts[1], "claims")
+
+    for name in header:
+        if name not in _HEADER_MEMBERS:
+            raise _Refused(f"{_member(name, 'header member')} is not allowed (only alg, typ and kid)")
+    try:
+        asked = algorithm_of(algorithm).value
+    except InvalidSettings:
+        asked = None
+    configured = rules.algorithm.value
+    if asked != configured:
+        raise _Refused(f"alg: the component asked for {asked or 'an unknown algorithm'}, the credential signs with {configured}")
+    if not _is_string(header.get("alg"), configured):
+        raise _Refused(f"the header's alg is not {configured}")
+    if not _is_string(header.get("typ"), "JWT"):
+        raise _Refused('the header\'s typ is not "JWT"')
+    if rules.key_id is None:
+        if "kid" in header:
+            raise _Refused("the header has a kid, and no key id (signing key_id) is configured")
+    elif not _is_string(header.get("kid"), rules.key_id):
+        raise _Refused("the header's kid is not the configured key id (signing key_id)")
+
+    if not _is_string(claims.get("iss"), rules.client_id):
+        raise _Refused("the claim iss is not the client id")
+    sub = claims.get("sub")
+    if not _is_string(sub, rules.client_id) and not (rules.subject is not None and _is_string(sub, rules.subject)):
+        raise _Refused("the claim sub is not the client id" if rules.subject is None
+                       else "the claim sub is neither the client id nor the configured subject")
+    if not _is_string(claims.get("aud"), rules.audience):
+        raise _Refused("the claim aud is not the expected audience (signing audience, else the issuer, else the token URL)")
+    iat = _integer(claims.get("iat"))
+    if iat is None:
+        raise _Refused("the claim iat is not a whole number of seconds")
+    exp = _integer(claims.get("exp"))
+    if exp is None:
+        raise _Refused("the claim exp is not a whole number of seconds")
+    if not 0 < exp - iat <= MAX_ASSERTION_LIFETIME_SECS:
+        raise _Refused(f"the claim exp is not within {MAX_ASSERTION_LIFETIME_SECS} s after iat")
+    if not (math.isfinite(now) and abs(iat - now) <= MAX_ASSERTION_SKEW_SECS):
+        raise _Refused(f"the claim iat is more than {MAX_ASSERTION_SKEW_SECS} s from this host's clock")
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or len(jti) < MIN_JTI_CHARS:
+        raise _Refused(f"the claim jti is not a string of {MIN_JTI_CHARS} characters or more")
+    for name, value in claims.items():
+        if name in _COMPONENT_CLAIMS:
+            continue
+        if name not in rules.claims:
+            raise _Refused(f"{_member(name, 'claim')} is not configured (only the jwt-bearer claims are added)")
+        if not _is_string(value, rules.claims[name]):
+            raise _Refused(f"the claim {name} is not its configured value")

@@ -25,6 +25,7 @@ from .model import (
     grant_of,
     strategy_of,
 )
+from . import signing as _signing
 from .signing import signing_of
 from .records import CredentialRecord, DeadGrant, Lease, RefreshMark, StoredRecord
 from .runtime import Bodies
@@ -74,9 +75,56 @@ def settings(s: Settings) -> Record:
         fleet=_record(lease_ttl_ms=int(s.lease_ttl_ms), lease_wait_ms=int(s.lease_wait_ms)),
         # What the component puts in the JWTs; the key stays here (the signer import).
         signing=None if signing is None else _record(
-            algorithm=signing.algorithm.wit, key_id=signing.key_id, audience=signing.audience
+            algorithm=signing.algorithm.wit, key_id=signing.key_id, audience=audience_of(s, signing)
         ),
     )
+
+
+def audience_of(s: Settings, signing: _signing.Signing) -> "str | None":
+    """The assertions' ``aud`` given to the component: ``signing.audience``
+    as configured, else the credential's ``issuer`` (rfc7523bis: the
+    authorization server's issuer identifier), else None (the component uses
+    the token URL)."""
+    if signing.audience is not None:
+        return signing.audience
+    issuer = getattr(s, "issuer", None)
+    return issuer if isinstance(issuer, str) and issuer else None
+
+
+def assertion_rules(s: Settings, signing: _signing.Signing) -> _signing.AssertionRules:
+    """What the host's check of an assertion expects (signing.check_assertion),
+    from the settings as the component is given them: the algorithm and key
+    id, the client id, the jwt-bearer subject and claims, and the audience
+    (audience_of, else the token URL, as the component chooses it)."""
+    bearer = grant_of(s.grant) is Grant.JWT_BEARER
+    return _signing.AssertionRules(
+        algorithm=signing.algorithm,
+        key_id=signing.key_id,
+        client_id=s.client_id,
+        audience=audience_of(s, signing) or s.token_url,
+        subject=(s.subject or "") if bearer else None,
+        claims=dict(claims_of(s.claims)) if bearer else {},
+    )
+
+
+def sign_assertion(s: Settings, algorithm: str, data: bytes) -> "bytes | str":
+    """The ``signer.sign`` import for a call with settings ``s``: the host's
+    check of ``data`` first (signing.check_assertion), then the key, loaded
+    now, signs it. The signature, or a message for the component (which
+    refuses the call as ``invalid-settings``, nothing sent). Never raises: an
+    exception here would trap the guest."""
+    try:
+        signing = signing_of(s.signing)
+        if signing is not None:
+            refusal = _signing.check_assertion(bytes(data), algorithm, assertion_rules(s, signing))
+            if refusal is not None:
+                _signing.log.warning("assertion not signed: %s", refusal)
+                return refusal
+    except errors.InvalidSettings as e:
+        return e.detail
+    except Exception as e:  # a bug here must not trap the guest; its message may quote the input
+        return f"the host could not check the assertion ({type(e).__name__})"
+    return _signing.sign_for(signing, algorithm, data)
 
 
 def request(r: Request, bodies: Bodies) -> Record:
