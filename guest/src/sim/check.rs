@@ -17,15 +17,29 @@
 //!   it too slow), nothing about settings, keys or authentication.
 //! - Once faults stop, calls succeed within one lease TTL plus the
 //!   provider's answer time, unless the credential is in doubt or dead.
+//! - The client's own grants (client credentials, JWT bearer) spend nothing:
+//!   no refresh token is ever stored (not even one the provider sends
+//!   anyway) and no refresh mark set (checked at every write that lands),
+//!   no token request presents a refresh token, no call ends in
+//!   `refresh-in-doubt` or `reauthorization-required`, and a lost answer is
+//!   simply retried: a call gives up at the token endpoint only after all
+//!   its attempts, and never makes more.
+//! - Signed assertions: every `jti` the fleet sends is new (whatever the
+//!   retries, crashes and duplicates), and with `private_key_jwt` the client
+//!   secret is in no token request. The provider checks the rest (signature,
+//!   `iss`, `sub`, `aud`, `exp`, `iat`): a request it refuses as a real
+//!   server would is a violation.
 
 use super::TOKEN_ANSWER_MAX_MS;
-use super::provider::{Provider, generation};
+use super::jwt;
+use super::provider::{Form, Provider, generation};
 use super::store::Store;
 use super::worker::Outcome;
 use crate::fleet::{MAX_POLL, Timing};
 use crate::flow::TOKEN_ATTEMPTS;
+use crate::http::Request;
 use crate::keys::Keys;
-use crate::rekey::oauth2::types::CredentialRecord;
+use crate::rekey::oauth2::types::{ClientAuth, CredentialRecord, Settings};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Effect calls one call may make before it counts as looping.
@@ -89,6 +103,11 @@ pub struct Ledger {
     stored: BTreeSet<u64>,
     /// Holder id -> (worker, call).
     pub holders: BTreeMap<String, (usize, u64)>,
+    /// The renewals spend the stored refresh token (else the client's own
+    /// grant: nothing is spent).
+    spends: bool,
+    /// Every assertion's `jti` -> the call that sent it.
+    jtis: BTreeMap<String, u64>,
 }
 
 /// (refresh, access) generations of a stored token set.
@@ -102,11 +121,78 @@ pub fn generations(record: &CredentialRecord) -> (Option<u64>, Option<u64>) {
     )
 }
 
+/// Whether the record's keys hold a refresh token.
+fn holds_refresh_token(record: &CredentialRecord) -> bool {
+    record
+        .keys
+        .as_deref()
+        .and_then(|k| Keys::parse(k).ok())
+        .is_some_and(|k| k.refresh_token().is_some())
+}
+
 impl Ledger {
-    pub fn new(initial: &CredentialRecord) -> Ledger {
-        let mut l = Ledger::default();
+    pub fn new(initial: &CredentialRecord, spends: bool) -> Ledger {
+        let mut l = Ledger {
+            spends,
+            ..Ledger::default()
+        };
         l.stored.extend(generations(initial).0);
         l
+    }
+
+    /// A token request, as the guest built it: the client's own grants
+    /// present no refresh token, `private_key_jwt` sends no client secret
+    /// (in no field, header or URL), and every assertion carries a `jti`
+    /// no request of the fleet carried before. Its `jti`s.
+    pub fn request(
+        &mut self,
+        call: u64,
+        req: &Request,
+        form: &Form,
+        settings: &Settings,
+    ) -> Result<Vec<String>, String> {
+        if !self.spends && form.get("refresh_token").is_some() {
+            return Err(format!(
+                "call {call} presented a refresh token with the client's own grant"
+            ));
+        }
+        if settings.client_auth == ClientAuth::PrivateKeyJwt
+            && let Some(secret) = settings.client_secret.as_deref()
+        {
+            let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+            let body = String::from_utf8_lossy(&req.body);
+            let leaked = form.get("client_secret").is_some()
+                || form.fields().iter().any(|(_, v)| v.contains(secret))
+                || body.contains(secret)
+                || body.contains(&encoded)
+                || req.url.contains(secret)
+                || req
+                    .headers
+                    .iter()
+                    .any(|(k, v)| k.eq_ignore_ascii_case("authorization") || v.contains(secret));
+            if leaked {
+                return Err(format!(
+                    "call {call} sent the client secret (or an Authorization header) with \
+                     private_key_jwt client authentication"
+                ));
+            }
+        }
+        let mut jtis = Vec::new();
+        for name in ["client_assertion", "assertion"] {
+            let Some(assertion) = form.get(name) else {
+                continue;
+            };
+            let jti = jwt::jti(assertion)
+                .ok_or_else(|| format!("call {call} sent a {name} without a jti"))?;
+            if let Some(first) = self.jtis.insert(jti.clone(), call) {
+                return Err(format!(
+                    "call {call} sent an assertion with jti {jti}, which call {first} sent \
+                     before: a server refuses it as a replay"
+                ));
+            }
+            jtis.push(jti);
+        }
+        Ok(jtis)
     }
 
     /// Call `call` presents refresh token `rgen`; `spends`: unless the answer
@@ -162,14 +248,23 @@ impl Ledger {
     ) -> Result<(), String> {
         let (old_r, old_a) = generations(old);
         let (new_r, new_a) = generations(new);
+        let g = |g: Option<u64>| g.map_or("-".into(), |g| g.to_string());
         if new_r < old_r || new_a < old_a {
-            let g = |g: Option<u64>| g.map_or("-".into(), |g| g.to_string());
             return Err(format!(
                 "the store went back from rt{}/at{} to rt{}/at{}",
                 g(old_r),
                 g(old_a),
                 g(new_r),
                 g(new_a)
+            ));
+        }
+        if !self.spends && new.refresh_mark.is_some() {
+            return Err("a refresh mark was stored for the client's own grant".into());
+        }
+        if !self.spends && holds_refresh_token(new) {
+            return Err(format!(
+                "a refresh token (rt{}) was stored for the client's own grant",
+                g(new_r)
             ));
         }
         self.stored.extend(new_r);
@@ -198,6 +293,15 @@ impl Ledger {
     /// one, or the record says why not.
     pub fn final_state(&self, store: &Store, provider: &Provider) -> Result<(), String> {
         let rec = &store.data;
+        if !self.spends {
+            return if rec.refresh_mark.is_some() || rec.dead_grant.is_some() {
+                Err("the client's own grant ended with a refresh mark or a dead grant".into())
+            } else if holds_refresh_token(rec) {
+                Err("the client's own grant ended with a refresh token stored".into())
+            } else {
+                Ok(())
+            };
+        }
         if rec.dead_grant.is_some() && provider.revoked.is_none() {
             return Err("a dead grant is recorded, but the provider never revoked it".into());
         }
@@ -234,11 +338,22 @@ pub fn bound_ms(timing: Timing, call: &Call) -> u64 {
 /// The retry rules at the token endpoint (RFC 6749 §5.2 and the contract's
 /// `refresh-in-doubt`): at most `TOKEN_ATTEMPTS` attempts, plus exactly one
 /// prompt retry after an attempt that may have been processed, and nothing
-/// after that retry.
-pub fn token_request(call: &mut Call) -> Result<(), String> {
+/// after that retry. Without a refresh token to spend (`spends` false) an
+/// attempt that may have been processed is just another attempt.
+pub fn token_request(call: &mut Call, spends: bool) -> Result<(), String> {
     call.sent_token = true;
     call.token_requests += 1;
     let n = call.token_requests;
+    if !spends {
+        return if n > TOKEN_ATTEMPTS {
+            Err(format!(
+                "call {} sent {n} token requests for the client's own grant",
+                call.id
+            ))
+        } else {
+            Ok(())
+        };
+    }
     if n > TOKEN_ATTEMPTS + 1 {
         return Err(format!("call {} sent {n} token requests", call.id));
     }
@@ -263,6 +378,8 @@ pub struct Judged<'a> {
     pub mark_orphaned: bool,
     pub now: u64,
     pub ttl_ms: u64,
+    /// The grant spends refresh tokens (else it is the client's own).
+    pub spends: bool,
 }
 
 pub fn judge(j: &Judged) -> Result<(), String> {
@@ -283,9 +400,24 @@ pub fn judge(j: &Judged) -> Result<(), String> {
             "store-unavailable",
             "reauthorization-required",
         ];
-        if !explained.contains(&kind) {
+        // The client's own grant refused: its settings, as far as the guest
+        // can tell (the registration or the subject's consent revoked).
+        let refused_client = kind == "settings-rejected" && revoked && !j.spends;
+        if !explained.contains(&kind) && !refused_client {
             return Err(format!(
                 "a call ended in {e:?}, which nothing here explains"
+            ));
+        }
+        if !j.spends && matches!(kind, "refresh-in-doubt" | "reauthorization-required") {
+            return Err(format!(
+                "{e:?}: the client's own grant spends nothing, so it is never in doubt or dead"
+            ));
+        }
+        if !j.spends && kind == "token-endpoint" && j.call.token_requests < TOKEN_ATTEMPTS {
+            return Err(format!(
+                "{e:?} after {} token requests: with nothing to spend, a failure (a lost answer \
+                 too) is retried, {TOKEN_ATTEMPTS} attempts in all",
+                j.call.token_requests
             ));
         }
         if kind == "reauthorization-required" && !revoked {
@@ -314,11 +446,139 @@ pub fn judge(j: &Judged) -> Result<(), String> {
         }
     }
     let took = j.now - j.call.started;
-    if j.call.calm && took > calm_bound_ms(j.ttl_ms) {
+    // A revoked client's own grant records nothing (its refusal reads as
+    // the settings'), so every call asks again, one worker at a time: a
+    // call may wait its turn for up to the lease wait (seed 5313 with
+    // client credentials), bounded by `bound_ms` like any call.
+    let refused_client = revoked && !j.spends;
+    if j.call.calm && took > calm_bound_ms(j.ttl_ms) && !refused_client {
         return Err(format!(
             "after faults stopped, a call took {took} ms (bound {} ms)",
             calm_bound_ms(j.ttl_ms)
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::Refusal;
+    use crate::rekey::oauth2::types::{RefreshMark, SendError};
+
+    fn record(keys: &str) -> CredentialRecord {
+        CredentialRecord {
+            keys: Some(keys.into()),
+            lease: None,
+            refresh_mark: None,
+            dead_grant: None,
+        }
+    }
+
+    fn token_request(body: &str, headers: Vec<(String, String)>) -> Request {
+        Request {
+            method: "POST".into(),
+            url: "http://127.0.0.1:9/token".into(),
+            headers,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_client_own_grant_never_stores_a_refresh_token_or_a_mark() {
+        let old = record(r#"{"access_token":"at1"}"#);
+        let mut own = Ledger::new(&old, false);
+        assert!(
+            own.landed(&old, &record(r#"{"access_token":"at2"}"#), (0, 1))
+                .is_ok()
+        );
+        let stray = record(r#"{"access_token":"at3","refresh_token":"rt3"}"#);
+        assert!(
+            own.landed(&old, &stray, (0, 1))
+                .unwrap_err()
+                .contains("refresh token")
+        );
+        let mut marked = record(r#"{"access_token":"at3"}"#);
+        marked.refresh_mark = Some(RefreshMark {
+            holder: "h".into(),
+            at_ms: 1,
+        });
+        assert!(
+            own.landed(&old, &marked, (0, 1))
+                .unwrap_err()
+                .contains("mark")
+        );
+        // The refresh grant stores both.
+        let mut refresh = Ledger::new(&old, true);
+        assert!(refresh.landed(&old, &stray, (0, 1)).is_ok());
+        assert!(refresh.landed(&old, &marked, (0, 1)).is_ok());
+    }
+
+    #[test]
+    fn a_repeated_jti_a_sent_secret_or_a_refresh_token_is_caught() {
+        let mut s = crate::testing::settings();
+        s.client_auth = ClientAuth::PrivateKeyJwt;
+        s.client_secret = Some("s3cret&".into());
+        let jwt = |jti: &str| {
+            use base64::Engine as _;
+            let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!(r#"{{"jti":"{jti}"}}"#));
+            format!("e30.{claims}.c2ln")
+        };
+        let mut ledger = Ledger::new(&record("{}"), false);
+        let req = |body: String| token_request(&body, vec![]);
+        let form = |r: &Request| Form::of(r);
+        let r = req(format!(
+            "grant_type=client_credentials&client_assertion={}",
+            jwt("a1")
+        ));
+        assert_eq!(ledger.request(1, &r, &form(&r), &s).unwrap(), ["a1"]);
+        // The same jti from another call, or in the grant's assertion.
+        let r = req(format!("grant_type=x&assertion={}", jwt("a1")));
+        let e = ledger.request(2, &r, &form(&r), &s).unwrap_err();
+        assert!(e.contains("jti a1") && e.contains("call 1"), "{e}");
+        for leak in [
+            "client_secret=x".to_string(),
+            "x=s3cret%26".into(),
+            "x=s3cret&".into(),
+        ] {
+            let r = req(leak.clone());
+            let e = ledger.request(3, &r, &form(&r), &s).unwrap_err();
+            assert!(e.contains("secret"), "{leak}: {e}");
+        }
+        let r = token_request("", vec![("Authorization".into(), "Basic eDp5".into())]);
+        assert!(ledger.request(4, &r, &form(&r), &s).is_err());
+        let r = req("grant_type=client_credentials&refresh_token=rt1".into());
+        let e = ledger.request(5, &r, &form(&r), &s).unwrap_err();
+        assert!(e.contains("refresh token"), "{e}");
+    }
+
+    #[test]
+    fn the_client_own_grant_is_never_in_doubt_and_retries_a_lost_answer() {
+        let settings = crate::testing::settings();
+        let provider = Provider::new(0, 0, 0, 1_000, settings, false);
+        let store = Store::new(None);
+        let judge_own = |e: SendError, token_requests: u32| {
+            let mut call = Call::new(1, 0, false);
+            call.token_requests = token_requests;
+            judge(&Judged {
+                call: &call,
+                outcome: &Outcome::Returned(Err(Refusal::Error(e))),
+                store: &store,
+                provider: &provider,
+                mark_orphaned: true,
+                now: 0,
+                ttl_ms: 1_000,
+                spends: false,
+            })
+        };
+        assert!(judge_own(SendError::RefreshInDoubt("x".into()), 2).is_err());
+        assert!(judge_own(SendError::TokenEndpoint("x".into()), 2).is_err());
+        assert!(judge_own(SendError::TokenEndpoint("x".into()), TOKEN_ATTEMPTS).is_ok());
+        let mut call = Call::new(1, 0, false);
+        for _ in 0..TOKEN_ATTEMPTS {
+            assert!(super::token_request(&mut call, false).is_ok());
+        }
+        assert!(super::token_request(&mut call, false).is_err());
+    }
 }

@@ -15,13 +15,23 @@
 //! The properties (`check`) are checked after every step and at every call's
 //! end; a violation is reported with its seed and the last events.
 //!
+//! The seed also picks the credential's grant (`Config::random`): most runs
+//! spend rotating refresh tokens (the client secret in the form, or a
+//! `private_key_jwt` assertion), the rest run the client's own grant
+//! (client credentials) or the JWT bearer grant (RFC 7523 §2.1), whose
+//! assertions the world signs with a fake key (`jwt`) and the provider
+//! verifies, refusing a `jti` it has seen.
+//!
 //! `REKEY_SIM_SEEDS=N` runs N random seeds (a soak), `REKEY_SIM_SEED=s`
-//! replays one (`REKEY_SIM_SABOTAGE=a|b|c|d` with a sabotage switched off),
+//! replays one (`REKEY_SIM_SABOTAGE=a|b|c|d|e` with a sabotage switched off),
+//! `REKEY_SIM_GRANT=refresh|refresh-jwt|cc|cc-jwt|jwt-bearer|...` runs every
+//! seed with one grant (`Config::grant_named`),
 //! `REKEY_SIM_TRACE=N` shows the last N events of a violation, and
 //! `REKEY_SIM_PREEMPTIONS=k` deepens the bounded enumerations.
 
 mod answers;
 mod check;
+mod jwt;
 mod provider;
 mod rng;
 mod serve;
@@ -97,6 +107,30 @@ pub const FAULTS: [Fault; 18] = [
     Fault::CrashAfter,
 ];
 
+/// How the simulated credential gets new tokens (the settings' `grant`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GrantKind {
+    /// Spends the stored refresh token; the provider rotates it.
+    RefreshToken,
+    /// The client's own grant: nothing stored first, nothing spent.
+    ClientCredentials,
+    /// A signed assertion for a subject (RFC 7523 §2.1): like the client's
+    /// own grant, with an assertion per request.
+    JwtBearer,
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Auth {
+    SecretPost,
+    SecretBasic,
+    /// A signed client assertion (RFC 7523 §2.2); the settings hold a client
+    /// secret too, which must never be sent.
+    PrivateKeyJwt,
+    /// No secret: `client_id` only (the JWT bearer grant's public client).
+    Public,
+}
+
 /// One simulated run.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -128,7 +162,27 @@ pub struct Config {
     pub crashes: u32,
     /// Rules switched off (sabotage).
     pub off: Off,
+    pub grant: GrantKind,
+    pub auth: Auth,
+    /// The assertions are ES256 (else RS256), carry a `kid`, and name the
+    /// issuer as their audience (else the token URL).
+    pub es256: bool,
+    pub key_id: bool,
+    pub audience_issuer: bool,
+    /// Client credentials / JWT bearer: nothing is stored before the first
+    /// call (else an access token without a refresh token).
+    pub start_empty: bool,
+    /// The provider sends a refresh token with the client's own grant too
+    /// (RFC 6749 §4.4.3 says it should not).
+    pub stray_refresh: bool,
+    /// Sabotage of the world, not the guest: the host's random source
+    /// repeats itself, so assertions repeat their `jti`.
+    pub stuck_random: bool,
 }
+
+/// The grant picker's own stream, so that the rest of a seed's world is
+/// what it was before the simulator ran other grants.
+const GRANT_STREAM: u64 = 0x6772_616e_745f_7069;
 
 /// Lease TTL and wait used unless a test says otherwise.
 pub const TTL_MS: u32 = 15_000;
@@ -158,6 +212,14 @@ impl Config {
             zero_latency: false,
             crashes: 0,
             off: Off::default(),
+            grant: GrantKind::RefreshToken,
+            auth: Auth::SecretPost,
+            es256: true,
+            key_id: false,
+            audience_issuer: false,
+            start_empty: false,
+            stray_refresh: false,
+            stuck_random: false,
         }
     }
 
@@ -184,6 +246,22 @@ impl Config {
         let access_ttl_ms = [5_000, 20_000, 60_000, 600_000][r.below(4) as usize];
         // One run in four on the contract's defaults (40 s / 60 s).
         let defaults = r.chance(250);
+        // Seven seeds in ten spend refresh tokens with a client secret, as
+        // every seed did before; the others draw their grant and client
+        // authentication from a stream of their own.
+        let mut g = rng::Rng::new(seed ^ GRANT_STREAM);
+        let (grant, auth) = match g.below(100) {
+            0..70 => (GrantKind::RefreshToken, Auth::SecretPost),
+            70..78 => (GrantKind::RefreshToken, Auth::PrivateKeyJwt),
+            78..89 => (
+                GrantKind::ClientCredentials,
+                [Auth::SecretBasic, Auth::SecretPost, Auth::PrivateKeyJwt][g.below(3) as usize],
+            ),
+            _ => (
+                GrantKind::JwtBearer,
+                [Auth::Public, Auth::SecretBasic, Auth::PrivateKeyJwt][g.below(3) as usize],
+            ),
+        };
         Config {
             seed,
             workers: r.range(2, 6) as usize,
@@ -209,6 +287,61 @@ impl Config {
             zero_latency: false,
             crashes: 0,
             off: Off::default(),
+            grant,
+            auth,
+            es256: g.chance(500),
+            key_id: g.chance(500),
+            audience_issuer: g.chance(500),
+            start_empty: g.chance(500),
+            stray_refresh: g.chance(300),
+            stuck_random: false,
+        }
+    }
+
+    /// This world with another grant (`REKEY_SIM_GRANT`): `refresh`,
+    /// `refresh-jwt` (private_key_jwt), `cc` (secret, Basic), `cc-post`,
+    /// `cc-jwt`, `jwt-bearer` (public client), `jwt-bearer-basic`,
+    /// `jwt-bearer-jwt`.
+    pub fn grant_named(self, name: &str) -> Option<Config> {
+        let (grant, auth) = match name {
+            "refresh" => (GrantKind::RefreshToken, Auth::SecretPost),
+            "refresh-jwt" => (GrantKind::RefreshToken, Auth::PrivateKeyJwt),
+            "cc" => (GrantKind::ClientCredentials, Auth::SecretBasic),
+            "cc-post" => (GrantKind::ClientCredentials, Auth::SecretPost),
+            "cc-jwt" => (GrantKind::ClientCredentials, Auth::PrivateKeyJwt),
+            "jwt-bearer" => (GrantKind::JwtBearer, Auth::Public),
+            "jwt-bearer-basic" => (GrantKind::JwtBearer, Auth::SecretBasic),
+            "jwt-bearer-jwt" => (GrantKind::JwtBearer, Auth::PrivateKeyJwt),
+            _ => return None,
+        };
+        Some(Config {
+            grant,
+            auth,
+            ..self
+        })
+    }
+
+    /// Whether a renewal spends the stored refresh token.
+    pub fn spends(&self) -> bool {
+        self.grant == GrantKind::RefreshToken
+    }
+
+    /// Whether the token requests carry signed assertions.
+    pub fn signs(&self) -> bool {
+        self.auth == Auth::PrivateKeyJwt || self.grant == GrantKind::JwtBearer
+    }
+
+    /// The grant and client authentication, as the statistics count them.
+    pub fn grant_name(&self) -> &'static str {
+        match (self.grant, self.auth) {
+            (GrantKind::RefreshToken, Auth::PrivateKeyJwt) => "refresh-token+private_key_jwt",
+            (GrantKind::RefreshToken, _) => "refresh-token",
+            (GrantKind::ClientCredentials, Auth::PrivateKeyJwt) => {
+                "client-credentials+private_key_jwt"
+            }
+            (GrantKind::ClientCredentials, _) => "client-credentials",
+            (GrantKind::JwtBearer, Auth::PrivateKeyJwt) => "jwt-bearer+private_key_jwt",
+            (GrantKind::JwtBearer, _) => "jwt-bearer",
         }
     }
 
@@ -234,6 +367,18 @@ pub struct Stats {
     /// Runs that ended in doubt although the stored refresh token was never
     /// presented (a mark whose write's outcome its holder could not learn).
     pub needless_doubts: u64,
+    /// Runs per grant (and client authentication).
+    pub grants: BTreeMap<&'static str, u64>,
+    /// Access tokens the client's own grants (client credentials, JWT
+    /// bearer) were issued.
+    pub fetches: u64,
+    /// Signed assertions the workers sent, each with its own `jti`.
+    pub assertions: u64,
+    /// Network duplicates the provider refused for their replayed `jti`.
+    pub replays_refused: u64,
+    /// Token requests of the client's own grants sent after a lost answer
+    /// in the same call (the loss simply retried).
+    pub retried_after_loss: u64,
 }
 
 impl Stats {
@@ -254,6 +399,13 @@ impl Stats {
         self.longest_call_ms = self.longest_call_ms.max(o.longest_call_ms);
         self.longest_calm_call_ms = self.longest_calm_call_ms.max(o.longest_calm_call_ms);
         self.needless_doubts += o.needless_doubts;
+        for (k, v) in &o.grants {
+            *self.grants.entry(k).or_default() += v;
+        }
+        self.fetches += o.fetches;
+        self.assertions += o.assertions;
+        self.replays_refused += o.replays_refused;
+        self.retried_after_loss += o.retried_after_loss;
     }
 
     pub fn fault(&mut self, f: Fault) {
@@ -271,15 +423,27 @@ impl fmt::Display for Stats {
         };
         write!(
             f,
-            "{} runs, {} steps, {} calls ({} after faults stopped), {} token requests, {} rotations, \
+            "{} runs ({}), {} steps, {} calls ({} after faults stopped), {} token requests, {} rotations, \
+             {} tokens fetched by the client's own grants ({} requests after a lost answer), \
+             {} assertions ({} replays refused), \
              {:.0} s simulated, longest call {:.1} s (after faults {:.1} s), {} runs left in doubt with \
              the stored token unspent; outcomes: {}; faults ({} kinds): {}",
             self.runs,
+            list(
+                self.grants
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect()
+            ),
             self.steps,
             self.calls,
             self.calm_calls,
             self.token_requests,
             self.rotations,
+            self.fetches,
+            self.retried_after_loss,
+            self.assertions,
+            self.replays_refused,
             self.sim_ms as f64 / 1000.0,
             self.longest_call_ms as f64 / 1000.0,
             self.longest_calm_call_ms as f64 / 1000.0,
@@ -305,6 +469,8 @@ impl fmt::Display for Stats {
 #[derive(Debug)]
 pub struct Violation {
     pub seed: u64,
+    /// The run's grant (`Config::grant_name`).
+    pub grant: &'static str,
     pub what: String,
     pub trace: Vec<String>,
 }
@@ -313,8 +479,9 @@ impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "VIOLATION (seed {}; replay: REKEY_SIM_SEED={} cargo test -p rekey-guest sim::tests::replay -- --nocapture):\n  {}\n  last {} events:",
+            "VIOLATION (seed {}, {}; replay: REKEY_SIM_SEED={} cargo test -p rekey-guest sim::tests::replay -- --nocapture, with the REKEY_SIM_GRANT of a one-grant soak):\n  {}\n  last {} events:",
             self.seed,
+            self.grant,
             self.seed,
             self.what,
             self.trace.len()

@@ -3,7 +3,7 @@
 //! need.
 
 use super::check;
-use super::provider::{Exchange, generation};
+use super::provider::{Exchange, Form, generation};
 use super::worker::{Op, Reply};
 use super::world::{Event, Sim, St, opt};
 use super::{Fault, HTTP_TIMEOUT_MS, TOKEN_ANSWER_MAX_MS};
@@ -36,8 +36,15 @@ impl Sim<'_> {
     pub(super) fn event(&mut self, e: usize) {
         let (_, event) = self.events.remove(e);
         match event {
-            Event::Duplicate(refresh) => {
-                let (ex, _) = self.provider.token(refresh.as_deref(), self.now);
+            Event::Duplicate(req) => {
+                let refresh = Form::of(&req).get("refresh_token").map(String::from);
+                let (ex, _) = self.provider.token(&req, self.now);
+                if matches!(ex, Exchange::Invalid(_)) {
+                    self.stats.replays_refused += 1;
+                }
+                if matches!(ex, Exchange::Fetched(_)) {
+                    self.stats.fetches += 1;
+                }
                 self.note(
                     None,
                     format!("a duplicate of {refresh:?} reaches the provider: {ex:?}"),
@@ -197,12 +204,28 @@ impl Sim<'_> {
     /// A token request: faults before the provider, the provider, faults after.
     fn token(&mut self, w: usize, req: &Request, delivered: bool) -> Result<(Reply, u64), String> {
         self.stats.token_requests += 1;
-        let refresh = form_field(&req.body, "refresh_token");
+        let form = Form::of(req);
+        let refresh = form.get("refresh_token").map(String::from);
         let rgen = refresh.as_deref().and_then(|t| generation(t, "rt"));
+        let spends = self.cfg.spends();
         let call = self.slots[w].call.as_mut().expect("a call is running");
-        check::token_request(call)?;
+        check::token_request(call, spends)?;
         let id = call.id;
-        let presented = format!("token request with {}", refresh.as_deref().unwrap_or("-"));
+        if !spends
+            && call
+                .unanswered_after
+                .is_some_and(|k| call.token_requests > k)
+        {
+            self.stats.retried_after_loss += 1;
+        }
+        // Whatever becomes of it, the request is what the guest built.
+        let jtis = self.ledger.request(id, req, &form, &self.settings)?;
+        self.stats.assertions += jtis.len() as u64;
+        let presented = match (&refresh, jtis.first()) {
+            (Some(r), _) => format!("token request with {r}"),
+            (None, Some(jti)) => format!("token request with jti {}..", &jti[..8.min(jti.len())]),
+            (None, None) => "token request".into(),
+        };
         if self.fault(Fault::Connect) {
             self.note(Some(w), format!("{presented} -> no connection"));
             let after = self.latency(0, 50);
@@ -234,13 +257,23 @@ impl Sim<'_> {
             self.unanswered(w, delivered);
             return Ok((Reply::Http(Ok(status_only(500))), after));
         }
-        let (ex, resp) = self.provider.token(refresh.as_deref(), self.now);
-        if matches!(ex, Exchange::Issued(_)) {
-            self.stats.rotations += 1;
+        let (ex, resp) = self.provider.token(req, self.now);
+        match &ex {
+            Exchange::Issued(_) => self.stats.rotations += 1,
+            Exchange::Fetched(_) => self.stats.fetches += 1,
+            // A real server would refuse it too: a guest that sends what the
+            // provider cannot accept (a replayed jti, a wrong claim, the
+            // wrong client authentication) fails every such call.
+            Exchange::Invalid(why) => {
+                return Err(format!(
+                    "the provider refused call {id}'s token request: {why}"
+                ));
+            }
+            _ => {}
         }
         if self.fault(Fault::Duplicate) {
             let at = self.now + self.rng.range(1, 3_000);
-            self.events.push((at, Event::Duplicate(refresh.clone())));
+            self.events.push((at, Event::Duplicate(req.clone())));
         }
         let mut after = self.latency(20, 1_500);
         let (answer, lost) = if self.fault(Fault::Timeout) {
@@ -303,10 +336,4 @@ fn status_only(status: u16) -> Response {
         headers: vec![],
         body: vec![],
     }
-}
-
-fn form_field(body: &[u8], name: &str) -> Option<String> {
-    form_urlencoded::parse(body)
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
 }

@@ -11,11 +11,11 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(keys: String) -> Store {
+    pub fn new(keys: Option<String>) -> Store {
         Store {
             version: 1,
             data: CredentialRecord {
-                keys: Some(keys),
+                keys,
                 lease: None,
                 refresh_mark: None,
                 dead_grant: None,

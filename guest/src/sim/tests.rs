@@ -1,6 +1,7 @@
-//! The simulator's runs: random seeds (a soak with `REKEY_SIM_SEEDS`), one
-//! seed replayed (`REKEY_SIM_SEED`), exhaustive enumeration of small fleets,
-//! and sabotage: each protective rule switched off must be caught.
+//! The simulator's runs: random seeds (a soak with `REKEY_SIM_SEEDS`, one
+//! grant with `REKEY_SIM_GRANT`), one seed replayed (`REKEY_SIM_SEED`),
+//! exhaustive enumeration of small fleets, and sabotage: each protective
+//! rule switched off must be caught.
 
 use super::rng::{Dfs, Rng};
 use super::{Config, FAULTS, Stats, Violation, run};
@@ -14,6 +15,32 @@ const DEFAULT_SEEDS: u64 = 8_000;
 
 fn env(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Every grant `Config::grant_named` knows.
+const GRANTS: [&str; 8] = [
+    "refresh",
+    "refresh-jwt",
+    "cc",
+    "cc-post",
+    "cc-jwt",
+    "jwt-bearer",
+    "jwt-bearer-basic",
+    "jwt-bearer-jwt",
+];
+
+/// The seed's world with the grant `REKEY_SIM_GRANT` names, if it names one.
+fn grant_from_env(c: Config) -> Config {
+    match std::env::var("REKEY_SIM_GRANT") {
+        Ok(name) => c
+            .grant_named(&name)
+            .unwrap_or_else(|| panic!("REKEY_SIM_GRANT={name}: one of {GRANTS:?}")),
+        Err(_) => c,
+    }
+}
+
+fn named(c: Config, grant: &str) -> Config {
+    c.grant_named(grant).expect("a grant the simulator knows")
 }
 
 /// Prints past the harness's capture, so CI logs show what was covered.
@@ -47,12 +74,33 @@ fn random_half(half: u64) {
     let stats = soak(
         &format!("random seeds, half {half}"),
         (0..n).filter(|s| s % 2 == half),
-        Config::random,
+        |s| grant_from_env(Config::random(s)),
     );
     // Not vacuous: the runs met every fault and refreshed under them.
+    let refreshing: u64 = stats
+        .grants
+        .iter()
+        .filter(|(g, _)| g.starts_with("refresh-token"))
+        .map(|(_, n)| n)
+        .sum();
+    let own = stats.runs - refreshing;
     if n >= 100 {
         assert_eq!(stats.faults.len(), FAULTS.len(), "{stats}");
-        assert!(stats.rotations > stats.runs, "{stats}");
+        assert!(refreshing == 0 || stats.rotations > refreshing, "{stats}");
+        assert!(own == 0 || stats.fetches > own, "{stats}");
+    }
+    // Every grant ran, signed, fetched, retried after lost answers, and the
+    // provider refused the network's duplicates of signed requests.
+    if n >= 1_000 && std::env::var("REKEY_SIM_GRANT").is_err() {
+        assert_eq!(stats.grants.len(), 6, "{stats}");
+        assert!(2 * refreshing > stats.runs, "{stats}");
+        for covered in [
+            stats.assertions,
+            stats.replays_refused,
+            stats.retried_after_loss,
+        ] {
+            assert!(covered > 0, "{stats}");
+        }
     }
 }
 
@@ -67,19 +115,21 @@ fn random_seeds_odd() {
 }
 
 /// `REKEY_SIM_SEED=s`: replays one seed and prints its summary (add
-/// `REKEY_SIM_TRACE=100000` to see every event of a violation, and
-/// `REKEY_SIM_SABOTAGE=a|b|c|d` to replay a sabotage test's seed).
+/// `REKEY_SIM_TRACE=100000` to see every event of a violation,
+/// `REKEY_SIM_SABOTAGE=a|b|c|d|e` to replay a sabotage test's seed, and
+/// `REKEY_SIM_GRANT` for a seed of a one-grant soak).
 #[test]
 fn replay() {
     let seed = env("REKEY_SIM_SEED").unwrap_or(7);
     let sabotage = std::env::var("REKEY_SIM_SABOTAGE").unwrap_or_default();
     let config = |seed| {
-        let mut c = Config::random(seed);
+        let mut c = grant_from_env(Config::random(seed));
         match sabotage.as_str() {
             "a" => c.off.fencing = true,
             "b" => c.off.mark = true,
             "c" => c.off.holder_check = true,
             "d" => c.ttl_ms = SHORT_TTL_MS,
+            "e" => c = stuck_random(seed),
             _ => {}
         }
         c
@@ -101,6 +151,15 @@ fn a_seed_replays_exactly() {
         let [a, b] = twice(&Config::random(seed));
         assert_eq!(a, b, "seed {seed}");
     }
+    // Every grant (their assertions' jtis and signatures come from the
+    // workers' seeded random sources).
+    for grant in GRANTS {
+        for seed in 20..24 {
+            let [a, b] = twice(&named(Config::random(seed), grant));
+            assert_eq!(a, b, "{grant}, seed {seed}");
+            assert!(!a.contains("VIOLATION"), "{a}");
+        }
+    }
     // A violation's trace too.
     let no_mark = sabotaged(Off {
         mark: true,
@@ -110,21 +169,36 @@ fn a_seed_replays_exactly() {
     let [a, b] = twice(&no_mark(seed));
     assert!(a.contains("VIOLATION"), "{a}");
     assert_eq!(a, b);
+    // And a violation of a signed grant's.
+    let seed = caught("(e), for a replay", 2_000, &stuck_random).seed;
+    let [a, b] = twice(&stuck_random(seed));
+    assert!(a.contains("VIOLATION") && a.contains("jti"), "{a}");
+    assert_eq!(a, b);
 }
 
-/// Without faults, every call succeeds (the liveness phase is the whole run).
+/// Without faults, every call succeeds (the liveness phase is the whole
+/// run), whatever the grant.
 #[test]
 fn a_calm_fleet_always_succeeds() {
-    let stats = soak("calm fleets", 0..40, |seed| {
-        let mut c = Config::random(seed);
-        c.faults = [0; FAULTS.len()];
-        c
+    let calm = |c: Config| Config {
+        faults: [0; FAULTS.len()],
+        ..c
+    };
+    let stats = soak("calm fleets", 0..40, |seed| calm(Config::random(seed)));
+    assert_eq!(
+        stats.outcomes.keys().copied().collect::<Vec<_>>(),
+        ["ok"],
+        "{stats}"
+    );
+    let stats = soak("calm fleets, every grant", 0..8 * 8, |seed| {
+        calm(named(Config::random(seed), GRANTS[seed as usize % 8]))
     });
     assert_eq!(
         stats.outcomes.keys().copied().collect::<Vec<_>>(),
         ["ok"],
         "{stats}"
     );
+    assert_eq!(stats.grants.len(), 6, "{stats}");
 }
 
 /// Every schedule of a small fleet, by depth-first enumeration.
@@ -235,6 +309,51 @@ fn exhaustive_a_crash_at_any_effect_call() {
     }
 }
 
+/// The client's own grant, signed (`private_key_jwt`), nothing stored at
+/// first: one worker dies before or after any effect call. Nothing is ever
+/// in doubt, nothing is marked, every assertion is fresh.
+#[test]
+fn exhaustive_client_credentials_a_crash_at_any_effect_call() {
+    let mut cfg = named(small(2, 2), "cc-jwt");
+    cfg.crashes = 1;
+    cfg.start_empty = true;
+    let stats = exhaustive(
+        "client credentials, private_key_jwt, 2 workers x 2 calls, 1 crash anywhere, <= 1 preemption",
+        &cfg,
+        preemptions(1),
+        100_000,
+    );
+    assert!(stats.fetches >= stats.runs, "{stats}");
+    assert!(stats.assertions >= stats.fetches, "{stats}");
+    let kinds: Vec<&str> = stats.outcomes.keys().copied().collect();
+    assert!(
+        kinds.contains(&"crashed") && kinds.contains(&"ok"),
+        "{stats}"
+    );
+}
+
+/// The JWT bearer grant, a public client, nothing stored: the first calls
+/// of two workers race to fetch; one fetches, or both do, one after the
+/// other, and each call succeeds.
+#[test]
+fn exhaustive_two_workers_jwt_bearer_from_nothing() {
+    let mut cfg = named(small(2, 1), "jwt-bearer");
+    cfg.start_empty = true;
+    cfg.stray_refresh = true;
+    let stats = exhaustive(
+        "jwt bearer, nothing stored, 2 workers x 1 call",
+        &cfg,
+        None,
+        100_000,
+    );
+    assert!(stats.fetches >= stats.runs, "{stats}");
+    assert_eq!(
+        stats.outcomes.keys().copied().collect::<Vec<_>>(),
+        ["ok"],
+        "{stats}"
+    );
+}
+
 /// Exhaustive search notices sabotage too: without the refresh mark, a
 /// crash after the token request lets the next holder spend the same token.
 #[test]
@@ -302,6 +421,23 @@ fn sabotage_no_holder_check_is_caught() {
     caught("(c) no holder check", 2_000, &sabotaged(off));
 }
 
+/// The world's, not the guest's: the host's random source repeats itself,
+/// so each worker's assertions repeat their `jti`, and the checker (or the
+/// provider, as a real server would) must object.
+fn stuck_random(seed: u64) -> Config {
+    let grant = ["refresh-jwt", "cc-jwt", "jwt-bearer", "jwt-bearer-jwt"][seed as usize % 4];
+    Config {
+        stuck_random: true,
+        ..named(Config::random(seed), grant)
+    }
+}
+
+#[test]
+fn sabotage_a_stuck_random_source_is_caught() {
+    let v = caught("(e) a stuck random source", 2_000, &stuck_random);
+    assert!(v.what.contains("jti"), "{v}");
+}
+
 /// A lease TTL shorter than a token-endpoint answer (20 ms to 3.5 s).
 const SHORT_TTL_MS: u32 = 300;
 
@@ -334,6 +470,8 @@ fn a_lease_wait_shorter_than_the_ttl_is_lengthened_to_keep_liveness() {
 /// failed `rejected-after-refresh` until the window closed, faults or not.
 #[test]
 fn seed_2888_a_token_lifetime_counts_from_the_request() {
-    soak("seed 2888", std::iter::once(2888), Config::random);
-    soak("seed 6495", std::iter::once(6495), Config::random);
+    // As they ran when found: the refresh grant with a client secret.
+    let refresh = |seed| named(Config::random(seed), "refresh");
+    soak("seed 2888", std::iter::once(2888), refresh);
+    soak("seed 6495", std::iter::once(6495), refresh);
 }

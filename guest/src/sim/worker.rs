@@ -81,6 +81,8 @@ struct SimFx {
     clock: Arc<AtomicU64>,
     skew_ms: i64,
     rng: Rng,
+    /// Sabotage of the world: the random source repeats itself.
+    stuck_random: bool,
 }
 
 impl SimFx {
@@ -141,16 +143,27 @@ impl Effects for SimFx {
 
 impl crate::effects::Signing for SimFx {
     fn random_u64(&mut self) -> u64 {
+        if self.stuck_random {
+            return self.rng.clone().next_u64();
+        }
         self.rng.next_u64()
     }
-    /// The simulated credentials use client secrets: nothing is signed.
+    /// The host's signer, with the simulated key (`jwt`). Not a scheduling
+    /// point: it touches nothing another worker sees.
     fn sign(
         &mut self,
-        _: crate::rekey::oauth2::types::SigningAlgorithm,
-        _: &[u8],
+        alg: crate::rekey::oauth2::types::SigningAlgorithm,
+        input: &[u8],
     ) -> Result<Vec<u8>, String> {
-        Err("the simulator has no signing key".into())
+        Ok(super::jwt::sign(alg, input))
     }
+}
+
+/// A worker's random source (`wasi:random`): seeded, or, as a sabotage of
+/// the world, stuck on one value.
+pub struct Random {
+    pub seed: u64,
+    pub stuck: bool,
 }
 
 /// How long the scheduler waits for a worker to reach its next effect call
@@ -164,7 +177,7 @@ impl Worker {
         req: Request,
         clock: Arc<AtomicU64>,
         skew_ms: i64,
-        seed: u64,
+        random: Random,
         off: sabotage::Off,
     ) -> Worker {
         let (cmd_tx, cmd_rx) = channel();
@@ -178,7 +191,8 @@ impl Worker {
                     rx: cmd_rx,
                     clock,
                     skew_ms,
-                    rng: Rng::new(seed),
+                    rng: Rng::new(random.seed),
+                    stuck_random: random.stuck,
                 };
                 while let Ok(Command::Call) = fx.rx.recv() {
                     let run =

@@ -9,14 +9,17 @@
 //! time jumps to the next due event.
 
 use super::check::{self, Call, Judged, Ledger, MAX_OPS};
-use super::provider::Provider;
+use super::jwt;
+use super::provider::{ISSUER, Provider, TOKEN_URL};
 use super::rng::{Chooser, Rng};
 use super::store::Store;
-use super::worker::{Next, Op, Outcome, Reply, Worker};
-use super::{Config, Fault, Stats, Violation};
+use super::worker::{Next, Op, Outcome, Random, Reply, Worker};
+use super::{Auth, Config, Fault, GrantKind, Stats, Violation};
 use crate::fleet::Timing;
 use crate::http::Request;
-use crate::rekey::oauth2::types::{FleetTiming, Purpose, Settings};
+use crate::rekey::oauth2::types::{
+    ClientAuth, FleetTiming, Grant, JwtBearer, Purpose, Settings, Signing, SigningAlgorithm,
+};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +29,13 @@ const EPOCH_MS: u64 = 1_700_000_000_000;
 /// A run that takes more steps than this is looping.
 const MAX_STEPS: u64 = 2_000_000;
 const API_URL: &str = "http://127.0.0.1:9/api";
-const TOKEN_URL: &str = "http://127.0.0.1:9/token";
+/// The client of the grants other than the refresh grant with a secret
+/// (which keeps `testing::settings`' client), its secret (characters that
+/// need encoding), and the JWT bearer grant's subject and claim.
+const CLIENT_ID: &str = "sim-client";
+const CLIENT_SECRET: &str = "s3cret&=+ /%";
+const SUBJECT: &str = "svc-account@sim";
+const SUBJECT_CLAIM: (&str, &str) = ("scope", "sim.read");
 
 pub(super) enum St {
     /// Between calls; the next starts at this time.
@@ -54,7 +63,7 @@ enum Ready {
 
 pub(super) enum Event {
     /// A duplicate of a token request reaches the provider.
-    Duplicate(Option<String>),
+    Duplicate(Request),
     Revoke,
 }
 
@@ -78,6 +87,8 @@ pub struct Sim<'a> {
     pub(super) crashes_left: u32,
     /// The lease TTL and wait in effect (zeros mean the defaults).
     pub(super) timing: Timing,
+    /// Every worker's settings.
+    pub(super) settings: Settings,
 }
 
 /// Runs one simulation; `chooser` picks among ready events.
@@ -85,11 +96,13 @@ pub fn run(cfg: &Config, chooser: &mut dyn Chooser) -> Result<Stats, Violation> 
     let mut sim = Sim::new(cfg, chooser);
     let result = sim.main();
     sim.stats.runs = 1;
+    sim.stats.grants.insert(cfg.grant_name(), 1);
     sim.stats.sim_ms = sim.now - EPOCH_MS;
     match result {
         Ok(()) => Ok(std::mem::take(&mut sim.stats)),
         Err(what) => Err(Violation {
             seed: cfg.seed,
+            grant: cfg.grant_name(),
             what,
             trace: sim.trace.drain(..).collect(),
         }),
@@ -97,8 +110,8 @@ pub fn run(cfg: &Config, chooser: &mut dyn Chooser) -> Result<Stats, Violation> 
 }
 
 fn settings(cfg: &Config) -> Settings {
-    Settings {
-        grant: crate::rekey::oauth2::types::Grant::RefreshToken,
+    let base = Settings {
+        grant: Grant::RefreshToken,
         token_url: TOKEN_URL.into(),
         strategy: cfg.strategy,
         fleet: FleetTiming {
@@ -106,6 +119,41 @@ fn settings(cfg: &Config) -> Settings {
             lease_wait_ms: cfg.wait_ms,
         },
         ..crate::testing::settings()
+    };
+    if cfg.grant == GrantKind::RefreshToken && cfg.auth == Auth::SecretPost {
+        return base;
+    }
+    let grant = match cfg.grant {
+        GrantKind::RefreshToken => Grant::RefreshToken,
+        GrantKind::ClientCredentials => Grant::ClientCredentials,
+        GrantKind::JwtBearer => Grant::JwtBearer(JwtBearer {
+            subject: SUBJECT.into(),
+            claims: vec![(SUBJECT_CLAIM.0.into(), SUBJECT_CLAIM.1.into())],
+        }),
+    };
+    // With private_key_jwt the settings keep a secret too: it must never be sent.
+    let (client_auth, client_secret) = match cfg.auth {
+        Auth::SecretPost => (ClientAuth::ClientSecretPost, Some(CLIENT_SECRET.into())),
+        Auth::SecretBasic => (ClientAuth::ClientSecretBasic, Some(CLIENT_SECRET.into())),
+        Auth::PrivateKeyJwt => (ClientAuth::PrivateKeyJwt, Some(CLIENT_SECRET.into())),
+        Auth::Public => (ClientAuth::ClientSecretBasic, None),
+    };
+    let signing = cfg.signs().then(|| Signing {
+        algorithm: if cfg.es256 {
+            SigningAlgorithm::Es256
+        } else {
+            SigningAlgorithm::Rs256
+        },
+        key_id: cfg.key_id.then(|| jwt::KID.into()),
+        audience: cfg.audience_issuer.then(|| ISSUER.into()),
+    });
+    Settings {
+        grant,
+        client_id: CLIENT_ID.into(),
+        client_secret,
+        client_auth,
+        signing,
+        ..base
     }
 }
 
@@ -128,7 +176,10 @@ impl<'a> Sim<'a> {
                     req.clone(),
                     clock.clone(),
                     skew,
-                    rng.next_u64(),
+                    Random {
+                        seed: rng.next_u64(),
+                        stuck: cfg.stuck_random,
+                    },
                     cfg.off,
                 );
                 Slot {
@@ -144,10 +195,19 @@ impl<'a> Sim<'a> {
             })
             .collect();
         let expires_at = (EPOCH_MS + cfg.first_access_valid_ms) / 1000;
-        let keys =
-            format!(r#"{{"access_token":"at0","refresh_token":"rt0","expires_at":{expires_at}}}"#);
+        // The client's own grants start with nothing stored, or with an
+        // access token and no refresh token.
+        let keys = match cfg.grant {
+            GrantKind::RefreshToken => Some(format!(
+                r#"{{"access_token":"at0","refresh_token":"rt0","expires_at":{expires_at}}}"#
+            )),
+            _ if cfg.start_empty => None,
+            _ => Some(format!(
+                r#"{{"access_token":"at0","expires_at":{expires_at}}}"#
+            )),
+        };
         let store = Store::new(keys);
-        let ledger = Ledger::new(&store.data);
+        let ledger = Ledger::new(&store.data, cfg.spends());
         let mut events = Vec::new();
         let mut stats = Stats::default();
         if rng.chance(cfg.p(Fault::Revoke)) {
@@ -170,6 +230,8 @@ impl<'a> Sim<'a> {
                 cfg.first_access_valid_ms,
                 cfg.grace_ms,
                 cfg.access_ttl_ms,
+                settings(cfg),
+                cfg.stray_refresh,
             ),
             slots,
             events,
@@ -182,6 +244,7 @@ impl<'a> Sim<'a> {
             calls: 0,
             crashes_left: cfg.crashes,
             timing: Timing::of(&settings(cfg).fleet),
+            settings: settings(cfg),
         }
     }
 
@@ -403,6 +466,7 @@ impl<'a> Sim<'a> {
             mark_orphaned,
             now: self.now,
             ttl_ms: self.timing.ttl_ms,
+            spends: self.cfg.spends(),
         })?;
         self.ledger.nothing_lost(&call, &self.store)?;
         let at = self.now + self.think();
