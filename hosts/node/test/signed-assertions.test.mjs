@@ -355,6 +355,9 @@ test('no key: InvalidSettings naming the file or the variable (never a key), not
     ];
     for (const [settings, message] of cases) {
       const store = new MemoryStore();
+      // The credential's record, holding no keys: the key is read only when
+      // an assertion is signed (create would refuse some of these settings).
+      await store.insert('x', null, undefined);
       for (const call of [
         () => rk.send({ credential: 'x', store, settings, request: { url: p.api('me') } }),
         () => rk.send({ settings, request: { url: p.api('me') }, onUpdateKeys() {} }),
