@@ -129,10 +129,22 @@ impl SigningKeySource {
     }
 }
 
+/// At most MAX_KEY_BYTES + 1 of a regular file (symlinks followed). Opened
+/// non-blocking, so a FIFO in its place cannot stall the call.
 fn read_key_file(path: &Path, where_: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let file = std::fs::File::open(path)
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
         .map_err(|e| format!("{where_} cannot be read ({})", io_kind(&e)))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("{where_} cannot be read ({})", io_kind(&e)))?;
+    if !meta.is_file() {
+        return Err(format!("{where_} is not a regular file; {EXPECTED}"));
+    }
     let mut bytes = Vec::new();
     file.take(MAX_KEY_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -715,6 +727,16 @@ mod tests {
             for secret in [&body[..40], &small_text[40..80], &p384_text[40..80]] {
                 assert!(!err.contains(secret), "{err}");
             }
+        }
+        // A FIFO, a directory or a device in the key's place is refused at once.
+        let fifo = dir.path().join("fifo.pem");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for path in [fifo.as_path(), dir.path(), Path::new("/dev/zero")] {
+            let err = SigningKeySource::File(path.to_owned())
+                .load(None)
+                .unwrap_err();
+            assert!(err.contains("is not a regular file"), "{err}");
         }
         let err = SigningKeySource::Env("REKEY_TEST_NO_SUCH_KEY_VAR".into())
             .load(None)
