@@ -84,8 +84,19 @@ if (cores.length === 0) throw new Error(`${input} holds no core module`);
 const guest = cores.reduce((a, b) => (b.body.length > a.body.length ? b : a));
 const smaller = optimize(guest.body);
 
+/** A custom section's name (id 0: a name, then its bytes). */
+function customName(s) {
+  const [length, at] = readLeb(s.body, 0);
+  return Buffer.from(s.body.subarray(at, at + length)).toString('utf8');
+}
+// The component-name section names the component's internal instances and
+// functions for debuggers only (no runtime reads it), as the core module's
+// names are dropped above: about 3 KB of the budget.
+const DEBUG_ONLY = new Set(['component-name']);
+
 const parts = [COMPONENT_PREAMBLE];
 for (const s of all) {
+  if (s.id === 0 && DEBUG_ONLY.has(customName(s))) continue;
   parts.push(...(s === guest ? [Uint8Array.of(CORE_MODULE), leb(smaller.length), smaller] : [s.raw]));
 }
 const out = Buffer.concat(parts);

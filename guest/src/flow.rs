@@ -144,6 +144,57 @@ pub fn send<F: Effects>(
     }
 }
 
+/// What [`keepalive`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kept {
+    /// Young enough, or renewed by another worker meanwhile: nothing spent.
+    Fresh,
+    /// The refresh token was exchanged and the result stored.
+    Refreshed,
+    /// The grant keeps no refresh token.
+    NothingToKeep,
+}
+
+/// Exercises a refresh token that would die from disuse: refreshes when the
+/// stored set was obtained `older_than` seconds ago or more (or when is
+/// unknown), or when its refresh token expires within that time. The refresh
+/// is `send`'s own (lease, mark, adoption), so a fleet running this at once
+/// spends the token once.
+pub fn keepalive<F: Effects>(
+    fx: &mut F,
+    settings: &Settings,
+    older_than: u64,
+) -> Result<Kept, SendError> {
+    validate(settings)?;
+    if !spends(settings) {
+        return Ok(Kept::NothingToKeep);
+    }
+    let stored = fleet::read(fx)?;
+    fleet::check_alive(&stored.data)?;
+    let keys = match stored.data.keys.as_deref().map(Keys::parse).transpose() {
+        Err(e) => return Err(SendError::InvalidKeys(e)),
+        Ok(Some(k)) if !k.is_empty() => k,
+        Ok(_) => return Err(not_authenticated("no keys are stored for this credential")),
+    };
+    if keys.refresh_token().is_none() {
+        return Ok(Kept::NothingToKeep);
+    }
+    let now = fx.now_unix();
+    let idle = keys
+        .refreshed_at()
+        .is_none_or(|at| now.saturating_sub(at) >= older_than);
+    let dying = keys
+        .refresh_expires_at()
+        .is_some_and(|at| at <= now.saturating_add(older_than));
+    if !(idle || dying) {
+        return Ok(Kept::Fresh);
+    }
+    match refresh(fx, settings, Timing::of(&settings.fleet), &keys)? {
+        (_, Origin::Adopted) => Ok(Kept::Fresh),
+        (_, Origin::Exchanged) => Ok(Kept::Refreshed),
+    }
+}
+
 /// Whether a renewal spends a stored refresh token (else it is the client's
 /// own grant, which spends nothing and so needs no mark).
 fn spends(settings: &Settings) -> bool {
@@ -303,6 +354,7 @@ enum Origin {
 /// Gets a token set newer than `stale`: adopts one another worker stored
 /// meanwhile, or, holding the lease, spends the refresh token and persists
 /// the merged result before anyone may use it.
+#[inline(never)]
 fn refresh(
     fx: &mut impl Effects,
     settings: &Settings,
@@ -1845,5 +1897,178 @@ mod tests {
             assert!(fx.sent.is_empty());
             assert_eq!((fx.leases, fx.releases), (leases, leases));
         }
+    }
+
+    /// Keepalive on these stored keys, asking for sets older than an hour
+    /// to be refreshed.
+    fn keepalive_on(fx: &mut Script, keys: &str) -> Result<Kept, SendError> {
+        fx.record.data.keys = Some(keys.into());
+        keepalive(fx, &settings(Strategy::OnAuthFailure), 3600)
+    }
+
+    fn body_of(req: &Request) -> String {
+        String::from_utf8(req.body.clone()).unwrap()
+    }
+
+    #[test]
+    fn keepalive_leaves_a_young_set_alone_and_sends_nothing() {
+        let mut fx = script([]);
+        let young = r#"{"access_token":"a1","refresh_token":"r1","rekey_refreshed_at":900}"#;
+        assert_eq!(keepalive_on(&mut fx, young).unwrap(), Kept::Fresh);
+        assert!(fx.sent.is_empty() && fx.emitted.is_empty());
+        assert_eq!(fx.leases, 0);
+    }
+
+    #[test]
+    fn keepalive_refreshes_an_idle_an_undated_or_a_dying_set_without_an_api_request() {
+        for keys in [
+            // Obtained 2 hours ago.
+            r#"{"access_token":"a1","refresh_token":"r1","rekey_refreshed_at":2800}"#,
+            // Imported: when it was obtained is unknown.
+            r#"{"access_token":"a1","refresh_token":"r1"}"#,
+            // Young, but the provider said the refresh token dies in 100 s.
+            r#"{"access_token":"a1","refresh_token":"r1","rekey_refreshed_at":9990,"refresh_expires_at":10100}"#,
+        ] {
+            let mut fx =
+                script([ok(200, r#"{"access_token":"a2","refresh_token":"r2"}"#)]).at(10_000);
+            assert_eq!(
+                keepalive_on(&mut fx, keys).unwrap(),
+                Kept::Refreshed,
+                "{keys}"
+            );
+            assert_eq!(
+                fx.purposes,
+                [Purpose::TokenEndpoint],
+                "one token request, no API request"
+            );
+            let form = body_of(&fx.sent[0]);
+            assert!(
+                form.contains("grant_type=refresh_token") && form.contains("refresh_token=r1"),
+                "{form}"
+            );
+            let stored = Keys::parse(fx.record.data.keys.as_deref().unwrap()).unwrap();
+            assert_eq!(
+                stored.refresh_token(),
+                Some("r2"),
+                "the rotated token is stored"
+            );
+            assert_eq!(stored.refreshed_at(), Some(10_000));
+            assert!(fx.record.data.refresh_mark.is_none() && fx.record.data.lease.is_none());
+        }
+    }
+
+    #[test]
+    fn keepalive_adopts_a_set_another_worker_stored_and_spends_nothing() {
+        /// A fleet: another machine's keepalive stores r9 between this
+        /// one's first read and its lease.
+        struct Raced(Script, u32);
+        impl crate::http::Http for Raced {
+            type Body = Vec<u8>;
+            fn http_send(
+                &mut self,
+                p: Purpose,
+                r: &Request<&Vec<u8>>,
+            ) -> Result<Response, TransportError> {
+                self.0.http_send(p, r)
+            }
+            fn new_body(&mut self, b: Vec<u8>) -> Vec<u8> {
+                b
+            }
+            fn read_body(&mut self, b: &Vec<u8>, limit: u64) -> Vec<u8> {
+                b[..b.len().min(limit as usize)].to_vec()
+            }
+        }
+        impl Effects for Raced {
+            fn read_record(&mut self) -> Result<crate::rekey::oauth2::types::StoredRecord, String> {
+                self.1 += 1;
+                if self.1 == 2 {
+                    self.0.record.data.keys = Some(A9.into());
+                    self.0.record.version += 1;
+                }
+                self.0.read_record()
+            }
+            fn write_record(
+                &mut self,
+                expected: u64,
+                record: &crate::rekey::oauth2::types::CredentialRecord,
+            ) -> Result<u64, crate::rekey::oauth2::types::WriteError> {
+                self.0.write_record(expected, record)
+            }
+            fn now_ms(&self) -> u64 {
+                self.0.now_ms()
+            }
+            fn sleep(&mut self, d: Duration) {
+                self.0.sleep(d)
+            }
+        }
+        impl crate::effects::Signing for Raced {
+            fn random_u64(&mut self) -> u64 {
+                crate::effects::Signing::random_u64(&mut self.0)
+            }
+            fn sign(
+                &mut self,
+                alg: crate::rekey::oauth2::types::SigningAlgorithm,
+                input: &[u8],
+            ) -> Result<Vec<u8>, String> {
+                crate::effects::Signing::sign(&mut self.0, alg, input)
+            }
+        }
+        let mut fx = Raced(script([]), 0);
+        fx.0.record.data.keys = Some(KEYS.into());
+        let kept = keepalive(&mut fx, &settings(Strategy::OnAuthFailure), 3600).unwrap();
+        assert_eq!(kept, Kept::Fresh);
+        assert!(
+            fx.0.sent.is_empty(),
+            "nothing spent: the other machine refreshed"
+        );
+        assert_eq!(fx.0.leases, 0);
+    }
+
+    #[test]
+    fn keepalive_has_nothing_to_keep_without_a_refresh_token_and_fails_clearly_otherwise() {
+        let mut fx = script([]);
+        let own = Settings {
+            grant: Grant::ClientCredentials,
+            ..settings(Strategy::OnAuthFailure)
+        };
+        assert_eq!(keepalive(&mut fx, &own, 3600).unwrap(), Kept::NothingToKeep);
+        assert_eq!(
+            keepalive_on(&mut fx, r#"{"access_token":"a1"}"#).unwrap(),
+            Kept::NothingToKeep
+        );
+
+        fx.record.data.keys = None;
+        let none = keepalive(&mut fx, &settings(Strategy::OnAuthFailure), 3600).unwrap_err();
+        assert!(matches!(none, SendError::NotAuthenticated(_)), "{none:?}");
+
+        fx.record.data.dead_grant = Some(crate::rekey::oauth2::types::DeadGrant {
+            code: "invalid_grant".into(),
+            at: 0,
+        });
+        let dead = keepalive_on(&mut fx, KEYS).unwrap_err();
+        assert!(
+            matches!(dead, SendError::ReauthorizationRequired(_)),
+            "{dead:?}"
+        );
+        assert!(fx.sent.is_empty(), "no request for a missing or dead grant");
+    }
+
+    #[test]
+    fn keepalive_on_a_revoked_grant_records_it_dead() {
+        let mut fx = script([ok(400, r#"{"error":"invalid_grant"}"#)]);
+        let err = keepalive_on(&mut fx, KEYS).unwrap_err();
+        assert!(
+            matches!(err, SendError::ReauthorizationRequired(_)),
+            "{err:?}"
+        );
+        assert_eq!(
+            fx.record.data.dead_grant.as_ref().map(|d| d.code.as_str()),
+            Some("invalid_grant")
+        );
+        assert_eq!(
+            fx.record.data.keys.as_deref(),
+            Some(KEYS),
+            "the keys are kept"
+        );
     }
 }

@@ -96,9 +96,13 @@ impl Keys {
     }
 
     /// When this set was obtained by a refresh, when the guest knows.
-    #[cfg(test)]
     pub fn refreshed_at(&self) -> Option<u64> {
         number(self.0.get(REFRESHED_AT)?)
+    }
+
+    /// When the refresh token dies, where the provider said.
+    pub fn refresh_expires_at(&self) -> Option<u64> {
+        number(self.0.get(REFRESH_EXPIRES_AT)?)
     }
 
     /// When the API last rejected `request` (a [`request_key`]) right after

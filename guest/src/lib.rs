@@ -47,7 +47,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 use exports::rekey::oauth2::authorize::{Authorization, AuthorizeError, DeviceGrant, Pending};
-use exports::rekey::oauth2::client::Guest;
+use exports::rekey::oauth2::client::{Guest, KeepaliveOutcome};
 use rekey::oauth2::types::{
     Body, CredentialRecord, Purpose, Request, RequestHead, Response, ScopeChallenge, SendError,
     Settings, SigningAlgorithm, StoredRecord, TransportError, WriteError,
@@ -165,6 +165,16 @@ impl Guest for Component {
 
     fn check_settings(settings: Settings) -> Result<(), String> {
         flow::check_settings(&settings)
+    }
+
+    fn keepalive(settings: Settings, older_than_secs: u64) -> Result<KeepaliveOutcome, SendError> {
+        Ok(
+            match flow::keepalive(&mut HostEffects, &settings, older_than_secs)? {
+                flow::Kept::Fresh => KeepaliveOutcome::Fresh,
+                flow::Kept::Refreshed => KeepaliveOutcome::Refreshed,
+                flow::Kept::NothingToKeep => KeepaliveOutcome::NothingToKeep,
+            },
+        )
     }
 }
 
