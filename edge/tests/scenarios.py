@@ -869,6 +869,51 @@ def in_doubt_recovery(tk):
           "after the provider's check; next request: 200, 1 refresh")
 
 
+def keepalive_from_the_operator(tk):
+    """`POST /_rekey/keepalive`: the operator's cron exercises a refresh
+    token that would die from disuse; one refresh however many instances are
+    asked at once, no API request; callers cannot reach it."""
+    d = keys_dir("keepalive", tk)  # imported: when it was obtained is unknown
+    ss = [serve(tk, d, f"keepalive-{k}") for k in range(2)]
+    op = {"authorization": f"Bearer {OPERATOR_SECRET}"}
+    path = "/_rekey/keepalive?older_than_secs=86400"
+    before = tk.stats()
+    api_seen = len(tk.api_log())
+    status, _, body = request(ss[0].base, "POST", path, {"authorization": f"Bearer {CALLER_SECRET}"})
+    assert status == 401, ("a caller reached the operator path", status, body)
+    status, _, body = request(ss[0].base, "POST", "/_rekey/keepalive", op)
+    assert status == 400 and answer_of(body)["error"] == "bad_request", (status, body)
+    assert delta(before, tk.stats(), "token_calls") == 0
+    answers = []
+    barrier = threading.Barrier(8)
+
+    def one(i):
+        barrier.wait()
+        answers.append(request(ss[i % 2].base, "POST", path, op))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    outcomes = sorted(json.loads(b)["outcome"] if st == 200 else f"{st} {b[:120]!r}" for st, _, b in answers)
+    assert outcomes == ["fresh"] * 7 + ["refreshed"], outcomes
+    after = tk.stats()
+    assert delta(before, after, "refreshes_granted") == 1 and delta(before, after, "token_calls") == 1, after
+    assert delta(before, after, "invalid_grant") == 0 and after["reused_refresh_tokens"] == 0, after
+    assert len(tk.api_log()) == api_seen, "keepalive sent an API request"
+    keys = stored(d)
+    remember(keys)
+    assert tk.live(keys["refresh_token"]) and isinstance(keys.get("rekey_refreshed_at"), int), sorted(keys)
+    status, _, body = request(ss[1].base, "POST", path, op)
+    assert (status, json.loads(body)) == (200, {"outcome": "fresh"}), (status, body)
+    assert delta(before, tk.stats(), "token_calls") == 1, "a young set was refreshed again"
+    for s in ss:
+        s.stop()
+    print("   keepalive: callers 401, no age 400; 8 operator calls at once on 2 servers: 1 refreshed, 7 fresh, "
+          "1 token request, 0 API requests, the rotated refresh token live; then fresh")
+
+
 def localhost_is_not_loopback(tk):
     d = keys_dir("localhost", tk)
     port = tk.base.rsplit(":", 1)[1]
@@ -957,6 +1002,7 @@ def main():
         lambda: paths_and_methods(tk),
         lambda: keys_directory_is_checked(tk),
         lambda: in_doubt_recovery(tk),
+        lambda: keepalive_from_the_operator(tk),
         lambda: localhost_is_not_loopback(tk),
         lambda: configuration_from_the_environment(tk),
         lambda: misconfiguration_fails_closed(tk),
@@ -969,6 +1015,7 @@ def main():
              "fifo-record", "sigkill-restart", "killed-mid-refresh",
              "caller-authorization", "one-mib-bodies", "migrated-in-doubt", "unreadable-record",
              "caller-secret", "wrong-host", "header-hygiene", "paths-and-methods", "keys-directory", "in-doubt-recovery",
+             "keepalive",
              "localhost-refused", "config-env-fallback", "misconfigured", "client-credentials",
              "silent-provider", "revoked-grant", "no-secret-in-output"]
     only = set(filter(None, os.environ.get("EDGE_ONLY", "").split(",")))  # e.g. EDGE_ONLY=revoked-grant

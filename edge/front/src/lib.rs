@@ -64,7 +64,7 @@ fn proxy(request: IncomingRequest) -> Answer {
         return Answer::host_not_allowed();
     }
     if operator::is_operator_path(&seen.target) {
-        return operator::handle(&seen, access);
+        return operator::handle(&seen, access, &settings.rekey);
     }
     if !seen
         .bearer()

@@ -3,12 +3,17 @@
 //! /_rekey/clear-refresh-mark?at_ms=N` clears the refresh mark set at N,
 //! after the operator has asked the provider whether the stored refresh
 //! token is still live (if it is not, the credential needs a new
-//! authorisation instead). A separate secret from the callers'.
+//! authorisation instead); `POST /_rekey/keepalive?older_than_secs=N`
+//! exercises a refresh token that would die from disuse (rekey's
+//! `keepalive`: one refresh however many instances are asked at once). A
+//! separate secret from the callers'.
 
 use crate::answer::{Answer, Json, state_json};
 use crate::forward::Incoming;
 use crate::gate;
 use crate::rekey::edge::operator::{self, ClearError};
+use crate::rekey::oauth2::client::{self, KeepaliveOutcome};
+use crate::rekey::oauth2::types::Settings as RekeySettings;
 use crate::settings::Access;
 use alloc::format;
 
@@ -19,7 +24,7 @@ pub fn is_operator_path(target: &str) -> bool {
     path == PREFIX || path.starts_with("/_rekey/")
 }
 
-pub fn handle(seen: &Incoming, access: &Access) -> Answer {
+pub fn handle(seen: &Incoming, access: &Access, settings: &RekeySettings) -> Answer {
     if access.operators.is_empty() {
         return Answer::operator(404, "operator_disabled", "no operator secret is configured");
     }
@@ -76,10 +81,38 @@ pub fn handle(seen: &Incoming, access: &Access) -> Answer {
                 Err(ClearError::Failed(m)) => Answer::operator(503, "store_unavailable", &m),
             }
         }
+        ("POST", "/_rekey/keepalive") => {
+            let older_than = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("older_than_secs="))
+                .and_then(|v| v.parse::<u64>().ok());
+            let Some(older_than) = older_than else {
+                return Answer::operator(
+                    400,
+                    "bad_request",
+                    "say how old a token set may be: ?older_than_secs=<seconds>",
+                );
+            };
+            match client::keepalive(settings, older_than) {
+                Ok(kept) => {
+                    let mut json = Json::new();
+                    json.str(
+                        "outcome",
+                        match kept {
+                            KeepaliveOutcome::Fresh => "fresh",
+                            KeepaliveOutcome::Refreshed => "refreshed",
+                            KeepaliveOutcome::NothingToKeep => "nothing_to_keep",
+                        },
+                    );
+                    Answer::json(200, json)
+                }
+                Err(e) => Answer::from_send_error(e),
+            }
+        }
         _ => Answer::operator(
             404,
             "no_such_operation",
-            "GET /_rekey/record or POST /_rekey/clear-refresh-mark?at_ms=N",
+            "GET /_rekey/record, POST /_rekey/clear-refresh-mark?at_ms=N or POST /_rekey/keepalive?older_than_secs=N",
         ),
     }
 }
