@@ -391,6 +391,19 @@ impl Held {
         self.finish(fx, next);
     }
 
+    /// Ends the holding as `release(false)` does, storing `keys` (the same
+    /// token set with a memory the guest keeps, e.g. a refusal): nothing was
+    /// spent.
+    pub fn release_with_keys(mut self, fx: &mut impl Effects, keys: &Keys) {
+        let next = CredentialRecord {
+            keys: Some(keys.to_json()),
+            lease: None,
+            refresh_mark: None,
+            dead_grant: None,
+        };
+        self.finish(fx, next);
+    }
+
     /// Records that the grant is dead and ends lease and mark: the token
     /// endpoint refused the refresh token itself, so nothing was spent.
     pub fn record_dead(mut self, fx: &mut impl Effects, code: &str) {

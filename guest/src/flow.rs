@@ -37,7 +37,7 @@ pub const BACKOFF: Duration = Duration::from_millis(200);
 pub const RENEWALS: u32 = 3;
 pub use crate::keys::REJECTION_MEMORY;
 /// How far ahead of this worker's clock another's evidence may be dated.
-const EVIDENCE_SKEW: u64 = 60;
+pub(crate) const EVIDENCE_SKEW: u64 = 60;
 
 /// Why `send` gave the caller no response of its own: an error, or the API's
 /// answer with a reason (`send-error`'s cases that carry a response).
@@ -201,6 +201,53 @@ fn spends(settings: &Settings) -> bool {
     matches!(settings.grant, Grant::RefreshToken)
 }
 
+/// A short fingerprint of what the token endpoint judges (endpoint, client,
+/// its authentication, grant, scope, parameters, signing), for the memory of
+/// a refusal: settings that differ in any of these ask again at once. A
+/// truncated SHA-256, so the stored record names no secret.
+fn settings_fingerprint(settings: &Settings) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut part = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    part(settings.token_url.as_bytes());
+    part(settings.client_id.as_bytes());
+    part(
+        settings
+            .client_secret
+            .as_deref()
+            .unwrap_or("\0none")
+            .as_bytes(),
+    );
+    part(&[settings.client_auth as u8]);
+    part(settings.scope.as_deref().unwrap_or("\0none").as_bytes());
+    for (k, v) in &settings.extra_params {
+        part(k.as_bytes());
+        part(v.as_bytes());
+    }
+    if let Grant::JwtBearer(b) = &settings.grant {
+        part(b.subject.as_bytes());
+        for (k, v) in &b.claims {
+            part(k.as_bytes());
+            part(v.as_bytes());
+        }
+    }
+    if let Some(s) = &settings.signing {
+        part(&[s.algorithm as u8]);
+        part(s.key_id.as_deref().unwrap_or("\0none").as_bytes());
+        part(s.audience.as_deref().unwrap_or("\0none").as_bytes());
+    }
+    let digest = h.finalize();
+    let hex = b"0123456789abcdef";
+    digest[..8]
+        .iter()
+        .flat_map(|b| [hex[usize::from(b >> 4)], hex[usize::from(b & 15)]])
+        .map(char::from)
+        .collect()
+}
+
 pub(crate) fn not_authenticated(why: &str) -> SendError {
     SendError::NotAuthenticated(format!("{why}: please authenticate"))
 }
@@ -362,6 +409,10 @@ fn refresh(
     stale: &Keys,
 ) -> Result<(Keys, Origin), SendError> {
     let spends = spends(settings);
+    let fingerprint = settings_fingerprint(settings);
+    if let Some(refusal) = stale.refusal(fx.now_unix(), &fingerprint) {
+        return Err(SendError::SettingsRejected(refusal));
+    }
     let (mut held, base) = match fleet::acquire(fx, timing, stale, spends)? {
         Renewal::Adopt(keys) => return Ok((keys, Origin::Adopted)),
         Renewal::Exchange(held, base) => (held, base),
@@ -393,15 +444,19 @@ fn refresh(
             }
             Ok((merged, Origin::Exchanged))
         }
-        // The client's own grant has no grant to lose: its refusal is the
-        // client's settings.
-        Err(SendError::ReauthorizationRequired(e)) if !spends => {
-            held.release(fx, false);
-            Err(SendError::SettingsRejected(e))
-        }
-        Err(SendError::ReauthorizationRequired(e)) if !exchanged.maybe_spent => {
+        Err(SendError::ReauthorizationRequired(e)) if spends && !exchanged.maybe_spent => {
             held.record_dead(fx, &e.code);
             Err(SendError::ReauthorizationRequired(e))
+        }
+        // The settings were refused (the client's own grant has no grant to
+        // lose: its refusal is the client's settings): remembered for a
+        // minute, so a fleet does not ask again on every call.
+        Err(SendError::ReauthorizationRequired(e) | SendError::SettingsRejected(e))
+            if !exchanged.maybe_spent =>
+        {
+            let remembered = base.with_refusal(&e, fx.now_unix(), &fingerprint);
+            held.release_with_keys(fx, &remembered);
+            Err(SendError::SettingsRejected(e))
         }
         Err(e) => {
             held.release(fx, exchanged.maybe_spent);
@@ -629,6 +684,7 @@ fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::{REFUSAL_MEMORY, REFUSED};
     use crate::testing::{self, Script, ok, script};
     use std::string::ToString;
 
@@ -1269,6 +1325,63 @@ mod tests {
                 "{err:?}"
             );
             assert!(fx.record.data.dead_grant.is_none(), "no grant to be dead");
+        }
+    }
+
+    #[test]
+    fn a_refusal_of_the_settings_is_remembered_a_minute_for_those_settings_only() {
+        let refused = || ok(401, r#"{"error":"invalid_client"}"#);
+        for settings in [client_credentials(), settings(Strategy::EveryRequest)] {
+            let own = settings.grant == Grant::ClientCredentials;
+            let mut fx = script([refused()]);
+            fx.record.data.keys = (!own).then(|| KEYS.into());
+            let first = send(&mut fx, &settings, &api()).unwrap_err();
+            assert!(
+                matches!(&first, Refusal::Error(SendError::SettingsRejected(e)) if e.code == "invalid_client")
+            );
+            assert_eq!(fx.sent.len(), 1);
+            let stored = fx.record.data.keys.clone().unwrap();
+            assert!(
+                !stored.contains("secret"),
+                "the memory names no secret: {stored}"
+            );
+            assert!(fx.record.data.refresh_mark.is_none() && fx.record.data.dead_grant.is_none());
+            if !own {
+                let kept = Keys::parse(&stored).unwrap();
+                assert_eq!(
+                    kept.refresh_token(),
+                    Some("r1"),
+                    "the refresh token is kept"
+                );
+            }
+
+            // The same settings within the minute: refused without a request.
+            fx.sleep(Duration::from_secs(REFUSAL_MEMORY - 1));
+            let again = send(&mut fx, &settings, &api()).unwrap_err();
+            assert!(
+                matches!(&again, Refusal::Error(SendError::SettingsRejected(e)) if e.code == "invalid_client" && e.status == 401)
+            );
+            assert_eq!(
+                fx.sent.len(),
+                1,
+                "nothing sent for a settings refusal just seen"
+            );
+
+            // A fixed secret asks at once; its token set drops the memory.
+            let fixed = Settings {
+                client_secret: Some("the right one".into()),
+                ..settings.clone()
+            };
+            fx.answer([ok(200, r#"{"access_token":"a2"}"#), ok(200, "hi")]);
+            assert_eq!(send(&mut fx, &fixed, &api()).unwrap().status, 200);
+            assert!(!fx.record.data.keys.clone().unwrap().contains(REFUSED));
+
+            // After the minute, the old settings ask again (once).
+            let mut fx = script([refused(), refused()]);
+            fx.record.data.keys = Some(stored);
+            fx.sleep(Duration::from_secs(REFUSAL_MEMORY));
+            send(&mut fx, &settings, &api()).unwrap_err();
+            assert_eq!(fx.sent.len(), 1, "asked again after the minute");
         }
     }
 

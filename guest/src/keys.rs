@@ -1,5 +1,6 @@
 //! The stored token set: a JSON object kept whole, as the provider sent it.
 
+use crate::rekey::oauth2::types::OauthError;
 use alloc::format;
 use alloc::string::{String, ToString};
 use serde_json::{Map, Value};
@@ -33,14 +34,25 @@ const REFRESH_LIFETIME_FIELDS: [&str; 3] = [
     "refresh_token_expires_in",
     "x_refresh_token_expires_in",
 ];
+/// The token endpoint's refusal of the client's settings (`settings-rejected`:
+/// a wrong secret, an unknown client, a revoked client-credentials grant):
+/// `{"status", "code", "at": Unix seconds, "settings": a fingerprint}`. For
+/// [`REFUSAL_MEMORY`] seconds, workers with the same settings fail at once
+/// instead of asking again, so a fleet with a wrong secret costs the token
+/// endpoint one request a minute, not one per call; other settings (a fixed
+/// secret) ask at once. A token set obtained later drops it.
+pub const REFUSED: &str = "rekey_refused";
+/// How long a refusal of the settings answers for the token endpoint.
+pub const REFUSAL_MEMORY: u64 = 60;
 /// The fields the guest derives and keeps itself: a token response's own
 /// are ignored.
-pub const DERIVED: [&str; 5] = [
+pub const DERIVED: [&str; 6] = [
     "expires_at",
     REFRESHED_AT,
     REJECTED,
     LIFETIME,
     REFRESH_EXPIRES_AT,
+    REFUSED,
 ];
 /// A JWT access token's `exp` is believed only this far ahead.
 const MAX_INFERRED_LIFETIME: u64 = 366 * 24 * 3600;
@@ -165,6 +177,8 @@ impl Keys {
         // The evidence was about the set it was found with; a renewal whose
         // own resend is rejected carries it over (`with_rejection`).
         merged.remove(REJECTED);
+        // The endpoint just accepted the settings.
+        merged.remove(REFUSED);
         // A stated zero means what it says (a repeated answer for a token
         // about to expire), but is no lifetime to remember.
         let expires_in = response.get("expires_in").and_then(number);
@@ -215,6 +229,35 @@ impl Keys {
         }
         merged.insert(REFRESHED_AT.into(), Value::from(now));
         Keys(merged)
+    }
+
+    /// These keys, remembering that the token endpoint refused settings
+    /// with this fingerprint at `now`.
+    pub fn with_refusal(&self, refusal: &OauthError, now: u64, settings: &str) -> Keys {
+        let mut marked = self.0.clone();
+        let mut memory = Map::new();
+        memory.insert("status".into(), Value::from(refusal.status));
+        memory.insert("code".into(), Value::from(refusal.code.as_str()));
+        memory.insert("at".into(), Value::from(now));
+        memory.insert("settings".into(), Value::from(settings));
+        marked.insert(REFUSED.into(), Value::Object(memory));
+        Keys(marked)
+    }
+
+    /// The token endpoint's refusal of settings with this fingerprint, if
+    /// it is recent (and not dated ahead of this clock beyond a fleet's skew).
+    pub fn refusal(&self, now: u64, settings: &str) -> Option<OauthError> {
+        let memory = self.0.get(REFUSED)?.as_object()?;
+        let at = number(memory.get("at")?)?;
+        let recent = at <= now.saturating_add(crate::flow::EVIDENCE_SKEW)
+            && now < at.saturating_add(REFUSAL_MEMORY);
+        if !recent || memory.get("settings")?.as_str()? != settings {
+            return None;
+        }
+        Some(OauthError {
+            status: u16::try_from(number(memory.get("status")?)?).ok()?,
+            code: memory.get("code")?.as_str()?.into(),
+        })
     }
 
     pub fn to_json(&self) -> String {

@@ -93,6 +93,11 @@ impl Script {
         self
     }
 
+    /// More answers, after any left.
+    pub fn answer(&mut self, more: impl IntoIterator<Item = Result<Response, TransportError>>) {
+        self.answers.extend(more);
+    }
+
     /// While the first request is in flight, another worker stores these keys.
     pub fn lease_shows(mut self, keys: &str) -> Self {
         let mut next = self.meanwhile.take().unwrap_or_else(empty_record);
