@@ -66,7 +66,7 @@ test('client-credentials (SQLite): no keys; the first call fetches a token, late
   assert.equal(keys.refresh_token, undefined);
 }));
 
-test('client-credentials: a wrong client secret is SettingsRejected and stores nothing', () => withProvider(async (p) => {
+test('client-credentials: a wrong client secret is SettingsRejected, stores no token, and is not asked again within the minute', () => withProvider(async (p) => {
   const rk = await rekey();
   const store = await tempStore();
   const settings = machine(p, { clientSecret: 'not-the-secret-7f3a' });
@@ -81,9 +81,20 @@ test('client-credentials: a wrong client secret is SettingsRejected and stores n
   assert.equal(stats.client_credentials_granted, 0);
   assert.equal(stats.api_calls, 0, 'nothing went to the API');
   const { data } = await store.read('m2m');
-  assert.equal(data.keys, null, 'no keys stored');
+  const kept = JSON.parse(data.keys);
+  assert.deepEqual(Object.keys(kept), ['rekey_refused'], 'no token stored: only the refusal, remembered');
+  assert.equal(kept.rekey_refused.code, 'invalid_client');
+  assert.doesNotMatch(data.keys, /not-the-secret/, 'the memory names no secret');
   assert.equal(data.refreshMark, null);
   assert.equal(data.deadGrant, null, 'a client refusal is not a dead grant');
+
+  const again = await rk.send({ credential: 'm2m', store, settings, request: { url: p.api('me') } })
+    .then(() => assert.fail('refused a moment ago'), (e) => e);
+  assert.ok(again instanceof SettingsRejected && again.code === 'invalid_client', inspect(again));
+  assert.equal((await p.stats()).token_calls, stats.token_calls, 'the same settings are not asked again within the minute');
+  const fixed = await rk.send({ credential: 'm2m', store, settings: machine(p), request: { url: p.api('me') } });
+  assert.equal(fixed.status, 200, 'the right secret asks at once');
+  assert.equal('rekey_refused' in await keysOf(store, 'm2m'), false, 'the token set drops the memory');
 }));
 
 test('client-credentials with keys passed by callback: none at first, the fetched token goes to onUpdateKeys', () => withProvider(async (p) => {
