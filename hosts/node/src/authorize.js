@@ -129,7 +129,7 @@ export function importTokenResponse(json, nowMs = Date.now()) {
   }
   // What the component derives and keeps itself is never taken from a sender
   // (guest/src/keys.rs DERIVED).
-  for (const derived of ['expires_at', 'rekey_refreshed_at', 'rekey_rejected', 'rekey_lifetime', 'refresh_expires_at']) {
+  for (const derived of ['expires_at', 'rekey_refreshed_at', 'rekey_rejected', 'rekey_lifetime', 'refresh_expires_at', 'rekey_refused']) {
     delete fields[derived];
   }
   const secs = seconds(fields.expires_in);

@@ -65,7 +65,7 @@ def test_no_keys_first_call_fetches_reuses_then_renews_on_401(client, provider_f
     assert provider.api_status(new_keys["access_token"]) == 200
 
 
-def test_wrong_client_secret_is_settings_rejected_and_stores_nothing(client, provider, make_store):
+def test_wrong_client_secret_is_settings_rejected_stores_no_token_and_is_not_asked_again(client, provider, make_store):
     store, _ = make_store()
     wrong = cc_settings(provider, client_secret="not-the-secret")
     store.put("cc", wrong)
@@ -79,9 +79,21 @@ def test_wrong_client_secret_is_settings_rejected_and_stores_nothing(client, pro
     d = delta(provider.stats(), before)
     assert (d["token_calls"], d["client_credentials_granted"], d["api_calls"]) == (1, 0, 0)
     after = stored(store)
-    assert after.data.keys is None and after.data.refresh_mark is None and after.data.dead_grant is None
-    # The lease it took to fetch is given back (or nothing was written at all).
-    assert after.data.lease is None and after.version >= version
+    # No token: only the component's memory of the refusal, naming no secret.
+    kept = json.loads(after.data.keys_text())
+    assert list(kept) == ["rekey_refused"] and kept["rekey_refused"]["code"] == "invalid_client", kept
+    assert "not-the-secret" not in after.data.keys_text()
+    assert after.data.refresh_mark is None and after.data.dead_grant is None
+    # The lease it took to fetch is given back.
+    assert after.data.lease is None and after.version > version
+
+    # The same settings within the minute: refused without a request.
+    with pytest.raises(rekey.SettingsRejected):
+        client.send(wrong, Request.get(provider.api_url + "a"), store=store, credential="cc")
+    assert delta(provider.stats(), before)["token_calls"] == 1
+    # The right secret asks at once; its token set drops the memory.
+    assert client.send(cc_settings(provider), Request.get(provider.api_url + "a"), store=store, credential="cc").status == 200
+    assert "rekey_refused" not in json.loads(stored(store).data.keys_text())
 
 
 def test_the_callback_path_needs_no_keys_either(client, provider_factory):

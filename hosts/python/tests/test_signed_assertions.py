@@ -243,7 +243,10 @@ def test_a_wrong_key_is_settings_rejected_and_nothing_is_stored(client, keyed_pr
     d = delta(provider.stats(), before)
     assert (d["token_calls"], d["assertions_refused"], d["jwt_bearer_granted"], d["refreshes_granted"]) == (1, 1, 0, 0)
     after = store.read("c").data
-    assert stored_keys(store) == first  # nothing new stored, the refresh token kept
+    # No token stored, the refresh token kept; the refusal remembered beside.
+    kept = json.loads(stored_keys(store))
+    assert kept.pop("rekey_refused")["code"] == e.value.code
+    assert kept == (json.loads(first) if first else {}), kept
     assert after.dead_grant is None and after.refresh_mark is None and after.lease is None
     for text in secrets_of(other):
         assert text not in str(e.value) and text not in repr(settings)

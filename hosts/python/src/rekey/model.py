@@ -256,7 +256,7 @@ def _url_without_query(url: str) -> str:
 #: (``guest/src/keys.rs`` ``DERIVED``): a provider's own are dropped on
 #: import, or a sent ``expires_at`` far ahead would keep an expired token in
 #: use and a sent ``rekey_rejected`` would stop refreshes.
-DERIVED_FIELDS = ("expires_at", "rekey_refreshed_at", "rekey_rejected", "rekey_lifetime", "refresh_expires_at")
+DERIVED_FIELDS = ("expires_at", "rekey_refreshed_at", "rekey_rejected", "rekey_lifetime", "refresh_expires_at", "rekey_refused")
 
 
 def first_token_set(fields: dict, expires_at: "int | None") -> str:
