@@ -23,10 +23,9 @@ use crate::bindings::rekey::oauth2::types as wit;
 use crate::error::{Category, Error, describe_transport};
 use crate::runtime::Rekey;
 use crate::settings::{ClientAuth, Settings, Strategy};
-use crate::signing::SigningKey;
+use crate::signing::Signer;
 use crate::token_set::TokenSet;
 use serde::Deserialize;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -286,17 +285,18 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// The WIT settings, and the private key that signs this flow's client
-/// assertions (private_key_jwt), loaded now: none when nothing is signed.
-fn wit_settings(
-    settings: &Settings,
-) -> Result<(wit::Settings, Option<Arc<SigningKey>>), AuthorizeError> {
+/// The WIT settings, and the signer of this flow's client assertions
+/// (private_key_jwt): none when nothing is signed. Its key is loaded once
+/// now, so an unusable one is said before a person starts the flow; the
+/// signer reads it again for each signature, after its check of what it is
+/// asked to sign.
+fn wit_settings(settings: &Settings) -> Result<(wit::Settings, Option<Signer>), AuthorizeError> {
     let wit = settings.to_wit().map_err(AuthorizeError::InvalidSettings)?;
-    let key = settings
+    settings
         .signing_key()
-        .map_err(AuthorizeError::InvalidSettings)?
-        .map(Arc::new);
-    Ok((wit, key))
+        .map_err(AuthorizeError::InvalidSettings)?;
+    let signer = Signer::new(settings.signing.as_ref(), &wit);
+    Ok((wit, signer))
 }
 
 /// What a person needs to start the code grant.

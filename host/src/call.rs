@@ -51,9 +51,10 @@ pub(crate) struct CallState {
     pub(crate) http_total_timeout: Duration,
     /// Where this credential's token may go.
     pub(crate) destinations: Destinations,
-    /// The credential's private key, for `signer.sign`; none when its
+    /// The credential's signer (its signing settings and what it may sign;
+    /// the key is read when a signature is asked for); none when its
     /// settings sign nothing.
-    pub(crate) signing_key: Option<Arc<crate::signing::SigningKey>>,
+    pub(crate) signer: Option<crate::signing::Signer>,
     /// Set once the component writes the record (a refresh began): the call
     /// then finishes whatever its caller does.
     pub(crate) must_finish: crate::drive::MustFinish,
@@ -106,16 +107,18 @@ pub(crate) const NO_SIGNING_KEY: &str = "no signing key is configured for this c
 
 impl signer::Host for CallState {
     /// Signs with the key of the credential this call runs for (as
-    /// `read-record` reads its record). Errors name the key's file or
-    /// variable, never the key.
+    /// `read-record` reads its record), once the host's check says `input`
+    /// is the assertion its settings describe; the key is read only then.
+    /// Errors name the member that failed or the key's file or variable,
+    /// never the key or the input.
     async fn sign(
         &mut self,
         algorithm: wit::SigningAlgorithm,
         input: Vec<u8>,
     ) -> Result<Vec<u8>, String> {
-        match &self.signing_key {
+        match &self.signer {
             None => Err(NO_SIGNING_KEY.into()),
-            Some(key) => key.sign_wit(algorithm, &input),
+            Some(signer) => signer.sign(algorithm, &input),
         }
     }
 }
@@ -352,18 +355,136 @@ mod tests {
             .status()
             .unwrap();
         assert!(made.success());
-        let key = crate::SigningKeySource::File(path).load(None).unwrap();
-        state.signing_key = Some(Arc::new(key));
+        let mut settings = crate::Settings::new("https://idp/t", "app");
+        settings.signing = Some(crate::Signing::key_file(
+            crate::SigningAlgorithm::Es256,
+            &path,
+        ));
+        let wit = settings.to_wit().unwrap();
+        state.signer = crate::signing::Signer::new(settings.signing.as_ref(), &wit);
+        let input = assertion("ES256", "https://idp/t", 300);
         let sig = state
-            .sign(wit::SigningAlgorithm::Es256, b"h.c".to_vec())
+            .sign(wit::SigningAlgorithm::Es256, input.clone())
             .await
             .unwrap();
         assert_eq!(sig.len(), 64);
         let wrong = state
-            .sign(wit::SigningAlgorithm::Rs256, b"h.c".to_vec())
+            .sign(wit::SigningAlgorithm::Rs256, input)
             .await
             .unwrap_err();
-        assert!(wrong.contains("is for ES256, not RS256"), "{wrong}");
+        assert!(
+            wrong.contains("alg: the component asked for RS256, the credential signs with ES256"),
+            "{wrong}"
+        );
+    }
+
+    /// `header.claims` as the component builds it for client "app", now.
+    fn assertion(alg: &str, aud: &str, lifetime: u64) -> Vec<u8> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let b64 = |v: serde_json::Value| b64url(v.to_string().as_bytes());
+        let header = b64(serde_json::json!({"alg": alg, "typ": "JWT"}));
+        let claims = b64(serde_json::json!({
+            "iss": "app", "sub": "app", "aud": aud, "iat": now, "exp": now + lifetime,
+            "jti": "00112233445566778899aabbccddeeff",
+        }));
+        format!("{header}.{claims}").into_bytes()
+    }
+
+    fn b64url(bytes: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    /// The signer import checks what it is asked to sign before it reads
+    /// the key: what these settings do not describe (another audience, a
+    /// far expiry, anything but header.claims) is refused and nothing is
+    /// signed, whatever the key; only the assertion they describe reaches
+    /// the key (here a file that is not there, so the refusal says which
+    /// came first).
+    #[tokio::test]
+    async fn the_signer_import_checks_what_it_signs_before_reading_the_key() {
+        use signer::Host as _;
+        let rekey = crate::Rekey::new(crate::Config::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("not-there.pem");
+        let mut settings = crate::Settings::new("https://idp/t", "app");
+        settings.signing = Some(crate::Signing::key_file(
+            crate::SigningAlgorithm::Es256,
+            &missing,
+        ));
+        let wit = settings.to_wit().unwrap();
+        let mut state = rekey.new_state("c", "https://idp/t", Arc::new(crate::MemoryStore::new()));
+        state.signer = crate::signing::Signer::new(settings.signing.as_ref(), &wit);
+        for (input, says) in [
+            (
+                assertion("ES256", "https://evil.example/t", 300),
+                "the claim aud is not the expected audience",
+            ),
+            (
+                assertion("ES256", "https://idp/t", 86_400),
+                "the claim exp is not within 300 s after iat",
+            ),
+            (b"h.c".to_vec(), "the header is not a JSON object"),
+            (b"anything at all".to_vec(), "(ASCII base64url, one '.')"),
+        ] {
+            let err = state
+                .sign(wit::SigningAlgorithm::Es256, input)
+                .await
+                .unwrap_err();
+            assert!(
+                err.starts_with("refused by the host's check of what it signs: ")
+                    && err.contains(says),
+                "{err}"
+            );
+            assert!(!err.contains("evil") && !err.contains("not-there"), "{err}");
+        }
+        let err = state
+            .sign(
+                wit::SigningAlgorithm::Es256,
+                assertion("ES256", "https://idp/t", 300),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("not-there.pem cannot be read (no such file)"),
+            "{err}"
+        );
+        // The issuer, when the credential has one, is the audience.
+        settings.issuer = Some("https://idp".into());
+        let wit = settings.to_wit().unwrap();
+        state.signer = crate::signing::Signer::new(settings.signing.as_ref(), &wit);
+        let err = state
+            .sign(
+                wit::SigningAlgorithm::Es256,
+                assertion("ES256", "https://idp/t", 300),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("the claim aud is not the expected audience"),
+            "{err}"
+        );
+        let err = state
+            .sign(
+                wit::SigningAlgorithm::Es256,
+                assertion("ES256", "https://idp", 300),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.contains("cannot be read"), "{err}");
     }
 
     /// The second line for the device endpoint: a `send` makes no device

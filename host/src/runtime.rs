@@ -10,6 +10,7 @@ use crate::drive::{MustFinish, drive};
 use crate::error::{Error, describe_transport};
 use crate::http::{HttpClient, HttpConfig};
 use crate::observe::{Observer, TracingObserver};
+use crate::signing::Signer;
 use crate::store::{KeyStore, load_credential};
 use crate::warm::{self, Warm, WarmInstances};
 use crate::{Request, Response};
@@ -200,11 +201,13 @@ impl Rekey {
         settings.fleet = self.inner.fleet;
         // Loaded before anything is sent: a missing or wrong key is
         // `InvalidSettings` now, never a request without its assertion.
-        let signing_key = credential
+        credential
             .settings
             .signing_key()
-            .map_err(Error::InvalidSettings)?
-            .map(Arc::new);
+            .map_err(Error::InvalidSettings)?;
+        // The signer reads the key again when the component asks for a
+        // signature, after its check of what it is asked to sign.
+        let signer = Signer::new(credential.settings.signing.as_ref(), &settings);
         let destinations = Destinations::of(&credential)?;
         destinations.check(&url, name)?;
         // A credential's calls (which may all wait on its lease) take at most
@@ -214,7 +217,7 @@ impl Rekey {
         let key = warm::Key::new(&store, name);
         let mut state = self.new_state(name, &settings.token_url, store);
         state.destinations = destinations;
-        state.signing_key = signing_key;
+        state.signer = signer;
         state.must_finish = must_finish;
         state.keys_seen = credential.keys.clone();
         state.loaded = Some(call::to_wit(&credential));
@@ -306,7 +309,7 @@ impl Rekey {
         name: &str,
         token_url: &str,
         device_url: Option<&str>,
-        signing_key: Option<Arc<crate::signing::SigningKey>>,
+        signer: Option<Signer>,
         timeout: Duration,
         f: impl AsyncFnOnce(
             &crate::bindings::exports::rekey::oauth2::authorize::Guest,
@@ -316,7 +319,7 @@ impl Rekey {
         let _slot = self.slot().await?;
         let mut state = self.new_state(name, token_url, Arc::new(crate::MemoryStore::new()));
         state.device_url = device_url.map(str::to_owned);
-        state.signing_key = signing_key;
+        state.signer = signer;
         let mut wstore = self.new_store(state);
         wstore.data_mut().deadline = Instant::now() + timeout;
         let ticks = timeout.as_millis() / EPOCH_TICK.as_millis();
@@ -394,7 +397,7 @@ impl Rekey {
             deadline: Instant::now() + inner.config.call_timeout,
             http_total_timeout: inner.config.http.total_timeout,
             destinations: Destinations::default(),
-            signing_key: None,
+            signer: None,
             must_finish: MustFinish::default(),
         }
     }

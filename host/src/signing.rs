@@ -397,15 +397,6 @@ impl SigningKey {
             Pair::Ec(ec) => ec.public_key().as_ref().to_vec(),
         }
     }
-
-    /// The signature for the component's `signer.sign`.
-    pub(crate) fn sign_wit(
-        &self,
-        algorithm: WitAlgorithm,
-        input: &[u8],
-    ) -> Result<Vec<u8>, String> {
-        self.sign(SigningAlgorithm::of_wit(algorithm), input)
-    }
 }
 
 /// Why `key` cannot sign `alg` ("is an EC P-256 key; RS256 needs ...").
@@ -468,6 +459,441 @@ fn push_len(out: &mut Vec<u8>, len: usize) {
         let skip = bytes.iter().take_while(|b| **b == 0).count();
         out.push(0x80 | (bytes.len() - skip) as u8);
         out.extend_from_slice(&bytes[skip..]);
+    }
+}
+
+// The host's second-line check of what it signs (every host applies the same
+// rule). The component builds each assertion; a compromised or swapped one
+// could ask for any bytes (an `exp` far off, another `aud`), so the host, the
+// sandbox's boundary, signs only `header.claims` as the credential's settings
+// describe it. A refusal names the member that failed, never the input or
+// the key; the component reports it as invalid settings and sends nothing.
+
+/// An assertion's lifetime at most (the component makes it 300 s).
+pub const MAX_ASSERTION_LIFETIME_SECS: i128 = 300;
+/// How far `iat` may be from this host's clock.
+pub const MAX_ASSERTION_SKEW_SECS: f64 = 60.0;
+/// A `jti` is at least this long (the component's: 32 hex digits).
+pub const MIN_JTI_CHARS: usize = 16;
+const HEADER_MEMBERS: [&str; 3] = ["alg", "typ", "kid"];
+const COMPONENT_CLAIMS: [&str; 6] = ["iss", "sub", "aud", "iat", "exp", "jti"];
+/// Member names a refusal may quote: the registered JOSE header parameters
+/// and JWT claims. Any other name is the component's text and is not repeated.
+const NAMEABLE: [&str; 38] = [
+    "alg",
+    "typ",
+    "kid",
+    "cty",
+    "jku",
+    "jwk",
+    "x5u",
+    "x5c",
+    "x5t",
+    "x5t#S256",
+    "crit",
+    "b64",
+    "zip",
+    "enc",
+    "epk",
+    "apu",
+    "apv",
+    "iv",
+    "tag",
+    "p2s",
+    "p2c",
+    "url",
+    "nonce",
+    "ppt",
+    "svt",
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "scope",
+    "client_id",
+    "azp",
+    "cnf",
+    "act",
+    "may_act",
+];
+const REFUSED: &str = "refused by the host's check of what it signs: ";
+
+/// What the host's check of an assertion ([`check_assertion`]) expects,
+/// from the settings the component was given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssertionRules {
+    /// The settings' signing algorithm.
+    pub algorithm: SigningAlgorithm,
+    /// The header's `kid` (absent when none).
+    pub key_id: Option<String>,
+    /// `iss`, and `sub` of a client assertion.
+    pub client_id: String,
+    /// `aud`: the audience the WIT settings carry, else the token URL.
+    pub audience: String,
+    /// The jwt-bearer grant's `sub` (none for other grants).
+    pub subject: Option<String>,
+    /// The jwt-bearer grant's further claims (the last of a name counts,
+    /// as the component builds them).
+    pub claims: Vec<(String, String)>,
+}
+
+impl AssertionRules {
+    /// The rules of the WIT settings a call gives the component (none when
+    /// they sign nothing): the audience as the component chooses it.
+    pub(crate) fn of_wit(
+        settings: &crate::bindings::rekey::oauth2::types::Settings,
+    ) -> Option<AssertionRules> {
+        use crate::bindings::rekey::oauth2::types::Grant;
+        let signing = settings.signing.as_ref()?;
+        let (subject, claims) = match &settings.grant {
+            Grant::JwtBearer(b) => (Some(b.subject.clone()), b.claims.clone()),
+            _ => (None, Vec::new()),
+        };
+        Some(AssertionRules {
+            algorithm: SigningAlgorithm::of_wit(signing.algorithm),
+            key_id: signing.key_id.clone(),
+            client_id: settings.client_id.clone(),
+            audience: signing
+                .audience
+                .clone()
+                .unwrap_or_else(|| settings.token_url.clone()),
+            subject,
+            claims,
+        })
+    }
+
+    fn claim(&self, name: &str) -> Option<&str> {
+        self.claims
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A JSON member's value as the check reads it.
+#[derive(Debug, PartialEq)]
+enum Member {
+    String(String),
+    /// A number written without fraction or exponent.
+    Integer(i128),
+    /// Another number, `true`, `false` or `null`.
+    Other,
+}
+
+/// Why `input` must not be signed for `algorithm` under `rules`, or `Ok`
+/// when it is the assertion they describe: ASCII `header.claims`, each part
+/// base64url (unpadded) of a flat JSON object with no member twice; the
+/// header exactly `alg` (the algorithm asked and configured), `typ` "JWT"
+/// and `kid` (the configured key id, absent when none); the claims `iss` the
+/// client id, `sub` the client id or the jwt-bearer subject, `aud` the
+/// expected audience, integer `iat` and `exp` with 0 < exp - iat <= 300 and
+/// `iat` within 60 s of `now` (this host's clock, seconds since the epoch),
+/// a `jti` of 16 characters or more, and no other claim but the configured
+/// ones, with their values. The error names the member that failed and
+/// never quotes the input.
+pub fn check_assertion(
+    input: &[u8],
+    algorithm: SigningAlgorithm,
+    rules: &AssertionRules,
+    now: f64,
+) -> Result<(), String> {
+    check(input, algorithm, rules, now).map_err(|why| format!("{REFUSED}{why}"))
+}
+
+fn check(
+    input: &[u8],
+    asked: SigningAlgorithm,
+    rules: &AssertionRules,
+    now: f64,
+) -> Result<(), String> {
+    if !input.iter().all(|b| *b == b'.' || is_base64url(*b)) {
+        return Err("the input is not a JWT's header.claims (ASCII base64url, one '.')".into());
+    }
+    let parts: Vec<&[u8]> = input.split(|b| *b == b'.').collect();
+    let [header, claims] = parts[..] else {
+        return Err("the input is not a JWT's header.claims: it needs exactly one '.'".into());
+    };
+    let header = json_object(header, "header")?;
+    let claims = json_object(claims, "claims")?;
+    let is =
+        |m: Option<&Member>, expected: &str| matches!(m, Some(Member::String(s)) if s == expected);
+
+    // The header.
+    for (name, _) in &header {
+        if !HEADER_MEMBERS.contains(&name.as_str()) {
+            return Err(format!(
+                "{} is not allowed (only alg, typ and kid)",
+                member(name, "header member")
+            ));
+        }
+    }
+    let configured = rules.algorithm.name();
+    if asked != rules.algorithm {
+        return Err(format!(
+            "alg: the component asked for {asked}, the credential signs with {configured}"
+        ));
+    }
+    if !is(get(&header, "alg"), configured) {
+        return Err(format!("the header's alg is not {configured}"));
+    }
+    if !is(get(&header, "typ"), "JWT") {
+        return Err("the header's typ is not \"JWT\"".into());
+    }
+    match &rules.key_id {
+        None if get(&header, "kid").is_some() => {
+            return Err(
+                "the header has a kid, and no key id (signing key_id) is configured".into(),
+            );
+        }
+        Some(kid) if !is(get(&header, "kid"), kid) => {
+            return Err("the header's kid is not the configured key id (signing key_id)".into());
+        }
+        _ => {}
+    }
+
+    // The claims.
+    if !is(get(&claims, "iss"), &rules.client_id) {
+        return Err("the claim iss is not the client id".into());
+    }
+    let sub = get(&claims, "sub");
+    if !is(sub, &rules.client_id) && !rules.subject.as_deref().is_some_and(|s| is(sub, s)) {
+        return Err(match rules.subject {
+            None => "the claim sub is not the client id".into(),
+            Some(_) => "the claim sub is neither the client id nor the configured subject".into(),
+        });
+    }
+    if !is(get(&claims, "aud"), &rules.audience) {
+        return Err("the claim aud is not the expected audience (signing audience, else the issuer, else the token URL)".into());
+    }
+    let integer = |name: &str| match get(&claims, name) {
+        Some(Member::Integer(n)) => Ok(*n),
+        _ => Err(format!("the claim {name} is not a whole number of seconds")),
+    };
+    let iat = integer("iat")?;
+    let exp = integer("exp")?;
+    if !(exp - iat > 0 && exp - iat <= MAX_ASSERTION_LIFETIME_SECS) {
+        return Err(format!(
+            "the claim exp is not within {MAX_ASSERTION_LIFETIME_SECS} s after iat"
+        ));
+    }
+    if !(now.is_finite() && (iat as f64 - now).abs() <= MAX_ASSERTION_SKEW_SECS) {
+        return Err(format!(
+            "the claim iat is more than {MAX_ASSERTION_SKEW_SECS} s from this host's clock"
+        ));
+    }
+    if !matches!(get(&claims, "jti"), Some(Member::String(j)) if j.chars().count() >= MIN_JTI_CHARS)
+    {
+        return Err(format!(
+            "the claim jti is not a string of {MIN_JTI_CHARS} characters or more"
+        ));
+    }
+    for (name, value) in &claims {
+        if COMPONENT_CLAIMS.contains(&name.as_str()) {
+            continue;
+        }
+        let Some(expected) = rules.claim(name) else {
+            return Err(format!(
+                "{} is not configured (only the jwt-bearer claims are added)",
+                member(name, "claim")
+            ));
+        };
+        if !is(Some(value), expected) {
+            // A configured name: the settings' text, not the input's.
+            return Err(format!("the claim {name} is not its configured value"));
+        }
+    }
+    Ok(())
+}
+
+/// The member `name` of a part.
+fn get<'a>(members: &'a [(String, Member)], name: &str) -> Option<&'a Member> {
+    members.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// base64url's alphabet (RFC 4648 §5).
+fn is_base64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// Unpadded base64url (every byte already in the alphabet); none for a
+/// length no encoding has.
+fn base64url_decode(text: &[u8]) -> Option<Vec<u8>> {
+    if text.len() % 4 == 1 {
+        return None;
+    }
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'-' => 62,
+            _ => 63,
+        }
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    for chunk in text.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, c)| n | (value(*c) << (18 - 6 * i)));
+        for i in 0..chunk.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// A member as a refusal says it: by a registered name; another name is
+/// the component's text, not repeated.
+fn member(name: &str, what: &str) -> String {
+    if NAMEABLE.contains(&name) {
+        format!("the {what} {name}")
+    } else {
+        format!("a {what} named otherwise (the name is not repeated)")
+    }
+}
+
+/// A JWT part's members in order: unpadded base64url of UTF-8 JSON, one
+/// flat object (no member an object or array: none of an assertion is), no
+/// member twice (a server's parser may take another of two `aud`s than this
+/// check).
+fn json_object(part: &[u8], what: &str) -> Result<Vec<(String, Member)>, String> {
+    use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    let not_object = || format!("the {what} is not a JSON object in base64url without padding");
+    let kind = if what == "header" {
+        "header member"
+    } else {
+        "claim"
+    };
+    if part.is_empty() {
+        return Err(not_object());
+    }
+    let json = base64url_decode(part).ok_or_else(not_object)?;
+
+    /// A member's value; `None` for an object or an array (consumed).
+    struct Value;
+    impl<'de> DeserializeSeed<'de> for Value {
+        type Value = Option<Member>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Value {
+        type Value = Option<Member>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Member::String(v.to_owned())))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(Member::Integer(v.into())))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(Member::Integer(v.into())))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Some(Member::Other))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Some(Member::Other))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Some(Member::Other))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+
+    /// The object: its members, or the first refusal (the rest consumed,
+    /// so the parser still checks the text is JSON).
+    struct Object<'a>(&'a str);
+    impl<'de> Visitor<'de> for Object<'_> {
+        type Value = Result<Vec<(String, Member)>, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut members: Vec<(String, Member)> = Vec::new();
+            let mut refusal = None;
+            while let Some(name) = map.next_key::<String>()? {
+                let value = map.next_value_seed(Value)?;
+                if refusal.is_some() {
+                    continue;
+                }
+                match value {
+                    None => {
+                        refusal = Some(format!(
+                            "{} is not a string or a number",
+                            member(&name, self.0)
+                        ));
+                    }
+                    Some(_) if members.iter().any(|(k, _)| *k == name) => {
+                        refusal = Some(format!("{} appears twice", member(&name, self.0)));
+                    }
+                    Some(v) => members.push((name, v)),
+                }
+            }
+            Ok(refusal.map_or(Ok(members), Err))
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(&json);
+    let parsed = de.deserialize_map(Object(kind)).and_then(|r| {
+        de.end()?;
+        Ok(r)
+    });
+    match parsed {
+        Ok(members) => members,
+        Err(_) => Err(not_object()),
+    }
+}
+
+/// The `signer` of one call: the credential's signing settings and what
+/// the component may ask it to sign. The key is read only when a signature
+/// is asked for, after the check (a call that signs nothing reads no key),
+/// and at each signature, so a rotated file or variable counts at once.
+#[derive(Clone, Debug)]
+pub(crate) struct Signer {
+    signing: Signing,
+    rules: AssertionRules,
+}
+
+impl Signer {
+    /// For a call whose WIT settings are `wit`; none when nothing is signed.
+    pub(crate) fn new(
+        signing: Option<&Signing>,
+        wit: &crate::bindings::rekey::oauth2::types::Settings,
+    ) -> Option<Signer> {
+        Some(Signer {
+            signing: signing?.clone(),
+            rules: AssertionRules::of_wit(wit)?,
+        })
+    }
+
+    /// The WIT `signer.sign`: the host's check of `input` first, then the
+    /// key, loaded now, signs it. Errors name the member that failed or the
+    /// key's file or variable, never the key or the input.
+    pub(crate) fn sign(&self, algorithm: WitAlgorithm, input: &[u8]) -> Result<Vec<u8>, String> {
+        let algorithm = SigningAlgorithm::of_wit(algorithm);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(f64::NAN, |d| d.as_secs_f64());
+        if let Err(refusal) = check_assertion(input, algorithm, &self.rules, now) {
+            tracing::warn!("assertion not signed: {refusal}");
+            return Err(refusal);
+        }
+        self.signing.load()?.sign(algorithm, input)
     }
 }
 
@@ -784,5 +1210,481 @@ mod tests {
         push_len(&mut v, 0x80);
         push_len(&mut v, 0x1234);
         assert_eq!(v, [0x7f, 0x81, 0x80, 0x82, 0x12, 0x34]);
+    }
+
+    const NOW: f64 = 1_800_000_000.0;
+    const TOKEN_URL: &str = "https://idp.example/token";
+    const JTI: &str = "0123456789abcdef0123456789abcdef";
+
+    fn b64(bytes: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    /// `header.claims` from the JSON texts as given (a member may be there twice).
+    fn input(header: &str, claims: &str) -> Vec<u8> {
+        format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes())).into_bytes()
+    }
+
+    fn client_rules(key_id: Option<&str>) -> AssertionRules {
+        AssertionRules {
+            algorithm: SigningAlgorithm::Es256,
+            key_id: key_id.map(str::to_owned),
+            client_id: "app".into(),
+            audience: TOKEN_URL.into(),
+            subject: None,
+            claims: vec![],
+        }
+    }
+
+    fn bearer_rules() -> AssertionRules {
+        AssertionRules {
+            subject: Some("robot@svc".into()),
+            claims: vec![("scope".into(), "api.read".into())],
+            ..client_rules(Some("k1"))
+        }
+    }
+
+    fn claims(iss: &str, sub: &str, aud: &str, iat: i64, exp: i64, extra: &str) -> String {
+        format!(
+            r#"{{"iss":"{iss}","sub":"{sub}","aud":"{aud}","iat":{iat},"exp":{exp},"jti":"{JTI}"{extra}}}"#
+        )
+    }
+
+    /// The assertions the component builds pass: a client assertion (with
+    /// and without a kid) and a jwt-bearer one with its subject and claims.
+    #[test]
+    fn the_components_assertions_pass_the_check() {
+        let now = NOW as i64;
+        let ok = claims("app", "app", TOKEN_URL, now, now + 300, "");
+        let es = SigningAlgorithm::Es256;
+        check_assertion(
+            &input(r#"{"alg":"ES256","typ":"JWT"}"#, &ok),
+            es,
+            &client_rules(None),
+            NOW,
+        )
+        .unwrap();
+        check_assertion(
+            &input(r#"{"alg":"ES256","typ":"JWT","kid":"k1"}"#, &ok),
+            es,
+            &client_rules(Some("k1")),
+            NOW + 59.0,
+        )
+        .unwrap();
+        let bearer = claims(
+            "app",
+            "robot@svc",
+            TOKEN_URL,
+            now,
+            now + 300,
+            r#","scope":"api.read""#,
+        );
+        let header = r#"{"alg":"ES256","typ":"JWT","kid":"k1"}"#;
+        check_assertion(&input(header, &bearer), es, &bearer_rules(), NOW - 30.0).unwrap();
+        // Whitespace is JSON's business; the component writes none.
+        let spaced = format!(" {} ", ok.replace(',', " ,\n"));
+        check_assertion(
+            &input(r#"{ "alg" : "ES256", "typ":"JWT" }"#, &spaced),
+            es,
+            &client_rules(None),
+            NOW,
+        )
+        .unwrap();
+    }
+
+    /// What a compromised component might ask the host to sign: each is
+    /// refused by the check, naming the member that failed and never
+    /// repeating what it was given.
+    #[test]
+    fn hostile_assertions_are_refused_naming_the_member_never_the_input() {
+        let now = NOW as i64;
+        let evil = "https://evil.example";
+        let es = r#"{"alg":"ES256","typ":"JWT","kid":"k1"}"#;
+        let ok = claims("app", "app", TOKEN_URL, now, now + 300, "");
+        let rules = client_rules(Some("k1"));
+        let cases: Vec<(String, String, &str)> = vec![
+            // The claims.
+            (
+                es.into(),
+                claims("app", "app", evil, now, now + 300, ""),
+                "the claim aud is not the expected audience",
+            ),
+            (
+                es.into(),
+                ok.replace(
+                    &format!(r#""aud":"{TOKEN_URL}""#),
+                    &format!(r#""aud":["{TOKEN_URL}"]"#),
+                ),
+                "the claim aud is not a string or a number",
+            ),
+            (
+                es.into(),
+                ok.replace(&format!(r#""aud":"{TOKEN_URL}""#), r#""aud":null"#),
+                "the claim aud is not the expected audience",
+            ),
+            (
+                es.into(),
+                ok.replace(&format!(r#""aud":"{TOKEN_URL}","#), ""),
+                "the claim aud is not the expected audience",
+            ),
+            (
+                es.into(),
+                claims("app", "app", TOKEN_URL, now, now + 86_400 * 365, ""),
+                "the claim exp is not within 300 s after iat",
+            ),
+            (
+                es.into(),
+                claims("app", "app", TOKEN_URL, now, now + 301, ""),
+                "the claim exp is not within 300 s after iat",
+            ),
+            (
+                es.into(),
+                claims("app", "app", TOKEN_URL, now, now, ""),
+                "the claim exp is not within 300 s after iat",
+            ),
+            (
+                es.into(),
+                claims("app", "app", TOKEN_URL, now, now - 1, ""),
+                "the claim exp is not within 300 s after iat",
+            ),
+            (
+                es.into(),
+                claims("app", "app", TOKEN_URL, now + 3600, now + 3900, ""),
+                "the claim iat is more than 60 s from this host's clock",
+            ),
+            (
+                es.into(),
+                claims("app", "app", TOKEN_URL, now - 61, now + 200, ""),
+                "the claim iat is more than 60 s from this host's clock",
+            ),
+            (
+                es.into(),
+                ok.replace(&format!(r#""iat":{now}"#), &format!(r#""iat":{now}.5"#)),
+                "the claim iat is not a whole number of seconds",
+            ),
+            (
+                es.into(),
+                ok.replace(&format!(r#""exp":{}"#, now + 300), r#""exp":1e10"#),
+                "the claim exp is not a whole number of seconds",
+            ),
+            (
+                es.into(),
+                ok.replace(
+                    &format!(r#""exp":{}"#, now + 300),
+                    &format!(r#""exp":"{}""#, now + 300),
+                ),
+                "the claim exp is not a whole number of seconds",
+            ),
+            (
+                es.into(),
+                ok.replace(
+                    &format!(r#""exp":{}"#, now + 300),
+                    r#""exp":99999999999999999999999"#,
+                ),
+                "the claim exp is not a whole number of seconds",
+            ),
+            (
+                es.into(),
+                claims("attacker", "app", TOKEN_URL, now, now + 300, ""),
+                "the claim iss is not the client id",
+            ),
+            (
+                es.into(),
+                claims("app", "attacker", TOKEN_URL, now, now + 300, ""),
+                "the claim sub is not the client id",
+            ),
+            (
+                es.into(),
+                ok.replace(JTI, "attacker"),
+                "the claim jti is not a string of 16 characters or more",
+            ),
+            (
+                es.into(),
+                ok.replace(
+                    &format!(r#""jti":"{JTI}""#),
+                    r#""jti":12345678901234567890"#,
+                ),
+                "the claim jti is not a string of 16 characters or more",
+            ),
+            (
+                es.into(),
+                claims("app", "app", TOKEN_URL, now, now + 300, r#","nbf":0"#),
+                "the claim nbf is not configured",
+            ),
+            (
+                es.into(),
+                claims(
+                    "app",
+                    "app",
+                    TOKEN_URL,
+                    now,
+                    now + 300,
+                    r#","attacker_claim":"x""#,
+                ),
+                "a claim named otherwise (the name is not repeated) is not configured",
+            ),
+            (
+                es.into(),
+                claims(
+                    "app",
+                    "app",
+                    TOKEN_URL,
+                    now,
+                    now + 300,
+                    r#","cnf":{"jwk":{}}"#,
+                ),
+                "the claim cnf is not a string or a number",
+            ),
+            // A member twice: a server may read the other one.
+            (
+                es.into(),
+                claims(
+                    "app",
+                    "app",
+                    TOKEN_URL,
+                    now,
+                    now + 300,
+                    &format!(r#","aud":"{evil}""#),
+                ),
+                "the claim aud appears twice",
+            ),
+            (
+                es.into(),
+                claims(
+                    "app",
+                    "app",
+                    TOKEN_URL,
+                    now,
+                    now + 300,
+                    r#","exp":4102444800"#,
+                ),
+                "the claim exp appears twice",
+            ),
+            (
+                r#"{"alg":"ES256","typ":"JWT","kid":"k1","kid":"attacker"}"#.into(),
+                ok.clone(),
+                "the header member kid appears twice",
+            ),
+            (
+                r#"{"alg":"ES256","typ":"JWT","kid":"k1","alg":"none"}"#.into(),
+                ok.clone(),
+                "the header member alg appears twice",
+            ),
+            (
+                es.into(),
+                claims(
+                    "app",
+                    "app",
+                    TOKEN_URL,
+                    now,
+                    now + 300,
+                    r#","attacker_claim":"x","attacker_claim":"y""#,
+                ),
+                "a claim named otherwise (the name is not repeated) appears twice",
+            ),
+            // The header.
+            (
+                r#"{"alg":"ES256","typ":"JWT","kid":"attacker"}"#.into(),
+                ok.clone(),
+                "the header's kid is not the configured key id",
+            ),
+            (
+                r#"{"alg":"ES256","typ":"JWT"}"#.into(),
+                ok.clone(),
+                "the header's kid is not the configured key id",
+            ),
+            (
+                r#"{"alg":"none","typ":"JWT","kid":"k1"}"#.into(),
+                ok.clone(),
+                "the header's alg is not ES256",
+            ),
+            (
+                r#"{"alg":"HS256","typ":"JWT","kid":"k1"}"#.into(),
+                ok.clone(),
+                "the header's alg is not ES256",
+            ),
+            (
+                r#"{"typ":"JWT","kid":"k1"}"#.into(),
+                ok.clone(),
+                "the header's alg is not ES256",
+            ),
+            (
+                r#"{"alg":"ES256","kid":"k1"}"#.into(),
+                ok.clone(),
+                "the header's typ is not \"JWT\"",
+            ),
+            (
+                format!(r#"{{"alg":"ES256","typ":"JWT","kid":"k1","jku":"{evil}/jwks"}}"#),
+                ok.clone(),
+                "the header member jku is not allowed (only alg, typ and kid)",
+            ),
+            (
+                r#"{"alg":"ES256","typ":"JWT","kid":"k1","jwk":{"kty":"EC"}}"#.into(),
+                ok.clone(),
+                "the header member jwk is not a string or a number",
+            ),
+            (
+                format!(r#"{{"alg":"ES256","typ":"JWT","kid":"k1","x5u":"{evil}"}}"#),
+                ok.clone(),
+                "the header member x5u is not allowed",
+            ),
+            (
+                r#"{"alg":"ES256","typ":"JWT","kid":"k1","crit":["exp"]}"#.into(),
+                ok.clone(),
+                "the header member crit is not a string or a number",
+            ),
+            (
+                r#"{"alg":"ES256","typ":"JWT","kid":"k1","attacker":"x"}"#.into(),
+                ok.clone(),
+                "a header member named otherwise (the name is not repeated) is not allowed",
+            ),
+            // Not two JSON objects.
+            (
+                r#"["alg","ES256"]"#.into(),
+                ok.clone(),
+                "the header is not a JSON object in base64url without padding",
+            ),
+            (
+                es.into(),
+                format!("{ok}attacker"),
+                "the claims is not a JSON object in base64url without padding",
+            ),
+            (
+                es.into(),
+                format!("{ok}{ok}"),
+                "the claims is not a JSON object in base64url without padding",
+            ),
+            (
+                es.into(),
+                "\"attacker\"".into(),
+                "the claims is not a JSON object in base64url without padding",
+            ),
+            (
+                es.into(),
+                "{\"aud\":NaN}".into(),
+                "the claims is not a JSON object in base64url without padding",
+            ),
+        ];
+        for (header, claims, says) in &cases {
+            let got = check_assertion(&input(header, claims), SigningAlgorithm::Es256, &rules, NOW)
+                .expect_err(says);
+            assert!(got.starts_with(REFUSED), "{got}");
+            assert!(got.contains(says), "{header} {claims}: {got}");
+            for quoted in ["attacker", "evil", "4102444800", "99999", "jwks"] {
+                assert!(!got.contains(quoted), "{got}");
+            }
+        }
+        // Not header.claims at all.
+        let good = input(es, &ok);
+        let dot = good.iter().position(|b| *b == b'.').unwrap();
+        let signed = [good.clone(), b".c2ln".to_vec()].concat();
+        let padded = [&good[..dot], b"=.", &good[dot + 1..]].concat();
+        let spaced = [&good[..dot], b". ", &good[dot + 1..]].concat();
+        let empty = [b".".as_slice(), &good[dot + 1..]].concat();
+        let odd = [&good[..dot], b"A.", &good[dot + 1..]].concat();
+        let shapes: [(&[u8], &str); 7] = [
+            (&signed, "it needs exactly one '.'"),
+            (&good[..dot], "it needs exactly one '.'"),
+            (&padded, "(ASCII base64url, one '.')"),
+            (&spaced, "(ASCII base64url, one '.')"),
+            ("é.é".as_bytes(), "(ASCII base64url, one '.')"),
+            (&empty, "the header is not a JSON object"),
+            (&odd, "the header is not a JSON object"),
+        ];
+        for (bytes, says) in shapes {
+            let got = check_assertion(bytes, SigningAlgorithm::Es256, &rules, NOW).unwrap_err();
+            assert!(got.starts_with(REFUSED) && got.contains(says), "{got}");
+        }
+        // Not UTF-8 inside.
+        let latin1 = format!("{}.{}", b64(es.as_bytes()), b64(b"{\"iss\":\"\xff\"}"));
+        let got =
+            check_assertion(latin1.as_bytes(), SigningAlgorithm::Es256, &rules, NOW).unwrap_err();
+        assert!(got.contains("the claims is not a JSON object"), "{got}");
+        // The algorithm asked is the credential's, and so is the header's.
+        let got = check_assertion(&good, SigningAlgorithm::Rs256, &rules, NOW).unwrap_err();
+        assert!(
+            got.contains("alg: the component asked for RS256, the credential signs with ES256"),
+            "{got}"
+        );
+        let rs = AssertionRules {
+            algorithm: SigningAlgorithm::Rs256,
+            ..rules.clone()
+        };
+        let got = check_assertion(&good, SigningAlgorithm::Rs256, &rs, NOW).unwrap_err();
+        assert!(got.contains("the header's alg is not RS256"), "{got}");
+        // No key id configured: a kid is refused.
+        let got =
+            check_assertion(&good, SigningAlgorithm::Es256, &client_rules(None), NOW).unwrap_err();
+        assert!(
+            got.contains("the header has a kid, and no key id (signing key_id) is configured"),
+            "{got}"
+        );
+        // A clock that cannot be read admits nothing.
+        let got = check_assertion(&good, SigningAlgorithm::Es256, &rules, f64::NAN).unwrap_err();
+        assert!(got.contains("from this host's clock"), "{got}");
+    }
+
+    /// The jwt-bearer grant: `sub` is the client id or the configured
+    /// subject, and further claims are the configured ones with their values.
+    #[test]
+    fn a_jwt_bearer_assertion_carries_its_subject_and_configured_claims_only() {
+        let now = NOW as i64;
+        let header = r#"{"alg":"ES256","typ":"JWT","kid":"k1"}"#;
+        let rules = bearer_rules();
+        let check = |sub: &str, extra: &str| {
+            check_assertion(
+                &input(
+                    header,
+                    &claims("app", sub, TOKEN_URL, now, now + 300, extra),
+                ),
+                SigningAlgorithm::Es256,
+                &rules,
+                NOW,
+            )
+        };
+        check("robot@svc", r#","scope":"api.read""#).unwrap();
+        check("app", "").unwrap();
+        for (sub, extra, says) in [
+            (
+                "root@svc",
+                "",
+                "the claim sub is neither the client id nor the configured subject",
+            ),
+            (
+                "robot@svc",
+                r#","scope":"admin""#,
+                "the claim scope is not its configured value",
+            ),
+            (
+                "robot@svc",
+                r#","scope":7"#,
+                "the claim scope is not its configured value",
+            ),
+            (
+                "robot@svc",
+                r#","scope":"api.read","scope":"admin""#,
+                "the claim scope appears twice",
+            ),
+            (
+                "robot@svc",
+                r#","azp":"x""#,
+                "the claim azp is not configured",
+            ),
+        ] {
+            let got = check(sub, extra).unwrap_err();
+            assert!(got.contains(says), "{sub} {extra}: {got}");
+            assert!(!got.contains("admin") && !got.contains("root"), "{got}");
+        }
     }
 }
