@@ -120,11 +120,3 @@ function pairs(raw) {
   for (let i = 0; i < raw.length; i += 2) out.push([raw[i].toLowerCase(), raw[i + 1]]);
   return out;
 }
-
-/** Resolves once `keys` (a stored token set) is out of the component's fresh window (fleet.test.mjs says why). */
-export async function outOfFreshWindow(keys) {
-  if (keys.rekey_refreshed_at === undefined) return;
-  const window = Math.min(30, Math.floor(Number(keys.expires_in) / 2));
-  const until = (keys.rekey_refreshed_at + window) * 1000;
-  while (Date.now() < until) await new Promise((resolve) => setTimeout(resolve, until - Date.now()));
-}
