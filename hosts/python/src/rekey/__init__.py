@@ -51,6 +51,7 @@ from .model import (
     ClientAuth,
     EveryRequest,
     Grant,
+    KeepaliveOutcome,
     OnAuthFailure,
     Request,
     Response,
@@ -80,7 +81,8 @@ from .stores import MemoryStore, PostgresStore, RecordStore, SqliteStore, open_s
 logging.getLogger("rekey").addHandler(logging.NullHandler())
 
 __all__ = [
-    "Rekey", "AsyncRekey", "Settings", "Request", "Response", "ClientAuth", "Grant", "Strategy", "OnAuthFailure",
+    "Rekey", "AsyncRekey", "Settings", "Request", "Response", "ClientAuth", "Grant", "KeepaliveOutcome", "Strategy",
+    "OnAuthFailure",
     "EveryRequest", "BeforeExpiry", "HttpConfig", "Secret", "Signing", "SigningAlgorithm", "RecordStore",
     "MemoryStore", "SqliteStore",
     "PostgresStore", "open_store", "CredentialRecord", "StoredRecord", "Lease", "RefreshMark", "DeadGrant",

@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import datetime
 import functools
 import os
 import threading
 from typing import Any, Callable, Optional, TypeVar
 
 from .client import Rekey
-from .model import Request, Response, Settings
+from .model import KeepaliveOutcome, Request, Response, Settings
 from .secret import Secret
 from .stores import RecordStore
 
@@ -73,6 +74,31 @@ class AsyncRekey:
                 self.rekey.send,
                 settings,
                 request,
+                store=store,
+                credential=credential,
+                keys=keys,
+                on_update_keys=on_update_keys,
+            )
+        )
+
+    async def keepalive(
+        self,
+        settings: Settings,
+        *,
+        older_than: "float | datetime.timedelta",
+        store: Optional[RecordStore] = None,
+        credential: Optional[str] = None,
+        keys: Optional[str | dict | Secret] = None,
+        on_update_keys: Optional[Callable[[str], None]] = None,
+    ) -> KeepaliveOutcome:
+        """:meth:`Rekey.keepalive` (the same arguments, results and errors),
+        in a worker thread: once started it runs to its end there, a refresh
+        it began stored, even if the awaiting task is cancelled."""
+        return await self._run(
+            functools.partial(
+                self.rekey.keepalive,
+                settings,
+                older_than=older_than,
                 store=store,
                 credential=credential,
                 keys=keys,

@@ -4,6 +4,7 @@ the component's ``host`` imports (HTTP, the record store) for one call."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ from .authorize import (
 from .component import load_component
 from .http import HttpConfig
 from .keys import keys_text
-from .model import Grant, Request, Response, Settings, grant_of
+from .model import Grant, KeepaliveOutcome, Request, Response, Settings, grant_of
 from .records import StoreError, UnknownCredential, WriteConflict, WriteFailed, WriteUnknown
 from .runtime import Bodies, Runtime
 from .secret import Secret
@@ -104,25 +105,61 @@ class Rekey:
         spent): one process only. Calls naming the same ``credential`` share
         its record; without a name a callback call has one of its own.
         Raises a :class:`errors.RekeyError`."""
-        if store is not None:
-            if keys is not None or on_update_keys is not None:
-                raise TypeError("store= goes with credential=; keys= and on_update_keys= go together without a store")
-            if not credential:
-                raise TypeError("store= needs credential= (the credential's name in the store)")
-            name, records = credential, store
-        elif on_update_keys is not None:
-            record = self._callback_record(credential)
-            if keys is not None:
-                record.offer(keys_text(keys))
-            name, records = credential or "(callback)", CallbackStore(record, on_update_keys)
-        else:
-            raise TypeError("pass store= and credential=, or keys= and on_update_keys=")
-
+        name, records = self._records(store, credential, keys, on_update_keys)
         call = CallState(self, records, name, settings)
         result = self._runtime.call_send(call, wit.settings(settings), wit.request(request, call.bodies))
         if isinstance(result, Record):
             return wit.response_from(result)
         raise wit.send_error(result)
+
+    def keepalive(
+        self,
+        settings: Settings,
+        *,
+        older_than: "float | datetime.timedelta",
+        store: Optional[RecordStore] = None,
+        credential: Optional[str] = None,
+        keys: Optional[str | dict | Secret] = None,
+        on_update_keys: Optional[Callable[[str], None]] = None,
+    ) -> KeepaliveOutcome:
+        """Keeps the credential's refresh token from dying of disuse
+        (Microsoft: 90 days idle, Xero: 60, Google: six months): the
+        component's ``keepalive``. Refreshes when the stored set was obtained
+        ``older_than`` ago or more (seconds, or a ``timedelta``; whole seconds
+        count), or when that is unknown (an imported set), or when the
+        provider said its refresh token expires within that time; otherwise
+        sends nothing. The refresh is :meth:`send`'s own (the fleet's lease
+        and mark, adopting a set another worker stored meanwhile), so any
+        number of processes may run it at once (from cron) and one refresh
+        happens. It sends no API request.
+
+        The record as for :meth:`send`: ``store`` and ``credential``, or
+        ``keys`` with ``on_update_keys``. Returns a :class:`KeepaliveOutcome`;
+        raises what :meth:`send` raises, mapped the same way (a revoked grant:
+        :class:`errors.ReauthorizationRequired`, remembered so the next run
+        sends nothing; no keys: :class:`errors.NotAuthenticated`)."""
+        seconds = _whole_seconds(older_than)
+        name, records = self._records(store, credential, keys, on_update_keys)
+        call = CallState(self, records, name, settings)
+        result = self._runtime.call("keepalive", call, (wit.settings(settings), seconds))
+        if isinstance(result, str):
+            return KeepaliveOutcome(result)
+        raise wit.send_error(result)
+
+    def _records(self, store, credential, keys, on_update_keys) -> tuple[str, RecordStore]:
+        """The record a call runs on: the store's, or a callback record."""
+        if store is not None:
+            if keys is not None or on_update_keys is not None:
+                raise TypeError("store= goes with credential=; keys= and on_update_keys= go together without a store")
+            if not credential:
+                raise TypeError("store= needs credential= (the credential's name in the store)")
+            return credential, store
+        if on_update_keys is not None:
+            record = self._callback_record(credential)
+            if keys is not None:
+                record.offer(keys_text(keys))
+            return credential or "(callback)", CallbackStore(record, on_update_keys)
+        raise TypeError("pass store= and credential=, or keys= and on_update_keys=")
 
     def _callback_record(self, credential: Optional[str]) -> CallbackRecord:
         if credential is None:
@@ -415,6 +452,27 @@ class CallState:
                 return
             if isinstance(url, str):
                 self._instance_urls.add(url)
+
+
+#: The WIT u64's range: keepalive's window in seconds.
+_U64_MAX = 2**64 - 1
+
+
+def _whole_seconds(older_than) -> int:
+    """``older_than`` (seconds as a number, or a ``timedelta``) as the whole
+    seconds keepalive takes (a fraction is dropped: the component counts whole
+    seconds)."""
+    if isinstance(older_than, datetime.timedelta):
+        seconds = older_than.total_seconds()
+    elif isinstance(older_than, (int, float)) and not isinstance(older_than, bool):
+        seconds = older_than
+    else:
+        raise TypeError(
+            f"older_than must be seconds (a number) or a datetime.timedelta, not {type(older_than).__name__}"
+        )
+    if not (0 <= seconds <= _U64_MAX):  # NaN fails this too
+        raise ValueError("older_than must be 0 or more (e.g. timedelta(days=7): refresh what is a week old)")
+    return int(seconds)
 
 
 def _log_exchange(req: Request, purpose: str, outcome, started: float) -> None:

@@ -52,6 +52,20 @@ def grant_of(value: "Grant | str") -> Grant:
         raise InvalidSettings(f"unknown grant {value!r} (expected one of {names})") from None
 
 
+class KeepaliveOutcome(enum.Enum):
+    """What :meth:`Rekey.keepalive` did (the WIT ``keepalive-outcome``)."""
+
+    #: Nothing was due (the stored set is younger than asked and its refresh
+    #: token not about to expire), or another worker renewed it meanwhile:
+    #: nothing was spent or written.
+    FRESH = "fresh"
+    #: The refresh token was exchanged and the new set stored.
+    REFRESHED = "refreshed"
+    #: The grant keeps no refresh token (client credentials, jwt-bearer), or
+    #: the stored set has none: nothing dies from disuse.
+    NOTHING_TO_KEEP = "nothing-to-keep"
+
+
 class ClientAuth(enum.Enum):
     """How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
     ``ClientAuth("post")`` and the RFC's ``client_secret_post`` name it too:

@@ -124,11 +124,12 @@ class Runtime:
         send = found and self.component.get_export_index("send", found)
         if send is None:
             raise ComponentError(f"the component does not export {CLIENT_INTERFACE}#send")
-        #: export name -> index: "send", "check-settings", and the authorize interface's functions
+        #: export name -> index: "send", "check-settings", "keepalive", and the authorize interface's functions
         self._exports = {"send": send}
-        check = self.component.get_export_index("check-settings", found)
-        if check is not None:
-            self._exports["check-settings"] = check
+        for name in ("check-settings", "keepalive"):
+            index = self.component.get_export_index(name, found)
+            if index is not None:
+                self._exports[name] = index
         authorize = self.component.get_export_index(AUTHORIZE_INTERFACE)
         for name in AUTHORIZE_FUNCTIONS:
             index = authorize and self.component.get_export_index(name, authorize)
@@ -216,8 +217,9 @@ class Runtime:
         return self.call("send", imports, (settings, req))
 
     def call(self, export: str, imports: Imports, args: tuple, timeout: Optional[float] = None) -> Any:
-        """Runs one export (``send``, or ``begin``, ``finish``, ``device-start``,
-        ``device-poll`` of the authorize interface) in a fresh instance,
+        """Runs one export (``send``, ``check-settings``, ``keepalive``, or
+        ``begin``, ``finish``, ``device-start``, ``device-poll`` of the
+        authorize interface) in a fresh instance,
         trapped at ``timeout`` (default: the call timeout); returns what it
         returns (the ok value, or a ``Variant`` for the error case), each
         body handle in it replaced by its bytes."""
