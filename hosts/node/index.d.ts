@@ -289,6 +289,29 @@ export interface Abortable {
 
 export type SendOptions = (SendWithStore | SendWithKeys) & Abortable & { request: RequestInit };
 
+/**
+ * What `keepalive` takes: `send`'s options without `request`, and how old a
+ * stored token set may grow before it is refreshed.
+ */
+export type KeepaliveOptions = (SendWithStore | SendWithKeys) & Abortable & {
+  /**
+   * Refresh when the stored set was obtained at least this many seconds ago
+   * (or when is unknown: an imported set), or when the provider said its
+   * refresh token expires within this time. A whole number >= 0; pick it
+   * well inside the provider's idle limit (Microsoft 90 days, Xero 60,
+   * Google's testing mode 7), e.g. `7 * 24 * 3600` run daily.
+   */
+  olderThanSecs: number | bigint;
+};
+
+/**
+ * What `keepalive` did: `refreshed` (the refresh token was exchanged and the
+ * result stored), `fresh` (nothing was due, or another worker renewed it
+ * meanwhile: nothing spent), `nothing-to-keep` (the grant keeps no refresh
+ * token: client credentials, jwt-bearer, or a set stored without one).
+ */
+export type KeepaliveOutcome = 'fresh' | 'refreshed' | 'nothing-to-keep';
+
 /** What `fetcher` takes: `send`'s options without `request`; a `signal` here applies to every call, with each call's own. */
 export type FetcherOptions = (SendWithStore | SendWithKeys) & Abortable;
 
@@ -399,6 +422,14 @@ export class Rekey {
   readonly mode: 'jspi' | 'worker';
   readonly wasmSha256: string;
   send(options: SendOptions): Promise<RekeyResponse>;
+  /**
+   * Keeps the credential's refresh token from dying of disuse: refreshes it
+   * (send's own refresh: the fleet's lease, one refresh however many
+   * processes run it at once) when the stored set is `olderThanSecs` old or
+   * older, or undated, or its refresh token expires within that time; sends
+   * no API request. Errors are send's (a revoked grant: ReauthorizationRequired).
+   */
+  keepalive(options: KeepaliveOptions): Promise<KeepaliveOutcome>;
   /**
    * Checks settings by exactly the rules the component applies at `send`
    * (its `check-settings`): call it when a credential is created or changed.

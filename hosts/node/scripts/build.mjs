@@ -1,7 +1,8 @@
 // Transpiles the rekey component into gen/ with the pinned jco, twice:
 //   gen/sync  synchronous imports, for the worker-thread path (Node >= 22)
 //   gen/jspi  the host's functions and pollable.block as async imports and
-//             `send` and the `authorize` functions as async exports, for
+//             `send`, `keepalive` and the `authorize` functions (every
+//             export that reaches an async import) as async exports, for
 //             JSPI (Node >= 24)
 // and records the component's SHA-256 in gen/build-info.json and
 // gen/component.js (COMPONENT_SHA256), so a test can check it is
@@ -56,7 +57,7 @@ const variants = {
     '--async-imports',
     `${HOST}#http-send`, `${HOST}#read-record`, `${HOST}#emit-update-keys`,
     'wasi:io/poll@0.2.0#[method]pollable.block',
-    '--async-exports', 'rekey:oauth2/client@0.4.0#send',
+    '--async-exports', 'rekey:oauth2/client@0.4.0#send', 'rekey:oauth2/client@0.4.0#keepalive',
     `${AUTHORIZE}#begin`, `${AUTHORIZE}#finish`, `${AUTHORIZE}#device-start`, `${AUTHORIZE}#device-poll`,
   ],
 };

@@ -39,13 +39,15 @@ export function sendErrorOf(thrown) {
 }
 
 /**
- * The component's exports by the name the engines call them: `send` (the
- * `client` interface) and the `authorize` interface's four functions.
+ * The component's exports by the name the engines call them: `send`,
+ * `checkSettings` and `keepalive` (the `client` interface) and the
+ * `authorize` interface's four functions.
  */
 export function exportsOf(root) {
   return {
     send: root.client.send,
     checkSettings: root.client.checkSettings,
+    keepalive: root.client.keepalive,
     begin: root.authorize.begin,
     finish: root.authorize.finish,
     deviceStart: root.authorize.deviceStart,

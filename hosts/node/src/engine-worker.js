@@ -59,9 +59,11 @@ export async function createWorkerEngine({ genDir, poolSize, callTimeoutMs }) {
       return mapResponseBodies(outcome, (ref) => callersBytes(served.bytesOf(ref)));
     },
     /**
-     * Runs one export (`send`, `begin`, `finish`, `deviceStart`,
-     * `devicePoll`) with `host` serving its imports, bounded by `timeoutMs`
-     * (default: the call timeout).
+     * Runs one export (`checkSettings`, `keepalive`, `begin`, `finish`,
+     * `deviceStart`, `devicePoll`; `send` goes through `call`) with `host`
+     * serving its imports, bounded by `timeoutMs` (default: the call
+     * timeout). Its arguments cross to the worker as they are (keepalive's
+     * bigint included).
      */
     invoke(op, args, host, { timeoutMs = callTimeoutMs, signal = undefined } = {}) {
       return run(op, args, serving(host), timeoutMs, signal);

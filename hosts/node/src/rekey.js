@@ -101,7 +101,47 @@ export class Rekey {
     const settings = toWitSettings(o.settings);
     const request = toWitRequest(o.request);
     const { store, record } = await this.#recordOf(o, own);
-    const host = new CallHost({
+    const host = this.#callHost(o, settings, store, record);
+    const outcome = await unlessAborted(signal, () => this.#track(this.#engine.call(settings, request, host, { signal })));
+    if (!outcome.ok) throw fromSendError(outcome.error, (r) => new RekeyResponse(r));
+    return new RekeyResponse(outcome.value);
+  }
+
+  /**
+   * Keeps the credential's refresh token from dying of disuse (Microsoft:
+   * 90 days idle, Xero: 60, Google's testing mode: 7): the component's
+   * `keepalive`. It refreshes when the stored set was obtained at least
+   * `olderThanSecs` ago (or when is unknown: an imported set), or when the
+   * provider said its refresh token expires within that time; otherwise it
+   * sends nothing. The refresh is send's own (the fleet's lease and mark,
+   * adopting a set another worker stored meanwhile), so any number of
+   * processes may run it at once and one refresh happens. No API request.
+   * Errors are send's (e.g. ReauthorizationRequired for a revoked grant).
+   * `signal` as for send.
+   * @param {import('../index.js').KeepaliveOptions} o
+   * @returns {Promise<import('../index.js').KeepaliveOutcome>}
+   *   'refreshed', 'fresh' (nothing was due, or another worker renewed it
+   *   meanwhile) or 'nothing-to-keep' (the grant keeps no refresh token)
+   */
+  async keepalive(o) {
+    if (o === null || typeof o !== 'object') {
+      throw new InvalidRequest('keepalive takes an object: { credential, store, settings, olderThanSecs }');
+    }
+    const signal = checkSignal(o.signal);
+    throwIfAborted(signal);
+    const olderThanSecs = wholeSeconds(o.olderThanSecs);
+    const settings = toWitSettings(o.settings);
+    const { store, record } = await this.#recordOf(o, undefined);
+    const host = this.#callHost(o, settings, store, record);
+    const outcome = await unlessAborted(signal, () => this.#track(this.#engine.invoke('keepalive', [settings, olderThanSecs], host, { signal })));
+    // Its errors are send's (none carries a response: keepalive sends no API request).
+    if (!outcome.ok) throw fromSendError(outcome.error, (r) => new RekeyResponse(r));
+    return outcome.value;
+  }
+
+  /** The host side of a call on a credential's record (send, keepalive). */
+  #callHost(o, settings, store, record) {
+    return new CallHost({
       credential: typeof o.credential === 'string' ? o.credential : undefined,
       record,
       store,
@@ -110,9 +150,6 @@ export class Rekey {
       deadline: Date.now() + this.#options.callTimeoutMs,
       onEvent: o.onEvent ?? this.#options.onEvent,
     });
-    const outcome = await unlessAborted(signal, () => this.#track(this.#engine.call(settings, request, host, { signal })));
-    if (!outcome.ok) throw fromSendError(outcome.error, (r) => new RekeyResponse(r));
-    return new RekeyResponse(outcome.value);
   }
 
   /**
@@ -432,6 +469,17 @@ export class Rekey {
     this.#engine.close();
     this.#http.close();
   }
+}
+
+/** keepalive's `olderThanSecs` as the WIT u64: a whole number of seconds >= 0 (a number or a bigint). */
+function wholeSeconds(value) {
+  const fits = typeof value === 'bigint'
+    ? value >= 0n && value <= 0xffff_ffff_ffff_ffffn
+    : Number.isSafeInteger(value) && value >= 0;
+  if (!fits) {
+    throw new InvalidRequest('olderThanSecs must be a whole number of seconds >= 0 (e.g. 7 * 24 * 3600: refresh what is a week old)');
+  }
+  return BigInt(value);
 }
 
 /** The redirect's raw query (without `?`), from a string, URL or URLSearchParams. */
