@@ -5,11 +5,12 @@ database, against the testkit provider with refresh-token rotation and
 reuse detection (a reused refresh token revokes the grant). Expiries come
 from the provider's expire-access-tokens knob, not from waiting.
 
-The provider's tokens live 1999 ms, so it answers ``expires_in: 1``: the
-component then treats no rejection as "too fresh to be expiry" (its window
-is half the lifetime, whole seconds: 0), and every knob expiry is a real one
-to it. A round slower than a token's life may meet a natural expiry too; the
-allowance for that is counted from the round's duration and printed."""
+The provider's tokens live 10 minutes, so every expiry is one the test made
+(no natural expiry can fall inside a round however slow the machine) and
+each must cost exactly one refresh. The next expiry is made as soon as a
+round has ended: the component refreshes on a 401 unless the API already
+rejected that token set right after it was obtained, and every call here is
+answered 200, so there is no such evidence."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from conftest import delta, stored_keys
 HERE = Path(__file__).parent
 WORKERS = 4
 EXPIRIES = 6
-TOKEN_TTL_MS = 1999
+TOKEN_TTL_MS = 600_000
 ANSWER_WITHIN = 120  # seconds: a bound on a hung worker, never a verdict
 
 
@@ -109,23 +110,22 @@ def test_four_worker_processes_share_one_credential(kind, provider_factory, tmp_
         answers = [w.line() for w in workers]
         took = time.monotonic() - started
         refreshes = delta(provider.stats(), at_start)["refreshes_granted"]
-        natural = int(took * 1000) // TOKEN_TTL_MS  # natural expiries the round may have met
-        rounds.append((refreshes, natural, took))
+        rounds.append((refreshes, took))
         assert answers == ["OK 200"] * WORKERS, answers
-        assert 1 <= refreshes <= 1 + natural, rounds
+        assert refreshes == 1, rounds  # one refresh per expiry, however many workers saw it
 
     d = delta(provider.stats(), before)
     keys = rekey.open_store(url).read("fleet").data
     live = provider.refresh_token_live(json.loads(keys.keys_text())["refresh_token"])
     with capsys.disabled():  # the figures go to the terminal, not into the capture
         print(f"\nfleet on {kind}: {WORKERS} processes, {EXPIRIES} expiries, {WORKERS * EXPIRIES} calls: "
-              f"refreshes {d['refreshes_granted']} (per expiry {[r for r, _, _ in rounds]}; natural expiries allowed "
-              f"{sum(n for _, n, _ in rounds)}), token calls {d['token_calls']}, reused refresh tokens "
-              f"{d['reused_refresh_tokens']}, invalid_grant {d['invalid_grant']}, API calls {d['api_calls']} "
-              f"({d['api_unauthorized']} rejected), slowest round {max(t for _, _, t in rounds) * 1000:.0f} ms, "
+              f"refreshes {d['refreshes_granted']} (per expiry {[r for r, _ in rounds]}), token calls "
+              f"{d['token_calls']}, reused refresh tokens {d['reused_refresh_tokens']}, invalid_grant "
+              f"{d['invalid_grant']}, API calls {d['api_calls']} ({d['api_unauthorized']} rejected), "
+              f"slowest round {max(t for _, t in rounds) * 1000:.0f} ms, "
               f"stored refresh token live: {live}")
     assert (d["reused_refresh_tokens"], d["invalid_grant"]) == (0, 0)
-    assert d["token_calls"] == d["refreshes_granted"]
+    assert d["token_calls"] == d["refreshes_granted"] == EXPIRIES
     assert live, "the store must end on the live refresh token"
     assert (keys.lease, keys.refresh_mark, keys.dead_grant) == (None, None, None)
     for w in workers:

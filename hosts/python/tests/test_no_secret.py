@@ -13,8 +13,9 @@ from conftest import stored_keys, tokens_in
 from rekey import EveryRequest, Request, SqliteStore
 
 
-def test_no_secret_in_output(client, provider, tmp_path, caplog, capsys):
+def test_no_secret_in_output(client, provider_factory, tmp_path, caplog, capsys):
     caplog.set_level(logging.DEBUG)
+    provider = provider_factory("--access-ttl-ms", "600000")  # expiries come from the knob
     secrets = {provider.client_secret}
     said: list[str] = []  # every exception message and repr, every value's repr
     kinds: set[str] = set()
@@ -34,7 +35,7 @@ def test_no_secret_in_output(client, provider, tmp_path, caplog, capsys):
     said += [repr(settings), repr(store), repr(rekey.Secret(tokens["access_token"]))]
 
     # a refresh on 401, then an API that always rejects
-    provider.wait_until_expired(tokens["access_token"])
+    provider.admin("POST", "expire-access-tokens")
     attempt(settings=settings, request=Request.get(provider.api_url + "me"), store=store, credential="c")
     attempt(settings=settings, request=Request.get(provider.api_url + "reject"), store=store, credential="c")
     secrets |= tokens_in(stored_keys(store))
@@ -45,8 +46,10 @@ def test_no_secret_in_output(client, provider, tmp_path, caplog, capsys):
         offered.append(keys)
         raise OSError(f"cannot write {keys}")
 
-    attempt(settings=provider.settings(strategy=EveryRequest()), request=Request.get(provider.api_url + "me"),
-            keys=stored_keys(store), on_update_keys=failing)
+    # The component retries a failed keys write until its pauses (100 ms, doubling) add up to one lease
+    # TTL (40 s by default): 300 ms, three attempts.
+    attempt(settings=provider.settings(strategy=EveryRequest(), lease_ttl_ms=300),
+            request=Request.get(provider.api_url + "me"), keys=stored_keys(store), on_update_keys=failing)
     for keys in offered:
         secrets |= tokens_in(keys)
     # the token endpoint's answers lost after it rotated the token (in doubt), on a grant of its own

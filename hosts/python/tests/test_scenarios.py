@@ -43,6 +43,8 @@ def test_loads_the_expected_component(client):
 
 
 def test_on_401_refresh_and_retry(client, provider, tmp_path):
+    # The one scenario here whose expiry is the token's own lifetime running
+    # out (the default provider's 2 s), not the expire-access-tokens knob.
     tokens = provider.authorize()
     store = new_store(tmp_path, provider, tokens)
     provider.wait_until_expired(tokens["access_token"])
@@ -96,18 +98,22 @@ def test_before_expiry(client, provider_factory, tmp_path):
     assert (d["token_calls"], d["api_calls"]) == (0, 1)
 
 
-def test_rotation_5_refreshes(client, provider, tmp_path):
+def test_rotation_5_refreshes(client, provider_factory, tmp_path):
+    # Each expiry is made with the knob; the tokens otherwise live 10 minutes,
+    # so no natural expiry adds a refresh however slow the machine.
+    provider = provider_factory("--access-ttl-ms", "600000")
     tokens = provider.authorize()
     store = new_store(tmp_path, provider, tokens)
     before = provider.stats()
     seen = {tokens["refresh_token"]}
-    for _ in range(5):
-        provider.wait_until_expired(stored(store)["access_token"])
+    for expiry in range(1, 6):
+        provider.admin("POST", "expire-access-tokens")
         assert send(client, provider.settings(), Request.get(provider.api_url + "me"), store).status == 200
+        assert delta(provider.stats(), before)["refreshes_granted"] == expiry  # one refresh per expiry
         seen.add(stored(store)["refresh_token"])
 
     d = delta(provider.stats(), before)
-    assert d["refreshes_granted"] >= 5
+    assert (d["refreshes_granted"], d["token_calls"], d["api_unauthorized"]) == (5, 5, 5)
     assert (d["reused_refresh_tokens"], d["invalid_grant"]) == (0, 0)
     assert len(seen) == 6
     assert provider.refresh_token_live(stored(store)["refresh_token"])
@@ -250,11 +256,12 @@ def test_client_auth(client, provider_factory, tmp_path, method):
     assert caught.value.code == "invalid_client"
 
 
-def test_post_body_identical_on_retry(client, provider, tmp_path):
+def test_post_body_identical_on_retry(client, provider_factory, tmp_path):
+    provider = provider_factory("--access-ttl-ms", "600000")
     tokens = provider.authorize()
     store = new_store(tmp_path, provider, tokens)
     body = bytes(range(256)) + random.Random(9).randbytes(64 * 1024)
-    provider.wait_until_expired(tokens["access_token"])
+    provider.admin("POST", "expire-access-tokens")
     logged = len(provider.api_log())
 
     req = Request.post(provider.api_url + "upload", body, [("Content-Type", "application/octet-stream")])
@@ -266,10 +273,11 @@ def test_post_body_identical_on_retry(client, provider, tmp_path):
     assert base64.b64decode(retry["body_base64"]) == body
 
 
-def test_keys_callback_failure_stops_before_retry(client, provider):
+def test_keys_callback_failure_stops_before_retry(client, provider_factory):
+    provider = provider_factory("--access-ttl-ms", "600000")
     tokens = provider.authorize()
     keys = rekey.keys_from_token_response(tokens)
-    provider.wait_until_expired(tokens["access_token"])
+    provider.admin("POST", "expire-access-tokens")
     offered = []
 
     def on_update_keys(new_keys: str) -> None:
@@ -278,9 +286,10 @@ def test_keys_callback_failure_stops_before_retry(client, provider):
 
     before = provider.stats()
     with pytest.raises(rekey.KeysNotPersisted) as caught:
-        # The component retries a failed keys write for one lease TTL: keep it short here.
+        # The component retries a failed keys write until its pauses (100 ms, doubling) add up to one
+        # lease TTL: 300 ms, three attempts.
         client.send(
-            provider.settings(lease_ttl_ms=2000),
+            provider.settings(lease_ttl_ms=300),
             Request.get(provider.api_url + "me"),
             keys=keys,
             on_update_keys=on_update_keys,
@@ -300,10 +309,12 @@ def test_keys_callback_failure_stops_before_retry(client, provider):
 
 
 def test_16_concurrent_one_refresh(client, provider_factory, tmp_path):
-    provider = provider_factory("--access-ttl-ms", "5000")  # outlives 16 calls on a loaded machine
+    # The refreshed token lives 10 minutes: no second expiry can fall inside
+    # the run however loaded the machine; the first one is made at once.
+    provider = provider_factory("--access-ttl-ms", "600000")
     tokens = provider.authorize()
     store = new_store(tmp_path, provider, tokens)
-    provider.wait_until_expired(tokens["access_token"])
+    provider.admin("POST", "expire-access-tokens")
     before = provider.stats()
     start = threading.Barrier(16)
     results: list = []
@@ -332,10 +343,10 @@ def test_16_concurrent_one_refresh_with_callbacks(client, provider_factory):
     """The same, with keys and on_update_keys instead of a store: calls naming
     one credential share its record in this process and adopt what the first
     one persisted."""
-    provider = provider_factory("--access-ttl-ms", "5000")
+    provider = provider_factory("--access-ttl-ms", "600000")
     tokens = provider.authorize()
     keys = rekey.keys_from_token_response(tokens)
-    provider.wait_until_expired(tokens["access_token"])
+    provider.admin("POST", "expire-access-tokens")
     persisted: list[str] = []
     before = provider.stats()
     start = threading.Barrier(16)
