@@ -69,6 +69,7 @@ impl TokenSet {
             "rekey_rejected",
             "rekey_lifetime",
             "refresh_expires_at",
+            "rekey_refused",
         ] {
             map.remove(derived);
         }
@@ -195,10 +196,15 @@ mod tests {
         assert_eq!(field(&set, "expires_at"), Value::Null);
         // Nor anything else the component keeps for itself.
         let set = TokenSet::import(
-            r#"{"access_token":"a","rekey_rejected":{"x":1},"rekey_lifetime":0,"refresh_expires_at":0}"#,
+            r#"{"access_token":"a","rekey_rejected":{"x":1},"rekey_lifetime":0,"refresh_expires_at":0,"rekey_refused":{"code":"invalid_client","at":4102444800}}"#,
         )
         .unwrap();
-        for derived in ["rekey_rejected", "rekey_lifetime", "refresh_expires_at"] {
+        for derived in [
+            "rekey_rejected",
+            "rekey_lifetime",
+            "refresh_expires_at",
+            "rekey_refused",
+        ] {
             assert_eq!(field(&set, derived), Value::Null, "{derived}");
         }
         // A huge expires_in saturates instead of overflowing.

@@ -60,17 +60,52 @@ async fn a_refresh_token_in_the_answer_is_not_kept_and_later_calls_work() {
     assert_eq!(f.provider.stats().client_credentials_granted, 2);
 }
 
+/// A wrong client secret: the token endpoint refuses the client, rekey says
+/// the settings are wrong, and stores no token, only the component's
+/// memory of the refusal (its code, when, a fingerprint of the settings: no
+/// secret), so the same settings are not asked again within the minute;
+/// the right secret asks at once, and its token set drops the memory.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_refused_client_is_a_settings_problem_and_stores_nothing() {
+async fn a_refused_client_is_a_settings_problem_stores_no_token_and_is_not_asked_again() {
     let f = Fixture::new(provider_with_ttl(Duration::from_secs(3600))).await;
     let mut s = m2m(&f);
-    s.client_secret = Some(rekey::ClientSecret::Literal(rekey::Secret::new("wrong")));
+    let right = s.clone();
+    s.client_secret = Some(rekey::ClientSecret::Literal(rekey::Secret::new(
+        "wrong-secret",
+    )));
     f.store.put("m2m", &s, None).unwrap();
     let err = f.get("m2m", "me").await.unwrap_err();
     assert!(matches!(err, Error::SettingsRejected { .. }), "{err}");
     assert!(err.is_settings_problem());
     let c = f.store.load("m2m").unwrap();
-    assert!(c.keys.is_none() && c.needs_authorization.is_none() && c.refresh_mark.is_none());
+    assert!(c.needs_authorization.is_none() && c.refresh_mark.is_none() && c.lease.is_none());
+    let kept = f.stored_keys("m2m");
+    assert_eq!(
+        kept.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["rekey_refused"],
+        "no token, only the refusal: {kept}"
+    );
+    assert_eq!(kept["rekey_refused"]["code"], "invalid_client");
+    assert!(!kept.to_string().contains("wrong-secret"));
+    assert_eq!(f.provider.stats().token_calls, 1);
+
+    // `credential list` says so rather than "keys stored".
+    let out = rekey_cli(&f.store_path(), &["credential", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("settings refused by the token endpoint (invalid_client;"),
+        "{listed}"
+    );
+    // The same settings within the minute: refused without a request.
+    let again = f.get("m2m", "me").await.unwrap_err();
+    assert!(matches!(again, Error::SettingsRejected { .. }), "{again}");
+    assert_eq!(f.provider.stats().token_calls, 1);
+    // The right secret asks at once; its token set drops the memory.
+    f.store.put("m2m", &right, None).unwrap();
+    assert_eq!(f.get("m2m", "me").await.unwrap().status, 200);
+    let kept = f.stored_keys("m2m");
+    assert!(kept["access_token"].is_string() && kept.get("rekey_refused").is_none());
+    assert_eq!(f.provider.stats().token_calls, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

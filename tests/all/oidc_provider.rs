@@ -948,7 +948,8 @@ fn m2m_scenario(peer: &Peer, store: &Path, client: &Client) -> Result<M2mReport,
 }
 
 /// A wrong client secret: the token endpoint refuses the client, rekey says
-/// the settings are wrong (exit 9), prints no secret, and stores no keys.
+/// the settings are wrong (exit 9), prints no secret, and stores no token:
+/// only the component's memory of the refusal.
 fn refused_m2m_scenario(peer: &Peer, store: &Path, client: &Client) -> Result<(), String> {
     let name = &client.id;
     let wrong = format!("{}-but-wrong", client.secret);
@@ -970,13 +971,30 @@ fn refused_m2m_scenario(peer: &Peer, store: &Path, client: &Client) -> Result<()
     let c = SqliteStore::open(store)
         .and_then(|s| s.load(name))
         .map_err(|e| format!("{name}: cannot load the credential: {e}"))?;
-    if c.keys.is_some()
-        || c.needs_authorization.is_some()
-        || c.refresh_mark.is_some()
-        || c.lease.is_some()
+    if c.needs_authorization.is_some() || c.refresh_mark.is_some() || c.lease.is_some() {
+        return Err(format!(
+            "{name}: the refused client left a dead grant, a refresh mark or a lease"
+        ));
+    }
+    // No token: only the component's memory of the refusal (no secret in it).
+    let kept = c.keys.as_ref().map(|k| k.expose().to_owned());
+    let memory: Option<serde_json::Value> =
+        kept.as_deref().and_then(|k| serde_json::from_str(k).ok());
+    let only_refusal = memory
+        .as_ref()
+        .and_then(|m| m.as_object())
+        .is_some_and(|m| {
+            m.len() == 1
+                && m.get("rekey_refused")
+                    .is_some_and(|r| r["code"] == "invalid_client")
+        });
+    if !only_refusal
+        || secrets
+            .iter()
+            .any(|s| kept.as_deref().unwrap_or("").contains(s.as_str()))
     {
         return Err(format!(
-            "{name}: the refused client left keys, a dead grant, a refresh mark or a lease"
+            "{name}: the refused client's keys are not just the refusal's memory"
         ));
     }
     Ok(())
@@ -1113,7 +1131,7 @@ fn client_credentials_against_oidc_provider() {
                 ));
             }
             summary.push(format!(
-                "{:<16} wrong secret -> exit 9, nothing stored",
+                "{:<16} wrong secret -> exit 9, no token stored",
                 refused.id
             ));
         }

@@ -358,9 +358,11 @@ async fn private_key_jwt_serves_the_client_credentials_grant_without_a_secret() 
 /// Another key than the one the provider knows: the provider refuses each
 /// assertion (the jwt-bearer grant's as `invalid_grant`, a client
 /// assertion as `invalid_client`), rekey says the settings are wrong, and
-/// nothing is stored; the CLI exits with the settings code (9).
+/// no token is stored (only the component's memory of the refusal, so the
+/// same settings are not asked again within the minute); the CLI exits with
+/// the settings code (9).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_key_the_provider_does_not_know_is_a_settings_problem_and_stores_nothing() {
+async fn a_key_the_provider_does_not_know_is_a_settings_problem_and_stores_no_token() {
     let keys = tempfile::tempdir().unwrap();
     let registered = TestKey::new(keys.path(), "registered.pem", SigningAlgorithm::Es256);
     let other = TestKey::new(keys.path(), "other.pem", SigningAlgorithm::Es256);
@@ -385,7 +387,15 @@ async fn a_key_the_provider_does_not_know_is_a_settings_problem_and_stores_nothi
         );
         other.assert_not_in(&err.to_string(), "the error");
         let c = f.store.load(name).unwrap();
-        assert!(c.keys.is_none() && c.needs_authorization.is_none() && c.refresh_mark.is_none());
+        assert!(c.needs_authorization.is_none() && c.refresh_mark.is_none() && c.lease.is_none());
+        // No token: only the component's memory of the refusal.
+        let kept = f.stored_keys(name);
+        assert_eq!(
+            kept.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["rekey_refused"],
+            "{name}: {kept}"
+        );
+        assert_eq!(kept["rekey_refused"]["code"], code);
     }
     let stats = f.provider.stats();
     assert_eq!(stats.assertions_refused, 2);
@@ -405,7 +415,10 @@ async fn a_key_the_provider_does_not_know_is_a_settings_problem_and_stores_nothi
         all_output(&out)
     );
     other.assert_not_in(&all_output(&out), "rekey send");
-    assert!(f.store.load("svc").unwrap().keys.is_none());
+    // Within the minute the same settings are refused without a request.
+    assert_eq!(f.provider.stats().assertions_refused, 2);
+    let kept = f.stored_keys("svc");
+    assert!(kept.get("access_token").is_none(), "{kept}");
 }
 
 /// A key that cannot be loaded (no such file, an unset variable, a key of

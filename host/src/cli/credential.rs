@@ -351,12 +351,30 @@ fn state(c: &rekey::Credential) -> String {
         ),
         (None, true, _) => "refresh in doubt".into(),
         (None, false, _) if c.refresh_mark.is_some() => "refresh in progress".into(),
-        (None, false, Some(_)) => "keys stored".into(),
+        (None, false, Some(keys)) => match refused_only(keys) {
+            // The component's memory of a refusal, and no token.
+            Some(code) => format!(
+                "settings refused by the token endpoint ({code}; the same settings are not asked again for a minute)"
+            ),
+            None => "keys stored".into(),
+        },
         (None, false, None) if c.settings.grant.is_machine() => {
             "no token yet (the first send fetches one)".into()
         }
         (None, false, None) => "no keys".into(),
     }
+}
+
+/// The code of the token endpoint's refusal the component remembers
+/// (`rekey_refused`), when the keys hold nothing else: no token.
+fn refused_only(keys: &rekey::TokenSet) -> Option<String> {
+    let keys: serde_json::Value = serde_json::from_str(keys.expose()).ok()?;
+    let keys = keys.as_object()?;
+    if keys.contains_key("access_token") || keys.contains_key("refresh_token") {
+        return None;
+    }
+    let code = keys.get("rekey_refused")?.get("code")?.as_str()?;
+    Some(code.escape_debug().to_string())
 }
 
 impl SettingsArgs {
