@@ -232,12 +232,16 @@ for (const method of ['basic', 'post']) {
       credential: 'crm', store, settings: p.settings({ clientAuth }), request: { url: p.api('x') },
     });
 
-    // The other method is refused by the provider: a settings problem, keys untouched.
-    const before = await store.loadKeys('crm');
+    // The other method is refused by the provider: a settings problem, the
+    // keys untouched but for the component's memory of the refusal.
+    const before = await stored(store, 'crm');
     const err = await send(method === 'basic' ? 'post' : 'basic').then(() => assert.fail('wrong client auth'), (e) => e);
     assert.ok(err instanceof SettingsRejected, String(err));
     assert.equal(err.code, 'invalid_client');
-    assert.equal(await store.loadKeys('crm'), before);
+    const { rekey_refused: refused, ...after } = await stored(store, 'crm');
+    assert.deepEqual(after, before);
+    assert.equal(refused.code, 'invalid_client');
+    // Other settings (the right method) ask at once.
 
     assert.equal((await send(method)).status, 200);
     const stats = await p.stats();
