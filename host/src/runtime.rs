@@ -199,14 +199,10 @@ impl Rekey {
             .to_wit()
             .map_err(Error::InvalidSettings)?;
         settings.fleet = self.inner.fleet;
-        // Loaded before anything is sent: a missing or wrong key is
-        // `InvalidSettings` now, never a request without its assertion.
-        credential
-            .settings
-            .signing_key()
-            .map_err(Error::InvalidSettings)?;
-        // The signer reads the key again when the component asks for a
-        // signature, after its check of what it is asked to sign.
+        // The key is read only when the component asks for a signature,
+        // after the signer's check of what it is asked to sign: a call whose
+        // stored token is still valid needs none. A missing or wrong key is
+        // then `InvalidSettings`, and the request it was for is not sent.
         let signer = Signer::new(credential.settings.signing.as_ref(), &settings);
         let destinations = Destinations::of(&credential)?;
         destinations.check(&url, name)?;

@@ -449,10 +449,11 @@ impl Settings {
         self.wit_with_secret(self.client_secret.as_ref().map(|_| String::new()))
     }
 
-    /// The credential's private key, loaded now (a file or variable is read
-    /// at each call, so a rotated key counts at once) and checked against
-    /// the algorithm; none when it signs nothing. The error names the file
-    /// or variable, never the key.
+    /// The credential's private key, loaded now and checked against the
+    /// algorithm (as `credential add` does once, and `authorize` before a
+    /// person starts); none when it signs nothing. A `send` reads it only
+    /// when the component asks for a signature. The error names the file or
+    /// variable, never the key.
     pub fn signing_key(&self) -> Result<Option<crate::signing::SigningKey>, String> {
         self.signing.as_ref().map(Signing::load).transpose()
     }

@@ -4,10 +4,13 @@
 //!
 //! A credential's [`Signing`] names the algorithm and where its key is: a
 //! PEM file or an environment variable holding the PEM. The store keeps that
-//! reference, never the key. The key is loaded at each call (a rotated file
-//! or variable counts at once), before anything is sent: a missing, wrong or
-//! unreadable key is `InvalidSettings`, naming the file or variable and never
-//! the key. Accepted: unencrypted PKCS#8 (`BEGIN PRIVATE KEY`), PKCS#1 RSA
+//! reference, never the key. The key is read only when the component asks
+//! for a signature, after the host's check of what it is asked to sign
+//! ([`check_assertion`]): a call whose stored token is still valid reads no
+//! key. It is read at each signature (a rotated file or variable counts at
+//! once); a missing, wrong or unreadable key is then `InvalidSettings`,
+//! naming the file or variable and never the key, and the request the
+//! assertion was for is not sent. Accepted: unencrypted PKCS#8 (`BEGIN PRIVATE KEY`), PKCS#1 RSA
 //! (`BEGIN RSA PRIVATE KEY`) and SEC1 EC (`BEGIN EC PRIVATE KEY`); RS256
 //! needs RSA of 2048 bits or more, ES256 a P-256 key.
 
@@ -88,11 +91,11 @@ impl<'de> Deserialize<'de> for SigningAlgorithm {
 /// Where a credential's private key is: the store keeps this, never the key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SigningKeySource {
-    /// A PEM file, read at each call (stored absolute as `key_file`).
+    /// A PEM file, read at each signature (stored absolute as `key_file`).
     #[serde(rename = "key_file")]
     File(PathBuf),
-    /// An environment variable holding the PEM, read at each call (stored
-    /// as `key_env`).
+    /// An environment variable holding the PEM, read at each signature
+    /// (stored as `key_env`).
     #[serde(rename = "key_env")]
     Env(String),
 }

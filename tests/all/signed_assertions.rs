@@ -34,6 +34,7 @@ pub struct TestKey {
     pub path: PathBuf,
     pub public_pem: String,
     pub secret_lines: Vec<String>,
+    pem_text: String,
 }
 
 fn openssl(args: &[&str]) -> Vec<u8> {
@@ -81,8 +82,8 @@ impl TestKey {
         let public_pem =
             String::from_utf8(openssl(&["pkey", "-pubout", "-in", path.to_str().unwrap()]))
                 .unwrap();
-        let secret_lines = std::fs::read_to_string(&path)
-            .unwrap()
+        let pem_text = std::fs::read_to_string(&path).unwrap();
+        let secret_lines = pem_text
             .lines()
             .filter(|l| !l.starts_with("-----") && l.len() > 16)
             .map(str::to_owned)
@@ -91,11 +92,17 @@ impl TestKey {
             path,
             public_pem,
             secret_lines,
+            pem_text,
         }
     }
 
     pub fn pem(&self) -> String {
         std::fs::read_to_string(&self.path).unwrap()
+    }
+
+    /// The private PEM as made (kept in memory, to put the file back).
+    pub fn pem_text(&self) -> String {
+        self.pem_text.clone()
     }
 
     /// The EC key's public JWK (RFC 7517), for a server's registration.
@@ -460,6 +467,86 @@ async fn a_missing_or_wrong_key_is_invalid_settings_and_nothing_is_sent() {
         (0, 0),
         "nothing was sent"
     );
+}
+
+/// The key is read only when an assertion is signed: with the key file
+/// gone, a call whose stored token is still valid goes through (library and
+/// CLI), and only the next refresh, which needs an assertion, is invalid
+/// settings, with nothing sent to the token endpoint and the record as it
+/// was (the refresh token unspent, no mark, no lease). The same for the
+/// jwt-bearer grant's next token.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_key_is_read_only_when_an_assertion_is_signed() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = TestKey::new(keys.path(), "client.pem", SigningAlgorithm::Es256);
+    let f = Fixture::new(provider_for(&key)).await;
+    let mut s = f.settings(Strategy::OnAuthFailure, ClientAuth::PrivateKeyJwt);
+    s.signing = Some(Signing::key_file(SigningAlgorithm::Es256, &key.path));
+    f.add_credential("app", &s);
+    // A first refresh, signed with the key.
+    f.provider.expire_access_tokens();
+    assert_eq!(f.get("app", "me").await.unwrap().status, 200);
+    let signing = Signing::key_file(SigningAlgorithm::Es256, &key.path);
+    f.store.put("svc", &jwt_bearer(&f, signing), None).unwrap();
+    assert_eq!(f.get("svc", "me").await.unwrap().status, 200);
+    let stats = f.provider.stats();
+    assert_eq!(
+        (stats.client_assertions_ok, stats.jwt_bearer_granted),
+        (1, 1)
+    );
+
+    std::fs::remove_file(&key.path).unwrap();
+    let token_calls = stats.token_calls;
+    for name in ["app", "svc"] {
+        assert_eq!(f.get(name, "me").await.unwrap().status, 200, "{name}");
+        let out = rekey_cli(&f.store_path(), &["send", name, &f.provider.api_url("me")]);
+        assert!(out.status.success(), "{name}: {}", all_output(&out));
+    }
+    assert_eq!(
+        f.provider.stats().token_calls,
+        token_calls,
+        "no token request"
+    );
+
+    f.provider.expire_access_tokens();
+    for name in ["app", "svc"] {
+        let before = f.store.load(name).unwrap();
+        let err = f.get(name, "me").await.unwrap_err();
+        let file = format!("{} cannot be read (no such file)", key.path.display());
+        assert!(
+            matches!(&err, Error::InvalidSettings(m) if m.contains(&file)),
+            "{name}: {err}"
+        );
+        let after = f.store.load(name).unwrap();
+        assert_eq!(
+            after.keys.as_ref().map(|k| k.expose().to_owned()),
+            before.keys.as_ref().map(|k| k.expose().to_owned()),
+            "{name}: the keys as they were"
+        );
+        assert!(
+            after.refresh_mark.is_none()
+                && after.lease.is_none()
+                && after.needs_authorization.is_none(),
+            "{name}"
+        );
+    }
+    let stats = f.provider.stats();
+    assert_eq!(
+        stats.token_calls, token_calls,
+        "nothing sent to the token endpoint"
+    );
+    assert_eq!(
+        (
+            stats.invalid_grant,
+            stats.reused_refresh_tokens,
+            stats.assertions_refused
+        ),
+        (0, 0, 0)
+    );
+    // The stored refresh token is still live: the key back, the refresh works.
+    std::fs::write(&key.path, key.pem_text()).unwrap();
+    assert_eq!(f.get("app", "me").await.unwrap().status, 200);
+    assert_eq!(f.provider.stats().client_assertions_ok, 2);
 }
 
 /// The CLI end to end: `credential add` checks the key once (exit 2 for a
