@@ -161,6 +161,10 @@ pub async fn run(args: Args) -> Result<Exit, Failure> {
         Command::Component { out, sha256 } => component(out, sha256),
         // Store calls block (a PostgreSQL client runs its own runtime): keep
         // them off the async threads.
+        Command::Credential(credential::Command::Keepalive(keepalive)) => {
+            let store = blocking(move || open_store(&args.store)).await?;
+            credential::keepalive(store, cache_dir, keepalive).await
+        }
         Command::Credential(cmd) => {
             blocking(move || credential::run(open_store(&args.store)?.as_ref(), cache_dir, cmd))
                 .await
@@ -212,6 +216,19 @@ fn rekey_for_one_call(cache_dir: Option<std::path::PathBuf>) -> Result<rekey::Re
             format!("cannot load the rekey component: {e:#}"),
         )
     })
+}
+
+/// Set when SIGTERM or SIGINT arrived: a command of several calls
+/// (`credential keepalive`) finishes the one in flight and starts no other.
+static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks a command of several calls to stop after the one in flight.
+pub fn request_stop() {
+    STOP_REQUESTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn stop_requested() -> bool {
+    STOP_REQUESTED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 async fn blocking<R: Send + 'static>(

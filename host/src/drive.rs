@@ -11,7 +11,6 @@
 //! future before that point drops the call (no refresh token has left; a
 //! lease taken is released by the call's state when dropped).
 
-use crate::Response;
 use crate::error::Error;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -21,8 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use tokio::runtime::Handle;
 
-type Outcome = Result<Response, Error>;
-type Call = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+/// A call's result: a `send`'s response, a `keepalive`'s outcome.
+type Outcome<T> = Result<T, Error>;
+type Call<T> = Pin<Box<dyn Future<Output = Outcome<T>> + Send>>;
 
 /// Set by the call when it begins a refresh: from then on it must finish.
 #[derive(Clone, Default)]
@@ -39,10 +39,10 @@ impl MustFinish {
 }
 
 /// Polls `call` in the caller's task; see the module's comment.
-pub(crate) async fn drive(
-    call: impl Future<Output = Outcome> + Send + 'static,
+pub(crate) async fn drive<T: Send + 'static>(
+    call: impl Future<Output = Outcome<T>> + Send + 'static,
     must_finish: MustFinish,
-) -> Outcome {
+) -> Outcome<T> {
     let Ok(runtime) = Handle::try_current() else {
         return Err(Error::Component(
             "rekey calls run on a tokio runtime".into(),
@@ -61,15 +61,15 @@ pub(crate) async fn drive(
     .await
 }
 
-struct Shared {
-    state: Mutex<State>,
+struct Shared<T> {
+    state: Mutex<State<T>>,
     caller: Mutex<Option<Waker>>,
     helper_started: AtomicBool,
 }
 
-enum State {
-    Running(Call),
-    Done(Option<Outcome>),
+enum State<T> {
+    Running(Call<T>),
+    Done(Option<Outcome<T>>),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -77,7 +77,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Shared {
+impl<T> Shared<T> {
     /// Polls the call with `waker` (only the latest poll's waker is woken:
     /// the caller's until the helper starts, then the helper's), unless the
     /// other side is polling it at this moment. Ready once it is done.
@@ -110,13 +110,13 @@ impl Shared {
     }
 }
 
-struct CallerSide {
-    shared: Arc<Shared>,
+struct CallerSide<T: Send + 'static> {
+    shared: Arc<Shared<T>>,
     must_finish: MustFinish,
     runtime: Handle,
 }
 
-impl CallerSide {
+impl<T: Send + 'static> CallerSide<T> {
     fn start_helper(&self) {
         if !self.shared.helper_started.swap(true, Ordering::AcqRel) {
             drop(self.runtime.spawn(HelperSide(self.shared.clone())));
@@ -124,10 +124,10 @@ impl CallerSide {
     }
 }
 
-impl Future for CallerSide {
-    type Output = Outcome;
+impl<T: Send + 'static> Future for CallerSide<T> {
+    type Output = Outcome<T>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<T>> {
         *lock(&self.shared.caller) = Some(cx.waker().clone());
         // Once the helper drives the call, the caller only waits for it.
         if !self.shared.helper_started.load(Ordering::Acquire)
@@ -149,7 +149,7 @@ impl Future for CallerSide {
     }
 }
 
-impl Drop for CallerSide {
+impl<T: Send + 'static> Drop for CallerSide<T> {
     fn drop(&mut self) {
         *lock(&self.shared.caller) = None;
         // A call that began a refresh finishes without its caller. (Locked:
@@ -166,9 +166,9 @@ impl Drop for CallerSide {
 }
 
 /// The call's own task, from the start of a refresh: polls until it is done.
-struct HelperSide(Arc<Shared>);
+struct HelperSide<T>(Arc<Shared<T>>);
 
-impl Future for HelperSide {
+impl<T> Future for HelperSide<T> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -183,7 +183,7 @@ mod tests {
     use std::time::Duration;
     use tokio::sync::oneshot;
 
-    fn ok() -> super::Outcome {
+    fn ok() -> super::Outcome<crate::Response> {
         Err(Error::Component("done".into()))
     }
 

@@ -1,8 +1,9 @@
 //! One credential in one store, named once: what an application keeps
 //! instead of passing the store and the name on every call.
 
-use crate::{Error, KeyStore, Rekey, Request, Response};
+use crate::{Error, KeepaliveOutcome, KeyStore, Rekey, Request, Response};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A credential's handle (`rekey.credential(store, "crm")`); cheap to clone.
 #[derive(Clone)]
@@ -16,6 +17,15 @@ impl CredentialHandle {
     /// Sends `req` with this credential's token: [`Rekey::send`].
     pub async fn send(&self, req: Request) -> Result<Response, Error> {
         self.rekey.send(self.store.clone(), &self.name, req).await
+    }
+
+    /// Refreshes this credential's token set if it was obtained `older_than`
+    /// ago or more, so its refresh token does not die from disuse:
+    /// [`Rekey::keepalive`].
+    pub async fn keepalive(&self, older_than: Duration) -> Result<KeepaliveOutcome, Error> {
+        self.rekey
+            .keepalive(self.store.clone(), &self.name, older_than)
+            .await
     }
 
     /// The credential's name in its store.

@@ -81,7 +81,7 @@ pub use error::{Category, Error};
 pub use handle::CredentialHandle;
 pub use http::{HttpConfig, HttpsProxy};
 pub use message::{Request, Response};
-pub use runtime::{Config, Rekey, engine_config};
+pub use runtime::{Config, KeepaliveOutcome, Rekey, engine_config};
 pub use secret::Secret;
 pub use settings::{ClientAuth, ClientSecret, Grant, Settings, Strategy};
 pub use signing::{Signing, SigningAlgorithm, SigningKey, SigningKeySource};

@@ -46,6 +46,7 @@ async fn run_until_done(args: cli::Args) -> i32 {
         eprintln!(
             "rekey: signal {signo} received: finishing the call in flight so that refreshed keys are not lost (signal again to stop now)"
         );
+        cli::request_stop();
         received = Some(signo);
     }
 }

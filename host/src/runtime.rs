@@ -1,6 +1,7 @@
 //! Compiling the component once and running one call per `Store`.
 
 use crate::bindings::RefresherPre;
+use crate::bindings::exports::rekey::oauth2::client::KeepaliveOutcome as KeepaliveWit;
 use crate::bindings::rekey::oauth2::types::{FleetTiming, TransportError};
 use crate::bindings::rekey::oauth2::{host, signer, types};
 use crate::body;
@@ -104,6 +105,31 @@ struct Inner {
     config: Config,
 }
 
+/// What [`Rekey::keepalive`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepaliveOutcome {
+    /// The stored token set is younger than asked and its refresh token not
+    /// about to expire, or another worker renewed it meanwhile: nothing was
+    /// spent.
+    Fresh,
+    /// The refresh token was exchanged and the result stored.
+    Refreshed,
+    /// The grant keeps no refresh token (client credentials, jwt-bearer):
+    /// nothing dies from disuse, nothing was sent.
+    NothingToKeep,
+}
+
+impl std::fmt::Display for KeepaliveOutcome {
+    /// `fresh`, `refreshed`, `nothing to keep`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeepaliveOutcome::Fresh => "fresh",
+            KeepaliveOutcome::Refreshed => "refreshed",
+            KeepaliveOutcome::NothingToKeep => "nothing to keep",
+        })
+    }
+}
+
 impl Rekey {
     /// Compiles the embedded guest component.
     pub fn new(config: Config) -> Result<Self, Error> {
@@ -193,17 +219,7 @@ impl Rekey {
         url: reqwest::Url,
         must_finish: MustFinish,
     ) -> Result<Response, Error> {
-        let credential = load_credential(&store, name).await?;
-        let mut settings = credential
-            .settings
-            .to_wit()
-            .map_err(Error::InvalidSettings)?;
-        settings.fleet = self.inner.fleet;
-        // The key is read only when the component asks for a signature,
-        // after the signer's check of what it is asked to sign: a call whose
-        // stored token is still valid needs none. A missing or wrong key is
-        // then `InvalidSettings`, and the request it was for is not sent.
-        let signer = Signer::new(credential.settings.signing.as_ref(), &settings);
+        let (credential, settings) = self.load_for_call(&store, name).await?;
         let destinations = Destinations::of(&credential)?;
         destinations.check(&url, name)?;
         // A credential's calls (which may all wait on its lease) take at most
@@ -211,21 +227,16 @@ impl Rekey {
         let _share = self.inner.shares.acquire(name).await;
         let _slot = self.slot().await?;
         let key = warm::Key::new(&store, name);
-        let mut state = self.new_state(name, &settings.token_url, store);
-        state.destinations = destinations;
-        state.signer = signer;
-        state.must_finish = must_finish;
-        state.keys_seen = credential.keys.clone();
-        state.loaded = Some(call::to_wit(&credential));
-        let mut warm = match self.inner.warm.take(&key) {
-            Some(mut warm) => {
-                // Nothing of the last call's host state carries over.
-                *warm.store.data_mut() = state;
-                warm.store.set_epoch_deadline(self.call_ticks());
-                warm
-            }
-            None => self.instantiate(state).await?,
-        };
+        let mut warm = self
+            .instance_for(
+                &key,
+                store,
+                &credential,
+                &settings,
+                destinations,
+                must_finish,
+            )
+            .await?;
         let component_failed = |e: wasmtime::Error| Error::Component(format!("{e:#}"));
         let req = body::request(warm.store.data_mut(), req).map_err(component_failed)?;
         let result = warm
@@ -249,9 +260,142 @@ impl Rekey {
                 Err(failed.unwrap_or(e))
             }
         };
+        self.park(key, warm);
+        result
+    }
+
+    /// Exercises the refresh token of credential `name` in `store` so that
+    /// it does not die from disuse (Microsoft: 90 days idle, Xero: 60): the
+    /// component refreshes when the stored set was obtained `older_than`
+    /// ago or more (or when is unknown: an imported set), or when the
+    /// provider said its refresh token expires within that time; otherwise
+    /// [`KeepaliveOutcome::Fresh`]. The refresh is `send`'s own (the fleet's
+    /// lease and mark, adopting a set another worker stored meanwhile), so
+    /// any number of processes and machines may run this at once, from
+    /// cron, and one refresh happens. No API request is sent. A grant that
+    /// keeps no refresh token (client credentials, jwt-bearer) is
+    /// [`KeepaliveOutcome::NothingToKeep`] with nothing sent. Errors are
+    /// `send`'s: a dead grant is [`Error::ReauthorizationRequired`] (then
+    /// without a request), no keys [`Error::NotAuthenticated`], a lost
+    /// answer [`Error::RefreshInDoubt`]. Like `send`, a refresh once begun
+    /// finishes even if the caller stops waiting.
+    pub async fn keepalive(
+        &self,
+        store: Arc<dyn KeyStore>,
+        name: &str,
+        older_than: Duration,
+    ) -> Result<KeepaliveOutcome, Error> {
+        let must_finish = MustFinish::default();
+        let (this, name, flag) = (self.clone(), name.to_owned(), must_finish.clone());
+        drive(
+            async move { this.keepalive_call(store, &name, older_than, flag).await },
+            must_finish,
+        )
+        .await
+    }
+
+    async fn keepalive_call(
+        &self,
+        store: Arc<dyn KeyStore>,
+        name: &str,
+        older_than: Duration,
+        must_finish: MustFinish,
+    ) -> Result<KeepaliveOutcome, Error> {
+        let credential = load_credential(&store, name).await?;
+        let mut settings = if credential.settings.grant.is_machine() {
+            // Nothing to keep, and nothing is sent: a client secret in a
+            // variable this process lacks (cron's environment) is not read.
+            credential.settings.to_wit_unresolved()
+        } else {
+            credential
+                .settings
+                .to_wit()
+                .map_err(Error::InvalidSettings)?
+        };
+        settings.fleet = self.inner.fleet;
+        let destinations = Destinations::of(&credential)?;
+        let _share = self.inner.shares.acquire(name).await;
+        let _slot = self.slot().await?;
+        let key = warm::Key::new(&store, name);
+        let mut warm = self
+            .instance_for(
+                &key,
+                store,
+                &credential,
+                &settings,
+                destinations,
+                must_finish,
+            )
+            .await?;
+        let result = warm
+            .client
+            .rekey_oauth2_client()
+            .call_keepalive(&mut warm.store, &settings, older_than.as_secs())
+            .await
+            // A trapped instance is dropped here, never reused.
+            .map_err(|e| Error::Component(format!("{e:#}")))?;
+        self.park(key, warm);
+        match result {
+            Ok(KeepaliveWit::Fresh) => Ok(KeepaliveOutcome::Fresh),
+            Ok(KeepaliveWit::Refreshed) => Ok(KeepaliveOutcome::Refreshed),
+            Ok(KeepaliveWit::NothingToKeep) => Ok(KeepaliveOutcome::NothingToKeep),
+            // No API request is made, so no response comes with an error.
+            Err(e) => Err(Error::from_send(e, |_| Response::default())),
+        }
+    }
+
+    /// The credential `name` and the WIT settings of a call for it (an
+    /// environment secret resolved now; the fleet's timing from `config`).
+    async fn load_for_call(
+        &self,
+        store: &Arc<dyn KeyStore>,
+        name: &str,
+    ) -> Result<(crate::Credential, types::Settings), Error> {
+        let credential = load_credential(store, name).await?;
+        let mut settings = credential
+            .settings
+            .to_wit()
+            .map_err(Error::InvalidSettings)?;
+        settings.fleet = self.inner.fleet;
+        Ok((credential, settings))
+    }
+
+    /// An instance for a call of `credential`: its warm one, or a new one,
+    /// holding the call's host state.
+    async fn instance_for(
+        &self,
+        key: &warm::Key,
+        store: Arc<dyn KeyStore>,
+        credential: &crate::Credential,
+        settings: &types::Settings,
+        destinations: Destinations,
+        must_finish: MustFinish,
+    ) -> Result<Warm, Error> {
+        let mut state = self.new_state(&credential.name, &settings.token_url, store);
+        state.destinations = destinations;
+        // The key is read only when the component asks for a signature,
+        // after the signer's check of what it is asked to sign: a call whose
+        // stored token is still valid needs none. A missing or wrong key is
+        // then `InvalidSettings`, and the request it was for is not sent.
+        state.signer = Signer::new(credential.settings.signing.as_ref(), settings);
+        state.must_finish = must_finish;
+        state.keys_seen = credential.keys.clone();
+        state.loaded = Some(call::to_wit(credential));
+        match self.inner.warm.take(key) {
+            Some(mut warm) => {
+                // Nothing of the last call's host state carries over.
+                *warm.store.data_mut() = state;
+                warm.store.set_epoch_deadline(self.call_ticks());
+                Ok(warm)
+            }
+            None => self.instantiate(state).await,
+        }
+    }
+
+    /// Keeps `warm` for the credential's next call.
+    fn park(&self, key: warm::Key, warm: Warm) {
         let parked = self.new_state("", "", self.inner.parked_store.clone());
         self.inner.warm.put(key, warm, parked);
-        result
     }
 
     /// A new instance in a new `Store` holding `state`.

@@ -19,7 +19,8 @@ fn the_release_component_fits_its_size_budget() {
 /// rekey's interface, clocks and randomness only) can link it: no
 /// `wasi:cli`, no filesystem or sockets, and no lease functions (contract
 /// 0.3: the record store's two effects are all the fleet protocol needs).
-/// Contract 0.4 adds the signer: one function, the key stays with the host.
+/// Contract 0.4 adds the signer: one function, the key stays with the host;
+/// and `keepalive` to the client export.
 #[test]
 fn the_component_imports_exactly_the_host_interface_signer_clocks_and_random() {
     let engine = wasmtime::Engine::default();
@@ -44,6 +45,7 @@ fn the_component_imports_exactly_the_host_interface_signer_clocks_and_random() {
     let functions = |interface: &str| {
         let item = ty
             .imports(&engine)
+            .chain(ty.exports(&engine))
             .find(|(n, _)| *n == interface)
             .map(|(_, item)| item)
             .unwrap();
@@ -77,5 +79,11 @@ fn the_component_imports_exactly_the_host_interface_signer_clocks_and_random() {
     assert_eq!(
         exports,
         ["rekey:oauth2/authorize@0.4.0", "rekey:oauth2/client@0.4.0"]
+    );
+    // The client: send, the settings check, and keepalive (a refresh token
+    // exercised before it dies from disuse).
+    assert_eq!(
+        functions("rekey:oauth2/client@0.4.0"),
+        ["check-settings", "keepalive", "send"]
     );
 }

@@ -18,6 +18,7 @@ mod fleet_worker;
 mod full_disk;
 mod http_types;
 mod instance_url;
+mod keepalive;
 mod oidc_provider;
 mod refresh_and_retry;
 mod reliability;

@@ -1,4 +1,4 @@
-//! `rekey credential add|set|show|list|remove`.
+//! `rekey credential add|set|show|list|remove|keepalive`.
 
 use super::{Exit, Failure};
 use rekey::settings::{
@@ -22,6 +22,102 @@ pub enum Command {
     List,
     /// Delete a credential.
     Remove { name: String },
+    /// Refresh credentials whose refresh token could die from disuse (cron-safe on many machines)
+    ///
+    /// Providers end a refresh token nobody used for a while (Microsoft
+    /// after 90 days idle, Xero after 60, Azure AD B2C after 14 by default)
+    /// or at a stated expiry. A credential whose token set was obtained
+    /// --older-than ago or more (or at an unknown time: imported keys), or
+    /// whose refresh token expires within that time, is refreshed through
+    /// the fleet's lease, so of many machines running this at once one
+    /// spends the refresh token and the others find it fresh. No API
+    /// request is sent.
+    ///
+    /// Prints `NAME: refreshed`, `NAME: fresh` or `NAME: nothing to keep`
+    /// (client credentials, jwt-bearer); a failure goes to stderr as `NAME:
+    /// …`, and the exit code is that of the first failure (as `send` exits),
+    /// 0 when none failed. For example, daily from cron:
+    ///
+    /// 17 4 * * * rekey --store /var/lib/app/rekey.db credential keepalive
+    Keepalive(KeepaliveArgs),
+}
+
+#[derive(clap::Args)]
+pub struct KeepaliveArgs {
+    /// The credentials to keep alive (default: every credential in the store).
+    names: Vec<String>,
+    /// Refresh a token set obtained this long ago or more: a number with s,
+    /// m, h, d or w (`0` refreshes every refresh-token credential). The
+    /// default, 7d, is well inside the shortest idle limits providers set
+    /// by default (14 days and up), so run daily it refreshes each
+    /// credential about once a week and spends few refresh tokens; lower it
+    /// for a provider that ends idle tokens sooner.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    older_than: std::time::Duration,
+}
+
+/// `90`, `45s`, `30m`, `12h`, `7d`, `2w`: a whole number of seconds or of the unit.
+fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => {
+            return Err(format!(
+                "{value:?}: give a number with s, m, h, d or w (e.g. 7d)"
+            ));
+        }
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?}: give a number with s, m, h, d or w (e.g. 7d)"))?;
+    n.checked_mul(unit_secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{value:?} is too long"))
+}
+
+/// `rekey credential keepalive`: each credential in turn (all when none is
+/// named), one line each; the exit code of the first failure. A signal
+/// (SIGTERM, SIGINT) lets the credential in flight finish and stops before
+/// the next.
+pub async fn keepalive(
+    store: std::sync::Arc<dyn KeyStore>,
+    cache_dir: Option<std::path::PathBuf>,
+    args: KeepaliveArgs,
+) -> Result<Exit, Failure> {
+    let names = if args.names.is_empty() {
+        let all = store.clone();
+        super::blocking(move || Ok(all.list()?))
+            .await?
+            .into_iter()
+            .map(|c| c.name)
+            .collect()
+    } else {
+        args.names
+    };
+    let rekey = super::rekey_for_one_call(cache_dir)?;
+    let mut first_failure = None;
+    for name in names {
+        if super::stop_requested() {
+            break;
+        }
+        let shown = name.escape_debug();
+        match rekey.keepalive(store.clone(), &name, args.older_than).await {
+            Ok(outcome) => println!("{shown}: {outcome}"),
+            Err(e) => {
+                eprintln!("{shown}: {e}");
+                first_failure.get_or_insert(Exit::Failure(e.category()));
+            }
+        }
+    }
+    Ok(first_failure.unwrap_or(Exit::Ok))
 }
 
 /// What `add` and `set` both take.
@@ -254,6 +350,8 @@ pub fn run(
             }
             Ok(Exit::Ok)
         }
+        // Run by the CLI's async path (it calls the component per credential).
+        Command::Keepalive(_) => unreachable!("keepalive is dispatched by cli::run"),
         Command::Remove { name } => {
             if store.remove(&name)? {
                 Ok(Exit::Ok)
@@ -734,4 +832,40 @@ fn print_json(v: &serde_json::Value) {
         "{}",
         serde_json::to_string_pretty(v).expect("JSON value serializes")
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn keepalive_durations_read_a_number_and_a_unit() {
+        for (text, secs) in [
+            ("0", 0),
+            ("90", 90),
+            ("45s", 45),
+            ("30m", 1800),
+            ("12h", 43_200),
+            ("7d", 604_800),
+            ("2w", 1_209_600),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+        for bad in [
+            "",
+            "d",
+            "7 days",
+            "1.5d",
+            "-1d",
+            "7D",
+            "99999999999999999999w",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 }
