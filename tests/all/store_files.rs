@@ -399,3 +399,47 @@ fn postgres_verify_full_checks_the_ca_and_the_host_name() {
     let out = list_in(tls.ca.parent().unwrap(), &url, false);
     assert_refused(&out, "invalid peer certificate");
 }
+
+/// Processes that create one new store at once all open it (a fleet's
+/// first start; `credential add` run in parallel, as the oidc-provider
+/// scenarios do): none is told "database is locked". SQLite calls no busy
+/// handler for the lock upgrade of a new store's switch to WAL, so under
+/// load one of them failed at once before the store waited for it itself
+/// (the deterministic case is the unit test
+/// `a_new_stores_switch_to_wal_waits_for_another_openers_lock`).
+#[test]
+fn processes_creating_one_new_store_at_once_all_open_it() {
+    const PROCESSES: usize = 8;
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("new.db");
+        let children: Vec<_> = (0..PROCESSES)
+            .map(|i| {
+                Command::new(rekey_bin())
+                    .arg("--store")
+                    .arg(&store)
+                    .args(["credential", "add", &format!("c{i}")])
+                    .args(["--token-url", "http://127.0.0.1:9/token"])
+                    .args(["--client-id", "app", "--public-client"])
+                    .args(["--api-origin", "http://127.0.0.1:9"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .env_remove("RUST_LOG")
+                    .spawn()
+                    .expect("run rekey")
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "round {round}: {}", all_output(&out));
+        }
+        let listed = list(&store);
+        assert_eq!(
+            String::from_utf8_lossy(&listed.stdout).lines().count(),
+            PROCESSES,
+            "{}",
+            all_output(&listed)
+        );
+    }
+}

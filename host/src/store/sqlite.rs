@@ -293,6 +293,39 @@ fn still_names(path: &Path, checked: &File) -> Result<(), String> {
     }
 }
 
+/// `PRAGMA journal_mode=WAL`, waiting up to `busy` for another
+/// connection's lock as every other statement does.
+///
+/// A new store (or one in rollback mode) is switched by a transaction that
+/// reads the file (a SHARED lock) and then writes its header (RESERVED,
+/// then EXCLUSIVE). SQLite never calls the busy handler for that upgrade
+/// from a read (two readers both waiting to write would wait forever), so
+/// of several processes opening a new store at once (`credential add` run
+/// in parallel, a fleet's first start) the one that finds another's
+/// RESERVED lock got SQLITE_BUSY at once, "database is locked", whatever
+/// the busy timeout. Its statement ends and its SHARED lock goes, so the
+/// other switches; a retry then finds WAL set (no write, no upgrade).
+fn switch_to_wal(conn: &Connection, busy: Duration) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + busy;
+    let mut delay = Duration::from_millis(1);
+    // Processes started together should not retry in step.
+    let jitter = Duration::from_micros(u64::from(std::process::id() % 997));
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && !left.is_zero() =>
+            {
+                // The last try at the deadline.
+                std::thread::sleep((delay + jitter).min(left));
+                delay = (delay * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A store in one SQLite file, shareable by the processes of one machine.
 pub struct SqliteStore {
     path: PathBuf,
@@ -359,8 +392,7 @@ impl SqliteStore {
         conn.busy_timeout(busy).map_err(unusable)?;
         // journal_mode is the first statement that reads the file: a file that
         // is not a database fails here, with SQLite's own words.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(unusable)?;
+        switch_to_wal(&conn, busy).map_err(unusable)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(unusable)?;
         migrate(&mut conn).map_err(refused)?;
@@ -725,5 +757,64 @@ mod tests {
             .err()
             .expect("garbage must not open");
         assert!(err.to_string().contains("not a database"), "{err}");
+    }
+
+    /// Another process creating the same new store holds the write lock of
+    /// its own switch to WAL: this open waits for it, as the busy timeout
+    /// says, instead of failing at once with "database is locked" (SQLite
+    /// calls no busy handler for the switch's lock upgrade; `credential add`
+    /// run in parallel on a new store failed so under load). Held longer
+    /// than the timeout, the open fails, after the timeout.
+    #[test]
+    fn a_new_stores_switch_to_wal_waits_for_another_openers_lock() {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::time::Instant;
+        let dir = tempfile::tempdir().unwrap();
+        for (busy, held, opens) in [
+            (Duration::from_secs(10), Duration::from_millis(1500), true),
+            (
+                Duration::from_millis(300),
+                Duration::from_millis(1500),
+                false,
+            ),
+        ] {
+            let path = dir.path().join(format!("new-{}.db", busy.as_millis()));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .unwrap();
+            // What the other process holds in the middle of its switch.
+            let other = Connection::open(&path).unwrap();
+            other.execute_batch("BEGIN IMMEDIATE").unwrap();
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let releaser = std::thread::spawn(move || {
+                let _ = rx.recv_timeout(held);
+                other.execute_batch("COMMIT").unwrap();
+            });
+            let started = Instant::now();
+            let opened = SqliteStore::open_with_busy_timeout(&path, busy);
+            let waited = started.elapsed();
+            drop(tx);
+            releaser.join().unwrap();
+            match opened {
+                Ok(store) => {
+                    assert!(opens, "opened although the lock was held past the timeout");
+                    store
+                        .put("c", &Settings::new("http://127.0.0.1/token", "app"), None)
+                        .unwrap();
+                    assert!(store.load("c").is_ok());
+                }
+                Err(e) => {
+                    assert!(!opens, "{e}");
+                    assert!(e.to_string().contains("database is locked"), "{e}");
+                    assert!(
+                        waited >= busy,
+                        "failed after {waited:?}, before the timeout"
+                    );
+                }
+            }
+        }
     }
 }
