@@ -556,7 +556,9 @@ impl Listener {
                     if !same_user(&stream) {
                         // Another local user (who may have read the start URL
                         // on the opener's command line) gets neither the
-                        // authorization URL nor a say in the redirect.
+                        // authorization URL nor a say in the redirect, and
+                        // holds no slot while its bytes are discarded.
+                        drop(slot);
                         tracing::warn!(
                             credential = name,
                             "another user's program reached the listener; refused"
@@ -575,19 +577,24 @@ impl Listener {
     }
 }
 
-/// 403 to another user's connection, at once: what it already sent is
-/// discarded unread (so closing sends FIN, not RST, and its program sees
-/// the answer), nothing is waited for.
+/// 403 to another user's connection, at once, before a byte of it is
+/// read. Then what it sends is read and discarded until it closes (at most
+/// MAX_HEAD bytes, for at most READ_TIMEOUT): closing with its bytes unread
+/// would reset the connection, and a program whose request came after the
+/// answer (descheduled on a loaded machine) would lose the answer.
 async fn refuse(stream: &mut TcpStream) {
+    respond_status(stream, "403 Forbidden", "not yours").await;
     let mut buf = [0u8; 2048];
     let mut drained = 0;
-    while drained < MAX_HEAD {
-        match stream.try_read(&mut buf) {
-            Ok(n) if n > 0 => drained += n,
-            _ => break,
+    let _ = tokio::time::timeout(READ_TIMEOUT, async {
+        while drained < MAX_HEAD {
+            match stream.read(&mut buf).await {
+                Ok(n) if n > 0 => drained += n,
+                _ => break,
+            }
         }
-    }
-    respond_status(stream, "403 Forbidden", "not yours").await;
+    })
+    .await;
 }
 
 /// The request target of a `GET`, or `None` for anything else (answered).

@@ -862,8 +862,11 @@ fn another_users_programs_get_nothing_from_the_listener() {
 /// `/proc/net/tcp`'s ESTABLISHED rows: `half-close` shuts its writing side
 /// after the request (its socket is then FIN_WAIT2, and it still reads the
 /// answer: printed as the status line's code), `reset` aborts with RST right
-/// after sending (its socket is gone; prints `sent`). None when that cannot
-/// be arranged (not root, no python3).
+/// after sending (its socket is gone; prints `sent`), `late` connects and
+/// sends only after the listener has had time to answer (as a program
+/// descheduled on a loaded machine does), then half-closes and reads. None
+/// when that cannot be arranged (not root, no python3), or when the program
+/// failed (its connection was reset under it).
 #[cfg(target_os = "linux")]
 fn hidden_get_as_another_user(url: &str, mode: &str) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
@@ -876,9 +879,10 @@ fn hidden_get_as_another_user(url: &str, mode: &str) -> Option<String> {
         Some(q) => format!("{}?{q}", u.path()),
         None => u.path().to_owned(),
     };
-    let script = "import socket, struct, sys\n\
+    let script = "import socket, struct, sys, time\n\
 host, port, target, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]\n\
 s = socket.create_connection((host, port))\n\
+if mode == 'late':\n    time.sleep(0.5)\n\
 s.sendall(('GET %s HTTP/1.0\\r\\nhost: %s:%d\\r\\n\\r\\n' % (target, host, port)).encode())\n\
 if mode == 'reset':\n    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n    s.close()\n    print('sent')\n    sys.exit(0)\n\
 s.shutdown(socket.SHUT_WR)\n\
@@ -939,7 +943,11 @@ fn another_user_cannot_hide_its_socket_from_the_uid_check() {
         query_param(&url, "redirect_uri"),
         query_param(&url, "state")
     );
-    for mode in ["reset", "half-close"] {
+    // `late`: the 403 went out before the request came; the listener reads
+    // what comes after (closing on unread bytes would reset the connection
+    // and the program would never see its answer: a verdict that once
+    // depended on the machine's load).
+    for mode in ["reset", "half-close", "late"] {
         let answer = hidden_get_as_another_user(&redirect, mode);
         let wanted = if mode == "reset" { "sent" } else { "403" };
         assert_eq!(answer.as_deref(), Some(wanted), "{mode}");
