@@ -132,6 +132,7 @@ pub fn acquire(
     timing: Timing,
     stale: &Keys,
     spends: bool,
+    settings_fingerprint: &str,
 ) -> Result<Renewal, SendError> {
     let holder = format!("{:016x}", fx.random_u64());
     let mut waited = Duration::ZERO;
@@ -151,8 +152,17 @@ pub fn acquire(
             }
         };
         check_grant(record, &current, spends)?;
-        if current.access_token().is_some() && current.access_token() != stale.access_token() {
+        // Newer keys: a new access token, or a new refresh token (a provider
+        // that hands back the same access token still rotated the grant).
+        let renewed = current.access_token() != stale.access_token()
+            || current.refresh_token() != stale.refresh_token();
+        if current.access_token().is_some() && renewed {
             return Ok(Renewal::Adopt(current));
+        }
+        // The token endpoint refused these very settings a moment ago (this
+        // call's first read, or a worker it waited behind): no request.
+        if let Some(refusal) = current.refusal(fx.now_unix(), settings_fingerprint) {
+            return Err(SendError::SettingsRejected(refusal));
         }
         let now = fx.now_ms();
         let believable = now.saturating_add(MAX_LEASE_TTL_MS + MAX_LEASE_SKEW_MS);

@@ -166,33 +166,47 @@ pub fn keepalive<F: Effects>(
     older_than: u64,
 ) -> Result<Kept, SendError> {
     validate(settings)?;
-    if !spends(settings) {
-        return Ok(Kept::NothingToKeep);
-    }
+    let spends = spends(settings);
     let stored = fleet::read(fx)?;
     fleet::check_alive(&stored.data)?;
     let keys = match stored.data.keys.as_deref().map(Keys::parse).transpose() {
         Err(e) => return Err(SendError::InvalidKeys(e)),
         Ok(Some(k)) if !k.is_empty() => k,
+        Ok(_) if !spends => Keys::none(),
         Ok(_) => return Err(not_authenticated("no keys are stored for this credential")),
     };
-    if keys.refresh_token().is_none() {
+    // A record the settings disagree with is reported, as `send` would,
+    // rather than called "nothing to keep" while its refresh token dies.
+    fleet::check_grant(&stored.data, &keys, spends)?;
+    if !spends || keys.refresh_token().is_none() {
         return Ok(Kept::NothingToKeep);
     }
-    let now = fx.now_unix();
-    let idle = keys
-        .refreshed_at()
-        .is_none_or(|at| now.saturating_sub(at) >= older_than);
-    let dying = keys
-        .refresh_expires_at()
-        .is_some_and(|at| at <= now.saturating_add(older_than));
-    if !(idle || dying) {
+    if !due(&keys, fx.now_unix(), older_than) {
         return Ok(Kept::Fresh);
     }
     match refresh(fx, settings, Timing::of(&settings.fleet), &keys)? {
         (_, Origin::Adopted) => Ok(Kept::Fresh),
         (_, Origin::Exchanged) => Ok(Kept::Refreshed),
     }
+}
+
+/// Whether keepalive should refresh this set: obtained `older_than` ago or
+/// more (or when is unknown, or dated ahead of this clock beyond a fleet's
+/// skew), or its refresh token's stated end within `older_than` and half of
+/// its stated life gone (so a life shorter than the window is not refreshed
+/// again by every machine whose cron comes a minute after another's).
+fn due(keys: &Keys, now: u64, older_than: u64) -> bool {
+    let Some(at) = keys
+        .refreshed_at()
+        .filter(|at| *at <= now.saturating_add(EVIDENCE_SKEW))
+    else {
+        return true;
+    };
+    let age = now.saturating_sub(at);
+    let dying = keys.refresh_expires_at().is_some_and(|end| {
+        end <= now.saturating_add(older_than) && age >= end.saturating_sub(at) / 2
+    });
+    age >= older_than || dying
 }
 
 /// Whether a renewal spends a stored refresh token (else it is the client's
@@ -203,8 +217,10 @@ fn spends(settings: &Settings) -> bool {
 
 /// A short fingerprint of what the token endpoint judges (endpoint, client,
 /// its authentication, grant, scope, parameters, signing), for the memory of
-/// a refusal: settings that differ in any of these ask again at once. A
-/// truncated SHA-256, so the stored record names no secret.
+/// a refusal: settings that differ in any of these ask again at once. The
+/// host's signing key is not among them (the guest never sees it): a fixed
+/// key under the same key id waits out the minute. 24 bits of SHA-256, so
+/// the stored record names no secret and cannot confirm a guessed one.
 fn settings_fingerprint(settings: &Settings) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
@@ -227,6 +243,11 @@ fn settings_fingerprint(settings: &Settings) -> String {
         part(k.as_bytes());
         part(v.as_bytes());
     }
+    part(&[match settings.grant {
+        Grant::RefreshToken => 0,
+        Grant::ClientCredentials => 1,
+        Grant::JwtBearer(_) => 2,
+    }]);
     if let Grant::JwtBearer(b) = &settings.grant {
         part(b.subject.as_bytes());
         for (k, v) in &b.claims {
@@ -241,7 +262,9 @@ fn settings_fingerprint(settings: &Settings) -> String {
     }
     let digest = h.finalize();
     let hex = b"0123456789abcdef";
-    digest[..8]
+    // 24 bits: two settings sharing one (1 in 16 million) cost a minute; a
+    // reader of the record cannot confirm a guessed secret with it.
+    digest[..3]
         .iter()
         .flat_map(|b| [hex[usize::from(b >> 4)], hex[usize::from(b & 15)]])
         .map(char::from)
@@ -410,10 +433,7 @@ fn refresh(
 ) -> Result<(Keys, Origin), SendError> {
     let spends = spends(settings);
     let fingerprint = settings_fingerprint(settings);
-    if let Some(refusal) = stale.refusal(fx.now_unix(), &fingerprint) {
-        return Err(SendError::SettingsRejected(refusal));
-    }
-    let (mut held, base) = match fleet::acquire(fx, timing, stale, spends)? {
+    let (mut held, base) = match fleet::acquire(fx, timing, stale, spends, &fingerprint)? {
         Renewal::Adopt(keys) => return Ok((keys, Origin::Adopted)),
         Renewal::Exchange(held, base) => (held, base),
     };
@@ -2039,8 +2059,9 @@ mod tests {
             r#"{"access_token":"a1","refresh_token":"r1","rekey_refreshed_at":2800}"#,
             // Imported: when it was obtained is unknown.
             r#"{"access_token":"a1","refresh_token":"r1"}"#,
-            // Young, but the provider said the refresh token dies in 100 s.
-            r#"{"access_token":"a1","refresh_token":"r1","rekey_refreshed_at":9990,"refresh_expires_at":10100}"#,
+            // Younger than asked, but the provider said the refresh token
+            // dies in 100 s, and half its stated life is gone.
+            r#"{"access_token":"a1","refresh_token":"r1","rekey_refreshed_at":9900,"refresh_expires_at":10100}"#,
         ] {
             let mut fx =
                 script([ok(200, r#"{"access_token":"a2","refresh_token":"r2"}"#)]).at(10_000);
@@ -2183,5 +2204,334 @@ mod tests {
             Some(KEYS),
             "the keys are kept"
         );
+    }
+}
+
+#[cfg(test)]
+mod fleet_review_tests {
+    use super::*;
+    use crate::rekey::oauth2::types::{
+        CredentialRecord, Lease, SigningAlgorithm, StoredRecord, WriteError,
+    };
+    use crate::testing::{self, BytesHttp, Script, ok, script};
+
+    /// Script whose record is replaced by `hook` at the n-th read (1-based):
+    /// another worker's doing between two reads of this call.
+    struct OnRead {
+        s: Script,
+        reads: u32,
+        hooks: std::vec::Vec<(u32, CredentialRecord)>,
+    }
+    impl BytesHttp for OnRead {
+        fn send_bytes(
+            &mut self,
+            p: Purpose,
+            r: &crate::http::Request,
+        ) -> Result<crate::http::Response, TransportError> {
+            self.s.send_bytes(p, r)
+        }
+    }
+    impl crate::effects::Signing for OnRead {
+        fn random_u64(&mut self) -> u64 {
+            crate::effects::Signing::random_u64(&mut self.s)
+        }
+        fn sign(&mut self, a: SigningAlgorithm, i: &[u8]) -> Result<std::vec::Vec<u8>, String> {
+            crate::effects::Signing::sign(&mut self.s, a, i)
+        }
+    }
+    impl Effects for OnRead {
+        fn read_record(&mut self) -> Result<StoredRecord, String> {
+            self.reads += 1;
+            if let Some((_, rec)) = self.hooks.iter().find(|(n, _)| *n == self.reads) {
+                self.s.record.data = rec.clone();
+                self.s.record.version += 1;
+            }
+            self.s.read_record()
+        }
+        fn write_record(&mut self, e: u64, r: &CredentialRecord) -> Result<u64, WriteError> {
+            self.s.write_record(e, r)
+        }
+        fn now_ms(&self) -> u64 {
+            self.s.now_ms()
+        }
+        fn sleep(&mut self, d: Duration) {
+            self.s.sleep(d)
+        }
+    }
+    fn rec(keys: Option<&str>, lease_until_ms: Option<u64>) -> CredentialRecord {
+        CredentialRecord {
+            keys: keys.map(Into::into),
+            lease: lease_until_ms.map(|until_ms| Lease {
+                holder: "other".into(),
+                until_ms,
+            }),
+            refresh_mark: None,
+            dead_grant: None,
+        }
+    }
+    fn api() -> crate::http::Request {
+        crate::http::Request {
+            method: "GET".into(),
+            url: "http://127.0.0.1:9/x".into(),
+            headers: vec![],
+            body: vec![],
+        }
+    }
+
+    /// A fleet of client-credentials workers with a wrong secret: worker A
+    /// holds the lease while this one arrives (no memory yet), A is refused
+    /// and stores the memory; this worker, waiting in acquire, then takes the
+    /// lease and asks the token endpoint again.
+    #[test]
+    fn a_worker_waiting_for_the_lease_heeds_the_refusal_stored_meanwhile() {
+        let s = Settings {
+            grant: Grant::ClientCredentials,
+            ..testing::settings()
+        };
+        let fp = settings_fingerprint(&s);
+        let memory = Keys::none()
+            .with_refusal(
+                &crate::rekey::oauth2::types::OauthError {
+                    status: 401,
+                    code: "invalid_client".into(),
+                },
+                1000,
+                &fp,
+            )
+            .to_json();
+        let mut fx = OnRead {
+            s: script([ok(401, r#"{"error":"invalid_client"}"#)]),
+            reads: 0,
+            // read 1: send's (empty); read 2: acquire sees A's live lease;
+            // read 3: A released with the memory.
+            hooks: vec![
+                (2, rec(None, Some(1_030_000))),
+                (3, rec(Some(&memory), None)),
+            ],
+        };
+        let err = send(&mut fx, &s, &api()).unwrap_err();
+        assert!(
+            matches!(err, Refusal::Error(SendError::SettingsRejected(_))),
+            "{err:?}"
+        );
+        assert_eq!(
+            fx.s.sent.len(),
+            0,
+            "asked again although the refusal was stored meanwhile"
+        );
+    }
+
+    /// keepalive on N machines against a provider that answers a refresh with
+    /// the still-valid access token: the second machine does not adopt (same
+    /// access token) and refreshes again although the set was refreshed a
+    /// moment ago.
+    #[test]
+    fn keepalive_does_not_refresh_a_set_another_machine_just_refreshed() {
+        let s = testing::settings();
+        let just = r#"{"access_token":"a1","refresh_token":"r9","rekey_refreshed_at":10000}"#;
+        let mut fx = OnRead {
+            s: script([ok(200, r#"{"access_token":"a1","refresh_token":"r10"}"#)]).at(10_000),
+            reads: 0,
+            hooks: vec![(2, rec(Some(just), None))],
+        };
+        fx.s.record.data.keys =
+            Some(r#"{"access_token":"a1","refresh_token":"r1","rekey_refreshed_at":1}"#.into());
+        let kept = keepalive(&mut fx, &s, 3600).unwrap();
+        assert_eq!(
+            (kept, fx.s.sent.len()),
+            (Kept::Fresh, 0),
+            "refreshed twice in one cron run"
+        );
+    }
+
+    /// A set whose rekey_refreshed_at a clock far ahead wrote: keepalive on
+    /// correct clocks says fresh until that date, and the refresh token dies
+    /// from disuse meanwhile.
+    #[test]
+    fn keepalive_does_not_trust_a_refresh_dated_in_the_future() {
+        let s = testing::settings();
+        let mut fx = script([ok(200, r#"{"access_token":"a2","refresh_token":"r2"}"#)]).at(10_000);
+        fx.record.data.keys = Some(
+            r#"{"access_token":"a1","refresh_token":"r1","rekey_refreshed_at":99999999}"#.into(),
+        );
+        assert_eq!(keepalive(&mut fx, &s, 3600).unwrap(), Kept::Refreshed);
+    }
+
+    /// The fingerprint ignores the grant kind and includes nothing of the key.
+    #[test]
+    fn fingerprint_grant_kind() {
+        let a = testing::settings();
+        let b = Settings {
+            grant: Grant::ClientCredentials,
+            ..testing::settings()
+        };
+        assert_ne!(settings_fingerprint(&a), settings_fingerprint(&b));
+    }
+
+    /// settings-rejected after an unanswered first attempt: in doubt, no memory.
+    #[test]
+    fn settings_rejected_after_a_lost_attempt_is_in_doubt_without_memory() {
+        let mut fx = script([
+            Err(TransportError::Timeout),
+            ok(401, r#"{"error":"invalid_client"}"#),
+        ]);
+        fx.record.data.keys = Some(r#"{"access_token":"a1","refresh_token":"r1"}"#.into());
+        let err = keepalive(&mut fx, &testing::settings(), 0).unwrap_err();
+        assert!(matches!(err, SendError::RefreshInDoubt(_)), "{err:?}");
+        assert!(
+            !fx.record
+                .data
+                .keys
+                .clone()
+                .unwrap()
+                .contains("rekey_refused")
+        );
+        assert!(fx.record.data.refresh_mark.is_some());
+    }
+}
+
+#[cfg(test)]
+mod keepalive_life_tests {
+    use super::*;
+    use crate::testing::{self, ok, script};
+
+    /// A provider whose refresh tokens live a day (shorter than the 7-day
+    /// window): machine A's cron refreshes; machine B's cron, a minute later
+    /// on the same record, refreshes again (and so on, every machine, every run).
+    #[test]
+    fn a_second_machine_a_minute_later_does_not_refresh_again() {
+        let s = testing::settings();
+        let week = 7 * 86_400;
+        let answer =
+            r#"{"access_token":"a2","refresh_token":"r2","refresh_token_expires_in":86400}"#;
+        let mut a = script([ok(200, answer)]).at(1_000_000);
+        a.record.data.keys = Some(r#"{"access_token":"a1","refresh_token":"r1"}"#.into());
+        assert_eq!(keepalive(&mut a, &s, week).unwrap(), Kept::Refreshed);
+        let mut b = script([ok(
+            200,
+            r#"{"access_token":"a3","refresh_token":"r3","refresh_token_expires_in":86400}"#,
+        )])
+        .at(1_000_060);
+        b.record = a.record.clone();
+        assert_eq!(
+            keepalive(&mut b, &s, week).unwrap(),
+            Kept::Fresh,
+            "refreshed again a minute later"
+        );
+    }
+}
+
+#[cfg(test)]
+mod refusal_memory_tests {
+    use super::*;
+    use crate::rekey::oauth2::types::{JwtBearer, OauthError, Signing, SigningAlgorithm};
+    use crate::testing::{self, ok, script};
+
+    /// Every field the token endpoint judges changes the fingerprint.
+    #[test]
+    fn every_judged_field_changes_the_fingerprint() {
+        let base = testing::settings();
+        let fp = settings_fingerprint(&base);
+        let changed = [
+            Settings {
+                token_url: "http://127.0.0.1:9/other".into(),
+                ..base.clone()
+            },
+            Settings {
+                client_id: "other".into(),
+                ..base.clone()
+            },
+            Settings {
+                client_secret: Some("other".into()),
+                ..base.clone()
+            },
+            Settings {
+                client_secret: None,
+                ..base.clone()
+            },
+            Settings {
+                client_auth: ClientAuth::ClientSecretBasic,
+                ..base.clone()
+            },
+            Settings {
+                scope: Some("s".into()),
+                ..base.clone()
+            },
+            Settings {
+                extra_params: vec![("a".into(), "b".into())],
+                ..base.clone()
+            },
+            Settings {
+                grant: Grant::ClientCredentials,
+                ..base.clone()
+            },
+            Settings {
+                grant: Grant::JwtBearer(JwtBearer {
+                    subject: "s".into(),
+                    claims: vec![],
+                }),
+                ..base.clone()
+            },
+            Settings {
+                signing: Some(Signing {
+                    algorithm: SigningAlgorithm::Es256,
+                    key_id: None,
+                    audience: None,
+                }),
+                ..base.clone()
+            },
+        ];
+        for other in &changed {
+            assert_ne!(settings_fingerprint(other), fp);
+        }
+        // What the token endpoint does not judge leaves it alone.
+        let same = Settings {
+            api_origins: vec!["*".into()],
+            ..base.clone()
+        };
+        assert_eq!(settings_fingerprint(&same), fp);
+        assert_eq!(fp.len(), 6);
+    }
+
+    /// A memory dated far ahead (a clock far ahead, a damaged record) is not
+    /// believed: it would block the credential until then.
+    #[test]
+    fn a_refusal_dated_ahead_of_the_clock_is_not_believed() {
+        let s = Settings {
+            grant: Grant::ClientCredentials,
+            ..testing::settings()
+        };
+        let refused = OauthError {
+            status: 401,
+            code: "invalid_client".into(),
+        };
+        let mut fx = script([ok(200, r#"{"access_token":"c1"}"#), ok(200, "hi")]);
+        let ahead = Keys::none().with_refusal(&refused, 1_000 + 3_600, &settings_fingerprint(&s));
+        fx.record.data.keys = Some(ahead.to_json());
+        assert_eq!(send(&mut fx, &s, &api()).unwrap().status, 200);
+    }
+
+    /// Keepalive with client-credentials settings on a record that holds a
+    /// refresh token reports the disagreement, as send does.
+    #[test]
+    fn keepalive_reports_a_record_its_settings_disagree_with() {
+        let s = Settings {
+            grant: Grant::ClientCredentials,
+            ..testing::settings()
+        };
+        let mut fx = script([]);
+        fx.record.data.keys = Some(r#"{"access_token":"a1","refresh_token":"r1"}"#.into());
+        let err = keepalive(&mut fx, &s, 0).unwrap_err();
+        assert!(matches!(err, SendError::InvalidSettings(_)), "{err:?}");
+        assert!(fx.sent.is_empty());
+    }
+
+    fn api() -> crate::http::Request {
+        crate::http::Request {
+            method: "GET".into(),
+            url: "http://127.0.0.1:9/x".into(),
+            headers: vec![],
+            body: vec![],
+        }
     }
 }
