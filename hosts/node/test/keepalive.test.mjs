@@ -89,16 +89,20 @@ test('an imported set (no rekey_refreshed_at) is refreshed whatever the window; 
   assert.equal(await p.refreshTokenLive((await keysOf(store, 'imported')).refresh_token), true);
 });
 
-test('a refresh token the provider says expires within the window is refreshed, however young the set', async () => {
+test('a refresh token the provider says expires within the window is refreshed once half its stated life is gone', async () => {
   const rk = await rekey();
   const p = await provider();
   const store = await tempStore();
-  const keys = imported(await p.authorize(), { rekey_refreshed_at: now(), refresh_expires_at: now() + 3 * DAY });
-  await store.create('dying', { settings: p.settings(), keys });
+  // Just refreshed, stated to live 3 days: within a week, but another
+  // machine's cron a minute later leaves it alone.
+  await store.create('young', { settings: p.settings(), keys: imported(await p.authorize(), { rekey_refreshed_at: now(), refresh_expires_at: now() + 3 * DAY }) });
+  // Refreshed 4 days ago, its refresh token ends in 3: half its life gone.
+  await store.create('dying', { settings: p.settings(), keys: imported(await p.authorize(), { rekey_refreshed_at: now() - 4 * DAY, refresh_expires_at: now() + 3 * DAY }) });
   const before = await p.stats();
-  assert.equal(await rk.keepalive({ credential: 'dying', store, settings: p.settings(), olderThanSecs: DAY }), 'fresh', 'not within a day');
+  assert.equal(await rk.keepalive({ credential: 'young', store, settings: p.settings(), olderThanSecs: DAY }), 'fresh', 'not within a day');
+  assert.equal(await rk.keepalive({ credential: 'young', store, settings: p.settings(), olderThanSecs: WEEK }), 'fresh', 'just refreshed');
   assert.equal((await counted(p, before)).token_calls, 0);
-  assert.equal(await rk.keepalive({ credential: 'dying', store, settings: p.settings(), olderThanSecs: WEEK }), 'refreshed', 'within a week');
+  assert.equal(await rk.keepalive({ credential: 'dying', store, settings: p.settings(), olderThanSecs: WEEK }), 'refreshed', 'within a week, half its life gone');
   assert.equal((await counted(p, before)).token_calls, 1);
 });
 

@@ -77,12 +77,18 @@ def test_an_undated_set_or_a_refresh_token_expiring_within_the_window_is_refresh
     ten_years = datetime.timedelta(days=3650)
     assert client.keepalive(provider.settings(), store=store, credential="imported", older_than=ten_years) \
         is KeepaliveOutcome.REFRESHED
-    # Young, but its refresh token expires in 3 days, as the provider said.
-    store.put("dying", provider.settings(),
+    # Just refreshed, its refresh token stated to live 3 days: within a week's
+    # window, but a machine whose cron comes after another's leaves it alone
+    # until half that life is gone.
+    store.put("young", provider.settings(),
               dated(provider.authorize(), rekey_refreshed_at=now(), refresh_expires_at=now() + 3 * DAY))
+    # Refreshed 4 days ago, its refresh token ends in 3: half its life gone.
+    store.put("dying", provider.settings(),
+              dated(provider.authorize(), rekey_refreshed_at=now() - 4 * DAY, refresh_expires_at=now() + 3 * DAY))
     before = provider.stats()
-    assert client.keepalive(provider.settings(), store=store, credential="dying", older_than=DAY) \
-        is KeepaliveOutcome.FRESH
+    for window in (DAY, WEEK):
+        assert client.keepalive(provider.settings(), store=store, credential="young", older_than=window) \
+            is KeepaliveOutcome.FRESH
     assert delta(provider.stats(), before)["token_calls"] == 0
     assert client.keepalive(provider.settings(), store=store, credential="dying", older_than=WEEK) \
         is KeepaliveOutcome.REFRESHED
