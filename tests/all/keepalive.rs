@@ -103,7 +103,8 @@ async fn an_old_set_is_refreshed_once_and_a_young_one_is_left_alone() {
 
 /// The CLI with its default (7 days): a set refreshed 8 days ago is
 /// refreshed, one refreshed 6 days ago is fresh, and one whose refresh
-/// token the provider said expires within the 7 days is refreshed too. One
+/// token the provider said expires within the 7 days, half its stated life
+/// gone, is refreshed too. One
 /// line per credential, every credential of the store when none is named.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_keeps_every_credential_older_than_seven_days_alive() {
@@ -120,7 +121,9 @@ async fn the_cli_keeps_every_credential_older_than_seven_days_alive() {
     };
     f.store.put("idle", &s, Some(&dated(8, None))).unwrap();
     f.store.put("young", &s, Some(&dated(6, None))).unwrap();
-    f.store.put("dying", &s, Some(&dated(1, Some(5)))).unwrap();
+    // Refreshed 4 days ago, its refresh token ends in 2: half its stated
+    // life gone (a just-refreshed one would be left alone).
+    f.store.put("dying", &s, Some(&dated(4, Some(2)))).unwrap();
     f.store
         .put("lasting", &s, Some(&dated(1, Some(30))))
         .unwrap();
