@@ -73,7 +73,7 @@ export class SqliteStore extends RecordStoreBase {
     try {
       db = new DatabaseSync(path);
       db.exec(`PRAGMA busy_timeout = ${Number(busyTimeoutMs)}`);
-      db.exec('PRAGMA journal_mode = WAL');
+      await switchToWal(db, Number(busyTimeoutMs));
       db.exec('PRAGMA synchronous = FULL');
       migrate(db);
     } catch (err) {
@@ -159,6 +159,43 @@ export class SqliteStore extends RecordStoreBase {
     let s = this.#statements.get(sql);
     if (!s) this.#statements.set(sql, (s = this.#db.prepare(sql)));
     return s;
+  }
+}
+
+/**
+ * `PRAGMA journal_mode = WAL`, waiting up to the busy timeout for another
+ * connection's lock as every other statement does.
+ *
+ * A new store (or one in rollback mode) is switched by a transaction that
+ * reads the file (a SHARED lock) and then writes its header (RESERVED, then
+ * EXCLUSIVE). SQLite calls no busy handler for that upgrade from a read, so
+ * of several processes opening a new store at once (a fleet's first start)
+ * the one that found another's lock got SQLITE_BUSY at once, "database is
+ * locked", whatever the busy timeout. Its statement ends and its SHARED lock
+ * goes, so the other switches; a retry then finds WAL set (no write, no
+ * upgrade). Retried with a short backoff (1 ms doubling to 50 ms, jittered by
+ * pid), the last try at the deadline. The other statements at open wait by
+ * themselves: `synchronous` touches no file, the `user_version` read takes
+ * its lock through the busy handler, and the migration is `BEGIN IMMEDIATE`.
+ * @param {import('node:sqlite').DatabaseSync} db
+ * @param {number} busyTimeoutMs
+ */
+async function switchToWal(db, busyTimeoutMs) {
+  const deadline = Date.now() + Math.max(0, busyTimeoutMs || 0);
+  let delay = 1;
+  // Processes started together should not retry in step.
+  const jitter = (process.pid % 997) / 1000;
+  for (;;) {
+    try {
+      db.exec('PRAGMA journal_mode = WAL');
+      return;
+    } catch (err) {
+      const left = deadline - Date.now();
+      // SQLITE_BUSY (5), or an extended code of it.
+      if (((err?.errcode ?? 0) & 0xff) !== 5 || left <= 0) throw err;
+      await new Promise((resolve) => { setTimeout(resolve, Math.min(delay + jitter, left)); });
+      delay = Math.min(delay * 2, 50);
+    }
   }
 }
 

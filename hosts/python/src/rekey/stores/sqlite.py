@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from typing import Optional
 
@@ -54,7 +55,7 @@ class SqliteStore(OperatorFunctions):
         self._lock = threading.Lock()
         try:
             self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _switch_to_wal(self._conn, busy_timeout)
             if mode.lower() != "wal":
                 raise StoreUnusable(f"the store {self.path} cannot use WAL (journal mode {mode})")
             self._conn.execute("PRAGMA synchronous=FULL")
@@ -171,6 +172,38 @@ class SqliteStore(OperatorFunctions):
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"
+
+
+def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+    """``PRAGMA journal_mode=WAL`` (the mode it answers), waiting up to
+    ``busy_timeout`` seconds for another connection's lock as every other
+    statement does.
+
+    A new store (or one in rollback mode) is switched by a transaction that
+    reads the file (a SHARED lock) and then writes its header (RESERVED, then
+    EXCLUSIVE). SQLite calls no busy handler for that upgrade from a read, so
+    of several processes opening a new store at once (a fleet's first start)
+    the one that found another's lock got SQLITE_BUSY at once, "database is
+    locked", whatever the busy timeout. Its statement ends and its SHARED lock
+    goes, so the other switches; a retry then finds WAL set (no write, no
+    upgrade). Retried with a short backoff (1 ms doubling to 50 ms, jittered
+    by pid), the last try at the deadline. The other statements at open wait
+    by themselves: ``synchronous`` and ``busy_timeout`` touch no file, the
+    ``user_version`` read takes its lock through the busy handler, and the
+    migration is ``BEGIN IMMEDIATE``."""
+    deadline = time.monotonic() + max(0.0, busy_timeout)
+    delay = 0.001
+    # Processes started together should not retry in step.
+    jitter = (os.getpid() % 997) / 1_000_000
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            left = deadline - time.monotonic()
+            if (getattr(e, "sqlite_errorcode", 0) & 0xFF) != sqlite3.SQLITE_BUSY or left <= 0:
+                raise
+            time.sleep(min(delay + jitter, left))
+            delay = min(delay * 2, 0.05)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
