@@ -48,7 +48,9 @@ async function main() {
   const error = await rk.send({ credential: 'm2m', store, settings: m2m, request: { url: apiUrl } }).then(() => undefined, (e) => e);
   check(error instanceof SettingsRejected && error instanceof RekeyError && error.category === 'settings-wrong',
     `a refused client secret is SettingsRejected (got ${error && error.name})`);
-  check(JSON.parse(await store.loadKeys('m2m') ?? 'null') === null, 'nothing stored for the refused credential');
+  const refused = JSON.parse(await store.loadKeys('m2m') ?? '{}');
+  check(refused.access_token === undefined && refused.rekey_refused?.code === 'invalid_client',
+    'no token stored for the refused credential, only the refusal remembered');
 
   check(COMPONENT_SHA256 === process.env.REKEY_WASM_SHA256, `COMPONENT_SHA256 ${COMPONENT_SHA256} is $REKEY_WASM_SHA256`);
   check(rk.wasmSha256 === COMPONENT_SHA256, 'the loaded component is the packaged one');
