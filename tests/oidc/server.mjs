@@ -7,7 +7,7 @@
 // Each option may come from the environment instead: OIDC_PORT (default 0, an
 // ephemeral port), OIDC_ACCESS_TOKEN_TTL (default 2), OIDC_CLIENTS (a JSON
 // array of {client_id, client_secret?, token_endpoint_auth_method?,
-// redirect_uris?, grant_types?, application_type?, jwks?}; default: one client_secret_basic and one
+// redirect_uris?, grant_types?, application_type?, jwks?, dpop_bound_access_tokens?}; default: one client_secret_basic and one
 // client_secret_post client, and rekey-m2m (client_secret_basic, grant_types
 // ['client_credentials'] only). A client whose grant types are client_credentials
 // without authorization_code gets no response types and no redirect URIs.
@@ -16,6 +16,20 @@
 // authenticates with a signed client_assertion (RFC 7523 §2.2), which
 // oidc-provider checks (signature, iss = sub = client_id, aud its issuer or
 // token endpoint, exp, and a jti never used before).
+// A public client is {client_id, token_endpoint_auth_method: 'none'} (no
+// secret; oidc-provider wants PKCE from it in the code flow).
+//
+// DPoP (RFC 9449) is enabled for every client (features.dPoP): a token
+// request with a valid `DPoP` proof (ES256, RS256, PS256 or EdDSA) gets a
+// DPoP-bound access token (token_type "DPoP"); a public client's refresh
+// tokens are bound to the same key, so refreshing them needs a proof of it.
+// dpop_bound_access_tokens: true in a registration makes a proof mandatory
+// for that client. OIDC_DPOP_NONCE (default 1; 0 turns it off): server nonces
+// are required in every proof, at /token (400 {"error":"use_dpop_nonce"}),
+// at /me and at /_api/whoami (401 `WWW-Authenticate: DPoP
+// error="use_dpop_nonce"`), each with a `DPoP-Nonce` header to retry with.
+// Nonces rotate every minute and stay valid about five; /token, /me and
+// /_api/whoami share them. Proof jtis are never accepted twice.
 // OIDC_VERBOSE=1 lets oidc-provider's own development notices through to stderr.
 //
 // The client-credentials grant (RFC 6749 §4.4) is enabled; its access tokens
@@ -31,10 +45,18 @@
 // Besides the provider's routes (/auth, /token, /me, /interaction/...):
 //
 // GET /_api/whoami is a protected API for client-credentials tokens: 200 with
-// {"client_id", "scope"} for `Authorization: Bearer T` when T is a live
-// client-credentials token issued here (found through the ClientCredentials
-// model, not expired, not sender-constrained); else 401 with
-// `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3.1).
+// {"client_id", "scope", "token_type"} for `Authorization: Bearer T` when T is
+// a live client-credentials token issued here (found through the
+// ClientCredentials model, not expired, not sender-constrained); else 401 with
+// `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3.1). A
+// DPoP-bound client-credentials token is accepted only as
+// `Authorization: DPoP T` with a `DPoP` proof checked as RFC 9449 §4.3 and
+// §7.1 say (typ dpop+jwt, signature by its embedded jwk, whose thumbprint is
+// the token's jkt; htm GET; htu this URL; ath = SHA-256 of T; a fresh jti; the
+// server's nonce when OIDC_DPOP_NONCE is on, else iat within 5 minutes);
+// a missing or stale nonce is answered 401 `WWW-Authenticate: DPoP
+// error="use_dpop_nonce"` with a `DPoP-Nonce` header, any other failure 401
+// `WWW-Authenticate: DPoP error="invalid_token"` (or "invalid_dpop_proof").
 //
 // GET /_stats answers counters the test checks, per client_id:
 //   code_exchanges, refreshes      successful token endpoint grants
@@ -45,10 +67,18 @@
 //   grants_revoked                 grants revoked (e.g. for a reused refresh token)
 //   userinfo_ok, userinfo_rejected /me answers 200 and 401 (by the bearer token's client)
 //   api_ok, api_rejected           /_api/whoami answers 200 and 401 (likewise)
+//   dpop_proofs                    token endpoint requests carrying a DPoP header
+//   dpop_nonce_challenges          use_dpop_nonce answers at /token, /me and
+//                                  /_api/whoami (these are not counted in
+//                                  userinfo_rejected / api_rejected; at /token
+//                                  they also show in grant_errors.use_dpop_nonce)
+//   dpop_tokens                    DPoP-bound access tokens issued (user and
+//                                  client-credentials tokens alike)
 // and globally server_errors, userinfo_rejected_unknown and api_rejected_unknown
 // (401 for a token never issued here, or no token). A client that failed to
 // authenticate with HTTP Basic is counted under the client_id it presented.
 
+import { createHash, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
 
@@ -62,6 +92,11 @@ console.warn = verbose ? toStderr : () => {};
 console.log = toStderr;
 
 const { default: Provider } = await import('oidc-provider');
+// The provider's own nonce scheme (HKDF of a secret and the minute): the same
+// secret gives /_api/whoami the nonces /token and /me hand out.
+const { default: ServerChallenge } = await import('oidc-provider/lib/helpers/challenge.js');
+// oidc-provider's own JOSE library (a dependency of it), for /_api/whoami's proofs.
+const { jwtVerify, EmbeddedJWK, calculateJwkThumbprint } = await import('jose');
 
 const { values: argv } = parseArgs({
   options: {
@@ -83,6 +118,12 @@ const maxLifetime = Number(process.env.OIDC_MAX_LIFETIME ?? 600);
 const deviceCodeTtl = Number(process.env.OIDC_DEVICE_CODE_TTL ?? 600);
 if (!Number.isInteger(port) || port < 0 || port > 65535) fail('--port must be 0..65535');
 if (!Number.isInteger(accessTokenTtl) || accessTokenTtl < 1) fail('--access-token-ttl must be a whole number of seconds >= 1');
+const dpopNonceSetting = process.env.OIDC_DPOP_NONCE ?? '1';
+if (!['0', '1'].includes(dpopNonceSetting)) fail('OIDC_DPOP_NONCE must be 0 or 1');
+const dpopRequireNonce = dpopNonceSetting === '1';
+const dpopNonceSecret = randomBytes(32);
+const dpopNonces = new ServerChallenge(dpopNonceSecret, 'DPoP');
+const DPOP_ALGS = ['ES256', 'RS256', 'PS256', 'Ed25519', 'EdDSA'];
 
 const DEFAULT_REDIRECT_URI = 'http://127.0.0.1/rekey-callback';
 const clientsJson = argv.clients ?? process.env.OIDC_CLIENTS;
@@ -113,6 +154,7 @@ clients = clients.map((c) => {
     client_id: c.client_id,
     ...(c.client_secret !== undefined ? { client_secret: c.client_secret } : {}),
     ...(c.jwks !== undefined ? { jwks: c.jwks } : {}),
+    ...(c.dpop_bound_access_tokens !== undefined ? { dpop_bound_access_tokens: c.dpop_bound_access_tokens } : {}),
     token_endpoint_auth_method: c.token_endpoint_auth_method ?? 'client_secret_basic',
     grant_types: grantTypes,
     response_types: m2m ? [] : ['code'],
@@ -141,6 +183,9 @@ function statsFor(clientId) {
     userinfo_rejected: 0,
     api_ok: 0,
     api_rejected: 0,
+    dpop_proofs: 0,
+    dpop_nonce_challenges: 0,
+    dpop_tokens: 0,
   };
   return stats.clients[id];
 }
@@ -149,8 +194,9 @@ const accessTokenClient = new Map();
 // Client-credentials token value (opaque: its jti) -> client, likewise for /_api.
 const clientCredentialsClient = new Map();
 
+// The access token in `Authorization: Bearer T` or `Authorization: DPoP T`.
 function bearerToken(ctx) {
-  const m = /^bearer\s+(\S+)$/i.exec(ctx.get('authorization') ?? '');
+  const m = /^(?:bearer|dpop)\s+(\S+)$/i.exec(ctx.get('authorization') ?? '');
   return m?.[1];
 }
 
@@ -203,7 +249,14 @@ function createProvider(issuer) {
       devInteractions: { enabled: true },
       deviceFlow: { enabled: true },
       clientCredentials: { enabled: true },
+      dPoP: {
+        enabled: true,
+        nonceSecret: dpopNonceSecret,
+        requireNonce: () => dpopRequireNonce,
+        allowReplay: false,
+      },
     },
+    enabledJWA: { dPoPSigningAlgValues: DPOP_ALGS },
   });
 
   provider.on('grant.success', (ctx) => {
@@ -229,24 +282,36 @@ function createProvider(issuer) {
   });
   provider.on('access_token.saved', (token) => {
     accessTokenClient.set(token.jti, token.clientId);
+    if (token.jkt) statsFor(token.clientId).dpop_tokens += 1;
   });
   provider.on('client_credentials.saved', (token) => {
     clientCredentialsClient.set(token.jti, token.clientId);
+    if (token.jkt) statsFor(token.clientId).dpop_tokens += 1;
   });
   provider.on('server_error', (ctx, err) => {
     stats.server_errors += 1;
     process.stderr.write(`server.mjs: server_error on ${ctx.method} ${ctx.path}: ${err?.message}\n`);
   });
-  // Count /me answers by the client the presented token was issued to.
+  // Count /token's DPoP requests and nonce challenges, and /me answers by
+  // the client the presented token was issued to.
   provider.use(async (ctx, next) => {
     await next();
-    if (ctx.oidc?.route !== 'userinfo') return;
+    const route = ctx.oidc?.route;
+    if (route === 'token') {
+      const s = statsFor(tokenEndpointClientId(ctx));
+      if (ctx.get('DPoP')) s.dpop_proofs += 1;
+      if (ctx.status === 400 && ctx.body?.error === 'use_dpop_nonce') s.dpop_nonce_challenges += 1;
+      return;
+    }
+    if (route !== 'userinfo') return;
     if (ctx.status === 200) {
       statsFor(ctx.oidc.client?.clientId).userinfo_ok += 1;
     } else if (ctx.status === 401) {
       const clientId = accessTokenClient.get(bearerToken(ctx));
-      if (clientId) statsFor(clientId).userinfo_rejected += 1;
-      else stats.userinfo_rejected_unknown += 1;
+      const nonceChallenge = /error="use_dpop_nonce"/.test(ctx.response.get('www-authenticate') ?? '');
+      if (!clientId) stats.userinfo_rejected_unknown += 1;
+      else if (nonceChallenge) statsFor(clientId).dpop_nonce_challenges += 1;
+      else statsFor(clientId).userinfo_rejected += 1;
     }
   });
   return provider;
@@ -259,25 +324,77 @@ let handler = (_req, res) => {
 // Set once listening; /_api/whoami looks tokens up through it.
 let provider;
 
+// Proof jtis /_api/whoami has accepted (client -> Set), never accepted twice.
+const apiProofJtis = new Map();
+// The window oidc-provider gives a proof without a nonce (its CHALLENGE_OK_WINDOW).
+const DPOP_IAT_WINDOW = 300;
+
+// Why a DPoP proof for /_api/whoami fails (a WWW-Authenticate error code), or
+// undefined when it is good for this token (RFC 9449 §4.3, §7.1).
+async function apiDpopProofError(req, token, value) {
+  const proof = req.headers.dpop;
+  if (typeof proof !== 'string' || !proof) return 'invalid_dpop_proof';
+  let payload;
+  let protectedHeader;
+  try {
+    ({ payload, protectedHeader } = await jwtVerify(proof, EmbeddedJWK, { algorithms: DPOP_ALGS, typ: 'dpop+jwt' }));
+  } catch {
+    return 'invalid_dpop_proof';
+  }
+  if (typeof payload.jti !== 'string' || !payload.jti) return 'invalid_dpop_proof';
+  if (typeof payload.iat !== 'number') return 'invalid_dpop_proof';
+  if (payload.htm !== 'GET') return 'invalid_dpop_proof';
+  const htu = typeof payload.htu === 'string' ? URL.parse(payload.htu) : null;
+  if (!htu) return 'invalid_dpop_proof';
+  htu.search = '';
+  htu.hash = '';
+  if (htu.href !== new URL('/_api/whoami', provider.issuer).href) return 'invalid_dpop_proof';
+  if (payload.ath !== createHash('sha256').update(value).digest('base64url')) return 'invalid_dpop_proof';
+  if (await calculateJwkThumbprint(protectedHeader.jwk) !== token.jkt) return 'invalid_token';
+  if (payload.nonce !== undefined) {
+    if (typeof payload.nonce !== 'string' || !dpopNonces.checkChallenge(payload.nonce)) return 'use_dpop_nonce';
+  } else if (dpopRequireNonce) {
+    return 'use_dpop_nonce';
+  } else if (Math.abs(Date.now() / 1000 - payload.iat) > DPOP_IAT_WINDOW) {
+    return 'invalid_dpop_proof';
+  }
+  let seen = apiProofJtis.get(token.clientId);
+  if (!seen) apiProofJtis.set(token.clientId, (seen = new Set()));
+  if (seen.has(payload.jti)) return 'invalid_dpop_proof';
+  seen.add(payload.jti);
+  return undefined;
+}
+
 // GET /_api/whoami: a resource server that trusts only live client-credentials
-// tokens issued by this provider.
+// tokens issued by this provider (DPoP-bound ones with a proof of their key).
 async function apiWhoami(req, res) {
-  const m = /^bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '');
-  const value = m?.[1];
+  const m = /^(bearer|dpop)\s+(\S+)$/i.exec(req.headers.authorization ?? '');
+  const scheme = m?.[1].toLowerCase();
+  const value = m?.[2];
   // find() checks the stored token's exp itself; isExpired repeats it so the
   // verdict never rests on a clock tolerance.
   const token = value ? await provider.ClientCredentials.find(value) : undefined;
-  if (token && !token.isExpired && !token.isSenderConstrained()) {
+  let error = 'invalid_token';
+  if (token && !token.isExpired) {
+    if (scheme === 'bearer' && !token.isSenderConstrained()) error = undefined;
+    else if (scheme === 'dpop' && token.jkt && !token['x5t#S256']) {
+      error = await apiDpopProofError(req, token, value);
+    }
+  }
+  if (!error) {
     statsFor(token.clientId).api_ok += 1;
     res.setHeader('content-type', 'application/json');
-    res.end(JSON.stringify({ client_id: token.clientId, scope: token.scope ?? null }));
+    res.end(JSON.stringify({ client_id: token.clientId, scope: token.scope ?? null, token_type: token.jkt ? 'DPoP' : 'Bearer' }));
     return;
   }
   const clientId = value ? clientCredentialsClient.get(value) : undefined;
-  if (clientId) statsFor(clientId).api_rejected += 1;
-  else stats.api_rejected_unknown += 1;
+  if (!clientId) stats.api_rejected_unknown += 1;
+  else if (error === 'use_dpop_nonce') statsFor(clientId).dpop_nonce_challenges += 1;
+  else statsFor(clientId).api_rejected += 1;
   res.statusCode = 401;
-  res.setHeader('www-authenticate', 'Bearer error="invalid_token"');
+  if (error === 'use_dpop_nonce') res.setHeader('dpop-nonce', dpopNonces.nextChallenge());
+  const dpopScheme = scheme === 'dpop' || token?.jkt;
+  res.setHeader('www-authenticate', `${dpopScheme ? 'DPoP' : 'Bearer'} error="${error}"${dpopScheme ? ` algs="${DPOP_ALGS.join(' ')}"` : ''}`);
   res.end();
 }
 
