@@ -1,5 +1,5 @@
 """rekey: OAuth2 refresh-and-retry, run as the rekey WebAssembly component
-(``rekey:oauth2@0.4.0``) in wasmtime.
+(``rekey:oauth2@0.5.0``) in wasmtime.
 
     from rekey import Rekey, Settings, Request, SqliteStore
 
@@ -74,6 +74,7 @@ from .records import (
 )
 from .secret import Secret
 from .signing import Signing, SigningAlgorithm
+from .dpop import Dpop
 from .stores import MemoryStore, PostgresStore, RecordStore, SqliteStore, open_store
 
 # A library prints nothing unless the application configures logging
@@ -83,7 +84,7 @@ logging.getLogger("rekey").addHandler(logging.NullHandler())
 __all__ = [
     "Rekey", "AsyncRekey", "Settings", "Request", "Response", "ClientAuth", "Grant", "KeepaliveOutcome", "Strategy",
     "OnAuthFailure",
-    "EveryRequest", "BeforeExpiry", "HttpConfig", "Secret", "Signing", "SigningAlgorithm", "RecordStore",
+    "EveryRequest", "BeforeExpiry", "HttpConfig", "Secret", "Signing", "SigningAlgorithm", "Dpop", "RecordStore",
     "MemoryStore", "SqliteStore",
     "PostgresStore", "open_store", "CredentialRecord", "StoredRecord", "Lease", "RefreshMark", "DeadGrant",
     "Credential", "UnknownCredential", "StoreUnusable", "WriteConflict", "WriteFailed", "WriteUnknown",

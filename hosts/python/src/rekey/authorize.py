@@ -150,7 +150,7 @@ class DeviceAuthorization:
 class AuthorizeImports:
     """The ``host`` interface for an authorize call: only ``http-send`` is used
     (the component neither reads nor writes the record, and spends no refresh
-    token), and ``signer`` for ``private_key_jwt``. A token-endpoint request goes only to the settings' token URL, a
+    token), and ``signer`` for ``private_key_jwt`` and DPoP proofs. A token-endpoint request goes only to the settings' token URL, a
     device-endpoint one only to their device URL, and either only over https
     or plain http on loopback."""
 
@@ -194,6 +194,16 @@ class AuthorizeImports:
         # checked by the host before it is signed.
         with self._unlocked():
             return wit.sign_assertion(self._settings, algorithm, data)
+
+    def dpop_public_key(self, algorithm: str):
+        with self._unlocked():
+            return wit.dpop_public_key(self._settings, algorithm)
+
+    def dpop_sign(self, algorithm: str, data: bytes):
+        # The code exchange and each device poll carry a proof for the token URL
+        # (an authorisation makes no API request: no other htu is signed).
+        with self._unlocked():
+            return wit.dpop_sign(self._settings, algorithm, data, None)
 
 
 def _log_exchange(req: Request, kind: str, outcome, started: float) -> None:

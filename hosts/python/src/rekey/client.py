@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 from wasmtime.component import Record
 
-from . import errors, http, origins, signing, wit
+from . import dpop, errors, http, origins, signing, wit
 from .authorize import (
     DEFAULT_REDIRECT_URI,
     DEFAULT_TIMEOUT,
@@ -254,9 +254,9 @@ class Rekey:
         The authorisation flows call it before anything starts. Raises
         :class:`errors.InvalidSettings` saying what is wrong and how to fix it
         (e.g. no ``api_origins``: a token is bound before it is used).
-        With ``settings.signing``, the key is loaded too (from its file or
-        variable) and checked against the algorithm, as a send would when
-        it signs."""
+        With ``settings.signing`` (and ``settings.dpop``), the key is loaded
+        too (from its file or variable) and checked against the algorithm,
+        as a send would when it signs."""
         imports = AuthorizeImports(self._runtime.unlocked, self.http_config, settings)
         refusal = self._runtime.call("check-settings", imports, (wit.settings(settings),))
         if refusal is not None:
@@ -264,6 +264,9 @@ class Rekey:
         key_source = signing.signing_of(settings.signing)
         if key_source is not None:
             key_source.load()
+        dpop_key = dpop.dpop_of(settings.dpop)
+        if dpop_key is not None:
+            dpop_key.load()
 
     def begin_authorization(self, settings: Settings, redirect_uri: str) -> PendingAuthorization:
         """The code grant's first step alone, for a caller with its own
@@ -438,6 +441,22 @@ class CallState:
         component lock)."""
         with self._unlocked():
             return wit.sign_assertion(self._settings, algorithm, data)
+
+    def dpop_public_key(self, algorithm: str):
+        """``signer.dpop-public-key``: the public JWK of this call's DPoP key (read now)."""
+        with self._unlocked():
+            return wit.dpop_public_key(self._settings, algorithm)
+
+    def dpop_sign(self, algorithm: str, data: bytes):
+        """``signer.dpop-sign``: the host's check of the proof first (its
+        ``htu`` the token URL, or a URL this call's access token may go to:
+        the check ``http-send`` makes), then the DPoP key, read now, signs."""
+        with self._unlocked():
+            return wit.dpop_sign(self._settings, algorithm, data, self._api_refusal)
+
+    def _api_refusal(self, url: str) -> Optional[str]:
+        """Why the access token may not go to ``url`` (http-send's check for an API request), or None."""
+        return self._refusal("api", url)
 
     def _write_error(self, kind: str, message: str, keys: str):
         message = scrub_keys(message, keys) if keys else message

@@ -13,6 +13,7 @@ from .errors import InvalidSettings
 from .keys import keys_text
 from .secret import Secret
 from .signing import Signing, SigningAlgorithm, signing_of  # noqa: F401 (SigningAlgorithm: re-exported)
+from .dpop import Dpop, dpop_of
 
 
 class Grant(enum.Enum):
@@ -185,12 +186,19 @@ class Settings:
     #: How ``private_key_jwt`` and ``jwt_bearer`` assertions are signed, and
     #: with which key (:class:`Signing`, or a dict of its fields).
     signing: Optional[Signing] = None
+    #: DPoP (RFC 9449): the credential's DPoP key (:class:`Dpop`, or a dict
+    #: of its fields: ``{"algorithm": "ES256", "key_file": ...}``). Token
+    #: requests carry a proof signed with it, so the server binds the tokens
+    #: to it; a ``DPoP`` token set is sent as ``Authorization: DPoP`` with a
+    #: proof. None: no proofs, and a DPoP-bound token set is refused.
+    dpop: Optional[Dpop] = None
 
     def __post_init__(self) -> None:
         self.grant = grant_of(self.grant)
         self.client_auth = client_auth_of(self.client_auth)
         self.strategy = strategy_of(self.strategy)
         self.signing = signing_of(self.signing)
+        self.dpop = dpop_of(self.dpop)
         self.claims = claims_of(self.claims)
         # Accept a plain str, keep a Secret: the dataclass repr stays safe.
         if self.client_secret is not None and not isinstance(self.client_secret, Secret):
@@ -352,4 +360,8 @@ def settings_json(settings: Settings, client_secret_env: "str | None" = None) ->
     if signing is not None:
         # The key's file or variable, never the key (an in-memory key is refused here).
         out["signing"] = signing.stored()
+    dpop = dpop_of(settings.dpop)
+    if dpop is not None:
+        # {"algorithm": ..., "key_file" | "key_env": ...}: never the key.
+        out["dpop"] = dpop.stored()
     return json.dumps(out)

@@ -41,12 +41,13 @@ from wasmtime.component import Component, Linker, Record, ResourceAny, ResourceH
 
 from .errors import ComponentError
 
-HOST_INTERFACE = "rekey:oauth2/host@0.4.0"
-TYPES_INTERFACE = "rekey:oauth2/types@0.4.0"
-CLIENT_INTERFACE = "rekey:oauth2/client@0.4.0"
-AUTHORIZE_INTERFACE = "rekey:oauth2/authorize@0.4.0"
-#: The host signs the component's JWTs with the credential's key (0.4.0).
-SIGNER_INTERFACE = "rekey:oauth2/signer@0.4.0"
+HOST_INTERFACE = "rekey:oauth2/host@0.5.0"
+TYPES_INTERFACE = "rekey:oauth2/types@0.5.0"
+CLIENT_INTERFACE = "rekey:oauth2/client@0.5.0"
+AUTHORIZE_INTERFACE = "rekey:oauth2/authorize@0.5.0"
+#: The host signs the component's JWTs with the credential's key (0.4.0), and
+#: its DPoP proofs with the credential's DPoP key (0.5.0).
+SIGNER_INTERFACE = "rekey:oauth2/signer@0.5.0"
 AUTHORIZE_FUNCTIONS = ("begin", "finish", "device-start", "device-poll")
 EPOCH_TICK = 0.05  # seconds; the call deadline is counted in these
 
@@ -102,6 +103,18 @@ class Imports:
         """``signer.sign``: the signature of ``data`` with the credential's
         key (``algorithm``: ``rs256`` or ``es256``), or a message saying why
         not (never the key). Must not raise."""
+        ...
+
+    def dpop_public_key(self, algorithm: str) -> Any:
+        """``signer.dpop-public-key``: ``Variant("ok", jwk_json)`` with the
+        public JWK of the credential's DPoP key, or ``Variant("err", why)``.
+        Must not raise."""
+        ...
+
+    def dpop_sign(self, algorithm: str, data: bytes) -> "bytes | str":
+        """``signer.dpop-sign``: the signature of the DPoP proof ``data``
+        with the credential's DPoP key, after the host's check of the proof,
+        or a message saying why not. Must not raise."""
         ...
 
 
@@ -186,6 +199,12 @@ class Runtime:
                     host.add_func(name, func)
             with root.add_instance(SIGNER_INTERFACE) as signer:
                 signer.add_func("sign", lambda _ctx, algorithm, data: _current.imports.sign(algorithm, data))
+                signer.add_func(
+                    "dpop-public-key", lambda _ctx, algorithm: _current.imports.dpop_public_key(algorithm)
+                )
+                signer.add_func(
+                    "dpop-sign", lambda _ctx, algorithm, data: _current.imports.dpop_sign(algorithm, data)
+                )
             with root.add_instance(TYPES_INTERFACE) as types:
                 types.add_resource("body", ResourceType.host(BODY), _drop_body)
                 types.add_func("[constructor]body", _new_body)

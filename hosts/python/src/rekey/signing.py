@@ -112,6 +112,9 @@ class Signing:
     ``repr()`` shows the file or the variable, never a key."""
 
     __slots__ = ("algorithm", "key_id", "audience", "key_file", "key_env", "_key")
+    #: The settings field this is (messages name it) and what its key is called.
+    _field = "signing"
+    _noun = "signing key"
 
     def __init__(
         self,
@@ -124,28 +127,33 @@ class Signing:
         key: Optional[PrivateKey] = None,
     ):
         self.algorithm = algorithm_of(algorithm)
-        for name, value in (("key_id", key_id), ("audience", audience), ("key_env", key_env)):
+        for name, value in (("key_id", key_id), ("audience", audience)):
             if value is not None and not isinstance(value, str):
-                raise InvalidSettings(f"signing {name} must be a string")
+                raise InvalidSettings(f"{self._field} {name} must be a string")
         self.key_id = key_id
         self.audience = audience
+        self._set_key(key_file, key_env, key)
+
+    def _set_key(self, key_file, key_env, key) -> None:
+        if key_env is not None and not isinstance(key_env, str):
+            raise InvalidSettings(f"{self._field} key_env must be a string")
         sources = [name for name, v in (("key_file", key_file), ("key_env", key_env), ("key", key)) if v is not None]
         if len(sources) != 1:
             raise InvalidSettings(
-                "signing needs exactly one key source: key_file= (a PEM file), key_env= (an environment "
+                f"{self._field} needs exactly one key source: key_file= (a PEM file), key_env= (an environment "
                 f"variable holding the PEM) or key= (a private key object); got {', '.join(sources) or 'none'}"
             )
         self.key_file = os.fspath(key_file) if key_file is not None else None
         if key_env is not None and not key_env:
-            raise InvalidSettings("signing key_env is empty: name the environment variable that holds the key")
+            raise InvalidSettings(f"{self._field} key_env is empty: name the environment variable that holds the key")
         self.key_env = key_env
         if key is not None:
             if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
                 raise InvalidSettings(
-                    f"signing key= must be a cryptography RSA or EC private key object, not {type(key).__name__} "
+                    f"{self._field} key= must be a cryptography RSA or EC private key object, not {type(key).__name__} "
                     "(for a PEM file or text use key_file= or key_env=)"
                 )
-            _check_type(key, self.algorithm, "the in-memory signing key")
+            _check_type(key, self.algorithm, f"the in-memory {self._noun}")
         self._key = key
 
     @property
@@ -157,10 +165,10 @@ class Signing:
     def source(self) -> str:
         """Where the key is, as messages name it (never the key itself)."""
         if self.key_file is not None:
-            return f"the signing key file {self.key_file}"
+            return f"the {self._noun} file {self.key_file}"
         if self.key_env is not None:
-            return f"the signing key in ${self.key_env}"
-        return "the in-memory signing key"
+            return f"the {self._noun} in ${self.key_env}"
+        return f"the in-memory {self._noun}"
 
     def load(self) -> PrivateKey:
         """The private key, loaded now from its source and checked against
@@ -176,7 +184,8 @@ class Signing:
         alg = self.algorithm if algorithm is None else algorithm_of(algorithm)
         if alg is not self.algorithm:
             raise InvalidSettings(
-                f"the component asked for an {alg.value} signature, but the credential signs with {self.algorithm.value}"
+                f"the component asked for an {alg.value} signature, but the credential's {self._noun} is for "
+                f"{self.algorithm.value}"
             )
         return sign_with(self.load(), alg, data, self.source)
 
@@ -192,12 +201,12 @@ class Signing:
             fields.append(f"key_env={self.key_env!r}")
         if self._key is not None:
             fields.append("key=[redacted]")
-        return f"Signing({', '.join(fields)})"
+        return f"{type(self).__name__}({', '.join(fields)})"
 
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Signing):
+        if type(other) is not type(self):
             return NotImplemented
         return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
 
@@ -206,7 +215,7 @@ class Signing:
     def __reduce__(self):
         if self._key is not None:
             # Pickling would write the key somewhere unseen.
-            raise TypeError("a Signing with an in-memory key cannot be pickled (use key_file= or key_env=)")
+            raise TypeError(f"a {type(self).__name__} with an in-memory key cannot be pickled (use key_file= or key_env=)")
         return (_rebuild, (self.algorithm.value, self.key_id, self.audience, self.key_file, self.key_env))
 
     def stored(self) -> dict:
@@ -214,7 +223,7 @@ class Signing:
         never the key. An in-memory key cannot be stored."""
         if self._key is not None:
             raise InvalidSettings(
-                "a stored credential names its signing key with key_file= or key_env= (the store never holds a "
+                f"a stored credential names its {self._noun} with key_file= or key_env= (the store never holds a "
                 "private key); key= (an in-memory key) is for settings passed to each send()"
             )
         out: dict = {"algorithm": self.algorithm.value}

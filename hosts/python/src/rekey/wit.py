@@ -1,5 +1,5 @@
 """Between plain Python and wasmtime-py's component values for
-``rekey:oauth2@0.4.0``: records are ``Record`` objects with kebab-case
+``rekey:oauth2@0.5.0``: records are ``Record`` objects with kebab-case
 attributes; variants whose cases cannot be told apart by Python type are
 ``Variant(tag, payload)``; ``option``/``result`` are untagged when their cases
 have distinct types (``None``/value; for ``result<response, send-error>`` a
@@ -7,7 +7,7 @@ have distinct types (``None``/value; for ``result<response, send-error>`` a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from wasmtime.component import Record, Variant
 
@@ -27,6 +27,7 @@ from .model import (
 )
 from . import signing as _signing
 from .signing import signing_of
+from . import dpop as _dpop
 from .records import CredentialRecord, DeadGrant, Lease, RefreshMark, StoredRecord
 from .runtime import Bodies
 
@@ -60,6 +61,7 @@ def settings(s: Settings) -> Record:
     else:
         wit_grant = Variant(grant.value)
     signing = signing_of(s.signing)
+    dpop = _dpop.dpop_of(s.dpop)
     return _record(
         grant=wit_grant,
         token_url=s.token_url,
@@ -77,6 +79,8 @@ def settings(s: Settings) -> Record:
         signing=None if signing is None else _record(
             algorithm=signing.algorithm.wit, key_id=signing.key_id, audience=audience_of(s, signing)
         ),
+        # The DPoP key's algorithm; the key stays here (signer.dpop-public-key, dpop-sign).
+        dpop=None if dpop is None else dpop.algorithm.wit,
     )
 
 
@@ -125,6 +129,35 @@ def sign_assertion(s: Settings, algorithm: str, data: bytes) -> "bytes | str":
     except Exception as e:  # a bug here must not trap the guest; its message may quote the input
         return f"the host could not check the assertion ({type(e).__name__})"
     return _signing.sign_for(signing, algorithm, data)
+
+
+def dpop_public_key(s: Settings, algorithm: str) -> Variant:
+    """The ``signer.dpop-public-key`` import for a call with settings ``s``:
+    ``ok`` the DPoP key's public JWK (JSON text, public members only), or
+    ``err`` a message (no key configured, a key of another type). Never raises."""
+    try:
+        result = _dpop.public_key_for(s.dpop, algorithm)
+    except Exception as e:  # a bug here must not trap the guest
+        return Variant("err", f"the host could not give the DPoP public key ({type(e).__name__})")
+    if isinstance(result, str):
+        return Variant("ok", result)
+    return Variant("err", result.detail)
+
+
+def dpop_sign(s: Settings, algorithm: str, data: bytes,
+              api_refusal: "Callable[[str], str | None] | None") -> "bytes | str":
+    """The ``signer.dpop-sign`` import for a call with settings ``s``: the
+    host's check of the proof (dpop.check_proof: ``htu`` the token URL, or a
+    URL ``api_refusal`` allows, the access token's own check at http-send;
+    None: the token URL only), then the key, loaded now, compared with the
+    proof's ``jwk``, signs it. The signature, or a message for the component
+    (invalid-settings, nothing sent). Never raises."""
+    try:
+        return _dpop.sign_for(
+            s.dpop, lambda key: _dpop.ProofRules(key.algorithm, s.token_url, api_refusal), algorithm, data
+        )
+    except Exception as e:  # a bug here must not trap the guest; its message may quote the input
+        return f"the host could not check the DPoP proof ({type(e).__name__})"
 
 
 def request(r: Request, bodies: Bodies) -> Record:
