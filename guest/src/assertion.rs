@@ -85,7 +85,7 @@ pub fn build(
 /// `invalid_client`; say here what is wrong. ES256 is exactly `r || s`
 /// (RFC 7518 §3.4), not DER; RS256 is as long as the modulus (2048 bits at
 /// least, RFC 7518 §3.3).
-fn check_length(alg: SigningAlgorithm, signature: &[u8]) -> Result<(), String> {
+pub(crate) fn check_length(alg: SigningAlgorithm, signature: &[u8]) -> Result<(), String> {
     let fits = match alg {
         SigningAlgorithm::Es256 => signature.len() == 64,
         SigningAlgorithm::Rs256 => signature.len() >= 256,

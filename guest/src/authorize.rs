@@ -7,11 +7,12 @@
 //! component imports no `wasi:random`.
 
 use crate::basic_auth;
+use crate::dpop;
 use crate::exports::rekey::oauth2::authorize::{
     Authorization, AuthorizeError, DeviceGrant, Pending,
 };
 use crate::flow::is_loopback_authority;
-use crate::http::{self, Http, Request, Response};
+use crate::http::{self, Http, Response};
 use crate::rekey::oauth2::types::{
     ClientAuth, Grant, OauthError, Purpose, SendError, Settings, TransportError,
 };
@@ -247,15 +248,16 @@ pub fn finish(
     exchange(fx, settings, &form)
 }
 
-/// The request of one attempt (`token::Form::request`): its signed
-/// assertion, if any, is new.
-fn build(
-    fx: &mut impl Effects,
+/// Sends one attempt's request (`token::Form::request`, with a DPoP proof
+/// when the settings have a DPoP key): its signed assertion and proof, if
+/// any, are new.
+fn send_form<F: Effects>(
+    fx: &mut F,
     settings: &Settings,
     form: &token::Form,
-) -> Result<Request, AuthorizeError> {
+) -> Result<Result<http::Response, TransportError>, AuthorizeError> {
     let now = fx.now_unix();
-    form.request(fx, settings, now).map_err(invalid)
+    dpop::token_exchange(fx, settings, Purpose::TokenEndpoint, now, form).map_err(invalid)
 }
 
 /// One answer of a token endpoint, as the grants need it.
@@ -350,8 +352,7 @@ fn exchange(
 ) -> Result<String, AuthorizeError> {
     let mut delay = BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        let req = build(fx, settings, form)?;
-        match read_answer(http::exchange(fx, Purpose::TokenEndpoint, &req)) {
+        match read_answer(send_form(fx, settings, form)?) {
             Answer::Tokens(body) => return Ok(body),
             Answer::Error(status, code) => return Err(rejected(status, code)),
             Answer::Fail(e) => return Err(e),
@@ -417,7 +418,9 @@ fn exchange_device(
 ) -> Result<Map<String, Value>, AuthorizeError> {
     let mut delay = BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        let req = build(fx, settings, form)?;
+        // No DPoP proof: this is not the token endpoint (RFC 9449 §5).
+        let now = fx.now_unix();
+        let req = form.request(fx, settings, now).map_err(invalid)?;
         let result = http::exchange(fx, Purpose::DeviceEndpoint, &req);
         let reason = match result {
             Ok(resp) if (200..300).contains(&resp.status) && error_code(&resp).is_none() => {
@@ -533,8 +536,7 @@ pub fn device_poll(
             return Err(AuthorizeError::Expired);
         }
         fx.sleep(Duration::from_secs(interval.into()));
-        let req = build(fx, settings, &form)?;
-        match read_answer(http::exchange(fx, Purpose::TokenEndpoint, &req)) {
+        match read_answer(send_form(fx, settings, &form)?) {
             Answer::Tokens(body) => return Ok(body),
             Answer::Error(_, code) if code == "authorization_pending" => failures = 0,
             Answer::Error(_, code) if code == "slow_down" => {
@@ -561,6 +563,7 @@ pub fn device_poll(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::Request;
     use crate::rekey::oauth2::types::SigningAlgorithm;
     use crate::testing::{self, Script, ok, script, secs};
     use base64::Engine as _;

@@ -12,7 +12,7 @@ pub fn insufficient_scope<B>(resp: &Response<B>) -> Option<Option<String>> {
         .iter()
         .filter(|(k, _)| k.eq_ignore_ascii_case("www-authenticate"))
         .find_map(|(_, v)| {
-            let params = bearer_params(v)?;
+            let params = scheme_params(v, "bearer").or_else(|| scheme_params(v, "dpop"))?;
             let error = params.iter().find(|(k, _)| k == "error")?;
             (error.1 == "insufficient_scope").then(|| {
                 params
@@ -23,31 +23,45 @@ pub fn insufficient_scope<B>(resp: &Response<B>) -> Option<Option<String>> {
         })
 }
 
-/// The auth-params of the `Bearer` challenge in one header value (RFC 9110
-/// §11.6.1: `scheme [token68 / #auth-param]`, challenges separated by commas).
-/// Names are lower-cased; quoted values are unescaped.
-fn bearer_params(value: &str) -> Option<Vec<(String, String)>> {
+/// Whether a `WWW-Authenticate: DPoP` challenge says `error="use_dpop_nonce"`
+/// (RFC 9449 §9): the resource server wants a proof with its nonce.
+pub fn dpop_nonce_wanted<B>(resp: &Response<B>) -> bool {
+    resp.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("www-authenticate"))
+        .filter_map(|(_, v)| scheme_params(v, "dpop"))
+        .any(|params| {
+            params
+                .iter()
+                .any(|(k, v)| k == "error" && v == "use_dpop_nonce")
+        })
+}
+
+/// The auth-params of the `scheme` challenge (lower case) in one header value
+/// (RFC 9110 §11.6.1: `scheme [token68 / #auth-param]`, challenges separated
+/// by commas). Names are lower-cased; quoted values are unescaped.
+fn scheme_params(value: &str, scheme: &str) -> Option<Vec<(String, String)>> {
     let mut tokens = Tokens {
         rest: value.as_bytes(),
     };
-    let mut in_bearer = false;
+    let mut in_scheme = false;
     let mut params = Vec::new();
     while let Some(word) = tokens.word() {
         if tokens.eat(b'=') {
             let val = tokens.value()?;
-            if in_bearer {
+            if in_scheme {
                 params.push((word.to_ascii_lowercase(), val));
             }
         } else {
             // A bare word starts a new challenge (the scheme).
-            if in_bearer {
+            if in_scheme {
                 break;
             }
-            in_bearer = word.eq_ignore_ascii_case("bearer");
+            in_scheme = word.eq_ignore_ascii_case(scheme);
         }
         tokens.eat(b',');
     }
-    in_bearer.then_some(params)
+    in_scheme.then_some(params)
 }
 
 struct Tokens<'a> {

@@ -14,6 +14,15 @@ pub trait Signing {
     fn random_u64(&mut self) -> u64;
     /// The JWS signature of `input` with the credential's key (`signer.sign`).
     fn sign(&mut self, alg: SigningAlgorithm, input: &[u8]) -> Result<Vec<u8>, String>;
+    /// The public JWK of the credential's DPoP key (`signer.dpop-public-key`).
+    /// Effects without DPoP keys (most test doubles) have none.
+    fn dpop_public_key(&mut self, _alg: SigningAlgorithm) -> Result<String, String> {
+        Err("no DPoP key".into())
+    }
+    /// A DPoP proof's signature with that key (`signer.dpop-sign`).
+    fn dpop_sign(&mut self, _alg: SigningAlgorithm, _input: &[u8]) -> Result<Vec<u8>, String> {
+        Err("no DPoP key".into())
+    }
 }
 
 pub trait Effects: Http + Signing {

@@ -14,9 +14,10 @@
 //! revoked by an administrator) is refreshed at once.
 
 use crate::challenge;
+use crate::dpop;
 pub use crate::effects::Effects;
 use crate::fleet::{self, Held, Renewal, Timing};
-use crate::http::{self, Request, Response};
+use crate::http::{Request, Response};
 use crate::keys::Keys;
 use crate::origins;
 use crate::rekey::oauth2::types::{
@@ -395,21 +396,67 @@ fn send_with_token<F: Effects>(
     let token = keys
         .access_token()
         .ok_or_else(|| SendError::TokenEndpoint("token set has no access_token".into()))?;
+    // A DPoP-bound token is useless (and refused) without its proof.
+    let dpop = match (dpop::is_bound(keys.str_field("token_type")), settings.dpop) {
+        (false, _) => None,
+        (true, Some(alg)) => Some(alg),
+        (true, None) => {
+            return Err(SendError::InvalidSettings(
+                "the stored token set is DPoP-bound (token_type DPoP): the credential needs \
+                 its DPoP key (dpop settings)"
+                    .into(),
+            ));
+        }
+    };
+    let scheme = if dpop.is_some() { "DPoP" } else { "Bearer" };
     let mut headers: Vec<(String, String)> = req
         .headers
         .iter()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case("authorization"))
+        .filter(|(k, _)| {
+            let ours = k.eq_ignore_ascii_case("authorization")
+                || (dpop.is_some() && k.eq_ignore_ascii_case("dpop"));
+            !ours
+        })
         .cloned()
         .collect();
-    headers.push(("authorization".into(), format!("Bearer {token}")));
-    let authed = Request {
+    headers.push(("authorization".into(), format!("{scheme} {token}")));
+    let mut authed = Request {
         method: req.method.clone(),
         url: req.url.clone(),
         headers,
         body: &req.body,
     };
-    fx.http_send(Purpose::Api, &authed)
-        .map_err(SendError::Transport)
+    let Some(alg) = dpop else {
+        return fx
+            .http_send(Purpose::Api, &authed)
+            .map_err(SendError::Transport);
+    };
+    // Sent once more, with its nonce, when the API asks for one (RFC 9449 §9).
+    let mut nonce: Option<String> = None;
+    loop {
+        let target = dpop::Target {
+            method: &req.method,
+            url: &req.url,
+            nonce: nonce.as_deref(),
+            access_token: Some(token),
+            now: fx.now_unix(),
+        };
+        let proof = dpop::proof(fx, alg, &target).map_err(SendError::InvalidSettings)?;
+        authed.headers.retain(|(k, _)| k != "dpop");
+        authed.headers.push(("dpop".into(), proof));
+        let resp = fx
+            .http_send(Purpose::Api, &authed)
+            .map_err(SendError::Transport)?;
+        if nonce.is_none()
+            && resp.status == 401
+            && challenge::dpop_nonce_wanted(&resp)
+            && let Some(n) = dpop::nonce_of(&resp)
+        {
+            nonce = Some(n.into());
+            continue;
+        }
+        return Ok(resp);
+    }
 }
 
 /// Where a newer token set came from.
@@ -601,11 +648,11 @@ fn exchange_attempts(
         attempts += 1;
         attempts_left -= 1;
         let sent = fx.now_unix();
-        // Built for this attempt: a signed assertion in it is used once.
-        let req = form
-            .request(fx, settings, sent)
+        // Built for this attempt (and a DPoP nonce's resend): a signed
+        // assertion or proof in it is used once.
+        let answer = dpop::token_exchange(fx, settings, Purpose::TokenEndpoint, sent, form)
             .map_err(SendError::InvalidSettings)?;
-        let failure = match attempt(fx, &req, maybe_spent, spends) {
+        let failure = match attempt(answer, maybe_spent, spends) {
             Ok(tokens) => return Ok((tokens, sent)),
             Err(Ok(final_error)) => {
                 return Err(match final_error {
@@ -656,8 +703,7 @@ fn exchange_attempts(
 /// Without a refresh token to spend (`spends` false), nothing an answer says
 /// can leave anything spent: every failure worth another attempt is one.
 fn attempt(
-    fx: &mut impl Effects,
-    req: &Request,
+    answer: Result<Response, TransportError>,
     maybe_spent: &mut bool,
     spends: bool,
 ) -> Result<serde_json::Map<String, serde_json::Value>, Result<SendError, Failure>> {
@@ -666,7 +712,6 @@ fn attempt(
         maybe_processed: maybe_processed && spends,
         retry_after: None,
     };
-    let answer = http::exchange(fx, Purpose::TokenEndpoint, req);
     *maybe_spent |= spends && may_have_spent(&answer);
     Err(Err(match answer {
         Ok(resp) => match token::classify(&resp) {
@@ -2533,5 +2578,224 @@ mod refusal_memory_tests {
             headers: vec![],
             body: vec![],
         }
+    }
+}
+
+#[cfg(test)]
+mod dpop_tests {
+    use super::*;
+    use crate::rekey::oauth2::types::SigningAlgorithm;
+    use crate::testing::{self, Script, ok, script};
+    use base64::Engine as _;
+    use serde_json::Value;
+
+    const JWK: &str = r#"{"kty":"EC","crv":"P-256","x":"AAAA","y":"BBBB"}"#;
+
+    fn settings() -> Settings {
+        Settings {
+            dpop: Some(SigningAlgorithm::Es256),
+            ..testing::settings()
+        }
+    }
+
+    fn api() -> Request {
+        Request {
+            method: "GET".into(),
+            url: "http://127.0.0.1:9/me?x=1".into(),
+            headers: vec![("DPoP".into(), "caller's".into())],
+            body: vec![],
+        }
+    }
+
+    fn with(status: u16, body: &str, headers: &[(&str, &str)]) -> Result<Response, TransportError> {
+        let mut r = ok(status, body)?;
+        r.headers = headers
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        Ok(r)
+    }
+
+    fn header<'a>(req: &'a Request, name: &str) -> Vec<&'a str> {
+        req.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn claims(proof: &str) -> Value {
+        let part = proof.split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn bound(answers: Vec<Result<Response, TransportError>>) -> Script {
+        let mut fx = script(answers);
+        fx.dpop_key = Some(JWK.into());
+        fx.record.data.keys =
+            Some(r#"{"access_token":"a1","token_type":"DPoP","refresh_token":"r1"}"#.into());
+        fx
+    }
+
+    /// The API rejects the old token; the token endpoint asks for a nonce
+    /// once, then rotates; the API asks for its own nonce once, then answers.
+    #[test]
+    fn refresh_and_api_each_answer_one_nonce_challenge_with_a_fresh_proof() {
+        let mut fx = bound(vec![
+            with(
+                401,
+                "",
+                &[("WWW-Authenticate", r#"DPoP error="invalid_token""#)],
+            ),
+            with(
+                400,
+                r#"{"error":"use_dpop_nonce"}"#,
+                &[("DPoP-Nonce", "as-nonce-1")],
+            ),
+            ok(
+                200,
+                r#"{"access_token":"a2","token_type":"DPoP","refresh_token":"r2"}"#,
+            ),
+            with(
+                401,
+                "",
+                &[
+                    ("WWW-Authenticate", r#"DPoP error="use_dpop_nonce""#),
+                    ("DPoP-Nonce", "rs-nonce-1"),
+                ],
+            ),
+            ok(200, "hi"),
+        ]);
+        let resp = send(&mut fx, &settings(), &api()).unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(fx.sent.len(), 5);
+        let [first, token1, token2, api1, api2] = &fx.sent[..] else {
+            unreachable!()
+        };
+        // The API requests: the DPoP scheme, one proof naming the token.
+        for (req, token, nonce) in [
+            (first, "a1", None),
+            (api1, "a2", None),
+            (api2, "a2", Some("rs-nonce-1")),
+        ] {
+            assert_eq!(header(req, "authorization"), [format!("DPoP {token}")]);
+            let proofs = header(req, "dpop");
+            assert_eq!(proofs.len(), 1, "the caller's DPoP header is replaced");
+            let c = claims(proofs[0]);
+            assert_eq!(c["htm"], "GET");
+            assert_eq!(c["htu"], "http://127.0.0.1:9/me");
+            assert_eq!(
+                c["ath"],
+                crate::basic_auth::base64url(&<sha2::Sha256 as sha2::Digest>::digest(
+                    token.as_bytes()
+                ))
+            );
+            assert_eq!(c.get("nonce").and_then(Value::as_str), nonce);
+        }
+        // The token requests: a proof each, the second with the nonce, no
+        // `ath`; the same refresh token both times (the 400 spent nothing).
+        for (req, nonce) in [(token1, None), (token2, Some("as-nonce-1"))] {
+            let c = claims(header(req, "dpop")[0]);
+            assert_eq!(c["htm"], "POST");
+            assert_eq!(c["htu"], "http://127.0.0.1:9/token");
+            assert_eq!(c.get("nonce").and_then(Value::as_str), nonce);
+            assert!(c.get("ath").is_none());
+            assert!(String::from_utf8_lossy(&req.body).contains("refresh_token=r1"));
+        }
+        let jtis: Vec<Value> = fx.sent[..]
+            .iter()
+            .map(|r| claims(header(r, "dpop")[0])["jti"].clone())
+            .collect();
+        for (i, a) in jtis.iter().enumerate() {
+            assert!(
+                jtis[i + 1..].iter().all(|b| b != a),
+                "every proof has its own jti"
+            );
+        }
+        assert!(
+            fx.emitted
+                .last()
+                .unwrap()
+                .contains(r#""refresh_token":"r2""#)
+        );
+    }
+
+    /// A nonce challenge is answered once: a second is the server's answer.
+    #[test]
+    fn a_second_nonce_challenge_is_not_answered_again() {
+        let challenge = || {
+            with(
+                401,
+                "",
+                &[
+                    ("WWW-Authenticate", r#"DPoP error="use_dpop_nonce""#),
+                    ("DPoP-Nonce", "n"),
+                ],
+            )
+        };
+        let mut fx = bound(vec![challenge(), challenge()]);
+        fx.record.data.keys = Some(r#"{"access_token":"a1","token_type":"DPoP"}"#.into());
+        let mut s = settings();
+        s.grant = crate::rekey::oauth2::types::Grant::ClientCredentials;
+        s.rejected_statuses = vec![403];
+        let resp = send(&mut fx, &s, &api()).unwrap();
+        assert_eq!(resp.status, 401);
+        assert_eq!(fx.sent.len(), 2);
+
+        let nonce_400 = || with(400, r#"{"error":"use_dpop_nonce"}"#, &[("DPoP-Nonce", "n")]);
+        let mut fx = fx_cc(vec![ok(401, ""), nonce_400(), nonce_400()]);
+        let e = send(&mut fx, &s_cc(), &api()).unwrap_err();
+        assert_eq!(fx.sent.len(), 3, "{e:?}");
+    }
+
+    fn s_cc() -> Settings {
+        let mut s = settings();
+        s.grant = crate::rekey::oauth2::types::Grant::ClientCredentials;
+        s
+    }
+
+    fn fx_cc(answers: Vec<Result<Response, TransportError>>) -> Script {
+        let mut fx = bound(answers);
+        fx.record.data.keys = Some(r#"{"access_token":"a1","token_type":"DPoP"}"#.into());
+        fx
+    }
+
+    #[test]
+    fn a_bound_token_without_a_dpop_key_in_the_settings_is_refused_unsent() {
+        let mut fx = bound(vec![]);
+        let e = send(&mut fx, &testing::settings(), &api()).unwrap_err();
+        assert!(
+            matches!(&e, Refusal::Error(SendError::InvalidSettings(m)) if m.contains("DPoP-bound")),
+            "{e:?}"
+        );
+        assert!(fx.sent.is_empty());
+        // A Bearer set is sent as before, with no proof, even with a DPoP key.
+        let mut fx = bound(vec![ok(200, "hi")]);
+        fx.record.data.keys = Some(r#"{"access_token":"a1","token_type":"Bearer"}"#.into());
+        send(&mut fx, &settings(), &api()).unwrap();
+        assert_eq!(header(&fx.sent[0], "authorization"), ["Bearer a1"]);
+        assert_eq!(header(&fx.sent[0], "dpop"), ["caller's"]);
+        // No key at the host: not even the API request can carry a proof.
+        let mut fx = fx_cc(vec![]);
+        fx.dpop_key = None;
+        let e = send(&mut fx, &s_cc(), &api()).unwrap_err();
+        assert!(
+            matches!(&e, Refusal::Error(SendError::InvalidSettings(m)) if m.contains("DPoP key")),
+            "{e:?}"
+        );
+        assert!(fx.sent.is_empty());
+        // Nor a token request (the client's own grant, nothing stored yet).
+        let mut fx = fx_cc(vec![]);
+        fx.record.data.keys = None;
+        fx.dpop_key = None;
+        let e = send(&mut fx, &s_cc(), &api()).unwrap_err();
+        assert!(
+            matches!(&e, Refusal::Error(SendError::InvalidSettings(m)) if m.contains("DPoP key")),
+            "{e:?}"
+        );
+        assert!(fx.sent.is_empty());
     }
 }

@@ -15,6 +15,7 @@ mod assertion;
 mod authorize;
 mod basic_auth;
 mod challenge;
+mod dpop;
 mod effects;
 mod fleet;
 mod flow;
@@ -116,6 +117,12 @@ impl effects::Signing for HostEffects {
     }
     fn sign(&mut self, alg: SigningAlgorithm, input: &[u8]) -> Result<Vec<u8>, String> {
         signer::sign(alg, input)
+    }
+    fn dpop_public_key(&mut self, alg: SigningAlgorithm) -> Result<String, String> {
+        signer::dpop_public_key(alg)
+    }
+    fn dpop_sign(&mut self, alg: SigningAlgorithm, input: &[u8]) -> Result<Vec<u8>, String> {
+        signer::dpop_sign(alg, input)
     }
 }
 

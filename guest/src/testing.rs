@@ -40,6 +40,10 @@ pub struct Script {
     pub sign_error: Option<String>,
     /// What was given to `sign`, in order.
     pub signed: Vec<(SigningAlgorithm, Vec<u8>)>,
+    /// The public JWK `dpop_public_key` answers; none: no DPoP key.
+    pub dpop_key: Option<String>,
+    /// What was given to `dpop_sign`, in order.
+    pub dpop_signed: Vec<(SigningAlgorithm, Vec<u8>)>,
 }
 
 /// The fake signer's signatures begin with these bytes.
@@ -74,6 +78,8 @@ pub fn script(answers: impl IntoIterator<Item = Result<Response, TransportError>
         random: 0x5eed,
         sign_error: None,
         signed: Vec::new(),
+        dpop_key: None,
+        dpop_signed: Vec::new(),
     }
 }
 
@@ -230,6 +236,15 @@ impl Signing for Script {
         }
         Ok(fake_signature(core::str::from_utf8(input).expect("ASCII")))
     }
+    fn dpop_public_key(&mut self, _alg: SigningAlgorithm) -> Result<String, String> {
+        self.dpop_key
+            .clone()
+            .ok_or_else(|| "no DPoP key configured".into())
+    }
+    fn dpop_sign(&mut self, alg: SigningAlgorithm, input: &[u8]) -> Result<Vec<u8>, String> {
+        self.dpop_signed.push((alg, input.to_vec()));
+        Ok(fake_signature(core::str::from_utf8(input).expect("ASCII")))
+    }
 }
 
 impl authorize::Effects for Script {
@@ -262,6 +277,7 @@ pub fn settings() -> Settings {
             lease_wait_ms: 0,
         },
         signing: None,
+        dpop: None,
     }
 }
 

@@ -289,6 +289,7 @@ mod tests {
             strategy: Strategy::OnAuthFailure,
             rejected_statuses: vec![],
             signing: None,
+            dpop: None,
         }
     }
 
