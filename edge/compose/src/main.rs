@@ -18,12 +18,12 @@ use std::path::PathBuf;
 use wac_graph::types::Package;
 use wac_graph::{CompositionGraph, EncodeOptions, NodeId};
 
-const TYPES: &str = "rekey:oauth2/types@0.4.0";
-const HOST: &str = "rekey:oauth2/host@0.4.0";
-const SIGNER: &str = "rekey:oauth2/signer@0.4.0";
+const TYPES: &str = "rekey:oauth2/types@0.5.0";
+const HOST: &str = "rekey:oauth2/host@0.5.0";
+const SIGNER: &str = "rekey:oauth2/signer@0.5.0";
 const RELAY: &str = "rekey:edge/relay@0.2.0";
 const OPERATOR: &str = "rekey:edge/operator@0.2.0";
-const CLIENT: &str = "rekey:oauth2/client@0.4.0";
+const CLIENT: &str = "rekey:oauth2/client@0.5.0";
 const CONFIG: &str = "wasi:config/store@0.2.0-draft";
 const HANDLER: &str = "wasi:http/incoming-handler@0.2.0";
 

@@ -168,6 +168,12 @@ impl signer::Guest for Effects {
     fn sign(_: types::SigningAlgorithm, _: Vec<u8>) -> Result<Vec<u8>, String> {
         Err("the edge proxy holds no signing keys (private-key-jwt and jwt-bearer are not available at the edge)".into())
     }
+    fn dpop_public_key(_: types::SigningAlgorithm) -> Result<String, String> {
+        Err("the edge proxy holds no DPoP keys (DPoP is not available at the edge)".into())
+    }
+    fn dpop_sign(_: types::SigningAlgorithm, _: Vec<u8>) -> Result<Vec<u8>, String> {
+        Err("the edge proxy holds no DPoP keys (DPoP is not available at the edge)".into())
+    }
 }
 
 /// A short line for the server's log: never a token, secret, body or URL query.

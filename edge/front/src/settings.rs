@@ -182,6 +182,7 @@ impl Settings {
                     lease_wait_ms: millis("REKEY_LEASE_WAIT_MS")?,
                 },
                 signing: None,
+                dpop: None,
             },
             upstream,
             max_request_bytes: config::number(&src, "REKEY_MAX_REQUEST_BYTES", 16 << 20)?,
