@@ -45,7 +45,6 @@ import time
 import urllib.parse
 
 import pytest
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -53,7 +52,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 import rekey
 from conftest import stored_keys
 from rekey import Dpop, HttpConfig, MemoryStore, Request, Settings, SqliteStore
-from rekey import dpop as rekey_dpop
 from rekey import signing as rekey_signing
 from rekey import wit as rekey_wit
 from rekey.authorize import AuthorizeImports
@@ -645,4 +643,12 @@ def test_dpop_client_credentials_rs256_calls_the_api_as_dpop(client, dpop_oidc, 
     with pytest.raises(rekey.InvalidSettings):
         client.send(Settings(**{**vars(settings), "dpop": None}), Request.get(f"{peer.issuer}/_api/whoami"),
                     store=store, credential="m2m")
+    assert peer.all_stats() == before, "nothing was sent"
+    # A DPoP key that cannot be read: the component gets no public key, nothing is sent.
+    missing = Settings(**{**vars(settings), "dpop": Dpop("RS256", key_file=tmp_path / "absent.pem")})
+    with pytest.raises(rekey.InvalidSettings, match="absent.pem") as caught:
+        fresh = MemoryStore()
+        fresh.put("m2m", missing)
+        client.send(missing, Request.get(f"{peer.issuer}/_api/whoami"), store=fresh, credential="m2m")
+    assert "BEGIN" not in str(caught.value)
     assert peer.all_stats() == before, "nothing was sent"
