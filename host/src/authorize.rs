@@ -20,6 +20,7 @@ use crate::bindings::exports::rekey::oauth2::authorize::{
     Authorization, AuthorizeError as WitError, DeviceGrant,
 };
 use crate::bindings::rekey::oauth2::types as wit;
+use crate::dpop::DpopSigner;
 use crate::error::{Category, Error, describe_transport};
 use crate::runtime::Rekey;
 use crate::settings::{ClientAuth, Settings, Strategy};
@@ -285,18 +286,25 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// The WIT settings, and the signer of this flow's client assertions
-/// (private_key_jwt): none when nothing is signed. Its key is loaded once
-/// now, so an unusable one is said before a person starts the flow; the
-/// signer reads it again for each signature, after its check of what it is
-/// asked to sign.
-fn wit_settings(settings: &Settings) -> Result<(wit::Settings, Option<Signer>), AuthorizeError> {
+/// The WIT settings, and the signers of this flow's client assertions
+/// (private_key_jwt) and DPoP proofs: none when nothing is signed. Their
+/// keys are loaded once now, so an unusable one is said before a person
+/// starts the flow; the signers read them again for each signature, after
+/// their check of what they are asked to sign.
+#[allow(clippy::type_complexity)]
+fn wit_settings(
+    settings: &Settings,
+) -> Result<(wit::Settings, (Option<Signer>, Option<DpopSigner>)), AuthorizeError> {
     let wit = settings.to_wit().map_err(AuthorizeError::InvalidSettings)?;
     settings
         .signing_key()
         .map_err(AuthorizeError::InvalidSettings)?;
+    settings
+        .dpop_key()
+        .map_err(AuthorizeError::InvalidSettings)?;
     let signer = Signer::new(settings.signing.as_ref(), &wit);
-    Ok((wit, signer))
+    let dpop = DpopSigner::new(settings.dpop.as_ref(), &wit.token_url);
+    Ok((wit, (signer, dpop)))
 }
 
 /// What a person needs to start the code grant.

@@ -55,6 +55,9 @@ pub(crate) struct CallState {
     /// the key is read when a signature is asked for); none when its
     /// settings sign nothing.
     pub(crate) signer: Option<crate::signing::Signer>,
+    /// The credential's DPoP key (where it is and what proofs it may sign;
+    /// the key is read when the component asks for it); none without DPoP.
+    pub(crate) dpop: Option<crate::dpop::DpopSigner>,
     /// Set once the component writes the record (a refresh began): the call
     /// then finishes whatever its caller does.
     pub(crate) must_finish: crate::drive::MustFinish,
@@ -76,6 +79,11 @@ impl Destinations {
         )
         .map(Destinations)
         .map_err(Error::InvalidSettings)
+    }
+
+    /// Whether the token may go to `url` (the check `http-send` makes).
+    pub(crate) fn allows(&self, url: &url::Url) -> bool {
+        self.0.allows(url)
     }
 
     /// Refuses a URL the token may not go to, naming what is allowed. The
@@ -119,6 +127,34 @@ impl signer::Host for CallState {
         match &self.signer {
             None => Err(NO_SIGNING_KEY.into()),
             Some(signer) => signer.sign(algorithm, &input),
+        }
+    }
+
+    /// The public JWK of the DPoP key of the credential this call runs for
+    /// (the key is read now, at each ask).
+    async fn dpop_public_key(
+        &mut self,
+        algorithm: wit::SigningAlgorithm,
+    ) -> Result<String, String> {
+        match &self.dpop {
+            None => Err(crate::dpop::NO_DPOP_KEY.into()),
+            Some(dpop) => dpop.public_key(algorithm),
+        }
+    }
+
+    /// Signs a DPoP proof with the credential's DPoP key, once the host's
+    /// check says `input` is a proof for this credential: its token URL or a
+    /// URL within its API origins (the check `http-send` makes), this key's
+    /// JWK, a fresh `iat`. Errors name the member that failed or the key's
+    /// file or variable, never the key or the input.
+    async fn dpop_sign(
+        &mut self,
+        algorithm: wit::SigningAlgorithm,
+        input: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        match &self.dpop {
+            None => Err(crate::dpop::NO_DPOP_KEY.into()),
+            Some(dpop) => dpop.sign(algorithm, &input, &|url| self.destinations.allows(url)),
         }
     }
 }
@@ -376,6 +412,120 @@ mod tests {
             wrong.contains("alg: the component asked for RS256, the credential signs with ES256"),
             "{wrong}"
         );
+    }
+
+    /// The DPoP imports answer with the DPoP key of the call's credential
+    /// (none: the contract's error); a proof's `htu` is the token URL or a
+    /// URL the call's own API-origin check admits (with the instance URL a
+    /// token set adds), and the `jwk` is the key's: nothing else is signed.
+    #[tokio::test]
+    async fn the_dpop_imports_sign_proofs_for_the_calls_token_url_and_origins_only() {
+        use signer::Host as _;
+        let rekey = crate::Rekey::new(crate::Config::default()).unwrap();
+        let mut state = rekey.new_state("c", "https://idp/t", Arc::new(crate::MemoryStore::new()));
+        let none = state
+            .dpop_public_key(wit::SigningAlgorithm::Es256)
+            .await
+            .unwrap_err();
+        assert_eq!(none, crate::dpop::NO_DPOP_KEY);
+        let none = state
+            .dpop_sign(wit::SigningAlgorithm::Es256, b"h.c".to_vec())
+            .await
+            .unwrap_err();
+        assert_eq!(none, crate::dpop::NO_DPOP_KEY);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dpop.pem");
+        let made = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mut settings = crate::Settings::new("https://idp/t", "app");
+        settings.api_origins = vec!["https://api.example".into()];
+        settings.instance_url_origins = vec!["https://*.my.example.com".into()];
+        settings.dpop = Some(crate::Dpop::key_file(crate::SigningAlgorithm::Es256, &path));
+        assert!(
+            settings.signing.is_none(),
+            "DPoP needs no assertion signing key"
+        );
+        let keys = TokenSet::import(
+            r#"{"access_token":"at","token_type":"DPoP","instance_url":"https://eu1.my.example.com"}"#,
+        )
+        .unwrap();
+        let credential = crate::Credential {
+            name: "c".into(),
+            settings: settings.clone(),
+            keys: Some(keys),
+            version: 1,
+            updated_at: 0,
+            needs_authorization: None,
+            lease: None,
+            refresh_mark: None,
+        };
+        state.destinations = Destinations::of(&credential).unwrap();
+        state.dpop = crate::dpop::DpopSigner::new(settings.dpop.as_ref(), "https://idp/t");
+        assert!(state.signer.is_none());
+        let jwk: serde_json::Value = serde_json::from_str(
+            &state
+                .dpop_public_key(wit::SigningAlgorithm::Es256)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(jwk["kty"], "EC");
+        let proof = |htm: &str, htu: &str| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let b64 = |v: serde_json::Value| b64url(v.to_string().as_bytes());
+            let header = b64(serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk}));
+            let claims = b64(serde_json::json!({
+                "jti": "00112233445566778899aabbccddeeff", "htm": htm, "htu": htu, "iat": now,
+            }));
+            format!("{header}.{claims}").into_bytes()
+        };
+        for (htm, htu) in [
+            ("POST", "https://idp/t"),
+            ("GET", "https://api.example/v1/me"),
+            ("PUT", "https://eu1.my.example.com/services/data"),
+        ] {
+            let sig = state
+                .dpop_sign(wit::SigningAlgorithm::Es256, proof(htm, htu))
+                .await
+                .unwrap_or_else(|e| panic!("{htu}: {e}"));
+            assert_eq!(sig.len(), 64);
+        }
+        for htu in [
+            "https://idp/other",
+            "https://eu2.my.example.com/services/data",
+            "https://evil.example/v1/me",
+        ] {
+            let err = state
+                .dpop_sign(wit::SigningAlgorithm::Es256, proof("GET", htu))
+                .await
+                .unwrap_err();
+            assert!(
+                err.contains("the claim htu is neither the token URL nor a URL within the credential's API origins"),
+                "{err}"
+            );
+            assert!(!err.contains("evil") && !err.contains("eu2"), "{err}");
+        }
+        // The assertion signer is another key: a proof is not an assertion.
+        let err = state
+            .sign(wit::SigningAlgorithm::Es256, proof("POST", "https://idp/t"))
+            .await
+            .unwrap_err();
+        assert_eq!(err, NO_SIGNING_KEY);
     }
 
     /// `header.claims` as the component builds it for client "app", now.

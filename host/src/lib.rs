@@ -28,7 +28,7 @@ compile_error!(
      wasmtime does: on Windows, embed it with your own host."
 );
 
-/// Generated from `wit/`: the `rekey:oauth2@0.4.0` types are re-exported
+/// Generated from `wit/`: the `rekey:oauth2@0.5.0` types are re-exported
 /// below; the rest is the host's own business.
 #[allow(missing_docs)] // documented in wit/rekey.wit
 mod bindings {
@@ -58,6 +58,7 @@ pub mod authorize;
 mod body;
 pub mod cache;
 mod call;
+pub mod dpop;
 mod drive;
 mod error;
 mod handle;
@@ -77,6 +78,7 @@ mod tower;
 mod warm;
 
 pub use bindings::rekey::oauth2::types::{OauthError, TransportError};
+pub use dpop::Dpop;
 pub use error::{Category, Error};
 pub use handle::CredentialHandle;
 pub use http::{HttpConfig, HttpsProxy};

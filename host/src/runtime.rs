@@ -7,6 +7,7 @@ use crate::bindings::rekey::oauth2::{host, signer, types};
 use crate::body;
 use crate::cache::{self, Origin};
 use crate::call::{self, CallState, Destinations};
+use crate::dpop::DpopSigner;
 use crate::drive::{MustFinish, drive};
 use crate::error::{Error, describe_transport};
 use crate::http::{HttpClient, HttpConfig};
@@ -378,6 +379,7 @@ impl Rekey {
         // stored token is still valid needs none. A missing or wrong key is
         // then `InvalidSettings`, and the request it was for is not sent.
         state.signer = Signer::new(credential.settings.signing.as_ref(), settings);
+        state.dpop = DpopSigner::new(credential.settings.dpop.as_ref(), &settings.token_url);
         state.must_finish = must_finish;
         state.keys_seen = credential.keys.clone();
         state.loaded = Some(call::to_wit(credential));
@@ -449,7 +451,7 @@ impl Rekey {
         name: &str,
         token_url: &str,
         device_url: Option<&str>,
-        signer: Option<Signer>,
+        (signer, dpop): (Option<Signer>, Option<DpopSigner>),
         timeout: Duration,
         f: impl AsyncFnOnce(
             &crate::bindings::exports::rekey::oauth2::authorize::Guest,
@@ -460,6 +462,7 @@ impl Rekey {
         let mut state = self.new_state(name, token_url, Arc::new(crate::MemoryStore::new()));
         state.device_url = device_url.map(str::to_owned);
         state.signer = signer;
+        state.dpop = dpop;
         let mut wstore = self.new_store(state);
         wstore.data_mut().deadline = Instant::now() + timeout;
         let ticks = timeout.as_millis() / EPOCH_TICK.as_millis();
@@ -538,6 +541,7 @@ impl Rekey {
             http_total_timeout: inner.config.http.total_timeout,
             destinations: Destinations::default(),
             signer: None,
+            dpop: None,
             must_finish: MustFinish::default(),
         }
     }

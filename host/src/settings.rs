@@ -2,6 +2,7 @@
 //! the WIT `settings` the guest receives.
 
 use crate::bindings::rekey::oauth2::types as wit;
+pub use crate::dpop::Dpop;
 use crate::secret::Secret;
 pub use crate::signing::{Signing, SigningAlgorithm, SigningKeySource};
 use serde::{Deserialize, Serialize};
@@ -284,6 +285,13 @@ pub struct Settings {
     /// signed, and where the private key is (never the key itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<Signing>,
+    /// DPoP (RFC 9449): the algorithm of the credential's DPoP key and
+    /// where the key is (never the key itself). Token requests then carry a
+    /// proof of it, so the server binds its tokens to the key, and a
+    /// DPoP-bound token is presented with a proof. None: no proofs, and a
+    /// DPoP-bound token set is refused (`InvalidSettings`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop: Option<Dpop>,
 }
 
 impl Settings {
@@ -308,6 +316,7 @@ impl Settings {
             api_origins: Vec::new(),
             instance_url_origins: Vec::new(),
             signing: None,
+            dpop: None,
         }
     }
 
@@ -458,6 +467,15 @@ impl Settings {
         self.signing.as_ref().map(Signing::load).transpose()
     }
 
+    /// The credential's DPoP key, loaded now and checked against its
+    /// algorithm (as `credential add` does once, and `authorize` before a
+    /// person starts); none without DPoP. A `send` reads it only when the
+    /// component asks for its public key or a proof's signature. The error
+    /// names the file or variable, never the key.
+    pub fn dpop_key(&self) -> Result<Option<crate::signing::SigningKey>, String> {
+        self.dpop.as_ref().map(Dpop::load).transpose()
+    }
+
     fn wit_with_secret(&self, client_secret: Option<String>) -> wit::Settings {
         wit::Settings {
             grant: match &self.grant {
@@ -498,6 +516,7 @@ impl Settings {
                 key_id: s.key_id.clone(),
                 audience: s.audience.clone().or_else(|| self.issuer.clone()),
             }),
+            dpop: self.dpop.as_ref().map(|d| d.algorithm.to_wit()),
         }
     }
 }
@@ -782,6 +801,73 @@ mod tests {
             Settings::from_stored_json(r#"{"grant":"password","token_url":"t","client_id":"a"}"#)
                 .is_err()
         );
+    }
+
+    /// DPoP as every host stores it (`{"algorithm", "key_file"|"key_env"}`,
+    /// the key never), read back the same; the WIT settings carry only its
+    /// algorithm; without it nothing is written and the WIT field is none.
+    #[test]
+    fn dpop_settings_are_stored_as_every_host_writes_them() {
+        let written = serde_json::json!({
+            "token_url": "https://idp.example/token",
+            "client_id": "app",
+            "client_secret": null,
+            "client_auth": "basic",
+            "scope": null,
+            "extra_params": [],
+            "strategy": "on-auth-failure",
+            "expiry_margin_secs": 60,
+            "rejected_statuses": [401],
+            "api_origins": ["https://api.example"],
+            "instance_url_origins": [],
+            "dpop": {"algorithm": "ES256", "key_file": "/etc/rekey/dpop.pem"},
+        });
+        let s = Settings::from_stored_json(&written.to_string()).unwrap();
+        assert_eq!(
+            s.dpop,
+            Some(Dpop::key_file(
+                SigningAlgorithm::Es256,
+                "/etc/rekey/dpop.pem"
+            ))
+        );
+        assert!(s.signing.is_none());
+        assert_eq!(serde_json::to_value(&s).unwrap(), written);
+        assert!(matches!(
+            s.to_wit_unresolved().dpop,
+            Some(wit::SigningAlgorithm::Es256)
+        ));
+        let mut env = written.clone();
+        env["dpop"] = serde_json::json!({"algorithm": "rs256", "key_env": "DPOP_PEM"});
+        let s = Settings::from_stored_json(&env.to_string()).unwrap();
+        assert_eq!(
+            s.dpop,
+            Some(Dpop::key_env(SigningAlgorithm::Rs256, "DPOP_PEM"))
+        );
+        assert!(matches!(
+            s.to_wit().unwrap().dpop,
+            Some(wit::SigningAlgorithm::Rs256)
+        ));
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["dpop"],
+            serde_json::json!({"algorithm": "RS256", "key_env": "DPOP_PEM"})
+        );
+        let err = s.dpop_key().unwrap_err();
+        assert!(
+            err.contains("the DPoP key's environment variable DPOP_PEM"),
+            "{err}"
+        );
+        // Settings of 0.4 (no dpop) load as they were, and write no dpop.
+        let mut old = written;
+        old.as_object_mut().unwrap().remove("dpop");
+        let s = Settings::from_stored_json(&old.to_string()).unwrap();
+        assert_eq!(s.dpop, None);
+        assert!(s.to_wit_unresolved().dpop.is_none());
+        assert!(serde_json::to_value(&s).unwrap().get("dpop").is_none());
+        assert_eq!(s.dpop_key().unwrap().map(|k| k.algorithm()), None);
+        let mut bad = old;
+        bad["dpop"] =
+            serde_json::json!({"algorithm": "ES256", "key": "-----BEGIN PRIVATE KEY-----"});
+        assert!(Settings::from_stored_json(&bad.to_string()).is_err());
     }
 
     #[test]

@@ -67,7 +67,7 @@ impl SigningAlgorithm {
         }
     }
 
-    fn of_wit(alg: WitAlgorithm) -> Self {
+    pub(crate) fn of_wit(alg: WitAlgorithm) -> Self {
         match alg {
             WitAlgorithm::Rs256 => SigningAlgorithm::Rs256,
             WitAlgorithm::Es256 => SigningAlgorithm::Es256,
@@ -103,17 +103,31 @@ pub enum SigningKeySource {
 impl SigningKeySource {
     /// "the signing key file /etc/rekey/k.pem": what errors say (no key material).
     pub fn describe(&self) -> String {
+        self.describe_as("signing key")
+    }
+
+    /// [`SigningKeySource::describe`] for the key called `what` ("DPoP key").
+    pub fn describe_as(&self, what: &str) -> String {
         match self {
-            SigningKeySource::File(path) => format!("the signing key file {}", path.display()),
+            SigningKeySource::File(path) => format!("the {what} file {}", path.display()),
             SigningKeySource::Env(var) => {
-                format!("the signing key's environment variable {var}")
+                format!("the {what}'s environment variable {var}")
             }
         }
     }
 
     /// The key, loaded now; `algorithm` None: whatever the key is for.
     pub fn load(&self, algorithm: Option<SigningAlgorithm>) -> Result<SigningKey, String> {
-        let where_ = self.describe();
+        self.load_as(algorithm, "signing key")
+    }
+
+    /// [`SigningKeySource::load`] for the key called `what` in errors.
+    pub fn load_as(
+        &self,
+        algorithm: Option<SigningAlgorithm>,
+        what: &str,
+    ) -> Result<SigningKey, String> {
+        let where_ = self.describe_as(what);
         let pem = match self {
             SigningKeySource::File(path) => read_key_file(path, &where_)?,
             SigningKeySource::Env(var) => match std::env::var_os(var) {
@@ -391,6 +405,37 @@ impl SigningKey {
         }
     }
 
+    /// The public key as a JWK (RFC 7517, RFC 7518 §6) with only its
+    /// public members, as a JSON object: EC `{"kty":"EC","crv":"P-256",
+    /// "x","y"}` (32 bytes each), RSA `{"kty":"RSA","n","e"}` (big-endian,
+    /// no leading zero); base64url without padding.
+    pub fn public_jwk(&self) -> serde_json::Map<String, serde_json::Value> {
+        let members: Vec<(&str, String)> = match &self.pair {
+            Pair::Rsa(rsa) => {
+                let c = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(rsa.public());
+                vec![
+                    ("kty", "RSA".into()),
+                    ("n", base64url_encode(&c.n)),
+                    ("e", base64url_encode(&c.e)),
+                ]
+            }
+            Pair::Ec(ec) => {
+                // The uncompressed point: 0x04 || x || y.
+                let point = ec.public_key().as_ref();
+                vec![
+                    ("kty", "EC".into()),
+                    ("crv", "P-256".into()),
+                    ("x", base64url_encode(&point[1..33])),
+                    ("y", base64url_encode(&point[33..65])),
+                ]
+            }
+        };
+        members
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v)))
+            .collect()
+    }
+
     /// The public key: the SPKI DER's subjectPublicKey bytes (RSA: the
     /// PKCS#1 `RSAPublicKey`; EC: the uncompressed point). For tests.
     #[doc(hidden)]
@@ -482,7 +527,7 @@ const HEADER_MEMBERS: [&str; 3] = ["alg", "typ", "kid"];
 const COMPONENT_CLAIMS: [&str; 6] = ["iss", "sub", "aud", "iat", "exp", "jti"];
 /// Member names a refusal may quote: the registered JOSE header parameters
 /// and JWT claims. Any other name is the component's text and is not repeated.
-const NAMEABLE: [&str; 38] = [
+const NAMEABLE: [&str; 41] = [
     "alg",
     "typ",
     "kid",
@@ -521,8 +566,11 @@ const NAMEABLE: [&str; 38] = [
     "cnf",
     "act",
     "may_act",
+    "htm",
+    "htu",
+    "ath",
 ];
-const REFUSED: &str = "refused by the host's check of what it signs: ";
+pub(crate) const REFUSED: &str = "refused by the host's check of what it signs: ";
 
 /// What the host's check of an assertion ([`check_assertion`]) expects,
 /// from the settings the component was given.
@@ -579,12 +627,15 @@ impl AssertionRules {
 
 /// A JSON member's value as the check reads it.
 #[derive(Debug, PartialEq)]
-enum Member {
+pub(crate) enum Member {
     String(String),
     /// A number written without fraction or exponent.
     Integer(i128),
-    /// Another number, `true`, `false` or `null`.
+    /// Another number, `true`, `false` or `null`; or an object that is not
+    /// flat (a member an object or an array, or a member twice).
     Other,
+    /// A flat object of a member allowed to be one (a DPoP header's `jwk`).
+    Object(Vec<(String, Member)>),
 }
 
 /// Why `input` must not be signed for `algorithm` under `rules`, or `Ok`
@@ -713,12 +764,12 @@ fn check(
 }
 
 /// The member `name` of a part.
-fn get<'a>(members: &'a [(String, Member)], name: &str) -> Option<&'a Member> {
+pub(crate) fn get<'a>(members: &'a [(String, Member)], name: &str) -> Option<&'a Member> {
     members.iter().find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
 /// base64url's alphabet (RFC 4648 §5).
-fn is_base64url(b: u8) -> bool {
+pub(crate) fn is_base64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
@@ -752,7 +803,7 @@ fn base64url_decode(text: &[u8]) -> Option<Vec<u8>> {
 
 /// A member as a refusal says it: by a registered name; another name is
 /// the component's text, not repeated.
-fn member(name: &str, what: &str) -> String {
+pub(crate) fn member(name: &str, what: &str) -> String {
     if NAMEABLE.contains(&name) {
         format!("the {what} {name}")
     } else {
@@ -760,11 +811,38 @@ fn member(name: &str, what: &str) -> String {
     }
 }
 
+/// Unpadded base64url (RFC 4648 §5).
+pub(crate) fn base64url_encode(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
 /// A JWT part's members in order: unpadded base64url of UTF-8 JSON, one
 /// flat object (no member an object or array: none of an assertion is), no
 /// member twice (a server's parser may take another of two `aud`s than this
 /// check).
 fn json_object(part: &[u8], what: &str) -> Result<Vec<(String, Member)>, String> {
+    json_object_with(part, what, &[])
+}
+
+/// [`json_object`], where the members named in `objects` may be flat
+/// objects themselves ([`Member::Object`]; one that is not flat, or has a
+/// member twice, reads as [`Member::Other`]).
+pub(crate) fn json_object_with(
+    part: &[u8],
+    what: &str,
+    objects: &[&str],
+) -> Result<Vec<(String, Member)>, String> {
     use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
     let not_object = || format!("the {what} is not a JSON object in base64url without padding");
     let kind = if what == "header" {
@@ -777,8 +855,9 @@ fn json_object(part: &[u8], what: &str) -> Result<Vec<(String, Member)>, String>
     }
     let json = base64url_decode(part).ok_or_else(not_object)?;
 
-    /// A member's value; `None` for an object or an array (consumed).
-    struct Value;
+    /// A member's value; `None` for an array, or an object where none is
+    /// allowed (consumed). `Value(true)`: an object is read as one.
+    struct Value(bool);
     impl<'de> DeserializeSeed<'de> for Value {
         type Value = Option<Member>;
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
@@ -809,8 +888,25 @@ fn json_object(part: &[u8], what: &str) -> Result<Vec<(String, Member)>, String>
             Ok(Some(Member::Other))
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            Ok(None)
+            if !self.0 {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                return Ok(None);
+            }
+            let mut members: Vec<(String, Member)> = Vec::new();
+            let mut flat = true;
+            while let Some(name) = map.next_key::<String>()? {
+                match map.next_value_seed(Value(false))? {
+                    Some(v) if flat && !members.iter().any(|(k, _)| *k == name) => {
+                        members.push((name, v));
+                    }
+                    _ => flat = false,
+                }
+            }
+            Ok(Some(if flat {
+                Member::Object(members)
+            } else {
+                Member::Other
+            }))
         }
         fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             while seq.next_element::<IgnoredAny>()?.is_some() {}
@@ -820,7 +916,7 @@ fn json_object(part: &[u8], what: &str) -> Result<Vec<(String, Member)>, String>
 
     /// The object: its members, or the first refusal (the rest consumed,
     /// so the parser still checks the text is JSON).
-    struct Object<'a>(&'a str);
+    struct Object<'a>(&'a str, &'a [&'a str]);
     impl<'de> Visitor<'de> for Object<'_> {
         type Value = Result<Vec<(String, Member)>, String>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -830,7 +926,7 @@ fn json_object(part: &[u8], what: &str) -> Result<Vec<(String, Member)>, String>
             let mut members: Vec<(String, Member)> = Vec::new();
             let mut refusal = None;
             while let Some(name) = map.next_key::<String>()? {
-                let value = map.next_value_seed(Value)?;
+                let value = map.next_value_seed(Value(self.1.contains(&name.as_str())))?;
                 if refusal.is_some() {
                     continue;
                 }
@@ -852,7 +948,7 @@ fn json_object(part: &[u8], what: &str) -> Result<Vec<(String, Member)>, String>
     }
 
     let mut de = serde_json::Deserializer::from_slice(&json);
-    let parsed = de.deserialize_map(Object(kind)).and_then(|r| {
+    let parsed = de.deserialize_map(Object(kind, objects)).and_then(|r| {
         de.end()?;
         Ok(r)
     });

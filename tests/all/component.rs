@@ -20,7 +20,8 @@ fn the_release_component_fits_its_size_budget() {
 /// `wasi:cli`, no filesystem or sockets, and no lease functions (contract
 /// 0.3: the record store's two effects are all the fleet protocol needs).
 /// Contract 0.4 adds the signer: one function, the key stays with the host;
-/// and `keepalive` to the client export.
+/// and `keepalive` to the client export. Contract 0.5 adds DPoP's two to the
+/// signer (the DPoP key's public JWK, and a proof's signature).
 #[test]
 fn the_component_imports_exactly_the_host_interface_signer_clocks_and_random() {
     let engine = wasmtime::Engine::default();
@@ -31,9 +32,9 @@ fn the_component_imports_exactly_the_host_interface_signer_clocks_and_random() {
     assert_eq!(
         imports,
         [
-            "rekey:oauth2/host@0.4.0",
-            "rekey:oauth2/signer@0.4.0",
-            "rekey:oauth2/types@0.4.0",
+            "rekey:oauth2/host@0.5.0",
+            "rekey:oauth2/signer@0.5.0",
+            "rekey:oauth2/types@0.5.0",
             "wasi:clocks/monotonic-clock@0.2.0",
             "wasi:clocks/wall-clock@0.2.0",
             "wasi:io/poll@0.2.0",
@@ -66,24 +67,27 @@ fn the_component_imports_exactly_the_host_interface_signer_clocks_and_random() {
         functions
     };
     assert_eq!(
-        functions("rekey:oauth2/host@0.4.0"),
+        functions("rekey:oauth2/host@0.5.0"),
         ["emit-update-keys", "http-send", "read-record"]
     );
-    assert_eq!(functions("rekey:oauth2/signer@0.4.0"), ["sign"]);
     assert_eq!(
-        functions("rekey:oauth2/types@0.4.0"),
+        functions("rekey:oauth2/signer@0.5.0"),
+        ["dpop-public-key", "dpop-sign", "sign"]
+    );
+    assert_eq!(
+        functions("rekey:oauth2/types@0.5.0"),
         ["[constructor]body", "[method]body.read"]
     );
     let mut exports: Vec<String> = ty.exports(&engine).map(|(n, _)| n.to_owned()).collect();
     exports.sort();
     assert_eq!(
         exports,
-        ["rekey:oauth2/authorize@0.4.0", "rekey:oauth2/client@0.4.0"]
+        ["rekey:oauth2/authorize@0.5.0", "rekey:oauth2/client@0.5.0"]
     );
     // The client: send, the settings check, and keepalive (a refresh token
     // exercised before it dies from disuse).
     assert_eq!(
-        functions("rekey:oauth2/client@0.4.0"),
+        functions("rekey:oauth2/client@0.5.0"),
         ["check-settings", "keepalive", "send"]
     );
 }

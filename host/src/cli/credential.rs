@@ -245,6 +245,25 @@ struct SettingsArgs {
     /// `NAME=VALUE`; repeatable; given at all, they replace the stored ones.
     #[arg(long = "assertion-claim", value_name = "NAME=VALUE")]
     assertion_claims: Vec<String>,
+    /// DPoP (RFC 9449): the algorithm of the DPoP key, ES256 or RS256
+    /// (default: the key's). Every token request then carries a proof of
+    /// the key, so the server binds its tokens to it (a refresh token of a
+    /// public client too), and a DPoP-bound token is sent with a proof.
+    #[arg(long, value_name = "ES256|RS256", value_parser = parse_algorithm)]
+    dpop_alg: Option<rekey::SigningAlgorithm>,
+    /// The DPoP private key: a PEM file (PKCS#8, PKCS#1 RSA or SEC1 EC;
+    /// unencrypted), read when a proof is signed. Only its path is stored.
+    /// It may be the signing key's file or another.
+    #[arg(long, group = "dpop_key", value_name = "PATH")]
+    dpop_key_file: Option<std::path::PathBuf>,
+    /// The DPoP private key in this environment variable (PEM), read when a
+    /// proof is signed. Only the variable's name is stored.
+    #[arg(long, group = "dpop_key", value_name = "VAR")]
+    dpop_key_env: Option<String>,
+    /// With `set`: no DPoP any more (tokens already bound to the key are
+    /// then refused: authorise again).
+    #[arg(long, conflicts_with_all = ["dpop_alg", "dpop_key"])]
+    no_dpop: bool,
     /// `scope` sent with each refresh.
     #[arg(long)]
     scope: Option<String>,
@@ -554,6 +573,11 @@ impl SettingsArgs {
             self.signing_key_id,
             self.assertion_audience,
         )?;
+        if self.no_dpop {
+            s.dpop = None;
+        } else {
+            apply_dpop(s, self.dpop_alg, self.dpop_key_file, self.dpop_key_env)?;
+        }
         if let Some(url) = self.token_url {
             s.token_url = url;
         }
@@ -681,6 +705,60 @@ fn apply_signing(
         signing.load().map_err(bad)?;
     }
     s.signing = Some(signing);
+    Ok(())
+}
+
+/// Lays the DPoP options over `s.dpop`: a key given starts a new DPoP
+/// setting (its algorithm from `--dpop-alg`, else the stored one, else the
+/// key's); `--dpop-alg` alone changes the stored one's. The key is loaded
+/// once to check it (one in an environment variable not set now only
+/// warns). Errors name the file or variable, never the key.
+fn apply_dpop(
+    s: &mut Settings,
+    alg: Option<rekey::SigningAlgorithm>,
+    key_file: Option<std::path::PathBuf>,
+    key_env: Option<String>,
+) -> Result<(), Failure> {
+    let source = match (key_file, key_env) {
+        (Some(path), _) => Some(SigningKeySource::File(
+            std::path::absolute(&path).unwrap_or(path),
+        )),
+        (None, Some(var)) => Some(SigningKeySource::Env(var)),
+        (None, None) => None,
+    };
+    if source.is_none() && alg.is_none() {
+        return Ok(());
+    }
+    let Some(source) = source.or_else(|| s.dpop.as_ref().map(|d| d.key.clone())) else {
+        return Err(bad(
+            "--dpop-alg needs the DPoP key: --dpop-key-file PATH or --dpop-key-env VAR",
+        ));
+    };
+    let unset_env =
+        matches!(&source, SigningKeySource::Env(var) if std::env::var_os(var).is_none());
+    let algorithm = match alg.or(s.dpop.as_ref().map(|d| d.algorithm)) {
+        Some(alg) => alg,
+        None if unset_env => {
+            return Err(bad(format!(
+                "{} is not set now, so the algorithm cannot be read from the key: give --dpop-alg ES256 or RS256",
+                source.describe_as("DPoP key")
+            )));
+        }
+        None => source.load_as(None, "DPoP key").map_err(bad)?.algorithm(),
+    };
+    let dpop = rekey::Dpop {
+        algorithm,
+        key: source,
+    };
+    if unset_env {
+        eprintln!(
+            "rekey: warning: {} is not set now; each proof reads the key from it",
+            dpop.describe()
+        );
+    } else {
+        dpop.load().map_err(bad)?;
+    }
+    s.dpop = Some(dpop);
     Ok(())
 }
 
@@ -823,6 +901,10 @@ fn describe_all(c: &rekey::Credential) -> serde_json::Value {
     if let Some(signing) = &s.signing {
         // Where the key is, never the key.
         shown["signing"] = json!(signing);
+    }
+    if let Some(dpop) = &s.dpop {
+        // The algorithm and where the key is, never the key.
+        shown["dpop"] = json!(dpop);
     }
     v
 }
