@@ -50,6 +50,31 @@ export interface Signing {
   key?: import('node:crypto').KeyObject;
 }
 
+/**
+ * DPoP (RFC 9449): the credential's proof-of-possession key. Every token
+ * request carries a proof signed with it, so the server binds the tokens it
+ * issues to the key; an API request with a DPoP-bound token (`token_type`
+ * `DPoP`) is sent as `Authorization: DPoP <token>` with a proof naming the
+ * token. A server's `use_dpop_nonce` challenge is answered once per request.
+ * Exactly one of `keyFile`, `keyEnv` and `key`, read as `Signing`'s key is
+ * (the same PEM formats; it may be the signing key's file or another). The
+ * host signs only a DPoP proof with this key's public JWK, for the token URL
+ * or a URL within the API origins, dated now.
+ */
+export interface Dpop {
+  /** 'ES256' (ECDSA P-256 SHA-256) or 'RS256' (RSASSA-PKCS1-v1_5 SHA-256, RSA of 2048 bits or more); any case. */
+  algorithm: 'ES256' | 'RS256' | (string & {});
+  /** A PEM file holding the private key (a store's settings column records its absolute path). */
+  keyFile?: string;
+  /** An environment variable holding the PEM (a store's settings column records its name). */
+  keyEnv?: string;
+  /**
+   * The private key in memory (`crypto.createPrivateKey(pem)`), for settings
+   * passed with each call: a store's `create` refuses it (the store never holds a key).
+   */
+  key?: import('node:crypto').KeyObject;
+}
+
 /** A credential's settings (the WIT `settings`, camelCase, with defaults). */
 export interface Settings {
   /**
@@ -71,6 +96,12 @@ export interface Settings {
   claims?: Record<string, string> | Array<[string, string]>;
   /** How assertions are signed; required by 'private_key_jwt' and 'jwt-bearer'. */
   signing?: Signing;
+  /**
+   * DPoP (RFC 9449) with this key: proofs on every token request and with
+   * DPoP-bound tokens. Unset: no proofs, and a stored DPoP-bound token set is
+   * `InvalidSettings` (nothing sent).
+   */
+  dpop?: Dpop;
   /** Absolute https URL of the token endpoint (http only on loopback). */
   tokenUrl: string;
   clientId: string;

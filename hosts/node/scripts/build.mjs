@@ -47,8 +47,8 @@ try {
 }
 const sha256 = createHash('sha256').update(wasm).digest('hex');
 
-const HOST = 'rekey:oauth2/host@0.4.0';
-const AUTHORIZE = 'rekey:oauth2/authorize@0.4.0';
+const HOST = 'rekey:oauth2/host@0.5.0';
+const AUTHORIZE = 'rekey:oauth2/authorize@0.5.0';
 const common = ['--instantiation', 'async', '--name', 'rekey', '--no-wasi-shim', '--quiet'];
 const variants = {
   sync: [],
@@ -57,7 +57,7 @@ const variants = {
     '--async-imports',
     `${HOST}#http-send`, `${HOST}#read-record`, `${HOST}#emit-update-keys`,
     'wasi:io/poll@0.2.0#[method]pollable.block',
-    '--async-exports', 'rekey:oauth2/client@0.4.0#send', 'rekey:oauth2/client@0.4.0#keepalive',
+    '--async-exports', 'rekey:oauth2/client@0.5.0#send', 'rekey:oauth2/client@0.5.0#keepalive',
     `${AUTHORIZE}#begin`, `${AUTHORIZE}#finish`, `${AUTHORIZE}#device-start`, `${AUTHORIZE}#device-poll`,
   ],
 };

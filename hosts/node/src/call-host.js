@@ -4,7 +4,8 @@
 // write); and the `signer` interface: the credential's private key signs the
 // JWTs the component builds, each checked first against the settings
 // (checkAssertion), the key read only then (synchronous: a small file or
-// variable). Effects only: the component runs the whole fleet protocol on the
+// variable); its DPoP key (0.5.0) gives its public JWK and signs DPoP proofs,
+// each checked first (checkProof, dpop.js). Effects only: the component runs the whole fleet protocol on the
 // record and classifies every answer. Engine-agnostic: every method is
 // async and resolves to {ok, value} or {ok: false, error} with the WIT
 // payload, which the JSPI and worker engines turn into the import's result.
@@ -13,9 +14,12 @@
 import { loggableTarget, refusal } from './boundary.js';
 import { InvalidSettings, StoreError } from './errors.js';
 import { fromWit, toWit } from './record.js';
+import { NO_DPOP_KEY, checkProof, jwkRefusal } from './dpop.js';
 import { NO_KEY, checkAssertion, loadSigningKey } from './signing.js';
 import { WriteUnknown } from './stores/base.js';
-import { assertionRules, signingSourceOf } from './wit-values.js';
+import { assertionRules, dpopSourceOf, signingSourceOf } from './wit-values.js';
+
+const ALGORITHM_NAMES = { rs256: 'RS256', es256: 'ES256' };
 
 /** Time kept in hand after a token exchange, to store its result. */
 const SPEND_MARGIN_MS = 1_000;
@@ -23,6 +27,7 @@ const PURPOSES = ['api', 'token-endpoint', 'device-endpoint'];
 
 export class CallHost {
   #instanceUrl; // the https instance_url of the keys last seen, when allowed
+  #dpopKey; // the DPoP key once loaded in this call (a proof asks for its public JWK, then its signature)
 
   /**
    * @param {object} o
@@ -49,6 +54,7 @@ export class CallHost {
     this.onEvent = o.onEvent;
     this.stopSending = o.stopSending;
     this.signing = signingSourceOf(o.settings);
+    this.dpop = dpopSourceOf(o.settings);
   }
 
   /**
@@ -78,6 +84,86 @@ export class CallHost {
   }
 
   /**
+   * The WIT `signer.dpop-public-key`: the public JWK of the credential's DPoP
+   * key as JSON text, only its public members (`kty`, `crv`, `x`, `y` or
+   * `kty`, `n`, `e`). The key is loaded now (its file or variable read) and
+   * kept for the rest of this call. Never throws; errors name no key material.
+   * @param {string} algorithm  'rs256' | 'es256'
+   */
+  dpopPublicKey(algorithm) {
+    if (!this.dpop) return { ok: false, error: NO_DPOP_KEY };
+    if (algorithm !== this.dpop.algorithm) {
+      return { ok: false, error: `the credential's DPoP key is for ${ALGORITHM_NAMES[this.dpop.algorithm]}, not ${ALGORITHM_NAMES[algorithm] ?? 'an unknown algorithm'}` };
+    }
+    const loaded = this.#loadDpopKey();
+    if (!loaded.ok) return loaded;
+    try {
+      return { ok: true, value: JSON.stringify(loaded.value.publicJwk()) };
+    } catch (err) {
+      return { ok: false, error: `the public half of ${loaded.value.where} could not be exported (${err?.code ?? err?.name ?? 'error'})` };
+    }
+  }
+
+  /**
+   * The WIT `signer.dpop-sign`: the signature of a DPoP proof with the
+   * credential's DPoP key. First the host's own check of everything it can
+   * check without the key (checkProof: typ, alg, htm, htu, iat, jti, nonce,
+   * ath, nothing else); then the key, and the proof's `jwk` must be its public
+   * JWK. A refusal names what failed; nothing is signed. Never throws.
+   * @param {string} algorithm  'rs256' | 'es256'
+   * @param {Uint8Array} input  the proof's `header.claims`
+   */
+  dpopSign(algorithm, input) {
+    if (!this.dpop) return { ok: false, error: NO_DPOP_KEY };
+    let checked;
+    try {
+      checked = checkProof(input, algorithm, {
+        algorithm: this.dpop.algorithm,
+        tokenUrl: this.settings.tokenUrl,
+        // An authorisation (no record) makes no API request: its proofs are for the token URL only.
+        apiRefusal: this.store ? (url) => refusal('api', url, this.#rules()) : undefined,
+      });
+    } catch (err) {
+      return { ok: false, error: `the DPoP proof could not be checked (${err?.name ?? 'error'})` };
+    }
+    if ('refusal' in checked) return { ok: false, error: checked.refusal };
+    const loaded = this.#loadDpopKey();
+    if (!loaded.ok) return loaded;
+    const key = loaded.value;
+    let wrong;
+    try {
+      wrong = jwkRefusal(checked.jwk, key.publicJwk());
+    } catch (err) {
+      return { ok: false, error: `the public half of ${key.where} could not be exported (${err?.code ?? err?.name ?? 'error'})` };
+    }
+    if (wrong) return { ok: false, error: wrong };
+    return key.sign(algorithm, input);
+  }
+
+  /** The DPoP key, loaded at its first use in this call. */
+  #loadDpopKey() {
+    if (this.#dpopKey) return { ok: true, value: this.#dpopKey };
+    try {
+      this.#dpopKey = loadSigningKey(this.dpop, 'dpop');
+    } catch (err) {
+      const detail = err instanceof InvalidSettings ? err.message.replace(/^credential settings are unusable: /, '') : `the DPoP key could not be loaded (${err?.name ?? 'error'})`;
+      return { ok: false, error: detail };
+    }
+    return { ok: true, value: this.#dpopKey };
+  }
+
+  /** Where this call's requests may go (boundary.js `refusal`). */
+  #rules() {
+    return {
+      tokenUrl: this.settings.tokenUrl,
+      deviceUrl: this.deviceUrl,
+      apiOrigins: this.settings.apiOrigins ?? [],
+      instanceUrlOrigins: this.settings.instanceUrlOrigins ?? [],
+      instanceUrl: this.#instanceUrl,
+    };
+  }
+
+  /**
    * @param {string|number} purpose
    * @param {{method: string, url: string, headers: [string, string][]}} head
    * @param {Uint8Array} body  the bytes of the borrowed body (the engines resolve the handle)
@@ -86,13 +172,7 @@ export class CallHost {
   async httpSend(purpose, head, body) {
     const req = { ...head, body };
     const kind = /** @type {'api'|'token-endpoint'|'device-endpoint'} */ (typeof purpose === 'string' ? purpose : PURPOSES[purpose]);
-    const why = refusal(kind, req.url, {
-      tokenUrl: this.settings.tokenUrl,
-      deviceUrl: this.deviceUrl,
-      apiOrigins: this.settings.apiOrigins ?? [],
-      instanceUrlOrigins: this.settings.instanceUrlOrigins ?? [],
-      instanceUrl: this.#instanceUrl,
-    }) ?? (kind === 'token-endpoint' ? this.#tooLate() : undefined)
+    const why = refusal(kind, req.url, this.#rules()) ?? (kind === 'token-endpoint' ? this.#tooLate() : undefined)
       ?? (this.stopSending?.aborted ? 'the caller stopped waiting (its signal aborted)' : undefined);
     if (why) {
       this.#event({ type: 'http', exchange: kind, method: req.method, target: loggableTarget(req.url), error: 'refused' });

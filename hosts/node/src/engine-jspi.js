@@ -45,6 +45,8 @@ export async function createJspiEngine({ genDir, poolSize }) {
       // Synchronous (not a JSPI import): the key is in memory by now.
       'rekey:oauth2/signer': {
         sign: (algorithm, input) => importResult(slot.host.sign(algorithm, input)),
+        dpopPublicKey: (algorithm) => importResult(slot.host.dpopPublicKey(algorithm)),
+        dpopSign: (algorithm, input) => importResult(slot.host.dpopSign(algorithm, input)),
       },
       ...wasiImports('async'),
     });

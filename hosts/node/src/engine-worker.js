@@ -99,6 +99,8 @@ function serving(host) {
     readRecord: () => host.readRecord(),
     emitUpdateKeys: (expectedVersion, data) => host.emitUpdateKeys(expectedVersion, data),
     sign: async (algorithm, input) => host.sign(algorithm, input),
+    dpopPublicKey: async (algorithm) => host.dpopPublicKey(algorithm),
+    dpopSign: async (algorithm, input) => host.dpopSign(algorithm, input),
   };
 }
 

@@ -1,5 +1,5 @@
 // @rekey/node: OAuth2 refresh-and-retry for Node.js, run by the rekey
-// WebAssembly component (rekey:oauth2@0.4.0).
+// WebAssembly component (rekey:oauth2@0.5.0).
 
 export { Rekey } from './rekey.js';
 export { COMPONENT_PATH, COMPONENT_SHA256 } from './component.js';

@@ -20,7 +20,7 @@ import { CallbackStore } from './stores/memory.js';
 import { RecordStoreBase } from './stores/base.js';
 import { settingsJson } from './stores/settings-json.js';
 import { loadSigningKey } from './signing.js';
-import { RekeyResponse, grantOf, keysJson, signingSourceOf, toWitRequest, toWitSettings } from './wit-values.js';
+import { RekeyResponse, dpopSourceOf, grantOf, keysJson, signingSourceOf, toWitRequest, toWitSettings } from './wit-values.js';
 
 const PACKAGE_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -299,9 +299,9 @@ export class Rekey {
    * Checks `settings` by exactly the rules the component's `send` applies to
    * them (its `check-settings`): call it when a credential is created or
    * changed, so what is accepted then is not refused at `send`. The
-   * authorisation flows call it before anything starts. With `signing`, the
-   * key is loaded too (its file or variable read) and checked against the
-   * algorithm, as a send does when it signs.
+   * authorisation flows call it before anything starts. With `signing` (or
+   * `dpop`), the key is loaded too (its file or variable read) and checked
+   * against the algorithm, as a send does when it signs.
    * @param {import('../index.js').Settings} settings
    * @throws {InvalidSettings} saying what is wrong and how to fix it
    */
@@ -315,6 +315,8 @@ export class Rekey {
     // changed finds out now whether its key is there and fits.
     const signing = signingSourceOf(wsettings);
     if (signing !== undefined) loadSigningKey(signing);
+    const dpop = dpopSourceOf(wsettings);
+    if (dpop !== undefined) loadSigningKey(dpop, 'dpop');
   }
 
   /**

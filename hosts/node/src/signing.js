@@ -1,4 +1,4 @@
-// Signed assertions (RFC 7523, contract 0.4.0): the component builds each
+// Signed assertions (RFC 7523, contract 0.4.0; DPoP keys, 0.5.0, in dpop.js): the component builds each
 // JWT and imports `signer.sign`; this host signs with the credential's
 // private key, which never enters the sandbox.
 //
@@ -17,7 +17,7 @@
 // Before signing, the host checks what it is asked to sign (checkAssertion):
 // the sandbox's boundary signs only the assertion these settings describe.
 
-import { KeyObject, createPrivateKey, sign as cryptoSign } from 'node:crypto';
+import { KeyObject, createPrivateKey, createPublicKey, sign as cryptoSign } from 'node:crypto';
 import { closeSync, constants as fsConstants, fstatSync, openSync, readSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { inspect } from 'node:util';
@@ -58,36 +58,44 @@ export function signingOf(value) {
   };
   const keyId = optional('keyId');
   const audience = optional('audience');
+  const source = keySourceOf(s, 'signing');
+  return { algorithm, keyId, audience, source };
+}
+
+/**
+ * Where the private key of `settings.signing` or `settings.dpop` (`field`)
+ * is: exactly one of `key` (a private KeyObject), `keyFile`, `keyEnv`.
+ * @param {Record<string, unknown>} s
+ * @param {'signing' | 'dpop'} field
+ * @returns {{key: KeyObject} | {keyFile: string} | {keyEnv: string}}
+ */
+export function keySourceOf(s, field) {
   const given = ['key', 'keyFile', 'keyEnv'].filter((name) => s[name] !== undefined && s[name] !== null);
   if (given.length === 0) {
-    throw new InvalidSettings('signing needs its private key: signing.keyFile (a PEM file), signing.keyEnv (an environment variable holding the PEM) or signing.key (a crypto.KeyObject)');
+    throw new InvalidSettings(`${field} needs its private key: ${field}.keyFile (a PEM file), ${field}.keyEnv (an environment variable holding the PEM) or ${field}.key (a crypto.KeyObject)`);
   }
-  if (given.length > 1) throw new InvalidSettings(`signing takes one of keyFile, keyEnv and key, not ${given.join(' and ')}`);
-  /** @type {{key: KeyObject} | {keyFile: string} | {keyEnv: string}} */
-  let source;
+  if (given.length > 1) throw new InvalidSettings(`${field} takes one of keyFile, keyEnv and key, not ${given.join(' and ')}`);
   if (given[0] === 'key') {
     const key = s.key;
     // Not described: a string here may be the PEM itself.
     if (!(key instanceof KeyObject) || key.type !== 'private') {
-      throw new InvalidSettings('signing.key must be a private crypto.KeyObject (crypto.createPrivateKey(pem)); for PEM text use signing.keyEnv or signing.keyFile');
+      throw new InvalidSettings(`${field}.key must be a private crypto.KeyObject (crypto.createPrivateKey(pem)); for PEM text use ${field}.keyEnv or ${field}.keyFile`);
     }
-    source = { key };
-  } else {
-    const name = given[0];
-    const v = s[name];
-    if (typeof v !== 'string' || v === '') {
-      throw new InvalidSettings(name === 'keyFile' ? 'signing.keyFile must be the path of a PEM file' : 'signing.keyEnv must be the name of an environment variable holding the PEM');
-    }
-    source = name === 'keyFile' ? { keyFile: v } : { keyEnv: v };
+    return { key };
   }
-  return { algorithm, keyId, audience, source };
+  const name = given[0];
+  const v = s[name];
+  if (typeof v !== 'string' || v === '') {
+    throw new InvalidSettings(name === 'keyFile' ? `${field}.keyFile must be the path of a PEM file` : `${field}.keyEnv must be the name of an environment variable holding the PEM`);
+  }
+  return name === 'keyFile' ? { keyFile: v } : { keyEnv: v };
 }
 
 /** 'rs256' or 'es256' from 'RS256', 'ES256' (any case). */
-export function algorithmOf(value) {
+export function algorithmOf(value, field = 'signing') {
   const name = typeof value === 'string' ? value.trim().toLowerCase() : undefined;
   if (name === undefined || !Object.hasOwn(ALGORITHMS, name)) {
-    throw new InvalidSettings(`signing.algorithm ${JSON.stringify(String(value))} is unknown: use 'RS256' or 'ES256'`);
+    throw new InvalidSettings(`${field}.algorithm ${JSON.stringify(String(value))} is unknown: use 'RS256' or 'ES256'`);
   }
   return /** @type {'rs256'|'es256'} */ (name);
 }
@@ -116,20 +124,23 @@ export function storedSigning(value) {
 
 /**
  * The key of checked signing settings, loaded now (a file or variable is
- * read at each call) and checked against the algorithm.
+ * read at each call) and checked against the algorithm. `field` names the
+ * settings in messages: 'signing' or 'dpop' (the DPoP key, dpop.js).
  * @param {{algorithm: 'rs256'|'es256', source: {key: KeyObject} | {keyFile: string} | {keyEnv: string}}} s
+ * @param {'signing' | 'dpop'} [field]
  */
-export function loadSigningKey({ algorithm, source }) {
+export function loadSigningKey({ algorithm, source }, field = 'signing') {
+  const noun = field === 'dpop' ? 'DPoP key' : 'signing key';
   let key;
   let where;
   if ('key' in source) {
-    where = 'signing.key';
+    where = `${field}.key`;
     key = source.key;
   } else if ('keyFile' in source) {
-    where = `the signing key file ${source.keyFile}`;
+    where = `the ${noun} file ${source.keyFile}`;
     key = keyFromPem(readKeyFile(source.keyFile, where), where);
   } else {
-    where = `the signing key's environment variable ${source.keyEnv}`;
+    where = `the ${noun}'s environment variable ${source.keyEnv}`;
     // Own variables only: 'constructor' or '__proto__' is not set, not Object's.
     const text = Object.hasOwn(process.env, source.keyEnv) ? process.env[source.keyEnv] : undefined;
     if (typeof text !== 'string' || text === '') throw new InvalidSettings(`${where} is not set`);
@@ -284,6 +295,18 @@ export class SigningKey {
     }
   }
 
+  /**
+   * The public half as a JWK (RFC 7517, 7518 §6) with only its public
+   * members: `{kty: 'EC', crv: 'P-256', x, y}` or `{kty: 'RSA', n, e}`,
+   * base64url without padding (node:crypto's JWK export).
+   * @returns {Record<string, string>}
+   */
+  publicJwk() {
+    const jwk = createPublicKey(this.#key).export({ format: 'jwk' });
+    const members = jwk.kty === 'EC' ? ['kty', 'crv', 'x', 'y'] : ['kty', 'n', 'e'];
+    return Object.fromEntries(members.map((name) => [name, String(jwk[name])]));
+  }
+
   toString() {
     return `SigningKey(${ALGORITHMS[this.algorithm]}, ${this.where}: [redacted])`;
   }
@@ -320,7 +343,7 @@ const COMPONENT_CLAIMS = ['iss', 'sub', 'aud', 'iat', 'exp', 'jti'];
  * and JWT claims (RFC 7515 §4.1, 7516, 7519 §4.1 and the IANA registries'
  * usual ones). Any other name is the component's text and is not repeated.
  */
-const NAMEABLE = new Set([
+export const NAMEABLE = new Set([
   'alg', 'typ', 'kid', 'cty', 'jku', 'jwk', 'x5u', 'x5c', 'x5t', 'x5t#S256', 'crit', 'b64', 'zip', 'enc', 'epk',
   'apu', 'apv', 'iv', 'tag', 'p2s', 'p2c', 'url', 'nonce', 'ppt', 'svt',
   'iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'scope', 'client_id', 'azp', 'cnf', 'act', 'may_act', 'nonce',
@@ -357,19 +380,8 @@ const NAMEABLE = new Set([
  */
 export function checkAssertion(input, algorithm, rules, now = Date.now() / 1000) {
   const refused = (what) => `refused by the host's check of what it signs: ${what}`;
-  if (!(input instanceof Uint8Array)) return refused('the input is not bytes');
-  const parts = [];
-  let start = 0;
-  for (let i = 0; i <= input.length; i += 1) {
-    const b = i === input.length ? 0x2e : input[i];
-    if (b === 0x2e) {
-      parts.push(input.subarray(start, i));
-      start = i + 1;
-    } else if (!isBase64url(b)) {
-      return refused("the input is not a JWT's header.claims (ASCII base64url, one '.')");
-    }
-  }
-  if (parts.length !== 2) return refused("the input is not a JWT's header.claims: it needs exactly one '.'");
+  const [parts, partsError] = partsOf(input);
+  if (partsError) return refused(partsError);
   const [header, headerError] = jsonObjectOf(parts[0], 'header');
   if (headerError) return refused(headerError);
   const [claims, claimsError] = jsonObjectOf(parts[1], 'claims');
@@ -418,6 +430,29 @@ export function checkAssertion(input, algorithm, rules, now = Date.now() / 1000)
   return undefined;
 }
 
+/**
+ * The two parts of a JWT's signing input `header.claims` (ASCII base64url,
+ * exactly one '.'), or why it is not one.
+ * @param {unknown} input
+ * @returns {[[Uint8Array, Uint8Array], undefined] | [undefined, string]}
+ */
+export function partsOf(input) {
+  if (!(input instanceof Uint8Array)) return [undefined, 'the input is not bytes'];
+  const parts = [];
+  let start = 0;
+  for (let i = 0; i <= input.length; i += 1) {
+    const b = i === input.length ? 0x2e : input[i];
+    if (b === 0x2e) {
+      parts.push(input.subarray(start, i));
+      start = i + 1;
+    } else if (!isBase64url(b)) {
+      return [undefined, "the input is not a JWT's header.claims (ASCII base64url, one '.')"];
+    }
+  }
+  if (parts.length !== 2) return [undefined, "the input is not a JWT's header.claims: it needs exactly one '.'"];
+  return [[parts[0], parts[1]], undefined];
+}
+
 /** base64url's alphabet (RFC 4648 §5). */
 function isBase64url(b) {
   return (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || (b >= 0x30 && b <= 0x39) || b === 0x2d || b === 0x5f;
@@ -427,12 +462,16 @@ function isBase64url(b) {
  * A JWT part's JSON object as a Map of its members (each `{kind: 'string' |
  * 'integer' | 'other', value}`), or the reason it is not one: unpadded
  * base64url, UTF-8, one flat JSON object, no member twice (a server's parser
- * may take another of two `aud`s than this check).
+ * may take another of two `aud`s than this check). A member named in
+ * `objects` may be a flat object of strings (a DPoP proof's `jwk`):
+ * `{kind: 'object', value: Map<string, string>}`.
  * @param {Uint8Array} part
  * @param {'header' | 'claims'} what
- * @returns {[Map<string, {kind: string, value?: unknown}>, undefined] | [undefined, string]}
+ * @param {string[]} [objects]
+ * @param {Set<string>} [nameable]  the member names a refusal may quote
+ * @returns {[Map<string, {kind: string, value?: any}>, undefined] | [undefined, string]}
  */
-function jsonObjectOf(part, what) {
+export function jsonObjectOf(part, what, objects = [], nameable = NAMEABLE) {
   const notObject = `the ${what} is not a JSON object in base64url without padding`;
   if (part.length === 0 || part.length % 4 === 1) return [undefined, notObject];
   let text;
@@ -463,10 +502,36 @@ function jsonObjectOf(part, what) {
       if (v?.type === 'string') value = { kind: 'string', value: JSON.parse(v.raw) };
       else if (v?.type === 'number') value = /^-?(?:0|[1-9][0-9]*)$/.test(v.raw) ? { kind: 'integer', value: Number(v.raw) } : { kind: 'other' };
       else if (v?.type === 'literal') value = { kind: 'other' };
+      else if (v?.type === '{' && objects.includes(name)) {
+        // A flat object of string members, none twice.
+        const inner = new Map();
+        let u = next();
+        if (u?.type !== '}') {
+          for (;;) {
+            if (u?.type !== 'string') return [undefined, notObject];
+            const key = JSON.parse(u.raw);
+            if (next()?.type !== ':') return [undefined, notObject];
+            const w = next();
+            if (w?.type !== 'string') {
+              if (w?.type === 'number' || w?.type === 'literal' || w?.type === '{' || w?.type === '[') {
+                return [undefined, `${memberOf(name, what === 'header' ? 'header member' : 'claim', nameable)} has a member that is not a string`];
+              }
+              return [undefined, notObject];
+            }
+            if (inner.has(key)) return [undefined, `${memberOf(name, what === 'header' ? 'header member' : 'claim', nameable)} has a member twice`];
+            inner.set(key, JSON.parse(w.raw));
+            u = next();
+            if (u?.type === '}') break;
+            if (u?.type !== ',') return [undefined, notObject];
+            u = next();
+          }
+        }
+        value = { kind: 'object', value: inner };
+      }
       // A nested object or array: no member of an assertion is one.
-      else if (v?.type === '{' || v?.type === '[') return [undefined, `${memberOf(name, what === 'header' ? 'header member' : 'claim')} is not a string or a number`];
+      else if (v?.type === '{' || v?.type === '[') return [undefined, `${memberOf(name, what === 'header' ? 'header member' : 'claim', nameable)} is not a string or a number`];
       else return [undefined, notObject];
-      if (members.has(name)) return [undefined, `${memberOf(name, what === 'header' ? 'header member' : 'claim')} appears twice`];
+      if (members.has(name)) return [undefined, `${memberOf(name, what === 'header' ? 'header member' : 'claim', nameable)} appears twice`];
       members.set(name, value);
       t = next();
       if (t?.type === '}') break;
@@ -479,14 +544,14 @@ function jsonObjectOf(part, what) {
 }
 
 /** A member as a refusal says it: by a registered name; another name is the component's text, not repeated. */
-function memberOf(name, what) {
-  return NAMEABLE.has(name) ? `the ${what} ${name}` : `a ${what} named otherwise (the name is not repeated)`;
+export function memberOf(name, what, nameable = NAMEABLE) {
+  return nameable.has(name) ? `the ${what} ${name}` : `a ${what} named otherwise (the name is not repeated)`;
 }
 
-function isString(member, expected) {
+export function isString(member, expected) {
   return member?.kind === 'string' && member.value === expected;
 }
 
-function integerOf(member) {
+export function integerOf(member) {
   return member?.kind === 'integer' && Number.isSafeInteger(member.value) ? member.value : undefined;
 }

@@ -5,6 +5,7 @@
 import { publicSuffixWildcard } from './boundary.js';
 import { InvalidRequest, InvalidSettings, UnrepresentableResponse } from './errors.js';
 import { Secret, reveal } from './secret.js';
+import { dpopOf } from './dpop.js';
 import { signingOf } from './signing.js';
 
 // The same spellings as every host: the WIT names ('client-secret-basic',
@@ -29,6 +30,8 @@ export const GRANTS = ['refresh-token', 'client-credentials', 'jwt-bearer'];
  * signature.
  */
 const SIGNING_SOURCES = new WeakMap();
+/** Likewise the DPoP key of each call's WIT settings (settings.dpop). */
+const DPOP_SOURCES = new WeakMap();
 const DEFAULT_EXPIRY_MARGIN_SECS = 60;
 
 /**
@@ -84,6 +87,8 @@ export function toWitSettings(s) {
   // signature (a call whose stored token is still valid reads none), at each
   // signature, so a rotated file or variable counts at once.
   const signing = signingOf(s.signing);
+  // Likewise the DPoP key: read when the component asks for its public JWK or a proof.
+  const dpop = dpopOf(s.dpop);
   const wit = {
     grant: grant === 'jwt-bearer'
       ? { tag: grant, val: { subject: s.subject, claims: claimsOf(s.claims) } }
@@ -101,8 +106,10 @@ export function toWitSettings(s) {
     instanceUrlOrigins: [...instanceOrigins],
     fleet: { leaseTtlMs: ms('leaseTtlMs'), leaseWaitMs: ms('leaseWaitMs') },
     signing: signing === undefined ? undefined : { algorithm: signing.algorithm, keyId: signing.keyId, audience: audienceOf(s, signing) },
+    dpop: dpop?.algorithm,
   };
   if (signing !== undefined) SIGNING_SOURCES.set(wit, signing);
+  if (dpop !== undefined) DPOP_SOURCES.set(wit, dpop);
   return wit;
 }
 
@@ -127,6 +134,16 @@ function audienceOf(s, signing) {
  */
 export function signingSourceOf(witSettings) {
   return SIGNING_SOURCES.get(witSettings);
+}
+
+/**
+ * The checked DPoP settings of these WIT settings (made by toWitSettings),
+ * their key not yet loaded, or undefined when they have none.
+ * @param {object} witSettings
+ * @returns {ReturnType<typeof dpopOf>}
+ */
+export function dpopSourceOf(witSettings) {
+  return DPOP_SOURCES.get(witSettings);
 }
 
 /**

@@ -63,6 +63,8 @@ async function newInstance() {
     // The key stays on the main thread: only the input and the signature cross.
     'rekey:oauth2/signer': {
       sign: (algorithm, input) => hostCall('sign', [algorithm, input]),
+      dpopPublicKey: (algorithm) => hostCall('dpopPublicKey', [algorithm]),
+      dpopSign: (algorithm, input) => hostCall('dpopSign', [algorithm, input]),
     },
     ...wasiImports('sync'),
   });

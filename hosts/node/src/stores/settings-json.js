@@ -8,10 +8,12 @@
 // `{ env: 'VAR' }` is written as that reference, as the Rust host keeps it.
 // A signing key is never written either: `signing` records its file
 // (`key_file`, absolute) or variable (`key_env`); a credential whose key is
-// only a KeyObject is refused (see signing.js).
+// only a KeyObject is refused (see signing.js). Nor a DPoP key: `dpop`
+// records its algorithm and `key_file` or `key_env` (see dpop.js).
 
 import { publicSuffixWildcard } from '../boundary.js';
 import { InvalidSettings } from '../errors.js';
+import { storedDpop } from '../dpop.js';
 import { storedSigning } from '../signing.js';
 import { claimsOf, clientAuthOf, grantOf, needsOf, strategyOf } from '../wit-values.js';
 
@@ -26,6 +28,7 @@ export function settingsJson(s) {
   const needs = needsOf(s, grant, clientAuth === 'private_key_jwt', secret !== undefined && secret !== null);
   if (needs) throw new InvalidSettings(needs);
   const signing = storedSigning(s.signing);
+  const dpop = storedDpop(s.dpop);
   // Not written at all: the Rust host sharing the store refuses such settings.
   const unmeant = publicSuffixWildcard(s);
   if (unmeant) throw new InvalidSettings(unmeant);
@@ -61,5 +64,6 @@ export function settingsJson(s) {
     json.claims = Object.fromEntries(claimsOf(s.claims));
   }
   if (signing !== undefined) json.signing = signing;
+  if (dpop !== undefined) json.dpop = dpop;
   return JSON.stringify(json);
 }
