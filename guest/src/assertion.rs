@@ -45,10 +45,7 @@ pub fn build(
         .signing
         .as_ref()
         .ok_or("a signed assertion needs the credential's signing settings")?;
-    let alg = match signing.algorithm {
-        SigningAlgorithm::Rs256 => "RS256",
-        SigningAlgorithm::Es256 => "ES256",
-    };
+    let alg = alg_name(signing.algorithm);
     let mut header = Map::new();
     header.insert("alg".into(), alg.into());
     header.insert("typ".into(), "JWT".into());
@@ -56,7 +53,7 @@ pub fn build(
         header.insert("kid".into(), kid.as_str().into());
     }
     let audience = signing.audience.as_deref().unwrap_or(&settings.token_url);
-    let jti = format!("{:016x}{:016x}", fx.random_u64(), fx.random_u64());
+    let jti = jti(fx);
     let mut body = Map::new();
     for (k, v) in claims.extra {
         if !REGISTERED.contains(&k.as_str()) {
@@ -69,16 +66,54 @@ pub fn build(
     body.insert("iat".into(), now.into());
     body.insert("exp".into(), now.saturating_add(LIFETIME).into());
     body.insert("jti".into(), jti.into());
+    sign_jwt(fx, signing.algorithm, header, body, Key::Client)
+}
+
+/// A fresh `jti`: 128 random bits in hex.
+#[inline(never)]
+pub(crate) fn jti(fx: &mut impl Signing) -> String {
+    format!("{:016x}{:016x}", fx.random_u64(), fx.random_u64())
+}
+
+/// Which of the credential's keys the host signs with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Key {
+    /// The client's (`signer.sign`): assertions.
+    Client,
+    /// The DPoP key (`signer.dpop-sign`): proofs.
+    Dpop,
+}
+
+/// The compact JWS `header.claims.signature` (RFC 7515 §7.1), signed by the
+/// host with `key`.
+#[inline(never)]
+pub(crate) fn sign_jwt(
+    fx: &mut impl Signing,
+    alg: SigningAlgorithm,
+    header: Map<String, Value>,
+    claims: Map<String, Value>,
+    key: Key,
+) -> Result<String, String> {
     let input = format!(
         "{}.{}",
         base64url(Value::Object(header).to_string().as_bytes()),
-        base64url(Value::Object(body).to_string().as_bytes())
+        base64url(Value::Object(claims).to_string().as_bytes())
     );
-    let signature = fx
-        .sign(signing.algorithm, input.as_bytes())
-        .map_err(|m| format!("the host could not sign the assertion: {m}"))?;
-    check_length(signing.algorithm, &signature)?;
+    let (signed, what) = match key {
+        Key::Client => (fx.sign(alg, input.as_bytes()), "assertion"),
+        Key::Dpop => (fx.dpop_sign(alg, input.as_bytes()), "DPoP proof"),
+    };
+    let signature = signed.map_err(|m| format!("the host could not sign the {what}: {m}"))?;
+    check_length(alg, &signature)?;
     Ok(format!("{input}.{}", base64url(&signature)))
+}
+
+/// The JWS `alg` (RFC 7518 §3.1).
+pub(crate) fn alg_name(alg: SigningAlgorithm) -> &'static str {
+    match alg {
+        SigningAlgorithm::Rs256 => "RS256",
+        SigningAlgorithm::Es256 => "ES256",
+    }
 }
 
 /// A signature of the wrong shape would only be refused by the server as

@@ -122,7 +122,8 @@ pub fn begin(
         .find(|(k, _)| RESERVED_AUTH.contains(&k.as_str()))
     {
         return Err(invalid(format!(
-            "the authorization parameter {k:?} would override what rekey sets itself"
+            "the authorization parameter {} would override what rekey sets itself",
+            crate::origins::quoted(k)
         )));
     }
     if entropy.len() < ENTROPY {

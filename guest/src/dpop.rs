@@ -10,6 +10,7 @@
 //! token endpoint that answer is a 400 before the grant is looked at, so the
 //! refresh token was not presented to the grant and the resend spends it once.
 
+use crate::assertion;
 use crate::basic_auth::base64url;
 use crate::effects::Signing;
 use crate::http::{self, Http, Response};
@@ -50,10 +51,10 @@ pub fn proof(
     };
     let mut header = Map::new();
     header.insert("typ".into(), "dpop+jwt".into());
-    header.insert("alg".into(), alg_name(alg).into());
+    header.insert("alg".into(), assertion::alg_name(alg).into());
     header.insert("jwk".into(), Value::Object(jwk));
     let mut claims = Map::new();
-    let jti = format!("{:016x}{:016x}", fx.random_u64(), fx.random_u64());
+    let jti = assertion::jti(fx);
     claims.insert("jti".into(), jti.into());
     claims.insert("htm".into(), target.method.into());
     claims.insert("htu".into(), htu(target.url).into());
@@ -67,23 +68,7 @@ pub fn proof(
             base64url(&Sha256::digest(token.as_bytes())).into(),
         );
     }
-    let input = format!(
-        "{}.{}",
-        base64url(Value::Object(header).to_string().as_bytes()),
-        base64url(Value::Object(claims).to_string().as_bytes())
-    );
-    let signature = fx
-        .dpop_sign(alg, input.as_bytes())
-        .map_err(|m| format!("the host could not sign the DPoP proof: {m}"))?;
-    crate::assertion::check_length(alg, &signature)?;
-    Ok(format!("{input}.{}", base64url(&signature)))
-}
-
-fn alg_name(alg: SigningAlgorithm) -> &'static str {
-    match alg {
-        SigningAlgorithm::Rs256 => "RS256",
-        SigningAlgorithm::Es256 => "ES256",
-    }
+    assertion::sign_jwt(fx, alg, header, claims, assertion::Key::Dpop)
 }
 
 /// A JWK object naming its key type and carrying no private member (RFC

@@ -261,6 +261,8 @@ fn settings_fingerprint(settings: &Settings) -> String {
         part(s.key_id.as_deref().unwrap_or("\0none").as_bytes());
         part(s.audience.as_deref().unwrap_or("\0none").as_bytes());
     }
+    // Turning DPoP on or off may be the fix for `invalid_dpop_proof`.
+    part(&[settings.dpop.map_or(0xff, |a| a as u8)]);
     let digest = h.finalize();
     let hex = b"0123456789abcdef";
     // 24 bits: two settings sharing one (1 in 16 million) cost a minute; a
@@ -352,7 +354,8 @@ pub(crate) fn check_signing(settings: &Settings) -> Result<(), String> {
         for (name, _) in &b.claims {
             if name.is_empty() || crate::assertion::REGISTERED.contains(&name.as_str()) {
                 return Err(format!(
-                    "the assertion claim {name:?} cannot be configured: rekey sets iss, sub, aud, exp, iat, nbf and jti itself"
+                    "the assertion claim {} cannot be configured: rekey sets iss, sub, aud, exp, iat, nbf and jti itself",
+                    crate::origins::quoted(name)
                 ));
             }
         }
@@ -426,28 +429,26 @@ fn send_with_token<F: Effects>(
         headers,
         body: &req.body,
     };
-    let Some(alg) = dpop else {
-        return fx
-            .http_send(Purpose::Api, &authed)
-            .map_err(SendError::Transport);
-    };
     // Sent once more, with its nonce, when the API asks for one (RFC 9449 §9).
     let mut nonce: Option<String> = None;
     loop {
-        let target = dpop::Target {
-            method: &req.method,
-            url: &req.url,
-            nonce: nonce.as_deref(),
-            access_token: Some(token),
-            now: fx.now_unix(),
-        };
-        let proof = dpop::proof(fx, alg, &target).map_err(SendError::InvalidSettings)?;
-        authed.headers.retain(|(k, _)| k != "dpop");
-        authed.headers.push(("dpop".into(), proof));
+        if let Some(alg) = dpop {
+            let target = dpop::Target {
+                method: &req.method,
+                url: &req.url,
+                nonce: nonce.as_deref(),
+                access_token: Some(token),
+                now: fx.now_unix(),
+            };
+            let proof = dpop::proof(fx, alg, &target).map_err(SendError::InvalidSettings)?;
+            authed.headers.retain(|(k, _)| k != "dpop");
+            authed.headers.push(("dpop".into(), proof));
+        }
         let resp = fx
             .http_send(Purpose::Api, &authed)
             .map_err(SendError::Transport)?;
-        if nonce.is_none()
+        if dpop.is_some()
+            && nonce.is_none()
             && resp.status == 401
             && challenge::dpop_nonce_wanted(&resp)
             && let Some(n) = dpop::nonce_of(&resp)

@@ -204,13 +204,38 @@ struct Pattern {
     wildcard: bool,
 }
 
+/// `text` in double quotes, for settings named in errors: printable ASCII as
+/// `{:?}` shows it, quotes and backslashes escaped, anything else as
+/// `\u{…}` (so no control or bidi character reaches a terminal). `{:?}`
+/// itself would bring in the Unicode printable tables: about 4 KB.
+pub(crate) fn quoted(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            // Beyond printable ASCII (controls, bidi overrides, look-alikes).
+            c if !(' '..='~').contains(&c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 impl Pattern {
     fn parse(text: &str, what: &str) -> Result<Pattern, String> {
         let (wildcard, candidate) = match text.split_once("://*.") {
             Some((scheme, rest)) => (true, format!("{scheme}://{rest}")),
             None => (false, text.to_string()),
         };
-        let bad = |why: &str| format!("{what} {text:?} {why}");
+        let bad = |why: &str| format!("{what} {} {why}", quoted(text));
         let after_scheme = candidate.split_once("://").map_or("", |(_, r)| r);
         let path = after_scheme
             .find(['/', '?', '#'])
@@ -271,7 +296,7 @@ impl Binding<'_> {
         if self.api.iter().any(|p| p == ANY) {
             if self.api.len() > 1 {
                 return Err(format!(
-                    "API origin {ANY:?} (any origin) must be the only one, not one of several"
+                    "API origin \"{ANY}\" (any origin) must be the only one, not one of several"
                 ));
             }
         } else {
@@ -357,6 +382,21 @@ pub const UNBOUND: &str = "the credential is not bound to API origins, so its to
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_is_what_debug_shows_for_ascii_and_escapes_the_rest() {
+        for text in [
+            "https://a.example",
+            "*",
+            "say \"hi\" \\ there",
+            "tab\tnew\nline\rcr",
+            "nul\0bell\u{7}del\u{7f}",
+            "",
+        ] {
+            assert_eq!(quoted(text), std::format!("{text:?}"), "{text:?}");
+        }
+        assert_eq!(quoted("é\u{85}\u{202e}x"), r#""\u{e9}\u{85}\u{202e}x""#);
+    }
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

@@ -21,12 +21,15 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The §5.2 codes that say the credential's settings are wrong (the client,
 /// its grant types, the scope or the request as configured), not the grant:
 /// re-authorising would not help, fixing the settings would.
-const SETTINGS_WRONG: [&str; 5] = [
+const SETTINGS_WRONG: [&str; 6] = [
     "invalid_request",
     "invalid_client",
     "unauthorized_client",
     "unsupported_grant_type",
     "invalid_scope",
+    // RFC 9449 §5.2: the proof (the DPoP key or its algorithm) was refused.
+    // (`use_dpop_nonce` is answered once; a second is the server's trouble.)
+    "invalid_dpop_proof",
 ];
 
 /// Form fields the token requests set themselves: extra parameters with
