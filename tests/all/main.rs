@@ -13,6 +13,7 @@ mod cli;
 mod cli_boundaries;
 mod client_credentials;
 mod component;
+mod dpop;
 mod fleet;
 mod fleet_worker;
 mod full_disk;
