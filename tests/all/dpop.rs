@@ -586,3 +586,129 @@ async fn a_dpop_bound_set_without_dpop_settings_is_refused_unsent() {
     assert_eq!(after.keys, before.keys);
     assert_eq!(after.version, before.version);
 }
+
+/// The CLI's DPoP options: the algorithm read from the key, or checked
+/// against it; an unset variable only warns (the algorithm must then be
+/// given); `--no-dpop` drops it; errors name the file or variable, never
+/// the key; the store holds the reference, never the key.
+#[test]
+fn the_cli_stores_the_dpop_key_reference_and_never_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("rekey.db");
+    let ec = key(dir.path(), "ec.pem", "ec");
+    let rsa = key(dir.path(), "rsa.pem", "rsa");
+    let pem = std::fs::read_to_string(&ec).unwrap();
+    let base = [
+        "--token-url",
+        "https://idp.example/token",
+        "--client-id",
+        "app",
+        "--public-client",
+        "--api-origin",
+        "https://api.example",
+    ];
+    let add = |name: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["credential", "add", name];
+        args.extend_from_slice(&base);
+        args.extend_from_slice(extra);
+        crate::support::rekey_cli_env(&store, &args, env)
+    };
+    let show = |name: &str| -> Value {
+        let out = rekey_cli(&store, &["credential", "show", name]);
+        succeeded(&out, "credential show");
+        assert!(!all_output(&out).contains("PRIVATE KEY"));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["settings"]["dpop"].clone()
+    };
+
+    succeeded(
+        &add("ec", &["--dpop-key-file", ec.to_str().unwrap()], &[]),
+        "add ec",
+    );
+    assert_eq!(
+        show("ec"),
+        json!({"algorithm": "ES256", "key_file": ec.to_str().unwrap()})
+    );
+    // A key of another type than the algorithm: refused, naming the file.
+    let out = add(
+        "wrong",
+        &[
+            "--dpop-alg",
+            "ES256",
+            "--dpop-key-file",
+            rsa.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("the DPoP key file")
+            && said.contains("rsa.pem")
+            && said.contains("ES256 needs"),
+        "{said}"
+    );
+    // An algorithm without a key.
+    let out = add("nokey", &["--dpop-alg", "RS256"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--dpop-key-file PATH or --dpop-key-env VAR")
+    );
+    // A key in a variable: read from it now, only its name stored.
+    let out = add(
+        "env",
+        &["--dpop-key-env", "REKEY_TEST_DPOP_PEM"],
+        &[("REKEY_TEST_DPOP_PEM", &pem)],
+    );
+    succeeded(&out, "add env");
+    assert!(!all_output(&out).contains("PRIVATE KEY"));
+    assert_eq!(
+        show("env"),
+        json!({"algorithm": "ES256", "key_env": "REKEY_TEST_DPOP_PEM"})
+    );
+    // Not set now: the algorithm must be given, then only a warning.
+    let out = add("unset", &["--dpop-key-env", "REKEY_TEST_DPOP_UNSET"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --dpop-alg"));
+    let out = add(
+        "unset",
+        &[
+            "--dpop-alg",
+            "rs256",
+            "--dpop-key-env",
+            "REKEY_TEST_DPOP_UNSET",
+        ],
+        &[],
+    );
+    succeeded(&out, "add unset with alg");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
+    assert_eq!(
+        show("unset"),
+        json!({"algorithm": "RS256", "key_env": "REKEY_TEST_DPOP_UNSET"})
+    );
+    // Not a key at all: named, not quoted.
+    std::fs::write(dir.path().join("junk.pem"), "secret-junk-text").unwrap();
+    let out = add(
+        "junk",
+        &[
+            "--dpop-key-file",
+            dir.path().join("junk.pem").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!all_output(&out).contains("secret-junk-text"));
+    // --no-dpop drops it; the stored settings never held the key.
+    succeeded(
+        &rekey_cli(&store, &["credential", "set", "ec", "--no-dpop"]),
+        "set --no-dpop",
+    );
+    assert_eq!(show("ec"), Value::Null);
+    let pem_body: String = pem.lines().nth(1).unwrap().to_owned();
+    for file in ["rekey.db", "rekey.db-wal"] {
+        let raw = std::fs::read(dir.path().join(file)).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&raw).contains(&pem_body),
+            "the key is not in {file}"
+        );
+    }
+}
