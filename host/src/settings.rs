@@ -332,6 +332,13 @@ impl Settings {
         self
     }
 
+    /// With DPoP (RFC 9449) proofs of this key: `Dpop::key_file(alg, path)`
+    /// or `Dpop::key_env(alg, var)`.
+    pub fn with_dpop(mut self, dpop: Dpop) -> Self {
+        self.dpop = Some(dpop);
+        self
+    }
+
     /// With this refresh strategy.
     pub fn with_strategy(mut self, strategy: Strategy) -> Self {
         self.strategy = strategy;
@@ -803,6 +810,13 @@ mod tests {
         );
     }
 
+    /// The stored JSON without its `dpop`.
+    fn old_json(v: &serde_json::Value) -> String {
+        let mut v = v.clone();
+        v.as_object_mut().unwrap().remove("dpop");
+        v.to_string()
+    }
+
     /// DPoP as every host stores it (`{"algorithm", "key_file"|"key_env"}`,
     /// the key never), read back the same; the WIT settings carry only its
     /// algorithm; without it nothing is written and the WIT field is none.
@@ -840,8 +854,10 @@ mod tests {
         env["dpop"] = serde_json::json!({"algorithm": "rs256", "key_env": "DPOP_PEM"});
         let s = Settings::from_stored_json(&env.to_string()).unwrap();
         assert_eq!(
-            s.dpop,
-            Some(Dpop::key_env(SigningAlgorithm::Rs256, "DPOP_PEM"))
+            s,
+            Settings::from_stored_json(&old_json(&written))
+                .unwrap()
+                .with_dpop(Dpop::key_env(SigningAlgorithm::Rs256, "DPOP_PEM"))
         );
         assert!(matches!(
             s.to_wit().unwrap().dpop,

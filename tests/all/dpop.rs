@@ -468,7 +468,7 @@ async fn client_credentials_with_dpop_reach_the_api_with_a_bound_token() {
         .with_auth(ClientAuth::Basic);
     settings.grant = Grant::ClientCredentials;
     settings.api_origins = vec![issuer.clone()];
-    settings.dpop = Some(Dpop::key_file(SigningAlgorithm::Rs256, &key_path));
+    let settings = settings.with_dpop(Dpop::key_file(SigningAlgorithm::Rs256, &key_path));
     let rekey = Rekey::new(rekey::Config::default()).unwrap();
     rekey.check_settings(&settings).await.unwrap();
     store.put("m2m", &settings, None).unwrap();
