@@ -258,7 +258,10 @@ fn send_form<F: Effects>(
     form: &token::Form,
 ) -> Result<Result<http::Response, TransportError>, AuthorizeError> {
     let now = fx.now_unix();
-    dpop::token_exchange(fx, settings, Purpose::TokenEndpoint, now, form).map_err(invalid)
+    dpop::token_exchange(fx, settings, Purpose::TokenEndpoint, now, form, |fx| {
+        fx.now_unix()
+    })
+    .map_err(invalid)
 }
 
 /// One answer of a token endpoint, as the grants need it.

@@ -74,10 +74,8 @@ pub fn proof(
 /// A JWK object naming its key type and carrying no private member (RFC
 /// 9449 §4.2: the header's `jwk` MUST NOT contain a private key).
 fn public_jwk(m: &Map<String, Value>) -> bool {
-    m.get("kty").is_some_and(Value::is_string)
-        && !["d", "p", "q", "dp", "dq", "qi", "k", "oth"]
-            .iter()
-            .any(|private| m.contains_key(*private))
+    // `d` is every asymmetric key's private member; `k` a symmetric key.
+    m.get("kty").is_some_and(Value::is_string) && !m.contains_key("d") && !m.contains_key("k")
 }
 
 /// The `htu` claim: the request URL without query and fragment (§4.2).
@@ -101,11 +99,11 @@ pub fn nonce_of<B>(resp: &Response<B>) -> Option<&str> {
 }
 
 /// Whether a token-endpoint answer asks for a nonce (§8: 400 with the
-/// OAuth error `use_dpop_nonce`).
+/// OAuth error `use_dpop_nonce`). The body is not parsed for it: with the
+/// `DPoP-Nonce` header also required, a mention elsewhere costs at most the
+/// one resend.
 fn token_endpoint_wants_nonce(resp: &Response) -> bool {
-    resp.status == 400
-        && serde_json::from_slice::<Value>(&resp.body)
-            .is_ok_and(|v| v["error"].as_str() == Some("use_dpop_nonce"))
+    resp.status == 400 && resp.body.windows(16).any(|w| w == b"\"use_dpop_nonce\"")
 }
 
 /// Sends a token-endpoint request built by `build` (fresh for each sending:
@@ -113,13 +111,17 @@ fn token_endpoint_wants_nonce(resp: &Response) -> bool {
 /// settings have a DPoP key, and once more with the server's nonce when it
 /// asks for one. An error only when something cannot be signed (nothing was
 /// sent then).
+///
+/// `now` dates the first request; the resend is dated by `clock` (a slow
+/// first answer must not leave its proof stale).
 #[inline(never)]
-pub fn token_exchange(
-    fx: &mut (impl Http + Signing),
+pub fn token_exchange<F: Http + Signing>(
+    fx: &mut F,
     settings: &Settings,
     purpose: Purpose,
-    now: u64,
+    mut now: u64,
     form: &Form,
+    clock: fn(&F) -> u64,
 ) -> Result<Result<Response, TransportError>, String> {
     let mut nonce: Option<String> = None;
     loop {
@@ -143,11 +145,16 @@ pub fn token_exchange(
             && let Some(n) = nonce_of(resp)
         {
             nonce = Some(n.to_string());
+            now = clock(fx);
             continue;
         }
         return Ok(answer);
     }
 }
+
+/// Why a DPoP-bound token set cannot be used without the credential's key.
+pub const NEEDS_KEY: &str = "the stored token set is DPoP-bound (token_type DPoP): the credential \
+     needs its DPoP key (dpop settings)";
 
 /// Whether the stored token set is DPoP-bound (`token_type` `DPoP`, §5).
 pub fn is_bound(token_type: Option<&str>) -> bool {

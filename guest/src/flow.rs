@@ -123,7 +123,10 @@ pub fn send<F: Effects>(
     };
     loop {
         let resp = send_with_token(fx, settings, req, &keys)?;
-        if !is_rejected(settings, resp.status) {
+        // A DPoP nonce challenge left after its one resend is the API's
+        // answer, not a verdict on the token: a refresh cannot help.
+        let nonce_again = settings.dpop.is_some() && challenge::dpop_nonce_wanted(&resp);
+        if !is_rejected(settings, resp.status) || nonce_again {
             return Ok(resp);
         }
         if let Some(scope) = challenge::insufficient_scope(&resp) {
@@ -403,13 +406,7 @@ fn send_with_token<F: Effects>(
     let dpop = match (dpop::is_bound(keys.str_field("token_type")), settings.dpop) {
         (false, _) => None,
         (true, Some(alg)) => Some(alg),
-        (true, None) => {
-            return Err(SendError::InvalidSettings(
-                "the stored token set is DPoP-bound (token_type DPoP): the credential needs \
-                 its DPoP key (dpop settings)"
-                    .into(),
-            ));
-        }
+        (true, None) => return Err(SendError::InvalidSettings(dpop::NEEDS_KEY.into())),
     };
     let scheme = if dpop.is_some() { "DPoP" } else { "Bearer" };
     let mut headers: Vec<(String, String)> = req
@@ -485,6 +482,12 @@ fn refresh(
         Renewal::Adopt(keys) => return Ok((keys, Origin::Adopted)),
         Renewal::Exchange(held, base) => (held, base),
     };
+    // A refresh token bound to a DPoP key is refused without its proof, and
+    // the refusal (`invalid_grant`) would be recorded as a dead grant.
+    if spends && settings.dpop.is_none() && dpop::is_bound(base.str_field("token_type")) {
+        held.release(fx, false);
+        return Err(SendError::InvalidSettings(dpop::NEEDS_KEY.into()));
+    }
     // `acquire` takes the lease only for keys with a refresh token.
     if spends && base.refresh_token().is_none() {
         held.release(fx, false);
@@ -651,8 +654,10 @@ fn exchange_attempts(
         let sent = fx.now_unix();
         // Built for this attempt (and a DPoP nonce's resend): a signed
         // assertion or proof in it is used once.
-        let answer = dpop::token_exchange(fx, settings, Purpose::TokenEndpoint, sent, form)
-            .map_err(SendError::InvalidSettings)?;
+        let answer = dpop::token_exchange(fx, settings, Purpose::TokenEndpoint, sent, form, |fx| {
+            fx.now_unix()
+        })
+        .map_err(SendError::InvalidSettings)?;
         let failure = match attempt(answer, maybe_spent, spends) {
             Ok(tokens) => return Ok((tokens, sent)),
             Err(Ok(final_error)) => {
@@ -2798,5 +2803,72 @@ mod dpop_tests {
             "{e:?}"
         );
         assert!(fx.sent.is_empty());
+    }
+    /// A refresh token bound to a DPoP key is never presented without its
+    /// proof (the server's `invalid_grant` would be recorded as a dead
+    /// grant): not by keepalive, not by a refresh before the first call.
+    #[test]
+    fn a_bound_refresh_token_is_not_spent_without_the_dpop_key() {
+        let stored = r#"{"access_token":"a1","token_type":"DPoP","refresh_token":"r1","rekey_refreshed_at":1}"#;
+        let mut fx = script(vec![ok(400, r#"{"error":"invalid_grant"}"#)]);
+        fx.record.data.keys = Some(stored.into());
+        let e = keepalive(&mut fx, &testing::settings(), 0).unwrap_err();
+        assert!(
+            matches!(&e, SendError::InvalidSettings(m) if m.contains("DPoP-bound")),
+            "{e:?}"
+        );
+        assert!(fx.sent.is_empty());
+        assert!(fx.record.data.dead_grant.is_none());
+        assert!(fx.record.data.lease.is_none(), "the lease is given back");
+
+        let mut fx = script(vec![ok(400, r#"{"error":"invalid_grant"}"#)]);
+        fx.record.data.keys = Some(r#"{"token_type":"DPoP","refresh_token":"r1"}"#.into());
+        let e = send(&mut fx, &testing::settings(), &api()).unwrap_err();
+        assert!(
+            matches!(&e, Refusal::Error(SendError::InvalidSettings(m)) if m.contains("DPoP-bound")),
+            "{e:?}"
+        );
+        assert!(fx.sent.is_empty());
+        assert!(fx.record.data.dead_grant.is_none());
+    }
+
+    /// A second nonce challenge from the API (its nonce changed between
+    /// challenge and resend) is its answer: no refresh, nothing remembered.
+    #[test]
+    fn a_second_api_nonce_challenge_is_returned_not_refreshed_over() {
+        let challenge = |n: &str| {
+            with(
+                401,
+                "",
+                &[
+                    ("WWW-Authenticate", r#"DPoP error="use_dpop_nonce""#),
+                    ("DPoP-Nonce", n),
+                ],
+            )
+        };
+        let mut fx = bound(vec![challenge("n1"), challenge("n2")]);
+        let before = fx.record.clone();
+        let resp = send(&mut fx, &settings(), &api()).unwrap();
+        assert_eq!(resp.status, 401);
+        assert_eq!(fx.sent.len(), 2);
+        assert!(fx.purposes.iter().all(|p| *p == Purpose::Api));
+        assert_eq!(fx.record, before, "no refresh, no evidence stored");
+    }
+
+    /// The token type is the new token's: a response without one does not
+    /// inherit the old set's.
+    #[test]
+    fn a_refresh_without_token_type_drops_the_old_one() {
+        let mut fx = bound(vec![
+            with(401, "", &[]),
+            ok(200, r#"{"access_token":"a2","refresh_token":"r2"}"#),
+            ok(200, "hi"),
+        ]);
+        send(&mut fx, &settings(), &api()).unwrap();
+        assert!(!fx.emitted.last().unwrap().contains("token_type"));
+        assert_eq!(
+            header(fx.sent.last().unwrap(), "authorization"),
+            ["Bearer a2"]
+        );
     }
 }

@@ -179,6 +179,9 @@ impl Keys {
         merged.remove(REJECTED);
         // The endpoint just accepted the settings.
         merged.remove(REFUSED);
+        // The type is the new access token's (`DPoP` or `Bearer`): a response
+        // that names none says nothing about the old one's.
+        merged.remove("token_type");
         // A stated zero means what it says (a repeated answer for a token
         // about to expire), but is no lifetime to remember.
         let expires_in = response.get("expires_in").and_then(number);

@@ -205,6 +205,18 @@ fn check(
 /// `htu` (RFC 9449 §4.2): the token endpoint (with or without its query),
 /// or an API URL without query or fragment that the host's own check at
 /// `http-send` would let the token go to.
+/// Whether the authority (between `://` and the next `/`, `?` or `#`)
+/// holds anything URL parsers disagree on: WHATWG (and the `url` crate)
+/// read `https://a.example\\@b.example/` as host `a.example`, Python's
+/// urllib as `b.example`. The same rule in every host.
+fn ambiguous_authority(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority
+        .chars()
+        .any(|c| matches!(c, '@' | '\\' | '%') || !c.is_ascii_graphic())
+}
+
 fn check_htu(
     htu: &str,
     token_url: &str,
@@ -218,6 +230,13 @@ fn check_htu(
         "the claim htu is neither the token URL nor a URL within the credential's API origins";
     if htu.contains(['?', '#']) {
         return Err("the claim htu has a query or a fragment".into());
+    }
+    if ambiguous_authority(htu) {
+        return Err(
+            "the claim htu has an authority parsers read differently (user information, \
+             '\\', '%', spaces or control characters)"
+                .into(),
+        );
     }
     let Ok(url) = crate::http::parse_url(htu) else {
         return Err(outside.into());
@@ -607,7 +626,24 @@ mod tests {
             (
                 h.clone(),
                 with(&c, "htu", "https://attacker@api.example/x".into()),
-                "the claim htu is neither",
+                "the claim htu has an authority parsers read differently",
+            ),
+            // WHATWG and the `url` crate read host api.example; Python's
+            // urllib (and a resource server built on it) evil.example.
+            (
+                h.clone(),
+                with(&c, "htu", "https://api.example\\@evil.example/x".into()),
+                "the claim htu has an authority parsers read differently",
+            ),
+            (
+                h.clone(),
+                with(&c, "htu", "https://api.%65xample/x".into()),
+                "the claim htu has an authority parsers read differently",
+            ),
+            (
+                h.clone(),
+                with(&c, "htu", "https://api.example /x".into()),
+                "the claim htu has an authority parsers read differently",
             ),
             (
                 h.clone(),

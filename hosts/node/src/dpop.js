@@ -176,6 +176,19 @@ function withoutQuery(url) {
   return end < 0 ? url : url.slice(0, end);
 }
 
+/**
+ * Whether the authority (between `://` and the next `/`, `?` or `#`) holds anything URL parsers disagree on:
+ * WHATWG reads `https://a.example\\@b.example/` as host `a.example`, Python's urllib as `b.example`. The same
+ * rule in every host.
+ */
+function ambiguousAuthority(url) {
+  const at = url.indexOf('://');
+  const rest = at < 0 ? url : url.slice(at + 3);
+  const end = rest.search(/[/?#]/);
+  const authority = end < 0 ? rest : rest.slice(0, end);
+  return /[@\\%\x00-\x20\x7f-\uffff]/.test(authority);
+}
+
 /** Why an `htu` that is not the token URL is refused, or undefined: it must be a URL the access token may go to. */
 function htuRefusal(htu, rules) {
   if (!rules.apiRefusal) return 'the claim htu is not the token URL (an authorisation makes no API request)';
@@ -186,6 +199,9 @@ function htuRefusal(htu, rules) {
     return 'the claim htu is not an http(s) URL';
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:') return 'the claim htu is not an http(s) URL';
+  if (ambiguousAuthority(htu)) {
+    return "the claim htu has an authority parsers read differently (user information, '\\', '%', spaces or control characters)";
+  }
   if (htu.includes('?') || htu.includes('#')) return 'the claim htu has a query or a fragment';
   if (url.username !== '' || url.password !== '') return 'the claim htu has user information';
   if (rules.apiRefusal(htu) !== undefined) return 'the claim htu is neither the token URL nor a URL the access token may go to';

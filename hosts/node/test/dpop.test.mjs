@@ -267,8 +267,12 @@ test('dpop-sign: the check refuses a wrong typ, a foreign or private jwk, an htu
       ['htu another port', header, { ...claims, htu: 'https://api.example.com:8443/v1/me' }, /the claim htu is neither the token URL/],
       ['htu plain http', header, { ...claims, htu: 'http://api.example.com/v1/me' }, /the claim htu is neither the token URL/],
       ['htu with a query', header, { ...claims, htu: 'https://api.example.com/v1/me?x=1' }, /the claim htu has a query or a fragment/],
+      // WHATWG reads host api.example.com; Python's urllib (and a resource server built on it) evil.example.
+      ['htu a backslash before @', header, { ...claims, htu: 'https://api.example.com\\@evil.example/v1/me' }, /the claim htu has an authority parsers read differently/],
+      ['htu user information', header, { ...claims, htu: 'https://evil.example@api.example.com/v1/me' }, /the claim htu has an authority parsers read differently/],
+      ['htu a percent in the host', header, { ...claims, htu: 'https://api.%65xample.com/v1/me' }, /the claim htu has an authority parsers read differently/],
       ['htu with a fragment', header, { ...claims, htu: 'https://api.example.com/v1/me#f' }, /the claim htu has a query or a fragment/],
-      ['htu with user information', header, { ...claims, htu: 'https://u:p@api.example.com/v1/me' }, /the claim htu has user information/],
+      ['htu with user information', header, { ...claims, htu: 'https://u:p@api.example.com/v1/me' }, /the claim htu has an authority parsers read differently/],
       ['htu not http', header, { ...claims, htu: 'ftp://api.example.com/x' }, /the claim htu is not an http\(s\) URL/],
       ['htu not a URL', header, { ...claims, htu: 'not a url' }, /the claim htu is not an http\(s\) URL/],
       ['htu a number', header, { ...claims, htu: 7 }, /the claim htu is not a string/],

@@ -322,6 +322,10 @@ def _refusals(key, other):
         ("jwk missing y", {"jwk": {k: v for k, v in jwk_of(key).items() if k != "y"}}, {}, (), "jwk"),
         ("htu outside the origins", {}, {"htu": "https://evil.example/token"}, (), "htu"),
         ("htu the API with a query", {}, {"htu": f"{API}/v1/me?x=1"}, (), "htu"),
+        # WHATWG reads host api.example.com here; urllib (this host) evil.example.
+        ("htu a backslash before @", {}, {"htu": "https://api.example.com\\@evil.example/v1/me"}, (), "parsers read differently"),
+        ("htu user information", {}, {"htu": "https://evil.example@api.example.com/v1/me"}, (), "parsers read differently"),
+        ("htu a percent in the host", {}, {"htu": "https://api.%65xample.com/v1/me"}, (), "parsers read differently"),
         ("htu the API with a fragment", {}, {"htu": f"{API}/v1/me#f"}, (), "htu"),
         ("htu not http", {}, {"htu": "ftp://api.example.com/x"}, (), "htu"),
         ("htu API over http", {}, {"htu": "http://api.example.com/v1"}, (), "htu"),

@@ -315,12 +315,25 @@ def _check_proof(data: bytes, algorithm, rules: ProofRules, now: float) -> dict:
     return jwk
 
 
+def _ambiguous_authority(url: str) -> bool:
+    """Whether the authority (between ``://`` and the next ``/``, ``?`` or
+    ``#``) holds anything URL parsers disagree on: WHATWG reads
+    ``https://a.example\\@b.example/`` as host ``a.example``, Python's as
+    ``b.example``. The same rule in every host."""
+    rest = url.split("://", 1)[1] if "://" in url else url
+    end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0], default=len(rest))
+    return any(c in "@\\%" or ord(c) <= 0x20 or ord(c) >= 0x7f for c in rest[:end])
+
+
 def _check_htu(htu: str, rules: ProofRules) -> None:
     """An ``htu`` that is not the token URL: an http(s) URL without query or
     fragment that the access token may go to (the host's check at http-send)."""
     not_allowed = "the claim htu is neither the token URL nor a URL the access token may go to"
     if rules.api_refusal is None:
         raise _Refused("the claim htu is not the token URL (an authorisation makes no API request)")
+    if _ambiguous_authority(htu):
+        raise _Refused("the claim htu has an authority parsers read differently (user information, '\\', '%', "
+                       "spaces or control characters)")
     try:
         url = urllib.parse.urlsplit(htu)
     except ValueError:
