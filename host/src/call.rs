@@ -367,6 +367,23 @@ mod tests {
 
     /// `signer.sign` signs with the key of the call's credential; a call
     /// whose credential has none answers the contract's error.
+    /// A fresh P-256 private key in PEM at `path` (made by openssl).
+    fn p256_key(path: &std::path::Path) {
+        let made = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    }
+
     #[tokio::test]
     async fn the_signer_answers_for_the_calls_credential_only() {
         use signer::Host as _;
@@ -378,19 +395,7 @@ mod tests {
         assert_eq!(refused, Err(NO_SIGNING_KEY.to_owned()));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.pem");
-        let made = std::process::Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-            ])
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        p256_key(&path);
         let mut settings = crate::Settings::new("https://idp/t", "app");
         settings.signing = Some(crate::Signing::key_file(
             crate::SigningAlgorithm::Es256,
@@ -436,19 +441,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dpop.pem");
-        let made = std::process::Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-            ])
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        p256_key(&path);
         let mut settings = crate::Settings::new("https://idp/t", "app");
         settings.api_origins = vec!["https://api.example".into()];
         settings.instance_url_origins = vec!["https://*.my.example.com".into()];

@@ -642,6 +642,80 @@ impl SettingsArgs {
     }
 }
 
+/// A new key source from `--*-key-file` (stored absolute) or `--*-key-env`.
+fn key_source(
+    key_file: Option<std::path::PathBuf>,
+    key_env: Option<String>,
+) -> Option<SigningKeySource> {
+    match (key_file, key_env) {
+        (Some(path), _) => Some(SigningKeySource::File(
+            std::path::absolute(&path).unwrap_or(path),
+        )),
+        (None, Some(var)) => Some(SigningKeySource::Env(var)),
+        (None, None) => None,
+    }
+}
+
+/// What a signing or DPoP setting gets: the given key, else the stored one;
+/// the given algorithm, else the stored one, else the key's. A key in an
+/// environment variable that is not set now (`unset_env`) is read at each
+/// call, so it needs the algorithm named.
+struct KeyChoice {
+    source: SigningKeySource,
+    algorithm: rekey::SigningAlgorithm,
+    unset_env: bool,
+}
+
+/// The flag names of one key's options, for errors.
+struct KeyFlags {
+    /// "signing key" or "DPoP key".
+    what: &'static str,
+    /// The options that need a key, e.g. "--dpop-alg".
+    need_key: &'static str,
+    /// "--signing-key-file PATH or --signing-key-env VAR".
+    give_key: &'static str,
+    alg: &'static str,
+}
+
+fn choose_key(
+    given: Option<SigningKeySource>,
+    stored: Option<(&SigningKeySource, rekey::SigningAlgorithm)>,
+    alg: Option<rekey::SigningAlgorithm>,
+    flags: &KeyFlags,
+) -> Result<KeyChoice, Failure> {
+    let Some(source) = given.or_else(|| stored.map(|(key, _)| key.clone())) else {
+        return Err(bad(format!(
+            "{} need{} the {}: {}",
+            flags.need_key,
+            if flags.need_key.contains(',') {
+                ""
+            } else {
+                "s"
+            },
+            flags.what,
+            flags.give_key
+        )));
+    };
+    let unset_env =
+        matches!(&source, SigningKeySource::Env(var) if std::env::var_os(var).is_none());
+    let algorithm = match alg.or(stored.map(|(_, alg)| alg)) {
+        Some(alg) => alg,
+        None if unset_env => {
+            return Err(bad(format!(
+                "{} is not set now, so the algorithm cannot be read from the key: give {} RS256 or ES256",
+                source.describe_as(flags.what),
+                flags.alg
+            )));
+        }
+        None => source.load_as(None, flags.what).map_err(bad)?.algorithm(),
+    };
+    Ok(KeyChoice {
+        source,
+        algorithm,
+        unset_env,
+    })
+}
+
 /// Lays the signing options over `s.signing`: a key given starts a new
 /// signing (its algorithm from `--signing-alg`, else the stored one, else
 /// the key's); the others change the stored one. The key is loaded once to
@@ -656,39 +730,24 @@ fn apply_signing(
     key_id: Option<String>,
     audience: Option<String>,
 ) -> Result<(), Failure> {
-    let source = match (key_file, key_env) {
-        (Some(path), _) => Some(SigningKeySource::File(
-            std::path::absolute(&path).unwrap_or(path),
-        )),
-        (None, Some(var)) => Some(SigningKeySource::Env(var)),
-        (None, None) => None,
-    };
+    let source = key_source(key_file, key_env);
     let changed = source.is_some() || alg.is_some() || key_id.is_some() || audience.is_some();
     if !changed {
         return Ok(());
     }
-    let Some(source) = source.or_else(|| s.signing.as_ref().map(|g| g.key.clone())) else {
-        return Err(bad(
-            "--signing-alg, --signing-key-id and --assertion-audience need the signing key: --signing-key-file PATH or --signing-key-env VAR",
-        ));
+    let flags = KeyFlags {
+        what: "signing key",
+        need_key: "--signing-alg, --signing-key-id and --assertion-audience",
+        give_key: "--signing-key-file PATH or --signing-key-env VAR",
+        alg: "--signing-alg",
     };
-    let unset_env =
-        matches!(&source, SigningKeySource::Env(var) if std::env::var_os(var).is_none());
-    let algorithm = match alg.or(s.signing.as_ref().map(|g| g.algorithm)) {
-        Some(alg) => alg,
-        None if unset_env => {
-            return Err(bad(format!(
-                "{} is not set now, so the algorithm cannot be read from the key: give --signing-alg RS256 or ES256",
-                source.describe()
-            )));
-        }
-        None => source.load(None).map_err(bad)?.algorithm(),
-    };
+    let stored = s.signing.as_ref().map(|g| (&g.key, g.algorithm));
+    let choice = choose_key(source, stored, alg, &flags)?;
     let mut signing = Signing {
-        algorithm,
+        algorithm: choice.algorithm,
         key_id: s.signing.as_ref().and_then(|g| g.key_id.clone()),
         audience: s.signing.as_ref().and_then(|g| g.audience.clone()),
-        key: source,
+        key: choice.source,
     };
     if let Some(kid) = key_id {
         signing.key_id = Some(kid);
@@ -696,7 +755,7 @@ fn apply_signing(
     if let Some(aud) = audience {
         signing.audience = Some(aud);
     }
-    if unset_env {
+    if choice.unset_env {
         eprintln!(
             "rekey: warning: {} is not set now; each call reads the key from it",
             signing.key.describe()
@@ -719,38 +778,23 @@ fn apply_dpop(
     key_file: Option<std::path::PathBuf>,
     key_env: Option<String>,
 ) -> Result<(), Failure> {
-    let source = match (key_file, key_env) {
-        (Some(path), _) => Some(SigningKeySource::File(
-            std::path::absolute(&path).unwrap_or(path),
-        )),
-        (None, Some(var)) => Some(SigningKeySource::Env(var)),
-        (None, None) => None,
-    };
+    let source = key_source(key_file, key_env);
     if source.is_none() && alg.is_none() {
         return Ok(());
     }
-    let Some(source) = source.or_else(|| s.dpop.as_ref().map(|d| d.key.clone())) else {
-        return Err(bad(
-            "--dpop-alg needs the DPoP key: --dpop-key-file PATH or --dpop-key-env VAR",
-        ));
+    let flags = KeyFlags {
+        what: "DPoP key",
+        need_key: "--dpop-alg",
+        give_key: "--dpop-key-file PATH or --dpop-key-env VAR",
+        alg: "--dpop-alg",
     };
-    let unset_env =
-        matches!(&source, SigningKeySource::Env(var) if std::env::var_os(var).is_none());
-    let algorithm = match alg.or(s.dpop.as_ref().map(|d| d.algorithm)) {
-        Some(alg) => alg,
-        None if unset_env => {
-            return Err(bad(format!(
-                "{} is not set now, so the algorithm cannot be read from the key: give --dpop-alg ES256 or RS256",
-                source.describe_as("DPoP key")
-            )));
-        }
-        None => source.load_as(None, "DPoP key").map_err(bad)?.algorithm(),
-    };
+    let stored = s.dpop.as_ref().map(|d| (&d.key, d.algorithm));
+    let choice = choose_key(source, stored, alg, &flags)?;
     let dpop = rekey::Dpop {
-        algorithm,
-        key: source,
+        algorithm: choice.algorithm,
+        key: choice.source,
     };
-    if unset_env {
+    if choice.unset_env {
         eprintln!(
             "rekey: warning: {} is not set now; each proof reads the key from it",
             dpop.describe()

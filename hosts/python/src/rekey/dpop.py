@@ -179,50 +179,17 @@ class ProofRules:
     api_refusal: Optional[Callable[[str], Optional[str]]] = None
 
 
-class _Refused(Exception):
-    pass
+_Refused = _signing._Refused
 
 
 def _member(name: str, what: str) -> str:
-    return f"the {what} {name}" if name in _NAMEABLE else f"a {what} named otherwise (the name is not repeated)"
+    return _signing._member(name, what, _NAMEABLE)
 
 
 def _json_object(part: bytes, what: str, objects: tuple = ()) -> dict:
-    """A proof part's JSON object (unpadded base64url of UTF-8 JSON, no member
-    twice); only the members in ``objects`` may be objects (of strings)."""
-    not_object = f"the {what} is not a JSON object in base64url without padding"
-    if len(part) % 4 == 1:
-        raise _Refused(not_object)
-    try:
-        text = base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4)).decode("utf-8")
-    except ValueError:
-        raise _Refused(not_object) from None
-    kind = "header member" if what == "header" else "claim"
-
-    def pairs(items):
-        out = {}
-        for name, value in items:
-            if name in out:
-                raise _Refused(f"{_member(name, kind)} appears twice")
-            out[name] = value
-        return out
-
-    def no_constant(name):  # NaN, Infinity: not JSON
-        raise ValueError(name)
-
-    try:
-        value = json.loads(text, object_pairs_hook=pairs, parse_constant=no_constant)
-    except (ValueError, RecursionError):
-        raise _Refused(not_object) from None
-    if not isinstance(value, dict):
-        raise _Refused(not_object)
-    for name, member in value.items():
-        if name in objects and isinstance(member, dict):
-            if not all(isinstance(v, str) for v in member.values()):
-                raise _Refused(f"{_member(name, kind)} has a member that is not a string")
-        elif isinstance(member, (dict, list)):
-            raise _Refused(f"{_member(name, kind)} is not a string or a number")
-    return value
+    """A proof part's JSON object: the assertion check's reading (no member
+    twice, ...), with the proof's nameable members."""
+    return _signing._json_object(part, what, objects, _NAMEABLE)
 
 
 def _without_query(url: str) -> str:

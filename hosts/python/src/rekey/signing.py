@@ -502,13 +502,18 @@ class _Refused(Exception):
     pass
 
 
-def _member(name: str, what: str) -> str:
-    return f"the {what} {name}" if name in _NAMEABLE else f"a {what} named otherwise (the name is not repeated)"
+def _member(name: str, what: str, nameable: frozenset = None) -> str:
+    """How a refusal names a member: by name when it is one the check knows
+    (``nameable``, by default the assertion's), else without repeating it."""
+    known = name in (_NAMEABLE if nameable is None else nameable)
+    return f"the {what} {name}" if known else f"a {what} named otherwise (the name is not repeated)"
 
 
-def _json_object(part: bytes, what: str) -> dict:
+def _json_object(part: bytes, what: str, objects: tuple = (), nameable: frozenset = None) -> dict:
     """A JWT part's JSON object (unpadded base64url of UTF-8 JSON, no member
-    twice: a server's parser may take another of two ``aud`` than this check)."""
+    twice: a server's parser may take another of two ``aud`` than this check).
+    Only the members in ``objects`` may be objects (of strings: a DPoP
+    proof's ``jwk``); refusals name members known in ``nameable``."""
     not_object = f"the {what} is not a JSON object in base64url without padding"
     if len(part) % 4 == 1:
         raise _Refused(not_object)
@@ -522,7 +527,7 @@ def _json_object(part: bytes, what: str) -> dict:
         out = {}
         for name, value in items:
             if name in out:
-                raise _Refused(f"{_member(name, kind)} appears twice")
+                raise _Refused(f"{_member(name, kind, nameable)} appears twice")
             out[name] = value
         return out
 
@@ -536,8 +541,11 @@ def _json_object(part: bytes, what: str) -> dict:
     if not isinstance(value, dict):
         raise _Refused(not_object)
     for name, member in value.items():
-        if isinstance(member, (dict, list)):  # no member of an assertion is one
-            raise _Refused(f"{_member(name, kind)} is not a string or a number")
+        if name in objects and isinstance(member, dict):
+            if not all(isinstance(v, str) for v in member.values()):
+                raise _Refused(f"{_member(name, kind, nameable)} has a member that is not a string")
+        elif isinstance(member, (dict, list)):
+            raise _Refused(f"{_member(name, kind, nameable)} is not a string or a number")
     return value
 
 
