@@ -36,6 +36,25 @@
 // (oidc-provider's ClientCredentials model, opaque, no resource indicators)
 // live --access-token-ttl seconds like the others.
 //
+// The JWT bearer grant (RFC 7523 §2.1), which oidc-provider lacks, is added
+// here: grant_type urn:ietf:params:oauth:grant-type:jwt-bearer with an
+// `assertion` (and an optional `scope`), for a client that lists that URN in
+// its grant_types (with no authorization_code, like a client-credentials
+// one, it gets no response types or redirect URIs). The client authenticates
+// at /token as registered: token_endpoint_auth_method 'none' (just its
+// client_id in the form), a secret, or 'private_key_jwt'. The assertion is
+// verified with the client's registered `jwks` ({keys: [JWK]}): a JWS signed
+// ES256 or RS256 by one of those keys (a `kid` in its header picks one),
+// `iss` = client_id, `sub` a non-empty string, `aud` the issuer or the token
+// endpoint URL (one of them, or an array holding one), `exp` in the future
+// and at most 10 minutes ahead, `iat` a number not in the future, and a `jti`
+// this client never used before (any failure: 400 invalid_grant; a replayed
+// jti too). It then issues a ClientCredentials access token (opaque, ttl
+// --access-token-ttl, DPoP-bound when the request carries a proof; the
+// subject kept in the token) and answers {access_token, token_type,
+// expires_in, scope?}; never a refresh token. /_api/whoami accepts these
+// tokens and adds "sub" (the assertion's subject) to its answer.
+//
 // Listens on 127.0.0.1 only. Once listening it prints one JSON line on stdout,
 // {"port": N, "issuer": "http://127.0.0.1:N"}, and nothing else ever goes to
 // stdout. It exits when its stdin closes, on SIGTERM/SIGINT, or after
@@ -61,8 +80,17 @@
 // GET /_stats answers counters the test checks, per client_id:
 //   code_exchanges, refreshes      successful token endpoint grants
 //   client_credentials             successful client_credentials grants
+//   jwt_bearer                     successful jwt-bearer grants
+//   jwt_bearer_refused             jwt-bearer assertions refused (invalid_grant),
+//   jwt_bearer_refused_reasons {reason: n}
+//                                  and why: malformed, signature (no registered
+//                                  key verifies it, or an alg not ES256/RS256),
+//                                  iss, sub, aud, exp, nbf, exp_too_far, iat,
+//                                  jti (none), jti_replay, no_jwks
+//   last_jwt_bearer_subject        the `sub` of the last granted assertion (or null)
 //   auth_seen {basic, post, private_key_jwt, none}
 //                                  how the client authenticated at /token on those
+//                                  (every successful grant, jwt-bearer included)
 //   grant_errors {code: n}         token endpoint errors (e.g. invalid_grant)
 //   grants_revoked                 grants revoked (e.g. for a reused refresh token)
 //   userinfo_ok, userinfo_rejected /me answers 200 and 401 (by the bearer token's client)
@@ -96,7 +124,12 @@ const { default: Provider } = await import('oidc-provider');
 // secret gives /_api/whoami the nonces /token and /me hand out.
 const { default: ServerChallenge } = await import('oidc-provider/lib/helpers/challenge.js');
 // oidc-provider's own JOSE library (a dependency of it), for /_api/whoami's proofs.
-const { jwtVerify, EmbeddedJWK, calculateJwkThumbprint } = await import('jose');
+const { jwtVerify, EmbeddedJWK, calculateJwkThumbprint, createLocalJWKSet, decodeJwt } = await import('jose');
+const { errors: oidcErrors } = await import('oidc-provider');
+// The helpers oidc-provider's own grants use (provider-bound there; here the
+// provider is passed first): DPoP proof checks and the token response.
+const grantHelpers = await import('oidc-provider/lib/helpers/grants.js');
+const { applyDpopBinding } = await import('oidc-provider/lib/helpers/grant_common.js');
 
 const { values: argv } = parseArgs({
   options: {
@@ -126,6 +159,10 @@ const dpopNonces = new ServerChallenge(dpopNonceSecret, 'DPoP');
 const DPOP_ALGS = ['ES256', 'RS256', 'PS256', 'Ed25519', 'EdDSA'];
 
 const DEFAULT_REDIRECT_URI = 'http://127.0.0.1/rekey-callback';
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const JWT_BEARER_ALGS = ['ES256', 'RS256'];
+// An assertion's exp may be at most this far ahead (seconds).
+const JWT_BEARER_MAX_LIFETIME = 600;
 const clientsJson = argv.clients ?? process.env.OIDC_CLIENTS;
 let clients = [
   { client_id: 'rekey-basic', client_secret: 'rekey-basic-secret', token_endpoint_auth_method: 'client_secret_basic' },
@@ -149,7 +186,9 @@ clients = clients.map((c) => {
   const grantTypes = c.grant_types ?? ['authorization_code', 'refresh_token'];
   // A machine-to-machine client never sees the authorization endpoint: a
   // 'code' response type would add authorization_code to its grant types.
-  const m2m = grantTypes.includes('client_credentials') && !grantTypes.includes('authorization_code');
+  // Likewise a jwt-bearer client.
+  const m2m = (grantTypes.includes('client_credentials') || grantTypes.includes(JWT_BEARER))
+    && !grantTypes.includes('authorization_code');
   return {
     client_id: c.client_id,
     ...(c.client_secret !== undefined ? { client_secret: c.client_secret } : {}),
@@ -176,6 +215,10 @@ function statsFor(clientId) {
     code_exchanges: 0,
     refreshes: 0,
     client_credentials: 0,
+    jwt_bearer: 0,
+    jwt_bearer_refused: 0,
+    jwt_bearer_refused_reasons: {},
+    last_jwt_bearer_subject: null,
     auth_seen: { basic: 0, post: 0, private_key_jwt: 0, none: 0 },
     grant_errors: {},
     grants_revoked: 0,
@@ -220,6 +263,82 @@ function tokenEndpointClientId(ctx) {
   return ctx.oidc?.client?.clientId ?? ctx.oidc?.body?.client_id ?? basicClientId(ctx);
 }
 
+// jtis of accepted assertions, per client (client -> Map(jti -> exp)), kept
+// until they expire.
+const jwtBearerJtis = new Map();
+
+// An assertion refused: counted with its reason, answered 400 invalid_grant.
+function refuseAssertion(ctx, reason, description) {
+  const s = statsFor(ctx.oidc.client.clientId);
+  s.jwt_bearer_refused += 1;
+  s.jwt_bearer_refused_reasons[reason] = (s.jwt_bearer_refused_reasons[reason] ?? 0) + 1;
+  throw new oidcErrors.InvalidGrant(`invalid assertion (${description})`);
+}
+
+// The JWT bearer grant (RFC 7523 §2.1, §3): see the header comment.
+async function jwtBearerGrant(ctx) {
+  const { provider: p, client, params } = ctx.oidc;
+  const dPoP = await grantHelpers.validateDpop(p, ctx);
+  const assertion = params.assertion;
+  if (typeof assertion !== 'string' || !assertion) {
+    throw new oidcErrors.InvalidRequest("missing required parameter 'assertion'");
+  }
+  try {
+    decodeJwt(assertion);
+  } catch {
+    refuseAssertion(ctx, 'malformed', 'not a JWT');
+  }
+  const keys = client.jwks?.keys;
+  if (!Array.isArray(keys) || keys.length === 0) refuseAssertion(ctx, 'no_jwks', 'the client has no registered keys');
+  // Each registered key in turn (jose leaves several matching keys to its
+  // caller): the first whose signature holds decides.
+  let payload;
+  for (const key of keys) {
+    try {
+      ({ payload } = await jwtVerify(assertion, createLocalJWKSet({ keys: [key] }), { algorithms: JWT_BEARER_ALGS }));
+      break;
+    } catch (err) {
+      // The signature held but jose found exp or nbf wrong (no tolerance).
+      if (err?.code === 'ERR_JWT_EXPIRED') refuseAssertion(ctx, 'exp', 'expired');
+      if (err?.code === 'ERR_JWT_CLAIM_VALIDATION_FAILED') refuseAssertion(ctx, err.claim ?? 'malformed', `bad ${err.claim}`);
+      if (err?.code === 'ERR_JWT_INVALID') refuseAssertion(ctx, 'malformed', 'claims are not a JSON object');
+    }
+  }
+  if (!payload) refuseAssertion(ctx, 'signature', 'no registered key verifies it');
+  const now = Math.floor(Date.now() / 1000);
+  if (payload.iss !== client.clientId) refuseAssertion(ctx, 'iss', 'iss is not the client id');
+  if (typeof payload.sub !== 'string' || !payload.sub) refuseAssertion(ctx, 'sub', 'no subject');
+  const audiences = new Set([p.issuer, ctx.oidc.urlFor('token')]);
+  const aud = Array.isArray(payload.aud) ? payload.aud : [payload.aud];
+  if (!aud.some((a) => audiences.has(a))) refuseAssertion(ctx, 'aud', 'aud is neither the issuer nor the token endpoint');
+  if (typeof payload.exp !== 'number' || payload.exp <= now) refuseAssertion(ctx, 'exp', 'expired or no exp');
+  if (payload.exp - now > JWT_BEARER_MAX_LIFETIME) refuseAssertion(ctx, 'exp_too_far', 'exp more than 10 minutes ahead');
+  if (typeof payload.iat !== 'number' || payload.iat > now) refuseAssertion(ctx, 'iat', 'no iat, or in the future');
+  if (typeof payload.jti !== 'string' || !payload.jti) refuseAssertion(ctx, 'jti', 'no jti');
+  let seen = jwtBearerJtis.get(client.clientId);
+  if (!seen) jwtBearerJtis.set(client.clientId, (seen = new Map()));
+  for (const [jti, exp] of seen) if (exp < now) seen.delete(jti);
+  if (seen.has(payload.jti)) refuseAssertion(ctx, 'jti_replay', 'jti already used');
+  seen.set(payload.jti, payload.exp);
+
+  const scopes = [...grantHelpers.validateClientScope(p, ctx)];
+  const token = new p.ClientCredentials({
+    client,
+    scope: scopes.join(' ') || undefined,
+    extra: { sub: payload.sub },
+  });
+  await applyDpopBinding(p, ctx, dPoP, token);
+  grantHelpers.checkDpopRequired(p, ctx, dPoP);
+  ctx.oidc.entity('ClientCredentials', token);
+  const value = await token.save();
+  ctx.body = grantHelpers.buildTokenResponse(p, {
+    accessToken: value,
+    expiresIn: token.expiration,
+    scope: token.scope || undefined,
+    tokenType: token.tokenType,
+  });
+}
+
 function createProvider(issuer) {
   const provider = new Provider(issuer, {
     clients,
@@ -241,6 +360,9 @@ function createProvider(issuer) {
     },
     cookies: { keys: ['rekey-conformance-test-only'] },
     findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
+    // Keep what a token was made with (the jwt-bearer grant's { sub }):
+    // oidc-provider replaces a token's `extra` with this answer as it saves it.
+    extraTokenClaims: async (_ctx, token) => token.extra,
     // deviceFlow: RFC 8628 at /device/auth (user pages at /device); clients
     // that list its grant type may use it. clientCredentials: RFC 6749 §4.4
     // for clients that list client_credentials; without resourceIndicators
@@ -258,6 +380,9 @@ function createProvider(issuer) {
     },
     enabledJWA: { dPoPSigningAlgValues: DPOP_ALGS },
   });
+  // Before any request, hence before any client is validated (their
+  // grant_types are checked against the registered grant types then).
+  provider.registerGrantType(JWT_BEARER, jwtBearerGrant, ['assertion', 'scope']);
 
   provider.on('grant.success', (ctx) => {
     const s = statsFor(tokenEndpointClientId(ctx));
@@ -265,6 +390,10 @@ function createProvider(issuer) {
     if (grantType === 'refresh_token') s.refreshes += 1;
     if (grantType === 'authorization_code') s.code_exchanges += 1;
     if (grantType === 'client_credentials') s.client_credentials += 1;
+    if (grantType === JWT_BEARER) {
+      s.jwt_bearer += 1;
+      s.last_jwt_bearer_subject = ctx.oidc.entities?.ClientCredentials?.extra?.sub ?? null;
+    }
     if (/^basic\s/i.test(ctx.get('authorization') ?? '')) s.auth_seen.basic += 1;
     else if (ctx.oidc.body?.client_secret !== undefined) s.auth_seen.post += 1;
     else if (ctx.oidc.body?.client_assertion !== undefined && ctx.oidc.client?.tokenEndpointAuthMethod === 'private_key_jwt') {
@@ -384,7 +513,12 @@ async function apiWhoami(req, res) {
   if (!error) {
     statsFor(token.clientId).api_ok += 1;
     res.setHeader('content-type', 'application/json');
-    res.end(JSON.stringify({ client_id: token.clientId, scope: token.scope ?? null, token_type: token.jkt ? 'DPoP' : 'Bearer' }));
+    res.end(JSON.stringify({
+      client_id: token.clientId,
+      scope: token.scope ?? null,
+      token_type: token.jkt ? 'DPoP' : 'Bearer',
+      ...(typeof token.extra?.sub === 'string' ? { sub: token.extra.sub } : {}),
+    }));
     return;
   }
   const clientId = value ? clientCredentialsClient.get(value) : undefined;
