@@ -166,9 +166,11 @@ def assert_nothing_shown(text: str, secrets) -> None:
             assert s not in text, "a secret value shows"
 
 
-def whoami_until(client, p: Peer, settings, store, cid: str, counter: str, grants: int) -> tuple[int, list[dict]]:
+def whoami_until(client, p: Peer, settings, store, cid: str, counter: str, grants: int,
+                 sub: str | None = None) -> tuple[int, list[dict]]:
     """Calls /_api/whoami through rekey until the server counted ``grants``
-    of ``counter`` for ``cid``; every call must answer 200 for ``cid``.
+    of ``counter`` for ``cid``; every call must answer 200 for ``cid`` as a
+    Bearer token (for ``sub``, a jwt-bearer token's subject, when given).
     Returns the calls made and each distinct stored key set, in order."""
     calls = 0
     seen: list[dict] = []
@@ -177,7 +179,8 @@ def whoami_until(client, p: Peer, settings, store, cid: str, counter: str, grant
         resp = client.send(settings, Request.get(p.whoami), store=store, credential="c")
         calls += 1
         assert resp.status == 200, (resp, resp.headers)
-        assert resp.json() == {"client_id": cid, "scope": None, "token_type": "Bearer"}
+        expected = {"client_id": cid, "scope": None, "token_type": "Bearer", **({"sub": sub} if sub else {})}
+        assert resp.json() == expected
         keys = json.loads(stored_keys(store))
         if not seen or keys["access_token"] != seen[-1]["access_token"]:
             seen.append(keys)
@@ -305,3 +308,84 @@ def test_private_key_jwt_code_flow_then_refresh_rotation_over_two_expiries(clien
     last = json.loads(stored_keys(store))
     assert_nothing_shown(caplog.text + page["body"] + repr(keys) + repr(settings),
                          [secret, *key_texts(key), *refresh_tokens, first["access_token"], last["access_token"]])
+
+
+# ---------------------------------------------------------------- jwt-bearer
+
+
+def jwt_bearer_client(cid: str, jwks: list[dict]) -> dict:
+    """A client allowed only the JWT bearer grant, authenticating as a public
+    client (the assertion is what proves it): the component sends just client_id."""
+    return {"client_id": cid, "token_endpoint_auth_method": "none", "jwks": {"keys": jwks},
+            "grant_types": [JWT_BEARER]}
+
+
+def test_jwt_bearer_es256_over_two_expiries_subject_seen_nothing_refreshable(client, peer, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    key = new_key("ES256")
+    key_file = write_key(tmp_path, "bearer.pem", key)
+    cid, subject = "jwt-bearer-es256", "svc-7@example.test"
+    p = peer([jwt_bearer_client(cid, [public_jwk(key, "bearer-1")])])
+    settings = Settings(token_url=p.token_url, client_id=cid, grant="jwt_bearer", subject=subject,
+                        signing=Signing("ES256", key_id="bearer-1", key_file=key_file), api_origins=[p.origin])
+    store = SqliteStore(tmp_path / "bearer.db")
+    store.put("c", settings, None)  # nothing stored: the first call fetches a token
+    column = store.show("c").settings
+    assert (column["grant"], column["subject"]) == ("jwt-bearer", subject), column
+    assert column["signing"] == {"algorithm": "ES256", "key_id": "bearer-1", "key_file": str(key_file)}, column
+
+    grants = EXPIRIES + 1
+    calls, sets = whoami_until(client, p, settings, store, cid, "jwt_bearer", grants, sub=subject)
+    s = p.stats(cid)
+    assert s["jwt_bearer"] == grants, s
+    assert s["last_jwt_bearer_subject"] == subject, s
+    assert s["jwt_bearer_refused"] == 0 and s["jwt_bearer_refused_reasons"] == {}, \
+        f"no assertion refused (a fresh jti each time): {s}"
+    assert s["grant_errors"] == {}, s
+    assert s["auth_seen"] == {"basic": 0, "post": 0, "private_key_jwt": 0, "none": grants}, \
+        f"a public client: just client_id, no secret: {s}"
+    assert (s["client_credentials"], s["refreshes"], s["code_exchanges"]) == (0, 0, 0), s
+    # One grant per expiry: each later grant followed exactly one 401, then 200.
+    assert (s["api_ok"], s["api_rejected"]) == (calls, grants - 1), s
+    assert len(sets) == grants, "each grant's token was stored, and only those"
+    for keys in sets:
+        assert "refresh_token" not in keys and keys["token_type"].lower() == "bearer", keys
+    assert_no_refresh_state(store)
+    all_stats = p.all_stats()
+    assert all_stats["server_errors"] == 0 and all_stats["api_rejected_unknown"] == 0
+    assert_nothing_shown(caplog.text + repr(settings), [*key_texts(key), *(k["access_token"] for k in sets)])
+
+
+def test_jwt_bearer_with_a_key_the_server_does_not_know_is_a_settings_error_nothing_stored(client, peer, tmp_path,
+                                                                                           caplog):
+    caplog.set_level(logging.DEBUG)
+    registered, unknown = new_key("ES256"), new_key("ES256")
+    cid = "jwt-bearer-unknown-key"
+    p = peer([jwt_bearer_client(cid, [public_jwk(registered, "bearer-1")])])
+    # The right kind of key, the registered kid even, but not the registered key.
+    settings = Settings(token_url=p.token_url, client_id=cid, grant="jwt_bearer", subject="svc-8@example.test",
+                        signing=Signing("ES256", key_id="bearer-1", key_file=write_key(tmp_path, "x.pem", unknown)),
+                        api_origins=[p.origin])
+    store = SqliteStore(tmp_path / "unknown.db")
+    store.put("c", settings, None)
+
+    with pytest.raises(rekey.SettingsRejected) as caught:
+        client.send(settings, Request.get(p.whoami), store=store, credential="c")
+    assert caught.value.category is rekey.Category.SETTINGS_WRONG
+    assert caught.value.code == "invalid_grant", caught.value.code
+    s = p.stats(cid)
+    assert s.get("jwt_bearer", 0) == 0 and s["grant_errors"] == {"invalid_grant": 1}, s
+    assert (s["jwt_bearer_refused"], s["jwt_bearer_refused_reasons"]) == (1, {"signature": 1}), s
+    assert s["last_jwt_bearer_subject"] is None, s
+    assert (s["api_ok"], s["api_rejected"]) == (0, 0), "the API was never called"
+    # No token stored: only the component's memory of the refusal, if anything.
+    kept = json.loads(stored_keys(store) or "{}")
+    assert set(kept) <= {"rekey_refused"}, kept
+    data = store.read("c").data
+    assert data.refresh_mark is None and data.lease is None and data.dead_grant is None
+
+    # The same settings again within the minute: refused without a request.
+    with pytest.raises(rekey.SettingsRejected):
+        client.send(settings, Request.get(p.whoami), store=store, credential="c")
+    assert p.stats(cid) == s, "nothing sent"
+    assert_nothing_shown(caplog.text + str(caught.value) + repr(caught.value), key_texts(unknown))
