@@ -480,7 +480,8 @@ mod tests {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_secs();
-            let b64 = |v: serde_json::Value| b64url(v.to_string().as_bytes());
+            let b64 =
+                |v: serde_json::Value| crate::signing::base64url_encode(v.to_string().as_bytes());
             let header = b64(serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk}));
             let claims = b64(serde_json::json!({
                 "jti": "00112233445566778899aabbccddeeff", "htm": htm, "htu": htu, "iat": now,
@@ -527,28 +528,13 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let b64 = |v: serde_json::Value| b64url(v.to_string().as_bytes());
+        let b64 = |v: serde_json::Value| crate::signing::base64url_encode(v.to_string().as_bytes());
         let header = b64(serde_json::json!({"alg": alg, "typ": "JWT"}));
         let claims = b64(serde_json::json!({
             "iss": "app", "sub": "app", "aud": aud, "iat": now, "exp": now + lifetime,
             "jti": "00112233445566778899aabbccddeeff",
         }));
         format!("{header}.{claims}").into_bytes()
-    }
-
-    fn b64url(bytes: &[u8]) -> String {
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-            for i in 0..=chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            }
-        }
-        out
     }
 
     /// The signer import checks what it is asked to sign before it reads

@@ -1315,24 +1315,14 @@ mod tests {
     const TOKEN_URL: &str = "https://idp.example/token";
     const JTI: &str = "0123456789abcdef0123456789abcdef";
 
-    fn b64(bytes: &[u8]) -> String {
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-            for i in 0..=chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            }
-        }
-        out
-    }
-
     /// `header.claims` from the JSON texts as given (a member may be there twice).
     fn input(header: &str, claims: &str) -> Vec<u8> {
-        format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes())).into_bytes()
+        format!(
+            "{}.{}",
+            super::base64url_encode(header.as_bytes()),
+            super::base64url_encode(claims.as_bytes())
+        )
+        .into_bytes()
     }
 
     fn client_rules(key_id: Option<&str>) -> AssertionRules {
@@ -1706,7 +1696,11 @@ mod tests {
             assert!(got.starts_with(REFUSED) && got.contains(says), "{got}");
         }
         // Not UTF-8 inside.
-        let latin1 = format!("{}.{}", b64(es.as_bytes()), b64(b"{\"iss\":\"\xff\"}"));
+        let latin1 = format!(
+            "{}.{}",
+            super::base64url_encode(es.as_bytes()),
+            super::base64url_encode(b"{\"iss\":\"\xff\"}")
+        );
         let got =
             check_assertion(latin1.as_bytes(), SigningAlgorithm::Es256, &rules, NOW).unwrap_err();
         assert!(got.contains("the claims is not a JSON object"), "{got}");

@@ -10,6 +10,8 @@
 //! wrong or missing key, and the CLI, whose output never shows the key.
 
 use crate::support::*;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rekey::settings::Grant;
 use rekey::{
     ClientAuth, Error, KeyStore, Settings, Signing, SigningAlgorithm, SqliteStore, Strategy,
@@ -119,8 +121,8 @@ impl TestKey {
         serde_json::json!({
             "kty": "EC",
             "crv": "P-256",
-            "x": b64url(&point[1..33]),
-            "y": b64url(&point[33..]),
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..]),
             "kid": kid,
             "use": "sig",
             "alg": "ES256",
@@ -138,45 +140,13 @@ impl TestKey {
     }
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-pub fn b64url(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-fn b64url_decode(text: &str) -> Vec<u8> {
-    let values: Vec<u32> = text
-        .bytes()
-        .map(|c| B64.iter().position(|b| *b == c).expect("base64url") as u32)
-        .collect();
-    let mut out = Vec::new();
-    for chunk in values.chunks(4) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, v)| n | (v << (18 - 6 * i)));
-        for i in 0..chunk.len() - 1 {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
-}
-
 /// A JWT's header and claims (its signature is the provider's to check).
 fn jwt_parts(jwt: &str) -> (Value, Value) {
     let parts: Vec<&str> = jwt.split('.').collect();
     assert_eq!(parts.len(), 3, "a JWS in compact form");
-    let json = |p: &str| serde_json::from_slice(&b64url_decode(p)).expect("JSON");
+    let json = |p: &str| {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).expect("base64url")).expect("JSON")
+    };
     (json(parts[0]), json(parts[1]))
 }
 
