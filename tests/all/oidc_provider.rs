@@ -19,6 +19,12 @@
 //! tokens) across several expiries; the provider grants one token per expiry
 //! and nothing else, and a client refused for its secret stores nothing.
 //!
+//! Then private_key_jwt client authentication (RFC 7523 §2.2) with the
+//! client-credentials grant, and the JWT bearer grant (RFC 7523 §2.1, added
+//! to oidc-provider by server.mjs): ES256 and RS256 assertions for a subject,
+//! one grant per expiry, the subject seen by the server, no refresh token
+//! stored, and a key the provider does not know refused (exit 9, no token).
+//!
 //! The peer is `support::peers::node()`: skipped, loudly, only when Node.js
 //! (>= 20) is absent (a failure instead under REKEY_REQUIRE_PEERS, as in CI);
 //! it runs `npm ci` in tests/oidc once when needed.
@@ -1278,5 +1284,372 @@ fn private_key_jwt_against_oidc_provider() {
         "oidc-provider private_key_jwt: {} clients x {} tokens, aud = token URL and issuer, 0 errors",
         clients.len(),
         PKJWT_EXPIRIES + 1
+    );
+}
+
+/// How many access-token expiries the jwt-bearer scenario lives through.
+const JB_EXPIRIES: u64 = 2;
+/// RFC 7523 §2.1's grant type, which server.mjs adds to oidc-provider.
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// One jwt-bearer credential in the scenario and what the provider should see.
+struct JwtBearerCase {
+    id: &'static str,
+    subject: &'static str,
+    /// The private key rekey signs with (`--signing-key-file`).
+    key: crate::signed_assertions::TestKey,
+    /// The public key registered for the client (its `jwks`).
+    registered_jwk: Value,
+    /// Extra `credential add` options.
+    options: Vec<String>,
+    /// `none` (just the client id at /token) or `private_key_jwt`.
+    auth: &'static str,
+    /// The `aud` its assertions name: `token_endpoint` (the default) or `issuer`.
+    aud: &'static str,
+    /// 401s the API gives before each renewal (on-auth-failure), or none
+    /// (before-expiry renews first).
+    rejections: u64,
+}
+
+/// The public JWK of `key`'s private key, with a key id, for a `jwks`.
+fn public_jwk(key: &crate::signed_assertions::TestKey, alg: rekey::SigningAlgorithm) -> Value {
+    let loaded = rekey::SigningKeySource::File(key.path.clone())
+        .load(Some(alg))
+        .expect("the test key loads");
+    let mut jwk = loaded.public_jwk();
+    let name = match alg {
+        rekey::SigningAlgorithm::Es256 => "ES256",
+        rekey::SigningAlgorithm::Rs256 => "RS256",
+    };
+    jwk.insert("alg".into(), name.into());
+    jwk.insert("use".into(), "sig".into());
+    jwk.insert(
+        "kid".into(),
+        format!("rekey-{}", name.to_lowercase()).into(),
+    );
+    Value::Object(jwk)
+}
+
+impl JwtBearerCase {
+    fn registration(&self) -> Value {
+        json!({
+            "client_id": self.id,
+            "token_endpoint_auth_method": self.auth,
+            "grant_types": [JWT_BEARER_GRANT],
+            "jwks": {"keys": [self.registered_jwk]},
+        })
+    }
+
+    /// `rekey credential add ID --grant jwt-bearer ...` (no client secret).
+    fn add(&self, peer: &Peer, store: &Path) -> Output {
+        let (token_url, issuer) = (peer.url("/token"), peer.issuer());
+        let mut args = vec![
+            "credential",
+            "add",
+            self.id,
+            "--grant",
+            "jwt-bearer",
+            "--assertion-subject",
+            self.subject,
+            "--signing-key-file",
+            self.key.path.to_str().unwrap(),
+            "--token-url",
+            &token_url,
+            "--client-id",
+            self.id,
+            "--api-origin",
+            &issuer,
+        ];
+        args.extend(self.options.iter().map(String::as_str));
+        rekey_cli(store, &args)
+    }
+
+    /// The stored credential holds no token yet, or one access token and
+    /// never a refresh token; no refresh mark, dead grant or lease.
+    fn check_stored(&self, store: &Path, round: u64) -> Result<Option<String>, String> {
+        let id = self.id;
+        let c = SqliteStore::open(store)
+            .and_then(|s| s.load(id))
+            .map_err(|e| format!("{id}: cannot load the credential: {e}"))?;
+        if c.refresh_mark.is_some() || c.needs_authorization.is_some() || c.lease.is_some() {
+            return Err(format!(
+                "{id}: round {round}: a refresh mark, a dead grant or a lease was left"
+            ));
+        }
+        let Some(keys) = c.keys.as_ref() else {
+            return Ok(None);
+        };
+        let keys = parse_keys(id, keys.expose())?;
+        if keys.get("refresh_token").is_some() {
+            return Err(format!("{id}: round {round}: a refresh token was stored"));
+        }
+        Ok(str_field(&keys, "access_token").map(str::to_owned))
+    }
+}
+
+/// The JWT bearer grant (RFC 7523 §2.1) against the real provider, which
+/// server.mjs extends with it: clients registered with only a public JWK
+/// (no secret) and added through the CLI with `--grant jwt-bearer
+/// --assertion-subject ... --signing-key-file ...`; ES256 with the token
+/// URL as `aud` (the default, client authentication `none`), RS256 with
+/// the issuer as `aud` (renewing before expiry), and ES256 whose client
+/// also authenticates with private_key_jwt. Across JB_EXPIRIES expiries
+/// every `rekey send .../_api/whoami` is answered 200 for the configured
+/// subject, the provider grants one token per expiry plus the first
+/// (verifying each assertion itself: signature with the registered key,
+/// `iss`, `sub`, `aud`, `exp`, `iat`, a fresh `jti`), and no refresh token
+/// is ever stored. A credential signing with a key the provider does not
+/// know is refused: exit 9, no token stored, the key never printed.
+#[test]
+fn jwt_bearer_against_oidc_provider() {
+    use crate::signed_assertions::TestKey;
+    use rekey::SigningAlgorithm::{Es256, Rs256};
+    let Some(node) = peers::node() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let es = TestKey::new(dir.path(), "es256.pem", Es256);
+    let rs = TestKey::new(dir.path(), "rs256.pem", Rs256);
+    let es_pkjwt = TestKey::new(dir.path(), "es256-pkjwt.pem", Es256);
+    let unknown = TestKey::new(dir.path(), "unknown.pem", Es256);
+    let (es_jwk, rs_jwk, pkjwt_jwk) = (
+        public_jwk(&es, Es256),
+        public_jwk(&rs, Rs256),
+        public_jwk(&es_pkjwt, Es256),
+    );
+    // The RS256 case's --assertion-audience is added once the issuer is known.
+    let mut cases = [
+        JwtBearerCase {
+            id: "rekey-jb-es256",
+            subject: "robot-es256@service.example",
+            aud: "token_endpoint",
+            key: es,
+            registered_jwk: es_jwk.clone(),
+            options: vec![],
+            auth: "none",
+            rejections: JB_EXPIRIES,
+        },
+        JwtBearerCase {
+            id: "rekey-jb-rs256",
+            subject: "robot-rs256@service.example",
+            aud: "issuer",
+            key: rs,
+            registered_jwk: rs_jwk,
+            options: vec![
+                "--signing-alg".into(),
+                "RS256".into(),
+                "--signing-key-id".into(),
+                "rekey-rs256".into(),
+                "--strategy".into(),
+                "before-expiry".into(),
+                "--expiry-margin".into(),
+                "1".into(),
+            ],
+            auth: "none",
+            rejections: 0,
+        },
+        JwtBearerCase {
+            id: "rekey-jb-pkjwt",
+            subject: "robot-pkjwt@service.example",
+            aud: "token_endpoint",
+            key: es_pkjwt,
+            registered_jwk: pkjwt_jwk,
+            options: vec!["--client-auth".into(), "private-key-jwt".into()],
+            auth: "private_key_jwt",
+            rejections: JB_EXPIRIES,
+        },
+    ];
+    // The provider knows the ES256 client's key; this credential signs with another.
+    let refused = JwtBearerCase {
+        id: "rekey-jb-unknown-key",
+        subject: "robot-unknown@service.example",
+        aud: "token_endpoint",
+        key: unknown,
+        registered_jwk: es_jwk,
+        options: vec![],
+        auth: "none",
+        rejections: 0,
+    };
+    let peer = Peer::start_with(
+        &node,
+        cases
+            .iter()
+            .chain([&refused])
+            .map(JwtBearerCase::registration)
+            .collect(),
+    );
+    cases[1]
+        .options
+        .extend(["--assertion-audience".into(), peer.issuer()]);
+    let discovery = peer.get_json("/.well-known/openid-configuration");
+    assert!(
+        discovery["grant_types_supported"]
+            .as_array()
+            .is_some_and(|g| g.contains(&json!(JWT_BEARER_GRANT))),
+        "the provider does not advertise the jwt-bearer grant: {}",
+        discovery["grant_types_supported"]
+    );
+
+    let store = dir.path().join("rekey.db");
+    let whoami = peer.url("/_api/whoami");
+    for case in cases.iter().chain([&refused]) {
+        let out = case.add(&peer, &store);
+        let text = all_output(&out);
+        assert!(out.status.success(), "{}: credential add: {text}", case.id);
+        case.key.assert_not_in(&text, "credential add");
+        assert_eq!(
+            case.check_stored(&store, 0).unwrap(),
+            None,
+            "{}: credential add stored a token",
+            case.id
+        );
+    }
+
+    let mut tokens: Vec<Vec<String>> = vec![Vec::new(); cases.len()];
+    let started = Instant::now();
+    for round in 0..=JB_EXPIRIES {
+        if round > 0 {
+            std::thread::sleep(PAST_EXPIRY);
+        }
+        for (case, seen) in cases.iter().zip(&mut tokens) {
+            let id = case.id;
+            let out = rekey_cli(&store, &["send", id, &whoami]);
+            let text = all_output(&out);
+            assert!(
+                out.status.success(),
+                "{id}: round {round}: rekey send: {text}\nserver.mjs stderr:\n{}",
+                peer.stderr_text()
+            );
+            case.key.assert_not_in(&text, "rekey send");
+            let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            assert_eq!(
+                (answer["client_id"].as_str(), answer["sub"].as_str()),
+                (Some(id), Some(case.subject)),
+                "{id}: round {round}: the API answered {answer}"
+            );
+            let token = case.check_stored(&store, round).unwrap();
+            let token = token.unwrap_or_else(|| panic!("{id}: round {round}: no token stored"));
+            assert!(
+                !text.contains(&token),
+                "{id}: rekey printed the access token"
+            );
+            if seen.last() != Some(&token) {
+                seen.push(token);
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+
+    // The unknown key: refused by the provider, a settings problem.
+    let out = rekey_cli(&store, &["send", refused.id, &whoami]);
+    let text = all_output(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_SETTINGS),
+        "{}: a key the provider does not know: {text}",
+        refused.id
+    );
+    assert!(out.stdout.is_empty(), "{}: printed {text}", refused.id);
+    refused.key.assert_not_in(&text, "rekey send");
+    let c = SqliteStore::open(&store).unwrap().load(refused.id).unwrap();
+    assert!(
+        c.refresh_mark.is_none() && c.needs_authorization.is_none() && c.lease.is_none(),
+        "{}: a refresh mark, a dead grant or a lease was left",
+        refused.id
+    );
+    // No token: at most the component's memory of the refusal.
+    if let Some(keys) = c.keys.as_ref() {
+        let kept = parse_keys(refused.id, keys.expose()).unwrap();
+        assert!(
+            kept.as_object().is_some_and(|m| m.len() == 1)
+                && kept["rekey_refused"]["code"] == "invalid_grant",
+            "{}: stored more than the refusal's memory: {:?}",
+            refused.id,
+            kept.as_object().map(|m| m.keys().collect::<Vec<_>>())
+        );
+    }
+
+    let stats = peer.get_json("/_stats");
+    let grants = JB_EXPIRIES + 1;
+    let mut summary = Vec::new();
+    for (case, seen) in cases.iter().zip(&tokens) {
+        let (id, s) = (case.id, &stats["clients"][case.id]);
+        assert_eq!(s["grant_errors"], json!({}), "{id}: {s}");
+        assert_eq!(
+            (count(&s["jwt_bearer"]), count(&s["jwt_bearer_refused"])),
+            (grants, 0),
+            "{id}: one jwt-bearer grant per expiry plus the first, none refused: {s}"
+        );
+        assert_eq!(
+            seen.len() as u64,
+            grants,
+            "{id}: distinct access tokens stored"
+        );
+        assert_eq!(
+            s["last_jwt_bearer_subject"], case.subject,
+            "{id}: the subject the provider saw"
+        );
+        assert_eq!(
+            (
+                count(&s["client_credentials"]),
+                count(&s["refreshes"]),
+                count(&s["code_exchanges"])
+            ),
+            (0, 0, 0),
+            "{id}: other grants: {s}"
+        );
+        let mut aud_seen = json!({"issuer": 0, "token_endpoint": 0});
+        aud_seen[case.aud] = json!(grants);
+        assert_eq!(s["jwt_bearer_aud"], aud_seen, "{id}: the assertions' aud");
+        let method = case.auth;
+        let mut auth_seen = json!({"basic": 0, "post": 0, "private_key_jwt": 0, "none": 0});
+        auth_seen[method] = json!(grants);
+        assert_eq!(s["auth_seen"], auth_seen, "{id}: client authentication");
+        assert_eq!(
+            (count(&s["api_ok"]), count(&s["api_rejected"])),
+            (grants, case.rejections),
+            "{id}: API answers (200, 401)"
+        );
+        summary.push(format!(
+            "{id:<22} {grants} jwt_bearer grants, sub {}, aud {}, auth {method}, {} 401s",
+            case.subject, case.aud, case.rejections
+        ));
+    }
+    let s = &stats["clients"][refused.id];
+    assert_eq!(
+        (
+            count(&s["jwt_bearer"]),
+            count(&s["jwt_bearer_refused"]),
+            &s["jwt_bearer_refused_reasons"],
+            &s["grant_errors"],
+            count(&s["api_ok"]) + count(&s["api_rejected"]),
+        ),
+        (
+            0,
+            1,
+            &json!({"signature": 1}),
+            &json!({"invalid_grant": 1}),
+            0
+        ),
+        "{}: one assertion refused for its signature, no token, no API call: {s}",
+        refused.id
+    );
+    let known: Vec<&str> = cases.iter().chain([&refused]).map(|c| c.id).collect();
+    let strangers: Vec<&String> = stats["clients"]
+        .as_object()
+        .map(|m| m.keys().filter(|k| !known.contains(&k.as_str())).collect())
+        .unwrap_or_default();
+    assert!(strangers.is_empty(), "traffic from {strangers:?}");
+    for counter in ["server_errors", "api_rejected_unknown"] {
+        assert_eq!(count(&stats[counter]), 0, "{counter}");
+    }
+    eprintln!(
+        "oidc-provider jwt-bearer ({:.1} s, {JB_EXPIRIES} expiries):",
+        elapsed.as_secs_f64()
+    );
+    for line in &summary {
+        eprintln!("  {line}");
+    }
+    eprintln!(
+        "  {:<22} key unknown to the provider -> exit 9, invalid_grant (signature), no token",
+        refused.id
     );
 }

@@ -88,6 +88,8 @@
 //                                  iss, sub, aud, exp, nbf, exp_too_far, iat,
 //                                  jti (none), jti_replay, no_jwks
 //   last_jwt_bearer_subject        the `sub` of the last granted assertion (or null)
+//   jwt_bearer_aud {issuer, token_endpoint}
+//                                  which `aud` the granted assertions named
 //   auth_seen {basic, post, private_key_jwt, none}
 //                                  how the client authenticated at /token on those
 //                                  (every successful grant, jwt-bearer included)
@@ -219,6 +221,7 @@ function statsFor(clientId) {
     jwt_bearer_refused: 0,
     jwt_bearer_refused_reasons: {},
     last_jwt_bearer_subject: null,
+    jwt_bearer_aud: { issuer: 0, token_endpoint: 0 },
     auth_seen: { basic: 0, post: 0, private_key_jwt: 0, none: 0 },
     grant_errors: {},
     grants_revoked: 0,
@@ -308,9 +311,11 @@ async function jwtBearerGrant(ctx) {
   const now = Math.floor(Date.now() / 1000);
   if (payload.iss !== client.clientId) refuseAssertion(ctx, 'iss', 'iss is not the client id');
   if (typeof payload.sub !== 'string' || !payload.sub) refuseAssertion(ctx, 'sub', 'no subject');
-  const audiences = new Set([p.issuer, ctx.oidc.urlFor('token')]);
   const aud = Array.isArray(payload.aud) ? payload.aud : [payload.aud];
-  if (!aud.some((a) => audiences.has(a))) refuseAssertion(ctx, 'aud', 'aud is neither the issuer nor the token endpoint');
+  const tokenEndpoint = ctx.oidc.urlFor('token');
+  if (aud.includes(tokenEndpoint)) ctx.state.jwtBearerAud = 'token_endpoint';
+  else if (aud.includes(p.issuer)) ctx.state.jwtBearerAud = 'issuer';
+  else refuseAssertion(ctx, 'aud', 'aud is neither the issuer nor the token endpoint');
   if (typeof payload.exp !== 'number' || payload.exp <= now) refuseAssertion(ctx, 'exp', 'expired or no exp');
   if (payload.exp - now > JWT_BEARER_MAX_LIFETIME) refuseAssertion(ctx, 'exp_too_far', 'exp more than 10 minutes ahead');
   if (typeof payload.iat !== 'number' || payload.iat > now) refuseAssertion(ctx, 'iat', 'no iat, or in the future');
@@ -393,6 +398,7 @@ function createProvider(issuer) {
     if (grantType === JWT_BEARER) {
       s.jwt_bearer += 1;
       s.last_jwt_bearer_subject = ctx.oidc.entities?.ClientCredentials?.extra?.sub ?? null;
+      if (ctx.state.jwtBearerAud) s.jwt_bearer_aud[ctx.state.jwtBearerAud] += 1;
     }
     if (/^basic\s/i.test(ctx.get('authorization') ?? '')) s.auth_seen.basic += 1;
     else if (ctx.oidc.body?.client_secret !== undefined) s.auth_seen.post += 1;
