@@ -223,46 +223,37 @@ impl Rekey {
         let (credential, settings) = self.load_for_call(&store, name).await?;
         let destinations = Destinations::of(&credential)?;
         destinations.check(&url, name)?;
-        // A credential's calls (which may all wait on its lease) take at most
-        // its share of the slots, so the others' calls never starve.
-        let _share = self.inner.shares.acquire(name).await;
-        let _slot = self.slot().await?;
-        let key = warm::Key::new(&store, name);
-        let mut warm = self
-            .instance_for(
-                &key,
-                store,
-                &credential,
-                &settings,
-                destinations,
-                must_finish,
-            )
-            .await?;
-        let component_failed = |e: wasmtime::Error| Error::Component(format!("{e:#}"));
-        let req = body::request(warm.store.data_mut(), req).map_err(component_failed)?;
-        let result = warm
-            .client
-            .rekey_oauth2_client()
-            .call_send(&mut warm.store, &settings, &req)
-            .await
-            // A trapped instance is dropped here, never reused.
-            .map_err(component_failed)?;
-        let state = warm.store.data_mut();
-        let result = match result {
-            Ok(resp) => body::response(state, resp).map_err(component_failed),
-            Err(e) => {
-                let mut failed = None;
-                let e = Error::from_send(e, |resp| {
-                    body::response(state, resp).unwrap_or_else(|e| {
-                        failed = Some(component_failed(e));
-                        Response::default()
-                    })
-                });
-                Err(failed.unwrap_or(e))
-            }
+        let call = async |warm: &mut Warm| {
+            let req = body::request(warm.store.data_mut(), req)?;
+            let result = warm
+                .client
+                .rekey_oauth2_client()
+                .call_send(&mut warm.store, &settings, &req)
+                .await?;
+            let state = warm.store.data_mut();
+            Ok(match result {
+                Ok(resp) => body::response(state, resp).map_err(component_failed),
+                Err(e) => {
+                    let mut failed = None;
+                    let e = Error::from_send(e, |resp| {
+                        body::response(state, resp).unwrap_or_else(|e| {
+                            failed = Some(component_failed(e));
+                            Response::default()
+                        })
+                    });
+                    Err(failed.unwrap_or(e))
+                }
+            })
         };
-        self.park(key, warm);
-        result
+        let on = On {
+            store,
+            name,
+            credential: &credential,
+            settings: &settings,
+            destinations,
+            must_finish,
+        };
+        self.on_instance(on, call).await?
     }
 
     /// Exercises the refresh token of credential `name` in `store` so that
@@ -315,27 +306,21 @@ impl Rekey {
         };
         settings.fleet = self.inner.fleet;
         let destinations = Destinations::of(&credential)?;
-        let _share = self.inner.shares.acquire(name).await;
-        let _slot = self.slot().await?;
-        let key = warm::Key::new(&store, name);
-        let mut warm = self
-            .instance_for(
-                &key,
-                store,
-                &credential,
-                &settings,
-                destinations,
-                must_finish,
-            )
-            .await?;
-        let result = warm
-            .client
-            .rekey_oauth2_client()
-            .call_keepalive(&mut warm.store, &settings, older_than.as_secs())
-            .await
-            // A trapped instance is dropped here, never reused.
-            .map_err(|e| Error::Component(format!("{e:#}")))?;
-        self.park(key, warm);
+        let call = async |warm: &mut Warm| {
+            warm.client
+                .rekey_oauth2_client()
+                .call_keepalive(&mut warm.store, &settings, older_than.as_secs())
+                .await
+        };
+        let on = On {
+            store,
+            name,
+            credential: &credential,
+            settings: &settings,
+            destinations,
+            must_finish,
+        };
+        let result = self.on_instance(on, call).await?;
         match result {
             Ok(KeepaliveWit::Fresh) => Ok(KeepaliveOutcome::Fresh),
             Ok(KeepaliveWit::Refreshed) => Ok(KeepaliveOutcome::Refreshed),
@@ -359,6 +344,34 @@ impl Rekey {
             .map_err(Error::InvalidSettings)?;
         settings.fleet = self.inner.fleet;
         Ok((credential, settings))
+    }
+
+    /// Runs `call` on an instance for the credential (its warm one, or a
+    /// new one) within the credential's share of the slots, so the others'
+    /// calls never starve while its calls wait on its lease. The instance is
+    /// kept for the credential's next call unless the component trapped
+    /// (`call`'s error): a trapped instance is dropped, never reused.
+    async fn on_instance<T>(
+        &self,
+        on: On<'_>,
+        call: impl AsyncFnOnce(&mut Warm) -> Result<T, wasmtime::Error>,
+    ) -> Result<T, Error> {
+        let _share = self.inner.shares.acquire(on.name).await;
+        let _slot = self.slot().await?;
+        let key = warm::Key::new(&on.store, on.name);
+        let mut warm = self
+            .instance_for(
+                &key,
+                on.store,
+                on.credential,
+                on.settings,
+                on.destinations,
+                on.must_finish,
+            )
+            .await?;
+        let out = call(&mut warm).await.map_err(component_failed)?;
+        self.park(key, warm);
+        Ok(out)
     }
 
     /// An instance for a call of `credential`: its warm one, or a new one,
@@ -684,4 +697,20 @@ fn start_epoch_ticker(engine: &Engine) {
             }
         })
         .expect("spawn the epoch ticker");
+}
+
+/// What a call runs on: the credential, its WIT settings and where its
+/// tokens may go, in the store it was read from.
+struct On<'a> {
+    store: Arc<dyn KeyStore>,
+    name: &'a str,
+    credential: &'a crate::Credential,
+    settings: &'a types::Settings,
+    destinations: Destinations,
+    must_finish: MustFinish,
+}
+
+/// A trap or a failed conversion at the component boundary.
+fn component_failed(e: wasmtime::Error) -> Error {
+    Error::Component(format!("{e:#}"))
 }
