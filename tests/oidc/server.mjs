@@ -81,7 +81,10 @@
 //   code_exchanges, refreshes      successful token endpoint grants
 //   client_credentials             successful client_credentials grants
 //   jwt_bearer                     successful jwt-bearer grants
-//   jwt_bearer_refused             jwt-bearer assertions refused (invalid_grant),
+//   jwt_bearer_refused             jwt-bearer assertions refused (invalid_grant;
+//                                  a request refused for its DPoP proof, checked
+//                                  first, is only in grant_errors and leaves the
+//                                  assertion's jti unspent),
 //   jwt_bearer_refused_reasons {reason: n}
 //                                  and why: malformed, signature (no registered
 //                                  key verifies it, or an alg not ES256/RS256),
@@ -281,7 +284,9 @@ function refuseAssertion(ctx, reason, description) {
 // The JWT bearer grant (RFC 7523 §2.1, §3): see the header comment.
 async function jwtBearerGrant(ctx) {
   const { provider: p, client, params } = ctx.oidc;
+  // DPoP first: a request refused for its proof leaves the assertion unused.
   const dPoP = await grantHelpers.validateDpop(p, ctx);
+  grantHelpers.checkDpopRequired(p, ctx, dPoP);
   const assertion = params.assertion;
   if (typeof assertion !== 'string' || !assertion) {
     throw new oidcErrors.InvalidRequest("missing required parameter 'assertion'");
@@ -324,7 +329,6 @@ async function jwtBearerGrant(ctx) {
   if (!seen) jwtBearerJtis.set(client.clientId, (seen = new Map()));
   for (const [jti, exp] of seen) if (exp < now) seen.delete(jti);
   if (seen.has(payload.jti)) refuseAssertion(ctx, 'jti_replay', 'jti already used');
-  seen.set(payload.jti, payload.exp);
 
   const scopes = [...grantHelpers.validateClientScope(p, ctx)];
   const token = new p.ClientCredentials({
@@ -332,8 +336,9 @@ async function jwtBearerGrant(ctx) {
     scope: scopes.join(' ') || undefined,
     extra: { sub: payload.sub },
   });
+  // Refuses a replayed proof; the assertion's jti is spent only after it.
   await applyDpopBinding(p, ctx, dPoP, token);
-  grantHelpers.checkDpopRequired(p, ctx, dPoP);
+  seen.set(payload.jti, payload.exp);
   ctx.oidc.entity('ClientCredentials', token);
   const value = await token.save();
   ctx.body = grantHelpers.buildTokenResponse(p, {
