@@ -19,10 +19,11 @@ verdicts from the server's own counters (``GET /_stats``).
   ES256 with the default audience (the token URL) and RS256 with the issuer
   as the audience.
 - the JWT bearer grant (RFC 7523 §2.1, server.mjs's registered grant): an
-  ES256 assertion for a subject, /_api/whoami over two expiries, the
-  subject seen by the server, no refresh token stored; an assertion signed
-  with a key the server does not know is refused: a settings error, nothing
-  stored.
+  assertion for a subject (ES256 from a public client, aud the token URL;
+  RS256 from a private_key_jwt client, aud the issuer), /_api/whoami over
+  two expiries, the subject seen by the server, no refresh token stored;
+  an assertion signed with a key the server does not know is refused: a
+  settings error, nothing stored.
 
 Keys are generated per test (cryptography), written under tmp_path, never
 committed; no key text may show in a log line or error. Waits between calls
@@ -313,26 +314,36 @@ def test_private_key_jwt_code_flow_then_refresh_rotation_over_two_expiries(clien
 # ---------------------------------------------------------------- jwt-bearer
 
 
-def jwt_bearer_client(cid: str, jwks: list[dict]) -> dict:
-    """A client allowed only the JWT bearer grant, authenticating as a public
-    client (the assertion is what proves it): the component sends just client_id."""
-    return {"client_id": cid, "token_endpoint_auth_method": "none", "jwks": {"keys": jwks},
+def jwt_bearer_client(cid: str, jwks: list[dict], auth: str = "none") -> dict:
+    """A client allowed only the JWT bearer grant; ``none``: a public client
+    (the assertion is what proves it), the component sends just client_id."""
+    return {"client_id": cid, "token_endpoint_auth_method": auth, "jwks": {"keys": jwks},
             "grant_types": [JWT_BEARER]}
 
 
-def test_jwt_bearer_es256_over_two_expiries_subject_seen_nothing_refreshable(client, peer, tmp_path, caplog):
+@pytest.mark.parametrize("alg, auth, audience", [("ES256", "none", "token_endpoint"),
+                                                 ("RS256", "private_key_jwt", "issuer")])
+def test_jwt_bearer_over_two_expiries_subject_seen_nothing_refreshable(client, peer, tmp_path, caplog, alg, auth,
+                                                                       audience):
+    """ES256 from a public client, the assertion's aud the token URL (the
+    default); RS256 from a private_key_jwt client (the same key signs the
+    grant's assertion and the client's), aud the issuer."""
     caplog.set_level(logging.DEBUG)
-    key = new_key("ES256")
+    key = new_key(alg)
     key_file = write_key(tmp_path, "bearer.pem", key)
-    cid, subject = "jwt-bearer-es256", "svc-7@example.test"
-    p = peer([jwt_bearer_client(cid, [public_jwk(key, "bearer-1")])])
+    cid, subject = f"jwt-bearer-{alg.lower()}", "svc-7@example.test"
+    p = peer([jwt_bearer_client(cid, [public_jwk(key, "bearer-1")], auth)])
     settings = Settings(token_url=p.token_url, client_id=cid, grant="jwt_bearer", subject=subject,
-                        signing=Signing("ES256", key_id="bearer-1", key_file=key_file), api_origins=[p.origin])
+                        client_auth="private_key_jwt" if auth == "private_key_jwt" else "basic",
+                        signing=Signing(alg, key_id="bearer-1", key_file=key_file,
+                                        **({"audience": p.issuer} if audience == "issuer" else {})),
+                        api_origins=[p.origin])
     store = SqliteStore(tmp_path / "bearer.db")
     store.put("c", settings, None)  # nothing stored: the first call fetches a token
     column = store.show("c").settings
     assert (column["grant"], column["subject"]) == ("jwt-bearer", subject), column
-    assert column["signing"] == {"algorithm": "ES256", "key_id": "bearer-1", "key_file": str(key_file)}, column
+    assert column["signing"] == {"algorithm": alg, "key_id": "bearer-1", "key_file": str(key_file),
+                                 **({"audience": p.issuer} if audience == "issuer" else {})}, column
 
     grants = EXPIRIES + 1
     calls, sets = whoami_until(client, p, settings, store, cid, "jwt_bearer", grants, sub=subject)
@@ -342,8 +353,9 @@ def test_jwt_bearer_es256_over_two_expiries_subject_seen_nothing_refreshable(cli
     assert s["jwt_bearer_refused"] == 0 and s["jwt_bearer_refused_reasons"] == {}, \
         f"no assertion refused (a fresh jti each time): {s}"
     assert s["grant_errors"] == {}, s
-    assert s["auth_seen"] == {"basic": 0, "post": 0, "private_key_jwt": 0, "none": grants}, \
-        f"a public client: just client_id, no secret: {s}"
+    assert s["auth_seen"] == {"basic": 0, "post": 0, "private_key_jwt": 0, "none": 0, auth: grants}, \
+        f"authenticated as registered, no secret: {s}"
+    assert s["jwt_bearer_aud"] == {"issuer": 0, "token_endpoint": 0, audience: grants}, s
     assert (s["client_credentials"], s["refreshes"], s["code_exchanges"]) == (0, 0, 0), s
     # One grant per expiry: each later grant followed exactly one 401, then 200.
     assert (s["api_ok"], s["api_rejected"]) == (calls, grants - 1), s
