@@ -186,12 +186,6 @@ def _member(name: str, what: str) -> str:
     return _signing._member(name, what, _NAMEABLE)
 
 
-def _json_object(part: bytes, what: str, objects: tuple = ()) -> dict:
-    """A proof part's JSON object: the assertion check's reading (no member
-    twice, ...), with the proof's nameable members."""
-    return _signing._json_object(part, what, objects, _NAMEABLE)
-
-
 def _without_query(url: str) -> str:
     return url.split("#", 1)[0].split("?", 1)[0]
 
@@ -230,24 +224,9 @@ def jwk_refusal(jwk: dict, public: dict) -> Optional[str]:
 
 
 def _check_proof(data: bytes, algorithm, rules: ProofRules, now: float) -> dict:
-    parts = data.split(b".")
-    if len(parts) != 2:
-        raise _Refused("the input is not a JWT's header.claims: it needs exactly one '.'")
-    if not all(_signing._BASE64URL.fullmatch(p) for p in parts):
-        raise _Refused("the input is not a JWT's header.claims (ASCII base64url, one '.')")
-    header = _json_object(parts[0], "header", objects=("jwk",))
-    claims = _json_object(parts[1], "claims")
-
-    for name in header:
-        if name not in _HEADER_MEMBERS:
-            raise _Refused(f"{_member(name, 'header member')} is not allowed (only typ, alg and jwk)")
-    try:
-        asked = algorithm_of(algorithm).value
-    except InvalidSettings:
-        asked = None
     configured = rules.algorithm.value
-    if asked != configured:
-        raise _Refused(f"alg: the component asked for {asked or 'an unknown algorithm'}, the DPoP key is for {configured}")
+    header, claims = _signing._signing_input(data, algorithm, configured, _HEADER_MEMBERS, "the DPoP key is for",
+                                             objects=("jwk",), nameable=_NAMEABLE)
     if not _signing._is_string(header.get("typ"), "dpop+jwt"):
         raise _Refused('the header\'s typ is not "dpop+jwt"')
     if not _signing._is_string(header.get("alg"), configured):

@@ -576,25 +576,35 @@ def check_assertion(data: bytes, algorithm: "SigningAlgorithm | str", rules: Ass
     return None
 
 
-def _check_assertion(data: bytes, algorithm, rules: AssertionRules, now: float) -> None:
+def _signing_input(data: bytes, algorithm, configured: str, header_members: tuple, key_is: str,
+                   objects: tuple = (), nameable: frozenset = None) -> "tuple[dict, dict]":
+    """The header and claims of a JWT the component asks to have signed
+    (ASCII ``base64url(header).base64url(claims)``): both JSON objects, the
+    header's members among ``header_members``, and the algorithm asked for
+    the configured one (``key_is`` says whose: "the credential signs with")."""
     parts = data.split(b".")
     if len(parts) != 2:
         raise _Refused("the input is not a JWT's header.claims: it needs exactly one '.'")
     if not all(_BASE64URL.fullmatch(p) for p in parts):
         raise _Refused("the input is not a JWT's header.claims (ASCII base64url, one '.')")
-    header = _json_object(parts[0], "header")
-    claims = _json_object(parts[1], "claims")
-
+    header = _json_object(parts[0], "header", objects, nameable)
+    claims = _json_object(parts[1], "claims", (), nameable)
+    allowed = ", ".join(header_members[:-1]) + " and " + header_members[-1]
     for name in header:
-        if name not in _HEADER_MEMBERS:
-            raise _Refused(f"{_member(name, 'header member')} is not allowed (only alg, typ and kid)")
+        if name not in header_members:
+            raise _Refused(f"{_member(name, 'header member', nameable)} is not allowed (only {allowed})")
     try:
         asked = algorithm_of(algorithm).value
     except InvalidSettings:
         asked = None
-    configured = rules.algorithm.value
     if asked != configured:
-        raise _Refused(f"alg: the component asked for {asked or 'an unknown algorithm'}, the credential signs with {configured}")
+        raise _Refused(f"alg: the component asked for {asked or 'an unknown algorithm'}, {key_is} {configured}")
+    return header, claims
+
+
+def _check_assertion(data: bytes, algorithm, rules: AssertionRules, now: float) -> None:
+    configured = rules.algorithm.value
+    header, claims = _signing_input(data, algorithm, configured, _HEADER_MEMBERS, "the credential signs with")
     if not _is_string(header.get("alg"), configured):
         raise _Refused(f"the header's alg is not {configured}")
     if not _is_string(header.get("typ"), "JWT"):
