@@ -11,11 +11,11 @@
 //! scripted device endpoint here does). Nothing secret in any output at -vv.
 
 use crate::support::peers::{self, Node};
-use crate::support::{all_output, rekey_bin, rekey_cli};
+use crate::support::{all_output, fetch, rekey_bin, rekey_cli};
 use rekey::{KeyStore, SqliteStore};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -128,40 +128,6 @@ fn secret(id: &str) -> String {
 fn http_get(url: &str) -> (u16, String) {
     let (status, _, body) = fetch(url);
     (status, body)
-}
-
-/// A plain GET over HTTP/1.0: status, `location` header, body.
-fn fetch(url: &str) -> (u16, Option<String>, String) {
-    let u = url::Url::parse(url).expect("URL");
-    let mut stream =
-        TcpStream::connect((u.host_str().unwrap(), u.port().unwrap())).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let target = match u.query() {
-        Some(q) => format!("{}?{q}", u.path()),
-        None => u.path().to_owned(),
-    };
-    write!(
-        stream,
-        "GET {target} HTTP/1.0\r\nhost: {}\r\n\r\n",
-        u.authority()
-    )
-    .unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let location = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("location")
-            .then(|| v.trim().to_owned())
-    });
-    (status, location, body.to_owned())
 }
 
 /// A running `rekey -vv authorize`, its stderr collected line by line.

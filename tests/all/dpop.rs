@@ -21,13 +21,13 @@
 //! failure under REKEY_REQUIRE_PEERS).
 
 use crate::support::peers::{self, Node};
-use crate::support::{all_output, rekey_bin, rekey_cli};
+use crate::support::{all_output, fetch, rekey_bin, rekey_cli};
 use rekey::{
     ClientAuth, Dpop, Grant, KeyStore, Rekey, Settings, SigningAlgorithm, SqliteStore, TokenSet,
 };
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -123,40 +123,6 @@ impl Drop for Peer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A plain GET over HTTP/1.0: status, `location` header, body.
-fn fetch(url: &str) -> (u16, Option<String>, String) {
-    let u = url::Url::parse(url).expect("URL");
-    let mut stream =
-        TcpStream::connect((u.host_str().unwrap(), u.port().unwrap())).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let target = match u.query() {
-        Some(q) => format!("{}?{q}", u.path()),
-        None => u.path().to_owned(),
-    };
-    write!(
-        stream,
-        "GET {target} HTTP/1.0\r\nhost: {}\r\n\r\n",
-        u.authority()
-    )
-    .unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let location = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("location")
-            .then(|| v.trim().to_owned())
-    });
-    (status, location, body.to_owned())
 }
 
 /// A private key made by openssl: `ec` (P-256) or `rsa` (2048 bits).

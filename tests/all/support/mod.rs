@@ -5,6 +5,7 @@
 use rekey::observe::{Event, Exchange, Observer};
 use rekey::{ClientAuth, Config, KeyStore, Rekey, Settings, SqliteStore, Strategy, TokenSet};
 use rekey_testkit::{Provider, ProviderConfig};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
@@ -220,4 +221,38 @@ pub fn all_output(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A plain GET over HTTP/1.0: status, `location` header, body.
+pub fn fetch(url: &str) -> (u16, Option<String>, String) {
+    let u = url::Url::parse(url).expect("URL");
+    let mut stream =
+        std::net::TcpStream::connect((u.host_str().unwrap(), u.port().unwrap())).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let target = match u.query() {
+        Some(q) => format!("{}?{q}", u.path()),
+        None => u.path().to_owned(),
+    };
+    write!(
+        stream,
+        "GET {target} HTTP/1.0\r\nhost: {}\r\n\r\n",
+        u.authority()
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let location = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("location")
+            .then(|| v.trim().to_owned())
+    });
+    (status, location, body.to_owned())
 }
