@@ -162,13 +162,6 @@ mod tests {
         s
     }
 
-    fn decode(part: &str) -> Value {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .expect("base64url");
-        serde_json::from_slice(&bytes).expect("json")
-    }
-
     #[test]
     fn the_assertion_names_client_audience_times_and_a_fresh_jti() {
         let mut fx = script(vec![]);
@@ -187,10 +180,10 @@ mod tests {
         let parts: Vec<&str> = a.split('.').collect();
         assert_eq!(parts.len(), 3);
         assert_eq!(
-            decode(parts[0]),
+            crate::testing::jwt_part(parts[0]),
             json!({"alg": "ES256", "typ": "JWT", "kid": "k1"})
         );
-        let body = decode(parts[1]);
+        let body = crate::testing::jwt_part(parts[1]);
         assert_eq!(body["iss"], "svc@example");
         assert_eq!(body["sub"], "user-7");
         assert_eq!(body["aud"], "https://issuer.example");
@@ -207,7 +200,7 @@ mod tests {
             crate::testing::fake_signature(&format!("{}.{}", parts[0], parts[1]))
         );
         assert!(sig.starts_with(FAKE_SIGNATURE_PREFIX));
-        let jti_b = decode(b.split('.').nth(1).unwrap())["jti"].clone();
+        let jti_b = crate::testing::jwt_part(b.split('.').nth(1).unwrap())["jti"].clone();
         assert_ne!(body["jti"], jti_b, "every assertion has its own jti");
     }
 
@@ -230,10 +223,13 @@ mod tests {
         .unwrap();
         let mut parts = a.split('.');
         assert_eq!(
-            decode(parts.next().unwrap()),
+            crate::testing::jwt_part(parts.next().unwrap()),
             json!({"alg": "ES256", "typ": "JWT"})
         );
-        assert_eq!(decode(parts.next().unwrap())["aud"], s.token_url.as_str());
+        assert_eq!(
+            crate::testing::jwt_part(parts.next().unwrap())["aud"],
+            s.token_url.as_str()
+        );
     }
 
     #[test]

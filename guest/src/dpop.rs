@@ -168,13 +168,6 @@ mod tests {
     use base64::Engine as _;
     use serde_json::json;
 
-    fn decode(part: &str) -> Value {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .expect("base64url");
-        serde_json::from_slice(&bytes).expect("json")
-    }
-
     #[test]
     fn a_proof_names_method_url_without_query_time_nonce_and_token_hash() {
         let mut fx = script(vec![]);
@@ -190,11 +183,11 @@ mod tests {
         let parts: alloc::vec::Vec<&str> = p.split('.').collect();
         assert_eq!(parts.len(), 3);
         assert_eq!(
-            decode(parts[0]),
+            crate::testing::jwt_part(parts[0]),
             json!({"typ": "dpop+jwt", "alg": "ES256",
                    "jwk": {"kty":"EC","crv":"P-256","x":"AAAA","y":"BBBB"}})
         );
-        let claims = decode(parts[1]);
+        let claims = crate::testing::jwt_part(parts[1]);
         assert_eq!(claims["htm"], "GET");
         assert_eq!(claims["htu"], "https://api.example/v1/me");
         assert_eq!(claims["nonce"], "n-1");
@@ -210,7 +203,7 @@ mod tests {
         assert_eq!(input, format!("{}.{}", parts[0], parts[1]).as_bytes());
         // A second proof has its own jti.
         let q = proof(&mut fx, SigningAlgorithm::Es256, &target).unwrap();
-        let q_claims = decode(q.split('.').nth(1).unwrap());
+        let q_claims = crate::testing::jwt_part(q.split('.').nth(1).unwrap());
         assert_ne!(q_claims["jti"], claims["jti"]);
     }
 

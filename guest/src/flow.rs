@@ -2592,7 +2592,6 @@ mod dpop_tests {
     use super::*;
     use crate::rekey::oauth2::types::SigningAlgorithm;
     use crate::testing::{self, Script, ok, script};
-    use base64::Engine as _;
     use serde_json::Value;
 
     const JWK: &str = r#"{"kty":"EC","crv":"P-256","x":"AAAA","y":"BBBB"}"#;
@@ -2631,11 +2630,7 @@ mod dpop_tests {
     }
 
     fn claims(proof: &str) -> Value {
-        let part = proof.split('.').nth(1).unwrap();
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .unwrap();
-        serde_json::from_slice(&bytes).unwrap()
+        testing::jwt_part(proof.split('.').nth(1).unwrap())
     }
 
     fn bound(answers: Vec<Result<Response, TransportError>>) -> Script {

@@ -58,6 +58,15 @@ pub fn fake_signature(input: &str) -> Vec<u8> {
     sig
 }
 
+/// A JWT part's JSON (unpadded base64url).
+pub fn jwt_part(part: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("json")
+}
+
 /// Effects that answer these, in order, and otherwise default.
 pub fn script(answers: impl IntoIterator<Item = Result<Response, TransportError>>) -> Script {
     Script {
