@@ -2866,4 +2866,23 @@ mod dpop_tests {
             ["Bearer a2"]
         );
     }
+    /// The nonce resend's proof is dated when it is sent, not when the first
+    /// request was: a slow first answer must not leave it stale.
+    #[test]
+    fn the_token_endpoint_nonce_resend_is_dated_anew() {
+        let mut fx = fx_cc(vec![
+            with(400, r#"{"error":"use_dpop_nonce"}"#, &[("DPoP-Nonce", "n")]),
+            ok(200, r#"{"access_token":"a2","token_type":"DPoP"}"#),
+            ok(200, "hi"),
+        ]);
+        fx.record.data.keys = None;
+        fx.answer_takes_ms = 90_000;
+        send(&mut fx, &s_cc(), &api()).unwrap();
+        let iat = |i: usize| {
+            claims(header(&fx.sent[i], "dpop")[0])["iat"]
+                .as_u64()
+                .unwrap()
+        };
+        assert_eq!(iat(1), iat(0) + 90, "the resend's proof is 90 s younger");
+    }
 }

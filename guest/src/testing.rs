@@ -40,6 +40,8 @@ pub struct Script {
     pub sign_error: Option<String>,
     /// What was given to `sign`, in order.
     pub signed: Vec<(SigningAlgorithm, Vec<u8>)>,
+    /// How long each answer takes to arrive (the clock moves by it).
+    pub answer_takes_ms: u64,
     /// The public JWK `dpop_public_key` answers; none: no DPoP key.
     pub dpop_key: Option<String>,
     /// What was given to `dpop_sign`, in order.
@@ -87,6 +89,7 @@ pub fn script(answers: impl IntoIterator<Item = Result<Response, TransportError>
         random: 0x5eed,
         sign_error: None,
         signed: Vec::new(),
+        answer_takes_ms: 0,
         dpop_key: None,
         dpop_signed: Vec::new(),
     }
@@ -184,6 +187,7 @@ impl BytesHttp for Script {
         }
         self.sent.push(req.clone());
         self.purposes.push(purpose);
+        self.now_ms += self.answer_takes_ms;
         self.answers.pop_front().expect("unexpected request")
     }
 }
